@@ -1,0 +1,244 @@
+//! The TOML configuration: control address, logging, shutdown grace and the
+//! listeners started at boot.
+//!
+//! Every listener entry is turned into the same `ListenerSpec` a
+//! StartListener call carries and validated by the same code, so a config
+//! and the API can never disagree on what is valid. Errors name the file,
+//! the line and the problem. `deploy/netd.toml` is compiled in as the
+//! default.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::addr::ControlAddr;
+use crate::proto::{self, listener_spec::Kind};
+use crate::services::Service;
+
+/// The default configuration, compiled in from `deploy/netd.toml`.
+pub const DEFAULT_CONFIG: &str = include_str!("../deploy/netd.toml");
+/// Name used in messages for the embedded default.
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded default config>";
+
+/// Default time in-flight connections get on SIGTERM/SIGINT.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A config error: `file:line: what is wrong`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "default_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: default_level(), format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum KindName {
+    TcpEcho,
+    UdpEcho,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Spanned<String>,
+    kind: Spanned<KindName>,
+    listen: Spanned<String>,
+    #[serde(default)]
+    prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    max_connections: Option<Spanned<u32>>,
+    #[serde(default, with = "humantime_serde::option")]
+    idle_timeout: Option<Duration>,
+    #[serde(default)]
+    labels: HashMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    control: Option<Spanned<String>>,
+    #[serde(default, with = "humantime_serde::option")]
+    shutdown_grace: Option<Duration>,
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default, rename = "listener")]
+    listeners: Vec<RawListener>,
+}
+
+/// A listener to start at boot.
+#[derive(Debug, Clone)]
+pub struct BootListener {
+    pub name: String,
+    pub spec: proto::ListenerSpec,
+    pub labels: HashMap<String, String>,
+    /// `file:line` of the entry, for errors found when it is started.
+    pub origin: String,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: String,
+    pub control: Option<ControlAddr>,
+    pub shutdown_grace: Duration,
+    pub log: LogConfig,
+    pub listeners: Vec<BootListener>,
+}
+
+impl Config {
+    /// Read and validate the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded default (`deploy/netd.toml`).
+    pub fn embedded() -> Config {
+        Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
+            .expect("the embedded default config is valid (checked by tests)")
+    }
+
+    /// Parse and validate `text`; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError(format!("{source}: {}", e.to_string().trim_end())))?;
+        let at = |span: std::ops::Range<usize>| format!("{source}:{}", line_of(text, span.start));
+
+        let control = match &raw.control {
+            None => None,
+            Some(c) => Some(
+                c.get_ref()
+                    .parse::<ControlAddr>()
+                    .map_err(|e| ConfigError(format!("{}: control: {e}", at(c.span()))))?,
+            ),
+        };
+        let shutdown_grace = raw.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+        if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
+            return Err(ConfigError(format!(
+                "{source}: log.level '{}' is not a level (error, warn, info, debug, trace) or filter",
+                raw.log.level
+            )));
+        }
+
+        let mut listeners: Vec<BootListener> = Vec::new();
+        for l in raw.listeners {
+            let origin = at(l.name.span());
+            let name = l.name.get_ref().clone();
+            if listeners.iter().any(|b| b.name == name) {
+                return Err(ConfigError(format!("{origin}: a listener named '{name}' is defined twice")));
+            }
+            let prefix = l.prefix.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
+            let kind = match l.kind.get_ref() {
+                KindName::TcpEcho => Kind::TcpEcho(proto::TcpEchoSpec {
+                    listen: l.listen.get_ref().clone(),
+                    prefix,
+                    max_connections: l.max_connections.as_ref().map(|m| *m.get_ref()).unwrap_or(0),
+                    idle_timeout: l.idle_timeout.map(|d| d.try_into().unwrap_or_default()),
+                }),
+                KindName::UdpEcho => {
+                    if let Some(m) = &l.max_connections {
+                        return Err(ConfigError(format!(
+                            "{}: max_connections does not apply to a udp-echo listener",
+                            at(m.span())
+                        )));
+                    }
+                    if l.idle_timeout.is_some() {
+                        return Err(ConfigError(format!(
+                            "{origin}: idle_timeout does not apply to a udp-echo listener"
+                        )));
+                    }
+                    Kind::UdpEcho(proto::UdpEchoSpec { listen: l.listen.get_ref().clone(), prefix })
+                }
+            };
+            let spec = proto::ListenerSpec { kind: Some(kind) };
+            if let Err(e) = Service::from_spec(&spec) {
+                // Point at the listen line for address problems.
+                let line = if e.0.starts_with("listen") { at(l.listen.span()) } else { origin.clone() };
+                return Err(ConfigError(format!("{line}: listener '{name}': {e}")));
+            }
+            listeners.push(BootListener { name, spec, labels: l.labels, origin });
+        }
+        Ok(Config { source: source.to_string(), control, shutdown_grace, log: raw.log, listeners })
+    }
+}
+
+/// 1-based line number of byte offset `pos` in `text`.
+fn line_of(text: &str, pos: usize) -> usize {
+    text.as_bytes()[..pos.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_the_demo() {
+        let c = Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME).unwrap();
+        let names: Vec<_> = c.listeners.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["echo", "udp-echo"]);
+        match &c.listeners[0].spec.kind {
+            Some(Kind::TcpEcho(s)) => {
+                assert_eq!(s.listen, "127.0.0.1:8080");
+                assert_eq!(s.prefix, "Echo: ");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match &c.listeners[1].spec.kind {
+            Some(Kind::UdpEcho(s)) => {
+                assert_eq!(s.listen, "127.0.0.1:9090");
+                assert_eq!(s.prefix, "ACK: ");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let text = "[[listener]]\nname = \"a\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:99999\"\n";
+        let e = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:4: listener 'a': listen:"), "{e}");
+
+        let text = "[[listener]]\nname = \"a\"\nkind = \"tcp-echoo\"\nlisten = \"127.0.0.1:1\"\n";
+        let e = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("tcp-echo"), "{e}");
+
+        let text = "shutdown_grace = \"5s\"\nbogus = 1\n";
+        let e = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("bogus"), "{e}");
+
+        let text = "[[listener]]\nname = \"a\"\nkind = \"udp-echo\"\nlisten = \"127.0.0.1:1\"\n[[listener]]\nname = \"a\"\nkind = \"udp-echo\"\nlisten = \"127.0.0.1:2\"\n";
+        let e = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:6:") && e.contains("defined twice"), "{e}");
+    }
+}

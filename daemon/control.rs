@@ -1,0 +1,81 @@
+//! The `netd.v1.Control` gRPC service: request validation and the mapping
+//! of supervisor errors to gRPC status codes, each with a message a person
+//! can act on.
+
+use tonic::{Request, Response, Status};
+
+use crate::proto::{self, control_server::Control};
+use crate::services::BindError;
+use crate::supervisor::{Supervisor, SupervisorError};
+
+#[derive(Debug, Clone)]
+pub struct ControlService {
+    supervisor: Supervisor,
+}
+
+impl ControlService {
+    pub fn new(supervisor: Supervisor) -> Self {
+        ControlService { supervisor }
+    }
+}
+
+/// InvalidArgument for a bad spec or an address this host does not have,
+/// AlreadyExists / NotFound for names, FailedPrecondition for a port in use
+/// or a privilege the daemon lacks, Unavailable while shutting down.
+pub fn to_status(e: SupervisorError) -> Status {
+    let msg = e.to_string();
+    match e {
+        SupervisorError::InvalidSpec(_) => Status::invalid_argument(msg),
+        SupervisorError::AlreadyExists(_) => Status::already_exists(msg),
+        SupervisorError::NotFound(_) => Status::not_found(msg),
+        SupervisorError::Bind(BindError::InUse(_) | BindError::PermissionDenied(_)) => {
+            Status::failed_precondition(msg)
+        }
+        SupervisorError::Bind(BindError::NotAvailable(_)) => Status::invalid_argument(msg),
+        SupervisorError::Bind(BindError::Other(..)) => Status::unavailable(msg),
+        SupervisorError::ShuttingDown => Status::unavailable(msg),
+    }
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn start_listener(
+        &self,
+        request: Request<proto::StartListenerRequest>,
+    ) -> Result<Response<proto::StartListenerResponse>, Status> {
+        let req = request.into_inner();
+        let spec = req
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        let listener = self
+            .supervisor
+            .start(&req.name, spec, req.labels)
+            .map_err(to_status)?;
+        Ok(Response::new(proto::StartListenerResponse { listener: Some(listener) }))
+    }
+
+    async fn stop_listener(
+        &self,
+        request: Request<proto::StopListenerRequest>,
+    ) -> Result<Response<proto::StopListenerResponse>, Status> {
+        let name = request.into_inner().name;
+        let listener = self.supervisor.stop(&name).await.map_err(to_status)?;
+        Ok(Response::new(proto::StopListenerResponse { listener: Some(listener) }))
+    }
+
+    async fn get_listener(
+        &self,
+        request: Request<proto::GetListenerRequest>,
+    ) -> Result<Response<proto::GetListenerResponse>, Status> {
+        let name = request.into_inner().name;
+        let listener = self.supervisor.get(&name).map_err(to_status)?;
+        Ok(Response::new(proto::GetListenerResponse { listener: Some(listener) }))
+    }
+
+    async fn list_listeners(
+        &self,
+        _request: Request<proto::ListListenersRequest>,
+    ) -> Result<Response<proto::ListListenersResponse>, Status> {
+        Ok(Response::new(proto::ListListenersResponse { listeners: self.supervisor.list() }))
+    }
+}

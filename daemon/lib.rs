@@ -1,0 +1,54 @@
+//! netd: a network daemon that hosts network services — TCP and UDP echo
+//! today; a monitored proxy, an HTTP JSON API and a packet sniffer to come —
+//! as supervised listeners driven over a gRPC control plane.
+//!
+//! Start reading at [`server::run`], which wires the pieces together:
+//! [`config`] gives the boot listeners, [`supervisor`] owns each listener's
+//! lifecycle, [`services`] holds the services themselves, [`stats`] their
+//! counters, and [`control`] exposes it all as `netd.v1.Control`. The CLI
+//! `netctl` (in `ctl/`) uses [`client`] and [`addr`] from here.
+
+pub mod addr;
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod logging;
+pub mod notify;
+pub mod server;
+pub mod services;
+pub mod stats;
+pub mod supervisor;
+
+/// Code generated from `proto/netd/v1/*.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("netd.v1");
+
+    /// Encoded descriptors of the netd.v1 protos, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("netd_descriptor");
+}
+
+impl proto::ListenerKind {
+    /// The name used in configs, on the command line and in JSON output.
+    pub fn slug(self) -> &'static str {
+        match self {
+            proto::ListenerKind::Unspecified => "unspecified",
+            proto::ListenerKind::TcpEcho => "tcp-echo",
+            proto::ListenerKind::UdpEcho => "udp-echo",
+        }
+    }
+}
+
+impl proto::ListenerState {
+    /// Lower-case state name for people and JSON output.
+    pub fn slug(self) -> &'static str {
+        match self {
+            proto::ListenerState::Unspecified => "unspecified",
+            proto::ListenerState::Starting => "starting",
+            proto::ListenerState::Running => "running",
+            proto::ListenerState::Stopping => "stopping",
+            proto::ListenerState::Stopped => "stopped",
+            proto::ListenerState::Failed => "failed",
+        }
+    }
+}

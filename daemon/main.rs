@@ -1,0 +1,80 @@
+//! `netd`: the daemon binary. Parses flags, loads the config (or the
+//! embedded default), sets up logging and runs [`netd::server::run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use netd::addr::{CONTROL_ENV, ControlAddr, default_control_addr};
+use netd::config::{Config, DEFAULT_CONFIG};
+
+/// netd hosts network services (TCP/UDP echo, ...) as supervised listeners
+/// and is driven at runtime by `netctl` over a gRPC control plane.
+///
+/// With no --config, netd runs its embedded default: TCP echo on
+/// 127.0.0.1:8080 (prefix "Echo: ") and UDP echo on 127.0.0.1:9090
+/// (prefix "ACK: ").
+#[derive(Debug, Parser)]
+#[command(name = "netd", version)]
+struct Args {
+    /// TOML config file; without it the embedded default is used.
+    #[arg(short, long, value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// Control plane address: unix:/path/to/sock or host:port. Overrides the
+    /// config's `control`. Default: unix:/run/netd/netd.sock as root,
+    /// else $XDG_RUNTIME_DIR/netd.sock or /tmp/netd-$UID.sock.
+    #[arg(long, env = CONTROL_ENV, value_name = "ADDR")]
+    control: Option<ControlAddr>,
+
+    /// Validate the config and exit.
+    #[arg(long)]
+    check_config: bool,
+
+    /// Print the embedded default config and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{DEFAULT_CONFIG}");
+        return ExitCode::SUCCESS;
+    }
+    let config = match &args.config {
+        Some(path) => Config::load(path),
+        None => Ok(Config::embedded()),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("netd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("{}: ok ({} listeners)", config.source, config.listeners.len());
+        return ExitCode::SUCCESS;
+    }
+    netd::logging::init(&config.log);
+    let control = args
+        .control
+        .or_else(|| config.control.clone())
+        .unwrap_or_else(default_control_addr);
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("netd: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(netd::server::run(config, control)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

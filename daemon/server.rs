@@ -1,0 +1,143 @@
+//! The daemon's top level: bind the control plane, start the boot
+//! listeners, serve gRPC (Control, health, reflection), tell systemd we are
+//! ready, and on SIGTERM/SIGINT drain and exit.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::addr::ControlAddr;
+use crate::config::Config;
+use crate::control::ControlService;
+use crate::proto::{self, control_server::ControlServer};
+use crate::supervisor::Supervisor;
+
+/// How long the gRPC server gets to finish open calls at exit.
+const CONTROL_DRAIN: Duration = Duration::from_secs(2);
+
+enum ControlSocket {
+    Unix(tokio::net::UnixListener, PathBuf),
+    Tcp(tokio::net::TcpListener),
+}
+
+/// Removes the control socket file when the daemon exits, however it exits.
+struct SocketFileGuard(Option<PathBuf>);
+
+impl Drop for SocketFileGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Run the daemon until SIGTERM/SIGINT. Returns after a clean shutdown.
+pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
+    let socket = bind_control(&control).await?;
+    let _guard = SocketFileGuard(match &socket {
+        ControlSocket::Unix(_, p) => Some(p.clone()),
+        ControlSocket::Tcp(_) => None,
+    });
+
+    let supervisor = Supervisor::new();
+    for l in &config.listeners {
+        supervisor
+            .start(&l.name, l.spec.clone(), l.labels.clone())
+            .map_err(|e| anyhow::anyhow!("{}: listener '{}': {e}", l.origin, l.name))?;
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ControlServer<ControlService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ControlServer::new(ControlService::new(supervisor.clone())));
+
+    let stop_control = CancellationToken::new();
+    let stopped = stop_control.clone().cancelled_owned();
+    let mut server = match socket {
+        ControlSocket::Unix(l, _) => {
+            tokio::spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stopped))
+        }
+        ControlSocket::Tcp(l) => {
+            tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(l), stopped))
+        }
+    };
+    tracing::info!(control = %control, listeners = config.listeners.len(), config = %config.source, "netd ready");
+    crate::notify::ready();
+
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let server_result = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM received; shutting down"); None }
+        _ = int.recv() => { tracing::info!("SIGINT received; shutting down"); None }
+        r = &mut server => Some(r),
+    };
+    if let Some(r) = server_result {
+        supervisor.shutdown(Duration::ZERO).await;
+        r.context("control server task")?.context("control server")?;
+        bail!("control server stopped unexpectedly");
+    }
+
+    crate::notify::stopping();
+    health.set_not_serving::<ControlServer<ControlService>>().await;
+    supervisor.shutdown(config.shutdown_grace).await;
+    stop_control.cancel();
+    match tokio::time::timeout(CONTROL_DRAIN, &mut server).await {
+        Ok(r) => r.context("control server task")?.context("control server")?,
+        Err(_) => server.abort(),
+    }
+    tracing::info!("netd stopped");
+    Ok(())
+}
+
+async fn bind_control(addr: &ControlAddr) -> anyhow::Result<ControlSocket> {
+    match addr {
+        ControlAddr::Unix(path) => {
+            let l = bind_unix(path)?;
+            Ok(ControlSocket::Unix(l, path.clone()))
+        }
+        ControlAddr::Tcp(hostport) => {
+            let l = tokio::net::TcpListener::bind(hostport.as_str())
+                .await
+                .with_context(|| format!("cannot bind the control address {hostport}"))?;
+            Ok(ControlSocket::Tcp(l))
+        }
+    }
+}
+
+/// Bind a Unix control socket with mode 0660, replacing a stale socket file
+/// left by a crash but never one a running netd still answers on.
+fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the control socket directory {}", dir.display()))?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!("{} exists and is not a socket; refusing to replace it", path.display());
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("{} is in use: another netd is running there (use --control for a second one)", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale control socket {}", path.display()))?;
+        tracing::info!(path = %path.display(), "replaced a stale control socket");
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot bind the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot set permissions on {}", path.display()))?;
+    Ok(listener)
+}

@@ -1,0 +1,192 @@
+//! The hosted services and the interface the supervisor drives them through.
+//!
+//! A service is built from a validated spec ([`Service::from_spec`]), binds
+//! its socket synchronously ([`Service::bind`], so StartListener can report a
+//! port in use), then runs until its `stop_accepting` token is cancelled
+//! ([`Service::run`]). Connection tasks go on the context's tracker so stop
+//! and shutdown can wait for them; they end early when `close_connections`
+//! is cancelled. `run` returning an error (or panicking) means the service
+//! failed, and the supervisor restarts it on the same bound address.
+
+pub mod tcp_echo;
+pub mod udp_echo;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::addr::parse_listen_addr;
+use crate::proto::{self, listener_spec::Kind};
+use crate::stats::Stats;
+
+/// What a running service receives from the supervisor.
+#[derive(Clone, Debug)]
+pub struct ServiceCtx {
+    pub name: Arc<str>,
+    pub stats: Arc<Stats>,
+    /// Stop accepting new connections or datagrams and return from `run`.
+    pub stop_accepting: CancellationToken,
+    /// Close open connections now (stop, or shutdown after the grace period).
+    pub close_connections: CancellationToken,
+    /// Spawn connection tasks here; stop and shutdown wait for them.
+    pub tracker: TaskTracker,
+}
+
+/// A socket bound for a service, handed to [`Service::run`].
+#[derive(Debug)]
+pub enum Bound {
+    Tcp(tokio::net::TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
+impl Bound {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Bound::Tcp(l) => l.local_addr(),
+            Bound::Udp(s) => s.local_addr(),
+        }
+    }
+}
+
+/// A validated listener spec, ready to bind and run.
+#[derive(Debug)]
+pub enum Service {
+    TcpEcho(tcp_echo::TcpEcho),
+    UdpEcho(udp_echo::UdpEcho),
+}
+
+/// Why a spec was rejected; the message names the field and the problem.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecError(pub String);
+
+/// Why a bind failed, classified so the control plane can pick a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("{0} is already in use")]
+    InUse(SocketAddr),
+    #[error("permission denied binding {0} (ports below 1024 need root or CAP_NET_BIND_SERVICE)")]
+    PermissionDenied(SocketAddr),
+    #[error("cannot bind {0}: the address is not assigned to any interface on this host")]
+    NotAvailable(SocketAddr),
+    #[error("cannot bind {0}: {1}")]
+    Other(SocketAddr, io::Error),
+}
+
+impl BindError {
+    fn from_io(addr: SocketAddr, e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::AddrInUse => BindError::InUse(addr),
+            io::ErrorKind::PermissionDenied => BindError::PermissionDenied(addr),
+            io::ErrorKind::AddrNotAvailable => BindError::NotAvailable(addr),
+            _ => BindError::Other(addr, e),
+        }
+    }
+}
+
+/// Default bound on concurrent connections per TCP listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default idle timeout for TCP connections.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Service {
+    pub fn from_spec(spec: &proto::ListenerSpec) -> Result<Self, SpecError> {
+        match &spec.kind {
+            None => Err(SpecError("the listener spec names no kind (tcp_echo, udp_echo)".into())),
+            Some(Kind::TcpEcho(s)) => Ok(Service::TcpEcho(tcp_echo::TcpEcho::from_spec(s)?)),
+            Some(Kind::UdpEcho(s)) => Ok(Service::UdpEcho(udp_echo::UdpEcho::from_spec(s)?)),
+        }
+    }
+
+    pub fn kind(&self) -> proto::ListenerKind {
+        match self {
+            Service::TcpEcho(_) => proto::ListenerKind::TcpEcho,
+            Service::UdpEcho(_) => proto::ListenerKind::UdpEcho,
+        }
+    }
+
+    /// The address the spec asked for (port may be 0).
+    pub fn listen_addr(&self) -> SocketAddr {
+        match self {
+            Service::TcpEcho(s) => s.listen,
+            Service::UdpEcho(s) => s.listen,
+        }
+    }
+
+    /// Bind the service's socket at `addr`. Must be called within a tokio
+    /// runtime.
+    pub fn bind(&self, addr: SocketAddr) -> Result<Bound, BindError> {
+        match self {
+            Service::TcpEcho(_) => bind_tcp(addr).map(Bound::Tcp),
+            Service::UdpEcho(_) => bind_udp(addr).map(Bound::Udp),
+        }
+        .map_err(|e| BindError::from_io(addr, e))
+    }
+
+    pub async fn run(self: Arc<Self>, bound: Bound, ctx: ServiceCtx) -> anyhow::Result<()> {
+        match (&*self, bound) {
+            (Service::TcpEcho(s), Bound::Tcp(l)) => s.run(l, ctx).await,
+            (Service::UdpEcho(s), Bound::Udp(u)) => s.run(u, ctx).await,
+            _ => anyhow::bail!("internal error: socket type does not match the service"),
+        }
+    }
+}
+
+pub(crate) fn listen_field(field: &str, value: &str) -> Result<SocketAddr, SpecError> {
+    if value.trim().is_empty() {
+        return Err(SpecError(format!("{field} is required (host:port, e.g. 127.0.0.1:8080)")));
+    }
+    parse_listen_addr(value).map_err(|e| SpecError(format!("{field}: {e}")))
+}
+
+/// Backlog for TCP listening sockets.
+const BACKLOG: i32 = 1024;
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(socket.into())
+}
+
+/// Accept errors that concern one connection or a passing shortage (file
+/// descriptors, memory) rather than the listening socket itself: back off and
+/// keep accepting.
+pub(crate) fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::ECONNRESET
+                | libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::EINTR
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ETIMEDOUT
+        )
+    )
+}

@@ -1,0 +1,161 @@
+//! TCP echo (RFC 862): everything a client sends is sent back, optionally
+//! behind a prefix per chunk, until the client closes.
+//!
+//! Bounds: `max_connections` concurrent clients (the rest are accepted and
+//! closed at once, counted as refused), a 16 KiB buffer per connection, and
+//! an idle timeout that closes clients silent in both directions.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ServiceCtx, SpecError, listen_field};
+use crate::proto;
+use crate::stats::Stats;
+
+/// Read buffer per connection.
+const BUF_SIZE: usize = 16 * 1024;
+/// Longest prefix accepted, so a reply chunk stays bounded.
+pub const MAX_PREFIX: usize = 1024;
+
+#[derive(Debug)]
+pub struct TcpEcho {
+    pub listen: SocketAddr,
+    prefix: Arc<[u8]>,
+    idle_timeout: Duration,
+    /// Shared across restarts so connections that outlive a failed accept
+    /// loop still count against the limit.
+    limit: Arc<Semaphore>,
+}
+
+impl TcpEcho {
+    pub fn from_spec(spec: &proto::TcpEchoSpec) -> Result<Self, SpecError> {
+        let listen = listen_field("listen", &spec.listen)?;
+        if spec.prefix.len() > MAX_PREFIX {
+            return Err(SpecError(format!("prefix is {} bytes; the limit is {MAX_PREFIX}", spec.prefix.len())));
+        }
+        let max = match spec.max_connections {
+            0 => DEFAULT_MAX_CONNECTIONS,
+            n => n as usize,
+        };
+        let idle_timeout = match &spec.idle_timeout {
+            None => DEFAULT_IDLE_TIMEOUT,
+            Some(d) => {
+                let d = Duration::try_from(*d)
+                    .map_err(|_| SpecError("idle_timeout must not be negative".into()))?;
+                if d.is_zero() {
+                    return Err(SpecError("idle_timeout must be greater than zero".into()));
+                }
+                d
+            }
+        };
+        Ok(TcpEcho {
+            listen,
+            prefix: spec.prefix.as_bytes().into(),
+            idle_timeout,
+            limit: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+        })
+    }
+
+    pub async fn run(&self, listener: TcpListener, ctx: ServiceCtx) -> anyhow::Result<()> {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = ctx.stop_accepting.cancelled() => return Ok(()),
+                r = listener.accept() => r,
+            };
+            let (stream, peer) = match accepted {
+                Ok(conn) => {
+                    backoff = Duration::from_millis(10);
+                    conn
+                }
+                Err(e) if super::is_transient_accept_error(&e) => {
+                    Stats::add(&ctx.stats.errors, 1);
+                    tracing::warn!(listener = %ctx.name, error = %e, "accept failed; backing off");
+                    tokio::select! {
+                        _ = ctx.stop_accepting.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                Err(e) => return Err(e).context("accepting connections failed"),
+            };
+            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+                Stats::add(&ctx.stats.connections_refused, 1);
+                tracing::debug!(listener = %ctx.name, %peer, "connection limit reached; refusing");
+                drop(stream);
+                continue;
+            };
+            let guard = ctx.stats.connection();
+            let conn = Conn {
+                prefix: self.prefix.clone(),
+                idle: self.idle_timeout,
+                stats: ctx.stats.clone(),
+                close: ctx.close_connections.clone(),
+            };
+            let name = ctx.name.clone();
+            ctx.tracker.spawn(async move {
+                let _permit = permit;
+                let _guard = guard;
+                match conn.echo(stream).await {
+                    Ok(end) => tracing::debug!(listener = %name, %peer, end, "connection closed"),
+                    Err(e) => {
+                        conn.stats.errors.fetch_add(1, Relaxed);
+                        tracing::debug!(listener = %name, %peer, error = %e, "connection failed");
+                    }
+                }
+            });
+        }
+    }
+}
+
+struct Conn {
+    prefix: Arc<[u8]>,
+    idle: Duration,
+    stats: Arc<Stats>,
+    close: CancellationToken,
+}
+
+impl Conn {
+    /// Echo until the client closes, goes idle, or the listener closes its
+    /// connections; says which.
+    async fn echo(&self, mut stream: TcpStream) -> io::Result<&'static str> {
+        stream.set_nodelay(true)?;
+        let p = self.prefix.len();
+        let mut buf = vec![0u8; p + BUF_SIZE];
+        buf[..p].copy_from_slice(&self.prefix);
+        loop {
+            let n = tokio::select! {
+                _ = self.close.cancelled() => return Ok("closed by netd"),
+                r = tokio::time::timeout(self.idle, stream.read(&mut buf[p..])) => match r {
+                    Err(_) => return Ok("idle timeout"),
+                    Ok(r) => r?,
+                },
+            };
+            if n == 0 {
+                // The client finished sending and everything is echoed.
+                let _ = stream.shutdown().await;
+                return Ok("client closed");
+            }
+            Stats::add(&self.stats.bytes_in, n as u64);
+            tokio::select! {
+                _ = self.close.cancelled() => return Ok("closed by netd"),
+                r = tokio::time::timeout(self.idle, stream.write_all(&buf[..p + n])) => match r {
+                    Err(_) => return Ok("idle timeout (client not reading)"),
+                    Ok(r) => r?,
+                },
+            }
+            Stats::add(&self.stats.bytes_out, (p + n) as u64);
+        }
+    }
+}

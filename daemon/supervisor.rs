@@ -1,0 +1,353 @@
+//! The registry of listeners and their lifecycle.
+//!
+//! `start` validates the spec and binds before it returns; a supervising
+//! task then runs the service, and if the service returns an error or
+//! panics it is marked FAILED and rebound on the same address with
+//! exponential backoff (100 ms doubling to 30 s; the backoff resets once a
+//! run has lasted a minute). Every task of a listener — the supervising
+//! task, the service, its connections — lives on the listener's
+//! `TaskTracker`, so `stop` returns only once all of them have ended and the
+//! sockets are closed.
+//!
+//! Two tokens per listener separate "stop accepting" from "close open
+//! connections": `stop` cancels both at once, while shutdown cancels the
+//! first, gives connections a grace period to finish, then cancels the
+//! second.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::proto::{self, ListenerState};
+use crate::services::{BindError, Service, ServiceCtx, SpecError};
+use crate::stats::Stats;
+
+const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A run that lasted this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// Longest listener name.
+pub const MAX_NAME_LEN: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("{0}")]
+    InvalidSpec(#[from] SpecError),
+    #[error("a listener named '{0}' already exists")]
+    AlreadyExists(String),
+    #[error("no listener named '{0}'")]
+    NotFound(String),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("netd is shutting down")]
+    ShuttingDown,
+}
+
+/// Mutable part of a listener's status.
+#[derive(Debug)]
+struct Status {
+    state: ListenerState,
+    restarts: u32,
+    last_error: String,
+}
+
+#[derive(Debug)]
+struct Entry {
+    name: Arc<str>,
+    spec: proto::ListenerSpec,
+    labels: HashMap<String, String>,
+    service: Arc<Service>,
+    bound_addr: SocketAddr,
+    started_at: SystemTime,
+    stats: Arc<Stats>,
+    status: Mutex<Status>,
+    stop_accepting: CancellationToken,
+    close_connections: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Entry {
+    fn status(&self) -> MutexGuard<'_, Status> {
+        // A poisoned lock only means a panic while holding it; the status
+        // fields are always left consistent, so keep going.
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_state(&self, state: ListenerState) {
+        self.status().state = state;
+    }
+
+    fn to_proto(&self) -> proto::Listener {
+        let st = self.status();
+        proto::Listener {
+            name: self.name.to_string(),
+            kind: self.service.kind() as i32,
+            spec: Some(self.spec.clone()),
+            state: st.state as i32,
+            bound_addr: self.bound_addr.to_string(),
+            started_at: Some(self.started_at.into()),
+            restarts: st.restarts,
+            last_error: st.last_error.clone(),
+            labels: self.labels.clone(),
+            stats: Some(self.stats.snapshot()),
+        }
+    }
+
+    fn ctx(&self) -> ServiceCtx {
+        ServiceCtx {
+            name: self.name.clone(),
+            stats: self.stats.clone(),
+            stop_accepting: self.stop_accepting.clone(),
+            close_connections: self.close_connections.clone(),
+            tracker: self.tracker.clone(),
+        }
+    }
+}
+
+/// The listener registry. Cheap to clone; all clones share state.
+#[derive(Clone, Debug)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    listeners: Mutex<BTreeMap<String, Arc<Entry>>>,
+    /// Parent of every listener's `stop_accepting`.
+    shutdown_accepting: CancellationToken,
+    /// Parent of every listener's `close_connections`.
+    shutdown_connections: CancellationToken,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Supervisor {
+    pub fn new() -> Self {
+        Supervisor {
+            inner: Arc::new(Inner {
+                listeners: Mutex::new(BTreeMap::new()),
+                shutdown_accepting: CancellationToken::new(),
+                shutdown_connections: CancellationToken::new(),
+            }),
+        }
+    }
+
+    fn listeners(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Entry>>> {
+        self.inner.listeners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Validate, bind and start a listener. Must be called within a tokio
+    /// runtime.
+    pub fn start(
+        &self,
+        name: &str,
+        spec: proto::ListenerSpec,
+        labels: HashMap<String, String>,
+    ) -> Result<proto::Listener, SupervisorError> {
+        validate_name(name)?;
+        for (k, v) in &labels {
+            if k.is_empty() || k.len() > 128 || v.len() > 1024 {
+                return Err(SpecError(format!(
+                    "label '{k}': keys must be 1-128 bytes and values at most 1024 bytes"
+                ))
+                .into());
+            }
+        }
+        let service = Arc::new(Service::from_spec(&spec)?);
+        if self.inner.shutdown_accepting.is_cancelled() {
+            return Err(SupervisorError::ShuttingDown);
+        }
+        let mut listeners = self.listeners();
+        if listeners.contains_key(name) {
+            return Err(SupervisorError::AlreadyExists(name.to_string()));
+        }
+        // Bind under the registry lock: quick, and it makes the name check
+        // and the insert one step.
+        let bound = service.bind(service.listen_addr())?;
+        let bound_addr = bound
+            .local_addr()
+            .map_err(|e| BindError::Other(service.listen_addr(), e))?;
+        let entry = Arc::new(Entry {
+            name: name.into(),
+            spec,
+            labels,
+            service,
+            bound_addr,
+            started_at: SystemTime::now(),
+            stats: Stats::new(),
+            status: Mutex::new(Status {
+                state: ListenerState::Running,
+                restarts: 0,
+                last_error: String::new(),
+            }),
+            stop_accepting: self.inner.shutdown_accepting.child_token(),
+            close_connections: self.inner.shutdown_connections.child_token(),
+            tracker: TaskTracker::new(),
+        });
+        listeners.insert(name.to_string(), entry.clone());
+        drop(listeners);
+        tracing::info!(listener = name, kind = entry.service.kind().slug(), addr = %bound_addr, "listener started");
+        entry.tracker.spawn(supervise(entry.clone(), bound));
+        Ok(entry.to_proto())
+    }
+
+    /// Stop a listener, close its sockets and connections, wait for all of
+    /// its tasks, and remove it. Returns its final status.
+    pub async fn stop(&self, name: &str) -> Result<proto::Listener, SupervisorError> {
+        let entry = self
+            .listeners()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| SupervisorError::NotFound(name.to_string()))?;
+        entry.set_state(ListenerState::Stopping);
+        entry.stop_accepting.cancel();
+        entry.close_connections.cancel();
+        entry.tracker.close();
+        entry.tracker.wait().await;
+        entry.set_state(ListenerState::Stopped);
+        let mut listeners = self.listeners();
+        if listeners.get(name).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+            listeners.remove(name);
+        }
+        drop(listeners);
+        tracing::info!(listener = name, "listener stopped");
+        Ok(entry.to_proto())
+    }
+
+    pub fn get(&self, name: &str) -> Result<proto::Listener, SupervisorError> {
+        self.listeners()
+            .get(name)
+            .map(|e| e.to_proto())
+            .ok_or_else(|| SupervisorError::NotFound(name.to_string()))
+    }
+
+    /// All listeners, sorted by name.
+    pub fn list(&self) -> Vec<proto::Listener> {
+        self.listeners().values().map(|e| e.to_proto()).collect()
+    }
+
+    /// Stop accepting everywhere, let open connections finish for up to
+    /// `grace`, then close what is left and wait for every task.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutdown_accepting.cancel();
+        let entries: Vec<Arc<Entry>> = self.listeners().values().cloned().collect();
+        for e in &entries {
+            e.set_state(ListenerState::Stopping);
+            e.tracker.close();
+        }
+        let active: u64 = entries
+            .iter()
+            .map(|e| e.stats.connections_active.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        if active > 0 {
+            tracing::info!(connections = active, grace = %humantime::format_duration(grace), "draining connections");
+        }
+        let wait_all = || async {
+            for e in &entries {
+                e.tracker.wait().await;
+            }
+        };
+        if tokio::time::timeout(grace, wait_all()).await.is_err() {
+            tracing::warn!("grace period over; closing remaining connections");
+            self.inner.shutdown_connections.cancel();
+            wait_all().await;
+        }
+        for e in &entries {
+            e.set_state(ListenerState::Stopped);
+        }
+        self.listeners().clear();
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), SpecError> {
+    if name.is_empty() {
+        return Err(SpecError("a listener needs a name".into()));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(SpecError(format!("listener name is longer than {MAX_NAME_LEN} characters")));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(SpecError(format!(
+            "listener name '{name}' contains {c:?}; use letters, digits, '-', '_' and '.'"
+        )));
+    }
+    Ok(())
+}
+
+/// Run the service; on failure, mark FAILED and rebind with backoff until it
+/// runs again or the listener is stopped.
+async fn supervise(entry: Arc<Entry>, mut bound: crate::services::Bound) {
+    let mut backoff = BACKOFF_INITIAL;
+    'run: loop {
+        let began = Instant::now();
+        let result = entry
+            .tracker
+            .spawn(entry.service.clone().run(bound, entry.ctx()))
+            .await;
+        if entry.stop_accepting.is_cancelled() {
+            break;
+        }
+        let error = match result {
+            Ok(Ok(())) => "the service stopped unexpectedly".to_string(),
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(join) => match join.try_into_panic() {
+                Ok(payload) => format!("panicked: {}", panic_message(&*payload)),
+                Err(join) => format!("task ended abnormally: {join}"),
+            },
+        };
+        if began.elapsed() >= STABLE_AFTER {
+            backoff = BACKOFF_INITIAL;
+        }
+        tracing::error!(listener = %entry.name, error = %error, retry_in = ?backoff, "listener failed");
+        {
+            let mut st = entry.status();
+            st.state = ListenerState::Failed;
+            st.last_error = error;
+        }
+        loop {
+            tokio::select! {
+                _ = entry.stop_accepting.cancelled() => break 'run,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            match entry.service.bind(entry.bound_addr) {
+                Ok(b) => {
+                    bound = b;
+                    let restarts = {
+                        let mut st = entry.status();
+                        st.state = ListenerState::Running;
+                        st.restarts += 1;
+                        st.restarts
+                    };
+                    tracing::info!(listener = %entry.name, restarts, "listener restarted");
+                    continue 'run;
+                }
+                Err(e) => {
+                    tracing::warn!(listener = %entry.name, error = %e, retry_in = ?backoff, "restart failed");
+                    entry.status().last_error = format!("restart failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_string()
+    }
+}
