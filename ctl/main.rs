@@ -1,1 +1,291 @@
-fn main(){}
+//! `netctl`: the command-line client of netd's gRPC control plane.
+//!
+//! Each subcommand is one or two RPCs; output is a table for people or JSON
+//! (`-o json`) for programs. Errors print one line, `netctl: ...`, on stderr
+//! and exit 1 (2 for usage errors).
+
+mod output;
+mod probe;
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use netd::addr::{CONTROL_ENV, ControlAddr, default_control_addr, parse_listen_addr};
+use netd::proto::{self, listener_spec::Kind};
+use tonic::Code;
+
+/// Control netd: start and stop listeners, inspect them, probe services.
+///
+/// netctl talks to the netd daemon over gRPC at --control (default:
+/// unix:/run/netd/netd.sock as root, else $XDG_RUNTIME_DIR/netd.sock or
+/// /tmp/netd-$UID.sock; the same default netd uses).
+#[derive(Debug, Parser)]
+#[command(name = "netctl", version, propagate_version = true)]
+struct Cli {
+    /// Control plane address: unix:/path/to/sock or host:port.
+    #[arg(long, global = true, env = CONTROL_ENV, value_name = "ADDR")]
+    control: Option<ControlAddr>,
+
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a listener (binds before returning: a port in use is an error).
+    #[command(subcommand)]
+    Start(StartKind),
+    /// Stop a listener, closing its socket and connections.
+    Stop {
+        /// Listener name.
+        name: String,
+    },
+    /// List all listeners with their state, bound address and traffic.
+    List,
+    /// Show one listener in detail.
+    Status {
+        /// Listener name.
+        name: String,
+    },
+    /// Send one message to a TCP or UDP service and print the reply.
+    ///
+    /// Exits non-zero if the connection is refused or no reply comes within
+    /// the timeout.
+    Probe {
+        #[arg(value_enum)]
+        protocol: ProbeProtocol,
+        /// host:port to probe.
+        addr: String,
+        /// Message to send.
+        #[arg(short, long, default_value = "hello\n")]
+        message: String,
+        /// Connect and read timeout, e.g. 500ms, 2s.
+        #[arg(short, long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProbeProtocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Unique listener name (letters, digits, '-', '_', '.').
+    name: String,
+    /// Address to bind, host:port; port 0 picks a free one.
+    #[arg(short, long, value_name = "ADDR")]
+    listen: String,
+    /// Label to attach, key=value (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+#[derive(Debug, Subcommand)]
+enum StartKind {
+    /// TCP echo (RFC 862): echoes everything until the client closes.
+    TcpEcho {
+        #[command(flatten)]
+        common: Common,
+        /// Prepended to every chunk echoed, e.g. "Echo: ".
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Concurrent connections; more are refused (default 1024).
+        #[arg(long, value_name = "N")]
+        max_connections: Option<u32>,
+        /// Close connections idle this long, e.g. 30s, 5m (default 5m).
+        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+        idle_timeout: Option<Duration>,
+    },
+    /// UDP echo: answers each datagram to its sender.
+    UdpEcho {
+        #[command(flatten)]
+        common: Common,
+        /// Prepended to every reply, e.g. "ACK: ".
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not KEY=VALUE")),
+    }
+}
+
+/// A gRPC status as one line: the daemon's message, which already names the
+/// problem; a code prefix only where the message alone would be unclear.
+fn status_line(what: &str, s: &tonic::Status) -> anyhow::Error {
+    match s.code() {
+        Code::Unavailable if s.message().is_empty() => anyhow!("{what}: netd is unavailable"),
+        Code::Unknown | Code::Internal => anyhow!("{what}: netd error: {}", s.message()),
+        _ => anyhow!("{what}: {}", s.message()),
+    }
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let control = cli.control.clone().unwrap_or_else(default_control_addr);
+    let json = cli.output == Format::Json;
+    match cli.command {
+        Command::Probe { protocol, addr, message, timeout } => {
+            let target = parse_listen_addr(&addr)?;
+            let reply = match protocol {
+                ProbeProtocol::Tcp => probe::tcp(target, message.as_bytes(), timeout).await,
+                ProbeProtocol::Udp => probe::udp(target, message.as_bytes(), timeout).await,
+            }
+            .with_context(|| format!("probe {} {addr}", if protocol == ProbeProtocol::Tcp { "tcp" } else { "udp" }))?;
+            let text = String::from_utf8_lossy(&reply.bytes);
+            if json {
+                print_json(&serde_json::json!({
+                    "protocol": if protocol == ProbeProtocol::Tcp { "tcp" } else { "udp" },
+                    "addr": target.to_string(),
+                    "sent_bytes": message.len(),
+                    "reply": text,
+                    "reply_bytes": reply.bytes.len(),
+                    "rtt_ms": reply.rtt.as_secs_f64() * 1000.0,
+                }));
+            } else {
+                print!("{text}");
+                if !text.ends_with('\n') {
+                    println!();
+                }
+            }
+            return Ok(());
+        }
+        Command::Start(kind) => {
+            let (common, kind) = match kind {
+                StartKind::TcpEcho { common, prefix, max_connections, idle_timeout } => {
+                    let idle_timeout = idle_timeout
+                        .map(prost_types::Duration::try_from)
+                        .transpose()
+                        .map_err(|_| anyhow!("--idle-timeout is too large"))?;
+                    let spec = proto::TcpEchoSpec {
+                        listen: common.listen.clone(),
+                        prefix,
+                        max_connections: max_connections.unwrap_or(0),
+                        idle_timeout,
+                    };
+                    (common, Kind::TcpEcho(spec))
+                }
+                StartKind::UdpEcho { common, prefix } => {
+                    let spec = proto::UdpEchoSpec { listen: common.listen.clone(), prefix };
+                    (common, Kind::UdpEcho(spec))
+                }
+            };
+            let mut client = netd::client::control_client(&control).await?;
+            let req = proto::StartListenerRequest {
+                name: common.name.clone(),
+                spec: Some(proto::ListenerSpec { kind: Some(kind) }),
+                labels: common.labels.into_iter().collect::<HashMap<_, _>>(),
+            };
+            let what = format!("cannot start '{}'", common.name);
+            let l = client
+                .start_listener(req)
+                .await
+                .map_err(|s| status_line(&what, &s))?
+                .into_inner()
+                .listener
+                .ok_or_else(|| anyhow!("{what}: netd sent an empty reply"))?;
+            if json {
+                print_json(&output::listener_json(&l));
+            } else {
+                println!("started {} ({}) on {}", l.name, l.kind().slug(), l.bound_addr);
+            }
+        }
+        Command::Stop { name } => {
+            let mut client = netd::client::control_client(&control).await?;
+            let what = format!("cannot stop '{name}'");
+            let l = client
+                .stop_listener(proto::StopListenerRequest { name: name.clone() })
+                .await
+                .map_err(|s| status_line(&what, &s))?
+                .into_inner()
+                .listener
+                .ok_or_else(|| anyhow!("{what}: netd sent an empty reply"))?;
+            if json {
+                print_json(&output::listener_json(&l));
+            } else {
+                let s = l.stats.unwrap_or_default();
+                println!(
+                    "stopped {} ({}; {} connections, {} datagrams, {} in, {} out)",
+                    l.name,
+                    l.kind().slug(),
+                    s.connections_total,
+                    s.datagrams_in,
+                    output::bytes(s.bytes_in),
+                    output::bytes(s.bytes_out)
+                );
+            }
+        }
+        Command::List => {
+            let mut client = netd::client::control_client(&control).await?;
+            let ls = client
+                .list_listeners(proto::ListListenersRequest {})
+                .await
+                .map_err(|s| status_line("cannot list listeners", &s))?
+                .into_inner()
+                .listeners;
+            if json {
+                let items: Vec<_> = ls.iter().map(output::listener_json).collect();
+                print_json(&serde_json::json!({ "listeners": items }));
+            } else {
+                output::list_table(&ls);
+            }
+        }
+        Command::Status { name } => {
+            let mut client = netd::client::control_client(&control).await?;
+            let what = format!("cannot get '{name}'");
+            let l = client
+                .get_listener(proto::GetListenerRequest { name: name.clone() })
+                .await
+                .map_err(|s| status_line(&what, &s))?
+                .into_inner()
+                .listener
+                .ok_or_else(|| anyhow!("{what}: netd sent an empty reply"))?;
+            if json {
+                print_json(&output::listener_json(&l));
+            } else {
+                output::status_block(&l);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("netctl: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Rendering listeners for people (tables, key/value blocks) and for
+//! programs (JSON with the .proto's snake_case field names).
+
+use std::time::{Duration, SystemTime};
+
+use netd::proto::{self, listener_spec::Kind};
+use serde_json::{Value, json};
+
+fn kind(l: &proto::Listener) -> &'static str {
+    proto::ListenerKind::try_from(l.kind).unwrap_or_default().slug()
+}
+
+fn state(l: &proto::Listener) -> &'static str {
+    proto::ListenerState::try_from(l.state).unwrap_or_default().slug()
+}
+
+fn started_at(l: &proto::Listener) -> Option<SystemTime> {
+    l.started_at.and_then(|t| SystemTime::try_from(t).ok())
+}
+
+fn idle_timeout(d: &Option<prost_types::Duration>) -> Option<Duration> {
+    d.and_then(|d| Duration::try_from(d).ok())
+}
+
+fn spec_json(spec: &Option<proto::ListenerSpec>) -> Value {
+    match spec.as_ref().and_then(|s| s.kind.as_ref()) {
+        Some(Kind::TcpEcho(s)) => json!({
+            "listen": s.listen,
+            "prefix": s.prefix,
+            "max_connections": if s.max_connections == 0 { netd::services::DEFAULT_MAX_CONNECTIONS as u64 } else { s.max_connections as u64 },
+            "idle_timeout": humantime::format_duration(idle_timeout(&s.idle_timeout).unwrap_or(netd::services::DEFAULT_IDLE_TIMEOUT)).to_string(),
+        }),
+        Some(Kind::UdpEcho(s)) => json!({ "listen": s.listen, "prefix": s.prefix }),
+        None => Value::Null,
+    }
+}
+
+fn stats_json(s: &proto::ListenerStats) -> Value {
+    json!({
+        "connections_total": s.connections_total,
+        "connections_active": s.connections_active,
+        "connections_refused": s.connections_refused,
+        "bytes_in": s.bytes_in,
+        "bytes_out": s.bytes_out,
+        "datagrams_in": s.datagrams_in,
+        "datagrams_out": s.datagrams_out,
+        "errors": s.errors,
+    })
+}
+
+pub fn listener_json(l: &proto::Listener) -> Value {
+    json!({
+        "name": l.name,
+        "kind": kind(l),
+        "state": state(l),
+        "bound_addr": l.bound_addr,
+        "started_at": started_at(l).map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+        "restarts": l.restarts,
+        "last_error": l.last_error,
+        "labels": l.labels,
+        "spec": spec_json(&l.spec),
+        "stats": stats_json(&l.stats.unwrap_or_default()),
+    })
+}
+
+/// 1536 -> "1.5 KiB".
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}
+
+fn uptime(l: &proto::Listener) -> String {
+    match started_at(l).and_then(|t| SystemTime::now().duration_since(t).ok()) {
+        Some(d) => humantime::format_duration(Duration::from_secs(d.as_secs())).to_string(),
+        None => "-".into(),
+    }
+}
+
+/// Print rows with columns padded to the widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+pub fn list_table(listeners: &[proto::Listener]) {
+    if listeners.is_empty() {
+        println!("no listeners (start one with `netctl start ...`)");
+        return;
+    }
+    let rows: Vec<Vec<String>> = listeners
+        .iter()
+        .map(|l| {
+            let s = l.stats.unwrap_or_default();
+            let traffic = match l.kind() {
+                proto::ListenerKind::UdpEcho => format!("{} dgrams", s.datagrams_in),
+                _ => format!("{} active, {} total", s.connections_active, s.connections_total),
+            };
+            vec![
+                l.name.clone(),
+                kind(l).into(),
+                state(l).into(),
+                l.bound_addr.clone(),
+                traffic,
+                bytes(s.bytes_in),
+                bytes(s.bytes_out),
+                l.restarts.to_string(),
+                uptime(l),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "KIND", "STATE", "BOUND_ADDR", "TRAFFIC", "IN", "OUT", "RESTARTS", "UPTIME"],
+        &rows,
+    );
+}
+
+pub fn status_block(l: &proto::Listener) {
+    let s = l.stats.unwrap_or_default();
+    let mut labels: Vec<String> = l.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    labels.sort();
+    let spec = match l.spec.as_ref().and_then(|s| s.kind.as_ref()) {
+        Some(Kind::TcpEcho(t)) => {
+            let v = spec_json(&l.spec);
+            format!(
+                "listen={} prefix={:?} max_connections={} idle_timeout={}",
+                t.listen, t.prefix, v["max_connections"], v["idle_timeout"].as_str().unwrap_or("-")
+            )
+        }
+        Some(Kind::UdpEcho(u)) => format!("listen={} prefix={:?}", u.listen, u.prefix),
+        None => "-".into(),
+    };
+    let started = started_at(l)
+        .map(|t| format!("{} (up {})", humantime::format_rfc3339_seconds(t), uptime(l)))
+        .unwrap_or_else(|| "-".into());
+    let rows = [
+        ("name", l.name.clone()),
+        ("kind", kind(l).into()),
+        ("state", state(l).into()),
+        ("bound_addr", l.bound_addr.clone()),
+        ("started_at", started),
+        ("restarts", l.restarts.to_string()),
+        ("last_error", if l.last_error.is_empty() { "-".into() } else { l.last_error.clone() }),
+        ("labels", if labels.is_empty() { "-".into() } else { labels.join(", ") }),
+        ("spec", spec),
+        (
+            "connections",
+            format!("{} active, {} total, {} refused", s.connections_active, s.connections_total, s.connections_refused),
+        ),
+        ("datagrams", format!("{} in, {} out", s.datagrams_in, s.datagrams_out)),
+        ("bytes", format!("{} in, {} out", bytes(s.bytes_in), bytes(s.bytes_out))),
+        ("errors", s.errors.to_string()),
+    ];
+    for (k, v) in rows {
+        println!("{:<12} {v}", format!("{k}:"));
+    }
+}
