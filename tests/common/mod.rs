@@ -1,0 +1,205 @@
+//! Test harness: start the real `netd` binary with a temporary config and a
+//! Unix control socket in a temporary directory, wait for its sd_notify
+//! READY=1 (the same signal systemd waits for), and drive it with `netctl`
+//! and a tonic client. Everything stays on loopback.
+
+#![allow(dead_code)]
+
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use netd::addr::ControlAddr;
+use netd::proto::control_client::ControlClient;
+use tonic::transport::Channel;
+
+pub const NETD: &str = env!("CARGO_BIN_EXE_netd");
+pub const NETCTL: &str = env!("CARGO_BIN_EXE_netctl");
+
+/// Generous deadline for anything that should happen "soon".
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub struct Netd {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub control: ControlAddr,
+    notify: UnixDatagram,
+}
+
+impl Netd {
+    /// Start netd with `config` (TOML, without a `control` key).
+    pub fn start(config: &str) -> Netd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("netd.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let control = ControlAddr::Unix(dir.path().join("netd.sock"));
+        let mut cmd = Command::new(NETD);
+        cmd.arg("--config").arg(&cfg);
+        Netd::spawn(cmd, dir, control)
+    }
+
+    /// Start netd with arbitrary arguments and the control address given
+    /// through NETD_CONTROL.
+    pub fn spawn(mut cmd: Command, dir: tempfile::TempDir, control: ControlAddr) -> Netd {
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let log = std::fs::File::create(dir.path().join("netd.log")).expect("log file");
+        cmd.env("NETD_CONTROL", control.to_string())
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn netd");
+        let mut netd = Netd { child: Some(child), dir, control, notify };
+        netd.wait_notify("READY=1");
+        netd
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("netd.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("netd running").id()
+    }
+
+    /// Wait for an sd_notify datagram containing `what`; panics with the
+    /// daemon's log if it exits or the deadline passes first.
+    pub fn wait_notify(&mut self, what: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]);
+                if msg.lines().any(|l| l == what) {
+                    return;
+                }
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("netd exited ({status}) before {what}; log:\n{}", self.log());
+                }
+            }
+        }
+        panic!("no {what} from netd within {DEADLINE:?}; log:\n{}", self.log());
+    }
+
+    pub fn netctl(&self, args: &[&str]) -> Output {
+        Command::new(NETCTL)
+            .arg("--control")
+            .arg(self.control.to_string())
+            .args(args)
+            .output()
+            .expect("run netctl")
+    }
+
+    /// Run netctl, assert success, return stdout.
+    pub fn netctl_ok(&self, args: &[&str]) -> String {
+        let out = self.netctl(args);
+        assert!(
+            out.status.success(),
+            "netctl {args:?} failed: {}\nstdout: {}\nnetd log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout),
+            self.log()
+        );
+        String::from_utf8(out.stdout).expect("utf8 stdout")
+    }
+
+    /// Run netctl with `-o json`, assert success, parse stdout.
+    pub fn netctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let out = self.netctl_ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("netctl {args:?}: bad JSON ({e}): {out}"))
+    }
+
+    /// Run netctl, assert it fails, return its stderr.
+    pub fn netctl_err(&self, args: &[&str]) -> String {
+        let out = self.netctl(args);
+        assert!(
+            !out.status.success(),
+            "netctl {args:?} succeeded unexpectedly: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).expect("utf8 stderr")
+    }
+
+    pub async fn client(&self) -> ControlClient<Channel> {
+        netd::client::control_client(&self.control).await.expect("connect to netd")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with a pid we spawned and still own.
+        let rc = unsafe { libc::kill(self.pid() as i32, sig) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Wait for netd to exit and return its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("netd running");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "netd did not exit; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether netd has exited (without waiting).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait"))
+    }
+}
+
+impl Drop for Netd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Poll `cond` until it holds or the deadline passes.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Async version of [`wait_until`].
+pub async fn wait_until_async<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Bound address of listener `name`, from `netctl -o json status`.
+pub fn bound_addr(netd: &Netd, name: &str) -> std::net::SocketAddr {
+    let v = netd.netctl_json(&["status", name]);
+    v["bound_addr"].as_str().expect("bound_addr").parse().expect("socket addr")
+}
