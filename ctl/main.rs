@@ -147,13 +147,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let control = cli.control.clone().unwrap_or_else(default_control_addr);
     let json = cli.output == Format::Json;
     match cli.command {
-        Command::Probe { protocol, addr, message, timeout } => {
+        Command::Probe {
+            protocol,
+            addr,
+            message,
+            timeout,
+        } => {
             let target = parse_listen_addr(&addr)?;
             let reply = match protocol {
                 ProbeProtocol::Tcp => probe::tcp(target, message.as_bytes(), timeout).await,
                 ProbeProtocol::Udp => probe::udp(target, message.as_bytes(), timeout).await,
             }
-            .with_context(|| format!("probe {} {addr}", if protocol == ProbeProtocol::Tcp { "tcp" } else { "udp" }))?;
+            .with_context(|| {
+                format!(
+                    "probe {} {addr}",
+                    if protocol == ProbeProtocol::Tcp {
+                        "tcp"
+                    } else {
+                        "udp"
+                    }
+                )
+            })?;
             let text = String::from_utf8_lossy(&reply.bytes);
             if json {
                 print_json(&serde_json::json!({
@@ -174,7 +188,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Start(kind) => {
             let (common, kind) = match kind {
-                StartKind::TcpEcho { common, prefix, max_connections, idle_timeout } => {
+                StartKind::TcpEcho {
+                    common,
+                    prefix,
+                    max_connections,
+                    idle_timeout,
+                } => {
                     let idle_timeout = idle_timeout
                         .map(prost_types::Duration::try_from)
                         .transpose()
@@ -188,7 +207,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     (common, Kind::TcpEcho(spec))
                 }
                 StartKind::UdpEcho { common, prefix } => {
-                    let spec = proto::UdpEchoSpec { listen: common.listen.clone(), prefix };
+                    let spec = proto::UdpEchoSpec {
+                        listen: common.listen.clone(),
+                        prefix,
+                    };
                     (common, Kind::UdpEcho(spec))
                 }
             };
@@ -209,7 +231,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 print_json(&output::listener_json(&l));
             } else {
-                println!("started {} ({}) on {}", l.name, l.kind().slug(), l.bound_addr);
+                println!(
+                    "started {} ({}) on {}",
+                    l.name,
+                    l.kind().slug(),
+                    l.bound_addr
+                );
             }
         }
         Command::Stop { name } => {
@@ -274,7 +301,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("netctl: cannot start the tokio runtime: {e}");

@@ -7,11 +7,15 @@ use netd::proto::{self, listener_spec::Kind};
 use serde_json::{Value, json};
 
 fn kind(l: &proto::Listener) -> &'static str {
-    proto::ListenerKind::try_from(l.kind).unwrap_or_default().slug()
+    proto::ListenerKind::try_from(l.kind)
+        .unwrap_or_default()
+        .slug()
 }
 
 fn state(l: &proto::Listener) -> &'static str {
-    proto::ListenerState::try_from(l.state).unwrap_or_default().slug()
+    proto::ListenerState::try_from(l.state)
+        .unwrap_or_default()
+        .slug()
 }
 
 fn started_at(l: &proto::Listener) -> Option<SystemTime> {
@@ -72,7 +76,11 @@ pub fn bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 fn uptime(l: &proto::Listener) -> String {
@@ -118,7 +126,10 @@ pub fn list_table(listeners: &[proto::Listener]) {
             let s = l.stats.unwrap_or_default();
             let traffic = match l.kind() {
                 proto::ListenerKind::UdpEcho => format!("{} dgrams", s.datagrams_in),
-                _ => format!("{} active, {} total", s.connections_active, s.connections_total),
+                _ => format!(
+                    "{} active, {} total",
+                    s.connections_active, s.connections_total
+                ),
             };
             vec![
                 l.name.clone(),
@@ -134,7 +145,17 @@ pub fn list_table(listeners: &[proto::Listener]) {
         })
         .collect();
     table(
-        &["NAME", "KIND", "STATE", "BOUND_ADDR", "TRAFFIC", "IN", "OUT", "RESTARTS", "UPTIME"],
+        &[
+            "NAME",
+            "KIND",
+            "STATE",
+            "BOUND_ADDR",
+            "TRAFFIC",
+            "IN",
+            "OUT",
+            "RESTARTS",
+            "UPTIME",
+        ],
         &rows,
     );
 }
@@ -148,14 +169,23 @@ pub fn status_block(l: &proto::Listener) {
             let v = spec_json(&l.spec);
             format!(
                 "listen={} prefix={:?} max_connections={} idle_timeout={}",
-                t.listen, t.prefix, v["max_connections"], v["idle_timeout"].as_str().unwrap_or("-")
+                t.listen,
+                t.prefix,
+                v["max_connections"],
+                v["idle_timeout"].as_str().unwrap_or("-")
             )
         }
         Some(Kind::UdpEcho(u)) => format!("listen={} prefix={:?}", u.listen, u.prefix),
         None => "-".into(),
     };
     let started = started_at(l)
-        .map(|t| format!("{} (up {})", humantime::format_rfc3339_seconds(t), uptime(l)))
+        .map(|t| {
+            format!(
+                "{} (up {})",
+                humantime::format_rfc3339_seconds(t),
+                uptime(l)
+            )
+        })
         .unwrap_or_else(|| "-".into());
     let rows = [
         ("name", l.name.clone()),
@@ -164,15 +194,38 @@ pub fn status_block(l: &proto::Listener) {
         ("bound_addr", l.bound_addr.clone()),
         ("started_at", started),
         ("restarts", l.restarts.to_string()),
-        ("last_error", if l.last_error.is_empty() { "-".into() } else { l.last_error.clone() }),
-        ("labels", if labels.is_empty() { "-".into() } else { labels.join(", ") }),
+        (
+            "last_error",
+            if l.last_error.is_empty() {
+                "-".into()
+            } else {
+                l.last_error.clone()
+            },
+        ),
+        (
+            "labels",
+            if labels.is_empty() {
+                "-".into()
+            } else {
+                labels.join(", ")
+            },
+        ),
         ("spec", spec),
         (
             "connections",
-            format!("{} active, {} total, {} refused", s.connections_active, s.connections_total, s.connections_refused),
+            format!(
+                "{} active, {} total, {} refused",
+                s.connections_active, s.connections_total, s.connections_refused
+            ),
         ),
-        ("datagrams", format!("{} in, {} out", s.datagrams_in, s.datagrams_out)),
-        ("bytes", format!("{} in, {} out", bytes(s.bytes_in), bytes(s.bytes_out))),
+        (
+            "datagrams",
+            format!("{} in, {} out", s.datagrams_in, s.datagrams_out),
+        ),
+        (
+            "bytes",
+            format!("{} in, {} out", bytes(s.bytes_in), bytes(s.bytes_out)),
+        ),
         ("errors", s.errors.to_string()),
     ];
     for (k, v) in rows {

@@ -24,18 +24,30 @@ pub struct Reply {
 pub async fn tcp(addr: SocketAddr, message: &[u8], limit: Duration) -> anyhow::Result<Reply> {
     let start = Instant::now();
     let mut stream = match timeout(limit, tokio::net::TcpStream::connect(addr)).await {
-        Err(_) => bail!("connecting to {addr} timed out after {}", humantime::format_duration(limit)),
+        Err(_) => bail!(
+            "connecting to {addr} timed out after {}",
+            humantime::format_duration(limit)
+        ),
         Ok(r) => r.with_context(|| format!("cannot connect to {addr}"))?,
     };
-    stream.write_all(message).await.with_context(|| format!("sending to {addr}"))?;
-    stream.shutdown().await.with_context(|| format!("half-closing the connection to {addr}"))?;
+    stream
+        .write_all(message)
+        .await
+        .with_context(|| format!("sending to {addr}"))?;
+    stream
+        .shutdown()
+        .await
+        .with_context(|| format!("half-closing the connection to {addr}"))?;
     let mut reply = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
             Err(_) if reply.is_empty() => {
-                bail!("no reply from {addr} within {}", humantime::format_duration(limit))
+                bail!(
+                    "no reply from {addr} within {}",
+                    humantime::format_duration(limit)
+                )
             }
             Err(_) => break,
             Ok(Ok(0)) => break,
@@ -48,20 +60,41 @@ pub async fn tcp(addr: SocketAddr, message: &[u8], limit: Duration) -> anyhow::R
             Ok(Err(e)) => return Err(e).with_context(|| format!("reading from {addr}")),
         }
     }
-    Ok(Reply { bytes: reply, rtt: start.elapsed() })
+    Ok(Reply {
+        bytes: reply,
+        rtt: start.elapsed(),
+    })
 }
 
 pub async fn udp(addr: SocketAddr, message: &[u8], limit: Duration) -> anyhow::Result<Reply> {
-    let local: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
-    let socket = tokio::net::UdpSocket::bind(local).await.context("binding a local UDP socket")?;
-    socket.connect(addr).await.with_context(|| format!("cannot reach {addr}"))?;
+    let local: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let socket = tokio::net::UdpSocket::bind(local)
+        .await
+        .context("binding a local UDP socket")?;
+    socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("cannot reach {addr}"))?;
     let start = Instant::now();
-    socket.send(message).await.with_context(|| format!("sending to {addr}"))?;
+    socket
+        .send(message)
+        .await
+        .with_context(|| format!("sending to {addr}"))?;
     let mut buf = vec![0u8; 64 * 1024];
     let n = match timeout(limit, socket.recv(&mut buf)).await {
-        Err(_) => bail!("no reply from {addr} within {}", humantime::format_duration(limit)),
+        Err(_) => bail!(
+            "no reply from {addr} within {}",
+            humantime::format_duration(limit)
+        ),
         Ok(r) => r.with_context(|| format!("no reply from {addr}"))?,
     };
     buf.truncate(n);
-    Ok(Reply { bytes: buf, rtt: start.elapsed() })
+    Ok(Reply {
+        bytes: buf,
+        rtt: start.elapsed(),
+    })
 }

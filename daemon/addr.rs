@@ -36,7 +36,10 @@ impl std::str::FromStr for ControlAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err(AddrError::new(s, "a unix: address needs a path, e.g. unix:/run/netd/netd.sock"));
+                return Err(AddrError::new(
+                    s,
+                    "a unix: address needs a path, e.g. unix:/run/netd/netd.sock",
+                ));
             }
             return Ok(ControlAddr::Unix(PathBuf::from(path)));
         }
@@ -71,7 +74,10 @@ pub struct AddrError {
 
 impl AddrError {
     fn new(input: &str, reason: impl Into<String>) -> Self {
-        AddrError { input: input.to_string(), reason: reason.into() }
+        AddrError {
+            input: input.to_string(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -85,7 +91,10 @@ fn split_host_port(s: &str) -> Result<(&str, u16), AddrError> {
         .parse()
         .map_err(|_| AddrError::new(s, format!("'{port}' is not a port number (0-65535)")))?;
     if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-        return Err(AddrError::new(s, "an IPv6 host must be in brackets, e.g. [::1]:8080"));
+        return Err(AddrError::new(
+            s,
+            "an IPv6 host must be in brackets, e.g. [::1]:8080",
+        ));
     }
     Ok((host, port))
 }
@@ -96,7 +105,10 @@ fn split_host_port(s: &str) -> Result<(&str, u16), AddrError> {
 pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, AddrError> {
     let s = s.trim();
     if s.is_empty() {
-        return Err(AddrError::new(s, "empty; expected host:port, e.g. 127.0.0.1:8080"));
+        return Err(AddrError::new(
+            s,
+            "empty; expected host:port, e.g. 127.0.0.1:8080",
+        ));
     }
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return Ok(addr);

@@ -15,11 +15,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Open a channel to netd at `addr`.
 pub async fn connect(addr: &ControlAddr) -> anyhow::Result<Channel> {
     let channel = match addr {
-        ControlAddr::Tcp(hostport) => Endpoint::from_shared(format!("http://{hostport}"))
-            .with_context(|| format!("invalid control address '{hostport}'"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect()
-            .await,
+        ControlAddr::Tcp(hostport) => {
+            Endpoint::from_shared(format!("http://{hostport}"))
+                .with_context(|| format!("invalid control address '{hostport}'"))?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .connect()
+                .await
+        }
         ControlAddr::Unix(path) => {
             let path = path.clone();
             // The URI is required by the API but unused: the connector

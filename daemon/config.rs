@@ -54,7 +54,10 @@ fn default_level() -> String {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: default_level(), format: LogFormat::Text }
+        LogConfig {
+            level: default_level(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -130,8 +133,8 @@ impl Config {
 
     /// Parse and validate `text`; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError(format!("{source}: {}", e.to_string().trim_end())))?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError(format!("{source}: {}", e.to_string().trim_end())))?;
         let at = |span: std::ops::Range<usize>| format!("{source}:{}", line_of(text, span.start));
 
         let control = match &raw.control {
@@ -155,14 +158,24 @@ impl Config {
             let origin = at(l.name.span());
             let name = l.name.get_ref().clone();
             if listeners.iter().any(|b| b.name == name) {
-                return Err(ConfigError(format!("{origin}: a listener named '{name}' is defined twice")));
+                return Err(ConfigError(format!(
+                    "{origin}: a listener named '{name}' is defined twice"
+                )));
             }
-            let prefix = l.prefix.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
+            let prefix = l
+                .prefix
+                .as_ref()
+                .map(|p| p.get_ref().clone())
+                .unwrap_or_default();
             let kind = match l.kind.get_ref() {
                 KindName::TcpEcho => Kind::TcpEcho(proto::TcpEchoSpec {
                     listen: l.listen.get_ref().clone(),
                     prefix,
-                    max_connections: l.max_connections.as_ref().map(|m| *m.get_ref()).unwrap_or(0),
+                    max_connections: l
+                        .max_connections
+                        .as_ref()
+                        .map(|m| *m.get_ref())
+                        .unwrap_or(0),
                     idle_timeout: l.idle_timeout.map(|d| d.try_into().unwrap_or_default()),
                 }),
                 KindName::UdpEcho => {
@@ -177,24 +190,46 @@ impl Config {
                             "{origin}: idle_timeout does not apply to a udp-echo listener"
                         )));
                     }
-                    Kind::UdpEcho(proto::UdpEchoSpec { listen: l.listen.get_ref().clone(), prefix })
+                    Kind::UdpEcho(proto::UdpEchoSpec {
+                        listen: l.listen.get_ref().clone(),
+                        prefix,
+                    })
                 }
             };
             let spec = proto::ListenerSpec { kind: Some(kind) };
             if let Err(e) = Service::from_spec(&spec) {
                 // Point at the listen line for address problems.
-                let line = if e.0.starts_with("listen") { at(l.listen.span()) } else { origin.clone() };
+                let line = if e.0.starts_with("listen") {
+                    at(l.listen.span())
+                } else {
+                    origin.clone()
+                };
                 return Err(ConfigError(format!("{line}: listener '{name}': {e}")));
             }
-            listeners.push(BootListener { name, spec, labels: l.labels, origin });
+            listeners.push(BootListener {
+                name,
+                spec,
+                labels: l.labels,
+                origin,
+            });
         }
-        Ok(Config { source: source.to_string(), control, shutdown_grace, log: raw.log, listeners })
+        Ok(Config {
+            source: source.to_string(),
+            control,
+            shutdown_grace,
+            log: raw.log,
+            listeners,
+        })
     }
 }
 
 /// 1-based line number of byte offset `pos` in `text`.
 fn line_of(text: &str, pos: usize) -> usize {
-    text.as_bytes()[..pos.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..pos.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]
@@ -225,7 +260,8 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_line() {
-        let text = "[[listener]]\nname = \"a\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:99999\"\n";
+        let text =
+            "[[listener]]\nname = \"a\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:99999\"\n";
         let e = Config::parse(text, "x.toml").unwrap_err().to_string();
         assert!(e.starts_with("x.toml:4: listener 'a': listen:"), "{e}");
 
@@ -239,6 +275,9 @@ mod tests {
 
         let text = "[[listener]]\nname = \"a\"\nkind = \"udp-echo\"\nlisten = \"127.0.0.1:1\"\n[[listener]]\nname = \"a\"\nkind = \"udp-echo\"\nlisten = \"127.0.0.1:2\"\n";
         let e = Config::parse(text, "x.toml").unwrap_err().to_string();
-        assert!(e.starts_with("x.toml:6:") && e.contains("defined twice"), "{e}");
+        assert!(
+            e.starts_with("x.toml:6:") && e.contains("defined twice"),
+            "{e}"
+        );
     }
 }

@@ -51,7 +51,9 @@ impl Control for ControlService {
             .supervisor
             .start(&req.name, spec, req.labels)
             .map_err(to_status)?;
-        Ok(Response::new(proto::StartListenerResponse { listener: Some(listener) }))
+        Ok(Response::new(proto::StartListenerResponse {
+            listener: Some(listener),
+        }))
     }
 
     async fn stop_listener(
@@ -60,7 +62,9 @@ impl Control for ControlService {
     ) -> Result<Response<proto::StopListenerResponse>, Status> {
         let name = request.into_inner().name;
         let listener = self.supervisor.stop(&name).await.map_err(to_status)?;
-        Ok(Response::new(proto::StopListenerResponse { listener: Some(listener) }))
+        Ok(Response::new(proto::StopListenerResponse {
+            listener: Some(listener),
+        }))
     }
 
     async fn get_listener(
@@ -69,13 +73,17 @@ impl Control for ControlService {
     ) -> Result<Response<proto::GetListenerResponse>, Status> {
         let name = request.into_inner().name;
         let listener = self.supervisor.get(&name).map_err(to_status)?;
-        Ok(Response::new(proto::GetListenerResponse { listener: Some(listener) }))
+        Ok(Response::new(proto::GetListenerResponse {
+            listener: Some(listener),
+        }))
     }
 
     async fn list_listeners(
         &self,
         _request: Request<proto::ListListenersRequest>,
     ) -> Result<Response<proto::ListListenersResponse>, Status> {
-        Ok(Response::new(proto::ListListenersResponse { listeners: self.supervisor.list() }))
+        Ok(Response::new(proto::ListListenersResponse {
+            listeners: self.supervisor.list(),
+        }))
     }
 }

@@ -54,7 +54,11 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
-        println!("{}: ok ({} listeners)", config.source, config.listeners.len());
+        println!(
+            "{}: ok ({} listeners)",
+            config.source,
+            config.listeners.len()
+        );
         return ExitCode::SUCCESS;
     }
     netd::logging::init(&config.log);

@@ -10,7 +10,10 @@ pub fn ready() {
 
 /// Tell systemd shutdown has begun.
 pub fn stopping() {
-    send(&[NotifyState::Stopping, NotifyState::Status("draining connections")]);
+    send(&[
+        NotifyState::Stopping,
+        NotifyState::Status("draining connections"),
+    ]);
 }
 
 fn send(states: &[NotifyState]) {

@@ -86,16 +86,21 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
     };
     if let Some(r) = server_result {
         supervisor.shutdown(Duration::ZERO).await;
-        r.context("control server task")?.context("control server")?;
+        r.context("control server task")?
+            .context("control server")?;
         bail!("control server stopped unexpectedly");
     }
 
     crate::notify::stopping();
-    health.set_not_serving::<ControlServer<ControlService>>().await;
+    health
+        .set_not_serving::<ControlServer<ControlService>>()
+        .await;
     supervisor.shutdown(config.shutdown_grace).await;
     stop_control.cancel();
     match tokio::time::timeout(CONTROL_DRAIN, &mut server).await {
-        Ok(r) => r.context("control server task")?.context("control server")?,
+        Ok(r) => r
+            .context("control server task")?
+            .context("control server")?,
         Err(_) => server.abort(),
     }
     tracing::info!("netd stopped");
@@ -121,18 +126,29 @@ async fn bind_control(addr: &ControlAddr) -> anyhow::Result<ControlSocket> {
 /// left by a crash but never one a running netd still answers on.
 fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the control socket directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "cannot create the control socket directory {}",
+                dir.display()
+            )
+        })?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            bail!("{} exists and is not a socket; refusing to replace it", path.display());
+            bail!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            );
         }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("{} is in use: another netd is running there (use --control for a second one)", path.display());
+            bail!(
+                "{} is in use: another netd is running there (use --control for a second one)",
+                path.display()
+            );
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove the stale control socket {}", path.display()))?;
+        std::fs::remove_file(path).with_context(|| {
+            format!("cannot remove the stale control socket {}", path.display())
+        })?;
         tracing::info!(path = %path.display(), "replaced a stale control socket");
     }
     let listener = tokio::net::UnixListener::bind(path)

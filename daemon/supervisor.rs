@@ -141,7 +141,10 @@ impl Supervisor {
     }
 
     fn listeners(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Entry>>> {
-        self.inner.listeners.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Validate, bind and start a listener. Must be called within a tokio
@@ -245,7 +248,11 @@ impl Supervisor {
         }
         let active: u64 = entries
             .iter()
-            .map(|e| e.stats.connections_active.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|e| {
+                e.stats
+                    .connections_active
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
             .sum();
         if active > 0 {
             tracing::info!(connections = active, grace = %humantime::format_duration(grace), "draining connections");
@@ -272,7 +279,9 @@ fn validate_name(name: &str) -> Result<(), SpecError> {
         return Err(SpecError("a listener needs a name".into()));
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(SpecError(format!("listener name is longer than {MAX_NAME_LEN} characters")));
+        return Err(SpecError(format!(
+            "listener name is longer than {MAX_NAME_LEN} characters"
+        )));
     }
     if let Some(c) = name
         .chars()

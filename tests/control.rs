@@ -25,7 +25,11 @@ fn tcp_spec(listen: &str, prefix: &str) -> proto::ListenerSpec {
 }
 
 fn start_req(name: &str, spec: proto::ListenerSpec) -> proto::StartListenerRequest {
-    proto::StartListenerRequest { name: name.into(), spec: Some(spec), labels: HashMap::new() }
+    proto::StartListenerRequest {
+        name: name.into(),
+        spec: Some(spec),
+        labels: HashMap::new(),
+    }
 }
 
 fn tcp_roundtrip(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
@@ -43,9 +47,30 @@ fn netctl_start_list_status_stop_both_kinds() {
     let netd = Netd::start("");
     assert!(netd.netctl_ok(&["list"]).contains("no listeners"));
 
-    let out = netd.netctl_ok(&["start", "tcp-echo", "e2", "--listen", "127.0.0.1:0", "--prefix", "Echo: ", "--label", "team=net"]);
-    assert!(out.starts_with("started e2 (tcp-echo) on 127.0.0.1:"), "{out}");
-    let started = netd.netctl_json(&["start", "udp-echo", "u1", "--listen", "127.0.0.1:0", "--prefix", "ACK: "]);
+    let out = netd.netctl_ok(&[
+        "start",
+        "tcp-echo",
+        "e2",
+        "--listen",
+        "127.0.0.1:0",
+        "--prefix",
+        "Echo: ",
+        "--label",
+        "team=net",
+    ]);
+    assert!(
+        out.starts_with("started e2 (tcp-echo) on 127.0.0.1:"),
+        "{out}"
+    );
+    let started = netd.netctl_json(&[
+        "start",
+        "udp-echo",
+        "u1",
+        "--listen",
+        "127.0.0.1:0",
+        "--prefix",
+        "ACK: ",
+    ]);
     assert_eq!(started["kind"], "udp-echo");
     assert_eq!(started["state"], "running");
 
@@ -60,14 +85,22 @@ fn netctl_start_list_status_stop_both_kinds() {
     assert_ne!(e2.port(), 0, "bound_addr must show the real port");
 
     let list = netd.netctl_json(&["list"]);
-    let names: Vec<&str> = list["listeners"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["e2", "u1"]);
     let table = netd.netctl_ok(&["list"]);
     assert!(table.contains(&e2.to_string()), "{table}");
 
     // Both services answer, through netctl probe and through plain sockets.
     assert_eq!(tcp_roundtrip(e2, b"hi\n"), b"Echo: hi\n");
-    assert_eq!(netd.netctl_ok(&["probe", "tcp", &e2.to_string(), "--message", "yo\n"]), "Echo: yo\n");
+    assert_eq!(
+        netd.netctl_ok(&["probe", "tcp", &e2.to_string(), "--message", "yo\n"]),
+        "Echo: yo\n"
+    );
     let u1 = bound_addr(&netd, "u1");
     let probe = netd.netctl_json(&["probe", "udp", &u1.to_string(), "--message", "ping"]);
     assert_eq!(probe["reply"], "ACK: ping");
@@ -84,7 +117,9 @@ fn netctl_start_list_status_stop_both_kinds() {
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     sock.send(b"anyone?").unwrap();
     let mut buf = [0u8; 64];
-    let err = sock.recv(&mut buf).expect_err("udp port must be closed after stop");
+    let err = sock
+        .recv(&mut buf)
+        .expect_err("udp port must be closed after stop");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     assert!(netd.netctl_ok(&["list"]).contains("no listeners"));
     netd.netctl_ok(&["start", "tcp-echo", "e2", "--listen", "127.0.0.1:0"]);
@@ -97,18 +132,37 @@ fn bad_input_gets_clear_errors_and_daemon_keeps_serving() {
     let a = bound_addr(&netd, "a");
 
     let e = netd.netctl_err(&["start", "tcp-echo", "a", "--listen", "127.0.0.1:0"]);
-    assert_eq!(e, "netctl: cannot start 'a': a listener named 'a' already exists\n");
+    assert_eq!(
+        e,
+        "netctl: cannot start 'a': a listener named 'a' already exists\n"
+    );
     let e = netd.netctl_err(&["start", "tcp-echo", "b", "--listen", &a.to_string()]);
-    assert_eq!(e, format!("netctl: cannot start 'b': {a} is already in use\n"));
+    assert_eq!(
+        e,
+        format!("netctl: cannot start 'b': {a} is already in use\n")
+    );
     let e = netd.netctl_err(&["start", "udp-echo", "c", "--listen", "localhost"]);
-    assert!(e.starts_with("netctl: cannot start 'c': listen: invalid address 'localhost': expected host:port"), "{e}");
+    assert!(
+        e.starts_with(
+            "netctl: cannot start 'c': listen: invalid address 'localhost': expected host:port"
+        ),
+        "{e}"
+    );
     let e = netd.netctl_err(&["stop", "nope"]);
     assert_eq!(e, "netctl: cannot stop 'nope': no listener named 'nope'\n");
     let e = netd.netctl_err(&["status", "nope"]);
     assert!(e.contains("no listener named 'nope'"), "{e}");
     let e = netd.netctl_err(&["start", "tcp-echo", "bad/name", "--listen", "127.0.0.1:0"]);
     assert!(e.contains("contains '/'"), "{e}");
-    let e = netd.netctl_err(&["start", "tcp-echo", "z", "--listen", "127.0.0.1:0", "--idle-timeout", "0s"]);
+    let e = netd.netctl_err(&[
+        "start",
+        "tcp-echo",
+        "z",
+        "--listen",
+        "127.0.0.1:0",
+        "--idle-timeout",
+        "0s",
+    ]);
     assert!(e.contains("idle_timeout must be greater than zero"), "{e}");
 
     // The listener that was there is untouched and still echoes.
@@ -121,36 +175,99 @@ fn bad_input_gets_clear_errors_and_daemon_keeps_serving() {
 async fn grpc_status_codes() {
     let netd = Netd::start("");
     let mut c = netd.client().await;
-    let l = c.start_listener(start_req("a", tcp_spec("127.0.0.1:0", ""))).await.unwrap().into_inner().listener.unwrap();
+    let l = c
+        .start_listener(start_req("a", tcp_spec("127.0.0.1:0", "")))
+        .await
+        .unwrap()
+        .into_inner()
+        .listener
+        .unwrap();
     assert_eq!(l.state(), proto::ListenerState::Running);
     assert_eq!(l.kind(), proto::ListenerKind::TcpEcho);
 
-    let code = |r: Result<tonic::Response<_>, tonic::Status>| r.map(|_: tonic::Response<proto::StartListenerResponse>| ()).unwrap_err().code();
-    assert_eq!(code(c.start_listener(start_req("a", tcp_spec("127.0.0.1:0", ""))).await), Code::AlreadyExists);
-    assert_eq!(code(c.start_listener(start_req("b", tcp_spec(&l.bound_addr, ""))).await), Code::FailedPrecondition);
-    assert_eq!(code(c.start_listener(start_req("b", tcp_spec("127.0.0.1:http", ""))).await), Code::InvalidArgument);
-    assert_eq!(code(c.start_listener(start_req("b", tcp_spec("", ""))).await), Code::InvalidArgument);
-    assert_eq!(code(c.start_listener(start_req("", tcp_spec("127.0.0.1:0", ""))).await), Code::InvalidArgument);
-    let no_spec = proto::StartListenerRequest { name: "b".into(), spec: None, labels: HashMap::new() };
+    let code = |r: Result<tonic::Response<_>, tonic::Status>| {
+        r.map(|_: tonic::Response<proto::StartListenerResponse>| ())
+            .unwrap_err()
+            .code()
+    };
+    assert_eq!(
+        code(
+            c.start_listener(start_req("a", tcp_spec("127.0.0.1:0", "")))
+                .await
+        ),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        code(
+            c.start_listener(start_req("b", tcp_spec(&l.bound_addr, "")))
+                .await
+        ),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(
+            c.start_listener(start_req("b", tcp_spec("127.0.0.1:http", "")))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(c.start_listener(start_req("b", tcp_spec("", ""))).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.start_listener(start_req("", tcp_spec("127.0.0.1:0", "")))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    let no_spec = proto::StartListenerRequest {
+        name: "b".into(),
+        spec: None,
+        labels: HashMap::new(),
+    };
     assert_eq!(code(c.start_listener(no_spec).await), Code::InvalidArgument);
     let empty_spec = start_req("b", proto::ListenerSpec { kind: None });
-    assert_eq!(code(c.start_listener(empty_spec).await), Code::InvalidArgument);
+    assert_eq!(
+        code(c.start_listener(empty_spec).await),
+        Code::InvalidArgument
+    );
 
-    let err = c.get_listener(proto::GetListenerRequest { name: "zz".into() }).await.unwrap_err();
+    let err = c
+        .get_listener(proto::GetListenerRequest { name: "zz".into() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = c.stop_listener(proto::StopListenerRequest { name: "zz".into() }).await.unwrap_err();
+    let err = c
+        .stop_listener(proto::StopListenerRequest { name: "zz".into() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
 
-    let got = c.get_listener(proto::GetListenerRequest { name: "a".into() }).await.unwrap().into_inner().listener.unwrap();
+    let got = c
+        .get_listener(proto::GetListenerRequest { name: "a".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .listener
+        .unwrap();
     assert_eq!(got.bound_addr, l.bound_addr);
-    let all = c.list_listeners(proto::ListListenersRequest {}).await.unwrap().into_inner().listeners;
+    let all = c
+        .list_listeners(proto::ListListenersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .listeners;
     assert_eq!(all.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_answer() {
     use tokio_stream::StreamExt;
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -161,18 +278,36 @@ async fn health_and_reflection_answer() {
 
     let mut health = HealthClient::new(channel.clone());
     for service in ["", "netd.v1.Control"] {
-        let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(r.status(), ServingStatus::Serving, "service {service:?}");
     }
 
     let mut refl = ServerReflectionClient::new(channel);
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut stream = refl.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
     let resp = stream.next().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("unexpected {resp:?}") };
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected {resp:?}")
+    };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     for want in ["netd.v1.Control", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
     }
 }
 
@@ -195,7 +330,12 @@ fn control_socket_is_0660_replaces_stale_file_and_is_removed_on_exit() {
 
     // A second daemon on the same socket is refused, and the first keeps it.
     let out = std::process::Command::new(common::NETD)
-        .args(["--config", "/dev/null", "--control", &format!("unix:{}", sock.display())])
+        .args([
+            "--config",
+            "/dev/null",
+            "--control",
+            &format!("unix:{}", sock.display()),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -230,10 +370,13 @@ fn stop_waits_for_connections_to_close() {
     conn.write_all(b"x").unwrap();
     let mut b = [0u8; 1];
     conn.read_exact(&mut b).unwrap();
-    wait_until("one active connection", || netd.netctl_json(&["status", "s"])["stats"]["connections_active"] == 1);
+    wait_until("one active connection", || {
+        netd.netctl_json(&["status", "s"])["stats"]["connections_active"] == 1
+    });
     let stopped = netd.netctl_json(&["stop", "s"]);
     assert_eq!(stopped["stats"]["connections_active"], 0);
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let n = conn.read(&mut b).unwrap_or(0);
     assert_eq!(n, 0, "the open connection must be closed by stop");
 }

@@ -90,7 +90,9 @@ fn tcp_echo_many_concurrent_clients() {
     for h in handles {
         h.join().expect("client thread");
     }
-    wait_until("all clients gone", || netd.netctl_json(&["status", "many"])["stats"]["connections_active"] == 0);
+    wait_until("all clients gone", || {
+        netd.netctl_json(&["status", "many"])["stats"]["connections_active"] == 0
+    });
     let stats = &netd.netctl_json(&["status", "many"])["stats"];
     assert_eq!(stats["connections_total"], CLIENTS as u64);
     assert_eq!(stats["connections_refused"], 0);
@@ -100,7 +102,9 @@ fn tcp_echo_many_concurrent_clients() {
 fn tcp_echo_one_mebibyte_byte_exact() {
     let netd = Netd::start("");
     let addr = start_tcp(&netd, "big", &[]);
-    let data: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let mut c = connect(addr);
     let mut writer = c.try_clone().unwrap();
     let to_send = data.clone();
@@ -114,7 +118,9 @@ fn tcp_echo_one_mebibyte_byte_exact() {
     assert_eq!(got.len(), data.len());
     assert!(got == data, "echoed stream differs from what was sent");
 
-    wait_until("connection closed", || netd.netctl_json(&["status", "big"])["stats"]["connections_active"] == 0);
+    wait_until("connection closed", || {
+        netd.netctl_json(&["status", "big"])["stats"]["connections_active"] == 0
+    });
     let stats = &netd.netctl_json(&["status", "big"])["stats"];
     assert_eq!(stats["bytes_in"], data.len() as u64);
     assert_eq!(stats["bytes_out"], data.len() as u64);
@@ -137,11 +143,15 @@ fn tcp_max_connections_refuses_the_excess() {
     let mut buf = [0u8; 16];
     let n = third.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "a connection over the limit must be closed");
-    wait_until("refusal counted", || netd.netctl_json(&["status", "lim"])["stats"]["connections_refused"] == 1);
+    wait_until("refusal counted", || {
+        netd.netctl_json(&["status", "lim"])["stats"]["connections_refused"] == 1
+    });
 
     // Once a slot frees up, a new client is served.
     drop(a);
-    wait_until("slot freed", || netd.netctl_json(&["status", "lim"])["stats"]["connections_active"] == 1);
+    wait_until("slot freed", || {
+        netd.netctl_json(&["status", "lim"])["stats"]["connections_active"] == 1
+    });
     let mut d = connect(addr);
     d.write_all(b"ok").unwrap();
     let mut x = [0u8; 2];
@@ -161,7 +171,9 @@ fn tcp_idle_timeout_closes_silent_clients() {
     let n = c.read(&mut x).unwrap();
     assert_eq!(n, 0, "netd must close the idle connection");
     assert!(t.elapsed() < Duration::from_secs(10));
-    wait_until("connection gone", || netd.netctl_json(&["status", "idle"])["stats"]["connections_active"] == 0);
+    wait_until("connection gone", || {
+        netd.netctl_json(&["status", "idle"])["stats"]["connections_active"] == 0
+    });
 }
 
 #[test]
@@ -230,13 +242,18 @@ fn counters_are_exact() {
         let n = u.recv(&mut buf).unwrap();
         assert_eq!(n, 5);
     }
-    wait_until("tcp connections closed", || netd.netctl_json(&["status", "t"])["stats"]["connections_active"] == 0);
+    wait_until("tcp connections closed", || {
+        netd.netctl_json(&["status", "t"])["stats"]["connections_active"] == 0
+    });
     let t = &netd.netctl_json(&["status", "t"])["stats"];
     assert_eq!(t["connections_total"], CONNS);
     assert_eq!(t["bytes_in"], CONNS * BYTES);
     let out = t["bytes_out"].as_u64().unwrap();
     // Each read chunk gets one prefix byte: at least one chunk per connection.
-    assert!(out >= CONNS * (BYTES + 1) && out <= CONNS * 2 * BYTES, "bytes_out {out}");
+    assert!(
+        (CONNS * (BYTES + 1)..=CONNS * 2 * BYTES).contains(&out),
+        "bytes_out {out}"
+    );
     let u = &netd.netctl_json(&["status", "u"])["stats"];
     assert_eq!(u["datagrams_in"], DGRAMS);
     assert_eq!(u["datagrams_out"], DGRAMS);

@@ -18,7 +18,10 @@ fn netd_with_config(config: &str) -> std::process::Output {
     Command::new(NETD)
         .arg("--config")
         .arg(&path)
-        .env("NETD_CONTROL", format!("unix:{}", dir.path().join("s.sock").display()))
+        .env(
+            "NETD_CONTROL",
+            format!("unix:{}", dir.path().join("s.sock").display()),
+        )
         .output()
         .unwrap()
 }
@@ -26,23 +29,43 @@ fn netd_with_config(config: &str) -> std::process::Output {
 #[test]
 fn config_errors_name_file_line_and_problem() {
     let cases = [
-        ("[[listener]]\nname = \"a\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:70000\"\n", "bad.toml:4: listener 'a': listen:"),
-        ("[[listener]]\nname = \"a\"\nkind = \"tcp_echo\"\nlisten = \"127.0.0.1:0\"\n", "line 3"),
+        (
+            "[[listener]]\nname = \"a\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:70000\"\n",
+            "bad.toml:4: listener 'a': listen:",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nkind = \"tcp_echo\"\nlisten = \"127.0.0.1:0\"\n",
+            "line 3",
+        ),
         ("shutdown_grace = \"soon\"\n", "line 1"),
-        ("[log]\nlevel = \"info\"\ncolour = \"red\"\n", "unknown field `colour`"),
-        ("[[listener]]\nname = \"a\"\nkind = \"udp-echo\"\nlisten = \"127.0.0.1:0\"\nmax_connections = 3\n", "bad.toml:5: max_connections does not apply"),
+        (
+            "[log]\nlevel = \"info\"\ncolour = \"red\"\n",
+            "unknown field `colour`",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nkind = \"udp-echo\"\nlisten = \"127.0.0.1:0\"\nmax_connections = 3\n",
+            "bad.toml:5: max_connections does not apply",
+        ),
         ("this is not toml", "line 1"),
     ];
     for (config, want) in cases {
         let out = netd_with_config(config);
         assert!(!out.status.success(), "netd accepted:\n{config}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.starts_with("netd: ") && err.contains("bad.toml") && err.contains(want), "for\n{config}\ngot: {err}");
+        assert!(
+            err.starts_with("netd: ") && err.contains("bad.toml") && err.contains(want),
+            "for\n{config}\ngot: {err}"
+        );
     }
 
-    let out = Command::new(NETD).args(["--config", "/nonexistent/netd.toml"]).output().unwrap();
+    let out = Command::new(NETD)
+        .args(["--config", "/nonexistent/netd.toml"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config /nonexistent/netd.toml"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot read config /nonexistent/netd.toml")
+    );
 }
 
 #[test]
@@ -53,7 +76,11 @@ fn boot_listener_on_a_port_in_use_fails_startup_clearly() {
     let out = netd_with_config(&config);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:2: listener 'e'") && err.contains(&format!("{addr} is already in use")), "{err}");
+    assert!(
+        err.contains("bad.toml:2: listener 'e'")
+            && err.contains(&format!("{addr} is already in use")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -80,8 +107,14 @@ fn boot_listeners_from_config() {
 fn embedded_default_serves_the_demo() {
     let out = Command::new(NETD).arg("--check-config").output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "<embedded default config>: ok (2 listeners)\n");
-    let printed = Command::new(NETD).arg("--print-default-config").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "<embedded default config>: ok (2 listeners)\n"
+    );
+    let printed = Command::new(NETD)
+        .arg("--print-default-config")
+        .output()
+        .unwrap();
     assert_eq!(printed.stdout, std::fs::read("deploy/netd.toml").unwrap());
 
     let tcp_free = std::net::TcpListener::bind("127.0.0.1:8080").is_ok();
@@ -98,11 +131,28 @@ fn embedded_default_serves_the_demo() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| (l["name"].as_str().unwrap().into(), l["bound_addr"].as_str().unwrap().into()))
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap().into(),
+                l["bound_addr"].as_str().unwrap().into(),
+            )
+        })
         .collect();
-    assert_eq!(got, [("echo".into(), "127.0.0.1:8080".into()), ("udp-echo".into(), "127.0.0.1:9090".into())]);
-    assert_eq!(netd.netctl_ok(&["probe", "tcp", "127.0.0.1:8080", "-m", "hi\n"]), "Echo: hi\n");
-    assert_eq!(netd.netctl_ok(&["probe", "udp", "127.0.0.1:9090", "-m", "hi"]), "ACK: hi\n");
+    assert_eq!(
+        got,
+        [
+            ("echo".into(), "127.0.0.1:8080".into()),
+            ("udp-echo".into(), "127.0.0.1:9090".into())
+        ]
+    );
+    assert_eq!(
+        netd.netctl_ok(&["probe", "tcp", "127.0.0.1:8080", "-m", "hi\n"]),
+        "Echo: hi\n"
+    );
+    assert_eq!(
+        netd.netctl_ok(&["probe", "udp", "127.0.0.1:9090", "-m", "hi"]),
+        "ACK: hi\n"
+    );
 }
 
 #[test]
@@ -111,7 +161,8 @@ fn sigterm_drains_open_connections_then_exits_zero() {
     netd.netctl_ok(&["start", "tcp-echo", "d", "--listen", "127.0.0.1:0"]);
     let addr = bound_addr(&netd, "d");
     let mut conn = TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     conn.write_all(b"before").unwrap();
     let mut buf = [0u8; 6];
     conn.read_exact(&mut buf).unwrap();
@@ -119,16 +170,25 @@ fn sigterm_drains_open_connections_then_exits_zero() {
     netd.signal(libc::SIGTERM);
     netd.wait_notify("STOPPING=1");
     // No new connections once draining has begun...
-    wait_until("listening socket closed", || TcpStream::connect(addr).is_err());
+    wait_until("listening socket closed", || {
+        TcpStream::connect(addr).is_err()
+    });
     // ...but the open one is still served, and netd waits for it.
     conn.write_all(b"during").unwrap();
     conn.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"during");
-    assert!(netd.exited().is_none(), "netd must wait for the open connection");
+    assert!(
+        netd.exited().is_none(),
+        "netd must wait for the open connection"
+    );
 
     drop(conn);
     let status = netd.wait_exit();
-    assert!(status.success(), "exit status {status}; log:\n{}", netd.log());
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        netd.log()
+    );
 }
 
 #[test]
@@ -136,10 +196,15 @@ fn sigterm_closes_what_is_left_after_the_grace_period() {
     let mut netd = Netd::start("shutdown_grace = \"200ms\"\n");
     netd.netctl_ok(&["start", "tcp-echo", "d", "--listen", "127.0.0.1:0"]);
     let mut conn = TcpStream::connect(bound_addr(&netd, "d")).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     netd.signal(libc::SIGINT);
     let mut buf = [0u8; 1];
-    assert_eq!(conn.read(&mut buf).unwrap(), 0, "netd must close the connection after the grace period");
+    assert_eq!(
+        conn.read(&mut buf).unwrap(),
+        0,
+        "netd must close the connection after the grace period"
+    );
     let status = netd.wait_exit();
     assert!(status.success(), "exit status {status}");
     assert!(netd.log().contains("grace period over"), "{}", netd.log());
@@ -168,7 +233,11 @@ fn break_listening_socket(pid: u32, addr: SocketAddr) {
     // SAFETY: plain syscalls on descriptors this function owns.
     unsafe {
         let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) as i32;
-        assert!(pidfd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
         let dup = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
         assert!(dup >= 0, "pidfd_getfd: {}", std::io::Error::last_os_error());
         assert_eq!(libc::shutdown(dup, libc::SHUT_RDWR), 0);
@@ -180,16 +249,32 @@ fn break_listening_socket(pid: u32, addr: SocketAddr) {
 #[test]
 fn failed_listener_is_restarted_on_the_same_address() {
     let netd = Netd::start("");
-    netd.netctl_ok(&["start", "tcp-echo", "r", "--listen", "127.0.0.1:0", "--prefix", "R:"]);
+    netd.netctl_ok(&[
+        "start",
+        "tcp-echo",
+        "r",
+        "--listen",
+        "127.0.0.1:0",
+        "--prefix",
+        "R:",
+    ]);
     let addr = bound_addr(&netd, "r");
     break_listening_socket(netd.pid(), addr);
 
-    wait_until("restart recorded", || netd.netctl_json(&["status", "r"])["restarts"] == 1);
+    wait_until("restart recorded", || {
+        netd.netctl_json(&["status", "r"])["restarts"] == 1
+    });
     let status = netd.netctl_json(&["status", "r"]);
     assert_eq!(status["state"], "running");
     assert_eq!(status["bound_addr"], addr.to_string());
     let err = status["last_error"].as_str().unwrap();
-    assert!(err.contains("accepting connections failed"), "last_error: {err}");
-    assert_eq!(netd.netctl_ok(&["probe", "tcp", &addr.to_string(), "-m", "back"]), "R:back\n");
+    assert!(
+        err.contains("accepting connections failed"),
+        "last_error: {err}"
+    );
+    assert_eq!(
+        netd.netctl_ok(&["probe", "tcp", &addr.to_string(), "-m", "back"]),
+        "R:back\n"
+    );
     assert!(netd.log().contains("listener restarted"), "{}", netd.log());
 }

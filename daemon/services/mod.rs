@@ -96,7 +96,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 impl Service {
     pub fn from_spec(spec: &proto::ListenerSpec) -> Result<Self, SpecError> {
         match &spec.kind {
-            None => Err(SpecError("the listener spec names no kind (tcp_echo, udp_echo)".into())),
+            None => Err(SpecError(
+                "the listener spec names no kind (tcp_echo, udp_echo)".into(),
+            )),
             Some(Kind::TcpEcho(s)) => Ok(Service::TcpEcho(tcp_echo::TcpEcho::from_spec(s)?)),
             Some(Kind::UdpEcho(s)) => Ok(Service::UdpEcho(udp_echo::UdpEcho::from_spec(s)?)),
         }
@@ -138,7 +140,9 @@ impl Service {
 
 pub(crate) fn listen_field(field: &str, value: &str) -> Result<SocketAddr, SpecError> {
     if value.trim().is_empty() {
-        return Err(SpecError(format!("{field} is required (host:port, e.g. 127.0.0.1:8080)")));
+        return Err(SpecError(format!(
+            "{field} is required (host:port, e.g. 127.0.0.1:8080)"
+        )));
     }
     parse_listen_addr(value).map_err(|e| SpecError(format!("{field}: {e}")))
 }

@@ -33,9 +33,15 @@ impl UdpEcho {
     pub fn from_spec(spec: &proto::UdpEchoSpec) -> Result<Self, SpecError> {
         let listen = listen_field("listen", &spec.listen)?;
         if spec.prefix.len() > MAX_PREFIX {
-            return Err(SpecError(format!("prefix is {} bytes; the limit is {MAX_PREFIX}", spec.prefix.len())));
+            return Err(SpecError(format!(
+                "prefix is {} bytes; the limit is {MAX_PREFIX}",
+                spec.prefix.len()
+            )));
         }
-        Ok(UdpEcho { listen, prefix: spec.prefix.as_bytes().into() })
+        Ok(UdpEcho {
+            listen,
+            prefix: spec.prefix.as_bytes().into(),
+        })
     }
 
     pub async fn run(&self, socket: UdpSocket, ctx: ServiceCtx) -> anyhow::Result<()> {

@@ -44,7 +44,9 @@ impl Netd {
     pub fn spawn(mut cmd: Command, dir: tempfile::TempDir, control: ControlAddr) -> Netd {
         let notify_path = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-        notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let log = std::fs::File::create(dir.path().join("netd.log")).expect("log file");
         cmd.env("NETD_CONTROL", control.to_string())
             .env("NOTIFY_SOCKET", &notify_path)
@@ -53,7 +55,12 @@ impl Netd {
             .stdout(Stdio::null())
             .stderr(log);
         let child = cmd.spawn().expect("spawn netd");
-        let mut netd = Netd { child: Some(child), dir, control, notify };
+        let mut netd = Netd {
+            child: Some(child),
+            dir,
+            control,
+            notify,
+        };
         netd.wait_notify("READY=1");
         netd
     }
@@ -88,7 +95,10 @@ impl Netd {
                 }
             }
         }
-        panic!("no {what} from netd within {DEADLINE:?}; log:\n{}", self.log());
+        panic!(
+            "no {what} from netd within {DEADLINE:?}; log:\n{}",
+            self.log()
+        );
     }
 
     pub fn netctl(&self, args: &[&str]) -> Output {
@@ -118,7 +128,8 @@ impl Netd {
         let mut all = vec!["-o", "json"];
         all.extend_from_slice(args);
         let out = self.netctl_ok(&all);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("netctl {args:?}: bad JSON ({e}): {out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("netctl {args:?}: bad JSON ({e}): {out}"))
     }
 
     /// Run netctl, assert it fails, return its stderr.
@@ -133,7 +144,9 @@ impl Netd {
     }
 
     pub async fn client(&self) -> ControlClient<Channel> {
-        netd::client::control_client(&self.control).await.expect("connect to netd")
+        netd::client::control_client(&self.control)
+            .await
+            .expect("connect to netd")
     }
 
     pub fn signal(&self, sig: i32) {
@@ -151,14 +164,20 @@ impl Netd {
                 self.child = None;
                 return status;
             }
-            assert!(Instant::now() < deadline, "netd did not exit; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "netd did not exit; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Whether netd has exited (without waiting).
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait"))
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("try_wait"))
     }
 }
 
@@ -195,11 +214,19 @@ where
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Bound address of listener `name`, from `netctl -o json status`.
 pub fn bound_addr(netd: &Netd, name: &str) -> std::net::SocketAddr {
     let v = netd.netctl_json(&["status", name]);
-    v["bound_addr"].as_str().expect("bound_addr").parse().expect("socket addr")
+    v["bound_addr"]
+        .as_str()
+        .expect("bound_addr")
+        .parse()
+        .expect("socket addr")
 }
