@@ -6,6 +6,7 @@
 
 mod output;
 mod probe;
+mod stats;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -59,6 +60,29 @@ enum Command {
     Status {
         /// Listener name.
         name: String,
+    },
+    /// Show traffic stats: totals, and per-second rates with --watch.
+    ///
+    /// With --watch, the table is redrawn every interval until Ctrl-C (when
+    /// stdout is not a terminal, one line per listener per sample is printed
+    /// instead). With -o json, one JSON object per sample (JSON lines).
+    Stats {
+        /// Only this listener.
+        name: Option<String>,
+        /// Keep streaming samples.
+        #[arg(short, long)]
+        watch: bool,
+        /// Sampling interval with --watch, 100ms to 1h.
+        #[arg(short, long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Stop after this many samples (with --watch).
+        #[arg(short = 'n', long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Follow lifecycle events (started, stopped, failed, restarted).
+    Events {
+        /// Only events of this listener.
+        name: Option<String>,
     },
     /// Send one message to a TCP or UDP service and print the reply.
     ///
@@ -277,6 +301,62 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_json(&serde_json::json!({ "listeners": items }));
             } else {
                 output::list_table(&ls);
+            }
+        }
+        Command::Stats { name, watch, interval, count } => {
+            let mut client = netd::client::control_client(&control).await?;
+            let what = match &name {
+                Some(n) => format!("cannot get stats of '{n}'"),
+                None => "cannot get stats".to_string(),
+            };
+            let name = name.unwrap_or_default();
+            if !watch {
+                let sample = client
+                    .get_stats(proto::GetStatsRequest { name })
+                    .await
+                    .map_err(|s| status_line(&what, &s))?
+                    .into_inner();
+                if json {
+                    println!("{}", stats::sample_json(&sample));
+                } else {
+                    stats::print_table(&sample);
+                }
+                return Ok(());
+            }
+            let req = proto::WatchStatsRequest {
+                name,
+                interval: Some(prost_types::Duration::try_from(interval).map_err(|_| anyhow!("--interval is too large"))?),
+            };
+            let mut stream = client.watch_stats(req).await.map_err(|s| status_line(&what, &s))?.into_inner();
+            let mut watcher = stats::Watcher::new(interval);
+            let mut seen = 0u64;
+            while let Some(sample) = stream.message().await.map_err(|s| status_line("stats stream", &s))? {
+                if json {
+                    println!("{}", stats::sample_json(&sample));
+                } else {
+                    watcher.show(&sample);
+                }
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
+        }
+        Command::Events { name } => {
+            let mut client = netd::client::control_client(&control).await?;
+            let mut stream = client
+                .watch_events(proto::WatchEventsRequest { name: name.unwrap_or_default() })
+                .await
+                .map_err(|s| status_line("cannot watch events", &s))?
+                .into_inner();
+            while let Some(ev) = stream.message().await.map_err(|s| status_line("event stream", &s))? {
+                if json {
+                    println!("{}", stats::event_json(&ev));
+                } else {
+                    println!("{}", stats::event_line(&ev));
+                }
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
             }
         }
         Command::Status { name } => {

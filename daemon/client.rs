@@ -42,7 +42,10 @@ pub async fn connect(addr: &ControlAddr) -> anyhow::Result<Channel> {
         let mut msg = e.to_string();
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
-            msg = format!("{msg}: {s}");
+            let text = s.to_string();
+            if !msg.contains(&text) {
+                msg = format!("{msg}: {text}");
+            }
             source = s.source();
         }
         anyhow::anyhow!("cannot connect to netd at {addr}: {msg} (is netd running? see --control / NETD_CONTROL)")

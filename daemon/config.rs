@@ -84,6 +84,13 @@ struct RawListener {
     labels: HashMap<String, String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default)]
+    listen: Option<Spanned<String>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -93,6 +100,8 @@ struct RawConfig {
     shutdown_grace: Option<Duration>,
     #[serde(default)]
     log: LogConfig,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(default, rename = "listener")]
     listeners: Vec<RawListener>,
 }
@@ -114,6 +123,8 @@ pub struct Config {
     pub control: Option<ControlAddr>,
     pub shutdown_grace: Duration,
     pub log: LogConfig,
+    /// Where to serve Prometheus `/metrics`; off when unset.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub listeners: Vec<BootListener>,
 }
 
@@ -143,6 +154,13 @@ impl Config {
                 c.get_ref()
                     .parse::<ControlAddr>()
                     .map_err(|e| ConfigError(format!("{}: control: {e}", at(c.span()))))?,
+            ),
+        };
+        let metrics_listen = match &raw.metrics.listen {
+            None => None,
+            Some(l) => Some(
+                crate::addr::parse_listen_addr(l.get_ref())
+                    .map_err(|e| ConfigError(format!("{}: metrics.listen: {e}", at(l.span()))))?,
             ),
         };
         let shutdown_grace = raw.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
@@ -218,6 +236,7 @@ impl Config {
             control,
             shutdown_grace,
             log: raw.log,
+            metrics_listen,
             listeners,
         })
     }

@@ -2,21 +2,29 @@
 //! of supervisor errors to gRPC status codes, each with a message a person
 //! can act on.
 
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::proto::{self, control_server::Control};
 use crate::services::BindError;
 use crate::supervisor::{Supervisor, SupervisorError};
+use crate::watch;
 
 #[derive(Debug, Clone)]
 pub struct ControlService {
     supervisor: Supervisor,
+    /// Ends open streams when the control plane stops.
+    stop: CancellationToken,
 }
 
 impl ControlService {
-    pub fn new(supervisor: Supervisor) -> Self {
-        ControlService { supervisor }
+    pub fn new(supervisor: Supervisor, stop: CancellationToken) -> Self {
+        ControlService { supervisor, stop }
     }
+}
+
+fn name_filter(name: String) -> Option<String> {
+    if name.is_empty() { None } else { Some(name) }
 }
 
 /// InvalidArgument for a bad spec or an address this host does not have,
@@ -85,5 +93,36 @@ impl Control for ControlService {
         Ok(Response::new(proto::ListListenersResponse {
             listeners: self.supervisor.list(),
         }))
+    }
+
+    async fn get_stats(&self, request: Request<proto::GetStatsRequest>) -> Result<Response<proto::StatsSample>, Status> {
+        let name = name_filter(request.into_inner().name);
+        let sample = watch::snapshot(&self.supervisor, name.as_deref()).map_err(to_status)?;
+        Ok(Response::new(sample))
+    }
+
+    type WatchStatsStream = watch::SampleStream;
+
+    async fn watch_stats(
+        &self,
+        request: Request<proto::WatchStatsRequest>,
+    ) -> Result<Response<Self::WatchStatsStream>, Status> {
+        let req = request.into_inner();
+        let interval = watch::interval(req.interval)?;
+        let name = name_filter(req.name);
+        if let Some(n) = &name {
+            self.supervisor.get(n).map_err(to_status)?;
+        }
+        Ok(Response::new(watch::stats(self.supervisor.clone(), name, interval, self.stop.clone())))
+    }
+
+    type WatchEventsStream = watch::EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<proto::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let name = name_filter(request.into_inner().name);
+        Ok(Response::new(watch::events(&self.supervisor, name, self.stop.clone())))
     }
 }

@@ -12,12 +12,15 @@ pub mod addr;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod events;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod server;
 pub mod services;
 pub mod stats;
 pub mod supervisor;
+pub mod watch;
 
 /// Code generated from `proto/netd/v1/*.proto`.
 #[allow(clippy::all, missing_docs)]

@@ -45,6 +45,15 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
         ControlSocket::Tcp(_) => None,
     });
 
+    let metrics_socket = match config.metrics_listen {
+        None => None,
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind the metrics address {addr}"))?,
+        ),
+    };
+
     let supervisor = Supervisor::new();
     for l in &config.listeners {
         supervisor
@@ -59,12 +68,12 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
+    let stop_control = CancellationToken::new();
     let router = Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ControlServer::new(ControlService::new(supervisor.clone())));
+        .add_service(ControlServer::new(ControlService::new(supervisor.clone(), stop_control.clone())));
 
-    let stop_control = CancellationToken::new();
     let stopped = stop_control.clone().cancelled_owned();
     let mut server = match socket {
         ControlSocket::Unix(l, _) => {
@@ -74,6 +83,13 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
             tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(l), stopped))
         }
     };
+    let stop_metrics = CancellationToken::new();
+    let metrics_task = metrics_socket.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+        }
+        tokio::spawn(crate::metrics::serve(l, supervisor.clone(), stop_metrics.clone()))
+    });
     tracing::info!(control = %control, listeners = config.listeners.len(), config = %config.source, "netd ready");
     crate::notify::ready();
 
@@ -97,6 +113,10 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
         .await;
     supervisor.shutdown(config.shutdown_grace).await;
     stop_control.cancel();
+    stop_metrics.cancel();
+    if let Some(t) = metrics_task {
+        let _ = tokio::time::timeout(CONTROL_DRAIN, t).await;
+    }
     match tokio::time::timeout(CONTROL_DRAIN, &mut server).await {
         Ok(r) => r
             .context("control server task")?

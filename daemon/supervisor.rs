@@ -22,7 +22,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::proto::{self, ListenerState};
+use crate::events::EventBus;
+use crate::proto::{self, EventKind, ListenerState};
 use crate::services::{BindError, Service, ServiceCtx, SpecError};
 use crate::stats::Stats;
 
@@ -97,6 +98,16 @@ impl Entry {
         }
     }
 
+    fn sample(&self) -> proto::ListenerStatsSample {
+        proto::ListenerStatsSample {
+            name: self.name.to_string(),
+            kind: self.service.kind() as i32,
+            state: self.status().state as i32,
+            totals: Some(self.stats.snapshot()),
+            rates: None,
+        }
+    }
+
     fn ctx(&self) -> ServiceCtx {
         ServiceCtx {
             name: self.name.clone(),
@@ -121,6 +132,7 @@ struct Inner {
     shutdown_accepting: CancellationToken,
     /// Parent of every listener's `close_connections`.
     shutdown_connections: CancellationToken,
+    events: EventBus,
 }
 
 impl Default for Supervisor {
@@ -136,6 +148,7 @@ impl Supervisor {
                 listeners: Mutex::new(BTreeMap::new()),
                 shutdown_accepting: CancellationToken::new(),
                 shutdown_connections: CancellationToken::new(),
+                events: EventBus::new(),
             }),
         }
     }
@@ -198,7 +211,13 @@ impl Supervisor {
         listeners.insert(name.to_string(), entry.clone());
         drop(listeners);
         tracing::info!(listener = name, kind = entry.service.kind().slug(), addr = %bound_addr, "listener started");
-        entry.tracker.spawn(supervise(entry.clone(), bound));
+        self.inner.events.publish(
+            EventKind::Started,
+            name,
+            entry.service.kind(),
+            format!("listening on {bound_addr}"),
+        );
+        entry.tracker.spawn(supervise(entry.clone(), self.inner.events.clone(), bound));
         Ok(entry.to_proto())
     }
 
@@ -222,7 +241,18 @@ impl Supervisor {
         }
         drop(listeners);
         tracing::info!(listener = name, "listener stopped");
-        Ok(entry.to_proto())
+        let l = entry.to_proto();
+        let s = l.stats.unwrap_or_default();
+        self.inner.events.publish(
+            EventKind::Stopped,
+            name,
+            entry.service.kind(),
+            format!(
+                "{} connections, {} datagrams, {} bytes in, {} bytes out",
+                s.connections_total, s.datagrams_in, s.bytes_in, s.bytes_out
+            ),
+        );
+        Ok(l)
     }
 
     pub fn get(&self, name: &str) -> Result<proto::Listener, SupervisorError> {
@@ -235,6 +265,27 @@ impl Supervisor {
     /// All listeners, sorted by name.
     pub fn list(&self) -> Vec<proto::Listener> {
         self.listeners().values().map(|e| e.to_proto()).collect()
+    }
+
+    /// Counters of every listener (sorted by name), or of one.
+    pub fn samples(&self, name: Option<&str>) -> Result<Vec<proto::ListenerStatsSample>, SupervisorError> {
+        let listeners = self.listeners();
+        match name {
+            None => Ok(listeners.values().map(|e| e.sample()).collect()),
+            Some(n) => listeners
+                .get(n)
+                .map(|e| vec![e.sample()])
+                .ok_or_else(|| SupervisorError::NotFound(n.to_string())),
+        }
+    }
+
+    pub fn events(&self) -> &EventBus {
+        &self.inner.events
+    }
+
+    /// Whether shutdown has begun.
+    pub fn shutting_down(&self) -> &CancellationToken {
+        &self.inner.shutdown_accepting
     }
 
     /// Stop accepting everywhere, let open connections finish for up to
@@ -296,7 +347,7 @@ fn validate_name(name: &str) -> Result<(), SpecError> {
 
 /// Run the service; on failure, mark FAILED and rebind with backoff until it
 /// runs again or the listener is stopped.
-async fn supervise(entry: Arc<Entry>, mut bound: crate::services::Bound) {
+async fn supervise(entry: Arc<Entry>, events: EventBus, mut bound: crate::services::Bound) {
     let mut backoff = BACKOFF_INITIAL;
     'run: loop {
         let began = Instant::now();
@@ -319,6 +370,7 @@ async fn supervise(entry: Arc<Entry>, mut bound: crate::services::Bound) {
             backoff = BACKOFF_INITIAL;
         }
         tracing::error!(listener = %entry.name, error = %error, retry_in = ?backoff, "listener failed");
+        events.publish(EventKind::Failed, &entry.name, entry.service.kind(), error.clone());
         {
             let mut st = entry.status();
             st.state = ListenerState::Failed;
@@ -333,13 +385,19 @@ async fn supervise(entry: Arc<Entry>, mut bound: crate::services::Bound) {
             match entry.service.bind(entry.bound_addr) {
                 Ok(b) => {
                     bound = b;
-                    let restarts = {
+                    let (restarts, cause) = {
                         let mut st = entry.status();
                         st.state = ListenerState::Running;
                         st.restarts += 1;
-                        st.restarts
+                        (st.restarts, st.last_error.clone())
                     };
                     tracing::info!(listener = %entry.name, restarts, "listener restarted");
+                    events.publish(
+                        EventKind::Restarted,
+                        &entry.name,
+                        entry.service.kind(),
+                        format!("restart {restarts} after: {cause}"),
+                    );
                     continue 'run;
                 }
                 Err(e) => {

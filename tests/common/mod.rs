@@ -230,3 +230,40 @@ pub fn bound_addr(netd: &Netd, name: &str) -> std::net::SocketAddr {
         .parse()
         .expect("socket addr")
 }
+
+/// Find netd's listening socket on `addr` and shut it down from outside via
+/// pidfd_getfd(2): the real accept(2) in netd then fails with EINVAL, which
+/// is exactly a listener failing under the supervisor.
+pub fn break_listening_socket(pid: u32, addr: std::net::SocketAddr) {
+    let port_hex = format!("{:04X}", addr.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let inode = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f[1].ends_with(&format!(":{port_hex}")) && f[3] == "0A")
+        .map(|f| f[9].to_string())
+        .expect("listening socket in /proc/net/tcp");
+    let target = format!("socket:[{inode}]");
+    let fd: i32 = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == target))
+        .and_then(|e| e.file_name().to_str()?.parse().ok())
+        .expect("netd's fd for the listening socket");
+    // SAFETY: plain syscalls on descriptors this function owns.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) as i32;
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let dup = libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+        assert!(dup >= 0, "pidfd_getfd: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::shutdown(dup, libc::SHUT_RDWR), 0);
+        libc::close(dup);
+        libc::close(pidfd);
+    }
+}
+

@@ -1,0 +1,180 @@
+//! `netctl stats` and `netctl events`: render stats samples and lifecycle
+//! events as tables, lines or JSON lines.
+
+use std::io::{IsTerminal, Write};
+use std::time::SystemTime;
+
+use netd::proto::{self, ListenerKind, ListenerState, StatsSample};
+use serde_json::{Value, json};
+
+use crate::output::{bytes, table};
+
+fn time(t: Option<prost_types::Timestamp>) -> String {
+    t.and_then(|t| SystemTime::try_from(t).ok())
+        .map(|t| humantime::format_rfc3339_millis(t).to_string())
+        .unwrap_or_default()
+}
+
+fn rate(v: f64) -> String {
+    if v < 1024.0 { format!("{v:.0} B/s") } else { format!("{}/s", bytes(v as u64)) }
+}
+
+fn per_sec(v: f64) -> String {
+    if v >= 100.0 || v == 0.0 { format!("{v:.0}/s") } else { format!("{v:.1}/s") }
+}
+
+pub fn sample_json(s: &StatsSample) -> Value {
+    let listeners: Vec<Value> = s
+        .listeners
+        .iter()
+        .map(|l| {
+            let t = l.totals.unwrap_or_default();
+            json!({
+                "name": l.name,
+                "kind": ListenerKind::try_from(l.kind).unwrap_or_default().slug(),
+                "state": ListenerState::try_from(l.state).unwrap_or_default().slug(),
+                "totals": {
+                    "connections_total": t.connections_total,
+                    "connections_active": t.connections_active,
+                    "connections_refused": t.connections_refused,
+                    "bytes_in": t.bytes_in,
+                    "bytes_out": t.bytes_out,
+                    "datagrams_in": t.datagrams_in,
+                    "datagrams_out": t.datagrams_out,
+                    "errors": t.errors,
+                },
+                "rates": l.rates.map(|r| json!({
+                    "connections_per_sec": r.connections_per_sec,
+                    "bytes_in_per_sec": r.bytes_in_per_sec,
+                    "bytes_out_per_sec": r.bytes_out_per_sec,
+                    "datagrams_in_per_sec": r.datagrams_in_per_sec,
+                    "datagrams_out_per_sec": r.datagrams_out_per_sec,
+                    "errors_per_sec": r.errors_per_sec,
+                })),
+            })
+        })
+        .collect();
+    json!({
+        "time": time(s.time),
+        "seq": s.seq,
+        "dropped_samples": s.dropped_samples,
+        "elapsed_ms": s.elapsed.and_then(|d| std::time::Duration::try_from(d).ok()).map(|d| d.as_secs_f64() * 1000.0),
+        "listeners": listeners,
+    })
+}
+
+const HEADER: [&str; 11] =
+    ["NAME", "KIND", "STATE", "ACTIVE", "CONNS", "DGRAMS", "IN", "OUT", "IN/s", "OUT/s", "CONN|DGRAM/s"];
+
+fn rows(s: &StatsSample) -> Vec<Vec<String>> {
+    s.listeners
+        .iter()
+        .map(|l| {
+            let t = l.totals.unwrap_or_default();
+            let kind = ListenerKind::try_from(l.kind).unwrap_or_default();
+            let (rin, rout, revents) = match &l.rates {
+                Some(r) => {
+                    let events = if kind == ListenerKind::UdpEcho { r.datagrams_in_per_sec } else { r.connections_per_sec };
+                    (rate(r.bytes_in_per_sec), rate(r.bytes_out_per_sec), per_sec(events))
+                }
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            vec![
+                l.name.clone(),
+                kind.slug().into(),
+                ListenerState::try_from(l.state).unwrap_or_default().slug().into(),
+                t.connections_active.to_string(),
+                t.connections_total.to_string(),
+                t.datagrams_in.to_string(),
+                bytes(t.bytes_in),
+                bytes(t.bytes_out),
+                rin,
+                rout,
+                revents,
+            ]
+        })
+        .collect()
+}
+
+/// Print one sample as a table.
+pub fn print_table(s: &StatsSample) {
+    if s.listeners.is_empty() {
+        println!("no listeners");
+        return;
+    }
+    table(&HEADER, &rows(s));
+}
+
+/// Renders a stream of samples: redraws in place on a terminal, else one
+/// line per listener per sample with a time column (header once).
+pub struct Watcher {
+    tty: bool,
+    header_done: bool,
+    interval: std::time::Duration,
+}
+
+impl Watcher {
+    pub fn new(interval: std::time::Duration) -> Self {
+        Watcher { tty: std::io::stdout().is_terminal(), header_done: false, interval }
+    }
+
+    pub fn show(&mut self, s: &StatsSample) {
+        if self.tty {
+            // Home the cursor and clear the screen, then draw.
+            print!("\x1b[H\x1b[2J");
+            println!(
+                "netd stats every {} at {}{} (Ctrl-C to quit)\n",
+                humantime::format_duration(self.interval),
+                time(s.time),
+                if s.dropped_samples > 0 { format!(", {} samples dropped", s.dropped_samples) } else { String::new() }
+            );
+            print_table(s);
+        } else {
+            let mut header = vec!["TIME"];
+            header.extend_from_slice(&HEADER);
+            let t = time(s.time);
+            let rows: Vec<Vec<String>> = rows(s)
+                .into_iter()
+                .map(|r| std::iter::once(t.clone()).chain(r).collect())
+                .collect();
+            if !self.header_done {
+                println!("{}", header.join("\t"));
+                self.header_done = true;
+            }
+            for r in rows {
+                println!("{}", r.join("\t"));
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+pub fn event_json(e: &proto::Event) -> Value {
+    json!({
+        "time": time(e.time),
+        "kind": event_kind(e),
+        "listener": e.listener,
+        "listener_kind": ListenerKind::try_from(e.listener_kind).unwrap_or_default().slug(),
+        "message": e.message,
+    })
+}
+
+fn event_kind(e: &proto::Event) -> &'static str {
+    match proto::EventKind::try_from(e.kind).unwrap_or_default() {
+        proto::EventKind::Unspecified => "unspecified",
+        proto::EventKind::Started => "started",
+        proto::EventKind::Stopped => "stopped",
+        proto::EventKind::Failed => "failed",
+        proto::EventKind::Restarted => "restarted",
+        proto::EventKind::EventsDropped => "events_dropped",
+    }
+}
+
+pub fn event_line(e: &proto::Event) -> String {
+    let who = if e.listener.is_empty() {
+        String::from("-")
+    } else {
+        format!("{} ({})", e.listener, ListenerKind::try_from(e.listener_kind).unwrap_or_default().slug())
+    };
+    format!("{}  {:<9} {}: {}", time(e.time), event_kind(e), who, e.message)
+}
