@@ -303,7 +303,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 output::list_table(&ls);
             }
         }
-        Command::Stats { name, watch, interval, count } => {
+        Command::Stats {
+            name,
+            watch,
+            interval,
+            count,
+        } => {
             let mut client = netd::client::control_client(&control).await?;
             let what = match &name {
                 Some(n) => format!("cannot get stats of '{n}'"),
@@ -325,12 +330,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let req = proto::WatchStatsRequest {
                 name,
-                interval: Some(prost_types::Duration::try_from(interval).map_err(|_| anyhow!("--interval is too large"))?),
+                interval: Some(
+                    prost_types::Duration::try_from(interval)
+                        .map_err(|_| anyhow!("--interval is too large"))?,
+                ),
             };
-            let mut stream = client.watch_stats(req).await.map_err(|s| status_line(&what, &s))?.into_inner();
+            let mut stream = client
+                .watch_stats(req)
+                .await
+                .map_err(|s| status_line(&what, &s))?
+                .into_inner();
             let mut watcher = stats::Watcher::new(interval);
             let mut seen = 0u64;
-            while let Some(sample) = stream.message().await.map_err(|s| status_line("stats stream", &s))? {
+            while let Some(sample) = stream
+                .message()
+                .await
+                .map_err(|s| status_line("stats stream", &s))?
+            {
                 if json {
                     println!("{}", stats::sample_json(&sample));
                 } else {
@@ -345,11 +361,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events { name } => {
             let mut client = netd::client::control_client(&control).await?;
             let mut stream = client
-                .watch_events(proto::WatchEventsRequest { name: name.unwrap_or_default() })
+                .watch_events(proto::WatchEventsRequest {
+                    name: name.unwrap_or_default(),
+                })
                 .await
                 .map_err(|s| status_line("cannot watch events", &s))?
                 .into_inner();
-            while let Some(ev) = stream.message().await.map_err(|s| status_line("event stream", &s))? {
+            while let Some(ev) = stream
+                .message()
+                .await
+                .map_err(|s| status_line("event stream", &s))?
+            {
                 if json {
                     println!("{}", stats::event_json(&ev));
                 } else {

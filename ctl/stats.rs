@@ -16,11 +16,19 @@ fn time(t: Option<prost_types::Timestamp>) -> String {
 }
 
 fn rate(v: f64) -> String {
-    if v < 1024.0 { format!("{v:.0} B/s") } else { format!("{}/s", bytes(v as u64)) }
+    if v < 1024.0 {
+        format!("{v:.0} B/s")
+    } else {
+        format!("{}/s", bytes(v as u64))
+    }
 }
 
 fn per_sec(v: f64) -> String {
-    if v >= 100.0 || v == 0.0 { format!("{v:.0}/s") } else { format!("{v:.1}/s") }
+    if v >= 100.0 || v == 0.0 {
+        format!("{v:.0}/s")
+    } else {
+        format!("{v:.1}/s")
+    }
 }
 
 pub fn sample_json(s: &StatsSample) -> Value {
@@ -63,8 +71,19 @@ pub fn sample_json(s: &StatsSample) -> Value {
     })
 }
 
-const HEADER: [&str; 11] =
-    ["NAME", "KIND", "STATE", "ACTIVE", "CONNS", "DGRAMS", "IN", "OUT", "IN/s", "OUT/s", "CONN|DGRAM/s"];
+const HEADER: [&str; 11] = [
+    "NAME",
+    "KIND",
+    "STATE",
+    "ACTIVE",
+    "CONNS",
+    "DGRAMS",
+    "IN",
+    "OUT",
+    "IN/s",
+    "OUT/s",
+    "CONN|DGRAM/s",
+];
 
 fn rows(s: &StatsSample) -> Vec<Vec<String>> {
     s.listeners
@@ -74,15 +93,26 @@ fn rows(s: &StatsSample) -> Vec<Vec<String>> {
             let kind = ListenerKind::try_from(l.kind).unwrap_or_default();
             let (rin, rout, revents) = match &l.rates {
                 Some(r) => {
-                    let events = if kind == ListenerKind::UdpEcho { r.datagrams_in_per_sec } else { r.connections_per_sec };
-                    (rate(r.bytes_in_per_sec), rate(r.bytes_out_per_sec), per_sec(events))
+                    let events = if kind == ListenerKind::UdpEcho {
+                        r.datagrams_in_per_sec
+                    } else {
+                        r.connections_per_sec
+                    };
+                    (
+                        rate(r.bytes_in_per_sec),
+                        rate(r.bytes_out_per_sec),
+                        per_sec(events),
+                    )
                 }
                 None => ("-".into(), "-".into(), "-".into()),
             };
             vec![
                 l.name.clone(),
                 kind.slug().into(),
-                ListenerState::try_from(l.state).unwrap_or_default().slug().into(),
+                ListenerState::try_from(l.state)
+                    .unwrap_or_default()
+                    .slug()
+                    .into(),
                 t.connections_active.to_string(),
                 t.connections_total.to_string(),
                 t.datagrams_in.to_string(),
@@ -115,7 +145,11 @@ pub struct Watcher {
 
 impl Watcher {
     pub fn new(interval: std::time::Duration) -> Self {
-        Watcher { tty: std::io::stdout().is_terminal(), header_done: false, interval }
+        Watcher {
+            tty: std::io::stdout().is_terminal(),
+            header_done: false,
+            interval,
+        }
     }
 
     pub fn show(&mut self, s: &StatsSample) {
@@ -126,7 +160,11 @@ impl Watcher {
                 "netd stats every {} at {}{} (Ctrl-C to quit)\n",
                 humantime::format_duration(self.interval),
                 time(s.time),
-                if s.dropped_samples > 0 { format!(", {} samples dropped", s.dropped_samples) } else { String::new() }
+                if s.dropped_samples > 0 {
+                    format!(", {} samples dropped", s.dropped_samples)
+                } else {
+                    String::new()
+                }
             );
             print_table(s);
         } else {
@@ -174,7 +212,19 @@ pub fn event_line(e: &proto::Event) -> String {
     let who = if e.listener.is_empty() {
         String::from("-")
     } else {
-        format!("{} ({})", e.listener, ListenerKind::try_from(e.listener_kind).unwrap_or_default().slug())
+        format!(
+            "{} ({})",
+            e.listener,
+            ListenerKind::try_from(e.listener_kind)
+                .unwrap_or_default()
+                .slug()
+        )
     };
-    format!("{}  {:<9} {}: {}", time(e.time), event_kind(e), who, e.message)
+    format!(
+        "{}  {:<9} {}: {}",
+        time(e.time),
+        event_kind(e),
+        who,
+        e.message
+    )
 }

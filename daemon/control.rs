@@ -95,7 +95,10 @@ impl Control for ControlService {
         }))
     }
 
-    async fn get_stats(&self, request: Request<proto::GetStatsRequest>) -> Result<Response<proto::StatsSample>, Status> {
+    async fn get_stats(
+        &self,
+        request: Request<proto::GetStatsRequest>,
+    ) -> Result<Response<proto::StatsSample>, Status> {
         let name = name_filter(request.into_inner().name);
         let sample = watch::snapshot(&self.supervisor, name.as_deref()).map_err(to_status)?;
         Ok(Response::new(sample))
@@ -113,7 +116,12 @@ impl Control for ControlService {
         if let Some(n) = &name {
             self.supervisor.get(n).map_err(to_status)?;
         }
-        Ok(Response::new(watch::stats(self.supervisor.clone(), name, interval, self.stop.clone())))
+        Ok(Response::new(watch::stats(
+            self.supervisor.clone(),
+            name,
+            interval,
+            self.stop.clone(),
+        )))
     }
 
     type WatchEventsStream = watch::EventStream;
@@ -123,6 +131,10 @@ impl Control for ControlService {
         request: Request<proto::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let name = name_filter(request.into_inner().name);
-        Ok(Response::new(watch::events(&self.supervisor, name, self.stop.clone())))
+        Ok(Response::new(watch::events(
+            &self.supervisor,
+            name,
+            self.stop.clone(),
+        )))
     }
 }

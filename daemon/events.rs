@@ -27,10 +27,18 @@ impl Default for EventBus {
 
 impl EventBus {
     pub fn new() -> Self {
-        EventBus { tx: broadcast::channel(CAPACITY).0 }
+        EventBus {
+            tx: broadcast::channel(CAPACITY).0,
+        }
     }
 
-    pub fn publish(&self, kind: EventKind, listener: &str, listener_kind: ListenerKind, message: impl Into<String>) {
+    pub fn publish(
+        &self,
+        kind: EventKind,
+        listener: &str,
+        listener_kind: ListenerKind,
+        message: impl Into<String>,
+    ) {
         // No receivers is fine: nobody is watching.
         let _ = self.tx.send(proto::Event {
             time: Some(SystemTime::now().into()),

@@ -29,13 +29,29 @@ type Getter = fn(&ListenerStats) -> u64;
 /// Counters: (name without `_total`, help, getter). The encoder appends
 /// `_total`.
 const COUNTERS: &[(&str, &str, Getter)] = &[
-    ("netd_connections", "Connections accepted.", |s| s.connections_total),
-    ("netd_connections_refused", "Connections refused by the connection limit.", |s| s.connections_refused),
-    ("netd_received_bytes", "Bytes received from clients.", |s| s.bytes_in),
+    ("netd_connections", "Connections accepted.", |s| {
+        s.connections_total
+    }),
+    (
+        "netd_connections_refused",
+        "Connections refused by the connection limit.",
+        |s| s.connections_refused,
+    ),
+    ("netd_received_bytes", "Bytes received from clients.", |s| {
+        s.bytes_in
+    }),
     ("netd_sent_bytes", "Bytes sent to clients.", |s| s.bytes_out),
-    ("netd_received_datagrams", "Datagrams received.", |s| s.datagrams_in),
-    ("netd_sent_datagrams", "Datagrams sent.", |s| s.datagrams_out),
-    ("netd_errors", "I/O errors on connections and sockets.", |s| s.errors),
+    ("netd_received_datagrams", "Datagrams received.", |s| {
+        s.datagrams_in
+    }),
+    ("netd_sent_datagrams", "Datagrams sent.", |s| {
+        s.datagrams_out
+    }),
+    (
+        "netd_errors",
+        "I/O errors on connections and sockets.",
+        |s| s.errors,
+    ),
 ];
 
 #[derive(Debug)]
@@ -66,8 +82,12 @@ impl Collector for ListenerCollector {
         for (l, labels) in listeners.iter().zip(&labels) {
             ConstCounter::new(l.restarts as u64).encode(family.encode_family(labels)?)?;
         }
-        let mut family =
-            encoder.encode_descriptor("netd_connections_active", "Open connections.", None, MetricType::Gauge)?;
+        let mut family = encoder.encode_descriptor(
+            "netd_connections_active",
+            "Open connections.",
+            None,
+            MetricType::Gauge,
+        )?;
         for (l, labels) in listeners.iter().zip(&labels) {
             let v = l.stats.unwrap_or_default().connections_active as i64;
             ConstGauge::new(v).encode(family.encode_family(labels)?)?;
@@ -91,16 +111,27 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
     match prometheus_client::encoding::text::encode(&mut body, &registry) {
         Ok(()) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         )
             .into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n").into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding metrics failed\n",
+        )
+            .into_response(),
     }
 }
 
 /// Serve `/metrics` on `listener` until `stop` is cancelled.
-pub async fn serve(listener: tokio::net::TcpListener, supervisor: Supervisor, stop: CancellationToken) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    supervisor: Supervisor,
+    stop: CancellationToken,
+) {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ListenerCollector { supervisor }));
     let app = Router::new()

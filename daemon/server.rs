@@ -72,7 +72,10 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
     let router = Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ControlServer::new(ControlService::new(supervisor.clone(), stop_control.clone())));
+        .add_service(ControlServer::new(ControlService::new(
+            supervisor.clone(),
+            stop_control.clone(),
+        )));
 
     let stopped = stop_control.clone().cancelled_owned();
     let mut server = match socket {
@@ -88,7 +91,11 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
         if let Ok(addr) = l.local_addr() {
             tracing::info!(%addr, "serving Prometheus metrics at /metrics");
         }
-        tokio::spawn(crate::metrics::serve(l, supervisor.clone(), stop_metrics.clone()))
+        tokio::spawn(crate::metrics::serve(
+            l,
+            supervisor.clone(),
+            stop_metrics.clone(),
+        ))
     });
     tracing::info!(control = %control, listeners = config.listeners.len(), config = %config.source, "netd ready");
     crate::notify::ready();

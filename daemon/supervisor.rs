@@ -217,7 +217,9 @@ impl Supervisor {
             entry.service.kind(),
             format!("listening on {bound_addr}"),
         );
-        entry.tracker.spawn(supervise(entry.clone(), self.inner.events.clone(), bound));
+        entry
+            .tracker
+            .spawn(supervise(entry.clone(), self.inner.events.clone(), bound));
         Ok(entry.to_proto())
     }
 
@@ -268,7 +270,10 @@ impl Supervisor {
     }
 
     /// Counters of every listener (sorted by name), or of one.
-    pub fn samples(&self, name: Option<&str>) -> Result<Vec<proto::ListenerStatsSample>, SupervisorError> {
+    pub fn samples(
+        &self,
+        name: Option<&str>,
+    ) -> Result<Vec<proto::ListenerStatsSample>, SupervisorError> {
         let listeners = self.listeners();
         match name {
             None => Ok(listeners.values().map(|e| e.sample()).collect()),
@@ -370,7 +375,12 @@ async fn supervise(entry: Arc<Entry>, events: EventBus, mut bound: crate::servic
             backoff = BACKOFF_INITIAL;
         }
         tracing::error!(listener = %entry.name, error = %error, retry_in = ?backoff, "listener failed");
-        events.publish(EventKind::Failed, &entry.name, entry.service.kind(), error.clone());
+        events.publish(
+            EventKind::Failed,
+            &entry.name,
+            entry.service.kind(),
+            error.clone(),
+        );
         {
             let mut st = entry.status();
             st.state = ListenerState::Failed;

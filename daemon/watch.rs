@@ -31,8 +31,11 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> +
 
 /// Validate a requested interval (unset means the default).
 pub fn interval(requested: Option<prost_types::Duration>) -> Result<Duration, Status> {
-    let Some(d) = requested else { return Ok(DEFAULT_INTERVAL) };
-    let d = Duration::try_from(d).map_err(|_| Status::invalid_argument("interval must not be negative"))?;
+    let Some(d) = requested else {
+        return Ok(DEFAULT_INTERVAL);
+    };
+    let d = Duration::try_from(d)
+        .map_err(|_| Status::invalid_argument("interval must not be negative"))?;
     if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&d) {
         return Err(Status::invalid_argument(format!(
             "interval {} is out of range: use 100ms to 1h",
@@ -43,7 +46,10 @@ pub fn interval(requested: Option<prost_types::Duration>) -> Result<Duration, St
 }
 
 /// One sample without rates, for GetStats.
-pub fn snapshot(sup: &Supervisor, name: Option<&str>) -> Result<StatsSample, crate::supervisor::SupervisorError> {
+pub fn snapshot(
+    sup: &Supervisor,
+    name: Option<&str>,
+) -> Result<StatsSample, crate::supervisor::SupervisorError> {
     Ok(StatsSample {
         time: Some(SystemTime::now().into()),
         elapsed: None,
@@ -81,7 +87,8 @@ impl Watch {
                     }
                     last + 1
                 } else {
-                    let newest = ((now - self.start).as_secs_f64() / self.interval.as_secs_f64()) as u64;
+                    let newest =
+                        ((now - self.start).as_secs_f64() / self.interval.as_secs_f64()) as u64;
                     self.dropped += newest.saturating_sub(last + 1);
                     newest.max(last + 1)
                 }
@@ -134,7 +141,12 @@ fn rates(before: &ListenerStats, now: &ListenerStats, elapsed: Duration) -> List
 
 /// The WatchStats stream: a snapshot now, then one sample per interval until
 /// the client goes away or `stop` is cancelled.
-pub fn stats(sup: Supervisor, name: Option<String>, interval: Duration, stop: CancellationToken) -> SampleStream {
+pub fn stats(
+    sup: Supervisor,
+    name: Option<String>,
+    interval: Duration,
+    stop: CancellationToken,
+) -> SampleStream {
     let now = Instant::now();
     let watch = Watch {
         sup,
@@ -156,20 +168,25 @@ pub fn stats(sup: Supervisor, name: Option<String>, interval: Duration, stop: Ca
 /// The WatchEvents stream, optionally for one listener.
 pub fn events(sup: &Supervisor, name: Option<String>, stop: CancellationToken) -> EventStream {
     let rx = sup.events().subscribe();
-    Box::pin(futures_util::stream::unfold((rx, name, stop), |(mut rx, name, stop)| async move {
-        loop {
-            let r = tokio::select! {
-                _ = stop.cancelled() => return None,
-                r = rx.recv() => r,
-            };
-            match r {
-                Ok(ev) if name.as_ref().is_none_or(|n| *n == ev.listener) => {
-                    return Some((Ok(ev), (rx, name, stop)));
+    Box::pin(futures_util::stream::unfold(
+        (rx, name, stop),
+        |(mut rx, name, stop)| async move {
+            loop {
+                let r = tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    r = rx.recv() => r,
+                };
+                match r {
+                    Ok(ev) if name.as_ref().is_none_or(|n| *n == ev.listener) => {
+                        return Some((Ok(ev), (rx, name, stop)));
+                    }
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(n)) => {
+                        return Some((Ok(crate::events::dropped(n)), (rx, name, stop)));
+                    }
+                    Err(RecvError::Closed) => return None,
                 }
-                Ok(_) => continue,
-                Err(RecvError::Lagged(n)) => return Some((Ok(crate::events::dropped(n)), (rx, name, stop))),
-                Err(RecvError::Closed) => return None,
             }
-        }
-    }))
+        },
+    ))
 }

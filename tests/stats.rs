@@ -17,16 +17,26 @@ use tonic::transport::{Endpoint, Uri};
 
 fn udp_spec() -> proto::ListenerSpec {
     proto::ListenerSpec {
-        kind: Some(Kind::UdpEcho(proto::UdpEchoSpec { listen: "127.0.0.1:0".into(), prefix: String::new() })),
+        kind: Some(Kind::UdpEcho(proto::UdpEchoSpec {
+            listen: "127.0.0.1:0".into(),
+            prefix: String::new(),
+        })),
     }
 }
 
 fn start_req(name: &str, spec: proto::ListenerSpec) -> proto::StartListenerRequest {
-    proto::StartListenerRequest { name: name.into(), spec: Some(spec), labels: HashMap::new() }
+    proto::StartListenerRequest {
+        name: name.into(),
+        spec: Some(spec),
+        labels: HashMap::new(),
+    }
 }
 
 fn watch_req(name: &str, ms: u64) -> proto::WatchStatsRequest {
-    proto::WatchStatsRequest { name: name.into(), interval: Some(Duration::from_millis(ms).try_into().unwrap()) }
+    proto::WatchStatsRequest {
+        name: name.into(),
+        interval: Some(Duration::from_millis(ms).try_into().unwrap()),
+    }
 }
 
 /// N connections of B bytes each through a TCP echo, D datagrams of 10
@@ -52,7 +62,10 @@ fn drive_traffic(tcp: SocketAddr, udp: SocketAddr, conns: usize, bytes: usize, d
 }
 
 fn totals<'a>(s: &'a StatsSample, name: &str) -> Option<&'a proto::ListenerStats> {
-    s.listeners.iter().find(|l| l.name == name).and_then(|l| l.totals.as_ref())
+    s.listeners
+        .iter()
+        .find(|l| l.name == name)
+        .and_then(|l| l.totals.as_ref())
 }
 
 fn metric(text: &str, name: &str, listener: &str) -> u64 {
@@ -74,31 +87,67 @@ async fn exact_totals_from_grpc_netctl_and_prometheus() {
     const N: u64 = 12;
     const B: u64 = 3000;
     const D: u64 = 40;
-    tokio::task::spawn_blocking(move || drive_traffic(tcp, udp, N as usize, B as usize, D as usize)).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        drive_traffic(tcp, udp, N as usize, B as usize, D as usize)
+    })
+    .await
+    .unwrap();
     common::wait_until("connections closed", || {
         netd.netctl_json(&["stats", "t"])["listeners"][0]["totals"]["connections_active"] == 0
     });
 
     let mut c = netd.client().await;
-    let s = c.get_stats(proto::GetStatsRequest { name: String::new() }).await.unwrap().into_inner();
+    let s = c
+        .get_stats(proto::GetStatsRequest {
+            name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let t = totals(&s, "t").unwrap();
-    assert_eq!((t.connections_total, t.bytes_in, t.bytes_out), (N, N * B, N * B));
+    assert_eq!(
+        (t.connections_total, t.bytes_in, t.bytes_out),
+        (N, N * B, N * B)
+    );
     let u = totals(&s, "u").unwrap();
-    assert_eq!((u.datagrams_in, u.datagrams_out, u.bytes_in, u.bytes_out), (D, D, D * 10, D * 10));
-    let one = c.get_stats(proto::GetStatsRequest { name: "u".into() }).await.unwrap().into_inner();
+    assert_eq!(
+        (u.datagrams_in, u.datagrams_out, u.bytes_in, u.bytes_out),
+        (D, D, D * 10, D * 10)
+    );
+    let one = c
+        .get_stats(proto::GetStatsRequest { name: "u".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(one.listeners.len(), 1);
-    let err = c.get_stats(proto::GetStatsRequest { name: "zz".into() }).await.unwrap_err();
+    let err = c
+        .get_stats(proto::GetStatsRequest { name: "zz".into() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
 
     let j = netd.netctl_json(&["stats"]);
-    let by_name = |n: &str| j["listeners"].as_array().unwrap().iter().find(|l| l["name"] == n).unwrap().clone();
+    let by_name = |n: &str| {
+        j["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == n)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(by_name("t")["totals"]["connections_total"], N);
     assert_eq!(by_name("t")["totals"]["bytes_in"], N * B);
     assert_eq!(by_name("u")["totals"]["datagrams_in"], D);
     let table = netd.netctl_ok(&["stats"]);
     assert!(table.lines().next().unwrap().starts_with("NAME"), "{table}");
 
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(metric(&text, "netd_connections_total", "t"), N);
     assert_eq!(metric(&text, "netd_received_bytes_total", "t"), N * B);
     assert_eq!(metric(&text, "netd_sent_bytes_total", "t"), N * B);
@@ -122,11 +171,25 @@ async fn watch_stats_snapshot_then_samples_with_consistent_rates() {
     let bad = c.watch_stats(watch_req("nope", 100)).await.unwrap_err();
     assert_eq!(bad.code(), tonic::Code::NotFound);
 
-    let mut stream = c.watch_stats(watch_req("", 100)).await.unwrap().into_inner();
+    let mut stream = c
+        .watch_stats(watch_req("", 100))
+        .await
+        .unwrap()
+        .into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(first.seq, 0);
-    assert!(first.listeners.iter().all(|l| l.rates.is_none()), "the first message is a plain snapshot");
-    assert_eq!(first.listeners.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), ["t", "u"]);
+    assert!(
+        first.listeners.iter().all(|l| l.rates.is_none()),
+        "the first message is a plain snapshot"
+    );
+    assert_eq!(
+        first
+            .listeners
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect::<Vec<_>>(),
+        ["t", "u"]
+    );
 
     // Traffic while the watch runs, in the background.
     let traffic = tokio::task::spawn_blocking(move || drive_traffic(tcp, udp, 30, 2000, 300));
@@ -142,7 +205,15 @@ async fn watch_stats_snapshot_then_samples_with_consistent_rates() {
     }
     traffic.await.unwrap();
     assert!(started_mid_stream);
-    assert!(samples.last().unwrap().listeners.iter().any(|l| l.name == "late"), "a listener started mid-stream appears");
+    assert!(
+        samples
+            .last()
+            .unwrap()
+            .listeners
+            .iter()
+            .any(|l| l.name == "late"),
+        "a listener started mid-stream appears"
+    );
     netd.netctl_ok(&["stop", "late"]);
     let mut gone = false;
     for _ in 0..50 {
@@ -157,31 +228,71 @@ async fn watch_stats_snapshot_then_samples_with_consistent_rates() {
     for pair in samples.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         assert!(b.seq > a.seq);
-        let elapsed = Duration::try_from(b.elapsed.unwrap()).unwrap().as_secs_f64();
+        let elapsed = Duration::try_from(b.elapsed.unwrap())
+            .unwrap()
+            .as_secs_f64();
         for name in ["t", "u"] {
             let (ta, tb) = (totals(a, name).unwrap(), totals(b, name).unwrap());
-            assert!(tb.bytes_in >= ta.bytes_in && tb.connections_total >= ta.connections_total && tb.datagrams_in >= ta.datagrams_in, "totals are monotonic");
-            let r = b.listeners.iter().find(|l| l.name == name).unwrap().rates.unwrap();
-            let close = |rate: f64, delta: u64| (rate * elapsed - delta as f64).abs() <= 1e-6 * (delta as f64).max(1.0);
-            assert!(close(r.bytes_in_per_sec, tb.bytes_in - ta.bytes_in), "bytes_in rate × elapsed = delta");
+            assert!(
+                tb.bytes_in >= ta.bytes_in
+                    && tb.connections_total >= ta.connections_total
+                    && tb.datagrams_in >= ta.datagrams_in,
+                "totals are monotonic"
+            );
+            let r = b
+                .listeners
+                .iter()
+                .find(|l| l.name == name)
+                .unwrap()
+                .rates
+                .unwrap();
+            let close = |rate: f64, delta: u64| {
+                (rate * elapsed - delta as f64).abs() <= 1e-6 * (delta as f64).max(1.0)
+            };
+            assert!(
+                close(r.bytes_in_per_sec, tb.bytes_in - ta.bytes_in),
+                "bytes_in rate × elapsed = delta"
+            );
             assert!(close(r.bytes_out_per_sec, tb.bytes_out - ta.bytes_out));
-            assert!(close(r.connections_per_sec, tb.connections_total - ta.connections_total));
-            assert!(close(r.datagrams_in_per_sec, tb.datagrams_in - ta.datagrams_in));
+            assert!(close(
+                r.connections_per_sec,
+                tb.connections_total - ta.connections_total
+            ));
+            assert!(close(
+                r.datagrams_in_per_sec,
+                tb.datagrams_in - ta.datagrams_in
+            ));
         }
     }
     // What the rates add up to is what the watch saw pass, which includes
     // all the traffic if the watch began before it and ended after.
-    let end = c.get_stats(proto::GetStatsRequest { name: "u".into() }).await.unwrap().into_inner();
+    let end = c
+        .get_stats(proto::GetStatsRequest { name: "u".into() })
+        .await
+        .unwrap()
+        .into_inner();
     let last = samples.last().unwrap();
     let sum: f64 = samples[1..]
         .iter()
         .map(|s| {
-            let r = s.listeners.iter().find(|l| l.name == "u").unwrap().rates.unwrap();
-            r.datagrams_in_per_sec * Duration::try_from(s.elapsed.unwrap()).unwrap().as_secs_f64()
+            let r = s
+                .listeners
+                .iter()
+                .find(|l| l.name == "u")
+                .unwrap()
+                .rates
+                .unwrap();
+            r.datagrams_in_per_sec
+                * Duration::try_from(s.elapsed.unwrap())
+                    .unwrap()
+                    .as_secs_f64()
         })
         .sum();
     let seen = totals(last, "u").unwrap().datagrams_in;
-    assert!((sum - seen as f64).abs() < 1e-3, "rates sum {sum} vs totals {seen}");
+    assert!(
+        (sum - seen as f64).abs() < 1e-3,
+        "rates sum {sum} vs totals {seen}"
+    );
     assert_eq!(totals(&end, "u").unwrap().datagrams_in, 300);
 }
 
@@ -194,7 +305,9 @@ async fn a_watcher_that_never_reads_blocks_nothing() {
     // flow-control window fills within a second or two.
     for i in 0..50 {
         let name = format!("{i:02}-{}", "padding".repeat(8));
-        c.start_listener(start_req(&name, udp_spec())).await.unwrap();
+        c.start_listener(start_req(&name, udp_spec()))
+            .await
+            .unwrap();
     }
     netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
     let udp = bound_addr(&netd, "u");
@@ -209,16 +322,26 @@ async fn a_watcher_that_never_reads_blocks_nothing() {
         .initial_connection_window_size(65_535)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
         }))
         .await
         .unwrap();
     let mut slow = proto::control_client::ControlClient::new(slow_channel);
-    let mut stalled = slow.watch_stats(watch_req("", 100)).await.unwrap().into_inner();
+    let mut stalled = slow
+        .watch_stats(watch_req("", 100))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(stalled.message().await.unwrap().unwrap().seq, 0);
 
     // Meanwhile another watcher keeps getting samples and traffic flows.
-    let mut fast = c.watch_stats(watch_req("u", 100)).await.unwrap().into_inner();
+    let mut fast = c
+        .watch_stats(watch_req("u", 100))
+        .await
+        .unwrap()
+        .into_inner();
     let mut received = 0;
     let mut sent = 0u64;
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -226,7 +349,10 @@ async fn a_watcher_that_never_reads_blocks_nothing() {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = [0u8; 16];
     while received < 40 {
-        fast.message().await.unwrap().expect("fast watcher keeps receiving");
+        fast.message()
+            .await
+            .unwrap()
+            .expect("fast watcher keeps receiving");
         received += 1;
         for _ in 0..5 {
             s.send(b"x").unwrap();
@@ -234,7 +360,11 @@ async fn a_watcher_that_never_reads_blocks_nothing() {
             sent += 1;
         }
     }
-    let exact = c.get_stats(proto::GetStatsRequest { name: "u".into() }).await.unwrap().into_inner();
+    let exact = c
+        .get_stats(proto::GetStatsRequest { name: "u".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(totals(&exact, "u").unwrap().datagrams_in, sent);
 
     // Reading again: buffered samples, then one that admits the gap and
@@ -243,8 +373,15 @@ async fn a_watcher_that_never_reads_blocks_nothing() {
     for _ in 0..1000 {
         let m = stalled.message().await.unwrap().unwrap();
         if m.dropped_samples > 0 {
-            assert!(m.seq > prev_seq + 1, "a gap in seq marks the dropped samples");
-            assert_eq!(totals(&m, "u").unwrap().datagrams_in, sent, "totals are exact after a drop");
+            assert!(
+                m.seq > prev_seq + 1,
+                "a gap in seq marks the dropped samples"
+            );
+            assert_eq!(
+                totals(&m, "u").unwrap().datagrams_in,
+                sent,
+                "totals are exact after a drop"
+            );
             return;
         }
         prev_seq = m.seq;
@@ -256,14 +393,26 @@ async fn a_watcher_that_never_reads_blocks_nothing() {
 async fn watch_events_reports_start_stop_and_restart() {
     let netd = Netd::start("");
     let mut c = netd.client().await;
-    let mut events = c.watch_events(proto::WatchEventsRequest { name: String::new() }).await.unwrap().into_inner();
-    let mut only_r = c.watch_events(proto::WatchEventsRequest { name: "r".into() }).await.unwrap().into_inner();
+    let mut events = c
+        .watch_events(proto::WatchEventsRequest {
+            name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut only_r = c
+        .watch_events(proto::WatchEventsRequest { name: "r".into() })
+        .await
+        .unwrap()
+        .into_inner();
 
     netd.netctl_ok(&["start", "udp-echo", "other", "--listen", "127.0.0.1:0"]);
     netd.netctl_ok(&["start", "tcp-echo", "r", "--listen", "127.0.0.1:0"]);
     let addr = bound_addr(&netd, "r");
     break_listening_socket(netd.pid(), addr);
-    common::wait_until("restart", || netd.netctl_json(&["status", "r"])["restarts"] == 1);
+    common::wait_until("restart", || {
+        netd.netctl_json(&["status", "r"])["restarts"] == 1
+    });
     netd.netctl_ok(&["stop", "r"]);
 
     use proto::EventKind::*;
@@ -274,9 +423,26 @@ async fn watch_events_reports_start_stop_and_restart() {
         got.push((e.kind(), e.listener.clone(), e.message.clone()));
     }
     let kinds: Vec<_> = got.iter().map(|(k, n, _)| (*k, n.as_str())).collect();
-    assert_eq!(kinds, [(Started, "other"), (Started, "r"), (Failed, "r"), (Restarted, "r"), (Stopped, "r")]);
-    assert!(got[2].2.contains("accepting connections failed"), "{:?}", got[2]);
-    assert!(got[3].2.contains("accepting connections failed"), "{:?}", got[3]);
+    assert_eq!(
+        kinds,
+        [
+            (Started, "other"),
+            (Started, "r"),
+            (Failed, "r"),
+            (Restarted, "r"),
+            (Stopped, "r")
+        ]
+    );
+    assert!(
+        got[2].2.contains("accepting connections failed"),
+        "{:?}",
+        got[2]
+    );
+    assert!(
+        got[3].2.contains("accepting connections failed"),
+        "{:?}",
+        got[3]
+    );
 
     let mut filtered = Vec::new();
     while filtered.len() < 4 {

@@ -8,7 +8,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -113,7 +112,7 @@ impl TcpEcho {
                 match conn.echo(stream).await {
                     Ok(end) => tracing::debug!(listener = %name, %peer, end, "connection closed"),
                     Err(e) => {
-                        conn.stats.errors.fetch_add(1, Relaxed);
+                        Stats::add(&conn.stats.errors, 1);
                         tracing::debug!(listener = %name, %peer, error = %e, "connection failed");
                     }
                 }

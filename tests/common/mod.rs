@@ -266,4 +266,3 @@ pub fn break_listening_socket(pid: u32, addr: std::net::SocketAddr) {
         libc::close(pidfd);
     }
 }
-
