@@ -136,6 +136,30 @@ enum StartKind {
         #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
         idle_timeout: Option<Duration>,
     },
+    /// Monitored TCP proxy: forwards each client to an upstream (round robin
+    /// over the healthy ones), with an optional pool of warm connections.
+    Proxy {
+        #[command(flatten)]
+        common: Common,
+        /// Upstream host:port (repeat for several; round robin).
+        #[arg(short, long = "upstream", value_name = "ADDR", required = true)]
+        upstreams: Vec<String>,
+        /// Keep N established connections warm per upstream (bb8 pool).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        preconnect: u32,
+        /// Upstream connect timeout (default 5s).
+        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+        connect_timeout: Option<Duration>,
+        /// Close connections idle in both directions this long (default 5m).
+        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+        idle_timeout: Option<Duration>,
+        /// Concurrent client connections; more are refused (default 1024).
+        #[arg(long, value_name = "N")]
+        max_connections: Option<u32>,
+        /// Skip an upstream whose connect failed for this long (default 10s).
+        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+        upstream_backoff: Option<Duration>,
+    },
     /// UDP echo: answers each datagram to its sender.
     UdpEcho {
         #[command(flatten)]
@@ -161,6 +185,15 @@ fn status_line(what: &str, s: &tonic::Status) -> anyhow::Error {
         Code::Unknown | Code::Internal => anyhow!("{what}: netd error: {}", s.message()),
         _ => anyhow!("{what}: {}", s.message()),
     }
+}
+
+fn to_proto_duration(
+    flag: &str,
+    d: Option<Duration>,
+) -> anyhow::Result<Option<prost_types::Duration>> {
+    d.map(prost_types::Duration::try_from)
+        .transpose()
+        .map_err(|_| anyhow!("{flag} is too large"))
 }
 
 fn print_json(v: &serde_json::Value) {
@@ -230,6 +263,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     };
                     (common, Kind::TcpEcho(spec))
                 }
+                StartKind::Proxy {
+                    common,
+                    upstreams,
+                    preconnect,
+                    connect_timeout,
+                    idle_timeout,
+                    max_connections,
+                    upstream_backoff,
+                } => {
+                    let spec = proto::ProxySpec {
+                        listen: common.listen.clone(),
+                        upstreams,
+                        preconnect,
+                        connect_timeout: to_proto_duration("--connect-timeout", connect_timeout)?,
+                        idle_timeout: to_proto_duration("--idle-timeout", idle_timeout)?,
+                        max_connections: max_connections.unwrap_or(0),
+                        upstream_backoff: to_proto_duration(
+                            "--upstream-backoff",
+                            upstream_backoff,
+                        )?,
+                    };
+                    (common, Kind::Proxy(spec))
+                }
                 StartKind::UdpEcho { common, prefix } => {
                     let spec = proto::UdpEchoSpec {
                         listen: common.listen.clone(),
@@ -276,7 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 print_json(&output::listener_json(&l));
             } else {
-                let s = l.stats.unwrap_or_default();
+                let s = l.stats.clone().unwrap_or_default();
                 println!(
                     "stopped {} ({}; {} connections, {} datagrams, {} in, {} out)",
                     l.name,

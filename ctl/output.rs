@@ -35,12 +35,45 @@ fn spec_json(spec: &Option<proto::ListenerSpec>) -> Value {
             "idle_timeout": humantime::format_duration(idle_timeout(&s.idle_timeout).unwrap_or(netd::services::DEFAULT_IDLE_TIMEOUT)).to_string(),
         }),
         Some(Kind::UdpEcho(s)) => json!({ "listen": s.listen, "prefix": s.prefix }),
+        Some(Kind::Proxy(p)) => {
+            use netd::services::proxy::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_UPSTREAM_BACKOFF};
+            let dur = |d: &Option<prost_types::Duration>, default| {
+                humantime::format_duration(idle_timeout(d).unwrap_or(default)).to_string()
+            };
+            json!({
+                "listen": p.listen,
+                "upstreams": p.upstreams,
+                "preconnect": p.preconnect,
+                "connect_timeout": dur(&p.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
+                "idle_timeout": dur(&p.idle_timeout, netd::services::DEFAULT_IDLE_TIMEOUT),
+                "max_connections": if p.max_connections == 0 { netd::services::DEFAULT_MAX_CONNECTIONS as u64 } else { p.max_connections as u64 },
+                "upstream_backoff": dur(&p.upstream_backoff, DEFAULT_UPSTREAM_BACKOFF),
+            })
+        }
         None => Value::Null,
     }
 }
 
-fn stats_json(s: &proto::ListenerStats) -> Value {
+pub fn proxy_json(p: &proto::ProxyStats) -> Value {
     json!({
+        "connect_failures": p.connect_failures,
+        "connect_timeouts": p.connect_timeouts,
+        "pool_hits": p.pool_hits,
+        "pool_misses": p.pool_misses,
+        "pool_stale": p.pool_stale,
+        "upstreams": p.upstreams.iter().map(|u| json!({
+            "addr": u.addr,
+            "healthy": u.healthy,
+            "connections": u.connections,
+            "connect_failures": u.connect_failures,
+            "last_error": u.last_error,
+            "pool_idle": u.pool_idle,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn stats_json(s: &proto::ListenerStats) -> Value {
+    let mut v = json!({
         "connections_total": s.connections_total,
         "connections_active": s.connections_active,
         "connections_refused": s.connections_refused,
@@ -49,7 +82,11 @@ fn stats_json(s: &proto::ListenerStats) -> Value {
         "datagrams_in": s.datagrams_in,
         "datagrams_out": s.datagrams_out,
         "errors": s.errors,
-    })
+    });
+    if let Some(proto::listener_stats::Detail::Proxy(p)) = &s.detail {
+        v["proxy"] = proxy_json(p);
+    }
+    v
 }
 
 pub fn listener_json(l: &proto::Listener) -> Value {
@@ -63,7 +100,7 @@ pub fn listener_json(l: &proto::Listener) -> Value {
         "last_error": l.last_error,
         "labels": l.labels,
         "spec": spec_json(&l.spec),
-        "stats": stats_json(&l.stats.unwrap_or_default()),
+        "stats": stats_json(&l.stats.clone().unwrap_or_default()),
     })
 }
 
@@ -123,7 +160,7 @@ pub fn list_table(listeners: &[proto::Listener]) {
     let rows: Vec<Vec<String>> = listeners
         .iter()
         .map(|l| {
-            let s = l.stats.unwrap_or_default();
+            let s = l.stats.clone().unwrap_or_default();
             let traffic = match l.kind() {
                 proto::ListenerKind::UdpEcho => format!("{} dgrams", s.datagrams_in),
                 _ => format!(
@@ -161,7 +198,7 @@ pub fn list_table(listeners: &[proto::Listener]) {
 }
 
 pub fn status_block(l: &proto::Listener) {
-    let s = l.stats.unwrap_or_default();
+    let s = l.stats.clone().unwrap_or_default();
     let mut labels: Vec<String> = l.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     labels.sort();
     let spec = match l.spec.as_ref().and_then(|s| s.kind.as_ref()) {
@@ -176,6 +213,18 @@ pub fn status_block(l: &proto::Listener) {
             )
         }
         Some(Kind::UdpEcho(u)) => format!("listen={} prefix={:?}", u.listen, u.prefix),
+        Some(Kind::Proxy(_)) => {
+            let v = spec_json(&l.spec);
+            format!(
+                "listen={} preconnect={} connect_timeout={} idle_timeout={} max_connections={} upstream_backoff={}",
+                v["listen"].as_str().unwrap_or("-"),
+                v["preconnect"],
+                v["connect_timeout"].as_str().unwrap_or("-"),
+                v["idle_timeout"].as_str().unwrap_or("-"),
+                v["max_connections"],
+                v["upstream_backoff"].as_str().unwrap_or("-"),
+            )
+        }
         None => "-".into(),
     };
     let started = started_at(l)
@@ -230,5 +279,50 @@ pub fn status_block(l: &proto::Listener) {
     ];
     for (k, v) in rows {
         println!("{:<12} {v}", format!("{k}:"));
+    }
+    if let Some(proto::listener_stats::Detail::Proxy(p)) = &s.detail {
+        println!(
+            "{:<12} {} failed, {} timed out; pool {} hits, {} misses, {} stale",
+            "connects:",
+            p.connect_failures,
+            p.connect_timeouts,
+            p.pool_hits,
+            p.pool_misses,
+            p.pool_stale
+        );
+        println!("upstreams:");
+        let rows: Vec<Vec<String>> = p
+            .upstreams
+            .iter()
+            .map(|u| {
+                vec![
+                    format!("  {}", u.addr),
+                    if u.healthy {
+                        "healthy".into()
+                    } else {
+                        "down".into()
+                    },
+                    u.connections.to_string(),
+                    u.connect_failures.to_string(),
+                    u.pool_idle.to_string(),
+                    if u.last_error.is_empty() {
+                        "-".into()
+                    } else {
+                        u.last_error.clone()
+                    },
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "  ADDR",
+                "HEALTH",
+                "CONNS",
+                "FAILURES",
+                "WARM",
+                "LAST_ERROR",
+            ],
+            &rows,
+        );
     }
 }

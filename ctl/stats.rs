@@ -36,21 +36,12 @@ pub fn sample_json(s: &StatsSample) -> Value {
         .listeners
         .iter()
         .map(|l| {
-            let t = l.totals.unwrap_or_default();
+            let t = l.totals.clone().unwrap_or_default();
             json!({
                 "name": l.name,
                 "kind": ListenerKind::try_from(l.kind).unwrap_or_default().slug(),
                 "state": ListenerState::try_from(l.state).unwrap_or_default().slug(),
-                "totals": {
-                    "connections_total": t.connections_total,
-                    "connections_active": t.connections_active,
-                    "connections_refused": t.connections_refused,
-                    "bytes_in": t.bytes_in,
-                    "bytes_out": t.bytes_out,
-                    "datagrams_in": t.datagrams_in,
-                    "datagrams_out": t.datagrams_out,
-                    "errors": t.errors,
-                },
+                "totals": crate::output::stats_json(&t),
                 "rates": l.rates.map(|r| json!({
                     "connections_per_sec": r.connections_per_sec,
                     "bytes_in_per_sec": r.bytes_in_per_sec,
@@ -89,7 +80,7 @@ fn rows(s: &StatsSample) -> Vec<Vec<String>> {
     s.listeners
         .iter()
         .map(|l| {
-            let t = l.totals.unwrap_or_default();
+            let t = l.totals.clone().unwrap_or_default();
             let kind = ListenerKind::try_from(l.kind).unwrap_or_default();
             let (rin, rout, revents) = match &l.rates {
                 Some(r) => {

@@ -66,7 +66,22 @@ impl Default for LogConfig {
 enum KindName {
     TcpEcho,
     UdpEcho,
+    Proxy,
 }
+
+impl KindName {
+    fn as_str(self) -> &'static str {
+        match self {
+            KindName::TcpEcho => "tcp-echo",
+            KindName::UdpEcho => "udp-echo",
+            KindName::Proxy => "proxy",
+        }
+    }
+}
+
+/// A listener option only some kinds take: name, where it is set (if it
+/// is), and the kinds that take it.
+type OptionalField<'a> = (&'a str, Option<std::ops::Range<usize>>, &'a [KindName]);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,8 +93,16 @@ struct RawListener {
     prefix: Option<Spanned<String>>,
     #[serde(default)]
     max_connections: Option<Spanned<u32>>,
-    #[serde(default, with = "humantime_serde::option")]
-    idle_timeout: Option<Duration>,
+    #[serde(default)]
+    idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    upstreams: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    preconnect: Option<Spanned<u32>>,
+    #[serde(default)]
+    connect_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    upstream_backoff: Option<Spanned<String>>,
     #[serde(default)]
     labels: HashMap<String, String>,
 }
@@ -185,40 +208,108 @@ impl Config {
                 .as_ref()
                 .map(|p| p.get_ref().clone())
                 .unwrap_or_default();
-            let kind = match l.kind.get_ref() {
-                KindName::TcpEcho => Kind::TcpEcho(proto::TcpEchoSpec {
-                    listen: l.listen.get_ref().clone(),
-                    prefix,
-                    max_connections: l
-                        .max_connections
-                        .as_ref()
-                        .map(|m| *m.get_ref())
-                        .unwrap_or(0),
-                    idle_timeout: l.idle_timeout.map(|d| d.try_into().unwrap_or_default()),
-                }),
-                KindName::UdpEcho => {
-                    if let Some(m) = &l.max_connections {
+            let kind_name = *l.kind.get_ref();
+            // Options that only some kinds take: (field, where it is, kinds).
+            let spans = |o: Option<std::ops::Range<usize>>| o;
+            let optional: [OptionalField; 7] = [
+                (
+                    "prefix",
+                    spans(l.prefix.as_ref().map(|v| v.span())),
+                    &[KindName::TcpEcho, KindName::UdpEcho],
+                ),
+                (
+                    "max_connections",
+                    spans(l.max_connections.as_ref().map(|v| v.span())),
+                    &[KindName::TcpEcho, KindName::Proxy],
+                ),
+                (
+                    "idle_timeout",
+                    spans(l.idle_timeout.as_ref().map(|v| v.span())),
+                    &[KindName::TcpEcho, KindName::Proxy],
+                ),
+                (
+                    "upstreams",
+                    spans(l.upstreams.as_ref().map(|v| v.span())),
+                    &[KindName::Proxy],
+                ),
+                (
+                    "preconnect",
+                    spans(l.preconnect.as_ref().map(|v| v.span())),
+                    &[KindName::Proxy],
+                ),
+                (
+                    "connect_timeout",
+                    spans(l.connect_timeout.as_ref().map(|v| v.span())),
+                    &[KindName::Proxy],
+                ),
+                (
+                    "upstream_backoff",
+                    spans(l.upstream_backoff.as_ref().map(|v| v.span())),
+                    &[KindName::Proxy],
+                ),
+            ];
+            for (field, span, kinds) in &optional {
+                if let Some(span) = span {
+                    if !kinds.contains(&kind_name) {
                         return Err(ConfigError(format!(
-                            "{}: max_connections does not apply to a udp-echo listener",
-                            at(m.span())
+                            "{}: {field} does not apply to a {} listener",
+                            at(span.clone()),
+                            kind_name.as_str()
                         )));
                     }
-                    if l.idle_timeout.is_some() {
-                        return Err(ConfigError(format!(
-                            "{origin}: idle_timeout does not apply to a udp-echo listener"
-                        )));
-                    }
-                    Kind::UdpEcho(proto::UdpEchoSpec {
-                        listen: l.listen.get_ref().clone(),
-                        prefix,
-                    })
                 }
+            }
+            let duration = |field: &str,
+                            v: &Option<Spanned<String>>|
+             -> Result<Option<prost_types::Duration>, ConfigError> {
+                let Some(v) = v else { return Ok(None) };
+                let d = humantime::parse_duration(v.get_ref()).map_err(|e| {
+                    ConfigError(format!(
+                        "{}: {field}: '{}' is not a duration like 30s or 5m: {e}",
+                        at(v.span()),
+                        v.get_ref()
+                    ))
+                })?;
+                prost_types::Duration::try_from(d)
+                    .map(Some)
+                    .map_err(|_| ConfigError(format!("{}: {field} is too large", at(v.span()))))
+            };
+            let listen = l.listen.get_ref().clone();
+            let max_connections = l
+                .max_connections
+                .as_ref()
+                .map(|m| *m.get_ref())
+                .unwrap_or(0);
+            let idle_timeout = duration("idle_timeout", &l.idle_timeout)?;
+            let kind = match kind_name {
+                KindName::TcpEcho => Kind::TcpEcho(proto::TcpEchoSpec {
+                    listen,
+                    prefix,
+                    max_connections,
+                    idle_timeout,
+                }),
+                KindName::UdpEcho => Kind::UdpEcho(proto::UdpEchoSpec { listen, prefix }),
+                KindName::Proxy => Kind::Proxy(proto::ProxySpec {
+                    listen,
+                    upstreams: l
+                        .upstreams
+                        .as_ref()
+                        .map(|u| u.get_ref().clone())
+                        .unwrap_or_default(),
+                    preconnect: l.preconnect.as_ref().map(|p| *p.get_ref()).unwrap_or(0),
+                    connect_timeout: duration("connect_timeout", &l.connect_timeout)?,
+                    idle_timeout,
+                    max_connections,
+                    upstream_backoff: duration("upstream_backoff", &l.upstream_backoff)?,
+                }),
             };
             let spec = proto::ListenerSpec { kind: Some(kind) };
             if let Err(e) = Service::from_spec(&spec) {
                 // Point at the listen line for address problems.
                 let line = if e.0.starts_with("listen") {
                     at(l.listen.span())
+                } else if let (true, Some(u)) = (e.0.starts_with("upstream"), &l.upstreams) {
+                    at(u.span())
                 } else {
                     origin.clone()
                 };

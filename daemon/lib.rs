@@ -16,6 +16,7 @@ pub mod events;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod pool;
 pub mod server;
 pub mod services;
 pub mod stats;
@@ -38,6 +39,7 @@ impl proto::ListenerKind {
             proto::ListenerKind::Unspecified => "unspecified",
             proto::ListenerKind::TcpEcho => "tcp-echo",
             proto::ListenerKind::UdpEcho => "udp-echo",
+            proto::ListenerKind::Proxy => "proxy",
         }
     }
 }

@@ -69,7 +69,7 @@ impl Collector for ListenerCollector {
         for (name, help, get) in COUNTERS {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (l, labels) in listeners.iter().zip(&labels) {
-                let v = get(&l.stats.unwrap_or_default());
+                let v = l.stats.as_ref().map(get).unwrap_or(0);
                 ConstCounter::new(v).encode(family.encode_family(labels)?)?;
             }
         }
@@ -89,7 +89,7 @@ impl Collector for ListenerCollector {
             MetricType::Gauge,
         )?;
         for (l, labels) in listeners.iter().zip(&labels) {
-            let v = l.stats.unwrap_or_default().connections_active as i64;
+            let v = l.stats.as_ref().map_or(0, |s| s.connections_active as i64);
             ConstGauge::new(v).encode(family.encode_family(labels)?)?;
         }
         let mut family = encoder.encode_descriptor(

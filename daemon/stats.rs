@@ -53,6 +53,7 @@ impl Stats {
             datagrams_in: self.datagrams_in.load(Relaxed),
             datagrams_out: self.datagrams_out.load(Relaxed),
             errors: self.errors.load(Relaxed),
+            detail: None,
         }
     }
 }

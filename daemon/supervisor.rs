@@ -94,8 +94,14 @@ impl Entry {
             restarts: st.restarts,
             last_error: st.last_error.clone(),
             labels: self.labels.clone(),
-            stats: Some(self.stats.snapshot()),
+            stats: Some(self.stats()),
         }
+    }
+
+    fn stats(&self) -> proto::ListenerStats {
+        let mut s = self.stats.snapshot();
+        s.detail = self.service.detail_stats();
+        s
     }
 
     fn sample(&self) -> proto::ListenerStatsSample {
@@ -103,7 +109,7 @@ impl Entry {
             name: self.name.to_string(),
             kind: self.service.kind() as i32,
             state: self.status().state as i32,
-            totals: Some(self.stats.snapshot()),
+            totals: Some(self.stats()),
             rates: None,
         }
     }
@@ -244,7 +250,7 @@ impl Supervisor {
         drop(listeners);
         tracing::info!(listener = name, "listener stopped");
         let l = entry.to_proto();
-        let s = l.stats.unwrap_or_default();
+        let s = l.stats.clone().unwrap_or_default();
         self.inner.events.publish(
             EventKind::Stopped,
             name,

@@ -107,9 +107,9 @@ impl Watch {
         }
         let mut prev = HashMap::with_capacity(listeners.len());
         for l in &mut listeners {
-            let cur = l.totals.unwrap_or_default();
+            let cur = l.totals.clone().unwrap_or_default();
             if !first {
-                let before = self.prev.get(&l.name).copied().unwrap_or_default();
+                let before = self.prev.get(&l.name).cloned().unwrap_or_default();
                 l.rates = Some(rates(&before, &cur, elapsed));
             }
             prev.insert(l.name.clone(), cur);

@@ -8,6 +8,7 @@
 //! is cancelled. `run` returning an error (or panicking) means the service
 //! failed, and the supervisor restarts it on the same bound address.
 
+pub mod proxy;
 pub mod tcp_echo;
 pub mod udp_echo;
 
@@ -57,6 +58,7 @@ impl Bound {
 pub enum Service {
     TcpEcho(tcp_echo::TcpEcho),
     UdpEcho(udp_echo::UdpEcho),
+    Proxy(Arc<proxy::Proxy>),
 }
 
 /// Why a spec was rejected; the message names the field and the problem.
@@ -97,10 +99,11 @@ impl Service {
     pub fn from_spec(spec: &proto::ListenerSpec) -> Result<Self, SpecError> {
         match &spec.kind {
             None => Err(SpecError(
-                "the listener spec names no kind (tcp_echo, udp_echo)".into(),
+                "the listener spec names no kind (tcp_echo, udp_echo, proxy)".into(),
             )),
             Some(Kind::TcpEcho(s)) => Ok(Service::TcpEcho(tcp_echo::TcpEcho::from_spec(s)?)),
             Some(Kind::UdpEcho(s)) => Ok(Service::UdpEcho(udp_echo::UdpEcho::from_spec(s)?)),
+            Some(Kind::Proxy(s)) => Ok(Service::Proxy(Arc::new(proxy::Proxy::from_spec(s)?))),
         }
     }
 
@@ -108,6 +111,7 @@ impl Service {
         match self {
             Service::TcpEcho(_) => proto::ListenerKind::TcpEcho,
             Service::UdpEcho(_) => proto::ListenerKind::UdpEcho,
+            Service::Proxy(_) => proto::ListenerKind::Proxy,
         }
     }
 
@@ -116,6 +120,15 @@ impl Service {
         match self {
             Service::TcpEcho(s) => s.listen,
             Service::UdpEcho(s) => s.listen,
+            Service::Proxy(s) => s.listen,
+        }
+    }
+
+    /// Kind-specific counters for the stats message, if the kind has any.
+    pub fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
+        match self {
+            Service::Proxy(p) => Some(proto::listener_stats::Detail::Proxy(p.stats())),
+            _ => None,
         }
     }
 
@@ -123,7 +136,7 @@ impl Service {
     /// runtime.
     pub fn bind(&self, addr: SocketAddr) -> Result<Bound, BindError> {
         match self {
-            Service::TcpEcho(_) => bind_tcp(addr).map(Bound::Tcp),
+            Service::TcpEcho(_) | Service::Proxy(_) => bind_tcp(addr).map(Bound::Tcp),
             Service::UdpEcho(_) => bind_udp(addr).map(Bound::Udp),
         }
         .map_err(|e| BindError::from_io(addr, e))
@@ -133,7 +146,27 @@ impl Service {
         match (&*self, bound) {
             (Service::TcpEcho(s), Bound::Tcp(l)) => s.run(l, ctx).await,
             (Service::UdpEcho(s), Bound::Udp(u)) => s.run(u, ctx).await,
+            (Service::Proxy(s), Bound::Tcp(l)) => s.run(l, ctx).await,
             _ => anyhow::bail!("internal error: socket type does not match the service"),
+        }
+    }
+}
+
+/// A duration field: unset means `default`; zero and negative are refused.
+pub(crate) fn duration_field(
+    field: &str,
+    value: &Option<prost_types::Duration>,
+    default: Duration,
+) -> Result<Duration, SpecError> {
+    match value {
+        None => Ok(default),
+        Some(d) => {
+            let d = Duration::try_from(*d)
+                .map_err(|_| SpecError(format!("{field} must not be negative")))?;
+            if d.is_zero() {
+                return Err(SpecError(format!("{field} must be greater than zero")));
+            }
+            Ok(d)
         }
     }
 }
@@ -172,6 +205,63 @@ fn bind_udp(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     tokio::net::UdpSocket::from_std(socket.into())
+}
+
+/// The accept loop shared by the TCP services: accept until
+/// `stop_accepting`, backing off on transient errors (mini-redis style)
+/// instead of spinning; refuse clients beyond `limit` at once (counted); run
+/// each accepted connection as a task on the listener's tracker, holding its
+/// permit and its `connections_active` slot for as long as it lives. Returns
+/// an error only when the listening socket itself fails.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: &tokio::net::TcpListener,
+    ctx: &ServiceCtx,
+    limit: &Arc<tokio::sync::Semaphore>,
+    mut handle: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use anyhow::Context as _;
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = ctx.stop_accepting.cancelled() => return Ok(()),
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => {
+                backoff = Duration::from_millis(10);
+                conn
+            }
+            Err(e) if is_transient_accept_error(&e) => {
+                Stats::add(&ctx.stats.errors, 1);
+                tracing::warn!(listener = %ctx.name, error = %e, "accept failed; backing off");
+                tokio::select! {
+                    _ = ctx.stop_accepting.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            Err(e) => return Err(e).context("accepting connections failed"),
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            Stats::add(&ctx.stats.connections_refused, 1);
+            tracing::debug!(listener = %ctx.name, %peer, "connection limit reached; refusing");
+            drop(stream);
+            continue;
+        };
+        let guard = ctx.stats.connection();
+        let task = handle(stream, peer);
+        ctx.tracker.spawn(async move {
+            let _permit = permit;
+            let _guard = guard;
+            task.await;
+        });
+    }
 }
 
 /// Accept errors that concern one connection or a passing shortage (file

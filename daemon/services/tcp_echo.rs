@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -48,17 +47,8 @@ impl TcpEcho {
             0 => DEFAULT_MAX_CONNECTIONS,
             n => n as usize,
         };
-        let idle_timeout = match &spec.idle_timeout {
-            None => DEFAULT_IDLE_TIMEOUT,
-            Some(d) => {
-                let d = Duration::try_from(*d)
-                    .map_err(|_| SpecError("idle_timeout must not be negative".into()))?;
-                if d.is_zero() {
-                    return Err(SpecError("idle_timeout must be greater than zero".into()));
-                }
-                d
-            }
-        };
+        let idle_timeout =
+            super::duration_field("idle_timeout", &spec.idle_timeout, DEFAULT_IDLE_TIMEOUT)?;
         Ok(TcpEcho {
             listen,
             prefix: spec.prefix.as_bytes().into(),
@@ -68,37 +58,7 @@ impl TcpEcho {
     }
 
     pub async fn run(&self, listener: TcpListener, ctx: ServiceCtx) -> anyhow::Result<()> {
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                _ = ctx.stop_accepting.cancelled() => return Ok(()),
-                r = listener.accept() => r,
-            };
-            let (stream, peer) = match accepted {
-                Ok(conn) => {
-                    backoff = Duration::from_millis(10);
-                    conn
-                }
-                Err(e) if super::is_transient_accept_error(&e) => {
-                    Stats::add(&ctx.stats.errors, 1);
-                    tracing::warn!(listener = %ctx.name, error = %e, "accept failed; backing off");
-                    tokio::select! {
-                        _ = ctx.stop_accepting.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-                Err(e) => return Err(e).context("accepting connections failed"),
-            };
-            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
-                Stats::add(&ctx.stats.connections_refused, 1);
-                tracing::debug!(listener = %ctx.name, %peer, "connection limit reached; refusing");
-                drop(stream);
-                continue;
-            };
-            let guard = ctx.stats.connection();
+        super::accept_loop(&listener, &ctx, &self.limit, |stream, peer| {
             let conn = Conn {
                 prefix: self.prefix.clone(),
                 idle: self.idle_timeout,
@@ -106,9 +66,7 @@ impl TcpEcho {
                 close: ctx.close_connections.clone(),
             };
             let name = ctx.name.clone();
-            ctx.tracker.spawn(async move {
-                let _permit = permit;
-                let _guard = guard;
+            async move {
                 match conn.echo(stream).await {
                     Ok(end) => tracing::debug!(listener = %name, %peer, end, "connection closed"),
                     Err(e) => {
@@ -116,8 +74,9 @@ impl TcpEcho {
                         tracing::debug!(listener = %name, %peer, error = %e, "connection failed");
                     }
                 }
-            });
-        }
+            }
+        })
+        .await
     }
 }
 

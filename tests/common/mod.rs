@@ -266,3 +266,58 @@ pub fn break_listening_socket(pid: u32, addr: std::net::SocketAddr) {
         libc::close(pidfd);
     }
 }
+
+/// An upstream server owned by the test, on loopback: echoes with a prefix
+/// on every accepted connection and keeps a handle on each so the test can
+/// close them from the server side.
+pub struct TestUpstream {
+    pub addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl TestUpstream {
+    pub fn echo(prefix: &'static [u8]) -> TestUpstream {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let list = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                list.lock().unwrap().push(stream.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => {
+                                let _ = stream.shutdown(std::net::Shutdown::Write);
+                                return;
+                            }
+                            Ok(n) => {
+                                let mut out = prefix.to_vec();
+                                out.extend_from_slice(&buf[..n]);
+                                if stream.write_all(&out).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        TestUpstream { addr, accepted }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+
+    /// Close every connection accepted so far, from the server side.
+    pub fn close_all(&self) {
+        for s in self.accepted.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}

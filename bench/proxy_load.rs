@@ -1,0 +1,2 @@
+//! Placeholder; replaced by the proxy benchmark client.
+fn main() {}

@@ -1,0 +1,455 @@
+//! The monitored TCP proxy: each accepted client is joined to one upstream
+//! and bytes are forwarded both ways until both sides have finished.
+//!
+//! - Upstream choice: round robin over the healthy upstreams. A connect
+//!   that fails or times out marks that upstream unhealthy for
+//!   `upstream_backoff` (passive health) and the next one is tried; when all
+//!   are unhealthy, they are tried anyway rather than refusing the client.
+//! - Pre-connect (`preconnect` > 0): a bb8 pool per upstream keeps that many
+//!   established connections warm ([`crate::pool`]). A client takes a warm
+//!   one when there is one (checked on checkout, so a connection the upstream
+//!   has closed is discarded, never handed out) and otherwise connects on
+//!   demand; it never waits for the pool.
+//! - Forwarding: two copy loops in one task, so neither direction can block
+//!   the other. EOF on one side becomes a half-close (shutdown of the write
+//!   side) on the other; a reset or error on one side becomes a reset
+//!   (SO_LINGER 0) on the other. Read buffers (64 KiB) are borrowed only
+//!   while data flows, so an idle connection holds no buffer.
+//! - Every closed connection is logged at info level (target `netd::access`)
+//!   with client, upstream, bytes each way, duration and how it ended.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::{
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ServiceCtx, SpecError, duration_field,
+    listen_field,
+};
+use crate::pool::{self, TakeConnection, TcpPool};
+use crate::proto;
+use crate::stats::Stats;
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_UPSTREAM_BACKOFF: Duration = Duration::from_secs(10);
+/// Upper bound on `preconnect`, per upstream.
+pub const MAX_PRECONNECT: u32 = 1024;
+/// Upper bound on the number of upstreams.
+pub const MAX_UPSTREAMS: usize = 64;
+/// Read buffer per direction, borrowed only while data flows.
+const BUF_SIZE: usize = 64 * 1024;
+
+/// Counters shared by the proxy and its pools.
+#[derive(Debug, Default)]
+pub struct ProxyCounters {
+    pub connect_failures: AtomicU64,
+    pub connect_timeouts: AtomicU64,
+    pub pool_hits: AtomicU64,
+    pub pool_misses: AtomicU64,
+    pub pool_stale: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Upstream {
+    addr: SocketAddr,
+    /// Skip this upstream until then (passive health).
+    down_until: Mutex<Option<Instant>>,
+    connections: AtomicU64,
+    connect_failures: AtomicU64,
+    last_error: Mutex<String>,
+    /// Built on first run (bb8 needs a runtime); kept across restarts.
+    pool: OnceLock<TcpPool>,
+}
+
+impl Upstream {
+    fn healthy(&self, now: Instant) -> bool {
+        self.down_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| t <= now)
+    }
+
+    fn mark_down(&self, backoff: Duration, error: String) {
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + backoff);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+        self.connect_failures.fetch_add(1, Relaxed);
+    }
+
+    fn mark_up(&self) {
+        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+#[derive(Debug)]
+pub struct Proxy {
+    pub listen: SocketAddr,
+    upstreams: Vec<Arc<Upstream>>,
+    preconnect: u32,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    upstream_backoff: Duration,
+    limit: Arc<Semaphore>,
+    next: AtomicUsize,
+    counters: Arc<ProxyCounters>,
+}
+
+/// How a proxied connection ended, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Done,
+    IdleTimeout,
+    ClosedByNetd,
+    ClientReset,
+    UpstreamReset,
+}
+
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            End::Done => "closed",
+            End::IdleTimeout => "idle timeout",
+            End::ClosedByNetd => "closed by netd",
+            End::ClientReset => "client error/reset",
+            End::UpstreamReset => "upstream error/reset",
+        }
+    }
+}
+
+impl Proxy {
+    pub fn from_spec(spec: &proto::ProxySpec) -> Result<Self, SpecError> {
+        let listen = listen_field("listen", &spec.listen)?;
+        if spec.upstreams.is_empty() {
+            return Err(SpecError(
+                "at least one upstream is required (host:port)".into(),
+            ));
+        }
+        if spec.upstreams.len() > MAX_UPSTREAMS {
+            return Err(SpecError(format!("at most {MAX_UPSTREAMS} upstreams")));
+        }
+        let mut upstreams = Vec::with_capacity(spec.upstreams.len());
+        for u in &spec.upstreams {
+            let addr = listen_field("upstream", u)?;
+            if addr.port() == 0 {
+                return Err(SpecError(format!(
+                    "upstream '{u}': port 0 cannot be connected to"
+                )));
+            }
+            if addr.ip().is_unspecified() {
+                return Err(SpecError(format!(
+                    "upstream '{u}': {} is not an address to connect to",
+                    addr.ip()
+                )));
+            }
+            upstreams.push(Arc::new(Upstream {
+                addr,
+                down_until: Mutex::new(None),
+                connections: AtomicU64::new(0),
+                connect_failures: AtomicU64::new(0),
+                last_error: Mutex::new(String::new()),
+                pool: OnceLock::new(),
+            }));
+        }
+        if spec.preconnect > MAX_PRECONNECT {
+            return Err(SpecError(format!(
+                "preconnect is {}; the limit is {MAX_PRECONNECT}",
+                spec.preconnect
+            )));
+        }
+        let max = match spec.max_connections {
+            0 => DEFAULT_MAX_CONNECTIONS,
+            n => n as usize,
+        };
+        Ok(Proxy {
+            listen,
+            upstreams,
+            preconnect: spec.preconnect,
+            connect_timeout: duration_field(
+                "connect_timeout",
+                &spec.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+            )?,
+            idle_timeout: duration_field("idle_timeout", &spec.idle_timeout, DEFAULT_IDLE_TIMEOUT)?,
+            upstream_backoff: duration_field(
+                "upstream_backoff",
+                &spec.upstream_backoff,
+                DEFAULT_UPSTREAM_BACKOFF,
+            )?,
+            limit: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            next: AtomicUsize::new(0),
+            counters: Arc::new(ProxyCounters::default()),
+        })
+    }
+
+    pub fn stats(&self) -> proto::ProxyStats {
+        let now = Instant::now();
+        let c = &self.counters;
+        proto::ProxyStats {
+            connect_failures: c.connect_failures.load(Relaxed),
+            connect_timeouts: c.connect_timeouts.load(Relaxed),
+            pool_hits: c.pool_hits.load(Relaxed),
+            pool_misses: c.pool_misses.load(Relaxed),
+            pool_stale: c.pool_stale.load(Relaxed),
+            upstreams: self
+                .upstreams
+                .iter()
+                .map(|u| proto::UpstreamStatus {
+                    addr: u.addr.to_string(),
+                    healthy: u.healthy(now),
+                    connections: u.connections.load(Relaxed),
+                    connect_failures: u.connect_failures.load(Relaxed),
+                    last_error: u
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                    pool_idle: u
+                        .pool
+                        .get()
+                        .map(|p| p.state().idle_connections)
+                        .unwrap_or(0),
+                })
+                .collect(),
+        }
+    }
+
+    pub async fn run(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        ctx: ServiceCtx,
+    ) -> anyhow::Result<()> {
+        if self.preconnect > 0 {
+            for u in &self.upstreams {
+                u.pool.get_or_init(|| {
+                    pool::build(
+                        u.addr,
+                        self.preconnect,
+                        self.connect_timeout,
+                        self.counters.clone(),
+                    )
+                });
+            }
+        }
+        super::accept_loop(&listener, &ctx, &self.limit, |client, peer| {
+            let proxy = self.clone();
+            let ctx = ctx.clone();
+            async move { proxy.serve(client, peer, &ctx).await }
+        })
+        .await
+    }
+
+    /// Upstreams in the order to try them for the next client: healthy ones
+    /// round robin first, then the unhealthy ones as a last resort.
+    fn candidates(&self) -> Vec<Arc<Upstream>> {
+        let n = self.upstreams.len();
+        let start = self.next.fetch_add(1, Relaxed) % n;
+        let now = Instant::now();
+        let rotated = (0..n).map(|i| self.upstreams[(start + i) % n].clone());
+        let (mut healthy, down): (Vec<_>, Vec<_>) = rotated.partition(|u| u.healthy(now));
+        healthy.extend(down);
+        healthy
+    }
+
+    /// Take a warm connection from the upstream's pool, if it has one.
+    async fn warm(&self, u: &Upstream) -> Option<TcpStream> {
+        let pool = u.pool.get()?;
+        if pool.state().idle_connections > 0 {
+            // Checkout validates the connection (is it still open?) and
+            // returns at once when an idle one is there; the timeout only
+            // guards against racing another client for the last one.
+            if let Ok(Ok(mut conn)) =
+                tokio::time::timeout(Duration::from_millis(50), pool.get()).await
+            {
+                if let Some(stream) = conn.take() {
+                    self.counters.pool_hits.fetch_add(1, Relaxed);
+                    return Some(stream);
+                }
+            }
+        }
+        self.counters.pool_misses.fetch_add(1, Relaxed);
+        None
+    }
+
+    async fn connect(&self, ctx: &ServiceCtx) -> Option<(TcpStream, Arc<Upstream>)> {
+        for u in self.candidates() {
+            if self.preconnect > 0 {
+                if let Some(s) = self.warm(&u).await {
+                    return Some((s, u));
+                }
+            }
+            let attempt = tokio::select! {
+                _ = ctx.close_connections.cancelled() => return None,
+                r = tokio::time::timeout(self.connect_timeout, TcpStream::connect(u.addr)) => r,
+            };
+            match attempt {
+                Ok(Ok(s)) => {
+                    u.mark_up();
+                    let _ = s.set_nodelay(true);
+                    return Some((s, u));
+                }
+                Ok(Err(e)) => {
+                    self.counters.connect_failures.fetch_add(1, Relaxed);
+                    tracing::warn!(listener = %ctx.name, upstream = %u.addr, error = %e, "upstream connect failed");
+                    u.mark_down(self.upstream_backoff, format!("connect failed: {e}"));
+                }
+                Err(_) => {
+                    self.counters.connect_timeouts.fetch_add(1, Relaxed);
+                    tracing::warn!(listener = %ctx.name, upstream = %u.addr, timeout = ?self.connect_timeout, "upstream connect timed out");
+                    u.mark_down(
+                        self.upstream_backoff,
+                        format!(
+                            "connect timed out after {}",
+                            humantime::format_duration(self.connect_timeout)
+                        ),
+                    );
+                }
+            }
+        }
+        None
+    }
+
+    async fn serve(&self, mut client: TcpStream, peer: SocketAddr, ctx: &ServiceCtx) {
+        let began = Instant::now();
+        let _ = client.set_nodelay(true);
+        let Some((mut upstream, u)) = self.connect(ctx).await else {
+            Stats::add(&ctx.stats.errors, 1);
+            tracing::info!(target: "netd::access", listener = %ctx.name, client = %peer, "no upstream reachable; closing client");
+            // A prompt, clean close: the client sees EOF at once.
+            let _ = client.shutdown().await;
+            return;
+        };
+        u.connections.fetch_add(1, Relaxed);
+        let up = AtomicU64::new(0);
+        let down = AtomicU64::new(0);
+        let end = self.pipe(&mut client, &mut upstream, ctx, &up, &down).await;
+        match end {
+            // Propagate a reset: abort the other side instead of a clean FIN.
+            End::ClientReset => abort(&upstream),
+            End::UpstreamReset => abort(&client),
+            _ => {}
+        }
+        tracing::info!(
+            target: "netd::access",
+            listener = %ctx.name,
+            client = %peer,
+            upstream = %u.addr,
+            bytes_up = up.load(Relaxed),
+            bytes_down = down.load(Relaxed),
+            duration_ms = began.elapsed().as_millis() as u64,
+            end = end.as_str(),
+            "proxied connection closed"
+        );
+    }
+
+    /// Forward both ways until both directions are done, one side fails, the
+    /// connection idles out, or netd closes it.
+    async fn pipe(
+        &self,
+        client: &mut TcpStream,
+        upstream: &mut TcpStream,
+        ctx: &ServiceCtx,
+        up: &AtomicU64,
+        down: &AtomicU64,
+    ) -> End {
+        let (cr, cw) = client.split();
+        let (ur, uw) = upstream.split();
+        let activity = Activity::new();
+        let c2u = copy(cr, uw, &activity, &ctx.stats.bytes_in, up);
+        let u2c = copy(ur, cw, &activity, &ctx.stats.bytes_out, down);
+        let idle = async {
+            loop {
+                let due = activity.last() + self.idle_timeout;
+                if Instant::now() >= due {
+                    return;
+                }
+                tokio::time::sleep_until(due).await;
+            }
+        };
+        tokio::select! {
+            r = async { tokio::try_join!(
+                async { c2u.await.map_err(|side| if side == Side::Reader { End::ClientReset } else { End::UpstreamReset }) },
+                async { u2c.await.map_err(|side| if side == Side::Reader { End::UpstreamReset } else { End::ClientReset }) },
+            ) } => match r {
+                Ok(_) => End::Done,
+                Err(end) => end,
+            },
+            _ = idle => End::IdleTimeout,
+            _ = ctx.close_connections.cancelled() => End::ClosedByNetd,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Reader,
+    Writer,
+}
+
+/// Copy one direction until EOF (then half-close the writer) or an error
+/// (which side failed is returned). Waits for readability before borrowing
+/// a buffer, so a silent connection holds none.
+async fn copy(
+    r: ReadHalf<'_>,
+    mut w: WriteHalf<'_>,
+    activity: &Activity,
+    total: &AtomicU64,
+    mine: &AtomicU64,
+) -> Result<(), Side> {
+    loop {
+        r.readable().await.map_err(|_| Side::Reader)?;
+        let mut buf = vec![0u8; BUF_SIZE];
+        loop {
+            let n = match r.try_read(&mut buf) {
+                Ok(0) => {
+                    // Half-close: the peer finished sending; pass it on.
+                    let _ = w.shutdown().await;
+                    return Ok(());
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return Err(Side::Reader),
+            };
+            w.write_all(&buf[..n]).await.map_err(|_| Side::Writer)?;
+            Stats::add(total, n as u64);
+            mine.fetch_add(n as u64, Relaxed);
+            activity.touch();
+        }
+    }
+}
+
+/// When a connection last moved data, shared by its two copy loops.
+struct Activity {
+    base: Instant,
+    /// Milliseconds after `base`.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.base.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Relaxed))
+    }
+}
+
+/// Close with RST instead of FIN.
+fn abort(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
