@@ -270,7 +270,6 @@ fn preconnect_pool_hits_and_never_hands_out_a_closed_connection() {
     assert_eq!(roundtrip(p, b"one"), b"U:one");
     let s = proxy_stats(&netd, "p");
     assert_eq!(s["proxy"]["pool_hits"], 1);
-    assert_eq!(upstream.accepted() >= 2, true);
     // The pool refills to two idle connections behind the client.
     wait_until("pool refilled", || {
         proxy_stats(&netd, "p")["proxy"]["upstreams"][0]["pool_idle"] == 2
