@@ -160,6 +160,36 @@ enum StartKind {
         #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
         upstream_backoff: Option<Duration>,
     },
+    /// HTTP JSON echo service (httpbin-like): GET echoes method, path and
+    /// query; POST echoes a JSON body.
+    Http {
+        #[command(flatten)]
+        common: Common,
+        /// Largest request body in bytes; larger gets 413 (default 1 MiB).
+        #[arg(long, value_name = "BYTES")]
+        max_body: Option<u64>,
+        /// Time a client has to send a request's headers (default 10s).
+        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+        header_timeout: Option<Duration>,
+        /// Time a request has to complete (default 30s); slower gets 408.
+        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+        request_timeout: Option<Duration>,
+        /// Concurrent connections; more are refused (default 1024).
+        #[arg(long, value_name = "N")]
+        max_connections: Option<u32>,
+        /// Require `Authorization: Bearer TOKEN` (prefer --token-file: a
+        /// command line is visible to other local users).
+        #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
+        token: Option<String>,
+        /// Read the bearer token from this file (surrounding whitespace is
+        /// trimmed).
+        #[arg(long, value_name = "PATH")]
+        token_file: Option<std::path::PathBuf>,
+        /// Per-client-IP rate limit: N/s, N/m or N/h, e.g. 100/s; over it
+        /// gets 429 with Retry-After.
+        #[arg(long, value_name = "RATE")]
+        rate_limit: Option<String>,
+    },
     /// UDP echo: answers each datagram to its sender.
     UdpEcho {
         #[command(flatten)]
@@ -285,6 +315,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         )?,
                     };
                     (common, Kind::Proxy(spec))
+                }
+                StartKind::Http {
+                    common,
+                    max_body,
+                    header_timeout,
+                    request_timeout,
+                    max_connections,
+                    token,
+                    token_file,
+                    rate_limit,
+                } => {
+                    let token = match (token, token_file) {
+                        (Some(t), _) => t,
+                        (None, Some(path)) => std::fs::read_to_string(&path)
+                            .with_context(|| {
+                                format!("cannot read the token file {}", path.display())
+                            })?
+                            .trim()
+                            .to_string(),
+                        (None, None) => String::new(),
+                    };
+                    let spec = proto::HttpSpec {
+                        listen: common.listen.clone(),
+                        max_body_bytes: max_body.unwrap_or(0),
+                        header_read_timeout: to_proto_duration("--header-timeout", header_timeout)?,
+                        request_timeout: to_proto_duration("--request-timeout", request_timeout)?,
+                        max_connections: max_connections.unwrap_or(0),
+                        token,
+                        rate_limit: rate_limit.unwrap_or_default(),
+                    };
+                    (common, Kind::Http(spec))
                 }
                 StartKind::UdpEcho { common, prefix } => {
                     let spec = proto::UdpEchoSpec {

@@ -50,8 +50,40 @@ fn spec_json(spec: &Option<proto::ListenerSpec>) -> Value {
                 "upstream_backoff": dur(&p.upstream_backoff, DEFAULT_UPSTREAM_BACKOFF),
             })
         }
+        Some(Kind::Http(h)) => {
+            use netd::services::http::{
+                DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_REQUEST_TIMEOUT,
+            };
+            let dur = |d: &Option<prost_types::Duration>, default| {
+                humantime::format_duration(idle_timeout(d).unwrap_or(default)).to_string()
+            };
+            json!({
+                "listen": h.listen,
+                "max_body_bytes": if h.max_body_bytes == 0 { DEFAULT_MAX_BODY } else { h.max_body_bytes },
+                "header_read_timeout": dur(&h.header_read_timeout, DEFAULT_HEADER_TIMEOUT),
+                "request_timeout": dur(&h.request_timeout, DEFAULT_REQUEST_TIMEOUT),
+                "max_connections": if h.max_connections == 0 { netd::services::DEFAULT_MAX_CONNECTIONS as u64 } else { h.max_connections as u64 },
+                "auth": if h.token.is_empty() { "none" } else { "bearer token" },
+                "rate_limit": if h.rate_limit.is_empty() { "none" } else { h.rate_limit.as_str() },
+            })
+        }
         None => Value::Null,
     }
+}
+
+pub fn http_json(h: &proto::HttpStats) -> Value {
+    json!({
+        "requests": h.requests,
+        "responses_2xx": h.responses_2xx,
+        "responses_3xx": h.responses_3xx,
+        "responses_4xx": h.responses_4xx,
+        "responses_5xx": h.responses_5xx,
+        "unauthorized": h.unauthorized,
+        "rate_limited": h.rate_limited,
+        "latency_p50_ms": h.latency_p50_ms,
+        "latency_p90_ms": h.latency_p90_ms,
+        "latency_p99_ms": h.latency_p99_ms,
+    })
 }
 
 pub fn proxy_json(p: &proto::ProxyStats) -> Value {
@@ -83,8 +115,10 @@ pub fn stats_json(s: &proto::ListenerStats) -> Value {
         "datagrams_out": s.datagrams_out,
         "errors": s.errors,
     });
-    if let Some(proto::listener_stats::Detail::Proxy(p)) = &s.detail {
-        v["proxy"] = proxy_json(p);
+    match &s.detail {
+        Some(proto::listener_stats::Detail::Proxy(p)) => v["proxy"] = proxy_json(p),
+        Some(proto::listener_stats::Detail::Http(h)) => v["http"] = http_json(h),
+        None => {}
     }
     v
 }
@@ -201,31 +235,25 @@ pub fn status_block(l: &proto::Listener) {
     let s = l.stats.clone().unwrap_or_default();
     let mut labels: Vec<String> = l.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     labels.sort();
-    let spec = match l.spec.as_ref().and_then(|s| s.kind.as_ref()) {
-        Some(Kind::TcpEcho(t)) => {
-            let v = spec_json(&l.spec);
-            format!(
-                "listen={} prefix={:?} max_connections={} idle_timeout={}",
-                t.listen,
-                t.prefix,
-                v["max_connections"],
-                v["idle_timeout"].as_str().unwrap_or("-")
-            )
-        }
-        Some(Kind::UdpEcho(u)) => format!("listen={} prefix={:?}", u.listen, u.prefix),
-        Some(Kind::Proxy(_)) => {
-            let v = spec_json(&l.spec);
-            format!(
-                "listen={} preconnect={} connect_timeout={} idle_timeout={} max_connections={} upstream_backoff={}",
-                v["listen"].as_str().unwrap_or("-"),
-                v["preconnect"],
-                v["connect_timeout"].as_str().unwrap_or("-"),
-                v["idle_timeout"].as_str().unwrap_or("-"),
-                v["max_connections"],
-                v["upstream_backoff"].as_str().unwrap_or("-"),
-            )
-        }
-        None => "-".into(),
+    // key=value pairs of the effective spec (defaults filled in).
+    let spec = match spec_json(&l.spec) {
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) if k == "prefix" => format!("{k}={s:?}"),
+                Value::String(s) => format!("{k}={s}"),
+                Value::Array(a) => format!(
+                    "{k}={}",
+                    a.iter()
+                        .map(|x| x.as_str().unwrap_or("?"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => "-".into(),
     };
     let started = started_at(l)
         .map(|t| {
@@ -279,6 +307,23 @@ pub fn status_block(l: &proto::Listener) {
     ];
     for (k, v) in rows {
         println!("{:<12} {v}", format!("{k}:"));
+    }
+    if let Some(proto::listener_stats::Detail::Http(h)) = &s.detail {
+        println!(
+            "{:<12} {} total: {} 2xx, {} 3xx, {} 4xx ({} unauthorized, {} rate limited), {} 5xx",
+            "requests:",
+            h.requests,
+            h.responses_2xx,
+            h.responses_3xx,
+            h.responses_4xx,
+            h.unauthorized,
+            h.rate_limited,
+            h.responses_5xx
+        );
+        println!(
+            "{:<12} p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
+            "latency:", h.latency_p50_ms, h.latency_p90_ms, h.latency_p99_ms
+        );
     }
     if let Some(proto::listener_stats::Detail::Proxy(p)) = &s.detail {
         println!(

@@ -67,6 +67,7 @@ enum KindName {
     TcpEcho,
     UdpEcho,
     Proxy,
+    Http,
 }
 
 impl KindName {
@@ -75,6 +76,7 @@ impl KindName {
             KindName::TcpEcho => "tcp-echo",
             KindName::UdpEcho => "udp-echo",
             KindName::Proxy => "proxy",
+            KindName::Http => "http",
         }
     }
 }
@@ -103,6 +105,16 @@ struct RawListener {
     connect_timeout: Option<Spanned<String>>,
     #[serde(default)]
     upstream_backoff: Option<Spanned<String>>,
+    #[serde(default)]
+    max_body_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    header_read_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    request_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    token_file: Option<Spanned<String>>,
+    #[serde(default)]
+    rate_limit: Option<Spanned<String>>,
     #[serde(default)]
     labels: HashMap<String, String>,
 }
@@ -211,7 +223,7 @@ impl Config {
             let kind_name = *l.kind.get_ref();
             // Options that only some kinds take: (field, where it is, kinds).
             let spans = |o: Option<std::ops::Range<usize>>| o;
-            let optional: [OptionalField; 7] = [
+            let optional: [OptionalField; 12] = [
                 (
                     "prefix",
                     spans(l.prefix.as_ref().map(|v| v.span())),
@@ -220,7 +232,32 @@ impl Config {
                 (
                     "max_connections",
                     spans(l.max_connections.as_ref().map(|v| v.span())),
-                    &[KindName::TcpEcho, KindName::Proxy],
+                    &[KindName::TcpEcho, KindName::Proxy, KindName::Http],
+                ),
+                (
+                    "max_body_bytes",
+                    spans(l.max_body_bytes.as_ref().map(|v| v.span())),
+                    &[KindName::Http],
+                ),
+                (
+                    "header_read_timeout",
+                    spans(l.header_read_timeout.as_ref().map(|v| v.span())),
+                    &[KindName::Http],
+                ),
+                (
+                    "request_timeout",
+                    spans(l.request_timeout.as_ref().map(|v| v.span())),
+                    &[KindName::Http],
+                ),
+                (
+                    "token_file",
+                    spans(l.token_file.as_ref().map(|v| v.span())),
+                    &[KindName::Http],
+                ),
+                (
+                    "rate_limit",
+                    spans(l.rate_limit.as_ref().map(|v| v.span())),
+                    &[KindName::Http],
                 ),
                 (
                     "idle_timeout",
@@ -302,6 +339,41 @@ impl Config {
                     max_connections,
                     upstream_backoff: duration("upstream_backoff", &l.upstream_backoff)?,
                 }),
+                KindName::Http => {
+                    let token = match &l.token_file {
+                        None => String::new(),
+                        Some(f) => std::fs::read_to_string(f.get_ref())
+                            .map_err(|e| {
+                                ConfigError(format!(
+                                    "{}: token_file: cannot read {}: {e}",
+                                    at(f.span()),
+                                    f.get_ref()
+                                ))
+                            })?
+                            .trim()
+                            .to_string(),
+                    };
+                    Kind::Http(proto::HttpSpec {
+                        listen,
+                        max_body_bytes: l
+                            .max_body_bytes
+                            .as_ref()
+                            .map(|m| *m.get_ref())
+                            .unwrap_or(0),
+                        header_read_timeout: duration(
+                            "header_read_timeout",
+                            &l.header_read_timeout,
+                        )?,
+                        request_timeout: duration("request_timeout", &l.request_timeout)?,
+                        max_connections,
+                        token,
+                        rate_limit: l
+                            .rate_limit
+                            .as_ref()
+                            .map(|r| r.get_ref().clone())
+                            .unwrap_or_default(),
+                    })
+                }
             };
             let spec = proto::ListenerSpec { kind: Some(kind) };
             if let Err(e) = Service::from_spec(&spec) {

@@ -40,6 +40,7 @@ impl proto::ListenerKind {
             proto::ListenerKind::TcpEcho => "tcp-echo",
             proto::ListenerKind::UdpEcho => "udp-echo",
             proto::ListenerKind::Proxy => "proxy",
+            proto::ListenerKind::Http => "http",
         }
     }
 }

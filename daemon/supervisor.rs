@@ -184,6 +184,8 @@ impl Supervisor {
             }
         }
         let service = Arc::new(Service::from_spec(&spec)?);
+        let mut spec = spec;
+        Service::redact(&mut spec);
         if self.inner.shutdown_accepting.is_cancelled() {
             return Err(SupervisorError::ShuttingDown);
         }

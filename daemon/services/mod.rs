@@ -8,6 +8,7 @@
 //! is cancelled. `run` returning an error (or panicking) means the service
 //! failed, and the supervisor restarts it on the same bound address.
 
+pub mod http;
 pub mod proxy;
 pub mod tcp_echo;
 pub mod udp_echo;
@@ -59,6 +60,7 @@ pub enum Service {
     TcpEcho(tcp_echo::TcpEcho),
     UdpEcho(udp_echo::UdpEcho),
     Proxy(Arc<proxy::Proxy>),
+    Http(Arc<http::Http>),
 }
 
 /// Why a spec was rejected; the message names the field and the problem.
@@ -99,11 +101,12 @@ impl Service {
     pub fn from_spec(spec: &proto::ListenerSpec) -> Result<Self, SpecError> {
         match &spec.kind {
             None => Err(SpecError(
-                "the listener spec names no kind (tcp_echo, udp_echo, proxy)".into(),
+                "the listener spec names no kind (tcp_echo, udp_echo, proxy, http)".into(),
             )),
             Some(Kind::TcpEcho(s)) => Ok(Service::TcpEcho(tcp_echo::TcpEcho::from_spec(s)?)),
             Some(Kind::UdpEcho(s)) => Ok(Service::UdpEcho(udp_echo::UdpEcho::from_spec(s)?)),
             Some(Kind::Proxy(s)) => Ok(Service::Proxy(Arc::new(proxy::Proxy::from_spec(s)?))),
+            Some(Kind::Http(s)) => Ok(Service::Http(Arc::new(http::Http::from_spec(s)?))),
         }
     }
 
@@ -112,6 +115,7 @@ impl Service {
             Service::TcpEcho(_) => proto::ListenerKind::TcpEcho,
             Service::UdpEcho(_) => proto::ListenerKind::UdpEcho,
             Service::Proxy(_) => proto::ListenerKind::Proxy,
+            Service::Http(_) => proto::ListenerKind::Http,
         }
     }
 
@@ -121,6 +125,16 @@ impl Service {
             Service::TcpEcho(s) => s.listen,
             Service::UdpEcho(s) => s.listen,
             Service::Proxy(s) => s.listen,
+            Service::Http(s) => s.listen,
+        }
+    }
+
+    /// The spec as netd shows it: secrets (an HTTP token) replaced.
+    pub fn redact(spec: &mut proto::ListenerSpec) {
+        if let Some(Kind::Http(h)) = &mut spec.kind {
+            if !h.token.is_empty() {
+                h.token = http::REDACTED.to_string();
+            }
         }
     }
 
@@ -128,6 +142,7 @@ impl Service {
     pub fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
         match self {
             Service::Proxy(p) => Some(proto::listener_stats::Detail::Proxy(p.stats())),
+            Service::Http(h) => Some(proto::listener_stats::Detail::Http(h.stats())),
             _ => None,
         }
     }
@@ -136,7 +151,9 @@ impl Service {
     /// runtime.
     pub fn bind(&self, addr: SocketAddr) -> Result<Bound, BindError> {
         match self {
-            Service::TcpEcho(_) | Service::Proxy(_) => bind_tcp(addr).map(Bound::Tcp),
+            Service::TcpEcho(_) | Service::Proxy(_) | Service::Http(_) => {
+                bind_tcp(addr).map(Bound::Tcp)
+            }
             Service::UdpEcho(_) => bind_udp(addr).map(Bound::Udp),
         }
         .map_err(|e| BindError::from_io(addr, e))
@@ -147,6 +164,7 @@ impl Service {
             (Service::TcpEcho(s), Bound::Tcp(l)) => s.run(l, ctx).await,
             (Service::UdpEcho(s), Bound::Udp(u)) => s.run(u, ctx).await,
             (Service::Proxy(s), Bound::Tcp(l)) => s.run(l, ctx).await,
+            (Service::Http(s), Bound::Tcp(l)) => s.run(l, ctx).await,
             _ => anyhow::bail!("internal error: socket type does not match the service"),
         }
     }

@@ -1,0 +1,467 @@
+//! The HTTP JSON service, in the spirit of httpbin, on hyper.
+//!
+//! - `GET`/`HEAD` any path: 200 with `{"method", "path", "query_params",
+//!   "timestamp"}`; query parameters are decoded and grouped into lists per
+//!   key as Python's `parse_qs` does (blank values dropped).
+//! - `POST` any path with a JSON body: 201 `{"status":"success","received":
+//!   ...}`; invalid JSON: 400 `{"status":"error","message":"Invalid JSON:
+//!   ..."}`. Any other method: 405 with `Allow`.
+//! - Limits: body size (413, checked against Content-Length before reading
+//!   and while reading), header read timeout (slow-loris), request timeout
+//!   (408), connection limit (shared accept loop). Malformed requests get
+//!   hyper's 400.
+//! - Optional bearer token (compared in constant time; never logged or
+//!   returned) and per-client-IP rate limit (governor's keyed GCRA limiter,
+//!   429 with Retry-After; idle client entries are pruned every minute).
+//! - HTTP/1.1 with keep-alive, and HTTP/2 with prior knowledge (h2c),
+//!   chosen by peeking at the connection preface.
+//! - One access-log line per request (target `netd::access`).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use super::{DEFAULT_MAX_CONNECTIONS, ServiceCtx, SpecError, duration_field, listen_field};
+use crate::proto;
+use crate::stats::{Histogram, Stats};
+
+pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// What netd shows in place of a configured token.
+pub const REDACTED: &str = "<redacted>";
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Debug, Default)]
+struct HttpCounters {
+    requests: AtomicU64,
+    by_class: [AtomicU64; 6],
+    unauthorized: AtomicU64,
+    rate_limited: AtomicU64,
+    latency: Histogram,
+}
+
+#[derive(Debug)]
+pub struct Http {
+    pub listen: SocketAddr,
+    max_body: u64,
+    header_timeout: Duration,
+    request_timeout: Duration,
+    token: Option<Box<[u8]>>,
+    limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    limit: Arc<Semaphore>,
+    counters: HttpCounters,
+}
+
+/// Parse "100/s", "600/m", "3600/h" into a quota (the burst is one
+/// period's worth).
+pub fn parse_rate(s: &str) -> Result<Quota, SpecError> {
+    let bad = || {
+        SpecError(format!(
+            "rate_limit '{s}': expected N/s, N/m or N/h with N > 0, e.g. 100/s"
+        ))
+    };
+    let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+    let n: NonZeroU32 = n.trim().parse().map_err(|_| bad())?;
+    match unit.trim() {
+        "s" | "sec" | "second" => Ok(Quota::per_second(n)),
+        "m" | "min" | "minute" => Ok(Quota::per_minute(n)),
+        "h" | "hour" => Ok(Quota::per_hour(n)),
+        _ => Err(bad()),
+    }
+}
+
+impl Http {
+    pub fn from_spec(spec: &proto::HttpSpec) -> Result<Self, SpecError> {
+        let listen = listen_field("listen", &spec.listen)?;
+        let token = match spec.token.as_str() {
+            "" => None,
+            t if t.len() > 4096 || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+                // Say what is wrong without echoing any of it.
+                return Err(SpecError(
+                    "token must be 1-4096 printable ASCII characters without spaces".into(),
+                ));
+            }
+            t => Some(t.as_bytes().into()),
+        };
+        let limiter = match spec.rate_limit.as_str() {
+            "" => None,
+            r => Some(Arc::new(DefaultKeyedRateLimiter::keyed(parse_rate(r)?))),
+        };
+        let max = match spec.max_connections {
+            0 => DEFAULT_MAX_CONNECTIONS,
+            n => n as usize,
+        };
+        Ok(Http {
+            listen,
+            max_body: if spec.max_body_bytes == 0 {
+                DEFAULT_MAX_BODY
+            } else {
+                spec.max_body_bytes
+            },
+            header_timeout: duration_field(
+                "header_read_timeout",
+                &spec.header_read_timeout,
+                DEFAULT_HEADER_TIMEOUT,
+            )?,
+            request_timeout: duration_field(
+                "request_timeout",
+                &spec.request_timeout,
+                DEFAULT_REQUEST_TIMEOUT,
+            )?,
+            token,
+            limiter,
+            limit: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            counters: HttpCounters::default(),
+        })
+    }
+
+    pub fn stats(&self) -> proto::HttpStats {
+        let c = &self.counters;
+        let [p50, p90, p99] = c.latency.quantiles_ms([0.5, 0.9, 0.99]);
+        proto::HttpStats {
+            requests: c.requests.load(Relaxed),
+            responses_2xx: c.by_class[2].load(Relaxed),
+            responses_3xx: c.by_class[3].load(Relaxed),
+            responses_4xx: c.by_class[4].load(Relaxed),
+            responses_5xx: c.by_class[5].load(Relaxed),
+            unauthorized: c.unauthorized.load(Relaxed),
+            rate_limited: c.rate_limited.load(Relaxed),
+            latency_p50_ms: p50,
+            latency_p90_ms: p90,
+            latency_p99_ms: p99,
+        }
+    }
+
+    pub async fn run(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        ctx: ServiceCtx,
+    ) -> anyhow::Result<()> {
+        // Forget clients of the rate limiter that have been quiet, so its
+        // table stays bounded by the clients of the last minute.
+        if let Some(limiter) = &self.limiter {
+            let limiter = limiter.clone();
+            let stop = ctx.stop_accepting.clone();
+            ctx.tracker.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {
+                            limiter.retain_recent();
+                            limiter.shrink_to_fit();
+                        }
+                    }
+                }
+            });
+        }
+        super::accept_loop(&listener, &ctx, &self.limit, |stream, peer| {
+            let http = self.clone();
+            let ctx = ctx.clone();
+            async move { http.serve_connection(stream, peer, ctx).await }
+        })
+        .await
+    }
+
+    /// Is this connection HTTP/2 with prior knowledge? Waits (up to the
+    /// header timeout) until the first bytes decide it.
+    async fn is_h2(&self, stream: &TcpStream) -> Option<bool> {
+        let sniff = async {
+            let mut buf = [0u8; 24];
+            loop {
+                let n = stream.peek(&mut buf).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                if buf[..n] != H2_PREFACE[..n] {
+                    return Some(false);
+                }
+                if n == H2_PREFACE.len() {
+                    return Some(true);
+                }
+                // A partial preface: wait for the rest to arrive.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(self.header_timeout, sniff)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn serve_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        ctx: ServiceCtx,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let Some(h2) = self.is_h2(&stream).await else {
+            tracing::debug!(listener = %ctx.name, %peer, "no request within the header timeout; closing");
+            return;
+        };
+        let http = self.clone();
+        let name = ctx.name.clone();
+        let stats = ctx.stats.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let http = http.clone();
+            let name = name.clone();
+            let stats = stats.clone();
+            async move { Ok::<_, Infallible>(http.handle(req, peer, &name, &stats).await) }
+        });
+        let io = TokioIo::new(stream);
+        macro_rules! drive {
+            ($conn:expr) => {{
+                let conn = $conn;
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = ctx.stop_accepting.cancelled() => {
+                        // Finish the request in flight, then close.
+                        conn.as_mut().graceful_shutdown();
+                        tokio::select! {
+                            r = conn.as_mut() => r,
+                            _ = ctx.close_connections.cancelled() => Ok(()),
+                        }
+                    }
+                    _ = ctx.close_connections.cancelled() => Ok(()),
+                };
+                if let Err(e) = result {
+                    tracing::debug!(listener = %ctx.name, %peer, error = %e, "HTTP connection error");
+                }
+            }};
+        }
+        if h2 {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_concurrent_streams(128)
+                .max_header_list_size(64 * 1024);
+            drive!(b.serve_connection(io, service));
+        } else {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(self.header_timeout)
+                .keep_alive(true)
+                .max_buf_size(64 * 1024);
+            drive!(b.serve_connection(io, service));
+        }
+    }
+
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        name: &str,
+        stats: &Stats,
+    ) -> Response<Full<Bytes>> {
+        let began = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let resp = match tokio::time::timeout(self.request_timeout, self.respond(req, peer, stats))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => error(StatusCode::REQUEST_TIMEOUT, "request timed out"),
+        };
+        let elapsed = began.elapsed();
+        let c = &self.counters;
+        c.requests.fetch_add(1, Relaxed);
+        let status = resp.status();
+        if let Some(class) = c.by_class.get((status.as_u16() / 100) as usize) {
+            class.fetch_add(1, Relaxed);
+        }
+        c.latency.record(elapsed);
+        let body_len = if method == Method::HEAD {
+            0
+        } else {
+            hyper::body::Body::size_hint(resp.body())
+                .exact()
+                .unwrap_or(0)
+        };
+        Stats::add(&stats.bytes_out, body_len);
+        tracing::info!(
+            target: "netd::access",
+            listener = name,
+            client = %peer,
+            method = %method,
+            path = %path,
+            status = status.as_u16(),
+            bytes = body_len,
+            duration_us = elapsed.as_micros() as u64,
+            "request"
+        );
+        resp
+    }
+
+    async fn respond(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        stats: &Stats,
+    ) -> Response<Full<Bytes>> {
+        if let Some(limiter) = &self.limiter {
+            if let Err(not_until) = limiter.check_key(&peer.ip()) {
+                self.counters.rate_limited.fetch_add(1, Relaxed);
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                return r;
+            }
+        }
+        if let Some(token) = &self.token {
+            let presented = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            let ok = presented.is_some_and(|p| bool::from(p.ct_eq(token)));
+            if !ok {
+                self.counters.unauthorized.fetch_add(1, Relaxed);
+                let (msg, challenge) = match presented {
+                    None => ("missing bearer token", "Bearer realm=\"netd\""),
+                    Some(_) => (
+                        "invalid bearer token",
+                        "Bearer realm=\"netd\", error=\"invalid_token\"",
+                    ),
+                };
+                let mut r = error(StatusCode::UNAUTHORIZED, msg);
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+                return r;
+            }
+        }
+        match *req.method() {
+            Method::GET | Method::HEAD => {
+                let body = json!({
+                    "method": req.method().as_str(),
+                    "path": req.uri().path(),
+                    "query_params": query_params(req.uri().query().unwrap_or("")),
+                    "timestamp": SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+                });
+                json_response(StatusCode::OK, &body)
+            }
+            Method::POST => self.post(req, stats).await,
+            _ => {
+                let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
+                r
+            }
+        }
+    }
+
+    async fn post(&self, req: Request<Incoming>, stats: &Stats) -> Response<Full<Bytes>> {
+        let too_large = || {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body larger than {} bytes", self.max_body),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body) {
+            return too_large();
+        }
+        let body = match Limited::new(req.into_body(), self.max_body as usize)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("could not read the body: {e}"),
+                );
+            }
+        };
+        Stats::add(&stats.bytes_in, body.len() as u64);
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => json_response(
+                StatusCode::CREATED,
+                &json!({"status": "success", "received": v}),
+            ),
+            Err(e) => json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"status": "error", "message": format!("Invalid JSON: {e}")}),
+            ),
+        }
+    }
+}
+
+/// Decode a query string into lists of values per key, like Python's
+/// `urllib.parse.parse_qs` (percent-decoding, '+' as space, blank values
+/// dropped).
+pub fn query_params(query: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if v.is_empty() {
+            continue;
+        }
+        out.entry(k.into_owned()).or_default().push(v.into_owned());
+    }
+    out
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut bytes = serde_json::to_vec(body).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json_response(status, &json!({"status": "error", "message": message}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_like_parse_qs() {
+        let q = query_params("k=v1&k=v2&a%20b=c%26d&plus=x+y&empty=&flag");
+        assert_eq!(q["k"], ["v1", "v2"]);
+        assert_eq!(q["a b"], ["c&d"]);
+        assert_eq!(q["plus"], ["x y"]);
+        assert!(!q.contains_key("empty") && !q.contains_key("flag"));
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert!(parse_rate("100/s").is_ok());
+        assert!(parse_rate("5/m").is_ok());
+        for bad in ["0/s", "x/s", "10", "10/d", ""] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
+}

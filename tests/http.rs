@@ -1,0 +1,385 @@
+//! The HTTP JSON service with a real HTTP client (reqwest) and raw sockets:
+//! echo semantics, errors, limits, auth, rate limiting, hostile input,
+//! keep-alive, h2c and counters.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::{Netd, bound_addr, wait_until_async};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn start_http(netd: &Netd, name: &str, extra: &[&str]) -> SocketAddr {
+    let mut args = vec!["start", "http", name, "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    netd.netctl_ok(&args);
+    bound_addr(netd, name)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
+}
+
+fn http_stats(netd: &Netd, name: &str) -> Value {
+    netd.netctl_json(&["status", name])["stats"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_echoes_method_path_and_parsed_query() {
+    let netd = Netd::start("");
+    let addr = start_http(&netd, "h", &[]);
+    let r = client()
+        .get(format!(
+            "http://{addr}/a/b?k=v1&k=v2&caf%C3%A9=cr%C3%A8me+br%C3%BBl%C3%A9e&sp%20ace=1&blank="
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/a/b");
+    assert_eq!(
+        v["query_params"],
+        json!({"k": ["v1", "v2"], "café": ["crème brûlée"], "sp ace": ["1"]})
+    );
+    let ts = v["timestamp"].as_f64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - ts).abs() < 60.0, "timestamp {ts} vs now {now}");
+
+    // HEAD: the GET's headers, no body.
+    let r = client()
+        .head(format!("http://{addr}/a/b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let len: usize = r.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(len > 0);
+    assert!(r.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_json_invalid_json_405_and_413() {
+    let netd = Netd::start("");
+    let addr = start_http(&netd, "h", &[]);
+    let c = client();
+    let r = c
+        .post(format!("http://{addr}/items"))
+        .body(r#"{"a":[1,2,{"b":null}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"status": "success", "received": {"a": [1, 2, {"b": null}]}})
+    );
+
+    let r = c
+        .post(format!("http://{addr}/items"))
+        .body("{\"a\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "error");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid JSON: EOF while parsing"),
+        "{v}"
+    );
+
+    for method in [
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+        reqwest::Method::PATCH,
+    ] {
+        let r = c
+            .request(method.clone(), format!("http://{addr}/x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(r.headers()["allow"], "GET, HEAD, POST");
+    }
+
+    // 2 MiB against the 1 MiB default: 413, declared up front...
+    let big = vec![b' '; 2 * 1024 * 1024];
+    let r = c
+        .post(format!("http://{addr}/big"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // ...or streamed without a length (chunked).
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..32).map(|_| Ok(vec![b' '; 64 * 1024])).collect();
+    let body = reqwest::Body::wrap_stream(tokio_stream::iter(chunks));
+    let r = c
+        .post(format!("http://{addr}/big"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // And the service is fine afterwards.
+    assert_eq!(
+        c.get(format!("http://{addr}/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_auth_and_the_token_stays_secret() {
+    let netd = Netd::start("");
+    let token_file = netd.dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-t0ken\n").unwrap();
+    let addr = start_http(&netd, "h", &["--token-file", token_file.to_str().unwrap()]);
+    let c = client();
+    let url = format!("http://{addr}/private");
+
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"netd\"");
+    let r = c.get(&url).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
+    let r = c
+        .get(&url)
+        .bearer_auth("s3cret-t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = c
+        .post(&url)
+        .bearer_auth("s3cret-t0ken")
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    let status = netd.netctl_ok(&["status", "h"]);
+    let json = netd.netctl_ok(&["-o", "json", "status", "h"]);
+    let list = netd.netctl_ok(&["-o", "json", "list"]);
+    for text in [&status, &json, &list, &netd.log()] {
+        assert!(!text.contains("s3cret"), "the token leaked: {text}");
+    }
+    assert!(status.contains("auth=bearer token"), "{status}");
+    assert_eq!(http_stats(&netd, "h")["http"]["unauthorized"], 2);
+
+    let e = netd.netctl_err(&[
+        "start",
+        "http",
+        "bad",
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        "has space",
+    ]);
+    assert!(
+        e.contains("token must be") && !e.contains("has space"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_429_then_recovery() {
+    let netd = Netd::start("");
+    let addr = start_http(&netd, "h", &["--rate-limit", "5/s"]);
+    let c = client();
+    let url = format!("http://{addr}/");
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..8 {
+        let r = c.get(&url).send().await.unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = Some(
+                r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap(),
+            );
+        }
+        statuses.push(r.status());
+    }
+    assert_eq!(statuses[0], StatusCode::OK);
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    assert!(retry_after.unwrap() >= 1);
+    // After the window the client is served again.
+    wait_until_async("rate limit recovery", || async {
+        c.get(&url).send().await.unwrap().status() == StatusCode::OK
+    })
+    .await;
+    assert!(
+        http_stats(&netd, "h")["http"]["rate_limited"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_gets_400_and_slow_loris_is_cut_off() {
+    let netd = Netd::start("");
+    let addr = start_http(&netd, "h", &["--header-timeout", "500ms"]);
+
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"THIS IS NOT HTTP\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+
+    // Headers that never finish: the connection is closed, not held.
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    let mut buf = Vec::new();
+    match slow.read_to_end(&mut buf) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "not cut off: {e}"
+        ),
+    }
+    let text = String::from_utf8_lossy(&buf);
+    assert!(!text.contains("200 OK"), "{text}");
+    // A client that connects and says nothing at all is cut off too.
+    let mut silent = TcpStream::connect(addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    match silent.read(&mut [0u8; 16]) {
+        Ok(n) => assert_eq!(n, 0),
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "not cut off: {e}"
+        ),
+    }
+
+    // The service keeps serving.
+    let r = client()
+        .get(format!("http://{addr}/ok"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    common::wait_until("connections closed", || {
+        http_stats(&netd, "h")["connections_active"] == 0
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_h2c_and_counters() {
+    let netd = Netd::start("");
+    let addr = start_http(&netd, "h", &[]);
+    let c = client();
+    for i in 0..5 {
+        let r = c.get(format!("http://{addr}/n/{i}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.bytes().await.unwrap();
+    }
+    let s = http_stats(&netd, "h");
+    assert_eq!(
+        s["connections_total"], 1,
+        "keep-alive: five requests on one connection"
+    );
+
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2
+        .get(format!("http://{addr}/h2?x=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["query_params"],
+        json!({"x": ["1"]})
+    );
+
+    let r = c
+        .post(format!("http://{addr}/"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = c
+        .post(format!("http://{addr}/"))
+        .body("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    let s = http_stats(&netd, "h");
+    let h = &s["http"];
+    assert_eq!(h["requests"], 8);
+    assert_eq!(h["responses_2xx"], 7);
+    assert_eq!(h["responses_4xx"], 1);
+    assert_eq!(h["responses_5xx"], 0);
+    assert_eq!(s["bytes_in"], 6, "request body bytes: {{}} and nope");
+    assert!(h["latency_p99_ms"].as_f64().unwrap() > 0.0);
+    assert!(h["latency_p50_ms"].as_f64().unwrap() <= h["latency_p99_ms"].as_f64().unwrap());
+}
+
+#[test]
+fn http_from_config_with_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("tok");
+    std::fs::write(&token, "abc123").unwrap();
+    let netd = Netd::start(&format!(
+        "[[listener]]\nname = \"api\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\nrate_limit = \"100/s\"\nmax_body_bytes = 1000\nheader_read_timeout = \"2s\"\nrequest_timeout = \"5s\"\n",
+        token.display()
+    ));
+    let spec = netd.netctl_json(&["status", "api"])["spec"].clone();
+    assert_eq!(spec["auth"], "bearer token");
+    assert_eq!(spec["rate_limit"], "100/s");
+    assert_eq!(spec["max_body_bytes"], 1000);
+    assert!(
+        !netd
+            .netctl_ok(&["-o", "json", "status", "api"])
+            .contains("abc123")
+    );
+}
