@@ -79,7 +79,16 @@ enum Command {
         #[arg(short = 'n', long, value_name = "N")]
         count: Option<u64>,
     },
-    /// Follow lifecycle events (started, stopped, failed, restarted).
+    /// Print a sniffer's packets as it captures them, one line each.
+    Sniff {
+        /// Sniffer listener name.
+        name: String,
+        /// Stop after this many packets.
+        #[arg(short = 'c', long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Follow lifecycle events (started, stopped, failed, restarted) and
+    /// alerts.
     Events {
         /// Only events of this listener.
         name: Option<String>,
@@ -189,6 +198,42 @@ enum StartKind {
         /// gets 429 with Retry-After.
         #[arg(long, value_name = "RATE")]
         rate_limit: Option<String>,
+    },
+    /// Packet sniffer on an interface (needs CAP_NET_RAW): per-protocol
+    /// counts, flows, live packets (`netctl sniff`), pcap export, alerts.
+    Sniffer {
+        /// Listener name.
+        name: String,
+        /// Interface to capture on, e.g. lo.
+        #[arg(short, long, value_name = "IF")]
+        interface: String,
+        /// Filter: terms joined by "and": tcp | udp | icmp | port N | host IP.
+        #[arg(short, long, value_name = "EXPR", default_value = "")]
+        filter: String,
+        /// Write captured packets to this pcap file.
+        #[arg(long, value_name = "PATH")]
+        pcap: Option<String>,
+        /// Rotate the pcap file at this many bytes (default 100 MiB).
+        #[arg(long, value_name = "BYTES")]
+        pcap_max_bytes: Option<u64>,
+        /// Rotated pcap files kept (default 3).
+        #[arg(long, value_name = "N")]
+        pcap_max_files: Option<u32>,
+        /// Flow table size (default 4096).
+        #[arg(long, value_name = "N")]
+        max_flows: Option<u32>,
+        /// Port-scan alert: distinct destination ports per source (default 50).
+        #[arg(long, value_name = "N")]
+        scan_ports: Option<u32>,
+        /// Port-scan alert window (default 10s).
+        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+        scan_window: Option<Duration>,
+        /// SYN-rate alert: SYNs per second (default 1000).
+        #[arg(long, value_name = "N")]
+        syn_rate: Option<u32>,
+        /// Label to attach, key=value (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
     },
     /// UDP echo: answers each datagram to its sender.
     UdpEcho {
@@ -347,6 +392,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     };
                     (common, Kind::Http(spec))
                 }
+                StartKind::Sniffer {
+                    name,
+                    interface,
+                    filter,
+                    pcap,
+                    pcap_max_bytes,
+                    pcap_max_files,
+                    max_flows,
+                    scan_ports,
+                    scan_window,
+                    syn_rate,
+                    labels,
+                } => {
+                    let pcap_path = match pcap {
+                        // The daemon resolves paths from its own directory:
+                        // send an absolute one.
+                        Some(p) => std::path::absolute(&p)
+                            .with_context(|| format!("--pcap {p}"))?
+                            .to_string_lossy()
+                            .into_owned(),
+                        None => String::new(),
+                    };
+                    let spec = proto::SnifferSpec {
+                        interface,
+                        filter,
+                        pcap_path,
+                        pcap_max_bytes: pcap_max_bytes.unwrap_or(0),
+                        pcap_max_files: pcap_max_files.unwrap_or(0),
+                        max_flows: max_flows.unwrap_or(0),
+                        port_scan_ports: scan_ports.unwrap_or(0),
+                        port_scan_window: to_proto_duration("--scan-window", scan_window)?,
+                        syn_rate: syn_rate.unwrap_or(0),
+                    };
+                    let common = Common {
+                        name,
+                        listen: String::new(),
+                        labels,
+                    };
+                    (common, Kind::Sniffer(spec))
+                }
                 StartKind::UdpEcho { common, prefix } => {
                     let spec = proto::UdpEchoSpec {
                         listen: common.listen.clone(),
@@ -468,6 +553,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{}", stats::sample_json(&sample));
                 } else {
                     watcher.show(&sample);
+                }
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+            }
+        }
+        Command::Sniff { name, count } => {
+            let mut client = netd::client::control_client(&control).await?;
+            let mut stream = client
+                .watch_packets(proto::WatchPacketsRequest { name: name.clone() })
+                .await
+                .map_err(|s| status_line(&format!("cannot sniff '{name}'"), &s))?
+                .into_inner();
+            let mut seen = 0u64;
+            while let Some(p) = stream
+                .message()
+                .await
+                .map_err(|s| status_line("packet stream", &s))?
+            {
+                if json {
+                    println!("{}", stats::packet_json(&p));
+                } else {
+                    println!("{}", stats::packet_line(&p));
                 }
                 seen += 1;
                 if count.is_some_and(|c| seen >= c) {

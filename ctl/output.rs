@@ -67,8 +67,48 @@ fn spec_json(spec: &Option<proto::ListenerSpec>) -> Value {
                 "rate_limit": if h.rate_limit.is_empty() { "none" } else { h.rate_limit.as_str() },
             })
         }
+        Some(Kind::Sniffer(f)) => {
+            use netd::services::sniffer::*;
+            json!({
+                "interface": f.interface,
+                "filter": f.filter,
+                "pcap_path": f.pcap_path,
+                "pcap_max_bytes": if f.pcap_max_bytes == 0 { DEFAULT_PCAP_MAX_BYTES } else { f.pcap_max_bytes },
+                "pcap_max_files": if f.pcap_max_files == 0 { DEFAULT_PCAP_MAX_FILES } else { f.pcap_max_files },
+                "max_flows": if f.max_flows == 0 { DEFAULT_MAX_FLOWS } else { f.max_flows },
+                "port_scan_ports": if f.port_scan_ports == 0 { DEFAULT_SCAN_PORTS } else { f.port_scan_ports },
+                "port_scan_window": humantime::format_duration(idle_timeout(&f.port_scan_window).unwrap_or(DEFAULT_SCAN_WINDOW)).to_string(),
+                "syn_rate": if f.syn_rate == 0 { DEFAULT_SYN_RATE } else { f.syn_rate },
+            })
+        }
         None => Value::Null,
     }
+}
+
+pub fn sniffer_json(f: &proto::SnifferStats) -> Value {
+    let pc = |p: &Option<proto::ProtocolCount>| {
+        let p = p.unwrap_or_default();
+        json!({"packets": p.packets, "bytes": p.bytes})
+    };
+    json!({
+        "tcp": pc(&f.tcp),
+        "udp": pc(&f.udp),
+        "icmp": pc(&f.icmp),
+        "other": pc(&f.other),
+        "flows_active": f.flows_active,
+        "flows_evicted": f.flows_evicted,
+        "top_flows": f.top_flows.iter().map(|t| json!({
+            "protocol": t.protocol,
+            "src": t.src,
+            "dst": t.dst,
+            "packets": t.packets,
+            "bytes": t.bytes,
+        })).collect::<Vec<_>>(),
+        "kernel_drops": f.kernel_drops,
+        "watcher_drops": f.watcher_drops,
+        "pcap_packets": f.pcap_packets,
+        "alerts": f.alerts,
+    })
 }
 
 pub fn http_json(h: &proto::HttpStats) -> Value {
@@ -118,6 +158,7 @@ pub fn stats_json(s: &proto::ListenerStats) -> Value {
     match &s.detail {
         Some(proto::listener_stats::Detail::Proxy(p)) => v["proxy"] = proxy_json(p),
         Some(proto::listener_stats::Detail::Http(h)) => v["http"] = http_json(h),
+        Some(proto::listener_stats::Detail::Sniffer(f)) => v["sniffer"] = sniffer_json(f),
         None => {}
     }
     v
@@ -197,6 +238,7 @@ pub fn list_table(listeners: &[proto::Listener]) {
             let s = l.stats.clone().unwrap_or_default();
             let traffic = match l.kind() {
                 proto::ListenerKind::UdpEcho => format!("{} dgrams", s.datagrams_in),
+                proto::ListenerKind::Sniffer => format!("{} packets", s.datagrams_in),
                 _ => format!(
                     "{} active, {} total",
                     s.connections_active, s.connections_total
@@ -324,6 +366,47 @@ pub fn status_block(l: &proto::Listener) {
             "{:<12} p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
             "latency:", h.latency_p50_ms, h.latency_p90_ms, h.latency_p99_ms
         );
+    }
+    if let Some(proto::listener_stats::Detail::Sniffer(f)) = &s.detail {
+        let pc = |p: &Option<proto::ProtocolCount>| {
+            let p = p.unwrap_or_default();
+            format!("{} packets, {}", p.packets, bytes(p.bytes))
+        };
+        println!(
+            "{:<12} tcp {}; udp {}; icmp {}; other {}",
+            "captured:",
+            pc(&f.tcp),
+            pc(&f.udp),
+            pc(&f.icmp),
+            pc(&f.other)
+        );
+        println!(
+            "{:<12} {} active, {} evicted; kernel drops {}, watcher drops {}, pcap {} packets, alerts {}",
+            "flows:",
+            f.flows_active,
+            f.flows_evicted,
+            f.kernel_drops,
+            f.watcher_drops,
+            f.pcap_packets,
+            f.alerts
+        );
+        if !f.top_flows.is_empty() {
+            println!("top flows:");
+            let rows: Vec<Vec<String>> = f
+                .top_flows
+                .iter()
+                .map(|t| {
+                    vec![
+                        format!("  {}", t.protocol),
+                        t.src.clone(),
+                        t.dst.clone(),
+                        t.packets.to_string(),
+                        bytes(t.bytes),
+                    ]
+                })
+                .collect();
+            table(&["  PROTO", "SRC", "DST", "PACKETS", "BYTES"], &rows);
+        }
     }
     if let Some(proto::listener_stats::Detail::Proxy(p)) = &s.detail {
         println!(

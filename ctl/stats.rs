@@ -196,6 +196,7 @@ fn event_kind(e: &proto::Event) -> &'static str {
         proto::EventKind::Failed => "failed",
         proto::EventKind::Restarted => "restarted",
         proto::EventKind::EventsDropped => "events_dropped",
+        proto::EventKind::Alert => "alert",
     }
 }
 
@@ -218,4 +219,45 @@ pub fn event_line(e: &proto::Event) -> String {
         who,
         e.message
     )
+}
+
+/// One captured packet, tcpdump-style.
+pub fn packet_line(p: &proto::PacketSummary) -> String {
+    let t = p
+        .time
+        .and_then(|t| SystemTime::try_from(t).ok())
+        .map(|t| humantime::format_rfc3339_micros(t).to_string())
+        .unwrap_or_default();
+    let flags = if p.tcp_flags.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", p.tcp_flags)
+    };
+    let lost = if p.dropped_before > 0 {
+        format!(
+            "  ({} packets not shown: reader too slow)",
+            p.dropped_before
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{t} {} {} > {}{flags} length {}{lost}",
+        p.protocol.to_uppercase(),
+        p.src,
+        p.dst,
+        p.length
+    )
+}
+
+pub fn packet_json(p: &proto::PacketSummary) -> Value {
+    json!({
+        "time": time(p.time),
+        "protocol": p.protocol,
+        "src": p.src,
+        "dst": p.dst,
+        "length": p.length,
+        "tcp_flags": p.tcp_flags,
+        "dropped_before": p.dropped_before,
+    })
 }

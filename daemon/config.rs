@@ -68,6 +68,7 @@ enum KindName {
     UdpEcho,
     Proxy,
     Http,
+    Sniffer,
 }
 
 impl KindName {
@@ -77,6 +78,7 @@ impl KindName {
             KindName::UdpEcho => "udp-echo",
             KindName::Proxy => "proxy",
             KindName::Http => "http",
+            KindName::Sniffer => "sniffer",
         }
     }
 }
@@ -90,7 +92,26 @@ type OptionalField<'a> = (&'a str, Option<std::ops::Range<usize>>, &'a [KindName
 struct RawListener {
     name: Spanned<String>,
     kind: Spanned<KindName>,
-    listen: Spanned<String>,
+    #[serde(default)]
+    listen: Option<Spanned<String>>,
+    #[serde(default)]
+    interface: Option<Spanned<String>>,
+    #[serde(default)]
+    filter: Option<Spanned<String>>,
+    #[serde(default)]
+    pcap_path: Option<Spanned<String>>,
+    #[serde(default)]
+    pcap_max_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    pcap_max_files: Option<Spanned<u32>>,
+    #[serde(default)]
+    max_flows: Option<Spanned<u32>>,
+    #[serde(default)]
+    port_scan_ports: Option<Spanned<u32>>,
+    #[serde(default)]
+    port_scan_window: Option<Spanned<String>>,
+    #[serde(default)]
+    syn_rate: Option<Spanned<u32>>,
     #[serde(default)]
     prefix: Option<Spanned<String>>,
     #[serde(default)]
@@ -223,7 +244,64 @@ impl Config {
             let kind_name = *l.kind.get_ref();
             // Options that only some kinds take: (field, where it is, kinds).
             let spans = |o: Option<std::ops::Range<usize>>| o;
-            let optional: [OptionalField; 12] = [
+            const IP_KINDS: &[KindName] = &[
+                KindName::TcpEcho,
+                KindName::UdpEcho,
+                KindName::Proxy,
+                KindName::Http,
+            ];
+            let sniffer_only: &[KindName] = &[KindName::Sniffer];
+            let optional: [OptionalField; 22] = [
+                (
+                    "listen",
+                    spans(l.listen.as_ref().map(|v| v.span())),
+                    IP_KINDS,
+                ),
+                (
+                    "interface",
+                    spans(l.interface.as_ref().map(|v| v.span())),
+                    sniffer_only,
+                ),
+                (
+                    "filter",
+                    spans(l.filter.as_ref().map(|v| v.span())),
+                    sniffer_only,
+                ),
+                (
+                    "pcap_path",
+                    spans(l.pcap_path.as_ref().map(|v| v.span())),
+                    sniffer_only,
+                ),
+                (
+                    "pcap_max_bytes",
+                    spans(l.pcap_max_bytes.as_ref().map(|v| v.span())),
+                    sniffer_only,
+                ),
+                (
+                    "pcap_max_files",
+                    spans(l.pcap_max_files.as_ref().map(|v| v.span())),
+                    sniffer_only,
+                ),
+                (
+                    "max_flows",
+                    spans(l.max_flows.as_ref().map(|v| v.span())),
+                    sniffer_only,
+                ),
+                (
+                    "port_scan_ports",
+                    spans(l.port_scan_ports.as_ref().map(|v| v.span())),
+                    sniffer_only,
+                ),
+                (
+                    "port_scan_window",
+                    spans(l.port_scan_window.as_ref().map(|v| v.span())),
+                    sniffer_only,
+                ),
+                (
+                    "syn_rate",
+                    spans(l.syn_rate.as_ref().map(|v| v.span())),
+                    sniffer_only,
+                ),
                 (
                     "prefix",
                     spans(l.prefix.as_ref().map(|v| v.span())),
@@ -311,7 +389,22 @@ impl Config {
                     .map(Some)
                     .map_err(|_| ConfigError(format!("{}: {field} is too large", at(v.span()))))
             };
-            let listen = l.listen.get_ref().clone();
+            if kind_name != KindName::Sniffer && l.listen.is_none() {
+                return Err(ConfigError(format!(
+                    "{origin}: listener '{name}': listen is required (host:port)"
+                )));
+            }
+            if kind_name == KindName::Sniffer && l.interface.is_none() {
+                return Err(ConfigError(format!(
+                    "{origin}: listener '{name}': interface is required, e.g. \"lo\""
+                )));
+            }
+            let listen = l
+                .listen
+                .as_ref()
+                .map(|v| v.get_ref().clone())
+                .unwrap_or_default();
+            let u32_of = |v: &Option<Spanned<u32>>| v.as_ref().map(|x| *x.get_ref()).unwrap_or(0);
             let max_connections = l
                 .max_connections
                 .as_ref()
@@ -338,6 +431,29 @@ impl Config {
                     idle_timeout,
                     max_connections,
                     upstream_backoff: duration("upstream_backoff", &l.upstream_backoff)?,
+                }),
+                KindName::Sniffer => Kind::Sniffer(proto::SnifferSpec {
+                    interface: l
+                        .interface
+                        .as_ref()
+                        .map(|v| v.get_ref().clone())
+                        .unwrap_or_default(),
+                    filter: l
+                        .filter
+                        .as_ref()
+                        .map(|v| v.get_ref().clone())
+                        .unwrap_or_default(),
+                    pcap_path: l
+                        .pcap_path
+                        .as_ref()
+                        .map(|v| v.get_ref().clone())
+                        .unwrap_or_default(),
+                    pcap_max_bytes: l.pcap_max_bytes.as_ref().map(|v| *v.get_ref()).unwrap_or(0),
+                    pcap_max_files: u32_of(&l.pcap_max_files),
+                    max_flows: u32_of(&l.max_flows),
+                    port_scan_ports: u32_of(&l.port_scan_ports),
+                    port_scan_window: duration("port_scan_window", &l.port_scan_window)?,
+                    syn_rate: u32_of(&l.syn_rate),
                 }),
                 KindName::Http => {
                     let token = match &l.token_file {
@@ -378,8 +494,12 @@ impl Config {
             let spec = proto::ListenerSpec { kind: Some(kind) };
             if let Err(e) = Service::from_spec(&spec) {
                 // Point at the listen line for address problems.
-                let line = if e.0.starts_with("listen") {
-                    at(l.listen.span())
+                let line = if let (true, Some(v)) = (e.0.starts_with("listen"), &l.listen) {
+                    at(v.span())
+                } else if let (true, Some(v)) = (e.0.contains("interface"), &l.interface) {
+                    at(v.span())
+                } else if let (true, Some(v)) = (e.0.starts_with("filter"), &l.filter) {
+                    at(v.span())
                 } else if let (true, Some(u)) = (e.0.starts_with("upstream"), &l.upstreams) {
                     at(u.span())
                 } else {

@@ -41,6 +41,7 @@ pub fn to_status(e: SupervisorError) -> Status {
         }
         SupervisorError::Bind(BindError::NotAvailable(_)) => Status::invalid_argument(msg),
         SupervisorError::Bind(BindError::Other(..)) => Status::unavailable(msg),
+        SupervisorError::Bind(BindError::Precondition(_)) => Status::failed_precondition(msg),
         SupervisorError::ShuttingDown => Status::unavailable(msg),
     }
 }
@@ -134,6 +135,21 @@ impl Control for ControlService {
         Ok(Response::new(watch::events(
             &self.supervisor,
             name,
+            self.stop.clone(),
+        )))
+    }
+
+    type WatchPacketsStream = watch::PacketStream;
+
+    async fn watch_packets(
+        &self,
+        request: Request<proto::WatchPacketsRequest>,
+    ) -> Result<Response<Self::WatchPacketsStream>, Status> {
+        let name = request.into_inner().name;
+        let (rx, counters) = self.supervisor.packets(&name).map_err(to_status)?;
+        Ok(Response::new(watch::packets(
+            rx,
+            counters,
             self.stop.clone(),
         )))
     }

@@ -41,6 +41,7 @@ impl proto::ListenerKind {
             proto::ListenerKind::UdpEcho => "udp-echo",
             proto::ListenerKind::Proxy => "proxy",
             proto::ListenerKind::Http => "http",
+            proto::ListenerKind::Sniffer => "sniffer",
         }
     }
 }

@@ -62,13 +62,17 @@ struct Entry {
     spec: proto::ListenerSpec,
     labels: HashMap<String, String>,
     service: Arc<Service>,
-    bound_addr: SocketAddr,
+    /// The socket address bound (rebound on restart), if any.
+    bind_addr: Option<SocketAddr>,
+    /// As shown to people: the address, or a sniffer's interface.
+    bound_addr: String,
     started_at: SystemTime,
     stats: Arc<Stats>,
     status: Mutex<Status>,
     stop_accepting: CancellationToken,
     close_connections: CancellationToken,
     tracker: TaskTracker,
+    events: EventBus,
 }
 
 impl Entry {
@@ -89,7 +93,7 @@ impl Entry {
             kind: self.service.kind() as i32,
             spec: Some(self.spec.clone()),
             state: st.state as i32,
-            bound_addr: self.bound_addr.to_string(),
+            bound_addr: self.bound_addr.clone(),
             started_at: Some(self.started_at.into()),
             restarts: st.restarts,
             last_error: st.last_error.clone(),
@@ -121,6 +125,7 @@ impl Entry {
             stop_accepting: self.stop_accepting.clone(),
             close_connections: self.close_connections.clone(),
             tracker: self.tracker.clone(),
+            events: self.events.clone(),
         }
     }
 }
@@ -195,16 +200,24 @@ impl Supervisor {
         }
         // Bind under the registry lock: quick, and it makes the name check
         // and the insert one step.
-        let bound = service.bind(service.listen_addr())?;
-        let bound_addr = bound
-            .local_addr()
-            .map_err(|e| BindError::Other(service.listen_addr(), e))?;
+        let bound = service.bind(None)?;
+        let bind_addr = match bound.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                let asked = service
+                    .listen_addr()
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                return Err(BindError::Other(asked, e).into());
+            }
+        };
+        let bound_addr = service.describe_bound(bind_addr);
         let entry = Arc::new(Entry {
             name: name.into(),
             spec,
             labels,
             service,
-            bound_addr,
+            bind_addr,
+            bound_addr: bound_addr.clone(),
             started_at: SystemTime::now(),
             stats: Stats::new(),
             status: Mutex::new(Status {
@@ -215,6 +228,7 @@ impl Supervisor {
             stop_accepting: self.inner.shutdown_accepting.child_token(),
             close_connections: self.inner.shutdown_connections.child_token(),
             tracker: TaskTracker::new(),
+            events: self.inner.events.clone(),
         });
         listeners.insert(name.to_string(), entry.clone());
         drop(listeners);
@@ -289,6 +303,32 @@ impl Supervisor {
                 .get(n)
                 .map(|e| vec![e.sample()])
                 .ok_or_else(|| SupervisorError::NotFound(n.to_string())),
+        }
+    }
+
+    /// Subscribe to a sniffer's packet summaries.
+    pub fn packets(
+        &self,
+        name: &str,
+    ) -> Result<
+        (
+            tokio::sync::broadcast::Receiver<proto::PacketSummary>,
+            Arc<crate::services::sniffer::SnifferCounters>,
+        ),
+        SupervisorError,
+    > {
+        let entry = self
+            .listeners()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| SupervisorError::NotFound(name.to_string()))?;
+        match &*entry.service {
+            Service::Sniffer(s) => Ok(s.watch()),
+            other => Err(SpecError(format!(
+                "'{name}' is a {} listener, not a sniffer",
+                other.kind().slug()
+            ))
+            .into()),
         }
     }
 
@@ -400,7 +440,7 @@ async fn supervise(entry: Arc<Entry>, events: EventBus, mut bound: crate::servic
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
-            match entry.service.bind(entry.bound_addr) {
+            match entry.service.bind(entry.bind_addr) {
                 Ok(b) => {
                     bound = b;
                     let (restarts, cause) = {

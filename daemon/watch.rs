@@ -27,6 +27,7 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
 pub type SampleStream = Pin<Box<dyn Stream<Item = Result<StatsSample, Status>> + Send>>;
+pub type PacketStream = Pin<Box<dyn Stream<Item = Result<proto::PacketSummary, Status>> + Send>>;
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
 
 /// Validate a requested interval (unset means the default).
@@ -183,6 +184,41 @@ pub fn events(sup: &Supervisor, name: Option<String>, stop: CancellationToken) -
                     Ok(_) => continue,
                     Err(RecvError::Lagged(n)) => {
                         return Some((Ok(crate::events::dropped(n)), (rx, name, stop)));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        },
+    ))
+}
+
+/// The WatchPackets stream: summaries as the sniffer captures them; what a
+/// slow reader misses is counted (per watcher in `dropped_before`, and in
+/// the sniffer's `watcher_drops`).
+pub fn packets(
+    rx: tokio::sync::broadcast::Receiver<proto::PacketSummary>,
+    counters: std::sync::Arc<crate::services::sniffer::SnifferCounters>,
+    stop: CancellationToken,
+) -> PacketStream {
+    Box::pin(futures_util::stream::unfold(
+        (rx, counters, stop),
+        |(mut rx, counters, stop)| async move {
+            let mut dropped = 0u64;
+            loop {
+                let r = tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    r = rx.recv() => r,
+                };
+                match r {
+                    Ok(mut p) => {
+                        p.dropped_before = dropped;
+                        return Some((Ok(p), (rx, counters, stop)));
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        dropped += n;
+                        counters
+                            .watcher_drops
+                            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(RecvError::Closed) => return None,
                 }

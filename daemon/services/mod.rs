@@ -10,6 +10,7 @@
 
 pub mod http;
 pub mod proxy;
+pub mod sniffer;
 pub mod tcp_echo;
 pub mod udp_echo;
 
@@ -36,6 +37,8 @@ pub struct ServiceCtx {
     pub close_connections: CancellationToken,
     /// Spawn connection tasks here; stop and shutdown wait for them.
     pub tracker: TaskTracker,
+    /// For alerts a service raises.
+    pub events: crate::events::EventBus,
 }
 
 /// A socket bound for a service, handed to [`Service::run`].
@@ -43,13 +46,16 @@ pub struct ServiceCtx {
 pub enum Bound {
     Tcp(tokio::net::TcpListener),
     Udp(tokio::net::UdpSocket),
+    Packet(sniffer::Capture),
 }
 
 impl Bound {
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+    /// The socket address bound, for IP services.
+    pub fn local_addr(&self) -> io::Result<Option<SocketAddr>> {
         match self {
-            Bound::Tcp(l) => l.local_addr(),
-            Bound::Udp(s) => s.local_addr(),
+            Bound::Tcp(l) => l.local_addr().map(Some),
+            Bound::Udp(s) => s.local_addr().map(Some),
+            Bound::Packet(_) => Ok(None),
         }
     }
 }
@@ -61,6 +67,7 @@ pub enum Service {
     UdpEcho(udp_echo::UdpEcho),
     Proxy(Arc<proxy::Proxy>),
     Http(Arc<http::Http>),
+    Sniffer(Arc<sniffer::Sniffer>),
 }
 
 /// Why a spec was rejected; the message names the field and the problem.
@@ -79,6 +86,9 @@ pub enum BindError {
     NotAvailable(SocketAddr),
     #[error("cannot bind {0}: {1}")]
     Other(SocketAddr, io::Error),
+    /// Something the daemon lacks (a capability, a writable path).
+    #[error("{0}")]
+    Precondition(String),
 }
 
 impl BindError {
@@ -101,12 +111,15 @@ impl Service {
     pub fn from_spec(spec: &proto::ListenerSpec) -> Result<Self, SpecError> {
         match &spec.kind {
             None => Err(SpecError(
-                "the listener spec names no kind (tcp_echo, udp_echo, proxy, http)".into(),
+                "the listener spec names no kind (tcp_echo, udp_echo, proxy, http, sniffer)".into(),
             )),
             Some(Kind::TcpEcho(s)) => Ok(Service::TcpEcho(tcp_echo::TcpEcho::from_spec(s)?)),
             Some(Kind::UdpEcho(s)) => Ok(Service::UdpEcho(udp_echo::UdpEcho::from_spec(s)?)),
             Some(Kind::Proxy(s)) => Ok(Service::Proxy(Arc::new(proxy::Proxy::from_spec(s)?))),
             Some(Kind::Http(s)) => Ok(Service::Http(Arc::new(http::Http::from_spec(s)?))),
+            Some(Kind::Sniffer(s)) => {
+                Ok(Service::Sniffer(Arc::new(sniffer::Sniffer::from_spec(s)?)))
+            }
         }
     }
 
@@ -116,16 +129,29 @@ impl Service {
             Service::UdpEcho(_) => proto::ListenerKind::UdpEcho,
             Service::Proxy(_) => proto::ListenerKind::Proxy,
             Service::Http(_) => proto::ListenerKind::Http,
+            Service::Sniffer(_) => proto::ListenerKind::Sniffer,
         }
     }
 
-    /// The address the spec asked for (port may be 0).
-    pub fn listen_addr(&self) -> SocketAddr {
+    /// The address the spec asked for (port may be 0); None for services
+    /// that do not bind an IP address (the sniffer).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
         match self {
-            Service::TcpEcho(s) => s.listen,
-            Service::UdpEcho(s) => s.listen,
-            Service::Proxy(s) => s.listen,
-            Service::Http(s) => s.listen,
+            Service::TcpEcho(s) => Some(s.listen),
+            Service::UdpEcho(s) => Some(s.listen),
+            Service::Proxy(s) => Some(s.listen),
+            Service::Http(s) => Some(s.listen),
+            Service::Sniffer(_) => None,
+        }
+    }
+
+    /// What a person should see as the bound address: the socket address,
+    /// or the interface a sniffer captures on.
+    pub fn describe_bound(&self, bound: Option<SocketAddr>) -> String {
+        match (self, bound) {
+            (Service::Sniffer(s), _) => s.interface.clone(),
+            (_, Some(a)) => a.to_string(),
+            (_, None) => String::new(),
         }
     }
 
@@ -143,18 +169,24 @@ impl Service {
         match self {
             Service::Proxy(p) => Some(proto::listener_stats::Detail::Proxy(p.stats())),
             Service::Http(h) => Some(proto::listener_stats::Detail::Http(h.stats())),
+            Service::Sniffer(s) => Some(proto::listener_stats::Detail::Sniffer(s.stats())),
             _ => None,
         }
     }
 
-    /// Bind the service's socket at `addr`. Must be called within a tokio
-    /// runtime.
-    pub fn bind(&self, addr: SocketAddr) -> Result<Bound, BindError> {
+    /// Bind the service's socket, at `addr` when given (a restart rebinds
+    /// the address first bound) or else where the spec says. Must be called
+    /// within a tokio runtime.
+    pub fn bind(&self, addr: Option<SocketAddr>) -> Result<Bound, BindError> {
+        if let Service::Sniffer(s) = self {
+            return s.open().map(Bound::Packet);
+        }
+        let addr = addr
+            .or(self.listen_addr())
+            .ok_or_else(|| BindError::Precondition("nothing to bind".into()))?;
         match self {
-            Service::TcpEcho(_) | Service::Proxy(_) | Service::Http(_) => {
-                bind_tcp(addr).map(Bound::Tcp)
-            }
             Service::UdpEcho(_) => bind_udp(addr).map(Bound::Udp),
+            _ => bind_tcp(addr).map(Bound::Tcp),
         }
         .map_err(|e| BindError::from_io(addr, e))
     }
@@ -165,6 +197,7 @@ impl Service {
             (Service::UdpEcho(s), Bound::Udp(u)) => s.run(u, ctx).await,
             (Service::Proxy(s), Bound::Tcp(l)) => s.run(l, ctx).await,
             (Service::Http(s), Bound::Tcp(l)) => s.run(l, ctx).await,
+            (Service::Sniffer(s), Bound::Packet(c)) => s.run(c, ctx).await,
             _ => anyhow::bail!("internal error: socket type does not match the service"),
         }
     }

@@ -1,0 +1,152 @@
+//! The flow table: packets and bytes per 5-tuple (protocol, source,
+//! destination), bounded in size. When full, the least recently seen eighth
+//! of the table is evicted in one sweep (so eviction costs O(1) amortised
+//! per new flow) and counted.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use super::decode::{Decoded, Proto};
+use crate::proto;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    proto: Proto,
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
+    src_port: u16,
+    dst_port: u16,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Flow {
+    packets: u64,
+    bytes: u64,
+    first: SystemTime,
+    last: SystemTime,
+}
+
+#[derive(Debug)]
+pub struct FlowTable {
+    max: usize,
+    flows: HashMap<FlowKey, Flow>,
+    pub evicted: u64,
+}
+
+impl FlowTable {
+    pub fn new(max: usize) -> Self {
+        FlowTable {
+            max: max.max(1),
+            flows: HashMap::new(),
+            evicted: 0,
+        }
+    }
+
+    pub fn record(&mut self, d: &Decoded, now: SystemTime) {
+        let key = FlowKey {
+            proto: d.proto,
+            src: d.src,
+            dst: d.dst,
+            src_port: d.src_port,
+            dst_port: d.dst_port,
+        };
+        if let Some(f) = self.flows.get_mut(&key) {
+            f.packets += 1;
+            f.bytes += d.len as u64;
+            f.last = now;
+            return;
+        }
+        if self.flows.len() >= self.max {
+            self.evict();
+        }
+        self.flows.insert(
+            key,
+            Flow {
+                packets: 1,
+                bytes: d.len as u64,
+                first: now,
+                last: now,
+            },
+        );
+    }
+
+    fn evict(&mut self) {
+        let n = (self.max / 8).max(1);
+        let mut by_age: Vec<(SystemTime, FlowKey)> =
+            self.flows.iter().map(|(k, f)| (f.last, *k)).collect();
+        by_age.select_nth_unstable_by_key(n - 1, |(t, _)| *t);
+        for (_, k) in &by_age[..n] {
+            self.flows.remove(k);
+        }
+        self.evicted += n as u64;
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// The `n` flows with the most bytes.
+    pub fn top(&self, n: usize) -> Vec<proto::FlowStats> {
+        let mut all: Vec<(&FlowKey, &Flow)> = self.flows.iter().collect();
+        all.sort_unstable_by_key(|(_, f)| std::cmp::Reverse(f.bytes));
+        all.into_iter()
+            .take(n)
+            .map(|(k, f)| proto::FlowStats {
+                protocol: k.proto.as_str().into(),
+                src: endpoint(k.src, k.src_port, k.proto),
+                dst: endpoint(k.dst, k.dst_port, k.proto),
+                packets: f.packets,
+                bytes: f.bytes,
+                first_seen: Some(f.first.into()),
+                last_seen: Some(f.last.into()),
+            })
+            .collect()
+    }
+}
+
+/// "ip:port" for TCP/UDP ("[v6]:port"), "ip" otherwise, "-" without IP.
+pub fn endpoint(ip: Option<IpAddr>, port: u16, proto: Proto) -> String {
+    match (ip, proto) {
+        (None, _) => "-".into(),
+        (Some(ip), Proto::Tcp | Proto::Udp) => std::net::SocketAddr::new(ip, port).to_string(),
+        (Some(ip), _) => ip.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bounded_and_evicts_the_stalest() {
+        let mut t = FlowTable::new(16);
+        let base = SystemTime::UNIX_EPOCH;
+        for i in 0..40u16 {
+            let d = Decoded {
+                proto: Proto::Udp,
+                src: Some("127.0.0.1".parse().unwrap()),
+                dst: Some("127.0.0.1".parse().unwrap()),
+                src_port: 1000 + i,
+                dst_port: 53,
+                tcp_flags: 0,
+                ethertype: 0x0800,
+                len: 100 + i as usize,
+            };
+            t.record(&d, base + Duration::from_secs(i as u64));
+        }
+        assert!(t.len() <= 16);
+        assert_eq!(t.evicted as usize + t.len(), 40);
+        let top = t.top(3);
+        assert_eq!(
+            top[0].src, "127.0.0.1:1039",
+            "the newest, largest flow survives"
+        );
+        assert_eq!(top[0].bytes, 139);
+    }
+}

@@ -1,0 +1,442 @@
+//! The packet sniffer: pnet's AF_PACKET datalink channel on one interface,
+//! read on a dedicated OS thread (pnet reads block; a 100 ms read timeout
+//! keeps stop and shutdown prompt).
+//!
+//! The socket is created and set up when the listener starts, so a missing
+//! CAP_NET_RAW, an unknown interface or a bad filter is reported to the
+//! caller: it is opened with protocol 0 (it receives nothing yet), the
+//! filter compiled to classic BPF is attached ([`filter`]), the receive
+//! buffer is raised, and only then is it bound to the interface for all
+//! protocols, so no packet from another interface is ever queued.
+//!
+//! Each packet is decoded without allocation ([`decode`]), counted per
+//! protocol (relaxed atomics), recorded in the bounded flow table
+//! ([`flows`]), fed to the detectors ([`alerts`]), written to the pcap file
+//! ([`pcap`]) and, only while someone watches, summarised onto a bounded
+//! broadcast channel that drops (and counts) what a slow watcher misses.
+
+pub mod alerts;
+pub mod decode;
+pub mod filter;
+pub mod flows;
+pub mod pcap;
+
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use pnet::datalink::{self, Channel, DataLinkReceiver, NetworkInterface};
+use tokio::sync::broadcast;
+
+use super::{BindError, ServiceCtx, SpecError, duration_field};
+use crate::proto::{self, EventKind};
+use crate::stats::Stats;
+use decode::{Decoded, Proto};
+use filter::Filter;
+use flows::{FlowTable, endpoint};
+
+pub const DEFAULT_PCAP_MAX_BYTES: u64 = 100 * 1024 * 1024;
+pub const DEFAULT_PCAP_MAX_FILES: u32 = 3;
+pub const DEFAULT_MAX_FLOWS: u32 = 4096;
+pub const MAX_FLOWS_LIMIT: u32 = 1_000_000;
+pub const DEFAULT_SCAN_PORTS: u32 = 50;
+pub const DEFAULT_SCAN_WINDOW: Duration = Duration::from_secs(10);
+pub const DEFAULT_SYN_RATE: u32 = 1000;
+/// Packet summaries buffered per watcher before the oldest are dropped.
+pub const WATCH_BUFFER: usize = 4096;
+const READ_TIMEOUT: Duration = Duration::from_millis(100);
+/// Largest frame read: loopback MTU (64 KiB) plus headers, and GSO frames.
+const READ_BUFFER: usize = 256 * 1024;
+const RCVBUF: i32 = 16 * 1024 * 1024;
+
+#[derive(Debug, Default)]
+pub struct SnifferCounters {
+    by_proto: [(AtomicU64, AtomicU64); 4],
+    kernel_drops: AtomicU64,
+    pub watcher_drops: AtomicU64,
+    pcap_packets: AtomicU64,
+    alerts: AtomicU64,
+}
+
+fn proto_index(p: Proto) -> usize {
+    match p {
+        Proto::Tcp => 0,
+        Proto::Udp => 1,
+        Proto::Icmp => 2,
+        Proto::Other => 3,
+    }
+}
+
+#[derive(Debug)]
+pub struct Sniffer {
+    pub interface: String,
+    iface: NetworkInterface,
+    filter: Filter,
+    pcap_path: Option<PathBuf>,
+    pcap_max_bytes: u64,
+    pcap_max_files: u32,
+    scan_ports: u32,
+    scan_window: Duration,
+    syn_rate: u32,
+    counters: Arc<SnifferCounters>,
+    flows: Arc<Mutex<FlowTable>>,
+    packets: broadcast::Sender<proto::PacketSummary>,
+}
+
+/// The opened capture: pnet's receiver plus what the thread needs.
+pub struct Capture {
+    rx: Box<dyn DataLinkReceiver>,
+    fd: RawFd,
+    pcap: Option<pcap::Pcap>,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("fd", &self.fd)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sniffer {
+    pub fn from_spec(spec: &proto::SnifferSpec) -> Result<Self, SpecError> {
+        let all = datalink::interfaces();
+        let iface = match all.iter().find(|i| i.name == spec.interface) {
+            Some(i) => i.clone(),
+            None => {
+                let names: Vec<&str> = all.iter().map(|i| i.name.as_str()).collect();
+                let what = if spec.interface.is_empty() {
+                    "an interface is required".to_string()
+                } else {
+                    format!("unknown interface '{}'", spec.interface)
+                };
+                return Err(SpecError(format!(
+                    "{what}; interfaces here: {}",
+                    names.join(", ")
+                )));
+            }
+        };
+        let filter = Filter::parse(&spec.filter).map_err(SpecError)?;
+        let max_flows = match spec.max_flows {
+            0 => DEFAULT_MAX_FLOWS,
+            n if n > MAX_FLOWS_LIMIT => {
+                return Err(SpecError(format!(
+                    "max_flows is {n}; the limit is {MAX_FLOWS_LIMIT}"
+                )));
+            }
+            n => n,
+        };
+        Ok(Sniffer {
+            interface: spec.interface.clone(),
+            iface,
+            filter,
+            pcap_path: (!spec.pcap_path.is_empty()).then(|| PathBuf::from(&spec.pcap_path)),
+            pcap_max_bytes: if spec.pcap_max_bytes == 0 {
+                DEFAULT_PCAP_MAX_BYTES
+            } else {
+                spec.pcap_max_bytes.max(1024)
+            },
+            pcap_max_files: if spec.pcap_max_files == 0 {
+                DEFAULT_PCAP_MAX_FILES
+            } else {
+                spec.pcap_max_files
+            },
+            scan_ports: if spec.port_scan_ports == 0 {
+                DEFAULT_SCAN_PORTS
+            } else {
+                spec.port_scan_ports
+            },
+            scan_window: duration_field(
+                "port_scan_window",
+                &spec.port_scan_window,
+                DEFAULT_SCAN_WINDOW,
+            )?,
+            syn_rate: if spec.syn_rate == 0 {
+                DEFAULT_SYN_RATE
+            } else {
+                spec.syn_rate
+            },
+            counters: Arc::new(SnifferCounters::default()),
+            flows: Arc::new(Mutex::new(FlowTable::new(max_flows as usize))),
+            packets: broadcast::channel(WATCH_BUFFER).0,
+        })
+    }
+
+    /// Subscribe to packet summaries, with the counter of summaries lost.
+    pub fn watch(
+        &self,
+    ) -> (
+        broadcast::Receiver<proto::PacketSummary>,
+        Arc<SnifferCounters>,
+    ) {
+        (self.packets.subscribe(), self.counters.clone())
+    }
+
+    pub fn stats(&self) -> proto::SnifferStats {
+        let c = &self.counters;
+        let pc = |i: usize| {
+            Some(proto::ProtocolCount {
+                packets: c.by_proto[i].0.load(Relaxed),
+                bytes: c.by_proto[i].1.load(Relaxed),
+            })
+        };
+        let (flows_active, flows_evicted, top_flows) = {
+            let t = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+            (t.len() as u64, t.evicted, t.top(10))
+        };
+        proto::SnifferStats {
+            tcp: pc(0),
+            udp: pc(1),
+            icmp: pc(2),
+            other: pc(3),
+            flows_active,
+            flows_evicted,
+            top_flows,
+            kernel_drops: c.kernel_drops.load(Relaxed),
+            watcher_drops: c.watcher_drops.load(Relaxed),
+            pcap_packets: c.pcap_packets.load(Relaxed),
+            alerts: c.alerts.load(Relaxed),
+        }
+    }
+
+    /// Open the packet socket, attach the filter and bind it to the
+    /// interface; create the pcap file.
+    pub fn open(&self) -> Result<Capture, BindError> {
+        // SAFETY: plain socket(2); the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.kind() == io::ErrorKind::PermissionDenied {
+                BindError::Precondition(
+                    "capturing packets needs CAP_NET_RAW: run netd as root, or grant the capability \
+                     (systemd: AmbientCapabilities=CAP_NET_RAW; otherwise: setcap cap_net_raw+ep $(command -v netd))"
+                        .into(),
+                )
+            } else {
+                BindError::Precondition(format!("cannot open a packet socket: {e}"))
+            });
+        }
+        // SAFETY: fd was just returned by socket(2) and is owned here.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let loopback = self.iface.is_loopback();
+        let prog = self.filter.to_bpf(loopback);
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr() as *mut libc::sock_filter,
+        };
+        setsockopt(
+            owned.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            &fprog,
+        )
+        .map_err(|e| BindError::Precondition(format!("cannot attach the capture filter: {e}")))?;
+        if setsockopt(
+            owned.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &RCVBUF,
+        )
+        .is_err()
+        {
+            let _ = setsockopt(
+                owned.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &RCVBUF,
+            );
+        }
+        let pcap = match &self.pcap_path {
+            None => None,
+            Some(p) => Some(
+                pcap::Pcap::create(p, self.pcap_max_bytes, self.pcap_max_files).map_err(|e| {
+                    BindError::Precondition(format!(
+                        "cannot create the pcap file {}: {e}",
+                        p.display()
+                    ))
+                })?,
+            ),
+        };
+        let raw = owned.into_raw_fd();
+        let config = datalink::Config {
+            read_timeout: Some(READ_TIMEOUT),
+            read_buffer_size: READ_BUFFER,
+            write_buffer_size: 64,
+            promiscuous: false,
+            socket_fd: Some(raw),
+            ..Default::default()
+        };
+        // pnet binds the socket to the interface for all protocols and owns
+        // (closes) it from here on, also on error.
+        match datalink::channel(&self.iface, config) {
+            Ok(Channel::Ethernet(_tx, rx)) => Ok(Capture { rx, fd: raw, pcap }),
+            Ok(_) => Err(BindError::Precondition(
+                "unsupported datalink channel type".into(),
+            )),
+            Err(e) => Err(BindError::Precondition(format!(
+                "cannot capture on {}: {e}",
+                self.interface
+            ))),
+        }
+    }
+
+    pub async fn run(self: &Arc<Self>, capture: Capture, ctx: ServiceCtx) -> anyhow::Result<()> {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let me = self.clone();
+        let name = ctx.name.to_string();
+        std::thread::Builder::new()
+            .name(format!(
+                "sniff-{}",
+                name.chars().take(9).collect::<String>()
+            ))
+            .spawn(move || {
+                let result = me.capture_loop(capture, &ctx);
+                let _ = done_tx.send(result);
+            })?;
+        match done_rx.await {
+            Ok(r) => r,
+            Err(_) => anyhow::bail!("the capture thread of '{name}' panicked"),
+        }
+    }
+
+    fn capture_loop(&self, mut cap: Capture, ctx: &ServiceCtx) -> anyhow::Result<()> {
+        let mut detectors =
+            alerts::Detectors::new(self.scan_ports, self.scan_window, self.syn_rate);
+        let mut last_stats = Instant::now();
+        let result = loop {
+            if ctx.stop_accepting.is_cancelled() {
+                break Ok(());
+            }
+            match cap.rx.next() {
+                Ok(frame) => {
+                    let now = SystemTime::now();
+                    let d = decode::decode(frame);
+                    if self.filter.matches(&d) {
+                        self.count(&d, now, frame, &mut detectors, &mut cap.pcap, ctx);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(anyhow::anyhow!("capture on {} failed: {e}", self.interface)),
+            }
+            if last_stats.elapsed() >= Duration::from_secs(1) {
+                last_stats = Instant::now();
+                self.read_kernel_drops(cap.fd);
+            }
+        };
+        self.read_kernel_drops(cap.fd);
+        if let Some(p) = cap.pcap.as_mut() {
+            if let Err(e) = p.close() {
+                tracing::warn!(listener = %ctx.name, error = %e, "finishing the pcap file failed");
+            }
+        }
+        result
+    }
+
+    fn count(
+        &self,
+        d: &Decoded,
+        now: SystemTime,
+        frame: &[u8],
+        detectors: &mut alerts::Detectors,
+        pcap: &mut Option<pcap::Pcap>,
+        ctx: &ServiceCtx,
+    ) {
+        let len = frame.len() as u64;
+        Stats::add(&ctx.stats.datagrams_in, 1);
+        Stats::add(&ctx.stats.bytes_in, len);
+        let (packets, bytes) = &self.counters.by_proto[proto_index(d.proto)];
+        Stats::add(packets, 1);
+        Stats::add(bytes, len);
+        self.flows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(d, now);
+        if let Some(alert) = detectors.observe(d, Instant::now()) {
+            Stats::add(&self.counters.alerts, 1);
+            tracing::warn!(listener = %ctx.name, alert = %alert, "alert");
+            ctx.events.publish(
+                EventKind::Alert,
+                &ctx.name,
+                proto::ListenerKind::Sniffer,
+                alert,
+            );
+        }
+        if let Some(p) = pcap.as_mut() {
+            match p.write(now, frame) {
+                Ok(()) => Stats::add(&self.counters.pcap_packets, 1),
+                Err(e) => {
+                    Stats::add(&ctx.stats.errors, 1);
+                    tracing::warn!(listener = %ctx.name, error = %e, "pcap write failed; pcap export stopped");
+                    *pcap = None;
+                }
+            }
+        }
+        if self.packets.receiver_count() > 0 {
+            let (src, dst) = match d.proto {
+                Proto::Other if d.src.is_none() => {
+                    (format!("ethertype 0x{:04x}", d.ethertype), "-".to_string())
+                }
+                _ => (
+                    endpoint(d.src, d.src_port, d.proto),
+                    endpoint(d.dst, d.dst_port, d.proto),
+                ),
+            };
+            let _ = self.packets.send(proto::PacketSummary {
+                time: Some(now.into()),
+                protocol: d.proto.as_str().into(),
+                src,
+                dst,
+                length: frame.len() as u32,
+                tcp_flags: if d.proto == Proto::Tcp {
+                    decode::flags_string(d.tcp_flags)
+                } else {
+                    String::new()
+                },
+                dropped_before: 0,
+            });
+        }
+    }
+
+    /// Add the kernel's drop count since the last read (PACKET_STATISTICS
+    /// resets on read).
+    fn read_kernel_drops(&self, fd: RawFd) {
+        // SAFETY: getsockopt into a correctly sized tpacket_stats.
+        let mut st: libc::tpacket_stats = unsafe { mem::zeroed() };
+        let mut len = mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                &mut st as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            Stats::add(&self.counters.kernel_drops, st.tp_drops as u64);
+        }
+    }
+}
+
+fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
+    // SAFETY: value points to a live T of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            value as *const T as *const libc::c_void,
+            mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
