@@ -71,7 +71,7 @@ impl Drop for ConnectionGuard {
 }
 
 /// A lock-free latency histogram: log-scale buckets, 8 per power of two
-/// (about 9% apart), from 1 µs to over an hour. Recording is one relaxed
+/// (about 9% apart), from 1 µs to 71 minutes (longer lands in the last). Recording is one relaxed
 /// atomic add; quantiles are read from a snapshot of the buckets and are the
 /// upper bound of the bucket the quantile falls in.
 #[derive(Debug)]
@@ -156,7 +156,7 @@ mod tests {
         assert!((90.0..=90.0 * 1.125).contains(&p90), "{p90}");
         assert!((99.0..=99.0 * 1.125).contains(&p99), "{p99}");
         assert_eq!(Histogram::default().quantiles_ms([0.5]), [0.0]);
-        for micros in [1u64, 2, 7, 8, 9, 1000, 1 << 40] {
+        for micros in [1u64, 2, 7, 8, 9, 1000, 1 << 31] {
             let i = Histogram::index(micros);
             assert!(Histogram::upper(i) >= micros as f64, "{micros}");
             if i > 0 {
