@@ -321,3 +321,80 @@ impl TestUpstream {
         }
     }
 }
+
+/// A network namespace the test creates (and deletes on drop), with its own
+/// loopback up: sniffer tests capture there, so they see only their own
+/// traffic. Needs root and iproute2.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new() -> NetNs {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!(
+            "netd-t{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let ok = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip (iproute2)");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ok(&["netns", "add", &name]);
+        ok(&["-n", &name, "link", "set", "lo", "up"]);
+        NetNs { name }
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Start netd inside the namespace with `config`.
+    pub fn netd(&self, config: &str) -> Netd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("netd.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let control = ControlAddr::Unix(dir.path().join("netd.sock"));
+        let mut cmd = self.command(NETD);
+        cmd.arg("--config").arg(&cfg);
+        Netd::spawn(cmd, dir, control)
+    }
+
+    /// Run `f` on a thread that has entered the namespace: sockets it
+    /// creates live there.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).expect("open netns");
+                // SAFETY: setns on this thread only, with a namespace fd.
+                let rc = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET)
+                };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("namespace thread")
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
