@@ -1,6 +1,6 @@
-//! netd: a network daemon that hosts network services — TCP and UDP echo
-//! today; a monitored proxy, an HTTP JSON API and a packet sniffer to come —
-//! as supervised listeners driven over a gRPC control plane.
+//! netd: a network daemon that hosts network services — TCP and UDP echo, a
+//! monitored TCP proxy, an HTTP JSON API and a packet sniffer — as
+//! supervised listeners driven over a gRPC control plane.
 //!
 //! Start reading at [`server::run`], which wires the pieces together:
 //! [`config`] gives the boot listeners, [`supervisor`] owns each listener's
