@@ -198,8 +198,11 @@ fn sigterm_closes_what_is_left_after_the_grace_period() {
     let mut conn = TcpStream::connect(bound_addr(&netd, "d")).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    netd.signal(libc::SIGINT);
+    // Make sure netd has accepted it (an echo round trip) before signalling.
     let mut buf = [0u8; 1];
+    conn.write_all(b"x").unwrap();
+    conn.read_exact(&mut buf).unwrap();
+    netd.signal(libc::SIGINT);
     assert_eq!(
         conn.read(&mut buf).unwrap(),
         0,
