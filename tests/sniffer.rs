@@ -254,7 +254,6 @@ async fn watch_packets_streams_summaries() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "not a sniffer");
 
     // netctl sniff prints them tcpdump-style.
-    let line_src = client.to_string();
     let sniff = std::thread::spawn({
         let control = netd.control.to_string();
         move || {
@@ -282,7 +281,6 @@ async fn watch_packets_streams_summaries() {
             .all(|l| l.contains(" UDP ") && l.contains(&format!(":{}", u.port()))),
         "{text}"
     );
-    drop(line_src);
 }
 
 #[test]

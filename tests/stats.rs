@@ -156,6 +156,26 @@ async fn exact_totals_from_grpc_netctl_and_prometheus() {
     assert_eq!(metric(&text, "netd_connections_active", "t"), 0);
     assert_eq!(metric(&text, "netd_listener_up", "u"), 1);
     assert!(text.contains("kind=\"udp-echo\""), "{text}");
+
+    // Kind-specific series: HTTP responses by class.
+    netd.netctl_ok(&["start", "http", "h", "--listen", "127.0.0.1:0"]);
+    let h = bound_addr(&netd, "h");
+    let web = reqwest::Client::new();
+    for path in ["/a", "/b", "/c"] {
+        web.get(format!("http://{h}{path}")).send().await.unwrap();
+    }
+    web.put(format!("http://{h}/x")).send().await.unwrap();
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |class: &str| {
+        format!("netd_http_responses_total{{listener=\"h\",kind=\"http\",class=\"{class}\"}} ")
+    };
+    assert!(text.contains(&format!("{}3", line("2xx"))), "{text}");
+    assert!(text.contains(&format!("{}1", line("4xx"))), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
