@@ -509,3 +509,84 @@ fn without_cap_net_raw_start_fails_with_failed_precondition() {
     // Nothing else is affected.
     netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syn_rate_alert() {
+    let ns = NetNs::new();
+    let netd = ns.netd("");
+    netd.netctl_ok(&["start", "tcp-echo", "t", "--listen", "127.0.0.1:0"]);
+    let t = bound_addr(&netd, "t");
+    netd.netctl_ok(&[
+        "start",
+        "sniffer",
+        "s",
+        "--interface",
+        "lo",
+        "--filter",
+        "tcp",
+        "--syn-rate",
+        "20",
+        "--scan-ports",
+        "1000",
+    ]);
+    let mut c = netd.client().await;
+    let mut events = c
+        .watch_events(proto::WatchEventsRequest { name: "s".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    // 60 connections as fast as they go: well over 20 SYNs in a second.
+    ns.run(|| {
+        for _ in 0..60 {
+            drop(TcpStream::connect(t).unwrap());
+        }
+    });
+    let e = tokio::time::timeout(common::DEADLINE, events.message())
+        .await
+        .expect("an alert")
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.kind(), proto::EventKind::Alert);
+    assert!(e.message.starts_with("SYN rate"), "{}", e.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_packet_watcher_loses_summaries_not_packets() {
+    let ns = NetNs::new();
+    let netd = ns.netd("");
+    netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
+    let u = bound_addr(&netd, "u");
+    netd.netctl_ok(&[
+        "start",
+        "sniffer",
+        "s",
+        "--interface",
+        "lo",
+        "--filter",
+        &format!("udp and port {}", u.port()),
+    ]);
+    let mut c = netd.small_window_client().await;
+    let mut stalled = c
+        .watch_packets(proto::WatchPacketsRequest { name: "s".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    const ROUNDS: usize = 10_000;
+    ns.run(|| udp_roundtrips(u, ROUNDS, b"flood"));
+    // Capture kept up: every packet counted.
+    wait_until("all packets counted", || {
+        count(&sniffer_stats(&netd, "s"), "udp") == 2 * ROUNDS as u64
+    });
+    // The watcher that did not read lost summaries, and was told so.
+    let mut reported = 0;
+    for _ in 0..(2 * ROUNDS) {
+        let p = stalled.message().await.unwrap().unwrap();
+        if p.dropped_before > 0 {
+            reported = p.dropped_before;
+            break;
+        }
+    }
+    assert!(reported > 0, "the stalled watcher is told what it missed");
+    let drops = sniffer_stats(&netd, "s")["watcher_drops"].as_u64().unwrap();
+    assert!(drops >= reported, "{drops} >= {reported}");
+}

@@ -11,9 +11,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use common::{Netd, bound_addr, break_listening_socket};
-use hyper_util::rt::TokioIo;
 use netd::proto::{self, StatsSample, listener_spec::Kind};
-use tonic::transport::{Endpoint, Uri};
 
 fn udp_spec() -> proto::ListenerSpec {
     proto::ListenerSpec {
@@ -333,22 +331,7 @@ async fn a_watcher_that_never_reads_blocks_nothing() {
     let udp = bound_addr(&netd, "u");
 
     // The slow watcher's own connection with a small HTTP/2 window.
-    let path = match &netd.control {
-        netd::addr::ControlAddr::Unix(p) => p.clone(),
-        other => panic!("unexpected {other}"),
-    };
-    let slow_channel = Endpoint::from_static("http://netd.local")
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .unwrap();
-    let mut slow = proto::control_client::ControlClient::new(slow_channel);
+    let mut slow = netd.small_window_client().await;
     let mut stalled = slow
         .watch_stats(watch_req("", 100))
         .await

@@ -149,6 +149,27 @@ impl Netd {
             .expect("connect to netd")
     }
 
+    /// A client on its own connection with small (64 KiB) HTTP/2 windows,
+    /// for playing a slow reader: its window fills quickly.
+    pub async fn small_window_client(&self) -> ControlClient<Channel> {
+        let ControlAddr::Unix(path) = self.control.clone() else {
+            panic!("unix control socket expected")
+        };
+        let channel = tonic::transport::Endpoint::from_static("http://netd.local")
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    let s = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                }
+            }))
+            .await
+            .expect("connect to netd");
+        ControlClient::new(channel)
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) with a pid we spawned and still own.
         let rc = unsafe { libc::kill(self.pid() as i32, sig) };
