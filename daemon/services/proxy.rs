@@ -404,9 +404,11 @@ async fn copy(
 ) -> Result<(), Side> {
     loop {
         r.readable().await.map_err(|_| Side::Reader)?;
-        let mut buf = vec![0u8; BUF_SIZE];
+        // Uninitialised capacity: no memset per burst.
+        let mut buf: Vec<u8> = Vec::with_capacity(BUF_SIZE);
         loop {
-            let n = match r.try_read(&mut buf) {
+            buf.clear();
+            let n = match r.try_read_buf(&mut buf) {
                 Ok(0) => {
                     // Half-close: the peer finished sending; pass it on.
                     let _ = w.shutdown().await;
