@@ -318,7 +318,7 @@ impl Proxy {
     async fn serve(&self, mut client: TcpStream, peer: SocketAddr, ctx: &ServiceCtx) {
         let began = Instant::now();
         let _ = client.set_nodelay(true);
-        let Some((mut upstream, u)) = self.connect(ctx).await else {
+        let Some((mut upstream, u)) = Box::pin(self.connect(ctx)).await else {
             Stats::add(&ctx.stats.errors, 1);
             tracing::info!(target: "netd::access", listener = %ctx.name, client = %peer, "no upstream reachable; closing client");
             // A prompt, clean close: the client sees EOF at once.

@@ -1,2 +1,0 @@
-//! Placeholder; replaced by the proxy benchmark client.
-fn main() {}
