@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# netd's TCP proxy against HAProxy (Debian's haproxy, mode tcp), side by side
+# in one run, same upstream, same clients, loopback only:
+#   1. one bulk stream (iperf3 through each proxy; direct as reference)
+#   2. new connections per second, 50 concurrent clients doing connect,
+#      64 B request, 64 B reply, close (bench/conn_load.rs), with p50/p99
+#      latency; the latency a proxy adds is its figure minus the direct one
+#   3. resident memory per idle proxied connection, 5,000 connections open
+# Prints one table with netd/HAProxy ratios.
+#
+#   bench/proxy_bench.sh          # SECS=5 CONNS=50 IDLE=5000 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${SECS:-5}
+CONNS=${CONNS:-50}
+IDLE=${IDLE:-5000}
+
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v iperf3 >/dev/null || need+=(iperf3)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q && apt-get install -y -q "${need[@]}"
+fi
+cargo build -q --release --bin netd --bin netctl --example conn_load
+NETD=target/release/netd
+NETCTL=target/release/netctl
+LOAD=target/release/examples/conn_load
+ulimit -n "$(ulimit -Hn)"  # 5,000 proxied connections need ~10,000 fds in the proxy
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 not up" >&2; cat "$work"/*.log >&2; exit 1; }
+
+# Upstreams: a netd TCP echo (its own process) and an iperf3 server.
+printf '[log]\nlevel = "warn"\n' > "$work/quiet.toml"
+NETD_CONTROL="unix:$work/up.sock" "$NETD" --config "$work/quiet.toml" & pids+=($!)
+wait_sock "$work/up.sock"
+ECHO=$(free_port)
+"$NETCTL" --control "unix:$work/up.sock" start tcp-echo up --listen "127.0.0.1:$ECHO" --max-connections 100000 >/dev/null
+IPERF=$(free_port)
+iperf3 -s -p "$IPERF" -D --pidfile "$work/iperf.pid"; sleep 0.3; pids+=("$(cat "$work/iperf.pid")")
+
+# The proxies: each has a port to the echo upstream and one to iperf3.
+NETD_ECHO=$(free_port); NETD_IPERF=$(free_port)
+HAP_ECHO=$(free_port); HAP_IPERF=$(free_port)
+NETD_CONTROL="unix:$work/px.sock" "$NETD" --config "$work/quiet.toml" & NETD_PID=$!; pids+=($NETD_PID)
+wait_sock "$work/px.sock"
+"$NETCTL" --control "unix:$work/px.sock" start proxy pe --listen "127.0.0.1:$NETD_ECHO" --upstream "127.0.0.1:$ECHO" --max-connections 100000 >/dev/null
+"$NETCTL" --control "unix:$work/px.sock" start proxy pi --listen "127.0.0.1:$NETD_IPERF" --upstream "127.0.0.1:$IPERF" >/dev/null
+cat > "$work/haproxy.cfg" <<CFG
+global
+  maxconn 9000
+  nbthread $(nproc)
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 5m
+  timeout server 5m
+frontend fe_echo
+  bind 127.0.0.1:$HAP_ECHO
+  default_backend be_echo
+backend be_echo
+  server s1 127.0.0.1:$ECHO
+frontend fe_iperf
+  bind 127.0.0.1:$HAP_IPERF
+  default_backend be_iperf
+backend be_iperf
+  server s1 127.0.0.1:$IPERF
+CFG
+haproxy -f "$work/haproxy.cfg" -db 2>"$work/haproxy.log" & HAP_PID=$!; pids+=($HAP_PID)
+wait_port "$HAP_ECHO"; wait_port "$NETD_ECHO"
+
+iperf() { iperf3 -c 127.0.0.1 -p "$1" -t "$SECS" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)'; }
+rate() { "$LOAD" rate "127.0.0.1:$1" --conns "$CONNS" --secs "$SECS"; }
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+echo "== bulk stream (iperf3 -t $SECS)" >&2
+T_DIRECT=$(iperf "$IPERF"); T_HAP=$(iperf "$HAP_IPERF"); T_NETD=$(iperf "$NETD_IPERF")
+echo "direct $T_DIRECT  haproxy $T_HAP  netd $T_NETD Gbit/s" >&2
+
+echo "== connection rate ($CONNS clients, ${SECS}s)" >&2
+R_DIRECT=$(rate "$ECHO"); R_HAP=$(rate "$HAP_ECHO"); R_NETD=$(rate "$NETD_ECHO")
+echo "direct $R_DIRECT" >&2; echo "haproxy $R_HAP" >&2; echo "netd $R_NETD" >&2
+
+echo "== memory per idle connection ($IDLE)" >&2
+idle_mem() { # pid port -> bytes per connection
+  local before after
+  before=$(rss_kb "$1")
+  coproc HOLD { "$LOAD" idle "127.0.0.1:$2" --conns "$IDLE" --secs 120; }
+  read -r line <&"${HOLD[0]}"
+  sleep 1
+  after=$(rss_kb "$1")
+  exec {HOLD[1]}>&-
+  wait "$HOLD_PID" 2>/dev/null || true
+  echo $(( (after - before) * 1024 / IDLE ))
+}
+M_HAP=$(idle_mem "$HAP_PID" "$HAP_ECHO"); sleep 1
+M_NETD=$(idle_mem "$NETD_PID" "$NETD_ECHO")
+echo "haproxy $M_HAP B/conn  netd $M_NETD B/conn" >&2
+
+python3 - "$T_DIRECT" "$T_HAP" "$T_NETD" "$R_DIRECT" "$R_HAP" "$R_NETD" "$M_HAP" "$M_NETD" "$SECS" "$CONNS" "$IDLE" <<'PY'
+import json, sys
+td, th, tn = map(float, sys.argv[1:4])
+rd, rh, rn = (json.loads(x) for x in sys.argv[4:7])
+mh, mn = int(sys.argv[7]), int(sys.argv[8])
+secs, conns, idle = sys.argv[9:12]
+def ratio(a, b): return f"{a / b:.2f}" if b else "-"
+print(f"TCP proxy: netd vs HAProxy, same upstream and clients, loopback ({secs}s runs)")
+print("| metric | direct | HAProxy | netd | netd/HAProxy |")
+print("| --- | --- | --- | --- | --- |")
+print(f"| bulk stream, Gbit/s (iperf3) | {td:.2f} | {th:.2f} | {tn:.2f} | {ratio(tn, th)} |")
+print(f"| new connections/s ({conns} clients, 64 B each way) | {rd['rate']:.0f} | {rh['rate']:.0f} | {rn['rate']:.0f} | {ratio(rn['rate'], rh['rate'])} |")
+print(f"| exchange latency p50, µs | {rd['p50_us']} | {rh['p50_us']} | {rn['p50_us']} | {ratio(rn['p50_us'], rh['p50_us'])} |")
+print(f"| exchange latency p99, µs | {rd['p99_us']} | {rh['p99_us']} | {rn['p99_us']} | {ratio(rn['p99_us'], rh['p99_us'])} |")
+ah, an = rh['p99_us'] - rd['p99_us'], rn['p99_us'] - rd['p99_us']
+print(f"| p99 latency added by the proxy, µs | - | {ah} | {an} | {ratio(an, ah)} |")
+print(f"| RSS per idle proxied connection, bytes ({idle} open) | - | {mh} | {mn} | {ratio(mn, mh)} |")
+print(f"| client errors (rate runs) | {rd['errors']} | {rh['errors']} | {rn['errors']} | |")
+PY
