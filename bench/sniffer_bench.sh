@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Capture completeness and CPU of netd's sniffer against tcpdump, side by
+# side on the same traffic in one run. Everything happens inside a network
+# namespace this script creates (and deletes): small UDP datagrams at
+# increasing rates to 127.0.0.1 there, captured on that namespace's lo by a
+# fresh netd sniffer and a fresh tcpdump (-w /dev/null) per rate, both with
+# the filter "udp and port P". Counts are compared with what was sent; CPU is
+# utime+stime of each process over the run (netd's whole process, idle
+# otherwise).
+#
+#   bench/sniffer_bench.sh        # RATES="10000 25000 50000 100000 200000" SECS=3
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RATES=${RATES:-"10000 25000 50000 100000 200000"}
+SECS=${SECS:-3}
+
+need=()
+command -v tcpdump >/dev/null || need+=(tcpdump)
+command -v ip >/dev/null || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q && apt-get install -y -q "${need[@]}"
+fi
+cargo build -q --release --bin netd --bin netctl --example udp_flood
+NETD=$PWD/target/release/netd
+NETCTL=$PWD/target/release/netctl
+FLOOD=$PWD/target/release/examples/udp_flood
+
+NS=netd-bench-$$
+work=$(mktemp -d)
+NETD_PID=
+cleanup() {
+  [ -n "$NETD_PID" ] && kill "$NETD_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  ip netns del "$NS" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ip netns add "$NS"
+ip -n "$NS" link set lo up
+inns() { ip netns exec "$NS" "$@"; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+
+printf '[log]\nlevel = "warn"\n' > "$work/netd.toml"
+NETD_CONTROL="unix:$work/netd.sock" ip netns exec "$NS" "$NETD" --config "$work/netd.toml" & NETD_PID=$!
+for _ in $(seq 200); do [ -S "$work/netd.sock" ] && break; sleep 0.05; done
+ctl() { "$NETCTL" --control "unix:$work/netd.sock" "$@"; }
+
+: > "$work/results"
+port=40000
+for rate in $RATES; do
+  port=$((port + 1))
+  count=$((rate * SECS))
+  name="s$rate"
+  ctl start sniffer "$name" --interface lo --filter "udp and port $port" >/dev/null
+  ip netns exec "$NS" tcpdump -i lo -n -w /dev/null "udp and port $port" 2>"$work/tcpdump.err" & TD=$!
+  for _ in $(seq 200); do grep -q "listening on" "$work/tcpdump.err" && break; sleep 0.05; done
+  n0=$(ticks "$NETD_PID")
+  flood=$(inns "$FLOOD" "127.0.0.1:$port" --count "$count" --rate "$rate")
+  sleep 1
+  n1=$(ticks "$NETD_PID")
+  t1=$(ticks "$TD")
+  kill -INT "$TD"; wait "$TD" || true
+  ours=$(ctl -o json status "$name" | python3 -c 'import json,sys; s=json.load(sys.stdin)["stats"]["sniffer"]; print(s["udp"]["packets"], s["kernel_drops"])')
+  ctl stop "$name" >/dev/null
+  theirs=$(python3 -c '
+import re,sys
+t=open(sys.argv[1]).read()
+cap=re.search(r"(\d+) packets? captured",t); drop=re.search(r"(\d+) packets? dropped by kernel",t)
+print(cap.group(1) if cap else 0, drop.group(1) if drop else 0)' "$work/tcpdump.err")
+  echo "$rate $flood $ours $theirs $((n1 - n0)) $t1" >> "$work/results"
+  echo "rate $rate: flood $flood netd(count drops) $ours tcpdump(count drops) $theirs cpu ticks netd $((n1 - n0)) tcpdump $t1" >&2
+done
+
+echo "udp_flood 127.0.0.1:PORT --count RATE*$SECS --rate RATE   (16-byte UDP payload, 58-byte frames)"
+echo "netctl start sniffer sN --interface lo --filter \"udp and port PORT\"   |   tcpdump -i lo -n -w /dev/null \"udp and port PORT\""
+python3 - "$work/results" "$HZ" <<'PY'
+import json, sys
+hz = float(sys.argv[2])
+print("| target pps | achieved pps | sent | netd captured | tcpdump captured | netd CPU s | tcpdump CPU s | netd/tcpdump CPU |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+for line in open(sys.argv[1]):
+    rate, flood, ours, ourdrops, theirs, theirdrops, nt, tt = line.split()
+    f = json.loads(flood)
+    sent, ours, theirs = f["sent"], int(ours), int(theirs)
+    nc, tc = int(nt) / hz, int(tt) / hz
+    ratio = f"{nc / tc:.2f}" if tc else "-"
+    print(f"| {int(rate):,} | {f['rate']:,.0f} | {sent:,} | {ours:,} ({100*ours/sent:.1f}%) | {theirs:,} ({100*theirs/sent:.1f}%) | {nc:.2f} | {tc:.2f} | {ratio} |")
+PY
