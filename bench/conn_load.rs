@@ -47,7 +47,10 @@ async fn main() {
     let usage = "usage: conn_load rate|idle ADDR [--conns C] [--secs S]";
     let mode = args.get(1).expect(usage).clone();
     let addr: SocketAddr = args.get(2).and_then(|a| a.parse().ok()).expect(usage);
-    assert!(addr.ip().is_loopback(), "conn_load only targets loopback addresses");
+    assert!(
+        addr.ip().is_loopback(),
+        "conn_load only targets loopback addresses"
+    );
     match mode.as_str() {
         "rate" => {
             let conns = arg(&args, "--conns", 50) as usize;
@@ -64,7 +67,8 @@ async fn main() {
                             match exchange(addr).await {
                                 Ok(s) => {
                                     lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                                    let _ =
+                                        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
                                 }
                                 Err(_) => errors += 1,
                             }

@@ -19,8 +19,14 @@ fn arg(args: &[String], flag: &str, default: u64) -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let addr: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).expect("usage: udp_flood ADDR --count N --rate R");
-    assert!(addr.ip().is_loopback(), "udp_flood only targets loopback addresses");
+    let addr: SocketAddr = args
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .expect("usage: udp_flood ADDR --count N --rate R");
+    assert!(
+        addr.ip().is_loopback(),
+        "udp_flood only targets loopback addresses"
+    );
     let count = arg(&args, "--count", 30_000);
     let rate = arg(&args, "--rate", 10_000).max(1);
     let _sink = UdpSocket::bind(addr).expect("bind the sink");
@@ -43,5 +49,8 @@ fn main() {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("{{\"sent\":{sent},\"secs\":{secs:.3},\"rate\":{:.0}}}", sent as f64 / secs);
+    println!(
+        "{{\"sent\":{sent},\"secs\":{secs:.3},\"rate\":{:.0}}}",
+        sent as f64 / secs
+    );
 }
