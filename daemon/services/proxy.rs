@@ -363,26 +363,59 @@ impl Proxy {
         let activity = Activity::new();
         let c2u = copy(cr, uw, &activity, &ctx.stats.bytes_in, up);
         let u2c = copy(ur, cw, &activity, &ctx.stats.bytes_out, down);
+        // One timer, re-armed while traffic moves; boxed because tokio's
+        // Sleep is large and would otherwise be padded into every task.
         let idle = async {
+            let sleep = tokio::time::sleep_until(activity.last() + self.idle_timeout);
+            tokio::pin!(sleep);
             loop {
+                (&mut sleep).await;
                 let due = activity.last() + self.idle_timeout;
                 if Instant::now() >= due {
                     return;
                 }
-                tokio::time::sleep_until(due).await;
+                sleep.as_mut().reset(due);
             }
         };
-        tokio::select! {
-            r = async { tokio::try_join!(
-                async { c2u.await.map_err(|side| if side == Side::Reader { End::ClientReset } else { End::UpstreamReset }) },
-                async { u2c.await.map_err(|side| if side == Side::Reader { End::UpstreamReset } else { End::ClientReset }) },
-            ) } => match r {
-                Ok(_) => End::Done,
-                Err(end) => end,
-            },
-            _ = idle => End::IdleTimeout,
-            _ = ctx.close_connections.cancelled() => End::ClosedByNetd,
-        }
+        let idle = Box::pin(idle);
+        // Polled by hand rather than with select!/try_join!, whose nested
+        // async blocks would store each copy future more than once and
+        // roughly triple the size of every connection's task.
+        let mut c2u = std::pin::pin!(c2u);
+        let mut u2c = std::pin::pin!(u2c);
+        let mut idle = idle;
+        let mut closed = std::pin::pin!(ctx.close_connections.cancelled());
+        let (mut c2u_done, mut u2c_done) = (false, false);
+        std::future::poll_fn(|cx| {
+            use std::task::Poll;
+            if !c2u_done {
+                match c2u.as_mut().poll(cx) {
+                    Poll::Ready(Ok(())) => c2u_done = true,
+                    Poll::Ready(Err(Side::Reader)) => return Poll::Ready(End::ClientReset),
+                    Poll::Ready(Err(Side::Writer)) => return Poll::Ready(End::UpstreamReset),
+                    Poll::Pending => {}
+                }
+            }
+            if !u2c_done {
+                match u2c.as_mut().poll(cx) {
+                    Poll::Ready(Ok(())) => u2c_done = true,
+                    Poll::Ready(Err(Side::Reader)) => return Poll::Ready(End::UpstreamReset),
+                    Poll::Ready(Err(Side::Writer)) => return Poll::Ready(End::ClientReset),
+                    Poll::Pending => {}
+                }
+            }
+            if c2u_done && u2c_done {
+                return Poll::Ready(End::Done);
+            }
+            if idle.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(End::IdleTimeout);
+            }
+            if closed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(End::ClosedByNetd);
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -394,7 +427,10 @@ enum Side {
 
 /// Copy one direction until EOF (then half-close the writer) or an error
 /// (which side failed is returned). Waits for readability before borrowing
-/// a buffer, so a silent connection holds none.
+/// a buffer, so a silent connection holds none. A direction whose reads
+/// fill the whole buffer is a bulk transfer: it switches to splice(2)
+/// through a pipe, so the bytes move socket to socket inside the kernel
+/// without being copied through user space.
 async fn copy(
     r: ReadHalf<'_>,
     mut w: WriteHalf<'_>,
@@ -402,8 +438,20 @@ async fn copy(
     total: &AtomicU64,
     mine: &AtomicU64,
 ) -> Result<(), Side> {
+    let mut pipe: Option<Pipe> = None;
     loop {
         r.readable().await.map_err(|_| Side::Reader)?;
+        if let Some(p) = &pipe {
+            // Boxed: its state exists only during a burst, not in every idle
+            // connection's task.
+            match Box::pin(splice_burst(&r, &w, p, activity, total, mine)).await? {
+                Burst::Drained => continue,
+                Burst::Eof => {
+                    let _ = w.shutdown().await;
+                    return Ok(());
+                }
+            }
+        }
         // Uninitialised capacity: no memset per burst.
         let mut buf: Vec<u8> = Vec::with_capacity(BUF_SIZE);
         loop {
@@ -422,7 +470,113 @@ async fn copy(
             Stats::add(total, n as u64);
             mine.fetch_add(n as u64, Relaxed);
             activity.touch();
+            if n == BUF_SIZE && pipe.is_none() {
+                // A full buffer: bulk data. Splice from here on (if a pipe
+                // can be had; otherwise keep copying).
+                pipe = Pipe::new().ok();
+                if pipe.is_some() {
+                    break;
+                }
+            }
         }
+    }
+}
+
+enum Burst {
+    /// The socket has nothing more to read for now.
+    Drained,
+    /// The peer closed its side.
+    Eof,
+}
+
+/// Move what the reader has, through the pipe, to the writer.
+async fn splice_burst(
+    r: &ReadHalf<'_>,
+    w: &WriteHalf<'_>,
+    pipe: &Pipe,
+    activity: &Activity,
+    total: &AtomicU64,
+    mine: &AtomicU64,
+) -> Result<Burst, Side> {
+    use std::os::fd::AsRawFd;
+    use tokio::io::Interest;
+    let (rs, ws): (&TcpStream, &TcpStream) = (r.as_ref(), w.as_ref());
+    loop {
+        let n = match rs.try_io(Interest::READABLE, || {
+            splice(rs.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_SIZE)
+        }) {
+            Ok(0) => return Ok(Burst::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
+            Err(_) => return Err(Side::Reader),
+        };
+        // The pipe was empty and now holds n bytes: push them all out
+        // before reading more, so it never fills.
+        let mut left = n;
+        while left > 0 {
+            ws.writable().await.map_err(|_| Side::Writer)?;
+            match ws.try_io(Interest::WRITABLE, || {
+                splice(pipe.read.as_raw_fd(), ws.as_raw_fd(), left)
+            }) {
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(Side::Writer),
+            }
+        }
+        Stats::add(total, n as u64);
+        mine.fetch_add(n as u64, Relaxed);
+        activity.touch();
+    }
+}
+
+/// Pipe capacity asked for (the kernel's default pipe-max-size), and so the
+/// most bytes moved per splice(2); a pipe that cannot grow keeps 64 KiB.
+const PIPE_SIZE: usize = 1024 * 1024;
+
+/// A non-blocking pipe for splicing one direction of a connection.
+struct Pipe {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 fills two descriptors that we then own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Best effort: fewer, larger splices. Pages are only used while
+        // data sits in the pipe.
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
+        // SAFETY: both descriptors were just created and are owned here.
+        Ok(unsafe {
+            Pipe {
+                read: std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                write: std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            }
+        })
+    }
+}
+
+fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
+    // SAFETY: splice(2) between descriptors we hold, no offsets.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
