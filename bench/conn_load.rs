@@ -4,7 +4,7 @@
 //! connect, send 64 bytes, read 64 bytes back, close (with SO_LINGER 0, so
 //! the client leaves no TIME_WAIT behind) for S seconds. Prints one JSON
 //! line: exchanges, rate per second, p50/p99 latency of the whole exchange
-//! in microseconds, errors.
+//! in microseconds, errors (an exchange that fails or takes over 5 s).
 //!
 //! `conn_load idle ADDR [--conns 5000]`: opens C connections, does one
 //! 64-byte exchange on each, prints `ready` and holds them open until stdin
@@ -64,13 +64,14 @@ async fn main() {
                         let mut errors = 0u64;
                         while Instant::now() < deadline {
                             let t = Instant::now();
-                            match exchange(addr).await {
-                                Ok(s) => {
+                            match tokio::time::timeout(Duration::from_secs(5), exchange(addr)).await {
+                                Ok(Ok(s)) => {
                                     lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
                                     let _ =
                                         socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
                                 }
-                                Err(_) => errors += 1,
+                                // Refused, reset, or stalled for 5 s.
+                                Ok(Err(_)) | Err(_) => errors += 1,
                             }
                         }
                         (lat, errors)

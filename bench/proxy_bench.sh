@@ -94,6 +94,7 @@ idle_mem() { # pid port -> bytes per connection
   before=$(rss_kb "$1")
   coproc HOLD { "$LOAD" idle "127.0.0.1:$2" --conns "$IDLE" --secs 120; }
   read -r line <&"${HOLD[0]}"
+  [ "$line" = "ready $IDLE" ] || { echo "only got '$line' of $IDLE idle connections" >&2; exit 1; }
   sleep 1
   after=$(rss_kb "$1")
   exec {HOLD[1]}>&-
@@ -112,6 +113,11 @@ mh, mn = int(sys.argv[7]), int(sys.argv[8])
 secs, conns, idle = sys.argv[9:12]
 def ratio(a, b): return f"{a / b:.2f}" if b else "-"
 print(f"TCP proxy: netd vs HAProxy, same upstream and clients, loopback ({secs}s runs)")
+print("  bulk:   iperf3 -c 127.0.0.1 -p PROXY -t SECS -J   (iperf3 -s behind each proxy)")
+print(f"  rate:   conn_load rate 127.0.0.1:PROXY --conns {conns} --secs {secs}   (netd tcp-echo behind each proxy)")
+print(f"  memory: VmRSS of the proxy before/after conn_load idle 127.0.0.1:PROXY --conns {idle}")
+print("  netd: netctl start proxy P --listen ... --upstream ... ; HAProxy 2.6: mode tcp, nbthread = cores")
+print("  (p99 added = proxied p99 - direct p99; negative when the direct run had the worse tail)")
 print("| metric | direct | HAProxy | netd | netd/HAProxy |")
 print("| --- | --- | --- | --- | --- |")
 print(f"| bulk stream, Gbit/s (iperf3) | {td:.2f} | {th:.2f} | {tn:.2f} | {ratio(tn, th)} |")
