@@ -50,10 +50,11 @@ impl Detectors {
     }
 
     /// Feed one packet; returns an alert message if a detector fires.
-    pub fn observe(&mut self, d: &Decoded, now: Instant) -> Option<String> {
+    pub fn observe(&mut self, d: &Decoded) -> Option<String> {
         if d.proto != Proto::Tcp || d.tcp_flags & SYN == 0 || d.tcp_flags & ACK != 0 {
             return None;
         }
+        let now = Instant::now();
         // SYN rate over whole seconds.
         let start = *self.second.get_or_insert(now);
         if now.duration_since(start) >= Duration::from_secs(1) {

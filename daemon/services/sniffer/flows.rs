@@ -3,7 +3,6 @@
 //! of the table is evicted in one sweep (so eviction costs O(1) amortised
 //! per new flow) and counted.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
@@ -30,7 +29,8 @@ struct Flow {
 #[derive(Debug)]
 pub struct FlowTable {
     max: usize,
-    flows: HashMap<FlowKey, Flow>,
+    /// FxHash: fast for small keys; flow keys come from local traffic.
+    flows: rustc_hash::FxHashMap<FlowKey, Flow>,
     pub evicted: u64,
 }
 
@@ -38,7 +38,7 @@ impl FlowTable {
     pub fn new(max: usize) -> Self {
         FlowTable {
             max: max.max(1),
-            flows: HashMap::new(),
+            flows: Default::default(),
             evicted: 0,
         }
     }

@@ -20,6 +20,7 @@ pub mod decode;
 pub mod filter;
 pub mod flows;
 pub mod pcap;
+mod ring;
 
 use std::io;
 use std::mem;
@@ -92,6 +93,9 @@ pub struct Capture {
     rx: Box<dyn DataLinkReceiver>,
     fd: RawFd,
     pcap: Option<pcap::Pcap>,
+    /// The TPACKET_V3 ring, when the kernel gave us one; else frames are
+    /// read through pnet's channel (and recvmmsg batches).
+    ring: Option<ring::Ring>,
 }
 
 impl std::fmt::Debug for Capture {
@@ -273,7 +277,21 @@ impl Sniffer {
         // pnet binds the socket to the interface for all protocols and owns
         // (closes) it from here on, also on error.
         match datalink::channel(&self.iface, config) {
-            Ok(Channel::Ethernet(_tx, rx)) => Ok(Capture { rx, fd: raw, pcap }),
+            Ok(Channel::Ethernet(_tx, rx)) => {
+                let ring = match ring::Ring::new(raw) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::info!(interface = %self.interface, error = %e, "no TPACKET_V3 ring; reading frames one by one");
+                        None
+                    }
+                };
+                Ok(Capture {
+                    rx,
+                    fd: raw,
+                    pcap,
+                    ring,
+                })
+            }
             Ok(_) => Err(BindError::Precondition(
                 "unsupported datalink channel type".into(),
             )),
@@ -311,6 +329,24 @@ impl Sniffer {
         let result = loop {
             if ctx.stop_accepting.is_cancelled() {
                 break Ok(());
+            }
+            if let Some(ring) = cap.ring.as_mut() {
+                let pcap = &mut cap.pcap;
+                let det = &mut detectors;
+                let got = ring.next_block(cap.fd, READ_TIMEOUT, |frame, ts| {
+                    let d = decode::decode(frame);
+                    if self.filter.matches(&d) {
+                        self.count(&d, ts, frame, det, pcap, ctx);
+                    }
+                });
+                if let Err(e) = got {
+                    break Err(anyhow::anyhow!("capture on {} failed: {e}", self.interface));
+                }
+                if last_stats.elapsed() >= Duration::from_secs(1) {
+                    last_stats = Instant::now();
+                    self.read_kernel_drops(cap.fd);
+                }
+                continue;
             }
             match cap.rx.next() {
                 Ok(frame) => {
@@ -381,7 +417,7 @@ impl Sniffer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .record(d, now);
-        if let Some(alert) = detectors.observe(d, Instant::now()) {
+        if let Some(alert) = detectors.observe(d) {
             Stats::add(&self.counters.alerts, 1);
             tracing::warn!(listener = %ctx.name, alert = %alert, "alert");
             ctx.events.publish(
