@@ -64,7 +64,8 @@ async fn main() {
                         let mut errors = 0u64;
                         while Instant::now() < deadline {
                             let t = Instant::now();
-                            match tokio::time::timeout(Duration::from_secs(5), exchange(addr)).await {
+                            match tokio::time::timeout(Duration::from_secs(5), exchange(addr)).await
+                            {
                                 Ok(Ok(s)) => {
                                     lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
                                     let _ =

@@ -306,7 +306,10 @@ where
             continue;
         };
         let guard = ctx.stats.connection();
-        let task = handle(stream, peer);
+        // Boxed: awaiting a future captured by an async block stores it
+        // twice in the block's state; a box makes that second copy a
+        // pointer (half the memory per idle connection).
+        let task = Box::pin(handle(stream, peer));
         ctx.tracker.spawn(async move {
             let _permit = permit;
             let _guard = guard;
