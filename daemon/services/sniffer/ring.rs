@@ -20,8 +20,10 @@ const BLOCK_SIZE: u32 = 1 << 20;
 const BLOCK_NR: u32 = 16;
 /// Nominal frame size, only used to size the request (V3 packs frames).
 const FRAME_SIZE: u32 = 2048;
-/// A block is handed over after this long even if not full, in ms.
-const RETIRE_MS: u32 = 5;
+/// A block is handed over after this long even if not full, in ms: the
+/// most a packet waits before netd sees it (and `netctl sniff` shows it),
+/// and at low rates the number of wakeups per second (20).
+const RETIRE_MS: u32 = 50;
 
 pub struct Ring {
     base: *mut u8,
