@@ -1,6 +1,7 @@
 //! The packet sniffer: pnet's AF_PACKET datalink channel on one interface,
-//! read on a dedicated OS thread (pnet reads block; a 100 ms read timeout
-//! keeps stop and shutdown prompt).
+//! read on a dedicated OS thread, from a TPACKET_V3 ring ([`ring`]) when the
+//! kernel offers one and otherwise through pnet's reads plus recvmmsg(2)
+//! batches. Every wait is bounded by 100 ms so stop and shutdown are prompt.
 //!
 //! The socket is created and set up when the listener starts, so a missing
 //! CAP_NET_RAW, an unknown interface or a bad filter is reported to the
