@@ -336,11 +336,7 @@ impl Sniffer {
                 let det = &mut detectors;
                 let mut batch = self.batch();
                 let got = ring.next_block(cap.fd, READ_TIMEOUT, |frame, ts| {
-                    let d = decode::decode(frame);
-                    if self.filter.matches(&d) {
-                        let (tally, flows) = batch.parts();
-                        self.count(&d, ts, frame, tally, flows, det, pcap, ctx);
-                    }
+                    batch.take(frame, ts, det, pcap, ctx);
                 });
                 batch.finish(ctx);
                 if let Err(e) = got {
@@ -354,23 +350,9 @@ impl Sniffer {
             }
             match cap.rx.next() {
                 Ok(frame) => {
-                    let now = SystemTime::now();
-                    let d = decode::decode(frame);
-                    if self.filter.matches(&d) {
-                        let mut one = self.batch();
-                        let (tally, flows) = one.parts();
-                        self.count(
-                            &d,
-                            now,
-                            frame,
-                            tally,
-                            flows,
-                            &mut detectors,
-                            &mut cap.pcap,
-                            ctx,
-                        );
-                        one.finish(ctx);
-                    }
+                    let mut one = self.batch();
+                    one.take(frame, SystemTime::now(), &mut detectors, &mut cap.pcap, ctx);
+                    one.finish(ctx);
                     // pnet woke us for one packet; now take what is queued
                     // in batches, one recvmmsg(2) per BATCH frames. While
                     // traffic keeps coming, pause COALESCE between partial
@@ -386,21 +368,7 @@ impl Sniffer {
                         let now = SystemTime::now();
                         let mut acc = self.batch();
                         for i in 0..n {
-                            let frame = batch.frame(i);
-                            let d = decode::decode(frame);
-                            if self.filter.matches(&d) {
-                                let (tally, flows) = acc.parts();
-                                self.count(
-                                    &d,
-                                    now,
-                                    frame,
-                                    tally,
-                                    flows,
-                                    &mut detectors,
-                                    &mut cap.pcap,
-                                    ctx,
-                                );
-                            }
+                            acc.take(batch.frame(i), now, &mut detectors, &mut cap.pcap, ctx);
                         }
                         acc.finish(ctx);
                         if n < BATCH {
@@ -538,12 +506,24 @@ struct BatchAcc<'a> {
 }
 
 impl<'a> BatchAcc<'a> {
-    fn parts(&mut self) -> (&mut Tally, &mut FlowTable) {
+    /// Decode one frame and, if it passes the filter, account for it.
+    fn take(
+        &mut self,
+        frame: &[u8],
+        ts: SystemTime,
+        detectors: &mut alerts::Detectors,
+        pcap: &mut Option<pcap::Pcap>,
+        ctx: &ServiceCtx,
+    ) {
+        let d = decode::decode(frame);
+        if !self.sniffer.filter.matches(&d) {
+            return;
+        }
         let sniffer = self.sniffer;
         let flows = self
             .flows
             .get_or_insert_with(|| sniffer.flows.lock().unwrap_or_else(|p| p.into_inner()));
-        (&mut self.tally, flows)
+        sniffer.count(&d, ts, frame, &mut self.tally, flows, detectors, pcap, ctx);
     }
 
     fn finish(self, ctx: &ServiceCtx) {
