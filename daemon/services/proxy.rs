@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -432,7 +432,7 @@ enum Side {
 /// through a pipe, so the bytes move socket to socket inside the kernel
 /// without being copied through user space.
 async fn copy(
-    r: ReadHalf<'_>,
+    mut r: ReadHalf<'_>,
     mut w: WriteHalf<'_>,
     activity: &Activity,
     total: &AtomicU64,
@@ -456,21 +456,27 @@ async fn copy(
         let mut buf: Vec<u8> = Vec::with_capacity(BUF_SIZE);
         loop {
             buf.clear();
-            let n = match r.try_read_buf(&mut buf) {
+            // AsyncRead rather than try_read: on a short read tokio marks
+            // the socket drained, which saves the recv that would only
+            // have returned EAGAIN (one per direction per exchange).
+            let n = match r.read_buf(&mut buf).await {
                 Ok(0) => {
                     // Half-close: the peer finished sending; pass it on.
                     let _ = w.shutdown().await;
                     return Ok(());
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => return Err(Side::Reader),
             };
             w.write_all(&buf[..n]).await.map_err(|_| Side::Writer)?;
             Stats::add(total, n as u64);
             mine.fetch_add(n as u64, Relaxed);
             activity.touch();
-            if n == BUF_SIZE && pipe.is_none() {
+            if n < BUF_SIZE {
+                // Drained: wait for more without holding the buffer.
+                break;
+            }
+            if pipe.is_none() {
                 // A full buffer: bulk data. Splice from here on (if a pipe
                 // can be had; otherwise keep copying).
                 pipe = Pipe::new().ok();
