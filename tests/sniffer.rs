@@ -37,19 +37,21 @@ fn udp_roundtrips(to: SocketAddr, n: usize, payload: &[u8]) -> SocketAddr {
     s.local_addr().unwrap()
 }
 
+/// tshark on lo in a namespace, printing each packet's protocol stack as it
+/// captures it (`-l`: a line per packet, flushed), counted live per protocol.
 struct Tshark {
     child: Child,
-    file: PathBuf,
+    counts: std::sync::Arc<std::sync::Mutex<[u64; 4]>>,
+    reader: std::thread::JoinHandle<()>,
 }
 
 impl Tshark {
     /// Start tshark on lo in `ns` and wait until it is capturing.
-    fn start(ns: &NetNs, file: &Path) -> Tshark {
+    fn start(ns: &NetNs) -> Tshark {
         let mut child = ns
             .command("tshark")
-            .args(["-i", "lo", "-w"])
-            .arg(file)
-            .stdout(Stdio::null())
+            .args(["-i", "lo", "-l", "-T", "fields", "-e", "frame.protocols"])
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("tshark (Debian package tshark) is needed for this test");
@@ -67,19 +69,53 @@ impl Tshark {
         }
         // Keep draining stderr so tshark never blocks on it.
         std::thread::spawn(move || for _ in lines {});
+        let counts = std::sync::Arc::new(std::sync::Mutex::new([0u64; 4]));
+        let stdout = child.stdout.take().unwrap();
+        let c = counts.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                c.lock().unwrap()[classify(&line)] += 1;
+            }
+        });
         Tshark {
             child,
-            file: file.to_path_buf(),
+            counts,
+            reader,
         }
     }
 
-    /// Stop capturing and count the packets per protocol.
-    fn stop(mut self) -> [u64; 4] {
+    fn counts(&self) -> [u64; 4] {
+        *self.counts.lock().unwrap()
+    }
+
+    /// Wait until tshark has printed `total` packets (or the deadline
+    /// passes), stop it, and return its per-protocol counts.
+    fn stop_after(mut self, total: u64) -> [u64; 4] {
+        let deadline = std::time::Instant::now() + common::DEADLINE;
+        while self.counts().iter().sum::<u64>() < total && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let status = self.child.wait().unwrap();
         assert!(status.success(), "tshark: {status}");
-        tshark_counts(&self.file)
+        self.reader.join().unwrap();
+        *self.counts.lock().unwrap()
+    }
+}
+
+/// Index [tcp, udp, icmp, other] of a tshark `frame.protocols` line.
+fn classify(protocols: &str) -> usize {
+    // An ICMP error quotes the packet it answers: check icmp first.
+    if protocols.contains(":icmp") {
+        2
+    } else if protocols.contains(":tcp") {
+        0
+    } else if protocols.contains(":udp") {
+        1
+    } else {
+        3
     }
 }
 
@@ -98,17 +134,7 @@ fn tshark_counts(file: &Path) -> [u64; 4] {
     );
     let mut c = [0u64; 4];
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        // An ICMP error quotes the packet it answers: check icmp first.
-        let i = if line.contains(":icmp") {
-            2
-        } else if line.contains(":tcp") {
-            0
-        } else if line.contains(":udp") {
-            1
-        } else {
-            3
-        };
-        c[i] += 1;
+        c[classify(line)] += 1;
     }
     c
 }
@@ -117,11 +143,10 @@ fn tshark_counts(file: &Path) -> [u64; 4] {
 fn counts_each_loopback_packet_once_and_match_tshark() {
     let ns = NetNs::new();
     let netd = ns.netd("");
-    let work = tempfile::tempdir().unwrap();
     netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
     netd.netctl_ok(&["start", "tcp-echo", "t", "--listen", "127.0.0.1:0"]);
     let (udp, tcp) = (bound_addr(&netd, "u"), bound_addr(&netd, "t"));
-    let tshark = Tshark::start(&ns, &work.path().join("tshark.pcap"));
+    let tshark = Tshark::start(&ns);
     netd.netctl_ok(&["start", "sniffer", "s", "--interface", "lo"]);
 
     ns.run(|| {
@@ -148,8 +173,6 @@ fn counts_each_loopback_packet_once_and_match_tshark() {
     wait_until("netd saw the ICMP errors", || {
         count(&sniffer_stats(&netd, "s"), "icmp") == 3
     });
-    std::thread::sleep(Duration::from_millis(300));
-    let theirs = tshark.stop();
     let ours = sniffer_stats(&netd, "s");
     assert_eq!(
         count(&ours, "udp"),
@@ -163,6 +186,7 @@ fn counts_each_loopback_packet_once_and_match_tshark() {
         count(&ours, "icmp"),
         count(&ours, "other"),
     ];
+    let theirs = tshark.stop_after(mine.iter().sum());
     assert_eq!(mine, theirs, "netd [tcp, udp, icmp, other] vs tshark");
     assert!(
         mine[0] >= 5 * 6,
@@ -263,8 +287,14 @@ async fn watch_packets_streams_summaries() {
                 .unwrap()
         }
     });
-    // Keep sending until netctl has its two packets.
+    // Keep sending (bounded by the deadline) until netctl has its two
+    // packets: it may subscribe after the first ones have passed.
+    let deadline = std::time::Instant::now() + common::DEADLINE;
     while !sniff.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "netctl sniff printed nothing"
+        );
         ns.run(|| udp_roundtrips(u, 1, b"again"));
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -258,6 +258,60 @@ fn bind_udp(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
     tokio::net::UdpSocket::from_std(socket.into())
 }
 
+/// Waits for a token to be cancelled from a loop that polls often (per
+/// accept, per read, per datagram) without paying for it each time.
+///
+/// `CancellationToken::cancelled()` registers a waiter under the token's
+/// mutex, shared by every connection of a listener, and every poll of it
+/// takes that lock again. This registers once, and later polls from the
+/// same task only read the token's atomic flag: the registered waker wakes
+/// the task when the token is cancelled. A poll with a different waker
+/// registers again.
+pub(crate) struct CancelWatch<'a> {
+    token: &'a CancellationToken,
+    waiter: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFuture<'a>>>,
+    registered: Option<std::task::Waker>,
+}
+
+impl<'a> CancelWatch<'a> {
+    pub(crate) fn new(token: &'a CancellationToken) -> Self {
+        CancelWatch {
+            token,
+            waiter: Box::pin(token.cancelled()),
+            registered: None,
+        }
+    }
+
+    /// Ready once the token is cancelled.
+    pub(crate) fn poll_cancelled(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        if self.token.is_cancelled() {
+            return Poll::Ready(());
+        }
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        if self.waiter.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        self.registered = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// A future for `select!` branches; the registration outlives it.
+    pub(crate) fn cancelled(&mut self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| self.poll_cancelled(cx))
+    }
+}
+
 /// The accept loop shared by the TCP services: accept until
 /// `stop_accepting`, backing off on transient errors (mini-redis style)
 /// instead of spinning; refuse clients beyond `limit` at once (counted); run
@@ -276,10 +330,11 @@ where
 {
     use anyhow::Context as _;
     let mut backoff = Duration::from_millis(10);
+    let mut stop = CancelWatch::new(&ctx.stop_accepting);
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = ctx.stop_accepting.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return Ok(()),
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
@@ -291,7 +346,7 @@ where
                 Stats::add(&ctx.stats.errors, 1);
                 tracing::warn!(listener = %ctx.name, error = %e, "accept failed; backing off");
                 tokio::select! {
-                    _ = ctx.stop_accepting.cancelled() => return Ok(()),
+                    _ = stop.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));

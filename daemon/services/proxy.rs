@@ -60,8 +60,10 @@ pub struct ProxyCounters {
 #[derive(Debug)]
 struct Upstream {
     addr: SocketAddr,
-    /// Skip this upstream until then (passive health).
-    down_until: Mutex<Option<Instant>>,
+    /// Skip this upstream until `base` + this many ms (passive health); 0
+    /// while it is in rotation. An atomic: read for every client.
+    down_until_ms: AtomicU64,
+    base: Instant,
     connections: AtomicU64,
     connect_failures: AtomicU64,
     last_error: Mutex<String>,
@@ -71,20 +73,21 @@ struct Upstream {
 
 impl Upstream {
     fn healthy(&self, now: Instant) -> bool {
-        self.down_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none_or(|t| t <= now)
+        let until = self.down_until_ms.load(Relaxed);
+        until == 0 || self.base + Duration::from_millis(until) <= now
     }
 
     fn mark_down(&self, backoff: Duration, error: String) {
-        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + backoff);
+        let until = (self.base.elapsed() + backoff).as_millis().max(1) as u64;
+        self.down_until_ms.store(until, Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
         self.connect_failures.fetch_add(1, Relaxed);
     }
 
     fn mark_up(&self) {
-        *self.down_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if self.down_until_ms.load(Relaxed) != 0 {
+            self.down_until_ms.store(0, Relaxed);
+        }
     }
 }
 
@@ -150,7 +153,8 @@ impl Proxy {
             }
             upstreams.push(Arc::new(Upstream {
                 addr,
-                down_until: Mutex::new(None),
+                down_until_ms: AtomicU64::new(0),
+                base: Instant::now(),
                 connections: AtomicU64::new(0),
                 connect_failures: AtomicU64::new(0),
                 last_error: Mutex::new(String::new()),
@@ -384,7 +388,7 @@ impl Proxy {
         let mut c2u = std::pin::pin!(c2u);
         let mut u2c = std::pin::pin!(u2c);
         let mut idle = idle;
-        let mut closed = std::pin::pin!(ctx.close_connections.cancelled());
+        let mut closed = super::CancelWatch::new(&ctx.close_connections);
         let (mut c2u_done, mut u2c_done) = (false, false);
         std::future::poll_fn(|cx| {
             use std::task::Poll;
@@ -410,7 +414,7 @@ impl Proxy {
             if idle.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(End::IdleTimeout);
             }
-            if closed.as_mut().poll(cx).is_ready() {
+            if closed.poll_cancelled(cx).is_ready() {
                 return Poll::Ready(End::ClosedByNetd);
             }
             Poll::Pending

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ServiceCtx, SpecError, listen_field};
@@ -95,27 +96,48 @@ impl Conn {
         let p = self.prefix.len();
         let mut buf = vec![0u8; p + BUF_SIZE];
         buf[..p].copy_from_slice(&self.prefix);
+        let mut closed = super::CancelWatch::new(&self.close);
+        // One timer per connection, re-armed only when it fires: each read
+        // and write just notes the time.
+        let mut last = Instant::now();
+        let idle = tokio::time::sleep_until(last + self.idle);
+        tokio::pin!(idle);
         loop {
             let n = tokio::select! {
-                _ = self.close.cancelled() => return Ok("closed by netd"),
-                r = tokio::time::timeout(self.idle, stream.read(&mut buf[p..])) => match r {
-                    Err(_) => return Ok("idle timeout"),
-                    Ok(r) => r?,
-                },
+                _ = closed.cancelled() => return Ok("closed by netd"),
+                r = stream.read(&mut buf[p..]) => r?,
+                _ = &mut idle => {
+                    if last.elapsed() >= self.idle {
+                        return Ok("idle timeout");
+                    }
+                    idle.as_mut().reset(last + self.idle);
+                    continue;
+                }
             };
+            last = Instant::now();
             if n == 0 {
                 // The client finished sending and everything is echoed.
                 let _ = stream.shutdown().await;
                 return Ok("client closed");
             }
             Stats::add(&self.stats.bytes_in, n as u64);
-            tokio::select! {
-                _ = self.close.cancelled() => return Ok("closed by netd"),
-                r = tokio::time::timeout(self.idle, stream.write_all(&buf[..p + n])) => match r {
-                    Err(_) => return Ok("idle timeout (client not reading)"),
-                    Ok(r) => r?,
-                },
+            let mut write = std::pin::pin!(stream.write_all(&buf[..p + n]));
+            loop {
+                tokio::select! {
+                    _ = closed.cancelled() => return Ok("closed by netd"),
+                    r = &mut write => {
+                        r?;
+                        break;
+                    }
+                    _ = &mut idle => {
+                        if last.elapsed() >= self.idle {
+                            return Ok("idle timeout (client not reading)");
+                        }
+                        idle.as_mut().reset(last + self.idle);
+                    }
+                }
             }
+            last = Instant::now();
             Stats::add(&self.stats.bytes_out, (p + n) as u64);
         }
     }

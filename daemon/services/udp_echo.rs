@@ -49,10 +49,11 @@ impl UdpEcho {
         let mut buf = vec![0u8; p + RECV_BUF];
         buf[..p].copy_from_slice(&self.prefix);
         let mut consecutive_errors = 0u32;
+        let mut stop = super::CancelWatch::new(&ctx.stop_accepting);
         loop {
             let received = tokio::select! {
                 biased;
-                _ = ctx.stop_accepting.cancelled() => return Ok(()),
+                _ = stop.cancelled() => return Ok(()),
                 r = socket.recv_from(&mut buf[p..]) => r,
             };
             let (n, peer) = match received {
