@@ -213,7 +213,6 @@ impl Http {
         peer: SocketAddr,
         ctx: ServiceCtx,
     ) {
-        let _ = stream.set_nodelay(true);
         let Some(h2) = self.is_h2(&stream).await else {
             tracing::debug!(listener = %ctx.name, %peer, "no request within the header timeout; closing");
             return;

@@ -20,7 +20,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -250,15 +250,23 @@ impl Proxy {
     }
 
     /// Upstreams in the order to try them for the next client: healthy ones
-    /// round robin first, then the unhealthy ones as a last resort.
-    fn candidates(&self) -> Vec<Arc<Upstream>> {
+    /// round robin first, then the unhealthy ones as a last resort. Health
+    /// is read once per upstream (a bit each; there are at most 64), so an
+    /// upstream changing state meanwhile is still tried exactly once.
+    fn candidates(&self) -> impl Iterator<Item = &Upstream> {
         let n = self.upstreams.len();
         let start = self.next.fetch_add(1, Relaxed) % n;
         let now = Instant::now();
-        let rotated = (0..n).map(|i| self.upstreams[(start + i) % n].clone());
-        let (mut healthy, down): (Vec<_>, Vec<_>) = rotated.partition(|u| u.healthy(now));
-        healthy.extend(down);
-        healthy
+        let order = move || (0..n).map(move |i| (start + i) % n);
+        let healthy: u64 = order()
+            .filter(|&i| self.upstreams[i].healthy(now))
+            .fold(0, |bits, i| bits | 1 << i);
+        let pass = move |want: bool| {
+            order()
+                .filter(move |&i| (healthy >> i & 1 == 1) == want)
+                .map(move |i| &*self.upstreams[i])
+        };
+        pass(true).chain(pass(false))
     }
 
     /// Take a warm connection from the upstream's pool, if it has one.
@@ -281,10 +289,10 @@ impl Proxy {
         None
     }
 
-    async fn connect(&self, ctx: &ServiceCtx) -> Option<(TcpStream, Arc<Upstream>)> {
+    async fn connect(&self, ctx: &ServiceCtx) -> Option<(TcpStream, &Upstream)> {
         for u in self.candidates() {
             if self.preconnect > 0 {
-                if let Some(s) = self.warm(&u).await {
+                if let Some(s) = self.warm(u).await {
                     return Some((s, u));
                 }
             }
@@ -321,7 +329,6 @@ impl Proxy {
 
     async fn serve(&self, mut client: TcpStream, peer: SocketAddr, ctx: &ServiceCtx) {
         let began = Instant::now();
-        let _ = client.set_nodelay(true);
         let Some((mut upstream, u)) = Box::pin(self.connect(ctx)).await else {
             Stats::add(&ctx.stats.errors, 1);
             tracing::info!(target: "netd::access", listener = %ctx.name, client = %peer, "no upstream reachable; closing client");
@@ -451,7 +458,7 @@ async fn copy(
             match Box::pin(splice_burst(&r, &w, p, activity, total, mine)).await? {
                 Burst::Drained => continue,
                 Burst::Eof => {
-                    let _ = w.shutdown().await;
+                    pass_on_eof(&mut w, activity).await;
                     return Ok(());
                 }
             }
@@ -465,8 +472,7 @@ async fn copy(
             // have returned EAGAIN (one per direction per exchange).
             let n = match r.read_buf(&mut buf).await {
                 Ok(0) => {
-                    // Half-close: the peer finished sending; pass it on.
-                    let _ = w.shutdown().await;
+                    pass_on_eof(&mut w, activity).await;
                     return Ok(());
                 }
                 Ok(n) => n,
@@ -489,6 +495,15 @@ async fn copy(
                 }
             }
         }
+    }
+}
+
+/// The reader finished sending: pass that on as a half-close. When the
+/// other direction has already finished, both sockets are about to be
+/// closed, and close(2) sends the same FIN without a shutdown(2) first.
+async fn pass_on_eof(w: &mut WriteHalf<'_>, activity: &Activity) {
+    if !activity.finish_direction() {
+        let _ = w.shutdown().await;
     }
 }
 
@@ -595,6 +610,8 @@ struct Activity {
     base: Instant,
     /// Milliseconds after `base`.
     last_ms: AtomicU64,
+    /// Directions that have reached EOF (0, 1 or 2).
+    finished: AtomicU8,
 }
 
 impl Activity {
@@ -602,12 +619,19 @@ impl Activity {
         Activity {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
+            finished: AtomicU8::new(0),
         }
     }
 
     fn touch(&self) {
         self.last_ms
             .store(self.base.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// Note that one direction reached EOF; true when the other one had
+    /// already.
+    fn finish_direction(&self) -> bool {
+        self.finished.fetch_add(1, Relaxed) == 1
     }
 
     fn last(&self) -> Instant {

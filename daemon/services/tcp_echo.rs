@@ -92,7 +92,6 @@ impl Conn {
     /// Echo until the client closes, goes idle, or the listener closes its
     /// connections; says which.
     async fn echo(&self, mut stream: TcpStream) -> io::Result<&'static str> {
-        stream.set_nodelay(true)?;
         let p = self.prefix.len();
         let mut buf = vec![0u8; p + BUF_SIZE];
         buf[..p].copy_from_slice(&self.prefix);
