@@ -4,7 +4,9 @@
 #   1. one bulk stream (iperf3 through each proxy; direct as reference)
 #   2. new connections per second, 50 concurrent clients doing connect,
 #      64 B request, 64 B reply, close (bench/conn_load.rs), with p50/p99
-#      latency; the latency a proxy adds is its figure minus the direct one
+#      latency; the latency a proxy adds is its figure minus the direct one;
+#      and each proxy's CPU time per connection over that run (clients,
+#      upstream and proxy share the cores, so the rate follows total CPU)
 #   3. resident memory per idle proxied connection, 5,000 connections open
 # Prints one table with netd/HAProxy ratios.
 #
@@ -78,6 +80,14 @@ wait_port "$HAP_ECHO"; wait_port "$NETD_ECHO"
 
 iperf() { iperf3 -c 127.0.0.1 -p "$1" -t "$SECS" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)'; }
 rate() { "$LOAD" rate "127.0.0.1:$1" --conns "$CONNS" --secs "$SECS"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # utime + stime
+# rate run through a proxy, then that proxy's CPU time (user + system) per
+# exchange in µs appended to the JSON line
+rate_cpu() { # pid port
+  local before out after
+  before=$(cpu_ticks "$1"); out=$(rate "$2"); after=$(cpu_ticks "$1")
+  python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['cpu_us']=(int(sys.argv[3])-int(sys.argv[2]))*1e6/int(sys.argv[4])/max(r['exchanges'],1); print(json.dumps(r))" "$out" "$before" "$after" "$(getconf CLK_TCK)"
+}
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 echo "== bulk stream (iperf3 -t $SECS)" >&2
@@ -85,7 +95,7 @@ T_DIRECT=$(iperf "$IPERF"); T_HAP=$(iperf "$HAP_IPERF"); T_NETD=$(iperf "$NETD_I
 echo "direct $T_DIRECT  haproxy $T_HAP  netd $T_NETD Gbit/s" >&2
 
 echo "== connection rate ($CONNS clients, ${SECS}s)" >&2
-R_DIRECT=$(rate "$ECHO"); R_HAP=$(rate "$HAP_ECHO"); R_NETD=$(rate "$NETD_ECHO")
+R_DIRECT=$(rate "$ECHO"); R_NETD=$(rate_cpu "$NETD_PID" "$NETD_ECHO"); R_HAP=$(rate_cpu "$HAP_PID" "$HAP_ECHO")
 echo "direct $R_DIRECT" >&2; echo "haproxy $R_HAP" >&2; echo "netd $R_NETD" >&2
 
 echo "== memory per idle connection ($IDLE)" >&2
@@ -122,6 +132,7 @@ print("| metric | direct | HAProxy | netd | netd/HAProxy |")
 print("| --- | --- | --- | --- | --- |")
 print(f"| bulk stream, Gbit/s (iperf3) | {td:.2f} | {th:.2f} | {tn:.2f} | {ratio(tn, th)} |")
 print(f"| new connections/s ({conns} clients, 64 B each way) | {rd['rate']:.0f} | {rh['rate']:.0f} | {rn['rate']:.0f} | {ratio(rn['rate'], rh['rate'])} |")
+print(f"| proxy CPU per connection (user + system), µs | - | {rh['cpu_us']:.1f} | {rn['cpu_us']:.1f} | {ratio(rn['cpu_us'], rh['cpu_us'])} |")
 print(f"| exchange latency p50, µs | {rd['p50_us']} | {rh['p50_us']} | {rn['p50_us']} | {ratio(rn['p50_us'], rh['p50_us'])} |")
 print(f"| exchange latency p99, µs | {rd['p99_us']} | {rh['p99_us']} | {rn['p99_us']} | {ratio(rn['p99_us'], rh['p99_us'])} |")
 ah, an = rh['p99_us'] - rd['p99_us'], rn['p99_us'] - rd['p99_us']
