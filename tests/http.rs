@@ -26,6 +26,28 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Read one HTTP/1.1 response with a Content-Length body: (head, body).
+fn read_response(conn: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(conn.read(&mut byte).unwrap(), 1, "connection closed");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .expect("content-length");
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).unwrap();
+    (head, body)
+}
+
 fn http_stats(netd: &Netd, name: &str) -> Value {
     netd.netctl_json(&["status", name])["stats"].clone()
 }
@@ -130,6 +152,8 @@ async fn post_json_invalid_json_405_and_413() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // The unread body leaves the connection unusable: netd says it closes.
+    assert_eq!(r.headers()["connection"], "close");
     // ...or streamed without a length (chunked).
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..32).map(|_| Ok(vec![b' '; 64 * 1024])).collect();
@@ -150,6 +174,40 @@ async fn post_json_invalid_json_405_and_413() {
             .status(),
         StatusCode::OK
     );
+}
+
+/// A client that sends a whole oversized body before it reads (as curl and
+/// most simple clients do) still gets the 413: netd half-closes after the
+/// response and drains the rest instead of resetting the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_body_sent_in_full_still_gets_its_413() {
+    let netd = Netd::start("");
+    let addr = start_http(&netd, "h", &["--max-body", "1024"]);
+    let body = vec![b'x'; 32 * 1024 * 1024];
+    let reply = tokio::task::spawn_blocking(move || {
+        let mut conn = TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            conn,
+            "POST /up HTTP/1.1\r\nHost: netd\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        conn.write_all(&body).expect("netd reset the connection");
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply)
+            .expect("netd reset the connection");
+        reply
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("connection: close"),
+        "{reply}"
+    );
+    assert!(reply.contains("body larger than 1024 bytes"), "{reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,11 +369,18 @@ async fn garbage_gets_400_and_slow_loris_is_cut_off() {
 async fn keep_alive_h2c_and_counters() {
     let netd = Netd::start("");
     let addr = start_http(&netd, "h", &[]);
-    let c = client();
+    // Five requests, one after another, on one raw connection (a pooling
+    // client may open a second connection if the first is not back in its
+    // pool yet).
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     for i in 0..5 {
-        let r = c.get(format!("http://{addr}/n/{i}")).send().await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        r.bytes().await.unwrap();
+        write!(conn, "GET /n/{i} HTTP/1.1\r\nHost: netd\r\n\r\n").unwrap();
+        let (head, body) = read_response(&mut conn);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["path"], format!("/n/{i}"));
     }
     let s = http_stats(&netd, "h");
     assert_eq!(
@@ -338,6 +403,7 @@ async fn keep_alive_h2c_and_counters() {
         json!({"x": ["1"]})
     );
 
+    let c = client();
     let r = c
         .post(format!("http://{addr}/"))
         .body("{}")

@@ -16,13 +16,21 @@
 //! - HTTP/1.1 with keep-alive, and HTTP/2 with prior knowledge (h2c),
 //!   chosen by peeking at the connection preface.
 //! - One access-log line per request (target `netd::access`).
+//! - Lingering close (HTTP/1): when netd answers before reading the whole
+//!   request (413, 401, 429, 405 with a body), closing at once would leave
+//!   unread bytes, and Linux answers those with a reset that can destroy the
+//!   response before the client reads it. So the connection half-closes
+//!   after the response and discards what the client still sends, until it
+//!   closes, goes quiet for a second, or five seconds pass.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -226,7 +234,7 @@ impl Http {
             let stats = stats.clone();
             async move { Ok::<_, Infallible>(http.handle(req, peer, &name, &stats).await) }
         });
-        let io = TokioIo::new(stream);
+        let io = TokioIo::new(Lingering::new(stream));
         macro_rules! drive {
             ($conn:expr) => {{
                 let conn = $conn;
@@ -274,12 +282,23 @@ impl Http {
         let began = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let resp = match tokio::time::timeout(self.request_timeout, self.respond(req, peer, stats))
-            .await
+        // An HTTP/1 request whose body may be left unread by an error reply:
+        // that connection cannot carry another request, so say so.
+        let h1_with_body =
+            req.version() < hyper::Version::HTTP_2 && !hyper::body::Body::is_end_stream(req.body());
+        let mut resp = match tokio::time::timeout(
+            self.request_timeout,
+            self.respond(req, peer, stats),
+        )
+        .await
         {
             Ok(r) => r,
             Err(_) => error(StatusCode::REQUEST_TIMEOUT, "request timed out"),
         };
+        if h1_with_body && resp.status().is_client_error() {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let elapsed = began.elapsed();
         let c = &self.counters;
         c.requests.fetch_add(1, Relaxed);
@@ -409,6 +428,110 @@ impl Http {
                 &json!({"status": "error", "message": format!("Invalid JSON: {e}")}),
             ),
         }
+    }
+}
+
+/// How long a closing HTTP/1 connection keeps discarding what the client
+/// still sends, in all and with nothing arriving.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_QUIET: Duration = Duration::from_secs(1);
+
+/// A connection whose shutdown lingers (see the module notes): hyper calls
+/// `poll_shutdown` when it is done with a connection; that sends the FIN
+/// and then reads and drops input until EOF, `LINGER_QUIET` without data,
+/// or `LINGER_TIME` in all.
+struct Lingering {
+    stream: TcpStream,
+    /// Set once the write side is shut: the end of lingering, and a timer
+    /// for the earlier of that and the quiet limit.
+    linger: Option<(tokio::time::Instant, Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl Lingering {
+    fn new(stream: TcpStream) -> Self {
+        Lingering {
+            stream,
+            linger: None,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Lingering {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Lingering {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        use tokio::time::{Instant, sleep_until};
+        let this = self.get_mut();
+        if this.linger.is_none() {
+            std::task::ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+            let now = Instant::now();
+            this.linger = Some((now + LINGER_TIME, Box::pin(sleep_until(now + LINGER_QUIET))));
+        }
+        let Some((end, timer)) = &mut this.linger else {
+            unreachable!("set above");
+        };
+        let mut scratch = [0u8; 8192];
+        for _ in 0..64 {
+            match this.stream.try_read(&mut scratch) {
+                // The client closed (or the connection broke): done.
+                Ok(0) => return Poll::Ready(Ok(())),
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(_) => {
+                    let now = Instant::now();
+                    if now >= *end {
+                        return Poll::Ready(Ok(()));
+                    }
+                    timer.as_mut().reset((now + LINGER_QUIET).min(*end));
+                }
+                Err(_) => {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Ok(()));
+                    }
+                    match this.stream.poll_read_ready(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                }
+            }
+        }
+        // A client still sending fast: yield, then carry on.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
