@@ -21,6 +21,7 @@ pub mod server;
 pub mod services;
 pub mod stats;
 pub mod supervisor;
+pub mod trim;
 pub mod watch;
 
 /// Code generated from `proto/netd/v1/*.proto`.

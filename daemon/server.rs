@@ -97,6 +97,8 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
             stop_metrics.clone(),
         ))
     });
+    let stop_trim = CancellationToken::new();
+    tokio::spawn(crate::trim::run(supervisor.clone(), stop_trim.clone()));
     tracing::info!(control = %control, listeners = config.listeners.len(), config = %config.source, "netd ready");
     crate::notify::ready();
 
@@ -121,6 +123,7 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
     supervisor.shutdown(config.shutdown_grace).await;
     stop_control.cancel();
     stop_metrics.cancel();
+    stop_trim.cancel();
     if let Some(t) = metrics_task {
         let _ = tokio::time::timeout(CONTROL_DRAIN, t).await;
     }

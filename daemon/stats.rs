@@ -20,6 +20,9 @@ pub struct Stats {
     pub datagrams_in: AtomicU64,
     pub datagrams_out: AtomicU64,
     pub errors: AtomicU64,
+    /// Most connections open at once since [`Stats::take_peak`] last ran
+    /// (not exported; the heap trimmer reads it).
+    peak_active: AtomicU64,
 }
 
 impl Stats {
@@ -39,8 +42,19 @@ impl Stats {
     /// `connections_active` until dropped.
     pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
         Self::add(&self.connections_total, 1);
-        Self::add(&self.connections_active, 1);
+        #[cfg(not(feature = "bench-no-counters"))]
+        {
+            let open = self.connections_active.fetch_add(1, Relaxed) + 1;
+            self.peak_active.fetch_max(open, Relaxed);
+        }
         ConnectionGuard(self.clone())
+    }
+
+    /// The most connections open at once since the last call; starts the
+    /// next period at the number open now.
+    pub fn take_peak(&self) -> u64 {
+        let open = self.connections_active.load(Relaxed);
+        self.peak_active.swap(open, Relaxed).max(open)
     }
 
     pub fn snapshot(&self) -> proto::ListenerStats {

@@ -286,6 +286,16 @@ impl Supervisor {
             .ok_or_else(|| SupervisorError::NotFound(name.to_string()))
     }
 
+    /// Connections open now across all listeners, and the sum of each
+    /// listener's most open at once since the last call.
+    pub fn connections_open_and_peak(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.listeners().values().fold((0, 0), |(open, peak), e| {
+            let p = e.stats.take_peak();
+            (open + e.stats.connections_active.load(Relaxed), peak + p)
+        })
+    }
+
     /// All listeners, sorted by name.
     pub fn list(&self) -> Vec<proto::Listener> {
         self.listeners().values().map(|e| e.to_proto()).collect()

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{NETD, Netd, bound_addr, break_listening_socket, wait_until};
+use common::{NETD, Netd, bound_addr, break_listening_socket, raise_fd_limit, wait_until};
 
 fn netd_with_config(config: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
@@ -244,4 +244,97 @@ fn failed_listener_is_restarted_on_the_same_address() {
         "R:back\n"
     );
     assert!(netd.log().contains("listener restarted"), "{}", netd.log());
+}
+
+/// netd's resident memory in kB.
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// After a burst of connections closes, the memory they used goes back to
+/// the OS (the heap trimmer) instead of staying at the peak.
+#[test]
+fn heap_goes_back_to_the_os_after_a_connection_burst() {
+    const N: usize = 2000;
+    raise_fd_limit();
+    let netd = Netd::start("");
+    netd.netctl_ok(&[
+        "start",
+        "tcp-echo",
+        "e",
+        "--listen",
+        "127.0.0.1:0",
+        "--max-connections",
+        "5000",
+    ]);
+    let addr = bound_addr(&netd, "e");
+    let before = rss_kb(netd.pid());
+    let mut conns: Vec<TcpStream> = (0..N)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(&[7u8; 64]).unwrap();
+            s
+        })
+        .collect();
+    for s in &mut conns {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut back = [0u8; 64];
+        s.read_exact(&mut back).unwrap();
+    }
+    let peak = rss_kb(netd.pid());
+    assert!(
+        peak > before + 4096,
+        "{N} connections should grow netd by megabytes: {before} kB -> {peak} kB"
+    );
+    drop(conns);
+    let mut now = peak;
+    wait_until("netd's memory to go back down", || {
+        now = rss_kb(netd.pid());
+        now < before + (peak - before) / 3
+    });
+    eprintln!("RSS: {before} kB before, {peak} kB with {N} connections, {now} kB after");
+}
+
+/// netd lifts its soft open-file limit to the hard one, so a soft limit of
+/// 1024 from the shell does not cap it at ~500 proxied clients.
+#[test]
+fn netd_raises_its_open_file_limit() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let control = netd::addr::ControlAddr::Unix(dir.path().join("netd.sock"));
+    let mut cmd = Command::new(NETD);
+    cmd.args(["--config", "/dev/null"]);
+    // SAFETY: only async-signal-safe getrlimit/setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim.rlim_cur = 256;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let netd = Netd::spawn(cmd, dir, control);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", netd.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files in /proc/PID/limits");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files <soft> <hard> files"
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_ne!(soft, "256", "{line}");
+    assert_eq!(soft, hard, "{line}");
 }
