@@ -10,11 +10,12 @@
 #   3. resident memory per idle proxied connection, 5,000 connections open
 # Prints one table with netd/HAProxy ratios.
 #
-#   bench/proxy_bench.sh          # SECS=5 CONNS=50 IDLE=5000 by default
+#   bench/proxy_bench.sh          # SECS=5 CONNS=50 ROUNDS=3 IDLE=5000 by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-5}
 CONNS=${CONNS:-50}
+ROUNDS=${ROUNDS:-3}
 IDLE=${IDLE:-5000}
 
 need=()
@@ -95,8 +96,28 @@ T_DIRECT=$(iperf "$IPERF"); T_HAP=$(iperf "$HAP_IPERF"); T_NETD=$(iperf "$NETD_I
 echo "direct $T_DIRECT  haproxy $T_HAP  netd $T_NETD Gbit/s" >&2
 
 echo "== connection rate ($CONNS clients, ${SECS}s)" >&2
-R_DIRECT=$(rate "$ECHO"); R_NETD=$(rate_cpu "$NETD_PID" "$NETD_ECHO"); R_HAP=$(rate_cpu "$HAP_PID" "$HAP_ECHO")
-echo "direct $R_DIRECT" >&2; echo "haproxy $R_HAP" >&2; echo "netd $R_NETD" >&2
+# ROUNDS rounds, the proxies' order swapped each round; each figure below
+# is the median over the rounds (this machine's speed drifts by several
+# percent from minute to minute).
+R_DIRECT=(); R_HAP=(); R_NETD=()
+for round in $(seq "$ROUNDS"); do
+  R_DIRECT+=("$(rate "$ECHO")")
+  if [ $((round % 2)) -eq 1 ]; then
+    R_HAP+=("$(rate_cpu "$HAP_PID" "$HAP_ECHO")"); R_NETD+=("$(rate_cpu "$NETD_PID" "$NETD_ECHO")")
+  else
+    R_NETD+=("$(rate_cpu "$NETD_PID" "$NETD_ECHO")"); R_HAP+=("$(rate_cpu "$HAP_PID" "$HAP_ECHO")")
+  fi
+  echo "round $round: direct ${R_DIRECT[-1]}" >&2
+  echo "round $round: haproxy ${R_HAP[-1]}" >&2
+  echo "round $round: netd ${R_NETD[-1]}" >&2
+done
+median_json() { python3 -c '
+import json, statistics, sys
+runs = [json.loads(a) for a in sys.argv[1:]]
+out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+out["errors"] = sum(r["errors"] for r in runs)  # errors: all rounds
+print(json.dumps(out))' "$@"; }
+R_DIRECT=$(median_json "${R_DIRECT[@]}"); R_HAP=$(median_json "${R_HAP[@]}"); R_NETD=$(median_json "${R_NETD[@]}")
 
 echo "== memory per idle connection ($IDLE)" >&2
 idle_mem() { # pid port -> bytes per connection
@@ -115,16 +136,17 @@ M_HAP=$(idle_mem "$HAP_PID" "$HAP_ECHO"); sleep 1
 M_NETD=$(idle_mem "$NETD_PID" "$NETD_ECHO")
 echo "haproxy $M_HAP B/conn  netd $M_NETD B/conn" >&2
 
-python3 - "$T_DIRECT" "$T_HAP" "$T_NETD" "$R_DIRECT" "$R_HAP" "$R_NETD" "$M_HAP" "$M_NETD" "$SECS" "$CONNS" "$IDLE" <<'PY'
+python3 - "$T_DIRECT" "$T_HAP" "$T_NETD" "$R_DIRECT" "$R_HAP" "$R_NETD" "$M_HAP" "$M_NETD" "$SECS" "$CONNS" "$IDLE" "$ROUNDS" <<'PY'
 import json, sys
 td, th, tn = map(float, sys.argv[1:4])
 rd, rh, rn = (json.loads(x) for x in sys.argv[4:7])
 mh, mn = int(sys.argv[7]), int(sys.argv[8])
-secs, conns, idle = sys.argv[9:12]
+secs, conns, idle, rounds = sys.argv[9:13]
 def ratio(a, b): return f"{a / b:.2f}" if b else "-"
 print(f"TCP proxy: netd vs HAProxy, same upstream and clients, loopback ({secs}s runs)")
 print("  bulk:   iperf3 -c 127.0.0.1 -p PROXY -t SECS -J   (iperf3 -s behind each proxy)")
-print(f"  rate:   conn_load rate 127.0.0.1:PROXY --conns {conns} --secs {secs}   (netd tcp-echo behind each proxy)")
+print(f"  rate:   conn_load rate 127.0.0.1:PROXY --conns {conns} --secs {secs}   (netd tcp-echo behind each proxy;")
+print(f"          median of {rounds} rounds, the proxies' order alternating; errors summed)")
 print(f"  memory: VmRSS of the proxy before/after conn_load idle 127.0.0.1:PROXY --conns {idle}")
 print("  netd: netctl start proxy P --listen ... --upstream ... ; HAProxy 2.6: mode tcp, nbthread = cores")
 print("  (p99 added = proxied p99 - direct p99; negative when the direct run had the worse tail)")
@@ -133,10 +155,10 @@ print("| --- | --- | --- | --- | --- |")
 print(f"| bulk stream, Gbit/s (iperf3) | {td:.2f} | {th:.2f} | {tn:.2f} | {ratio(tn, th)} |")
 print(f"| new connections/s ({conns} clients, 64 B each way) | {rd['rate']:.0f} | {rh['rate']:.0f} | {rn['rate']:.0f} | {ratio(rn['rate'], rh['rate'])} |")
 print(f"| proxy CPU per connection (user + system), µs | - | {rh['cpu_us']:.1f} | {rn['cpu_us']:.1f} | {ratio(rn['cpu_us'], rh['cpu_us'])} |")
-print(f"| exchange latency p50, µs | {rd['p50_us']} | {rh['p50_us']} | {rn['p50_us']} | {ratio(rn['p50_us'], rh['p50_us'])} |")
-print(f"| exchange latency p99, µs | {rd['p99_us']} | {rh['p99_us']} | {rn['p99_us']} | {ratio(rn['p99_us'], rh['p99_us'])} |")
+print(f"| exchange latency p50, µs | {rd['p50_us']:.0f} | {rh['p50_us']:.0f} | {rn['p50_us']:.0f} | {ratio(rn['p50_us'], rh['p50_us'])} |")
+print(f"| exchange latency p99, µs | {rd['p99_us']:.0f} | {rh['p99_us']:.0f} | {rn['p99_us']:.0f} | {ratio(rn['p99_us'], rh['p99_us'])} |")
 ah, an = rh['p99_us'] - rd['p99_us'], rn['p99_us'] - rd['p99_us']
-print(f"| p99 latency added by the proxy, µs | - | {ah} | {an} | {ratio(an, ah)} |")
+print(f"| p99 latency added by the proxy, µs | - | {ah:.0f} | {an:.0f} | {ratio(an, ah)} |")
 print(f"| RSS per idle proxied connection, bytes ({idle} open) | - | {mh} | {mn} | {ratio(mn, mh)} |")
 print(f"| client errors (rate runs) | {rd['errors']} | {rh['errors']} | {rn['errors']} | |")
 PY
