@@ -254,6 +254,17 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 /// A gRPC status as one line: the daemon's message, which already names the
 /// problem; a code prefix only where the message alone would be unclear.
+/// The listener a Start/Stop/Get reply carries, or an error saying what
+/// could not be done.
+fn reply_listener<R>(
+    what: &str,
+    reply: Result<tonic::Response<R>, tonic::Status>,
+    listener: impl FnOnce(R) -> Option<proto::Listener>,
+) -> anyhow::Result<proto::Listener> {
+    let reply = reply.map_err(|s| status_line(what, &s))?.into_inner();
+    listener(reply).ok_or_else(|| anyhow!("{what}: netd sent an empty reply"))
+}
+
 fn status_line(what: &str, s: &tonic::Status) -> anyhow::Error {
     match s.code() {
         Code::Unavailable if s.message().is_empty() => anyhow!("{what}: netd is unavailable"),
@@ -447,13 +458,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 labels: common.labels.into_iter().collect::<HashMap<_, _>>(),
             };
             let what = format!("cannot start '{}'", common.name);
-            let l = client
-                .start_listener(req)
-                .await
-                .map_err(|s| status_line(&what, &s))?
-                .into_inner()
-                .listener
-                .ok_or_else(|| anyhow!("{what}: netd sent an empty reply"))?;
+            let l = reply_listener(&what, client.start_listener(req).await, |r| r.listener)?;
             if json {
                 print_json(&output::listener_json(&l));
             } else {
@@ -468,13 +473,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stop { name } => {
             let mut client = netd::client::control_client(&control).await?;
             let what = format!("cannot stop '{name}'");
-            let l = client
-                .stop_listener(proto::StopListenerRequest { name: name.clone() })
-                .await
-                .map_err(|s| status_line(&what, &s))?
-                .into_inner()
-                .listener
-                .ok_or_else(|| anyhow!("{what}: netd sent an empty reply"))?;
+            let req = proto::StopListenerRequest { name: name.clone() };
+            let l = reply_listener(&what, client.stop_listener(req).await, |r| r.listener)?;
             if json {
                 print_json(&output::listener_json(&l));
             } else {
@@ -610,13 +610,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { name } => {
             let mut client = netd::client::control_client(&control).await?;
             let what = format!("cannot get '{name}'");
-            let l = client
-                .get_listener(proto::GetListenerRequest { name: name.clone() })
-                .await
-                .map_err(|s| status_line(&what, &s))?
-                .into_inner()
-                .listener
-                .ok_or_else(|| anyhow!("{what}: netd sent an empty reply"))?;
+            let req = proto::GetListenerRequest { name: name.clone() };
+            let l = reply_listener(&what, client.get_listener(req).await, |r| r.listener)?;
             if json {
                 print_json(&output::listener_json(&l));
             } else {
