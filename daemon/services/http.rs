@@ -442,16 +442,15 @@ const LINGER_QUIET: Duration = Duration::from_secs(1);
 /// or `LINGER_TIME` in all.
 struct Lingering {
     stream: TcpStream,
-    /// Set once the write side is shut: the end of lingering, and a timer
-    /// for the earlier of that and the quiet limit.
-    linger: Option<(tokio::time::Instant, Pin<Box<tokio::time::Sleep>>)>,
+    /// Set once the write side is shut.
+    drain: Option<super::Drain>,
 }
 
 impl Lingering {
     fn new(stream: TcpStream) -> Self {
         Lingering {
             stream,
-            linger: None,
+            drain: None,
         }
     }
 }
@@ -492,46 +491,15 @@ impl tokio::io::AsyncWrite for Lingering {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        use tokio::time::{Instant, sleep_until};
         let this = self.get_mut();
-        if this.linger.is_none() {
+        if this.drain.is_none() {
             std::task::ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
-            let now = Instant::now();
-            this.linger = Some((now + LINGER_TIME, Box::pin(sleep_until(now + LINGER_QUIET))));
+            this.drain = Some(super::Drain::new(LINGER_QUIET, LINGER_TIME));
         }
-        let Some((end, timer)) = &mut this.linger else {
+        let Some(drain) = &mut this.drain else {
             unreachable!("set above");
         };
-        let mut scratch = [0u8; 8192];
-        for _ in 0..64 {
-            match this.stream.try_read(&mut scratch) {
-                // The client closed (or the connection broke): done.
-                Ok(0) => return Poll::Ready(Ok(())),
-                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(_) => {
-                    let now = Instant::now();
-                    if now >= *end {
-                        return Poll::Ready(Ok(()));
-                    }
-                    timer.as_mut().reset((now + LINGER_QUIET).min(*end));
-                }
-                Err(_) => {
-                    if timer.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Ok(()));
-                    }
-                    match this.stream.poll_read_ready(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
-                        Poll::Ready(Ok(())) => {}
-                    }
-                }
-            }
-        }
-        // A client still sending fast: yield, then carry on.
-        cx.waker().wake_by_ref();
-        Poll::Pending
+        drain.poll_drain(&this.stream, cx).map(|()| Ok(()))
     }
 }
 

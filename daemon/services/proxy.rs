@@ -44,6 +44,10 @@ pub const DEFAULT_UPSTREAM_BACKOFF: Duration = Duration::from_secs(10);
 pub const MAX_PRECONNECT: u32 = 1024;
 /// Upper bound on the number of upstreams.
 pub const MAX_UPSTREAMS: usize = 64;
+/// After closing a client no upstream would take: how long to discard what
+/// it still sends, with nothing arriving and in all.
+const REFUSED_DRAIN_QUIET: Duration = Duration::from_millis(500);
+const REFUSED_DRAIN_TIME: Duration = Duration::from_secs(2);
 /// Read buffer per direction, borrowed only while data flows.
 const BUF_SIZE: usize = 64 * 1024;
 
@@ -332,8 +336,16 @@ impl Proxy {
         let Some((mut upstream, u)) = Box::pin(self.connect(ctx)).await else {
             Stats::add(&ctx.stats.errors, 1);
             tracing::info!(target: "netd::access", listener = %ctx.name, client = %peer, "no upstream reachable; closing client");
-            // A prompt, clean close: the client sees EOF at once.
+            // A prompt, clean close: the client sees EOF at once. What it
+            // already sent is drained (briefly), so the close is a FIN and
+            // not a reset.
             let _ = client.shutdown().await;
+            let mut drain = super::Drain::new(REFUSED_DRAIN_QUIET, REFUSED_DRAIN_TIME);
+            let drained = std::future::poll_fn(|cx| drain.poll_drain(&client, cx));
+            tokio::select! {
+                _ = drained => {}
+                _ = ctx.close_connections.cancelled() => {}
+            }
             return;
         };
         u.connections.fetch_add(1, Relaxed);
