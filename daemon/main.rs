@@ -62,7 +62,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     netd::logging::init(&config.log);
-    raise_fd_limit();
+    // Each connection costs a descriptor (a proxied one two); the common
+    // soft default of 1024 would cap a proxy at about 500 clients.
+    match netd::server::raise_fd_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let control = args
         .control
         .or_else(|| config.control.clone())
@@ -81,30 +86,5 @@ fn main() -> ExitCode {
             eprintln!("netd: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Lift the soft limit on open files to the hard limit. Each connection
-/// costs a descriptor (a proxied one two), and the common soft default of
-/// 1024 would cap a proxy at about 500 clients, with accept failing on
-/// EMFILE. The systemd unit sets `LimitNOFILE=65536`; this covers netd
-/// started any other way.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a struct we own.
-    let raised = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
-            let was = lim.rlim_cur;
-            lim.rlim_cur = lim.rlim_max;
-            was == lim.rlim_max || libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
-        }
-    };
-    if raised {
-        tracing::debug!(limit = lim.rlim_cur, "open-file limit");
-    } else {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open-file limit");
     }
 }

@@ -263,6 +263,23 @@ fn bind_udp(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
     tokio::net::UdpSocket::from_std(socket.into())
 }
 
+/// For a per-connection idle timer that is re-armed only when it fires
+/// (reads and writes just note the time): true if the connection really
+/// has been idle for `limit` since `last`; otherwise the timer is re-armed
+/// for `last + limit`.
+pub(crate) fn idle_expired(
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    last: tokio::time::Instant,
+    limit: Duration,
+) -> bool {
+    let due = last + limit;
+    if tokio::time::Instant::now() >= due {
+        return true;
+    }
+    timer.reset(due);
+    false
+}
+
 /// Discards what a peer still sends after netd has shut its write side, so
 /// that the close which follows sends a FIN rather than a reset. Linux
 /// resets a connection closed with unread input, and a reset can destroy

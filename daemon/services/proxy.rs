@@ -393,11 +393,9 @@ impl Proxy {
             tokio::pin!(sleep);
             loop {
                 (&mut sleep).await;
-                let due = activity.last() + self.idle_timeout;
-                if Instant::now() >= due {
+                if super::idle_expired(sleep.as_mut(), activity.last(), self.idle_timeout) {
                     return;
                 }
-                sleep.as_mut().reset(due);
             }
         };
         let idle = Box::pin(idle);

@@ -106,10 +106,9 @@ impl Conn {
                 _ = closed.cancelled() => return Ok("closed by netd"),
                 r = stream.read(&mut buf[p..]) => r?,
                 _ = &mut idle => {
-                    if last.elapsed() >= self.idle {
+                    if super::idle_expired(idle.as_mut(), last, self.idle) {
                         return Ok("idle timeout");
                     }
-                    idle.as_mut().reset(last + self.idle);
                     continue;
                 }
             };
@@ -129,10 +128,9 @@ impl Conn {
                         break;
                     }
                     _ = &mut idle => {
-                        if last.elapsed() >= self.idle {
+                        if super::idle_expired(idle.as_mut(), last, self.idle) {
                             return Ok("idle timeout (client not reading)");
                         }
-                        idle.as_mut().reset(last + self.idle);
                     }
                 }
             }

@@ -212,18 +212,9 @@ impl Drop for Netd {
 }
 
 /// Raise this process's soft limit on open files to the hard limit, for
-/// tests that hold thousands of connections.
+/// tests that hold thousands of connections (netd's own routine).
 pub fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a struct we own.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
+    netd::server::raise_fd_limit().expect("raising the open-file limit");
 }
 
 /// Poll `cond` until it holds or the deadline passes.

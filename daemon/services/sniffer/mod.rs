@@ -37,7 +37,7 @@ use tokio::sync::broadcast;
 use super::{BindError, ServiceCtx, SpecError, duration_field};
 use crate::proto::{self, EventKind};
 use crate::stats::Stats;
-use decode::{Decoded, Proto};
+use decode::Proto;
 use filter::Filter;
 use flows::{FlowTable, endpoint};
 
@@ -332,53 +332,47 @@ impl Sniffer {
                 break Ok(());
             }
             if let Some(ring) = cap.ring.as_mut() {
-                let pcap = &mut cap.pcap;
-                let det = &mut detectors;
-                let mut batch = self.batch();
-                let got = ring.next_block(cap.fd, READ_TIMEOUT, |frame, ts| {
-                    batch.take(frame, ts, det, pcap, ctx);
-                });
-                batch.finish(ctx);
+                let mut acc = self.batch(&mut detectors, &mut cap.pcap, ctx);
+                let got = ring.next_block(cap.fd, READ_TIMEOUT, |frame, ts| acc.take(frame, ts));
+                acc.finish();
                 if let Err(e) = got {
                     break Err(anyhow::anyhow!("capture on {} failed: {e}", self.interface));
                 }
-                if last_stats.elapsed() >= Duration::from_secs(1) {
-                    last_stats = Instant::now();
-                    self.read_kernel_drops(cap.fd);
-                }
-                continue;
-            }
-            match cap.rx.next() {
-                Ok(frame) => {
-                    let mut one = self.batch();
-                    one.take(frame, SystemTime::now(), &mut detectors, &mut cap.pcap, ctx);
-                    one.finish(ctx);
-                    // pnet woke us for one packet; now take what is queued
-                    // in batches, one recvmmsg(2) per BATCH frames. While
-                    // traffic keeps coming, pause COALESCE between partial
-                    // batches so packets gather in the socket buffer
-                    // (16 MiB, ~100 ms at 200k small packets/s) and one
-                    // wakeup serves many, as a TPACKET_V3 ring's block
-                    // timeout does for libpcap.
-                    while !ctx.stop_accepting.is_cancelled() {
-                        let Ok(n) = batch.recv(cap.fd) else { break };
-                        if n == 0 {
-                            break;
-                        }
-                        let now = SystemTime::now();
-                        let mut acc = self.batch();
-                        for i in 0..n {
-                            acc.take(batch.frame(i), now, &mut detectors, &mut cap.pcap, ctx);
-                        }
-                        acc.finish(ctx);
-                        if n < BATCH {
-                            std::thread::sleep(COALESCE);
+            } else {
+                match cap.rx.next() {
+                    Ok(frame) => {
+                        let mut one = self.batch(&mut detectors, &mut cap.pcap, ctx);
+                        one.take(frame, SystemTime::now());
+                        one.finish();
+                        // pnet woke us for one packet; now take what is
+                        // queued in batches, one recvmmsg(2) per BATCH
+                        // frames. While traffic keeps coming, pause COALESCE
+                        // between partial batches so packets gather in the
+                        // socket buffer (16 MiB, ~100 ms at 200k small
+                        // packets/s) and one wakeup serves many, as a
+                        // TPACKET_V3 ring's block timeout does for libpcap.
+                        while !ctx.stop_accepting.is_cancelled() {
+                            let Ok(n) = batch.recv(cap.fd) else { break };
+                            if n == 0 {
+                                break;
+                            }
+                            let now = SystemTime::now();
+                            let mut acc = self.batch(&mut detectors, &mut cap.pcap, ctx);
+                            for i in 0..n {
+                                acc.take(batch.frame(i), now);
+                            }
+                            acc.finish();
+                            if n < BATCH {
+                                std::thread::sleep(COALESCE);
+                            }
                         }
                     }
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        break Err(anyhow::anyhow!("capture on {} failed: {e}", self.interface));
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(anyhow::anyhow!("capture on {} failed: {e}", self.interface)),
             }
             if last_stats.elapsed() >= Duration::from_secs(1) {
                 last_stats = Instant::now();
@@ -394,75 +388,18 @@ impl Sniffer {
         result
     }
 
-    /// Account one packet. Counters go to `tally` and the flow table is
-    /// locked once per batch by the caller ([`Sniffer::batch`]), so the per
-    /// packet cost stays a few adds and one hash lookup.
-    #[allow(clippy::too_many_arguments)]
-    fn count(
-        &self,
-        d: &Decoded,
-        now: SystemTime,
-        frame: &[u8],
-        tally: &mut Tally,
-        flows: &mut FlowTable,
-        detectors: &mut alerts::Detectors,
-        pcap: &mut Option<pcap::Pcap>,
-        ctx: &ServiceCtx,
-    ) {
-        let len = frame.len() as u64;
-        let i = proto_index(d.proto);
-        tally.packets[i] += 1;
-        tally.bytes[i] += len;
-        flows.record(d, now);
-        if let Some(alert) = detectors.observe(d) {
-            Stats::add(&self.counters.alerts, 1);
-            tracing::warn!(listener = %ctx.name, alert = %alert, "alert");
-            ctx.events.publish(
-                EventKind::Alert,
-                &ctx.name,
-                proto::ListenerKind::Sniffer,
-                alert,
-            );
-        }
-        if let Some(p) = pcap.as_mut() {
-            match p.write(now, frame) {
-                Ok(()) => Stats::add(&self.counters.pcap_packets, 1),
-                Err(e) => {
-                    Stats::add(&ctx.stats.errors, 1);
-                    tracing::warn!(listener = %ctx.name, error = %e, "pcap write failed; pcap export stopped");
-                    *pcap = None;
-                }
-            }
-        }
-        if self.packets.receiver_count() > 0 {
-            let (src, dst) = match d.proto {
-                Proto::Other if d.src.is_none() => {
-                    (format!("ethertype 0x{:04x}", d.ethertype), "-".to_string())
-                }
-                _ => (
-                    endpoint(d.src, d.src_port, d.proto),
-                    endpoint(d.dst, d.dst_port, d.proto),
-                ),
-            };
-            let _ = self.packets.send(proto::PacketSummary {
-                time: Some(now.into()),
-                protocol: d.proto.as_str().into(),
-                src,
-                dst,
-                length: frame.len() as u32,
-                tcp_flags: if d.proto == Proto::Tcp {
-                    decode::flags_string(d.tcp_flags)
-                } else {
-                    String::new()
-                },
-                dropped_before: 0,
-            });
-        }
-    }
-
-    fn batch(&self) -> BatchAcc<'_> {
+    /// Accounting for a batch of frames (see [`BatchAcc`]).
+    fn batch<'a>(
+        &'a self,
+        detectors: &'a mut alerts::Detectors,
+        pcap: &'a mut Option<pcap::Pcap>,
+        ctx: &'a ServiceCtx,
+    ) -> BatchAcc<'a> {
         BatchAcc {
             sniffer: self,
+            detectors,
+            pcap,
+            ctx,
             tally: Tally::default(),
             flows: None,
         }
@@ -497,36 +434,82 @@ struct Tally {
     bytes: [u64; 4],
 }
 
-/// One batch's accounting: the tally, and the flow table locked on first
-/// use and released at the end (never across a wait).
+/// One batch's accounting. Counters go to a tally added to the shared
+/// atomics once at the end, and the flow table is locked on first use and
+/// released at the end (never across a wait), so the per-packet cost stays
+/// a few adds and one hash lookup.
 struct BatchAcc<'a> {
     sniffer: &'a Sniffer,
+    detectors: &'a mut alerts::Detectors,
+    pcap: &'a mut Option<pcap::Pcap>,
+    ctx: &'a ServiceCtx,
     tally: Tally,
     flows: Option<std::sync::MutexGuard<'a, FlowTable>>,
 }
 
-impl<'a> BatchAcc<'a> {
+impl BatchAcc<'_> {
     /// Decode one frame and, if it passes the filter, account for it.
-    fn take(
-        &mut self,
-        frame: &[u8],
-        ts: SystemTime,
-        detectors: &mut alerts::Detectors,
-        pcap: &mut Option<pcap::Pcap>,
-        ctx: &ServiceCtx,
-    ) {
+    fn take(&mut self, frame: &[u8], now: SystemTime) {
+        let sniffer = self.sniffer;
+        let ctx = self.ctx;
         let d = decode::decode(frame);
-        if !self.sniffer.filter.matches(&d) {
+        if !sniffer.filter.matches(&d) {
             return;
         }
-        let sniffer = self.sniffer;
-        let flows = self
-            .flows
-            .get_or_insert_with(|| sniffer.flows.lock().unwrap_or_else(|p| p.into_inner()));
-        sniffer.count(&d, ts, frame, &mut self.tally, flows, detectors, pcap, ctx);
+        let len = frame.len() as u64;
+        let i = proto_index(d.proto);
+        self.tally.packets[i] += 1;
+        self.tally.bytes[i] += len;
+        self.flows
+            .get_or_insert_with(|| sniffer.flows.lock().unwrap_or_else(|p| p.into_inner()))
+            .record(&d, now);
+        if let Some(alert) = self.detectors.observe(&d) {
+            Stats::add(&sniffer.counters.alerts, 1);
+            tracing::warn!(listener = %ctx.name, alert = %alert, "alert");
+            ctx.events.publish(
+                EventKind::Alert,
+                &ctx.name,
+                proto::ListenerKind::Sniffer,
+                alert,
+            );
+        }
+        if let Some(p) = self.pcap.as_mut() {
+            match p.write(now, frame) {
+                Ok(()) => Stats::add(&sniffer.counters.pcap_packets, 1),
+                Err(e) => {
+                    Stats::add(&ctx.stats.errors, 1);
+                    tracing::warn!(listener = %ctx.name, error = %e, "pcap write failed; pcap export stopped");
+                    *self.pcap = None;
+                }
+            }
+        }
+        if sniffer.packets.receiver_count() > 0 {
+            let (src, dst) = match d.proto {
+                Proto::Other if d.src.is_none() => {
+                    (format!("ethertype 0x{:04x}", d.ethertype), "-".to_string())
+                }
+                _ => (
+                    endpoint(d.src, d.src_port, d.proto),
+                    endpoint(d.dst, d.dst_port, d.proto),
+                ),
+            };
+            let _ = sniffer.packets.send(proto::PacketSummary {
+                time: Some(now.into()),
+                protocol: d.proto.as_str().into(),
+                src,
+                dst,
+                length: frame.len() as u32,
+                tcp_flags: if d.proto == Proto::Tcp {
+                    decode::flags_string(d.tcp_flags)
+                } else {
+                    String::new()
+                },
+                dropped_before: 0,
+            });
+        }
     }
 
-    fn finish(self, ctx: &ServiceCtx) {
+    fn finish(self) {
         drop(self.flows);
         let (mut packets, mut bytes) = (0, 0);
         for i in 0..4 {
@@ -539,8 +522,8 @@ impl<'a> BatchAcc<'a> {
             }
         }
         if packets > 0 {
-            Stats::add(&ctx.stats.datagrams_in, packets);
-            Stats::add(&ctx.stats.bytes_in, bytes);
+            Stats::add(&self.ctx.stats.datagrams_in, packets);
+            Stats::add(&self.ctx.stats.bytes_in, bytes);
         }
     }
 }
