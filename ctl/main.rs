@@ -14,21 +14,66 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use netd::addr::{CONTROL_ENV, ControlAddr, default_control_addr, parse_listen_addr};
+use netd::addr::{
+    CONTROL_ENV, ControlAddr, check_private_dir, default_control_addr, dial_candidates,
+    parse_listen_addr,
+};
+use netd::client::{DialOptions, TlsFiles, control_client_with};
+use netd::proto::control_client::ControlClient;
 use netd::proto::{self, listener_spec::Kind};
 use tonic::Code;
+use tonic::transport::Channel;
 
 /// Control netd: start and stop listeners, inspect them, probe services.
 ///
-/// netctl talks to the netd daemon over gRPC at --control (default:
-/// unix:/run/netd/netd.sock as root, else $XDG_RUNTIME_DIR/netd.sock or
-/// /tmp/netd-$UID.sock; the same default netd uses).
+/// netctl talks to the netd daemon over gRPC at --control. Without it,
+/// netctl uses unix:/run/netd/netd.sock when that socket exists (root and
+/// members of its group, e.g. netd, may use it), else the caller's own
+/// netd at $XDG_RUNTIME_DIR/netd/netd.sock or /tmp/netd-$UID/netd.sock.
+///
+/// On a Unix socket netctl first checks who serves it: root, the netd
+/// user or you; any other owner is refused before a byte is sent. On TCP,
+/// --cacert enables TLS and --cert/--key present a client certificate.
 #[derive(Debug, Parser)]
 #[command(name = "netctl", version, propagate_version = true)]
 struct Cli {
     /// Control plane address: unix:/path/to/sock or host:port.
     #[arg(long, global = true, env = CONTROL_ENV, value_name = "ADDR")]
     control: Option<ControlAddr>,
+
+    /// CA certificate (PEM) that signed netd's TLS certificate; turns on
+    /// TLS for a TCP --control.
+    #[arg(long, global = true, env = "NETD_CACERT", value_name = "PEM")]
+    cacert: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for mTLS.
+    #[arg(
+        long,
+        global = true,
+        env = "NETD_CERT",
+        value_name = "PEM",
+        requires = "key"
+    )]
+    cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --cert.
+    #[arg(
+        long,
+        global = true,
+        env = "NETD_KEY",
+        value_name = "PEM",
+        requires = "cert"
+    )]
+    key: Option<std::path::PathBuf>,
+
+    /// Give up connecting to netd after this long.
+    #[arg(long, global = true, default_value = "3s", value_parser = humantime::parse_duration, value_name = "DUR")]
+    connect_timeout: Duration,
+
+    /// Give up on a request after this long (not applied to --watch,
+    /// events and sniff streams).
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DUR")]
+    timeout: Duration,
 
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
@@ -268,6 +313,9 @@ fn reply_listener<R>(
 fn status_line(what: &str, s: &tonic::Status) -> anyhow::Error {
     match s.code() {
         Code::Unavailable if s.message().is_empty() => anyhow!("{what}: netd is unavailable"),
+        Code::Cancelled if s.message().contains("Timeout expired") => {
+            anyhow!("{what}: netd did not answer in time (--timeout)")
+        }
         Code::Unknown | Code::Internal => anyhow!("{what}: netd error: {}", s.message()),
         _ => anyhow!("{what}: {}", s.message()),
     }
@@ -286,8 +334,84 @@ fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// Where and how to reach netd, from the global flags.
+struct Dial {
+    control: Option<ControlAddr>,
+    opts: DialOptions,
+}
+
+impl Dial {
+    fn from_cli(cli: &Cli) -> anyhow::Result<Dial> {
+        let read = |flag: &str,
+                    p: &Option<std::path::PathBuf>|
+         -> anyhow::Result<Option<Vec<u8>>> {
+            p.as_ref()
+                .map(|p| {
+                    std::fs::read(p).with_context(|| format!("cannot read {flag} {}", p.display()))
+                })
+                .transpose()
+        };
+        let tls = match (&cli.cacert, &cli.cert) {
+            (None, None) => None,
+            _ => Some(TlsFiles {
+                ca_pem: read("--cacert", &cli.cacert)?,
+                cert_pem: read("--cert", &cli.cert)?,
+                key_pem: read("--key", &cli.key)?,
+            }),
+        };
+        Ok(Dial {
+            control: cli.control.clone(),
+            opts: DialOptions {
+                connect_timeout: cli.connect_timeout,
+                request_timeout: Some(cli.timeout),
+                tls,
+            },
+        })
+    }
+
+    /// A client; `streaming` calls get no per-request deadline.
+    async fn client(&self, streaming: bool) -> anyhow::Result<ControlClient<Channel>> {
+        let mut opts = self.opts.clone();
+        if streaming {
+            opts.request_timeout = None;
+        }
+        if let Some(a) = &self.control {
+            return control_client_with(a, &opts).await;
+        }
+        let mut first_error = None;
+        for addr in dial_candidates() {
+            let attempt = async {
+                if addr == default_control_addr() {
+                    if let Some(dir) = private_dir_of(&addr) {
+                        if dir.exists() {
+                            check_private_dir(&dir).map_err(|e| anyhow!("{e}"))?;
+                        }
+                    }
+                }
+                control_client_with(&addr, &opts).await
+            };
+            match attempt.await {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| anyhow!("no control address to try")))
+    }
+}
+
+fn private_dir_of(addr: &ControlAddr) -> Option<std::path::PathBuf> {
+    match addr {
+        ControlAddr::Unix(p) if p.parent() == Some(netd::addr::private_dir().as_path()) => {
+            Some(netd::addr::private_dir())
+        }
+        _ => None,
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let control = cli.control.clone().unwrap_or_else(default_control_addr);
+    let dial = Dial::from_cli(&cli)?;
     let json = cli.output == Format::Json;
     match cli.command {
         Command::Probe {
@@ -451,7 +575,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     (common, Kind::UdpEcho(spec))
                 }
             };
-            let mut client = netd::client::control_client(&control).await?;
+            let mut client = dial.client(false).await?;
             let req = proto::StartListenerRequest {
                 name: common.name.clone(),
                 spec: Some(proto::ListenerSpec { kind: Some(kind) }),
@@ -471,7 +595,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Stop { name } => {
-            let mut client = netd::client::control_client(&control).await?;
+            let mut client = dial.client(false).await?;
             let what = format!("cannot stop '{name}'");
             let req = proto::StopListenerRequest { name: name.clone() };
             let l = reply_listener(&what, client.stop_listener(req).await, |r| r.listener)?;
@@ -491,7 +615,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::List => {
-            let mut client = netd::client::control_client(&control).await?;
+            let mut client = dial.client(false).await?;
             let ls = client
                 .list_listeners(proto::ListListenersRequest {})
                 .await
@@ -511,7 +635,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             interval,
             count,
         } => {
-            let mut client = netd::client::control_client(&control).await?;
+            let mut client = dial.client(watch).await?;
             let what = match &name {
                 Some(n) => format!("cannot get stats of '{n}'"),
                 None => "cannot get stats".to_string(),
@@ -561,7 +685,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Sniff { name, count } => {
-            let mut client = netd::client::control_client(&control).await?;
+            let mut client = dial.client(true).await?;
             let mut stream = client
                 .watch_packets(proto::WatchPacketsRequest { name: name.clone() })
                 .await
@@ -585,7 +709,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Events { name } => {
-            let mut client = netd::client::control_client(&control).await?;
+            let mut client = dial.client(true).await?;
             let mut stream = client
                 .watch_events(proto::WatchEventsRequest {
                     name: name.unwrap_or_default(),
@@ -608,7 +732,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Status { name } => {
-            let mut client = netd::client::control_client(&control).await?;
+            let mut client = dial.client(false).await?;
             let what = format!("cannot get '{name}'");
             let req = proto::GetListenerRequest { name: name.clone() };
             let l = reply_listener(&what, client.get_listener(req).await, |r| r.listener)?;

@@ -2,12 +2,13 @@
 //!
 //! The control plane is reached at `unix:/path/to/sock` or `host:port`; both
 //! binaries take their default from [`default_control_addr`] so they always
-//! agree. Listen addresses are `host:port` and are resolved once, when a
+//! agree (netctl first tries the system socket, [`dial_candidates`]). Listen addresses are `host:port` and are resolved once, when a
 //! listener is started.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
 
 /// Environment variable that overrides the default control address.
 pub const CONTROL_ENV: &str = "NETD_CONTROL";
@@ -48,20 +49,92 @@ impl std::str::FromStr for ControlAddr {
     }
 }
 
-/// The control address used when neither `--control` nor `NETD_CONTROL` is
-/// given: `/run/netd/netd.sock` for root (the systemd unit's
-/// RuntimeDirectory), otherwise `$XDG_RUNTIME_DIR/netd.sock`, falling back to
-/// `/tmp/netd-$UID.sock`.
+/// The system-wide control socket: the systemd unit's RuntimeDirectory.
+pub const SYSTEM_CONTROL_SOCKET: &str = "/run/netd/netd.sock";
+
+/// The control address netd listens on when neither `--control` nor
+/// `NETD_CONTROL` nor the config names one: [`SYSTEM_CONTROL_SOCKET`] for
+/// root, otherwise `netd.sock` in the caller's private directory
+/// ([`private_dir`]).
 pub fn default_control_addr() -> ControlAddr {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    if uid == 0 {
-        return ControlAddr::Unix(PathBuf::from("/run/netd/netd.sock"));
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return ControlAddr::Unix(PathBuf::from(SYSTEM_CONTROL_SOCKET));
     }
+    ControlAddr::Unix(private_dir().join("netd.sock"))
+}
+
+/// Where netctl looks when it is not told: the system socket if one exists
+/// (whoever runs netctl: members of the socket's group may use it), then
+/// the caller's own default.
+pub fn dial_candidates() -> Vec<ControlAddr> {
+    let mut v = Vec::new();
+    let system = Path::new(SYSTEM_CONTROL_SOCKET);
+    if std::fs::symlink_metadata(system).is_ok_and(|m| m.file_type().is_socket()) {
+        v.push(ControlAddr::Unix(system.to_path_buf()));
+    }
+    let own = default_control_addr();
+    if !v.contains(&own) {
+        v.push(own);
+    }
+    v
+}
+
+/// A non-root user's directory for the control socket:
+/// `$XDG_RUNTIME_DIR/netd`, else `$TMPDIR/netd-$UID` (`/tmp/netd-$UID`).
+/// Like ssh-agent's and tmux's, it must be a real directory owned by the
+/// user with no access for anyone else ([`check_private_dir`]), so nobody
+/// else can bind the socket first or read what is sent to it.
+pub fn private_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return ControlAddr::Unix(PathBuf::from(dir).join("netd.sock"));
+        return PathBuf::from(dir).join("netd");
     }
-    ControlAddr::Unix(PathBuf::from(format!("/tmp/netd-{uid}.sock")))
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    std::env::temp_dir().join(format!("netd-{uid}"))
+}
+
+/// Create `dir` with mode 0700 if it is missing, then [`check_private_dir`].
+pub fn ensure_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+    }
+    check_private_dir(dir)
+}
+
+/// `dir` must be a directory (not a symlink to one), owned by the caller,
+/// and closed to group and others.
+pub fn check_private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if !meta.file_type().is_dir() {
+        return Err(format!(
+            "{} is not a directory (a symlink or a file is in its place); remove it",
+            dir.display()
+        ));
+    }
+    if meta.uid() != uid {
+        return Err(format!(
+            "{} belongs to uid {}, not to you (uid {uid}); someone else may be impersonating netd: remove it",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} has mode {:o}; it must be private (chmod 700 {})",
+            dir.display(),
+            meta.mode() & 0o777,
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 /// A malformed address, with the input and what is wrong with it.

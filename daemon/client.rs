@@ -1,58 +1,192 @@
-//! Dialling the control plane over a Unix socket or TCP, shared by `netctl`
-//! and the integration tests.
+//! Dialling the control plane over a Unix socket or TCP (optionally TLS
+//! with a client certificate), shared by `netctl` and the integration tests.
+//!
+//! Before anything is sent on a Unix socket, the peer's credentials
+//! (SO_PEERCRED) are checked: the process serving it must be root, the
+//! system account `netd`, or the caller. A socket another user bound first
+//! (say in a shared /tmp) is refused, so it never sees a request or a token.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
 use crate::addr::ControlAddr;
 use crate::proto::control_client::ControlClient;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time to establish the connection (and the TLS handshake).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default time a unary call may take.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest reply netctl accepts (a ListListeners of many listeners).
+const MAX_REPLY_BYTES: usize = 64 << 20;
+
+/// PEM material for TLS to a TCP control address.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// CA that signed netd's certificate.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate and key, for mTLS.
+    pub cert_pem: Option<Vec<u8>>,
+    pub key_pem: Option<Vec<u8>>,
+}
+
+/// How to dial.
+#[derive(Debug, Clone)]
+pub struct DialOptions {
+    pub connect_timeout: Duration,
+    /// Per-call deadline; `None` for long-lived watch streams.
+    pub request_timeout: Option<Duration>,
+    /// TLS for a TCP address; `None` dials plain HTTP/2 (a netd started
+    /// with --control-insecure).
+    pub tls: Option<TlsFiles>,
+}
+
+impl Default for DialOptions {
+    fn default() -> Self {
+        DialOptions {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
+            tls: None,
+        }
+    }
+}
+
+/// Open a channel to netd at `addr` with the default options.
+pub async fn connect(addr: &ControlAddr) -> anyhow::Result<Channel> {
+    connect_with(addr, &DialOptions::default()).await
+}
 
 /// Open a channel to netd at `addr`.
-pub async fn connect(addr: &ControlAddr) -> anyhow::Result<Channel> {
+pub async fn connect_with(addr: &ControlAddr, opts: &DialOptions) -> anyhow::Result<Channel> {
     let channel = match addr {
         ControlAddr::Tcp(hostport) => {
-            Endpoint::from_shared(format!("http://{hostport}"))
+            let scheme = if opts.tls.is_some() { "https" } else { "http" };
+            let mut ep = Endpoint::from_shared(format!("{scheme}://{hostport}"))
                 .with_context(|| format!("invalid control address '{hostport}'"))?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .connect()
-                .await
+                .connect_timeout(opts.connect_timeout);
+            if let Some(t) = opts.request_timeout {
+                ep = ep.timeout(t);
+            }
+            if let Some(tls) = &opts.tls {
+                let mut cfg = ClientTlsConfig::new();
+                match &tls.ca_pem {
+                    Some(ca) => cfg = cfg.ca_certificate(Certificate::from_pem(ca)),
+                    None => anyhow::bail!(
+                        "TLS to {hostport} needs the CA that signed netd's certificate: --cacert (NETD_CACERT)"
+                    ),
+                }
+                match (&tls.cert_pem, &tls.key_pem) {
+                    (Some(c), Some(k)) => cfg = cfg.identity(Identity::from_pem(c, k)),
+                    (None, None) => {}
+                    _ => anyhow::bail!("--cert and --key go together"),
+                }
+                ep = ep
+                    .tls_config(cfg)
+                    .map_err(|e| anyhow::anyhow!("TLS settings: {}", chain(&e)))?;
+            }
+            ep.connect().await
         }
         ControlAddr::Unix(path) => {
             let path = path.clone();
             // The URI is required by the API but unused: the connector
             // decides where to go.
-            Endpoint::from_static("http://netd.local")
-                .connect_timeout(CONNECT_TIMEOUT)
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        let stream = tokio::net::UnixStream::connect(path).await?;
-                        Ok::<_, std::io::Error>(TokioIo::new(stream))
-                    }
-                }))
-                .await
+            let mut ep =
+                Endpoint::from_static("http://localhost").connect_timeout(opts.connect_timeout);
+            if let Some(t) = opts.request_timeout {
+                ep = ep.timeout(t);
+            }
+            ep.connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(&path).await?;
+                    check_peer(&stream, &path)?;
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
+            }))
+            .await
         }
     };
     channel.map_err(|e| {
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            let text = s.to_string();
-            if !msg.contains(&text) {
-                msg = format!("{msg}: {text}");
-            }
-            source = s.source();
-        }
-        anyhow::anyhow!("cannot connect to netd at {addr}: {msg} (is netd running? see --control / NETD_CONTROL)")
+        let msg = chain(&e);
+        let hint = hint_for(&msg, addr);
+        anyhow::anyhow!("cannot connect to netd at {addr}: {msg}{hint}")
     })
 }
 
-/// A `netd.v1.Control` client for `addr`.
+/// A `netd.v1.Control` client for `addr` with the default options.
 pub async fn control_client(addr: &ControlAddr) -> anyhow::Result<ControlClient<Channel>> {
-    Ok(ControlClient::new(connect(addr).await?))
+    control_client_with(addr, &DialOptions::default()).await
+}
+
+/// A `netd.v1.Control` client for `addr`.
+pub async fn control_client_with(
+    addr: &ControlAddr,
+    opts: &DialOptions,
+) -> anyhow::Result<ControlClient<Channel>> {
+    Ok(ControlClient::new(connect_with(addr, opts).await?)
+        .max_decoding_message_size(MAX_REPLY_BYTES))
+}
+
+/// The peer of a Unix control socket must be root, the `netd` system
+/// account, or ourselves.
+fn check_peer(stream: &tokio::net::UnixStream, path: &std::path::Path) -> std::io::Result<()> {
+    let cred = stream.peer_cred()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let uid = cred.uid();
+    if uid == 0 || uid == me || crate::auth::netd_system_uid() == Some(uid) {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!(
+            "refusing to talk to {}: it is served by uid {uid}, not by root, the netd user or you (uid {me}); another user may have bound it to impersonate netd",
+            path.display()
+        ),
+    ))
+}
+
+/// The error and its sources, deduplicated, on one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg = format!("{msg}: {text}");
+        }
+        source = s.source();
+    }
+    msg
+}
+
+fn hint_for(msg: &str, addr: &ControlAddr) -> &'static str {
+    let m = msg.to_ascii_lowercase();
+    if m.contains("refusing to talk") {
+        ""
+    } else if m.contains("unknownissuer") || m.contains("unknown issuer") {
+        " (netd's certificate is not signed by the CA given with --cacert)"
+    } else if m.contains("certificaterequired") || m.contains("certificate required") {
+        " (netd requires a client certificate: --cert and --key)"
+    } else if m.contains("expired") {
+        " (a certificate has expired)"
+    } else if m.contains("badcertificate")
+        || m.contains("bad certificate")
+        || m.contains("unknownca")
+        || m.contains("unknown ca")
+    {
+        " (netd did not accept the client certificate: is it signed by netd's client_ca?)"
+    } else if m.contains("notvalidforname") || m.contains("not valid for name") {
+        " (netd's certificate does not name the host in --control)"
+    } else if m.contains("permission denied") {
+        " (the socket is mode 0660: run as root or as a member of its group, e.g. netd)"
+    } else if matches!(addr, ControlAddr::Tcp(_))
+        && (m.contains("corrupt") || m.contains("invalidcontenttype") || m.contains("tls"))
+    {
+        " (TLS mismatch: a TLS netd needs --cacert, a --control-insecure one does not)"
+    } else {
+        " (is netd running? see --control / NETD_CONTROL)"
+    }
 }

@@ -150,8 +150,12 @@ struct RawMetrics {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// Either the address as a string (`control = "unix:/run/netd/netd.sock"`)
+    /// or a `[control]` table; read by [`parse_control`].
     #[serde(default)]
-    control: Option<Spanned<String>>,
+    control: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    max_listeners: Option<Spanned<u32>>,
     #[serde(default, with = "humantime_serde::option")]
     shutdown_grace: Option<Duration>,
     #[serde(default)]
@@ -176,7 +180,9 @@ pub struct BootListener {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub source: String,
-    pub control: Option<ControlAddr>,
+    pub control: ControlConfig,
+    /// Listeners that may exist at once; StartListener beyond it is refused.
+    pub max_listeners: usize,
     pub shutdown_grace: Duration,
     pub log: LogConfig,
     /// Where to serve Prometheus `/metrics`; off when unset.
@@ -205,12 +211,19 @@ impl Config {
         let at = |span: std::ops::Range<usize>| format!("{source}:{}", line_of(text, span.start));
 
         let control = match &raw.control {
-            None => None,
-            Some(c) => Some(
-                c.get_ref()
-                    .parse::<ControlAddr>()
-                    .map_err(|e| ConfigError(format!("{}: control: {e}", at(c.span()))))?,
-            ),
+            None => ControlConfig::default(),
+            Some(c) => parse_control(c.get_ref().clone())
+                .map_err(|e| ConfigError(format!("{}: control: {e}", at(c.span()))))?,
+        };
+        let max_listeners = match &raw.max_listeners {
+            None => DEFAULT_MAX_LISTENERS,
+            Some(m) if (1..=MAX_LISTENERS_LIMIT).contains(m.get_ref()) => *m.get_ref() as usize,
+            Some(m) => {
+                return Err(ConfigError(format!(
+                    "{}: max_listeners must be 1 to {MAX_LISTENERS_LIMIT}",
+                    at(m.span())
+                )));
+            }
         };
         let metrics_listen = match &raw.metrics.listen {
             None => None,
@@ -517,12 +530,191 @@ impl Config {
         Ok(Config {
             source: source.to_string(),
             control,
+            max_listeners,
             shutdown_grace,
             log: raw.log,
             metrics_listen,
             listeners,
         })
     }
+}
+
+/// Default and upper bound of `max_listeners`.
+pub const DEFAULT_MAX_LISTENERS: usize = 1024;
+const MAX_LISTENERS_LIMIT: u32 = 100_000;
+
+/// The `[control]` table: where the control plane listens, how it is
+/// secured, who may do what, and the bounds on what one client may hold.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// The control address; `--control` / `NETD_CONTROL` override it.
+    pub listen: Option<ControlAddr>,
+    /// Allow a TCP control address without TLS (loopback only, warned).
+    pub insecure: bool,
+    pub tls: Option<TlsConfig>,
+    pub roles: crate::auth::RoleConfig,
+    /// Control connections open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Concurrent streams (calls) per connection.
+    pub max_streams: u32,
+    /// A connection with no call open for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest request message accepted, in bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            listen: None,
+            insecure: false,
+            tls: None,
+            roles: crate::auth::RoleConfig::default(),
+            max_connections: 128,
+            max_streams: 100,
+            idle_timeout: Duration::from_secs(120),
+            max_request_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// `[control.tls]`: PEM files, read when the config is loaded so a missing
+/// or unreadable file is reported at start.
+#[derive(Clone)]
+pub struct TlsConfig {
+    pub cert_path: String,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// With a CA, clients must present a certificate it signed (mTLS).
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("cert_path", &self.cert_path)
+            .field("mtls", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControlTable {
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    insecure: bool,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
+    roles: RawRoles,
+    #[serde(default)]
+    max_connections: Option<u32>,
+    #[serde(default)]
+    max_streams: Option<u32>,
+    #[serde(default)]
+    idle_timeout: Option<String>,
+    #[serde(default)]
+    max_request_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
+    #[serde(default)]
+    client_ca: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoles {
+    #[serde(default)]
+    admin: Option<Vec<String>>,
+    #[serde(default)]
+    viewer: Option<Vec<String>>,
+}
+
+/// `control = "ADDR"` or a `[control]` table.
+fn parse_control(v: toml::Value) -> Result<ControlConfig, String> {
+    let table: RawControlTable = match v {
+        toml::Value::String(s) => RawControlTable {
+            listen: Some(s),
+            insecure: false,
+            tls: None,
+            roles: RawRoles::default(),
+            max_connections: None,
+            max_streams: None,
+            idle_timeout: None,
+            max_request_bytes: None,
+        },
+        toml::Value::Table(t) => {
+            RawControlTable::deserialize(t).map_err(|e| e.message().to_string())?
+        }
+        other => {
+            return Err(format!(
+                "expected an address or a [control] table, found a {}",
+                other.type_str()
+            ));
+        }
+    };
+    let mut c = ControlConfig::default();
+    if let Some(l) = table.listen {
+        c.listen = Some(l.parse::<ControlAddr>().map_err(|e| e.to_string())?);
+    }
+    c.insecure = table.insecure;
+    let read = |what: &str, path: &str| {
+        std::fs::read(path).map_err(|e| format!("tls.{what}: cannot read {path}: {e}"))
+    };
+    if let Some(t) = table.tls {
+        c.tls = Some(TlsConfig {
+            cert_pem: read("cert", &t.cert)?,
+            cert_path: t.cert,
+            key_pem: read("key", &t.key)?,
+            client_ca_pem: match &t.client_ca {
+                Some(p) => Some(read("client_ca", p)?),
+                None => None,
+            },
+        });
+    }
+    c.roles = crate::auth::RoleConfig::parse(table.roles.admin, table.roles.viewer)?;
+    let bounded = |what: &str, v: Option<u64>, lo: u64, hi: u64, default: u64| match v {
+        None => Ok(default),
+        Some(n) if (lo..=hi).contains(&n) => Ok(n),
+        Some(n) => Err(format!("{what} is {n}; it must be {lo} to {hi}")),
+    };
+    c.max_connections = bounded(
+        "max_connections",
+        table.max_connections.map(u64::from),
+        1,
+        65_536,
+        c.max_connections as u64,
+    )? as usize;
+    c.max_streams = bounded(
+        "max_streams",
+        table.max_streams.map(u64::from),
+        1,
+        10_000,
+        u64::from(c.max_streams),
+    )? as u32;
+    c.max_request_bytes = bounded(
+        "max_request_bytes",
+        table.max_request_bytes,
+        4096,
+        64 << 20,
+        c.max_request_bytes as u64,
+    )? as usize;
+    if let Some(d) = table.idle_timeout {
+        let d = humantime::parse_duration(&d)
+            .map_err(|e| format!("idle_timeout: '{d}' is not a duration like 30s or 5m: {e}"))?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&d) {
+            return Err("idle_timeout must be 1s to 24h".into());
+        }
+        c.idle_timeout = d;
+    }
+    Ok(c)
 }
 
 /// 1-based line number of byte offset `pos` in `text`.

@@ -5,6 +5,7 @@
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Caller, caller_of};
 use crate::proto::{self, control_server::Control};
 use crate::services::BindError;
 use crate::supervisor::{Supervisor, SupervisorError};
@@ -43,6 +44,32 @@ pub fn to_status(e: SupervisorError) -> Status {
         SupervisorError::Bind(BindError::Other(..)) => Status::unavailable(msg),
         SupervisorError::Bind(BindError::Precondition(_)) => Status::failed_precondition(msg),
         SupervisorError::ShuttingDown => Status::unavailable(msg),
+        SupervisorError::TooMany(_) => Status::resource_exhausted(msg),
+    }
+}
+
+fn kind_slug(k: &proto::listener_spec::Kind) -> &'static str {
+    use proto::listener_spec::Kind;
+    match k {
+        Kind::TcpEcho(_) => "tcp-echo",
+        Kind::UdpEcho(_) => "udp-echo",
+        Kind::Proxy(_) => "proxy",
+        Kind::Http(_) => "http",
+        Kind::Sniffer(_) => "sniffer",
+    }
+}
+
+/// One `netd::audit` line per mutating call: who, what, on which listener,
+/// and how it ended. The listener name is logged escaped (Debug), so a
+/// hostile name cannot forge log lines.
+fn audit<T>(caller: &Caller, rpc: &str, name: &str, kind: &str, result: &Result<T, Status>) {
+    match result {
+        Ok(_) => {
+            tracing::info!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc, listener = ?name, kind, "ok")
+        }
+        Err(s) => {
+            tracing::info!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc, listener = ?name, kind, code = ?s.code(), error = s.message(), "refused")
+        }
     }
 }
 
@@ -52,16 +79,24 @@ impl Control for ControlService {
         &self,
         request: Request<proto::StartListenerRequest>,
     ) -> Result<Response<proto::StartListenerResponse>, Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
-        let spec = req
+        let kind = req
             .spec
-            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
-        let listener = self
-            .supervisor
-            .start(&req.name, spec, req.labels)
-            .map_err(to_status)?;
+            .as_ref()
+            .and_then(|s| s.kind.as_ref())
+            .map(kind_slug)
+            .unwrap_or("none");
+        let result = match req.spec {
+            None => Err(Status::invalid_argument("spec is required")),
+            Some(spec) => self
+                .supervisor
+                .start(&req.name, spec, req.labels)
+                .map_err(to_status),
+        };
+        audit(&caller, "StartListener", &req.name, kind, &result);
         Ok(Response::new(proto::StartListenerResponse {
-            listener: Some(listener),
+            listener: Some(result?),
         }))
     }
 
@@ -69,10 +104,13 @@ impl Control for ControlService {
         &self,
         request: Request<proto::StopListenerRequest>,
     ) -> Result<Response<proto::StopListenerResponse>, Status> {
+        let caller = caller_of(&request);
         let name = request.into_inner().name;
-        let listener = self.supervisor.stop(&name).await.map_err(to_status)?;
+        let result = self.supervisor.stop(&name).await.map_err(to_status);
+        let kind = result.as_ref().map(|l| l.kind().slug()).unwrap_or("-");
+        audit(&caller, "StopListener", &name, kind, &result);
         Ok(Response::new(proto::StopListenerResponse {
-            listener: Some(listener),
+            listener: Some(result?),
         }))
     }
 

@@ -9,9 +9,11 @@
 //! `netctl` (in `ctl/`) uses [`client`] and [`addr`] from here.
 
 pub mod addr;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod control_conn;
 pub mod events;
 pub mod logging;
 pub mod metrics;

@@ -22,10 +22,18 @@ struct Args {
     config: Option<PathBuf>,
 
     /// Control plane address: unix:/path/to/sock or host:port. Overrides the
-    /// config's `control`. Default: unix:/run/netd/netd.sock as root,
-    /// else $XDG_RUNTIME_DIR/netd.sock or /tmp/netd-$UID.sock.
+    /// config's `[control] listen`. Default: unix:/run/netd/netd.sock as
+    /// root, else $XDG_RUNTIME_DIR/netd/netd.sock or /tmp/netd-$UID/netd.sock
+    /// (a private 0700 directory). A TCP address needs [control.tls], or
+    /// --control-insecure on loopback.
     #[arg(long, env = CONTROL_ENV, value_name = "ADDR")]
     control: Option<ControlAddr>,
+
+    /// Allow a TCP --control address without TLS. Loopback addresses only;
+    /// whoever can connect is admin, and netd warns at every start. Same as
+    /// `[control] insecure = true`.
+    #[arg(long)]
+    control_insecure: bool,
 
     /// Validate the config and exit.
     #[arg(long)]
@@ -46,7 +54,7 @@ fn main() -> ExitCode {
         Some(path) => Config::load(path),
         None => Ok(Config::embedded()),
     };
-    let config = match config {
+    let mut config = match config {
         Ok(c) => c,
         Err(e) => {
             eprintln!("netd: {e}");
@@ -61,6 +69,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    config.control.insecure |= args.control_insecure;
     netd::logging::init(&config.log);
     // Each connection costs a descriptor (a proxied one two); the common
     // soft default of 1024 would cap a proxy at about 500 clients.
@@ -70,7 +79,7 @@ fn main() -> ExitCode {
     }
     let control = args
         .control
-        .or_else(|| config.control.clone())
+        .or_else(|| config.control.listen.clone())
         .unwrap_or_else(default_control_addr);
 
     let runtime = match tokio::runtime::Runtime::new() {

@@ -8,18 +8,24 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::addr::ControlAddr;
+use crate::auth::{AuthLayer, Policy};
 use crate::config::Config;
 use crate::control::ControlService;
+use crate::control_conn::{ConnLimits, incoming_tcp, incoming_unix};
 use crate::proto::{self, control_server::ControlServer};
 use crate::supervisor::Supervisor;
 
 /// How long the gRPC server gets to finish open calls at exit.
 const CONTROL_DRAIN: Duration = Duration::from_secs(2);
+/// HTTP/2 pings find control clients that vanished without a FIN.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TLS client must finish its handshake within this.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum ControlSocket {
     Unix(tokio::net::UnixListener, PathBuf),
@@ -39,7 +45,21 @@ impl Drop for SocketFileGuard {
 
 /// Run the daemon until SIGTERM/SIGINT. Returns after a clean shutdown.
 pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
+    check_control_security(&config, &control).await?;
+    if control == crate::addr::default_control_addr()
+        && control != ControlAddr::Unix(crate::addr::SYSTEM_CONTROL_SOCKET.into())
+    {
+        crate::addr::ensure_private_dir(&crate::addr::private_dir())
+            .map_err(|e| anyhow::anyhow!("control socket directory: {e}"))?;
+    }
     let socket = bind_control(&control).await?;
+    let socket_gid = match &socket {
+        ControlSocket::Unix(_, p) => {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p).ok().map(|m| m.gid())
+        }
+        ControlSocket::Tcp(_) => None,
+    };
     let _guard = SocketFileGuard(match &socket {
         ControlSocket::Unix(_, p) => Some(p.clone()),
         ControlSocket::Tcp(_) => None,
@@ -54,7 +74,7 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
         ),
     };
 
-    let supervisor = Supervisor::new();
+    let supervisor = Supervisor::with_max_listeners(config.max_listeners);
     for l in &config.listeners {
         supervisor
             .start(&l.name, l.spec.clone(), l.labels.clone())
@@ -69,21 +89,49 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
         .build_v1()
         .context("building the reflection service")?;
     let stop_control = CancellationToken::new();
-    let router = Server::builder()
+    let cc = &config.control;
+    let mut builder = Server::builder()
+        .max_concurrent_streams(cc.max_streams)
+        .http2_max_header_list_size(16 * 1024)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+    let tcp = matches!(socket, ControlSocket::Tcp(_));
+    if let (true, Some(tls)) = (tcp, &cc.tls) {
+        let mut t = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
+        if let Some(ca) = &tls.client_ca_pem {
+            t = t.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder
+            .tls_config(t)
+            .map_err(|e| anyhow::anyhow!("control TLS ({}): {e}", tls.cert_path))?;
+    } else if !tcp && cc.tls.is_some() {
+        tracing::warn!(
+            "[control.tls] applies to a TCP control address; the Unix socket is served without it"
+        );
+    }
+    let policy = Policy::new(cc.roles.clone(), socket_gid, tcp && cc.tls.is_none());
+    let router = builder
+        .layer(AuthLayer::new(policy))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ControlServer::new(ControlService::new(
-            supervisor.clone(),
-            stop_control.clone(),
-        )));
+        .add_service(
+            ControlServer::new(ControlService::new(
+                supervisor.clone(),
+                stop_control.clone(),
+            ))
+            .max_decoding_message_size(cc.max_request_bytes),
+        );
 
+    let limits = ConnLimits::new(cc.max_connections, cc.idle_timeout);
     let stopped = stop_control.clone().cancelled_owned();
     let mut server = match socket {
         ControlSocket::Unix(l, _) => {
-            tokio::spawn(router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stopped))
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming_unix(l, limits), stopped))
         }
         ControlSocket::Tcp(l) => {
-            tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(l), stopped))
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming_tcp(l, limits), stopped))
         }
     };
     let stop_metrics = CancellationToken::new();
@@ -134,6 +182,41 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
         Err(_) => server.abort(),
     }
     tracing::info!("netd stopped");
+    Ok(())
+}
+
+/// Refuse a TCP control address without TLS unless the operator said
+/// `insecure`, and even then anything but loopback.
+async fn check_control_security(config: &Config, control: &ControlAddr) -> anyhow::Result<()> {
+    let ControlAddr::Tcp(hostport) = control else {
+        return Ok(());
+    };
+    let cc = &config.control;
+    match &cc.tls {
+        Some(tls) if tls.client_ca_pem.is_none() => {
+            tracing::warn!(control = %hostport, "control plane on TLS without client certificates ([control.tls] client_ca unset): every client is at most a viewer");
+        }
+        Some(_) => {}
+        None if !cc.insecure => bail!(
+            "refusing to serve the control plane on TCP {hostport} without TLS: anyone who can \
+             connect could drive netd. Configure [control.tls] (cert, key, client_ca), use a Unix \
+             socket, or for a loopback address accept the risk with --control-insecure \
+             ([control] insecure = true)"
+        ),
+        None => {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(hostport.as_str())
+                .await
+                .with_context(|| format!("cannot resolve the control address {hostport}"))?
+                .collect();
+            if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+                bail!(
+                    "refusing to serve the control plane on {hostport} ({a}) without TLS: \
+                     --control-insecure is for loopback addresses only; configure [control.tls]"
+                );
+            }
+            tracing::warn!(control = %hostport, "control plane on TCP WITHOUT TLS (--control-insecure): any local user who can connect to it is admin");
+        }
+    }
     Ok(())
 }
 

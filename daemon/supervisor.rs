@@ -32,7 +32,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A run that lasted this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// Longest listener name.
-pub const MAX_NAME_LEN: usize = 64;
+pub const MAX_NAME_LEN: usize = 63;
+/// Labels per listener, and the longest key and value.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY_LEN: usize = 63;
+pub const MAX_LABEL_VALUE_LEN: usize = 255;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -46,6 +50,8 @@ pub enum SupervisorError {
     Bind(#[from] BindError),
     #[error("netd is shutting down")]
     ShuttingDown,
+    #[error("netd already runs {0} listeners, its limit (max_listeners in the config)")]
+    TooMany(usize),
 }
 
 /// Mutable part of a listener's status.
@@ -144,6 +150,7 @@ struct Inner {
     /// Parent of every listener's `close_connections`.
     shutdown_connections: CancellationToken,
     events: EventBus,
+    max_listeners: usize,
 }
 
 impl Default for Supervisor {
@@ -154,12 +161,18 @@ impl Default for Supervisor {
 
 impl Supervisor {
     pub fn new() -> Self {
+        Self::with_max_listeners(crate::config::DEFAULT_MAX_LISTENERS)
+    }
+
+    /// A registry that refuses to hold more than `max` listeners.
+    pub fn with_max_listeners(max: usize) -> Self {
         Supervisor {
             inner: Arc::new(Inner {
                 listeners: Mutex::new(BTreeMap::new()),
                 shutdown_accepting: CancellationToken::new(),
                 shutdown_connections: CancellationToken::new(),
                 events: EventBus::new(),
+                max_listeners: max,
             }),
         }
     }
@@ -180,14 +193,7 @@ impl Supervisor {
         labels: HashMap<String, String>,
     ) -> Result<proto::Listener, SupervisorError> {
         validate_name(name)?;
-        for (k, v) in &labels {
-            if k.is_empty() || k.len() > 128 || v.len() > 1024 {
-                return Err(SpecError(format!(
-                    "label '{k}': keys must be 1-128 bytes and values at most 1024 bytes"
-                ))
-                .into());
-            }
-        }
+        validate_labels(&labels)?;
         let service = Arc::new(Service::from_spec(&spec)?);
         let mut spec = spec;
         Service::redact(&mut spec);
@@ -197,6 +203,9 @@ impl Supervisor {
         let mut listeners = self.listeners();
         if listeners.contains_key(name) {
             return Err(SupervisorError::AlreadyExists(name.to_string()));
+        }
+        if listeners.len() >= self.inner.max_listeners {
+            return Err(SupervisorError::TooMany(listeners.len()));
         }
         // Bind under the registry lock: quick, and it makes the name check
         // and the insert one step.
@@ -388,6 +397,8 @@ impl Supervisor {
     }
 }
 
+/// Names are `[A-Za-z0-9][A-Za-z0-9._-]{0,62}`: safe in file names, URLs,
+/// metric labels and terminals, and never `.` or `..`.
 fn validate_name(name: &str) -> Result<(), SpecError> {
     if name.is_empty() {
         return Err(SpecError("a listener needs a name".into()));
@@ -402,10 +413,57 @@ fn validate_name(name: &str) -> Result<(), SpecError> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
         return Err(SpecError(format!(
-            "listener name '{name}' contains {c:?}; use letters, digits, '-', '_' and '.'"
+            "listener name {name:?} contains {c:?}; use letters, digits, '-', '_' and '.'"
+        )));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(SpecError(format!(
+            "listener name {name:?} must start with a letter or a digit"
         )));
     }
     Ok(())
+}
+
+/// At most [`MAX_LABELS`]; keys like names (plus `/`), up to 63
+/// characters; values up to 255 printable characters (no control or
+/// bidirectional-override characters, which could rewrite a terminal or
+/// the order of what an admin reads).
+fn validate_labels(labels: &HashMap<String, String>) -> Result<(), SpecError> {
+    if labels.len() > MAX_LABELS {
+        return Err(SpecError(format!(
+            "{} labels; at most {MAX_LABELS} are allowed",
+            labels.len()
+        )));
+    }
+    for (k, v) in labels {
+        let key_ok = !k.is_empty()
+            && k.len() <= MAX_LABEL_KEY_LEN
+            && k.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+        if !key_ok {
+            return Err(SpecError(format!(
+                "label key {k:?}: 1-{MAX_LABEL_KEY_LEN} characters of letters, digits, '-', '_', '.' and '/', starting with a letter or digit"
+            )));
+        }
+        if v.chars().count() > MAX_LABEL_VALUE_LEN {
+            return Err(SpecError(format!(
+                "label '{k}': the value is longer than {MAX_LABEL_VALUE_LEN} characters"
+            )));
+        }
+        if let Some(c) = v.chars().find(|&c| !printable(c)) {
+            return Err(SpecError(format!(
+                "label '{k}': the value contains {c:?}; only printable characters are allowed"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Not a control character, nor a bidirectional override/isolate.
+fn printable(c: char) -> bool {
+    !c.is_control()
+        && !matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Run the service; on failure, mark FAILED and rebind with backoff until it
@@ -484,5 +542,46 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "(non-string panic payload)".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "echo-1", "A.b_c", "0", &"x".repeat(63)] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-x",
+            "_x",
+            ".hidden",
+            "a/b",
+            "a b",
+            "é",
+            &"x".repeat(64),
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn labels() {
+        let one = |k: &str, v: &str| HashMap::from([(k.to_string(), v.to_string())]);
+        assert!(validate_labels(&one("team", "net ops")).is_ok());
+        assert!(validate_labels(&one("app.kubernetes.io/name", "netd")).is_ok());
+        assert!(validate_labels(&one("k", "\u{1b}[2J")).is_err());
+        assert!(validate_labels(&one("k", "a\nb")).is_err());
+        assert!(validate_labels(&one("k", "\u{202e}txt")).is_err());
+        assert!(validate_labels(&one("k", &"v".repeat(256))).is_err());
+        assert!(validate_labels(&one(&"k".repeat(64), "v")).is_err());
+        assert!(validate_labels(&one("", "v")).is_err());
+        let many: HashMap<_, _> = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
+        assert!(validate_labels(&many).is_err());
     }
 }

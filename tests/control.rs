@@ -354,8 +354,10 @@ fn control_over_tcp() {
     let port = common::free_tcp_port();
     let control: netd::addr::ControlAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut cmd = std::process::Command::new(common::NETD);
-    cmd.args(["--config", "/dev/null"]);
+    // Plain TCP only with the explicit opt-out (loopback only).
+    cmd.args(["--config", "/dev/null", "--control-insecure"]);
     let netd = Netd::spawn(cmd, dir, control);
+    assert!(netd.log().contains("WITHOUT TLS"), "{}", netd.log());
     netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
     let list = netd.netctl_json(&["list"]);
     assert_eq!(list["listeners"][0]["name"], "u");
