@@ -4,6 +4,7 @@
 //! (`-o json`) for programs. Errors print one line, `netctl: ...`, on stderr
 //! and exit 1 (2 for usage errors).
 
+mod escape;
 mod output;
 mod probe;
 mod stats;
@@ -588,9 +589,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!(
                     "started {} ({}) on {}",
-                    l.name,
+                    escape::escape(&l.name),
                     l.kind().slug(),
-                    l.bound_addr
+                    escape::escape(&l.bound_addr)
                 );
             }
         }
@@ -605,7 +606,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let s = l.stats.clone().unwrap_or_default();
                 println!(
                     "stopped {} ({}; {} connections, {} datagrams, {} in, {} out)",
-                    l.name,
+                    escape::escape(&l.name),
                     l.kind().slug(),
                     s.connections_total,
                     s.datagrams_in,
@@ -761,7 +762,9 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("netctl: {e:#}");
+            // Errors carry the daemon's messages, which can quote what a
+            // listener's creator chose: escaped, and one line.
+            eprintln!("netctl: {}", escape::escape(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

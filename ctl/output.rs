@@ -1,10 +1,16 @@
 //! Rendering listeners for people (tables, key/value blocks) and for
 //! programs (JSON with the .proto's snake_case field names).
+//!
+//! Strings from the daemon are printed only through [`table`] and
+//! [`status_block`], which pass each cell and value through
+//! [`escape`](crate::escape::escape).
 
 use std::time::{Duration, SystemTime};
 
 use netd::proto::{self, listener_spec::Kind};
 use serde_json::{Value, json};
+
+use crate::escape::escape;
 
 fn kind(l: &proto::Listener) -> &'static str {
     proto::ListenerKind::try_from(l.kind)
@@ -202,10 +208,15 @@ fn uptime(l: &proto::Listener) -> String {
     }
 }
 
-/// Print rows with columns padded to the widest cell.
+/// Print rows with columns padded to the widest cell. Cells are escaped
+/// here (control characters written as `\x1b`, `\n`...): pass them raw.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| escape(c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             widths[i] = widths[i].max(cell.chars().count());
         }
@@ -223,7 +234,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     };
     line(header.iter().map(|s| s.to_string()).collect());
     for row in rows {
-        line(row.clone());
+        line(row);
     }
 }
 
@@ -282,7 +293,7 @@ pub fn status_block(l: &proto::Listener) {
         Value::Object(m) => m
             .iter()
             .map(|(k, v)| match v {
-                Value::String(s) if k == "prefix" => format!("{k}={s:?}"),
+                Value::String(s) if k == "prefix" => format!("{k}=\"{s}\""),
                 Value::String(s) => format!("{k}={s}"),
                 Value::Array(a) => format!(
                     "{k}={}",
@@ -348,7 +359,7 @@ pub fn status_block(l: &proto::Listener) {
         ("errors", s.errors.to_string()),
     ];
     for (k, v) in rows {
-        println!("{:<12} {v}", format!("{k}:"));
+        println!("{:<12} {}", format!("{k}:"), escape(&v));
     }
     if let Some(proto::listener_stats::Detail::Http(h)) = &s.detail {
         println!(

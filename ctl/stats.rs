@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use netd::proto::{self, ListenerKind, ListenerState, StatsSample};
 use serde_json::{Value, json};
 
+use crate::escape::escape;
 use crate::output::{bytes, table};
 
 fn time(t: Option<prost_types::Timestamp>) -> String {
@@ -171,7 +172,8 @@ impl Watcher {
                 self.header_done = true;
             }
             for r in rows {
-                println!("{}", r.join("\t"));
+                let cells: Vec<_> = r.iter().map(|c| escape(c)).collect();
+                println!("{}", cells.join("\t"));
             }
         }
         let _ = std::io::stdout().flush();
@@ -206,7 +208,7 @@ pub fn event_line(e: &proto::Event) -> String {
     } else {
         format!(
             "{} ({})",
-            e.listener,
+            escape(&e.listener),
             ListenerKind::try_from(e.listener_kind)
                 .unwrap_or_default()
                 .slug()
@@ -217,7 +219,7 @@ pub fn event_line(e: &proto::Event) -> String {
         time(e.time),
         event_kind(e),
         who,
-        e.message
+        escape(&e.message)
     )
 }
 
@@ -231,7 +233,7 @@ pub fn packet_line(p: &proto::PacketSummary) -> String {
     let flags = if p.tcp_flags.is_empty() {
         String::new()
     } else {
-        format!(" [{}]", p.tcp_flags)
+        format!(" [{}]", escape(&p.tcp_flags))
     };
     let lost = if p.dropped_before > 0 {
         format!(
@@ -243,9 +245,9 @@ pub fn packet_line(p: &proto::PacketSummary) -> String {
     };
     format!(
         "{t} {} {} > {}{flags} length {}{lost}",
-        p.protocol.to_uppercase(),
-        p.src,
-        p.dst,
+        escape(&p.protocol.to_uppercase()),
+        escape(&p.src),
+        escape(&p.dst),
         p.length
     )
 }

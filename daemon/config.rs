@@ -145,6 +145,14 @@ struct RawListener {
 struct RawMetrics {
     #[serde(default)]
     listen: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_remote: bool,
+    #[serde(default)]
+    max_connections: Option<Spanned<u64>>,
+    #[serde(default)]
+    header_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,8 +193,11 @@ pub struct Config {
     pub max_listeners: usize,
     pub shutdown_grace: Duration,
     pub log: LogConfig,
-    /// Where to serve Prometheus `/metrics`; off when unset.
+    /// Where to serve Prometheus `/metrics`; off when unset. Loopback
+    /// unless `[metrics] allow_remote = true`.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Connection limit and timeouts of the `/metrics` endpoint.
+    pub metrics_limits: crate::metrics::Limits,
     pub listeners: Vec<BootListener>,
 }
 
@@ -227,10 +238,71 @@ impl Config {
         };
         let metrics_listen = match &raw.metrics.listen {
             None => None,
-            Some(l) => Some(
-                crate::addr::parse_listen_addr(l.get_ref())
-                    .map_err(|e| ConfigError(format!("{}: metrics.listen: {e}", at(l.span()))))?,
-            ),
+            Some(l) => {
+                let addr = crate::addr::parse_listen_addr(l.get_ref())
+                    .map_err(|e| ConfigError(format!("{}: metrics.listen: {e}", at(l.span()))))?;
+                // The endpoint has no authentication: a scraper elsewhere
+                // must be asked for explicitly.
+                if !addr.ip().to_canonical().is_loopback() && !raw.metrics.allow_remote {
+                    return Err(ConfigError(format!(
+                        "{}: metrics.listen: {addr} is not a loopback address; /metrics has no \
+                         authentication, so serving it beyond this host needs \
+                         `allow_remote = true` in [metrics]",
+                        at(l.span())
+                    )));
+                }
+                Some(addr)
+            }
+        };
+        let metrics_limits = {
+            use crate::metrics::{Limits, MAX_MAX_CONNECTIONS, TIMEOUT_RANGE};
+            let timeout = |field: &str, v: &Option<Spanned<String>>, default: Duration| {
+                let Some(v) = v else { return Ok(default) };
+                let d = humantime::parse_duration(v.get_ref()).map_err(|e| {
+                    ConfigError(format!(
+                        "{}: metrics.{field}: '{}' is not a duration like 5s or 1m: {e}",
+                        at(v.span()),
+                        v.get_ref()
+                    ))
+                })?;
+                if !TIMEOUT_RANGE.contains(&d) {
+                    return Err(ConfigError(format!(
+                        "{}: metrics.{field}: {} is out of range ({} to {})",
+                        at(v.span()),
+                        v.get_ref(),
+                        humantime::format_duration(*TIMEOUT_RANGE.start()),
+                        humantime::format_duration(*TIMEOUT_RANGE.end())
+                    )));
+                }
+                Ok(d)
+            };
+            let defaults = Limits::default();
+            let max_connections = match &raw.metrics.max_connections {
+                None => defaults.max_connections,
+                Some(m) => match usize::try_from(*m.get_ref()) {
+                    Ok(n @ 1..=MAX_MAX_CONNECTIONS) => n,
+                    _ => {
+                        return Err(ConfigError(format!(
+                            "{}: metrics.max_connections: {} is out of range (1 to {MAX_MAX_CONNECTIONS})",
+                            at(m.span()),
+                            m.get_ref()
+                        )));
+                    }
+                },
+            };
+            Limits {
+                max_connections,
+                header_timeout: timeout(
+                    "header_timeout",
+                    &raw.metrics.header_timeout,
+                    defaults.header_timeout,
+                )?,
+                idle_timeout: timeout(
+                    "idle_timeout",
+                    &raw.metrics.idle_timeout,
+                    defaults.idle_timeout,
+                )?,
+            }
         };
         let shutdown_grace = raw.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
         if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
@@ -534,6 +606,7 @@ impl Config {
             shutdown_grace,
             log: raw.log,
             metrics_listen,
+            metrics_limits,
             listeners,
         })
     }

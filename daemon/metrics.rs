@@ -5,24 +5,81 @@
 //! GetStats at scrape time, so scraping adds no work to the data path and
 //! the numbers always agree with `netctl stats`. Off unless
 //! `[metrics] listen` is set.
+//!
+//! The endpoint shares the process (and its file descriptors) with every
+//! listener and the control plane, so it is bounded like them ([`Limits`]):
+//! at most `max_connections` connections at once (more are closed as soon as
+//! they are accepted), request headers within `header_timeout`, an idle
+//! keep-alive connection closed after `idle_timeout`, and each response
+//! written within [`RESPONSE_TIMEOUT`]. HTTP/1.1 only: that is what
+//! Prometheus speaks.
 
-use std::sync::Arc;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::proto::{self, ListenerStats};
 use crate::supervisor::Supervisor;
+
+/// Default for `[metrics] max_connections`. A Prometheus server keeps one
+/// connection per target; 64 leaves room for a few scrapers and curl.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// Largest `[metrics] max_connections` the config accepts.
+pub const MAX_MAX_CONNECTIONS: usize = 4096;
+/// Default for `[metrics] header_timeout`.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for `[metrics] idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shortest and longest `header_timeout` / `idle_timeout` the config accepts.
+pub const TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
+/// Time from a request's headers to its response handed over in full
+/// (Prometheus' own default scrape timeout is 10s).
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The bounds of the endpoint, from `[metrics]` in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Time a connection has to send a request's headers: from accept for
+    /// the first request, from its first byte for later ones.
+    pub header_timeout: Duration,
+    /// Time a keep-alive connection may sit between requests.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
 
 type Getter = fn(&ListenerStats) -> u64;
 
@@ -57,6 +114,8 @@ const COUNTERS: &[(&str, &str, Getter)] = &[
 #[derive(Debug)]
 struct ListenerCollector {
     supervisor: Supervisor,
+    /// Connections to this endpoint closed at accept by the limit.
+    refused: Arc<AtomicU64>,
 }
 
 impl Collector for ListenerCollector {
@@ -102,6 +161,12 @@ impl Collector for ListenerCollector {
             let up = (l.state() == proto::ListenerState::Running) as i64;
             ConstGauge::new(up).encode(family.encode_family(labels)?)?;
         }
+        ConstCounter::new(self.refused.load(Relaxed)).encode(encoder.encode_descriptor(
+            "netd_metrics_connections_refused",
+            "Connections to this endpoint closed at once: max_connections were open.",
+            None,
+            MetricType::Counter,
+        )?)?;
         self.encode_kind_specific(&listeners, &mut encoder)
     }
 }
@@ -293,41 +358,350 @@ impl ListenerCollector {
     }
 }
 
-async fn metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "encoding metrics failed\n",
-        )
-            .into_response(),
-    }
-}
-
-/// Serve `/metrics` on `listener` until `stop` is cancelled.
+/// Serve `/metrics` on `listener` within `limits` until `stop` is
+/// cancelled; then connections finish the response in flight and close.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    limits: Limits,
     supervisor: Supervisor,
     stop: CancellationToken,
 ) {
+    let refused = Arc::new(AtomicU64::new(0));
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(ListenerCollector { supervisor }));
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .with_state(Arc::new(registry));
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "metrics endpoint failed");
+    registry.register_collector(Box::new(ListenerCollector {
+        supervisor,
+        refused: refused.clone(),
+    }));
+    let registry = Arc::new(registry);
+    let slots = Arc::new(Semaphore::new(
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    let tracker = TaskTracker::new();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => {
+                backoff = Duration::from_millis(10);
+                conn
+            }
+            Err(e) if crate::services::is_transient_accept_error(&e) => {
+                tracing::debug!(error = %e, "metrics endpoint: accept failed; backing off");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "metrics endpoint failed; no longer serving /metrics");
+                break;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Closed at once: a flood of these must not cost a descriptor
+            // for long, nor a log line above debug.
+            let n = refused.fetch_add(1, Relaxed) + 1;
+            tracing::debug!(%peer, refused = n, limit = limits.max_connections, "metrics endpoint: connection limit reached; closing");
+            drop(stream);
+            continue;
+        };
+        tracker.spawn(serve_connection(
+            stream,
+            slot,
+            registry.clone(),
+            limits,
+            stop.clone(),
+        ));
+    }
+    // Refuse new connections at once while the open ones finish.
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Where a connection is in its request cycle. Each phase has a deadline;
+/// a connection still in the phase at its deadline is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a request's headers (`header_timeout`).
+    Head,
+    /// Answering: from the headers until the response body is handed over
+    /// in full (`RESPONSE_TIMEOUT`).
+    Respond,
+    /// Keep-alive between requests (`idle_timeout`), until a byte arrives.
+    Idle,
+}
+
+/// A connection's phase and deadline. Moved on by the socket (first byte
+/// of a request), the service (headers parsed) and the response body
+/// (dropped once sent); all of that happens while the connection future
+/// is polled, so the driver sees each change right after the poll.
+#[derive(Debug)]
+struct Timing {
+    limits: Limits,
+    now: Mutex<(Phase, Instant)>,
+}
+
+impl Timing {
+    fn new(limits: Limits) -> Timing {
+        Timing {
+            limits,
+            now: Mutex::new((Phase::Head, Instant::now() + limits.header_timeout)),
+        }
+    }
+
+    fn get(&self) -> (Phase, Instant) {
+        *self.now.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn enter(&self, phase: Phase) {
+        let bound = match phase {
+            Phase::Head => self.limits.header_timeout,
+            Phase::Respond => RESPONSE_TIMEOUT,
+            Phase::Idle => self.limits.idle_timeout,
+        };
+        *self.now.lock().unwrap_or_else(PoisonError::into_inner) = (phase, Instant::now() + bound);
+    }
+
+    /// Bytes arrived: on an idle connection, that begins the next request.
+    fn bytes_read(&self) {
+        if self.get().0 == Phase::Idle {
+            self.enter(Phase::Head);
+        }
+    }
+}
+
+/// The accepted socket, telling [`Timing`] when bytes arrive.
+struct TimedStream {
+    stream: TcpStream,
+    timing: Arc<Timing>,
+}
+
+impl AsyncRead for TimedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.timing.bytes_read();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for TimedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// A response body that moves its connection to [`Phase::Idle`] when hyper
+/// is done with it (dropped after its last frame, or with the connection).
+struct TimedBody {
+    body: Full<Bytes>,
+    timing: Arc<Timing>,
+}
+
+impl hyper::body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for TimedBody {
+    fn drop(&mut self) {
+        self.timing.enter(Phase::Idle);
+    }
+}
+
+/// Serve one connection until the client closes it, a phase runs past its
+/// deadline, or shutdown (which lets the response in flight finish).
+async fn serve_connection(
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    registry: Arc<Registry>,
+    limits: Limits,
+    stop: CancellationToken,
+) {
+    let peer = stream.peer_addr().ok();
+    let timing = Arc::new(Timing::new(limits));
+    let io = TokioIo::new(TimedStream {
+        stream,
+        timing: timing.clone(),
+    });
+    let service = {
+        let timing = timing.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            timing.enter(Phase::Respond);
+            let resp = respond(&req, &registry).map(|body| TimedBody {
+                body,
+                timing: timing.clone(),
+            });
+            std::future::ready(Ok::<_, Infallible>(resp))
+        })
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // No hyper timer: `Timing` covers the header read, and hyper's own
+    // header timeout would also cut idle keep-alive connections short.
+    builder.header_read_timeout(None).keep_alive(true);
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let mut deadline = std::pin::pin!(tokio::time::sleep_until(timing.get().1));
+    let mut stopped = std::pin::pin!(stop.cancelled());
+    let mut draining = false;
+    let ended = std::future::poll_fn(|cx| {
+        if !draining && stopped.as_mut().poll(cx).is_ready() {
+            conn.as_mut().graceful_shutdown();
+            draining = true;
+        }
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            return Poll::Ready(r.map_err(Some));
+        }
+        // The poll above may have moved the connection to another phase.
+        let (_, due) = timing.get();
+        if deadline.deadline() != due {
+            deadline.as_mut().reset(due);
+        }
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(None));
+        }
+        Poll::Pending
+    })
+    .await;
+    match ended {
+        Ok(()) => {}
+        Err(None) => {
+            let (phase, _) = timing.get();
+            tracing::debug!(?peer, ?phase, "metrics connection timed out; closing");
+        }
+        Err(Some(e)) => tracing::debug!(?peer, error = %e, "metrics connection error"),
+    }
+}
+
+/// The one resource: `GET /metrics` (HEAD too).
+fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
+    let plain = |status: StatusCode, text: &'static str| {
+        let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    if req.uri().path() != "/metrics" {
+        return plain(StatusCode::NOT_FOUND, "not found; try /metrics\n");
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, registry) {
+        Ok(()) => {
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        Err(_) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding metrics failed\n",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn parse(metrics: &str) -> Result<Config, String> {
+        Config::parse(&format!("[metrics]\n{metrics}\n"), "x.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn limits_default_and_from_config() {
+        let c = parse("listen = \"127.0.0.1:9464\"").unwrap();
+        assert_eq!(c.metrics_limits, Limits::default());
+        let c = parse(
+            "listen = \"[::1]:9464\"\nmax_connections = 2\nheader_timeout = \"1s\"\nidle_timeout = \"2m\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.metrics_limits,
+            Limits {
+                max_connections: 2,
+                header_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(120),
+            }
+        );
+    }
+
+    #[test]
+    fn listen_is_loopback_unless_allow_remote() {
+        assert!(parse("listen = \"[::ffff:127.0.0.1]:9464\"").is_ok());
+        for addr in ["0.0.0.0:9464", "[::]:9464", "192.0.2.1:9464"] {
+            let e = parse(&format!("listen = \"{addr}\"")).unwrap_err();
+            assert!(
+                e.starts_with("x.toml:2: metrics.listen:") && e.contains("not a loopback"),
+                "{e}"
+            );
+            let c = parse(&format!("listen = \"{addr}\"\nallow_remote = true")).unwrap();
+            assert_eq!(c.metrics_listen, Some(addr.parse().unwrap()));
+        }
     }
 }

@@ -141,6 +141,7 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
         }
         tokio::spawn(crate::metrics::serve(
             l,
+            config.metrics_limits,
             supervisor.clone(),
             stop_metrics.clone(),
         ))

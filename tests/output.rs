@@ -1,0 +1,109 @@
+//! netctl prints what a listener's creator chose (labels, prefixes, and
+//! the daemon's messages quoting them) with control characters escaped: a
+//! label must not be able to drive the admin's terminal or forge lines.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::Netd;
+use netd::proto::{self, listener_spec::Kind};
+
+/// Clears the screen, sets the window title, rings the bell, and tries to
+/// forge a line of `netctl status`.
+const EVIL: &str = "\x1b[2J\x1b]0;pwned\x07\nrestarts:    0\ttab";
+/// `EVIL` as netctl must show it.
+const EVIL_SHOWN: &str = r"\x1b[2J\x1b]0;pwned\x07\nrestarts:    0\ttab";
+
+fn assert_no_controls(what: &str, out: &str) {
+    let bad: Vec<char> = out
+        .chars()
+        .filter(|&c| c.is_control() && c != '\n')
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{what}: raw control characters {bad:?} in:\n{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_output_escapes_control_characters_from_the_daemon() {
+    let netd = Netd::start("");
+    let mut c = netd.client().await;
+    // Labels carry the attack here because they are shown by `status`;
+    // the prefix is free text by design (it is echoed data) and stays so.
+    c.start_listener(proto::StartListenerRequest {
+        name: "evil".into(),
+        spec: Some(proto::ListenerSpec {
+            kind: Some(Kind::TcpEcho(proto::TcpEchoSpec {
+                listen: "127.0.0.1:0".into(),
+                prefix: EVIL.into(),
+                max_connections: 0,
+                idle_timeout: None,
+            })),
+        }),
+        labels: HashMap::from([("team\x1b[31m".to_string(), EVIL.to_string())]),
+    })
+    .await
+    .expect("start a listener with control characters in its labels");
+
+    let status = netd.netctl_ok(&["status", "evil"]);
+    assert_no_controls("status", &status);
+    let keys: Vec<&str> = status
+        .lines()
+        .map(|l| l.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "name",
+            "kind",
+            "state",
+            "bound_addr",
+            "started_at",
+            "restarts",
+            "last_error",
+            "labels",
+            "spec",
+            "connections",
+            "datagrams",
+            "bytes",
+            "errors"
+        ],
+        "one line per field:\n{status}"
+    );
+    assert!(
+        status.contains(&format!(r"labels:      team\x1b[31m={EVIL_SHOWN}")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("prefix=\"{EVIL_SHOWN}\"")),
+        "{status}"
+    );
+
+    let list = netd.netctl_ok(&["list"]);
+    assert_no_controls("list", &list);
+    assert_eq!(list.lines().count(), 2, "header and one row:\n{list}");
+    assert!(list.lines().nth(1).unwrap().starts_with("evil "), "{list}");
+
+    // JSON keeps the exact strings (serde escapes them).
+    let v = netd.netctl_json(&["status", "evil"]);
+    assert_eq!(v["labels"]["team\x1b[31m"], EVIL);
+    assert_eq!(v["spec"]["prefix"], EVIL);
+
+    // The daemon's error messages quote what the caller sent: the error
+    // line is escaped too, and stays one line.
+    let key = format!("{EVIL}{}", "k".repeat(130));
+    let err = netd.netctl_err(&[
+        "start",
+        "tcp-echo",
+        "e2",
+        "--listen",
+        "127.0.0.1:0",
+        "--label",
+        &format!("{key}=v"),
+    ]);
+    assert_no_controls("error", &err);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("netctl: cannot start 'e2': "), "{err}");
+}
