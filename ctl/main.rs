@@ -312,6 +312,11 @@ fn reply_listener<R>(
 }
 
 fn status_line(what: &str, s: &tonic::Status) -> anyhow::Error {
+    if let (Code::Unknown | Code::Unavailable | Code::Internal, Some(t)) =
+        (s.code(), netd::client::transport_failure(s))
+    {
+        return anyhow!("{what}: {t}");
+    }
     match s.code() {
         Code::Unavailable if s.message().is_empty() => anyhow!("{what}: netd is unavailable"),
         Code::Cancelled if s.message().contains("Timeout expired") => {
@@ -413,6 +418,36 @@ fn private_dir_of(addr: &ControlAddr) -> Option<std::path::PathBuf> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let dial = Dial::from_cli(&cli)?;
+    let result = run_command(cli, &dial).await;
+    let Err(e) = result else { return Ok(()) };
+    // A call over TLS that died without a reason: ask the TLS layer why
+    // (e.g. netd rejected our certificate after the handshake).
+    if let (Some(ControlAddr::Tcp(hostport)), Some(tls)) = (&dial.control, &dial.opts.tls) {
+        let text = format!("{e:#}").to_lowercase();
+        if [
+            "transport error",
+            "canceled",
+            "connection",
+            "broken pipe",
+            "h2 protocol",
+        ]
+        .iter()
+        .any(|w| text.contains(w))
+        {
+            if let Some(why) =
+                netd::client::diagnose_tls(hostport, tls, dial.opts.connect_timeout).await
+            {
+                return Err(anyhow!(
+                    "TLS with netd at {hostport} failed: {}",
+                    netd::client::with_hint(&why, true)
+                ));
+            }
+        }
+    }
+    Err(e)
+}
+
+async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
     let json = cli.output == Format::Json;
     match cli.command {
         Command::Probe {

@@ -403,7 +403,7 @@ where
             },
         };
         if caller.role < need {
-            tracing::warn!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc = %path, "denied");
+            tracing::warn!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc = %path, "audit: denied");
             let status = tonic::Status::permission_denied(format!(
                 "{} needs the {} role; {} has the {} role",
                 path.rsplit('/').next().unwrap_or(&path),

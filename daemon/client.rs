@@ -110,7 +110,7 @@ pub async fn connect_with(addr: &ControlAddr, opts: &DialOptions) -> anyhow::Res
     };
     channel.map_err(|e| {
         let msg = chain(&e);
-        let hint = hint_for(&msg, addr);
+        let hint = hint_for(&msg, matches!(addr, ControlAddr::Tcp(_)));
         anyhow::anyhow!("cannot connect to netd at {addr}: {msg}{hint}")
     })
 }
@@ -162,13 +162,89 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     msg
 }
 
-fn hint_for(msg: &str, addr: &ControlAddr) -> &'static str {
+/// Explain `msg` with a hint where one helps.
+pub fn with_hint(msg: &str, tcp: bool) -> String {
+    format!("{msg}{}", hint_for(msg, tcp))
+}
+
+/// A transport-level failure of a call (the TLS peer refused our
+/// certificate after the handshake, the connection broke): the status and
+/// its sources on one line, with a hint where one helps. `None` when the
+/// status carries no transport error.
+pub fn transport_failure(s: &tonic::Status) -> Option<String> {
+    let source = std::error::Error::source(s)?;
+    let msg = chain(source);
+    Some(format!("{msg}{}", hint_for(&msg, true)))
+}
+
+/// Why TLS to netd fails, found by a fresh handshake outside the HTTP/2
+/// stack. With TLS 1.3 a server that rejects the client certificate says
+/// so in an alert after the client's handshake has finished, so the call
+/// only sees a broken connection; this handshake reads that alert. `None`
+/// if the handshake and a first read succeed (the failure lies elsewhere).
+pub async fn diagnose_tls(hostport: &str, tls: &TlsFiles, timeout: Duration) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let attempt = async {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(tls.ca_pem.as_deref()?) {
+            roots.add(c.ok()?).ok()?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .ok()?
+            .with_root_certificates(roots);
+        let mut config = match (&tls.cert_pem, &tls.key_pem) {
+            (Some(c), Some(k)) => {
+                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(c)
+                    .collect::<Result<_, _>>()
+                    .ok()?;
+                let key = PrivateKeyDer::from_pem_slice(k).ok()?;
+                builder.with_client_auth_cert(chain, key).ok()?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let host = match hostport.rsplit_once(':') {
+            Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+            None => hostport,
+        };
+        let name = ServerName::try_from(host.to_string()).ok()?;
+        let tcp = tokio::net::TcpStream::connect(hostport).await.ok()?;
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let mut s = match connector.connect(name, tcp).await {
+            Ok(s) => s,
+            Err(e) => return Some(chain(&e)),
+        };
+        // The HTTP/2 client preface and an empty SETTINGS frame; netd
+        // answers with SETTINGS, or the TLS layer with its alert.
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        if let Err(e) = s.write_all(&hello).await {
+            return Some(chain(&e));
+        }
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf).await {
+            Ok(_) => None,
+            Err(e) => Some(chain(&e)),
+        }
+    };
+    tokio::time::timeout(timeout, attempt).await.ok().flatten()
+}
+
+fn hint_for(msg: &str, tcp: bool) -> &'static str {
     let m = msg.to_ascii_lowercase();
     if m.contains("refusing to talk") {
         ""
     } else if m.contains("unknownissuer") || m.contains("unknown issuer") {
         " (netd's certificate is not signed by the CA given with --cacert)"
-    } else if m.contains("certificaterequired") || m.contains("certificate required") {
+    } else if m.contains("certificaterequired")
+        || m.contains("certificate required")
+        || m.contains("handshakefailure")
+    {
         " (netd requires a client certificate: --cert and --key)"
     } else if m.contains("expired") {
         " (a certificate has expired)"
@@ -182,7 +258,7 @@ fn hint_for(msg: &str, addr: &ControlAddr) -> &'static str {
         " (netd's certificate does not name the host in --control)"
     } else if m.contains("permission denied") {
         " (the socket is mode 0660: run as root or as a member of its group, e.g. netd)"
-    } else if matches!(addr, ControlAddr::Tcp(_))
+    } else if tcp
         && (m.contains("corrupt") || m.contains("invalidcontenttype") || m.contains("tls"))
     {
         " (TLS mismatch: a TLS netd needs --cacert, a --control-insecure one does not)"

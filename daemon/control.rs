@@ -65,10 +65,10 @@ fn kind_slug(k: &proto::listener_spec::Kind) -> &'static str {
 fn audit<T>(caller: &Caller, rpc: &str, name: &str, kind: &str, result: &Result<T, Status>) {
     match result {
         Ok(_) => {
-            tracing::info!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc, listener = ?name, kind, "ok")
+            tracing::info!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc, listener = ?name, kind, "audit: ok")
         }
         Err(s) => {
-            tracing::info!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc, listener = ?name, kind, code = ?s.code(), error = s.message(), "refused")
+            tracing::info!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc, listener = ?name, kind, code = ?s.code(), error = s.message(), "audit: refused")
         }
     }
 }

@@ -42,14 +42,25 @@ impl Netd {
     /// Start netd with arbitrary arguments and the control address given
     /// through NETD_CONTROL.
     pub fn spawn(mut cmd: Command, dir: tempfile::TempDir, control: ControlAddr) -> Netd {
+        cmd.env("NETD_CONTROL", control.to_string());
+        Netd::spawn_as_is(cmd, dir, control)
+    }
+
+    /// Start netd with arbitrary arguments; `control` is where the test
+    /// expects it to listen (the command must say so itself, or rely on
+    /// the default). The notify socket is open to any user, so a netd run
+    /// as another user (`CommandExt::uid`) can report readiness.
+    pub fn spawn_as_is(mut cmd: Command, dir: tempfile::TempDir, control: ControlAddr) -> Netd {
+        use std::os::unix::fs::PermissionsExt;
         let notify_path = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o666))
+            .expect("chmod notify socket");
         notify
             .set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let log = std::fs::File::create(dir.path().join("netd.log")).expect("log file");
-        cmd.env("NETD_CONTROL", control.to_string())
-            .env("NOTIFY_SOCKET", &notify_path)
+        cmd.env("NOTIFY_SOCKET", &notify_path)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
