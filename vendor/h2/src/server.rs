@@ -1702,13 +1702,15 @@ impl proto::Peer for Peer {
         // header
         if let Some(authority) = pseudo.authority {
             let maybe_authority = uri::Authority::from_maybe_shared(authority.clone().into_inner());
-            parts.authority = Some(maybe_authority.or_else(|why| {
-                malformed!(
-                    "malformed headers: malformed authority ({:?}): {}",
-                    authority,
-                    why,
-                )
-            })?);
+            // netd patch: an :authority that does not parse (gRPC clients on a
+            // Unix socket send its path) is dropped, as if absent, instead of
+            // resetting the stream. See vendor/h2/NETD-PATCH.md.
+            match maybe_authority {
+                Ok(authority) => parts.authority = Some(authority),
+                Err(why) => {
+                    tracing::debug!("malformed authority ({:?}) ignored: {}", authority, why)
+                }
+            }
         }
 
         // A :scheme is required, except CONNECT.
