@@ -210,7 +210,10 @@ enum StartKind {
         /// Filter: terms joined by "and": tcp | udp | icmp | port N | host IP.
         #[arg(short, long, value_name = "EXPR", default_value = "")]
         filter: String,
-        /// Write captured packets to this pcap file.
+        /// Write captured packets to this pcap file, in the daemon's
+        /// capture_dir (default /var/lib/netd/captures as root): a file
+        /// name, or an absolute path directly in that directory; anything
+        /// else is refused. Rotated files are PATH.1 ... PATH.N.
         #[arg(long, value_name = "PATH")]
         pcap: Option<String>,
         /// Rotate the pcap file at this many bytes (default 100 MiB).

@@ -54,7 +54,7 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
         ),
     };
 
-    let supervisor = Supervisor::new();
+    let supervisor = Supervisor::new(config.settings());
     for l in &config.listeners {
         supervisor
             .start(&l.name, l.spec.clone(), l.labels.clone())

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::events::EventBus;
 use crate::proto::{self, EventKind, ListenerState};
-use crate::services::{BindError, Service, ServiceCtx, SpecError};
+use crate::services::{BindError, Service, ServiceCtx, Settings, SpecError};
 use crate::stats::Stats;
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
@@ -144,18 +144,23 @@ struct Inner {
     /// Parent of every listener's `close_connections`.
     shutdown_connections: CancellationToken,
     events: EventBus,
+    /// Handed to every `Service::from_spec`.
+    settings: Settings,
 }
 
 impl Default for Supervisor {
     fn default() -> Self {
-        Self::new()
+        Self::new(Settings::default())
     }
 }
 
 impl Supervisor {
-    pub fn new() -> Self {
+    /// A registry whose services are built with `settings` (from the
+    /// config: where pcap files may go).
+    pub fn new(settings: Settings) -> Self {
         Supervisor {
             inner: Arc::new(Inner {
+                settings,
                 listeners: Mutex::new(BTreeMap::new()),
                 shutdown_accepting: CancellationToken::new(),
                 shutdown_connections: CancellationToken::new(),
@@ -188,9 +193,8 @@ impl Supervisor {
                 .into());
             }
         }
-        let service = Arc::new(Service::from_spec(&spec)?);
-        let mut spec = spec;
-        Service::redact(&mut spec);
+        let service = Arc::new(Service::from_spec(&spec, &self.inner.settings)?);
+        let spec = service.shown_spec(spec);
         if self.inner.shutdown_accepting.is_cancelled() {
             return Err(SupervisorError::ShuttingDown);
         }

@@ -139,6 +139,14 @@ fn tshark_counts(file: &Path) -> [u64; 4] {
     c
 }
 
+/// netd in `ns` with `capture_dir = dir`, then `extra` config.
+fn netd_capturing_to(ns: &NetNs, dir: &Path, extra: &str) -> Netd {
+    ns.netd(&format!(
+        "capture_dir = {:?}\n{extra}",
+        dir.to_str().expect("utf-8 temp path")
+    ))
+}
+
 #[test]
 fn counts_each_loopback_packet_once_and_match_tshark() {
     let ns = NetNs::new();
@@ -316,8 +324,8 @@ async fn watch_packets_streams_summaries() {
 #[test]
 fn pcap_file_is_complete_and_readable() {
     let ns = NetNs::new();
-    let netd = ns.netd("");
     let work = tempfile::tempdir().unwrap();
+    let netd = netd_capturing_to(&ns, work.path(), "");
     let file = work.path().join("cap.pcap");
     netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
     let u = bound_addr(&netd, "u");
@@ -355,8 +363,8 @@ fn pcap_file_is_complete_and_readable() {
 #[test]
 fn pcap_rotates_at_the_size_cap() {
     let ns = NetNs::new();
-    let netd = ns.netd("");
     let work = tempfile::tempdir().unwrap();
+    let netd = netd_capturing_to(&ns, work.path(), "");
     let file = work.path().join("rot.pcap");
     netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
     let u = bound_addr(&netd, "u");
