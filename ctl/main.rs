@@ -419,15 +419,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     syn_rate,
                     labels,
                 } => {
-                    let pcap_path = match pcap {
-                        // The daemon resolves paths from its own directory:
-                        // send an absolute one.
-                        Some(p) => std::path::absolute(&p)
-                            .with_context(|| format!("--pcap {p}"))?
-                            .to_string_lossy()
-                            .into_owned(),
-                        None => String::new(),
-                    };
+                    // Sent as given: the daemon resolves a file name in
+                    // its capture_dir, not in this directory.
+                    let pcap_path = pcap.unwrap_or_default();
                     let spec = proto::SnifferSpec {
                         interface,
                         filter,
