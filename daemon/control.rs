@@ -59,6 +59,7 @@ impl Control for ControlService {
         let listener = self
             .supervisor
             .start(&req.name, spec, req.labels)
+            .await
             .map_err(to_status)?;
         Ok(Response::new(proto::StartListenerResponse {
             listener: Some(listener),

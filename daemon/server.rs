@@ -58,6 +58,7 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
     for l in &config.listeners {
         supervisor
             .start(&l.name, l.spec.clone(), l.labels.clone())
+            .await
             .map_err(|e| anyhow::anyhow!("{}: listener '{}': {e}", l.origin, l.name))?;
     }
 

@@ -1,12 +1,14 @@
 //! The hosted services and the interface the supervisor drives them through.
 //!
 //! A service is built from a validated spec ([`Service::from_spec`]), binds
-//! its socket synchronously ([`Service::bind`], so StartListener can report a
-//! port in use), then runs until its `stop_accepting` token is cancelled
-//! ([`Service::run`]). Connection tasks go on the context's tracker so stop
-//! and shutdown can wait for them; they end early when `close_connections`
-//! is cancelled. `run` returning an error (or panicking) means the service
-//! failed, and the supervisor restarts it on the same bound address.
+//! its socket before StartListener returns ([`Service::bind`], so it can
+//! report a port in use; both may block, so the supervisor calls them on
+//! tokio's blocking pool), then runs until its `stop_accepting` token is
+//! cancelled ([`Service::run`]). Connection tasks go on the context's
+//! tracker so stop and shutdown can wait for them; they end early when
+//! `close_connections` is cancelled. `run` returning an error (or
+//! panicking) means the service failed, and the supervisor restarts it on
+//! the same bound address.
 
 pub mod http;
 pub mod proxy;
