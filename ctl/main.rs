@@ -256,7 +256,10 @@ enum StartKind {
         /// Filter: terms joined by "and": tcp | udp | icmp | port N | host IP.
         #[arg(short, long, value_name = "EXPR", default_value = "")]
         filter: String,
-        /// Write captured packets to this pcap file.
+        /// Write captured packets to this pcap file, in the daemon's
+        /// capture_dir (default /var/lib/netd/captures as root): a file
+        /// name, or an absolute path directly in that directory; anything
+        /// else is refused. Rotated files are PATH.1 ... PATH.N.
         #[arg(long, value_name = "PATH")]
         pcap: Option<String>,
         /// Rotate the pcap file at this many bytes (default 100 MiB).
@@ -576,15 +579,9 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                     syn_rate,
                     labels,
                 } => {
-                    let pcap_path = match pcap {
-                        // The daemon resolves paths from its own directory:
-                        // send an absolute one.
-                        Some(p) => std::path::absolute(&p)
-                            .with_context(|| format!("--pcap {p}"))?
-                            .to_string_lossy()
-                            .into_owned(),
-                        None => String::new(),
-                    };
+                    // Sent as given: the daemon resolves a file name in
+                    // its capture_dir, not in this directory.
+                    let pcap_path = pcap.unwrap_or_default();
                     let spec = proto::SnifferSpec {
                         interface,
                         filter,

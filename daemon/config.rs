@@ -8,7 +8,7 @@
 //! default.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use crate::addr::ControlAddr;
 use crate::proto::{self, listener_spec::Kind};
-use crate::services::Service;
+use crate::services::{Service, Settings};
 
 /// The default configuration, compiled in from `deploy/netd.toml`.
 pub const DEFAULT_CONFIG: &str = include_str!("../deploy/netd.toml");
@@ -167,6 +167,8 @@ struct RawConfig {
     #[serde(default, with = "humantime_serde::option")]
     shutdown_grace: Option<Duration>,
     #[serde(default)]
+    capture_dir: Option<Spanned<String>>,
+    #[serde(default)]
     log: LogConfig,
     #[serde(default)]
     metrics: RawMetrics,
@@ -192,6 +194,9 @@ pub struct Config {
     /// Listeners that may exist at once; StartListener beyond it is refused.
     pub max_listeners: usize,
     pub shutdown_grace: Duration,
+    /// The only directory pcap files are written to (see
+    /// [`default_capture_dir`]); created when a sniffer first needs it.
+    pub capture_dir: Option<PathBuf>,
     pub log: LogConfig,
     /// Where to serve Prometheus `/metrics`; off when unset. Loopback
     /// unless `[metrics] allow_remote = true`.
@@ -201,7 +206,33 @@ pub struct Config {
     pub listeners: Vec<BootListener>,
 }
 
+/// `capture_dir` when the config sets none: `/var/lib/netd/captures` for
+/// root, else `$XDG_STATE_HOME/netd/captures` or
+/// `$HOME/.local/state/netd/captures`; None if neither variable is set
+/// (then pcap export needs `capture_dir` in the config).
+pub fn default_capture_dir() -> Option<PathBuf> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Some(PathBuf::from("/var/lib/netd/captures"));
+    }
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    let state =
+        absolute("XDG_STATE_HOME").or_else(|| absolute("HOME").map(|h| h.join(".local/state")))?;
+    Some(state.join("netd/captures"))
+}
+
 impl Config {
+    /// What the supervisor builds services with.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            capture_dir: self.capture_dir.clone(),
+        }
+    }
+
     /// Read and validate the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -305,6 +336,24 @@ impl Config {
             }
         };
         let shutdown_grace = raw.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+        let capture_dir = match &raw.capture_dir {
+            None => default_capture_dir(),
+            Some(d) => {
+                let p = PathBuf::from(d.get_ref());
+                if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir)
+                {
+                    return Err(ConfigError(format!(
+                        "{}: capture_dir '{}' must be an absolute path without '..'",
+                        at(d.span()),
+                        d.get_ref()
+                    )));
+                }
+                Some(p)
+            }
+        };
+        let settings = Settings {
+            capture_dir: capture_dir.clone(),
+        };
         if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
             return Err(ConfigError(format!(
                 "{source}: log.level '{}' is not a level (error, warn, info, debug, trace) or filter",
@@ -577,7 +626,7 @@ impl Config {
                 }
             };
             let spec = proto::ListenerSpec { kind: Some(kind) };
-            if let Err(e) = Service::from_spec(&spec) {
+            if let Err(e) = Service::from_spec(&spec, &settings) {
                 // Point at the listen line for address problems.
                 let line = if let (true, Some(v)) = (e.0.starts_with("listen"), &l.listen) {
                     at(v.span())
@@ -587,6 +636,8 @@ impl Config {
                     at(v.span())
                 } else if let (true, Some(u)) = (e.0.starts_with("upstream"), &l.upstreams) {
                     at(u.span())
+                } else if let (true, Some(v)) = (e.0.starts_with("pcap_path"), &l.pcap_path) {
+                    at(v.span())
                 } else {
                     origin.clone()
                 };
@@ -604,6 +655,7 @@ impl Config {
             control,
             max_listeners,
             shutdown_grace,
+            capture_dir,
             log: raw.log,
             metrics_listen,
             metrics_limits,
@@ -839,6 +891,18 @@ mod tests {
         let text = "shutdown_grace = \"5s\"\nbogus = 1\n";
         let e = Config::parse(text, "x.toml").unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("bogus"), "{e}");
+
+        let text = "capture_dir = \"/c\"\n[[listener]]\nname = \"s\"\nkind = \"sniffer\"\ninterface = \"lo\"\npcap_path = \"../x.pcap\"\n";
+        let e = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.toml:6: listener 's': pcap_path '../x.pcap'")
+                && e.contains("capture_dir /c"),
+            "{e}"
+        );
+
+        let text = "capture_dir = \"captures\"\n";
+        let e = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:1: capture_dir"), "{e}");
 
         let text = "[[listener]]\nname = \"a\"\nkind = \"udp-echo\"\nlisten = \"127.0.0.1:1\"\n[[listener]]\nname = \"a\"\nkind = \"udp-echo\"\nlisten = \"127.0.0.1:2\"\n";
         let e = Config::parse(text, "x.toml").unwrap_err().to_string();

@@ -92,6 +92,7 @@ impl Control for ControlService {
             Some(spec) => self
                 .supervisor
                 .start(&req.name, spec, req.labels)
+                .await
                 .map_err(to_status),
         };
         audit(&caller, "StartListener", &req.name, kind, &result);

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod pool;
+pub mod safe_file;
 pub mod server;
 pub mod services;
 pub mod stats;

@@ -74,10 +74,11 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
         ),
     };
 
-    let supervisor = Supervisor::with_max_listeners(config.max_listeners);
+    let supervisor = Supervisor::new(config.settings(), config.max_listeners);
     for l in &config.listeners {
         supervisor
             .start(&l.name, l.spec.clone(), l.labels.clone())
+            .await
             .map_err(|e| anyhow::anyhow!("{}: listener '{}': {e}", l.origin, l.name))?;
     }
 

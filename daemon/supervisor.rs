@@ -1,6 +1,8 @@
 //! The registry of listeners and their lifecycle.
 //!
-//! `start` validates the spec and binds before it returns; a supervising
+//! `start` validates the spec and binds before it returns (on tokio's
+//! blocking pool, with no lock held: validation may resolve names and a
+//! sniffer's bind opens its pcap file); a supervising
 //! task then runs the service, and if the service returns an error or
 //! panics it is marked FAILED and rebound on the same address with
 //! exponential backoff (100 ms doubling to 30 s; the backoff resets once a
@@ -24,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::events::EventBus;
 use crate::proto::{self, EventKind, ListenerState};
-use crate::services::{BindError, Service, ServiceCtx, SpecError};
+use crate::services::{BindError, Service, ServiceCtx, Settings, SpecError};
 use crate::stats::Stats;
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
@@ -150,29 +152,30 @@ struct Inner {
     /// Parent of every listener's `close_connections`.
     shutdown_connections: CancellationToken,
     events: EventBus,
+    /// Handed to every `Service::from_spec`.
+    settings: Settings,
     max_listeners: usize,
 }
 
 impl Default for Supervisor {
     fn default() -> Self {
-        Self::new()
+        Self::new(Settings::default(), crate::config::DEFAULT_MAX_LISTENERS)
     }
 }
 
 impl Supervisor {
-    pub fn new() -> Self {
-        Self::with_max_listeners(crate::config::DEFAULT_MAX_LISTENERS)
-    }
-
-    /// A registry that refuses to hold more than `max` listeners.
-    pub fn with_max_listeners(max: usize) -> Self {
+    /// A registry whose services are built with `settings` (from the
+    /// config: where pcap files may go) and that holds at most
+    /// `max_listeners` listeners.
+    pub fn new(settings: Settings, max_listeners: usize) -> Self {
         Supervisor {
             inner: Arc::new(Inner {
+                settings,
                 listeners: Mutex::new(BTreeMap::new()),
                 shutdown_accepting: CancellationToken::new(),
                 shutdown_connections: CancellationToken::new(),
                 events: EventBus::new(),
-                max_listeners: max,
+                max_listeners,
             }),
         }
     }
@@ -186,7 +189,13 @@ impl Supervisor {
 
     /// Validate, bind and start a listener. Must be called within a tokio
     /// runtime.
-    pub fn start(
+    ///
+    /// Validation and bind may block (a name is resolved, a pcap file
+    /// opened), so they run on the blocking pool with no lock held; the name
+    /// is checked before (fast path) and again when the listener is
+    /// inserted, and a start that loses a race for the name drops what it
+    /// bound and returns AlreadyExists.
+    pub async fn start(
         &self,
         name: &str,
         spec: proto::ListenerSpec,
@@ -194,22 +203,16 @@ impl Supervisor {
     ) -> Result<proto::Listener, SupervisorError> {
         validate_name(name)?;
         validate_labels(&labels)?;
-        let service = Arc::new(Service::from_spec(&spec)?);
-        let mut spec = spec;
-        Service::redact(&mut spec);
-        if self.inner.shutdown_accepting.is_cancelled() {
-            return Err(SupervisorError::ShuttingDown);
-        }
-        let mut listeners = self.listeners();
-        if listeners.contains_key(name) {
-            return Err(SupervisorError::AlreadyExists(name.to_string()));
-        }
-        if listeners.len() >= self.inner.max_listeners {
-            return Err(SupervisorError::TooMany(listeners.len()));
-        }
-        // Bind under the registry lock: quick, and it makes the name check
-        // and the insert one step.
-        let bound = service.bind(None)?;
+        self.check_free(&self.listeners(), name)?;
+        let settings = self.inner.settings.clone();
+        let (service, bound, spec) = tokio::task::spawn_blocking(move || {
+            let service = Arc::new(Service::from_spec(&spec, &settings)?);
+            let bound = service.bind(None)?;
+            let spec = service.shown_spec(spec);
+            Ok::<_, SupervisorError>((service, bound, spec))
+        })
+        .await
+        .map_err(|e| blocking_failed(name, e))??;
         let bind_addr = match bound.local_addr() {
             Ok(a) => a,
             Err(e) => {
@@ -239,6 +242,9 @@ impl Supervisor {
             tracker: TaskTracker::new(),
             events: self.inner.events.clone(),
         });
+        let mut listeners = self.listeners();
+        // Taken meanwhile: `bound` is dropped on return, closing the socket.
+        self.check_free(&listeners, name)?;
         listeners.insert(name.to_string(), entry.clone());
         drop(listeners);
         tracing::info!(listener = name, kind = entry.service.kind().slug(), addr = %bound_addr, "listener started");
@@ -254,14 +260,42 @@ impl Supervisor {
         Ok(entry.to_proto())
     }
 
+    /// AlreadyExists if `name` is taken, ShuttingDown once shutdown began.
+    fn check_free(
+        &self,
+        listeners: &BTreeMap<String, Arc<Entry>>,
+        name: &str,
+    ) -> Result<(), SupervisorError> {
+        if self.inner.shutdown_accepting.is_cancelled() {
+            return Err(SupervisorError::ShuttingDown);
+        }
+        if listeners.contains_key(name) {
+            return Err(SupervisorError::AlreadyExists(name.to_string()));
+        }
+        if listeners.len() >= self.inner.max_listeners {
+            return Err(SupervisorError::TooMany(listeners.len()));
+        }
+        Ok(())
+    }
+
+    /// The entry named `name`, cloned out of the registry so that building
+    /// its status (a sniffer sorts its flow table) happens unlocked.
+    fn entry(&self, name: &str) -> Result<Arc<Entry>, SupervisorError> {
+        self.listeners()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| SupervisorError::NotFound(name.to_string()))
+    }
+
+    /// Every entry, sorted by name, cloned out of the registry.
+    fn entries(&self) -> Vec<Arc<Entry>> {
+        self.listeners().values().cloned().collect()
+    }
+
     /// Stop a listener, close its sockets and connections, wait for all of
     /// its tasks, and remove it. Returns its final status.
     pub async fn stop(&self, name: &str) -> Result<proto::Listener, SupervisorError> {
-        let entry = self
-            .listeners()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| SupervisorError::NotFound(name.to_string()))?;
+        let entry = self.entry(name)?;
         entry.set_state(ListenerState::Stopping);
         entry.stop_accepting.cancel();
         entry.close_connections.cancel();
@@ -289,10 +323,7 @@ impl Supervisor {
     }
 
     pub fn get(&self, name: &str) -> Result<proto::Listener, SupervisorError> {
-        self.listeners()
-            .get(name)
-            .map(|e| e.to_proto())
-            .ok_or_else(|| SupervisorError::NotFound(name.to_string()))
+        Ok(self.entry(name)?.to_proto())
     }
 
     /// Connections open now across all listeners, and the sum of each
@@ -307,7 +338,7 @@ impl Supervisor {
 
     /// All listeners, sorted by name.
     pub fn list(&self) -> Vec<proto::Listener> {
-        self.listeners().values().map(|e| e.to_proto()).collect()
+        self.entries().iter().map(|e| e.to_proto()).collect()
     }
 
     /// Counters of every listener (sorted by name), or of one.
@@ -315,13 +346,9 @@ impl Supervisor {
         &self,
         name: Option<&str>,
     ) -> Result<Vec<proto::ListenerStatsSample>, SupervisorError> {
-        let listeners = self.listeners();
         match name {
-            None => Ok(listeners.values().map(|e| e.sample()).collect()),
-            Some(n) => listeners
-                .get(n)
-                .map(|e| vec![e.sample()])
-                .ok_or_else(|| SupervisorError::NotFound(n.to_string())),
+            None => Ok(self.entries().iter().map(|e| e.sample()).collect()),
+            Some(n) => Ok(vec![self.entry(n)?.sample()]),
         }
     }
 
@@ -336,11 +363,7 @@ impl Supervisor {
         ),
         SupervisorError,
     > {
-        let entry = self
-            .listeners()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| SupervisorError::NotFound(name.to_string()))?;
+        let entry = self.entry(name)?;
         match &*entry.service {
             Service::Sniffer(s) => Ok(s.watch()),
             other => Err(SpecError(format!(
@@ -364,7 +387,7 @@ impl Supervisor {
     /// `grace`, then close what is left and wait for every task.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.shutdown_accepting.cancel();
-        let entries: Vec<Arc<Entry>> = self.listeners().values().cloned().collect();
+        let entries = self.entries();
         for e in &entries {
             e.set_state(ListenerState::Stopping);
             e.tracker.close();
@@ -508,7 +531,20 @@ async fn supervise(entry: Arc<Entry>, events: EventBus, mut bound: crate::servic
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
-            match entry.service.bind(entry.bind_addr) {
+            // Off the runtime: a sniffer's bind opens its pcap file. A stop
+            // meanwhile does not wait for it; what it binds is then dropped.
+            let rebind = tokio::task::spawn_blocking({
+                let (service, addr) = (entry.service.clone(), entry.bind_addr);
+                move || service.bind(addr)
+            });
+            let rebound = tokio::select! {
+                _ = entry.stop_accepting.cancelled() => break 'run,
+                r = rebind => match r {
+                    Ok(r) => r.map_err(SupervisorError::from),
+                    Err(e) => Err(blocking_failed(&entry.name, e)),
+                },
+            };
+            match rebound {
                 Ok(b) => {
                     bound = b;
                     let (restarts, cause) = {
@@ -533,6 +569,15 @@ async fn supervise(entry: Arc<Entry>, events: EventBus, mut bound: crate::servic
             }
         }
     }
+}
+
+/// A blocking-pool task that panicked or was cancelled, as an error.
+fn blocking_failed(name: &str, e: tokio::task::JoinError) -> SupervisorError {
+    let why = match e.try_into_panic() {
+        Ok(payload) => format!("panicked: {}", panic_message(&*payload)),
+        Err(e) => e.to_string(),
+    };
+    BindError::Precondition(format!("internal error: binding '{name}' {why}")).into()
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

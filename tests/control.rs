@@ -382,3 +382,31 @@ fn stop_waits_for_connections_to_close() {
     let n = conn.read(&mut b).unwrap_or(0);
     assert_eq!(n, 0, "the open connection must be closed by stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_of_one_name_let_exactly_one_win() {
+    // Binding happens off the registry lock, so starts of one name can
+    // overlap: the name is checked again at insert and the losers get
+    // AlreadyExists (their sockets closed), never a second listener.
+    let netd = Netd::start("");
+    let c = netd.client().await;
+    let starts = (0..8).map(|_| {
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            c.start_listener(start_req("race", tcp_spec("127.0.0.1:0", "")))
+                .await
+        })
+    });
+    let mut won = 0;
+    for s in starts.collect::<Vec<_>>() {
+        match s.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(e) => assert_eq!(e.code(), Code::AlreadyExists, "{}", e.message()),
+        }
+    }
+    assert_eq!(won, 1);
+    let list = netd.netctl_json(&["list"]);
+    assert_eq!(list["listeners"].as_array().unwrap().len(), 1, "{list}");
+    let race = bound_addr(&netd, "race");
+    assert_eq!(tcp_roundtrip(race, b"x"), b"x");
+}

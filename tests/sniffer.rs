@@ -8,6 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -137,6 +138,14 @@ fn tshark_counts(file: &Path) -> [u64; 4] {
         c[classify(line)] += 1;
     }
     c
+}
+
+/// netd in `ns` with `capture_dir = dir`, then `extra` config.
+fn netd_capturing_to(ns: &NetNs, dir: &Path, extra: &str) -> Netd {
+    ns.netd(&format!(
+        "capture_dir = {:?}\n{extra}",
+        dir.to_str().expect("utf-8 temp path")
+    ))
 }
 
 #[test]
@@ -316,8 +325,8 @@ async fn watch_packets_streams_summaries() {
 #[test]
 fn pcap_file_is_complete_and_readable() {
     let ns = NetNs::new();
-    let netd = ns.netd("");
     let work = tempfile::tempdir().unwrap();
+    let netd = netd_capturing_to(&ns, work.path(), "");
     let file = work.path().join("cap.pcap");
     netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
     let u = bound_addr(&netd, "u");
@@ -355,8 +364,8 @@ fn pcap_file_is_complete_and_readable() {
 #[test]
 fn pcap_rotates_at_the_size_cap() {
     let ns = NetNs::new();
-    let netd = ns.netd("");
     let work = tempfile::tempdir().unwrap();
+    let netd = netd_capturing_to(&ns, work.path(), "");
     let file = work.path().join("rot.pcap");
     netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
     let u = bound_addr(&netd, "u");
@@ -619,4 +628,338 @@ async fn a_slow_packet_watcher_loses_summaries_not_packets() {
     assert!(reported > 0, "the stalled watcher is told what it missed");
     let drops = sniffer_stats(&netd, "s")["watcher_drops"].as_u64().unwrap();
     assert!(drops >= reported, "{drops} >= {reported}");
+}
+
+// pcap files are written only in capture_dir, and only to files netd owns:
+// what a caller names, or what is already in the directory, must not make
+// netd (root) write, truncate, rename or delete anything else, nor block.
+
+/// A temporary directory with `captures/` (the capture_dir) in it, and the
+/// rest of it "outside".
+fn capture_work() -> (tempfile::TempDir, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let captures = work.path().join("captures");
+    std::fs::create_dir(&captures).unwrap();
+    (work, captures)
+}
+
+fn start_sniffer_args<'a>(pcap: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "start",
+        "sniffer",
+        "s",
+        "--interface",
+        "lo",
+        "--filter",
+        "udp",
+        "--pcap",
+        pcap,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Run netctl; None if it has not finished by the deadline (it is killed).
+fn netctl_within(netd: &Netd, args: &[&str]) -> Option<std::process::Output> {
+    let child = std::process::Command::new(common::NETCTL)
+        .arg("--control")
+        .arg(netd.control.to_string())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_within(child)
+}
+
+/// Wait for `child` up to the deadline; None (and killed) if it is still
+/// running then.
+fn wait_within(mut child: Child) -> Option<std::process::Output> {
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+fn no_listeners(netd: &Netd) -> bool {
+    netd.netctl_json(&["list"])["listeners"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pcap_path_outside_capture_dir_is_refused() {
+    let ns = NetNs::new();
+    let (work, captures) = capture_work();
+    let netd = netd_capturing_to(&ns, &captures, "");
+    let outside = work.path().join("outside.pcap");
+    let e = netd.netctl_err(&start_sniffer_args(outside.to_str().unwrap(), &[]));
+    assert!(
+        e.contains("pcap_path") && e.contains(&format!("capture_dir {}", captures.display())),
+        "the message names capture_dir: {e}"
+    );
+    assert!(!outside.exists(), "nothing written outside capture_dir");
+    // The same over gRPC: InvalidArgument.
+    let err = netd
+        .client()
+        .await
+        .start_listener(proto::StartListenerRequest {
+            name: "s".into(),
+            spec: Some(proto::ListenerSpec {
+                kind: Some(proto::listener_spec::Kind::Sniffer(proto::SnifferSpec {
+                    interface: "lo".into(),
+                    pcap_path: "/etc/netd-must-not-exist.pcap".into(),
+                    ..Default::default()
+                })),
+            }),
+            labels: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        err.message()
+    );
+    assert!(!Path::new("/etc/netd-must-not-exist.pcap").exists());
+    assert!(no_listeners(&netd));
+}
+
+#[test]
+fn pcap_path_escaping_capture_dir_with_dotdot_is_refused() {
+    let ns = NetNs::new();
+    let (work, captures) = capture_work();
+    let netd = netd_capturing_to(&ns, &captures, "");
+    let escape = work.path().join("escape.pcap");
+    let dotdot_abs = format!("{}/../escape.pcap", captures.display());
+    for pcap in ["../escape.pcap", "sub/../../escape.pcap", &dotdot_abs] {
+        // From inside capture_dir, so that even a netctl that made the
+        // path absolute would point it at `escape`.
+        let out = std::process::Command::new(common::NETCTL)
+            .current_dir(&captures)
+            .arg("--control")
+            .arg(netd.control.to_string())
+            .args(start_sniffer_args(pcap, &[]))
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--pcap {pcap} was accepted");
+        assert!(
+            e.contains(&format!("capture_dir {}", captures.display())),
+            "--pcap {pcap}: {e}"
+        );
+        assert!(!escape.exists(), "--pcap {pcap} wrote outside capture_dir");
+    }
+    assert!(no_listeners(&netd));
+}
+
+#[test]
+fn pcap_symlink_in_capture_dir_is_refused_and_its_target_untouched() {
+    let ns = NetNs::new();
+    let (work, captures) = capture_work();
+    let netd = netd_capturing_to(&ns, &captures, "");
+    let target = work.path().join("precious");
+    std::fs::write(&target, "precious").unwrap();
+    std::os::unix::fs::symlink(&target, captures.join("evil.pcap")).unwrap();
+    let absolute = captures.join("evil.pcap");
+    for pcap in [absolute.to_str().unwrap(), "evil.pcap"] {
+        let e = netd.netctl_err(&start_sniffer_args(pcap, &[]));
+        assert!(
+            e.contains("is a symbolic link; refusing to follow it"),
+            "--pcap {pcap}: {e}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+    assert!(
+        std::fs::symlink_metadata(captures.join("evil.pcap"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(no_listeners(&netd));
+}
+
+#[test]
+fn pcap_fifo_in_capture_dir_is_refused_and_netd_stays_responsive() {
+    let ns = NetNs::new();
+    let (_work, captures) = capture_work();
+    let netd = netd_capturing_to(
+        &ns,
+        &captures,
+        "[[listener]]\nname = \"e\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let echo = bound_addr(&netd, "e");
+    let fifo = captures.join("fifo.pcap");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+
+    // Opening a FIFO for writing blocks until a reader comes: netd must
+    // neither block there nor stop answering meanwhile.
+    let start = std::process::Command::new(common::NETCTL)
+        .arg("--control")
+        .arg(netd.control.to_string())
+        .args(start_sniffer_args(fifo.to_str().unwrap(), &[]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let list = netctl_within(&netd, &["list"]);
+    assert!(
+        list.is_some_and(|o| o.status.success()),
+        "netctl list did not answer while a sniffer was started on a FIFO"
+    );
+    let echoed = ns.run(|| {
+        let mut c = TcpStream::connect_timeout(&echo, common::DEADLINE).ok()?;
+        c.set_read_timeout(Some(common::DEADLINE)).ok()?;
+        c.write_all(b"still here").ok()?;
+        c.shutdown(std::net::Shutdown::Write).ok()?;
+        let mut back = String::new();
+        c.read_to_string(&mut back).ok()?;
+        Some(back)
+    });
+    assert_eq!(
+        echoed.as_deref(),
+        Some("still here"),
+        "echo did not answer while a sniffer was started on a FIFO"
+    );
+    let out = wait_within(start).expect("starting a sniffer on a FIFO did not return");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a FIFO was accepted as pcap file");
+    assert!(
+        e.contains("is a FIFO, not a regular file; refusing to open it"),
+        "{e}"
+    );
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+}
+
+#[test]
+fn pcap_device_node_or_foreign_file_in_capture_dir_is_refused() {
+    let ns = NetNs::new();
+    let (_work, captures) = capture_work();
+    let netd = netd_capturing_to(&ns, &captures, "");
+    // A character device like /dev/null (1:3).
+    let dev = captures.join("null.pcap");
+    let made = std::process::Command::new("mknod")
+        .arg(&dev)
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(made.success(), "mknod (needs root)");
+    let e = netd.netctl_err(&start_sniffer_args(dev.to_str().unwrap(), &[]));
+    assert!(
+        e.contains("is a character device, not a regular file; refusing to open it"),
+        "{e}"
+    );
+    assert!(
+        std::fs::symlink_metadata(&dev)
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    // A regular file that belongs to someone else (nobody).
+    let theirs = captures.join("theirs.pcap");
+    std::fs::write(&theirs, "theirs").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let e = netd.netctl_err(&start_sniffer_args(theirs.to_str().unwrap(), &[]));
+    assert!(e.contains("is owned by uid 65534"), "{e}");
+    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "theirs");
+    assert!(no_listeners(&netd));
+}
+
+#[test]
+fn pcap_rotation_leaves_foreign_files_alone() {
+    let ns = NetNs::new();
+    let (work, captures) = capture_work();
+    let netd = netd_capturing_to(&ns, &captures, "");
+    // Slot 2: a symbolic link pointing outside; slot 3 (the oldest, which
+    // rotation deletes): a file of another user's.
+    let outside = work.path().join("outside");
+    std::fs::write(&outside, "precious").unwrap();
+    std::os::unix::fs::symlink(&outside, captures.join("rot.pcap.2")).unwrap();
+    let theirs = captures.join("rot.pcap.3");
+    std::fs::write(&theirs, "theirs").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+
+    netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
+    let u = bound_addr(&netd, "u");
+    let file = captures.join("rot.pcap");
+    netd.netctl_ok(&start_sniffer_args(
+        file.to_str().unwrap(),
+        &["--pcap-max-bytes", "4096", "--pcap-max-files", "3"],
+    ));
+    // 200 packets of 242 bytes: a dozen rotations.
+    ns.run(|| udp_roundtrips(u, 100, &[b'r'; 200]));
+    wait_until("200 packets", || {
+        count(&sniffer_stats(&netd, "s"), "udp") == 200
+    });
+    netd.netctl_ok(&["stop", "s"]);
+
+    let link = captures.join("rot.pcap.2");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the symbolic link was replaced"
+    );
+    assert_eq!(std::fs::read_link(&link).unwrap(), outside);
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "precious");
+    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "theirs");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&theirs).unwrap().uid(), 65534);
+    // Rotation went on around them.
+    for f in [captures.join("rot.pcap"), captures.join("rot.pcap.1")] {
+        let size = std::fs::metadata(&f).unwrap().len();
+        assert!(size <= 4096, "{} is {size} bytes", f.display());
+        assert!(tshark_counts(&f)[1] > 0, "{} has packets", f.display());
+    }
+    assert!(
+        netd.log()
+            .contains("leaving rot.pcap.2 alone (a symbolic link)"),
+        "warned: {}",
+        netd.log()
+    );
+}
+
+#[test]
+fn pcap_file_is_created_0640_in_a_new_capture_dir_and_shown_resolved() {
+    use std::os::unix::fs::PermissionsExt;
+    let ns = NetNs::new();
+    let work = tempfile::tempdir().unwrap();
+    // Not there yet: netd creates it (and its parent) when it needs it.
+    let captures = work.path().join("state/captures");
+    let netd = netd_capturing_to(&ns, &captures, "");
+    assert!(!captures.exists(), "capture_dir is not created at start");
+    netd.netctl_ok(&start_sniffer_args("m.pcap", &[]));
+    let file = captures.join("m.pcap");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&file), 0o640, "pcap file mode");
+    let umask = {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+        u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
+    };
+    assert_eq!(mode(&captures), 0o750 & !umask, "capture_dir mode");
+    let status = netd.netctl_json(&["status", "s"]);
+    assert_eq!(
+        status["spec"]["pcap_path"],
+        file.to_str().unwrap(),
+        "the spec shows the resolved path: {status}"
+    );
 }

@@ -1,12 +1,14 @@
 //! The hosted services and the interface the supervisor drives them through.
 //!
 //! A service is built from a validated spec ([`Service::from_spec`]), binds
-//! its socket synchronously ([`Service::bind`], so StartListener can report a
-//! port in use), then runs until its `stop_accepting` token is cancelled
-//! ([`Service::run`]). Connection tasks go on the context's tracker so stop
-//! and shutdown can wait for them; they end early when `close_connections`
-//! is cancelled. `run` returning an error (or panicking) means the service
-//! failed, and the supervisor restarts it on the same bound address.
+//! its socket before StartListener returns ([`Service::bind`], so it can
+//! report a port in use; both may block, so the supervisor calls them on
+//! tokio's blocking pool), then runs until its `stop_accepting` token is
+//! cancelled ([`Service::run`]). Connection tasks go on the context's
+//! tracker so stop and shutdown can wait for them; they end early when
+//! `close_connections` is cancelled. `run` returning an error (or
+//! panicking) means the service failed, and the supervisor restarts it on
+//! the same bound address.
 
 pub mod http;
 pub mod proxy;
@@ -16,6 +18,7 @@ pub mod udp_echo;
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +28,15 @@ use tokio_util::task::TaskTracker;
 use crate::addr::parse_listen_addr;
 use crate::proto::{self, listener_spec::Kind};
 use crate::stats::Stats;
+
+/// Daemon-wide settings from the config that shape how services are built.
+/// The supervisor holds one and passes it to every [`Service::from_spec`].
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// The one directory pcap files may be written to (`capture_dir`); None
+    /// when the config sets none and no default could be derived.
+    pub capture_dir: Option<PathBuf>,
+}
 
 /// What a running service receives from the supervisor.
 #[derive(Clone, Debug)]
@@ -108,7 +120,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Service {
-    pub fn from_spec(spec: &proto::ListenerSpec) -> Result<Self, SpecError> {
+    /// Validate `spec` against the daemon's `settings`. May block (an
+    /// upstream name is resolved, interfaces are listed).
+    pub fn from_spec(spec: &proto::ListenerSpec, settings: &Settings) -> Result<Self, SpecError> {
         match &spec.kind {
             None => Err(SpecError(
                 "the listener spec names no kind (tcp_echo, udp_echo, proxy, http, sniffer)".into(),
@@ -117,9 +131,9 @@ impl Service {
             Some(Kind::UdpEcho(s)) => Ok(Service::UdpEcho(udp_echo::UdpEcho::from_spec(s)?)),
             Some(Kind::Proxy(s)) => Ok(Service::Proxy(Arc::new(proxy::Proxy::from_spec(s)?))),
             Some(Kind::Http(s)) => Ok(Service::Http(Arc::new(http::Http::from_spec(s)?))),
-            Some(Kind::Sniffer(s)) => {
-                Ok(Service::Sniffer(Arc::new(sniffer::Sniffer::from_spec(s)?)))
-            }
+            Some(Kind::Sniffer(s)) => Ok(Service::Sniffer(Arc::new(sniffer::Sniffer::from_spec(
+                s, settings,
+            )?))),
         }
     }
 
@@ -164,6 +178,18 @@ impl Service {
         }
     }
 
+    /// The spec as netd reports it back: secrets redacted, and a sniffer's
+    /// pcap path as resolved in capture_dir.
+    pub fn shown_spec(&self, mut spec: proto::ListenerSpec) -> proto::ListenerSpec {
+        Self::redact(&mut spec);
+        if let (Service::Sniffer(s), Some(Kind::Sniffer(k))) = (self, &mut spec.kind) {
+            if let Some(p) = s.pcap_path() {
+                k.pcap_path = p.to_string_lossy().into_owned();
+            }
+        }
+        spec
+    }
+
     /// Kind-specific counters for the stats message, if the kind has any.
     pub fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
         match self {
@@ -176,7 +202,8 @@ impl Service {
 
     /// Bind the service's socket, at `addr` when given (a restart rebinds
     /// the address first bound) or else where the spec says. Must be called
-    /// within a tokio runtime.
+    /// within a tokio runtime, off its workers: a sniffer's bind opens its
+    /// pcap file.
     pub fn bind(&self, addr: Option<SocketAddr>) -> Result<Bound, BindError> {
         if let Service::Sniffer(s) = self {
             return s.open().map(Bound::Packet);

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 use pnet::datalink::{self, Channel, DataLinkReceiver, NetworkInterface};
 use tokio::sync::broadcast;
 
-use super::{BindError, ServiceCtx, SpecError, duration_field};
+use super::{BindError, ServiceCtx, Settings, SpecError, duration_field};
 use crate::proto::{self, EventKind};
 use crate::stats::Stats;
 use decode::Proto;
@@ -78,7 +78,8 @@ pub struct Sniffer {
     pub interface: String,
     iface: NetworkInterface,
     filter: Filter,
-    pcap_path: Option<PathBuf>,
+    /// The pcap file: capture_dir and a file name in it.
+    pcap: Option<(PathBuf, String)>,
     pcap_max_bytes: u64,
     pcap_max_files: u32,
     scan_ports: u32,
@@ -108,7 +109,7 @@ impl std::fmt::Debug for Capture {
 }
 
 impl Sniffer {
-    pub fn from_spec(spec: &proto::SnifferSpec) -> Result<Self, SpecError> {
+    pub fn from_spec(spec: &proto::SnifferSpec, settings: &Settings) -> Result<Self, SpecError> {
         let all = datalink::interfaces();
         let iface = match all.iter().find(|i| i.name == spec.interface) {
             Some(i) => i.clone(),
@@ -135,21 +136,26 @@ impl Sniffer {
             }
             n => n,
         };
+        let pcap_max_files = if spec.pcap_max_files == 0 {
+            DEFAULT_PCAP_MAX_FILES
+        } else {
+            spec.pcap_max_files
+        };
+        let pcap = match spec.pcap_path.as_str() {
+            "" => None,
+            path => Some(pcap_target(path, pcap_max_files, settings)?),
+        };
         Ok(Sniffer {
             interface: spec.interface.clone(),
             iface,
             filter,
-            pcap_path: (!spec.pcap_path.is_empty()).then(|| PathBuf::from(&spec.pcap_path)),
+            pcap,
             pcap_max_bytes: if spec.pcap_max_bytes == 0 {
                 DEFAULT_PCAP_MAX_BYTES
             } else {
                 spec.pcap_max_bytes.max(1024)
             },
-            pcap_max_files: if spec.pcap_max_files == 0 {
-                DEFAULT_PCAP_MAX_FILES
-            } else {
-                spec.pcap_max_files
-            },
+            pcap_max_files,
             scan_ports: if spec.port_scan_ports == 0 {
                 DEFAULT_SCAN_PORTS
             } else {
@@ -169,6 +175,11 @@ impl Sniffer {
             flows: Arc::new(Mutex::new(FlowTable::new(max_flows as usize))),
             packets: broadcast::channel(WATCH_BUFFER).0,
         })
+    }
+
+    /// The pcap file written, resolved in capture_dir.
+    pub fn pcap_path(&self) -> Option<PathBuf> {
+        self.pcap.as_ref().map(|(dir, name)| dir.join(name))
     }
 
     /// Subscribe to packet summaries, with the counter of summaries lost.
@@ -209,7 +220,8 @@ impl Sniffer {
     }
 
     /// Open the packet socket, attach the filter and bind it to the
-    /// interface; create the pcap file.
+    /// interface; create the pcap file (and capture_dir if missing). Blocks
+    /// on the file system: call it off the async runtime.
     pub fn open(&self) -> Result<Capture, BindError> {
         // SAFETY: plain socket(2); the result is checked.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -255,16 +267,26 @@ impl Sniffer {
                 &RCVBUF,
             );
         }
-        let pcap = match &self.pcap_path {
+        let pcap = match &self.pcap {
             None => None,
-            Some(p) => Some(
-                pcap::Pcap::create(p, self.pcap_max_bytes, self.pcap_max_files).map_err(|e| {
+            Some((dir, name)) => {
+                let dir = crate::safe_file::Dir::open_or_create(dir).map_err(|e| {
                     BindError::Precondition(format!(
-                        "cannot create the pcap file {}: {e}",
-                        p.display()
+                        "cannot open capture_dir {}: {e}",
+                        dir.display()
                     ))
-                })?,
-            ),
+                })?;
+                let path = dir.path().join(name);
+                Some(
+                    pcap::Pcap::create(dir, name, self.pcap_max_bytes, self.pcap_max_files)
+                        .map_err(|e| {
+                            BindError::Precondition(format!(
+                                "cannot create the pcap file {}: {e}",
+                                path.display()
+                            ))
+                        })?,
+                )
+            }
         };
         let raw = owned.into_raw_fd();
         let config = datalink::Config {
@@ -424,6 +446,42 @@ impl Sniffer {
             Stats::add(&self.counters.kernel_drops, st.tp_drops as u64);
         }
     }
+}
+
+/// Where `pcap_path` puts the file: a plain file name in capture_dir, or an
+/// absolute path directly in it. Anything else is refused, naming
+/// capture_dir.
+fn pcap_target(
+    path: &str,
+    max_files: u32,
+    settings: &Settings,
+) -> Result<(PathBuf, String), SpecError> {
+    let Some(dir) = &settings.capture_dir else {
+        return Err(SpecError(
+            "pcap_path: netd has no capture_dir (set capture_dir in its config; \
+             none could be derived because HOME is not set)"
+                .into(),
+        ));
+    };
+    // Quoted as given, control characters escaped.
+    let shown = path.escape_debug();
+    let name = crate::safe_file::resolve_name(dir, path).map_err(|why| {
+        SpecError(format!(
+            "pcap_path '{shown}': {why}; pcap files are written only in capture_dir {} \
+             (give a file name, or an absolute path directly in that directory)",
+            dir.display()
+        ))
+    })?;
+    // Rotation appends ".N": that must fit in a file name too.
+    let longest = name.len() + 1 + max_files.to_string().len();
+    if longest > crate::safe_file::MAX_NAME_BYTES {
+        return Err(SpecError(format!(
+            "pcap_path '{shown}': the file name is too long to add a rotation suffix \
+             (at most {} bytes with pcap_max_files {max_files})",
+            crate::safe_file::MAX_NAME_BYTES + name.len() - longest
+        )));
+    }
+    Ok((dir.clone(), name.to_string()))
 }
 
 /// Counts gathered over a batch of packets, added to the shared atomics

@@ -1,16 +1,23 @@
 //! pcap export with a size cap and rotation: when the file reaches
-//! `max_bytes`, it is closed and renamed to PATH.1 (PATH.1 to PATH.2, ...,
-//! keeping `max_files` rotated files) and a fresh PATH is started. Every
+//! `max_bytes`, it is closed and renamed to NAME.1 (NAME.1 to NAME.2, ...,
+//! keeping `max_files` rotated files) and a fresh NAME is started. Every
 //! file is a complete pcap (Ethernet link type) once it is closed; the
 //! current one is written out (its buffer flushed) when the sniffer stops.
+//!
+//! Files live in `capture_dir` and are opened, renamed and removed only
+//! through [`crate::safe_file::Dir`]: a rotation slot held by anything but
+//! one of netd's own regular files (a symbolic link, another user's file)
+//! is left alone, with a warning, and that step of the rotation skipped.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pcap_file::DataLink;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+
+use crate::safe_file::{Dir, Skipped};
 
 /// Snap length recorded in the header and applied to packets.
 pub const SNAPLEN: u32 = 262_144;
@@ -18,7 +25,8 @@ const HEADER_BYTES: u64 = 24;
 const RECORD_HEADER_BYTES: u64 = 16;
 
 pub struct Pcap {
-    path: PathBuf,
+    dir: Dir,
+    name: String,
     max_bytes: u64,
     max_files: u32,
     writer: Option<PcapWriter<BufWriter<File>>>,
@@ -26,8 +34,8 @@ pub struct Pcap {
     pub packets: u64,
 }
 
-fn open(path: &Path) -> io::Result<PcapWriter<BufWriter<File>>> {
-    let file = File::create(path)?;
+fn open(dir: &Dir, name: &str) -> io::Result<PcapWriter<BufWriter<File>>> {
+    let file = dir.create_file(name)?;
     let header = PcapHeader {
         snaplen: SNAPLEN,
         datalink: DataLink::ETHERNET,
@@ -38,11 +46,13 @@ fn open(path: &Path) -> io::Result<PcapWriter<BufWriter<File>>> {
 }
 
 impl Pcap {
-    /// Create (truncate) the file now, so a bad path fails at start.
-    pub fn create(path: &Path, max_bytes: u64, max_files: u32) -> io::Result<Pcap> {
-        let writer = open(path)?;
+    /// Create (truncate) file `name` in `dir` now, so a bad file fails at
+    /// start.
+    pub fn create(dir: Dir, name: &str, max_bytes: u64, max_files: u32) -> io::Result<Pcap> {
+        let writer = open(&dir, name)?;
         Ok(Pcap {
-            path: path.to_path_buf(),
+            dir,
+            name: name.to_string(),
             max_bytes,
             max_files,
             writer: Some(writer),
@@ -69,26 +79,56 @@ impl Pcap {
         Ok(())
     }
 
-    fn rotated(&self, i: u32) -> PathBuf {
-        let mut p = self.path.clone().into_os_string();
-        p.push(format!(".{i}"));
-        PathBuf::from(p)
+    fn rotated(&self, i: u32) -> String {
+        format!("{}.{i}", self.name)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     fn rotate(&mut self) -> io::Result<()> {
         self.close()?;
         if self.max_files == 0 {
-            std::fs::remove_file(&self.path)?;
+            let skipped = self.dir.remove_ours(&self.name)?;
+            self.warn_skipped(skipped);
         } else {
-            let _ = std::fs::remove_file(self.rotated(self.max_files));
+            let oldest = self.rotated(self.max_files);
+            let removed = self.dir.remove_ours(&oldest);
+            self.warn_failed(&oldest, removed);
             for i in (1..self.max_files).rev() {
-                let _ = std::fs::rename(self.rotated(i), self.rotated(i + 1));
+                let (from, to) = (self.rotated(i), self.rotated(i + 1));
+                let moved = self.dir.rename_ours(&from, &to);
+                self.warn_failed(&from, moved);
             }
-            std::fs::rename(&self.path, self.rotated(1))?;
+            let moved = self.dir.rename_ours(&self.name, &self.rotated(1))?;
+            self.warn_skipped(moved);
         }
-        self.writer = Some(open(&self.path)?);
+        self.writer = Some(open(&self.dir, &self.name)?);
         self.written = HEADER_BYTES;
         Ok(())
+    }
+
+    fn warn_skipped(&self, skipped: Option<Skipped>) {
+        if let Some(s) = skipped {
+            tracing::warn!(
+                file = %self.path(&s.name).display(),
+                "pcap rotation: leaving {} alone ({}); that step is skipped",
+                s.name,
+                s.what
+            );
+        }
+    }
+
+    fn warn_failed(&self, name: &str, result: io::Result<Option<Skipped>>) {
+        match result {
+            Ok(skipped) => self.warn_skipped(skipped),
+            Err(e) => tracing::warn!(
+                file = %self.path(name).display(),
+                error = %e,
+                "pcap rotation: cannot move this file; that step is skipped"
+            ),
+        }
     }
 
     /// Flush and close the current file; later writes fail.

@@ -1,0 +1,455 @@
+//! Files netd writes for a caller (pcap captures), confined to one directory
+//! it was given (`capture_dir`) and opened so that nothing already in that
+//! directory can redirect, block or hijack the write.
+//!
+//! What this module guarantees:
+//!
+//! - [`resolve_name`] accepts only a plain file name, or an absolute path
+//!   whose parent is exactly the directory (compared lexically; `..` is
+//!   refused), so a caller cannot name anything outside it.
+//! - Every file operation goes through the directory's descriptor (openat,
+//!   fstatat, renameat, unlinkat) with a single-component name, so nothing
+//!   outside the directory is touched, even if a path leading to it is
+//!   swapped later.
+//! - [`Dir::create_file`] never follows a symbolic link (O_NOFOLLOW), never
+//!   blocks (a FIFO, device or socket is refused before it is opened, and
+//!   the open is O_NONBLOCK in case one appears meanwhile) and never
+//!   truncates before checking: the descriptor it returns is a regular file
+//!   owned by netd's effective uid with no other hard links, and only then
+//!   is it set to mode 0640 and truncated.
+//! - [`Dir::rename_ours`] and [`Dir::remove_ours`] act only on regular files
+//!   owned by netd's effective uid (checked with fstatat without following
+//!   links, source and target alike); anything else is left alone and
+//!   reported back as [`Skipped`].
+//!
+//! Not covered: an entry swapped between that check and the rename or
+//! unlink by someone else who can write to the directory. The directory is
+//! meant to be writable by netd alone; it is created with mode 0750.
+//!
+//! Everything here is blocking file-system work: call it off the async
+//! runtime. All of the module's `unsafe` is the four libc calls that take a
+//! directory descriptor, below.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// Mode of the files created here.
+pub const FILE_MODE: u32 = 0o640;
+/// Mode of the directory (and its parents) when netd creates it.
+pub const DIR_MODE: u32 = 0o750;
+/// Longest file name (NAME_MAX on Linux).
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Check that `name` is one plain path component: not empty, not `.` or
+/// `..`, no `/`, no control characters, at most 255 bytes.
+pub fn check_file_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the file name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("'{name}' is not a file name"));
+    }
+    if name.contains('/') {
+        return Err("a relative path must be a plain file name (no '/')".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err("the file name contains a control character".into());
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "the file name is longer than {MAX_NAME_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// The file name `value` stands for in `dir`: `value` itself if it is a
+/// plain file name, or the last component of an absolute path whose parent
+/// is exactly `dir` (lexically: `//` and `.` components are ignored, `..`
+/// is refused). The error says why, without naming `dir`.
+pub fn resolve_name<'a>(dir: &Path, value: &'a str) -> Result<&'a str, String> {
+    if !value.starts_with('/') {
+        check_file_name(value)?;
+        return Ok(value);
+    }
+    // Split at the last '/' by hand: Path::file_name would read "d/x/." as
+    // "x" and "d/x/" as "x".
+    let (parent, name) = value.rsplit_once('/').unwrap_or(("", value));
+    let parent = if parent.is_empty() { "/" } else { parent };
+    if name == ".."
+        || Path::new(parent)
+            .components()
+            .any(|c| c == Component::ParentDir)
+    {
+        return Err("'..' is not allowed".into());
+    }
+    check_file_name(name)?;
+    if Path::new(parent) != dir {
+        return Err("it is not directly in capture_dir".into());
+    }
+    Ok(name)
+}
+
+/// Whether an entry of the directory may be renamed over or removed.
+#[derive(Debug, PartialEq, Eq)]
+enum Slot {
+    Missing,
+    Ours,
+    /// Anything else, described for a person ("a symbolic link", ...).
+    Foreign(String),
+}
+
+/// An entry that was left alone, and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub name: String,
+    pub what: String,
+}
+
+/// An open directory; names given to its methods are single components
+/// (see [`check_file_name`]).
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Dir {
+    /// Open the directory at `path` (O_DIRECTORY), creating it and its
+    /// missing parents with mode 0750 first if it does not exist.
+    pub fn open_or_create(path: &Path) -> io::Result<Dir> {
+        let open = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY)
+                .open(path)
+        };
+        let file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(DIR_MODE)
+                    .create(path)?;
+                open()?
+            }
+            other => other?,
+        };
+        Ok(Dir {
+            fd: file.into(),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Open `name` for writing, creating it (mode 0640) if missing, and
+    /// truncate it, once it is known to be a regular file owned by netd
+    /// with no other links. Symbolic links, FIFOs, devices, sockets,
+    /// directories, other users' files and hard-linked files are refused
+    /// with an error saying which ("it is a symbolic link; refusing to
+    /// follow it"), and left as they were.
+    pub fn create_file(&self, name: &str) -> io::Result<File> {
+        let cname = c_name(name)?;
+        if let Some(st) = self.stat_at(&cname)? {
+            refuse_unless_regular(st.st_mode)?;
+        }
+        let flags = libc::O_WRONLY
+            | libc::O_CREAT
+            | libc::O_NOFOLLOW
+            | libc::O_NONBLOCK
+            | libc::O_NOCTTY
+            | libc::O_CLOEXEC;
+        // SAFETY: openat(2) with our open directory descriptor and a
+        // NUL-terminated name that lives across the call; the result is
+        // checked before it is used.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                cname.as_ptr(),
+                flags,
+                FILE_MODE as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ELOOP) => refused("it is a symbolic link; refusing to follow it"),
+                // A FIFO without a reader (or a device) appeared since the
+                // check above.
+                Some(libc::ENXIO | libc::ENODEV) => match self.stat_at(&cname) {
+                    Ok(Some(st)) => refuse_unless_regular(st.st_mode).err().unwrap_or(e),
+                    _ => e,
+                },
+                _ => e,
+            });
+        }
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let meta = file.metadata()?;
+        refuse_unless_regular(meta.mode())?;
+        let euid = euid();
+        if meta.uid() != euid {
+            return Err(refused(&format!(
+                "it is owned by uid {}, not by netd (uid {euid}); refusing to overwrite it",
+                meta.uid()
+            )));
+        }
+        if meta.nlink() > 1 {
+            return Err(refused(&format!(
+                "it has {} hard links; refusing to overwrite it",
+                meta.nlink()
+            )));
+        }
+        if meta.mode() & 0o7777 != FILE_MODE {
+            file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+        }
+        file.set_len(0)?;
+        Ok(file)
+    }
+
+    /// Remove `name` if it is a regular file owned by netd. Returns what was
+    /// left alone instead, if anything; a missing entry is not an error.
+    pub fn remove_ours(&self, name: &str) -> io::Result<Option<Skipped>> {
+        let cname = c_name(name)?;
+        match self.slot(&cname)? {
+            Slot::Missing => Ok(None),
+            Slot::Foreign(what) => Ok(Some(skipped(name, what))),
+            Slot::Ours => {
+                // SAFETY: unlinkat(2) with our directory descriptor and a
+                // NUL-terminated name that lives across the call.
+                let rc = unsafe { libc::unlinkat(self.fd.as_raw_fd(), cname.as_ptr(), 0) };
+                check(rc).or_else(ignore_missing)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Rename `from` to `to` (replacing `to`) if `from` is a regular file
+    /// owned by netd and `to` is missing or one too. Returns the entry that
+    /// was in the way instead, if any; a missing `from` is not an error.
+    pub fn rename_ours(&self, from: &str, to: &str) -> io::Result<Option<Skipped>> {
+        let (cfrom, cto) = (c_name(from)?, c_name(to)?);
+        match self.slot(&cfrom)? {
+            Slot::Missing => return Ok(None),
+            Slot::Foreign(what) => return Ok(Some(skipped(from, what))),
+            Slot::Ours => {}
+        }
+        if let Slot::Foreign(what) = self.slot(&cto)? {
+            return Ok(Some(skipped(to, what)));
+        }
+        let dir = self.fd.as_raw_fd();
+        // SAFETY: renameat(2) within our directory descriptor, with
+        // NUL-terminated names that live across the call.
+        let rc = unsafe { libc::renameat(dir, cfrom.as_ptr(), dir, cto.as_ptr()) };
+        check(rc).or_else(ignore_missing)?;
+        Ok(None)
+    }
+
+    fn slot(&self, name: &CString) -> io::Result<Slot> {
+        let Some(st) = self.stat_at(name)? else {
+            return Ok(Slot::Missing);
+        };
+        if let Some(what) = non_regular(st.st_mode) {
+            return Ok(Slot::Foreign(what.into()));
+        }
+        if st.st_uid != euid() {
+            return Ok(Slot::Foreign(format!(
+                "a file owned by uid {}, not by netd",
+                st.st_uid
+            )));
+        }
+        Ok(Slot::Ours)
+    }
+
+    /// lstat of an entry of the directory; None if there is none.
+    fn stat_at(&self, name: &CString) -> io::Result<Option<libc::stat>> {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstatat(2) with our directory descriptor, a NUL-terminated
+        // name and a buffer of the right type; read only if it succeeded.
+        let rc = unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                name.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        match check(rc) {
+            // SAFETY: fstatat succeeded, so it filled `st`.
+            Ok(()) => Ok(Some(unsafe { st.assume_init() })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn c_name(name: &str) -> io::Result<CString> {
+    check_file_name(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the file name contains NUL"))
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// An entry that vanished between the check and the call: nothing to do.
+fn ignore_missing(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+fn refused(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, msg)
+}
+
+fn skipped(name: &str, what: String) -> Skipped {
+    Skipped {
+        name: name.to_string(),
+        what,
+    }
+}
+
+/// What an entry is, if it is not a regular file.
+fn non_regular(mode: libc::mode_t) -> Option<&'static str> {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => None,
+        libc::S_IFLNK => Some("a symbolic link"),
+        libc::S_IFIFO => Some("a FIFO"),
+        libc::S_IFCHR => Some("a character device"),
+        libc::S_IFBLK => Some("a block device"),
+        libc::S_IFSOCK => Some("a socket"),
+        libc::S_IFDIR => Some("a directory"),
+        _ => Some("not a regular file"),
+    }
+}
+
+fn refuse_unless_regular(mode: libc::mode_t) -> io::Result<()> {
+    match non_regular(mode) {
+        None => Ok(()),
+        Some("a symbolic link") => Err(refused("it is a symbolic link; refusing to follow it")),
+        Some(what) => Err(refused(&format!(
+            "it is {what}, not a regular file; refusing to open it"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_only_directly_in_the_dir() {
+        let dir = Path::new("/var/lib/netd/captures");
+        assert_eq!(resolve_name(dir, "cap.pcap"), Ok("cap.pcap"));
+        assert_eq!(resolve_name(dir, "..x"), Ok("..x"));
+        assert_eq!(
+            resolve_name(dir, "/var/lib/netd/captures/cap.pcap"),
+            Ok("cap.pcap")
+        );
+        assert_eq!(
+            resolve_name(dir, "/var/lib//netd/./captures/cap.pcap"),
+            Ok("cap.pcap")
+        );
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "./x",
+            "x/",
+            "a\nb",
+            "a\u{7f}b",
+            "/tmp/x.pcap",
+            "/var/lib/netd/captures/../x",
+            "/var/lib/netd/captures/sub/x",
+            "/var/lib/netd/captures/",
+            "/var/lib/netd/captures/.",
+            "/var/lib/netd/captures/..",
+            "/var/lib/netd/captures/sub/../x",
+            "/var/lib/netd/captures",
+            "/x",
+        ] {
+            assert!(resolve_name(dir, bad).is_err(), "{bad:?} accepted");
+        }
+        let long = "x".repeat(256);
+        assert!(resolve_name(dir, &long).is_err());
+        assert!(resolve_name(dir, &"x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn files_are_created_checked_and_rotated_only_when_ours() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a/b");
+        let dir = Dir::open_or_create(&path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().mode() & 0o777,
+            DIR_MODE & !current_umask()
+        );
+
+        let mut f = dir.create_file("x").unwrap();
+        io::Write::write_all(&mut f, b"data").unwrap();
+        assert_eq!(
+            std::fs::metadata(path.join("x")).unwrap().mode() & 0o777,
+            0o640
+        );
+        // Reopening truncates our own file.
+        dir.create_file("x").unwrap();
+        assert_eq!(std::fs::metadata(path.join("x")).unwrap().len(), 0);
+
+        let outside = tmp.path().join("outside");
+        std::fs::write(&outside, "keep").unwrap();
+        std::os::unix::fs::symlink(&outside, path.join("link")).unwrap();
+        let e = dir.create_file("link").unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        std::fs::hard_link(&outside, path.join("hard")).unwrap();
+        let e = dir.create_file("hard").unwrap_err().to_string();
+        assert!(e.contains("hard links"), "{e}");
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
+        std::fs::create_dir(path.join("d")).unwrap();
+        let e = dir.create_file("d").unwrap_err().to_string();
+        assert!(e.contains("a directory"), "{e}");
+
+        // Rotation moves ours, never over or from a foreign entry.
+        assert_eq!(dir.rename_ours("x", "x.1").unwrap(), None);
+        assert!(path.join("x.1").exists() && !path.join("x").exists());
+        let s = dir.rename_ours("x.1", "link").unwrap().unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.what.as_str()),
+            ("link", "a symbolic link")
+        );
+        assert!(path.join("x.1").exists());
+        assert!(dir.remove_ours("link").unwrap().is_some());
+        assert!(std::fs::symlink_metadata(path.join("link")).is_ok());
+        assert_eq!(dir.remove_ours("x.1").unwrap(), None);
+        assert!(!path.join("x.1").exists());
+        assert_eq!(dir.remove_ours("never").unwrap(), None);
+        assert_eq!(dir.rename_ours("never", "x").unwrap(), None);
+    }
+
+    /// This process's umask, read without changing it.
+    fn current_umask() -> u32 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+        u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
+    }
+}
