@@ -165,7 +165,7 @@ enum ProbeProtocol {
 
 #[derive(Debug, Args)]
 struct Common {
-    /// Unique listener name (letters, digits, '-', '_', '.').
+    /// Unique listener name: 1-63 letters, digits, '-', '_', '.', starting with a letter or digit.
     name: String,
     /// Address to bind, host:port; port 0 picks a free one.
     #[arg(short, long, value_name = "ADDR")]
