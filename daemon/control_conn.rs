@@ -60,8 +60,18 @@ impl ConnState {
 #[derive(Debug)]
 pub struct StreamGuard(Arc<ConnState>);
 
+/// Control calls finished since the last [`take_calls_closed`]: a burst of
+/// them (thousands of watch streams going away) is worth a heap trim.
+static CALLS_CLOSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Calls closed since the previous call of this function.
+pub fn take_calls_closed() -> u64 {
+    CALLS_CLOSED.swap(0, Ordering::Relaxed)
+}
+
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        CALLS_CLOSED.fetch_add(1, Ordering::Relaxed);
         if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
             *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         }

@@ -9,7 +9,9 @@
 //! when at least `MIN_CLOSED` have gone, it calls `malloc_trim(0)`, which
 //! returns free pages (also from the middle of the heap) to the kernel. It
 //! costs a walk over the arenas, at most once per tick and only after a
-//! burst, never under a steady load. A no-op without glibc.
+//! burst, never under a steady load. The same goes for control-plane calls:
+//! thousands of watch streams closing (up to `max_connections` ×
+//! `max_streams` can be open) trigger a trim too. A no-op without glibc.
 
 use std::time::Duration;
 
@@ -33,7 +35,11 @@ pub async fn run(supervisor: Supervisor, stop: CancellationToken) {
         }
         let (open, recent_peak) = supervisor.connections_open_and_peak();
         peak = peak.max(recent_peak);
-        if peak.saturating_sub(open) >= MIN_CLOSED {
+        let calls_closed = crate::control_conn::take_calls_closed();
+        if calls_closed >= MIN_CLOSED {
+            tracing::debug!(calls_closed, "control calls closed; trimming the heap");
+            trim();
+        } else if peak.saturating_sub(open) >= MIN_CLOSED {
             tracing::debug!(
                 peak,
                 open,

@@ -690,3 +690,67 @@ fn netctl_gives_up_on_a_daemon_that_does_not_answer() {
     );
     drop(held);
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Open `streams` WatchEvents calls on one raw connection, ignoring the
+/// server's limit; return once the server has answered each (response
+/// headers for the admitted ones, RST_STREAM for the rest).
+fn open_watch_streams(sock: &Path, streams: u32) -> UnixStream {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, 0x4, 0, 0, &[]);
+    frame(&mut out, 0x4, 0x1, 0, &[]);
+    let mut block = Vec::new();
+    hpack(&mut block, ":method", "POST");
+    hpack(&mut block, ":scheme", "http");
+    hpack(&mut block, ":path", "/netd.v1.Control/WatchEvents");
+    hpack(&mut block, ":authority", "localhost");
+    hpack(&mut block, "content-type", "application/grpc");
+    hpack(&mut block, "te", "trailers");
+    for i in 0..streams {
+        frame(&mut out, 0x1, 0x4, 1 + 2 * i, &block);
+        frame(&mut out, 0x0, 0x1, 1 + 2 * i, &[0, 0, 0, 0, 0]);
+    }
+    s.write_all(&out).unwrap();
+    let mut answered = std::collections::HashSet::new();
+    while answered.len() < streams as usize {
+        let (kind, _, stream, _) = read_frame(&mut s).expect("answers to every stream");
+        if (kind == 0x1 || kind == 0x3) && stream != 0 {
+            answered.insert(stream);
+        }
+    }
+    s
+}
+
+#[test]
+fn memory_of_many_watch_streams_is_bounded_and_returned() {
+    let netd = Netd::start("[control]\nmax_connections = 48\n");
+    let ControlAddr::Unix(sock) = &netd.control else {
+        unreachable!()
+    };
+    let before = rss_kib(netd.pid());
+    // Twice what the limits admit: 48 connections × 100 streams are open,
+    // the rest refused.
+    let conns: Vec<UnixStream> = (0..48).map(|_| open_watch_streams(sock, 200)).collect();
+    let peak = rss_kib(netd.pid());
+    assert!(
+        peak < before + 256 * 1024,
+        "4,800 open watch streams took RSS from {before} KiB to {peak} KiB"
+    );
+    drop(conns);
+    // Closing them gives the heap back (the trim tick is 5 s).
+    wait_until("RSS back near its start after the streams closed", || {
+        rss_kib(netd.pid()) < before + 16 * 1024
+    });
+    netd.netctl_ok(&["list"]);
+}
