@@ -475,6 +475,22 @@ fn hpack(block: &mut Vec<u8>, name: &str, value: &str) {
     block.extend_from_slice(value.as_bytes());
 }
 
+/// `count` WatchEvents calls on streams 1, 3, 5, ...: HEADERS, then the
+/// empty request message with END_STREAM. The server keeps each open.
+fn watch_events_calls(out: &mut Vec<u8>, count: u32) {
+    let mut block = Vec::new();
+    hpack(&mut block, ":method", "POST");
+    hpack(&mut block, ":scheme", "http");
+    hpack(&mut block, ":path", "/netd.v1.Control/WatchEvents");
+    hpack(&mut block, ":authority", "localhost");
+    hpack(&mut block, "content-type", "application/grpc");
+    hpack(&mut block, "te", "trailers");
+    for i in 0..count {
+        frame(out, 0x1, 0x4, 1 + 2 * i, &block);
+        frame(out, 0x0, 0x1, 1 + 2 * i, &[0, 0, 0, 0, 0]);
+    }
+}
+
 /// Read one frame: (type, flags, stream, payload).
 fn read_frame(s: &mut UnixStream) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
     let mut h = [0u8; 9];
@@ -511,18 +527,7 @@ fn streams_per_connection_are_capped() {
     // streams, each kept open by the server; the 101st is refused.
     let mut out = Vec::new();
     frame(&mut out, 0x4, 0x1, 0, &[]);
-    let mut block = Vec::new();
-    hpack(&mut block, ":method", "POST");
-    hpack(&mut block, ":scheme", "http");
-    hpack(&mut block, ":path", "/netd.v1.Control/WatchEvents");
-    hpack(&mut block, ":authority", "localhost");
-    hpack(&mut block, "content-type", "application/grpc");
-    hpack(&mut block, "te", "trailers");
-    for i in 0..101u32 {
-        let id = 1 + 2 * i;
-        frame(&mut out, 0x1, 0x4, id, &block);
-        frame(&mut out, 0x0, 0x1, id, &[0, 0, 0, 0, 0]);
-    }
+    watch_events_calls(&mut out, 101);
     s.write_all(&out).unwrap();
     let last = 1 + 2 * 100;
     loop {
@@ -710,17 +715,7 @@ fn open_watch_streams(sock: &Path, streams: u32) -> UnixStream {
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     frame(&mut out, 0x4, 0, 0, &[]);
     frame(&mut out, 0x4, 0x1, 0, &[]);
-    let mut block = Vec::new();
-    hpack(&mut block, ":method", "POST");
-    hpack(&mut block, ":scheme", "http");
-    hpack(&mut block, ":path", "/netd.v1.Control/WatchEvents");
-    hpack(&mut block, ":authority", "localhost");
-    hpack(&mut block, "content-type", "application/grpc");
-    hpack(&mut block, "te", "trailers");
-    for i in 0..streams {
-        frame(&mut out, 0x1, 0x4, 1 + 2 * i, &block);
-        frame(&mut out, 0x0, 0x1, 1 + 2 * i, &[0, 0, 0, 0, 0]);
-    }
+    watch_events_calls(&mut out, streams);
     s.write_all(&out).unwrap();
     let mut answered = std::collections::HashSet::new();
     while answered.len() < streams as usize {
