@@ -126,6 +126,8 @@ pub fn http_json(h: &proto::HttpStats) -> Value {
         "responses_5xx": h.responses_5xx,
         "unauthorized": h.unauthorized,
         "rate_limited": h.rate_limited,
+        "body_budget_refused": h.body_budget_refused,
+        "idle_closed": h.idle_closed,
         "latency_p50_ms": h.latency_p50_ms,
         "latency_p90_ms": h.latency_p90_ms,
         "latency_p99_ms": h.latency_p99_ms,
@@ -160,6 +162,7 @@ pub fn stats_json(s: &proto::ListenerStats) -> Value {
         "datagrams_in": s.datagrams_in,
         "datagrams_out": s.datagrams_out,
         "errors": s.errors,
+        "panics": s.panics,
     });
     match &s.detail {
         Some(proto::listener_stats::Detail::Proxy(p)) => v["proxy"] = proxy_json(p),
@@ -363,7 +366,7 @@ pub fn status_block(l: &proto::Listener) {
     }
     if let Some(proto::listener_stats::Detail::Http(h)) = &s.detail {
         println!(
-            "{:<12} {} total: {} 2xx, {} 3xx, {} 4xx ({} unauthorized, {} rate limited), {} 5xx",
+            "{:<12} {} total: {} 2xx, {} 3xx, {} 4xx ({} unauthorized, {} rate limited), {} 5xx ({} over the body budget)",
             "requests:",
             h.requests,
             h.responses_2xx,
@@ -371,7 +374,8 @@ pub fn status_block(l: &proto::Listener) {
             h.responses_4xx,
             h.unauthorized,
             h.rate_limited,
-            h.responses_5xx
+            h.responses_5xx,
+            h.body_budget_refused
         );
         println!(
             "{:<12} p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",

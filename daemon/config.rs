@@ -137,6 +137,12 @@ struct RawListener {
     #[serde(default)]
     rate_limit: Option<Spanned<String>>,
     #[serde(default)]
+    body_budget_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    max_streams: Option<Spanned<u32>>,
+    #[serde(default)]
+    max_header_bytes: Option<Spanned<u32>>,
+    #[serde(default)]
     labels: HashMap<String, String>,
 }
 
@@ -336,6 +342,13 @@ impl Config {
             }
         };
         let shutdown_grace = raw.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+        if shutdown_grace > MAX_SHUTDOWN_GRACE {
+            return Err(ConfigError(format!(
+                "{source}: shutdown_grace {} is out of range (0s to {})",
+                humantime::format_duration(shutdown_grace),
+                humantime::format_duration(MAX_SHUTDOWN_GRACE)
+            )));
+        }
         let capture_dir = match &raw.capture_dir {
             None => default_capture_dir(),
             Some(d) => {
@@ -354,14 +367,14 @@ impl Config {
         let settings = Settings {
             capture_dir: capture_dir.clone(),
         };
-        if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
-            return Err(ConfigError(format!(
-                "{source}: log.level '{}' is not a level (error, warn, info, debug, trace) or filter",
-                raw.log.level
-            )));
+        if let Err(e) = check_log_level(&raw.log.level) {
+            return Err(ConfigError(format!("{source}: log.level: {e}")));
         }
 
         let mut listeners: Vec<BootListener> = Vec::new();
+        // (name, (address, is UDP)) of listeners with a fixed port, to
+        // refuse two that would bind the same one.
+        let mut bound_addrs: Vec<(String, (std::net::SocketAddr, bool))> = Vec::new();
         for l in raw.listeners {
             let origin = at(l.name.span());
             let name = l.name.get_ref().clone();
@@ -385,7 +398,7 @@ impl Config {
                 KindName::Http,
             ];
             let sniffer_only: &[KindName] = &[KindName::Sniffer];
-            let optional: [OptionalField; 22] = [
+            let optional: [OptionalField; 25] = [
                 (
                     "listen",
                     spans(l.listen.as_ref().map(|v| v.span())),
@@ -474,7 +487,22 @@ impl Config {
                 (
                     "idle_timeout",
                     spans(l.idle_timeout.as_ref().map(|v| v.span())),
-                    &[KindName::TcpEcho, KindName::Proxy],
+                    &[KindName::TcpEcho, KindName::Proxy, KindName::Http],
+                ),
+                (
+                    "body_budget_bytes",
+                    spans(l.body_budget_bytes.as_ref().map(|v| v.span())),
+                    &[KindName::Http],
+                ),
+                (
+                    "max_streams",
+                    spans(l.max_streams.as_ref().map(|v| v.span())),
+                    &[KindName::Http],
+                ),
+                (
+                    "max_header_bytes",
+                    spans(l.max_header_bytes.as_ref().map(|v| v.span())),
+                    &[KindName::Http],
                 ),
                 (
                     "upstreams",
@@ -519,6 +547,18 @@ impl Config {
                         v.get_ref()
                     ))
                 })?;
+                // The same outer bound the services apply (a field may be
+                // narrower; its own check then names that range).
+                let range = crate::services::DURATION_RANGE;
+                if !range.contains(&d) {
+                    return Err(ConfigError(format!(
+                        "{}: {field}: {} is out of range ({} to {})",
+                        at(v.span()),
+                        v.get_ref(),
+                        humantime::format_duration(*range.start()),
+                        humantime::format_duration(*range.end())
+                    )));
+                }
                 prost_types::Duration::try_from(d)
                     .map(Some)
                     .map_err(|_| ConfigError(format!("{}: {field} is too large", at(v.span()))))
@@ -622,6 +662,14 @@ impl Config {
                             .as_ref()
                             .map(|r| r.get_ref().clone())
                             .unwrap_or_default(),
+                        body_budget_bytes: l
+                            .body_budget_bytes
+                            .as_ref()
+                            .map(|m| *m.get_ref())
+                            .unwrap_or(0),
+                        max_streams: u32_of(&l.max_streams),
+                        max_header_bytes: u32_of(&l.max_header_bytes),
+                        idle_timeout,
                     })
                 }
             };
@@ -643,12 +691,39 @@ impl Config {
                 };
                 return Err(ConfigError(format!("{line}: listener '{name}': {e}")));
             }
+            if let Some(addr) = Service::spec_listen_addr(&spec) {
+                let udp = kind_name == KindName::UdpEcho;
+                let line = l.listen.as_ref().map_or(origin.clone(), |v| at(v.span()));
+                if let Some((other, _)) = bound_addrs
+                    .iter()
+                    .find(|(_, (a, u))| *u == udp && addrs_clash(*a, addr))
+                {
+                    return Err(ConfigError(format!(
+                        "{line}: listener '{name}': {} {addr} clashes with listener '{other}' \
+                         (both would bind the same {} port)",
+                        if udp { "UDP" } else { "TCP" },
+                        if udp { "UDP" } else { "TCP" },
+                    )));
+                }
+                if let Some(m) = metrics_listen.filter(|m| !udp && addrs_clash(*m, addr)) {
+                    return Err(ConfigError(format!(
+                        "{line}: listener '{name}': TCP {addr} clashes with [metrics] listen {m}"
+                    )));
+                }
+                bound_addrs.push((name.clone(), (addr, udp)));
+            }
             listeners.push(BootListener {
                 name,
                 spec,
                 labels: l.labels,
                 origin,
             });
+        }
+        if listeners.len() > max_listeners {
+            return Err(ConfigError(format!(
+                "{source}: {} listeners are defined; max_listeners is {max_listeners}",
+                listeners.len()
+            )));
         }
         Ok(Config {
             source: source.to_string(),
@@ -662,6 +737,49 @@ impl Config {
             listeners,
         })
     }
+}
+
+/// Longest `shutdown_grace` the config accepts.
+pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
+
+/// Would two sockets of the same protocol bound at `a` and `b` clash? Same
+/// (fixed) port and family, and the same IP or either the wildcard (IPv6
+/// sockets are bound v6-only, so `[::]` does not cover IPv4).
+fn addrs_clash(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// Check `[log] level` the way netd will use it: a comma-separated list of
+/// directives for tracing's EnvFilter, where a bare directive must be a
+/// level. (EnvFilter itself reads a bare word such as `verbose` as a target
+/// name and would silently log nothing but that target.)
+pub fn check_log_level(level: &str) -> Result<(), String> {
+    const LEVELS: &str = "error, warn, info, debug, trace or off";
+    if level.trim().is_empty() {
+        return Err(format!(
+            "empty; expected {LEVELS}, or a filter such as netd=debug"
+        ));
+    }
+    for directive in level.split(',') {
+        let d = directive.trim();
+        let bare = !d.contains(['=', '[', ':']);
+        if bare
+            && d.parse::<tracing_subscriber::filter::LevelFilter>()
+                .is_err()
+        {
+            return Err(format!(
+                "'{d}' is not a level ({LEVELS}); a filter names its target, e.g. \
+                 netd={}",
+                "debug"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| format!("'{level}' is not a level ({LEVELS}) or filter: {e}"))
 }
 
 /// Default and upper bound of `max_listeners`.
