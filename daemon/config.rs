@@ -996,6 +996,73 @@ mod tests {
     }
 
     #[test]
+    fn log_levels_are_levels_or_filters() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "warn,netd=debug",
+            "netd::access=info",
+        ] {
+            assert!(check_log_level(ok).is_ok(), "{ok}");
+        }
+        for bad in ["verbose", "", "info,loud", "netd=verbose"] {
+            assert!(check_log_level(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn clashing_addresses() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert!(addrs_clash(a("127.0.0.1:80"), a("127.0.0.1:80")));
+        assert!(addrs_clash(a("0.0.0.0:80"), a("127.0.0.1:80")));
+        assert!(addrs_clash(a("127.0.0.2:80"), a("0.0.0.0:80")));
+        assert!(addrs_clash(a("[::]:80"), a("[::1]:80")));
+        assert!(!addrs_clash(a("127.0.0.1:80"), a("127.0.0.2:80")));
+        assert!(!addrs_clash(a("[::]:80"), a("0.0.0.0:80")));
+        assert!(!addrs_clash(a("127.0.0.1:0"), a("127.0.0.1:0")));
+        assert!(!addrs_clash(a("127.0.0.1:80"), a("127.0.0.1:81")));
+    }
+
+    #[test]
+    fn absurd_durations_and_sizes_name_their_bounds() {
+        let http = |opt: &str| {
+            format!(
+                "[[listener]]\nname = \"h\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n{opt}\n"
+            )
+        };
+        for (opt, needle) in [
+            (
+                "idle_timeout = \"99999999999y\"",
+                "out of range (1ms to 7days)",
+            ),
+            (
+                "header_read_timeout = \"2h\"",
+                "header_read_timeout is 2h; it must be 1ms to 1h",
+            ),
+            (
+                "max_streams = 5000",
+                "max_streams is 5000; it must be 1 to 1000",
+            ),
+            (
+                "max_header_bytes = 10",
+                "max_header_bytes is 10; it must be 1024 to 1048576",
+            ),
+            (
+                "max_body_bytes = 4096\nbody_budget_bytes = 1024",
+                "at least max_body_bytes",
+            ),
+        ] {
+            let e = Config::parse(&http(opt), "x.toml").unwrap_err().to_string();
+            assert!(e.contains(needle), "{opt}: {e}");
+        }
+        let e = Config::parse("shutdown_grace = \"99999999999y\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shutdown_grace"), "{e}");
+    }
+
+    #[test]
     fn errors_name_file_and_line() {
         let text =
             "[[listener]]\nname = \"a\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:99999\"\n";

@@ -92,7 +92,9 @@ async fn h2_bodies_beyond_the_budget_are_refused_and_memory_stays_bounded() {
     let mut warm = h2_connect(addr).await;
     let (resp, _) = warm
         .send_request(
-            http::Request::get(format!("http://{addr}/")).body(()).unwrap(),
+            http::Request::get(format!("http://{addr}/"))
+                .body(())
+                .unwrap(),
             true,
         )
         .unwrap();
@@ -129,7 +131,9 @@ async fn h2_bodies_beyond_the_budget_are_refused_and_memory_stays_bounded() {
     let mut extra = h2_connect(addr).await;
     let (resp, mut send) = extra
         .send_request(
-            http::Request::post(format!("http://{addr}/")).body(()).unwrap(),
+            http::Request::post(format!("http://{addr}/"))
+                .body(())
+                .unwrap(),
             false,
         )
         .unwrap();
@@ -168,7 +172,9 @@ async fn h2_bodies_beyond_the_budget_are_refused_and_memory_stays_bounded() {
         .await
         .unwrap()
         .send_request(
-            http::Request::post(format!("http://{addr}/")).body(()).unwrap(),
+            http::Request::post(format!("http://{addr}/"))
+                .body(())
+                .unwrap(),
             false,
         )
         .unwrap();
@@ -299,7 +305,9 @@ async fn idle_h2c_connections_are_closed() {
     let mut h2c = h2_connect(addr).await;
     let (resp, _) = h2c
         .send_request(
-            http::Request::get(format!("http://{addr}/")).body(()).unwrap(),
+            http::Request::get(format!("http://{addr}/"))
+                .body(())
+                .unwrap(),
             true,
         )
         .unwrap();
@@ -460,7 +468,10 @@ async fn absurd_durations_are_refused_by_start_config_and_check_config() {
              {field} = \"99999999999y\"\n"
         );
         let (ok, msg) = check_config(&config);
-        assert!(!ok && msg.contains(field), "--check-config {kind} {field}: {msg}");
+        assert!(
+            !ok && msg.contains(field),
+            "--check-config {kind} {field}: {msg}"
+        );
         let (ok, msg) = start_config(&config);
         assert!(!ok && msg.contains(field), "start {kind} {field}: {msg}");
     }
@@ -484,7 +495,10 @@ fn run_netd(config: &str, args: &[&str]) -> (bool, String) {
         .arg("--config")
         .arg(&path)
         .args(args)
-        .env("NETD_CONTROL", format!("unix:{}", dir.path().join("s").display()))
+        .env(
+            "NETD_CONTROL",
+            format!("unix:{}", dir.path().join("s").display()),
+        )
         .env_remove("NOTIFY_SOCKET")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -547,7 +561,10 @@ fn check_config_refuses_port_clashes_and_bad_log_levels() {
     ] {
         let (ok, msg) = check_config(&config);
         assert!(!ok, "{what}: --check-config passed:\n{config}");
-        assert!(msg.contains("clashes") && msg.contains("'a'"), "{what}: {msg}");
+        assert!(
+            msg.contains("clashes") && msg.contains("'a'"),
+            "{what}: {msg}"
+        );
     }
     // TCP and UDP on the same port do not clash; nor do two port-0 listeners.
     let fine = clash(

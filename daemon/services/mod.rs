@@ -283,6 +283,12 @@ pub(crate) fn duration_in(
             bounds()
         ))
     })?;
+    if d.is_zero() {
+        return Err(SpecError(format!(
+            "{field} must be greater than zero (it must be {})",
+            bounds()
+        )));
+    }
     if !range.contains(&d) {
         return Err(SpecError(format!(
             "{field} is {}; it must be {}",
@@ -611,4 +617,43 @@ pub(crate) fn is_transient_accept_error(e: &io::Error) -> bool {
                 | libc::ETIMEDOUT
         )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_is_contained_counted_and_logged_once_per_interval() {
+        let stats = Stats::new();
+        for _ in 0..3 {
+            contain_panic(async { panic!("boom") }, &stats, "t").await;
+        }
+        contain_panic(async {}, &stats, "t").await;
+        assert_eq!(stats.panics.load(std::sync::atomic::Ordering::Relaxed), 3);
+        assert_eq!(stats.errors.load(std::sync::atomic::Ordering::Relaxed), 3);
+        // Logged for the first; the next two fall in the same interval.
+        let fresh = Stats::new();
+        assert_eq!(fresh.record_panic(), Some(0));
+        assert_eq!(fresh.record_panic(), None);
+    }
+
+    #[test]
+    fn durations_beyond_their_range_are_refused() {
+        let huge = Some(prost_types::Duration {
+            seconds: i64::MAX,
+            nanos: 0,
+        });
+        let e = duration_field("idle_timeout", &huge, Duration::from_secs(1)).unwrap_err();
+        assert!(
+            e.0.starts_with("idle_timeout is ") && e.0.ends_with("; it must be 1ms to 7days"),
+            "{e}"
+        );
+        let zero = Some(prost_types::Duration::default());
+        assert!(duration_field("x", &zero, Duration::from_secs(1)).is_err());
+        assert_eq!(
+            duration_field("x", &None, Duration::from_secs(3)).unwrap(),
+            Duration::from_secs(3)
+        );
+    }
 }
