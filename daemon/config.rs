@@ -547,18 +547,6 @@ impl Config {
                         v.get_ref()
                     ))
                 })?;
-                // The same outer bound the services apply (a field may be
-                // narrower; its own check then names that range).
-                let range = crate::services::DURATION_RANGE;
-                if !range.contains(&d) {
-                    return Err(ConfigError(format!(
-                        "{}: {field}: {} is out of range ({} to {})",
-                        at(v.span()),
-                        v.get_ref(),
-                        humantime::format_duration(*range.start()),
-                        humantime::format_duration(*range.end())
-                    )));
-                }
                 prost_types::Duration::try_from(d)
                     .map(Some)
                     .map_err(|_| ConfigError(format!("{}: {field} is too large", at(v.span()))))
@@ -686,6 +674,13 @@ impl Config {
                     at(u.span())
                 } else if let (true, Some(v)) = (e.0.starts_with("pcap_path"), &l.pcap_path) {
                     at(v.span())
+                } else if let Some(span) = optional.iter().find_map(|(f, span, _)| {
+                    e.0.strip_prefix(f)
+                        .is_some_and(|rest| rest.starts_with([' ', ':']))
+                        .then(|| span.clone())
+                        .flatten()
+                }) {
+                    at(span)
                 } else {
                     origin.clone()
                 };
@@ -1034,7 +1029,7 @@ mod tests {
         for (opt, needle) in [
             (
                 "idle_timeout = \"99999999999y\"",
-                "out of range (1ms to 7days)",
+                "; it must be 1ms to 1day",
             ),
             (
                 "header_read_timeout = \"2h\"",
