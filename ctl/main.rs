@@ -244,6 +244,21 @@ enum StartKind {
         /// gets 429 with Retry-After.
         #[arg(long, value_name = "RATE")]
         rate_limit: Option<String>,
+        /// Request bodies buffered at once across all connections, in
+        /// bytes (default 64 MiB, at least --max-body); beyond it: 503.
+        #[arg(long, value_name = "BYTES")]
+        body_budget: Option<u64>,
+        /// Concurrent HTTP/2 streams per connection, 1-1000 (default 32).
+        #[arg(long, value_name = "N")]
+        max_streams: Option<u32>,
+        /// Largest request header section in bytes, 1024 to 1 MiB (default
+        /// 16 KiB); larger gets 431.
+        #[arg(long, value_name = "BYTES")]
+        max_header_bytes: Option<u32>,
+        /// Close an HTTP/2 connection with no open stream this long, 1ms to
+        /// 24h (default 60s).
+        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+        idle_timeout: Option<Duration>,
     },
     /// Packet sniffer on an interface (needs CAP_NET_RAW): per-protocol
     /// counts, flows, live packets (`netctl sniff`), pcap export, alerts.
@@ -544,6 +559,10 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                     token,
                     token_file,
                     rate_limit,
+                    body_budget,
+                    max_streams,
+                    max_header_bytes,
+                    idle_timeout,
                 } => {
                     let token = match (token, token_file) {
                         (Some(t), _) => t,
@@ -563,6 +582,10 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                         max_connections: max_connections.unwrap_or(0),
                         token,
                         rate_limit: rate_limit.unwrap_or_default(),
+                        body_budget_bytes: body_budget.unwrap_or(0),
+                        max_streams: max_streams.unwrap_or(0),
+                        max_header_bytes: max_header_bytes.unwrap_or(0),
+                        idle_timeout: to_proto_duration("--idle-timeout", idle_timeout)?,
                     };
                     (common, Kind::Http(spec))
                 }

@@ -58,8 +58,11 @@ fn spec_json(spec: &Option<proto::ListenerSpec>) -> Value {
         }
         Some(Kind::Http(h)) => {
             use netd::services::http::{
-                DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_REQUEST_TIMEOUT,
+                DEFAULT_BODY_BUDGET, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+                DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_STREAMS,
+                DEFAULT_REQUEST_TIMEOUT,
             };
+            let or = |v: u64, default: u64| if v == 0 { default } else { v };
             let dur = |d: &Option<prost_types::Duration>, default| {
                 humantime::format_duration(idle_timeout(d).unwrap_or(default)).to_string()
             };
@@ -71,6 +74,10 @@ fn spec_json(spec: &Option<proto::ListenerSpec>) -> Value {
                 "max_connections": if h.max_connections == 0 { netd::services::DEFAULT_MAX_CONNECTIONS as u64 } else { h.max_connections as u64 },
                 "auth": if h.token.is_empty() { "none" } else { "bearer token" },
                 "rate_limit": if h.rate_limit.is_empty() { "none" } else { h.rate_limit.as_str() },
+                "body_budget_bytes": or(h.body_budget_bytes, DEFAULT_BODY_BUDGET.max(or(h.max_body_bytes, DEFAULT_MAX_BODY))),
+                "max_streams": or(h.max_streams.into(), DEFAULT_MAX_STREAMS.into()),
+                "max_header_bytes": or(h.max_header_bytes.into(), DEFAULT_MAX_HEADER_BYTES.into()),
+                "idle_timeout": dur(&h.idle_timeout, DEFAULT_IDLE_TIMEOUT),
             })
         }
         Some(Kind::Sniffer(f)) => {
@@ -126,6 +133,8 @@ pub fn http_json(h: &proto::HttpStats) -> Value {
         "responses_5xx": h.responses_5xx,
         "unauthorized": h.unauthorized,
         "rate_limited": h.rate_limited,
+        "body_budget_refused": h.body_budget_refused,
+        "idle_closed": h.idle_closed,
         "latency_p50_ms": h.latency_p50_ms,
         "latency_p90_ms": h.latency_p90_ms,
         "latency_p99_ms": h.latency_p99_ms,
@@ -160,6 +169,7 @@ pub fn stats_json(s: &proto::ListenerStats) -> Value {
         "datagrams_in": s.datagrams_in,
         "datagrams_out": s.datagrams_out,
         "errors": s.errors,
+        "panics": s.panics,
     });
     match &s.detail {
         Some(proto::listener_stats::Detail::Proxy(p)) => v["proxy"] = proxy_json(p),
@@ -363,7 +373,7 @@ pub fn status_block(l: &proto::Listener) {
     }
     if let Some(proto::listener_stats::Detail::Http(h)) = &s.detail {
         println!(
-            "{:<12} {} total: {} 2xx, {} 3xx, {} 4xx ({} unauthorized, {} rate limited), {} 5xx",
+            "{:<12} {} total: {} 2xx, {} 3xx, {} 4xx ({} unauthorized, {} rate limited), {} 5xx ({} over the body budget)",
             "requests:",
             h.requests,
             h.responses_2xx,
@@ -371,7 +381,8 @@ pub fn status_block(l: &proto::Listener) {
             h.responses_4xx,
             h.unauthorized,
             h.rate_limited,
-            h.responses_5xx
+            h.responses_5xx,
+            h.body_budget_refused
         );
         println!(
             "{:<12} p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",

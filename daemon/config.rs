@@ -137,6 +137,12 @@ struct RawListener {
     #[serde(default)]
     rate_limit: Option<Spanned<String>>,
     #[serde(default)]
+    body_budget_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    max_streams: Option<Spanned<u32>>,
+    #[serde(default)]
+    max_header_bytes: Option<Spanned<u32>>,
+    #[serde(default)]
     labels: HashMap<String, String>,
 }
 
@@ -336,6 +342,13 @@ impl Config {
             }
         };
         let shutdown_grace = raw.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+        if shutdown_grace > MAX_SHUTDOWN_GRACE {
+            return Err(ConfigError(format!(
+                "{source}: shutdown_grace {} is out of range (0s to {})",
+                humantime::format_duration(shutdown_grace),
+                humantime::format_duration(MAX_SHUTDOWN_GRACE)
+            )));
+        }
         let capture_dir = match &raw.capture_dir {
             None => default_capture_dir(),
             Some(d) => {
@@ -354,14 +367,14 @@ impl Config {
         let settings = Settings {
             capture_dir: capture_dir.clone(),
         };
-        if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
-            return Err(ConfigError(format!(
-                "{source}: log.level '{}' is not a level (error, warn, info, debug, trace) or filter",
-                raw.log.level
-            )));
+        if let Err(e) = check_log_level(&raw.log.level) {
+            return Err(ConfigError(format!("{source}: log.level: {e}")));
         }
 
         let mut listeners: Vec<BootListener> = Vec::new();
+        // (name, (address, is UDP)) of listeners with a fixed port, to
+        // refuse two that would bind the same one.
+        let mut bound_addrs: Vec<(String, (std::net::SocketAddr, bool))> = Vec::new();
         for l in raw.listeners {
             let origin = at(l.name.span());
             let name = l.name.get_ref().clone();
@@ -385,7 +398,7 @@ impl Config {
                 KindName::Http,
             ];
             let sniffer_only: &[KindName] = &[KindName::Sniffer];
-            let optional: [OptionalField; 22] = [
+            let optional: [OptionalField; 25] = [
                 (
                     "listen",
                     spans(l.listen.as_ref().map(|v| v.span())),
@@ -474,7 +487,22 @@ impl Config {
                 (
                     "idle_timeout",
                     spans(l.idle_timeout.as_ref().map(|v| v.span())),
-                    &[KindName::TcpEcho, KindName::Proxy],
+                    &[KindName::TcpEcho, KindName::Proxy, KindName::Http],
+                ),
+                (
+                    "body_budget_bytes",
+                    spans(l.body_budget_bytes.as_ref().map(|v| v.span())),
+                    &[KindName::Http],
+                ),
+                (
+                    "max_streams",
+                    spans(l.max_streams.as_ref().map(|v| v.span())),
+                    &[KindName::Http],
+                ),
+                (
+                    "max_header_bytes",
+                    spans(l.max_header_bytes.as_ref().map(|v| v.span())),
+                    &[KindName::Http],
                 ),
                 (
                     "upstreams",
@@ -622,6 +650,14 @@ impl Config {
                             .as_ref()
                             .map(|r| r.get_ref().clone())
                             .unwrap_or_default(),
+                        body_budget_bytes: l
+                            .body_budget_bytes
+                            .as_ref()
+                            .map(|m| *m.get_ref())
+                            .unwrap_or(0),
+                        max_streams: u32_of(&l.max_streams),
+                        max_header_bytes: u32_of(&l.max_header_bytes),
+                        idle_timeout,
                     })
                 }
             };
@@ -638,10 +674,38 @@ impl Config {
                     at(u.span())
                 } else if let (true, Some(v)) = (e.0.starts_with("pcap_path"), &l.pcap_path) {
                     at(v.span())
+                } else if let Some(span) = optional.iter().find_map(|(f, span, _)| {
+                    e.0.strip_prefix(f)
+                        .is_some_and(|rest| rest.starts_with([' ', ':']))
+                        .then(|| span.clone())
+                        .flatten()
+                }) {
+                    at(span)
                 } else {
                     origin.clone()
                 };
                 return Err(ConfigError(format!("{line}: listener '{name}': {e}")));
+            }
+            if let Some(addr) = Service::spec_listen_addr(&spec) {
+                let udp = kind_name == KindName::UdpEcho;
+                let line = l.listen.as_ref().map_or(origin.clone(), |v| at(v.span()));
+                if let Some((other, _)) = bound_addrs
+                    .iter()
+                    .find(|(_, (a, u))| *u == udp && addrs_clash(*a, addr))
+                {
+                    return Err(ConfigError(format!(
+                        "{line}: listener '{name}': {} {addr} clashes with listener '{other}' \
+                         (both would bind the same {} port)",
+                        if udp { "UDP" } else { "TCP" },
+                        if udp { "UDP" } else { "TCP" },
+                    )));
+                }
+                if let Some(m) = metrics_listen.filter(|m| !udp && addrs_clash(*m, addr)) {
+                    return Err(ConfigError(format!(
+                        "{line}: listener '{name}': TCP {addr} clashes with [metrics] listen {m}"
+                    )));
+                }
+                bound_addrs.push((name.clone(), (addr, udp)));
             }
             listeners.push(BootListener {
                 name,
@@ -649,6 +713,12 @@ impl Config {
                 labels: l.labels,
                 origin,
             });
+        }
+        if listeners.len() > max_listeners {
+            return Err(ConfigError(format!(
+                "{source}: {} listeners are defined; max_listeners is {max_listeners}",
+                listeners.len()
+            )));
         }
         Ok(Config {
             source: source.to_string(),
@@ -662,6 +732,49 @@ impl Config {
             listeners,
         })
     }
+}
+
+/// Longest `shutdown_grace` the config accepts.
+pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
+
+/// Would two sockets of the same protocol bound at `a` and `b` clash? Same
+/// (fixed) port and family, and the same IP or either the wildcard (IPv6
+/// sockets are bound v6-only, so `[::]` does not cover IPv4).
+fn addrs_clash(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// Check `[log] level` the way netd will use it: a comma-separated list of
+/// directives for tracing's EnvFilter, where a bare directive must be a
+/// level. (EnvFilter itself reads a bare word such as `verbose` as a target
+/// name and would silently log nothing but that target.)
+pub fn check_log_level(level: &str) -> Result<(), String> {
+    const LEVELS: &str = "error, warn, info, debug, trace or off";
+    if level.trim().is_empty() {
+        return Err(format!(
+            "empty; expected {LEVELS}, or a filter such as netd=debug"
+        ));
+    }
+    for directive in level.split(',') {
+        let d = directive.trim();
+        let bare = !d.contains(['=', '[', ':']);
+        if bare
+            && d.parse::<tracing_subscriber::filter::LevelFilter>()
+                .is_err()
+        {
+            return Err(format!(
+                "'{d}' is not a level ({LEVELS}); a filter names its target, e.g. \
+                 netd={}",
+                "debug"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| format!("'{level}' is not a level ({LEVELS}) or filter: {e}"))
 }
 
 /// Default and upper bound of `max_listeners`.
@@ -875,6 +988,73 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn log_levels_are_levels_or_filters() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "warn,netd=debug",
+            "netd::access=info",
+        ] {
+            assert!(check_log_level(ok).is_ok(), "{ok}");
+        }
+        for bad in ["verbose", "", "info,loud", "netd=verbose"] {
+            assert!(check_log_level(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn clashing_addresses() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert!(addrs_clash(a("127.0.0.1:80"), a("127.0.0.1:80")));
+        assert!(addrs_clash(a("0.0.0.0:80"), a("127.0.0.1:80")));
+        assert!(addrs_clash(a("127.0.0.2:80"), a("0.0.0.0:80")));
+        assert!(addrs_clash(a("[::]:80"), a("[::1]:80")));
+        assert!(!addrs_clash(a("127.0.0.1:80"), a("127.0.0.2:80")));
+        assert!(!addrs_clash(a("[::]:80"), a("0.0.0.0:80")));
+        assert!(!addrs_clash(a("127.0.0.1:0"), a("127.0.0.1:0")));
+        assert!(!addrs_clash(a("127.0.0.1:80"), a("127.0.0.1:81")));
+    }
+
+    #[test]
+    fn absurd_durations_and_sizes_name_their_bounds() {
+        let http = |opt: &str| {
+            format!(
+                "[[listener]]\nname = \"h\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n{opt}\n"
+            )
+        };
+        for (opt, needle) in [
+            (
+                "idle_timeout = \"99999999999y\"",
+                "; it must be 1ms to 1day",
+            ),
+            (
+                "header_read_timeout = \"2h\"",
+                "header_read_timeout is 2h; it must be 1ms to 1h",
+            ),
+            (
+                "max_streams = 5000",
+                "max_streams is 5000; it must be 1 to 1000",
+            ),
+            (
+                "max_header_bytes = 10",
+                "max_header_bytes is 10; it must be 1024 to 1048576",
+            ),
+            (
+                "max_body_bytes = 4096\nbody_budget_bytes = 1024",
+                "at least max_body_bytes",
+            ),
+        ] {
+            let e = Config::parse(&http(opt), "x.toml").unwrap_err().to_string();
+            assert!(e.contains(needle), "{opt}: {e}");
+        }
+        let e = Config::parse("shutdown_grace = \"99999999999y\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shutdown_grace"), "{e}");
     }
 
     #[test]

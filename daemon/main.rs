@@ -61,7 +61,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    config.control.insecure |= args.control_insecure;
+    let control = args
+        .control
+        .or_else(|| config.control.listen.clone())
+        .unwrap_or_else(default_control_addr);
     if args.check_config {
+        // Everything start checks short of binding: the config itself
+        // (listener specs, clashing ports, log level; done by the load
+        // above) and whether the control address may be served.
+        let checked = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(netd::server::check_control_security(&config, &control)));
+        if let Err(e) = checked {
+            eprintln!("netd: {e:#}");
+            return ExitCode::from(2);
+        }
         println!(
             "{}: ok ({} listeners)",
             config.source,
@@ -69,7 +86,6 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    config.control.insecure |= args.control_insecure;
     netd::logging::init(&config.log);
     // Each connection costs a descriptor (a proxied one two); the common
     // soft default of 1024 would cap a proxy at about 500 clients.
@@ -77,11 +93,6 @@ fn main() -> ExitCode {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
-    let control = args
-        .control
-        .or_else(|| config.control.listen.clone())
-        .unwrap_or_else(default_control_addr);
-
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

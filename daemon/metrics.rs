@@ -109,6 +109,11 @@ const COUNTERS: &[(&str, &str, Getter)] = &[
         "I/O errors on connections and sockets.",
         |s| s.errors,
     ),
+    (
+        "netd_panics",
+        "Connection tasks that panicked (a bug; the listener kept serving).",
+        |s| s.panics,
+    ),
 ];
 
 #[derive(Debug)]

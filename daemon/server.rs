@@ -189,7 +189,9 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
 
 /// Refuse a TCP control address without TLS unless the operator said
 /// `insecure`, and even then anything but loopback.
-async fn check_control_security(config: &Config, control: &ControlAddr) -> anyhow::Result<()> {
+/// Refuse a control address that would expose netd (TCP without TLS
+/// beyond loopback). Also run by `netd --check-config`.
+pub async fn check_control_security(config: &Config, control: &ControlAddr) -> anyhow::Result<()> {
     let ControlAddr::Tcp(hostport) = control else {
         return Ok(());
     };

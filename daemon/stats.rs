@@ -20,6 +20,11 @@ pub struct Stats {
     pub datagrams_in: AtomicU64,
     pub datagrams_out: AtomicU64,
     pub errors: AtomicU64,
+    /// Connection tasks that panicked (also counted in `errors`).
+    pub panics: AtomicU64,
+    /// `panics` when a panic was last logged, and when (ms since `epoch`).
+    panics_logged: AtomicU64,
+    panic_logged_at_ms: AtomicU64,
     /// Most connections open at once since [`Stats::take_peak`] last ran
     /// (not exported; the heap trimmer reads it).
     peak_active: AtomicU64,
@@ -50,6 +55,28 @@ impl Stats {
         ConnectionGuard(self.clone())
     }
 
+    /// Count a panic of a connection task. Returns Some(number of panics
+    /// not logged since the last log line) when this one should be logged:
+    /// at most once per [`PANIC_LOG_INTERVAL`], so a client that triggers
+    /// a panic per request cannot flood the log.
+    pub fn record_panic(&self) -> Option<u64> {
+        let n = self.panics.fetch_add(1, Relaxed) + 1;
+        self.errors.fetch_add(1, Relaxed);
+        let now = u64::try_from(panic_epoch().elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.panic_logged_at_ms.load(Relaxed);
+        let first = self.panics_logged.load(Relaxed) == 0;
+        if (first || now.saturating_sub(last) >= PANIC_LOG_INTERVAL.as_millis() as u64)
+            && self
+                .panic_logged_at_ms
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            let before = self.panics_logged.swap(n, Relaxed);
+            return Some(n.saturating_sub(before).saturating_sub(1));
+        }
+        None
+    }
+
     /// The most connections open at once since the last call; starts the
     /// next period at the number open now.
     pub fn take_peak(&self) -> u64 {
@@ -67,9 +94,19 @@ impl Stats {
             datagrams_in: self.datagrams_in.load(Relaxed),
             datagrams_out: self.datagrams_out.load(Relaxed),
             errors: self.errors.load(Relaxed),
+            panics: self.panics.load(Relaxed),
             detail: None,
         }
     }
+}
+
+/// A panicking connection task is logged at most once per this interval
+/// per listener.
+pub const PANIC_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn panic_epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
 }
 
 /// Decrements `connections_active` when the connection's task ends, however

@@ -10,6 +10,16 @@
 //!   and while reading), header read timeout (slow-loris), request timeout
 //!   (408), connection limit (shared accept loop). Malformed requests get
 //!   hyper's 400.
+//! - Memory bounds: request bodies are buffered only within a per-listener
+//!   budget (`body_budget_bytes`, a semaphore of bytes shared by all
+//!   connections; reserved from Content-Length up front, or chunk by chunk
+//!   without it); a request that would exceed it gets 503 with Retry-After.
+//!   Header sections beyond `max_header_bytes` get 431 (HTTP/1: checked by
+//!   the handler, and hyper's read buffer is sized just above it; HTTP/2:
+//!   SETTINGS_MAX_HEADER_LIST_SIZE, which h2 enforces with a 431). HTTP/2
+//!   connections carry at most `max_streams` streams (more: REFUSED_STREAM)
+//!   and are closed after `idle_timeout` without an open stream, so a client
+//!   that sends the preface and nothing else cannot hold a connection slot.
 //! - Optional bearer token (compared in constant time; never logged or
 //!   returned) and per-client-IP rate limit (governor's keyed GCRA limiter,
 //!   429 with Retry-After; idle client entries are pruned every minute).
@@ -36,23 +46,40 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::{DEFAULT_MAX_CONNECTIONS, ServiceCtx, SpecError, duration_field, listen_field};
+use super::{DEFAULT_MAX_CONNECTIONS, ServiceCtx, SpecError, duration_in, listen_field, size_in};
 use crate::proto;
 use crate::stats::{Histogram, Stats};
 
 pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
+pub const MAX_MAX_BODY: u64 = 1 << 30;
+pub const DEFAULT_BODY_BUDGET: u64 = 64 << 20;
+pub const MAX_BODY_BUDGET: u64 = 64 << 30;
+pub const DEFAULT_MAX_STREAMS: u32 = 32;
+pub const MAX_MAX_STREAMS: u32 = 1000;
+pub const DEFAULT_MAX_HEADER_BYTES: u32 = 16 * 1024;
+pub const MAX_HEADER_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=1024 * 1024;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bounds of header_read_timeout and request_timeout.
+pub const REQUEST_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(3600);
+/// Bounds of the HTTP/2 idle_timeout.
+pub const IDLE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(24 * 3600);
+/// How long an idle HTTP/2 connection gets to finish its GOAWAY exchange
+/// before it is dropped.
+const H2_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// What netd shows in place of a configured token.
 pub const REDACTED: &str = "<redacted>";
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -63,6 +90,8 @@ struct HttpCounters {
     by_class: [AtomicU64; 6],
     unauthorized: AtomicU64,
     rate_limited: AtomicU64,
+    body_budget_refused: AtomicU64,
+    idle_closed: AtomicU64,
     latency: Histogram,
 }
 
@@ -72,6 +101,12 @@ pub struct Http {
     max_body: u64,
     header_timeout: Duration,
     request_timeout: Duration,
+    idle_timeout: Duration,
+    max_streams: u32,
+    max_header_bytes: u32,
+    /// Bytes of request body that may be buffered at once, across all
+    /// connections (one permit per byte).
+    body_budget: Semaphore,
     token: Option<Box<[u8]>>,
     limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
     limit: Arc<Semaphore>,
@@ -113,27 +148,67 @@ impl Http {
             "" => None,
             r => Some(Arc::new(DefaultKeyedRateLimiter::keyed(parse_rate(r)?))),
         };
-        let max = match spec.max_connections {
-            0 => DEFAULT_MAX_CONNECTIONS,
-            n => n as usize,
-        };
+        let max = size_in(
+            "max_connections",
+            u64::from(spec.max_connections),
+            DEFAULT_MAX_CONNECTIONS as u64,
+            1..=super::MAX_MAX_CONNECTIONS,
+        )? as usize;
+        let max_body = size_in(
+            "max_body_bytes",
+            spec.max_body_bytes,
+            DEFAULT_MAX_BODY,
+            1..=MAX_MAX_BODY,
+        )?;
+        let budget = size_in(
+            "body_budget_bytes",
+            spec.body_budget_bytes,
+            DEFAULT_BODY_BUDGET.max(max_body),
+            1..=MAX_BODY_BUDGET,
+        )?;
+        if budget < max_body {
+            return Err(SpecError(format!(
+                "body_budget_bytes ({budget}) must be at least max_body_bytes ({max_body}), \
+                 or no request with a body of the largest size could ever be served"
+            )));
+        }
+        let max_streams = size_in(
+            "max_streams",
+            u64::from(spec.max_streams),
+            u64::from(DEFAULT_MAX_STREAMS),
+            1..=u64::from(MAX_MAX_STREAMS),
+        )? as u32;
+        let max_header_bytes = size_in(
+            "max_header_bytes",
+            u64::from(spec.max_header_bytes),
+            u64::from(DEFAULT_MAX_HEADER_BYTES),
+            MAX_HEADER_BYTES_RANGE,
+        )? as u32;
         Ok(Http {
             listen,
-            max_body: if spec.max_body_bytes == 0 {
-                DEFAULT_MAX_BODY
-            } else {
-                spec.max_body_bytes
-            },
-            header_timeout: duration_field(
+            max_body,
+            header_timeout: duration_in(
                 "header_read_timeout",
                 &spec.header_read_timeout,
                 DEFAULT_HEADER_TIMEOUT,
+                REQUEST_TIMEOUT_RANGE,
             )?,
-            request_timeout: duration_field(
+            request_timeout: duration_in(
                 "request_timeout",
                 &spec.request_timeout,
                 DEFAULT_REQUEST_TIMEOUT,
+                REQUEST_TIMEOUT_RANGE,
             )?,
+            idle_timeout: duration_in(
+                "idle_timeout",
+                &spec.idle_timeout,
+                DEFAULT_IDLE_TIMEOUT,
+                IDLE_TIMEOUT_RANGE,
+            )?,
+            max_streams,
+            max_header_bytes,
+            // Within usize on 64-bit targets (MAX_PERMITS is 2^61 - 1).
+            body_budget: Semaphore::new((budget as usize).min(Semaphore::MAX_PERMITS)),
             token,
             limiter,
             limit: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
@@ -152,6 +227,8 @@ impl Http {
             responses_5xx: c.by_class[5].load(Relaxed),
             unauthorized: c.unauthorized.load(Relaxed),
             rate_limited: c.rate_limited.load(Relaxed),
+            body_budget_refused: c.body_budget_refused.load(Relaxed),
+            idle_closed: c.idle_closed.load(Relaxed),
             latency_p50_ms: p50,
             latency_p90_ms: p90,
             latency_p99_ms: p99,
@@ -228,19 +305,36 @@ impl Http {
         let http = self.clone();
         let name = ctx.name.clone();
         let stats = ctx.stats.clone();
+        let activity = Arc::new(Activity::new());
+        let streams = activity.clone();
         let service = hyper::service::service_fn(move |req| {
             let http = http.clone();
             let name = name.clone();
             let stats = stats.clone();
-            async move { Ok::<_, Infallible>(http.handle(req, peer, &name, &stats).await) }
+            let open = streams.open();
+            async move {
+                let _open = open;
+                Ok::<_, Infallible>(http.handle(req, peer, &name, &stats).await)
+            }
         });
         let io = TokioIo::new(Lingering::new(stream));
         macro_rules! drive {
-            ($conn:expr) => {{
+            ($conn:expr, $idle:expr) => {{
                 let conn = $conn;
                 tokio::pin!(conn);
+                let idle = $idle;
+                tokio::pin!(idle);
                 let result = tokio::select! {
                     r = conn.as_mut() => r,
+                    () = idle.as_mut() => {
+                        self.counters.idle_closed.fetch_add(1, Relaxed);
+                        tracing::debug!(listener = %ctx.name, %peer, "HTTP/2 connection idle; closing");
+                        conn.as_mut().graceful_shutdown();
+                        tokio::select! {
+                            r = tokio::time::timeout(H2_CLOSE_GRACE, conn.as_mut()) => r.unwrap_or(Ok(())),
+                            _ = ctx.close_connections.cancelled() => Ok(()),
+                        }
+                    }
                     _ = ctx.stop_accepting.cancelled() => {
                         // Finish the request in flight, then close.
                         conn.as_mut().graceful_shutdown();
@@ -257,18 +351,32 @@ impl Http {
             }};
         }
         if h2 {
-            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            let exec = StreamExec {
+                stats: ctx.stats.clone(),
+                name: ctx.name.clone(),
+                tracker: ctx.tracker.clone(),
+            };
+            let mut b = hyper::server::conn::http2::Builder::new(exec);
             b.timer(TokioTimer::new())
-                .max_concurrent_streams(128)
-                .max_header_list_size(64 * 1024);
-            drive!(b.serve_connection(io, service));
+                .max_concurrent_streams(self.max_streams)
+                .max_header_list_size(self.max_header_bytes);
+            drive!(
+                b.serve_connection(io, service),
+                activity.idle(self.idle_timeout)
+            );
         } else {
             let mut b = hyper::server::conn::http1::Builder::new();
+            // Headers up to max_header_bytes are read and then checked by
+            // the handler (431); hyper answers 431 itself when they do not
+            // fit in its buffer, which is only a little larger.
             b.timer(TokioTimer::new())
                 .header_read_timeout(self.header_timeout)
                 .keep_alive(true)
-                .max_buf_size(64 * 1024);
-            drive!(b.serve_connection(io, service));
+                .max_buf_size((self.max_header_bytes as usize + 4096).max(8192));
+            drive!(
+                b.serve_connection(io, service),
+                std::future::pending::<()>()
+            );
         }
     }
 
@@ -284,18 +392,28 @@ impl Http {
         let path = req.uri().path().to_string();
         // An HTTP/1 request whose body may be left unread by an error reply:
         // that connection cannot carry another request, so say so.
-        let h1_with_body =
-            req.version() < hyper::Version::HTTP_2 && !hyper::body::Body::is_end_stream(req.body());
-        let mut resp = match tokio::time::timeout(
-            self.request_timeout,
-            self.respond(req, peer, stats),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => error(StatusCode::REQUEST_TIMEOUT, "request timed out"),
+        let h1 = req.version() < hyper::Version::HTTP_2;
+        let h1_with_body = h1 && !hyper::body::Body::is_end_stream(req.body());
+        // HTTP/2 header sections are bounded by h2 itself (431 from
+        // SETTINGS_MAX_HEADER_LIST_SIZE); HTTP/1 ones are measured here.
+        let header_bytes = if h1 { header_size(&req) } else { 0 };
+        let mut resp = if header_bytes > self.max_header_bytes as usize {
+            error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                &format!(
+                    "request header section larger than {} bytes",
+                    self.max_header_bytes
+                ),
+            )
+        } else {
+            match tokio::time::timeout(self.request_timeout, self.respond(req, peer, stats)).await {
+                Ok(r) => r,
+                Err(_) => error(StatusCode::REQUEST_TIMEOUT, "request timed out"),
+            }
         };
-        if h1_with_body && resp.status().is_client_error() {
+        if h1_with_body
+            && (resp.status().is_client_error() || resp.status() == StatusCode::SERVICE_UNAVAILABLE)
+        {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -404,19 +522,54 @@ impl Http {
         if declared.is_some_and(|n| n > self.max_body) {
             return too_large();
         }
-        let body = match Limited::new(req.into_body(), self.max_body as usize)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("could not read the body: {e}"),
-                );
-            }
+        // Reserve the declared length from the listener's body budget up
+        // front; without one, reserve as the chunks arrive. The permits are
+        // held until the body is parsed and dropped.
+        let over_budget = || {
+            self.counters.body_budget_refused.fetch_add(1, Relaxed);
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many request bodies in flight on this listener; retry later",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+            r
         };
+        // max_body is at most 1 GiB, so lengths up to it fit in a u32.
+        let declared = declared.unwrap_or(0) as u32;
+        let mut reserved = match self.body_budget.try_acquire_many(declared) {
+            Ok(p) => p,
+            Err(_) => return over_budget(),
+        };
+        let mut body = req.into_body();
+        let mut buf: Vec<u8> = Vec::with_capacity(declared as usize);
+        while let Some(frame) = body.frame().await {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("could not read the body: {e}"),
+                    );
+                }
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let len = buf.len() + data.len();
+            if len as u64 > self.max_body {
+                return too_large();
+            }
+            let held = reserved.num_permits();
+            if len > held {
+                match self.body_budget.try_acquire_many((len - held) as u32) {
+                    Ok(more) => reserved.merge(more),
+                    Err(_) => return over_budget(),
+                }
+            }
+            buf.extend_from_slice(&data);
+        }
+        let body = buf;
         Stats::add(&stats.bytes_in, body.len() as u64);
         match serde_json::from_slice::<Value>(&body) {
             Ok(v) => json_response(
@@ -428,6 +581,109 @@ impl Http {
                 &json!({"status": "error", "message": format!("Invalid JSON: {e}")}),
             ),
         }
+    }
+}
+
+/// The size of a request's header section as HTTP/2 counts it (RFC 9113
+/// 6.5.2: name + value + 32 per field), with the request line's method and
+/// target counted as the pseudo-headers they would be.
+fn header_size<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum();
+    req.method().as_str().len() + 32 + target + 32 + fields
+}
+
+/// Open streams of one HTTP/2 connection and when the last one ended, for
+/// its idle timeout.
+struct Activity {
+    open: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<tokio::time::Instant>,
+}
+
+/// Keeps a stream counted as open until dropped (when its handler ends).
+struct OpenStream(Arc<Activity>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        if let Ok(mut last) = self.0.last.lock() {
+            *last = tokio::time::Instant::now();
+        }
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            open: 0.into(),
+            last: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    fn open(self: &Arc<Self>) -> OpenStream {
+        self.open.fetch_add(1, Relaxed);
+        OpenStream(self.clone())
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.last
+            .lock()
+            .map(|l| *l)
+            .unwrap_or_else(|_| tokio::time::Instant::now())
+    }
+
+    /// Completes once the connection has had no open stream for `limit`.
+    /// The timer is re-armed only when it fires, so streams starting and
+    /// ending cost no timer work.
+    async fn idle(&self, limit: Duration) {
+        let mut due = self.last() + limit;
+        loop {
+            tokio::time::sleep_until(due).await;
+            if self.open.load(Relaxed) > 0 {
+                due = tokio::time::Instant::now() + limit;
+                continue;
+            }
+            let quiet_until = self.last() + limit;
+            if tokio::time::Instant::now() >= quiet_until {
+                return;
+            }
+            due = quiet_until;
+        }
+    }
+}
+
+/// Runs hyper's HTTP/2 stream tasks on the listener's tracker (so stop
+/// and shutdown wait for them), with panics contained and counted like a
+/// connection task's.
+#[derive(Clone)]
+struct StreamExec {
+    stats: Arc<Stats>,
+    name: Arc<str>,
+    tracker: tokio_util::task::TaskTracker,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let stats = self.stats.clone();
+        let name = self.name.clone();
+        self.tracker.spawn(async move {
+            super::contain_panic(
+                async move {
+                    fut.await;
+                },
+                &stats,
+                &name,
+            )
+            .await;
+        });
     }
 }
 

@@ -123,6 +123,7 @@ impl Service {
     /// Validate `spec` against the daemon's `settings`. May block (an
     /// upstream name is resolved, interfaces are listed).
     pub fn from_spec(spec: &proto::ListenerSpec, settings: &Settings) -> Result<Self, SpecError> {
+        check_common_bounds(spec)?;
         match &spec.kind {
             None => Err(SpecError(
                 "the listener spec names no kind (tcp_echo, udp_echo, proxy, http, sniffer)".into(),
@@ -145,6 +146,19 @@ impl Service {
             Service::Http(_) => proto::ListenerKind::Http,
             Service::Sniffer(_) => proto::ListenerKind::Sniffer,
         }
+    }
+
+    /// The address a spec asks for, if it is valid and binds one (port may
+    /// be 0); for checks across listeners, such as clashing ports.
+    pub fn spec_listen_addr(spec: &proto::ListenerSpec) -> Option<SocketAddr> {
+        let listen = match &spec.kind {
+            Some(Kind::TcpEcho(s)) => &s.listen,
+            Some(Kind::UdpEcho(s)) => &s.listen,
+            Some(Kind::Proxy(s)) => &s.listen,
+            Some(Kind::Http(s)) => &s.listen,
+            Some(Kind::Sniffer(_)) | None => return None,
+        };
+        parse_listen_addr(listen).ok()
     }
 
     /// The address the spec asked for (port may be 0); None for services
@@ -230,23 +244,103 @@ impl Service {
     }
 }
 
-/// A duration field: unset means `default`; zero and negative are refused.
+/// The range any duration in a listener spec must fall in unless its field
+/// says narrower (see [`duration_in`]): long enough for every timeout and
+/// window netd has, short enough that adding it to a clock reading can
+/// never overflow.
+pub const DURATION_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(7 * 24 * 3600);
+
+/// A duration field: unset means `default`; otherwise it must be within
+/// [`DURATION_RANGE`] (1ms to 7 days).
 pub(crate) fn duration_field(
     field: &str,
     value: &Option<prost_types::Duration>,
     default: Duration,
 ) -> Result<Duration, SpecError> {
-    match value {
-        None => Ok(default),
-        Some(d) => {
-            let d = Duration::try_from(*d)
-                .map_err(|_| SpecError(format!("{field} must not be negative")))?;
-            if d.is_zero() {
-                return Err(SpecError(format!("{field} must be greater than zero")));
-            }
-            Ok(d)
-        }
+    duration_in(field, value, default, DURATION_RANGE)
+}
+
+/// A duration field that must be within `range`; unset means `default`.
+/// The error names the field and the bounds.
+pub(crate) fn duration_in(
+    field: &str,
+    value: &Option<prost_types::Duration>,
+    default: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+) -> Result<Duration, SpecError> {
+    let Some(d) = value else { return Ok(default) };
+    let bounds = || {
+        format!(
+            "{} to {}",
+            humantime::format_duration(*range.start()),
+            humantime::format_duration(*range.end())
+        )
+    };
+    let d = Duration::try_from(*d).map_err(|_| {
+        SpecError(format!(
+            "{field} must not be negative (it must be {})",
+            bounds()
+        ))
+    })?;
+    if d.is_zero() {
+        return Err(SpecError(format!(
+            "{field} must be greater than zero (it must be {})",
+            bounds()
+        )));
     }
+    if !range.contains(&d) {
+        return Err(SpecError(format!(
+            "{field} is {}; it must be {}",
+            humantime::format_duration(d),
+            bounds()
+        )));
+    }
+    Ok(d)
+}
+
+/// A size or count field: 0 means `default`; otherwise it must be within
+/// `range`. The error names the field and the bounds.
+pub(crate) fn size_in(
+    field: &str,
+    value: u64,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, SpecError> {
+    match value {
+        0 => Ok(default),
+        n if range.contains(&n) => Ok(n),
+        n => Err(SpecError(format!(
+            "{field} is {n}; it must be {} to {} (0 for the default, {default})",
+            range.start(),
+            range.end()
+        ))),
+    }
+}
+
+/// Largest `max_connections` of any TCP listener.
+pub const MAX_MAX_CONNECTIONS: u64 = 1_000_000;
+
+/// Bounds shared by several kinds, checked before the kind's own
+/// validation so every entry point (config, StartListener) applies them.
+fn check_common_bounds(spec: &proto::ListenerSpec) -> Result<(), SpecError> {
+    let max_connections = match &spec.kind {
+        Some(Kind::TcpEcho(s)) => s.max_connections,
+        Some(Kind::Proxy(s)) => s.max_connections,
+        Some(Kind::Http(s)) => s.max_connections,
+        _ => 0,
+    };
+    size_in(
+        "max_connections",
+        u64::from(max_connections),
+        DEFAULT_MAX_CONNECTIONS as u64,
+        1..=MAX_MAX_CONNECTIONS,
+    )?;
+    if let Some(Kind::Sniffer(s)) = &spec.kind {
+        size_in("pcap_max_bytes", s.pcap_max_bytes, 100 << 20, 1..=1 << 40)?;
+        size_in("pcap_max_files", u64::from(s.pcap_max_files), 3, 1..=1000)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn listen_field(field: &str, value: &str) -> Result<SocketAddr, SpecError> {
@@ -472,11 +566,35 @@ where
         // twice in the block's state; a box makes that second copy a
         // pointer (half the memory per idle connection).
         let task = Box::pin(handle(stream, peer));
+        let stats = ctx.stats.clone();
+        let name = ctx.name.clone();
         ctx.tracker.spawn(async move {
             let _permit = permit;
             let _guard = guard;
-            task.await;
+            contain_panic(task, &stats, &name).await;
         });
+    }
+}
+
+/// Run a connection's (or an HTTP/2 stream's) task so that a panic in it
+/// ends only that task: it is counted (`panics`, and `errors`) and logged
+/// at most once per [`crate::stats::PANIC_LOG_INTERVAL`] per listener, and
+/// the listener keeps serving.
+pub(crate) async fn contain_panic<F: std::future::Future<Output = ()>>(
+    task: F,
+    stats: &Stats,
+    name: &str,
+) {
+    use futures_util::FutureExt as _;
+    if let Err(payload) = std::panic::AssertUnwindSafe(task).catch_unwind().await {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".into());
+        if let Some(suppressed) = stats.record_panic() {
+            tracing::error!(listener = name, panic = %what, suppressed, "a connection task panicked; the listener keeps serving");
+        }
     }
 }
 
@@ -499,4 +617,43 @@ pub(crate) fn is_transient_accept_error(e: &io::Error) -> bool {
                 | libc::ETIMEDOUT
         )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_is_contained_counted_and_logged_once_per_interval() {
+        let stats = Stats::new();
+        for _ in 0..3 {
+            contain_panic(async { panic!("boom") }, &stats, "t").await;
+        }
+        contain_panic(async {}, &stats, "t").await;
+        assert_eq!(stats.panics.load(std::sync::atomic::Ordering::Relaxed), 3);
+        assert_eq!(stats.errors.load(std::sync::atomic::Ordering::Relaxed), 3);
+        // Logged for the first; the next two fall in the same interval.
+        let fresh = Stats::new();
+        assert_eq!(fresh.record_panic(), Some(0));
+        assert_eq!(fresh.record_panic(), None);
+    }
+
+    #[test]
+    fn durations_beyond_their_range_are_refused() {
+        let huge = Some(prost_types::Duration {
+            seconds: i64::MAX,
+            nanos: 0,
+        });
+        let e = duration_field("idle_timeout", &huge, Duration::from_secs(1)).unwrap_err();
+        assert!(
+            e.0.starts_with("idle_timeout is ") && e.0.ends_with("; it must be 1ms to 7days"),
+            "{e}"
+        );
+        let zero = Some(prost_types::Duration::default());
+        assert!(duration_field("x", &zero, Duration::from_secs(1)).is_err());
+        assert_eq!(
+            duration_field("x", &None, Duration::from_secs(3)).unwrap(),
+            Duration::from_secs(3)
+        );
+    }
 }
