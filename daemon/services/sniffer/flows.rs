@@ -134,9 +134,9 @@ mod tests {
                 dst: Some("127.0.0.1".parse().unwrap()),
                 src_port: 1000 + i,
                 dst_port: 53,
-                tcp_flags: 0,
+                ports: true,
                 ethertype: 0x0800,
-                len: 100 + i as usize,
+                ..Decoded::empty(100 + i as usize)
             };
             t.record(&d, base + Duration::from_secs(i as u64));
         }
