@@ -1100,6 +1100,17 @@ fn fragments_and_ipv6_extension_headers_count_and_filter_like_tshark() {
     assert_eq!(count(&all, "udp"), 40, "fragments are UDP: {all}");
     assert_eq!(all["fragments"], 20, "{all}");
     assert_eq!(all["malformed"], 0, "{all}");
+    // Later fragments are a flow of their own, shown without ports.
+    let flows = all["top_flows"].as_array().unwrap();
+    for ip in ["127.0.0.1", "::1"] {
+        assert!(
+            flows.iter().any(|f| f["protocol"] == "udp"
+                && f["src"] == ip
+                && f["dst"] == ip
+                && f["packets"] == 10),
+            "{ip}: {flows:?}"
+        );
+    }
     let theirs = tshark.stop_after(40);
     assert_eq!(theirs.iter().sum::<u64>(), 40, "tshark {theirs:?}");
 

@@ -555,8 +555,8 @@ impl BatchAcc<'_> {
                     (format!("ethertype 0x{:04x}", d.ethertype), "-".to_string())
                 }
                 _ => (
-                    endpoint(d.src, d.src_port, d.proto),
-                    endpoint(d.dst, d.dst_port, d.proto),
+                    endpoint(d.src, d.ports.then_some(d.src_port)),
+                    endpoint(d.dst, d.ports.then_some(d.dst_port)),
                 ),
             };
             let _ = sniffer.packets.send(proto::PacketSummary {
