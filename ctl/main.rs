@@ -196,7 +196,8 @@ enum StartKind {
     Proxy {
         #[command(flatten)]
         common: Common,
-        /// Upstream host:port (repeat for several; round robin).
+        /// Upstream host:port (repeat for several; round robin). The
+        /// proxy's own listening address is refused.
         #[arg(short, long = "upstream", value_name = "ADDR", required = true)]
         upstreams: Vec<String>,
         /// Keep N established connections warm per upstream (bb8 pool).
@@ -269,6 +270,9 @@ enum StartKind {
         #[arg(short, long, value_name = "IF")]
         interface: String,
         /// Filter: terms joined by "and": tcp | udp | icmp | port N | host IP.
+        /// As in tcpdump, tcp/udp/icmp match every fragment and port N only
+        /// a first fragment; IPv6 extension headers are walked; malformed
+        /// packets match only an empty or a host filter.
         #[arg(short, long, value_name = "EXPR", default_value = "")]
         filter: String,
         /// Write captured packets to this pcap file, in the daemon's

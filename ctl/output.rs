@@ -121,6 +121,8 @@ pub fn sniffer_json(f: &proto::SnifferStats) -> Value {
         "watcher_drops": f.watcher_drops,
         "pcap_packets": f.pcap_packets,
         "alerts": f.alerts,
+        "fragments": f.fragments,
+        "malformed": f.malformed,
     })
 }
 
@@ -395,12 +397,14 @@ pub fn status_block(l: &proto::Listener) {
             format!("{} packets, {}", p.packets, bytes(p.bytes))
         };
         println!(
-            "{:<12} tcp {}; udp {}; icmp {}; other {}",
+            "{:<12} tcp {}; udp {}; icmp {}; other {} (of these: {} later fragments, {} malformed)",
             "captured:",
             pc(&f.tcp),
             pc(&f.udp),
             pc(&f.icmp),
-            pc(&f.other)
+            pc(&f.other),
+            f.fragments,
+            f.malformed
         );
         println!(
             "{:<12} {} active, {} evicted; kernel drops {}, watcher drops {}, pcap {} packets, alerts {}",

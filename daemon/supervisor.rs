@@ -208,6 +208,7 @@ impl Supervisor {
         let (service, bound, spec) = tokio::task::spawn_blocking(move || {
             let service = Arc::new(Service::from_spec(&spec, &settings)?);
             let bound = service.bind(None)?;
+            service.check_bound(&bound)?;
             let spec = service.shown_spec(spec);
             Ok::<_, SupervisorError>((service, bound, spec))
         })

@@ -391,3 +391,166 @@ fn proxy_from_config_file() {
     assert_eq!(spec["preconnect"], 1);
     assert_eq!(roundtrip(bound_addr(&netd, "p"), b"cfg"), b"C:cfg");
 }
+
+/// An upstream that accepts and at once resets (before any data, whether
+/// the reset reaches netd during its connect or after): every client sees
+/// a reset, never a clean close.
+#[test]
+fn upstream_reset_right_after_accept_reaches_the_client_as_a_reset() {
+    const N: usize = 20;
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = server.local_addr().unwrap();
+    let upstream = std::thread::spawn(move || {
+        for _ in 0..N {
+            let (s, _) = server.accept().unwrap();
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(s);
+        }
+    });
+    let netd = Netd::start("");
+    let p = start_proxy(&netd, "p", &[up], &[]);
+    let mut ends = Vec::new();
+    for _ in 0..N {
+        let mut c = connect(p);
+        let mut buf = [0u8; 16];
+        ends.push(match c.read(&mut buf) {
+            Ok(0) => "clean close".to_string(),
+            Ok(n) => format!("{n} bytes"),
+            Err(e) => format!("{:?}", e.kind()),
+        });
+    }
+    upstream.join().unwrap();
+    assert!(
+        ends.iter().all(|e| e == "ConnectionReset"),
+        "each client must see the upstream's reset: {ends:?}"
+    );
+}
+
+/// A proxy whose upstream is its own listening address would proxy each
+/// client to itself, hop after hop: refused with InvalidArgument, for the
+/// same address, for a wildcard listener with a local upstream on its port,
+/// and (in a namespace whose only ephemeral port is known) for port 0,
+/// checked on the address actually bound. Another address on the same port
+/// is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_pointing_at_itself_is_invalid_argument() {
+    use netd::proto::{self, listener_spec::Kind};
+    let ns = common::NetNs::new();
+    let out = ns
+        .command("sysctl")
+        .args(["-w", "net.ipv4.ip_local_port_range=40000 40000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sysctl: {out:?}");
+    let netd = ns.netd("");
+    let mut c = netd.client().await;
+    let start = |listen: &str, upstream: &str| proto::StartListenerRequest {
+        name: "p".into(),
+        spec: Some(proto::ListenerSpec {
+            kind: Some(Kind::Proxy(proto::ProxySpec {
+                listen: listen.into(),
+                upstreams: vec!["127.0.0.1:9".into(), upstream.into()],
+                ..Default::default()
+            })),
+        }),
+        labels: Default::default(),
+    };
+    for (listen, upstream) in [
+        ("127.0.0.1:7000", "127.0.0.1:7000"),
+        ("0.0.0.0:7000", "127.0.0.1:7000"),
+        ("0.0.0.0:7000", "127.9.9.9:7000"),
+        ("[::]:7000", "[::1]:7000"),
+        ("127.0.0.1:7000", "[::ffff:127.0.0.1]:7000"),
+        // Port 0: bound to 40000, the namespace's only ephemeral port.
+        ("127.0.0.1:0", "127.0.0.1:40000"),
+    ] {
+        let err = c
+            .start_listener(start(listen, upstream))
+            .await
+            .expect_err(&format!("listen {listen}, upstream {upstream}"));
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "listen {listen}, upstream {upstream}: {err:?}"
+        );
+        assert!(
+            err.message().contains("own listening address"),
+            "{}",
+            err.message()
+        );
+    }
+    // Not a loop: another address, or another family, on the same port.
+    for (listen, upstream) in [
+        ("127.0.0.1:7000", "127.0.0.2:7000"),
+        ("0.0.0.0:7001", "[::1]:7001"),
+    ] {
+        c.start_listener(start(listen, upstream))
+            .await
+            .unwrap_or_else(|e| panic!("listen {listen}, upstream {upstream}: {e:?}"));
+        netd.netctl_ok(&["stop", "p"]);
+    }
+    // The same through netctl.
+    let e = netd.netctl_err(&[
+        "start",
+        "proxy",
+        "p",
+        "--listen",
+        "127.0.0.1:7002",
+        "--upstream",
+        "127.0.0.1:7002",
+    ]);
+    assert!(e.contains("own listening address"), "{e}");
+}
+
+/// The same rule for a proxy in the config file: netd refuses to start.
+#[test]
+fn proxy_pointing_at_itself_in_the_config_fails_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_tcp_port();
+    let cfg = dir.path().join("netd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[listener]]\nname = \"p\"\nkind = \"proxy\"\nlisten = \"127.0.0.1:{port}\"\n\
+             upstreams = [\"127.0.0.1:{port}\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(common::NETD)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--control")
+        .arg(format!("unix:{}", dir.path().join("netd.sock").display()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let Some(status) = status else {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        panic!("netd started with a proxy whose upstream is itself");
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains("listener 'p'") && err.contains("own listening address"),
+        "{err}"
+    );
+}

@@ -49,9 +49,16 @@ struct Tshark {
 impl Tshark {
     /// Start tshark on lo in `ns` and wait until it is capturing.
     fn start(ns: &NetNs) -> Tshark {
+        Tshark::start_with(ns, &[])
+    }
+
+    /// Start tshark on lo in `ns` with `extra` arguments (e.g. `-w FILE
+    /// -P` to also save what it captures).
+    fn start_with(ns: &NetNs, extra: &[&str]) -> Tshark {
         let mut child = ns
             .command("tshark")
             .args(["-i", "lo", "-l", "-T", "fields", "-e", "frame.protocols"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -962,4 +969,366 @@ fn pcap_file_is_created_0640_in_a_new_capture_dir_and_shown_resolved() {
         file.to_str().unwrap(),
         "the spec shows the resolved path: {status}"
     );
+}
+
+/// Packets tshark finds in `file` with display filter `filter`, IP
+/// reassembly off (each fragment is one packet, as netd sees it).
+fn tshark_filtered(file: &Path, filter: &str) -> u64 {
+    let out = std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(file)
+        .args([
+            "-o",
+            "ip.defragment:FALSE",
+            "-o",
+            "ipv6.defragment:FALSE",
+            "-Y",
+            filter,
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tshark -r -Y {filter:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).lines().count() as u64
+}
+
+/// All packets a sniffer captured.
+fn total(v: &Value) -> u64 {
+    ["tcp", "udp", "icmp", "other"]
+        .iter()
+        .map(|p| count(v, p))
+        .sum()
+}
+
+/// Set a socket option on a raw descriptor.
+fn set_opt(fd: i32, level: i32, name: i32, value: &[u8]) {
+    // SAFETY: setsockopt with a live buffer of the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
+/// Fragmented UDP over IPv4 and IPv6 (the kernel fragments: lo's MTU is
+/// lowered to 1500) and IPv6 UDP behind a destination-options header,
+/// captured by netd with and without filters and by tshark: counts agree.
+#[test]
+fn fragments_and_ipv6_extension_headers_count_and_filter_like_tshark() {
+    use std::os::fd::AsRawFd;
+    let ns = NetNs::new();
+    let out = ns
+        .command("ip")
+        .args(["link", "set", "lo", "mtu", "1500"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip link set lo mtu 1500: {out:?}");
+    let netd = ns.netd("");
+    let (r4, r6) = ns.run(|| {
+        let r4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let r6 = UdpSocket::bind("[::1]:0").unwrap();
+        (r4, r6)
+    });
+    let (p4, p6) = (
+        r4.local_addr().unwrap().port(),
+        r6.local_addr().unwrap().port(),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("tshark.pcap");
+    let tshark = Tshark::start_with(&ns, &["-w", file.to_str().unwrap(), "-P"]);
+    let sniff = |name: &str, filter: &str| {
+        let mut args = vec!["start", "sniffer", name, "--interface", "lo"];
+        if !filter.is_empty() {
+            args.extend(["--filter", filter]);
+        }
+        netd.netctl_ok(&args);
+    };
+    sniff("all", "");
+    sniff("udp", "udp");
+    let port4 = format!("port {p4}");
+    sniff("p4", &port4);
+    let port6 = format!("udp and port {p6}");
+    sniff("p6", &port6);
+
+    ns.run(|| {
+        let s4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let s6 = UdpSocket::bind("[::1]:0").unwrap();
+        for _ in 0..5 {
+            // 4008 bytes of UDP: three fragments each at MTU 1500.
+            s4.send_to(&[4u8; 4000], r4.local_addr().unwrap()).unwrap();
+            s6.send_to(&[6u8; 4000], r6.local_addr().unwrap()).unwrap();
+            s4.send_to(b"small", r4.local_addr().unwrap()).unwrap();
+        }
+        // From here on every datagram carries a destination-options header
+        // (a PadN option filling it to 8 bytes).
+        set_opt(
+            s6.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_DSTOPTS,
+            &[0, 0, 1, 4, 0, 0, 0, 0],
+        );
+        for _ in 0..5 {
+            s6.send_to(b"options", r6.local_addr().unwrap()).unwrap();
+        }
+        // Everything arrived (reassembled).
+        let mut buf = [0u8; 8192];
+        for (r, n) in [(&r4, 10), (&r6, 10)] {
+            r.set_read_timeout(Some(common::DEADLINE)).unwrap();
+            for _ in 0..n {
+                r.recv(&mut buf).unwrap();
+            }
+        }
+    });
+    // 5 x (3 + 1) IPv4 and 5 x 3 + 5 IPv6 frames, all UDP; 2 later
+    // fragments per large datagram.
+    wait_until("netd captured all 40 frames", || {
+        total(&sniffer_stats(&netd, "all")) == 40
+    });
+    let all = sniffer_stats(&netd, "all");
+    assert_eq!(count(&all, "udp"), 40, "fragments are UDP: {all}");
+    assert_eq!(all["fragments"], 20, "{all}");
+    assert_eq!(all["malformed"], 0, "{all}");
+    // Later fragments are a flow of their own, shown without ports.
+    let flows = all["top_flows"].as_array().unwrap();
+    for ip in ["127.0.0.1", "::1"] {
+        assert!(
+            flows.iter().any(|f| f["protocol"] == "udp"
+                && f["src"] == ip
+                && f["dst"] == ip
+                && f["packets"] == 10),
+            "{ip}: {flows:?}"
+        );
+    }
+    let theirs = tshark.stop_after(40);
+    assert_eq!(theirs.iter().sum::<u64>(), 40, "tshark {theirs:?}");
+
+    // tshark (reassembly off) shows UDP on the frames that carry the UDP
+    // header; later fragments are the rest.
+    let later = "(ip.frag_offset > 0) || (ipv6.fraghdr.offset > 0)";
+    assert_eq!(tshark_filtered(&file, later), 20);
+    assert_eq!(
+        tshark_filtered(&file, "udp"),
+        count(&all, "udp") - all["fragments"].as_u64().unwrap()
+    );
+    // `udp` keeps every fragment, as tcpdump's `udp` does.
+    wait_until("the udp sniffer saw them", || {
+        total(&sniffer_stats(&netd, "udp")) >= 40
+    });
+    assert_eq!(
+        total(&sniffer_stats(&netd, "udp")),
+        tshark_filtered(&file, "udp || ip.proto == 17 || ipv6.fraghdr.nxt == 17")
+    );
+    // `port N` keeps the frames that carry the port: first fragments,
+    // whole datagrams, and datagrams behind a destination-options header.
+    let want4 = tshark_filtered(&file, &format!("udp.port == {p4}"));
+    let want6 = tshark_filtered(&file, &format!("udp.port == {p6}"));
+    assert_eq!((want4, want6), (10, 10));
+    assert!(tshark_filtered(&file, &format!("ipv6.dstopts && udp.port == {p6}")) == 5);
+    wait_until("the port sniffers saw theirs", || {
+        total(&sniffer_stats(&netd, "p4")) >= want4 && total(&sniffer_stats(&netd, "p6")) >= want6
+    });
+    let (got4, got6) = (sniffer_stats(&netd, "p4"), sniffer_stats(&netd, "p6"));
+    assert_eq!(
+        (total(&got4), got4["fragments"].as_u64()),
+        (want4, Some(0)),
+        "{got4}"
+    );
+    assert_eq!(
+        (total(&got6), got6["fragments"].as_u64()),
+        (want6, Some(0)),
+        "{got6}"
+    );
+}
+
+/// Frames written as they are onto `lo` through a packet socket, from the
+/// calling thread's namespace: headers the IP stack would refuse to send.
+fn inject_on_lo(frames: &[Vec<u8>]) {
+    // SAFETY: a packet socket we own, sendto with live buffers and a
+    // zeroed, filled-in sockaddr_ll; the descriptor is closed at the end.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = libc::if_nametoindex(c"lo".as_ptr()) as i32;
+        sll.sll_halen = 6;
+        for f in frames {
+            let n = libc::sendto(
+                fd,
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            );
+            assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
+        }
+        libc::close(fd);
+    }
+}
+
+/// An IPv4 packet 127.0.0.1 > 127.0.0.1: IHL `ihl` words (the header is
+/// at least 20 bytes), fragment field `frag`, total length as built plus
+/// `extra_len` (a lie when not 0).
+fn ipv4(ihl: u8, proto: u8, frag: u16, payload: &[u8], extra_len: u16) -> Vec<u8> {
+    let hl = (ihl as usize * 4).max(20);
+    let mut p = vec![0u8; hl];
+    p[0] = 0x40 | ihl;
+    p[2..4].copy_from_slice(&((hl + payload.len()) as u16 + extra_len).to_be_bytes());
+    p[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+    p[6..8].copy_from_slice(&frag.to_be_bytes());
+    p[8] = 64;
+    p[9] = proto;
+    p[12..16].copy_from_slice(&[127, 0, 0, 1]);
+    p[16..20].copy_from_slice(&[127, 0, 0, 1]);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// An Ethernet frame (as on lo: zero addresses) carrying IPv4.
+fn ether_ipv4(ip: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(ip);
+    f
+}
+
+/// A 20-byte TCP header with `flags`.
+fn tcp_header(src: u16, dst: u16, flags: u8) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&src.to_be_bytes());
+    t[2..4].copy_from_slice(&dst.to_be_bytes());
+    t[4..8].copy_from_slice(&1u32.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&1024u16.to_be_bytes());
+    t
+}
+
+/// IPv4 headers with IHL < 5 or a total length past the frame are counted
+/// as `malformed` (under `other`), never as TCP, and a `tcp` filter drops
+/// them. tshark classifies the IHL < 5 ones the same way; a total length
+/// past the frame it still dissects as TCP (with an expert error), netd
+/// counts it malformed.
+#[test]
+fn malformed_ipv4_headers_are_counted_malformed_not_tcp() {
+    let ns = NetNs::new();
+    let netd = ns.netd("");
+    let tshark = Tshark::start(&ns);
+    netd.netctl_ok(&["start", "sniffer", "all", "--interface", "lo"]);
+    netd.netctl_ok(&[
+        "start",
+        "sniffer",
+        "tcp",
+        "--interface",
+        "lo",
+        "--filter",
+        "tcp",
+    ]);
+    let syn = tcp_header(40000, 80, 0x02);
+    // Each batch ends with a well-formed SYN: once it is counted, so is
+    // all before it.
+    let good = ether_ipv4(&ipv4(5, 6, 0, &syn, 0));
+    let short_ihl = vec![
+        ether_ipv4(&ipv4(4, 6, 0, &syn, 0)),
+        ether_ipv4(&ipv4(0, 6, 0, &syn, 0)),
+        ether_ipv4(&ipv4(1, 6, 0, &syn, 0)),
+        good.clone(),
+    ];
+    ns.run(|| inject_on_lo(&short_ihl));
+    let counted = |n: u64| {
+        wait_until("netd counted the well-formed SYN", || {
+            count(&sniffer_stats(&netd, "all"), "tcp") == n
+                && count(&sniffer_stats(&netd, "tcp"), "tcp") == n
+        })
+    };
+    counted(1);
+    let all = sniffer_stats(&netd, "all");
+    let mine = [
+        count(&all, "tcp"),
+        count(&all, "udp"),
+        count(&all, "icmp"),
+        count(&all, "other"),
+    ];
+    assert_eq!(mine, [1, 0, 0, 3], "{all}");
+    assert_eq!(all["malformed"], 3, "{all}");
+    assert_eq!(
+        mine,
+        tshark.stop_after(4),
+        "netd [tcp, udp, icmp, other] vs tshark"
+    );
+
+    let too_long = ether_ipv4(&ipv4(5, 6, 0, &syn, 100));
+    ns.run(|| inject_on_lo(&[too_long, good]));
+    counted(2);
+    let all = sniffer_stats(&netd, "all");
+    assert_eq!(
+        (count(&all, "other"), all["malformed"].as_u64()),
+        (4, Some(4)),
+        "{all}"
+    );
+    let tcp = sniffer_stats(&netd, "tcp");
+    assert_eq!(
+        (total(&tcp), tcp["malformed"].as_u64()),
+        (2, Some(0)),
+        "{tcp}"
+    );
+}
+
+/// A SYN scan in tiny fragments (the TCP header split after 8 bytes, as
+/// `nmap -f` sends it) still raises the port-scan alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragmented_syn_scan_raises_the_port_scan_alert() {
+    let ns = NetNs::new();
+    let netd = ns.netd("");
+    netd.netctl_ok(&[
+        "start",
+        "sniffer",
+        "s",
+        "--interface",
+        "lo",
+        "--scan-ports",
+        "20",
+    ]);
+    let mut c = netd.client().await;
+    let mut events = c
+        .watch_events(proto::WatchEventsRequest { name: "s".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut frames = Vec::new();
+    for port in 30000..30020u16 {
+        let syn = tcp_header(41000, port, 0x02);
+        frames.push(ether_ipv4(&ipv4(5, 6, 0x2000, &syn[..8], 0)));
+        frames.push(ether_ipv4(&ipv4(5, 6, 1, &syn[8..], 0)));
+    }
+    ns.run(|| inject_on_lo(&frames));
+    let e = tokio::time::timeout(common::DEADLINE, events.message())
+        .await
+        .expect("a port-scan alert")
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.kind(), proto::EventKind::Alert);
+    assert!(e.message.contains("port scan"), "{}", e.message);
+    // Both halves of each SYN are TCP; the second ones are later fragments.
+    wait_until("netd counted the fragments", || {
+        count(&sniffer_stats(&netd, "s"), "tcp") == 40
+    });
+    assert_eq!(sniffer_stats(&netd, "s")["fragments"], 20);
 }

@@ -232,6 +232,15 @@ impl Service {
         .map_err(|e| BindError::from_io(addr, e))
     }
 
+    /// Checks that need the address actually bound (port 0 resolved): a
+    /// proxy must not have itself as an upstream.
+    pub fn check_bound(&self, bound: &Bound) -> Result<(), SpecError> {
+        match (self, bound.local_addr()) {
+            (Service::Proxy(p), Ok(Some(addr))) => p.check_bound(addr),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn run(self: Arc<Self>, bound: Bound, ctx: ServiceCtx) -> anyhow::Result<()> {
         match (&*self, bound) {
             (Service::TcpEcho(s), Bound::Tcp(l)) => s.run(l, ctx).await,

@@ -15,6 +15,12 @@
 //!   side) on the other; a reset or error on one side becomes a reset
 //!   (SO_LINGER 0) on the other. Read buffers (64 KiB) are borrowed only
 //!   while data flows, so an idle connection holds no buffer.
+//! - An upstream that is the proxy's own listening address (the same
+//!   address and port, or a local address on the listening port of a
+//!   wildcard listener) is refused at start: each client would be joined to
+//!   the proxy itself, one more connection per hop, until the connection
+//!   limit ends the chain. Checked on the spec and again on the address
+//!   actually bound (for port 0).
 //! - Every closed connection is logged at info level (target `netd::access`)
 //!   with client, upstream, bytes each way, duration and how it ended.
 
@@ -108,6 +114,15 @@ pub struct Proxy {
     counters: Arc<ProxyCounters>,
 }
 
+/// What connecting a client to an upstream came to.
+enum Connected<'a> {
+    To(TcpStream, &'a Upstream),
+    /// The upstream took the connection and reset it at once.
+    Reset(&'a Upstream),
+    /// No upstream could be reached (or netd is closing connections).
+    Nowhere,
+}
+
 /// How a proxied connection ended, for the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -165,6 +180,9 @@ impl Proxy {
                 pool: OnceLock::new(),
             }));
         }
+        if listen.port() != 0 {
+            check_not_self(listen, upstreams.iter().map(|u| u.addr))?;
+        }
         if spec.preconnect > MAX_PRECONNECT {
             return Err(SpecError(format!(
                 "preconnect is {}; the limit is {MAX_PRECONNECT}",
@@ -194,6 +212,13 @@ impl Proxy {
             next: AtomicUsize::new(0),
             counters: Arc::new(ProxyCounters::default()),
         })
+    }
+
+    /// Refuse a spec whose upstream is the address the proxy was bound to
+    /// (see [`check_not_self`]); run once the listener is bound, so a
+    /// listener on port 0 is checked too.
+    pub fn check_bound(&self, bound: SocketAddr) -> Result<(), SpecError> {
+        check_not_self(bound, self.upstreams.iter().map(|u| u.addr))
     }
 
     pub fn stats(&self) -> proto::ProxyStats {
@@ -293,22 +318,31 @@ impl Proxy {
         None
     }
 
-    async fn connect(&self, ctx: &ServiceCtx) -> Option<(TcpStream, &Upstream)> {
+    async fn connect(&self, ctx: &ServiceCtx) -> Connected<'_> {
         for u in self.candidates() {
             if self.preconnect > 0 {
                 if let Some(s) = self.warm(u).await {
-                    return Some((s, u));
+                    return Connected::To(s, u);
                 }
             }
             let attempt = tokio::select! {
-                _ = ctx.close_connections.cancelled() => return None,
+                _ = ctx.close_connections.cancelled() => return Connected::Nowhere,
                 r = tokio::time::timeout(self.connect_timeout, TcpStream::connect(u.addr)) => r,
             };
             match attempt {
                 Ok(Ok(s)) => {
                     u.mark_up();
                     let _ = s.set_nodelay(true);
-                    return Some((s, u));
+                    return Connected::To(s, u);
+                }
+                // The handshake completed (the upstream is up and took the
+                // connection) and the upstream reset it before netd saw
+                // the connect finish: the socket's pending error is
+                // ECONNRESET. That is the upstream's answer to this client,
+                // passed on as a reset like one after the connect.
+                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    u.mark_up();
+                    return Connected::Reset(u);
                 }
                 Ok(Err(e)) => {
                     self.counters.connect_failures.fetch_add(1, Relaxed);
@@ -328,25 +362,44 @@ impl Proxy {
                 }
             }
         }
-        None
+        Connected::Nowhere
     }
 
     async fn serve(&self, mut client: TcpStream, peer: SocketAddr, ctx: &ServiceCtx) {
         let began = Instant::now();
-        let Some((mut upstream, u)) = Box::pin(self.connect(ctx)).await else {
-            Stats::add(&ctx.stats.errors, 1);
-            tracing::info!(target: "netd::access", listener = %ctx.name, client = %peer, "no upstream reachable; closing client");
-            // A prompt, clean close: the client sees EOF at once. What it
-            // already sent is drained (briefly), so the close is a FIN and
-            // not a reset.
-            let _ = client.shutdown().await;
-            let mut drain = super::Drain::new(REFUSED_DRAIN_QUIET, REFUSED_DRAIN_TIME);
-            let drained = std::future::poll_fn(|cx| drain.poll_drain(&client, cx));
-            tokio::select! {
-                _ = drained => {}
-                _ = ctx.close_connections.cancelled() => {}
+        let (mut upstream, u) = match Box::pin(self.connect(ctx)).await {
+            Connected::To(s, u) => (s, u),
+            Connected::Reset(u) => {
+                u.connections.fetch_add(1, Relaxed);
+                abort(&client);
+                tracing::info!(
+                    target: "netd::access",
+                    listener = %ctx.name,
+                    client = %peer,
+                    upstream = %u.addr,
+                    bytes_up = 0,
+                    bytes_down = 0,
+                    duration_ms = began.elapsed().as_millis() as u64,
+                    end = End::UpstreamReset.as_str(),
+                    "proxied connection closed"
+                );
+                return;
             }
-            return;
+            Connected::Nowhere => {
+                Stats::add(&ctx.stats.errors, 1);
+                tracing::info!(target: "netd::access", listener = %ctx.name, client = %peer, "no upstream reachable; closing client");
+                // A prompt, clean close: the client sees EOF at once. What it
+                // already sent is drained (briefly), so the close is a FIN and
+                // not a reset.
+                let _ = client.shutdown().await;
+                let mut drain = super::Drain::new(REFUSED_DRAIN_QUIET, REFUSED_DRAIN_TIME);
+                let drained = std::future::poll_fn(|cx| drain.poll_drain(&client, cx));
+                tokio::select! {
+                    _ = drained => {}
+                    _ = ctx.close_connections.cancelled() => {}
+                }
+                return;
+            }
         };
         u.connections.fetch_add(1, Relaxed);
         let up = AtomicU64::new(0);
@@ -647,6 +700,44 @@ impl Activity {
     fn last(&self) -> Instant {
         self.base + Duration::from_millis(self.last_ms.load(Relaxed))
     }
+}
+
+/// An upstream that would connect the proxy to itself: it is refused.
+fn check_not_self(
+    listen: SocketAddr,
+    upstreams: impl Iterator<Item = SocketAddr>,
+) -> Result<(), SpecError> {
+    for up in upstreams {
+        if loops_back(listen, up) {
+            return Err(SpecError(format!(
+                "upstream '{up}' is this proxy's own listening address ({listen}): \
+                 every client would be proxied to the proxy itself"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether connecting to `up` reaches a listener bound to `listen`: the
+/// same port, and the same address or, for a wildcard listener of the same
+/// family (IPv6 listeners are IPv6-only), an address of this host.
+fn loops_back(listen: SocketAddr, up: SocketAddr) -> bool {
+    use std::net::IpAddr;
+    let canonical = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    if listen.port() == 0 || listen.port() != up.port() {
+        return false;
+    }
+    let (l, u) = (listen.ip(), canonical(up.ip()));
+    if canonical(l) == u {
+        return true;
+    }
+    // Binding succeeds only on an address this host has (or loopback).
+    l.is_unspecified()
+        && l.is_ipv4() == u.is_ipv4()
+        && (u.is_loopback() || std::net::UdpSocket::bind((u, 0)).is_ok())
 }
 
 /// Close with RST instead of FIN.

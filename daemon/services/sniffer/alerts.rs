@@ -2,7 +2,10 @@
 //! - port scan: one source sending TCP SYNs (without ACK) to at least
 //!   `ports` distinct destination ports within `window`; fires once per
 //!   source per window. Only connection attempts count, so a busy server
-//!   answering many clients does not look like a scanner.
+//!   answering many clients does not look like a scanner. A TCP first
+//!   fragment too short to hold the flags (a tiny fragment, as `nmap -f`
+//!   sends) counts as a connection attempt too: no stack fragments inside
+//!   a TCP header, so fragmenting cannot hide a scan.
 //! - SYN rate: more than `syn_rate` SYNs in one second; fires at most once
 //!   every 10 seconds.
 //!
@@ -51,7 +54,8 @@ impl Detectors {
 
     /// Feed one packet; returns an alert message if a detector fires.
     pub fn observe(&mut self, d: &Decoded) -> Option<String> {
-        if d.proto != Proto::Tcp || d.tcp_flags & SYN == 0 || d.tcp_flags & ACK != 0 {
+        let attempt = d.tcp_split || (d.tcp_flags & SYN != 0 && d.tcp_flags & ACK == 0);
+        if d.proto != Proto::Tcp || !attempt {
             return None;
         }
         let now = Instant::now();
@@ -76,6 +80,9 @@ impl Detectors {
         }
 
         let src = d.src?;
+        if !d.ports {
+            return alert;
+        }
         if self.sources.len() >= MAX_SOURCES && !self.sources.contains_key(&src) {
             self.sources.clear();
         }

@@ -6,14 +6,26 @@
 //! `host` matches source or destination address; `icmp` covers ICMPv4 and
 //! ICMPv6. An empty filter captures everything.
 //!
+//! Fragments and malformed packets, as tcpdump/libpcap match them: `tcp`,
+//! `udp` and `icmp` match every fragment of such a datagram (the IPv4
+//! protocol field, or the next header an IPv6 fragment header names);
+//! `port N` never matches a fragment after the first, which carries no
+//! ports. Unlike libpcap, IPv6 extension headers are walked (see
+//! [`super::decode`]), so `udp and port 53` also matches a datagram behind
+//! a destination-options header. A malformed packet (e.g. IPv4 IHL < 5) is
+//! never TCP or UDP, so only an empty or a `host` filter keeps it.
+//!
 //! The filter is compiled to a classic BPF program attached to the packet
 //! socket, so the kernel drops what does not match before it is copied to
 //! netd. The same program drops the outgoing copy of every packet on a
 //! loopback interface (the kernel shows a loopback packet to packet sockets
 //! twice, once leaving and once arriving; tcpdump counts it once too).
-//! [`Filter::matches`] is the same predicate in user space, applied again
-//! after decoding as a safety net (and for IPv6 extension headers, which the
-//! BPF program does not walk).
+//! [`Filter::matches`] is the predicate in user space, applied after
+//! decoding. The kernel program never drops what it accepts, and is exact
+//! except in two places where it accepts more and leaves the decision to
+//! user space: an IPv6 packet whose first next header is an extension
+//! header (the BPF program does not walk the chain), and an IPv4 packet
+//! whose lengths are inconsistent (BPF checks IHL >= 5 only).
 
 use std::net::IpAddr;
 
@@ -106,6 +118,7 @@ impl Filter {
         }
         if let Some(port) = self.port {
             if !matches!(d.proto, Proto::Tcp | Proto::Udp)
+                || !d.ports
                 || (d.src_port != port && d.dst_port != port)
             {
                 return false;
@@ -138,7 +151,13 @@ impl Filter {
         }
 
         // IPv4: protocol at 23, addresses at 26/30, header length from 14.
+        // A header shorter than 20 bytes is malformed: never TCP/UDP/ICMP.
         a.label("v4");
+        if self.proto.is_some() || self.port.is_some() {
+            a.ldx_ip4_hlen(14);
+            a.txa();
+            a.jge(20, "", "drop");
+        }
         self.emit_proto(&mut a, 23, 1);
         match self.host {
             Some(IpAddr::V4(h)) => {
@@ -164,10 +183,10 @@ impl Filter {
         }
         a.ja("accept");
 
-        // IPv6: next header at 20, addresses at 22/38, ports at 54/56 (no
-        // extension headers).
+        // IPv6: next header at 20, addresses at 22/38, ports at 54/56 when
+        // no extension header comes first; a packet with extension headers
+        // goes to user space, which walks them.
         a.label("v6");
-        self.emit_proto(&mut a, 20, 58);
         match self.host {
             Some(IpAddr::V6(h)) => {
                 let words: Vec<u32> = h
@@ -190,6 +209,13 @@ impl Filter {
             None => {}
         }
         a.label("v6port");
+        if self.proto.is_some() || self.port.is_some() {
+            a.ld(BPF_B, 20);
+            for ext in EXT_HEADERS {
+                a.jeq(ext, "accept", "");
+            }
+        }
+        self.emit_proto(&mut a, 20, 58);
         if let Some(port) = self.port {
             self.emit_tcp_or_udp(&mut a, 20);
             a.ld(BPF_H, 54);
@@ -227,6 +253,10 @@ impl Filter {
     }
 }
 
+/// IPv6 extension headers the decoder walks: hop-by-hop, routing,
+/// fragment, AH, destination options.
+const EXT_HEADERS: [u32; 5] = [0, 43, 44, 51, 60];
+
 const BPF_W: u16 = 0x00;
 const BPF_H: u16 = 0x08;
 const BPF_B: u16 = 0x10;
@@ -256,6 +286,12 @@ impl Asm {
     }
     fn jeq(&mut self, k: u32, jt: &str, jf: &str) {
         self.code.push((0x15, jt.into(), jf.into(), k));
+    }
+    fn jge(&mut self, k: u32, jt: &str, jf: &str) {
+        self.code.push((0x35, jt.into(), jf.into(), k));
+    }
+    fn txa(&mut self) {
+        self.code.push((0x87, String::new(), String::new(), 0)); // MISC|TXA
     }
     fn jset(&mut self, k: u32, jt: &str, jf: &str) {
         self.code.push((0x45, jt.into(), jf.into(), k));
@@ -354,5 +390,310 @@ mod tests {
                 assert_eq!(prog.last().unwrap().code, 0x06);
             }
         }
+    }
+}
+
+/// The kernel program and the user-space predicate, run side by side on
+/// crafted frames (fragments, extension headers, malformed headers).
+#[cfg(test)]
+mod agree {
+    use super::*;
+    use crate::services::sniffer::decode::decode;
+
+    /// A classic BPF interpreter for the instructions the assembler emits
+    /// (with PACKET_HOST as the packet type). Out-of-bounds loads drop, as
+    /// in the kernel.
+    fn run(prog: &[libc::sock_filter], pkt: &[u8]) -> bool {
+        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        let load = |at: u32, size: u16| -> Option<u32> {
+            if at == AD_PKTTYPE {
+                return Some(0);
+            }
+            let at = at as usize;
+            let n = match size {
+                BPF_W => 4,
+                BPF_H => 2,
+                _ => 1,
+            };
+            let b = pkt.get(at..at + n)?;
+            Some(b.iter().fold(0u32, |v, &c| v << 8 | c as u32))
+        };
+        for _ in 0..prog.len() {
+            let i = prog[pc];
+            pc += 1;
+            let size = i.code & 0x18;
+            match i.code {
+                0x06 => return i.k != 0,
+                c if c & 0xe0 == 0x20 && c & 0x07 == 0 => match load(i.k, size) {
+                    Some(v) => a = v,
+                    None => return false,
+                },
+                c if c & 0xe0 == 0x40 && c & 0x07 == 0 => match load(x + i.k, size) {
+                    Some(v) => a = v,
+                    None => return false,
+                },
+                0xb1 => match load(i.k, BPF_B) {
+                    Some(v) => x = (v & 0x0f) * 4,
+                    None => return false,
+                },
+                0x87 => a = x,
+                0x05 => pc += i.k as usize,
+                0x15 | 0x35 | 0x45 => {
+                    let t = match i.code {
+                        0x15 => a == i.k,
+                        0x35 => a >= i.k,
+                        _ => a & i.k != 0,
+                    };
+                    pc += if t { i.jt } else { i.jf } as usize;
+                }
+                c => panic!("unexpected BPF opcode {c:#x}"),
+            }
+        }
+        panic!("BPF program ran off its end")
+    }
+
+    fn eth(ethertype: u16, ip: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(ip);
+        f
+    }
+
+    /// IPv4 with header length `ihl` words, fragment field `frag`.
+    fn v4(ihl: u8, proto: u8, frag: u16, payload: &[u8]) -> Vec<u8> {
+        let hl = (ihl as usize * 4).max(20);
+        let mut p = vec![0u8; hl];
+        p[0] = 0x40 | ihl;
+        p[2..4].copy_from_slice(&((hl + payload.len()) as u16).to_be_bytes());
+        p[6..8].copy_from_slice(&frag.to_be_bytes());
+        p[8] = 64;
+        p[9] = proto;
+        p[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        p[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        p.extend_from_slice(payload);
+        eth(0x0800, &p)
+    }
+
+    /// IPv6 with the given next header and payload (extension headers
+    /// included).
+    fn v6(next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+        p[6] = next;
+        p[7] = 64;
+        p[23] = 1;
+        p[39] = 2;
+        p.extend_from_slice(payload);
+        eth(0x86dd, &p)
+    }
+
+    fn udp(sport: u16, dport: u16, data: usize) -> Vec<u8> {
+        let mut u = Vec::new();
+        u.extend_from_slice(&sport.to_be_bytes());
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&((8 + data) as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.resize(8 + data, 0xab);
+        u
+    }
+
+    fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {
+        let mut t = vec![0u8; 20];
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&dport.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = 0x02;
+        t
+    }
+
+    /// An extension header `kind` (8 bytes; AH 12) followed by `next`.
+    fn ext(kind: u8, next: u8, rest: &[u8]) -> Vec<u8> {
+        let mut h = match kind {
+            51 => vec![next, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            _ => vec![next, 0, 1, 4, 0, 0, 0, 0],
+        };
+        h.extend_from_slice(rest);
+        h
+    }
+
+    fn frag6(next: u8, offset8: u16, more: bool, rest: &[u8]) -> Vec<u8> {
+        let f = offset8 << 3 | more as u16;
+        let mut h = vec![next, 0, (f >> 8) as u8, f as u8, 0, 0, 0, 7];
+        h.extend_from_slice(rest);
+        h
+    }
+
+    fn frames() -> Vec<(&'static str, Vec<u8>)> {
+        let u = udp(4000, 53, 40);
+        let mut first_frag = u.clone();
+        first_frag.truncate(24);
+        let mut v4_tiny = tcp_syn(5555, 80);
+        v4_tiny.truncate(8);
+        let mut bad_tcp = tcp_syn(5555, 80);
+        bad_tcp[12] = 2 << 4;
+        vec![
+            ("v4 udp", v4(5, 17, 0, &u)),
+            ("v4 tcp syn", v4(5, 6, 0, &tcp_syn(5555, 80))),
+            ("v4 udp first fragment", v4(5, 17, 0x2000, &first_frag)),
+            ("v4 udp later fragment", v4(5, 17, 3, &[0u8; 24])),
+            ("v4 tcp tiny first fragment", v4(5, 6, 0x2000, &v4_tiny)),
+            ("v4 tcp later fragment", v4(5, 6, 1, &[0u8; 12])),
+            ("v4 ihl 4", v4(4, 6, 0, &tcp_syn(5555, 80))),
+            ("v4 ihl 0", v4(0, 17, 0, &u)),
+            ("v4 ihl 6 with option", v4(6, 17, 0, &u)),
+            ("v4 tcp data offset 2", v4(5, 6, 0, &bad_tcp)),
+            ("v4 icmp", v4(5, 1, 0, &[8, 0, 0, 0, 0, 0, 0, 0])),
+            ("v6 udp", v6(17, &u)),
+            ("v6 tcp", v6(6, &tcp_syn(5555, 80))),
+            ("v6 dstopts udp", v6(60, &ext(60, 17, &u))),
+            (
+                "v6 hbh routing dstopts tcp",
+                v6(
+                    0,
+                    &ext(0, 43, &ext(43, 60, &ext(60, 6, &tcp_syn(5555, 80)))),
+                ),
+            ),
+            ("v6 ah udp", v6(51, &ext(51, 17, &u))),
+            (
+                "v6 udp first fragment",
+                v6(44, &frag6(17, 0, true, &first_frag)),
+            ),
+            (
+                "v6 udp later fragment",
+                v6(44, &frag6(17, 3, false, &[0u8; 24])),
+            ),
+            (
+                "v6 dstopts fragment udp",
+                v6(60, &ext(60, 44, &frag6(17, 0, true, &first_frag))),
+            ),
+            ("v6 truncated dstopts", v6(60, &[17, 5, 0, 0])),
+            ("v6 icmpv6", v6(58, &[128, 0, 0, 0, 0, 0, 0, 0])),
+            ("v6 no next header", v6(59, &[])),
+            ("arp", eth(0x0806, &[0u8; 28])),
+        ]
+    }
+
+    #[test]
+    fn decoding_fragments_extension_headers_and_malformed() {
+        let all: std::collections::HashMap<_, _> =
+            frames().into_iter().map(|(n, f)| (n, decode(&f))).collect();
+        let d = |n: &str| all[n];
+        let udp53 = |n: &str| {
+            let x = d(n);
+            (x.proto, x.ports, x.dst_port, x.fragment, x.malformed)
+        };
+        assert_eq!(
+            udp53("v4 udp first fragment"),
+            (Proto::Udp, true, 53, false, false)
+        );
+        assert_eq!(
+            udp53("v4 udp later fragment"),
+            (Proto::Udp, false, 0, true, false)
+        );
+        assert_eq!(
+            udp53("v6 dstopts udp"),
+            (Proto::Udp, true, 53, false, false)
+        );
+        assert_eq!(udp53("v6 ah udp"), (Proto::Udp, true, 53, false, false));
+        assert_eq!(
+            udp53("v6 udp first fragment"),
+            (Proto::Udp, true, 53, false, false)
+        );
+        assert_eq!(
+            udp53("v6 dstopts fragment udp"),
+            (Proto::Udp, true, 53, false, false)
+        );
+        assert_eq!(
+            udp53("v6 udp later fragment"),
+            (Proto::Udp, false, 0, true, false)
+        );
+        assert_eq!(
+            udp53("v4 ihl 6 with option"),
+            (Proto::Udp, true, 53, false, false)
+        );
+        let chain = d("v6 hbh routing dstopts tcp");
+        assert_eq!(
+            (chain.proto, chain.dst_port, chain.tcp_flags),
+            (Proto::Tcp, 80, 0x02)
+        );
+        let tiny = d("v4 tcp tiny first fragment");
+        assert_eq!(
+            (tiny.proto, tiny.dst_port, tiny.tcp_split),
+            (Proto::Tcp, 80, true)
+        );
+        for bad in [
+            "v4 ihl 4",
+            "v4 ihl 0",
+            "v4 tcp data offset 2",
+            "v6 truncated dstopts",
+        ] {
+            assert_eq!(
+                (d(bad).proto, d(bad).malformed),
+                (Proto::Other, true),
+                "{bad}"
+            );
+        }
+        assert_eq!(d("v6 icmpv6").proto, Proto::Icmp);
+        // A chain longer than the bound is not walked to the end.
+        let mut long = ext(60, 17, &udp(1, 53, 0));
+        for _ in 0..MAX_EXT {
+            long = ext(60, 60, &long);
+        }
+        let l = decode(&v6(60, &long));
+        assert_eq!((l.proto, l.malformed), (Proto::Other, false));
+        // One fewer is walked.
+        let l = decode(&v6(60, &long[8..]));
+        assert_eq!((l.proto, l.dst_port), (Proto::Udp, 53));
+        let l = decode(&v6(60, &long));
+        assert_eq!((l.proto, l.malformed), (Proto::Other, false));
+    }
+
+    const MAX_EXT: usize = crate::services::sniffer::decode::MAX_EXT_HEADERS;
+
+    #[test]
+    fn kernel_program_keeps_all_that_user_space_keeps() {
+        let filters = [
+            "",
+            "tcp",
+            "udp",
+            "icmp",
+            "port 53",
+            "port 80",
+            "udp and port 53",
+            "tcp and port 80",
+            "port 4000",
+            "host 10.0.0.1",
+            "host ::1",
+            "host ::2 and udp",
+            "tcp and host 10.0.0.2 and port 80",
+        ];
+        for text in filters {
+            let f = Filter::parse(text).unwrap();
+            let prog = f.to_bpf(true);
+            for (name, frame) in frames() {
+                let d = decode(&frame);
+                let user = f.matches(&d);
+                let kernel = run(&prog, &frame);
+                assert!(
+                    kernel || !user,
+                    "{text:?} on {name}: kernel drops what user space keeps"
+                );
+                // Exact, except where the kernel leaves the decision to user
+                // space: IPv6 extension headers and malformed packets other
+                // than IPv4 IHL < 5.
+                let ext6 =
+                    frame[12..14] == [0x86, 0xdd] && EXT_HEADERS.contains(&(frame[20] as u32));
+                let ihl_ok = frame[12..14] != [0x08, 0x00] || frame[14] & 0x0f >= 5;
+                let left_to_user_space = ext6 || (d.malformed && ihl_ok);
+                if !left_to_user_space {
+                    assert_eq!(kernel, user, "{text:?} on {name}");
+                }
+            }
+        }
+        // As tcpdump: `udp` keeps every fragment, `port` only the first.
+        let later = v4(5, 17, 3, &[0u8; 24]);
+        assert!(Filter::parse("udp").unwrap().matches(&decode(&later)));
+        assert!(!Filter::parse("port 53").unwrap().matches(&decode(&later)));
     }
 }

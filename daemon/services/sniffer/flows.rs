@@ -16,6 +16,9 @@ pub struct FlowKey {
     dst: Option<IpAddr>,
     src_port: u16,
     dst_port: u16,
+    /// Whether the packets carried ports (not for later fragments): such
+    /// packets are a flow of their own, shown without ports.
+    ports: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +53,7 @@ impl FlowTable {
             dst: d.dst,
             src_port: d.src_port,
             dst_port: d.dst_port,
+            ports: d.ports,
         };
         if let Some(f) = self.flows.get_mut(&key) {
             f.packets += 1;
@@ -98,8 +102,8 @@ impl FlowTable {
             .take(n)
             .map(|(k, f)| proto::FlowStats {
                 protocol: k.proto.as_str().into(),
-                src: endpoint(k.src, k.src_port, k.proto),
-                dst: endpoint(k.dst, k.dst_port, k.proto),
+                src: endpoint(k.src, k.ports.then_some(k.src_port)),
+                dst: endpoint(k.dst, k.ports.then_some(k.dst_port)),
                 packets: f.packets,
                 bytes: f.bytes,
                 first_seen: Some(f.first.into()),
@@ -109,12 +113,13 @@ impl FlowTable {
     }
 }
 
-/// "ip:port" for TCP/UDP ("[v6]:port"), "ip" otherwise, "-" without IP.
-pub fn endpoint(ip: Option<IpAddr>, port: u16, proto: Proto) -> String {
-    match (ip, proto) {
+/// "ip:port" ("[v6]:port") when there is a port (TCP/UDP with a transport
+/// header), "ip" otherwise, "-" without IP.
+pub fn endpoint(ip: Option<IpAddr>, port: Option<u16>) -> String {
+    match (ip, port) {
         (None, _) => "-".into(),
-        (Some(ip), Proto::Tcp | Proto::Udp) => std::net::SocketAddr::new(ip, port).to_string(),
-        (Some(ip), _) => ip.to_string(),
+        (Some(ip), Some(port)) => std::net::SocketAddr::new(ip, port).to_string(),
+        (Some(ip), None) => ip.to_string(),
     }
 }
 
@@ -134,9 +139,9 @@ mod tests {
                 dst: Some("127.0.0.1".parse().unwrap()),
                 src_port: 1000 + i,
                 dst_port: 53,
-                tcp_flags: 0,
+                ports: true,
                 ethertype: 0x0800,
-                len: 100 + i as usize,
+                ..Decoded::empty(100 + i as usize)
             };
             t.record(&d, base + Duration::from_secs(i as u64));
         }

@@ -62,6 +62,8 @@ pub struct SnifferCounters {
     pub watcher_drops: AtomicU64,
     pcap_packets: AtomicU64,
     alerts: AtomicU64,
+    fragments: AtomicU64,
+    malformed: AtomicU64,
 }
 
 fn proto_index(p: Proto) -> usize {
@@ -216,6 +218,8 @@ impl Sniffer {
             watcher_drops: c.watcher_drops.load(Relaxed),
             pcap_packets: c.pcap_packets.load(Relaxed),
             alerts: c.alerts.load(Relaxed),
+            fragments: c.fragments.load(Relaxed),
+            malformed: c.malformed.load(Relaxed),
         }
     }
 
@@ -490,6 +494,8 @@ fn pcap_target(
 struct Tally {
     packets: [u64; 4],
     bytes: [u64; 4],
+    fragments: u64,
+    malformed: u64,
 }
 
 /// One batch's accounting. Counters go to a tally added to the shared
@@ -518,6 +524,8 @@ impl BatchAcc<'_> {
         let i = proto_index(d.proto);
         self.tally.packets[i] += 1;
         self.tally.bytes[i] += len;
+        self.tally.fragments += d.fragment as u64;
+        self.tally.malformed += d.malformed as u64;
         self.flows
             .get_or_insert_with(|| sniffer.flows.lock().unwrap_or_else(|p| p.into_inner()))
             .record(&d, now);
@@ -547,8 +555,8 @@ impl BatchAcc<'_> {
                     (format!("ethertype 0x{:04x}", d.ethertype), "-".to_string())
                 }
                 _ => (
-                    endpoint(d.src, d.src_port, d.proto),
-                    endpoint(d.dst, d.dst_port, d.proto),
+                    endpoint(d.src, d.ports.then_some(d.src_port)),
+                    endpoint(d.dst, d.ports.then_some(d.dst_port)),
                 ),
             };
             let _ = sniffer.packets.send(proto::PacketSummary {
@@ -578,6 +586,13 @@ impl BatchAcc<'_> {
                 packets += self.tally.packets[i];
                 bytes += self.tally.bytes[i];
             }
+        }
+        let c = &self.sniffer.counters;
+        if self.tally.fragments > 0 {
+            Stats::add(&c.fragments, self.tally.fragments);
+        }
+        if self.tally.malformed > 0 {
+            Stats::add(&c.malformed, self.tally.malformed);
         }
         if packets > 0 {
             Stats::add(&self.ctx.stats.datagrams_in, packets);
