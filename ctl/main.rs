@@ -244,6 +244,10 @@ enum StartKind {
         /// gets 429 with Retry-After.
         #[arg(long, value_name = "RATE")]
         rate_limit: Option<String>,
+        /// IPv6 clients share a rate-limit bucket per prefix of this length
+        /// (1-128, default 64).
+        #[arg(long, value_name = "BITS")]
+        rate_limit_ipv6_prefix: Option<u32>,
     },
     /// Packet sniffer on an interface (needs CAP_NET_RAW): per-protocol
     /// counts, flows, live packets (`netctl sniff`), pcap export, alerts.
@@ -288,9 +292,21 @@ enum StartKind {
     UdpEcho {
         #[command(flatten)]
         common: Common,
-        /// Prepended to every reply, e.g. "ACK: ".
+        /// Prepended to every reply, e.g. "ACK: ". A reply is at most
+        /// max(2 x request, request + 64) bytes; a longer prefix is cut.
         #[arg(long, default_value = "")]
         prefix: String,
+        /// Answer sources on ports below 1024 (0, 7, 13, 17, 19 and 37 are
+        /// never answered).
+        #[arg(long)]
+        allow_privileged_sources: bool,
+        /// Per-source-IP (IPv6: per /64) rate limit: N/s, N/m or N/h, the
+        /// burst one period's worth, or "off" (default 100/s).
+        #[arg(long, value_name = "RATE")]
+        rate_limit: Option<String>,
+        /// Sources the rate limit tracks (default 16384).
+        #[arg(long, value_name = "N")]
+        max_sources: Option<u32>,
     },
 }
 
@@ -544,6 +560,7 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                     token,
                     token_file,
                     rate_limit,
+                    rate_limit_ipv6_prefix,
                 } => {
                     let token = match (token, token_file) {
                         (Some(t), _) => t,
@@ -563,6 +580,7 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                         max_connections: max_connections.unwrap_or(0),
                         token,
                         rate_limit: rate_limit.unwrap_or_default(),
+                        rate_limit_ipv6_prefix: rate_limit_ipv6_prefix.unwrap_or(0),
                     };
                     (common, Kind::Http(spec))
                 }
@@ -600,10 +618,19 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                     };
                     (common, Kind::Sniffer(spec))
                 }
-                StartKind::UdpEcho { common, prefix } => {
+                StartKind::UdpEcho {
+                    common,
+                    prefix,
+                    allow_privileged_sources,
+                    rate_limit,
+                    max_sources,
+                } => {
                     let spec = proto::UdpEchoSpec {
                         listen: common.listen.clone(),
                         prefix,
+                        allow_privileged_sources,
+                        rate_limit: rate_limit.unwrap_or_default(),
+                        max_sources: max_sources.unwrap_or(0),
                     };
                     (common, Kind::UdpEcho(spec))
                 }

@@ -137,6 +137,12 @@ struct RawListener {
     #[serde(default)]
     rate_limit: Option<Spanned<String>>,
     #[serde(default)]
+    rate_limit_ipv6_prefix: Option<Spanned<u32>>,
+    #[serde(default)]
+    allow_privileged_sources: Option<Spanned<bool>>,
+    #[serde(default)]
+    max_sources: Option<Spanned<u32>>,
+    #[serde(default)]
     labels: HashMap<String, String>,
 }
 
@@ -230,6 +236,7 @@ impl Config {
     pub fn settings(&self) -> Settings {
         Settings {
             capture_dir: self.capture_dir.clone(),
+            ..Settings::default()
         }
     }
 
@@ -353,6 +360,7 @@ impl Config {
         };
         let settings = Settings {
             capture_dir: capture_dir.clone(),
+            ..Settings::default()
         };
         if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
             return Err(ConfigError(format!(
@@ -385,7 +393,7 @@ impl Config {
                 KindName::Http,
             ];
             let sniffer_only: &[KindName] = &[KindName::Sniffer];
-            let optional: [OptionalField; 22] = [
+            let optional: [OptionalField; 25] = [
                 (
                     "listen",
                     spans(l.listen.as_ref().map(|v| v.span())),
@@ -469,7 +477,22 @@ impl Config {
                 (
                     "rate_limit",
                     spans(l.rate_limit.as_ref().map(|v| v.span())),
+                    &[KindName::Http, KindName::UdpEcho],
+                ),
+                (
+                    "rate_limit_ipv6_prefix",
+                    spans(l.rate_limit_ipv6_prefix.as_ref().map(|v| v.span())),
                     &[KindName::Http],
+                ),
+                (
+                    "allow_privileged_sources",
+                    spans(l.allow_privileged_sources.as_ref().map(|v| v.span())),
+                    &[KindName::UdpEcho],
+                ),
+                (
+                    "max_sources",
+                    spans(l.max_sources.as_ref().map(|v| v.span())),
+                    &[KindName::UdpEcho],
                 ),
                 (
                     "idle_timeout",
@@ -552,7 +575,20 @@ impl Config {
                     max_connections,
                     idle_timeout,
                 }),
-                KindName::UdpEcho => Kind::UdpEcho(proto::UdpEchoSpec { listen, prefix }),
+                KindName::UdpEcho => Kind::UdpEcho(proto::UdpEchoSpec {
+                    listen,
+                    prefix,
+                    allow_privileged_sources: l
+                        .allow_privileged_sources
+                        .as_ref()
+                        .is_some_and(|v| *v.get_ref()),
+                    rate_limit: l
+                        .rate_limit
+                        .as_ref()
+                        .map(|r| r.get_ref().clone())
+                        .unwrap_or_default(),
+                    max_sources: u32_of(&l.max_sources),
+                }),
                 KindName::Proxy => Kind::Proxy(proto::ProxySpec {
                     listen,
                     upstreams: l
@@ -622,6 +658,7 @@ impl Config {
                             .as_ref()
                             .map(|r| r.get_ref().clone())
                             .unwrap_or_default(),
+                        rate_limit_ipv6_prefix: u32_of(&l.rate_limit_ipv6_prefix),
                     })
                 }
             };
