@@ -151,7 +151,8 @@ fn spoof_udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) {
 /// loopback.
 #[test]
 fn spoofed_own_source_starts_no_loop() {
-    let netd = Netd::start("");
+    let port = common::free_tcp_port();
+    let netd = Netd::start(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     let a = start_udp(&netd, "a", &[]);
     // The variant: a 1 KiB prefix made every round trip bigger.
     let prefix = "P".repeat(1024);
@@ -181,6 +182,21 @@ fn spoofed_own_source_starts_no_loop() {
     }
     // The listeners still answer real clients.
     assert_eq!(echo_once(a, b"real"), b"real");
+
+    // `netctl status` and /metrics show the drops too.
+    let table = netd.netctl_ok(&["status", "b"]);
+    assert!(table.contains("dropped:     2 own source"), "{table}");
+    let mut m = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    m.read_to_string(&mut text).unwrap();
+    assert!(
+        text.contains(
+            "netd_udp_echo_drops_total{listener=\"b\",kind=\"udp-echo\",reason=\"own_source\"} 2"
+        ),
+        "{text}"
+    );
 }
 
 /// A source port below 1024, or a well-known reflector port (echo 7), is
