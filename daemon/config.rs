@@ -948,4 +948,29 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn udp_echo_safety_and_http_ipv6_prefix_options() {
+        let text = "[[listener]]\nname = \"u\"\nkind = \"udp-echo\"\nlisten = \"127.0.0.1:1\"\nrate_limit = \"off\"\nallow_privileged_sources = true\nmax_sources = 10\n[[listener]]\nname = \"h\"\nkind = \"http\"\nlisten = \"127.0.0.1:2\"\nrate_limit = \"5/s\"\nrate_limit_ipv6_prefix = 56\n";
+        let c = Config::parse(text, "x.toml").unwrap();
+        match &c.listeners[0].spec.kind {
+            Some(Kind::UdpEcho(u)) => {
+                assert_eq!(u.rate_limit, "off");
+                assert!(u.allow_privileged_sources);
+                assert_eq!(u.max_sources, 10);
+            }
+            other => panic!("{other:?}"),
+        }
+        match &c.listeners[1].spec.kind {
+            Some(Kind::Http(h)) => assert_eq!(h.rate_limit_ipv6_prefix, 56),
+            other => panic!("{other:?}"),
+        }
+
+        let text = "[[listener]]\nname = \"h\"\nkind = \"http\"\nlisten = \"127.0.0.1:2\"\nrate_limit_ipv6_prefix = 129\n";
+        let e = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("rate_limit_ipv6_prefix"), "{e}");
+        let text = "[[listener]]\nname = \"u\"\nkind = \"udp-echo\"\nlisten = \"127.0.0.1:1\"\nrate_limit = \"lots\"\n";
+        let e = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("rate_limit") && e.contains("off"), "{e}");
+    }
 }

@@ -113,7 +113,8 @@ impl UdpEcho {
             "off" | "none" => None,
             r => {
                 let r = if r.is_empty() { DEFAULT_RATE_LIMIT } else { r };
-                let q = super::http::parse_rate(r)?;
+                let q =
+                    super::http::parse_rate(r).map_err(|e| SpecError(format!("{e}, or off")))?;
                 Some(Rate {
                     interval: q.replenish_interval(),
                     burst: q.burst_size().get(),
