@@ -288,7 +288,9 @@ enum StartKind {
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
     },
-    /// UDP echo: answers each datagram to its sender.
+    /// UDP echo: answers each datagram to its sender, except datagrams from
+    /// netd's own UDP listeners or from ports that may answer back, within a
+    /// per-source rate limit.
     UdpEcho {
         #[command(flatten)]
         common: Common,
