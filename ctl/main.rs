@@ -260,6 +260,10 @@ enum StartKind {
         /// 24h (default 60s).
         #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
         idle_timeout: Option<Duration>,
+        /// IPv6 clients share a rate-limit bucket per prefix of this length
+        /// (1-128, default 64).
+        #[arg(long, value_name = "BITS")]
+        rate_limit_ipv6_prefix: Option<u32>,
     },
     /// Packet sniffer on an interface (needs CAP_NET_RAW): per-protocol
     /// counts, flows, live packets (`netctl sniff`), pcap export, alerts.
@@ -303,13 +307,27 @@ enum StartKind {
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
     },
-    /// UDP echo: answers each datagram to its sender.
+    /// UDP echo: answers each datagram to its sender, except datagrams from
+    /// netd's own UDP listeners or from ports that may answer back, within a
+    /// per-source rate limit.
     UdpEcho {
         #[command(flatten)]
         common: Common,
-        /// Prepended to every reply, e.g. "ACK: ".
+        /// Prepended to every reply, e.g. "ACK: ". A reply is at most
+        /// max(2 x request, request + 64) bytes; a longer prefix is cut.
         #[arg(long, default_value = "")]
         prefix: String,
+        /// Answer sources on ports below 1024 (0, 7, 13, 17, 19 and 37 are
+        /// never answered).
+        #[arg(long)]
+        allow_privileged_sources: bool,
+        /// Per-source-IP (IPv6: per /64) rate limit: N/s, N/m or N/h, the
+        /// burst one period's worth, or "off" (default 100/s).
+        #[arg(long, value_name = "RATE")]
+        rate_limit: Option<String>,
+        /// Sources the rate limit tracks (default 16384).
+        #[arg(long, value_name = "N")]
+        max_sources: Option<u32>,
     },
 }
 
@@ -567,6 +585,7 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                     max_streams,
                     max_header_bytes,
                     idle_timeout,
+                    rate_limit_ipv6_prefix,
                 } => {
                     let token = match (token, token_file) {
                         (Some(t), _) => t,
@@ -590,6 +609,7 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                         max_streams: max_streams.unwrap_or(0),
                         max_header_bytes: max_header_bytes.unwrap_or(0),
                         idle_timeout: to_proto_duration("--idle-timeout", idle_timeout)?,
+                        rate_limit_ipv6_prefix: rate_limit_ipv6_prefix.unwrap_or(0),
                     };
                     (common, Kind::Http(spec))
                 }
@@ -627,10 +647,19 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                     };
                     (common, Kind::Sniffer(spec))
                 }
-                StartKind::UdpEcho { common, prefix } => {
+                StartKind::UdpEcho {
+                    common,
+                    prefix,
+                    allow_privileged_sources,
+                    rate_limit,
+                    max_sources,
+                } => {
                     let spec = proto::UdpEchoSpec {
                         listen: common.listen.clone(),
                         prefix,
+                        allow_privileged_sources,
+                        rate_limit: rate_limit.unwrap_or_default(),
+                        max_sources: max_sources.unwrap_or(0),
                     };
                     (common, Kind::UdpEcho(spec))
                 }

@@ -40,7 +40,16 @@ fn spec_json(spec: &Option<proto::ListenerSpec>) -> Value {
             "max_connections": if s.max_connections == 0 { netd::services::DEFAULT_MAX_CONNECTIONS as u64 } else { s.max_connections as u64 },
             "idle_timeout": humantime::format_duration(idle_timeout(&s.idle_timeout).unwrap_or(netd::services::DEFAULT_IDLE_TIMEOUT)).to_string(),
         }),
-        Some(Kind::UdpEcho(s)) => json!({ "listen": s.listen, "prefix": s.prefix }),
+        Some(Kind::UdpEcho(s)) => {
+            use netd::services::udp_echo::{DEFAULT_MAX_SOURCES, DEFAULT_RATE_LIMIT};
+            json!({
+                "listen": s.listen,
+                "prefix": s.prefix,
+                "allow_privileged_sources": s.allow_privileged_sources,
+                "rate_limit": if s.rate_limit.is_empty() { DEFAULT_RATE_LIMIT } else { s.rate_limit.as_str() },
+                "max_sources": if s.max_sources == 0 { DEFAULT_MAX_SOURCES as u64 } else { s.max_sources as u64 },
+            })
+        }
         Some(Kind::Proxy(p)) => {
             use netd::services::proxy::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_UPSTREAM_BACKOFF};
             let dur = |d: &Option<prost_types::Duration>, default| {
@@ -78,6 +87,7 @@ fn spec_json(spec: &Option<proto::ListenerSpec>) -> Value {
                 "max_streams": or(h.max_streams.into(), DEFAULT_MAX_STREAMS.into()),
                 "max_header_bytes": or(h.max_header_bytes.into(), DEFAULT_MAX_HEADER_BYTES.into()),
                 "idle_timeout": dur(&h.idle_timeout, DEFAULT_IDLE_TIMEOUT),
+                "rate_limit_ipv6_prefix": if h.rate_limit_ipv6_prefix == 0 { 64 } else { h.rate_limit_ipv6_prefix },
             })
         }
         Some(Kind::Sniffer(f)) => {
@@ -143,6 +153,18 @@ pub fn http_json(h: &proto::HttpStats) -> Value {
     })
 }
 
+pub fn udp_echo_json(u: &proto::UdpEchoStats) -> Value {
+    json!({
+        "own_source_drops": u.own_source_drops,
+        "reflector_source_drops": u.reflector_source_drops,
+        "rate_limited": u.rate_limited,
+        "truncated": u.truncated,
+        "kernel_drops": u.kernel_drops,
+        "sources_tracked": u.sources_tracked,
+        "sources_evicted": u.sources_evicted,
+    })
+}
+
 pub fn proxy_json(p: &proto::ProxyStats) -> Value {
     json!({
         "connect_failures": p.connect_failures,
@@ -177,6 +199,7 @@ pub fn stats_json(s: &proto::ListenerStats) -> Value {
         Some(proto::listener_stats::Detail::Proxy(p)) => v["proxy"] = proxy_json(p),
         Some(proto::listener_stats::Detail::Http(h)) => v["http"] = http_json(h),
         Some(proto::listener_stats::Detail::Sniffer(f)) => v["sniffer"] = sniffer_json(f),
+        Some(proto::listener_stats::Detail::UdpEcho(u)) => v["udp_echo"] = udp_echo_json(u),
         None => {}
     }
     v
@@ -389,6 +412,21 @@ pub fn status_block(l: &proto::Listener) {
         println!(
             "{:<12} p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
             "latency:", h.latency_p50_ms, h.latency_p90_ms, h.latency_p99_ms
+        );
+    }
+    if let Some(proto::listener_stats::Detail::UdpEcho(u)) = &s.detail {
+        println!(
+            "{:<12} {} own source, {} reflector source, {} rate limited, {} by the kernel; {} truncated",
+            "dropped:",
+            u.own_source_drops,
+            u.reflector_source_drops,
+            u.rate_limited,
+            u.kernel_drops,
+            u.truncated
+        );
+        println!(
+            "{:<12} {} tracked, {} evicted",
+            "sources:", u.sources_tracked, u.sources_evicted
         );
     }
     if let Some(proto::listener_stats::Detail::Sniffer(f)) = &s.detail {

@@ -142,6 +142,11 @@ struct RawListener {
     max_streams: Option<Spanned<u32>>,
     #[serde(default)]
     max_header_bytes: Option<Spanned<u32>>,
+    rate_limit_ipv6_prefix: Option<Spanned<u32>>,
+    #[serde(default)]
+    allow_privileged_sources: Option<Spanned<bool>>,
+    #[serde(default)]
+    max_sources: Option<Spanned<u32>>,
     #[serde(default)]
     labels: HashMap<String, String>,
 }
@@ -236,6 +241,7 @@ impl Config {
     pub fn settings(&self) -> Settings {
         Settings {
             capture_dir: self.capture_dir.clone(),
+            ..Settings::default()
         }
     }
 
@@ -366,6 +372,7 @@ impl Config {
         };
         let settings = Settings {
             capture_dir: capture_dir.clone(),
+            ..Settings::default()
         };
         if let Err(e) = check_log_level(&raw.log.level) {
             return Err(ConfigError(format!("{source}: log.level: {e}")));
@@ -398,7 +405,7 @@ impl Config {
                 KindName::Http,
             ];
             let sniffer_only: &[KindName] = &[KindName::Sniffer];
-            let optional: [OptionalField; 25] = [
+            let optional: [OptionalField; 28] = [
                 (
                     "listen",
                     spans(l.listen.as_ref().map(|v| v.span())),
@@ -482,7 +489,22 @@ impl Config {
                 (
                     "rate_limit",
                     spans(l.rate_limit.as_ref().map(|v| v.span())),
+                    &[KindName::Http, KindName::UdpEcho],
+                ),
+                (
+                    "rate_limit_ipv6_prefix",
+                    spans(l.rate_limit_ipv6_prefix.as_ref().map(|v| v.span())),
                     &[KindName::Http],
+                ),
+                (
+                    "allow_privileged_sources",
+                    spans(l.allow_privileged_sources.as_ref().map(|v| v.span())),
+                    &[KindName::UdpEcho],
+                ),
+                (
+                    "max_sources",
+                    spans(l.max_sources.as_ref().map(|v| v.span())),
+                    &[KindName::UdpEcho],
                 ),
                 (
                     "idle_timeout",
@@ -580,7 +602,20 @@ impl Config {
                     max_connections,
                     idle_timeout,
                 }),
-                KindName::UdpEcho => Kind::UdpEcho(proto::UdpEchoSpec { listen, prefix }),
+                KindName::UdpEcho => Kind::UdpEcho(proto::UdpEchoSpec {
+                    listen,
+                    prefix,
+                    allow_privileged_sources: l
+                        .allow_privileged_sources
+                        .as_ref()
+                        .is_some_and(|v| *v.get_ref()),
+                    rate_limit: l
+                        .rate_limit
+                        .as_ref()
+                        .map(|r| r.get_ref().clone())
+                        .unwrap_or_default(),
+                    max_sources: u32_of(&l.max_sources),
+                }),
                 KindName::Proxy => Kind::Proxy(proto::ProxySpec {
                     listen,
                     upstreams: l
@@ -658,6 +693,7 @@ impl Config {
                         max_streams: u32_of(&l.max_streams),
                         max_header_bytes: u32_of(&l.max_header_bytes),
                         idle_timeout,
+                        rate_limit_ipv6_prefix: u32_of(&l.rate_limit_ipv6_prefix),
                     })
                 }
             };
@@ -1090,5 +1126,30 @@ mod tests {
             e.starts_with("x.toml:6:") && e.contains("defined twice"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn udp_echo_safety_and_http_ipv6_prefix_options() {
+        let text = "[[listener]]\nname = \"u\"\nkind = \"udp-echo\"\nlisten = \"127.0.0.1:1\"\nrate_limit = \"off\"\nallow_privileged_sources = true\nmax_sources = 10\n[[listener]]\nname = \"h\"\nkind = \"http\"\nlisten = \"127.0.0.1:2\"\nrate_limit = \"5/s\"\nrate_limit_ipv6_prefix = 56\n";
+        let c = Config::parse(text, "x.toml").unwrap();
+        match &c.listeners[0].spec.kind {
+            Some(Kind::UdpEcho(u)) => {
+                assert_eq!(u.rate_limit, "off");
+                assert!(u.allow_privileged_sources);
+                assert_eq!(u.max_sources, 10);
+            }
+            other => panic!("{other:?}"),
+        }
+        match &c.listeners[1].spec.kind {
+            Some(Kind::Http(h)) => assert_eq!(h.rate_limit_ipv6_prefix, 56),
+            other => panic!("{other:?}"),
+        }
+
+        let text = "[[listener]]\nname = \"h\"\nkind = \"http\"\nlisten = \"127.0.0.1:2\"\nrate_limit_ipv6_prefix = 129\n";
+        let e = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("rate_limit_ipv6_prefix"), "{e}");
+        let text = "[[listener]]\nname = \"u\"\nkind = \"udp-echo\"\nlisten = \"127.0.0.1:1\"\nrate_limit = \"lots\"\n";
+        let e = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("rate_limit") && e.contains("off"), "{e}");
     }
 }

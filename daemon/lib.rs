@@ -18,6 +18,7 @@ pub mod events;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
+pub mod own_addrs;
 pub mod pool;
 pub mod safe_file;
 pub mod server;

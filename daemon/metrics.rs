@@ -218,7 +218,8 @@ impl Family {
 }
 
 impl ListenerCollector {
-    /// Series for the counters only some kinds have (proxy, http, sniffer).
+    /// Series for the counters only some kinds have (proxy, http, sniffer,
+    /// udp-echo).
     fn encode_kind_specific(
         &self,
         listeners: &[proto::Listener],
@@ -282,6 +283,26 @@ impl ListenerCollector {
             "Alerts raised by the detectors.",
             true,
         );
+        let mut udp_drops = Family::new(
+            "netd_udp_echo_drops",
+            "Datagrams a UDP echo received but did not answer, by reason (own_source, reflector_source, rate_limited) or dropped by the kernel (kernel).",
+            true,
+        );
+        let mut udp_truncated = Family::new(
+            "netd_udp_echo_truncated",
+            "UDP echo replies cut to the reply size cap.",
+            true,
+        );
+        let mut udp_sources = Family::new(
+            "netd_udp_echo_sources",
+            "Sources in a UDP echo's rate-limit table.",
+            false,
+        );
+        let mut udp_evicted = Family::new(
+            "netd_udp_echo_sources_evicted",
+            "Idle sources evicted from a UDP echo's rate-limit table.",
+            true,
+        );
         for l in listeners {
             let base: Labels = vec![
                 ("listener", l.name.clone()),
@@ -340,6 +361,19 @@ impl ListenerCollector {
                     sniff_drops.series.push((base.clone(), f.kernel_drops));
                     sniff_alerts.series.push((base.clone(), f.alerts));
                 }
+                Some(Detail::UdpEcho(u)) => {
+                    for (reason, v) in [
+                        ("own_source", u.own_source_drops),
+                        ("reflector_source", u.reflector_source_drops),
+                        ("rate_limited", u.rate_limited),
+                        ("kernel", u.kernel_drops),
+                    ] {
+                        udp_drops.series.push((with("reason", reason.into()), v));
+                    }
+                    udp_truncated.series.push((base.clone(), u.truncated));
+                    udp_sources.series.push((base.clone(), u.sources_tracked));
+                    udp_evicted.series.push((base.clone(), u.sources_evicted));
+                }
                 None => {}
             }
         }
@@ -356,6 +390,10 @@ impl ListenerCollector {
             &sniff_bytes,
             &sniff_drops,
             &sniff_alerts,
+            &udp_drops,
+            &udp_truncated,
+            &udp_sources,
+            &udp_evicted,
         ] {
             f.encode(encoder)?;
         }

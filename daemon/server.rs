@@ -1,6 +1,7 @@
 //! The daemon's top level: bind the control plane, start the boot
 //! listeners, serve gRPC (Control, health, reflection), tell systemd we are
-//! ready, and on SIGTERM/SIGINT drain and exit.
+//! ready, and on SIGTERM/SIGINT drain and exit (SIGHUP is logged and
+//! ignored).
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -154,10 +155,18 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let server_result = tokio::select! {
-        _ = term.recv() => { tracing::info!("SIGTERM received; shutting down"); None }
-        _ = int.recv() => { tracing::info!("SIGINT received; shutting down"); None }
-        r = &mut server => Some(r),
+    // SIGHUP's default action kills the process; systemd's `reload` and
+    // habit both send it, so take it and say that it does nothing yet.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let server_result = loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received; shutting down"); break None }
+            _ = int.recv() => { tracing::info!("SIGINT received; shutting down"); break None }
+            _ = hup.recv() => {
+                tracing::warn!("SIGHUP received: reload is not supported yet; ignoring");
+            }
+            r = &mut server => break Some(r),
+        }
     };
     if let Some(r) = server_result {
         supervisor.shutdown(Duration::ZERO).await;

@@ -74,6 +74,8 @@ struct Entry {
     bind_addr: Option<SocketAddr>,
     /// As shown to people: the address, or a sniffer's interface.
     bound_addr: String,
+    /// The UDP address registered in the settings' `own_udp_addrs`.
+    own_udp_addr: Option<SocketAddr>,
     started_at: SystemTime,
     stats: Arc<Stats>,
     status: Mutex<Status>,
@@ -224,6 +226,7 @@ impl Supervisor {
             }
         };
         let bound_addr = service.describe_bound(bind_addr);
+        let own_udp_addr = bind_addr.filter(|_| matches!(bound, crate::services::Bound::Udp(_)));
         let entry = Arc::new(Entry {
             name: name.into(),
             spec,
@@ -231,6 +234,7 @@ impl Supervisor {
             service,
             bind_addr,
             bound_addr: bound_addr.clone(),
+            own_udp_addr,
             started_at: SystemTime::now(),
             stats: Stats::new(),
             status: Mutex::new(Status {
@@ -248,6 +252,9 @@ impl Supervisor {
         self.check_free(&listeners, name)?;
         listeners.insert(name.to_string(), entry.clone());
         drop(listeners);
+        if let Some(a) = own_udp_addr {
+            self.inner.settings.own_udp_addrs.insert(a);
+        }
         tracing::info!(listener = name, kind = entry.service.kind().slug(), addr = %bound_addr, "listener started");
         self.inner.events.publish(
             EventKind::Started,
@@ -303,6 +310,9 @@ impl Supervisor {
         entry.tracker.close();
         entry.tracker.wait().await;
         entry.set_state(ListenerState::Stopped);
+        if let Some(a) = entry.own_udp_addr {
+            self.inner.settings.own_udp_addrs.remove(a);
+        }
         let mut listeners = self.listeners();
         if listeners.get(name).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
             listeners.remove(name);
@@ -416,6 +426,9 @@ impl Supervisor {
         }
         for e in &entries {
             e.set_state(ListenerState::Stopped);
+            if let Some(a) = e.own_udp_addr {
+                self.inner.settings.own_udp_addrs.remove(a);
+            }
         }
         self.listeners().clear();
     }

@@ -637,6 +637,7 @@ async fn names_labels_and_request_sizes_are_bounded() {
                 kind: Some(Kind::UdpEcho(proto::UdpEchoSpec {
                     listen: "127.0.0.1:0".into(),
                     prefix: String::new(),
+                    ..Default::default()
                 })),
             }),
             labels,

@@ -374,7 +374,15 @@ fn pcap_rotates_at_the_size_cap() {
     let work = tempfile::tempdir().unwrap();
     let netd = netd_capturing_to(&ns, work.path(), "");
     let file = work.path().join("rot.pcap");
-    netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
+    netd.netctl_ok(&[
+        "start",
+        "udp-echo",
+        "u",
+        "--listen",
+        "127.0.0.1:0",
+        "--rate-limit",
+        "off",
+    ]);
     let u = bound_addr(&netd, "u");
     netd.netctl_ok(&[
         "start",
@@ -600,7 +608,15 @@ async fn syn_rate_alert() {
 async fn a_slow_packet_watcher_loses_summaries_not_packets() {
     let ns = NetNs::new();
     let netd = ns.netd("");
-    netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
+    netd.netctl_ok(&[
+        "start",
+        "udp-echo",
+        "u",
+        "--listen",
+        "127.0.0.1:0",
+        "--rate-limit",
+        "off",
+    ]);
     let u = bound_addr(&netd, "u");
     netd.netctl_ok(&[
         "start",
@@ -903,7 +919,15 @@ fn pcap_rotation_leaves_foreign_files_alone() {
     std::fs::write(&theirs, "theirs").unwrap();
     std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
 
-    netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
+    netd.netctl_ok(&[
+        "start",
+        "udp-echo",
+        "u",
+        "--listen",
+        "127.0.0.1:0",
+        "--rate-limit",
+        "off",
+    ]);
     let u = bound_addr(&netd, "u");
     let file = captures.join("rot.pcap");
     netd.netctl_ok(&start_sniffer_args(

@@ -18,6 +18,7 @@ fn udp_spec() -> proto::ListenerSpec {
         kind: Some(Kind::UdpEcho(proto::UdpEchoSpec {
             listen: "127.0.0.1:0".into(),
             prefix: String::new(),
+            ..Default::default()
         })),
     }
 }
@@ -180,7 +181,17 @@ async fn exact_totals_from_grpc_netctl_and_prometheus() {
 async fn watch_stats_snapshot_then_samples_with_consistent_rates() {
     let netd = Netd::start("");
     netd.netctl_ok(&["start", "tcp-echo", "t", "--listen", "127.0.0.1:0"]);
-    netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
+    // One client sends hundreds of datagrams as fast as it can: beyond the
+    // default per-source rate limit.
+    netd.netctl_ok(&[
+        "start",
+        "udp-echo",
+        "u",
+        "--listen",
+        "127.0.0.1:0",
+        "--rate-limit",
+        "off",
+    ]);
     let (tcp, udp) = (bound_addr(&netd, "t"), bound_addr(&netd, "u"));
     let mut c = netd.client().await;
 

@@ -23,6 +23,8 @@
 //! - Optional bearer token (compared in constant time; never logged or
 //!   returned) and per-client-IP rate limit (governor's keyed GCRA limiter,
 //!   429 with Retry-After; idle client entries are pruned every minute).
+//!   IPv6 clients are keyed by their /64 (`rate_limit_ipv6_prefix`), as one
+//!   host can rotate through the addresses of a whole /64.
 //! - HTTP/1.1 with keep-alive, and HTTP/2 with prior knowledge (h2c),
 //!   chosen by peeking at the connection preface.
 //! - One access-log line per request (target `netd::access`).
@@ -109,6 +111,8 @@ pub struct Http {
     body_budget: Semaphore,
     token: Option<Box<[u8]>>,
     limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    /// IPv6 clients share a bucket per prefix of this length.
+    ipv6_prefix: u8,
     limit: Arc<Semaphore>,
     counters: HttpCounters,
 }
@@ -211,6 +215,10 @@ impl Http {
             body_budget: Semaphore::new((budget as usize).min(Semaphore::MAX_PERMITS)),
             token,
             limiter,
+            ipv6_prefix: super::client_key::ipv6_prefix_field(
+                "rate_limit_ipv6_prefix",
+                spec.rate_limit_ipv6_prefix,
+            )?,
             limit: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
             counters: HttpCounters::default(),
         })
@@ -454,7 +462,9 @@ impl Http {
         stats: &Stats,
     ) -> Response<Full<Bytes>> {
         if let Some(limiter) = &self.limiter {
-            if let Err(not_until) = limiter.check_key(&peer.ip()) {
+            if let Err(not_until) =
+                limiter.check_key(&super::client_key::rate_key(peer.ip(), self.ipv6_prefix))
+            {
                 self.counters.rate_limited.fetch_add(1, Relaxed);
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

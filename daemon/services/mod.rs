@@ -10,6 +10,7 @@
 //! panicking) means the service failed, and the supervisor restarts it on
 //! the same bound address.
 
+pub mod client_key;
 pub mod http;
 pub mod proxy;
 pub mod sniffer;
@@ -36,6 +37,9 @@ pub struct Settings {
     /// The one directory pcap files may be written to (`capture_dir`); None
     /// when the config sets none and no default could be derived.
     pub capture_dir: Option<PathBuf>,
+    /// netd's own UDP listening addresses, kept by the supervisor; the UDP
+    /// echo drops datagrams from them (a spoofed one would start a loop).
+    pub own_udp_addrs: crate::own_addrs::OwnAddrs,
 }
 
 /// What a running service receives from the supervisor.
@@ -129,7 +133,9 @@ impl Service {
                 "the listener spec names no kind (tcp_echo, udp_echo, proxy, http, sniffer)".into(),
             )),
             Some(Kind::TcpEcho(s)) => Ok(Service::TcpEcho(tcp_echo::TcpEcho::from_spec(s)?)),
-            Some(Kind::UdpEcho(s)) => Ok(Service::UdpEcho(udp_echo::UdpEcho::from_spec(s)?)),
+            Some(Kind::UdpEcho(s)) => {
+                Ok(Service::UdpEcho(udp_echo::UdpEcho::from_spec(s, settings)?))
+            }
             Some(Kind::Proxy(s)) => Ok(Service::Proxy(Arc::new(proxy::Proxy::from_spec(s)?))),
             Some(Kind::Http(s)) => Ok(Service::Http(Arc::new(http::Http::from_spec(s)?))),
             Some(Kind::Sniffer(s)) => Ok(Service::Sniffer(Arc::new(sniffer::Sniffer::from_spec(
@@ -210,7 +216,8 @@ impl Service {
             Service::Proxy(p) => Some(proto::listener_stats::Detail::Proxy(p.stats())),
             Service::Http(h) => Some(proto::listener_stats::Detail::Http(h.stats())),
             Service::Sniffer(s) => Some(proto::listener_stats::Detail::Sniffer(s.stats())),
-            _ => None,
+            Service::UdpEcho(u) => Some(proto::listener_stats::Detail::UdpEcho(u.stats())),
+            Service::TcpEcho(_) => None,
         }
     }
 

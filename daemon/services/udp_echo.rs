@@ -1,14 +1,43 @@
 //! UDP echo: each datagram is answered to its sender, optionally behind a
-//! prefix. Datagrams up to 64 KiB are read whole; a reply that the prefix
-//! would push past the largest UDP payload is truncated to fit.
+//! prefix. Datagrams up to 64 KiB are read whole.
+//!
+//! A UDP echo answers whatever address a datagram claims to come from, so
+//! it is safe by default, as inetd's built-in echo is:
+//!
+//! - Datagrams from netd's own UDP listening addresses are dropped: a
+//!   spoofed one would start a loop between two listeners (or one and
+//!   itself) that never ends.
+//! - Datagrams from ports that may answer back are dropped: 0, echo (7),
+//!   daytime (13), qotd (17), chargen (19), time (37) always, and every
+//!   port below 1024 unless `allow_privileged_sources`; so are unspecified,
+//!   broadcast and multicast sources.
+//! - Each source IP (an IPv6 source per /64) has a token bucket
+//!   (`rate_limit`, 100/s with a burst of 100 by default); its table holds
+//!   `max_sources` sources, evicting idle ones and refusing new sources
+//!   when all are active.
+//! - A reply is at most max(2 × request, request + 64) bytes (and 65507,
+//!   the largest IPv4 UDP payload): a longer prefix is cut, so netd is no
+//!   amplifier.
+//! - The kernel's receive-queue drops (SO_RXQ_OVFL) are counted.
+//!
+//! Every dropped datagram is counted in [`UdpEchoStats`](proto::UdpEchoStats)
+//! and logged at debug level only (a log line per datagram would be a flood
+//! of its own).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
+use tokio::time::Instant;
 
-use super::{ServiceCtx, SpecError, listen_field};
+use super::client_key::{DEFAULT_IPV6_PREFIX, rate_key};
+use super::{ServiceCtx, Settings, SpecError, listen_field};
+use crate::own_addrs::OwnAddrs;
 use crate::proto;
 use crate::stats::Stats;
 
@@ -22,15 +51,57 @@ pub const MAX_PREFIX: usize = 1024;
 /// Consecutive socket errors after which the service counts as failed and
 /// the supervisor rebinds it.
 const MAX_CONSECUTIVE_ERRORS: u32 = 100;
+/// Rate limit per source unless configured.
+pub const DEFAULT_RATE_LIMIT: &str = "100/s";
+/// Sources the rate limit tracks unless configured.
+pub const DEFAULT_MAX_SOURCES: usize = 16_384;
+/// Source ports never answered: port 0 cannot be answered, and echo,
+/// daytime, qotd, chargen and time answer any datagram, so a reply to them
+/// starts a loop.
+pub const REFLECTOR_PORTS: [u16; 6] = [0, 7, 13, 17, 19, 37];
+/// Every idle source is forgotten this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// With the table full, idle sources are looked for at most this often.
+const FULL_SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// The largest reply to a request of `n` bytes: twice the request, or the
+/// request plus 64 bytes for small ones, and never more than [`MAX_REPLY`].
+pub fn reply_cap(n: usize) -> usize {
+    n.saturating_mul(2).max(n + 64).min(MAX_REPLY)
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    own_source_drops: AtomicU64,
+    reflector_source_drops: AtomicU64,
+    rate_limited: AtomicU64,
+    truncated: AtomicU64,
+    kernel_drops: AtomicU64,
+    sources_tracked: AtomicU64,
+    sources_evicted: AtomicU64,
+}
+
+/// A per-source token bucket as GCRA: `interval` between tokens, `burst`
+/// tokens at most.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    interval: Duration,
+    burst: u32,
+}
 
 #[derive(Debug)]
 pub struct UdpEcho {
     pub listen: SocketAddr,
-    prefix: Arc<[u8]>,
+    prefix: Box<[u8]>,
+    allow_privileged_sources: bool,
+    rate: Option<Rate>,
+    max_sources: usize,
+    own: OwnAddrs,
+    counters: Counters,
 }
 
 impl UdpEcho {
-    pub fn from_spec(spec: &proto::UdpEchoSpec) -> Result<Self, SpecError> {
+    pub fn from_spec(spec: &proto::UdpEchoSpec, settings: &Settings) -> Result<Self, SpecError> {
         let listen = listen_field("listen", &spec.listen)?;
         if spec.prefix.len() > MAX_PREFIX {
             return Err(SpecError(format!(
@@ -38,25 +109,81 @@ impl UdpEcho {
                 spec.prefix.len()
             )));
         }
+        let rate = match spec.rate_limit.trim() {
+            "off" | "none" => None,
+            r => {
+                let r = if r.is_empty() { DEFAULT_RATE_LIMIT } else { r };
+                let q =
+                    super::http::parse_rate(r).map_err(|e| SpecError(format!("{e}, or off")))?;
+                Some(Rate {
+                    interval: q.replenish_interval(),
+                    burst: q.burst_size().get(),
+                })
+            }
+        };
         Ok(UdpEcho {
             listen,
             prefix: spec.prefix.as_bytes().into(),
+            allow_privileged_sources: spec.allow_privileged_sources,
+            rate,
+            max_sources: match spec.max_sources {
+                0 => DEFAULT_MAX_SOURCES,
+                n => n as usize,
+            },
+            own: settings.own_udp_addrs.clone(),
+            counters: Counters::default(),
         })
     }
 
+    pub fn stats(&self) -> proto::UdpEchoStats {
+        let c = &self.counters;
+        proto::UdpEchoStats {
+            own_source_drops: c.own_source_drops.load(Relaxed),
+            reflector_source_drops: c.reflector_source_drops.load(Relaxed),
+            rate_limited: c.rate_limited.load(Relaxed),
+            truncated: c.truncated.load(Relaxed),
+            kernel_drops: c.kernel_drops.load(Relaxed),
+            sources_tracked: c.sources_tracked.load(Relaxed),
+            sources_evicted: c.sources_evicted.load(Relaxed),
+        }
+    }
+
+    /// Whether a datagram from `src` may not be answered because its port
+    /// or address may answer back.
+    fn reflector_source(&self, src: SocketAddr) -> bool {
+        let port = src.port();
+        if REFLECTOR_PORTS.contains(&port) || (port < 1024 && !self.allow_privileged_sources) {
+            return true;
+        }
+        match src.ip().to_canonical() {
+            IpAddr::V4(a) => a.is_unspecified() || a.is_broadcast() || a.is_multicast(),
+            IpAddr::V6(a) => a.is_unspecified() || a.is_multicast(),
+        }
+    }
+
     pub async fn run(&self, socket: UdpSocket, ctx: ServiceCtx) -> anyhow::Result<()> {
+        let fd = socket.as_raw_fd();
+        if let Err(e) = enable_rxq_ovfl(fd) {
+            tracing::debug!(listener = %ctx.name, error = %e, "SO_RXQ_OVFL unavailable; kernel drops not counted");
+        }
         let p = self.prefix.len();
         let mut buf = vec![0u8; p + RECV_BUF];
         buf[..p].copy_from_slice(&self.prefix);
         let mut consecutive_errors = 0u32;
         let mut stop = super::CancelWatch::new(&ctx.stop_accepting);
+        let mut own = self.own.view();
+        let mut limiter = self.rate.map(|r| Limiter::new(r, self.max_sources));
+        // The socket's drop count as last reported (it starts at 0 on each
+        // new socket, and wraps at 2^32).
+        let mut drops_seen = 0u32;
+        let c = &self.counters;
         loop {
             let received = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Ok(()),
-                r = socket.recv_from(&mut buf[p..]) => r,
+                r = socket.async_io(Interest::READABLE, || recv_msg(fd, &mut buf[p..])) => r,
             };
-            let (n, peer) = match received {
+            let (n, peer, drops) = match received {
                 Ok(r) => r,
                 Err(e) => {
                     Stats::add(&ctx.stats.errors, 1);
@@ -70,10 +197,38 @@ impl UdpEcho {
                 }
             };
             consecutive_errors = 0;
+            if let Some(d) = drops {
+                Stats::add(&c.kernel_drops, u64::from(d.wrapping_sub(drops_seen)));
+                drops_seen = d;
+            }
             Stats::add(&ctx.stats.datagrams_in, 1);
             Stats::add(&ctx.stats.bytes_in, n as u64);
-            let reply = &buf[..(p + n).min(MAX_REPLY)];
-            match socket.send_to(reply, peer).await {
+            if self.reflector_source(peer) {
+                Stats::add(&c.reflector_source_drops, 1);
+                tracing::debug!(listener = %ctx.name, %peer, "dropped: source port or address may answer back");
+                continue;
+            }
+            if own.contains(peer) {
+                Stats::add(&c.own_source_drops, 1);
+                tracing::debug!(listener = %ctx.name, %peer, "dropped: source is one of netd's own UDP listeners");
+                continue;
+            }
+            if let Some(l) = limiter.as_mut() {
+                let allowed = l.check(rate_key(peer.ip(), DEFAULT_IPV6_PREFIX), Instant::now());
+                c.sources_tracked.store(l.sources.len() as u64, Relaxed);
+                Stats::add(&c.sources_evicted, std::mem::take(&mut l.evicted));
+                if !allowed {
+                    Stats::add(&c.rate_limited, 1);
+                    tracing::debug!(listener = %ctx.name, %peer, "dropped: over the per-source rate limit");
+                    continue;
+                }
+            }
+            let full = p + n;
+            let len = full.min(reply_cap(n));
+            if len < full {
+                Stats::add(&c.truncated, 1);
+            }
+            match socket.send_to(&buf[..len], peer).await {
                 Ok(sent) => {
                     Stats::add(&ctx.stats.datagrams_out, 1);
                     Stats::add(&ctx.stats.bytes_out, sent as u64);
@@ -84,5 +239,202 @@ impl UdpEcho {
                 }
             }
         }
+    }
+}
+
+/// Token buckets per source key, bounded to `max` sources. A bucket is kept
+/// as GCRA's theoretical arrival time `tat`: the bucket is full (the source
+/// idle) once `tat` has passed.
+#[derive(Debug)]
+struct Limiter {
+    rate: Rate,
+    tolerance: Duration,
+    max: usize,
+    sources: HashMap<IpAddr, Instant>,
+    next_sweep: Instant,
+    next_full_sweep: Instant,
+    /// Evicted since the caller last took it.
+    evicted: u64,
+}
+
+impl Limiter {
+    fn new(rate: Rate, max: usize) -> Self {
+        let now = Instant::now();
+        Limiter {
+            rate,
+            tolerance: rate.interval.saturating_mul(rate.burst),
+            max: max.max(1),
+            sources: HashMap::new(),
+            next_sweep: now + SWEEP_EVERY,
+            next_full_sweep: now,
+            evicted: 0,
+        }
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        let before = self.sources.len();
+        self.sources.retain(|_, tat| *tat > now);
+        self.evicted += (before - self.sources.len()) as u64;
+        if self.sources.capacity() > 2 * self.sources.len().max(64) {
+            self.sources.shrink_to_fit();
+        }
+    }
+
+    /// Whether `key` may be answered now; takes a token if so.
+    fn check(&mut self, key: IpAddr, now: Instant) -> bool {
+        if now >= self.next_sweep {
+            self.sweep(now);
+            self.next_sweep = now + SWEEP_EVERY;
+        }
+        if !self.sources.contains_key(&key) && self.sources.len() >= self.max {
+            if now < self.next_full_sweep {
+                return false;
+            }
+            self.sweep(now);
+            self.next_full_sweep = now + FULL_SWEEP_EVERY;
+            if self.sources.len() >= self.max {
+                return false;
+            }
+        }
+        let tat = self.sources.entry(key).or_insert(now);
+        let start = (*tat).max(now);
+        let next = start + self.rate.interval;
+        if next.saturating_duration_since(now) > self.tolerance {
+            return false;
+        }
+        *tat = next;
+        true
+    }
+}
+
+/// Ask the kernel to report the socket's drop count with each datagram.
+fn enable_rxq_ovfl(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with a valid fd and a pointer to a c_int of the
+    // length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RXQ_OVFL,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// recvmsg(2) without blocking: the datagram into `buf`, its source, and
+/// the socket's drop count if the kernel sent one (SO_RXQ_OVFL).
+fn recv_msg(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<u32>)> {
+    // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // u64s for cmsghdr alignment; room for a few control messages.
+    let mut control = [0u64; 16];
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: every pointer in `msg` points at a live buffer of the length
+    // given, for the duration of the call.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut drops = None;
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled,
+    // bounded by msg_controllen; the data is read unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL {
+                drops = Some(std::ptr::read_unaligned(
+                    libc::CMSG_DATA(cmsg).cast::<u32>(),
+                ));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    let peer = socket_addr(&storage).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, "datagram without an IP source")
+    })?;
+    Ok((n as usize, peer, drops))
+}
+
+/// The IP socket address the kernel wrote into `storage`.
+fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says a sockaddr_in is stored; the storage
+            // is large and aligned enough for any socket address.
+            let a =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::new(ip.into(), u16::from_be(a.sin_port)))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_cap_bounds_the_ratio() {
+        assert_eq!(reply_cap(0), 64);
+        assert_eq!(reply_cap(29), 93);
+        assert_eq!(reply_cap(100), 200);
+        assert_eq!(reply_cap(65_507), MAX_REPLY);
+        for n in [1usize, 10, 64, 1000, 30_000] {
+            assert!(reply_cap(n) <= (2 * n).max(n + 64));
+        }
+    }
+
+    #[test]
+    fn bucket_allows_burst_then_refills() {
+        let rate = Rate {
+            interval: Duration::from_millis(10),
+            burst: 5,
+        };
+        let mut l = Limiter::new(rate, 2);
+        let t0 = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let c: IpAddr = "192.0.2.3".parse().unwrap();
+        assert_eq!((0..10).filter(|_| l.check(a, t0)).count(), 5);
+        assert!(l.check(a, t0 + Duration::from_millis(10)));
+        assert!(!l.check(a, t0 + Duration::from_millis(10)));
+        assert_eq!((0..5).filter(|_| l.check(b, t0)).count(), 5);
+        // Full of active sources: a new one is refused...
+        assert!(!l.check(c, t0 + Duration::from_millis(20)));
+        // ...until one has gone idle and is evicted.
+        assert!(l.check(c, t0 + Duration::from_secs(1)));
+        assert_eq!(l.evicted, 2);
     }
 }
