@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{DEADLINE, NETD, Netd, bound_addr, wait_until_async};
+use common::h2raw::{PREFACE, frame, hpack, read_frame};
+use common::{DEADLINE, NETD, Netd, bound_addr, rss_kib, wait_until_async};
 use netd::proto::{self, listener_spec::Kind};
 use tonic::Code;
 
@@ -20,16 +21,6 @@ fn start_http(netd: &Netd, name: &str, extra: &[&str]) -> SocketAddr {
     args.extend_from_slice(extra);
     netd.netctl_ok(&args);
     bound_addr(netd, name)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
 }
 
 async fn http_stats(netd: &Netd, name: &str) -> (proto::ListenerStats, proto::HttpStats) {
@@ -184,38 +175,6 @@ async fn h2_bodies_beyond_the_budget_are_refused_and_memory_stays_bounded() {
     let (_, h) = http_stats(&netd, "web").await;
     assert_eq!(h.body_budget_refused, 57);
 }
-
-/// Write a raw HTTP/2 frame.
-fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    let len = payload.len() as u32;
-    out.extend_from_slice(&len.to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-}
-
-/// HPACK literal header field without indexing, no Huffman (short strings).
-fn hpack(block: &mut Vec<u8>, name: &str, value: &str) {
-    block.push(0x00);
-    block.push(name.len() as u8);
-    block.extend_from_slice(name.as_bytes());
-    block.push(value.len() as u8);
-    block.extend_from_slice(value.as_bytes());
-}
-
-/// Read one frame: (type, flags, stream, payload).
-fn read_frame(s: &mut TcpStream) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
-    let mut h = [0u8; 9];
-    s.read_exact(&mut h)?;
-    let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-    let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-    let mut p = vec![0u8; len];
-    s.read_exact(&mut p)?;
-    Ok((h[3], h[4], stream, p))
-}
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// netd announces 32 concurrent streams per HTTP/2 connection by default
 /// and refuses the 33rd with REFUSED_STREAM when a client ignores it.

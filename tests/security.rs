@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, NETCTL, NETD, Netd, wait_until};
+use common::h2raw::{PREFACE, frame, hpack, read_frame};
+use common::{DEADLINE, NETCTL, NETD, Netd, rss_kib, wait_until};
 use netd::addr::ControlAddr;
 use netd::proto::{self, listener_spec::Kind};
 
@@ -456,25 +457,6 @@ fn per_user_socket_lives_in_a_private_directory() {
     drop(netd);
 }
 
-/// Write a raw HTTP/2 frame.
-fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    let len = payload.len() as u32;
-    out.extend_from_slice(&len.to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-}
-
-/// HPACK literal header field without indexing, no Huffman.
-fn hpack(block: &mut Vec<u8>, name: &str, value: &str) {
-    block.push(0x00);
-    block.push(name.len() as u8);
-    block.extend_from_slice(name.as_bytes());
-    block.push(value.len() as u8);
-    block.extend_from_slice(value.as_bytes());
-}
-
 /// `count` WatchEvents calls on streams 1, 3, 5, ...: HEADERS, then the
 /// empty request message with END_STREAM. The server keeps each open.
 fn watch_events_calls(out: &mut Vec<u8>, count: u32) {
@@ -491,17 +473,6 @@ fn watch_events_calls(out: &mut Vec<u8>, count: u32) {
     }
 }
 
-/// Read one frame: (type, flags, stream, payload).
-fn read_frame(s: &mut UnixStream) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
-    let mut h = [0u8; 9];
-    s.read_exact(&mut h)?;
-    let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-    let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-    let mut p = vec![0u8; len];
-    s.read_exact(&mut p)?;
-    Ok((h[3], h[4], stream, p))
-}
-
 #[test]
 fn streams_per_connection_are_capped() {
     let netd = Netd::start("");
@@ -510,7 +481,7 @@ fn streams_per_connection_are_capped() {
     };
     let mut s = UnixStream::connect(sock).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let mut out = PREFACE.to_vec();
     frame(&mut out, 0x4, 0, 0, &[]);
     s.write_all(&out).unwrap();
 
@@ -697,23 +668,13 @@ fn netctl_gives_up_on_a_daemon_that_does_not_answer() {
     drop(held);
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
 /// Open `streams` WatchEvents calls on one raw connection, ignoring the
 /// server's limit; return once the server has answered each (response
 /// headers for the admitted ones, RST_STREAM for the rest).
 fn open_watch_streams(sock: &Path, streams: u32) -> UnixStream {
     let mut s = UnixStream::connect(sock).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let mut out = PREFACE.to_vec();
     frame(&mut out, 0x4, 0, 0, &[]);
     frame(&mut out, 0x4, 0x1, 0, &[]);
     watch_events_calls(&mut out, streams);
