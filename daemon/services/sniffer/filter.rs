@@ -734,7 +734,7 @@ mod agree {
 /// kernel program keeps everything user space keeps, and agrees exactly
 /// outside the documented cases where it leaves the decision to user space.
 #[cfg(test)]
-mod fuzz {
+pub(super) mod fuzz {
     use super::agree::{eth, run};
     use super::*;
     use crate::services::sniffer::decode::decode;
@@ -933,8 +933,9 @@ mod fuzz {
             })
     }
 
-    /// A frame, then perhaps cut short, padded, or with bytes overwritten.
-    pub(super) fn frame() -> impl Strategy<Value = Vec<u8>> {
+    /// A frame, then perhaps cut short, padded, or with bytes overwritten
+    /// (also the decoder's `fuzz_decode_*` input).
+    pub(in crate::services::sniffer) fn frame() -> impl Strategy<Value = Vec<u8>> {
         let base = prop_oneof![
             4 => ipv4(),
             4 => ipv6(),
