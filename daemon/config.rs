@@ -1362,7 +1362,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(crate::fuzz_support::config(256))]
+        #![proptest_config(crate::fuzz_support::config(1024))]
 
         #[test]
         fn fuzz_config_arbitrary_text(text in any::<String>()) {
