@@ -25,7 +25,10 @@
 //! except in two places where it accepts more and leaves the decision to
 //! user space: an IPv6 packet whose first next header is an extension
 //! header (the BPF program does not walk the chain), and an IPv4 packet
-//! whose lengths are inconsistent (BPF checks IHL >= 5 only).
+//! whose lengths are inconsistent (BPF checks only IHL >= 5 for a protocol
+//! or port, and for a port that the total length reaches the ports; a
+//! `host` filter reads the addresses wherever the frame has them). The
+//! `fuzz_filter_*` tests check this on generated frames.
 
 use std::net::IpAddr;
 
