@@ -15,6 +15,8 @@ pub mod config;
 pub mod control;
 pub mod control_conn;
 pub mod events;
+#[cfg(test)]
+mod fuzz_support;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

@@ -449,3 +449,170 @@ fn http_from_config_with_token_file() {
             .contains("abc123")
     );
 }
+
+/// Generated raw HTTP/1 requests (random methods, targets, versions,
+/// headers, bodies, line endings, or plain bytes), each on its own
+/// connection, write side then shut: every answer netd gives is a
+/// well-formed status line (never a 500), it closes every connection
+/// within the deadline, and it still serves afterwards. 256 requests, or
+/// `PROPTEST_CASES` for a long run.
+#[test]
+fn fuzz_http_raw_requests_get_status_lines() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let netd = Netd::start("");
+    let addr = start_http(&netd, "h", &["--max-body", "4096"]);
+
+    let token = proptest::sample::select(
+        &[
+            "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "get", "G\0T", "", "PRI", "🦀",
+        ][..],
+    );
+    let target = prop_oneof![
+        proptest::sample::select(
+            &["/", "*", "/a?b=c&b=d", "/%zz?%", "//x?=&=", "http://h/p?q"][..]
+        )
+        .prop_map(String::from),
+        "/[ -~]{0,40}",
+        any::<String>(),
+    ];
+    let version = proptest::sample::select(
+        &[
+            "HTTP/1.1",
+            "HTTP/1.0",
+            "HTTP/2.0",
+            "HTTP/1.1x",
+            "",
+            "HTTP/9",
+        ][..],
+    );
+    let header = (
+        proptest::sample::select(
+            &[
+                "Host",
+                "Content-Length",
+                "Transfer-Encoding",
+                "Content-Type",
+                "Authorization",
+                "Connection",
+                "Expect",
+                "X-\u{e9}",
+                "",
+                " Host",
+            ][..],
+        ),
+        prop_oneof![
+            proptest::sample::select(
+                &[
+                    "0",
+                    "5",
+                    "-1",
+                    "99999999999999999999",
+                    "chunked",
+                    "close",
+                    "100-continue",
+                    "application/json",
+                    "Bearer x"
+                ][..]
+            )
+            .prop_map(String::from),
+            "[ -~]{0,20}",
+        ],
+    );
+    let body = prop_oneof![
+        Just(b"{\"a\":[1,2.5,null]}".to_vec()),
+        Just(b"5\r\nhello\r\n0\r\n\r\n".to_vec()),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    ];
+    let structured = (
+        token,
+        target,
+        version,
+        proptest::collection::vec(header, 0..5),
+        body,
+        any::<bool>(),
+    )
+        .prop_map(|(method, target, version, headers, body, crlf)| {
+            let eol = if crlf { "\r\n" } else { "\n" };
+            let mut r = format!("{method} {target} {version}{eol}").into_bytes();
+            for (k, v) in headers {
+                r.extend_from_slice(format!("{k}: {v}{eol}").as_bytes());
+            }
+            r.extend_from_slice(eol.as_bytes());
+            r.extend_from_slice(&body);
+            r
+        });
+    let request = prop_oneof![4 => structured, 1 => proptest::collection::vec(any::<u8>(), 0..128)];
+
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(256);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        // Each case is a connection to the daemon: do not persist seeds
+        // from here (tests/ has no source-parallel folder of its own).
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let answered = std::cell::Cell::new(0u32);
+    let result = runner.run(&request, |req| {
+        let mut conn = TcpStream::connect(addr).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        conn.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        conn.set_write_timeout(Some(Duration::from_secs(2))).ok();
+        // The server may answer and close before reading all of it.
+        let _ = conn.write_all(&req);
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            prop_assert!(
+                std::time::Instant::now() < deadline,
+                "connection still open after 10 s for {:?}",
+                String::from_utf8_lossy(&req)
+            );
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(TestCaseError::fail(e.to_string())),
+            }
+        }
+        if !got.is_empty() {
+            answered.set(answered.get() + 1);
+            let line = got.split(|&b| b == b'\n').next().unwrap_or_default();
+            let line = String::from_utf8_lossy(line);
+            let status = line
+                .strip_prefix("HTTP/1.1 ")
+                .or_else(|| line.strip_prefix("HTTP/1.0 "))
+                .and_then(|rest| rest.get(..3))
+                .and_then(|s| s.parse::<u16>().ok());
+            prop_assert!(
+                status.is_some_and(|s| (100..600).contains(&s) && s != 500),
+                "{:?} answered {:?}",
+                String::from_utf8_lossy(&req),
+                line
+            );
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    eprintln!("{} of {cases} generated requests answered", answered.get());
+    // Still serving.
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET /alive HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (head, _) = read_response(&mut conn);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}

@@ -261,3 +261,88 @@ pub fn flags_string(flags: u8) -> String {
     }
     s
 }
+
+/// Property tests (`fuzz_*`): any bytes, and generated frames cut short,
+/// padded or corrupted, decode without a panic (an out-of-bounds read is
+/// one) and keep the invariants the filter and the detectors rely on.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::services::sniffer::filter::fuzz::frame;
+    use proptest::prelude::*;
+
+    fn check(frame: &[u8]) -> Result<(), TestCaseError> {
+        let d = decode(frame);
+        prop_assert_eq!(d.len, frame.len());
+        if frame.len() < 14 {
+            prop_assert_eq!(d, Decoded::empty(frame.len()));
+        }
+        let ip = matches!(d.ethertype, 0x0800 | 0x86dd);
+        if !ip {
+            prop_assert!(d.src.is_none() && d.dst.is_none() && !d.malformed);
+            prop_assert_eq!(d.proto, Proto::Other);
+        }
+        // Malformed is never TCP or UDP (nor anything else).
+        if d.malformed {
+            prop_assert_eq!(d.proto, Proto::Other);
+            prop_assert!(!d.ports && !d.fragment);
+        }
+        // Ports only from a transport header: TCP or UDP, not a later
+        // fragment.
+        if d.ports {
+            prop_assert!(matches!(d.proto, Proto::Tcp | Proto::Udp));
+            prop_assert!(!d.fragment && !d.malformed);
+        } else {
+            prop_assert_eq!((d.src_port, d.dst_port), (0, 0));
+        }
+        if d.fragment {
+            prop_assert!(!d.ports && !d.tcp_split && d.tcp_flags == 0);
+        }
+        if d.tcp_split || d.tcp_flags != 0 {
+            prop_assert_eq!(d.proto, Proto::Tcp);
+        }
+        // Addresses are the frame's bytes.
+        match (d.ethertype, d.src, d.dst) {
+            (0x0800, Some(IpAddr::V4(s)), Some(IpAddr::V4(t))) => {
+                prop_assert_eq!(&s.octets()[..], &frame[26..30]);
+                prop_assert_eq!(&t.octets()[..], &frame[30..34]);
+            }
+            (0x86dd, Some(IpAddr::V6(s)), Some(IpAddr::V6(t))) => {
+                prop_assert_eq!(&s.octets()[..], &frame[22..38]);
+                prop_assert_eq!(&t.octets()[..], &frame[38..54]);
+            }
+            (_, None, None) => {}
+            other => prop_assert!(false, "addresses {:?}", other),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_support::config(2048))]
+
+        #[test]
+        fn fuzz_decode_arbitrary_bytes(frame in proptest::collection::vec(any::<u8>(), 0..128)) {
+            check(&frame)?;
+        }
+
+        #[test]
+        fn fuzz_decode_ip_ethertype_arbitrary_payload(
+            v6 in any::<bool>(),
+            body in proptest::collection::vec(any::<u8>(), 0..96),
+        ) {
+            let mut f = vec![0u8; 12];
+            f.extend_from_slice(if v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+            f.extend_from_slice(&body);
+            check(&f)?;
+        }
+
+        #[test]
+        fn fuzz_decode_generated_frames(frame in frame()) {
+            check(&frame)?;
+            // Every prefix too: a frame cut anywhere.
+            for cut in 0..frame.len() {
+                check(&frame[..cut])?;
+            }
+        }
+    }
+}

@@ -25,7 +25,10 @@
 //! except in two places where it accepts more and leaves the decision to
 //! user space: an IPv6 packet whose first next header is an extension
 //! header (the BPF program does not walk the chain), and an IPv4 packet
-//! whose lengths are inconsistent (BPF checks IHL >= 5 only).
+//! whose lengths are inconsistent (BPF checks only IHL >= 5 for a protocol
+//! or port, and for a port that the total length reaches the ports; a
+//! `host` filter reads the addresses wherever the frame has them). The
+//! `fuzz_filter_*` tests check this on generated frames.
 
 use std::net::IpAddr;
 
@@ -175,6 +178,15 @@ impl Filter {
             self.emit_tcp_or_udp(&mut a, 23);
             a.ld(BPF_H, 20);
             a.jset(0x1fff, "drop", ""); // not the first fragment: no ports
+            // The ports must lie within the IP total length: a tiny first
+            // fragment ends before them, and what follows in the frame is
+            // Ethernet padding, not ports.
+            a.ldx_ip4_hlen(14);
+            a.txa();
+            a.add(4);
+            a.tax();
+            a.ld(BPF_H, 16);
+            a.jge_x("", "drop");
             a.ldx_ip4_hlen(14);
             a.ld_ind(BPF_H, 14);
             a.jeq(port as u32, "accept", "");
@@ -293,6 +305,16 @@ impl Asm {
     fn txa(&mut self) {
         self.code.push((0x87, String::new(), String::new(), 0)); // MISC|TXA
     }
+    fn tax(&mut self) {
+        self.code.push((0x07, String::new(), String::new(), 0)); // MISC|TAX
+    }
+    fn add(&mut self, k: u32) {
+        self.code.push((0x04, String::new(), String::new(), k)); // ALU|ADD|K
+    }
+    /// Jump on A >= X.
+    fn jge_x(&mut self, jt: &str, jf: &str) {
+        self.code.push((0x3d, jt.into(), jf.into(), 0)); // JMP|JGE|X
+    }
     fn jset(&mut self, k: u32, jt: &str, jf: &str) {
         self.code.push((0x45, jt.into(), jf.into(), k));
     }
@@ -402,8 +424,8 @@ mod agree {
 
     /// A classic BPF interpreter for the instructions the assembler emits
     /// (with PACKET_HOST as the packet type). Out-of-bounds loads drop, as
-    /// in the kernel.
-    fn run(prog: &[libc::sock_filter], pkt: &[u8]) -> bool {
+    /// in the kernel. Also used by the `fuzz` tests below.
+    pub(super) fn run(prog: &[libc::sock_filter], pkt: &[u8]) -> bool {
         let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
         let load = |at: u32, size: u16| -> Option<u32> {
             if at == AD_PKTTYPE {
@@ -437,11 +459,14 @@ mod agree {
                     None => return false,
                 },
                 0x87 => a = x,
+                0x07 => x = a,
+                0x04 => a = a.wrapping_add(i.k),
                 0x05 => pc += i.k as usize,
-                0x15 | 0x35 | 0x45 => {
+                0x15 | 0x35 | 0x45 | 0x3d => {
                     let t = match i.code {
                         0x15 => a == i.k,
                         0x35 => a >= i.k,
+                        0x3d => a >= x,
                         _ => a & i.k != 0,
                     };
                     pc += if t { i.jt } else { i.jf } as usize;
@@ -452,7 +477,7 @@ mod agree {
         panic!("BPF program ran off its end")
     }
 
-    fn eth(ethertype: u16, ip: &[u8]) -> Vec<u8> {
+    pub(super) fn eth(ethertype: u16, ip: &[u8]) -> Vec<u8> {
         let mut f = vec![0u8; 12];
         f.extend_from_slice(&ethertype.to_be_bytes());
         f.extend_from_slice(ip);
@@ -538,6 +563,14 @@ mod agree {
             ("v4 udp first fragment", v4(5, 17, 0x2000, &first_frag)),
             ("v4 udp later fragment", v4(5, 17, 3, &[0u8; 24])),
             ("v4 tcp tiny first fragment", v4(5, 6, 0x2000, &v4_tiny)),
+            // Found by fuzz_filter_kernel_agrees_with_user_space: the
+            // ports are in the Ethernet padding after the IP total length;
+            // the kernel read them there and kept it for `port 4000`.
+            ("v4 udp first fragment ending before its ports, padded", {
+                let mut f = v4(5, 17, 0x2000, &u[..2]);
+                f.extend_from_slice(&u[..8]);
+                f
+            }),
             ("v4 tcp later fragment", v4(5, 6, 1, &[0u8; 12])),
             ("v4 ihl 4", v4(4, 6, 0, &tcp_syn(5555, 80))),
             ("v4 ihl 0", v4(0, 17, 0, &u)),
@@ -695,5 +728,301 @@ mod agree {
         let later = v4(5, 17, 3, &[0u8; 24]);
         assert!(Filter::parse("udp").unwrap().matches(&decode(&later)));
         assert!(!Filter::parse("port 53").unwrap().matches(&decode(&later)));
+    }
+}
+
+/// Property tests (`fuzz_*`): generated filter expressions never panic the
+/// parser or the assembler, and on generated frames (IPv4/IPv6, extension
+/// headers, fragments, TCP/UDP/ICMP, truncated, padded and corrupted) the
+/// kernel program keeps everything user space keeps, and agrees exactly
+/// outside the documented cases where it leaves the decision to user space.
+#[cfg(test)]
+pub(super) mod fuzz {
+    use super::agree::{eth, run};
+    use super::*;
+    use crate::services::sniffer::decode::decode;
+    use proptest::prelude::*;
+
+    /// Addresses and ports the frames use, so that filters hit them often.
+    const V4: [[u8; 4]; 3] = [[10, 0, 0, 1], [10, 0, 0, 2], [127, 0, 0, 1]];
+    const V6: [[u8; 16]; 2] = [
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+    ];
+    const PORTS: [u16; 4] = [0, 53, 80, 4000];
+
+    fn port() -> impl Strategy<Value = u16> {
+        prop_oneof![3 => proptest::sample::select(&PORTS[..]), 1 => any::<u16>()]
+    }
+
+    fn host() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::sample::select(&V4[..]).prop_map(|a| std::net::Ipv4Addr::from(a).to_string()),
+            proptest::sample::select(&V6[..]).prop_map(|a| std::net::Ipv6Addr::from(a).to_string()),
+            any::<[u8; 4]>().prop_map(|a| std::net::Ipv4Addr::from(a).to_string()),
+            any::<[u8; 16]>().prop_map(|a| std::net::Ipv6Addr::from(a).to_string()),
+        ]
+    }
+
+    /// A filter from the grammar: up to one term of each kind, in any order,
+    /// joined by `and` in any case.
+    fn filter_text() -> impl Strategy<Value = String> {
+        (
+            proptest::option::of(proptest::sample::select(&["tcp", "udp", "icmp", "TCP"][..])),
+            proptest::option::of(port()),
+            proptest::option::of(host()),
+            any::<u8>(),
+            proptest::sample::select(&["and", "AND", "And"][..]),
+        )
+            .prop_map(|(proto, port, host, order, and)| {
+                let mut terms: Vec<String> = Vec::new();
+                terms.extend(proto.map(String::from));
+                terms.extend(port.map(|p| format!("port {p}")));
+                terms.extend(host.map(|h| format!("host {h}")));
+                let n = terms.len().max(1);
+                terms.rotate_left(order as usize % n);
+                if order & 0x80 != 0 {
+                    terms.reverse();
+                }
+                terms.join(&format!(" {and} "))
+            })
+    }
+
+    /// Word soup from the filter's vocabulary and near misses: mostly
+    /// malformed filters.
+    fn malformed_text() -> impl Strategy<Value = String> {
+        let words = proptest::sample::select(
+            &[
+                "tcp",
+                "udp",
+                "icmp",
+                "port",
+                "host",
+                "and",
+                "or",
+                "not",
+                "53",
+                "65535",
+                "65536",
+                "-1",
+                "0x35",
+                "10.0.0.1",
+                "::1",
+                "300.1.1.1",
+                "::ffff:1.2.3.4",
+                "",
+                "\t",
+                "ßtcp",
+                "ﬀ",
+                "portport",
+            ][..],
+        );
+        proptest::collection::vec(words, 0..8).prop_map(|w| w.join(" "))
+    }
+
+    /// One IPv6 extension header of kind `kind`, `units` long (as its
+    /// length field counts), or a fragment header.
+    fn ext6(kind: u8, next: u8, units: u8, frag: u16) -> Vec<u8> {
+        let len = match kind {
+            51 => (units as usize + 2) * 4,
+            44 => 8,
+            _ => (units as usize + 1) * 8,
+        };
+        let mut h = vec![0u8; len];
+        h[0] = next;
+        h[1] = units;
+        if kind == 44 {
+            h[1] = 0;
+            h[2..4].copy_from_slice(&frag.to_be_bytes());
+        }
+        h
+    }
+
+    /// A transport header (or ICMP, or noise) with `data` bytes after it.
+    fn transport() -> impl Strategy<Value = (u8, Vec<u8>)> {
+        prop_oneof![
+            (port(), port(), 0u8..16, any::<u8>(), 0usize..16).prop_map(
+                |(s, d, doff, fl, data)| {
+                    let mut t = vec![0u8; 20 + data];
+                    t[0..2].copy_from_slice(&s.to_be_bytes());
+                    t[2..4].copy_from_slice(&d.to_be_bytes());
+                    t[12] = if doff >= 12 { 5 << 4 } else { doff << 4 };
+                    t[13] = fl;
+                    (6u8, t)
+                }
+            ),
+            (port(), port(), 0usize..16).prop_map(|(s, d, data)| {
+                let mut u = vec![0u8; 8 + data];
+                u[0..2].copy_from_slice(&s.to_be_bytes());
+                u[2..4].copy_from_slice(&d.to_be_bytes());
+                u[4..6].copy_from_slice(&((8 + data) as u16).to_be_bytes());
+                (17u8, u)
+            }),
+            Just((1u8, vec![8, 0, 0, 0, 0, 0, 0, 0])),
+            Just((58u8, vec![128, 0, 0, 0, 0, 0, 0, 0])),
+            (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..24)),
+        ]
+    }
+
+    /// IPv4: header length, fragment field, addresses, the total length
+    /// right or not.
+    fn ipv4() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop_oneof![4 => Just(5u8), 1 => 0u8..16],
+            prop_oneof![3 => Just(0u16), 1 => Just(0x2000u16), 1 => Just(0x4000u16), 1 => any::<u16>()],
+            proptest::sample::select(&V4[..]),
+            proptest::sample::select(&V4[..]),
+            transport(),
+            // The total length: right, a little short, or anything.
+            (0u8..4, 0u16..24, any::<u16>()),
+            prop_oneof![9 => Just(4u8), 1 => 0u8..16],
+        )
+            .prop_map(|(ihl, frag, src, dst, (proto, payload), total, version)| {
+                let hl = ihl as usize * 4;
+                let mut p = vec![0u8; hl.max(20)];
+                p[0] = version << 4 | ihl;
+                let right = (hl.max(20) + payload.len()) as u16;
+                let total = match total {
+                    (0 | 1, _, _) => right,
+                    (2, short, _) => right.saturating_sub(short),
+                    (_, _, any) => any,
+                };
+                p[2..4].copy_from_slice(&total.to_be_bytes());
+                p[6..8].copy_from_slice(&frag.to_be_bytes());
+                p[8] = 64;
+                p[9] = proto;
+                p[12..16].copy_from_slice(&src);
+                p[16..20].copy_from_slice(&dst);
+                p.extend_from_slice(&payload);
+                eth(0x0800, &p)
+            })
+    }
+
+    /// IPv6 with a chain of extension headers (some fragment headers, first
+    /// or later), the payload length right, 0 (jumbo) or anything.
+    fn ipv6() -> impl Strategy<Value = Vec<u8>> {
+        let ext = (
+            proptest::sample::select(&[0u8, 43, 44, 51, 60][..]),
+            0u8..3,
+            prop_oneof![Just(0u16), Just(1u16), any::<u16>()],
+        );
+        (
+            proptest::collection::vec(ext, 0..11),
+            proptest::sample::select(&V6[..]),
+            proptest::sample::select(&V6[..]),
+            transport(),
+            prop_oneof![8 => Just(None), 1 => Just(Some(0u16)), 1 => any::<u16>().prop_map(Some)],
+            prop_oneof![9 => Just(6u8), 1 => 0u8..16],
+        )
+            .prop_map(|(exts, src, dst, (proto, payload), plen, version)| {
+                let mut body = payload;
+                let mut next = proto;
+                for &(kind, units, frag) in exts.iter().rev() {
+                    let mut h = ext6(kind, next, units, frag);
+                    h.extend_from_slice(&body);
+                    body = h;
+                    next = kind;
+                }
+                let mut p = vec![0u8; 40];
+                p[0] = version << 4;
+                let len = plen.unwrap_or(body.len() as u16);
+                p[4..6].copy_from_slice(&len.to_be_bytes());
+                p[6] = next;
+                p[7] = 64;
+                p[8..24].copy_from_slice(&src);
+                p[24..40].copy_from_slice(&dst);
+                p.extend_from_slice(&body);
+                eth(0x86dd, &p)
+            })
+    }
+
+    /// A frame, then perhaps cut short, padded, or with bytes overwritten
+    /// (also the decoder's `fuzz_decode_*` input).
+    pub(in crate::services::sniffer) fn frame() -> impl Strategy<Value = Vec<u8>> {
+        let base = prop_oneof![
+            4 => ipv4(),
+            4 => ipv6(),
+            1 => (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..64))
+                .prop_map(|(t, b)| eth(t, &b)),
+        ];
+        (
+            base,
+            proptest::option::of(any::<prop::sample::Index>()),
+            proptest::option::of(0usize..32),
+            proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        )
+            .prop_map(|(mut f, cut, pad, flips)| {
+                for (at, b) in flips {
+                    let i = at.index(f.len());
+                    f[i] = b;
+                }
+                if let Some(cut) = cut {
+                    f.truncate(cut.index(f.len() + 1));
+                }
+                if let Some(pad) = pad {
+                    f.resize(f.len() + pad, 0x35);
+                }
+                f
+            })
+    }
+
+    proptest! {
+        #![proptest_config(crate::fuzz_support::config(1024))]
+
+        #[test]
+        fn fuzz_filter_parse_never_panics(text in prop_oneof![
+            filter_text(), malformed_text(), any::<String>()
+        ]) {
+            if let Ok(f) = Filter::parse(&text) {
+                for dedup in [true, false] {
+                    let prog = f.to_bpf(dedup);
+                    prop_assert!(!prog.is_empty() && prog.len() < 256);
+                    prop_assert_eq!(prog.last().map(|i| i.code), Some(0x06));
+                }
+            }
+        }
+
+        #[test]
+        fn fuzz_filter_grammar_parses(text in filter_text()) {
+            let lower = text.to_ascii_lowercase();
+            let icmp_port = lower.contains("icmp") && lower.contains("port");
+            prop_assert_eq!(Filter::parse(&text).is_ok(), !icmp_port, "{:?}", text);
+        }
+
+        #[test]
+        fn fuzz_filter_kernel_agrees_with_user_space(
+            text in filter_text(),
+            frames in proptest::collection::vec(frame(), 1..16),
+            dedup in any::<bool>(),
+        ) {
+            // `icmp and port N` is refused: nothing to compare.
+            let Ok(f) = Filter::parse(&text) else { return Ok(()) };
+            let prog = f.to_bpf(dedup);
+            for frame in &frames {
+                // An Ethernet packet socket never delivers less than the
+                // 14-byte header.
+                if frame.len() < 14 {
+                    continue;
+                }
+                let d = decode(frame);
+                let user = f.matches(&d);
+                let kernel = run(&prog, frame);
+                prop_assert!(
+                    kernel || !user,
+                    "{:?}: kernel drops what user space keeps: {:02x?} {:?}", text, frame, d
+                );
+                let ext6 =
+                    frame[12..14] == [0x86, 0xdd] && frame.get(20).is_some_and(|&n| EXT_HEADERS.contains(&(n as u32)));
+                let ihl_ok = frame[12..14] != [0x08, 0x00] || frame.get(14).is_some_and(|&b| b & 0x0f >= 5);
+                // The program checks IHL only for a protocol or a port; a
+                // `host` filter reads the addresses wherever the frame
+                // has them (a cut IPv4 header included).
+                let ihl_checked = f.proto.is_some() || f.port.is_some();
+                let left_to_user_space = ext6 || (d.malformed && (ihl_ok || !ihl_checked));
+                if !left_to_user_space {
+                    prop_assert_eq!(kernel, user, "{:?} on {:02x?}: {:?}", text, frame, d);
+                }
+            }
+        }
     }
 }
