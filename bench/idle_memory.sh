@@ -19,6 +19,7 @@ cd "$(dirname "$0")/.."
 N=${N:-1000}
 ROUNDS=${ROUNDS:-5}
 SIZES=${SIZES:-"1 12288"}
+BATCH=${BATCH:-1}
 
 command -v haproxy >/dev/null || {
   export DEBIAN_FRONTEND=noninteractive
@@ -43,7 +44,7 @@ wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/n
 # 120 s).
 cat > "$work/hold.py" <<'PY'
 import select, socket, sys
-port, n, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+port, n, size, burst = (int(a) for a in sys.argv[1:5])
 msg = b"x" * size
 def exchange():
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -59,7 +60,24 @@ def exchange():
 exchange().close()  # warm-up
 print("warm", flush=True)
 sys.stdin.readline()
-held = [exchange() for _ in range(n)]
+held = []
+while len(held) < n:
+    # BATCH connections at once: all connect and send, then all read back.
+    batch = []
+    for _ in range(min(burst, n - len(held))):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        batch.append(s)
+    for s in batch:
+        s.sendall(msg)
+    for s in batch:
+        got = 0
+        while got < size:
+            b = s.recv(65536)
+            if not b:
+                raise SystemExit(f"connection closed after {got} of {size} bytes")
+            got += len(b)
+    held += batch
 print(f"ready {len(held)}", flush=True)
 select.select([sys.stdin], [], [], 120)
 PY
@@ -69,7 +87,7 @@ printf '[log]\nlevel = "warn"\n' > "$work/quiet.toml"
 # bytes per connection on PID's listener at PORT, MSG bytes exchanged each
 measure() { # pid port msg
   local before after line
-  coproc HOLD { python3 "$work/hold.py" "$2" "$N" "$3"; }
+  coproc HOLD { python3 "$work/hold.py" "$2" "$N" "$3" "$BATCH"; }
   read -r line <&"${HOLD[0]}"
   [ "$line" = warm ] || { echo "warm-up failed: '$line'" >&2; exit 1; }
   sleep 0.5
