@@ -283,6 +283,16 @@ impl ListenerCollector {
             "Alerts raised by the detectors.",
             true,
         );
+        let mut sniff_fragments = Family::new(
+            "netd_sniffer_fragments",
+            "Captured IPv4/IPv6 fragments after the first (no transport header).",
+            true,
+        );
+        let mut sniff_malformed = Family::new(
+            "netd_sniffer_malformed",
+            "Captured packets with a malformed IP header.",
+            true,
+        );
         let mut udp_drops = Family::new(
             "netd_udp_echo_drops",
             "Datagrams a UDP echo received but did not answer, by reason (own_source, reflector_source, rate_limited) or dropped by the kernel (kernel).",
@@ -360,6 +370,8 @@ impl ListenerCollector {
                     }
                     sniff_drops.series.push((base.clone(), f.kernel_drops));
                     sniff_alerts.series.push((base.clone(), f.alerts));
+                    sniff_fragments.series.push((base.clone(), f.fragments));
+                    sniff_malformed.series.push((base.clone(), f.malformed));
                 }
                 Some(Detail::UdpEcho(u)) => {
                     for (reason, v) in [
@@ -390,6 +402,8 @@ impl ListenerCollector {
             &sniff_bytes,
             &sniff_drops,
             &sniff_alerts,
+            &sniff_fragments,
+            &sniff_malformed,
             &udp_drops,
             &udp_truncated,
             &udp_sources,

@@ -287,8 +287,10 @@ fn heap_goes_back_to_the_os_after_a_connection_burst() {
         s.read_exact(&mut back).unwrap();
     }
     let peak = rss_kb(netd.pid());
+    // Idle echo connections hold no buffer (~1.5 KB each in release), so
+    // 2,000 of them add about 3 MB.
     assert!(
-        peak > before + 4096,
+        peak > before + 2048,
         "{N} connections should grow netd by megabytes: {before} kB -> {peak} kB"
     );
     drop(conns);

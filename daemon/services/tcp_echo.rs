@@ -2,15 +2,30 @@
 //! behind a prefix per chunk, until the client closes.
 //!
 //! Bounds: `max_connections` concurrent clients (the rest are accepted and
-//! closed at once, counted as refused), a 16 KiB buffer per connection, and
-//! an idle timeout that closes clients silent in both directions.
+//! closed at once, counted as refused), a 16 KiB read buffer per connection
+//! *while data is in flight* (none while idle), and an idle timeout that
+//! closes clients silent in both directions.
+//!
+//! Memory: a connection waits for readability without a buffer and borrows
+//! one only to read, echo and give it back. Measured with
+//! `bench/idle_memory.sh` (1,000 connections, each exchanging a message and
+//! then idle; fresh daemon per round, median of 5): a 16 KiB buffer held for
+//! the connection's life cost 13.8 KB (1 B message) to 17.9 KB (12 KB
+//! message) of RSS per idle connection; borrowing it leaves ~1.5 KB (the
+//! task, whose future is ~560 bytes in a debug build, and the socket's
+//! registration), with connections arriving one by one and 100 at a time.
+//! Plain malloc/free per exchange measured the same as the free list used
+//! here (1.54 against 1.55 KB); the free list ([`EchoBuf`], at most
+//! `FREE_PER_THREAD` buffers per thread, ~280 KiB) is kept because a reused buffer needs no 17 KiB
+//! zeroing per exchange (`vec![0; n]` on recycled heap is a memset) and its
+//! pages stay the same few instead of wandering through the heap.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -20,10 +35,43 @@ use super::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ServiceCtx, SpecError
 use crate::proto;
 use crate::stats::Stats;
 
-/// Read buffer per connection.
+/// Read buffer per connection, borrowed only while data is in flight.
 const BUF_SIZE: usize = 16 * 1024;
 /// Longest prefix accepted, so a reply chunk stays bounded.
 pub const MAX_PREFIX: usize = 1024;
+/// Free buffers kept per thread (17 KiB each): enough for the exchanges
+/// one worker has in flight at once in the common case; beyond it a buffer
+/// goes back to the allocator.
+const FREE_PER_THREAD: usize = 16;
+
+thread_local! {
+    static FREE: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A read buffer (room for the longest prefix and one read) borrowed from
+/// this thread's free list, or allocated when the list is empty; returned
+/// to the list of the thread that drops it.
+struct EchoBuf(Box<[u8]>);
+
+impl EchoBuf {
+    fn take() -> Self {
+        let reused = FREE.with(|f| f.borrow_mut().pop());
+        EchoBuf(reused.unwrap_or_else(|| vec![0u8; MAX_PREFIX + BUF_SIZE].into_boxed_slice()))
+    }
+}
+
+impl Drop for EchoBuf {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        // try_with: during thread teardown the list may be gone already.
+        let _ = FREE.try_with(|f| {
+            let mut f = f.borrow_mut();
+            if f.len() < FREE_PER_THREAD {
+                f.push(buf);
+            }
+        });
+    }
+}
 
 #[derive(Debug)]
 pub struct TcpEcho {
@@ -93,8 +141,6 @@ impl Conn {
     /// connections; says which.
     async fn echo(&self, mut stream: TcpStream) -> io::Result<&'static str> {
         let p = self.prefix.len();
-        let mut buf = vec![0u8; p + BUF_SIZE];
-        buf[..p].copy_from_slice(&self.prefix);
         let mut closed = super::CancelWatch::new(&self.close);
         // One timer per connection, re-armed only when it fires: each read
         // and write just notes the time.
@@ -102,9 +148,10 @@ impl Conn {
         let idle = tokio::time::sleep_until(last + self.idle);
         tokio::pin!(idle);
         loop {
-            let n = tokio::select! {
+            // Wait without a buffer: an idle connection holds none.
+            tokio::select! {
                 _ = closed.cancelled() => return Ok("closed by netd"),
-                r = stream.read(&mut buf[p..]) => r?,
+                r = stream.readable() => r?,
                 _ = &mut idle => {
                     if super::idle_expired(idle.as_mut(), last, self.idle) {
                         return Ok("idle timeout");
@@ -112,12 +159,31 @@ impl Conn {
                     continue;
                 }
             };
+            let mut held = EchoBuf::take();
+            let buf = &mut held.0[..p + BUF_SIZE];
+            // One poll_read rather than try_read: on a short read tokio
+            // marks the socket drained, which saves the recv that would
+            // only return EAGAIN. Pending (a spurious wake-up) goes back to
+            // waiting and returns the buffer.
+            let mut rb = ReadBuf::new(&mut buf[p..]);
+            let polled = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(std::pin::Pin::new(&mut stream).poll_read(cx, &mut rb))
+            })
+            .await;
+            let n = match polled {
+                std::task::Poll::Ready(r) => {
+                    r?;
+                    rb.filled().len()
+                }
+                std::task::Poll::Pending => continue,
+            };
             last = Instant::now();
             if n == 0 {
                 // The client finished sending and everything is echoed.
                 let _ = stream.shutdown().await;
                 return Ok("client closed");
             }
+            buf[..p].copy_from_slice(&self.prefix);
             Stats::add(&self.stats.bytes_in, n as u64);
             let mut write = std::pin::pin!(stream.write_all(&buf[..p + n]));
             loop {

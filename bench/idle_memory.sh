@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Resident memory per idle connection: netd's TCP echo, and netd's TCP proxy
+# against HAProxy (Debian's haproxy, mode tcp) in front of the same upstream.
+# Loopback only, bounded (ROUNDS × message sizes × N connections).
+#
+# Method, per round and per message size: a fresh daemon (so no freed heap
+# from an earlier round is waiting to be reused), one warm-up exchange, VmRSS;
+# then N clients connect one after the other, each sends MSG bytes, reads
+# them all back and stays open, idle; one second later VmRSS again. The
+# figure is (after - before) / N; the table shows the median of the rounds
+# (min-max beside it). Because each connection has exchanged a typical
+# message before going idle, whatever it keeps (task, buffers, buffers
+# freed but stranded in the allocator) is counted; a buffer returned and
+# reused by the next connection is not.
+#
+# BATCH=100 opens the connections 100 at a time instead, so many exchanges
+# are in flight together: what that adds over one-by-one is memory freed
+# during the burst but kept by the allocator (glibc arenas), not a cost
+# each idle connection holds.
+#
+#   bench/idle_memory.sh        # N=1000 ROUNDS=5 SIZES="1 12288" BATCH=1 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-1000}
+ROUNDS=${ROUNDS:-5}
+SIZES=${SIZES:-"1 12288"}
+BATCH=${BATCH:-1}
+
+command -v haproxy >/dev/null || {
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q && apt-get install -y -q haproxy
+}
+cargo build -q --release --bin netd --bin netctl
+NETD=$PWD/target/release/netd
+NETCTL=$PWD/target/release/netctl
+ulimit -n "$(ulimit -Hn)"
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
+
+# The clients: python, one connection at a time (connect, send MSG, read MSG
+# back), then "ready" and hold everything open until stdin closes (at most
+# 120 s).
+cat > "$work/hold.py" <<'PY'
+import select, socket, sys
+port, n, size, burst = (int(a) for a in sys.argv[1:5])
+msg = b"x" * size
+def exchange():
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(msg)
+    got = 0
+    while got < size:
+        b = s.recv(65536)
+        if not b:
+            raise SystemExit(f"connection closed after {got} of {size} bytes")
+        got += len(b)
+    return s
+exchange().close()  # warm-up
+print("warm", flush=True)
+sys.stdin.readline()
+held = []
+while len(held) < n:
+    # BATCH connections at once: all connect and send, then all read back.
+    batch = []
+    for _ in range(min(burst, n - len(held))):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        batch.append(s)
+    for s in batch:
+        s.sendall(msg)
+    for s in batch:
+        got = 0
+        while got < size:
+            b = s.recv(65536)
+            if not b:
+                raise SystemExit(f"connection closed after {got} of {size} bytes")
+            got += len(b)
+    held += batch
+print(f"ready {len(held)}", flush=True)
+select.select([sys.stdin], [], [], 120)
+PY
+
+printf '[log]\nlevel = "warn"\n' > "$work/quiet.toml"
+
+# bytes per connection on PID's listener at PORT, MSG bytes exchanged each
+measure() { # pid port msg
+  local before after line
+  coproc HOLD { python3 "$work/hold.py" "$2" "$N" "$3" "$BATCH"; }
+  read -r line <&"${HOLD[0]}"
+  [ "$line" = warm ] || { echo "warm-up failed: '$line'" >&2; exit 1; }
+  sleep 0.5
+  before=$(rss_kb "$1")
+  echo go >&"${HOLD[1]}"
+  read -r line <&"${HOLD[0]}"
+  [ "$line" = "ready $N" ] || { echo "only got '$line' of $N idle connections" >&2; exit 1; }
+  sleep 1
+  after=$(rss_kb "$1")
+  exec {HOLD[1]}>&-
+  wait "$HOLD_PID" 2>/dev/null || true
+  echo $(( (after - before) * 1024 / N ))
+}
+
+start_netd() { # name -> pid; control socket at $work/name.sock
+  rm -f "$work/$1.sock"
+  NETD_CONTROL="unix:$work/$1.sock" "$NETD" --config "$work/quiet.toml" >/dev/null 2>&1 &
+  echo $!
+}
+
+# The proxies' upstream: a netd TCP echo of its own, kept for the whole run.
+UP_PID=$(start_netd up); pids+=("$UP_PID"); wait_sock "$work/up.sock"
+UP=$(free_port)
+"$NETCTL" --control "unix:$work/up.sock" start tcp-echo up --listen "127.0.0.1:$UP" --max-connections 100000 >/dev/null
+
+declare -A res
+for size in $SIZES; do
+  for round in $(seq "$ROUNDS"); do
+    # netd TCP echo
+    pid=$(start_netd echo); wait_sock "$work/echo.sock"; port=$(free_port)
+    "$NETCTL" --control "unix:$work/echo.sock" start tcp-echo e --listen "127.0.0.1:$port" --max-connections 100000 >/dev/null
+    res[echo,$size]+="$(measure "$pid" "$port" "$size") "
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    # netd proxy
+    pid=$(start_netd px); wait_sock "$work/px.sock"; port=$(free_port)
+    "$NETCTL" --control "unix:$work/px.sock" start proxy p --listen "127.0.0.1:$port" --upstream "127.0.0.1:$UP" --max-connections 100000 >/dev/null
+    res[proxy,$size]+="$(measure "$pid" "$port" "$size") "
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    # HAProxy, configured as in bench/proxy_bench.sh
+    port=$(free_port)
+    cat > "$work/haproxy.cfg" <<CFG
+global
+  maxconn $((N * 2 + 100))
+  nbthread $(nproc)
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 5m
+  timeout server 5m
+frontend fe
+  bind 127.0.0.1:$port
+  default_backend be
+backend be
+  server s1 127.0.0.1:$UP
+CFG
+    haproxy -f "$work/haproxy.cfg" -db 2>"$work/haproxy.log" & pid=$!
+    wait_port "$port"
+    res[haproxy,$size]+="$(measure "$pid" "$port" "$size") "
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    echo "msg ${size} B, round $round: echo/proxy/haproxy so far: ${res[echo,$size]}| ${res[proxy,$size]}| ${res[haproxy,$size]}" >&2
+  done
+done
+
+args=()
+for size in $SIZES; do args+=("$size" "${res[echo,$size]}" "${res[proxy,$size]}" "${res[haproxy,$size]}"); done
+python3 - "$N" "$ROUNDS" "$BATCH" "${args[@]}" <<'PY'
+import statistics, sys
+n, rounds, batch, rest = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+def cell(s):
+    v = [int(x) for x in s.split()]
+    return f"{statistics.median(v):.0f} ({min(v)}-{max(v)})"
+how = "one by one" if batch == 1 else f"{batch} at a time (all connect and send, then all read)"
+print(f"RSS per idle connection, bytes: {n} connections opened {how} on a fresh daemon,")
+print(f"each exchanging one message then idle; median of {rounds} rounds (min-max)")
+print("| message | netd TCP echo, per connection | netd proxy, per proxied pair | HAProxy 2.6, per proxied pair | netd/HAProxy |")
+print("| --- | --- | --- | --- | --- |")
+for i in range(0, len(rest), 4):
+    size, e, p, h = rest[i:i + 4]
+    mp = statistics.median(int(x) for x in p.split())
+    mh = statistics.median(int(x) for x in h.split())
+    print(f"| {int(size):,} B | {cell(e)} | {cell(p)} | {cell(h)} | {mp / mh:.2f} |")
+PY
