@@ -22,8 +22,9 @@
 # of the middle third (the first third is warm-up). FAIL if
 #   last > middle * (1 + TOL) + SLACK
 # with RSS: 10% + 4 MiB, fds: 10% + 16, threads: 0% + 2, active connections:
-# 25% + 16 (the load runs 3 s past the last sample). Also FAIL if, 5 s after the load stops, connections_active is
-# not 0 or fds are more than 16 above the first sample (not released).
+# 25% + 16 (the load runs 3 s past the last sample). Also FAIL if, 5 s after
+# the load stops, connections_active is not 0 or fds are more than 16 above
+# the first sample (not released).
 # Exits 1 on FAIL.
 #
 #   bench/soak.sh               # DURATION=600 SCALE=1
@@ -156,12 +157,13 @@ echo "soak: ${DURATION}s, scale $SCALE, netd pid $NETD_PID in netns $NS" >&2
 ip netns exec "$NS" timeout "$LIMIT" "$LOAD" --tcp 127.0.0.1:7001 --udp 127.0.0.1:7002 --proxy 127.0.0.1:7003 \
   --http 127.0.0.1:7004 --secs "$((DURATION + 3))" --scale "$SCALE" > "$work/load.json" & LOAD_PID=$!; pids+=($LOAD_PID)
 : > "$work/samples"
+t0=$(date +%s.%N)
 for t in $(seq "$DURATION"); do
-  next=$(date +%s.%N)
   echo "$t $(sample)" >> "$work/samples"
   [ $((t % 60)) -eq 0 ] && echo "  ${t}s: rss_kb fds threads active = $(tail -1 "$work/samples" | cut -d' ' -f2-)" >&2
   kill -0 "$NETD_PID" 2>/dev/null || { echo "netd died" >&2; cat "$work/netd.log" >&2; exit 1; }
-  sleep "$(python3 -c "import sys,time; print(max(0.0, float(sys.argv[1]) + 1 - time.time()))" "$next")"
+  # sleep until t0 + t, so sampling does not drift behind the load
+  sleep "$(python3 -c "import sys,time; print(max(0.0, float(sys.argv[1]) + int(sys.argv[2]) - time.time()))" "$t0" "$t")"
 done
 wait "$LOAD_PID" || true
 sleep 5
@@ -170,6 +172,8 @@ AFTER=$(sample)
 echo "bench/soak.sh --duration $DURATION   (netd: tcp-echo, udp-echo, proxy, http, sniffer on lo; 5 stalled/slow watchers)"
 echo "load: $(cat "$work/load.json" 2>/dev/null || echo '(no summary)')"
 echo "watcher errors: $(cat "$work/watchers.log" 2>/dev/null | wc -l) lines; netd warnings: $(wc -l < "$work/netd.log") lines"
+sed 's/^/  watcher: /' "$work/watchers.log" 2>/dev/null | sort | uniq -c | head -5 || true
+sed 's/^/  netd: /' "$work/netd.log" | head -5
 python3 - "$work/samples" "$AFTER" <<'PY'
 import statistics, sys
 rows = [list(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()]
