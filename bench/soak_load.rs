@@ -136,7 +136,7 @@ async fn udp_worker(run: Arc<Run>, addr: SocketAddr, seed: u64, pace: Duration) 
     while run.next() {
         tick.tick().await;
         let len = 1 + rng.below(1400) as usize;
-        let ok = sock.send_to(&buf[..len].to_vec(), addr).await.is_ok()
+        let ok = sock.send_to(&buf[..len], addr).await.is_ok()
             && matches!(
                 tokio::time::timeout(Duration::from_millis(500), sock.recv(&mut buf)).await,
                 Ok(Ok(n)) if n == len
@@ -169,7 +169,10 @@ async fn http1_worker(run: Arc<Run>, base: String, seed: u64, pace: Duration) {
                 .send()
                 .await
         } else {
-            let body = format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(rng.below(4096) as usize));
+            let body = format!(
+                "{{\"n\":{n},\"pad\":\"{}\"}}",
+                "x".repeat(rng.below(4096) as usize)
+            );
             client.post(format!("{base}/items")).body(body).send().await
         };
         let ok = match res {
@@ -206,7 +209,10 @@ async fn h2_worker(run: Arc<Run>, base: String, seed: u64, pace: Duration) {
             let req = if i % 2 == 0 {
                 client.get(format!("{base}/h2/{n}/{i}")).send()
             } else {
-                client.post(format!("{base}/items")).body(format!("[{n},{i}]")).send()
+                client
+                    .post(format!("{base}/items"))
+                    .body(format!("[{n},{i}]"))
+                    .send()
             };
             let abandon = rng.below(25) == 0;
             reqs.push(async move {
@@ -221,7 +227,11 @@ async fn h2_worker(run: Arc<Run>, base: String, seed: u64, pace: Duration) {
                 })
             });
         }
-        for ok in futures_util::future::join_all(reqs).await.into_iter().flatten() {
+        for ok in futures_util::future::join_all(reqs)
+            .await
+            .into_iter()
+            .flatten()
+        {
             run.record(4, ok);
         }
     }
@@ -230,13 +240,22 @@ async fn h2_worker(run: Arc<Run>, base: String, seed: u64, pace: Duration) {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: soak_load --tcp A --udp A --proxy A --http A [--secs S] [--scale K] [--max-ops N]";
+    let usage =
+        "usage: soak_load --tcp A --udp A --proxy A --http A [--secs S] [--scale K] [--max-ops N]";
     let addr = |flag: &str| -> SocketAddr {
         let a: SocketAddr = arg(&args, flag).expect(usage);
-        assert!(a.ip().is_loopback(), "soak_load only targets loopback addresses");
+        assert!(
+            a.ip().is_loopback(),
+            "soak_load only targets loopback addresses"
+        );
         a
     };
-    let (tcp, udp, proxy, http) = (addr("--tcp"), addr("--udp"), addr("--proxy"), addr("--http"));
+    let (tcp, udp, proxy, http) = (
+        addr("--tcp"),
+        addr("--udp"),
+        addr("--proxy"),
+        addr("--http"),
+    );
     let secs: u64 = arg(&args, "--secs").unwrap_or(600);
     let scale: u64 = arg(&args, "--scale").unwrap_or(1).max(1);
     let run = Arc::new(Run {
@@ -252,13 +271,35 @@ async fn main() {
     // of each kind. At scale 1: ~200 TCP sessions/s, 400 datagrams/s, 200
     // proxied sessions/s, 200 HTTP/1 requests/s, ~450 HTTP/2 streams/s.
     for w in 0..4 * scale {
-        tasks.push(tokio::spawn(tcp_worker(run.clone(), 0, tcp, 11 + w, ms(20))));
-        tasks.push(tokio::spawn(tcp_worker(run.clone(), 2, proxy, 13 + w, ms(20))));
+        tasks.push(tokio::spawn(tcp_worker(
+            run.clone(),
+            0,
+            tcp,
+            11 + w,
+            ms(20),
+        )));
+        tasks.push(tokio::spawn(tcp_worker(
+            run.clone(),
+            2,
+            proxy,
+            13 + w,
+            ms(20),
+        )));
         tasks.push(tokio::spawn(udp_worker(run.clone(), udp, 17 + w, ms(10))));
-        tasks.push(tokio::spawn(http1_worker(run.clone(), base.clone(), 19 + w, ms(20))));
+        tasks.push(tokio::spawn(http1_worker(
+            run.clone(),
+            base.clone(),
+            19 + w,
+            ms(20),
+        )));
     }
     for w in 0..2 * scale {
-        tasks.push(tokio::spawn(h2_worker(run.clone(), base.clone(), 23 + w, ms(20))));
+        tasks.push(tokio::spawn(h2_worker(
+            run.clone(),
+            base.clone(),
+            23 + w,
+            ms(20),
+        )));
     }
     for _ in 0..8 {
         tasks.push(tokio::spawn(tcp_long(run.clone(), tcp)));
@@ -269,7 +310,13 @@ async fn main() {
     let fields: Vec<String> = KINDS
         .iter()
         .zip(run.counts.iter())
-        .map(|(k, (o, e))| format!("\"{k}\":{{\"ok\":{},\"errors\":{}}}", o.load(Relaxed), e.load(Relaxed)))
+        .map(|(k, (o, e))| {
+            format!(
+                "\"{k}\":{{\"ok\":{},\"errors\":{}}}",
+                o.load(Relaxed),
+                e.load(Relaxed)
+            )
+        })
         .collect();
     println!("{{{}}}", fields.join(","));
 }
