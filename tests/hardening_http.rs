@@ -7,12 +7,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
-use std::time::Duration;
 
 use bytes::Bytes;
-use common::h2raw::{PREFACE, frame, hpack, read_frame};
-use common::{DEADLINE, NETD, Netd, bound_addr, rss_kib, wait_until_async};
+use common::h2raw::{PREFACE, frame, handshake, hpack, read_frame};
+use common::{DEADLINE, Netd, bound_addr, rss_kib, wait_until_async};
 use netd::proto::{self, listener_spec::Kind};
 use tonic::Code;
 
@@ -184,15 +182,7 @@ fn h2_streams_beyond_max_streams_are_refused() {
     let addr = start_http(&netd, "web", &[]);
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut out = PREFACE.to_vec();
-    frame(&mut out, 0x4, 0, 0, &[]);
-    s.write_all(&out).unwrap();
-    let (kind, _, _, payload) = read_frame(&mut s).unwrap();
-    assert_eq!(kind, 0x4, "server SETTINGS first");
-    let max_streams = payload
-        .chunks(6)
-        .find(|c| c[..2] == [0, 3])
-        .map(|c| u32::from_be_bytes([c[2], c[3], c[4], c[5]]));
+    let max_streams = handshake(&mut s);
     assert_eq!(max_streams, Some(32), "SETTINGS_MAX_CONCURRENT_STREAMS");
 
     // 33 uploads whose bodies never come: each holds its stream open.
@@ -447,39 +437,18 @@ fn start_config(config: &str) -> (bool, String) {
 }
 
 fn run_netd(config: &str, args: &[&str]) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("netd.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(NETD)
-        .arg("--config")
-        .arg(&path)
-        .args(args)
-        .env(
-            "NETD_CONTROL",
-            format!("unix:{}", dir.path().join("s").display()),
-        )
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A netd that wrongly starts would run forever: bound the wait.
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return (true, "netd started and kept running".into());
+    // A netd that wrongly starts would run forever: the wait is bounded.
+    match common::netd_exit(config, args).0 {
+        None => (true, "netd started and kept running".into()),
+        Some(out) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.success(), text)
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 /// `--check-config` refuses what start would refuse or mis-run: two

@@ -7,10 +7,9 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, NETD, Netd, bound_addr, free_tcp_port};
+use common::{DEADLINE, Netd, bound_addr, free_tcp_port};
 
 /// A config with the metrics endpoint on `port` (plus `extra` lines in
 /// `[metrics]`) and a TCP echo listener `echo`.
@@ -200,45 +199,12 @@ fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 
 /// Run `netd --config <text> [args]` with a deadline; (success, stderr).
 fn run_netd(config: &str, args: &[&str]) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("netd.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(NETD)
-        .arg("--config")
-        .arg(&path)
-        .args(args)
-        .env(
-            "NETD_CONTROL",
-            format!("unix:{}", dir.path().join("s").display()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("netd {args:?} still running after {DEADLINE:?} with:\n{config}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (
-        status.success(),
-        err.replace(&format!("{}", path.display()), "netd.toml"),
-    )
+    let (out, path) = common::netd_exit(config, args);
+    let out = out.unwrap_or_else(|| {
+        panic!("netd {args:?} still running after {DEADLINE:?} with:\n{config}")
+    });
+    let err = String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), err.replace(&path, "netd.toml"))
 }
 
 #[test]

@@ -13,44 +13,19 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::h2raw::{PREFACE, frame, hpack, read_frame};
+use common::h2raw::{PREFACE, frame, handshake, hpack, read_frame};
 use common::{DEADLINE, NETCTL, NETD, Netd, rss_kib, wait_until};
 use netd::addr::ControlAddr;
 use netd::proto::{self, listener_spec::Kind};
 
 const NOBODY: u32 = 65534;
 
-/// Wait for a child with a deadline; kill it and panic if it is still
-/// running then (what the old code did in several of these tests).
-fn finish(mut child: Child, what: &str) -> Output {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "{what}: still running after {DEADLINE:?}; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn run(mut cmd: Command, what: &str) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    finish(child, what)
+fn run(cmd: Command, what: &str) -> Output {
+    common::output_within_deadline(cmd)
+        .unwrap_or_else(|| panic!("{what}: still running after {DEADLINE:?}"))
 }
 
 fn stderr(o: &Output) -> String {
@@ -481,17 +456,8 @@ fn streams_per_connection_are_capped() {
     };
     let mut s = UnixStream::connect(sock).unwrap();
     s.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut out = PREFACE.to_vec();
-    frame(&mut out, 0x4, 0, 0, &[]);
-    s.write_all(&out).unwrap();
-
     // netd announces the limit in its SETTINGS ...
-    let (kind, _, _, payload) = read_frame(&mut s).unwrap();
-    assert_eq!(kind, 0x4, "server SETTINGS first");
-    let max_streams = payload
-        .chunks(6)
-        .find(|c| c[..2] == [0, 3])
-        .map(|c| u32::from_be_bytes([c[2], c[3], c[4], c[5]]));
+    let max_streams = handshake(&mut s);
     assert_eq!(max_streams, Some(100), "SETTINGS_MAX_CONCURRENT_STREAMS");
 
     // ... and enforces it on a client that ignores it: 101 WatchEvents

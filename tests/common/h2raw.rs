@@ -37,3 +37,18 @@ pub fn read_frame(s: &mut impl Read) -> std::io::Result<(u8, u8, u32, Vec<u8>)> 
     s.read_exact(&mut p)?;
     Ok((h[3], h[4], stream, p))
 }
+
+/// Send the preface and an empty SETTINGS, read the server's SETTINGS and
+/// return its SETTINGS_MAX_CONCURRENT_STREAMS (`None` if not announced).
+/// Panics if the first frame back is not SETTINGS.
+pub fn handshake(s: &mut (impl Read + std::io::Write)) -> Option<u32> {
+    let mut out = PREFACE.to_vec();
+    frame(&mut out, 0x4, 0, 0, &[]);
+    s.write_all(&out).expect("write preface");
+    let (kind, _, _, payload) = read_frame(s).expect("server SETTINGS");
+    assert_eq!(kind, 0x4, "server SETTINGS first");
+    payload
+        .chunks(6)
+        .find(|c| c[..2] == [0, 3])
+        .map(|c| u32::from_be_bytes([c[2], c[3], c[4], c[5]]))
+}

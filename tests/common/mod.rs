@@ -449,3 +449,45 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .expect("VmRSS")
 }
+
+/// Run a command that should exit by itself (stdin closed, output
+/// captured): its output, or `None` when it was still running after
+/// [`DEADLINE`] (it is killed then), as a netd that wrongly starts would.
+pub fn output_within_deadline(mut cmd: Command) -> Option<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + DEADLINE;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(child.wait_with_output().expect("output"))
+}
+
+/// `netd --config <config> ARGS` with a control socket in a temporary
+/// directory, expected to exit by itself (a config error, --check-config):
+/// what [`output_within_deadline`] gives, and the config file's path (for
+/// messages that name it).
+pub fn netd_exit(config: &str, args: &[&str]) -> (Option<Output>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("netd.toml");
+    std::fs::write(&path, config).expect("write config");
+    let mut cmd = Command::new(NETD);
+    cmd.arg("--config")
+        .arg(&path)
+        .args(args)
+        .env(
+            "NETD_CONTROL",
+            format!("unix:{}", dir.path().join("s").display()),
+        )
+        .env_remove("NOTIFY_SOCKET");
+    (output_within_deadline(cmd), path.display().to_string())
+}
