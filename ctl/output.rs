@@ -215,6 +215,7 @@ pub fn listener_json(l: &proto::Listener) -> Value {
         "restarts": l.restarts,
         "last_error": l.last_error,
         "labels": l.labels,
+        "ephemeral": l.ephemeral,
         "spec": spec_json(&l.spec),
         "stats": stats_json(&l.stats.clone().unwrap_or_default()),
     })
@@ -290,10 +291,16 @@ pub fn list_table(listeners: &[proto::Listener]) {
                     s.connections_active, s.connections_total
                 ),
             };
+            let state = match l.state() {
+                proto::ListenerState::Draining => {
+                    format!("draining ({} left)", s.connections_active)
+                }
+                _ => state(l).into(),
+            };
             vec![
                 l.name.clone(),
                 kind(l).into(),
-                state(l).into(),
+                state,
                 l.bound_addr.clone(),
                 traffic,
                 bytes(s.bytes_in),

@@ -199,6 +199,10 @@ fn event_kind(e: &proto::Event) -> &'static str {
         proto::EventKind::Restarted => "restarted",
         proto::EventKind::EventsDropped => "events_dropped",
         proto::EventKind::Alert => "alert",
+        proto::EventKind::Updated => "updated",
+        proto::EventKind::Draining => "draining",
+        proto::EventKind::Reloaded => "reloaded",
+        proto::EventKind::ReloadFailed => "reload_failed",
     }
 }
 

@@ -52,7 +52,11 @@ pub fn required_role(path: &str) -> Role {
         | "/netd.v1.Control/WatchStats"
         | "/netd.v1.Control/WatchEvents"
         | "/netd.v1.Control/WatchPackets" => Role::Viewer,
-        "/netd.v1.Control/StartListener" | "/netd.v1.Control/StopListener" => Role::Admin,
+        "/netd.v1.Control/StartListener"
+        | "/netd.v1.Control/StopListener"
+        | "/netd.v1.Control/UpdateListener"
+        | "/netd.v1.Control/DrainListener"
+        | "/netd.v1.Control/ApplyListeners" => Role::Admin,
         p if p.starts_with("/grpc.health.v1.Health/") => Role::None,
         p if p.starts_with("/grpc.reflection.v1.ServerReflection/")
             || p.starts_with("/grpc.reflection.v1alpha.ServerReflection/") =>

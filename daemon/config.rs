@@ -180,6 +180,8 @@ struct RawConfig {
     #[serde(default)]
     capture_dir: Option<Spanned<String>>,
     #[serde(default)]
+    state_dir: Option<Spanned<String>>,
+    #[serde(default)]
     log: LogConfig,
     #[serde(default)]
     metrics: RawMetrics,
@@ -208,6 +210,11 @@ pub struct Config {
     /// The only directory pcap files are written to (see
     /// [`default_capture_dir`]); created when a sniffer first needs it.
     pub capture_dir: Option<PathBuf>,
+    /// Where runtime changes are persisted (see [`crate::state`]), when
+    /// the config (or `--state-dir`) sets it; netd then refuses to start
+    /// if it cannot use it. Unset: [`crate::state::default_state_dir`],
+    /// used if it can be.
+    pub state_dir: Option<PathBuf>,
     pub log: LogConfig,
     /// Where to serve Prometheus `/metrics`; off when unset. Loopback
     /// unless `[metrics] allow_remote = true`.
@@ -363,6 +370,21 @@ impl Config {
                 {
                     return Err(ConfigError(format!(
                         "{}: capture_dir '{}' must be an absolute path without '..'",
+                        at(d.span()),
+                        d.get_ref()
+                    )));
+                }
+                Some(p)
+            }
+        };
+        let state_dir = match &raw.state_dir {
+            None => None,
+            Some(d) => {
+                let p = PathBuf::from(d.get_ref());
+                if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir)
+                {
+                    return Err(ConfigError(format!(
+                        "{}: state_dir '{}' must be an absolute path without '..'",
                         at(d.span()),
                         d.get_ref()
                     )));
@@ -762,6 +784,7 @@ impl Config {
             max_listeners,
             shutdown_grace,
             capture_dir,
+            state_dir,
             log: raw.log,
             metrics_listen,
             metrics_limits,
@@ -776,7 +799,7 @@ pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
 /// Would two sockets of the same protocol bound at `a` and `b` clash? Same
 /// (fixed) port and family, and the same IP or either the wildcard (IPv6
 /// sockets are bound v6-only, so `[::]` does not cover IPv4).
-fn addrs_clash(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+pub fn addrs_clash(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
     a.port() != 0
         && a.port() == b.port()
         && a.is_ipv4() == b.is_ipv4()

@@ -45,6 +45,8 @@ pub fn to_status(e: SupervisorError) -> Status {
         SupervisorError::Bind(BindError::Precondition(_)) => Status::failed_precondition(msg),
         SupervisorError::ShuttingDown => Status::unavailable(msg),
         SupervisorError::TooMany(_) => Status::resource_exhausted(msg),
+        SupervisorError::Leaving(_) => Status::failed_precondition(msg),
+        SupervisorError::Persist(_) => Status::internal(msg),
     }
 }
 
@@ -91,7 +93,7 @@ impl Control for ControlService {
             None => Err(Status::invalid_argument("spec is required")),
             Some(spec) => self
                 .supervisor
-                .start(&req.name, spec, req.labels)
+                .start(&req.name, spec, req.labels, req.ephemeral)
                 .await
                 .map_err(to_status),
         };
@@ -112,6 +114,106 @@ impl Control for ControlService {
         audit(&caller, "StopListener", &name, kind, &result);
         Ok(Response::new(proto::StopListenerResponse {
             listener: Some(result?),
+        }))
+    }
+
+    async fn update_listener(
+        &self,
+        request: Request<proto::UpdateListenerRequest>,
+    ) -> Result<Response<proto::UpdateListenerResponse>, Status> {
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        let kind = req
+            .spec
+            .as_ref()
+            .and_then(|s| s.kind.as_ref())
+            .map(kind_slug)
+            .unwrap_or("none");
+        let labels = req.set_labels.then_some(req.labels);
+        let result = match req.spec {
+            None => Err(Status::invalid_argument("spec is required")),
+            Some(spec) => self
+                .supervisor
+                .update(&req.name, spec, labels)
+                .await
+                .map_err(to_status),
+        };
+        audit(&caller, "UpdateListener", &req.name, kind, &result);
+        let (listener, action, changed) = result?;
+        Ok(Response::new(proto::UpdateListenerResponse {
+            listener: Some(listener),
+            action: action as i32,
+            changed: changed.join(", "),
+        }))
+    }
+
+    async fn drain_listener(
+        &self,
+        request: Request<proto::DrainListenerRequest>,
+    ) -> Result<Response<proto::DrainListenerResponse>, Status> {
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        let timeout = crate::services::duration_in(
+            "timeout",
+            &req.timeout,
+            crate::supervisor::DEFAULT_DRAIN_TIMEOUT,
+            crate::supervisor::DRAIN_TIMEOUT_RANGE,
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()));
+        let result = match timeout {
+            Err(e) => Err(e),
+            Ok(t) => self.supervisor.drain(&req.name, t).await.map_err(to_status),
+        };
+        let kind = result.as_ref().map(|(l, _)| l.kind().slug()).unwrap_or("-");
+        audit(&caller, "DrainListener", &req.name, kind, &result);
+        let (listener, closed) = result?;
+        Ok(Response::new(proto::DrainListenerResponse {
+            listener: Some(listener),
+            connections_closed: closed,
+        }))
+    }
+
+    async fn apply_listeners(
+        &self,
+        request: Request<proto::ApplyListenersRequest>,
+    ) -> Result<Response<proto::ApplyListenersResponse>, Status> {
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        let mut entries = Vec::with_capacity(req.listeners.len());
+        for e in req.listeners {
+            let Some(spec) = e.spec else {
+                return Err(Status::invalid_argument(format!(
+                    "listener '{}': spec is required",
+                    e.name
+                )));
+            };
+            entries.push(crate::state::Desired {
+                name: e.name,
+                spec,
+                labels: e.labels,
+            });
+        }
+        let prune = if req.prune {
+            crate::supervisor::Prune::All
+        } else {
+            crate::supervisor::Prune::None
+        };
+        let result = self
+            .supervisor
+            .apply(entries, prune, req.dry_run)
+            .await
+            .map_err(to_status);
+        if !req.dry_run {
+            let what = match &result {
+                Ok((plan, _)) => format!("{} items", plan.len()),
+                Err(_) => "-".into(),
+            };
+            audit(&caller, "ApplyListeners", &what, "-", &result);
+        }
+        let (plan, applied) = result?;
+        Ok(Response::new(proto::ApplyListenersResponse {
+            plan,
+            applied,
         }))
     }
 

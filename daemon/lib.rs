@@ -25,6 +25,8 @@ pub mod pool;
 pub mod safe_file;
 pub mod server;
 pub mod services;
+pub mod spec_diff;
+pub mod state;
 pub mod stats;
 pub mod supervisor;
 pub mod trim;
@@ -63,6 +65,7 @@ impl proto::ListenerState {
             proto::ListenerState::Stopping => "stopping",
             proto::ListenerState::Stopped => "stopped",
             proto::ListenerState::Failed => "failed",
+            proto::ListenerState::Draining => "draining",
         }
     }
 }

@@ -35,6 +35,13 @@ struct Args {
     #[arg(long)]
     control_insecure: bool,
 
+    /// Directory of the state file, where changes made through the control
+    /// plane are kept across restarts. Overrides the config's `state_dir`.
+    /// Default: /var/lib/netd as root, else $XDG_STATE_HOME/netd or
+    /// ~/.local/state/netd.
+    #[arg(long, env = "NETD_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
     /// Validate the config and exit.
     #[arg(long)]
     check_config: bool,
@@ -62,6 +69,13 @@ fn main() -> ExitCode {
         }
     };
     config.control.insecure |= args.control_insecure;
+    if let Some(dir) = &args.state_dir {
+        if !dir.is_absolute() {
+            eprintln!("netd: --state-dir must be an absolute path");
+            return ExitCode::from(2);
+        }
+        config.state_dir = Some(dir.clone());
+    }
     let control = args
         .control
         .or_else(|| config.control.listen.clone())
@@ -100,7 +114,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(netd::server::run(config, control)) {
+    match runtime.block_on(netd::server::run(config, control, args.config.clone())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("netd: {e:#}");

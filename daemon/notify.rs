@@ -8,6 +8,15 @@ pub fn ready() {
     send(&[NotifyState::Ready, NotifyState::Status("serving")]);
 }
 
+/// Tell systemd a reload has begun (Type=notify-reload); `ready` ends it.
+pub fn reloading() {
+    let mut states = vec![NotifyState::Reloading, NotifyState::Status("reloading")];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    send(&states);
+}
+
 /// Tell systemd shutdown has begun.
 pub fn stopping() {
     send(&[

@@ -251,6 +251,58 @@ impl Dir {
         Ok(None)
     }
 
+    /// Read all of `name` if it is a regular file owned by netd, at most
+    /// `max` bytes (more is an error). None if it does not exist. Never
+    /// follows a symbolic link and never blocks on a FIFO or device.
+    pub fn read_ours(&self, name: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
+        use std::io::Read as _;
+        let cname = c_name(name)?;
+        match self.slot(&cname)? {
+            Slot::Missing => return Ok(None),
+            Slot::Foreign(what) => {
+                return Err(refused(&format!("it is {what}; refusing to read it")));
+            }
+            Slot::Ours => {}
+        }
+        let flags =
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+        // SAFETY: openat(2) with our open directory descriptor and a
+        // NUL-terminated name that lives across the call; checked below.
+        let fd = unsafe { libc::openat(self.fd.as_raw_fd(), cname.as_ptr(), flags) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::NotFound => Ok(None),
+                _ => Err(e),
+            };
+        }
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let meta = file.metadata()?;
+        refuse_unless_regular(meta.mode())?;
+        if meta.len() > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("it is {} bytes, more than the {max} allowed", meta.len()),
+            ));
+        }
+        let mut buf = Vec::with_capacity(meta.len() as usize);
+        file.take(max + 1).read_to_end(&mut buf)?;
+        if buf.len() as u64 > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("it grew past the {max} bytes allowed"),
+            ));
+        }
+        Ok(Some(buf))
+    }
+
+    /// fsync the directory itself, so that a rename in it is durable.
+    pub fn sync(&self) -> io::Result<()> {
+        // SAFETY: fsync(2) on our open directory descriptor.
+        check(unsafe { libc::fsync(self.fd.as_raw_fd()) })
+    }
+
     fn slot(&self, name: &CString) -> io::Result<Slot> {
         let Some(st) = self.stat_at(name)? else {
             return Ok(Slot::Missing);

@@ -1,7 +1,7 @@
 //! The daemon's top level: bind the control plane, start the boot
 //! listeners, serve gRPC (Control, health, reflection), tell systemd we are
-//! ready, and on SIGTERM/SIGINT drain and exit (SIGHUP is logged and
-//! ignored).
+//! ready, on SIGHUP reload the config, and on SIGTERM/SIGINT drain and
+//! exit.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -45,7 +45,11 @@ impl Drop for SocketFileGuard {
 }
 
 /// Run the daemon until SIGTERM/SIGINT. Returns after a clean shutdown.
-pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    control: ControlAddr,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
     check_control_security(&config, &control).await?;
     if control == crate::addr::default_control_addr()
         && control != ControlAddr::Unix(crate::addr::SYSTEM_CONTROL_SOCKET.into())
@@ -75,13 +79,7 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
         ),
     };
 
-    let supervisor = Supervisor::new(config.settings(), config.max_listeners);
-    for l in &config.listeners {
-        supervisor
-            .start(&l.name, l.spec.clone(), l.labels.clone())
-            .await
-            .map_err(|e| anyhow::anyhow!("{}: listener '{}': {e}", l.origin, l.name))?;
-    }
+    let supervisor = boot_listeners(&config).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ControlServer<ControlService>>().await;
@@ -163,7 +161,8 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
             _ = term.recv() => { tracing::info!("SIGTERM received; shutting down"); break None }
             _ = int.recv() => { tracing::info!("SIGINT received; shutting down"); break None }
             _ = hup.recv() => {
-                tracing::warn!("SIGHUP received: reload is not supported yet; ignoring");
+                tracing::info!("SIGHUP received; reloading the config");
+                reload(&supervisor, &config, config_path.as_deref()).await;
             }
             r = &mut server => break Some(r),
         }
@@ -194,6 +193,160 @@ pub async fn run(config: Config, control: ControlAddr) -> anyhow::Result<()> {
     }
     tracing::info!("netd stopped");
     Ok(())
+}
+
+/// Open the state directory, restore the runtime state on top of the
+/// config's listeners and start them all. A config listener that cannot
+/// start is fatal (as it always was); a listener restored from the state
+/// that cannot bind now is kept FAILED and retried; one whose spec no
+/// longer validates is reported and left out.
+async fn boot_listeners(config: &Config) -> anyhow::Result<Supervisor> {
+    use crate::state::{Desired, Store};
+    let base: Vec<Desired> = config.listeners.iter().map(Desired::from).collect();
+    let explicit = config.state_dir.is_some();
+    let store = match config
+        .state_dir
+        .clone()
+        .or_else(crate::state::default_state_dir)
+    {
+        None => {
+            tracing::warn!(
+                "no state_dir (set it in the config or with --state-dir): changes made with netctl will not survive a restart"
+            );
+            None
+        }
+        Some(dir) => {
+            let d = dir.clone();
+            let opened = tokio::task::spawn_blocking(move || Store::open(&d))
+                .await
+                .context("opening the state directory")?;
+            match opened {
+                Ok(store) => Some(store),
+                Err(e) if explicit => {
+                    return Err(e).with_context(|| {
+                        format!("cannot use the state directory {}", dir.display())
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot use the default state directory (set state_dir or --state-dir): changes made with netctl will not survive a restart");
+                    None
+                }
+            }
+        }
+    };
+    let overlay = match &store {
+        None => crate::state::Overlay::default(),
+        Some(s) => {
+            let loaded = tokio::task::block_in_place(|| s.load());
+            if let Some((why, moved)) = &loaded.problem {
+                let aside = moved
+                    .as_ref()
+                    .map(|p| format!("moved aside to {}", p.display()))
+                    .unwrap_or_else(|| "could not be moved aside".into());
+                tracing::error!(path = %s.path().display(), "the state file is unusable ({why}); it was {aside}; starting with the config's listeners only");
+            } else if !loaded.overlay.is_empty() {
+                tracing::info!(
+                    path = %s.path().display(),
+                    changed = loaded.overlay.listeners.len(),
+                    removed = loaded.overlay.removed.len(),
+                    "restoring runtime changes"
+                );
+            }
+            loaded.overlay
+        }
+    };
+    let desired = overlay.on(&base);
+    let supervisor =
+        Supervisor::with_store(config.settings(), config.max_listeners, store, base.clone());
+    for d in &desired {
+        match config.listeners.iter().find(|l| l.name == d.name) {
+            Some(l) if base.iter().any(|b| b == d) => {
+                supervisor
+                    .start_boot(d)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}: listener '{}': {e}", l.origin, l.name))?;
+            }
+            _ => {
+                if let Err(e) = supervisor.restore(d).await {
+                    tracing::error!(listener = %d.name, error = %e, "cannot restore a listener from the state file; it is left out (and dropped from the state at the next change)");
+                }
+            }
+        }
+    }
+    Ok(supervisor)
+}
+
+/// Re-read the config file and apply the difference (SIGHUP). A config
+/// with errors changes nothing; either way the outcome is logged and sent
+/// on the event stream, and systemd hears RELOADING=1 then READY=1.
+async fn reload(supervisor: &Supervisor, running: &Config, path: Option<&Path>) {
+    use crate::proto::{EventKind, ListenerKind, PlanAction};
+    crate::notify::reloading();
+    let outcome: Result<String, String> = async {
+        let Some(path) = path else {
+            return Err("netd runs the embedded default config; there is no file to re-read".to_string());
+        };
+        let p = path.to_path_buf();
+        let config = tokio::task::spawn_blocking(move || Config::load(&p))
+            .await
+            .map_err(|e| format!("reading the config: {e}"))?
+            .map_err(|e| format!("the new config has errors; keeping the running one: {e}"))?;
+        for (what, changed) in [
+            ("control", format!("{:?}", config.control.listen) != format!("{:?}", running.control.listen)),
+            ("metrics", config.metrics_listen != running.metrics_listen),
+            ("log", config.log.level != running.log.level || config.log.format != running.log.format),
+            ("max_listeners", config.max_listeners != running.max_listeners),
+            ("capture_dir", config.capture_dir != running.capture_dir),
+            ("shutdown_grace", config.shutdown_grace != running.shutdown_grace),
+        ] {
+            if changed {
+                tracing::warn!(setting = what, "changed in the config; takes effect at the next restart (reload applies [[listener]] entries)");
+            }
+        }
+        let base = config.listeners.iter().map(crate::state::Desired::from).collect();
+        let (plan, applied) = supervisor.reload(base).await.map_err(|e| e.to_string())?;
+        let count = |a: PlanAction| plan.iter().filter(|i| i.action() == a && i.error.is_empty()).count();
+        let summary = format!(
+            "{} created, {} updated, {} replaced, {} deleted, {} unchanged",
+            count(PlanAction::Create),
+            count(PlanAction::Update),
+            count(PlanAction::Replace),
+            count(PlanAction::Delete),
+            count(PlanAction::Unchanged)
+        );
+        if applied {
+            Ok(summary)
+        } else {
+            let errors: Vec<String> = plan
+                .iter()
+                .filter(|i| !i.error.is_empty())
+                .map(|i| format!("{}: {}", i.name, i.error))
+                .collect();
+            Err(format!("reload incomplete ({summary}); {}", errors.join("; ")))
+        }
+    }
+    .await;
+    match outcome {
+        Ok(summary) => {
+            tracing::info!(%summary, "config reloaded");
+            supervisor.events().publish(
+                EventKind::Reloaded,
+                "",
+                ListenerKind::Unspecified,
+                summary,
+            );
+        }
+        Err(why) => {
+            tracing::error!(error = %why, "reload failed");
+            supervisor.events().publish(
+                EventKind::ReloadFailed,
+                "",
+                ListenerKind::Unspecified,
+                why,
+            );
+        }
+    }
+    crate::notify::ready();
 }
 
 /// Refuse a TCP control address without TLS unless the operator said

@@ -2,22 +2,35 @@
 //!
 //! `start` validates the spec and binds before it returns (on tokio's
 //! blocking pool, with no lock held: validation may resolve names and a
-//! sniffer's bind opens its pcap file); a supervising
-//! task then runs the service, and if the service returns an error or
-//! panics it is marked FAILED and rebound on the same address with
-//! exponential backoff (100 ms doubling to 30 s; the backoff resets once a
-//! run has lasted a minute). Every task of a listener — the supervising
-//! task, the service, its connections — lives on the listener's
-//! `TaskTracker`, so `stop` returns only once all of them have ended and the
-//! sockets are closed.
+//! sniffer's bind opens its pcap file); a supervising task then runs the
+//! service, and if the service returns an error or panics it is marked
+//! FAILED and rebound on the same address with exponential backoff (100 ms
+//! doubling to 30 s; the backoff resets once a run has lasted a minute).
+//! Every task of a listener — the supervising task, the service, its
+//! connections — lives on the listener's `TaskTracker`, so `stop` returns
+//! only once all of them have ended and the sockets are closed.
 //!
 //! Two tokens per listener separate "stop accepting" from "close open
-//! connections": `stop` cancels both at once, while shutdown cancels the
-//! first, gives connections a grace period to finish, then cancels the
-//! second.
+//! connections": `stop` cancels both at once, `drain` and shutdown cancel
+//! the first, give connections time to finish, then cancel the second.
+//!
+//! A listener runs one *generation* at a time: a service built from one
+//! spec, on one socket, with its own stop-accepting token (a child of the
+//! listener's). `update` starts a new generation — on the same socket when
+//! the address and kind stay (a duplicate descriptor of it is kept for
+//! this), on a newly bound one otherwise — and only then stops the old one
+//! accepting; connections the old one accepted finish under its settings.
+//! Counters, labels and the name stay with the listener.
+//!
+//! Every change through the control plane (start, stop, update, drain,
+//! apply, reload) is written to the state file before the call returns
+//! (see [`crate::state`]); `apply` computes a plan against the running set
+//! and carries it out with the same operations.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,8 +38,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::events::EventBus;
-use crate::proto::{self, EventKind, ListenerState};
-use crate::services::{BindError, Service, ServiceCtx, Settings, SpecError};
+use crate::proto::{self, EventKind, ListenerState, PlanAction, UpdateAction};
+use crate::services::{BindError, Bound, Service, ServiceCtx, Settings, SpecError};
+use crate::state::{Desired, Overlay, Store};
 use crate::stats::Stats;
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
@@ -39,6 +53,10 @@ pub const MAX_NAME_LEN: usize = 63;
 pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_KEY_LEN: usize = 63;
 pub const MAX_LABEL_VALUE_LEN: usize = 255;
+/// Drain timeout when the request sets none, and the longest allowed.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DRAIN_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -54,6 +72,11 @@ pub enum SupervisorError {
     ShuttingDown,
     #[error("netd already runs {0} listeners, its limit (max_listeners in the config)")]
     TooMany(usize),
+    #[error("listener '{0}' is draining or stopping")]
+    Leaving(String),
+    /// The change is live but could not be saved.
+    #[error("{0}")]
+    Persist(String),
 }
 
 /// Mutable part of a listener's status.
@@ -64,11 +87,14 @@ struct Status {
     last_error: String,
 }
 
+/// One service instance of a listener: a spec, a service built from it,
+/// and the socket it runs on.
 #[derive(Debug)]
-struct Entry {
-    name: Arc<str>,
+struct Generation {
+    /// As requested, secrets included (what the state file keeps).
     spec: proto::ListenerSpec,
-    labels: HashMap<String, String>,
+    /// As shown: secrets redacted, a pcap path resolved.
+    shown: proto::ListenerSpec,
     service: Arc<Service>,
     /// The socket address bound (rebound on restart), if any.
     bind_addr: Option<SocketAddr>,
@@ -76,6 +102,34 @@ struct Entry {
     bound_addr: String,
     /// The UDP address registered in the settings' `own_udp_addrs`.
     own_udp_addr: Option<SocketAddr>,
+    /// Stops this generation accepting (a child of the listener's token).
+    stop: CancellationToken,
+    /// A duplicate of the listening socket (TCP, UDP) for in-place updates
+    /// and hand-over; replaced when a restart rebinds, dropped when the
+    /// generation stops so that the port is really closed.
+    socket: Mutex<Option<OwnedFd>>,
+    /// Cancelled when this generation's supervising task has ended (its
+    /// socket or capture is closed).
+    ended: CancellationToken,
+}
+
+impl Generation {
+    fn socket(&self) -> MutexGuard<'_, Option<OwnedFd>> {
+        self.socket.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    name: Arc<str>,
+    labels: Mutex<HashMap<String, String>>,
+    /// Not persisted: gone after a restart.
+    ephemeral: bool,
+    /// Stopping or draining: no longer part of the desired set.
+    leaving: AtomicBool,
+    current: Mutex<Arc<Generation>>,
+    /// Serializes updates of this listener.
+    updating: tokio::sync::Mutex<()>,
     started_at: SystemTime,
     stats: Arc<Stats>,
     status: Mutex<Status>,
@@ -96,43 +150,73 @@ impl Entry {
         self.status().state = state;
     }
 
-    fn to_proto(&self) -> proto::Listener {
-        let st = self.status();
-        proto::Listener {
+    fn current_gen(&self) -> Arc<Generation> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn labels(&self) -> HashMap<String, String> {
+        self.labels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn kind(&self) -> proto::ListenerKind {
+        self.current_gen().service.kind()
+    }
+
+    fn desired(&self) -> Desired {
+        Desired {
             name: self.name.to_string(),
-            kind: self.service.kind() as i32,
-            spec: Some(self.spec.clone()),
-            state: st.state as i32,
-            bound_addr: self.bound_addr.clone(),
-            started_at: Some(self.started_at.into()),
-            restarts: st.restarts,
-            last_error: st.last_error.clone(),
-            labels: self.labels.clone(),
-            stats: Some(self.stats()),
+            spec: self.current_gen().spec.clone(),
+            labels: self.labels(),
         }
     }
 
-    fn stats(&self) -> proto::ListenerStats {
+    fn to_proto(&self) -> proto::Listener {
+        let g = self.current_gen();
+        let stats = self.stats_of(&g);
+        let st = self.status();
+        proto::Listener {
+            name: self.name.to_string(),
+            kind: g.service.kind() as i32,
+            spec: Some(g.shown.clone()),
+            state: st.state as i32,
+            bound_addr: g.bound_addr.clone(),
+            started_at: Some(self.started_at.into()),
+            restarts: st.restarts,
+            last_error: st.last_error.clone(),
+            labels: self.labels(),
+            stats: Some(stats),
+            ephemeral: self.ephemeral,
+        }
+    }
+
+    fn stats_of(&self, g: &Generation) -> proto::ListenerStats {
         let mut s = self.stats.snapshot();
-        s.detail = self.service.detail_stats();
+        s.detail = g.service.detail_stats();
         s
     }
 
     fn sample(&self) -> proto::ListenerStatsSample {
+        let g = self.current_gen();
         proto::ListenerStatsSample {
             name: self.name.to_string(),
-            kind: self.service.kind() as i32,
+            kind: g.service.kind() as i32,
             state: self.status().state as i32,
-            totals: Some(self.stats()),
+            totals: Some(self.stats_of(&g)),
             rates: None,
         }
     }
 
-    fn ctx(&self) -> ServiceCtx {
+    fn ctx(&self, g: &Generation) -> ServiceCtx {
         ServiceCtx {
             name: self.name.clone(),
             stats: self.stats.clone(),
-            stop_accepting: self.stop_accepting.clone(),
+            stop_accepting: g.stop.clone(),
             close_connections: self.close_connections.clone(),
             tracker: self.tracker.clone(),
             events: self.events.clone(),
@@ -157,6 +241,18 @@ struct Inner {
     /// Handed to every `Service::from_spec`.
     settings: Settings,
     max_listeners: usize,
+    /// Where changes are persisted; None when nothing is.
+    store: Option<Store>,
+    /// The config file's listeners: the base the state file is relative to.
+    base: Mutex<Vec<Desired>>,
+    /// Serializes state-file writes (each writes the registry as it is).
+    persisting: tokio::sync::Mutex<()>,
+    /// Set once the listeners were handed to a successor (`--upgrade`):
+    /// from then on this process no longer writes the state file.
+    frozen: AtomicBool,
+    /// Listening sockets handed over by a previous netd, by listener name,
+    /// taken by the first start of that name.
+    inherited: Mutex<HashMap<String, OwnedFd>>,
 }
 
 impl Default for Supervisor {
@@ -165,11 +261,59 @@ impl Default for Supervisor {
     }
 }
 
+/// How a listener's socket is obtained for a new generation.
+enum Source {
+    /// Bind where the spec says.
+    Bind,
+    /// The socket of the generation this one replaces in place.
+    Same(OwnedFd),
+    /// A socket handed over by a previous netd, if bound where the spec
+    /// says.
+    Inherited(OwnedFd),
+}
+
+/// A generation ready to run: built and bound, not yet registered.
+struct Prepared {
+    service: Arc<Service>,
+    bound: Bound,
+    spec: proto::ListenerSpec,
+    shown: proto::ListenerSpec,
+}
+
+/// Apply's treatment of running listeners missing from the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prune {
+    /// Leave them.
+    None,
+    /// Delete them all (`netctl apply --prune`).
+    All,
+    /// Delete those that are persisted; leave ephemeral ones (reload).
+    Persistent,
+}
+
+/// One step of an apply plan.
+#[derive(Debug, Clone)]
+struct Step {
+    item: proto::PlanItem,
+    desired: Option<Desired>,
+}
+
 impl Supervisor {
     /// A registry whose services are built with `settings` (from the
     /// config: where pcap files may go) and that holds at most
-    /// `max_listeners` listeners.
+    /// `max_listeners` listeners. Nothing is persisted.
     pub fn new(settings: Settings, max_listeners: usize) -> Self {
+        Self::with_store(settings, max_listeners, None, Vec::new())
+    }
+
+    /// As [`Supervisor::new`], persisting every change to `store` relative
+    /// to `base` (the config file's listeners).
+    pub fn with_store(
+        settings: Settings,
+        max_listeners: usize,
+        store: Option<Store>,
+        base: Vec<Desired>,
+    ) -> Self {
         Supervisor {
             inner: Arc::new(Inner {
                 settings,
@@ -178,6 +322,11 @@ impl Supervisor {
                 shutdown_connections: CancellationToken::new(),
                 events: EventBus::new(),
                 max_listeners,
+                store,
+                base: Mutex::new(base),
+                persisting: tokio::sync::Mutex::new(()),
+                frozen: AtomicBool::new(false),
+                inherited: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -189,33 +338,217 @@ impl Supervisor {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Validate, bind and start a listener. Must be called within a tokio
-    /// runtime.
-    ///
-    /// Validation and bind may block (a name is resolved, a pcap file
-    /// opened), so they run on the blocking pool with no lock held; the name
-    /// is checked before (fast path) and again when the listener is
-    /// inserted, and a start that loses a race for the name drops what it
-    /// bound and returns AlreadyExists.
+    /// Sockets handed over by a previous netd, by listener name: each is
+    /// used by the first start of that name whose spec it matches.
+    pub fn inherit(&self, sockets: HashMap<String, OwnedFd>) {
+        self.inner
+            .inherited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(sockets);
+    }
+
+    /// Inherited sockets no listener took (closed by the caller).
+    pub fn take_unused_inherited(&self) -> HashMap<String, OwnedFd> {
+        std::mem::take(
+            &mut *self
+                .inner
+                .inherited
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
+    /// Duplicates of every running listener's listening socket (TCP, UDP),
+    /// by name, for handing over to a successor.
+    pub fn listening_sockets(&self) -> Vec<(String, OwnedFd)> {
+        self.entries()
+            .iter()
+            .filter(|e| !e.leaving.load(Ordering::Relaxed))
+            .filter_map(|e| {
+                let g = e.current_gen();
+                let dup = g.socket().as_ref().and_then(|fd| fd.try_clone().ok());
+                dup.map(|fd| (e.name.to_string(), fd))
+            })
+            .collect()
+    }
+
+    /// Stop writing the state file (the listeners now belong to a
+    /// successor process that writes it).
+    pub fn freeze_state(&self) {
+        self.inner.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Validate, bind and start a listener, then persist (unless
+    /// `ephemeral`). Must be called within a tokio runtime.
     pub async fn start(
         &self,
         name: &str,
         spec: proto::ListenerSpec,
         labels: HashMap<String, String>,
+        ephemeral: bool,
     ) -> Result<proto::Listener, SupervisorError> {
-        validate_name(name)?;
-        validate_labels(&labels)?;
-        self.check_free(&self.listeners(), name)?;
+        let l = self.start_unsaved(name, spec, labels, ephemeral).await?;
+        if !ephemeral {
+            if let Err(e) = self.persist().await {
+                // Not saved: undo, so that what runs is what a restart
+                // brings back.
+                let _ = self.stop_unsaved(name).await;
+                return Err(e);
+            }
+        }
+        Ok(l)
+    }
+
+    /// Start a config listener at boot (nothing to persist: it is the
+    /// base).
+    pub async fn start_boot(&self, d: &Desired) -> Result<proto::Listener, SupervisorError> {
+        self.start_unsaved(&d.name, d.spec.clone(), d.labels.clone(), false)
+            .await
+    }
+
+    /// Start a listener restored from the state file. A bind that fails
+    /// (the port is taken now) leaves it FAILED and retrying with backoff,
+    /// like a listener whose socket failed; a spec that no longer
+    /// validates is an error.
+    pub async fn restore(&self, d: &Desired) -> Result<proto::Listener, SupervisorError> {
+        match self
+            .start_unsaved(&d.name, d.spec.clone(), d.labels.clone(), false)
+            .await
+        {
+            Err(SupervisorError::Bind(e)) => {
+                let settings = self.inner.settings.clone();
+                let spec = d.spec.clone();
+                let service = tokio::task::spawn_blocking(move || {
+                    Service::from_spec(&spec, &settings).map(Arc::new)
+                })
+                .await
+                .map_err(|e| blocking_failed(&d.name, e))??;
+                let shown = service.shown_spec(d.spec.clone());
+                let entry = self.new_entry(
+                    &d.name,
+                    d.labels.clone(),
+                    false,
+                    service.clone(),
+                    d.spec.clone(),
+                    shown,
+                    None,
+                    String::new(),
+                );
+                entry.set_state(ListenerState::Failed);
+                self.insert(&d.name, &entry)?;
+                let g = entry.current_gen();
+                let why = format!("restoring: {e}");
+                entry.status().last_error = why.clone();
+                entry.tracker.spawn(supervise(entry.clone(), g, Err(why)));
+                Ok(entry.to_proto())
+            }
+            other => other,
+        }
+    }
+
+    async fn prepare(
+        &self,
+        name: &str,
+        spec: proto::ListenerSpec,
+        source: Source,
+    ) -> Result<Prepared, SupervisorError> {
         let settings = self.inner.settings.clone();
-        let (service, bound, spec) = tokio::task::spawn_blocking(move || {
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
             let service = Arc::new(Service::from_spec(&spec, &settings)?);
-            let bound = service.bind(None)?;
+            let bound = match source {
+                Source::Bind => service.bind(None)?,
+                Source::Same(fd) => service.adopt(fd, false)?,
+                Source::Inherited(fd) => match service.adopt(fd, true) {
+                    Ok(b) => {
+                        tracing::info!(listener = %name, "took over the listening socket handed over by the previous netd");
+                        b
+                    }
+                    Err(e) => {
+                        tracing::warn!(listener = %name, error = %e, "not using the socket handed over; binding a new one");
+                        service.bind(None)?
+                    }
+                },
+            };
             service.check_bound(&bound)?;
-            let spec = service.shown_spec(spec);
-            Ok::<_, SupervisorError>((service, bound, spec))
+            let shown = service.shown_spec(spec.clone());
+            Ok::<_, SupervisorError>(Prepared {
+                service,
+                bound,
+                spec,
+                shown,
+            })
         })
         .await
-        .map_err(|e| blocking_failed(name, e))??;
+        .map_err(|e| blocking_failed("listener", e))?
+    }
+
+    fn take_inherited(&self, name: &str) -> Option<OwnedFd> {
+        self.inner
+            .inherited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_entry(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+        ephemeral: bool,
+        service: Arc<Service>,
+        spec: proto::ListenerSpec,
+        shown: proto::ListenerSpec,
+        bind_addr: Option<SocketAddr>,
+        bound_addr: String,
+    ) -> Arc<Entry> {
+        let stop_accepting = self.inner.shutdown_accepting.child_token();
+        let cur_gen = Arc::new(Generation {
+            spec,
+            shown,
+            service,
+            bind_addr,
+            bound_addr,
+            own_udp_addr: None,
+            stop: stop_accepting.child_token(),
+            socket: Mutex::new(None),
+            ended: CancellationToken::new(),
+        });
+        Arc::new(Entry {
+            name: name.into(),
+            labels: Mutex::new(labels),
+            ephemeral,
+            leaving: AtomicBool::new(false),
+            current: Mutex::new(cur_gen),
+            updating: tokio::sync::Mutex::new(()),
+            started_at: SystemTime::now(),
+            stats: Stats::new(),
+            status: Mutex::new(Status {
+                state: ListenerState::Running,
+                restarts: 0,
+                last_error: String::new(),
+            }),
+            stop_accepting,
+            close_connections: self.inner.shutdown_connections.child_token(),
+            tracker: TaskTracker::new(),
+            events: self.inner.events.clone(),
+        })
+    }
+
+    /// A generation for `entry` from a prepared service and socket.
+    fn generation(
+        &self,
+        entry: &Entry,
+        p: Prepared,
+    ) -> Result<(Arc<Generation>, Bound), SupervisorError> {
+        let Prepared {
+            service,
+            bound,
+            spec,
+            shown,
+        } = p;
         let bind_addr = match bound.local_addr() {
             Ok(a) => a,
             Err(e) => {
@@ -225,46 +558,75 @@ impl Supervisor {
                 return Err(BindError::Other(asked, e).into());
             }
         };
+        let socket = bound.dup_socket().ok().flatten();
         let bound_addr = service.describe_bound(bind_addr);
-        let own_udp_addr = bind_addr.filter(|_| matches!(bound, crate::services::Bound::Udp(_)));
-        let entry = Arc::new(Entry {
-            name: name.into(),
-            spec,
-            labels,
-            service,
-            bind_addr,
-            bound_addr: bound_addr.clone(),
-            own_udp_addr,
-            started_at: SystemTime::now(),
-            stats: Stats::new(),
-            status: Mutex::new(Status {
-                state: ListenerState::Running,
-                restarts: 0,
-                last_error: String::new(),
+        let own_udp_addr = bind_addr.filter(|_| matches!(bound, Bound::Udp(_)));
+        Ok((
+            Arc::new(Generation {
+                spec,
+                shown,
+                service,
+                bind_addr,
+                bound_addr,
+                own_udp_addr,
+                stop: entry.stop_accepting.child_token(),
+                socket: Mutex::new(socket),
+                ended: CancellationToken::new(),
             }),
-            stop_accepting: self.inner.shutdown_accepting.child_token(),
-            close_connections: self.inner.shutdown_connections.child_token(),
-            tracker: TaskTracker::new(),
-            events: self.inner.events.clone(),
-        });
+            bound,
+        ))
+    }
+
+    fn insert(&self, name: &str, entry: &Arc<Entry>) -> Result<(), SupervisorError> {
         let mut listeners = self.listeners();
-        // Taken meanwhile: `bound` is dropped on return, closing the socket.
+        // Taken meanwhile: the caller drops what it bound.
         self.check_free(&listeners, name)?;
         listeners.insert(name.to_string(), entry.clone());
-        drop(listeners);
-        if let Some(a) = own_udp_addr {
+        Ok(())
+    }
+
+    async fn start_unsaved(
+        &self,
+        name: &str,
+        spec: proto::ListenerSpec,
+        labels: HashMap<String, String>,
+        ephemeral: bool,
+    ) -> Result<proto::Listener, SupervisorError> {
+        validate_name(name)?;
+        validate_labels(&labels)?;
+        self.check_free(&self.listeners(), name)?;
+        let source = match self.take_inherited(name) {
+            Some(fd) => Source::Inherited(fd),
+            None => Source::Bind,
+        };
+        let p = self.prepare(name, spec, source).await?;
+        let entry = self.new_entry(
+            name,
+            labels,
+            ephemeral,
+            p.service.clone(),
+            p.spec.clone(),
+            p.shown.clone(),
+            None,
+            String::new(),
+        );
+        let (cur_gen, bound) = self.generation(&entry, p)?;
+        *entry.current.lock().unwrap_or_else(|e| e.into_inner()) = cur_gen.clone();
+        self.insert(name, &entry)?;
+        if let Some(a) = cur_gen.own_udp_addr {
             self.inner.settings.own_udp_addrs.insert(a);
         }
-        tracing::info!(listener = name, kind = entry.service.kind().slug(), addr = %bound_addr, "listener started");
+        let kind = cur_gen.service.kind();
+        tracing::info!(listener = name, kind = kind.slug(), addr = %cur_gen.bound_addr, "listener started");
         self.inner.events.publish(
             EventKind::Started,
             name,
-            entry.service.kind(),
-            format!("listening on {bound_addr}"),
+            kind,
+            format!("listening on {}", cur_gen.bound_addr),
         );
         entry
             .tracker
-            .spawn(supervise(entry.clone(), self.inner.events.clone(), bound));
+            .spawn(supervise(entry.clone(), cur_gen, Ok(bound)));
         Ok(entry.to_proto())
     }
 
@@ -277,7 +639,10 @@ impl Supervisor {
         if self.inner.shutdown_accepting.is_cancelled() {
             return Err(SupervisorError::ShuttingDown);
         }
-        if listeners.contains_key(name) {
+        if let Some(e) = listeners.get(name) {
+            if e.leaving.load(Ordering::Relaxed) {
+                return Err(SupervisorError::Leaving(name.to_string()));
+            }
             return Err(SupervisorError::AlreadyExists(name.to_string()));
         }
         if listeners.len() >= self.inner.max_listeners {
@@ -295,26 +660,53 @@ impl Supervisor {
             .ok_or_else(|| SupervisorError::NotFound(name.to_string()))
     }
 
+    /// An entry that is not stopping or draining.
+    fn live_entry(&self, name: &str) -> Result<Arc<Entry>, SupervisorError> {
+        let e = self.entry(name)?;
+        if e.leaving.load(Ordering::Relaxed) {
+            return Err(SupervisorError::Leaving(name.to_string()));
+        }
+        Ok(e)
+    }
+
     /// Every entry, sorted by name, cloned out of the registry.
     fn entries(&self) -> Vec<Arc<Entry>> {
         self.listeners().values().cloned().collect()
     }
 
     /// Stop a listener, close its sockets and connections, wait for all of
-    /// its tasks, and remove it. Returns its final status.
+    /// its tasks, remove it, and persist. Returns its final status.
     pub async fn stop(&self, name: &str) -> Result<proto::Listener, SupervisorError> {
-        let entry = self.entry(name)?;
+        let (l, ephemeral) = self.stop_unsaved(name).await?;
+        if !ephemeral {
+            self.persist().await?;
+        }
+        Ok(l)
+    }
+
+    async fn stop_unsaved(&self, name: &str) -> Result<(proto::Listener, bool), SupervisorError> {
+        let entry = self.live_entry(name)?;
+        if entry.leaving.swap(true, Ordering::SeqCst) {
+            return Err(SupervisorError::Leaving(name.to_string()));
+        }
         entry.set_state(ListenerState::Stopping);
+        entry.current_gen().socket().take();
         entry.stop_accepting.cancel();
         entry.close_connections.cancel();
         entry.tracker.close();
         entry.tracker.wait().await;
+        Ok((self.finish(&entry), entry.ephemeral))
+    }
+
+    /// Remove a stopped entry and report it.
+    fn finish(&self, entry: &Arc<Entry>) -> proto::Listener {
         entry.set_state(ListenerState::Stopped);
-        if let Some(a) = entry.own_udp_addr {
+        if let Some(a) = entry.current_gen().own_udp_addr {
             self.inner.settings.own_udp_addrs.remove(a);
         }
+        let name = &*entry.name;
         let mut listeners = self.listeners();
-        if listeners.get(name).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+        if listeners.get(name).is_some_and(|e| Arc::ptr_eq(e, entry)) {
             listeners.remove(name);
         }
         drop(listeners);
@@ -324,13 +716,503 @@ impl Supervisor {
         self.inner.events.publish(
             EventKind::Stopped,
             name,
-            entry.service.kind(),
+            entry.kind(),
             format!(
                 "{} connections, {} datagrams, {} bytes in, {} bytes out",
                 s.connections_total, s.datagrams_in, s.bytes_in, s.bytes_out
             ),
         );
-        Ok(l)
+        l
+    }
+
+    /// Stop accepting, wait up to `timeout` for open connections to
+    /// finish, close those left, remove the listener. The listener leaves
+    /// the persisted set when the drain begins. Returns its final status
+    /// and how many connections were closed at the timeout.
+    pub async fn drain(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(proto::Listener, u64), SupervisorError> {
+        let entry = self.live_entry(name)?;
+        if entry.leaving.swap(true, Ordering::SeqCst) {
+            return Err(SupervisorError::Leaving(name.to_string()));
+        }
+        entry.set_state(ListenerState::Draining);
+        entry.current_gen().socket().take();
+        entry.stop_accepting.cancel();
+        entry.tracker.close();
+        let open = entry.stats.connections_active.load(Ordering::Relaxed);
+        tracing::info!(listener = name, connections = open, timeout = %humantime::format_duration(timeout), "draining");
+        self.inner.events.publish(
+            EventKind::Draining,
+            name,
+            entry.kind(),
+            format!(
+                "stopped accepting; {open} connections open, closed after {}",
+                humantime::format_duration(timeout)
+            ),
+        );
+        let saved = if entry.ephemeral {
+            Ok(())
+        } else {
+            self.persist().await
+        };
+        let mut closed = 0;
+        if tokio::time::timeout(timeout, entry.tracker.wait())
+            .await
+            .is_err()
+        {
+            closed = entry.stats.connections_active.load(Ordering::Relaxed);
+            tracing::info!(
+                listener = name,
+                connections = closed,
+                "drain timeout; closing what is left"
+            );
+            entry.close_connections.cancel();
+            entry.tracker.wait().await;
+        }
+        let l = self.finish(&entry);
+        saved?;
+        Ok((l, closed))
+    }
+
+    /// Change a running listener to `spec` (and `labels`, when given), in
+    /// place when the kind and address stay, else by a graceful replace.
+    /// An HTTP token of "<redacted>" keeps the current one.
+    pub async fn update(
+        &self,
+        name: &str,
+        spec: proto::ListenerSpec,
+        labels: Option<HashMap<String, String>>,
+    ) -> Result<(proto::Listener, UpdateAction, Vec<String>), SupervisorError> {
+        let (l, action, changed, ephemeral) = self.update_unsaved(name, spec, labels).await?;
+        if action != UpdateAction::Unchanged && !ephemeral {
+            self.persist().await?;
+        }
+        Ok((l, action, changed))
+    }
+
+    async fn update_unsaved(
+        &self,
+        name: &str,
+        spec: proto::ListenerSpec,
+        labels: Option<HashMap<String, String>>,
+    ) -> Result<(proto::Listener, UpdateAction, Vec<String>, bool), SupervisorError> {
+        let entry = self.live_entry(name)?;
+        let _one_at_a_time = entry.updating.lock().await;
+        if let Some(l) = &labels {
+            validate_labels(l)?;
+        }
+        let cur = entry.current_gen();
+        let spec = keep_token(spec, &cur.spec);
+        let mut changed = crate::spec_diff::changed_fields(&cur.spec, &spec);
+        let labels_change = labels.as_ref().is_some_and(|l| *l != entry.labels());
+        if labels_change {
+            changed.push("labels".into());
+        }
+        if changed.is_empty() {
+            return Ok((
+                entry.to_proto(),
+                UpdateAction::Unchanged,
+                changed,
+                entry.ephemeral,
+            ));
+        }
+        let action = if cur.spec == spec {
+            UpdateAction::InPlace
+        } else {
+            let p = self.prepare_update(&entry, &cur, spec).await?;
+            let action = self.switch(&entry, &cur, p)?;
+            // Return once the old generation has stopped accepting (after a
+            // replace, its address is free again).
+            let _ = tokio::time::timeout(Duration::from_secs(10), cur.ended.cancelled()).await;
+            action
+        };
+        if let Some(l) = labels {
+            *entry.labels.lock().unwrap_or_else(|p| p.into_inner()) = l;
+        }
+        let how = match action {
+            UpdateAction::InPlace => "in place",
+            _ => "replaced",
+        };
+        tracing::info!(listener = name, how, changed = %changed.join(", "), "listener updated");
+        self.inner.events.publish(
+            EventKind::Updated,
+            name,
+            entry.kind(),
+            format!("{how}: {}", changed.join(", ")),
+        );
+        Ok((entry.to_proto(), action, changed, entry.ephemeral))
+    }
+
+    /// Build and bind the next generation: on the current socket when the
+    /// kind and address stay, else on a new one (bound before the old one
+    /// stops, so a failure leaves the listener as it was).
+    async fn prepare_update(
+        &self,
+        entry: &Arc<Entry>,
+        cur: &Generation,
+        spec: proto::ListenerSpec,
+    ) -> Result<Prepared, SupervisorError> {
+        let same_socket = update_in_place(&cur.spec, &spec);
+        let source = match cur.socket().as_ref() {
+            Some(fd) if same_socket => Source::Same(fd.try_clone().map_err(|e| {
+                BindError::Precondition(format!("cannot duplicate the socket: {e}"))
+            })?),
+            _ => Source::Bind,
+        };
+        let is_sniffer = matches!(&*cur.service, Service::Sniffer(_));
+        if !is_sniffer {
+            return self.prepare(&entry.name, spec, source).await;
+        }
+        // A sniffer opens a new capture; if it writes the same pcap file,
+        // the old capture must close it first.
+        let same_pcap = matches!(
+            (&cur.spec.kind, &spec.kind),
+            (Some(proto::listener_spec::Kind::Sniffer(a)), Some(proto::listener_spec::Kind::Sniffer(b)))
+                if !a.pcap_path.is_empty() && a.pcap_path == b.pcap_path
+        );
+        if !same_pcap {
+            return self.prepare(&entry.name, spec, Source::Bind).await;
+        }
+        // Validate before stopping anything.
+        let settings = self.inner.settings.clone();
+        let check = spec.clone();
+        tokio::task::spawn_blocking(move || Service::from_spec(&check, &settings).map(|_| ()))
+            .await
+            .map_err(|e| blocking_failed(&entry.name, e))??;
+        cur.stop.cancel();
+        // The old capture closes its pcap file when its run ends.
+        let _ = tokio::time::timeout(Duration::from_secs(10), cur.ended.cancelled()).await;
+        match self.prepare(&entry.name, spec, Source::Bind).await {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                // Put the old capture back.
+                let old = Prepared {
+                    service: cur.service.clone(),
+                    bound: {
+                        let svc = cur.service.clone();
+                        tokio::task::spawn_blocking(move || svc.bind(None))
+                            .await
+                            .map_err(|j| blocking_failed(&entry.name, j))??
+                    },
+                    spec: cur.spec.clone(),
+                    shown: cur.shown.clone(),
+                };
+                let (cur_gen, bound) = self.generation(entry, old)?;
+                *entry.current.lock().unwrap_or_else(|p| p.into_inner()) = cur_gen.clone();
+                entry
+                    .tracker
+                    .spawn(supervise(entry.clone(), cur_gen, Ok(bound)));
+                Err(e)
+            }
+        }
+    }
+
+    /// Make `p` the current generation and stop `old` accepting.
+    fn switch(
+        &self,
+        entry: &Arc<Entry>,
+        old: &Arc<Generation>,
+        p: Prepared,
+    ) -> Result<UpdateAction, SupervisorError> {
+        let same_socket = update_in_place(&old.spec, &p.spec);
+        let (cur_gen, bound) = self.generation(entry, p)?;
+        if let Some(a) = old
+            .own_udp_addr
+            .filter(|a| Some(*a) != cur_gen.own_udp_addr)
+        {
+            self.inner.settings.own_udp_addrs.remove(a);
+        }
+        if let Some(a) = cur_gen.own_udp_addr {
+            self.inner.settings.own_udp_addrs.insert(a);
+        }
+        *entry.current.lock().unwrap_or_else(|p| p.into_inner()) = cur_gen.clone();
+        {
+            let mut st = entry.status();
+            if st.state == ListenerState::Failed {
+                st.state = ListenerState::Running;
+            }
+        }
+        entry
+            .tracker
+            .spawn(supervise(entry.clone(), cur_gen, Ok(bound)));
+        old.socket().take();
+        old.stop.cancel();
+        Ok(if same_socket {
+            UpdateAction::InPlace
+        } else {
+            UpdateAction::Replaced
+        })
+    }
+
+    /// Compare `entries` with the running set and, unless `dry_run`, carry
+    /// out the plan: deletes, then replaces and updates, then creates.
+    /// Every entry is validated first; nothing changes if one is invalid.
+    /// Stops at the first item that fails (it and the rest carry the
+    /// error). Returns the plan and whether all of it was applied.
+    pub async fn apply(
+        &self,
+        entries: Vec<Desired>,
+        prune: Prune,
+        dry_run: bool,
+    ) -> Result<(Vec<proto::PlanItem>, bool), SupervisorError> {
+        let steps = self.plan(entries, prune).await?;
+        if dry_run {
+            return Ok((steps.into_iter().map(|s| s.item).collect(), false));
+        }
+        let mut out = Vec::with_capacity(steps.len());
+        let mut failed: Option<String> = None;
+        let mut changed_persistent = false;
+        for mut step in steps {
+            if let Some(f) = &failed {
+                if step.item.action() != PlanAction::Unchanged {
+                    step.item.error = format!("not applied: {f}");
+                }
+                out.push(step.item);
+                continue;
+            }
+            let name = step.item.name.clone();
+            let r: Result<(), SupervisorError> = match (step.item.action(), step.desired.take()) {
+                (PlanAction::Delete, _) => self.stop_unsaved(&name).await.map(|(_, eph)| {
+                    changed_persistent |= !eph;
+                }),
+                (PlanAction::Create, Some(d)) => self
+                    .start_unsaved(&d.name, d.spec, d.labels, false)
+                    .await
+                    .map(|_| changed_persistent = true),
+                (PlanAction::Update | PlanAction::Replace, Some(d)) => self
+                    .update_unsaved(&d.name, d.spec, Some(d.labels))
+                    .await
+                    .map(|_| changed_persistent = true),
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                step.item.error = e.to_string();
+                failed = Some(format!("'{name}' failed: {e}"));
+            }
+            out.push(step.item);
+        }
+        if changed_persistent {
+            self.persist().await?;
+        }
+        Ok((out, failed.is_none()))
+    }
+
+    /// The plan for `apply`, every entry validated.
+    async fn plan(
+        &self,
+        entries: Vec<Desired>,
+        prune: Prune,
+    ) -> Result<Vec<Step>, SupervisorError> {
+        if entries.len() > self.inner.max_listeners {
+            return Err(SpecError(format!(
+                "{} listeners given; max_listeners is {}",
+                entries.len(),
+                self.inner.max_listeners
+            ))
+            .into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for d in &entries {
+            validate_name(&d.name)?;
+            validate_labels(&d.labels)?;
+            if !seen.insert(d.name.clone()) {
+                return Err(SpecError(format!("listener '{}' is given twice", d.name)).into());
+            }
+        }
+        // Specs, with "<redacted>" tokens resolved against the running
+        // listener of the same name.
+        let running: BTreeMap<String, Arc<Entry>> = self.listeners().clone();
+        let entries: Vec<Desired> = entries
+            .into_iter()
+            .map(|mut d| {
+                if let Some(e) = running.get(&d.name) {
+                    d.spec = keep_token(d.spec, &e.current_gen().spec);
+                }
+                d
+            })
+            .collect();
+        let settings = self.inner.settings.clone();
+        let check = entries.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut addrs: Vec<(&str, SocketAddr, bool)> = Vec::new();
+            for d in &check {
+                Service::from_spec(&d.spec, &settings)
+                    .map_err(|e| SpecError(format!("listener '{}': {e}", d.name)))?;
+                if let Some(a) = Service::spec_listen_addr(&d.spec) {
+                    let udp = matches!(d.spec.kind, Some(proto::listener_spec::Kind::UdpEcho(_)));
+                    if let Some((other, ..)) = addrs
+                        .iter()
+                        .find(|(_, b, u)| *u == udp && crate::config::addrs_clash(*b, a))
+                    {
+                        return Err(SpecError(format!(
+                            "listener '{}': {a} clashes with listener '{other}'",
+                            d.name
+                        )));
+                    }
+                    addrs.push((&d.name, a, udp));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| blocking_failed("apply", e))??;
+
+        let mut deletes = Vec::new();
+        let mut changes = Vec::new();
+        let mut creates = Vec::new();
+        let mut unchanged = Vec::new();
+        let kind_of = |spec: &proto::ListenerSpec| spec_kind(spec) as i32;
+        for d in entries {
+            let item = |action: PlanAction, detail: String| proto::PlanItem {
+                name: d.name.clone(),
+                action: action as i32,
+                kind: kind_of(&d.spec),
+                detail,
+                error: String::new(),
+            };
+            match running.get(&d.name) {
+                None => creates.push(Step {
+                    item: item(PlanAction::Create, String::new()),
+                    desired: Some(d),
+                }),
+                Some(e) if e.leaving.load(Ordering::Relaxed) => {
+                    return Err(SupervisorError::Leaving(d.name.clone()));
+                }
+                Some(e) => {
+                    let cur = e.current_gen();
+                    let mut changed = crate::spec_diff::changed_fields(&cur.spec, &d.spec);
+                    if e.labels() != d.labels {
+                        changed.push("labels".into());
+                    }
+                    if changed.is_empty() {
+                        unchanged.push(Step {
+                            item: item(PlanAction::Unchanged, String::new()),
+                            desired: None,
+                        });
+                    } else {
+                        let action = if update_in_place(&cur.spec, &d.spec) {
+                            PlanAction::Update
+                        } else {
+                            PlanAction::Replace
+                        };
+                        changes.push(Step {
+                            item: item(action, changed.join(", ")),
+                            desired: Some(d),
+                        });
+                    }
+                }
+            }
+        }
+        if prune != Prune::None {
+            let wanted: std::collections::HashSet<String> = changes
+                .iter()
+                .chain(&creates)
+                .chain(&unchanged)
+                .map(|s| s.item.name.clone())
+                .collect();
+            for (name, e) in &running {
+                if wanted.contains(name) || e.leaving.load(Ordering::Relaxed) {
+                    continue;
+                }
+                if prune == Prune::Persistent && e.ephemeral {
+                    continue;
+                }
+                deletes.push(Step {
+                    item: proto::PlanItem {
+                        name: name.clone(),
+                        action: PlanAction::Delete as i32,
+                        kind: e.kind() as i32,
+                        detail: String::new(),
+                        error: String::new(),
+                    },
+                    desired: None,
+                });
+            }
+        }
+        Ok(deletes
+            .into_iter()
+            .chain(changes)
+            .chain(creates)
+            .chain(unchanged)
+            .collect())
+    }
+
+    /// Re-read configuration: make the running set the new config's
+    /// listeners with the runtime changes (the state file's overlay) on
+    /// top; ephemeral listeners are left alone. `base` becomes the new
+    /// base. Returns the plan as carried out.
+    pub async fn reload(
+        &self,
+        base: Vec<Desired>,
+    ) -> Result<(Vec<proto::PlanItem>, bool), SupervisorError> {
+        let overlay = self.overlay();
+        let desired = overlay.on(&base);
+        // Validate (and plan) before the base changes.
+        self.plan(desired.clone(), Prune::Persistent).await?;
+        let old_base = std::mem::replace(
+            &mut *self.inner.base.lock().unwrap_or_else(|p| p.into_inner()),
+            base,
+        );
+        let r = self.apply(desired, Prune::Persistent, false).await;
+        if r.is_err() {
+            // Nothing of this plan could be checked as applied; keep the
+            // old base so the state file stays relative to what runs.
+            *self.inner.base.lock().unwrap_or_else(|p| p.into_inner()) = old_base;
+        } else {
+            // Unchanged plans still move the base: save the new overlay.
+            self.persist().await?;
+        }
+        r
+    }
+
+    /// The running set's difference from the base (what the state file
+    /// holds).
+    pub fn overlay(&self) -> Overlay {
+        let running: Vec<Desired> = self
+            .entries()
+            .iter()
+            .filter(|e| !e.ephemeral && !e.leaving.load(Ordering::Relaxed))
+            .map(|e| e.desired())
+            .collect();
+        let base = self
+            .inner
+            .base
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Overlay::between(&base, &running)
+    }
+
+    /// Write the state file from the registry as it is now.
+    async fn persist(&self) -> Result<(), SupervisorError> {
+        let Some(_) = &self.inner.store else {
+            return Ok(());
+        };
+        if self.inner.frozen.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let _one_at_a_time = self.inner.persisting.lock().await;
+        let overlay = self.overlay();
+        let this = self.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            this.inner
+                .store
+                .as_ref()
+                .map(|s| s.save(&overlay).map_err(|e| (s.path(), e)))
+                .unwrap_or(Ok(()))
+        })
+        .await
+        .map_err(|e| blocking_failed("state", e))?;
+        r.map_err(|(path, e)| {
+            tracing::error!(path = %path.display(), error = %e, "cannot write the state file");
+            SupervisorError::Persist(format!(
+                "the change is live but could not be saved to {}: {e}; it will not survive a restart",
+                path.display()
+            ))
+        })
     }
 
     pub fn get(&self, name: &str) -> Result<proto::Listener, SupervisorError> {
@@ -375,7 +1257,8 @@ impl Supervisor {
         SupervisorError,
     > {
         let entry = self.entry(name)?;
-        match &*entry.service {
+        let g = entry.current_gen();
+        match &*g.service {
             Service::Sniffer(s) => Ok(s.watch()),
             other => Err(SpecError(format!(
                 "'{name}' is a {} listener, not a sniffer",
@@ -401,15 +1284,12 @@ impl Supervisor {
         let entries = self.entries();
         for e in &entries {
             e.set_state(ListenerState::Stopping);
+            e.current_gen().socket().take();
             e.tracker.close();
         }
         let active: u64 = entries
             .iter()
-            .map(|e| {
-                e.stats
-                    .connections_active
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            })
+            .map(|e| e.stats.connections_active.load(Ordering::Relaxed))
             .sum();
         if active > 0 {
             tracing::info!(connections = active, grace = %humantime::format_duration(grace), "draining connections");
@@ -426,12 +1306,51 @@ impl Supervisor {
         }
         for e in &entries {
             e.set_state(ListenerState::Stopped);
-            if let Some(a) = e.own_udp_addr {
+            if let Some(a) = e.current_gen().own_udp_addr {
                 self.inner.settings.own_udp_addrs.remove(a);
             }
         }
         self.listeners().clear();
     }
+}
+
+/// The kind a spec names.
+fn spec_kind(spec: &proto::ListenerSpec) -> proto::ListenerKind {
+    use proto::listener_spec::Kind;
+    match &spec.kind {
+        None => proto::ListenerKind::Unspecified,
+        Some(Kind::TcpEcho(_)) => proto::ListenerKind::TcpEcho,
+        Some(Kind::UdpEcho(_)) => proto::ListenerKind::UdpEcho,
+        Some(Kind::Proxy(_)) => proto::ListenerKind::Proxy,
+        Some(Kind::Http(_)) => proto::ListenerKind::Http,
+        Some(Kind::Sniffer(_)) => proto::ListenerKind::Sniffer,
+    }
+}
+
+/// Whether going from `old` to `new` keeps the socket: the same kind and
+/// the same listen address, for kinds that have a socket to keep (a
+/// sniffer always opens a new capture).
+fn update_in_place(old: &proto::ListenerSpec, new: &proto::ListenerSpec) -> bool {
+    use proto::listener_spec::Kind;
+    match (&old.kind, &new.kind) {
+        (Some(Kind::TcpEcho(a)), Some(Kind::TcpEcho(b))) => a.listen == b.listen,
+        (Some(Kind::UdpEcho(a)), Some(Kind::UdpEcho(b))) => a.listen == b.listen,
+        (Some(Kind::Proxy(a)), Some(Kind::Proxy(b))) => a.listen == b.listen,
+        (Some(Kind::Http(a)), Some(Kind::Http(b))) => a.listen == b.listen,
+        _ => false,
+    }
+}
+
+/// An HTTP token of "<redacted>" (as netd shows it, and as `netctl export`
+/// writes it) means "keep the current one".
+fn keep_token(mut spec: proto::ListenerSpec, current: &proto::ListenerSpec) -> proto::ListenerSpec {
+    use proto::listener_spec::Kind;
+    if let (Some(Kind::Http(new)), Some(Kind::Http(cur))) = (&mut spec.kind, &current.kind) {
+        if new.token == crate::services::http::REDACTED {
+            new.token = cur.token.clone();
+        }
+    }
+    spec
 }
 
 /// Names are `[A-Za-z0-9][A-Za-z0-9._-]{0,62}`: safe in file names, URLs,
@@ -503,35 +1422,49 @@ fn printable(c: char) -> bool {
         && !matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
-/// Run the service; on failure, mark FAILED and rebind with backoff until it
-/// runs again or the listener is stopped.
-async fn supervise(entry: Arc<Entry>, events: EventBus, mut bound: crate::services::Bound) {
+/// Run a generation's service; on failure, mark the listener FAILED and
+/// rebind with backoff until it runs again, or until this generation is
+/// stopped (the listener stopped, or an update replaced the generation).
+/// `first` is the bound socket, or why there is none yet (a restored
+/// listener whose address was taken).
+async fn supervise(entry: Arc<Entry>, cur_gen: Arc<Generation>, first: Result<Bound, String>) {
+    let _ended = cur_gen.ended.clone().drop_guard();
+    let current = |entry: &Entry| Arc::ptr_eq(&entry.current_gen(), &cur_gen);
     let mut backoff = BACKOFF_INITIAL;
+    let mut next = first;
     'run: loop {
-        let began = Instant::now();
-        let result = entry
-            .tracker
-            .spawn(entry.service.clone().run(bound, entry.ctx()))
-            .await;
-        if entry.stop_accepting.is_cancelled() {
+        let error = match next {
+            Ok(bound) => {
+                let began = Instant::now();
+                let result = entry
+                    .tracker
+                    .spawn(cur_gen.service.clone().run(bound, entry.ctx(&cur_gen)))
+                    .await;
+                if cur_gen.stop.is_cancelled() {
+                    break;
+                }
+                if began.elapsed() >= STABLE_AFTER {
+                    backoff = BACKOFF_INITIAL;
+                }
+                match result {
+                    Ok(Ok(())) => "the service stopped unexpectedly".to_string(),
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(join) => match join.try_into_panic() {
+                        Ok(payload) => format!("panicked: {}", panic_message(&*payload)),
+                        Err(join) => format!("task ended abnormally: {join}"),
+                    },
+                }
+            }
+            Err(e) => e,
+        };
+        if !current(&entry) {
             break;
         }
-        let error = match result {
-            Ok(Ok(())) => "the service stopped unexpectedly".to_string(),
-            Ok(Err(e)) => format!("{e:#}"),
-            Err(join) => match join.try_into_panic() {
-                Ok(payload) => format!("panicked: {}", panic_message(&*payload)),
-                Err(join) => format!("task ended abnormally: {join}"),
-            },
-        };
-        if began.elapsed() >= STABLE_AFTER {
-            backoff = BACKOFF_INITIAL;
-        }
         tracing::error!(listener = %entry.name, error = %error, retry_in = ?backoff, "listener failed");
-        events.publish(
+        entry.events.publish(
             EventKind::Failed,
             &entry.name,
-            entry.service.kind(),
+            cur_gen.service.kind(),
             error.clone(),
         );
         {
@@ -541,18 +1474,18 @@ async fn supervise(entry: Arc<Entry>, events: EventBus, mut bound: crate::servic
         }
         loop {
             tokio::select! {
-                _ = entry.stop_accepting.cancelled() => break 'run,
+                _ = cur_gen.stop.cancelled() => break 'run,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
             // Off the runtime: a sniffer's bind opens its pcap file. A stop
             // meanwhile does not wait for it; what it binds is then dropped.
             let rebind = tokio::task::spawn_blocking({
-                let (service, addr) = (entry.service.clone(), entry.bind_addr);
+                let (service, addr) = (cur_gen.service.clone(), cur_gen.bind_addr);
                 move || service.bind(addr)
             });
             let rebound = tokio::select! {
-                _ = entry.stop_accepting.cancelled() => break 'run,
+                _ = cur_gen.stop.cancelled() => break 'run,
                 r = rebind => match r {
                     Ok(r) => r.map_err(SupervisorError::from),
                     Err(e) => Err(blocking_failed(&entry.name, e)),
@@ -560,7 +1493,8 @@ async fn supervise(entry: Arc<Entry>, events: EventBus, mut bound: crate::servic
             };
             match rebound {
                 Ok(b) => {
-                    bound = b;
+                    *cur_gen.socket() = b.dup_socket().ok().flatten();
+                    next = Ok(b);
                     let (restarts, cause) = {
                         let mut st = entry.status();
                         st.state = ListenerState::Running;
@@ -568,10 +1502,10 @@ async fn supervise(entry: Arc<Entry>, events: EventBus, mut bound: crate::servic
                         (st.restarts, st.last_error.clone())
                     };
                     tracing::info!(listener = %entry.name, restarts, "listener restarted");
-                    events.publish(
+                    entry.events.publish(
                         EventKind::Restarted,
                         &entry.name,
-                        entry.service.kind(),
+                        cur_gen.service.kind(),
                         format!("restart {restarts} after: {cause}"),
                     );
                     continue 'run;
@@ -583,6 +1517,7 @@ async fn supervise(entry: Arc<Entry>, events: EventBus, mut bound: crate::servic
             }
         }
     }
+    cur_gen.socket().take();
 }
 
 /// A blocking-pool task that panicked or was cancelled, as an error.

@@ -29,6 +29,7 @@ fn start_req(name: &str, spec: proto::ListenerSpec) -> proto::StartListenerReque
         name: name.into(),
         spec: Some(spec),
         labels: HashMap::new(),
+        ephemeral: false,
     }
 }
 
@@ -226,6 +227,7 @@ async fn grpc_status_codes() {
         name: "b".into(),
         spec: None,
         labels: HashMap::new(),
+        ephemeral: false,
     };
     assert_eq!(code(c.start_listener(no_spec).await), Code::InvalidArgument);
     let empty_spec = start_req("b", proto::ListenerSpec { kind: None });

@@ -382,6 +382,7 @@ async fn absurd_durations_are_refused_by_start_config_and_check_config() {
                 name: "absurd".into(),
                 spec: Some(spec),
                 labels: Default::default(),
+                ephemeral: false,
             })
             .await
             .expect_err(field);

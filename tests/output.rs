@@ -41,6 +41,7 @@ async fn table_output_escapes_control_characters_from_the_daemon() {
             })),
         }),
         labels,
+        ephemeral: false,
     };
     // Labels must be printable: the daemon refuses control characters in
     // keys and values outright.

@@ -359,6 +359,7 @@ async fn bad_proxy_specs_are_invalid_argument() {
             name: "p".into(),
             spec: Some(spec(ups)),
             labels: Default::default(),
+            ephemeral: false,
         };
         let err = c.start_listener(req).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{ups:?}: {err:?}");
@@ -456,6 +457,7 @@ async fn proxy_pointing_at_itself_is_invalid_argument() {
             })),
         }),
         labels: Default::default(),
+        ephemeral: false,
     };
     for (listen, upstream) in [
         ("127.0.0.1:7000", "127.0.0.1:7000"),

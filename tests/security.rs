@@ -578,6 +578,7 @@ async fn names_labels_and_request_sizes_are_bounded() {
                 })),
             }),
             labels,
+            ephemeral: false,
         })
         .await
         .expect_err("a 3.5 MB request is refused");

@@ -499,6 +499,7 @@ async fn bad_interface_bad_filter_and_prompt_stop() {
             kind: Some(proto::listener_spec::Kind::Sniffer(spec)),
         }),
         labels: Default::default(),
+        ephemeral: false,
     };
     let err = c
         .start_listener(start(proto::SnifferSpec {
@@ -743,6 +744,7 @@ async fn pcap_path_outside_capture_dir_is_refused() {
                 })),
             }),
             labels: Default::default(),
+            ephemeral: false,
         })
         .await
         .unwrap_err();

@@ -28,6 +28,7 @@ fn start_req(name: &str, spec: proto::ListenerSpec) -> proto::StartListenerReque
         name: name.into(),
         spec: Some(spec),
         labels: HashMap::new(),
+        ephemeral: false,
     }
 }
 

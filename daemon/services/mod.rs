@@ -66,6 +66,18 @@ pub enum Bound {
 }
 
 impl Bound {
+    /// A duplicate descriptor of the listening socket (TCP and UDP), kept
+    /// by the supervisor so that an update can run a new service on the
+    /// same socket and an upgrade can hand it over. None for a capture.
+    pub fn dup_socket(&self) -> io::Result<Option<std::os::fd::OwnedFd>> {
+        use std::os::fd::AsFd as _;
+        match self {
+            Bound::Tcp(l) => l.as_fd().try_clone_to_owned().map(Some),
+            Bound::Udp(s) => s.as_fd().try_clone_to_owned().map(Some),
+            Bound::Packet(_) => Ok(None),
+        }
+    }
+
     /// The socket address bound, for IP services.
     pub fn local_addr(&self) -> io::Result<Option<SocketAddr>> {
         match self {
@@ -237,6 +249,58 @@ impl Service {
             _ => bind_tcp(addr).map(Bound::Tcp),
         }
         .map_err(|e| BindError::from_io(addr, e))
+    }
+
+    /// Take over an already bound socket instead of binding one: the
+    /// socket of the listener this service replaces in place, or one handed
+    /// over by a previous netd (`--upgrade`, systemd's fd store). The
+    /// socket must be of the service's type (a listening TCP socket, or a
+    /// UDP socket); with `expect_addr`, also bound where the spec asks (an
+    /// inherited socket from an older config may not be). A sniffer opens
+    /// a new capture instead.
+    pub fn adopt(&self, fd: std::os::fd::OwnedFd, expect_addr: bool) -> Result<Bound, BindError> {
+        use socket2::{Socket, Type};
+        let want = match self {
+            Service::Sniffer(_) => return self.bind(None),
+            Service::UdpEcho(_) => Type::DGRAM,
+            _ => Type::STREAM,
+        };
+        let spec_addr = self
+            .listen_addr()
+            .ok_or_else(|| BindError::Precondition("nothing to bind".into()))?;
+        let socket = Socket::from(fd);
+        let bad = |why: String| {
+            BindError::Precondition(format!(
+                "cannot take over the socket for {spec_addr}: {why}"
+            ))
+        };
+        let ty = socket.r#type().map_err(|e| bad(e.to_string()))?;
+        if ty != want {
+            return Err(bad("it is not of the listener's type".into()));
+        }
+        if want == Type::STREAM && !socket.is_listener().map_err(|e| bad(e.to_string()))? {
+            return Err(bad("it is not listening".into()));
+        }
+        let local = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| bad("it has no IP address".into()))?;
+        if expect_addr
+            && (local.ip() != spec_addr.ip()
+                || (spec_addr.port() != 0 && local.port() != spec_addr.port()))
+        {
+            return Err(bad(format!("it is bound to {local}")));
+        }
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| BindError::from_io(local, e))?;
+        let r = if want == Type::DGRAM {
+            tokio::net::UdpSocket::from_std(socket.into()).map(Bound::Udp)
+        } else {
+            tokio::net::TcpListener::from_std(socket.into()).map(Bound::Tcp)
+        };
+        r.map_err(|e| BindError::from_io(local, e))
     }
 
     /// Checks that need the address actually bound (port 0 resolved): a

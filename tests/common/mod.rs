@@ -41,6 +41,31 @@ impl Netd {
         Netd::spawn(cmd, dir, control)
     }
 
+    /// Start netd again in the directory of an earlier one (its config
+    /// file, control socket path and state directory), e.g. after
+    /// [`Netd::kill9`].
+    pub fn start_in(dir: tempfile::TempDir) -> Netd {
+        let cfg = dir.path().join("netd.toml");
+        let control = ControlAddr::Unix(dir.path().join("netd.sock"));
+        let mut cmd = Command::new(NETD);
+        cmd.arg("--config").arg(&cfg);
+        Netd::spawn(cmd, dir, control)
+    }
+
+    /// Kill netd with SIGKILL (no chance to clean up) and hand back its
+    /// directory.
+    pub fn kill9(mut self) -> tempfile::TempDir {
+        self.signal(libc::SIGKILL);
+        self.wait_exit();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// Replace the config file (e.g. before a SIGHUP).
+    pub fn write_config(&self, config: &str) {
+        std::fs::write(self.dir.path().join("netd.toml"), config).expect("write config");
+    }
+
     /// Start netd with arbitrary arguments and the control address given
     /// through NETD_CONTROL.
     pub fn spawn(mut cmd: Command, dir: tempfile::TempDir, control: ControlAddr) -> Netd {
@@ -55,12 +80,24 @@ impl Netd {
     pub fn spawn_as_is(mut cmd: Command, dir: tempfile::TempDir, control: ControlAddr) -> Netd {
         use std::os::unix::fs::PermissionsExt;
         let notify_path = dir.path().join("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
         std::fs::set_permissions(&notify_path, std::fs::Permissions::from_mode(0o666))
             .expect("chmod notify socket");
         notify
             .set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
+        // Never the machine's /var/lib/netd: a state directory per test,
+        // writable by whichever user the test runs netd as.
+        if !cmd.get_envs().any(|(k, _)| k == "NETD_STATE_DIR") {
+            let state = dir.path().join("state");
+            if !state.exists() {
+                std::fs::create_dir(&state).expect("state dir");
+                std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777))
+                    .expect("chmod state dir");
+            }
+            cmd.env("NETD_STATE_DIR", &state);
+        }
         let log = std::fs::File::create(dir.path().join("netd.log")).expect("log file");
         cmd.env("NOTIFY_SOCKET", &notify_path)
             .env("RUST_LOG", "info")

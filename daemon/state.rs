@@ -1,0 +1,373 @@
+//! The persisted runtime state: what the control plane changed relative to
+//! the config file, kept in `state_dir` so that a restart brings it back.
+//!
+//! The rule (also in the README's "Runtime state"): the config file's
+//! listeners are the base; the state file records the difference the
+//! control plane made to it — listeners started or changed through netctl
+//! (with their full spec) and config listeners stopped through netctl (by
+//! name). At start and on reload netd runs the base with that difference
+//! on top. The difference is recomputed from the running set after every
+//! change, so `netctl apply --prune -f CONFIG` empties it. Ephemeral
+//! listeners (`netctl start --ephemeral`) and draining ones are not part
+//! of the running set for this purpose.
+//!
+//! The file (`state_dir/listeners.state`, mode 0600: it holds HTTP tokens)
+//! is a `StateFile` protobuf behind a magic line and a checksum, written
+//! atomically: a temporary file in the same directory, fsync, rename over
+//! the old one, fsync of the directory. A file that cannot be read or
+//! decoded is renamed aside with a timestamp and reported, never silently
+//! dropped; start continues with the config alone. All file work here is
+//! blocking: callers run it on the blocking pool.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use prost::Message as _;
+
+use crate::config::BootListener;
+use crate::proto;
+use crate::safe_file::Dir;
+
+/// The state file's name in `state_dir`.
+pub const FILE_NAME: &str = "listeners.state";
+const TMP_NAME: &str = "listeners.state.tmp";
+/// First bytes of a state file.
+const MAGIC: &[u8] = b"netd-state v1\n";
+/// Largest state file read (1024 listeners at a few KiB each fit easily).
+const MAX_BYTES: u64 = 64 << 20;
+/// Mode of the state file: it holds secrets (HTTP tokens).
+const FILE_MODE: u32 = 0o600;
+
+/// `state_dir` when neither the config nor `--state-dir` sets one:
+/// `/var/lib/netd` for root (the unit's StateDirectory), else
+/// `$XDG_STATE_HOME/netd` or `$HOME/.local/state/netd`; None if neither
+/// variable is set (then nothing is persisted, and netd says so).
+pub fn default_state_dir() -> Option<PathBuf> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Some(PathBuf::from("/var/lib/netd"));
+    }
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    let state =
+        absolute("XDG_STATE_HOME").or_else(|| absolute("HOME").map(|h| h.join(".local/state")))?;
+    Some(state.join("netd"))
+}
+
+/// One listener as the state and the diff see it: name, spec (secrets
+/// included), labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub name: String,
+    pub spec: proto::ListenerSpec,
+    pub labels: HashMap<String, String>,
+}
+
+impl Desired {
+    pub fn to_entry(&self) -> proto::ListenerEntry {
+        proto::ListenerEntry {
+            name: self.name.clone(),
+            spec: Some(self.spec.clone()),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+impl From<&BootListener> for Desired {
+    fn from(b: &BootListener) -> Self {
+        Desired {
+            name: b.name.clone(),
+            spec: b.spec.clone(),
+            labels: b.labels.clone(),
+        }
+    }
+}
+
+/// The difference between the running set and the config's listeners.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overlay {
+    /// Created or changed through the control plane (full entries).
+    pub listeners: Vec<Desired>,
+    /// Config listeners stopped through the control plane.
+    pub removed: Vec<String>,
+}
+
+impl Overlay {
+    /// What differs between `running` and `base`.
+    pub fn between(base: &[Desired], running: &[Desired]) -> Overlay {
+        let base_by: BTreeMap<&str, &Desired> = base.iter().map(|d| (d.name.as_str(), d)).collect();
+        let running_names: std::collections::HashSet<&str> =
+            running.iter().map(|d| d.name.as_str()).collect();
+        let mut listeners: Vec<Desired> = running
+            .iter()
+            .filter(|r| base_by.get(r.name.as_str()) != Some(r))
+            .cloned()
+            .collect();
+        listeners.sort_by(|a, b| a.name.cmp(&b.name));
+        let removed = base_by
+            .keys()
+            .filter(|n| !running_names.contains(*n))
+            .map(|n| n.to_string())
+            .collect();
+        Overlay { listeners, removed }
+    }
+
+    /// `base` with this difference on top: what should run.
+    pub fn on(&self, base: &[Desired]) -> Vec<Desired> {
+        let mut out: BTreeMap<String, Desired> = base
+            .iter()
+            .filter(|d| !self.removed.contains(&d.name))
+            .map(|d| (d.name.clone(), d.clone()))
+            .collect();
+        for d in &self.listeners {
+            out.insert(d.name.clone(), d.clone());
+        }
+        out.into_values().collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty() && self.removed.is_empty()
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let msg = proto::StateFile {
+            version: 1,
+            listeners: self.listeners.iter().map(Desired::to_entry).collect(),
+            removed: self.removed.clone(),
+        };
+        let payload = msg.encode_to_vec();
+        let mut out = Vec::with_capacity(MAGIC.len() + 8 + payload.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&fnv1a(&payload).to_le_bytes());
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Overlay, String> {
+        let rest = bytes
+            .strip_prefix(MAGIC)
+            .ok_or("it does not start with netd's state header")?;
+        if rest.len() < 8 {
+            return Err("it is cut short".into());
+        }
+        let (sum, payload) = rest.split_at(8);
+        let sum = u64::from_le_bytes(sum.try_into().expect("8 bytes"));
+        if fnv1a(payload) != sum {
+            return Err("its checksum does not match (the file is damaged)".into());
+        }
+        let msg =
+            proto::StateFile::decode(payload).map_err(|e| format!("cannot decode it: {e}"))?;
+        if msg.version != 1 {
+            return Err(format!(
+                "it has layout version {}; this netd reads version 1",
+                msg.version
+            ));
+        }
+        let mut listeners = Vec::with_capacity(msg.listeners.len());
+        for e in msg.listeners {
+            let Some(spec) = e.spec else {
+                return Err(format!("listener '{}' has no spec", e.name));
+            };
+            listeners.push(Desired {
+                name: e.name,
+                spec,
+                labels: e.labels,
+            });
+        }
+        Ok(Overlay {
+            listeners,
+            removed: msg.removed,
+        })
+    }
+}
+
+/// FNV-1a, 64 bits: catches a damaged file (not an attacker, who could
+/// write the file anyway).
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// What loading found.
+#[derive(Debug)]
+pub struct Loaded {
+    pub overlay: Overlay,
+    /// Set when the file was unreadable or damaged: why, and where it was
+    /// moved (None if moving it failed too).
+    pub problem: Option<(String, Option<PathBuf>)>,
+}
+
+/// The state directory and the file in it.
+#[derive(Debug)]
+pub struct Store {
+    dir: Dir,
+}
+
+impl Store {
+    /// Open (creating it, mode 0750) the state directory.
+    pub fn open(path: &Path) -> std::io::Result<Store> {
+        if !path.is_absolute() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the state directory must be an absolute path",
+            ));
+        }
+        Ok(Store {
+            dir: Dir::open_or_create(path)?,
+        })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join(FILE_NAME)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Read the state file. Missing: an empty overlay. Unreadable or
+    /// damaged: moved aside as `listeners.state.corrupt-<unix seconds>`,
+    /// reported in `problem`, and an empty overlay.
+    pub fn load(&self) -> Loaded {
+        let read = self
+            .dir
+            .read_ours(FILE_NAME, MAX_BYTES)
+            .map_err(|e| format!("cannot read it: {e}"))
+            .and_then(|b| match b {
+                None => Ok(Overlay::default()),
+                Some(bytes) => Overlay::decode(&bytes),
+            });
+        match read {
+            Ok(overlay) => Loaded {
+                overlay,
+                problem: None,
+            },
+            Err(why) => {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let aside = format!("{FILE_NAME}.corrupt-{secs}");
+                let moved = match self.dir.rename_ours(FILE_NAME, &aside) {
+                    Ok(None) => {
+                        let _ = self.dir.sync();
+                        Some(self.dir.path().join(&aside))
+                    }
+                    _ => None,
+                };
+                Loaded {
+                    overlay: Overlay::default(),
+                    problem: Some((why, moved)),
+                }
+            }
+        }
+    }
+
+    /// Replace the state file with `overlay`, atomically and durably.
+    pub fn save(&self, overlay: &Overlay) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let bytes = overlay.encode();
+        let mut f = self.dir.create_file(TMP_NAME)?;
+        f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        drop(f);
+        if let Some(s) = self.dir.rename_ours(TMP_NAME, FILE_NAME)? {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is {}; refusing to replace it",
+                    self.dir.path().join(&s.name).display(),
+                    s.what
+                ),
+            ));
+        }
+        self.dir.sync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::listener_spec::Kind;
+
+    fn echo(name: &str, listen: &str) -> Desired {
+        Desired {
+            name: name.into(),
+            spec: proto::ListenerSpec {
+                kind: Some(Kind::TcpEcho(proto::TcpEchoSpec {
+                    listen: listen.into(),
+                    ..Default::default()
+                })),
+            },
+            labels: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn overlay_is_the_difference_and_puts_it_back() {
+        let base = vec![echo("a", "127.0.0.1:1"), echo("b", "127.0.0.1:2")];
+        let running = vec![echo("b", "127.0.0.1:3"), echo("c", "127.0.0.1:4")];
+        let o = Overlay::between(&base, &running);
+        assert_eq!(o.removed, vec!["a".to_string()]);
+        assert_eq!(
+            o.listeners
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+        assert_eq!(o.on(&base), running);
+        assert!(Overlay::between(&base, &base).is_empty());
+    }
+
+    #[test]
+    fn save_load_round_trip_and_damage_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.load().overlay.is_empty());
+        let o = Overlay {
+            listeners: vec![echo("x", "127.0.0.1:5")],
+            removed: vec!["gone".into()],
+        };
+        store.save(&o).unwrap();
+        let loaded = store.load();
+        assert!(loaded.problem.is_none());
+        assert_eq!(loaded.overlay, o);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(store.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // One flipped byte in the payload.
+        let mut bytes = std::fs::read(store.path()).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x20;
+        std::fs::write(store.path(), &bytes).unwrap();
+        let loaded = store.load();
+        let (why, moved) = loaded.problem.expect("damage reported");
+        assert!(why.contains("checksum"), "{why}");
+        let moved = moved.expect("moved aside");
+        assert!(moved.exists() && !store.path().exists());
+        assert!(loaded.overlay.is_empty());
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_file_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"secret").unwrap();
+        std::os::unix::fs::symlink(&target, store.path()).unwrap();
+        let loaded = store.load();
+        assert!(loaded.problem.is_some());
+        assert_eq!(std::fs::read(&target).unwrap(), b"secret");
+    }
+}
