@@ -7,7 +7,10 @@
 mod escape;
 mod output;
 mod probe;
+mod render;
 mod stats;
+
+use render::{out, outln};
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -26,6 +29,9 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 /// Control netd: start and stop listeners, inspect them, probe services.
+///
+/// Exit status: 0 success; 1 refused by netd (or a probe got no answer);
+/// 2 usage (bad flags or input); 3 netd unreachable.
 ///
 /// netctl talks to the netd daemon over gRPC at --control. Without it,
 /// netctl uses unix:/run/netd/netd.sock when that socket exists (root and
@@ -686,15 +692,19 @@ fn status_line(what: &str, s: &tonic::Status) -> anyhow::Error {
     if let (Code::Unknown | Code::Unavailable | Code::Internal, Some(t)) =
         (s.code(), netd::client::transport_failure(s))
     {
-        return anyhow!("{what}: {t}");
+        return render::unreachable(anyhow!("{what}: {t}"));
     }
     match s.code() {
-        Code::Unavailable if s.message().is_empty() => anyhow!("{what}: netd is unavailable"),
-        Code::Cancelled if s.message().contains("Timeout expired") => {
-            anyhow!("{what}: netd did not answer in time (--timeout)")
+        Code::Unavailable if s.message().is_empty() => {
+            render::unreachable(anyhow!("{what}: netd is unavailable"))
         }
-        Code::Unknown | Code::Internal => anyhow!("{what}: netd error: {}", s.message()),
-        _ => anyhow!("{what}: {}", s.message()),
+        Code::Cancelled if s.message().contains("Timeout expired") => {
+            render::unreachable(anyhow!("{what}: netd did not answer in time (--timeout)"))
+        }
+        Code::Unknown | Code::Internal => {
+            render::refused(anyhow!("{what}: netd error: {}", s.message()))
+        }
+        _ => render::refused(anyhow!("{what}: {}", s.message())),
     }
 }
 
@@ -704,11 +714,11 @@ fn to_proto_duration(
 ) -> anyhow::Result<Option<prost_types::Duration>> {
     d.map(prost_types::Duration::try_from)
         .transpose()
-        .map_err(|_| anyhow!("{flag} is too large"))
+        .map_err(|_| render::usage(anyhow!("{flag} is too large")))
 }
 
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// Where and how to reach netd, from the global flags.
@@ -746,8 +756,13 @@ impl Dial {
         })
     }
 
-    /// A client; `streaming` calls get no per-request deadline.
+    /// A client; `streaming` calls get no per-request deadline. Failing to
+    /// reach netd is classed "unreachable" (exit 3).
     async fn client(&self, streaming: bool) -> anyhow::Result<ControlClient<Channel>> {
+        self.connect(streaming).await.map_err(render::unreachable)
+    }
+
+    async fn connect(&self, streaming: bool) -> anyhow::Result<ControlClient<Channel>> {
         let mut opts = self.opts.clone();
         if streaming {
             opts.request_timeout = None;
@@ -788,7 +803,7 @@ fn private_dir_of(addr: &ControlAddr) -> Option<std::path::PathBuf> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let dial = Dial::from_cli(&cli)?;
+    let dial = Dial::from_cli(&cli).map_err(render::usage)?;
     let result = run_command(cli, &dial).await;
     let Err(e) = result else { return Ok(()) };
     // A call over TLS that died without a reason: ask the TLS layer why
@@ -808,10 +823,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(why) =
                 netd::client::diagnose_tls(hostport, tls, dial.opts.connect_timeout).await
             {
-                return Err(anyhow!(
+                return Err(render::unreachable(anyhow!(
                     "TLS with netd at {hostport} failed: {}",
                     netd::client::with_hint(&why, true)
-                ));
+                )));
             }
         }
     }
@@ -827,7 +842,7 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
             message,
             timeout,
         } => {
-            let target = parse_listen_addr(&addr)?;
+            let target = parse_listen_addr(&addr).map_err(render::usage)?;
             let reply = match protocol {
                 ProbeProtocol::Tcp => probe::tcp(target, message.as_bytes(), timeout).await,
                 ProbeProtocol::Udp => probe::udp(target, message.as_bytes(), timeout).await,
@@ -853,9 +868,9 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                     "rtt_ms": reply.rtt.as_secs_f64() * 1000.0,
                 }));
             } else {
-                print!("{text}");
+                out!("{text}");
                 if !text.ends_with('\n') {
-                    println!();
+                    outln!();
                 }
             }
             return Ok(());
@@ -868,10 +883,7 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                     max_connections,
                     idle_timeout,
                 } => {
-                    let idle_timeout = idle_timeout
-                        .map(prost_types::Duration::try_from)
-                        .transpose()
-                        .map_err(|_| anyhow!("--idle-timeout is too large"))?;
+                    let idle_timeout = to_proto_duration("--idle-timeout", idle_timeout)?;
                     let spec = proto::TcpEchoSpec {
                         listen: common.listen.clone(),
                         prefix,
@@ -923,7 +935,8 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                         (None, Some(path)) => std::fs::read_to_string(&path)
                             .with_context(|| {
                                 format!("cannot read the token file {}", path.display())
-                            })?
+                            })
+                            .map_err(render::usage)?
                             .trim()
                             .to_string(),
                         (None, None) => String::new(),
@@ -1009,7 +1022,7 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
             if json {
                 print_json(&output::listener_json(&l));
             } else {
-                println!(
+                outln!(
                     "started {} ({}) on {}",
                     escape::escape(&l.name),
                     l.kind().slug(),
@@ -1026,7 +1039,7 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                 print_json(&output::listener_json(&l));
             } else {
                 let s = l.stats.clone().unwrap_or_default();
-                println!(
+                outln!(
                     "stopped {} ({}; {} connections, {} datagrams, {} in, {} out)",
                     escape::escape(&l.name),
                     l.kind().slug(),
@@ -1045,7 +1058,8 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
             };
             let cur = reply_listener(&what, client.get_listener(req).await, |r| r.listener)?;
             let mut spec = cur.spec.unwrap_or_default();
-            args.patch(&mut spec).map_err(|e| anyhow!("{what}: {e}"))?;
+            args.patch(&mut spec)
+                .map_err(|e| render::usage(anyhow!("{what}: {e}")))?;
             let labels = args.labels();
             let req = proto::UpdateListenerRequest {
                 name: args.name.clone(),
@@ -1073,9 +1087,9 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                     "listener": output::listener_json(&l),
                 }));
             } else if unchanged {
-                println!("{}: unchanged", escape::escape(&l.name));
+                outln!("{}: unchanged", escape::escape(&l.name));
             } else {
-                println!(
+                outln!(
                     "updated {} ({}): {} on {}",
                     escape::escape(&l.name),
                     how.replace('_', " "),
@@ -1105,7 +1119,7 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                 }));
             } else {
                 let s = l.stats.clone().unwrap_or_default();
-                println!(
+                outln!(
                     "drained {} ({}; {} connections served, {} closed at the timeout)",
                     escape::escape(&l.name),
                     l.kind().slug(),
@@ -1119,7 +1133,7 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
             dry_run,
             prune,
         } => {
-            let listeners = read_apply_file(&file)?;
+            let listeners = read_apply_file(&file).map_err(render::usage)?;
             let mut client = dial.client(false).await?;
             let r = client
                 .apply_listeners(proto::ApplyListenersRequest {
@@ -1169,11 +1183,15 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                     .collect();
                 output::table(&["ACTION", "NAME", "KIND", "DETAIL"], &rows);
                 if dry_run {
-                    println!("dry run: nothing changed");
+                    outln!("dry run: nothing changed");
                 }
             }
             if let Some(f) = failed {
-                return Err(anyhow!("apply stopped at '{}': {}", f.name, f.error));
+                return Err(render::refused(anyhow!(
+                    "apply stopped at '{}': {}",
+                    f.name,
+                    f.error
+                )));
             }
         }
         Command::Export => {
@@ -1221,7 +1239,7 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                     .map_err(|s| status_line(&what, &s))?
                     .into_inner();
                 if json {
-                    println!("{}", stats::sample_json(&sample));
+                    outln!("{}", stats::sample_json(&sample));
                 } else {
                     stats::print_table(&sample);
                 }
@@ -1231,7 +1249,7 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                 name,
                 interval: Some(
                     prost_types::Duration::try_from(interval)
-                        .map_err(|_| anyhow!("--interval is too large"))?,
+                        .map_err(|_| render::usage(anyhow!("--interval is too large")))?,
                 ),
             };
             let mut stream = client
@@ -1247,7 +1265,7 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                 .map_err(|s| status_line("stats stream", &s))?
             {
                 if json {
-                    println!("{}", stats::sample_json(&sample));
+                    outln!("{}", stats::sample_json(&sample));
                 } else {
                     watcher.show(&sample);
                 }
@@ -1271,9 +1289,9 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                 .map_err(|s| status_line("packet stream", &s))?
             {
                 if json {
-                    println!("{}", stats::packet_json(&p));
+                    outln!("{}", stats::packet_json(&p));
                 } else {
-                    println!("{}", stats::packet_line(&p));
+                    outln!("{}", stats::packet_line(&p));
                 }
                 seen += 1;
                 if count.is_some_and(|c| seen >= c) {
@@ -1296,9 +1314,9 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                 .map_err(|s| status_line("event stream", &s))?
             {
                 if json {
-                    println!("{}", stats::event_json(&ev));
+                    outln!("{}", stats::event_json(&ev));
                 } else {
-                    println!("{}", stats::event_line(&ev));
+                    outln!("{}", stats::event_line(&ev));
                 }
                 use std::io::Write as _;
                 let _ = std::io::stdout().flush();
@@ -1337,7 +1355,7 @@ fn main() -> ExitCode {
             // Errors carry the daemon's messages, which can quote what a
             // listener's creator chose: escaped, and one line.
             eprintln!("netctl: {}", escape::escape(&format!("{e:#}")));
-            ExitCode::FAILURE
+            ExitCode::from(render::exit_code(&e))
         }
     }
 }

@@ -5,6 +5,7 @@
 //! [`status_block`], which pass each cell and value through
 //! [`escape`](crate::escape::escape).
 
+use crate::render::outln;
 use std::time::{Duration, SystemTime};
 
 use netd::proto::{self, listener_spec::Kind};
@@ -266,7 +267,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end());
     };
     line(header.iter().map(|s| s.to_string()).collect());
     for row in rows {
@@ -276,7 +277,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 
 pub fn list_table(listeners: &[proto::Listener]) {
     if listeners.is_empty() {
-        println!("no listeners (start one with `netctl start ...`)");
+        outln!("no listeners (start one with `netctl start ...`)");
         return;
     }
     let rows: Vec<Vec<String>> = listeners
@@ -401,10 +402,10 @@ pub fn status_block(l: &proto::Listener) {
         ("errors", s.errors.to_string()),
     ];
     for (k, v) in rows {
-        println!("{:<12} {}", format!("{k}:"), escape(&v));
+        outln!("{:<12} {}", format!("{k}:"), escape(&v));
     }
     if let Some(proto::listener_stats::Detail::Http(h)) = &s.detail {
-        println!(
+        outln!(
             "{:<12} {} total: {} 2xx, {} 3xx, {} 4xx ({} unauthorized, {} rate limited), {} 5xx ({} over the body budget)",
             "requests:",
             h.requests,
@@ -416,13 +417,16 @@ pub fn status_block(l: &proto::Listener) {
             h.responses_5xx,
             h.body_budget_refused
         );
-        println!(
+        outln!(
             "{:<12} p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
-            "latency:", h.latency_p50_ms, h.latency_p90_ms, h.latency_p99_ms
+            "latency:",
+            h.latency_p50_ms,
+            h.latency_p90_ms,
+            h.latency_p99_ms
         );
     }
     if let Some(proto::listener_stats::Detail::UdpEcho(u)) = &s.detail {
-        println!(
+        outln!(
             "{:<12} {} own source, {} reflector source, {} rate limited, {} by the kernel; {} truncated",
             "dropped:",
             u.own_source_drops,
@@ -431,9 +435,11 @@ pub fn status_block(l: &proto::Listener) {
             u.kernel_drops,
             u.truncated
         );
-        println!(
+        outln!(
             "{:<12} {} tracked, {} evicted",
-            "sources:", u.sources_tracked, u.sources_evicted
+            "sources:",
+            u.sources_tracked,
+            u.sources_evicted
         );
     }
     if let Some(proto::listener_stats::Detail::Sniffer(f)) = &s.detail {
@@ -441,7 +447,7 @@ pub fn status_block(l: &proto::Listener) {
             let p = p.unwrap_or_default();
             format!("{} packets, {}", p.packets, bytes(p.bytes))
         };
-        println!(
+        outln!(
             "{:<12} tcp {}; udp {}; icmp {}; other {} (of these: {} later fragments, {} malformed)",
             "captured:",
             pc(&f.tcp),
@@ -451,7 +457,7 @@ pub fn status_block(l: &proto::Listener) {
             f.fragments,
             f.malformed
         );
-        println!(
+        outln!(
             "{:<12} {} active, {} evicted; kernel drops {}, watcher drops {}, pcap {} packets, alerts {}",
             "flows:",
             f.flows_active,
@@ -462,7 +468,7 @@ pub fn status_block(l: &proto::Listener) {
             f.alerts
         );
         if !f.top_flows.is_empty() {
-            println!("top flows:");
+            outln!("top flows:");
             let rows: Vec<Vec<String>> = f
                 .top_flows
                 .iter()
@@ -480,7 +486,7 @@ pub fn status_block(l: &proto::Listener) {
         }
     }
     if let Some(proto::listener_stats::Detail::Proxy(p)) = &s.detail {
-        println!(
+        outln!(
             "{:<12} {} failed, {} timed out; pool {} hits, {} misses, {} stale",
             "connects:",
             p.connect_failures,
@@ -489,7 +495,7 @@ pub fn status_block(l: &proto::Listener) {
             p.pool_misses,
             p.pool_stale
         );
-        println!("upstreams:");
+        outln!("upstreams:");
         let rows: Vec<Vec<String>> = p
             .upstreams
             .iter()

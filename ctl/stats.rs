@@ -1,6 +1,7 @@
 //! `netctl stats` and `netctl events`: render stats samples and lifecycle
 //! events as tables, lines or JSON lines.
 
+use crate::render::{out, outln};
 use std::io::{IsTerminal, Write};
 use std::time::SystemTime;
 
@@ -121,7 +122,7 @@ fn rows(s: &StatsSample) -> Vec<Vec<String>> {
 /// Print one sample as a table.
 pub fn print_table(s: &StatsSample) {
     if s.listeners.is_empty() {
-        println!("no listeners");
+        outln!("no listeners");
         return;
     }
     table(&HEADER, &rows(s));
@@ -147,8 +148,8 @@ impl Watcher {
     pub fn show(&mut self, s: &StatsSample) {
         if self.tty {
             // Home the cursor and clear the screen, then draw.
-            print!("\x1b[H\x1b[2J");
-            println!(
+            out!("\x1b[H\x1b[2J");
+            outln!(
                 "netd stats every {} at {}{} (Ctrl-C to quit)\n",
                 humantime::format_duration(self.interval),
                 time(s.time),
@@ -168,12 +169,12 @@ impl Watcher {
                 .map(|r| std::iter::once(t.clone()).chain(r).collect())
                 .collect();
             if !self.header_done {
-                println!("{}", header.join("\t"));
+                outln!("{}", header.join("\t"));
                 self.header_done = true;
             }
             for r in rows {
                 let cells: Vec<_> = r.iter().map(|c| escape(c)).collect();
-                println!("{}", cells.join("\t"));
+                outln!("{}", cells.join("\t"));
             }
         }
         let _ = std::io::stdout().flush();

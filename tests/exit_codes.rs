@@ -1,0 +1,122 @@
+//! netctl's contract with scripts: exit codes by class (0 ok, 1 refused by
+//! netd, 2 usage, 3 netd unreachable) and a quiet exit 0 when its output
+//! pipe is closed (`netctl events | head -1`).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::{NETCTL, Netd, wait_until};
+
+fn code(out: &std::process::Output) -> i32 {
+    out.status.code().expect("netctl exited by a signal")
+}
+
+#[test]
+fn exit_codes_by_class() {
+    let netd = Netd::start("");
+    // 0
+    let out = netd.netctl(&["list"]);
+    assert_eq!(code(&out), 0);
+    // 1: netd refused (unknown name, port in use).
+    let out = netd.netctl(&["stop", "nope"]);
+    assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
+    netd.netctl_ok(&["start", "tcp-echo", "e", "--listen", "127.0.0.1:0"]);
+    let taken = common::bound_addr(&netd, "e").to_string();
+    let out = netd.netctl(&["start", "tcp-echo", "f", "--listen", &taken]);
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already in use"));
+    // 2: usage, found before anything is sent.
+    let out = netd.netctl(&["start", "tcp-echo"]);
+    assert_eq!(code(&out), 2);
+    let out = netd.netctl(&["probe", "tcp", "not-an-address"]);
+    assert_eq!(code(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    let out = netd.netctl(&["update", "e", "--upstream", "127.0.0.1:1"]);
+    assert_eq!(code(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    let out = netd.netctl(&["apply", "-f", "/nonexistent/apply.toml"]);
+    assert_eq!(code(&out), 2);
+    // 3: nobody there.
+    let gone = netd.dir.path().join("nobody.sock");
+    let out = Command::new(NETCTL)
+        .args(["--control", &format!("unix:{}", gone.display()), "list"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", String::from_utf8_lossy(&out.stderr));
+    let port = common::free_tcp_port();
+    let out = Command::new(NETCTL)
+        .args([
+            "--control",
+            &format!("127.0.0.1:{port}"),
+            "--connect-timeout",
+            "2s",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", String::from_utf8_lossy(&out.stderr));
+    // The codes are documented in --help.
+    let help = Command::new(NETCTL).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("3 netd unreachable"), "{help}");
+}
+
+#[test]
+fn a_closed_output_pipe_ends_netctl_quietly_with_0() {
+    let netd = Netd::start("");
+    let mut events = Command::new(NETCTL)
+        .args(["--control", &netd.control.to_string(), "events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = events.stdout.take().unwrap();
+    let mut first = String::new();
+    // Events only flow once the watch is open: keep starting listeners
+    // until the first line arrives, like `| head -1` would read it.
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        r.read_line(&mut first).unwrap();
+        first
+        // `r` (the pipe's read end) is dropped here: the pipe is closed.
+    });
+    let mut n = 0;
+    wait_until("the first event line", || {
+        n += 1;
+        netd.netctl_ok(&[
+            "start",
+            "tcp-echo",
+            &format!("e{n}"),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        reader.is_finished()
+    });
+    let first = reader.join().unwrap();
+    assert!(first.contains("started"), "{first}");
+    // More events now meet a closed pipe.
+    for i in 0..3 {
+        netd.netctl_ok(&[
+            "start",
+            "tcp-echo",
+            &format!("late{i}"),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+    }
+    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let status = loop {
+        if let Some(s) = events.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "netctl events kept running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut events.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {err}");
+    assert!(err.is_empty(), "{err}");
+}
