@@ -44,6 +44,16 @@ impl From<&proto::Listener> for ExportListener {
     }
 }
 
+impl From<crate::config::BootListener> for ExportListener {
+    fn from(b: crate::config::BootListener) -> Self {
+        ExportListener {
+            name: b.name,
+            spec: b.spec,
+            labels: b.labels,
+        }
+    }
+}
+
 /// A listener the config format cannot express exactly; the message names
 /// the listener and the field.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -287,14 +297,7 @@ mod tests {
         let text = listeners_to_toml(listeners).unwrap();
         let parsed = config::parse_listeners(&text, SOURCE)
             .unwrap_or_else(|e| panic!("{e}\n--- exported text:\n{text}"));
-        parsed
-            .into_iter()
-            .map(|b| ExportListener {
-                name: b.name,
-                spec: b.spec,
-                labels: b.labels,
-            })
-            .collect()
+        parsed.into_iter().map(ExportListener::from).collect()
     }
 
     /// What a round trip must give back: the listeners sorted by name, a
@@ -412,11 +415,7 @@ mod tests {
         let listeners: Vec<ExportListener> = Config::embedded()
             .listeners
             .into_iter()
-            .map(|b| ExportListener {
-                name: b.name,
-                spec: b.spec,
-                labels: b.labels,
-            })
+            .map(ExportListener::from)
             .collect();
         assert!(!listeners.is_empty());
         assert_eq!(round_trip(&listeners), expected(&listeners));
@@ -840,7 +839,7 @@ mod fuzz {
                 .map_err(|e| TestCaseError::fail(format!("{e}\n--- text:\n{text}")))?;
             let back: Vec<ExportListener> = parsed
                 .into_iter()
-                .map(|b| ExportListener { name: b.name, spec: b.spec, labels: b.labels })
+                .map(ExportListener::from)
                 .collect();
             prop_assert_eq!(back, tests::expected(&listeners), "text:\n{}", text);
         }
