@@ -644,9 +644,9 @@ fn read_apply_file(path: &std::path::Path) -> anyhow::Result<Vec<proto::Listener
             .with_context(|| format!("cannot read {}", path.display()))?;
         (t, path.display().to_string())
     };
-    let listeners = netd::config::Config::parse(&text, &source)
-        .map_err(|e| anyhow!("{e}"))?
-        .listeners;
+    // Before any connection exists, so the blocking parse (an upstream
+    // name may be resolved) holds up nothing else.
+    let listeners = netd::config::parse_listeners(&text, &source).map_err(|e| anyhow!("{e}"))?;
     Ok(listeners
         .into_iter()
         .map(|l| proto::ListenerEntry {
@@ -1202,8 +1202,10 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
                 .map_err(|s| status_line("cannot list listeners", &s))?
                 .into_inner()
                 .listeners;
-            let _ = ls;
-            return Err(anyhow!("export: not yet"));
+            let entries: Vec<netd::export::ExportListener> = ls.iter().map(Into::into).collect();
+            let text = netd::export::listeners_to_toml(&entries)
+                .map_err(|e| render::refused(anyhow!("cannot export: {e}")))?;
+            out!("{text}");
         }
         Command::List => {
             let mut client = dial.client(false).await?;

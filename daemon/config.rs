@@ -5,7 +5,8 @@
 //! StartListener call carries and validated by the same code, so a config
 //! and the API can never disagree on what is valid. Errors name the file,
 //! the line and the problem. `deploy/netd.toml` is compiled in as the
-//! default.
+//! default. Apply files (`netctl apply -f`) are read here too, by
+//! [`parse_listeners`]: the same tables under two different rules.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -134,6 +135,10 @@ struct RawListener {
     request_timeout: Option<Spanned<String>>,
     #[serde(default)]
     token_file: Option<Spanned<String>>,
+    /// A literal HTTP token; in an apply file also the placeholder
+    /// [`crate::services::http::REDACTED`] (see [`parse_listeners`]).
+    #[serde(default)]
+    token: Option<Spanned<String>>,
     #[serde(default)]
     rate_limit: Option<Spanned<String>>,
     #[serde(default)]
@@ -197,6 +202,59 @@ pub struct BootListener {
     pub labels: HashMap<String, String>,
     /// `file:line` of the entry, for errors found when it is started.
     pub origin: String,
+}
+
+/// Where `[[listener]]` tables come from; the rules differ in two places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entries {
+    /// netd's config file: every token must be real.
+    BootConfig,
+    /// A file for `netctl apply` (see [`parse_listeners`]).
+    ApplyFile,
+}
+
+/// An apply file: its `[[listener]]` tables. Other top-level keys (a
+/// whole config file's daemon settings) are ignored, so that `netctl apply
+/// --prune -f /etc/netd/netd.toml` makes netd match its config file.
+#[derive(Debug, Deserialize)]
+struct RawApplyFile {
+    #[serde(default, rename = "listener")]
+    listeners: Vec<RawListener>,
+}
+
+/// Parse and validate an apply file (`netctl apply -f`, and what
+/// `netctl export` writes): the config file's `[[listener]]` tables, with
+/// the same keys and checks; anything else in it is ignored (daemon
+/// settings change through the config file and a restart). `source` names
+/// it in errors.
+///
+/// Two rules differ from [`Config::parse`]:
+/// - an HTTP listener may say `token = "<redacted>"`
+///   ([`crate::services::http::REDACTED`], what netd reports in place of a
+///   token and what export writes), which netd reads as "keep the current
+///   token"; a boot config refuses it;
+/// - `pcap_path` is not checked against a capture_dir: the caller's
+///   default is not netd's, so netd checks it when the file is applied.
+///
+/// It runs the same spec validation as the config, which may block for a
+/// moment (an upstream host name is resolved, interfaces are listed).
+pub fn parse_listeners(text: &str, source: &str) -> Result<Vec<BootListener>, ConfigError> {
+    let raw: RawApplyFile = toml::from_str(text)
+        .map_err(|e| ConfigError(format!("{source}: {}", e.to_string().trim_end())))?;
+    if raw.listeners.len() > MAX_LISTENERS_LIMIT as usize {
+        return Err(ConfigError(format!(
+            "{source}: {} listeners are defined; no netd takes more than {MAX_LISTENERS_LIMIT}",
+            raw.listeners.len()
+        )));
+    }
+    Config::listeners(
+        raw.listeners,
+        text,
+        source,
+        &Settings::default(),
+        None,
+        Entries::ApplyFile,
+    )
 }
 
 /// A validated configuration.
@@ -399,12 +457,51 @@ impl Config {
         if let Err(e) = check_log_level(&raw.log.level) {
             return Err(ConfigError(format!("{source}: log.level: {e}")));
         }
+        let listeners = Config::listeners(
+            raw.listeners,
+            text,
+            source,
+            &settings,
+            metrics_listen,
+            Entries::BootConfig,
+        )?;
+        if listeners.len() > max_listeners {
+            return Err(ConfigError(format!(
+                "{source}: {} listeners are defined; max_listeners is {max_listeners}",
+                listeners.len()
+            )));
+        }
+        Ok(Config {
+            source: source.to_string(),
+            control,
+            max_listeners,
+            shutdown_grace,
+            capture_dir,
+            state_dir,
+            log: raw.log,
+            metrics_listen,
+            metrics_limits,
+            listeners,
+        })
+    }
 
+    /// Turn `[[listener]]` tables into validated listeners; `text` and
+    /// `source` are for `file:line` in errors, `metrics_listen` is the
+    /// `/metrics` address no TCP listener may clash with.
+    fn listeners(
+        raw: Vec<RawListener>,
+        text: &str,
+        source: &str,
+        settings: &Settings,
+        metrics_listen: Option<std::net::SocketAddr>,
+        entries: Entries,
+    ) -> Result<Vec<BootListener>, ConfigError> {
+        let at = |span: std::ops::Range<usize>| format!("{source}:{}", line_of(text, span.start));
         let mut listeners: Vec<BootListener> = Vec::new();
         // (name, (address, is UDP)) of listeners with a fixed port, to
         // refuse two that would bind the same one.
         let mut bound_addrs: Vec<(String, (std::net::SocketAddr, bool))> = Vec::new();
-        for l in raw.listeners {
+        for l in raw {
             let origin = at(l.name.span());
             let name = l.name.get_ref().clone();
             if listeners.iter().any(|b| b.name == name) {
@@ -427,7 +524,7 @@ impl Config {
                 KindName::Http,
             ];
             let sniffer_only: &[KindName] = &[KindName::Sniffer];
-            let optional: [OptionalField; 28] = [
+            let optional: [OptionalField; 29] = [
                 (
                     "listen",
                     spans(l.listen.as_ref().map(|v| v.span())),
@@ -506,6 +603,11 @@ impl Config {
                 (
                     "token_file",
                     spans(l.token_file.as_ref().map(|v| v.span())),
+                    &[KindName::Http],
+                ),
+                (
+                    "token",
+                    spans(l.token.as_ref().map(|v| v.span())),
                     &[KindName::Http],
                 ),
                 (
@@ -675,18 +777,51 @@ impl Config {
                     syn_rate: u32_of(&l.syn_rate),
                 }),
                 KindName::Http => {
-                    let token = match &l.token_file {
-                        None => String::new(),
-                        Some(f) => std::fs::read_to_string(f.get_ref())
-                            .map_err(|e| {
-                                ConfigError(format!(
-                                    "{}: token_file: cannot read {}: {e}",
+                    use crate::services::http::REDACTED;
+                    let token = match (&l.token, &l.token_file) {
+                        (None, None) => String::new(),
+                        (Some(t), Some(_)) => {
+                            return Err(ConfigError(format!(
+                                "{}: listener '{name}': token and token_file are both set; \
+                                 give one of them",
+                                at(t.span())
+                            )));
+                        }
+                        (Some(t), None) => {
+                            if t.get_ref() == REDACTED && entries == Entries::BootConfig {
+                                return Err(ConfigError(format!(
+                                    "{}: listener '{name}': token = \"{REDACTED}\" is a \
+                                     placeholder written by netctl export; set the real token \
+                                     or token_file",
+                                    at(t.span())
+                                )));
+                            }
+                            t.get_ref().clone()
+                        }
+                        (None, Some(f)) => {
+                            let t = std::fs::read_to_string(f.get_ref())
+                                .map_err(|e| {
+                                    ConfigError(format!(
+                                        "{}: token_file: cannot read {}: {e}",
+                                        at(f.span()),
+                                        f.get_ref()
+                                    ))
+                                })?
+                                .trim()
+                                .to_string();
+                            // The placeholder means "keep the token" only
+                            // when written as `token` in an apply file.
+                            if t == REDACTED {
+                                return Err(ConfigError(format!(
+                                    "{}: listener '{name}': token_file {} holds the \
+                                     placeholder \"{REDACTED}\" written by netctl export, \
+                                     not a token",
                                     at(f.span()),
                                     f.get_ref()
-                                ))
-                            })?
-                            .trim()
-                            .to_string(),
+                                )));
+                            }
+                            t
+                        }
                     };
                     Kind::Http(proto::HttpSpec {
                         listen,
@@ -720,7 +855,19 @@ impl Config {
                 }
             };
             let spec = proto::ListenerSpec { kind: Some(kind) };
-            if let Err(e) = Service::from_spec(&spec, &settings) {
+            // An apply file is read by netctl, whose capture_dir is not
+            // netd's: where a pcap file may go is checked by netd.
+            let checked = match (&spec.kind, entries) {
+                (Some(Kind::Sniffer(s)), Entries::ApplyFile) if !s.pcap_path.is_empty() => {
+                    let mut s = s.clone();
+                    s.pcap_path.clear();
+                    std::borrow::Cow::Owned(proto::ListenerSpec {
+                        kind: Some(Kind::Sniffer(s)),
+                    })
+                }
+                _ => std::borrow::Cow::Borrowed(&spec),
+            };
+            if let Err(e) = Service::from_spec(&checked, settings) {
                 // Point at the listen line for address problems.
                 let line = if let (true, Some(v)) = (e.0.starts_with("listen"), &l.listen) {
                     at(v.span())
@@ -772,24 +919,7 @@ impl Config {
                 origin,
             });
         }
-        if listeners.len() > max_listeners {
-            return Err(ConfigError(format!(
-                "{source}: {} listeners are defined; max_listeners is {max_listeners}",
-                listeners.len()
-            )));
-        }
-        Ok(Config {
-            source: source.to_string(),
-            control,
-            max_listeners,
-            shutdown_grace,
-            capture_dir,
-            state_dir,
-            log: raw.log,
-            metrics_listen,
-            metrics_limits,
-            listeners,
-        })
+        Ok(listeners)
     }
 }
 
@@ -1152,6 +1282,108 @@ mod tests {
     }
 
     #[test]
+    fn http_token_literal_or_file_and_the_export_placeholder() {
+        let http = |opt: &str| {
+            format!(
+                "[[listener]]\nname = \"h\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n{opt}\n"
+            )
+        };
+        let token_of = |c: &[BootListener]| match &c[0].spec.kind {
+            Some(Kind::Http(h)) => h.token.clone(),
+            other => panic!("{other:?}"),
+        };
+        let c = Config::parse(&http("token = \"s3cret\""), "x.toml").unwrap();
+        assert_eq!(token_of(&c.listeners), "s3cret");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let from_file = format!(
+            "token_file = {}",
+            toml::Value::String(file.display().to_string())
+        );
+        let c = Config::parse(&http(&from_file), "x.toml").unwrap();
+        assert_eq!(token_of(&c.listeners), "from-file");
+
+        let e = Config::parse(&http(&format!("token = \"t\"\n{from_file}")), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("x.toml:5: listener 'h': token and token_file are both set"),
+            "{e}"
+        );
+        let e = Config::parse(&http("token = \"has space\""), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("x.toml:5: listener 'h': token must be"),
+            "{e}"
+        );
+        assert!(!e.contains("has space"), "the token is not echoed: {e}");
+        let e = Config::parse(
+            "[[listener]]\nname = \"t\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:0\"\ntoken = \"x\"\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("x.toml:5: token does not apply to a tcp-echo"),
+            "{e}"
+        );
+
+        // The placeholder export writes: refused in a boot config, kept
+        // as is in an apply file (netd reads it as "keep the token").
+        let placeholder = http("token = \"<redacted>\"");
+        let e = Config::parse(&placeholder, "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "x.toml:5: listener 'h': token = \"<redacted>\" is a placeholder written by netctl \
+             export; set the real token or token_file"
+        );
+        let l = parse_listeners(&placeholder, "apply.toml").unwrap();
+        assert_eq!(token_of(&l), crate::services::http::REDACTED);
+        // Only as `token`: a token file holding it is a mistake either way.
+        std::fs::write(&file, "<redacted>\n").unwrap();
+        for e in [
+            Config::parse(&http(&from_file), "x.toml").unwrap_err(),
+            parse_listeners(&http(&from_file), "x.toml").unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("holds the placeholder"), "{e}");
+        }
+    }
+
+    #[test]
+    fn apply_files_take_listeners_ignore_the_rest_and_leave_pcap_paths_to_netd() {
+        let sniffer = "[[listener]]\nname = \"s\"\nkind = \"sniffer\"\ninterface = \"lo\"\n\
+                       pcap_path = \"/elsewhere/x.pcap\"\n";
+        let l = parse_listeners(sniffer, "apply.toml").unwrap();
+        match &l[0].spec.kind {
+            Some(Kind::Sniffer(s)) => assert_eq!(s.pcap_path, "/elsewhere/x.pcap"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(l[0].origin, "apply.toml:2");
+        let boot = format!("capture_dir = \"/c\"\n{sniffer}");
+        let e = Config::parse(&boot, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("capture_dir /c"), "{e}");
+
+        // A whole config file applies: its daemon settings are ignored.
+        let l = parse_listeners(&boot, "apply.toml").unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].origin, "apply.toml:3");
+        // Everything else is checked as in a config.
+        let e = parse_listeners(
+            "[[listener]]\nname = \"a\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:99999\"\n",
+            "apply.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("apply.toml:4: listener 'a': listen:"), "{e}");
+        assert!(parse_listeners("", "apply.toml").unwrap().is_empty());
+    }
+
+    #[test]
     fn udp_echo_safety_and_http_ipv6_prefix_options() {
         let text = "[[listener]]\nname = \"u\"\nkind = \"udp-echo\"\nlisten = \"127.0.0.1:1\"\nrate_limit = \"off\"\nallow_privileged_sources = true\nmax_sources = 10\n[[listener]]\nname = \"h\"\nkind = \"http\"\nlisten = \"127.0.0.1:2\"\nrate_limit = \"5/s\"\nrate_limit_ipv6_prefix = 56\n";
         let c = Config::parse(text, "x.toml").unwrap();
@@ -1189,8 +1421,8 @@ mod fuzz {
 
     const SOURCE: &str = "fuzz.toml";
 
-    /// Listener keys besides `name` and `kind` (all but `token_file`, which
-    /// reads a file), a few misspelt.
+    /// Listener keys besides `name` and `kind` (all but `token_file`,
+    /// which reads a file), a few misspelt.
     const LISTENER_KEYS: &[&str] = &[
         "listen",
         "interface",
@@ -1213,6 +1445,7 @@ mod fuzz {
         "header_read_timeout",
         "request_timeout",
         "rate_limit",
+        "token",
         "body_budget_bytes",
         "max_streams",
         "max_header_bytes",
@@ -1426,8 +1659,14 @@ mod fuzz {
             })
     }
 
+    /// Both readers of `[[listener]]` tables: the config and apply files.
     fn check(text: &str) -> Result<(), TestCaseError> {
-        let Err(e) = Config::parse(text, SOURCE) else {
+        check_one(Config::parse(text, SOURCE).err(), text)?;
+        check_one(parse_listeners(text, SOURCE).err(), text)
+    }
+
+    fn check_one(e: Option<ConfigError>, text: &str) -> Result<(), TestCaseError> {
+        let Some(e) = e else {
             return Ok(());
         };
         let msg = e.to_string();

@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod control_conn;
 pub mod events;
+pub mod export;
 #[cfg(test)]
 mod fuzz_support;
 pub mod logging;

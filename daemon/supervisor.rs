@@ -314,6 +314,7 @@ impl Supervisor {
         store: Option<Store>,
         base: Vec<Desired>,
     ) -> Self {
+        let base = normalize_all(base, &settings);
         Supervisor {
             inner: Arc::new(Inner {
                 settings,
@@ -424,13 +425,14 @@ impl Supervisor {
                 })
                 .await
                 .map_err(|e| blocking_failed(&d.name, e))??;
-                let shown = service.shown_spec(d.spec.clone());
+                let spec = normalize(d.spec.clone(), &self.inner.settings);
+                let shown = service.shown_spec(spec.clone());
                 let entry = self.new_entry(
                     &d.name,
                     d.labels.clone(),
                     false,
                     service.clone(),
-                    d.spec.clone(),
+                    spec,
                     shown,
                     None,
                     String::new(),
@@ -472,6 +474,7 @@ impl Supervisor {
                 },
             };
             service.check_bound(&bound)?;
+            let spec = normalize(spec, &settings);
             let shown = service.shown_spec(spec.clone());
             Ok::<_, SupervisorError>(Prepared {
                 service,
@@ -805,7 +808,7 @@ impl Supervisor {
             validate_labels(l)?;
         }
         let cur = entry.current_gen();
-        let spec = keep_token(spec, &cur.spec);
+        let spec = normalize(keep_token(spec, &cur.spec), &self.inner.settings);
         let mut changed = crate::spec_diff::changed_fields(&cur.spec, &spec);
         let labels_change = labels.as_ref().is_some_and(|l| *l != entry.labels());
         if labels_change {
@@ -1031,6 +1034,7 @@ impl Supervisor {
                 if let Some(e) = running.get(&d.name) {
                     d.spec = keep_token(d.spec, &e.current_gen().spec);
                 }
+                d.spec = normalize(d.spec, &self.inner.settings);
                 d
             })
             .collect();
@@ -1148,6 +1152,7 @@ impl Supervisor {
         &self,
         base: Vec<Desired>,
     ) -> Result<(Vec<proto::PlanItem>, bool), SupervisorError> {
+        let base = normalize_all(base, &self.inner.settings);
         let overlay = self.overlay();
         let desired = overlay.on(&base);
         // Validate (and plan) before the base changes.
@@ -1339,6 +1344,33 @@ fn update_in_place(old: &proto::ListenerSpec, new: &proto::ListenerSpec) -> bool
         (Some(Kind::Http(a)), Some(Kind::Http(b))) => a.listen == b.listen,
         _ => false,
     }
+}
+
+fn normalize_all(list: Vec<Desired>, settings: &Settings) -> Vec<Desired> {
+    list.into_iter()
+        .map(|mut d| {
+            d.spec = normalize(d.spec, settings);
+            d
+        })
+        .collect()
+}
+
+/// A spec in the one form netd stores and compares: a sniffer's pcap file
+/// as its absolute path in capture_dir (netd shows it so, and `netctl
+/// export` writes what netd shows), so that "x.pcap" and
+/// "/var/lib/netd/captures/x.pcap" are the same spec. Anything that does
+/// not resolve is left for validation to refuse.
+fn normalize(mut spec: proto::ListenerSpec, settings: &Settings) -> proto::ListenerSpec {
+    if let (Some(proto::listener_spec::Kind::Sniffer(s)), Some(dir)) =
+        (&mut spec.kind, &settings.capture_dir)
+    {
+        if !s.pcap_path.is_empty() {
+            if let Ok(name) = crate::safe_file::resolve_name(dir, &s.pcap_path) {
+                s.pcap_path = dir.join(name).to_string_lossy().into_owned();
+            }
+        }
+    }
+    spec
 }
 
 /// An HTTP token of "<redacted>" (as netd shows it, and as `netctl export`

@@ -450,6 +450,50 @@ fn http_from_config_with_token_file() {
     );
 }
 
+/// `token = "..."` in the config file is the token itself; the placeholder
+/// `netctl export` writes in its place stops netd at start, naming the
+/// listener, and so does a config that gives both `token` and `token_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_from_config_with_literal_token_and_the_export_placeholder_refused() {
+    let http = |opt: &str| {
+        format!("[[listener]]\nname = \"api\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n{opt}\n")
+    };
+    let netd = Netd::start(&http("token = \"lit3ral-t0ken\""));
+    let url = format!("http://{}/x", bound_addr(&netd, "api"));
+    let c = client();
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = c
+        .get(&url)
+        .bearer_auth("lit3ral-t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let json = netd.netctl_ok(&["-o", "json", "status", "api"]);
+    assert!(!json.contains("lit3ral"), "{json}");
+
+    for (opt, needle) in [
+        (
+            "token = \"<redacted>\"",
+            "listener 'api': token = \"<redacted>\" is a placeholder written by netctl export",
+        ),
+        (
+            "token = \"a\"\ntoken_file = \"/nonexistent\"",
+            "listener 'api': token and token_file are both set",
+        ),
+    ] {
+        let (out, path) = common::netd_exit(&http(opt), &[]);
+        let out = out.expect("netd refuses the config and exits");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{path}:5: {needle}")),
+            "{opt}: {stderr}"
+        );
+    }
+}
+
 /// Generated raw HTTP/1 requests (random methods, targets, versions,
 /// headers, bodies, line endings, or plain bytes), each on its own
 /// connection, write side then shut: every answer netd gives is a
