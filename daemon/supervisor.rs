@@ -189,6 +189,12 @@ impl Supervisor {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Take and release the registry lock: the watchdog's proof
+    /// ([`crate::notify::Watchdog`]) that the registry is not wedged.
+    pub fn heartbeat(&self) {
+        drop(self.listeners());
+    }
+
     /// Validate, bind and start a listener. Must be called within a tokio
     /// runtime.
     ///
