@@ -190,18 +190,28 @@ async fn beat(
 }
 
 /// The OS-thread side: every `every`, ping if the heartbeat is fresh;
-/// returns when `stop` closes. Logs once when pings are withheld and once
-/// when they resume, not every period.
+/// returns when `stop` closes. Logs once when pings are withheld (or fail)
+/// and once when they resume, not every period.
 fn ping_loop(socket: &OsStr, heartbeat: &Heartbeat, every: Duration, stop: &mpsc::Receiver<()>) {
     let mut withheld = false;
+    let mut failing = false;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
         if heartbeat.fresh_at(Instant::now(), every) {
             if withheld {
                 tracing::info!("heartbeat back; watchdog pings resume");
                 withheld = false;
             }
-            if let Err(e) = send_to(socket, b"WATCHDOG=1\n") {
-                tracing::warn!(error = %e, "watchdog ping failed");
+            match send_to(socket, b"WATCHDOG=1\n") {
+                Ok(()) if failing => {
+                    tracing::info!("watchdog pings reach NOTIFY_SOCKET again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "watchdog ping failed (logged once until one succeeds)");
+                    failing = true;
+                }
+                Err(_) => {}
             }
         } else if !withheld {
             tracing::error!(

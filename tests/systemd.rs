@@ -9,7 +9,8 @@
 
 mod common;
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{NETD, Netd};
@@ -103,4 +104,167 @@ fn a_bad_watchdog_usec_is_reported_and_netd_still_serves() {
         "log:\n{log}"
     );
     netd.netctl_ok(&["list"]);
+}
+
+// ---- The packaged unit, sysusers and tmpfiles files (deploy/) ----------
+//
+// These run systemd's own tools on the files when they are installed
+// (.ci/run installs the `systemd` package for them; systemd need not be
+// running) and say so on stderr when they are not.
+
+/// The exposure `systemd-analyze security` gives deploy/netd.service, in
+/// tenths, as the README and the unit's comment state it (1.6).
+const EXPOSURE_TENTHS: u32 = 16;
+
+fn deploy(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(file)
+}
+
+/// `tool args...` if the tool is installed; `None` (and a note) if not.
+fn systemd_tool(tool: &str, args: &[&std::ffi::OsStr]) -> Option<Output> {
+    match Command::new(tool).args(args).output() {
+        Ok(out) => Some(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("{tool} is not installed: check skipped (apt-get install systemd)");
+            None
+        }
+        Err(e) => panic!("running {tool}: {e}"),
+    }
+}
+
+/// systemd's major version from `systemd-analyze --version`.
+fn systemd_version() -> Option<u32> {
+    let out = systemd_tool("systemd-analyze", &["--version".as_ref()])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.split_whitespace().nth(1)?.parse().ok();
+    assert!(v.is_some(), "unexpected systemd-analyze --version: {text}");
+    v
+}
+
+#[test]
+fn the_unit_keeps_its_security_exposure() {
+    let unit = deploy("netd.service");
+    let threshold = format!("--threshold={EXPOSURE_TENTHS}");
+    let Some(out) = systemd_tool(
+        "systemd-analyze",
+        &[
+            "security".as_ref(),
+            "--offline=true".as_ref(),
+            threshold.as_ref(),
+            unit.as_os_str(),
+        ],
+    ) else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "deploy/netd.service is more exposed than {}.{} (README, Deployment with systemd): \
+         tighten it or document why, and update the number\n{}{}",
+        EXPOSURE_TENTHS / 10,
+        EXPOSURE_TENTHS % 10,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_unit_verifies() {
+    let Some(version) = systemd_version() else {
+        return;
+    };
+    // verify wants ExecStart's binary to exist: point it at the one built.
+    let mut unit = std::fs::read_to_string(deploy("netd.service"))
+        .unwrap()
+        .replace(
+            "ExecStart=/usr/local/bin/netd ",
+            &format!("ExecStart={NETD} "),
+        );
+    if version < 253 {
+        // What the README's drop-in for older systemd does.
+        assert!(unit.contains("\nType=notify-reload\n"));
+        unit = unit.replace(
+            "\nType=notify-reload\n",
+            "\nType=notify\nExecReload=/bin/kill -HUP $MAINPID\n",
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("netd.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = systemd_tool("systemd-analyze", &["verify".as_ref(), path.as_os_str()]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify (systemd {version}): {stderr}"
+    );
+}
+
+#[test]
+fn sysusers_and_tmpfiles_create_the_user_and_the_config_directory() {
+    // Into a scratch root, the way the install sequence does it on a host.
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("etc")).unwrap();
+    for (file, dir) in [
+        ("netd.sysusers", "sysusers.d"),
+        ("netd.tmpfiles", "tmpfiles.d"),
+    ] {
+        let to = r.join("usr/lib").join(dir);
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(deploy(file), to.join("netd.conf")).unwrap();
+    }
+    let root_arg = format!("--root={}", r.display());
+    let Some(out) = systemd_tool(
+        "systemd-sysusers",
+        &[root_arg.as_ref(), "netd.conf".as_ref()],
+    ) else {
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap();
+    let user: Vec<&str> = passwd
+        .lines()
+        .find(|l| l.starts_with("netd:"))
+        .unwrap_or_else(|| panic!("no netd user in {passwd}"))
+        .split(':')
+        .collect();
+    let uid: u32 = user[2].parse().unwrap();
+    let gid: u32 = user[3].parse().unwrap();
+    assert!(uid > 0 && uid < 1000, "not a system uid: {uid}");
+    assert_eq!(&user[5..], ["/var/lib/netd", "/usr/sbin/nologin"]);
+    let group = std::fs::read_to_string(r.join("etc/group")).unwrap();
+    assert!(
+        group
+            .lines()
+            .any(|l| l.starts_with(&format!("netd:x:{gid}:"))),
+        "no netd group with gid {gid} in {group}"
+    );
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: systemd-tmpfiles cannot chown; tmpfiles check skipped");
+        return;
+    }
+    let out = systemd_tool(
+        "systemd-tmpfiles",
+        &[root_arg.as_ref(), "--create".as_ref(), "netd.conf".as_ref()],
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(r.join("etc/netd")).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o750, 0, gid)
+    );
 }
