@@ -150,6 +150,8 @@ pub async fn run(
     tokio::spawn(crate::trim::run(supervisor.clone(), stop_trim.clone()));
     tracing::info!(control = %control, listeners = config.listeners.len(), config = %config.source, "netd ready");
     crate::notify::ready();
+    // Stops when dropped at the end of this function, after the drain.
+    let _watchdog = crate::notify::Watchdog::start(&supervisor);
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

@@ -380,8 +380,20 @@ impl Supervisor {
         self.inner.frozen.store(true, Ordering::SeqCst);
     }
 
+    /// Take and release the registry lock: the watchdog's proof
+    /// ([`crate::notify::Watchdog`]) that the registry is not wedged.
+    pub fn heartbeat(&self) {
+        drop(self.listeners());
+    }
+
     /// Validate, bind and start a listener, then persist (unless
     /// `ephemeral`). Must be called within a tokio runtime.
+    ///
+    /// Validation and bind may block (a name is resolved, a pcap file
+    /// opened), so they run on the blocking pool with no lock held; the name
+    /// is checked before (fast path) and again when the listener is
+    /// inserted, and a start that loses a race for the name drops what it
+    /// bound and returns AlreadyExists.
     pub async fn start(
         &self,
         name: &str,

@@ -32,12 +32,18 @@ pub struct Netd {
 impl Netd {
     /// Start netd with `config` (TOML, without a `control` key).
     pub fn start(config: &str) -> Netd {
+        Netd::start_with_env(config, &[])
+    }
+
+    /// [`Netd::start`] with extra environment variables for netd (e.g. the
+    /// WATCHDOG_USEC systemd would set).
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Netd {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("netd.toml");
         std::fs::write(&cfg, config).expect("write config");
         let control = ControlAddr::Unix(dir.path().join("netd.sock"));
         let mut cmd = Command::new(NETD);
-        cmd.arg("--config").arg(&cfg);
+        cmd.arg("--config").arg(&cfg).envs(env.iter().copied());
         Netd::spawn(cmd, dir, control)
     }
 
@@ -149,6 +155,22 @@ impl Netd {
             "no {what} from netd within {DEADLINE:?}; log:\n{}",
             self.log()
         );
+    }
+
+    /// How many sd_notify datagrams containing the line `what` arrive
+    /// during `window` (for checks that something is *not* sent: a bounded
+    /// wait, not a timing assertion).
+    pub fn count_notify_within(&mut self, what: &str, window: Duration) -> usize {
+        let end = Instant::now() + window;
+        let mut buf = [0u8; 4096];
+        let mut seen = 0;
+        while Instant::now() < end {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]);
+                seen += usize::from(msg.lines().any(|l| l == what));
+            }
+        }
+        seen
     }
 
     pub fn netctl(&self, args: &[&str]) -> Output {
