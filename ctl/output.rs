@@ -29,82 +29,67 @@ fn started_at(l: &proto::Listener) -> Option<SystemTime> {
     l.started_at.and_then(|t| SystemTime::try_from(t).ok())
 }
 
-fn idle_timeout(d: &Option<prost_types::Duration>) -> Option<Duration> {
+/// A duration field of the effective spec, as people write it ("5m").
+fn dur(d: &Option<prost_types::Duration>) -> Value {
     d.and_then(|d| Duration::try_from(d).ok())
+        .map_or(Value::Null, |d| {
+            Value::String(humantime::format_duration(d).to_string())
+        })
 }
 
-fn spec_json(spec: &Option<proto::ListenerSpec>) -> Value {
-    match spec.as_ref().and_then(|s| s.kind.as_ref()) {
+/// The spec in effect, as netd reports it (`effective_spec`: defaults
+/// filled in, secrets redacted); from a netd that predates it, the spec as
+/// requested. netctl knows none of netd's defaults.
+fn spec_json(l: &proto::Listener) -> Value {
+    let spec = l.effective_spec.as_ref().or(l.spec.as_ref());
+    match spec.and_then(|s| s.kind.as_ref()) {
         Some(Kind::TcpEcho(s)) => json!({
             "listen": s.listen,
             "prefix": s.prefix,
-            "max_connections": if s.max_connections == 0 { netd::services::DEFAULT_MAX_CONNECTIONS as u64 } else { s.max_connections as u64 },
-            "idle_timeout": humantime::format_duration(idle_timeout(&s.idle_timeout).unwrap_or(netd::services::DEFAULT_IDLE_TIMEOUT)).to_string(),
+            "max_connections": s.max_connections,
+            "idle_timeout": dur(&s.idle_timeout),
         }),
-        Some(Kind::UdpEcho(s)) => {
-            use netd::services::udp_echo::{DEFAULT_MAX_SOURCES, DEFAULT_RATE_LIMIT};
-            json!({
-                "listen": s.listen,
-                "prefix": s.prefix,
-                "allow_privileged_sources": s.allow_privileged_sources,
-                "rate_limit": if s.rate_limit.is_empty() { DEFAULT_RATE_LIMIT } else { s.rate_limit.as_str() },
-                "max_sources": if s.max_sources == 0 { DEFAULT_MAX_SOURCES as u64 } else { s.max_sources as u64 },
-            })
-        }
-        Some(Kind::Proxy(p)) => {
-            use netd::services::proxy::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_UPSTREAM_BACKOFF};
-            let dur = |d: &Option<prost_types::Duration>, default| {
-                humantime::format_duration(idle_timeout(d).unwrap_or(default)).to_string()
-            };
-            json!({
-                "listen": p.listen,
-                "upstreams": p.upstreams,
-                "preconnect": p.preconnect,
-                "connect_timeout": dur(&p.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
-                "idle_timeout": dur(&p.idle_timeout, netd::services::DEFAULT_IDLE_TIMEOUT),
-                "max_connections": if p.max_connections == 0 { netd::services::DEFAULT_MAX_CONNECTIONS as u64 } else { p.max_connections as u64 },
-                "upstream_backoff": dur(&p.upstream_backoff, DEFAULT_UPSTREAM_BACKOFF),
-            })
-        }
-        Some(Kind::Http(h)) => {
-            use netd::services::http::{
-                DEFAULT_BODY_BUDGET, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-                DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_STREAMS,
-                DEFAULT_REQUEST_TIMEOUT,
-            };
-            let or = |v: u64, default: u64| if v == 0 { default } else { v };
-            let dur = |d: &Option<prost_types::Duration>, default| {
-                humantime::format_duration(idle_timeout(d).unwrap_or(default)).to_string()
-            };
-            json!({
-                "listen": h.listen,
-                "max_body_bytes": if h.max_body_bytes == 0 { DEFAULT_MAX_BODY } else { h.max_body_bytes },
-                "header_read_timeout": dur(&h.header_read_timeout, DEFAULT_HEADER_TIMEOUT),
-                "request_timeout": dur(&h.request_timeout, DEFAULT_REQUEST_TIMEOUT),
-                "max_connections": if h.max_connections == 0 { netd::services::DEFAULT_MAX_CONNECTIONS as u64 } else { h.max_connections as u64 },
-                "auth": if h.token.is_empty() { "none" } else { "bearer token" },
-                "rate_limit": if h.rate_limit.is_empty() { "none" } else { h.rate_limit.as_str() },
-                "body_budget_bytes": or(h.body_budget_bytes, DEFAULT_BODY_BUDGET.max(or(h.max_body_bytes, DEFAULT_MAX_BODY))),
-                "max_streams": or(h.max_streams.into(), DEFAULT_MAX_STREAMS.into()),
-                "max_header_bytes": or(h.max_header_bytes.into(), DEFAULT_MAX_HEADER_BYTES.into()),
-                "idle_timeout": dur(&h.idle_timeout, DEFAULT_IDLE_TIMEOUT),
-                "rate_limit_ipv6_prefix": if h.rate_limit_ipv6_prefix == 0 { 64 } else { h.rate_limit_ipv6_prefix },
-            })
-        }
-        Some(Kind::Sniffer(f)) => {
-            use netd::services::sniffer::*;
-            json!({
-                "interface": f.interface,
-                "filter": f.filter,
-                "pcap_path": f.pcap_path,
-                "pcap_max_bytes": if f.pcap_max_bytes == 0 { DEFAULT_PCAP_MAX_BYTES } else { f.pcap_max_bytes },
-                "pcap_max_files": if f.pcap_max_files == 0 { DEFAULT_PCAP_MAX_FILES } else { f.pcap_max_files },
-                "max_flows": if f.max_flows == 0 { DEFAULT_MAX_FLOWS } else { f.max_flows },
-                "port_scan_ports": if f.port_scan_ports == 0 { DEFAULT_SCAN_PORTS } else { f.port_scan_ports },
-                "port_scan_window": humantime::format_duration(idle_timeout(&f.port_scan_window).unwrap_or(DEFAULT_SCAN_WINDOW)).to_string(),
-                "syn_rate": if f.syn_rate == 0 { DEFAULT_SYN_RATE } else { f.syn_rate },
-            })
-        }
+        Some(Kind::UdpEcho(s)) => json!({
+            "listen": s.listen,
+            "prefix": s.prefix,
+            "allow_privileged_sources": s.allow_privileged_sources,
+            "rate_limit": s.rate_limit,
+            "max_sources": s.max_sources,
+        }),
+        Some(Kind::Proxy(p)) => json!({
+            "listen": p.listen,
+            "upstreams": p.upstreams,
+            "preconnect": p.preconnect,
+            "connect_timeout": dur(&p.connect_timeout),
+            "idle_timeout": dur(&p.idle_timeout),
+            "max_connections": p.max_connections,
+            "upstream_backoff": dur(&p.upstream_backoff),
+        }),
+        Some(Kind::Http(h)) => json!({
+            "listen": h.listen,
+            "max_body_bytes": h.max_body_bytes,
+            "header_read_timeout": dur(&h.header_read_timeout),
+            "request_timeout": dur(&h.request_timeout),
+            "max_connections": h.max_connections,
+            "auth": if h.token.is_empty() { "none" } else { "bearer token" },
+            "rate_limit": if h.rate_limit.is_empty() { "none" } else { h.rate_limit.as_str() },
+            "body_budget_bytes": h.body_budget_bytes,
+            "max_streams": h.max_streams,
+            "max_header_bytes": h.max_header_bytes,
+            "idle_timeout": dur(&h.idle_timeout),
+            "rate_limit_ipv6_prefix": h.rate_limit_ipv6_prefix,
+        }),
+        Some(Kind::Sniffer(f)) => json!({
+            "interface": f.interface,
+            "filter": f.filter,
+            "pcap_path": f.pcap_path,
+            "pcap_max_bytes": f.pcap_max_bytes,
+            "pcap_max_files": f.pcap_max_files,
+            "max_flows": f.max_flows,
+            "port_scan_ports": f.port_scan_ports,
+            "port_scan_window": dur(&f.port_scan_window),
+            "syn_rate": f.syn_rate,
+        }),
         None => Value::Null,
     }
 }
@@ -217,7 +202,7 @@ pub fn listener_json(l: &proto::Listener) -> Value {
         "last_error": l.last_error,
         "labels": l.labels,
         "ephemeral": l.ephemeral,
-        "spec": spec_json(&l.spec),
+        "spec": spec_json(l),
         "stats": stats_json(&l.stats.clone().unwrap_or_default()),
     })
 }
@@ -287,7 +272,10 @@ pub fn list_table(listeners: &[proto::Listener]) {
             let traffic = match l.kind() {
                 proto::ListenerKind::UdpEcho => format!("{} dgrams", s.datagrams_in),
                 proto::ListenerKind::Sniffer => format!("{} packets", s.datagrams_in),
-                _ => format!(
+                proto::ListenerKind::TcpEcho
+                | proto::ListenerKind::Proxy
+                | proto::ListenerKind::Http
+                | proto::ListenerKind::Unspecified => format!(
                     "{} active, {} total",
                     s.connections_active, s.connections_total
                 ),
@@ -332,7 +320,7 @@ pub fn status_block(l: &proto::Listener) {
     let mut labels: Vec<String> = l.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     labels.sort();
     // key=value pairs of the effective spec (defaults filled in).
-    let spec = match spec_json(&l.spec) {
+    let spec = match spec_json(l) {
         Value::Object(m) => m
             .iter()
             .map(|(k, v)| match v {

@@ -17,7 +17,7 @@ use toml::Spanned;
 
 use crate::addr::ControlAddr;
 use crate::proto::{self, listener_spec::Kind};
-use crate::services::{Service, Settings};
+use crate::services::{KindInfo, Service, Settings, Transport};
 
 /// The default configuration, compiled in from `deploy/netd.toml`.
 pub const DEFAULT_CONFIG: &str = include_str!("../deploy/netd.toml");
@@ -62,31 +62,22 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-enum KindName {
-    TcpEcho,
-    UdpEcho,
-    Proxy,
-    Http,
-    Sniffer,
-}
+/// A `kind = "..."` value: one of the registered kinds' slugs.
+#[derive(Debug, Clone, Copy)]
+struct KindName(KindInfo);
 
-impl KindName {
-    fn as_str(self) -> &'static str {
-        match self {
-            KindName::TcpEcho => "tcp-echo",
-            KindName::UdpEcho => "udp-echo",
-            KindName::Proxy => "proxy",
-            KindName::Http => "http",
-            KindName::Sniffer => "sniffer",
-        }
+impl<'de> Deserialize<'de> for KindName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::services::kind_by_slug(&s)
+            .map(KindName)
+            .ok_or_else(|| serde::de::Error::unknown_variant(&s, crate::services::SLUGS))
     }
 }
 
-/// A listener option only some kinds take: name, where it is set (if it
-/// is), and the kinds that take it.
-type OptionalField<'a> = (&'a str, Option<std::ops::Range<usize>>, &'a [KindName]);
+/// A listener option: name, and where it is set (if it is). Which kinds
+/// take it is each kind's [`crate::services::ListenerKind::CONFIG_KEYS`].
+type OptionalField<'a> = (&'a str, Option<std::ops::Range<usize>>);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -514,170 +505,133 @@ impl Config {
                 .as_ref()
                 .map(|p| p.get_ref().clone())
                 .unwrap_or_default();
-            let kind_name = *l.kind.get_ref();
-            // Options that only some kinds take: (field, where it is, kinds).
+            let kind_name = l.kind.get_ref().0;
             let spans = |o: Option<std::ops::Range<usize>>| o;
-            const IP_KINDS: &[KindName] = &[
-                KindName::TcpEcho,
-                KindName::UdpEcho,
-                KindName::Proxy,
-                KindName::Http,
-            ];
-            let sniffer_only: &[KindName] = &[KindName::Sniffer];
             let optional: [OptionalField; 29] = [
                 (
                     "listen",
                     spans(l.listen.as_ref().map(|v| v.span())),
-                    IP_KINDS,
                 ),
                 (
                     "interface",
                     spans(l.interface.as_ref().map(|v| v.span())),
-                    sniffer_only,
                 ),
                 (
                     "filter",
                     spans(l.filter.as_ref().map(|v| v.span())),
-                    sniffer_only,
                 ),
                 (
                     "pcap_path",
                     spans(l.pcap_path.as_ref().map(|v| v.span())),
-                    sniffer_only,
                 ),
                 (
                     "pcap_max_bytes",
                     spans(l.pcap_max_bytes.as_ref().map(|v| v.span())),
-                    sniffer_only,
                 ),
                 (
                     "pcap_max_files",
                     spans(l.pcap_max_files.as_ref().map(|v| v.span())),
-                    sniffer_only,
                 ),
                 (
                     "max_flows",
                     spans(l.max_flows.as_ref().map(|v| v.span())),
-                    sniffer_only,
                 ),
                 (
                     "port_scan_ports",
                     spans(l.port_scan_ports.as_ref().map(|v| v.span())),
-                    sniffer_only,
                 ),
                 (
                     "port_scan_window",
                     spans(l.port_scan_window.as_ref().map(|v| v.span())),
-                    sniffer_only,
                 ),
                 (
                     "syn_rate",
                     spans(l.syn_rate.as_ref().map(|v| v.span())),
-                    sniffer_only,
                 ),
                 (
                     "prefix",
                     spans(l.prefix.as_ref().map(|v| v.span())),
-                    &[KindName::TcpEcho, KindName::UdpEcho],
                 ),
                 (
                     "max_connections",
                     spans(l.max_connections.as_ref().map(|v| v.span())),
-                    &[KindName::TcpEcho, KindName::Proxy, KindName::Http],
                 ),
                 (
                     "max_body_bytes",
                     spans(l.max_body_bytes.as_ref().map(|v| v.span())),
-                    &[KindName::Http],
                 ),
                 (
                     "header_read_timeout",
                     spans(l.header_read_timeout.as_ref().map(|v| v.span())),
-                    &[KindName::Http],
                 ),
                 (
                     "request_timeout",
                     spans(l.request_timeout.as_ref().map(|v| v.span())),
-                    &[KindName::Http],
                 ),
                 (
                     "token_file",
                     spans(l.token_file.as_ref().map(|v| v.span())),
-                    &[KindName::Http],
                 ),
                 (
                     "token",
                     spans(l.token.as_ref().map(|v| v.span())),
-                    &[KindName::Http],
                 ),
                 (
                     "rate_limit",
                     spans(l.rate_limit.as_ref().map(|v| v.span())),
-                    &[KindName::Http, KindName::UdpEcho],
                 ),
                 (
                     "rate_limit_ipv6_prefix",
                     spans(l.rate_limit_ipv6_prefix.as_ref().map(|v| v.span())),
-                    &[KindName::Http],
                 ),
                 (
                     "allow_privileged_sources",
                     spans(l.allow_privileged_sources.as_ref().map(|v| v.span())),
-                    &[KindName::UdpEcho],
                 ),
                 (
                     "max_sources",
                     spans(l.max_sources.as_ref().map(|v| v.span())),
-                    &[KindName::UdpEcho],
                 ),
                 (
                     "idle_timeout",
                     spans(l.idle_timeout.as_ref().map(|v| v.span())),
-                    &[KindName::TcpEcho, KindName::Proxy, KindName::Http],
                 ),
                 (
                     "body_budget_bytes",
                     spans(l.body_budget_bytes.as_ref().map(|v| v.span())),
-                    &[KindName::Http],
                 ),
                 (
                     "max_streams",
                     spans(l.max_streams.as_ref().map(|v| v.span())),
-                    &[KindName::Http],
                 ),
                 (
                     "max_header_bytes",
                     spans(l.max_header_bytes.as_ref().map(|v| v.span())),
-                    &[KindName::Http],
                 ),
                 (
                     "upstreams",
                     spans(l.upstreams.as_ref().map(|v| v.span())),
-                    &[KindName::Proxy],
                 ),
                 (
                     "preconnect",
                     spans(l.preconnect.as_ref().map(|v| v.span())),
-                    &[KindName::Proxy],
                 ),
                 (
                     "connect_timeout",
                     spans(l.connect_timeout.as_ref().map(|v| v.span())),
-                    &[KindName::Proxy],
                 ),
                 (
                     "upstream_backoff",
                     spans(l.upstream_backoff.as_ref().map(|v| v.span())),
-                    &[KindName::Proxy],
                 ),
             ];
-            for (field, span, kinds) in &optional {
+            for (field, span) in &optional {
                 if let Some(span) = span {
-                    if !kinds.contains(&kind_name) {
+                    if !kind_name.config_keys.contains(field) {
                         return Err(ConfigError(format!(
                             "{}: {field} does not apply to a {} listener",
                             at(span.clone()),
-                            kind_name.as_str()
+                            kind_name.slug
                         )));
                     }
                 }
@@ -697,12 +651,12 @@ impl Config {
                     .map(Some)
                     .map_err(|_| ConfigError(format!("{}: {field} is too large", at(v.span()))))
             };
-            if kind_name != KindName::Sniffer && l.listen.is_none() {
+            if kind_name.config_keys.contains(&"listen") && l.listen.is_none() {
                 return Err(ConfigError(format!(
                     "{origin}: listener '{name}': listen is required (host:port)"
                 )));
             }
-            if kind_name == KindName::Sniffer && l.interface.is_none() {
+            if kind_name.config_keys.contains(&"interface") && l.interface.is_none() {
                 return Err(ConfigError(format!(
                     "{origin}: listener '{name}': interface is required, e.g. \"lo\""
                 )));
@@ -719,14 +673,19 @@ impl Config {
                 .map(|m| *m.get_ref())
                 .unwrap_or(0);
             let idle_timeout = duration("idle_timeout", &l.idle_timeout)?;
-            let kind = match kind_name {
-                KindName::TcpEcho => Kind::TcpEcho(proto::TcpEchoSpec {
+            // Exhaustive over the kinds: a new one must say how its spec is
+            // built from its keys.
+            let kind = match kind_name.kind {
+                proto::ListenerKind::Unspecified => {
+                    return Err(ConfigError(format!("{origin}: listener '{name}': no kind")));
+                }
+                proto::ListenerKind::TcpEcho => Kind::TcpEcho(proto::TcpEchoSpec {
                     listen,
                     prefix,
                     max_connections,
                     idle_timeout,
                 }),
-                KindName::UdpEcho => Kind::UdpEcho(proto::UdpEchoSpec {
+                proto::ListenerKind::UdpEcho => Kind::UdpEcho(proto::UdpEchoSpec {
                     listen,
                     prefix,
                     allow_privileged_sources: l
@@ -740,7 +699,7 @@ impl Config {
                         .unwrap_or_default(),
                     max_sources: u32_of(&l.max_sources),
                 }),
-                KindName::Proxy => Kind::Proxy(proto::ProxySpec {
+                proto::ListenerKind::Proxy => Kind::Proxy(proto::ProxySpec {
                     listen,
                     upstreams: l
                         .upstreams
@@ -753,7 +712,7 @@ impl Config {
                     max_connections,
                     upstream_backoff: duration("upstream_backoff", &l.upstream_backoff)?,
                 }),
-                KindName::Sniffer => Kind::Sniffer(proto::SnifferSpec {
+                proto::ListenerKind::Sniffer => Kind::Sniffer(proto::SnifferSpec {
                     interface: l
                         .interface
                         .as_ref()
@@ -776,7 +735,7 @@ impl Config {
                     port_scan_window: duration("port_scan_window", &l.port_scan_window)?,
                     syn_rate: u32_of(&l.syn_rate),
                 }),
-                KindName::Http => {
+                proto::ListenerKind::Http => {
                     use crate::services::http::REDACTED;
                     let token = match (&l.token, &l.token_file) {
                         (None, None) => String::new(),
@@ -879,7 +838,7 @@ impl Config {
                     at(u.span())
                 } else if let (true, Some(v)) = (e.0.starts_with("pcap_path"), &l.pcap_path) {
                     at(v.span())
-                } else if let Some(span) = optional.iter().find_map(|(f, span, _)| {
+                } else if let Some(span) = optional.iter().find_map(|(f, span)| {
                     e.0.strip_prefix(f)
                         .is_some_and(|rest| rest.starts_with([' ', ':']))
                         .then(|| span.clone())
@@ -891,8 +850,8 @@ impl Config {
                 };
                 return Err(ConfigError(format!("{line}: listener '{name}': {e}")));
             }
-            if let Some(addr) = Service::spec_listen_addr(&spec) {
-                let udp = kind_name == KindName::UdpEcho;
+            if let Some((addr, transport)) = Service::spec_listen_addr(&spec) {
+                let udp = transport == Transport::Udp;
                 let line = l.listen.as_ref().map_or(origin.clone(), |v| at(v.span()));
                 if let Some((other, _)) = bound_addrs
                     .iter()

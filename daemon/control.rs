@@ -51,14 +51,7 @@ pub fn to_status(e: SupervisorError) -> Status {
 }
 
 fn kind_slug(k: &proto::listener_spec::Kind) -> &'static str {
-    use proto::listener_spec::Kind;
-    match k {
-        Kind::TcpEcho(_) => "tcp-echo",
-        Kind::UdpEcho(_) => "udp-echo",
-        Kind::Proxy(_) => "proxy",
-        Kind::Http(_) => "http",
-        Kind::Sniffer(_) => "sniffer",
-    }
+    crate::services::info(k).slug
 }
 
 /// One `netd::audit` line per mutating call: who, what, on which listener,

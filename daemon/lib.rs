@@ -20,9 +20,9 @@ pub mod export;
 mod fuzz_support;
 pub mod logging;
 pub mod metrics;
+pub mod net;
 pub mod notify;
 pub mod own_addrs;
-pub mod pool;
 pub mod safe_file;
 pub mod server;
 pub mod services;
@@ -43,16 +43,13 @@ pub mod proto {
 }
 
 impl proto::ListenerKind {
-    /// The name used in configs, on the command line and in JSON output.
+    /// The name used in configs, on the command line and in JSON output
+    /// (each kind's [`services::ListenerKind::SLUG`]).
     pub fn slug(self) -> &'static str {
-        match self {
-            proto::ListenerKind::Unspecified => "unspecified",
-            proto::ListenerKind::TcpEcho => "tcp-echo",
-            proto::ListenerKind::UdpEcho => "udp-echo",
-            proto::ListenerKind::Proxy => "proxy",
-            proto::ListenerKind::Http => "http",
-            proto::ListenerKind::Sniffer => "sniffer",
-        }
+        services::KINDS
+            .iter()
+            .find(|k| k.kind == self)
+            .map_or("unspecified", |k| k.slug)
     }
 }
 

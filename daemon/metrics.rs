@@ -446,7 +446,7 @@ pub async fn serve(
                 backoff = Duration::from_millis(10);
                 conn
             }
-            Err(e) if crate::services::is_transient_accept_error(&e) => {
+            Err(e) if crate::net::accept::is_transient_accept_error(&e) => {
                 tracing::debug!(error = %e, "metrics endpoint: accept failed; backing off");
                 tokio::select! {
                     _ = stop.cancelled() => break,

@@ -4,42 +4,63 @@
 //! Generic over every kind without a hand-kept list: both specs are
 //! encoded to protobuf, split into fields by their wire tags, and the tags
 //! that differ are named from the compiled-in descriptor set (the same one
-//! reflection serves). A field added to a spec is covered automatically.
+//! reflection serves). A field added to a spec, and a kind added to
+//! `ListenerSpec`, are covered automatically.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use prost::Message as _;
 
-use crate::proto::{self, listener_spec::Kind};
+use crate::proto;
 
 /// Names of the fields that differ between two specs of the same kind, in
 /// field-number order; `["kind"]` if the kinds differ.
 pub fn changed_fields(a: &proto::ListenerSpec, b: &proto::ListenerSpec) -> Vec<String> {
-    let (Some(ka), Some(kb)) = (&a.kind, &b.kind) else {
+    let (Some((tag_a, bytes_a)), Some((tag_b, bytes_b))) = (arm(a), arm(b)) else {
         return if a == b { vec![] } else { vec!["kind".into()] };
     };
-    let (name_a, bytes_a) = encoded(ka);
-    let (name_b, bytes_b) = encoded(kb);
-    if name_a != name_b {
+    if tag_a != tag_b {
         return vec!["kind".into()];
     }
+    let message = arm_message(tag_a);
     let (fa, fb) = (fields(&bytes_a), fields(&bytes_b));
     let tags: std::collections::BTreeSet<u32> = fa.keys().chain(fb.keys()).copied().collect();
     tags.into_iter()
         .filter(|t| fa.get(t) != fb.get(t))
-        .map(|t| field_name(name_a, t))
+        .map(|t| field_name(&message, t))
         .collect()
 }
 
-fn encoded(k: &Kind) -> (&'static str, Vec<u8>) {
-    match k {
-        Kind::TcpEcho(s) => ("TcpEchoSpec", s.encode_to_vec()),
-        Kind::UdpEcho(s) => ("UdpEchoSpec", s.encode_to_vec()),
-        Kind::Proxy(s) => ("ProxySpec", s.encode_to_vec()),
-        Kind::Http(s) => ("HttpSpec", s.encode_to_vec()),
-        Kind::Sniffer(s) => ("SnifferSpec", s.encode_to_vec()),
-    }
+/// The `kind` oneof arm a spec sets: its field number in `ListenerSpec`
+/// and the encoded kind spec (the arm's payload).
+fn arm(spec: &proto::ListenerSpec) -> Option<(u32, Vec<u8>)> {
+    spec.kind.as_ref()?;
+    let encoded = spec.encode_to_vec();
+    let mut buf = &encoded[..];
+    let key = prost::encoding::decode_varint(&mut buf).ok()?;
+    let len = prost::encoding::decode_varint(&mut buf).ok()? as usize;
+    (key & 7 == 2 && len == buf.len()).then(|| ((key >> 3) as u32, buf.to_vec()))
+}
+
+/// The message type of `ListenerSpec`'s field `tag` (e.g. "ProxySpec").
+fn arm_message(tag: u32) -> String {
+    static ARMS: OnceLock<BTreeMap<u32, String>> = OnceLock::new();
+    let arms = ARMS.get_or_init(|| {
+        let mut m = BTreeMap::new();
+        if let Ok(set) = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET) {
+            for file in set.file {
+                for msg in file.message_type.iter().filter(|m| m.name() == "ListenerSpec") {
+                    for f in &msg.field {
+                        let ty = f.type_name().rsplit('.').next().unwrap_or_default();
+                        m.insert(f.number() as u32, ty.to_string());
+                    }
+                }
+            }
+        }
+        m
+    });
+    arms.get(&tag).cloned().unwrap_or_default()
 }
 
 /// The raw bytes of each field (repeated fields concatenated), by tag.
@@ -102,6 +123,7 @@ fn field_name(message: &str, tag: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::listener_spec::Kind;
 
     #[test]
     fn names_the_fields_that_differ() {

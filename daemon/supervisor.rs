@@ -95,6 +95,8 @@ struct Generation {
     spec: proto::ListenerSpec,
     /// As shown: secrets redacted, a pcap path resolved.
     shown: proto::ListenerSpec,
+    /// As in effect: `shown` with every default filled in.
+    effective: proto::ListenerSpec,
     service: Arc<Service>,
     /// The socket address bound (rebound on restart), if any.
     bind_addr: Option<SocketAddr>,
@@ -184,6 +186,7 @@ impl Entry {
             name: self.name.to_string(),
             kind: g.service.kind() as i32,
             spec: Some(g.shown.clone()),
+            effective_spec: Some(g.effective.clone()),
             state: st.state as i32,
             bound_addr: g.bound_addr.clone(),
             started_at: Some(self.started_at.into()),
@@ -437,7 +440,7 @@ impl Supervisor {
                 })
                 .await
                 .map_err(|e| blocking_failed(&d.name, e))??;
-                let spec = normalize(d.spec.clone(), &self.inner.settings);
+                let spec = Service::normalize(d.spec.clone(), &self.inner.settings);
                 let shown = service.shown_spec(spec.clone());
                 let entry = self.new_entry(
                     &d.name,
@@ -486,7 +489,7 @@ impl Supervisor {
                 },
             };
             service.check_bound(&bound)?;
-            let spec = normalize(spec, &settings);
+            let spec = Service::normalize(spec, &settings);
             let shown = service.shown_spec(spec.clone());
             Ok::<_, SupervisorError>(Prepared {
                 service,
@@ -522,6 +525,7 @@ impl Supervisor {
         let stop_accepting = self.inner.shutdown_accepting.child_token();
         let cur_gen = Arc::new(Generation {
             spec,
+            effective: service.effective_spec(&shown),
             shown,
             service,
             bind_addr,
@@ -579,6 +583,7 @@ impl Supervisor {
         Ok((
             Arc::new(Generation {
                 spec,
+                effective: service.effective_spec(&shown),
                 shown,
                 service,
                 bind_addr,
@@ -820,7 +825,7 @@ impl Supervisor {
             validate_labels(l)?;
         }
         let cur = entry.current_gen();
-        let spec = normalize(keep_token(spec, &cur.spec), &self.inner.settings);
+        let spec = Service::normalize(Service::keep_secrets(spec, &cur.spec), &self.inner.settings);
         let mut changed = crate::spec_diff::changed_fields(&cur.spec, &spec);
         let labels_change = labels.as_ref().is_some_and(|l| *l != entry.labels());
         if labels_change {
@@ -870,26 +875,18 @@ impl Supervisor {
         cur: &Generation,
         spec: proto::ListenerSpec,
     ) -> Result<Prepared, SupervisorError> {
-        let same_socket = update_in_place(&cur.spec, &spec);
+        let same_socket = Service::same_socket(&cur.spec, &spec);
         let source = match cur.socket().as_ref() {
             Some(fd) if same_socket => Source::Same(fd.try_clone().map_err(|e| {
                 BindError::Precondition(format!("cannot duplicate the socket: {e}"))
             })?),
             _ => Source::Bind,
         };
-        let is_sniffer = matches!(&*cur.service, Service::Sniffer(_));
-        if !is_sniffer {
+        // A new generation that needs what the old one holds (a sniffer
+        // writing the same pcap file) can start only once the old one has
+        // closed it; else the old one runs until the new one is ready.
+        if !Service::needs_old_closed(&cur.spec, &spec) {
             return self.prepare(&entry.name, spec, source).await;
-        }
-        // A sniffer opens a new capture; if it writes the same pcap file,
-        // the old capture must close it first.
-        let same_pcap = matches!(
-            (&cur.spec.kind, &spec.kind),
-            (Some(proto::listener_spec::Kind::Sniffer(a)), Some(proto::listener_spec::Kind::Sniffer(b)))
-                if !a.pcap_path.is_empty() && a.pcap_path == b.pcap_path
-        );
-        if !same_pcap {
-            return self.prepare(&entry.name, spec, Source::Bind).await;
         }
         // Validate before stopping anything.
         let settings = self.inner.settings.clone();
@@ -932,7 +929,7 @@ impl Supervisor {
         old: &Arc<Generation>,
         p: Prepared,
     ) -> Result<UpdateAction, SupervisorError> {
-        let same_socket = update_in_place(&old.spec, &p.spec);
+        let same_socket = Service::same_socket(&old.spec, &p.spec);
         let (cur_gen, bound) = self.generation(entry, p)?;
         if let Some(a) = old
             .own_udp_addr
@@ -1044,9 +1041,9 @@ impl Supervisor {
             .into_iter()
             .map(|mut d| {
                 if let Some(e) = running.get(&d.name) {
-                    d.spec = keep_token(d.spec, &e.current_gen().spec);
+                    d.spec = Service::keep_secrets(d.spec, &e.current_gen().spec);
                 }
-                d.spec = normalize(d.spec, &self.inner.settings);
+                d.spec = Service::normalize(d.spec, &self.inner.settings);
                 d
             })
             .collect();
@@ -1057,8 +1054,8 @@ impl Supervisor {
             for d in &check {
                 Service::from_spec(&d.spec, &settings)
                     .map_err(|e| SpecError(format!("listener '{}': {e}", d.name)))?;
-                if let Some(a) = Service::spec_listen_addr(&d.spec) {
-                    let udp = matches!(d.spec.kind, Some(proto::listener_spec::Kind::UdpEcho(_)));
+                if let Some((a, transport)) = Service::spec_listen_addr(&d.spec) {
+                    let udp = transport == crate::services::Transport::Udp;
                     if let Some((other, ..)) = addrs
                         .iter()
                         .find(|(_, b, u)| *u == udp && crate::config::addrs_clash(*b, a))
@@ -1080,7 +1077,7 @@ impl Supervisor {
         let mut changes = Vec::new();
         let mut creates = Vec::new();
         let mut unchanged = Vec::new();
-        let kind_of = |spec: &proto::ListenerSpec| spec_kind(spec) as i32;
+        let kind_of = |spec: &proto::ListenerSpec| Service::spec_kind(spec) as i32;
         for d in entries {
             let item = |action: PlanAction, detail: String| proto::PlanItem {
                 name: d.name.clone(),
@@ -1109,7 +1106,7 @@ impl Supervisor {
                             desired: None,
                         });
                     } else {
-                        let action = if update_in_place(&cur.spec, &d.spec) {
+                        let action = if Service::same_socket(&cur.spec, &d.spec) {
                             PlanAction::Update
                         } else {
                             PlanAction::Replace
@@ -1275,11 +1272,11 @@ impl Supervisor {
     > {
         let entry = self.entry(name)?;
         let g = entry.current_gen();
-        match &*g.service {
-            Service::Sniffer(s) => Ok(s.watch()),
-            other => Err(SpecError(format!(
+        match g.service.as_sniffer() {
+            Some(s) => Ok(s.watch()),
+            None => Err(SpecError(format!(
                 "'{name}' is a {} listener, not a sniffer",
-                other.kind().slug()
+                g.service.kind().slug()
             ))
             .into()),
         }
@@ -1331,70 +1328,13 @@ impl Supervisor {
     }
 }
 
-/// The kind a spec names.
-fn spec_kind(spec: &proto::ListenerSpec) -> proto::ListenerKind {
-    use proto::listener_spec::Kind;
-    match &spec.kind {
-        None => proto::ListenerKind::Unspecified,
-        Some(Kind::TcpEcho(_)) => proto::ListenerKind::TcpEcho,
-        Some(Kind::UdpEcho(_)) => proto::ListenerKind::UdpEcho,
-        Some(Kind::Proxy(_)) => proto::ListenerKind::Proxy,
-        Some(Kind::Http(_)) => proto::ListenerKind::Http,
-        Some(Kind::Sniffer(_)) => proto::ListenerKind::Sniffer,
-    }
-}
-
-/// Whether going from `old` to `new` keeps the socket: the same kind and
-/// the same listen address, for kinds that have a socket to keep (a
-/// sniffer always opens a new capture).
-fn update_in_place(old: &proto::ListenerSpec, new: &proto::ListenerSpec) -> bool {
-    use proto::listener_spec::Kind;
-    match (&old.kind, &new.kind) {
-        (Some(Kind::TcpEcho(a)), Some(Kind::TcpEcho(b))) => a.listen == b.listen,
-        (Some(Kind::UdpEcho(a)), Some(Kind::UdpEcho(b))) => a.listen == b.listen,
-        (Some(Kind::Proxy(a)), Some(Kind::Proxy(b))) => a.listen == b.listen,
-        (Some(Kind::Http(a)), Some(Kind::Http(b))) => a.listen == b.listen,
-        _ => false,
-    }
-}
-
 fn normalize_all(list: Vec<Desired>, settings: &Settings) -> Vec<Desired> {
     list.into_iter()
         .map(|mut d| {
-            d.spec = normalize(d.spec, settings);
+            d.spec = Service::normalize(d.spec, settings);
             d
         })
         .collect()
-}
-
-/// A spec in the one form netd stores and compares: a sniffer's pcap file
-/// as its absolute path in capture_dir (netd shows it so, and `netctl
-/// export` writes what netd shows), so that "x.pcap" and
-/// "/var/lib/netd/captures/x.pcap" are the same spec. Anything that does
-/// not resolve is left for validation to refuse.
-fn normalize(mut spec: proto::ListenerSpec, settings: &Settings) -> proto::ListenerSpec {
-    if let (Some(proto::listener_spec::Kind::Sniffer(s)), Some(dir)) =
-        (&mut spec.kind, &settings.capture_dir)
-    {
-        if !s.pcap_path.is_empty() {
-            if let Ok(name) = crate::safe_file::resolve_name(dir, &s.pcap_path) {
-                s.pcap_path = dir.join(name).to_string_lossy().into_owned();
-            }
-        }
-    }
-    spec
-}
-
-/// An HTTP token of "<redacted>" (as netd shows it, and as `netctl export`
-/// writes it) means "keep the current one".
-fn keep_token(mut spec: proto::ListenerSpec, current: &proto::ListenerSpec) -> proto::ListenerSpec {
-    use proto::listener_spec::Kind;
-    if let (Some(Kind::Http(new)), Some(Kind::Http(cur))) = (&mut spec.kind, &current.kind) {
-        if new.token == crate::services::http::REDACTED {
-            new.token = cur.token.clone();
-        }
-    }
-    spec
 }
 
 /// Names are `[A-Za-z0-9][A-Za-z0-9._-]{0,62}`: safe in file names, URLs,

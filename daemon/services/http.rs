@@ -58,7 +58,14 @@ use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::{DEFAULT_MAX_CONNECTIONS, ServiceCtx, SpecError, duration_in, listen_field, size_in};
+use super::{
+    DEFAULT_MAX_CONNECTIONS, ListenerKind, ServiceCtx, Settings, SpecError, Transport, duration_in,
+    listen_field, size_in,
+};
+use crate::net::accept::accept_loop;
+use crate::net::bind::{self, BindError};
+use crate::net::contain::contain_panic;
+use crate::net::drain::Drain;
 use crate::proto;
 use crate::stats::{Histogram, Stats};
 
@@ -136,7 +143,7 @@ pub fn parse_rate(s: &str) -> Result<Quota, SpecError> {
 }
 
 impl Http {
-    pub fn from_spec(spec: &proto::HttpSpec) -> Result<Self, SpecError> {
+    fn validate(spec: &proto::HttpSpec) -> Result<Self, SpecError> {
         let listen = listen_field("listen", &spec.listen)?;
         let token = match spec.token.as_str() {
             "" => None,
@@ -243,7 +250,7 @@ impl Http {
         }
     }
 
-    pub async fn run(
+    async fn run_on(
         self: &Arc<Self>,
         listener: TcpListener,
         ctx: ServiceCtx,
@@ -266,7 +273,7 @@ impl Http {
                 }
             });
         }
-        super::accept_loop(&listener, &ctx, &self.limit, |stream, peer| {
+        accept_loop(&listener, ctx.accepting(), &self.limit, |stream, peer| {
             let http = self.clone();
             let ctx = ctx.clone();
             async move { http.serve_connection(stream, peer, ctx).await }
@@ -581,6 +588,92 @@ impl Http {
     }
 }
 
+impl ListenerKind for Http {
+    type Spec = proto::HttpSpec;
+    type Socket = TcpListener;
+    const SLUG: &'static str = "http";
+    const KIND: proto::ListenerKind = proto::ListenerKind::Http;
+    const TRANSPORT: Transport = Transport::Tcp;
+    const CONFIG_KEYS: &'static [&'static str] = &[
+        "listen",
+        "max_connections",
+        "idle_timeout",
+        "max_body_bytes",
+        "header_read_timeout",
+        "request_timeout",
+        "token_file",
+        "token",
+        "rate_limit",
+        "rate_limit_ipv6_prefix",
+        "body_budget_bytes",
+        "max_streams",
+        "max_header_bytes",
+    ];
+
+    fn spec_listen(spec: &Self::Spec) -> Option<&str> {
+        Some(&spec.listen)
+    }
+
+    fn from_spec(spec: &Self::Spec, _settings: &Settings) -> Result<Self, SpecError> {
+        super::check_max_connections(spec.max_connections)?;
+        Self::validate(spec)
+    }
+
+    fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
+        use super::effective_duration as dur;
+        let or = |v: u64, default: u64| if v == 0 { default } else { v };
+        let max_body = or(shown.max_body_bytes, DEFAULT_MAX_BODY);
+        proto::HttpSpec {
+            max_body_bytes: max_body,
+            header_read_timeout: dur(&shown.header_read_timeout, DEFAULT_HEADER_TIMEOUT),
+            request_timeout: dur(&shown.request_timeout, DEFAULT_REQUEST_TIMEOUT),
+            max_connections: super::effective_max_connections(shown.max_connections),
+            body_budget_bytes: or(shown.body_budget_bytes, DEFAULT_BODY_BUDGET.max(max_body)),
+            max_streams: or(shown.max_streams.into(), DEFAULT_MAX_STREAMS.into()) as u32,
+            max_header_bytes: or(shown.max_header_bytes.into(), DEFAULT_MAX_HEADER_BYTES.into())
+                as u32,
+            idle_timeout: dur(&shown.idle_timeout, DEFAULT_IDLE_TIMEOUT),
+            rate_limit_ipv6_prefix: match shown.rate_limit_ipv6_prefix {
+                0 => u32::from(super::client_key::DEFAULT_IPV6_PREFIX),
+                n => n,
+            },
+            ..shown.clone()
+        }
+    }
+
+    fn redact(spec: &mut Self::Spec) {
+        if !spec.token.is_empty() {
+            spec.token = REDACTED.to_string();
+        }
+    }
+
+    fn keep_secrets(new: &mut Self::Spec, current: &Self::Spec) {
+        if new.token == REDACTED {
+            new.token = current.token.clone();
+        }
+    }
+
+    fn listen_addr(&self) -> Option<SocketAddr> {
+        Some(self.listen)
+    }
+
+    fn bind(&self, addr: Option<SocketAddr>) -> Result<TcpListener, BindError> {
+        bind::bind(addr.unwrap_or(self.listen))
+    }
+
+    fn adopt(&self, fd: std::os::fd::OwnedFd, expect_addr: bool) -> Result<TcpListener, BindError> {
+        bind::adopt(fd, self.listen, expect_addr)
+    }
+
+    async fn run(self: Arc<Self>, socket: TcpListener, ctx: ServiceCtx) -> anyhow::Result<()> {
+        self.run_on(socket, ctx).await
+    }
+
+    fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
+        Some(proto::listener_stats::Detail::Http(self.stats()))
+    }
+}
+
 /// The answer to a GET or HEAD: what was asked for, echoed.
 fn request_echo(method: &str, path: &str, query: Option<&str>) -> Value {
     json!({
@@ -697,7 +790,7 @@ where
         let stats = self.stats.clone();
         let name = self.name.clone();
         self.tracker.spawn(async move {
-            super::contain_panic(
+            contain_panic(
                 async move {
                     fut.await;
                 },
@@ -721,7 +814,7 @@ const LINGER_QUIET: Duration = Duration::from_secs(1);
 struct Lingering {
     stream: TcpStream,
     /// Set once the write side is shut.
-    drain: Option<super::Drain>,
+    drain: Option<Drain>,
 }
 
 impl Lingering {
@@ -772,7 +865,7 @@ impl tokio::io::AsyncWrite for Lingering {
         let this = self.get_mut();
         if this.drain.is_none() {
             std::task::ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
-            this.drain = Some(super::Drain::new(LINGER_QUIET, LINGER_TIME));
+            this.drain = Some(Drain::new(LINGER_QUIET, LINGER_TIME));
         }
         let Some(drain) = &mut this.drain else {
             unreachable!("set above");

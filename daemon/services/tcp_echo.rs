@@ -31,7 +31,14 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ServiceCtx, SpecError, listen_field};
+use super::{
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ListenerKind, ServiceCtx, Settings, SpecError,
+    Transport, listen_field,
+};
+use crate::net::accept::accept_loop;
+use crate::net::bind::{self, BindError};
+use crate::net::cancel::CancelWatch;
+use crate::net::idle::idle_expired;
 use crate::proto;
 use crate::stats::Stats;
 
@@ -84,7 +91,7 @@ pub struct TcpEcho {
 }
 
 impl TcpEcho {
-    pub fn from_spec(spec: &proto::TcpEchoSpec) -> Result<Self, SpecError> {
+    fn validate(spec: &proto::TcpEchoSpec) -> Result<Self, SpecError> {
         let listen = listen_field("listen", &spec.listen)?;
         if spec.prefix.len() > MAX_PREFIX {
             return Err(SpecError(format!(
@@ -106,8 +113,8 @@ impl TcpEcho {
         })
     }
 
-    pub async fn run(&self, listener: TcpListener, ctx: ServiceCtx) -> anyhow::Result<()> {
-        super::accept_loop(&listener, &ctx, &self.limit, |stream, peer| {
+    async fn run_on(&self, listener: TcpListener, ctx: ServiceCtx) -> anyhow::Result<()> {
+        accept_loop(&listener, ctx.accepting(), &self.limit, |stream, peer| {
             let conn = Conn {
                 prefix: self.prefix.clone(),
                 idle: self.idle_timeout,
@@ -129,6 +136,53 @@ impl TcpEcho {
     }
 }
 
+impl ListenerKind for TcpEcho {
+    type Spec = proto::TcpEchoSpec;
+    type Socket = TcpListener;
+    const SLUG: &'static str = "tcp-echo";
+    const KIND: proto::ListenerKind = proto::ListenerKind::TcpEcho;
+    const TRANSPORT: Transport = Transport::Tcp;
+    const CONFIG_KEYS: &'static [&'static str] =
+        &["listen", "prefix", "max_connections", "idle_timeout"];
+
+    fn spec_listen(spec: &Self::Spec) -> Option<&str> {
+        Some(&spec.listen)
+    }
+
+    fn from_spec(spec: &Self::Spec, _settings: &Settings) -> Result<Self, SpecError> {
+        super::check_max_connections(spec.max_connections)?;
+        Self::validate(spec)
+    }
+
+    fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
+        proto::TcpEchoSpec {
+            max_connections: super::effective_max_connections(shown.max_connections),
+            idle_timeout: super::effective_duration(&shown.idle_timeout, DEFAULT_IDLE_TIMEOUT),
+            ..shown.clone()
+        }
+    }
+
+    fn listen_addr(&self) -> Option<SocketAddr> {
+        Some(self.listen)
+    }
+
+    fn bind(&self, addr: Option<SocketAddr>) -> Result<TcpListener, BindError> {
+        bind::bind(addr.unwrap_or(self.listen))
+    }
+
+    fn adopt(&self, fd: std::os::fd::OwnedFd, expect_addr: bool) -> Result<TcpListener, BindError> {
+        bind::adopt(fd, self.listen, expect_addr)
+    }
+
+    async fn run(self: Arc<Self>, socket: TcpListener, ctx: ServiceCtx) -> anyhow::Result<()> {
+        self.run_on(socket, ctx).await
+    }
+
+    fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
+        None
+    }
+}
+
 struct Conn {
     prefix: Arc<[u8]>,
     idle: Duration,
@@ -141,7 +195,7 @@ impl Conn {
     /// connections; says which.
     async fn echo(&self, mut stream: TcpStream) -> io::Result<&'static str> {
         let p = self.prefix.len();
-        let mut closed = super::CancelWatch::new(&self.close);
+        let mut closed = CancelWatch::new(&self.close);
         // One timer per connection, re-armed only when it fires: each read
         // and write just notes the time.
         let mut last = Instant::now();
@@ -153,7 +207,7 @@ impl Conn {
                 _ = closed.cancelled() => return Ok("closed by netd"),
                 r = stream.readable() => r?,
                 _ = &mut idle => {
-                    if super::idle_expired(idle.as_mut(), last, self.idle) {
+                    if idle_expired(idle.as_mut(), last, self.idle) {
                         return Ok("idle timeout");
                     }
                     continue;
@@ -194,7 +248,7 @@ impl Conn {
                         break;
                     }
                     _ = &mut idle => {
-                        if super::idle_expired(idle.as_mut(), last, self.idle) {
+                        if idle_expired(idle.as_mut(), last, self.idle) {
                             return Ok("idle timeout (client not reading)");
                         }
                     }

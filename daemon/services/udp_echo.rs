@@ -36,7 +36,9 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
 use super::client_key::{DEFAULT_IPV6_PREFIX, rate_key};
-use super::{ServiceCtx, Settings, SpecError, listen_field};
+use super::{ListenerKind, ServiceCtx, Settings, SpecError, Transport, listen_field};
+use crate::net::bind::{self, BindError};
+use crate::net::cancel::CancelWatch;
 use crate::own_addrs::OwnAddrs;
 use crate::proto;
 use crate::stats::Stats;
@@ -101,7 +103,7 @@ pub struct UdpEcho {
 }
 
 impl UdpEcho {
-    pub fn from_spec(spec: &proto::UdpEchoSpec, settings: &Settings) -> Result<Self, SpecError> {
+    fn validate(spec: &proto::UdpEchoSpec, settings: &Settings) -> Result<Self, SpecError> {
         let listen = listen_field("listen", &spec.listen)?;
         if spec.prefix.len() > MAX_PREFIX {
             return Err(SpecError(format!(
@@ -161,7 +163,7 @@ impl UdpEcho {
         }
     }
 
-    pub async fn run(&self, socket: UdpSocket, ctx: ServiceCtx) -> anyhow::Result<()> {
+    async fn run_on(&self, socket: UdpSocket, ctx: ServiceCtx) -> anyhow::Result<()> {
         let fd = socket.as_raw_fd();
         if let Err(e) = enable_rxq_ovfl(fd) {
             tracing::debug!(listener = %ctx.name, error = %e, "SO_RXQ_OVFL unavailable; kernel drops not counted");
@@ -170,7 +172,7 @@ impl UdpEcho {
         let mut buf = vec![0u8; p + RECV_BUF];
         buf[..p].copy_from_slice(&self.prefix);
         let mut consecutive_errors = 0u32;
-        let mut stop = super::CancelWatch::new(&ctx.stop_accepting);
+        let mut stop = CancelWatch::new(&ctx.stop_accepting);
         let mut own = self.own.view();
         let mut limiter = self.rate.map(|r| Limiter::new(r, self.max_sources));
         // The socket's drop count as last reported (it starts at 0 on each
@@ -239,6 +241,64 @@ impl UdpEcho {
                 }
             }
         }
+    }
+}
+
+impl ListenerKind for UdpEcho {
+    type Spec = proto::UdpEchoSpec;
+    type Socket = UdpSocket;
+    const SLUG: &'static str = "udp-echo";
+    const KIND: proto::ListenerKind = proto::ListenerKind::UdpEcho;
+    const TRANSPORT: Transport = Transport::Udp;
+    const CONFIG_KEYS: &'static [&'static str] = &[
+        "listen",
+        "prefix",
+        "rate_limit",
+        "allow_privileged_sources",
+        "max_sources",
+    ];
+
+    fn spec_listen(spec: &Self::Spec) -> Option<&str> {
+        Some(&spec.listen)
+    }
+
+    fn from_spec(spec: &Self::Spec, settings: &Settings) -> Result<Self, SpecError> {
+        Self::validate(spec, settings)
+    }
+
+    fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
+        proto::UdpEchoSpec {
+            rate_limit: if shown.rate_limit.is_empty() {
+                DEFAULT_RATE_LIMIT.to_string()
+            } else {
+                shown.rate_limit.clone()
+            },
+            max_sources: match shown.max_sources {
+                0 => DEFAULT_MAX_SOURCES as u32,
+                n => n,
+            },
+            ..shown.clone()
+        }
+    }
+
+    fn listen_addr(&self) -> Option<SocketAddr> {
+        Some(self.listen)
+    }
+
+    fn bind(&self, addr: Option<SocketAddr>) -> Result<UdpSocket, BindError> {
+        bind::bind(addr.unwrap_or(self.listen))
+    }
+
+    fn adopt(&self, fd: std::os::fd::OwnedFd, expect_addr: bool) -> Result<UdpSocket, BindError> {
+        bind::adopt(fd, self.listen, expect_addr)
+    }
+
+    async fn run(self: std::sync::Arc<Self>, socket: UdpSocket, ctx: ServiceCtx) -> anyhow::Result<()> {
+        self.run_on(socket, ctx).await
+    }
+
+    fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
+        Some(proto::listener_stats::Detail::UdpEcho(self.stats()))
     }
 }
 

@@ -34,7 +34,9 @@ use std::time::{Duration, Instant, SystemTime};
 use pnet::datalink::{self, Channel, DataLinkReceiver, NetworkInterface};
 use tokio::sync::broadcast;
 
-use super::{BindError, ServiceCtx, Settings, SpecError, duration_field};
+use super::{
+    BindError, ListenerKind, ServiceCtx, Settings, SpecError, Transport, duration_field, size_in,
+};
 use crate::proto::{self, EventKind};
 use crate::stats::Stats;
 use decode::Proto;
@@ -111,7 +113,7 @@ impl std::fmt::Debug for Capture {
 }
 
 impl Sniffer {
-    pub fn from_spec(spec: &proto::SnifferSpec, settings: &Settings) -> Result<Self, SpecError> {
+    fn validate(spec: &proto::SnifferSpec, settings: &Settings) -> Result<Self, SpecError> {
         let all = datalink::interfaces();
         let iface = match all.iter().find(|i| i.name == spec.interface) {
             Some(i) => i.clone(),
@@ -329,7 +331,7 @@ impl Sniffer {
         }
     }
 
-    pub async fn run(self: &Arc<Self>, capture: Capture, ctx: ServiceCtx) -> anyhow::Result<()> {
+    async fn run_on(self: &Arc<Self>, capture: Capture, ctx: ServiceCtx) -> anyhow::Result<()> {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let me = self.clone();
         let name = ctx.name.to_string();
@@ -449,6 +451,115 @@ impl Sniffer {
         if rc == 0 {
             Stats::add(&self.counters.kernel_drops, st.tp_drops as u64);
         }
+    }
+}
+
+impl ListenerKind for Sniffer {
+    type Spec = proto::SnifferSpec;
+    type Socket = Capture;
+    const SLUG: &'static str = "sniffer";
+    const KIND: proto::ListenerKind = proto::ListenerKind::Sniffer;
+    const TRANSPORT: Transport = Transport::Packet;
+    const CONFIG_KEYS: &'static [&'static str] = &[
+        "interface",
+        "filter",
+        "pcap_path",
+        "pcap_max_bytes",
+        "pcap_max_files",
+        "max_flows",
+        "port_scan_ports",
+        "port_scan_window",
+        "syn_rate",
+    ];
+
+    fn spec_listen(_spec: &Self::Spec) -> Option<&str> {
+        None
+    }
+
+    fn from_spec(spec: &Self::Spec, settings: &Settings) -> Result<Self, SpecError> {
+        size_in(
+            "pcap_max_bytes",
+            spec.pcap_max_bytes,
+            DEFAULT_PCAP_MAX_BYTES,
+            1..=1 << 40,
+        )?;
+        size_in(
+            "pcap_max_files",
+            u64::from(spec.pcap_max_files),
+            DEFAULT_PCAP_MAX_FILES.into(),
+            1..=1000,
+        )?;
+        Self::validate(spec, settings)
+    }
+
+    /// The pcap path as resolved in capture_dir.
+    fn show(&self, mut spec: Self::Spec) -> Self::Spec {
+        if let Some(p) = self.pcap_path() {
+            spec.pcap_path = p.to_string_lossy().into_owned();
+        }
+        spec
+    }
+
+    fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
+        let or = |v: u32, default: u32| if v == 0 { default } else { v };
+        proto::SnifferSpec {
+            pcap_max_bytes: match shown.pcap_max_bytes {
+                0 => DEFAULT_PCAP_MAX_BYTES,
+                n => n,
+            },
+            pcap_max_files: or(shown.pcap_max_files, DEFAULT_PCAP_MAX_FILES),
+            max_flows: or(shown.max_flows, DEFAULT_MAX_FLOWS),
+            port_scan_ports: or(shown.port_scan_ports, DEFAULT_SCAN_PORTS),
+            port_scan_window: super::effective_duration(
+                &shown.port_scan_window,
+                DEFAULT_SCAN_WINDOW,
+            ),
+            syn_rate: or(shown.syn_rate, DEFAULT_SYN_RATE),
+            ..shown.clone()
+        }
+    }
+
+    /// A pcap file as its absolute path in capture_dir (netd shows it so,
+    /// and `netctl export` writes what netd shows), so that "x.pcap" and
+    /// "/var/lib/netd/captures/x.pcap" are the same spec. A path that does
+    /// not resolve is left for validation to refuse.
+    fn normalize(spec: &mut Self::Spec, settings: &Settings) {
+        if let (false, Some(dir)) = (spec.pcap_path.is_empty(), &settings.capture_dir) {
+            if let Ok(name) = crate::safe_file::resolve_name(dir, &spec.pcap_path) {
+                spec.pcap_path = dir.join(name).to_string_lossy().into_owned();
+            }
+        }
+    }
+
+    /// The same pcap file: the old capture must close it first.
+    fn needs_old_closed(old: &Self::Spec, new: &Self::Spec) -> bool {
+        !old.pcap_path.is_empty() && old.pcap_path == new.pcap_path
+    }
+
+    fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+
+    /// The interface captured on.
+    fn describe_bound(&self, _bound: Option<std::net::SocketAddr>) -> String {
+        self.interface.clone()
+    }
+
+    fn bind(&self, _addr: Option<std::net::SocketAddr>) -> Result<Capture, BindError> {
+        self.open()
+    }
+
+    /// A capture is never handed over: a new one is opened.
+    fn adopt(&self, _fd: std::os::fd::OwnedFd, _expect_addr: bool) -> Result<Capture, BindError> {
+        self.open()
+    }
+
+    async fn run(self: Arc<Self>, socket: Capture, ctx: ServiceCtx) -> anyhow::Result<()> {
+        self.run_on(socket, ctx).await
+    }
+
+    fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
+        Some(proto::listener_stats::Detail::Sniffer(self.stats()))
     }
 }
 

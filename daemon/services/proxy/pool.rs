@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::services::proxy::ProxyCounters;
+use super::ProxyCounters;
 
 pub type TcpPool = bb8::Pool<TcpManager>;
 

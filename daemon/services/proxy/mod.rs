@@ -6,7 +6,7 @@
 //!   `upstream_backoff` (passive health) and the next one is tried; when all
 //!   are unhealthy, they are tried anyway rather than refusing the client.
 //! - Pre-connect (`preconnect` > 0): a bb8 pool per upstream keeps that many
-//!   established connections warm ([`crate::pool`]). A client takes a warm
+//!   established connections warm ([`pool`]). A client takes a warm
 //!   one when there is one (checked on checkout, so a connection the upstream
 //!   has closed is discarded, never handed out) and otherwise connects on
 //!   demand; it never waits for the pool.
@@ -24,6 +24,8 @@
 //! - Every closed connection is logged at info level (target `netd::access`)
 //!   with client, upstream, bytes each way, duration and how it ended.
 
+pub mod pool;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -37,10 +39,17 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::{
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ServiceCtx, SpecError, duration_field,
-    listen_field,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ListenerKind, ServiceCtx, Settings, SpecError,
+    Transport, duration_field, listen_field,
 };
-use crate::pool::{self, TakeConnection, TcpPool};
+use crate::net::accept::accept_loop;
+use crate::net::bind::{self, BindError};
+use crate::net::cancel::CancelWatch;
+use crate::net::drain::Drain;
+use crate::net::idle::idle_expired;
+use crate::net::sockopt::abort;
+use crate::net::splice::{PIPE_SIZE, Pipe, splice};
+use pool::{TakeConnection, TcpPool};
 use crate::proto;
 use crate::stats::Stats;
 
@@ -146,7 +155,7 @@ impl End {
 }
 
 impl Proxy {
-    pub fn from_spec(spec: &proto::ProxySpec) -> Result<Self, SpecError> {
+    fn validate(spec: &proto::ProxySpec) -> Result<Self, SpecError> {
         let listen = listen_field("listen", &spec.listen)?;
         if spec.upstreams.is_empty() {
             return Err(SpecError(
@@ -214,13 +223,6 @@ impl Proxy {
         })
     }
 
-    /// Refuse a spec whose upstream is the address the proxy was bound to
-    /// (see [`check_not_self`]); run once the listener is bound, so a
-    /// listener on port 0 is checked too.
-    pub fn check_bound(&self, bound: SocketAddr) -> Result<(), SpecError> {
-        check_not_self(bound, self.upstreams.iter().map(|u| u.addr))
-    }
-
     pub fn stats(&self) -> proto::ProxyStats {
         let now = Instant::now();
         let c = &self.counters;
@@ -253,7 +255,7 @@ impl Proxy {
         }
     }
 
-    pub async fn run(
+    async fn run_on(
         self: &Arc<Self>,
         listener: TcpListener,
         ctx: ServiceCtx,
@@ -270,7 +272,7 @@ impl Proxy {
                 });
             }
         }
-        super::accept_loop(&listener, &ctx, &self.limit, |client, peer| {
+        accept_loop(&listener, ctx.accepting(), &self.limit, |client, peer| {
             let proxy = self.clone();
             let ctx = ctx.clone();
             async move { proxy.serve(client, peer, &ctx).await }
@@ -392,7 +394,7 @@ impl Proxy {
                 // already sent is drained (briefly), so the close is a FIN and
                 // not a reset.
                 let _ = client.shutdown().await;
-                let mut drain = super::Drain::new(REFUSED_DRAIN_QUIET, REFUSED_DRAIN_TIME);
+                let mut drain = Drain::new(REFUSED_DRAIN_QUIET, REFUSED_DRAIN_TIME);
                 let drained = std::future::poll_fn(|cx| drain.poll_drain(&client, cx));
                 tokio::select! {
                     _ = drained => {}
@@ -446,7 +448,7 @@ impl Proxy {
             tokio::pin!(sleep);
             loop {
                 (&mut sleep).await;
-                if super::idle_expired(sleep.as_mut(), activity.last(), self.idle_timeout) {
+                if idle_expired(sleep.as_mut(), activity.last(), self.idle_timeout) {
                     return;
                 }
             }
@@ -458,7 +460,7 @@ impl Proxy {
         let mut c2u = std::pin::pin!(c2u);
         let mut u2c = std::pin::pin!(u2c);
         let mut idle = idle;
-        let mut closed = super::CancelWatch::new(&ctx.close_connections);
+        let mut closed = CancelWatch::new(&ctx.close_connections);
         let (mut c2u_done, mut u2c_done) = (false, false);
         std::future::poll_fn(|cx| {
             use std::task::Poll;
@@ -490,6 +492,70 @@ impl Proxy {
             Poll::Pending
         })
         .await
+    }
+}
+
+impl ListenerKind for Proxy {
+    type Spec = proto::ProxySpec;
+    type Socket = TcpListener;
+    const SLUG: &'static str = "proxy";
+    const KIND: proto::ListenerKind = proto::ListenerKind::Proxy;
+    const TRANSPORT: Transport = Transport::Tcp;
+    const CONFIG_KEYS: &'static [&'static str] = &[
+        "listen",
+        "max_connections",
+        "idle_timeout",
+        "upstreams",
+        "preconnect",
+        "connect_timeout",
+        "upstream_backoff",
+    ];
+
+    fn spec_listen(spec: &Self::Spec) -> Option<&str> {
+        Some(&spec.listen)
+    }
+
+    fn from_spec(spec: &Self::Spec, _settings: &Settings) -> Result<Self, SpecError> {
+        super::check_max_connections(spec.max_connections)?;
+        Self::validate(spec)
+    }
+
+    fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
+        use super::effective_duration as dur;
+        proto::ProxySpec {
+            connect_timeout: dur(&shown.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
+            idle_timeout: dur(&shown.idle_timeout, DEFAULT_IDLE_TIMEOUT),
+            max_connections: super::effective_max_connections(shown.max_connections),
+            upstream_backoff: dur(&shown.upstream_backoff, DEFAULT_UPSTREAM_BACKOFF),
+            ..shown.clone()
+        }
+    }
+
+    fn listen_addr(&self) -> Option<SocketAddr> {
+        Some(self.listen)
+    }
+
+    fn bind(&self, addr: Option<SocketAddr>) -> Result<TcpListener, BindError> {
+        bind::bind(addr.unwrap_or(self.listen))
+    }
+
+    fn adopt(&self, fd: std::os::fd::OwnedFd, expect_addr: bool) -> Result<TcpListener, BindError> {
+        bind::adopt(fd, self.listen, expect_addr)
+    }
+
+    /// Refuse a spec whose upstream is the address the proxy was bound to
+    /// (see [`check_not_self`]); run once the listener is bound, so a
+    /// listener on port 0 is checked too.
+    fn check_bound(&self, local: SocketAddr) -> Result<(), SpecError> {
+        check_not_self(local, self.upstreams.iter().map(|u| u.addr))
+    }
+
+    async fn run(self: Arc<Self>, socket: TcpListener, ctx: ServiceCtx) -> anyhow::Result<()> {
+        self.run_on(socket, ctx).await
+    }
+
+    fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
+        Some(proto::listener_stats::Detail::Proxy(self.stats()))
     }
 }
 
@@ -617,57 +683,6 @@ async fn splice_burst(
     }
 }
 
-/// Pipe capacity asked for (the kernel's default pipe-max-size), and so the
-/// most bytes moved per splice(2); a pipe that cannot grow keeps 64 KiB.
-const PIPE_SIZE: usize = 1024 * 1024;
-
-/// A non-blocking pipe for splicing one direction of a connection.
-struct Pipe {
-    read: std::os::fd::OwnedFd,
-    write: std::os::fd::OwnedFd,
-}
-
-impl Pipe {
-    fn new() -> io::Result<Pipe> {
-        use std::os::fd::FromRawFd;
-        let mut fds = [0i32; 2];
-        // SAFETY: pipe2 fills two descriptors that we then own.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // Best effort: fewer, larger splices. Pages are only used while
-        // data sits in the pipe.
-        // SAFETY: fcntl on a descriptor we own.
-        unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
-        // SAFETY: both descriptors were just created and are owned here.
-        Ok(unsafe {
-            Pipe {
-                read: std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-                write: std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-            }
-        })
-    }
-}
-
-fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
-    // SAFETY: splice(2) between descriptors we hold, no offsets.
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 /// When a connection last moved data, shared by its two copy loops.
 struct Activity {
     base: Instant,
@@ -738,9 +753,4 @@ fn loops_back(listen: SocketAddr, up: SocketAddr) -> bool {
     l.is_unspecified()
         && l.is_ipv4() == u.is_ipv4()
         && (u.is_loopback() || std::net::UdpSocket::bind((u, 0)).is_ok())
-}
-
-/// Close with RST instead of FIN.
-fn abort(stream: &TcpStream) {
-    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }

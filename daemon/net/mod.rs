@@ -1,0 +1,17 @@
+//! Socket plumbing shared by the hosted services, none of it specific to a
+//! listener kind: binding and adopting sockets ([`bind`]), the TCP accept
+//! loop ([`accept`]), per-connection helpers (idle timers, lingering close,
+//! cheap cancellation checks, panic containment) and the Linux calls the
+//! proxy's forward loop needs ([`splice`], [`sockopt`]).
+//!
+//! This module depends on [`crate::stats`] only, never on
+//! [`crate::services`]: services use the plumbing, not the other way round.
+
+pub mod accept;
+pub mod bind;
+pub mod cancel;
+pub mod contain;
+pub mod drain;
+pub mod idle;
+pub mod sockopt;
+pub mod splice;

@@ -1,0 +1,198 @@
+//! What a listener kind is: the [`ListenerKind`] trait every hosted service
+//! implements, in its own module, and registers with one line in
+//! [`super::registry`].
+//!
+//! The trait carries everything the rest of netd asks of a kind: its names
+//! (the slug used in configs, on the command line and in JSON; the proto
+//! enum value), its spec (validation, the effective spec with defaults
+//! filled in and secrets redacted, the config keys it takes), and its
+//! life (bind, adopt a socket, run, kind-specific stats). The registry
+//! turns the list of kinds into the `Service` enum and the matches over
+//! `listener_spec::Kind`, all exhaustive, so a kind added to the proto but
+//! not registered, or registered without a piece, does not compile.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use super::{Bound, ServiceCtx, Settings, SpecError};
+use crate::net::bind::BindError;
+use crate::proto;
+
+/// How a kind takes its traffic; decides which listeners can clash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A listening TCP socket.
+    Tcp,
+    /// A UDP socket.
+    Udp,
+    /// A packet capture on an interface (binds no address).
+    Packet,
+}
+
+impl Transport {
+    /// "TCP"/"UDP" for messages about clashing ports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Tcp => "TCP",
+            Transport::Udp => "UDP",
+            Transport::Packet => "packet",
+        }
+    }
+}
+
+/// What a kind's `bind` gives its `run`, and how it is kept in a [`Bound`]
+/// while the supervisor holds it.
+pub trait KindSocket: Sized + Send + 'static {
+    fn into_bound(self) -> Bound;
+    /// The socket back out of a [`Bound`]; None if it is of another type.
+    fn from_bound(bound: Bound) -> Option<Self>;
+}
+
+impl KindSocket for tokio::net::TcpListener {
+    fn into_bound(self) -> Bound {
+        Bound::Tcp(self)
+    }
+    fn from_bound(bound: Bound) -> Option<Self> {
+        match bound {
+            Bound::Tcp(l) => Some(l),
+            Bound::Udp(_) | Bound::Packet(_) => None,
+        }
+    }
+}
+
+impl KindSocket for tokio::net::UdpSocket {
+    fn into_bound(self) -> Bound {
+        Bound::Udp(self)
+    }
+    fn from_bound(bound: Bound) -> Option<Self> {
+        match bound {
+            Bound::Udp(s) => Some(s),
+            Bound::Tcp(_) | Bound::Packet(_) => None,
+        }
+    }
+}
+
+impl KindSocket for super::sniffer::Capture {
+    fn into_bound(self) -> Bound {
+        Bound::Packet(self)
+    }
+    fn from_bound(bound: Bound) -> Option<Self> {
+        match bound {
+            Bound::Packet(c) => Some(c),
+            Bound::Tcp(_) | Bound::Udp(_) => None,
+        }
+    }
+}
+
+/// One kind of listener. Implemented by the validated service value (built
+/// by [`ListenerKind::from_spec`]); static facts are associated items.
+pub trait ListenerKind: std::fmt::Debug + Send + Sync + Sized + 'static {
+    /// The proto message of this kind's arm of `ListenerSpec.kind`.
+    type Spec: prost::Message + Clone + Default + PartialEq;
+    /// What the kind binds and runs on.
+    type Socket: KindSocket;
+
+    /// The name in configs (`kind = "tcp-echo"`), on netctl's command line
+    /// and in JSON output.
+    const SLUG: &'static str;
+    /// The value in `Listener.kind`, stats and events.
+    const KIND: proto::ListenerKind;
+    const TRANSPORT: Transport;
+    /// The `[[listener]]` keys this kind takes besides `name`, `kind` and
+    /// `labels`; any other key is refused with "does not apply".
+    const CONFIG_KEYS: &'static [&'static str];
+
+    /// The address field of a spec, unparsed (None for kinds that bind
+    /// none): for clash checks across listeners and in-place updates.
+    fn spec_listen(spec: &Self::Spec) -> Option<&str>;
+
+    /// Validate a spec against the daemon's settings. May block (an
+    /// upstream name is resolved, interfaces are listed).
+    fn from_spec(spec: &Self::Spec, settings: &Settings) -> Result<Self, SpecError>;
+
+    /// The spec as it is in effect: `shown` (the requested spec as netd
+    /// shows it, see [`ListenerKind::show`]) with every unset field filled
+    /// in with its default.
+    fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec;
+
+    /// The requested spec as netd reports it back: secrets redacted, and
+    /// whatever validation resolved (a sniffer's pcap path).
+    fn show(&self, mut spec: Self::Spec) -> Self::Spec {
+        Self::redact(&mut spec);
+        spec
+    }
+
+    /// Replace secrets with a placeholder. Default: the kind has none.
+    fn redact(_spec: &mut Self::Spec) {}
+
+    /// Where a placeholder written by [`ListenerKind::redact`] comes back
+    /// (an update, an apply of an exported file), take the secret from
+    /// `current`. Default: the kind has no secrets.
+    fn keep_secrets(_new: &mut Self::Spec, _current: &Self::Spec) {}
+
+    /// The one form netd stores and compares a spec in (see the
+    /// supervisor's `normalize`). Default: as given.
+    fn normalize(_spec: &mut Self::Spec, _settings: &Settings) {}
+
+    /// Whether a new generation with spec `new` needs something the running
+    /// one (spec `old`) holds, so that the old one must close before the
+    /// new one starts (a sniffer writing the same pcap file). Default: no,
+    /// the old one serves until the new one is ready.
+    fn needs_old_closed(_old: &Self::Spec, _new: &Self::Spec) -> bool {
+        false
+    }
+
+    /// The address the spec asked for (port may be 0), if the kind binds one.
+    fn listen_addr(&self) -> Option<SocketAddr>;
+
+    /// What a person should see as the bound address.
+    fn describe_bound(&self, bound: Option<SocketAddr>) -> String {
+        bound.map(|a| a.to_string()).unwrap_or_default()
+    }
+
+    /// Bind, at `addr` when given (a restart rebinds the address first
+    /// bound), else where the spec says. Called off the runtime's workers.
+    fn bind(&self, addr: Option<SocketAddr>) -> Result<Self::Socket, BindError>;
+
+    /// Take over an already bound socket instead (see
+    /// [`crate::net::bind::adopt`]).
+    fn adopt(&self, fd: OwnedFd, expect_addr: bool) -> Result<Self::Socket, BindError>;
+
+    /// Checks that need the address actually bound (port 0 resolved).
+    fn check_bound(&self, _local: SocketAddr) -> Result<(), SpecError> {
+        Ok(())
+    }
+
+    /// Serve until `ctx.stop_accepting`; an error (or a panic) means the
+    /// service failed and the supervisor restarts it.
+    fn run(
+        self: Arc<Self>,
+        socket: Self::Socket,
+        ctx: ServiceCtx,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Kind-specific counters for the stats message, if the kind has any.
+    fn detail_stats(&self) -> Option<proto::listener_stats::Detail>;
+}
+
+/// The facts about a kind that need no spec, for lookups by slug or enum.
+#[derive(Debug, Clone, Copy)]
+pub struct KindInfo {
+    pub slug: &'static str,
+    pub kind: proto::ListenerKind,
+    pub transport: Transport,
+    pub config_keys: &'static [&'static str],
+}
+
+impl KindInfo {
+    pub const fn of<K: ListenerKind>() -> KindInfo {
+        KindInfo {
+            slug: K::SLUG,
+            kind: K::KIND,
+            transport: K::TRANSPORT,
+            config_keys: K::CONFIG_KEYS,
+        }
+    }
+}
