@@ -57,8 +57,7 @@ pub const SYSTEM_CONTROL_SOCKET: &str = "/run/netd/netd.sock";
 /// root, otherwise `netd.sock` in the caller's private directory
 /// ([`private_dir`]).
 pub fn default_control_addr() -> ControlAddr {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if crate::sys::euid() == 0 {
         return ControlAddr::Unix(PathBuf::from(SYSTEM_CONTROL_SOCKET));
     }
     ControlAddr::Unix(private_dir().join("netd.sock"))
@@ -89,8 +88,7 @@ pub fn private_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("netd");
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = crate::sys::euid();
     std::env::temp_dir().join(format!("netd-{uid}"))
 }
 
@@ -111,8 +109,7 @@ pub fn check_private_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(dir)
         .map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = crate::sys::euid();
     if !meta.file_type().is_dir() {
         return Err(format!(
             "{} is not a directory (a symlink or a file is in its place); remove it",

@@ -88,7 +88,7 @@ impl Principal {
         if let Some(u) = s.strip_prefix("uid:") {
             return match u.parse::<u32>() {
                 Ok(n) => Ok(Principal::Uid(n)),
-                Err(_) => lookup_user(u)
+                Err(_) => crate::sys::user_id(u)
                     .map(Principal::Uid)
                     .ok_or_else(|| format!("'{s}': no user named '{u}' on this host")),
             };
@@ -96,7 +96,7 @@ impl Principal {
         if let Some(g) = s.strip_prefix("group:") {
             return match g.parse::<u32>() {
                 Ok(n) => Ok(Principal::Gid(n)),
-                Err(_) => lookup_group(g)
+                Err(_) => crate::sys::group_id(g)
                     .map(Principal::Gid)
                     .ok_or_else(|| format!("'{s}': no group named '{g}' on this host")),
             };
@@ -181,8 +181,7 @@ impl Policy {
         Policy {
             roles,
             socket_gid,
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            own_uid: unsafe { libc::geteuid() },
+            own_uid: crate::sys::euid(),
             insecure_tcp,
         }
     }
@@ -294,49 +293,10 @@ fn cert_names(der: &[u8]) -> Vec<String> {
     names
 }
 
-fn lookup_user(name: &str) -> Option<u32> {
-    let cname = std::ffi::CString::new(name).ok()?;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: all-zero is a valid passwd (pointers null, numbers 0).
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwnam_r with valid pointers to our own buffers; the
-    // result is only read when `out` is non-null.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pw,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut out,
-        )
-    };
-    (rc == 0 && !out.is_null()).then_some(pw.pw_uid)
-}
-
-fn lookup_group(name: &str) -> Option<u32> {
-    let cname = std::ffi::CString::new(name).ok()?;
-    let mut buf = vec![0 as libc::c_char; 64 * 1024];
-    // SAFETY: all-zero is a valid group (pointers null, numbers 0).
-    let mut gr: libc::group = unsafe { std::mem::zeroed() };
-    let mut out: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: as in lookup_user.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut gr,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut out,
-        )
-    };
-    (rc == 0 && !out.is_null()).then_some(gr.gr_gid)
-}
-
 /// The uid of the system account `netd` (the systemd unit's `User=`), if
 /// the host has one. netctl trusts a socket served by it.
 pub fn netd_system_uid() -> Option<u32> {
-    lookup_user("netd")
+    crate::sys::user_id("netd")
 }
 
 /// Tower layer enforcing [`required_role`] on every call.

@@ -133,8 +133,7 @@ pub async fn control_client_with(
 /// account, or ourselves.
 fn check_peer(stream: &tokio::net::UnixStream, path: &std::path::Path) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     let uid = cred.uid();
     if uid == 0 || uid == me || crate::auth::netd_system_uid() == Some(uid) {
         return Ok(());

@@ -278,8 +278,7 @@ pub struct Config {
 /// `$HOME/.local/state/netd/captures`; None if neither variable is set
 /// (then pcap export needs `capture_dir` in the config).
 pub fn default_capture_dir() -> Option<PathBuf> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if crate::sys::euid() == 0 {
         return Some(PathBuf::from("/var/lib/netd/captures"));
     }
     let absolute = |var: &str| {
@@ -508,22 +507,10 @@ impl Config {
             let kind_name = l.kind.get_ref().0;
             let spans = |o: Option<std::ops::Range<usize>>| o;
             let optional: [OptionalField; 29] = [
-                (
-                    "listen",
-                    spans(l.listen.as_ref().map(|v| v.span())),
-                ),
-                (
-                    "interface",
-                    spans(l.interface.as_ref().map(|v| v.span())),
-                ),
-                (
-                    "filter",
-                    spans(l.filter.as_ref().map(|v| v.span())),
-                ),
-                (
-                    "pcap_path",
-                    spans(l.pcap_path.as_ref().map(|v| v.span())),
-                ),
+                ("listen", spans(l.listen.as_ref().map(|v| v.span()))),
+                ("interface", spans(l.interface.as_ref().map(|v| v.span()))),
+                ("filter", spans(l.filter.as_ref().map(|v| v.span()))),
+                ("pcap_path", spans(l.pcap_path.as_ref().map(|v| v.span()))),
                 (
                     "pcap_max_bytes",
                     spans(l.pcap_max_bytes.as_ref().map(|v| v.span())),
@@ -532,10 +519,7 @@ impl Config {
                     "pcap_max_files",
                     spans(l.pcap_max_files.as_ref().map(|v| v.span())),
                 ),
-                (
-                    "max_flows",
-                    spans(l.max_flows.as_ref().map(|v| v.span())),
-                ),
+                ("max_flows", spans(l.max_flows.as_ref().map(|v| v.span()))),
                 (
                     "port_scan_ports",
                     spans(l.port_scan_ports.as_ref().map(|v| v.span())),
@@ -544,14 +528,8 @@ impl Config {
                     "port_scan_window",
                     spans(l.port_scan_window.as_ref().map(|v| v.span())),
                 ),
-                (
-                    "syn_rate",
-                    spans(l.syn_rate.as_ref().map(|v| v.span())),
-                ),
-                (
-                    "prefix",
-                    spans(l.prefix.as_ref().map(|v| v.span())),
-                ),
+                ("syn_rate", spans(l.syn_rate.as_ref().map(|v| v.span()))),
+                ("prefix", spans(l.prefix.as_ref().map(|v| v.span()))),
                 (
                     "max_connections",
                     spans(l.max_connections.as_ref().map(|v| v.span())),
@@ -568,18 +546,9 @@ impl Config {
                     "request_timeout",
                     spans(l.request_timeout.as_ref().map(|v| v.span())),
                 ),
-                (
-                    "token_file",
-                    spans(l.token_file.as_ref().map(|v| v.span())),
-                ),
-                (
-                    "token",
-                    spans(l.token.as_ref().map(|v| v.span())),
-                ),
-                (
-                    "rate_limit",
-                    spans(l.rate_limit.as_ref().map(|v| v.span())),
-                ),
+                ("token_file", spans(l.token_file.as_ref().map(|v| v.span()))),
+                ("token", spans(l.token.as_ref().map(|v| v.span()))),
+                ("rate_limit", spans(l.rate_limit.as_ref().map(|v| v.span()))),
                 (
                     "rate_limit_ipv6_prefix",
                     spans(l.rate_limit_ipv6_prefix.as_ref().map(|v| v.span())),
@@ -608,14 +577,8 @@ impl Config {
                     "max_header_bytes",
                     spans(l.max_header_bytes.as_ref().map(|v| v.span())),
                 ),
-                (
-                    "upstreams",
-                    spans(l.upstreams.as_ref().map(|v| v.span())),
-                ),
-                (
-                    "preconnect",
-                    spans(l.preconnect.as_ref().map(|v| v.span())),
-                ),
+                ("upstreams", spans(l.upstreams.as_ref().map(|v| v.span()))),
+                ("preconnect", spans(l.preconnect.as_ref().map(|v| v.span()))),
                 (
                     "connect_timeout",
                     spans(l.connect_timeout.as_ref().map(|v| v.span())),

@@ -300,36 +300,9 @@ pub fn incoming_tcp(
 /// uid, gid and pid from SO_PEERCRED; supplementary groups from
 /// SO_PEERGROUPS (Linux 4.13+; empty where unsupported).
 fn unix_peer(s: &tokio::net::UnixStream) -> io::Result<Peer> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     let cred = s.peer_cred()?;
-    let fd = s.as_raw_fd();
-    let mut groups: Vec<libc::gid_t> = vec![0; 64];
-    loop {
-        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into our buffer and
-        // stores the size it needs (or wrote) in `len`.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_PEERGROUPS,
-                groups.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        let n = len as usize / std::mem::size_of::<libc::gid_t>();
-        if rc == 0 {
-            groups.truncate(n);
-            break;
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ERANGE) && n > groups.len() && n <= 65_536 {
-            groups.resize(n, 0);
-            continue;
-        }
-        groups.clear();
-        break;
-    }
+    let groups = crate::sys::peer_groups(s.as_fd());
     Ok(Peer::Unix {
         uid: cred.uid(),
         gid: cred.gid(),

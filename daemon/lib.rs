@@ -7,6 +7,24 @@
 //! lifecycle, [`services`] holds the services themselves, [`stats`] their
 //! counters, and [`control`] exposes it all as `netd.v1.Control`. The CLI
 //! `netctl` (in `ctl/`) uses [`client`] and [`addr`] from here.
+//!
+//! # Unsafe code
+//!
+//! Denied crate-wide; allowed only where netd calls Linux directly, each
+//! block with a SAFETY note saying why it is sound:
+//!
+//! - [`sys`] — geteuid, getpwnam_r/getgrnam_r, SO_PEERGROUPS (safe
+//!   wrappers the rest of the crate calls);
+//! - [`net::splice`] — pipe2, fcntl and splice for the proxy's zero-copy path;
+//! - [`net::udp`] — recvmsg with SO_RXQ_OVFL for the UDP echo;
+//! - `services::sniffer::socket` and `services::sniffer::ring` — the
+//!   AF_PACKET socket, its options, recvmmsg and the TPACKET_V3 ring;
+//! - [`safe_file`] — openat/renameat/unlinkat/fstatat relative to a
+//!   directory descriptor;
+//! - [`trim`] — malloc_trim;
+//! - [`server::raise_fd_limit`] — getrlimit/setrlimit.
+
+#![deny(unsafe_code)]
 
 pub mod addr;
 pub mod auth;
@@ -30,6 +48,7 @@ pub mod spec_diff;
 pub mod state;
 pub mod stats;
 pub mod supervisor;
+pub mod sys;
 pub mod trim;
 pub mod watch;
 

@@ -1,6 +1,8 @@
 //! `netd`: the daemon binary. Parses flags, loads the config (or the
 //! embedded default), sets up logging and runs [`netd::server::run`].
 
+#![deny(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

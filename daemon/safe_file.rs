@@ -29,6 +29,7 @@
 //! Everything here is blocking file-system work: call it off the async
 //! runtime. All of the module's `unsafe` is the four libc calls that take a
 //! directory descriptor, below.
+#![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::fs::File;
@@ -193,7 +194,7 @@ impl Dir {
         let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         let meta = file.metadata()?;
         refuse_unless_regular(meta.mode())?;
-        let euid = euid();
+        let euid = crate::sys::euid();
         if meta.uid() != euid {
             return Err(refused(&format!(
                 "it is owned by uid {}, not by netd (uid {euid}); refusing to overwrite it",
@@ -310,7 +311,7 @@ impl Dir {
         if let Some(what) = non_regular(st.st_mode) {
             return Ok(Slot::Foreign(what.into()));
         }
-        if st.st_uid != euid() {
+        if st.st_uid != crate::sys::euid() {
             return Ok(Slot::Foreign(format!(
                 "a file owned by uid {}, not by netd",
                 st.st_uid
@@ -345,11 +346,6 @@ fn c_name(name: &str) -> io::Result<CString> {
     check_file_name(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     CString::new(name)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the file name contains NUL"))
-}
-
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {

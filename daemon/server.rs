@@ -442,6 +442,7 @@ fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
 /// Lift the soft limit on open files to the hard limit and return it. The
 /// systemd unit sets `LimitNOFILE=65536`; this covers netd started any
 /// other way.
+#[allow(unsafe_code)] // getrlimit/setrlimit; see the SAFETY note.
 pub fn raise_fd_limit() -> std::io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

@@ -50,7 +50,11 @@ fn arm_message(tag: u32) -> String {
         let mut m = BTreeMap::new();
         if let Ok(set) = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET) {
             for file in set.file {
-                for msg in file.message_type.iter().filter(|m| m.name() == "ListenerSpec") {
+                for msg in file
+                    .message_type
+                    .iter()
+                    .filter(|m| m.name() == "ListenerSpec")
+                {
                     for f in &msg.field {
                         let ty = f.type_name().rsplit('.').next().unwrap_or_default();
                         m.insert(f.number() as u32, ty.to_string());

@@ -44,8 +44,7 @@ const FILE_MODE: u32 = 0o600;
 /// `$XDG_STATE_HOME/netd` or `$HOME/.local/state/netd`; None if neither
 /// variable is set (then nothing is persisted, and netd says so).
 pub fn default_state_dir() -> Option<PathBuf> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if crate::sys::euid() == 0 {
         return Some(PathBuf::from("/var/lib/netd"));
     }
     let absolute = |var: &str| {

@@ -12,6 +12,7 @@
 //! burst, never under a steady load. The same goes for control-plane calls:
 //! thousands of watch streams closing (up to `max_connections` ×
 //! `max_streams` can be open) trigger a trim too. A no-op without glibc.
+#![allow(unsafe_code)]
 
 use std::time::Duration;
 

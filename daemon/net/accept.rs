@@ -90,7 +90,6 @@ where
     }
 }
 
-
 /// Accept errors that concern one connection or a passing shortage (file
 /// descriptors, memory) rather than the listening socket itself: back off and
 /// keep accepting.
@@ -111,4 +110,3 @@ pub fn is_transient_accept_error(e: &io::Error) -> bool {
         )
     )
 }
-

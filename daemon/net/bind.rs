@@ -142,4 +142,3 @@ fn bind_udp(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
     socket.bind(&addr.into())?;
     tokio::net::UdpSocket::from_std(socket.into())
 }
-

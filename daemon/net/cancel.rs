@@ -27,10 +27,7 @@ impl<'a> CancelWatch<'a> {
     }
 
     /// Ready once the token is cancelled.
-    pub fn poll_cancelled(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
+    pub fn poll_cancelled(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         use std::future::Future as _;
         use std::task::Poll;
         if self.token.is_cancelled() {
@@ -55,4 +52,3 @@ impl<'a> CancelWatch<'a> {
         std::future::poll_fn(|cx| self.poll_cancelled(cx))
     }
 }
-

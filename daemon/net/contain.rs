@@ -25,7 +25,6 @@ pub async fn contain_panic<F: std::future::Future<Output = ()>>(
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

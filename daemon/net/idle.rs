@@ -18,4 +18,3 @@ pub fn idle_expired(
     timer.reset(due);
     false
 }
-

@@ -2,7 +2,8 @@
 //! listener kind: binding and adopting sockets ([`bind`]), the TCP accept
 //! loop ([`accept`]), per-connection helpers (idle timers, lingering close,
 //! cheap cancellation checks, panic containment) and the Linux calls the
-//! proxy's forward loop needs ([`splice`], [`sockopt`]).
+//! proxy's forward loop and the UDP echo need ([`splice`], [`sockopt`],
+//! [`udp`]).
 //!
 //! This module depends on [`crate::stats`] only, never on
 //! [`crate::services`]: services use the plumbing, not the other way round.
@@ -15,3 +16,4 @@ pub mod drain;
 pub mod idle;
 pub mod sockopt;
 pub mod splice;
+pub mod udp;

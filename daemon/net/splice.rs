@@ -56,4 +56,3 @@ pub fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
         Ok(n as usize)
     }
 }
-

@@ -630,8 +630,10 @@ impl ListenerKind for Http {
             max_connections: super::effective_max_connections(shown.max_connections),
             body_budget_bytes: or(shown.body_budget_bytes, DEFAULT_BODY_BUDGET.max(max_body)),
             max_streams: or(shown.max_streams.into(), DEFAULT_MAX_STREAMS.into()) as u32,
-            max_header_bytes: or(shown.max_header_bytes.into(), DEFAULT_MAX_HEADER_BYTES.into())
-                as u32,
+            max_header_bytes: or(
+                shown.max_header_bytes.into(),
+                DEFAULT_MAX_HEADER_BYTES.into(),
+            ) as u32,
             idle_timeout: dur(&shown.idle_timeout, DEFAULT_IDLE_TIMEOUT),
             rate_limit_ipv6_prefix: match shown.rate_limit_ipv6_prefix {
                 0 => u32::from(super::client_key::DEFAULT_IPV6_PREFIX),

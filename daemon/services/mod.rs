@@ -303,7 +303,10 @@ impl Service {
 
     /// A placeholder secret in `spec` (as netd shows it, and as `netctl
     /// export` writes it) means "keep the current one".
-    pub fn keep_secrets(mut spec: proto::ListenerSpec, current: &proto::ListenerSpec) -> proto::ListenerSpec {
+    pub fn keep_secrets(
+        mut spec: proto::ListenerSpec,
+        current: &proto::ListenerSpec,
+    ) -> proto::ListenerSpec {
         if let (Some(n), Some(c)) = (&mut spec.kind, &current.kind) {
             keep_secrets_kind(n, c);
         }

@@ -49,9 +49,9 @@ use crate::net::drain::Drain;
 use crate::net::idle::idle_expired;
 use crate::net::sockopt::abort;
 use crate::net::splice::{PIPE_SIZE, Pipe, splice};
-use pool::{TakeConnection, TcpPool};
 use crate::proto;
 use crate::stats::Stats;
+use pool::{TakeConnection, TcpPool};
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_UPSTREAM_BACKOFF: Duration = Duration::from_secs(10);

@@ -22,10 +22,10 @@ pub mod filter;
 pub mod flows;
 pub mod pcap;
 mod ring;
+mod socket;
 
 use std::io;
-use std::mem;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -229,11 +229,8 @@ impl Sniffer {
     /// interface; create the pcap file (and capture_dir if missing). Blocks
     /// on the file system: call it off the async runtime.
     pub fn open(&self) -> Result<Capture, BindError> {
-        // SAFETY: plain socket(2); the result is checked.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            return Err(if e.kind() == io::ErrorKind::PermissionDenied {
+        let owned = socket::packet_socket().map_err(|e| {
+            if e.kind() == io::ErrorKind::PermissionDenied {
                 BindError::Precondition(
                     "capturing packets needs CAP_NET_RAW: run netd as root, or grant the capability \
                      (systemd: AmbientCapabilities=CAP_NET_RAW; otherwise: setcap cap_net_raw+ep $(command -v netd))"
@@ -241,24 +238,22 @@ impl Sniffer {
                 )
             } else {
                 BindError::Precondition(format!("cannot open a packet socket: {e}"))
-            });
-        }
-        // SAFETY: fd was just returned by socket(2) and is owned here.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            }
+        })?;
         let loopback = self.iface.is_loopback();
         let prog = self.filter.to_bpf(loopback);
         let fprog = libc::sock_fprog {
             len: prog.len() as u16,
             filter: prog.as_ptr() as *mut libc::sock_filter,
         };
-        setsockopt(
+        socket::setsockopt(
             owned.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_ATTACH_FILTER,
             &fprog,
         )
         .map_err(|e| BindError::Precondition(format!("cannot attach the capture filter: {e}")))?;
-        if setsockopt(
+        if socket::setsockopt(
             owned.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_RCVBUFFORCE,
@@ -266,7 +261,7 @@ impl Sniffer {
         )
         .is_err()
         {
-            let _ = setsockopt(
+            let _ = socket::setsockopt(
                 owned.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVBUF,
@@ -354,7 +349,7 @@ impl Sniffer {
         let mut detectors =
             alerts::Detectors::new(self.scan_ports, self.scan_window, self.syn_rate);
         let mut last_stats = Instant::now();
-        let mut batch = Batch::new();
+        let mut batch = socket::Batch::new();
         let result = loop {
             if ctx.stop_accepting.is_cancelled() {
                 break Ok(());
@@ -436,19 +431,7 @@ impl Sniffer {
     /// Add the kernel's drop count since the last read (PACKET_STATISTICS
     /// resets on read).
     fn read_kernel_drops(&self, fd: RawFd) {
-        // SAFETY: getsockopt into a correctly sized tpacket_stats.
-        let mut st: libc::tpacket_stats = unsafe { mem::zeroed() };
-        let mut len = mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                &mut st as *mut _ as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        if rc == 0 {
+        if let Ok(st) = socket::packet_stats(fd) {
             Stats::add(&self.counters.kernel_drops, st.tp_drops as u64);
         }
     }
@@ -718,85 +701,3 @@ const BATCH: usize = 64;
 const COALESCE: Duration = Duration::from_millis(2);
 /// Largest frame a batch slot holds: a 64 KiB IP packet plus link header.
 const FRAME_MAX: usize = 65_600;
-
-/// Buffers for reading queued frames in batches with recvmmsg(2), which
-/// cuts the syscalls per packet at high rates (pnet's channel reads one
-/// frame per poll + recvfrom). Lives on the capture thread.
-struct Batch {
-    bufs: Vec<Vec<u8>>,
-    iovs: Vec<libc::iovec>,
-    msgs: Vec<libc::mmsghdr>,
-}
-
-impl Batch {
-    fn new() -> Batch {
-        // calloc'd: pages become resident only once a frame lands in them.
-        let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; FRAME_MAX]).collect();
-        let mut iovs: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        let msgs = iovs
-            .iter_mut()
-            .map(|iov| {
-                // SAFETY: an all-zero msghdr is valid (no name, no control).
-                let mut m: libc::mmsghdr = unsafe { mem::zeroed() };
-                m.msg_hdr.msg_iov = iov;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
-        Batch { bufs, iovs, msgs }
-    }
-
-    /// Frames queued right now (0 if none), without waiting.
-    fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        debug_assert_eq!(self.iovs.len(), self.msgs.len());
-        // SAFETY: msgs point at iovs, which point at bufs; all live in self
-        // and none has moved since new().
-        let rc = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.msgs.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc >= 0 {
-            return Ok(rc as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted {
-            Ok(0)
-        } else {
-            Err(e)
-        }
-    }
-
-    fn frame(&self, i: usize) -> &[u8] {
-        let len = (self.msgs[i].msg_len as usize).min(FRAME_MAX);
-        &self.bufs[i][..len]
-    }
-}
-
-fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Result<()> {
-    // SAFETY: value points to a live T of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            value as *const T as *const libc::c_void,
-            mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}

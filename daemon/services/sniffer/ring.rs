@@ -8,6 +8,7 @@
 //! netd walks its packets (each a `tpacket3_hdr` followed by the frame at
 //! `tp_mac`), then gives the block back by storing TP_STATUS_KERNEL. Blocks
 //! are used in order.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::RawFd;
@@ -38,7 +39,7 @@ impl Ring {
     /// Switch the (bound) packet socket `fd` to a TPACKET_V3 ring.
     pub fn new(fd: RawFd) -> io::Result<Ring> {
         let version = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
-        super::setsockopt(fd, libc::SOL_PACKET, libc::PACKET_VERSION, &version)?;
+        super::socket::setsockopt(fd, libc::SOL_PACKET, libc::PACKET_VERSION, &version)?;
         let req = libc::tpacket_req3 {
             tp_block_size: BLOCK_SIZE,
             tp_block_nr: BLOCK_NR,
@@ -48,7 +49,7 @@ impl Ring {
             tp_sizeof_priv: 0,
             tp_feature_req_word: 0,
         };
-        super::setsockopt(fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
+        super::socket::setsockopt(fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
         let len = (BLOCK_SIZE * BLOCK_NR) as usize;
         // SAFETY: mapping the ring the kernel just set up on fd.
         let base = unsafe {
