@@ -35,15 +35,15 @@
 //!   after the response and discards what the client still sends, until it
 //!   closes, goes quiet for a second, or five seconds pass.
 
-use std::collections::BTreeMap;
+mod conn;
+mod echo;
+
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
@@ -53,7 +53,6 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -64,10 +63,11 @@ use super::{
 };
 use crate::net::accept::accept_loop;
 use crate::net::bind::{self, BindError};
-use crate::net::contain::contain_panic;
-use crate::net::drain::Drain;
 use crate::proto;
 use crate::stats::{Histogram, Stats};
+use conn::{Activity, Lingering, StreamExec};
+pub use echo::query_params;
+use echo::{error, header_size, json_echo, json_response, request_echo};
 
 pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
 pub const MAX_MAX_BODY: u64 = 1 << 30;
@@ -676,258 +676,9 @@ impl ListenerKind for Http {
     }
 }
 
-/// The answer to a GET or HEAD: what was asked for, echoed.
-fn request_echo(method: &str, path: &str, query: Option<&str>) -> Value {
-    json!({
-        "method": method,
-        "path": path,
-        "query_params": query_params(query.unwrap_or("")),
-        "timestamp": SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
-    })
-}
-
-/// The answer to a POST body (already bounded by `max_body_bytes`): 201
-/// with the JSON echoed under `received`, or 400 naming the parse error.
-fn json_echo(body: &[u8]) -> (StatusCode, Value) {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(v) => (
-            StatusCode::CREATED,
-            json!({"status": "success", "received": v}),
-        ),
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            json!({"status": "error", "message": format!("Invalid JSON: {e}")}),
-        ),
-    }
-}
-
-/// The size of a request's header section as HTTP/2 counts it (RFC 9113
-/// 6.5.2: name + value + 32 per field), with the request line's method and
-/// target counted as the pseudo-headers they would be.
-fn header_size<B>(req: &Request<B>) -> usize {
-    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    let fields: usize = req
-        .headers()
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 32)
-        .sum();
-    req.method().as_str().len() + 32 + target + 32 + fields
-}
-
-/// Open streams of one HTTP/2 connection and when the last one ended, for
-/// its idle timeout.
-struct Activity {
-    open: std::sync::atomic::AtomicUsize,
-    last: std::sync::Mutex<tokio::time::Instant>,
-}
-
-/// Keeps a stream counted as open until dropped (when its handler ends).
-struct OpenStream(Arc<Activity>);
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        if let Ok(mut last) = self.0.last.lock() {
-            *last = tokio::time::Instant::now();
-        }
-        self.0.open.fetch_sub(1, Relaxed);
-    }
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            open: 0.into(),
-            last: std::sync::Mutex::new(tokio::time::Instant::now()),
-        }
-    }
-
-    fn open(self: &Arc<Self>) -> OpenStream {
-        self.open.fetch_add(1, Relaxed);
-        OpenStream(self.clone())
-    }
-
-    fn last(&self) -> tokio::time::Instant {
-        self.last
-            .lock()
-            .map(|l| *l)
-            .unwrap_or_else(|_| tokio::time::Instant::now())
-    }
-
-    /// Completes once the connection has had no open stream for `limit`.
-    /// The timer is re-armed only when it fires, so streams starting and
-    /// ending cost no timer work.
-    async fn idle(&self, limit: Duration) {
-        let mut due = self.last() + limit;
-        loop {
-            tokio::time::sleep_until(due).await;
-            if self.open.load(Relaxed) > 0 {
-                due = tokio::time::Instant::now() + limit;
-                continue;
-            }
-            let quiet_until = self.last() + limit;
-            if tokio::time::Instant::now() >= quiet_until {
-                return;
-            }
-            due = quiet_until;
-        }
-    }
-}
-
-/// Runs hyper's HTTP/2 stream tasks on the listener's tracker (so stop
-/// and shutdown wait for them), with panics contained and counted like a
-/// connection task's.
-#[derive(Clone)]
-struct StreamExec {
-    stats: Arc<Stats>,
-    name: Arc<str>,
-    tracker: tokio_util::task::TaskTracker,
-}
-
-impl<F> hyper::rt::Executor<F> for StreamExec
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        let stats = self.stats.clone();
-        let name = self.name.clone();
-        self.tracker.spawn(async move {
-            contain_panic(
-                async move {
-                    fut.await;
-                },
-                &stats,
-                &name,
-            )
-            .await;
-        });
-    }
-}
-
-/// How long a closing HTTP/1 connection keeps discarding what the client
-/// still sends, in all and with nothing arriving.
-const LINGER_TIME: Duration = Duration::from_secs(5);
-const LINGER_QUIET: Duration = Duration::from_secs(1);
-
-/// A connection whose shutdown lingers (see the module notes): hyper calls
-/// `poll_shutdown` when it is done with a connection; that sends the FIN
-/// and then reads and drops input until EOF, `LINGER_QUIET` without data,
-/// or `LINGER_TIME` in all.
-struct Lingering {
-    stream: TcpStream,
-    /// Set once the write side is shut.
-    drain: Option<Drain>,
-}
-
-impl Lingering {
-    fn new(stream: TcpStream) -> Self {
-        Lingering {
-            stream,
-            drain: None,
-        }
-    }
-}
-
-impl tokio::io::AsyncRead for Lingering {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Lingering {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.drain.is_none() {
-            std::task::ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
-            this.drain = Some(Drain::new(LINGER_QUIET, LINGER_TIME));
-        }
-        let Some(drain) = &mut this.drain else {
-            unreachable!("set above");
-        };
-        drain.poll_drain(&this.stream, cx).map(|()| Ok(()))
-    }
-}
-
-/// Decode a query string into lists of values per key, like Python's
-/// `urllib.parse.parse_qs` (percent-decoding, '+' as space, blank values
-/// dropped).
-pub fn query_params(query: &str) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        if v.is_empty() {
-            continue;
-        }
-        out.entry(k.into_owned()).or_default().push(v.into_owned());
-    }
-    out
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut bytes = serde_json::to_vec(body).unwrap_or_default();
-    bytes.push(b'\n');
-    let mut r = Response::new(Full::new(Bytes::from(bytes)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    json_response(status, &json!({"status": "error", "message": message}))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_params_like_parse_qs() {
-        let q = query_params("k=v1&k=v2&a%20b=c%26d&plus=x+y&empty=&flag");
-        assert_eq!(q["k"], ["v1", "v2"]);
-        assert_eq!(q["a b"], ["c&d"]);
-        assert_eq!(q["plus"], ["x y"]);
-        assert!(!q.contains_key("empty") && !q.contains_key("flag"));
-    }
-
-    #[test]
-    fn json_echo_keeps_numbers_exact() {
-        // Found by fuzz_http_json_echo_round_trips: without serde_json's
-        // float_roundtrip this came back as 1165.5805587768557.
-        let (status, reply) = json_echo(b"[1165.5805587768555]");
-        assert_eq!(status, StatusCode::CREATED);
-        assert_eq!(reply["received"][0].as_f64(), Some(1165.5805587768555));
-        assert_eq!(reply["received"].to_string(), "[1165.5805587768555]");
-    }
 
     #[test]
     fn rates_parse() {
@@ -935,115 +686,6 @@ mod tests {
         assert!(parse_rate("5/m").is_ok());
         for bad in ["0/s", "x/s", "10", "10/d", ""] {
             assert!(parse_rate(bad).is_err(), "{bad}");
-        }
-    }
-}
-
-/// Property tests (`fuzz_*`): arbitrary query strings, paths and bodies
-/// never panic the query parser or the JSON handling, every answer is
-/// JSON, and a valid JSON body is echoed back unchanged.
-#[cfg(test)]
-mod fuzz {
-    use super::*;
-    use futures_util::FutureExt;
-    use proptest::prelude::*;
-
-    /// The bytes `json_response` sends (its body is ready at once).
-    fn sent(status: StatusCode, v: &Value) -> Result<Value, TestCaseError> {
-        let r = json_response(status, v);
-        prop_assert_eq!(r.status(), status);
-        let bytes = r
-            .into_body()
-            .collect()
-            .now_or_never()
-            .ok_or_else(|| TestCaseError::fail("body not ready"))?
-            .map_err(|e| TestCaseError::fail(format!("{e}")))?
-            .to_bytes();
-        prop_assert_eq!(bytes.last(), Some(&b'\n'));
-        serde_json::from_slice(&bytes).map_err(|e| TestCaseError::fail(format!("not JSON: {e}")))
-    }
-
-    /// JSON values whose numbers round-trip exactly through text.
-    fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(Value::from),
-            any::<u64>().prop_map(Value::from),
-            (any::<i32>(), 0u32..20)
-                .prop_map(|(n, k)| Value::from(n as f64 / f64::from(1u32 << k))),
-            any::<String>().prop_map(Value::String),
-        ];
-        leaf.prop_recursive(4, 64, 8, |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
-                proptest::collection::vec((any::<String>(), inner), 0..8)
-                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
-            ]
-        })
-    }
-
-    proptest! {
-        #![proptest_config(crate::fuzz_support::config(1024))]
-
-        #[test]
-        fn fuzz_http_query_params_never_panic(query in any::<String>()) {
-            for values in query_params(&query).values() {
-                prop_assert!(!values.is_empty() && values.iter().all(|v| !v.is_empty()));
-            }
-        }
-
-        #[test]
-        fn fuzz_http_query_params_round_trip(
-            pairs in proptest::collection::vec((any::<String>(), ".+"), 0..8),
-        ) {
-            let query = form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(&pairs)
-                .finish();
-            let mut want: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for (k, v) in &pairs {
-                want.entry(k.clone()).or_default().push(v.clone());
-            }
-            prop_assert_eq!(query_params(&query), want);
-        }
-
-        #[test]
-        fn fuzz_http_get_echo_is_json(target in any::<String>(), raw in any::<bool>()) {
-            let (path, query) = match target.split_once('?') {
-                Some((p, q)) => (p.to_string(), Some(q.to_string())),
-                None => (target.clone(), None),
-            };
-            // As hyper hands them over (when the target parses), and raw.
-            let parsed = http::Uri::try_from(target.as_str()).ok();
-            let (path, query) = match (&parsed, raw) {
-                (Some(u), false) => (u.path().to_string(), u.query().map(String::from)),
-                _ => (path, query),
-            };
-            let echo = request_echo("GET", &path, query.as_deref());
-            let back = sent(StatusCode::OK, &echo)?;
-            prop_assert_eq!(back["path"].as_str(), Some(path.as_str()));
-            prop_assert_eq!(&back["query_params"], &echo["query_params"]);
-        }
-
-        #[test]
-        fn fuzz_http_json_body_arbitrary_bytes(body in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let (status, reply) = json_echo(&body);
-            prop_assert!(status == StatusCode::CREATED || status == StatusCode::BAD_REQUEST);
-            prop_assert_eq!(sent(status, &reply)?, reply);
-        }
-
-        #[test]
-        fn fuzz_http_json_echo_round_trips(v in json_value(), pretty in any::<bool>()) {
-            let body = if pretty {
-                serde_json::to_vec_pretty(&v)
-            } else {
-                serde_json::to_vec(&v)
-            }
-            .map_err(|e| TestCaseError::fail(format!("{e}")))?;
-            let (status, reply) = json_echo(&body);
-            prop_assert_eq!(status, StatusCode::CREATED);
-            let back = sent(status, &reply)?;
-            prop_assert_eq!(&back["received"], &v);
         }
     }
 }

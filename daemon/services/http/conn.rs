@@ -1,0 +1,178 @@
+//! Per-connection machinery of the HTTP service: HTTP/2 stream activity
+//! (for the idle timeout of a connection with no open stream), the
+//! executor that runs each HTTP/2 stream with panic containment, and the
+//! lingering close of HTTP/1 connections.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::net::contain::contain_panic;
+use crate::net::drain::Drain;
+use crate::stats::Stats;
+
+/// Open streams of one HTTP/2 connection and when the last one ended, for
+/// its idle timeout.
+pub(super) struct Activity {
+    open: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<tokio::time::Instant>,
+}
+
+/// Keeps a stream counted as open until dropped (when its handler ends).
+pub(super) struct OpenStream(Arc<Activity>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        if let Ok(mut last) = self.0.last.lock() {
+            *last = tokio::time::Instant::now();
+        }
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Activity {
+    pub(super) fn new() -> Self {
+        Activity {
+            open: 0.into(),
+            last: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    pub(super) fn open(self: &Arc<Self>) -> OpenStream {
+        self.open.fetch_add(1, Relaxed);
+        OpenStream(self.clone())
+    }
+
+    pub(super) fn last(&self) -> tokio::time::Instant {
+        self.last
+            .lock()
+            .map(|l| *l)
+            .unwrap_or_else(|_| tokio::time::Instant::now())
+    }
+
+    /// Completes once the connection has had no open stream for `limit`.
+    /// The timer is re-armed only when it fires, so streams starting and
+    /// ending cost no timer work.
+    pub(super) async fn idle(&self, limit: Duration) {
+        let mut due = self.last() + limit;
+        loop {
+            tokio::time::sleep_until(due).await;
+            if self.open.load(Relaxed) > 0 {
+                due = tokio::time::Instant::now() + limit;
+                continue;
+            }
+            let quiet_until = self.last() + limit;
+            if tokio::time::Instant::now() >= quiet_until {
+                return;
+            }
+            due = quiet_until;
+        }
+    }
+}
+
+/// Runs hyper's HTTP/2 stream tasks on the listener's tracker (so stop
+/// and shutdown wait for them), with panics contained and counted like a
+/// connection task's.
+#[derive(Clone)]
+pub(super) struct StreamExec {
+    pub(super) stats: Arc<Stats>,
+    pub(super) name: Arc<str>,
+    pub(super) tracker: tokio_util::task::TaskTracker,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        let stats = self.stats.clone();
+        let name = self.name.clone();
+        self.tracker.spawn(async move {
+            contain_panic(
+                async move {
+                    fut.await;
+                },
+                &stats,
+                &name,
+            )
+            .await;
+        });
+    }
+}
+
+/// How long a closing HTTP/1 connection keeps discarding what the client
+/// still sends, in all and with nothing arriving.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_QUIET: Duration = Duration::from_secs(1);
+
+/// A connection whose shutdown lingers (see the module notes): hyper calls
+/// `poll_shutdown` when it is done with a connection; that sends the FIN
+/// and then reads and drops input until EOF, `LINGER_QUIET` without data,
+/// or `LINGER_TIME` in all.
+pub(super) struct Lingering {
+    stream: TcpStream,
+    /// Set once the write side is shut.
+    drain: Option<Drain>,
+}
+
+impl Lingering {
+    pub(super) fn new(stream: TcpStream) -> Self {
+        Lingering {
+            stream,
+            drain: None,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Lingering {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Lingering {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.drain.is_none() {
+            std::task::ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+            this.drain = Some(Drain::new(LINGER_QUIET, LINGER_TIME));
+        }
+        let Some(drain) = &mut this.drain else {
+            unreachable!("set above");
+        };
+        drain.poll_drain(&this.stream, cx).map(|()| Ok(()))
+    }
+}

@@ -1,0 +1,272 @@
+//! The forward loop of one proxied connection: two copy loops in one task
+//! (so neither direction can block the other), bulk transfers switched to
+//! splice(2), EOF passed on as a half-close, an error on one side reported
+//! so the caller can reset the other, one idle timer for both directions,
+//! and read buffers borrowed only while data flows.
+
+use std::future::Future as _;
+use std::io;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::time::Instant;
+
+use super::ServiceCtx;
+use crate::net::cancel::CancelWatch;
+use crate::net::idle::idle_expired;
+use crate::net::splice::{PIPE_SIZE, Pipe, splice};
+use crate::stats::Stats;
+
+/// Read buffer per direction, borrowed only while data flows.
+const BUF_SIZE: usize = 64 * 1024;
+
+/// How a proxied connection ended, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    Done,
+    IdleTimeout,
+    ClosedByNetd,
+    ClientReset,
+    UpstreamReset,
+}
+
+impl End {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            End::Done => "closed",
+            End::IdleTimeout => "idle timeout",
+            End::ClosedByNetd => "closed by netd",
+            End::ClientReset => "client error/reset",
+            End::UpstreamReset => "upstream error/reset",
+        }
+    }
+}
+
+/// Forward both ways until both directions are done, one side fails, the
+/// connection idles out, or netd closes it.
+pub(super) async fn forward(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    idle_timeout: Duration,
+    ctx: &ServiceCtx,
+    up: &AtomicU64,
+    down: &AtomicU64,
+) -> End {
+    let (cr, cw) = client.split();
+    let (ur, uw) = upstream.split();
+    let activity = Activity::new();
+    let c2u = copy(cr, uw, &activity, &ctx.stats.bytes_in, up);
+    let u2c = copy(ur, cw, &activity, &ctx.stats.bytes_out, down);
+    // One timer, re-armed while traffic moves; boxed because tokio's
+    // Sleep is large and would otherwise be padded into every task.
+    let idle = async {
+        let sleep = tokio::time::sleep_until(activity.last() + idle_timeout);
+        tokio::pin!(sleep);
+        loop {
+            (&mut sleep).await;
+            if idle_expired(sleep.as_mut(), activity.last(), idle_timeout) {
+                return;
+            }
+        }
+    };
+    let idle = Box::pin(idle);
+    // Polled by hand rather than with select!/try_join!, whose nested
+    // async blocks would store each copy future more than once and
+    // roughly triple the size of every connection's task.
+    let mut c2u = std::pin::pin!(c2u);
+    let mut u2c = std::pin::pin!(u2c);
+    let mut idle = idle;
+    let mut closed = CancelWatch::new(&ctx.close_connections);
+    let (mut c2u_done, mut u2c_done) = (false, false);
+    std::future::poll_fn(|cx| {
+        use std::task::Poll;
+        if !c2u_done {
+            match c2u.as_mut().poll(cx) {
+                Poll::Ready(Ok(())) => c2u_done = true,
+                Poll::Ready(Err(Side::Reader)) => return Poll::Ready(End::ClientReset),
+                Poll::Ready(Err(Side::Writer)) => return Poll::Ready(End::UpstreamReset),
+                Poll::Pending => {}
+            }
+        }
+        if !u2c_done {
+            match u2c.as_mut().poll(cx) {
+                Poll::Ready(Ok(())) => u2c_done = true,
+                Poll::Ready(Err(Side::Reader)) => return Poll::Ready(End::UpstreamReset),
+                Poll::Ready(Err(Side::Writer)) => return Poll::Ready(End::ClientReset),
+                Poll::Pending => {}
+            }
+        }
+        if c2u_done && u2c_done {
+            return Poll::Ready(End::Done);
+        }
+        if idle.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::IdleTimeout);
+        }
+        if closed.poll_cancelled(cx).is_ready() {
+            return Poll::Ready(End::ClosedByNetd);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Reader,
+    Writer,
+}
+
+/// Copy one direction until EOF (then half-close the writer) or an error
+/// (which side failed is returned). Waits for readability before borrowing
+/// a buffer, so a silent connection holds none. A direction whose reads
+/// fill the whole buffer is a bulk transfer: it switches to splice(2)
+/// through a pipe, so the bytes move socket to socket inside the kernel
+/// without being copied through user space.
+async fn copy(
+    mut r: ReadHalf<'_>,
+    mut w: WriteHalf<'_>,
+    activity: &Activity,
+    total: &AtomicU64,
+    mine: &AtomicU64,
+) -> Result<(), Side> {
+    let mut pipe: Option<Pipe> = None;
+    loop {
+        r.readable().await.map_err(|_| Side::Reader)?;
+        if let Some(p) = &pipe {
+            // Boxed: its state exists only during a burst, not in every idle
+            // connection's task.
+            match Box::pin(splice_burst(&r, &w, p, activity, total, mine)).await? {
+                Burst::Drained => continue,
+                Burst::Eof => {
+                    pass_on_eof(&mut w, activity).await;
+                    return Ok(());
+                }
+            }
+        }
+        // Uninitialised capacity: no memset per burst.
+        let mut buf: Vec<u8> = Vec::with_capacity(BUF_SIZE);
+        loop {
+            buf.clear();
+            // AsyncRead rather than try_read: on a short read tokio marks
+            // the socket drained, which saves the recv that would only
+            // have returned EAGAIN (one per direction per exchange).
+            let n = match r.read_buf(&mut buf).await {
+                Ok(0) => {
+                    pass_on_eof(&mut w, activity).await;
+                    return Ok(());
+                }
+                Ok(n) => n,
+                Err(_) => return Err(Side::Reader),
+            };
+            w.write_all(&buf[..n]).await.map_err(|_| Side::Writer)?;
+            Stats::add(total, n as u64);
+            mine.fetch_add(n as u64, Relaxed);
+            activity.touch();
+            if n < BUF_SIZE {
+                // Drained: wait for more without holding the buffer.
+                break;
+            }
+            if pipe.is_none() {
+                // A full buffer: bulk data. Splice from here on (if a pipe
+                // can be had; otherwise keep copying).
+                pipe = Pipe::new().ok();
+                if pipe.is_some() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The reader finished sending: pass that on as a half-close. When the
+/// other direction has already finished, both sockets are about to be
+/// closed, and close(2) sends the same FIN without a shutdown(2) first.
+async fn pass_on_eof(w: &mut WriteHalf<'_>, activity: &Activity) {
+    if !activity.finish_direction() {
+        let _ = w.shutdown().await;
+    }
+}
+
+enum Burst {
+    /// The socket has nothing more to read for now.
+    Drained,
+    /// The peer closed its side.
+    Eof,
+}
+
+/// Move what the reader has, through the pipe, to the writer.
+async fn splice_burst(
+    r: &ReadHalf<'_>,
+    w: &WriteHalf<'_>,
+    pipe: &Pipe,
+    activity: &Activity,
+    total: &AtomicU64,
+    mine: &AtomicU64,
+) -> Result<Burst, Side> {
+    use std::os::fd::AsRawFd;
+    use tokio::io::Interest;
+    let (rs, ws): (&TcpStream, &TcpStream) = (r.as_ref(), w.as_ref());
+    loop {
+        let n = match rs.try_io(Interest::READABLE, || {
+            splice(rs.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_SIZE)
+        }) {
+            Ok(0) => return Ok(Burst::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
+            Err(_) => return Err(Side::Reader),
+        };
+        // The pipe was empty and now holds n bytes: push them all out
+        // before reading more, so it never fills.
+        let mut left = n;
+        while left > 0 {
+            ws.writable().await.map_err(|_| Side::Writer)?;
+            match ws.try_io(Interest::WRITABLE, || {
+                splice(pipe.read.as_raw_fd(), ws.as_raw_fd(), left)
+            }) {
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(Side::Writer),
+            }
+        }
+        Stats::add(total, n as u64);
+        mine.fetch_add(n as u64, Relaxed);
+        activity.touch();
+    }
+}
+
+/// When a connection last moved data, shared by its two copy loops.
+struct Activity {
+    base: Instant,
+    /// Milliseconds after `base`.
+    last_ms: AtomicU64,
+    /// Directions that have reached EOF (0, 1 or 2).
+    finished: AtomicU8,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            finished: AtomicU8::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.base.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// Note that one direction reached EOF; true when the other one had
+    /// already.
+    fn finish_direction(&self) -> bool {
+        self.finished.fetch_add(1, Relaxed) == 1
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Relaxed))
+    }
+}
