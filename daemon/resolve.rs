@@ -216,14 +216,16 @@ fn choose(
 }
 
 /// Resolve the named addresses again every `interval`, for as long as the
-/// future is polled (the proxy drops it when it stops accepting). Never
-/// returns; with no named address it just waits.
+/// future is polled (the proxy drops it when it stops accepting), calling
+/// `moved` for each address that moved. Never returns; with no named
+/// address it just waits.
 pub async fn keep_resolved(
     mut keeper: Keeper,
     resolver: &dyn Resolver,
     interval: Duration,
     counters: Counters<'_>,
     allowed: &(dyn Fn(SocketAddr) -> Result<(), String> + Sync),
+    moved: &(dyn Fn(&UpstreamAddr) + Sync),
     listener: &str,
 ) {
     if keeper.is_empty() {
@@ -231,7 +233,12 @@ pub async fn keep_resolved(
     }
     loop {
         tokio::time::sleep(interval).await;
-        keeper.round(resolver, counters, allowed, listener).await;
+        let outcomes = keeper.round(resolver, counters, allowed, listener).await;
+        for (addr, outcome) in keeper.addrs.iter().zip(outcomes) {
+            if let Outcome::Moved(..) = outcome {
+                moved(addr);
+            }
+        }
     }
 }
 
@@ -361,13 +368,17 @@ mod tests {
     async fn resolves_again_every_interval() {
         let cell = Arc::new(UpstreamAddr::named("upstream.test:80", a(1)));
         let script = Arc::new(Script::default());
-        script.push(Some(Ok(vec![a(2)])));
+        for _ in 0..3 {
+            script.push(Some(Ok(vec![a(2)])));
+        }
         let resolves = Arc::new(AtomicU64::new(0));
+        let moves = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn({
-            let (keeper, script, resolves) = (
+            let (keeper, script, resolves, moves) = (
                 Keeper::new([cell.clone()]),
                 script.clone(),
                 resolves.clone(),
+                moves.clone(),
             );
             async move {
                 let failures = AtomicU64::new(0);
@@ -381,6 +392,10 @@ mod tests {
                     Duration::from_secs(30),
                     counters,
                     &not_own,
+                    &|moved| {
+                        assert_eq!(moved.get(), a(2));
+                        moves.fetch_add(1, Relaxed);
+                    },
                     "p",
                 )
                 .await
@@ -397,6 +412,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!(script.calls.load(Relaxed), 3);
         assert_eq!(resolves.load(Relaxed), 3);
+        assert_eq!(moves.load(Relaxed), 1, "moved once, then kept");
         task.abort();
     }
 

@@ -305,6 +305,15 @@ impl Proxy {
             Some(b) => check_not_self(b, std::iter::once(a)).map_err(|e| e.0),
             None => Ok(()),
         };
+        // The new address gets a chance: a failure at the old one says
+        // nothing about it.
+        let moved = |addr: &UpstreamAddr| {
+            for u in &self.upstreams {
+                if std::ptr::eq(&*u.addr, addr) {
+                    u.mark_up();
+                }
+            }
+        };
         let keep = resolve::keep_resolved(
             Keeper::new(self.upstreams.iter().map(|u| u.addr.clone())),
             &*self.resolver,
@@ -314,6 +323,7 @@ impl Proxy {
                 resolves: &self.counters.resolves,
             },
             &allowed,
+            &moved,
             &ctx.name,
         );
         tokio::select! {
