@@ -180,9 +180,10 @@ impl Proxy {
                     addr.ip()
                 )));
             }
-            let addr = match UpstreamAddr::is_name(u) {
-                true => UpstreamAddr::named(u.trim(), addr),
-                false => UpstreamAddr::literal(addr),
+            let addr = if UpstreamAddr::is_name(u) {
+                UpstreamAddr::named(u.trim(), addr)
+            } else {
+                UpstreamAddr::literal(addr)
             };
             upstreams.push(Arc::new(Upstream {
                 addr: Arc::new(addr),

@@ -28,7 +28,9 @@
 //! whose lengths are inconsistent (BPF checks only IHL >= 5 for a protocol
 //! or port, and for a port that the total length reaches the ports; a
 //! `host` filter reads the addresses wherever the frame has them). The
-//! `fuzz_filter_*` tests check this on generated frames.
+//! `fuzz_filter_*` tests check this on generated frames with the
+//! interpreter in `bpf_interp`, whose verdicts a root test compares with
+//! the kernel's own on `lo` in a private network namespace.
 
 use std::net::IpAddr;
 
