@@ -64,6 +64,7 @@ fn spec_json(spec: &Option<proto::ListenerSpec>) -> Value {
                 "idle_timeout": dur(&p.idle_timeout, netd::services::DEFAULT_IDLE_TIMEOUT),
                 "max_connections": if p.max_connections == 0 { netd::services::DEFAULT_MAX_CONNECTIONS as u64 } else { p.max_connections as u64 },
                 "upstream_backoff": dur(&p.upstream_backoff, DEFAULT_UPSTREAM_BACKOFF),
+                "resolve_interval": dur(&p.resolve_interval, netd::resolve::DEFAULT_RESOLVE_INTERVAL),
             })
         }
         Some(Kind::Http(h)) => {
@@ -173,6 +174,8 @@ pub fn proxy_json(p: &proto::ProxyStats) -> Value {
         "pool_hits": p.pool_hits,
         "pool_misses": p.pool_misses,
         "pool_stale": p.pool_stale,
+        "resolve_failures": p.resolve_failures,
+        "resolves": p.resolves,
         "upstreams": p.upstreams.iter().map(|u| json!({
             "addr": u.addr,
             "healthy": u.healthy,
@@ -495,6 +498,12 @@ pub fn status_block(l: &proto::Listener) {
             p.pool_misses,
             p.pool_stale
         );
+        if p.resolve_failures > 0 {
+            outln!(
+                "{:<12} {} failed (last good addresses kept)",
+                "lookups:", p.resolve_failures
+            );
+        }
         outln!("upstreams:");
         let rows: Vec<Vec<String>> = p
             .upstreams

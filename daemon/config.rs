@@ -128,6 +128,8 @@ struct RawListener {
     #[serde(default)]
     upstream_backoff: Option<Spanned<String>>,
     #[serde(default)]
+    resolve_interval: Option<Spanned<String>>,
+    #[serde(default)]
     max_body_bytes: Option<Spanned<u64>>,
     #[serde(default)]
     header_read_timeout: Option<Spanned<String>>,
@@ -524,7 +526,7 @@ impl Config {
                 KindName::Http,
             ];
             let sniffer_only: &[KindName] = &[KindName::Sniffer];
-            let optional: [OptionalField; 29] = [
+            let optional: [OptionalField; 30] = [
                 (
                     "listen",
                     spans(l.listen.as_ref().map(|v| v.span())),
@@ -670,6 +672,11 @@ impl Config {
                     spans(l.upstream_backoff.as_ref().map(|v| v.span())),
                     &[KindName::Proxy],
                 ),
+                (
+                    "resolve_interval",
+                    spans(l.resolve_interval.as_ref().map(|v| v.span())),
+                    &[KindName::Proxy],
+                ),
             ];
             for (field, span, kinds) in &optional {
                 if let Some(span) = span {
@@ -752,6 +759,7 @@ impl Config {
                     idle_timeout,
                     max_connections,
                     upstream_backoff: duration("upstream_backoff", &l.upstream_backoff)?,
+                    resolve_interval: duration("resolve_interval", &l.resolve_interval)?,
                 }),
                 KindName::Sniffer => Kind::Sniffer(proto::SnifferSpec {
                     interface: l
@@ -1441,6 +1449,7 @@ mod fuzz {
         "preconnect",
         "connect_timeout",
         "upstream_backoff",
+        "resolve_interval",
         "max_body_bytes",
         "header_read_timeout",
         "request_timeout",
@@ -1557,6 +1566,7 @@ mod fuzz {
         let typed: BoxedStrategy<String> = if key.ends_with("timeout")
             || key.ends_with("window")
             || key.ends_with("backoff")
+            || key.ends_with("interval")
             || key.ends_with("grace")
         {
             let unit = proptest::sample::select(&["ms", "s", "m", "h", "d", "ns", "y"][..]);

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod notify;
 pub mod own_addrs;
 pub mod pool;
+pub mod resolve;
 pub mod safe_file;
 pub mod server;
 pub mod services;

@@ -69,6 +69,10 @@ pub(crate) enum StartKind {
         /// Skip an upstream whose connect failed for this long (default 10s).
         #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
         upstream_backoff: Option<Duration>,
+        /// Resolve upstreams given by host name again this often; a failed
+        /// lookup keeps the last address (default 30s).
+        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+        resolve_interval: Option<Duration>,
     },
     /// HTTP JSON echo service (httpbin-like): GET echoes method, path and
     /// query; POST echoes a JSON body.
@@ -215,6 +219,7 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
             idle_timeout,
             max_connections,
             upstream_backoff,
+            resolve_interval,
         } => {
             let spec = proto::ProxySpec {
                 listen: common.listen.clone(),
@@ -224,6 +229,7 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
                 idle_timeout: to_proto_duration("--idle-timeout", idle_timeout)?,
                 max_connections: max_connections.unwrap_or(0),
                 upstream_backoff: to_proto_duration("--upstream-backoff", upstream_backoff)?,
+                resolve_interval: to_proto_duration("--resolve-interval", resolve_interval)?,
             };
             (common, Kind::Proxy(spec))
         }
