@@ -219,7 +219,7 @@ async fn boot_listeners(config: &Config) -> anyhow::Result<Supervisor> {
         }
         Some(dir) => {
             let d = dir.clone();
-            let opened = tokio::task::spawn_blocking(move || Store::open(&d))
+            let opened = tokio::task::spawn_blocking(move || Store::open(&d, explicit))
                 .await
                 .context("opening the state directory")?;
             match opened {
