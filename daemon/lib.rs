@@ -15,8 +15,11 @@ pub mod config;
 pub mod control;
 pub mod control_conn;
 pub mod events;
+pub mod fdpass;
+pub mod fdstore;
 #[cfg(test)]
 mod fuzz_support;
+pub mod handover;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
