@@ -144,16 +144,19 @@ pub async fn run(
         ControlSocket::Tcp(l) => l.as_fd().try_clone_to_owned(),
     }
     .context("duplicating the control socket")?;
-    let mut guard = SocketFileGuard::new(match &socket {
-        ControlSocket::Unix(_, p) => Some(p.as_path()),
-        ControlSocket::Tcp(_) => None,
-    });
     crate::fdstore::store(crate::fdstore::CONTROL_NAME, control_fd.as_fd());
-    if crate::fdstore::enabled() && std::env::var_os("INVOCATION_ID").is_some() {
-        // A systemd service whose control socket is in the fd store: the
-        // next process (systemctl restart) serves on it, at this path.
-        guard.disarm();
-    }
+    // A systemd service whose control socket is in the fd store leaves the
+    // file for the next process (systemctl restart), which serves on that
+    // socket at that path. A successor owns the file only once the old
+    // netd has let go.
+    let keep_control_file =
+        crate::fdstore::enabled() && std::env::var_os("INVOCATION_ID").is_some();
+    let mut guard = match &socket {
+        ControlSocket::Unix(_, p) if !keep_control_file && successor.is_none() => {
+            SocketFileGuard::new(Some(p))
+        }
+        _ => SocketFileGuard::new(None),
+    };
 
     let metrics_socket = match config.metrics_listen {
         None => None,
@@ -246,52 +249,56 @@ pub async fn run(
     let stop_trim = CancellationToken::new();
     tokio::spawn(crate::trim::run(supervisor.clone(), stop_trim.clone()));
     tracing::info!(control = %control, listeners = config.listeners.len(), config = %config.source, "netd ready");
-    if let Some(s) = successor.take() {
-        crate::handover::notify_main_pid();
-        crate::notify::ready();
-        if let Err(e) = tokio::task::spawn_blocking(move || s.done())
-            .await
-            .context("hand-over")
-            .and_then(|r| r)
-        {
-            // The old netd carries on; this one must not stay as a second.
-            tracing::error!(error = %format!("{e:#}"), "the old netd did not hand over; exiting");
-            stop_control.cancel();
-            stop_metrics.cancel();
-            supervisor.shutdown(config.shutdown_grace).await;
-            return Err(e.context("upgrade"));
-        }
-        tracing::info!("took over from the old netd");
-    } else {
-        crate::notify::ready();
-    }
-    // Serve hand-over requests (a later `netd --upgrade`).
+    // Serve hand-over requests (a later `netd --upgrade`): once ready, or
+    // for a successor once the old netd let go (until then the hand-over
+    // socket file is the old one's, which carries on if this one fails).
     let handed = CancellationToken::new();
     let stop_handover = CancellationToken::new();
-    let mut handover_guard = SocketFileGuard::new(None);
-    if let Some(path) = handover_path.clone() {
-        let p = path.clone();
-        match tokio::task::spawn_blocking(move || crate::handover::bind(&p)).await {
-            Ok(Ok(l)) => {
-                handover_guard = SocketFileGuard::new(Some(&path));
-                let mut extra = vec![(crate::fdstore::CONTROL_NAME.to_string(), control_fd)];
-                if let Some(fd) = metrics_fd {
-                    extra.push((crate::fdstore::METRICS_NAME.to_string(), fd));
-                }
-                tokio::spawn(crate::handover::serve(
-                    l,
-                    supervisor.clone(),
-                    extra,
-                    handed.clone(),
-                    stop_handover.clone(),
-                ));
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot bind the hand-over socket; netd --upgrade will not work")
-            }
-            Err(e) => tracing::warn!(error = %e, "binding the hand-over socket"),
-        }
+    let mut extra = vec![(crate::fdstore::CONTROL_NAME.to_string(), control_fd)];
+    if let Some(fd) = metrics_fd {
+        extra.push((crate::fdstore::METRICS_NAME.to_string(), fd));
     }
+    let serve_handover = |extra| {
+        serve_handover(
+            handover_path.clone(),
+            supervisor.clone(),
+            extra,
+            handed.clone(),
+            stop_handover.clone(),
+        )
+    };
+    let mut handover_guard = match successor.take() {
+        None => {
+            let g = serve_handover(extra).await;
+            crate::notify::ready();
+            g
+        }
+        Some(s) => {
+            crate::handover::notify_main_pid();
+            crate::notify::ready();
+            if let Err(e) = tokio::task::spawn_blocking(move || s.done())
+                .await
+                .context("hand-over")
+                .and_then(|r| r)
+            {
+                // The old netd carries on; this one must not stay as a
+                // second.
+                tracing::error!(error = %format!("{e:#}"), "the old netd did not hand over; exiting");
+                stop_control.cancel();
+                stop_metrics.cancel();
+                supervisor.shutdown(config.shutdown_grace).await;
+                return Err(e.context("upgrade"));
+            }
+            tracing::info!("took over from the old netd");
+            if !keep_control_file {
+                guard = SocketFileGuard::new(match &control {
+                    ControlAddr::Unix(p) => Some(p.as_path()),
+                    ControlAddr::Tcp(_) => None,
+                });
+            }
+            serve_handover(extra).await
+        }
+    };
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -348,6 +355,38 @@ pub async fn run(
     }
     tracing::info!("netd stopped");
     Ok(())
+}
+
+/// Bind the hand-over socket at `path` and serve it; the guard removes the
+/// file at exit.
+async fn serve_handover(
+    path: Option<PathBuf>,
+    supervisor: Supervisor,
+    extra: Vec<(String, OwnedFd)>,
+    handed: CancellationToken,
+    stop: CancellationToken,
+) -> SocketFileGuard {
+    let Some(path) = path else {
+        tracing::info!(
+            "no hand-over socket (TCP control address and no state_dir): netd --upgrade will not work"
+        );
+        return SocketFileGuard::new(None);
+    };
+    let p = path.clone();
+    match tokio::task::spawn_blocking(move || crate::handover::bind(&p)).await {
+        Ok(Ok(l)) => {
+            tokio::spawn(crate::handover::serve(l, supervisor, extra, handed, stop));
+            SocketFileGuard::new(Some(&path))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot bind the hand-over socket; netd --upgrade will not work");
+            SocketFileGuard::new(None)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "binding the hand-over socket");
+            SocketFileGuard::new(None)
+        }
+    }
 }
 
 /// Open the state directory, restore the runtime state on top of the
