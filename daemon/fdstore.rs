@@ -12,8 +12,10 @@
 //! it on `systemctl stop`). The unit needs `FileDescriptorStoreMax=` (and
 //! `NotifyAccess=all` for `--upgrade`, whose new process stores too).
 //!
-//! Messages are sent in order by one background thread, so that callers on
-//! the async runtime never block on the notify socket.
+//! Only when systemd says the store is on (FDSTORE in the environment,
+//! systemd 254+; see [`enabled`]). Messages are sent in order by one
+//! background thread, so that callers on the async runtime never block on
+//! the notify socket.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::OnceLock;
@@ -28,11 +30,21 @@ pub const METRICS_NAME: &str = "-metrics";
 enum Op {
     Store(String, OwnedFd),
     Remove(String),
+    /// Answered once everything queued before it was sent.
+    Flush(Sender<()>),
 }
 
-/// Whether netd runs under a service manager that takes notifications.
+/// Whether the service manager keeps descriptors for netd: NOTIFY_SOCKET
+/// is set, and so is FDSTORE (systemd 254 and later set it to the unit's
+/// `FileDescriptorStoreMax=` when that is not 0). Without FDSTORE nothing
+/// is stored: a descriptor sent to a manager that does not keep it would
+/// only hold the port open while the datagram waits to be read.
 pub fn enabled() -> bool {
-    std::env::var_os("NOTIFY_SOCKET").is_some()
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var_os("NOTIFY_SOCKET").is_some()
+            && std::env::var("FDSTORE").is_ok_and(|v| v.trim().parse::<u64>().is_ok_and(|n| n > 0))
+    })
 }
 
 /// Keep `fd` (duplicated) in the fd store as `name`, replacing what the
@@ -51,6 +63,24 @@ pub fn store(name: &str, fd: std::os::fd::BorrowedFd<'_>) {
 pub fn remove(name: &str) {
     if enabled() {
         send(Op::Remove(name.to_string()));
+    }
+}
+
+/// Wait (blocking, up to `timeout`) until the messages queued so far are
+/// sent: at exit, so that the store is what the next process should get.
+pub fn flush(timeout: std::time::Duration) {
+    if !enabled() {
+        return;
+    }
+    let (tx, rx) = channel();
+    send(Op::Flush(tx));
+    let _ = rx.recv_timeout(timeout);
+}
+
+/// [`flush`] from async code (off the runtime's workers).
+pub async fn flushed() {
+    if enabled() {
+        let _ = tokio::task::spawn_blocking(|| flush(std::time::Duration::from_secs(1))).await;
     }
 }
 
@@ -79,6 +109,10 @@ fn send(op: Op) {
 }
 
 fn deliver(op: Op) {
+    if let Op::Flush(done) = op {
+        let _ = done.send(());
+        return;
+    }
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -95,10 +129,12 @@ fn deliver(op: Op) {
             let msg = format!("FDSTORE=1\nFDNAME={name}\n");
             crate::fdpass::send_with_fds(sock.as_fd(), msg.as_bytes(), &[fd.as_fd()]).map(|_| ())
         }),
+        Op::Flush(_) => Ok(()),
     };
     let (what, name) = match &op {
-        Op::Store(n, _) => ("store", n),
-        Op::Remove(n) => ("remove", n),
+        Op::Store(n, _) => ("store", n.as_str()),
+        Op::Remove(n) => ("remove", n.as_str()),
+        Op::Flush(_) => ("flush", ""),
     };
     match r {
         Ok(()) => tracing::debug!(name = %name, what, "fd store"),

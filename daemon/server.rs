@@ -149,8 +149,7 @@ pub async fn run(
     // file for the next process (systemctl restart), which serves on that
     // socket at that path. A successor owns the file only once the old
     // netd has let go.
-    let keep_control_file =
-        crate::fdstore::enabled() && std::env::var_os("INVOCATION_ID").is_some();
+    let keep_control_file = crate::fdstore::enabled();
     let mut guard = match &socket {
         ControlSocket::Unix(_, p) if !keep_control_file && successor.is_none() => {
             SocketFileGuard::new(Some(p))
@@ -353,6 +352,7 @@ pub async fn run(
             .context("control server")?,
         Err(_) => server.abort(),
     }
+    crate::fdstore::flushed().await;
     tracing::info!("netd stopped");
     Ok(())
 }

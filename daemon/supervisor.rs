@@ -751,6 +751,8 @@ impl Supervisor {
         entry.close_connections.cancel();
         entry.tracker.close();
         entry.tracker.wait().await;
+        // Under systemd, the port closes once the store lets go of it.
+        crate::fdstore::flushed().await;
         Ok((self.finish(&entry), entry.ephemeral))
     }
 

@@ -293,9 +293,8 @@ fn a_hand_over_in_progress_refuses_changes_and_a_vanished_successor_is_survived(
 
 #[test]
 fn the_fd_store_carries_the_sockets_across_a_restart() {
-    // As under systemd: INVOCATION_ID set (the control socket file is left
-    // for the next process, whose socket is in the store).
-    let env = [("INVOCATION_ID", "netd-test")];
+    // As under systemd 254+ with FileDescriptorStoreMax=64.
+    let env = [("FDSTORE", "64")];
     let mut cmd = std::process::Command::new(common::NETD);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("netd.toml"), CONFIG).unwrap();
