@@ -26,6 +26,13 @@
 //! apply, reload) is written to the state file before the call returns
 //! (see [`crate::state`]); `apply` computes a plan against the running set
 //! and carries it out with the same operations.
+//!
+//! While the listeners are handed to a successor (`netd --upgrade`, see
+//! [`crate::handover`]) those calls are refused with `HandingOver`: a
+//! hand-over begins only once the calls in flight are saved, and the
+//! successor boots from the state file as it then is. Listening sockets
+//! are also kept in systemd's fd store as they come and go
+//! ([`crate::fdstore`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
