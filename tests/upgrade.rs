@@ -203,9 +203,14 @@ fn upgrade_refuses_nothing_keeps_the_listeners_and_drains_the_old_process() {
     let status = old.wait_exit();
     assert!(status.success(), "old netd: {status}\n{}", old.log());
 
-    // The new process is in charge: changes are accepted and saved, and the
-    // control socket file is still there.
+    // The new process is in charge: changes are accepted and saved; the
+    // control socket file is still there, and the hand-over socket is the
+    // new process's (a second upgrade would find it).
     new.netctl_ok(&["start", "tcp-echo", "later", "--listen", "127.0.0.1:0"]);
+    let netd::addr::ControlAddr::Unix(control) = &new.control else {
+        unreachable!()
+    };
+    assert!(std::path::Path::new(&format!("{}.handover", control.display())).exists());
     let state = std::fs::read(old.dir.path().join("state/listeners.state")).unwrap();
     assert!(has(&state, "later") && has(&state, "rt"));
     let mut c = TcpStream::connect(bound_addr(&new, "rt")).unwrap();
