@@ -17,7 +17,7 @@
 //! old → new   SOCKETS <more: 0|1>\n<name> <kind>\n...   (≤ 253 fds each)
 //!             or ERR <why>
 //! new → old   DONE  (or FAILED <why>, or the connection closes)
-//! old → new   OK
+//! old → new   OK    (or RESUME: it gave up waiting and carries on)
 //! ```
 //!
 //! Before sending, the old process waits for the mutating control calls in
@@ -33,6 +33,8 @@
 //! process fails, says FAILED, or is silent for [`DONE_TIMEOUT`], the old
 //! one carries on as before. The OK matters: without it the new process
 //! could not tell a DONE the old one acted on from one it gave up before.
+//! A connection closed without OK or RESUME means the old process is gone
+//! (e.g. it was stopped with SIGTERM meanwhile): the new one carries on.
 
 use std::collections::HashMap;
 use std::io;
@@ -207,17 +209,25 @@ async fn hand_over(
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         send_sockets(&conn, &sockets)?;
         drop(sockets);
-        conn.set_read_timeout(Some(DONE_TIMEOUT))?;
-        let (reply, _) = recv_text(&conn).context("waiting for the new netd")?;
-        let reply = reply.trim_end();
-        if reply.is_empty() {
-            bail!("the new netd (pid {pid}) went away before taking over");
-        }
-        if let Some(why) = reply.strip_prefix("FAILED") {
-            bail!("the new netd (pid {pid}) failed: {}", why.trim());
-        }
-        if reply != "DONE" {
-            bail!("unexpected reply from the new netd: {reply:?}");
+        let wait_done = || -> anyhow::Result<()> {
+            conn.set_read_timeout(Some(DONE_TIMEOUT))?;
+            let (reply, _) = recv_text(&conn).context("waiting for the new netd")?;
+            let reply = reply.trim_end();
+            if reply.is_empty() {
+                bail!("the new netd (pid {pid}) went away before taking over");
+            }
+            if let Some(why) = reply.strip_prefix("FAILED") {
+                bail!("the new netd (pid {pid}) failed: {}", why.trim());
+            }
+            if reply != "DONE" {
+                bail!("unexpected reply from the new netd: {reply:?}");
+            }
+            Ok(())
+        };
+        if let Err(e) = wait_done() {
+            // Tell a new netd that is still there that this one resumes.
+            let _ = send_text(&conn, "RESUME", &[]);
+            return Err(e);
         }
         send_text(&conn, "OK", &[]).context("acknowledging")?;
         Ok(())
@@ -293,15 +303,33 @@ impl Successor {
     }
 
     /// Tell the old process to stop and wait for its OK. Blocking. An error
-    /// means the old process did not take it (it carries on).
+    /// means the old process carries on (it said RESUME, or did not
+    /// answer); if it is gone instead (it exited meanwhile, e.g. on
+    /// SIGTERM), this one carries on alone.
     pub fn done(self) -> anyhow::Result<()> {
         self.conn.set_read_timeout(Some(HELLO_TIMEOUT))?;
-        send_text(&self.conn, "DONE", &[]).context("telling the old netd")?;
-        let (reply, _) = recv_text(&self.conn).context("waiting for the old netd's OK")?;
-        if reply.trim_end() != "OK" {
-            bail!("the old netd did not acknowledge (it gave up waiting, or failed; see its log)");
+        let reply = send_text(&self.conn, "DONE", &[])
+            .and_then(|()| recv_text(&self.conn))
+            .map(|(text, _)| text);
+        match reply.as_ref().map(|t| t.trim_end()) {
+            Ok("OK") => Ok(()),
+            Ok("") => {
+                tracing::warn!("the old netd went away during the hand-over; carrying on alone");
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                tracing::warn!("the old netd went away during the hand-over; carrying on alone");
+                Ok(())
+            }
+            Ok("RESUME") => bail!("the old netd gave up waiting and carries on (see its log)"),
+            Ok(other) => bail!("unexpected reply from the old netd: {other:?}"),
+            Err(e) => Err(anyhow::anyhow!("waiting for the old netd's OK: {e}")),
         }
-        Ok(())
     }
 
     /// Tell the old process this one failed (it carries on). Blocking.
