@@ -78,10 +78,16 @@ fn client_loop(
     std::thread::spawn(move || {
         let mut out = Outcome::default();
         let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-        u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        u.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let end = Instant::now() + Duration::from_secs(30);
         let mut i = 0u64;
-        while !stop.load(Ordering::Relaxed) && Instant::now() < end && i < 1500 {
+        // Ends early after 20 failures: the test fails anyway.
+        while !stop.load(Ordering::Relaxed)
+            && Instant::now() < end
+            && i < 1500
+            && out.failed.len() as u64 + out.udp_failed < 20
+        {
             let tick = Instant::now();
             let msg = format!("ping {i}\n");
             let r = (|| -> std::io::Result<()> {
@@ -167,7 +173,7 @@ fn upgrade_refuses_nothing_keeps_the_listeners_and_drains_the_old_process() {
     });
     let mark = done.load(Ordering::Relaxed);
     wait_until("the client loop to run after the upgrade", || {
-        done.load(Ordering::Relaxed) >= mark + 50
+        done.load(Ordering::Relaxed) >= mark + 50 || clients.is_finished()
     });
     stop.store(true, Ordering::Relaxed);
     let outcome = clients.join().unwrap();
@@ -332,7 +338,7 @@ fn the_fd_store_carries_the_sockets_across_a_restart() {
     let mut second = Netd::start_with_fds(dir, stored, &env);
     let mark = done.load(Ordering::Relaxed);
     wait_until("the client loop to run after the restart", || {
-        done.load(Ordering::Relaxed) >= mark + 50
+        done.load(Ordering::Relaxed) >= mark + 50 || clients.is_finished()
     });
     stop.store(true, Ordering::Relaxed);
     let outcome = clients.join().unwrap();
