@@ -16,8 +16,11 @@ pub mod control;
 pub mod control_conn;
 pub mod events;
 pub mod export;
+pub mod fdpass;
+pub mod fdstore;
 #[cfg(test)]
 mod fuzz_support;
+pub mod handover;
 pub mod logging;
 pub mod metrics;
 pub mod notify;
