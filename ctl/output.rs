@@ -64,6 +64,7 @@ fn spec_json(l: &proto::Listener) -> Value {
             "idle_timeout": dur(&p.idle_timeout),
             "max_connections": p.max_connections,
             "upstream_backoff": dur(&p.upstream_backoff),
+            "resolve_interval": dur(&p.resolve_interval),
         }),
         Some(Kind::Http(h)) => json!({
             "listen": h.listen,
@@ -158,6 +159,8 @@ pub fn proxy_json(p: &proto::ProxyStats) -> Value {
         "pool_hits": p.pool_hits,
         "pool_misses": p.pool_misses,
         "pool_stale": p.pool_stale,
+        "resolve_failures": p.resolve_failures,
+        "resolves": p.resolves,
         "upstreams": p.upstreams.iter().map(|u| json!({
             "addr": u.addr,
             "healthy": u.healthy,
@@ -483,6 +486,13 @@ pub fn status_block(l: &proto::Listener) {
             p.pool_misses,
             p.pool_stale
         );
+        if p.resolve_failures > 0 {
+            outln!(
+                "{:<12} {} failed (last good addresses kept)",
+                "lookups:",
+                p.resolve_failures
+            );
+        }
         outln!("upstreams:");
         let rows: Vec<Vec<String>> = p
             .upstreams

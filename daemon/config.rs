@@ -119,6 +119,8 @@ struct RawListener {
     #[serde(default)]
     upstream_backoff: Option<Spanned<String>>,
     #[serde(default)]
+    resolve_interval: Option<Spanned<String>>,
+    #[serde(default)]
     max_body_bytes: Option<Spanned<u64>>,
     #[serde(default)]
     header_read_timeout: Option<Spanned<String>>,
@@ -506,7 +508,7 @@ impl Config {
                 .unwrap_or_default();
             let kind_name = l.kind.get_ref().0;
             let spans = |o: Option<std::ops::Range<usize>>| o;
-            let optional: [OptionalField; 29] = [
+            let optional: [OptionalField; 30] = [
                 ("listen", spans(l.listen.as_ref().map(|v| v.span()))),
                 ("interface", spans(l.interface.as_ref().map(|v| v.span()))),
                 ("filter", spans(l.filter.as_ref().map(|v| v.span()))),
@@ -586,6 +588,10 @@ impl Config {
                 (
                     "upstream_backoff",
                     spans(l.upstream_backoff.as_ref().map(|v| v.span())),
+                ),
+                (
+                    "resolve_interval",
+                    spans(l.resolve_interval.as_ref().map(|v| v.span())),
                 ),
             ];
             for (field, span) in &optional {
@@ -674,6 +680,7 @@ impl Config {
                     idle_timeout,
                     max_connections,
                     upstream_backoff: duration("upstream_backoff", &l.upstream_backoff)?,
+                    resolve_interval: duration("resolve_interval", &l.resolve_interval)?,
                 }),
                 proto::ListenerKind::Sniffer => Kind::Sniffer(proto::SnifferSpec {
                     interface: l
@@ -1363,6 +1370,7 @@ mod fuzz {
         "preconnect",
         "connect_timeout",
         "upstream_backoff",
+        "resolve_interval",
         "max_body_bytes",
         "header_read_timeout",
         "request_timeout",
@@ -1479,6 +1487,7 @@ mod fuzz {
         let typed: BoxedStrategy<String> = if key.ends_with("timeout")
             || key.ends_with("window")
             || key.ends_with("backoff")
+            || key.ends_with("interval")
             || key.ends_with("grace")
         {
             let unit = proptest::sample::select(&["ms", "s", "m", "h", "d", "ns", "y"][..]);

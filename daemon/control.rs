@@ -43,7 +43,7 @@ pub fn to_status(e: SupervisorError) -> Status {
         SupervisorError::Bind(BindError::NotAvailable(_)) => Status::invalid_argument(msg),
         SupervisorError::Bind(BindError::Other(..)) => Status::unavailable(msg),
         SupervisorError::Bind(BindError::Precondition(_)) => Status::failed_precondition(msg),
-        SupervisorError::ShuttingDown => Status::unavailable(msg),
+        SupervisorError::ShuttingDown | SupervisorError::HandingOver => Status::unavailable(msg),
         SupervisorError::TooMany(_) => Status::resource_exhausted(msg),
         SupervisorError::Leaving(_) => Status::failed_precondition(msg),
         SupervisorError::Persist(_) => Status::internal(msg),

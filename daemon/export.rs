@@ -127,6 +127,7 @@ fn table(l: &ExportListener) -> Result<String, String> {
                 idle_timeout,
                 max_connections,
                 upstream_backoff,
+                resolve_interval,
             } = s;
             t.line("kind", "proxy".into());
             t.string("listen", listen);
@@ -142,6 +143,7 @@ fn table(l: &ExportListener) -> Result<String, String> {
             t.duration("idle_timeout", idle_timeout)?;
             t.u64("max_connections", (*max_connections).into())?;
             t.duration("upstream_backoff", upstream_backoff)?;
+            t.duration("resolve_interval", resolve_interval)?;
         }
         Some(Kind::Http(s)) => {
             let proto::HttpSpec {
@@ -349,6 +351,7 @@ mod tests {
                     idle_timeout: d(7 * 24 * 3600, 0),
                     max_connections: 1_000_000,
                     upstream_backoff: d(3, 999_999_999),
+                    resolve_interval: d(90, 5),
                 }),
             ),
             listener(
@@ -669,6 +672,10 @@ mod fuzz {
             spec_duration(),
             zero_or_u32(1..=1_000_000),
             spec_duration(),
+            {
+                let r = crate::services::proxy::resolve::RESOLVE_INTERVAL_RANGE;
+                duration(*r.start(), *r.end())
+            },
         )
             .prop_map(
                 |(
@@ -679,6 +686,7 @@ mod fuzz {
                     idle_timeout,
                     max_connections,
                     upstream_backoff,
+                    resolve_interval,
                 )| {
                     Kind::Proxy(proto::ProxySpec {
                         listen,
@@ -688,6 +696,7 @@ mod fuzz {
                         idle_timeout,
                         max_connections,
                         upstream_backoff,
+                        resolve_interval,
                     })
                 },
             )

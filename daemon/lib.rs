@@ -19,8 +19,11 @@
 //! - [`net::udp`] — recvmsg with SO_RXQ_OVFL for the UDP echo;
 //! - `services::sniffer::socket` and `services::sniffer::ring` — the
 //!   AF_PACKET socket, its options, recvmmsg and the TPACKET_V3 ring;
+//! - [`fdpass`] — sendmsg/recvmsg with SCM_RIGHTS and the descriptors
+//!   systemd passes, for the socket hand-over;
 //! - [`safe_file`] — openat/renameat/unlinkat/fstatat relative to a
 //!   directory descriptor;
+//! - the kernel reference test of the BPF interpreter (test code only);
 //! - [`trim`] — malloc_trim;
 //! - [`server::raise_fd_limit`] — getrlimit/setrlimit.
 
@@ -34,8 +37,11 @@ pub mod control;
 pub mod control_conn;
 pub mod events;
 pub mod export;
+pub mod fdpass;
+pub mod fdstore;
 #[cfg(test)]
 mod fuzz_support;
+pub mod handover;
 pub mod logging;
 pub mod metrics;
 pub mod net;

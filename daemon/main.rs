@@ -51,9 +51,19 @@ struct Args {
     /// Print the embedded default config and exit.
     #[arg(long)]
     print_default_config: bool,
+
+    /// Take over from the netd running with the same control address (and
+    /// state directory): receive its listening sockets and control socket,
+    /// start serving on them, then let it drain its connections and exit.
+    /// No connection is refused meanwhile. If this process fails first, the
+    /// running one carries on.
+    #[arg(long, conflicts_with_all = ["check_config", "print_default_config"])]
+    upgrade: bool,
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: this unsets LISTEN_* in the environment.
+    let listen_fds = netd::fdpass::take_listen_fds();
     let args = Args::parse();
     if args.print_default_config {
         print!("{DEFAULT_CONFIG}");
@@ -103,6 +113,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     netd::logging::init(&config.log);
+    let listen_fds = listen_fds.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "ignoring the sockets systemd passed (LISTEN_FDS)");
+        Vec::new()
+    });
     // Each connection costs a descriptor (a proxied one two); the common
     // soft default of 1024 would cap a proxy at about 500 clients.
     match netd::server::raise_fd_limit() {
@@ -116,7 +130,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(netd::server::run(config, control, args.config.clone())) {
+    let startup = netd::server::Startup {
+        upgrade: args.upgrade,
+        listen_fds,
+    };
+    match runtime.block_on(netd::server::run(
+        config,
+        control,
+        args.config.clone(),
+        startup,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("netd: {e:#}");

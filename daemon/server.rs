@@ -1,9 +1,14 @@
 //! The daemon's top level: bind the control plane, start the boot
 //! listeners, serve gRPC (Control, health, reflection), tell systemd we are
 //! ready, on SIGHUP reload the config, and on SIGTERM/SIGINT drain and
-//! exit.
+//! exit. Sockets inherited from systemd's fd store or from the netd this
+//! one upgrades (see [`crate::handover`]) are adopted by name instead of
+//! bound; after handing its own sockets to a successor, netd drains and
+//! exits as on SIGTERM.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::collections::HashMap;
+use std::os::fd::{AsFd as _, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt as _, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,15 +38,43 @@ enum ControlSocket {
     Tcp(tokio::net::TcpListener),
 }
 
-/// Removes the control socket file when the daemon exits, however it exits.
-struct SocketFileGuard(Option<PathBuf>);
+/// Removes a socket file (control, hand-over) when the daemon exits,
+/// however it exits — unless the file is no longer the one this process
+/// bound (a successor replaced it) or it was disarmed (the socket was
+/// handed over, or is kept in systemd's fd store for the next process).
+struct SocketFileGuard(Option<(PathBuf, u64)>);
+
+impl SocketFileGuard {
+    fn new(path: Option<&Path>) -> Self {
+        SocketFileGuard(path.and_then(|p| {
+            let ino = std::fs::symlink_metadata(p).ok()?.ino();
+            Some((p.to_path_buf(), ino))
+        }))
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for SocketFileGuard {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
+        if let Some((p, ino)) = self.0.take() {
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.ino() == ino) {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
+}
+
+/// How this netd starts, besides its config.
+#[derive(Debug, Default)]
+pub struct Startup {
+    /// Take the sockets of the netd running with the same control address
+    /// (`netd --upgrade`).
+    pub upgrade: bool,
+    /// Sockets systemd passed (LISTEN_FDS), by name.
+    pub listen_fds: Vec<(String, OwnedFd)>,
 }
 
 /// Run the daemon until SIGTERM/SIGINT. Returns after a clean shutdown.
@@ -49,6 +82,7 @@ pub async fn run(
     config: Config,
     control: ControlAddr,
     config_path: Option<PathBuf>,
+    startup: Startup,
 ) -> anyhow::Result<()> {
     check_control_security(&config, &control).await?;
     if control == crate::addr::default_control_addr()
@@ -57,29 +91,94 @@ pub async fn run(
         crate::addr::ensure_private_dir(&crate::addr::private_dir())
             .map_err(|e| anyhow::anyhow!("control socket directory: {e}"))?;
     }
-    let socket = bind_control(&control).await?;
+    let state_dir = config
+        .state_dir
+        .clone()
+        .or_else(crate::state::default_state_dir);
+    let handover_path = crate::handover::socket_path(&control, state_dir.as_deref());
+    let mut inherited: HashMap<String, OwnedFd> = HashMap::new();
+    for (name, fd) in startup.listen_fds {
+        tracing::debug!(name = %name, "socket passed by systemd");
+        inherited.insert(name, fd);
+    }
+    if !inherited.is_empty() {
+        tracing::info!(
+            sockets = inherited.len(),
+            "taking the sockets kept in systemd's fd store"
+        );
+    }
+    // The successor's side of `--upgrade`: dropped (the old netd then
+    // carries on) if anything fails before it says DONE.
+    let mut successor = None;
+    if startup.upgrade {
+        let path = handover_path.clone().context(
+            "--upgrade needs the running netd's hand-over socket: a Unix control socket, or a state_dir",
+        )?;
+        let (s, sockets) =
+            tokio::task::spawn_blocking(move || crate::handover::Successor::request(&path))
+                .await
+                .context("hand-over")??;
+        tracing::info!(
+            sockets = sockets.len(),
+            "received the running netd's sockets"
+        );
+        inherited.extend(sockets);
+        successor = Some(s);
+    }
+    let socket = match inherited.remove(crate::fdstore::CONTROL_NAME) {
+        Some(fd) => match adopt_control(fd, &control) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "not using the control socket handed over; binding a new one");
+                bind_control(&control).await?
+            }
+        },
+        None => bind_control(&control).await?,
+    };
     let socket_gid = match &socket {
-        ControlSocket::Unix(_, p) => {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(p).ok().map(|m| m.gid())
-        }
+        ControlSocket::Unix(_, p) => std::fs::metadata(p).ok().map(|m| m.gid()),
         ControlSocket::Tcp(_) => None,
     };
-    let _guard = SocketFileGuard(match &socket {
-        ControlSocket::Unix(_, p) => Some(p.clone()),
-        ControlSocket::Tcp(_) => None,
-    });
+    let control_fd = match &socket {
+        ControlSocket::Unix(l, _) => l.as_fd().try_clone_to_owned(),
+        ControlSocket::Tcp(l) => l.as_fd().try_clone_to_owned(),
+    }
+    .context("duplicating the control socket")?;
+    crate::fdstore::store(crate::fdstore::CONTROL_NAME, control_fd.as_fd());
+    // A systemd service whose control socket is in the fd store leaves the
+    // file for the next process (systemctl restart), which serves on that
+    // socket at that path. A successor owns the file only once the old
+    // netd has let go.
+    let keep_control_file = crate::fdstore::enabled();
+    let mut guard = match &socket {
+        ControlSocket::Unix(_, p) if !keep_control_file && successor.is_none() => {
+            SocketFileGuard::new(Some(p))
+        }
+        _ => SocketFileGuard::new(None),
+    };
 
     let metrics_socket = match config.metrics_listen {
         None => None,
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot bind the metrics address {addr}"))?,
-        ),
+        Some(addr) => {
+            let adopted = inherited
+                .remove(crate::fdstore::METRICS_NAME)
+                .and_then(|fd| adopt_tcp(fd, addr));
+            Some(match adopted {
+                Some(l) => l,
+                None => tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind the metrics address {addr}"))?,
+            })
+        }
     };
+    let metrics_fd = metrics_socket
+        .as_ref()
+        .and_then(|l| l.as_fd().try_clone_to_owned().ok());
+    if let Some(fd) = &metrics_fd {
+        crate::fdstore::store(crate::fdstore::METRICS_NAME, fd.as_fd());
+    }
 
-    let supervisor = boot_listeners(&config).await?;
+    let supervisor = boot_listeners(&config, inherited).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ControlServer<ControlService>>().await;
@@ -149,7 +248,56 @@ pub async fn run(
     let stop_trim = CancellationToken::new();
     tokio::spawn(crate::trim::run(supervisor.clone(), stop_trim.clone()));
     tracing::info!(control = %control, listeners = config.listeners.len(), config = %config.source, "netd ready");
-    crate::notify::ready();
+    // Serve hand-over requests (a later `netd --upgrade`): once ready, or
+    // for a successor once the old netd let go (until then the hand-over
+    // socket file is the old one's, which carries on if this one fails).
+    let handed = CancellationToken::new();
+    let stop_handover = CancellationToken::new();
+    let mut extra = vec![(crate::fdstore::CONTROL_NAME.to_string(), control_fd)];
+    if let Some(fd) = metrics_fd {
+        extra.push((crate::fdstore::METRICS_NAME.to_string(), fd));
+    }
+    let serve_handover = |extra| {
+        serve_handover(
+            handover_path.clone(),
+            supervisor.clone(),
+            extra,
+            handed.clone(),
+            stop_handover.clone(),
+        )
+    };
+    let mut handover_guard = match successor.take() {
+        None => {
+            let g = serve_handover(extra).await;
+            crate::notify::ready();
+            g
+        }
+        Some(s) => {
+            crate::handover::notify_main_pid();
+            crate::notify::ready();
+            if let Err(e) = tokio::task::spawn_blocking(move || s.done())
+                .await
+                .context("hand-over")
+                .and_then(|r| r)
+            {
+                // The old netd carries on; this one must not stay as a
+                // second.
+                tracing::error!(error = %format!("{e:#}"), "the old netd did not hand over; exiting");
+                stop_control.cancel();
+                stop_metrics.cancel();
+                supervisor.shutdown(config.shutdown_grace).await;
+                return Err(e.context("upgrade"));
+            }
+            tracing::info!("took over from the old netd");
+            if !keep_control_file {
+                guard = SocketFileGuard::new(match &control {
+                    ControlAddr::Unix(p) => Some(p.as_path()),
+                    ControlAddr::Tcp(_) => None,
+                });
+            }
+            serve_handover(extra).await
+        }
+    };
     // Stops when dropped at the end of this function, after the drain.
     let _watchdog = crate::notify::Watchdog::start(&supervisor);
 
@@ -158,8 +306,10 @@ pub async fn run(
     // SIGHUP's default action kills the process; systemd's `reload` and
     // habit both send it, so take it and say that it does nothing yet.
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut handed_over = false;
     let server_result = loop {
         tokio::select! {
+            _ = handed.cancelled() => { handed_over = true; break None }
             _ = term.recv() => { tracing::info!("SIGTERM received; shutting down"); break None }
             _ = int.recv() => { tracing::info!("SIGINT received; shutting down"); break None }
             _ = hup.recv() => {
@@ -176,7 +326,18 @@ pub async fn run(
         bail!("control server stopped unexpectedly");
     }
 
-    crate::notify::stopping();
+    stop_handover.cancel();
+    if handed_over {
+        // The successor serves on the same sockets and files now, and is
+        // the one systemd hears from: stop accepting control connections
+        // first so that they all reach it, and leave the files to it.
+        guard.disarm();
+        handover_guard.disarm();
+        stop_control.cancel();
+        stop_metrics.cancel();
+    } else {
+        crate::notify::stopping();
+    }
     health
         .set_not_serving::<ControlServer<ControlService>>()
         .await;
@@ -193,8 +354,41 @@ pub async fn run(
             .context("control server")?,
         Err(_) => server.abort(),
     }
+    crate::fdstore::flushed().await;
     tracing::info!("netd stopped");
     Ok(())
+}
+
+/// Bind the hand-over socket at `path` and serve it; the guard removes the
+/// file at exit.
+async fn serve_handover(
+    path: Option<PathBuf>,
+    supervisor: Supervisor,
+    extra: Vec<(String, OwnedFd)>,
+    handed: CancellationToken,
+    stop: CancellationToken,
+) -> SocketFileGuard {
+    let Some(path) = path else {
+        tracing::info!(
+            "no hand-over socket (TCP control address and no state_dir): netd --upgrade will not work"
+        );
+        return SocketFileGuard::new(None);
+    };
+    let p = path.clone();
+    match tokio::task::spawn_blocking(move || crate::handover::bind(&p)).await {
+        Ok(Ok(l)) => {
+            tokio::spawn(crate::handover::serve(l, supervisor, extra, handed, stop));
+            SocketFileGuard::new(Some(&path))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot bind the hand-over socket; netd --upgrade will not work");
+            SocketFileGuard::new(None)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "binding the hand-over socket");
+            SocketFileGuard::new(None)
+        }
+    }
 }
 
 /// Open the state directory, restore the runtime state on top of the
@@ -202,7 +396,10 @@ pub async fn run(
 /// start is fatal (as it always was); a listener restored from the state
 /// that cannot bind now is kept FAILED and retried; one whose spec no
 /// longer validates is reported and left out.
-async fn boot_listeners(config: &Config) -> anyhow::Result<Supervisor> {
+async fn boot_listeners(
+    config: &Config,
+    inherited: HashMap<String, OwnedFd>,
+) -> anyhow::Result<Supervisor> {
     use crate::state::{Desired, Store};
     let base: Vec<Desired> = config.listeners.iter().map(Desired::from).collect();
     let explicit = config.state_dir.is_some();
@@ -219,7 +416,7 @@ async fn boot_listeners(config: &Config) -> anyhow::Result<Supervisor> {
         }
         Some(dir) => {
             let d = dir.clone();
-            let opened = tokio::task::spawn_blocking(move || Store::open(&d))
+            let opened = tokio::task::spawn_blocking(move || Store::open(&d, explicit))
                 .await
                 .context("opening the state directory")?;
             match opened {
@@ -260,13 +457,16 @@ async fn boot_listeners(config: &Config) -> anyhow::Result<Supervisor> {
     let desired = overlay.on(&base);
     let supervisor =
         Supervisor::with_store(config.settings(), config.max_listeners, store, base.clone());
+    supervisor.inherit(inherited);
     for d in &desired {
         match config.listeners.iter().find(|l| l.name == d.name) {
             Some(l) if base.iter().any(|b| b == d) => {
-                supervisor
-                    .start_boot(d)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{}: listener '{}': {e}", l.origin, l.name))?;
+                if let Err(e) = supervisor.start_boot(d).await {
+                    // Let connections the listeners started so far (on
+                    // sockets a predecessor may still share) finish.
+                    supervisor.shutdown(config.shutdown_grace).await;
+                    bail!("{}: listener '{}': {e}", l.origin, l.name);
+                }
             }
             _ => {
                 if let Err(e) = supervisor.restore(d).await {
@@ -275,7 +475,73 @@ async fn boot_listeners(config: &Config) -> anyhow::Result<Supervisor> {
             }
         }
     }
+    for (name, _) in supervisor.take_unused_inherited() {
+        tracing::info!(name = %name, "a socket handed over matches no listener; closed");
+        if supervisor.get(&name).is_err() {
+            crate::fdstore::remove(&name);
+        }
+    }
     Ok(supervisor)
+}
+
+/// Serve the control plane on a socket handed over (fd store, upgrade):
+/// one listening on `addr` (for a Unix socket, at that path, which must
+/// still exist: clients find it there).
+fn adopt_control(fd: OwnedFd, addr: &ControlAddr) -> anyhow::Result<ControlSocket> {
+    let s = socket2::Socket::from(fd);
+    if !s.is_listener().context("inspecting the socket")? {
+        bail!("it is not listening");
+    }
+    let local = s.local_addr().context("inspecting the socket")?;
+    s.set_nonblocking(true)?;
+    match addr {
+        ControlAddr::Unix(path) => {
+            if local.as_pathname() != Some(path.as_path()) {
+                bail!(
+                    "it is bound to {:?}, not {}",
+                    local.as_pathname(),
+                    path.display()
+                );
+            }
+            let meta = std::fs::symlink_metadata(path)
+                .with_context(|| format!("{} is gone", path.display()))?;
+            if !meta.file_type().is_socket() {
+                bail!("{} is not a socket", path.display());
+            }
+            let l = std::os::unix::net::UnixListener::from(OwnedFd::from(s));
+            Ok(ControlSocket::Unix(
+                tokio::net::UnixListener::from_std(l)?,
+                path.clone(),
+            ))
+        }
+        ControlAddr::Tcp(hostport) => {
+            let Some(a) = local.as_socket() else {
+                bail!("it is not a TCP socket");
+            };
+            if let Ok(want) = hostport.parse::<std::net::SocketAddr>() {
+                if want.ip() != a.ip() || (want.port() != 0 && want.port() != a.port()) {
+                    bail!("it is bound to {a}, not {hostport}");
+                }
+            }
+            let l = std::net::TcpListener::from(OwnedFd::from(s));
+            Ok(ControlSocket::Tcp(tokio::net::TcpListener::from_std(l)?))
+        }
+    }
+}
+
+/// A listening TCP socket handed over, if bound at `want` (port 0: any).
+fn adopt_tcp(fd: OwnedFd, want: std::net::SocketAddr) -> Option<tokio::net::TcpListener> {
+    let s = socket2::Socket::from(fd);
+    let a = s.local_addr().ok()?.as_socket()?;
+    let ok = s.is_listener().ok()?
+        && a.ip() == want.ip()
+        && (want.port() == 0 || want.port() == a.port());
+    if !ok {
+        tracing::warn!(socket = %a, want = %want, "not using the metrics socket handed over");
+        return None;
+    }
+    s.set_nonblocking(true).ok()?;
+    tokio::net::TcpListener::from_std(std::net::TcpListener::from(OwnedFd::from(s))).ok()
 }
 
 /// Re-read the config file and apply the difference (SIGHUP). A config

@@ -204,37 +204,70 @@ pub struct Loaded {
 /// The state directory and the file in it.
 #[derive(Debug)]
 pub struct Store {
-    dir: Dir,
+    path: PathBuf,
+    /// Opened (and created, mode 0750) at once when the directory was
+    /// configured, else at the first save: a netd that never changes
+    /// anything leaves no trace.
+    dir: std::sync::OnceLock<Dir>,
 }
 
 impl Store {
-    /// Open (creating it, mode 0750) the state directory.
-    pub fn open(path: &Path) -> std::io::Result<Store> {
+    /// The state directory at `path` (absolute). With `create`, it is
+    /// created and opened now, so that an unusable directory is an error
+    /// at start; else when first needed.
+    pub fn open(path: &Path, create: bool) -> std::io::Result<Store> {
         if !path.is_absolute() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "the state directory must be an absolute path",
             ));
         }
-        Ok(Store {
-            dir: Dir::open_or_create(path)?,
-        })
+        let store = Store {
+            path: path.to_path_buf(),
+            dir: std::sync::OnceLock::new(),
+        };
+        if create {
+            store.opened()?;
+        }
+        Ok(store)
+    }
+
+    fn opened(&self) -> std::io::Result<&Dir> {
+        if let Some(d) = self.dir.get() {
+            return Ok(d);
+        }
+        let d = Dir::open_or_create(&self.path)?;
+        Ok(self.dir.get_or_init(|| d))
     }
 
     pub fn path(&self) -> PathBuf {
-        self.dir.path().join(FILE_NAME)
+        self.path.join(FILE_NAME)
     }
 
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     /// Read the state file. Missing: an empty overlay. Unreadable or
     /// damaged: moved aside as `listeners.state.corrupt-<unix seconds>`,
     /// reported in `problem`, and an empty overlay.
     pub fn load(&self) -> Loaded {
-        let read = self
-            .dir
+        if self.dir.get().is_none() && !self.path.exists() {
+            return Loaded {
+                overlay: Overlay::default(),
+                problem: None,
+            };
+        }
+        let dir = match self.opened() {
+            Ok(d) => d,
+            Err(e) => {
+                return Loaded {
+                    overlay: Overlay::default(),
+                    problem: Some((format!("cannot open its directory: {e}"), None)),
+                };
+            }
+        };
+        let read = dir
             .read_ours(FILE_NAME, MAX_BYTES)
             .map_err(|e| format!("cannot read it: {e}"))
             .and_then(|b| match b {
@@ -252,10 +285,10 @@ impl Store {
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
                 let aside = format!("{FILE_NAME}.corrupt-{secs}");
-                let moved = match self.dir.rename_ours(FILE_NAME, &aside) {
+                let moved = match dir.rename_ours(FILE_NAME, &aside) {
                     Ok(None) => {
-                        let _ = self.dir.sync();
-                        Some(self.dir.path().join(&aside))
+                        let _ = dir.sync();
+                        Some(dir.path().join(&aside))
                     }
                     _ => None,
                 };
@@ -271,22 +304,23 @@ impl Store {
     pub fn save(&self, overlay: &Overlay) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
         let bytes = overlay.encode();
-        let mut f = self.dir.create_file(TMP_NAME)?;
+        let dir = self.opened()?;
+        let mut f = dir.create_file(TMP_NAME)?;
         f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
         f.write_all(&bytes)?;
         f.sync_all()?;
         drop(f);
-        if let Some(s) = self.dir.rename_ours(TMP_NAME, FILE_NAME)? {
+        if let Some(s) = dir.rename_ours(TMP_NAME, FILE_NAME)? {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 format!(
                     "{} is {}; refusing to replace it",
-                    self.dir.path().join(&s.name).display(),
+                    dir.path().join(&s.name).display(),
                     s.what
                 ),
             ));
         }
-        self.dir.sync()
+        dir.sync()
     }
 }
 
@@ -328,7 +362,7 @@ mod tests {
     #[test]
     fn save_load_round_trip_and_damage_is_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
         assert!(store.load().overlay.is_empty());
         let o = Overlay {
             listeners: vec![echo("x", "127.0.0.1:5")],
@@ -361,7 +395,7 @@ mod tests {
     #[test]
     fn a_symlink_in_place_of_the_file_is_not_followed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
         let target = dir.path().join("elsewhere");
         std::fs::write(&target, b"secret").unwrap();
         std::os::unix::fs::symlink(&target, store.path()).unwrap();

@@ -26,6 +26,13 @@
 //! apply, reload) is written to the state file before the call returns
 //! (see [`crate::state`]); `apply` computes a plan against the running set
 //! and carries it out with the same operations.
+//!
+//! While the listeners are handed to a successor (`netd --upgrade`, see
+//! [`crate::handover`]) those calls are refused with `HandingOver`: a
+//! hand-over begins only once the calls in flight are saved, and the
+//! successor boots from the state file as it then is. Listening sockets
+//! are also kept in systemd's fd store as they come and go
+//! ([`crate::fdstore`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -70,6 +77,8 @@ pub enum SupervisorError {
     Bind(#[from] BindError),
     #[error("netd is shutting down")]
     ShuttingDown,
+    #[error("netd is handing over to a new process; retry")]
+    HandingOver,
     #[error("netd already runs {0} listeners, its limit (max_listeners in the config)")]
     TooMany(usize),
     #[error("listener '{0}' is draining or stopping")]
@@ -118,6 +127,16 @@ struct Generation {
 impl Generation {
     fn socket(&self) -> MutexGuard<'_, Option<OwnedFd>> {
         self.socket.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keep this generation's socket in systemd's fd store as `name`
+    /// (replacing the one there), or drop the entry if it has none.
+    fn store_socket(&self, name: &str) {
+        use std::os::fd::AsFd as _;
+        match self.socket().as_ref() {
+            Some(fd) => crate::fdstore::store(name, fd.as_fd()),
+            None => crate::fdstore::remove(name),
+        }
     }
 }
 
@@ -256,6 +275,12 @@ struct Inner {
     /// Listening sockets handed over by a previous netd, by listener name,
     /// taken by the first start of that name.
     inherited: Mutex<HashMap<String, OwnedFd>>,
+    /// Set while the listeners are being handed to a successor: mutating
+    /// calls are refused (they would not reach the successor).
+    handing_over: AtomicBool,
+    /// Mutating calls hold it shared; a hand-over takes it exclusively, so
+    /// that it begins only once the changes in flight are saved.
+    mutations: tokio::sync::RwLock<()>,
 }
 
 impl Default for Supervisor {
@@ -331,6 +356,8 @@ impl Supervisor {
                 persisting: tokio::sync::Mutex::new(()),
                 frozen: AtomicBool::new(false),
                 inherited: Mutex::new(HashMap::new()),
+                handing_over: AtomicBool::new(false),
+                mutations: tokio::sync::RwLock::new(()),
             }),
         }
     }
@@ -389,6 +416,38 @@ impl Supervisor {
         drop(self.listeners());
     }
 
+    /// Begin handing the listeners to a successor: wait for the mutating
+    /// calls in flight (their changes are then saved), then refuse new ones
+    /// with [`SupervisorError::HandingOver`] and stop writing the state
+    /// file. Ended by [`Supervisor::abort_handover`] if the successor fails.
+    pub async fn begin_handover(&self) -> Result<(), SupervisorError> {
+        let _exclusive = self.inner.mutations.write().await;
+        if self.inner.shutdown_accepting.is_cancelled() {
+            return Err(SupervisorError::ShuttingDown);
+        }
+        if self.inner.handing_over.swap(true, Ordering::SeqCst) {
+            return Err(SupervisorError::HandingOver);
+        }
+        self.freeze_state();
+        Ok(())
+    }
+
+    /// The successor failed: carry on, accepting changes and saving them.
+    pub fn abort_handover(&self) {
+        self.inner.frozen.store(false, Ordering::SeqCst);
+        self.inner.handing_over.store(false, Ordering::SeqCst);
+    }
+
+    /// Held for the duration of a mutating call; refused during a
+    /// hand-over.
+    async fn mutating(&self) -> Result<tokio::sync::RwLockReadGuard<'_, ()>, SupervisorError> {
+        let shared = self.inner.mutations.read().await;
+        if self.inner.handing_over.load(Ordering::SeqCst) {
+            return Err(SupervisorError::HandingOver);
+        }
+        Ok(shared)
+    }
+
     /// Validate, bind and start a listener, then persist (unless
     /// `ephemeral`). Must be called within a tokio runtime.
     ///
@@ -404,6 +463,7 @@ impl Supervisor {
         labels: HashMap<String, String>,
         ephemeral: bool,
     ) -> Result<proto::Listener, SupervisorError> {
+        let _mutating = self.mutating().await?;
         let l = self.start_unsaved(name, spec, labels, ephemeral).await?;
         if !ephemeral {
             if let Err(e) = self.persist().await {
@@ -636,6 +696,7 @@ impl Supervisor {
         if let Some(a) = cur_gen.own_udp_addr {
             self.inner.settings.own_udp_addrs.insert(a);
         }
+        cur_gen.store_socket(name);
         let kind = cur_gen.service.kind();
         tracing::info!(listener = name, kind = kind.slug(), addr = %cur_gen.bound_addr, "listener started");
         self.inner.events.publish(
@@ -697,6 +758,7 @@ impl Supervisor {
     /// Stop a listener, close its sockets and connections, wait for all of
     /// its tasks, remove it, and persist. Returns its final status.
     pub async fn stop(&self, name: &str) -> Result<proto::Listener, SupervisorError> {
+        let _mutating = self.mutating().await?;
         let (l, ephemeral) = self.stop_unsaved(name).await?;
         if !ephemeral {
             self.persist().await?;
@@ -711,10 +773,13 @@ impl Supervisor {
         }
         entry.set_state(ListenerState::Stopping);
         entry.current_gen().socket().take();
+        crate::fdstore::remove(name);
         entry.stop_accepting.cancel();
         entry.close_connections.cancel();
         entry.tracker.close();
         entry.tracker.wait().await;
+        // Under systemd, the port closes once the store lets go of it.
+        crate::fdstore::flushed().await;
         Ok((self.finish(&entry), entry.ephemeral))
     }
 
@@ -754,12 +819,15 @@ impl Supervisor {
         name: &str,
         timeout: Duration,
     ) -> Result<(proto::Listener, u64), SupervisorError> {
+        // Held until the drain is saved, not for the drain itself.
+        let mutating = self.mutating().await?;
         let entry = self.live_entry(name)?;
         if entry.leaving.swap(true, Ordering::SeqCst) {
             return Err(SupervisorError::Leaving(name.to_string()));
         }
         entry.set_state(ListenerState::Draining);
         entry.current_gen().socket().take();
+        crate::fdstore::remove(name);
         entry.stop_accepting.cancel();
         entry.tracker.close();
         let open = entry.stats.connections_active.load(Ordering::Relaxed);
@@ -778,6 +846,7 @@ impl Supervisor {
         } else {
             self.persist().await
         };
+        drop(mutating);
         let mut closed = 0;
         if tokio::time::timeout(timeout, entry.tracker.wait())
             .await
@@ -806,6 +875,7 @@ impl Supervisor {
         spec: proto::ListenerSpec,
         labels: Option<HashMap<String, String>>,
     ) -> Result<(proto::Listener, UpdateAction, Vec<String>), SupervisorError> {
+        let _mutating = self.mutating().await?;
         let (l, action, changed, ephemeral) = self.update_unsaved(name, spec, labels).await?;
         if action != UpdateAction::Unchanged && !ephemeral {
             self.persist().await?;
@@ -941,6 +1011,9 @@ impl Supervisor {
             self.inner.settings.own_udp_addrs.insert(a);
         }
         *entry.current.lock().unwrap_or_else(|p| p.into_inner()) = cur_gen.clone();
+        if !same_socket {
+            cur_gen.store_socket(&entry.name);
+        }
         {
             let mut st = entry.status();
             if st.state == ListenerState::Failed {
@@ -965,6 +1038,21 @@ impl Supervisor {
     /// Stops at the first item that fails (it and the rest carry the
     /// error). Returns the plan and whether all of it was applied.
     pub async fn apply(
+        &self,
+        entries: Vec<Desired>,
+        prune: Prune,
+        dry_run: bool,
+    ) -> Result<(Vec<proto::PlanItem>, bool), SupervisorError> {
+        let _mutating = if dry_run {
+            None
+        } else {
+            Some(self.mutating().await?)
+        };
+        self.apply_held(entries, prune, dry_run).await
+    }
+
+    /// [`Supervisor::apply`] for a caller that holds `mutating`.
+    async fn apply_held(
         &self,
         entries: Vec<Desired>,
         prune: Prune,
@@ -1161,6 +1249,7 @@ impl Supervisor {
         &self,
         base: Vec<Desired>,
     ) -> Result<(Vec<proto::PlanItem>, bool), SupervisorError> {
+        let _mutating = self.mutating().await?;
         let base = normalize_all(base, &self.inner.settings);
         let overlay = self.overlay();
         let desired = overlay.on(&base);
@@ -1170,7 +1259,7 @@ impl Supervisor {
             &mut *self.inner.base.lock().unwrap_or_else(|p| p.into_inner()),
             base,
         );
-        let r = self.apply(desired, Prune::Persistent, false).await;
+        let r = self.apply_held(desired, Prune::Persistent, false).await;
         if r.is_err() {
             // Nothing of this plan could be checked as applied; keep the
             // old base so the state file stays relative to what runs.
@@ -1478,6 +1567,7 @@ async fn supervise(entry: Arc<Entry>, cur_gen: Arc<Generation>, first: Result<Bo
             match rebound {
                 Ok(b) => {
                     *cur_gen.socket() = b.dup_socket().ok().flatten();
+                    cur_gen.store_socket(&entry.name);
                     next = Ok(b);
                     let (restarts, cause) = {
                         let mut st = entry.status();

@@ -393,6 +393,55 @@ fn proxy_from_config_file() {
     assert_eq!(roundtrip(bound_addr(&netd, "p"), b"cfg"), b"C:cfg");
 }
 
+/// An upstream given by host name (`localhost`, from /etc/hosts) is
+/// resolved at start and again every `resolve_interval`, off the runtime;
+/// clients keep reaching it and no lookup fails.
+#[test]
+fn upstream_by_name_is_resolved_again_on_schedule() {
+    use std::net::ToSocketAddrs;
+    let up = TestUpstream::echo(b"N:");
+    let port = up.addr.port();
+    let first = ("localhost", port).to_socket_addrs().unwrap().next();
+    assert_eq!(
+        first,
+        Some(up.addr),
+        "this test needs localhost to resolve to 127.0.0.1 first (/etc/hosts)"
+    );
+    let netd = Netd::start(&format!(
+        "[[listener]]\nname = \"p\"\nkind = \"proxy\"\nlisten = \"127.0.0.1:0\"\n\
+         upstreams = [\"localhost:{port}\"]\nresolve_interval = \"1s\"\n"
+    ));
+    let spec = netd.netctl_json(&["status", "p"])["spec"].clone();
+    assert_eq!(spec["upstreams"][0], format!("localhost:{port}"));
+    assert_eq!(spec["resolve_interval"], "1s");
+    let p = bound_addr(&netd, "p");
+    assert_eq!(roundtrip(p, b"first"), b"N:first");
+    wait_until("two re-resolutions", || {
+        proxy_stats(&netd, "p")["proxy"]["resolves"].as_u64() >= Some(2)
+    });
+    assert_eq!(roundtrip(p, b"again"), b"N:again");
+    let s = proxy_stats(&netd, "p");
+    assert_eq!(s["proxy"]["resolve_failures"], 0, "{s}");
+    assert_eq!(s["proxy"]["upstreams"][0]["addr"], up.addr.to_string());
+    assert_eq!(up.accepted(), 2);
+    // Out of bounds is refused with the bounds.
+    let err = netd.netctl_err(&[
+        "start",
+        "proxy",
+        "q",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &format!("localhost:{port}"),
+        "--resolve-interval",
+        "10ms",
+    ]);
+    assert!(
+        err.contains("resolve_interval") && err.contains("1s"),
+        "{err}"
+    );
+}
+
 /// An upstream that accepts and at once resets (before any data, whether
 /// the reset reaches netd during its connect or after): every client sees
 /// a reset, never a clean close.

@@ -1358,3 +1358,79 @@ async fn fragmented_syn_scan_raises_the_port_scan_alert() {
     });
     assert_eq!(sniffer_stats(&netd, "s")["fragments"], 20);
 }
+
+/// The packet sockets netd opens carry exactly the compiled filter program
+/// (as the kernel reports it through `ss -b`): the kernel, not only user
+/// space, filters. With `filter.rs`'s interpreter tests (the kernel runs a
+/// program as the interpreter does; the interpreter agrees with the
+/// user-space matcher) this closes the chain from a filter to what the
+/// kernel delivers.
+#[test]
+fn the_kernel_holds_the_compiled_filter_program() {
+    use netd::services::sniffer::filter::Filter;
+    let ns = NetNs::new();
+    let netd = ns.netd("");
+    let filters = ["udp and port 53", "", "host ::1 and tcp"];
+    for (i, f) in filters.iter().enumerate() {
+        netd.netctl_ok(&[
+            "start",
+            "sniffer",
+            &format!("s{i}"),
+            "--interface",
+            "lo",
+            "--filter",
+            f,
+        ]);
+    }
+    // "bpf filter (N):  code jt jf k, code jt jf k, ..." under each of
+    // netd's packet sockets.
+    let out = ns
+        .command("ss")
+        .args(["-0", "-b", "-p", "-n"])
+        .output()
+        .expect("run ss (iproute2)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut attached: Vec<Vec<[u32; 4]>> = Vec::new();
+    let mut ours = false;
+    for line in text.lines() {
+        if line.starts_with("p_raw") {
+            ours = line.contains(&format!("pid={},", netd.pid()));
+        } else if let (true, Some((_, prog))) = (ours, line.split_once("bpf filter")) {
+            let (_, prog) = prog.split_once(':').expect("bpf filter (N): ...");
+            attached.push(
+                prog.split(',')
+                    .filter(|i| !i.trim().is_empty())
+                    .map(|i| {
+                        let f: Vec<u32> = i
+                            .split_whitespace()
+                            .map(|n| match n.strip_prefix("0x") {
+                                Some(h) => u32::from_str_radix(h, 16).unwrap(),
+                                None => n.parse().unwrap(),
+                            })
+                            .collect();
+                        [f[0], f[1], f[2], f[3]]
+                    })
+                    .collect(),
+            );
+        }
+    }
+    let mut want: Vec<Vec<[u32; 4]>> = filters
+        .iter()
+        .map(|f| {
+            Filter::parse(f)
+                .unwrap()
+                .to_bpf(true)
+                .iter()
+                .map(|i| [u32::from(i.code), u32::from(i.jt), u32::from(i.jf), i.k])
+                .collect()
+        })
+        .collect();
+    attached.sort();
+    want.sort();
+    assert_eq!(attached, want, "ss -0bp said:\n{text}");
+}

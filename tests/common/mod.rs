@@ -27,6 +27,9 @@ pub struct Netd {
     pub dir: tempfile::TempDir,
     pub control: ControlAddr,
     notify: UnixDatagram,
+    /// systemd's fd store as this netd's FDSTORE=1 / FDSTOREREMOVE=1
+    /// messages left it (names in arrival order).
+    fd_store: Vec<(String, std::os::fd::OwnedFd)>,
 }
 
 impl Netd {
@@ -116,6 +119,7 @@ impl Netd {
             dir,
             control,
             notify,
+            fd_store: Vec::new(),
         };
         netd.wait_notify("READY=1");
         netd
@@ -137,10 +141,8 @@ impl Netd {
     /// daemon's log if it exits or the deadline passes first.
     pub fn wait_notify(&mut self, what: &str) {
         let deadline = Instant::now() + DEADLINE;
-        let mut buf = [0u8; 4096];
         while Instant::now() < deadline {
-            if let Ok(n) = self.notify.recv(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]);
+            if let Some(msg) = self.recv_notify() {
                 if msg.lines().any(|l| l == what) {
                     return;
                 }
@@ -162,15 +164,132 @@ impl Netd {
     /// wait, not a timing assertion).
     pub fn count_notify_within(&mut self, what: &str, window: Duration) -> usize {
         let end = Instant::now() + window;
-        let mut buf = [0u8; 4096];
         let mut seen = 0;
         while Instant::now() < end {
-            if let Ok(n) = self.notify.recv(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]);
+            if let Some(msg) = self.recv_notify() {
                 seen += usize::from(msg.lines().any(|l| l == what));
             }
         }
         seen
+    }
+
+    /// One sd_notify datagram (within the socket's 200 ms read timeout),
+    /// its descriptors kept in (or its removals applied to) the fd store as
+    /// systemd does.
+    fn recv_notify(&mut self) -> Option<String> {
+        use std::os::fd::AsFd;
+        let mut buf = [0u8; 4096];
+        let (n, fds) = netd::fdpass::recv_with_fds(self.notify.as_fd(), &mut buf).ok()?;
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let name = msg
+            .lines()
+            .find_map(|l| l.strip_prefix("FDNAME="))
+            .unwrap_or("stored")
+            .to_string();
+        if msg.lines().any(|l| l == "FDSTOREREMOVE=1") {
+            self.fd_store.retain(|(n, _)| *n != name);
+        }
+        if msg.lines().any(|l| l == "FDSTORE=1") {
+            self.fd_store
+                .extend(fds.into_iter().map(|fd| (name.clone(), fd)));
+        }
+        Some(msg)
+    }
+
+    /// Read the sd_notify datagrams that arrived so far.
+    pub fn pump_notify(&mut self) {
+        while self.recv_notify().is_some() {}
+    }
+
+    /// Names in the emulated fd store, after reading what arrived.
+    pub fn fd_store_names(&mut self) -> Vec<String> {
+        self.pump_notify();
+        self.fd_store.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Take the emulated fd store's descriptors (what systemd would pass
+    /// to the next process).
+    pub fn take_fd_store(&mut self) -> Vec<(String, std::os::fd::OwnedFd)> {
+        self.pump_notify();
+        std::mem::take(&mut self.fd_store)
+    }
+
+    /// `netd --upgrade` for this netd: its config file (or `config`), its
+    /// control address and state directory.
+    pub fn upgrade_command(&self, config: Option<&std::path::Path>) -> Command {
+        let own = self.dir.path().join("netd.toml");
+        let mut cmd = Command::new(NETD);
+        cmd.arg("--upgrade")
+            .arg("--config")
+            .arg(config.unwrap_or(&own))
+            .env("NETD_CONTROL", self.control.to_string())
+            .env("NETD_STATE_DIR", self.dir.path().join("state"));
+        cmd
+    }
+
+    /// Run `netd --upgrade` for this netd and wait for its READY=1. The
+    /// new process logs to (and gets its notify socket in) a directory of
+    /// its own.
+    pub fn upgrade(&self) -> Netd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Netd::spawn_as_is(self.upgrade_command(None), dir, self.control.clone())
+    }
+
+    /// Start netd in `dir` (as [`Netd::start_in`]) with `fds` passed the
+    /// way systemd passes its fd store: at descriptors 3.., with
+    /// LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID set in the child.
+    /// `env` is set too.
+    pub fn start_with_fds(
+        dir: tempfile::TempDir,
+        fds: Vec<(String, std::os::fd::OwnedFd)>,
+        env: &[(&str, &str)],
+    ) -> Netd {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        // Out of the way of 3.. first, so that placing one cannot clobber
+        // another (close-on-exec: only the placed copies reach netd).
+        let high: Vec<OwnedFd> = fds
+            .iter()
+            .map(|(_, fd)| {
+                // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor we own;
+                // the new one is owned by the OwnedFd.
+                let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+                assert!(n >= 0, "dup: {}", std::io::Error::last_os_error());
+                unsafe { OwnedFd::from_raw_fd(n) }
+            })
+            .collect();
+        let raw: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
+        let names: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
+        let cfg = dir.path().join("netd.toml");
+        let control = ControlAddr::Unix(dir.path().join("netd.sock"));
+        // LISTEN_PID must be netd's pid: a shell sets it to its own and
+        // execs netd, which keeps that pid (std passes the environment
+        // built before fork, so pre_exec cannot set it).
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
+            .arg(NETD)
+            .arg("--config")
+            .arg(&cfg)
+            .env("LISTEN_FDS", fds.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        // SAFETY: runs in the child between fork and exec, and only calls
+        // dup2 (async-signal-safe).
+        unsafe {
+            cmd.pre_exec(move || {
+                for (i, fd) in raw.iter().enumerate() {
+                    if libc::dup2(*fd, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let netd = Netd::spawn(cmd, dir, control);
+        drop(high);
+        netd
     }
 
     pub fn netctl(&self, args: &[&str]) -> Output {

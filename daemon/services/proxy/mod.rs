@@ -21,11 +21,16 @@
 //!   the proxy itself, one more connection per hop, until the connection
 //!   limit ends the chain. Checked on the spec and again on the address
 //!   actually bound (for port 0).
+//! - Upstreams given by host name are resolved again every
+//!   `resolve_interval`, off the runtime ([`resolve`]): new
+//!   connections (and new warm ones) go to the latest answer, open ones stay
+//!   where they are, and a failed lookup keeps the last good address.
 //! - Every closed connection is logged at info level (target `netd::access`)
 //!   with client, upstream, bytes each way, duration and how it ended.
 
 mod forward;
 pub mod pool;
+pub mod resolve;
 
 use std::io;
 use std::net::SocketAddr;
@@ -50,6 +55,7 @@ use crate::proto;
 use crate::stats::Stats;
 use forward::{End, forward};
 use pool::{TakeConnection, TcpPool};
+use resolve::{Keeper, Resolver, UpstreamAddr};
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_UPSTREAM_BACKOFF: Duration = Duration::from_secs(10);
@@ -69,11 +75,14 @@ pub struct ProxyCounters {
     pub pool_hits: AtomicU64,
     pub pool_misses: AtomicU64,
     pub pool_stale: AtomicU64,
+    pub resolve_failures: AtomicU64,
+    pub resolves: AtomicU64,
 }
 
 #[derive(Debug)]
 struct Upstream {
-    addr: SocketAddr,
+    /// Where it is now; re-resolved when the spec gave a host name.
+    addr: Arc<UpstreamAddr>,
     /// Skip this upstream until `base` + this many ms (passive health); 0
     /// while it is in rotation. An atomic: read for every client.
     down_until_ms: AtomicU64,
@@ -113,6 +122,8 @@ pub struct Proxy {
     connect_timeout: Duration,
     idle_timeout: Duration,
     upstream_backoff: Duration,
+    resolve_interval: Duration,
+    resolver: Arc<dyn Resolver>,
     limit: Arc<Semaphore>,
     next: AtomicUsize,
     counters: Arc<ProxyCounters>,
@@ -152,8 +163,13 @@ impl Proxy {
                     addr.ip()
                 )));
             }
+            let addr = if UpstreamAddr::is_name(u) {
+                UpstreamAddr::named(u.trim(), addr)
+            } else {
+                UpstreamAddr::literal(addr)
+            };
             upstreams.push(Arc::new(Upstream {
-                addr,
+                addr: Arc::new(addr),
                 down_until_ms: AtomicU64::new(0),
                 base: Instant::now(),
                 connections: AtomicU64::new(0),
@@ -163,7 +179,7 @@ impl Proxy {
             }));
         }
         if listen.port() != 0 {
-            check_not_self(listen, upstreams.iter().map(|u| u.addr))?;
+            check_not_self(listen, upstreams.iter().map(|u| u.addr.get()))?;
         }
         if spec.preconnect > MAX_PRECONNECT {
             return Err(SpecError(format!(
@@ -190,6 +206,13 @@ impl Proxy {
                 &spec.upstream_backoff,
                 DEFAULT_UPSTREAM_BACKOFF,
             )?,
+            resolve_interval: super::duration_in(
+                "resolve_interval",
+                &spec.resolve_interval,
+                resolve::DEFAULT_RESOLVE_INTERVAL,
+                resolve::RESOLVE_INTERVAL_RANGE,
+            )?,
+            resolver: Arc::new(resolve::SystemResolver),
             limit: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
             next: AtomicUsize::new(0),
             counters: Arc::new(ProxyCounters::default()),
@@ -205,6 +228,8 @@ impl Proxy {
             pool_hits: c.pool_hits.load(Relaxed),
             pool_misses: c.pool_misses.load(Relaxed),
             pool_stale: c.pool_stale.load(Relaxed),
+            resolve_failures: c.resolve_failures.load(Relaxed),
+            resolves: c.resolves.load(Relaxed),
             upstreams: self
                 .upstreams
                 .iter()
@@ -237,7 +262,7 @@ impl Proxy {
             for u in &self.upstreams {
                 u.pool.get_or_init(|| {
                     pool::build(
-                        u.addr,
+                        u.addr.clone(),
                         self.preconnect,
                         self.connect_timeout,
                         self.counters.clone(),
@@ -245,12 +270,43 @@ impl Proxy {
                 });
             }
         }
-        accept_loop(&listener, ctx.accepting(), &self.limit, |client, peer| {
+        let accept = accept_loop(&listener, ctx.accepting(), &self.limit, |client, peer| {
             let proxy = self.clone();
             let ctx = ctx.clone();
             async move { proxy.serve(client, peer, &ctx).await }
-        })
-        .await
+        });
+        // Named upstreams are resolved again while the proxy accepts; the
+        // lookups themselves run on the blocking pool.
+        let bound = listener.local_addr().ok();
+        let allowed = move |a: SocketAddr| match bound {
+            Some(b) => check_not_self(b, std::iter::once(a)).map_err(|e| e.0),
+            None => Ok(()),
+        };
+        // The new address gets a chance: a failure at the old one says
+        // nothing about it.
+        let moved = |addr: &UpstreamAddr| {
+            for u in &self.upstreams {
+                if std::ptr::eq(&*u.addr, addr) {
+                    u.mark_up();
+                }
+            }
+        };
+        let keep = resolve::keep_resolved(
+            Keeper::new(self.upstreams.iter().map(|u| u.addr.clone())),
+            &*self.resolver,
+            self.resolve_interval,
+            resolve::Counters {
+                failures: &self.counters.resolve_failures,
+                resolves: &self.counters.resolves,
+            },
+            &allowed,
+            &moved,
+            &ctx.name,
+        );
+        tokio::select! {
+            r = accept => r,
+            () = keep => unreachable!("keep_resolved never returns"),
+        }
     }
 
     /// Upstreams in the order to try them for the next client: healthy ones
@@ -302,7 +358,7 @@ impl Proxy {
             }
             let attempt = tokio::select! {
                 _ = ctx.close_connections.cancelled() => return Connected::Nowhere,
-                r = tokio::time::timeout(self.connect_timeout, TcpStream::connect(u.addr)) => r,
+                r = tokio::time::timeout(self.connect_timeout, TcpStream::connect(u.addr.get())) => r,
             };
             match attempt {
                 Ok(Ok(s)) => {
@@ -422,6 +478,7 @@ impl ListenerKind for Proxy {
         "preconnect",
         "connect_timeout",
         "upstream_backoff",
+        "resolve_interval",
     ];
 
     fn spec_listen(spec: &Self::Spec) -> Option<&str> {
@@ -440,6 +497,7 @@ impl ListenerKind for Proxy {
             idle_timeout: dur(&shown.idle_timeout, DEFAULT_IDLE_TIMEOUT),
             max_connections: super::effective_max_connections(shown.max_connections),
             upstream_backoff: dur(&shown.upstream_backoff, DEFAULT_UPSTREAM_BACKOFF),
+            resolve_interval: dur(&shown.resolve_interval, resolve::DEFAULT_RESOLVE_INTERVAL),
             ..shown.clone()
         }
     }
@@ -460,7 +518,7 @@ impl ListenerKind for Proxy {
     /// (see [`check_not_self`]); run once the listener is bound, so a
     /// listener on port 0 is checked too.
     fn check_bound(&self, local: SocketAddr) -> Result<(), SpecError> {
-        check_not_self(local, self.upstreams.iter().map(|u| u.addr))
+        check_not_self(local, self.upstreams.iter().map(|u| u.addr.get()))
     }
 
     async fn run(self: Arc<Self>, socket: TcpListener, ctx: ServiceCtx) -> anyhow::Result<()> {

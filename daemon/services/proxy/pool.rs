@@ -10,14 +10,15 @@
 //! Validity: on checkout and when an entry comes back, a non-blocking
 //! `MSG_PEEK` tells whether the upstream has closed the connection (EOF or
 //! error); such connections are discarded and counted as stale, never handed
-//! to a client. Data already waiting (an upstream that greets first) still
+//! to a client. A warm connection to an address the upstream's name no
+//! longer resolves to ([`super::resolve`]) is discarded the same way, not
+//! counted as stale, and replaced by one to the new address. Data already waiting (an upstream that greets first) still
 //! counts as alive and is forwarded to the client, which is why pre-connect
 //! is the wrong tool for protocols where each client expects its own
 //! greeting to arrive after it connects.
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use super::ProxyCounters;
+use super::resolve::UpstreamAddr;
 
 pub type TcpPool = bb8::Pool<TcpManager>;
 
@@ -45,7 +47,7 @@ impl TakeConnection for bb8::PooledConnection<'_, TcpManager> {
 /// bb8 manager for plain TCP connections to one upstream.
 #[derive(Debug)]
 pub struct TcpManager {
-    addr: SocketAddr,
+    addr: Arc<UpstreamAddr>,
     connect_timeout: Duration,
     counters: Arc<ProxyCounters>,
 }
@@ -62,20 +64,32 @@ fn alive(stream: &TcpStream) -> bool {
     }
 }
 
+impl TcpManager {
+    /// Whether a warm connection goes to an address the upstream's name no
+    /// longer resolves to.
+    fn moved(&self, s: &TcpStream) -> bool {
+        self.addr.name().is_some() && s.peer_addr().is_ok_and(|p| p != self.addr.get())
+    }
+}
+
 impl bb8::ManageConnection for TcpManager {
     type Connection = Slot;
     type Error = io::Error;
 
     async fn connect(&self) -> Result<Slot, io::Error> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "pre-connect timed out"))??;
+        let stream =
+            tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.addr.get()))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "pre-connect timed out"))??;
         stream.set_nodelay(true)?;
         Ok(Some(stream))
     }
 
     async fn is_valid(&self, conn: &mut Slot) -> Result<(), io::Error> {
         match conn {
+            Some(s) if self.moved(s) => Err(io::Error::other(
+                "the upstream's name resolves elsewhere now",
+            )),
             Some(s) if alive(s) => Ok(()),
             Some(_) => {
                 self.counters.pool_stale.fetch_add(1, Relaxed);
@@ -102,8 +116,8 @@ impl bb8::ManageConnection for TcpManager {
 
 /// Errors from background pre-connects go to the log at debug level; the
 /// proxy's own connects report upstream trouble.
-#[derive(Debug, Clone, Copy)]
-struct LogSink(SocketAddr);
+#[derive(Debug, Clone)]
+struct LogSink(Arc<UpstreamAddr>);
 
 impl bb8::ErrorSink<io::Error> for LogSink {
     fn sink(&self, e: io::Error) {
@@ -111,14 +125,14 @@ impl bb8::ErrorSink<io::Error> for LogSink {
     }
 
     fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<io::Error>> {
-        Box::new(*self)
+        Box::new(self.clone())
     }
 }
 
 /// A pool that keeps `size` connections to `addr` established. Must be
 /// called within a tokio runtime; fills in the background.
 pub fn build(
-    addr: SocketAddr,
+    addr: Arc<UpstreamAddr>,
     size: u32,
     connect_timeout: Duration,
     counters: Arc<ProxyCounters>,
@@ -130,7 +144,7 @@ pub fn build(
         .connection_timeout(connect_timeout)
         .idle_timeout(None)
         .max_lifetime(None)
-        .error_sink(Box::new(LogSink(addr)))
+        .error_sink(Box::new(LogSink(addr.clone())))
         .build_unchecked(TcpManager {
             addr,
             connect_timeout,
