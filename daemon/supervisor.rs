@@ -39,7 +39,7 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -1508,7 +1508,9 @@ async fn supervise(entry: Arc<Entry>, cur_gen: Arc<Generation>, first: Result<Bo
     'run: loop {
         let error = match next {
             Ok(bound) => {
-                let began = Instant::now();
+                // tokio's clock (the same as std's outside tests): the backoff test
+                // runs on a paused clock.
+                let began = tokio::time::Instant::now();
                 let result = entry
                     .tracker
                     .spawn(cur_gen.service.clone().run(bound, entry.ctx(&cur_gen)))
@@ -1616,6 +1618,70 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Make a running TCP listener fail: shut its listening socket down
+    /// (through the supervisor's duplicate of it), so that accept(2) fails
+    /// with EINVAL, which the accept loop reports as the socket's failure.
+    fn break_socket(sup: &Supervisor, name: &str) {
+        let g = sup.entry(name).expect("listener exists").current_gen();
+        let fd = g.socket();
+        let fd = fd.as_ref().expect("a TCP listener keeps its socket");
+        socket2::SockRef::from(fd)
+            .shutdown(std::net::Shutdown::Read)
+            .expect("shutdown of the listening socket");
+    }
+
+    /// The next event of `kind` for `name`, and the (paused) clock then.
+    async fn next_event(
+        rx: &mut tokio::sync::broadcast::Receiver<proto::Event>,
+        kind: EventKind,
+    ) -> tokio::time::Instant {
+        loop {
+            let e = rx.recv().await.expect("event bus open");
+            if e.kind == kind as i32 {
+                return tokio::time::Instant::now();
+            }
+        }
+    }
+
+    /// Restart backoff on the paused clock: a listener that fails again
+    /// right after each restart waits 100ms, 200ms, 400ms, ... up to 30s;
+    /// once it has run for STABLE_AFTER, the next failure waits 100ms again.
+    #[tokio::test(start_paused = true)]
+    async fn restart_backoff_doubles_to_its_cap_and_resets_once_stable() {
+        let sup = Supervisor::new(Settings::default(), 8);
+        let mut events = sup.events().subscribe();
+        let spec = proto::ListenerSpec {
+            kind: Some(proto::listener_spec::Kind::TcpEcho(proto::TcpEchoSpec {
+                listen: "127.0.0.1:0".into(),
+                ..Default::default()
+            })),
+        };
+        sup.start("flaky", spec, HashMap::new(), true)
+            .await
+            .expect("start");
+        let mut expected = BACKOFF_INITIAL;
+        let mut waits = Vec::new();
+        for restart in 1..=12u32 {
+            break_socket(&sup, "flaky");
+            let failed = next_event(&mut events, EventKind::Failed).await;
+            let restarted = next_event(&mut events, EventKind::Restarted).await;
+            assert_eq!(restarted - failed, expected, "restart {restart}");
+            waits.push(restarted - failed);
+            let l = sup.get("flaky").expect("status");
+            assert_eq!(l.restarts, restart);
+            assert_eq!(l.state, ListenerState::Running as i32);
+            expected = (expected * 2).min(BACKOFF_MAX);
+        }
+        assert_eq!(waits.last(), Some(&BACKOFF_MAX), "capped: {waits:?}");
+        // Stable for long enough: the backoff starts over.
+        tokio::time::sleep(STABLE_AFTER).await;
+        break_socket(&sup, "flaky");
+        let failed = next_event(&mut events, EventKind::Failed).await;
+        let restarted = next_event(&mut events, EventKind::Restarted).await;
+        assert_eq!(restarted - failed, BACKOFF_INITIAL);
+        sup.stop("flaky").await.expect("stop");
+    }
 
     #[test]
     fn names() {
