@@ -1413,7 +1413,9 @@ impl Supervisor {
                 self.inner.settings.own_udp_addrs.remove(a);
             }
         }
-        self.listeners().clear();
+        // Dropped (sockets closed) after the lock is released.
+        let all = std::mem::take(&mut *self.listeners());
+        drop(all);
     }
 }
 

@@ -94,12 +94,36 @@ impl FlowTable {
         self.flows.is_empty()
     }
 
-    /// The `n` flows with the most bytes.
-    pub fn top(&self, n: usize) -> Vec<proto::FlowStats> {
-        let mut all: Vec<(&FlowKey, &Flow)> = self.flows.iter().collect();
-        all.sort_unstable_by_key(|(_, f)| std::cmp::Reverse(f.bytes));
-        all.into_iter()
-            .take(n)
+    /// The `n` flows with the most bytes, largest first, copied out in one
+    /// pass over the table (no sort of the whole table, nothing allocated
+    /// beyond `n`): the table's lock is shared with the capture thread, so
+    /// the caller formats them with [`TopFlows::into_proto`] after letting
+    /// go of it.
+    pub fn top(&self, n: usize) -> TopFlows {
+        let mut top: Vec<(FlowKey, Flow)> = Vec::with_capacity(n + 1);
+        if n == 0 {
+            return TopFlows(top);
+        }
+        for (k, f) in &self.flows {
+            if top.len() == n && top[n - 1].1.bytes >= f.bytes {
+                continue;
+            }
+            let at = top.partition_point(|(_, t)| t.bytes >= f.bytes);
+            top.insert(at, (*k, *f));
+            top.truncate(n);
+        }
+        TopFlows(top)
+    }
+}
+
+/// The largest flows, copied out of a [`FlowTable`].
+#[derive(Debug)]
+pub struct TopFlows(Vec<(FlowKey, Flow)>);
+
+impl TopFlows {
+    pub fn into_proto(self) -> Vec<proto::FlowStats> {
+        self.0
+            .into_iter()
             .map(|(k, f)| proto::FlowStats {
                 protocol: k.proto.as_str().into(),
                 src: endpoint(k.src, k.ports.then_some(k.src_port)),
@@ -147,7 +171,12 @@ mod tests {
         }
         assert!(t.len() <= 16);
         assert_eq!(t.evicted as usize + t.len(), 40);
-        let top = t.top(3);
+        let top = t.top(3).into_proto();
+        assert_eq!(top.len(), 3);
+        let bytes: Vec<u64> = top.iter().map(|f| f.bytes).collect();
+        assert_eq!(bytes, [139, 138, 137], "the largest, largest first");
+        assert!(t.top(0).into_proto().is_empty());
+        assert_eq!(t.top(100).into_proto().len(), t.len());
         assert_eq!(
             top[0].src, "127.0.0.1:1039",
             "the newest, largest flow survives"

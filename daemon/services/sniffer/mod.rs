@@ -208,6 +208,8 @@ impl Sniffer {
             let t = self.flows.lock().unwrap_or_else(|p| p.into_inner());
             (t.len() as u64, t.evicted, t.top(10))
         };
+        // Formatted (addresses to strings) with the lock released.
+        let top_flows = top_flows.into_proto();
         proto::SnifferStats {
             tcp: pc(0),
             udp: pc(1),
