@@ -8,8 +8,10 @@
 //! placeholder in an apply as "keep the current token", and a boot config
 //! refuses it.
 //!
-//! Each kind's spec is destructured without `..`, so a field added to the
-//! proto does not compile here until it is written (and the round-trip
+//! Each kind writes its own keys in its module
+//! ([`crate::services::ListenerKind::write_config`]), destructuring its
+//! spec without `..`, so a field added to the proto does not compile there
+//! until it is written (and the round-trip
 //! tests, which build every spec field by field, do not compile until they
 //! set it). Fields at their zero value (0, "", false, unset duration, no
 //! upstreams) are left out, as the parser reads a missing key as zero.
@@ -19,8 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::proto::{self, listener_spec::Kind};
-use crate::services::http::REDACTED;
+use crate::proto;
 
 /// The first line of every export.
 pub const HEADER: &str =
@@ -88,120 +89,11 @@ pub fn listeners_to_toml(listeners: &[ExportListener]) -> Result<String, ExportE
 fn table(l: &ExportListener) -> Result<String, String> {
     let mut t = Table::default();
     t.line("name", toml::Value::String(l.name.clone()));
-    match &l.spec.kind {
-        None => return Err("the spec names no kind".into()),
-        Some(Kind::TcpEcho(s)) => {
-            let proto::TcpEchoSpec {
-                listen,
-                prefix,
-                max_connections,
-                idle_timeout,
-            } = s;
-            t.line("kind", "tcp-echo".into());
-            t.string("listen", listen);
-            t.string("prefix", prefix);
-            t.u64("max_connections", (*max_connections).into())?;
-            t.duration("idle_timeout", idle_timeout)?;
-        }
-        Some(Kind::UdpEcho(s)) => {
-            let proto::UdpEchoSpec {
-                listen,
-                prefix,
-                allow_privileged_sources,
-                rate_limit,
-                max_sources,
-            } = s;
-            t.line("kind", "udp-echo".into());
-            t.string("listen", listen);
-            t.string("prefix", prefix);
-            t.bool("allow_privileged_sources", *allow_privileged_sources);
-            t.string("rate_limit", rate_limit);
-            t.u64("max_sources", (*max_sources).into())?;
-        }
-        Some(Kind::Proxy(s)) => {
-            let proto::ProxySpec {
-                listen,
-                upstreams,
-                preconnect,
-                connect_timeout,
-                idle_timeout,
-                max_connections,
-                upstream_backoff,
-                resolve_interval,
-            } = s;
-            t.line("kind", "proxy".into());
-            t.string("listen", listen);
-            if !upstreams.is_empty() {
-                let list = upstreams
-                    .iter()
-                    .map(|u| toml::Value::String(u.clone()))
-                    .collect();
-                t.line("upstreams", toml::Value::Array(list));
-            }
-            t.u64("preconnect", (*preconnect).into())?;
-            t.duration("connect_timeout", connect_timeout)?;
-            t.duration("idle_timeout", idle_timeout)?;
-            t.u64("max_connections", (*max_connections).into())?;
-            t.duration("upstream_backoff", upstream_backoff)?;
-            t.duration("resolve_interval", resolve_interval)?;
-        }
-        Some(Kind::Http(s)) => {
-            let proto::HttpSpec {
-                listen,
-                max_body_bytes,
-                header_read_timeout,
-                request_timeout,
-                max_connections,
-                token,
-                rate_limit,
-                body_budget_bytes,
-                max_streams,
-                max_header_bytes,
-                idle_timeout,
-                rate_limit_ipv6_prefix,
-            } = s;
-            t.line("kind", "http".into());
-            t.string("listen", listen);
-            t.u64("max_body_bytes", *max_body_bytes)?;
-            t.duration("header_read_timeout", header_read_timeout)?;
-            t.duration("request_timeout", request_timeout)?;
-            t.u64("max_connections", (*max_connections).into())?;
-            // Never the secret: netd reports the placeholder anyway, and an
-            // export is a file people copy around.
-            if !token.is_empty() {
-                t.line("token", REDACTED.into());
-            }
-            t.string("rate_limit", rate_limit);
-            t.u64("body_budget_bytes", *body_budget_bytes)?;
-            t.u64("max_streams", (*max_streams).into())?;
-            t.u64("max_header_bytes", (*max_header_bytes).into())?;
-            t.duration("idle_timeout", idle_timeout)?;
-            t.u64("rate_limit_ipv6_prefix", (*rate_limit_ipv6_prefix).into())?;
-        }
-        Some(Kind::Sniffer(s)) => {
-            let proto::SnifferSpec {
-                interface,
-                filter,
-                pcap_path,
-                pcap_max_bytes,
-                pcap_max_files,
-                max_flows,
-                port_scan_ports,
-                port_scan_window,
-                syn_rate,
-            } = s;
-            t.line("kind", "sniffer".into());
-            t.string("interface", interface);
-            t.string("filter", filter);
-            t.string("pcap_path", pcap_path);
-            t.u64("pcap_max_bytes", *pcap_max_bytes)?;
-            t.u64("pcap_max_files", (*pcap_max_files).into())?;
-            t.u64("max_flows", (*max_flows).into())?;
-            t.u64("port_scan_ports", (*port_scan_ports).into())?;
-            t.duration("port_scan_window", port_scan_window)?;
-            t.u64("syn_rate", (*syn_rate).into())?;
-        }
-    }
+    let Some(kind) = &l.spec.kind else {
+        return Err("the spec names no kind".into());
+    };
+    t.line("kind", crate::services::info(kind).slug.into());
+    crate::services::write_config(kind, &mut t)?;
     let mut out = String::from("[[listener]]\n");
     out += &t.0;
     if !l.labels.is_empty() {
@@ -215,28 +107,31 @@ fn table(l: &ExportListener) -> Result<String, String> {
 }
 
 /// The `key = value` lines of one table; keys are the config's field names
-/// (bare words), values encoded by `toml`.
+/// (bare words), values encoded by `toml`. Each kind writes its own keys
+/// ([`crate::services::ListenerKind::write_config`]); a value at its zero
+/// (0, "", false, unset) is left out, as the parser reads a missing key as
+/// zero.
 #[derive(Default)]
-struct Table(String);
+pub struct Table(String);
 
 impl Table {
-    fn line(&mut self, key: &str, value: toml::Value) {
+    pub fn line(&mut self, key: &str, value: toml::Value) {
         let _ = writeln!(self.0, "{key} = {value}");
     }
 
-    fn string(&mut self, key: &str, v: &str) {
+    pub fn string(&mut self, key: &str, v: &str) {
         if !v.is_empty() {
             self.line(key, toml::Value::String(v.to_string()));
         }
     }
 
-    fn bool(&mut self, key: &str, v: bool) {
+    pub fn bool(&mut self, key: &str, v: bool) {
         if v {
             self.line(key, toml::Value::Boolean(true));
         }
     }
 
-    fn u64(&mut self, key: &str, v: u64) -> Result<(), String> {
+    pub fn u64(&mut self, key: &str, v: u64) -> Result<(), String> {
         if v != 0 {
             let n = i64::try_from(v)
                 .map_err(|_| format!("{key} is {v}, larger than a TOML integer can be"))?;
@@ -245,7 +140,7 @@ impl Table {
         Ok(())
     }
 
-    fn duration(&mut self, key: &str, v: &Option<prost_types::Duration>) -> Result<(), String> {
+    pub fn duration(&mut self, key: &str, v: &Option<prost_types::Duration>) -> Result<(), String> {
         if let Some(d) = v {
             self.line(
                 key,
@@ -279,6 +174,8 @@ fn duration_text(d: &prost_types::Duration) -> Result<String, String> {
 mod tests {
     use super::*;
     use crate::config::{self, Config};
+    use crate::proto::listener_spec::Kind;
+    use crate::services::http::REDACTED;
 
     const SOURCE: &str = "export.toml";
 
@@ -563,6 +460,7 @@ mod tests {
 #[cfg(test)]
 mod fuzz {
     use super::*;
+    use crate::proto::listener_spec::Kind;
     use proptest::prelude::*;
 
     /// A duration in `min..=max` (whole milliseconds up), with any nanos.

@@ -108,6 +108,12 @@ pub trait ListenerKind: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// none): for clash checks across listeners and in-place updates.
     fn spec_listen(spec: &Self::Spec) -> Option<&str>;
 
+    /// Write the spec as `[[listener]]` keys for `netctl export` (the
+    /// inverse of the config file's reading; `name` and `kind` are written
+    /// by the caller). Destructure the spec without `..`, so that a field
+    /// added to the proto does not compile until it is written.
+    fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String>;
+
     /// Validate a spec against the daemon's settings. May block (an
     /// upstream name is resolved, interfaces are listed).
     fn from_spec(spec: &Self::Spec, settings: &Settings) -> Result<Self, SpecError>;

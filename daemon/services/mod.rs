@@ -81,6 +81,13 @@ macro_rules! registry {
             }
         }
 
+        /// Write a spec arm's keys for `netctl export`.
+        pub fn write_config(kind: &Kind, t: &mut crate::export::Table) -> Result<(), String> {
+            match kind {
+                $(Kind::$arm(s) => <$ty>::write_config(s, t),)+
+            }
+        }
+
         /// The unparsed address field of a spec arm, for kinds that bind one.
         fn spec_listen(kind: &Kind) -> Option<&str> {
             match kind {

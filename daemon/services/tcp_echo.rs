@@ -145,6 +145,20 @@ impl ListenerKind for TcpEcho {
     const CONFIG_KEYS: &'static [&'static str] =
         &["listen", "prefix", "max_connections", "idle_timeout"];
 
+    fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String> {
+        let proto::TcpEchoSpec {
+            listen,
+            prefix,
+            max_connections,
+            idle_timeout,
+        } = spec;
+        t.string("listen", listen);
+        t.string("prefix", prefix);
+        t.u64("max_connections", (*max_connections).into())?;
+        t.duration("idle_timeout", idle_timeout)?;
+        Ok(())
+    }
+
     fn spec_listen(spec: &Self::Spec) -> Option<&str> {
         Some(&spec.listen)
     }

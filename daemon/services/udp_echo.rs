@@ -258,6 +258,22 @@ impl ListenerKind for UdpEcho {
         "max_sources",
     ];
 
+    fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String> {
+        let proto::UdpEchoSpec {
+            listen,
+            prefix,
+            allow_privileged_sources,
+            rate_limit,
+            max_sources,
+        } = spec;
+        t.string("listen", listen);
+        t.string("prefix", prefix);
+        t.bool("allow_privileged_sources", *allow_privileged_sources);
+        t.string("rate_limit", rate_limit);
+        t.u64("max_sources", (*max_sources).into())?;
+        Ok(())
+    }
+
     fn spec_listen(spec: &Self::Spec) -> Option<&str> {
         Some(&spec.listen)
     }

@@ -610,6 +610,40 @@ impl ListenerKind for Http {
         "max_header_bytes",
     ];
 
+    fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String> {
+        let proto::HttpSpec {
+            listen,
+            max_body_bytes,
+            header_read_timeout,
+            request_timeout,
+            max_connections,
+            token,
+            rate_limit,
+            body_budget_bytes,
+            max_streams,
+            max_header_bytes,
+            idle_timeout,
+            rate_limit_ipv6_prefix,
+        } = spec;
+        t.string("listen", listen);
+        t.u64("max_body_bytes", *max_body_bytes)?;
+        t.duration("header_read_timeout", header_read_timeout)?;
+        t.duration("request_timeout", request_timeout)?;
+        t.u64("max_connections", (*max_connections).into())?;
+        // Never the secret: netd reports the placeholder anyway, and an
+        // export is a file people copy around.
+        if !token.is_empty() {
+            t.line("token", REDACTED.into());
+        }
+        t.string("rate_limit", rate_limit);
+        t.u64("body_budget_bytes", *body_budget_bytes)?;
+        t.u64("max_streams", (*max_streams).into())?;
+        t.u64("max_header_bytes", (*max_header_bytes).into())?;
+        t.duration("idle_timeout", idle_timeout)?;
+        t.u64("rate_limit_ipv6_prefix", (*rate_limit_ipv6_prefix).into())?;
+        Ok(())
+    }
+
     fn spec_listen(spec: &Self::Spec) -> Option<&str> {
         Some(&spec.listen)
     }

@@ -481,6 +481,34 @@ impl ListenerKind for Proxy {
         "resolve_interval",
     ];
 
+    fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String> {
+        let proto::ProxySpec {
+            listen,
+            upstreams,
+            preconnect,
+            connect_timeout,
+            idle_timeout,
+            max_connections,
+            upstream_backoff,
+            resolve_interval,
+        } = spec;
+        t.string("listen", listen);
+        if !upstreams.is_empty() {
+            let list = upstreams
+                .iter()
+                .map(|u| toml::Value::String(u.clone()))
+                .collect();
+            t.line("upstreams", toml::Value::Array(list));
+        }
+        t.u64("preconnect", (*preconnect).into())?;
+        t.duration("connect_timeout", connect_timeout)?;
+        t.duration("idle_timeout", idle_timeout)?;
+        t.u64("max_connections", (*max_connections).into())?;
+        t.duration("upstream_backoff", upstream_backoff)?;
+        t.duration("resolve_interval", resolve_interval)?;
+        Ok(())
+    }
+
     fn spec_listen(spec: &Self::Spec) -> Option<&str> {
         Some(&spec.listen)
     }

@@ -457,6 +457,30 @@ impl ListenerKind for Sniffer {
         "syn_rate",
     ];
 
+    fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String> {
+        let proto::SnifferSpec {
+            interface,
+            filter,
+            pcap_path,
+            pcap_max_bytes,
+            pcap_max_files,
+            max_flows,
+            port_scan_ports,
+            port_scan_window,
+            syn_rate,
+        } = spec;
+        t.string("interface", interface);
+        t.string("filter", filter);
+        t.string("pcap_path", pcap_path);
+        t.u64("pcap_max_bytes", *pcap_max_bytes)?;
+        t.u64("pcap_max_files", (*pcap_max_files).into())?;
+        t.u64("max_flows", (*max_flows).into())?;
+        t.u64("port_scan_ports", (*port_scan_ports).into())?;
+        t.duration("port_scan_window", port_scan_window)?;
+        t.u64("syn_rate", (*syn_rate).into())?;
+        Ok(())
+    }
+
     fn spec_listen(_spec: &Self::Spec) -> Option<&str> {
         None
     }
