@@ -31,17 +31,6 @@ pub enum Transport {
     Packet,
 }
 
-impl Transport {
-    /// "TCP"/"UDP" for messages about clashing ports.
-    pub fn label(self) -> &'static str {
-        match self {
-            Transport::Tcp => "TCP",
-            Transport::Udp => "UDP",
-            Transport::Packet => "packet",
-        }
-    }
-}
-
 /// What a kind's `bind` gives its `run`, and how it is kept in a [`Bound`]
 /// while the supervisor holds it.
 pub trait KindSocket: Sized + Send + 'static {

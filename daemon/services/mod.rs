@@ -559,6 +559,72 @@ pub(crate) fn listen_field(field: &str, value: &str) -> Result<SocketAddr, SpecE
 mod tests {
     use super::*;
 
+    /// A minimal spec of every registered kind (the compiler asks for a new
+    /// kind here too).
+    fn minimal(kind: KindInfo) -> proto::ListenerSpec {
+        let listen = "127.0.0.1:0".to_string();
+        let kind = match kind.kind {
+            proto::ListenerKind::Unspecified => unreachable!("not a registered kind"),
+            proto::ListenerKind::TcpEcho => Kind::TcpEcho(proto::TcpEchoSpec {
+                listen,
+                ..Default::default()
+            }),
+            proto::ListenerKind::UdpEcho => Kind::UdpEcho(proto::UdpEchoSpec {
+                listen,
+                ..Default::default()
+            }),
+            proto::ListenerKind::Proxy => Kind::Proxy(proto::ProxySpec {
+                listen,
+                upstreams: vec!["127.0.0.1:9".into()],
+                ..Default::default()
+            }),
+            proto::ListenerKind::Http => Kind::Http(proto::HttpSpec {
+                listen,
+                token: "secret".into(),
+                ..Default::default()
+            }),
+            proto::ListenerKind::Sniffer => Kind::Sniffer(proto::SnifferSpec {
+                interface: "lo".into(),
+                ..Default::default()
+            }),
+        };
+        proto::ListenerSpec { kind: Some(kind) }
+    }
+
+    /// The effective spec fills every default: it is itself a valid spec,
+    /// its own effective spec, and differs from the minimal one exactly in
+    /// the fields left unset (and a redacted secret).
+    #[test]
+    fn effective_specs_are_complete_valid_and_stable() {
+        let settings = Settings::default();
+        for k in KINDS {
+            let spec = minimal(*k);
+            let service = Service::from_spec(&spec, &settings).expect(k.slug);
+            assert_eq!(service.kind(), k.kind);
+            let shown = service.shown_spec(spec.clone());
+            let effective = service.effective_spec(&shown);
+            assert_eq!(Service::spec_kind(&effective), k.kind);
+            let valid = Service::keep_secrets(effective.clone(), &spec);
+            let again = Service::from_spec(&valid, &settings)
+                .unwrap_or_else(|e| panic!("{}: the effective spec is refused: {e}", k.slug));
+            assert_eq!(again.effective_spec(&effective), effective, "{}", k.slug);
+            assert!(
+                !crate::spec_diff::changed_fields(&shown, &effective).is_empty(),
+                "{}: no default filled in",
+                k.slug
+            );
+        }
+        // The secret never shows.
+        let http = minimal(kind_by_slug("http").unwrap());
+        let service = Service::from_spec(&http, &settings).unwrap();
+        let effective = service.effective_spec(&service.shown_spec(http));
+        let Some(Kind::Http(h)) = effective.kind else {
+            panic!("not http")
+        };
+        assert_eq!(h.token, http::REDACTED);
+        assert_eq!(h.max_connections, DEFAULT_MAX_CONNECTIONS as u32);
+    }
+
     #[test]
     fn durations_beyond_their_range_are_refused() {
         let huge = Some(prost_types::Duration {
