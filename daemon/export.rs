@@ -4,7 +4,7 @@
 //! What it writes, [`crate::config::parse_listeners`] reads back to the
 //! same names, specs and labels (round trip tested below, for every field
 //! of every kind), with one deliberate exception: an HTTP token is written
-//! as the placeholder [`REDACTED`], never as the secret; netd reads the
+//! as the placeholder [`crate::services::http::REDACTED`], never as the secret; netd reads the
 //! placeholder in an apply as "keep the current token", and a boot config
 //! refuses it.
 //!

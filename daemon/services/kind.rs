@@ -1,6 +1,6 @@
 //! What a listener kind is: the [`ListenerKind`] trait every hosted service
-//! implements, in its own module, and registers with one line in
-//! [`super::registry`].
+//! implements, in its own module, and registers with one line in the
+//! `kinds!` list of [`super`].
 //!
 //! The trait carries everything the rest of netd asks of a kind: its names
 //! (the slug used in configs, on the command line and in JSON; the proto

@@ -1,8 +1,9 @@
 //! The hosted services and the interface the supervisor drives them through.
 //!
 //! Each kind of listener is one module implementing [`ListenerKind`]
-//! (see [`kind`]) and one line in [`registry!`] below; everything else
-//! here is generic. A service is built from a validated spec
+//! (see [`kind`]) and one line in the `kinds!` list below; everything
+//! else here is generic (the `registry!` macro turns the list into
+//! [`Service`] and exhaustive matches over `listener_spec::Kind`). A service is built from a validated spec
 //! ([`Service::from_spec`]), binds its socket before StartListener returns
 //! ([`Service::bind`], so it can report a port in use; both may block, so
 //! the supervisor calls them on tokio's blocking pool), then runs until its
