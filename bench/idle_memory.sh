@@ -15,8 +15,9 @@
 #
 # BATCH=100 opens the connections 100 at a time instead, so many exchanges
 # are in flight together: what that adds over one-by-one is memory freed
-# during the burst but kept by the allocator (glibc arenas), not a cost
-# each idle connection holds.
+# during the burst but kept resident by the allocator (before netd mapped
+# its 64 KiB proxy buffers with mmap, 0.5-1.5 KB per pair), not a cost each
+# idle connection holds.
 #
 #   bench/idle_memory.sh        # N=1000 ROUNDS=5 SIZES="1 12288" BATCH=1 by default
 set -euo pipefail
