@@ -15,8 +15,9 @@
 #
 # BATCH=100 opens the connections 100 at a time instead, so many exchanges
 # are in flight together: what that adds over one-by-one is memory freed
-# during the burst but kept by the allocator (glibc arenas), not a cost
-# each idle connection holds.
+# during the burst but kept resident by the allocator (before netd mapped
+# its 64 KiB proxy buffers with mmap, 0.5-1.5 KB per pair), not a cost each
+# idle connection holds.
 #
 #   bench/idle_memory.sh        # N=1000 ROUNDS=5 SIZES="1 12288" BATCH=1 by default
 set -euo pipefail
@@ -107,6 +108,15 @@ measure() { # pid port msg
   echo $(( (after - before) * 1024 / N ))
 }
 
+# A daemon started in $(...) is no child of this shell, so `wait` cannot
+# see it: poll until it is gone. An old netd still exiting would otherwise
+# remove the control socket of the next one, started under the same name.
+stop() { # pid
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 200); do [ -e "/proc/$1" ] || return 0; sleep 0.05; done
+  echo "process $1 did not exit" >&2; exit 1
+}
+
 start_netd() { # name -> pid; control socket at $work/name.sock
   rm -f "$work/$1.sock"
   NETD_CONTROL="unix:$work/$1.sock" "$NETD" --config "$work/quiet.toml" >/dev/null 2>&1 &
@@ -125,12 +135,12 @@ for size in $SIZES; do
     pid=$(start_netd echo); wait_sock "$work/echo.sock"; port=$(free_port)
     "$NETCTL" --control "unix:$work/echo.sock" start tcp-echo e --listen "127.0.0.1:$port" --max-connections 100000 >/dev/null
     res[echo,$size]+="$(measure "$pid" "$port" "$size") "
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    stop "$pid"
     # netd proxy
     pid=$(start_netd px); wait_sock "$work/px.sock"; port=$(free_port)
     "$NETCTL" --control "unix:$work/px.sock" start proxy p --listen "127.0.0.1:$port" --upstream "127.0.0.1:$UP" --max-connections 100000 >/dev/null
     res[proxy,$size]+="$(measure "$pid" "$port" "$size") "
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    stop "$pid"
     # HAProxy, configured as in bench/proxy_bench.sh
     port=$(free_port)
     cat > "$work/haproxy.cfg" <<CFG

@@ -232,8 +232,7 @@ struct RawApplyFile {
 /// It runs the same spec validation as the config, which may block for a
 /// moment (an upstream host name is resolved, interfaces are listed).
 pub fn parse_listeners(text: &str, source: &str) -> Result<Vec<BootListener>, ConfigError> {
-    let raw: RawApplyFile = toml::from_str(text)
-        .map_err(|e| ConfigError(format!("{source}: {}", e.to_string().trim_end())))?;
+    let raw: RawApplyFile = toml::from_str(text).map_err(|e| toml_error(text, source, e))?;
     if raw.listeners.len() > MAX_LISTENERS_LIMIT as usize {
         return Err(ConfigError(format!(
             "{source}: {} listeners are defined; no netd takes more than {MAX_LISTENERS_LIMIT}",
@@ -317,8 +316,7 @@ impl Config {
 
     /// Parse and validate `text`; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigError(format!("{source}: {}", e.to_string().trim_end())))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, source, e))?;
         let at = |span: std::ops::Range<usize>| format!("{source}:{}", line_of(text, span.start));
 
         let control = match &raw.control {
@@ -852,6 +850,24 @@ impl Config {
     }
 }
 
+/// A TOML syntax or type error as one line, `file:line:column: what`,
+/// like every other config error (toml's own text spans several lines
+/// with a source excerpt).
+fn toml_error(text: &str, source: &str, e: toml::de::Error) -> ConfigError {
+    let what = e.message().trim_end().replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let line = line_of(text, span.start);
+            let line_start = text[..span.start.min(text.len())]
+                .rfind('\n')
+                .map_or(0, |i| i + 1);
+            let column = text[line_start..span.start.min(text.len())].chars().count() + 1;
+            ConfigError(format!("{source}:{line}:{column}: {what}"))
+        }
+        None => ConfigError(format!("{source}: {what}")),
+    }
+}
+
 /// Longest `shutdown_grace` the config accepts.
 pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
 
@@ -1176,6 +1192,19 @@ mod tests {
     }
 
     #[test]
+    fn toml_syntax_errors_are_one_line_with_line_and_column() {
+        let e = Config::parse("[[listener]]\nname = \"a\"\nkind = \"tcp-echo\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("x.toml:3:"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let e = parse_listeners("[[listener]]\nname = 5\n", "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("a.toml:2:"), "{e}");
+    }
+
+    #[test]
     fn errors_name_file_and_line() {
         let text =
             "[[listener]]\nname = \"a\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:99999\"\n";
@@ -1184,11 +1213,11 @@ mod tests {
 
         let text = "[[listener]]\nname = \"a\"\nkind = \"tcp-echoo\"\nlisten = \"127.0.0.1:1\"\n";
         let e = Config::parse(text, "x.toml").unwrap_err().to_string();
-        assert!(e.contains("line 3") && e.contains("tcp-echo"), "{e}");
+        assert!(e.starts_with("x.toml:3:") && e.contains("tcp-echo"), "{e}");
 
         let text = "shutdown_grace = \"5s\"\nbogus = 1\n";
         let e = Config::parse(text, "x.toml").unwrap_err().to_string();
-        assert!(e.contains("line 2") && e.contains("bogus"), "{e}");
+        assert!(e.starts_with("x.toml:2:") && e.contains("bogus"), "{e}");
 
         let text = "capture_dir = \"/c\"\n[[listener]]\nname = \"s\"\nkind = \"sniffer\"\ninterface = \"lo\"\npcap_path = \"../x.pcap\"\n";
         let e = Config::parse(text, "x.toml").unwrap_err().to_string();

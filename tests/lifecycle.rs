@@ -35,9 +35,9 @@ fn config_errors_name_file_line_and_problem() {
         ),
         (
             "[[listener]]\nname = \"a\"\nkind = \"tcp_echo\"\nlisten = \"127.0.0.1:0\"\n",
-            "line 3",
+            "bad.toml:3:8: unknown variant `tcp_echo`",
         ),
-        ("shutdown_grace = \"soon\"\n", "line 1"),
+        ("shutdown_grace = \"soon\"\n", "bad.toml:1:"),
         (
             "[log]\nlevel = \"info\"\ncolour = \"red\"\n",
             "unknown field `colour`",
@@ -46,7 +46,7 @@ fn config_errors_name_file_line_and_problem() {
             "[[listener]]\nname = \"a\"\nkind = \"udp-echo\"\nlisten = \"127.0.0.1:0\"\nmax_connections = 3\n",
             "bad.toml:5: max_connections does not apply",
         ),
-        ("this is not toml", "line 1"),
+        ("this is not toml", "bad.toml:1:"),
     ];
     for (config, want) in cases {
         let out = netd_with_config(config);
@@ -56,6 +56,8 @@ fn config_errors_name_file_line_and_problem() {
             err.starts_with("netd: ") && err.contains("bad.toml") && err.contains(want),
             "for\n{config}\ngot: {err}"
         );
+        // One line, like every config error.
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
 
     let out = Command::new(NETD)

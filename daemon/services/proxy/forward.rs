@@ -2,7 +2,8 @@
 //! (so neither direction can block the other), bulk transfers switched to
 //! splice(2), EOF passed on as a half-close, an error on one side reported
 //! so the caller can reset the other, one idle timer for both directions,
-//! and read buffers borrowed only while data flows.
+//! and read buffers borrowed only while data flows (a few freed ones kept
+//! per thread).
 
 use std::future::Future as _;
 use std::io;
@@ -20,8 +21,46 @@ use crate::net::idle::idle_expired;
 use crate::net::splice::{PIPE_SIZE, Pipe, splice};
 use crate::stats::Stats;
 
-/// Read buffer per direction, borrowed only while data flows.
-const BUF_SIZE: usize = 64 * 1024;
+/// Read buffer per direction, borrowed only while data flows. netd's
+/// `main` makes blocks this large come from mmap (see `tune_allocator`
+/// there), so buffers beyond the free list go back to the kernel when
+/// dropped instead of staying resident in the heap after a burst.
+pub const BUF_SIZE: usize = 64 * 1024;
+/// Freed buffers kept per thread for the next exchange, so a steady stream
+/// of connections maps none; at most 256 KiB per thread, less in practice
+/// (a buffer is resident only as far as reads have filled it).
+const FREE_PER_THREAD: usize = 4;
+
+thread_local! {
+    static FREE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A forwarding buffer from this thread's free list, or a new one; on drop
+/// it goes back to the list of the thread dropping it, or to the allocator
+/// when the list is full.
+struct CopyBuf(Vec<u8>);
+
+impl CopyBuf {
+    fn take() -> Self {
+        let reused = FREE.with(|f| f.borrow_mut().pop());
+        // Uninitialised capacity: no memset per burst.
+        CopyBuf(reused.unwrap_or_else(|| Vec::with_capacity(BUF_SIZE)))
+    }
+}
+
+impl Drop for CopyBuf {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.0);
+        buf.clear();
+        // try_with: during thread teardown the list may be gone already.
+        let _ = FREE.try_with(|f| {
+            let mut f = f.borrow_mut();
+            if f.len() < FREE_PER_THREAD {
+                f.push(buf);
+            }
+        });
+    }
+}
 
 /// How a proxied connection ended, for the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,14 +185,14 @@ async fn copy(
                 }
             }
         }
-        // Uninitialised capacity: no memset per burst.
-        let mut buf: Vec<u8> = Vec::with_capacity(BUF_SIZE);
+        let mut held = CopyBuf::take();
+        let buf = &mut held.0;
         loop {
             buf.clear();
             // AsyncRead rather than try_read: on a short read tokio marks
             // the socket drained, which saves the recv that would only
             // have returned EAGAIN (one per direction per exchange).
-            let n = match r.read_buf(&mut buf).await {
+            let n = match r.read_buf(buf).await {
                 Ok(0) => {
                     pass_on_eof(&mut w, activity).await;
                     return Ok(());

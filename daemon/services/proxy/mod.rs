@@ -14,7 +14,9 @@
 //!   the other. EOF on one side becomes a half-close (shutdown of the write
 //!   side) on the other; a reset or error on one side becomes a reset
 //!   (SO_LINGER 0) on the other. Read buffers (64 KiB) are borrowed only
-//!   while data flows, so an idle connection holds no buffer.
+//!   while data flows, so an idle connection holds no buffer; a few freed
+//!   ones are kept per thread, the rest are unmapped on drop (see
+//!   [`BUF_SIZE`]), so a burst of exchanges leaves no buffer memory behind.
 //! - An upstream that is the proxy's own listening address (the same
 //!   address and port, or a local address on the listening port of a
 //!   wildcard listener) is refused at start: each client would be joined to
@@ -53,6 +55,7 @@ use crate::net::drain::Drain;
 use crate::net::sockopt::abort;
 use crate::proto;
 use crate::stats::Stats;
+pub use forward::BUF_SIZE;
 use forward::{End, forward};
 use pool::{TakeConnection, TcpPool};
 use resolve::{Keeper, Resolver, UpstreamAddr};
