@@ -1102,6 +1102,43 @@ fn line_of(text: &str, pos: usize) -> usize {
 mod tests {
     use super::*;
 
+    /// Every key a kind declares ([`crate::services::ListenerKind::CONFIG_KEYS`])
+    /// is one this parser reads: given a value of the wrong type, the
+    /// error is about the type, never an unknown field. And every key the
+    /// parser reads is declared by some kind.
+    #[test]
+    fn kinds_declare_only_keys_the_parser_reads_and_all_of_them() {
+        for k in crate::services::KINDS {
+            for key in k.config_keys {
+                let text = format!(
+                    "[[listener]]\nname = \"x\"\nkind = \"{}\"\n{key} = {{ wrong = 1 }}\n",
+                    k.slug
+                );
+                let e = Config::parse(&text, "k.toml").unwrap_err().to_string();
+                assert!(
+                    e.contains("invalid type") && !e.contains("unknown field"),
+                    "{} declares {key}: {e}",
+                    k.slug
+                );
+            }
+        }
+        let declared: std::collections::BTreeSet<&str> = crate::services::KINDS
+            .iter()
+            .flat_map(|k| k.config_keys.iter().copied())
+            .collect();
+        let text = "[[listener]]\nname = \"x\"\nkind = \"tcp-echo\"\nnot_a_key = 1\n";
+        let e = Config::parse(text, "k.toml").unwrap_err().to_string();
+        let expected = e
+            .split("expected one of")
+            .nth(1)
+            .unwrap_or_else(|| panic!("serde lists the keys: {e}"));
+        for key in expected.split(',').map(|k| k.trim().trim_matches('`')) {
+            if !["name", "kind", "labels", ""].contains(&key) {
+                assert!(declared.contains(key), "no kind declares {key}");
+            }
+        }
+    }
+
     #[test]
     fn embedded_default_is_the_demo() {
         let c = Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME).unwrap();
