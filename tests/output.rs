@@ -118,3 +118,64 @@ async fn table_output_escapes_control_characters_from_the_daemon() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("netctl: cannot start 'e2': "), "{err}");
 }
+
+/// netd reports the spec in effect (`effective_spec`: defaults filled in,
+/// the token redacted) next to the spec as requested, and netctl prints
+/// the former without knowing any default itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_prints_the_effective_spec_netd_reports() {
+    let netd = Netd::start("");
+    let mut c = netd.client().await;
+    let start = |name: &str, kind: Kind| proto::StartListenerRequest {
+        name: name.into(),
+        spec: Some(proto::ListenerSpec { kind: Some(kind) }),
+        labels: HashMap::new(),
+        ephemeral: true,
+    };
+    let echo = Kind::TcpEcho(proto::TcpEchoSpec {
+        listen: "127.0.0.1:0".into(),
+        ..Default::default()
+    });
+    let l = c
+        .start_listener(start("plain", echo))
+        .await
+        .expect("start")
+        .into_inner()
+        .listener
+        .expect("listener");
+    let Some(Kind::TcpEcho(asked)) = l.spec.and_then(|s| s.kind) else {
+        panic!("spec is not a tcp-echo")
+    };
+    assert_eq!((asked.max_connections, asked.idle_timeout), (0, None));
+    let Some(Kind::TcpEcho(effective)) = l.effective_spec.and_then(|s| s.kind) else {
+        panic!("no effective tcp-echo spec")
+    };
+    assert_eq!(effective.max_connections, 1024);
+    assert_eq!(effective.idle_timeout.map(|d| d.seconds), Some(300));
+    let spec = &netd.netctl_json(&["status", "plain"])["spec"];
+    assert_eq!(spec["max_connections"], 1024);
+    assert_eq!(spec["idle_timeout"], "5m");
+
+    let http = Kind::Http(proto::HttpSpec {
+        listen: "127.0.0.1:0".into(),
+        token: "s3cret".into(),
+        ..Default::default()
+    });
+    let l = c
+        .start_listener(start("guarded", http))
+        .await
+        .expect("start")
+        .into_inner()
+        .listener
+        .expect("listener");
+    let Some(Kind::Http(effective)) = l.effective_spec.and_then(|s| s.kind) else {
+        panic!("no effective http spec")
+    };
+    assert_eq!(effective.token, "<redacted>");
+    assert_eq!(effective.rate_limit_ipv6_prefix, 64);
+    let shown = netd.netctl_ok(&["-o", "json", "list"]);
+    assert!(!shown.contains("s3cret"), "the token leaked: {shown}");
+    let spec = &netd.netctl_json(&["status", "guarded"])["spec"];
+    assert_eq!(spec["auth"], "bearer token");
+    assert_eq!(spec["max_streams"], 32);
+}
