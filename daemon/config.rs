@@ -784,15 +784,11 @@ impl Config {
             let spec = proto::ListenerSpec { kind: Some(kind) };
             // An apply file is read by netctl, whose capture_dir is not
             // netd's: where a pcap file may go is checked by netd.
-            let checked = match (&spec.kind, entries) {
-                (Some(Kind::Sniffer(s)), Entries::ApplyFile) if !s.pcap_path.is_empty() => {
-                    let mut s = s.clone();
-                    s.pcap_path.clear();
-                    std::borrow::Cow::Owned(proto::ListenerSpec {
-                        kind: Some(Kind::Sniffer(s)),
-                    })
+            let checked = match entries {
+                Entries::ApplyFile => {
+                    std::borrow::Cow::Owned(Service::clear_netd_paths(spec.clone()))
                 }
-                _ => std::borrow::Cow::Borrowed(&spec),
+                Entries::BootConfig => std::borrow::Cow::Borrowed(&spec),
             };
             if let Err(e) = Service::from_spec(&checked, settings) {
                 // Point at the listen line for address problems.

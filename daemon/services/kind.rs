@@ -127,6 +127,11 @@ pub trait ListenerKind: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// `current`. Default: the kind has no secrets.
     fn keep_secrets(_new: &mut Self::Spec, _current: &Self::Spec) {}
 
+    /// Clear what only netd can check (a path it resolves against its own
+    /// settings), for a spec validated outside netd: an apply file read by
+    /// netctl. Default: nothing.
+    fn clear_netd_paths(_spec: &mut Self::Spec) {}
+
     /// The one form netd stores and compares a spec in (see the
     /// supervisor's `normalize`). Default: as given.
     fn normalize(_spec: &mut Self::Spec, _settings: &Settings) {}

@@ -127,6 +127,12 @@ macro_rules! registry {
             }
         }
 
+        fn clear_netd_paths_kind(kind: &mut Kind) {
+            match kind {
+                $(Kind::$arm(s) => <$ty>::clear_netd_paths(s),)+
+            }
+        }
+
         fn normalize_kind(kind: &mut Kind, settings: &Settings) {
             match kind {
                 $(Kind::$arm(s) => <$ty>::normalize(s, settings),)+
@@ -317,6 +323,15 @@ impl Service {
     ) -> proto::ListenerSpec {
         if let (Some(n), Some(c)) = (&mut spec.kind, &current.kind) {
             keep_secrets_kind(n, c);
+        }
+        spec
+    }
+
+    /// The spec without what only netd can check (see
+    /// [`ListenerKind::clear_netd_paths`]).
+    pub fn clear_netd_paths(mut spec: proto::ListenerSpec) -> proto::ListenerSpec {
+        if let Some(k) = &mut spec.kind {
+            clear_netd_paths_kind(k);
         }
         spec
     }

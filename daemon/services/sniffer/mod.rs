@@ -540,6 +540,11 @@ impl ListenerKind for Sniffer {
         }
     }
 
+    /// Where a pcap file may go is netd's capture_dir, not the caller's.
+    fn clear_netd_paths(spec: &mut Self::Spec) {
+        spec.pcap_path.clear();
+    }
+
     /// The same pcap file: the old capture must close it first.
     fn needs_old_closed(old: &Self::Spec, new: &Self::Spec) -> bool {
         !old.pcap_path.is_empty() && old.pcap_path == new.pcap_path
