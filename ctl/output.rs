@@ -501,7 +501,8 @@ pub fn status_block(l: &proto::Listener) {
         if p.resolve_failures > 0 {
             outln!(
                 "{:<12} {} failed (last good addresses kept)",
-                "lookups:", p.resolve_failures
+                "lookups:",
+                p.resolve_failures
             );
         }
         outln!("upstreams:");
