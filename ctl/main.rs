@@ -9,6 +9,7 @@
 mod cmd;
 mod dial;
 mod escape;
+mod fleet;
 mod output;
 mod probe;
 mod render;
@@ -40,8 +41,13 @@ use netd::addr::{CONTROL_ENV, ControlAddr};
 #[command(name = "netctl", version, propagate_version = true)]
 struct Cli {
     /// Control plane address: unix:/path/to/sock or host:port.
-    #[arg(long, global = true, env = CONTROL_ENV, value_name = "ADDR")]
-    control: Option<ControlAddr>,
+    ///
+    /// Repeat it (or give NETD_CONTROL a comma-separated list) to ask
+    /// several daemons at once: list, stats and events then merge their
+    /// answers under a HOST column, and a daemon that cannot be reached is
+    /// a row saying so (exit 3 only when none can be reached).
+    #[arg(long, global = true, env = CONTROL_ENV, value_name = "ADDR", value_delimiter = ',')]
+    control: Vec<ControlAddr>,
 
     /// CA certificate (PEM) that signed netd's TLS certificate; turns on
     /// TLS for a TCP --control.
@@ -198,6 +204,9 @@ enum Command {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let dial = Dial::from_cli(&cli).map_err(render::usage)?;
+    if cli.control.len() > 1 {
+        return fleet::run(cli, &dial).await;
+    }
     let result = run_command(cli, &dial).await;
     let Err(e) = result else { return Ok(()) };
     // A call over TLS that died without a reason: ask the TLS layer why

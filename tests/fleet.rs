@@ -23,7 +23,7 @@ use std::net::{Ipv4Addr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, NetNs, Netd, wait_until};
+use common::{DEADLINE, NETCTL, NetNs, Netd, bound_addr, wait_until};
 use serde_json::Value;
 
 const RULES: &str = concat!(
@@ -348,4 +348,240 @@ fn prometheus_scrapes_the_fleet_totals_and_fires_daemon_down() {
     wait_for_value(&prom, &prom_ns, "job:netd_daemons_up:sum", 2.0);
     // Dropped in reverse order: Prometheus, then each daemon before its
     // namespace.
+}
+
+/// `netctl --control A --control B ... ARGS`: exit code, stdout, stderr.
+fn fleet_netctl(controls: &[String], args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(NETCTL);
+    for c in controls {
+        cmd.arg("--control").arg(c);
+    }
+    let out = cmd
+        .args(args)
+        .env_remove("NETD_CONTROL")
+        .output()
+        .expect("run netctl");
+    (
+        out.status.code().expect("exit code"),
+        String::from_utf8(out.stdout).expect("utf8"),
+        String::from_utf8(out.stderr).expect("utf8"),
+    )
+}
+
+/// A daemon on a Unix socket with one tcp-echo `echo` that has served `n`
+/// connections.
+fn daemon_with_traffic(n: usize) -> Netd {
+    let netd = Netd::start(
+        "[[listener]]\nname = \"echo\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let addr = bound_addr(&netd, "echo");
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).expect("connect echo");
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s.write_all(b"hi").unwrap();
+        let mut back = [0u8; 2];
+        s.read_exact(&mut back).expect("echo");
+    }
+    wait_until("connections counted", || {
+        netd.netctl_json(&["status", "echo"])["stats"]["connections_total"] == n as u64
+    });
+    netd
+}
+
+#[test]
+fn netctl_merges_list_and_stats_of_several_daemons_and_shows_one_down() {
+    let mut daemons: Vec<Netd> = (1..=3).map(daemon_with_traffic).collect();
+    let controls: Vec<String> = daemons.iter().map(|d| d.control.to_string()).collect();
+
+    // JSON: every listener tagged with its daemon.
+    let (code, out, err) = fleet_netctl(&controls, &["-o", "json", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("list JSON");
+    let got: Vec<(String, u64)> = v["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            assert_eq!(l["name"], "echo");
+            (
+                l["host"].as_str().unwrap().to_string(),
+                l["stats"]["connections_total"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, u64)> = controls.iter().cloned().zip(1..=3).collect();
+    assert_eq!(got, want);
+    assert!(
+        v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["reachable"] == true),
+        "{v}"
+    );
+
+    // The same through NETD_CONTROL as a comma-separated list, as a table.
+    let out = Command::new(NETCTL)
+        .arg("list")
+        .env("NETD_CONTROL", controls.join(","))
+        .output()
+        .expect("run netctl");
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("HOST "), "{table}");
+    assert!(lines[0].contains(" NAME "), "{table}");
+    assert_eq!(lines.len(), 4, "{table}");
+    for (line, (host, n)) in lines[1..].iter().zip(&want) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[0], host, "{table}");
+        assert_eq!(cells[1], "echo", "{table}");
+        assert!(line.contains(&format!("0 active, {n} total")), "{table}");
+    }
+
+    // One daemon stops: its row says so, the others are still there, and
+    // the exit code is 0; the reason is on stderr.
+    daemons[1].signal(libc::SIGTERM);
+    assert!(daemons[1].wait_exit().success());
+    let (code, table, err) = fleet_netctl(&controls, &["list"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    let down: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(down[0], controls[1], "{table}");
+    assert_eq!(down[3], "unreachable", "{table}");
+    assert!(lines[1].starts_with(&controls[0]) && lines[3].starts_with(&controls[2]));
+    assert!(err.contains(&controls[1]), "{err}");
+
+    // stats: JSON lines, one per daemon, in order.
+    let (code, out, err) = fleet_netctl(&controls, &["-o", "json", "stats"]);
+    assert_eq!(code, 0, "{err}");
+    let samples: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(samples.len(), 3, "{out}");
+    assert_eq!(samples[0]["listeners"][0]["totals"]["connections_total"], 1);
+    assert_eq!(samples[1]["host"], controls[1].as_str());
+    assert_eq!(samples[1]["unreachable"], true, "{out}");
+    assert_eq!(samples[2]["listeners"][0]["totals"]["connections_total"], 3);
+
+    // stats --watch -n 2: two samples from each daemon up, one line for
+    // the one down, then exit 0.
+    let (code, out, err) = fleet_netctl(
+        &controls,
+        &["stats", "--watch", "-n", "2", "--interval", "100ms"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').collect())
+        .collect();
+    for (i, host) in controls.iter().enumerate() {
+        let mine: Vec<&Vec<&str>> = rows.iter().filter(|r| r[1] == host).collect();
+        if i == 1 {
+            assert_eq!(mine.len(), 1, "{out}");
+            assert_eq!(mine[0][4], "unreachable", "{out}");
+        } else {
+            assert_eq!(mine.len(), 2, "{out}");
+            assert!(
+                mine.iter()
+                    .all(|r| r[2] == "echo" && r[6] == (i + 1).to_string()),
+                "{out}"
+            );
+        }
+    }
+
+    // Nobody home: exit 3.
+    for i in [0, 2] {
+        let d = &mut daemons[i];
+        d.signal(libc::SIGTERM);
+        assert!(d.wait_exit().success());
+    }
+    let (code, table, err) = fleet_netctl(&controls, &["list"]);
+    assert_eq!(code, 3, "{table}{err}");
+    assert_eq!(table.matches("unreachable").count(), 3, "{table}");
+    assert!(
+        err.contains("none of the 3 daemons could be reached"),
+        "{err}"
+    );
+
+    // Commands about one listener take one daemon.
+    let (code, _, err) = fleet_netctl(&controls, &["status", "echo"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn netctl_events_merges_the_streams_of_several_daemons() {
+    let mut daemons: Vec<Netd> = (0..2).map(|_| Netd::start("")).collect();
+    let controls: Vec<String> = daemons.iter().map(|d| d.control.to_string()).collect();
+    let mut cmd = Command::new(NETCTL);
+    for c in &controls {
+        cmd.arg("--control").arg(c);
+    }
+    let mut child = cmd
+        .arg("events")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn netctl events");
+    struct KillOnDrop(Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let _child = KillOnDrop(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.expect("read netctl")).is_err() {
+                return;
+            }
+        }
+    });
+    let next_line = |what: &str| -> String {
+        rx.recv_timeout(DEADLINE)
+            .unwrap_or_else(|e| panic!("no line from netctl events for {what}: {e}"))
+    };
+
+    // netctl has subscribed once a start shows up: start listeners (one
+    // per second at most) until one does, on each daemon.
+    for (i, d) in daemons.iter().enumerate() {
+        let deadline = Instant::now() + DEADLINE;
+        let line = (0..).find_map(|k| {
+            assert!(Instant::now() < deadline, "no event from daemon {i}");
+            let name = format!("l{i}x{k}");
+            d.netctl_ok(&["start", "tcp-echo", &name, "--listen", "127.0.0.1:0"]);
+            rx.recv_timeout(Duration::from_secs(1)).ok()
+        });
+        let line = line.unwrap();
+        assert!(line.starts_with(&format!("{}  ", controls[i])), "{line}");
+        assert!(
+            line.contains("started") && line.contains(&format!("l{i}x")),
+            "{line}"
+        );
+    }
+
+    // One daemon goes away: a line says so, and the other still streams.
+    daemons[0].signal(libc::SIGTERM);
+    assert!(daemons[0].wait_exit().success());
+    let mut line = next_line("daemon 0 down");
+    while line.starts_with(&format!("{}  ", controls[0])) && line.contains("stopped") {
+        line = next_line("daemon 0 down");
+    }
+    assert!(line.starts_with(&format!("{}  ", controls[0])), "{line}");
+    assert!(
+        line.contains("unreachable") || line.contains("error"),
+        "{line}"
+    );
+    daemons[1].netctl_ok(&["start", "tcp-echo", "later", "--listen", "127.0.0.1:0"]);
+    let line = next_line("later");
+    assert!(line.starts_with(&format!("{}  ", controls[1])), "{line}");
+    assert!(line.contains("later"), "{line}");
 }
