@@ -18,6 +18,7 @@ pub mod events;
 pub mod export;
 #[cfg(test)]
 mod fuzz_support;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

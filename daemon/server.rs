@@ -79,6 +79,15 @@ pub async fn run(
         ),
     };
 
+    let health_socket = match config.health_listen {
+        None => None,
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind the health address {addr}"))?,
+        ),
+    };
+
     let supervisor = boot_listeners(&config).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -114,7 +123,7 @@ pub async fn run(
     let policy = Policy::new(cc.roles.clone(), socket_gid, tcp && cc.tls.is_none());
     let router = builder
         .layer(AuthLayer::new(policy))
-        .add_service(health_service)
+        .add_service(health_service.clone())
         .add_service(reflection)
         .add_service(
             ControlServer::new(ControlService::new(
@@ -143,6 +152,16 @@ pub async fn run(
             l,
             config.metrics_limits,
             supervisor.clone(),
+            stop_metrics.clone(),
+        ))
+    });
+    let health_task = health_socket.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "serving plaintext grpc.health.v1 (health only)");
+        }
+        tokio::spawn(crate::health::serve(
+            l,
+            health_service.clone(),
             stop_metrics.clone(),
         ))
     });
@@ -185,6 +204,9 @@ pub async fn run(
     stop_metrics.cancel();
     stop_trim.cancel();
     if let Some(t) = metrics_task {
+        let _ = tokio::time::timeout(CONTROL_DRAIN, t).await;
+    }
+    if let Some(t) = health_task {
         let _ = tokio::time::timeout(CONTROL_DRAIN, t).await;
     }
     match tokio::time::timeout(CONTROL_DRAIN, &mut server).await {
@@ -296,6 +318,7 @@ async fn reload(supervisor: &Supervisor, running: &Config, path: Option<&Path>) 
         for (what, changed) in [
             ("control", format!("{:?}", config.control.listen) != format!("{:?}", running.control.listen)),
             ("metrics", config.metrics_listen != running.metrics_listen),
+            ("health", config.health_listen != running.health_listen),
             ("log", config.log.level != running.log.level || config.log.format != running.log.format),
             ("max_listeners", config.max_listeners != running.max_listeners),
             ("capture_dir", config.capture_dir != running.capture_dir),

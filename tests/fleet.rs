@@ -585,3 +585,47 @@ fn netctl_events_merges_the_streams_of_several_daemons() {
     assert!(line.starts_with(&format!("{}  ", controls[1])), "{line}");
     assert!(line.contains("later"), "{line}");
 }
+
+/// What kubelet's gRPC probe sees: plaintext h2c, no client certificate,
+/// grpc.health.v1 answering for the server ("") and for netd.v1.Control,
+/// and no other service on that port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoint_serves_only_grpc_health_in_plaintext() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let port = common::free_tcp_port();
+    let netd = Netd::start(&format!("[health]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("plaintext connect to [health] listen");
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "netd.v1.Control"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("check {service:?}: {e}"))
+            .into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    // The control service is not on this port, whatever the caller.
+    let mut control = netd::proto::control_client::ControlClient::new(channel);
+    let e = control
+        .list_listeners(netd::proto::ListListenersRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unimplemented, "{e}");
+    assert!(netd.log().contains("serving plaintext grpc.health.v1"));
+}
