@@ -27,7 +27,8 @@ use netd::addr::{CONTROL_ENV, ControlAddr};
 /// Control netd: start and stop listeners, inspect them, probe services.
 ///
 /// Exit status: 0 success; 1 refused by netd (or a probe got no answer);
-/// 2 usage (bad flags or input); 3 netd unreachable.
+/// 2 usage (bad flags or input); 3 netd unreachable (with several
+/// --control: none of them reachable).
 ///
 /// netctl talks to the netd daemon over gRPC at --control. Without it,
 /// netctl uses unix:/run/netd/netd.sock when that socket exists (root and

@@ -629,3 +629,53 @@ async fn health_endpoint_serves_only_grpc_health_in_plaintext() {
     assert_eq!(e.code(), tonic::Code::Unimplemented, "{e}");
     assert!(netd.log().contains("serving plaintext grpc.health.v1"));
 }
+
+/// A stopping netd is not ready: from SIGTERM on, while open connections
+/// drain, the health port says NOT_SERVING for netd.v1.Control (what the
+/// DaemonSet's readiness probe asks), so the pod leaves its endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoint_reports_not_serving_while_draining() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let port = common::free_tcp_port();
+    let mut netd = Netd::start(&format!(
+        "shutdown_grace = \"30s\"\n[health]\nlisten = \"127.0.0.1:{port}\"\n\
+         [[listener]]\nname = \"echo\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:0\"\n"
+    ));
+    // An open connection keeps the drain going until it closes.
+    let mut held = TcpStream::connect(bound_addr(&netd, "echo")).unwrap();
+    held.write_all(b"x").unwrap();
+    let mut one = [0u8; 1];
+    held.set_read_timeout(Some(DEADLINE)).unwrap();
+    held.read_exact(&mut one).unwrap();
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let control = || HealthCheckRequest {
+        service: "netd.v1.Control".into(),
+    };
+    let status = health.check(control()).await.unwrap().into_inner().status();
+    assert_eq!(status, ServingStatus::Serving);
+
+    netd.signal(libc::SIGTERM);
+    common::wait_until_async("NOT_SERVING while draining", || {
+        let mut health = health.clone();
+        async move {
+            let r = health.check(control()).await.unwrap().into_inner();
+            r.status() == ServingStatus::NotServing
+        }
+    })
+    .await;
+    assert!(
+        netd.exited().is_none(),
+        "netd exited before the drain ended"
+    );
+    drop(held);
+    let exit = netd.wait_exit();
+    assert!(exit.success(), "{exit}; log:\n{}", netd.log());
+}
