@@ -272,9 +272,10 @@ fn prometheus_scrapes_the_fleet_totals_and_fires_daemon_down() {
 
     // Every daemon scraped, and nothing firing yet.
     wait_for_value(&prom, &prom_ns, "count(up{job=\"netd\"} == 1)", 3.0);
+    let firing = "ALERTS{alertname=\"NetdDaemonDown\",alertstate=\"firing\"}";
     assert!(
-        query(&prom_ns, "ALERTS{alertname=\"NetdDaemonDown\"}").is_empty(),
-        "daemon-down pending or firing with every daemon up"
+        query(&prom_ns, firing).is_empty(),
+        "daemon-down firing with every daemon up"
     );
 
     // Known traffic: daemon i gets 4 * (i + 1) round trips of 100 + i bytes.
@@ -327,7 +328,6 @@ fn prometheus_scrapes_the_fleet_totals_and_fires_daemon_down() {
     netd.signal(libc::SIGTERM);
     let exit = netd.wait_exit();
     assert!(exit.success(), "netd exit {exit}; log:\n{}", netd.log());
-    let firing = "ALERTS{alertname=\"NetdDaemonDown\",alertstate=\"firing\"}";
     let deadline = Instant::now() + DEADLINE;
     let alerts = loop {
         let alerts = query(&prom_ns, firing);
