@@ -91,11 +91,13 @@ fn failure_row(host: &str, word: &str, columns: usize) -> Vec<String> {
     row
 }
 
+/// A daemon without an answer, in JSON: `reachable` is false when netd
+/// could not be reached, true when it answered with an error.
 fn failure_json(host: &str, e: &anyhow::Error) -> Value {
     json!({
         "host": host,
+        "reachable": failure_word(e) != "unreachable",
         "error": format!("{e:#}"),
-        "unreachable": failure_word(e) == "unreachable",
     })
 }
 
@@ -166,7 +168,9 @@ async fn list(ctx: &Ctx, hosts: &[Host]) -> anyhow::Result<()> {
         let mut rows = Vec::new();
         for (h, a) in hosts.iter().zip(&answers) {
             match a {
-                Ok(ls) if ls.is_empty() => rows.push(failure_row(&h.label, "-", columns)),
+                Ok(ls) if ls.is_empty() => {
+                    rows.push(failure_row(&h.label, "(no listeners)", columns))
+                }
                 Ok(ls) => rows.extend(
                     output::list_rows(ls)
                         .into_iter()

@@ -463,7 +463,11 @@ fn netctl_merges_list_and_stats_of_several_daemons_and_shows_one_down() {
     assert_eq!(samples.len(), 3, "{out}");
     assert_eq!(samples[0]["listeners"][0]["totals"]["connections_total"], 1);
     assert_eq!(samples[1]["host"], controls[1].as_str());
-    assert_eq!(samples[1]["unreachable"], true, "{out}");
+    assert_eq!(samples[1]["reachable"], false, "{out}");
+    assert!(
+        samples[1]["error"].as_str().unwrap().contains("connect"),
+        "{out}"
+    );
     assert_eq!(samples[2]["listeners"][0]["totals"]["connections_total"], 3);
 
     // stats --watch -n 2: two samples from each daemon up, one line for
