@@ -51,3 +51,32 @@ pub async fn serve<H: Health>(
         tracing::error!(error = %e, "health endpoint failed; no longer serving grpc.health.v1");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, "x.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn listen_from_config_any_address_but_not_the_metrics_one() {
+        let c = parse("[health]\nlisten = \"0.0.0.0:9091\"\n").unwrap();
+        assert_eq!(c.health_listen, Some("0.0.0.0:9091".parse().unwrap()));
+        assert_eq!(parse("").unwrap().health_listen, None);
+        let e = parse(
+            "[metrics]\nlisten = \"0.0.0.0:9464\"\nallow_remote = true\n\
+             [health]\nlisten = \"0.0.0.0:9464\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("x.toml:5: health.listen:") && e.contains("clashes with [metrics]"),
+            "{e}"
+        );
+        let e = parse("[health]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(e.starts_with("x.toml:2: health.listen:"), "{e}");
+        let e = parse("[health]\nlisten = \"127.0.0.1:1\"\nservices = []\n").unwrap_err();
+        assert!(e.contains("services"), "{e}");
+    }
+}
