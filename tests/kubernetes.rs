@@ -2,7 +2,8 @@
 //! netd accepts, and tests/py/k8s_check.py validates the manifests against
 //! the Kubernetes JSON schemas bundled in the `kubernetes-validate` PyPI
 //! package (strict: unknown fields are errors), checks the PodMonitor (a
-//! CRD it has no schema for) field by field, and checks that the pieces
+//! CRD it has no schema for) field by field and the PrometheusRule against
+//! deploy/prometheus/netd.rules.yml, and checks that the pieces
 //! agree (ports, selectors, the generated ConfigMap's name).
 //!
 //! Runs the venv's python (`$NETD_PY_VENV` or `target/py-venv`, pins in
@@ -98,4 +99,5 @@ fn manifests_validate_offline_against_the_kubernetes_schemas() {
     let out = run(Command::new(python()).args([CHECK, DIR, KUBERNETES]))
         .unwrap_or_else(|e| panic!("deploy/kubernetes does not validate:\n{e}"));
     assert!(out.contains("ok: 3 resources valid"), "{out}");
+    assert!(out.contains("PrometheusRule"), "{out}");
 }

@@ -4,9 +4,11 @@ usage: k8s_check.py DIR KUBERNETES_VERSION
 
 1. kubernetes-validate --strict (its bundled schemas; no cluster, no
    network) on every built-in resource the kustomization lists.
-2. The PodMonitor is a CRD kubernetes-validate has no schema for: its
-   fields are checked here against the monitoring.coreos.com/v1 fields it
-   uses.
+2. The PodMonitor and PrometheusRule are CRDs kubernetes-validate has no
+   schema for: the PodMonitor's fields are checked here against the
+   monitoring.coreos.com/v1 fields it uses, and the PrometheusRule must hold
+   exactly the rules of deploy/prometheus/netd.rules.yml (which promtool
+   checks and tests).
 3. The pieces agree: the kustomization lists files that exist; the
    DaemonSet mounts the generated ConfigMap; the probes, the Service and
    the PodMonitor use ports the container declares, and those are the
@@ -22,6 +24,8 @@ import tomllib
 from pathlib import Path
 
 import yaml
+
+RULES = "../prometheus/netd.rules.yml"
 
 
 class Fail(Exception):
@@ -134,7 +138,17 @@ def main(directory, version):
         need(p["targetPort"] in ports, f"Service targetPort {p['targetPort']!r} is not a container port")
 
     check_podmonitor(by_kind["PodMonitor"][1], pod_labels, set(ports))
-    print(f"ok: {len(builtin)} resources valid for Kubernetes {version}, PodMonitor and cross-references checked")
+
+    rule = by_kind["PrometheusRule"][1]
+    only_keys(rule, ["apiVersion", "kind", "metadata", "spec"], "PrometheusRule")
+    need(rule["apiVersion"] == "monitoring.coreos.com/v1", "PrometheusRule apiVersion")
+    only_keys(rule["spec"], ["groups"], "PrometheusRule spec")
+    shipped = yaml.safe_load((d / RULES).read_text())
+    need(
+        rule["spec"]["groups"] == shipped["groups"],
+        f"prometheusrule.yaml differs from {RULES} (regenerate it: spec is that file, indented)",
+    )
+    print(f"ok: {len(builtin)} resources valid for Kubernetes {version}, PodMonitor, PrometheusRule and cross-references checked")
 
 
 if __name__ == "__main__":
