@@ -176,6 +176,10 @@ async fn exact_totals_from_grpc_netctl_and_prometheus() {
     };
     assert!(text.contains(&format!("{}3", line("2xx"))), "{text}");
     assert!(text.contains(&format!("{}1", line("4xx"))), "{text}");
+    let requests = "netd_http_requests_total{listener=\"h\",kind=\"http\"} 4\n";
+    assert!(text.contains(requests), "{text}");
+    let limited = "netd_http_rate_limited_total{listener=\"h\",kind=\"http\"} 0\n";
+    assert!(text.contains(limited), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
