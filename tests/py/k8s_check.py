@@ -1,4 +1,4 @@
-"""Offline checks of deploy/kubernetes (run by tests/kubernetes.rs).
+"""Offline checks of deploy/kubernetes (run by tests/it/kubernetes.rs).
 
 usage: k8s_check.py DIR KUBERNETES_VERSION
 

@@ -16,14 +16,12 @@
 //! NETD_REQUIRE_PROMETHEUS is set, as .ci/run sets it after installing
 //! the package: there a missing binary is a failure.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, NETCTL, NetNs, Netd, bound_addr, wait_until};
+use crate::common::{DEADLINE, NETCTL, NetNs, Netd, bound_addr, wait_until};
 use serde_json::Value;
 
 const RULES: &str = concat!(
@@ -598,7 +596,7 @@ async fn health_endpoint_serves_only_grpc_health_in_plaintext() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-    let port = common::free_tcp_port();
+    let port = crate::common::free_tcp_port();
     let netd = Netd::start(&format!("[health]\nlisten = \"127.0.0.1:{port}\"\n"));
     let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
         .unwrap()
@@ -642,7 +640,7 @@ async fn health_endpoint_reports_not_serving_while_draining() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-    let port = common::free_tcp_port();
+    let port = crate::common::free_tcp_port();
     let mut netd = Netd::start(&format!(
         "shutdown_grace = \"30s\"\n[health]\nlisten = \"127.0.0.1:{port}\"\n\
          [[listener]]\nname = \"echo\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:0\"\n"
@@ -667,7 +665,7 @@ async fn health_endpoint_reports_not_serving_while_draining() {
     assert_eq!(status, ServingStatus::Serving);
 
     netd.signal(libc::SIGTERM);
-    common::wait_until_async("NOT_SERVING while draining", || {
+    crate::common::wait_until_async("NOT_SERVING while draining", || {
         let mut health = health.clone();
         async move {
             let r = health.check(control()).await.unwrap().into_inner();

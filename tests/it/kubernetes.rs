@@ -8,15 +8,13 @@
 //!
 //! Runs the venv's python (`$NETD_PY_VENV` or `target/py-venv`, pins in
 //! tests/py/requirements.txt), creating or updating it when the pins are not
-//! met, as tests/grpc_interop.rs does; .ci/run sets it up front. No venv is
+//! met, as tests/it/grpc_interop.rs does; .ci/run sets it up front. No venv is
 //! a failure, never a skip.
-
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{NETD, output_within_deadline};
+use crate::common::{NETD, output_within_deadline};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes");
 const CHECK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/k8s_check.py");
