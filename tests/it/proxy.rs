@@ -192,7 +192,11 @@ fn black_holed_upstream_times_out_without_stalling_accepts() {
         let _ = s.connect(&hole.into());
         fillers.push(s);
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // The accept queue (backlog 0: one connection) is full once the first
+    // filler is established; the kernel drops SYNs beyond it.
+    wait_until("the black hole's accept queue is full", || {
+        fillers[0].peer_addr().is_ok()
+    });
 
     let netd = Netd::start("");
     let p = start_proxy(&netd, "p", &[hole], &["--connect-timeout", "1500ms"]);
