@@ -71,7 +71,7 @@ impl Dial {
             }),
         };
         Ok(Dial {
-            control: cli.control.clone(),
+            control: cli.control.first().cloned(),
             opts: DialOptions {
                 connect_timeout: cli.connect_timeout,
                 request_timeout: Some(cli.timeout),

@@ -9,6 +9,7 @@
 mod cmd;
 mod dial;
 mod escape;
+mod fleet;
 mod output;
 mod probe;
 mod render;
@@ -26,7 +27,8 @@ use netd::addr::{CONTROL_ENV, ControlAddr};
 /// Control netd: start and stop listeners, inspect them, probe services.
 ///
 /// Exit status: 0 success; 1 refused by netd (or a probe got no answer);
-/// 2 usage (bad flags or input); 3 netd unreachable.
+/// 2 usage (bad flags or input); 3 netd unreachable (with several
+/// --control: none of them reachable).
 ///
 /// netctl talks to the netd daemon over gRPC at --control. Without it,
 /// netctl uses unix:/run/netd/netd.sock when that socket exists (root and
@@ -40,8 +42,13 @@ use netd::addr::{CONTROL_ENV, ControlAddr};
 #[command(name = "netctl", version, propagate_version = true)]
 struct Cli {
     /// Control plane address: unix:/path/to/sock or host:port.
-    #[arg(long, global = true, env = CONTROL_ENV, value_name = "ADDR")]
-    control: Option<ControlAddr>,
+    ///
+    /// Repeat it (or give NETD_CONTROL a comma-separated list) to ask
+    /// several daemons at once: list, stats and events then merge their
+    /// answers under a HOST column, and a daemon that cannot be reached is
+    /// a row saying so (exit 3 only when none can be reached).
+    #[arg(long, global = true, env = CONTROL_ENV, value_name = "ADDR", value_delimiter = ',')]
+    control: Vec<ControlAddr>,
 
     /// CA certificate (PEM) that signed netd's TLS certificate; turns on
     /// TLS for a TCP --control.
@@ -198,6 +205,9 @@ enum Command {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let dial = Dial::from_cli(&cli).map_err(render::usage)?;
+    if cli.control.len() > 1 {
+        return fleet::run(cli, &dial).await;
+    }
     let result = run_command(cli, &dial).await;
     let Err(e) = result else { return Ok(()) };
     // A call over TLS that died without a reason: ask the TLS layer why

@@ -263,12 +263,30 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// The columns of `netctl list`.
+pub const LIST_HEADER: [&str; 9] = [
+    "NAME",
+    "KIND",
+    "STATE",
+    "BOUND_ADDR",
+    "TRAFFIC",
+    "IN",
+    "OUT",
+    "RESTARTS",
+    "UPTIME",
+];
+
 pub fn list_table(listeners: &[proto::Listener]) {
     if listeners.is_empty() {
         outln!("no listeners (start one with `netctl start ...`)");
         return;
     }
-    let rows: Vec<Vec<String>> = listeners
+    table(&LIST_HEADER, &list_rows(listeners));
+}
+
+/// One row of [`LIST_HEADER`] cells per listener.
+pub fn list_rows(listeners: &[proto::Listener]) -> Vec<Vec<String>> {
+    listeners
         .iter()
         .map(|l| {
             let s = l.stats.clone().unwrap_or_default();
@@ -301,21 +319,7 @@ pub fn list_table(listeners: &[proto::Listener]) {
                 uptime(l),
             ]
         })
-        .collect();
-    table(
-        &[
-            "NAME",
-            "KIND",
-            "STATE",
-            "BOUND_ADDR",
-            "TRAFFIC",
-            "IN",
-            "OUT",
-            "RESTARTS",
-            "UPTIME",
-        ],
-        &rows,
-    );
+        .collect()
 }
 
 pub fn status_block(l: &proto::Listener) {

@@ -7,7 +7,8 @@
 //! Exit codes by class (also in `--help` and the README): 0 success, 1
 //! refused by netd (an error status from the daemon, or a probe that got
 //! no answer), 2 usage (bad flags or input, found before anything is
-//! sent), 3 netd unreachable (no connection, or the connection failed).
+//! sent), 3 netd unreachable (no connection, or the connection failed; with
+//! several --control, none of them could be reached: see `fleet`).
 
 use std::io::Write as _;
 

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::escape::escape;
 use crate::output::{bytes, table};
 
-fn time(t: Option<prost_types::Timestamp>) -> String {
+pub fn time(t: Option<prost_types::Timestamp>) -> String {
     t.and_then(|t| SystemTime::try_from(t).ok())
         .map(|t| humantime::format_rfc3339_millis(t).to_string())
         .unwrap_or_default()
@@ -64,7 +64,8 @@ pub fn sample_json(s: &StatsSample) -> Value {
     })
 }
 
-const HEADER: [&str; 11] = [
+/// The columns of `netctl stats`.
+pub const HEADER: [&str; 11] = [
     "NAME",
     "KIND",
     "STATE",
@@ -78,7 +79,8 @@ const HEADER: [&str; 11] = [
     "CONN|DGRAM/s",
 ];
 
-fn rows(s: &StatsSample) -> Vec<Vec<String>> {
+/// One row of [`HEADER`] cells per listener of a sample.
+pub fn rows(s: &StatsSample) -> Vec<Vec<String>> {
     s.listeners
         .iter()
         .map(|l| {

@@ -164,6 +164,14 @@ struct RawMetrics {
     idle_timeout: Option<Spanned<String>>,
 }
 
+/// `[health]`: the plaintext grpc.health.v1 endpoint (crate::health).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default)]
+    listen: Option<Spanned<String>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -183,6 +191,8 @@ struct RawConfig {
     log: LogConfig,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    health: RawHealth,
     #[serde(default, rename = "listener")]
     listeners: Vec<RawListener>,
 }
@@ -271,6 +281,9 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Connection limit and timeouts of the `/metrics` endpoint.
     pub metrics_limits: crate::metrics::Limits,
+    /// Where to serve plaintext grpc.health.v1 only (`[health] listen`);
+    /// off when unset. Any address: it tells only whether netd serves.
+    pub health_listen: Option<std::net::SocketAddr>,
     pub listeners: Vec<BootListener>,
 }
 
@@ -440,6 +453,20 @@ impl Config {
                 Some(p)
             }
         };
+        let health_listen = match &raw.health.listen {
+            None => None,
+            Some(l) => {
+                let addr = crate::addr::parse_listen_addr(l.get_ref())
+                    .map_err(|e| ConfigError(format!("{}: health.listen: {e}", at(l.span()))))?;
+                if metrics_listen.is_some_and(|m| addrs_clash(m, addr)) {
+                    return Err(ConfigError(format!(
+                        "{}: health.listen: {addr} clashes with [metrics] listen",
+                        at(l.span())
+                    )));
+                }
+                Some(addr)
+            }
+        };
         let settings = Settings {
             capture_dir: capture_dir.clone(),
             ..Settings::default()
@@ -471,6 +498,7 @@ impl Config {
             log: raw.log,
             metrics_listen,
             metrics_limits,
+            health_listen,
             listeners,
         })
     }
@@ -1463,6 +1491,7 @@ mod fuzz {
         "metrics.max_connections",
         "metrics.header_timeout",
         "metrics.idle_timeout",
+        "health.listen",
         "control.listen",
         "control.insecure",
         "control.max_connections",

@@ -26,6 +26,8 @@ use std::sync::mpsc::{Sender, channel};
 pub const CONTROL_NAME: &str = "-control";
 /// The fd-store name of the metrics socket (hand-over only).
 pub const METRICS_NAME: &str = "-metrics";
+/// The plaintext health endpoint's socket (`[health] listen`).
+pub const HEALTH_NAME: &str = "-health";
 
 enum Op {
     Store(String, OwnedFd),

@@ -42,6 +42,7 @@ pub mod fdstore;
 #[cfg(test)]
 mod fuzz_support;
 pub mod handover;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod net;

@@ -169,7 +169,7 @@ fn main() -> ExitCode {
 ///
 /// The price: freed buffers no longer leave resident pages for later small
 /// blocks to reuse, so with thousands of connections open the steady cost
-/// is slightly higher (tests/memory.rs, 3,500 pairs in bursts: 2.74 KB per
+/// is slightly higher (tests/it/memory.rs, 3,500 pairs in bursts: 2.74 KB per
 /// pair against 2.64 KB before, release build). Kept because a burst no
 /// longer leaves megabytes resident until the next trim.
 ///

@@ -261,6 +261,12 @@ impl ListenerCollector {
             "HTTP responses by status class.",
             true,
         );
+        let mut http_requests = Family::new("netd_http_requests", "HTTP requests answered.", true);
+        let mut http_rate_limited = Family::new(
+            "netd_http_rate_limited",
+            "HTTP requests refused with 429 by the rate limit (of the 4xx).",
+            true,
+        );
         let mut http_latency = Family::new(
             "netd_http_latency_p99_microseconds",
             "p99 request latency (histogram bucket bound).",
@@ -349,6 +355,10 @@ impl ListenerCollector {
                     ] {
                         http_responses.series.push((with("class", class.into()), v));
                     }
+                    http_requests.series.push((base.clone(), h.requests));
+                    http_rate_limited
+                        .series
+                        .push((base.clone(), h.rate_limited));
                     http_latency
                         .series
                         .push((base.clone(), (h.latency_p99_ms * 1000.0) as u64));
@@ -397,6 +407,8 @@ impl ListenerCollector {
             &pool_stale,
             &upstream_up,
             &http_responses,
+            &http_requests,
+            &http_rate_limited,
             &http_latency,
             &sniff_packets,
             &sniff_bytes,

@@ -178,6 +178,27 @@ pub async fn run(
         crate::fdstore::store(crate::fdstore::METRICS_NAME, fd.as_fd());
     }
 
+    let health_socket = match config.health_listen {
+        None => None,
+        Some(addr) => {
+            let adopted = inherited
+                .remove(crate::fdstore::HEALTH_NAME)
+                .and_then(|fd| adopt_tcp(fd, addr));
+            Some(match adopted {
+                Some(l) => l,
+                None => tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind the health address {addr}"))?,
+            })
+        }
+    };
+    let health_fd = health_socket
+        .as_ref()
+        .and_then(|l| l.as_fd().try_clone_to_owned().ok());
+    if let Some(fd) = &health_fd {
+        crate::fdstore::store(crate::fdstore::HEALTH_NAME, fd.as_fd());
+    }
+
     let supervisor = boot_listeners(&config, inherited).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -213,7 +234,7 @@ pub async fn run(
     let policy = Policy::new(cc.roles.clone(), socket_gid, tcp && cc.tls.is_none());
     let router = builder
         .layer(AuthLayer::new(policy))
-        .add_service(health_service)
+        .add_service(health_service.clone())
         .add_service(reflection)
         .add_service(
             ControlServer::new(ControlService::new(
@@ -245,6 +266,16 @@ pub async fn run(
             stop_metrics.clone(),
         ))
     });
+    let health_task = health_socket.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "serving plaintext grpc.health.v1 (health only)");
+        }
+        tokio::spawn(crate::health::serve(
+            l,
+            health_service.clone(),
+            stop_metrics.clone(),
+        ))
+    });
     let stop_trim = CancellationToken::new();
     tokio::spawn(crate::trim::run(supervisor.clone(), stop_trim.clone()));
     tracing::info!(control = %control, listeners = config.listeners.len(), config = %config.source, "netd ready");
@@ -256,6 +287,9 @@ pub async fn run(
     let mut extra = vec![(crate::fdstore::CONTROL_NAME.to_string(), control_fd)];
     if let Some(fd) = metrics_fd {
         extra.push((crate::fdstore::METRICS_NAME.to_string(), fd));
+    }
+    if let Some(fd) = health_fd {
+        extra.push((crate::fdstore::HEALTH_NAME.to_string(), fd));
     }
     let serve_handover = |extra| {
         serve_handover(
@@ -346,6 +380,9 @@ pub async fn run(
     stop_metrics.cancel();
     stop_trim.cancel();
     if let Some(t) = metrics_task {
+        let _ = tokio::time::timeout(CONTROL_DRAIN, t).await;
+    }
+    if let Some(t) = health_task {
         let _ = tokio::time::timeout(CONTROL_DRAIN, t).await;
     }
     match tokio::time::timeout(CONTROL_DRAIN, &mut server).await {
@@ -562,6 +599,7 @@ async fn reload(supervisor: &Supervisor, running: &Config, path: Option<&Path>) 
         for (what, changed) in [
             ("control", format!("{:?}", config.control.listen) != format!("{:?}", running.control.listen)),
             ("metrics", config.metrics_listen != running.metrics_listen),
+            ("health", config.health_listen != running.health_listen),
             ("log", config.log.level != running.log.level || config.log.format != running.log.format),
             ("max_listeners", config.max_listeners != running.max_listeners),
             ("capture_dir", config.capture_dir != running.capture_dir),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Standard gRPC clients against netd's Unix control socket.
 
-Run by tests/grpc_interop.rs with the venv's python (packages pinned in
+Run by tests/it/grpc_interop.rs with the venv's python (packages pinned in
 tests/py/requirements.txt):
 
   grpc_interop.py check-deps REQUIREMENTS

@@ -2,14 +2,12 @@
 //! config errors, sd_notify, SIGTERM draining, and the supervisor restarting
 //! a listener whose socket fails under it.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{NETD, Netd, bound_addr, break_listening_socket, raise_fd_limit, wait_until};
+use crate::common::{NETD, Netd, bound_addr, break_listening_socket, raise_fd_limit, wait_until};
 
 fn netd_with_config(config: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();

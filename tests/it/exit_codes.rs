@@ -2,12 +2,10 @@
 //! netd, 2 usage, 3 netd unreachable) and a quiet exit 0 when its output
 //! pipe is closed (`netctl events | head -1`).
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{NETCTL, Netd, wait_until};
+use crate::common::{NETCTL, Netd, wait_until};
 
 fn code(out: &std::process::Output) -> i32 {
     out.status.code().expect("netctl exited by a signal")
@@ -23,7 +21,7 @@ fn exit_codes_by_class() {
     let out = netd.netctl(&["stop", "nope"]);
     assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
     netd.netctl_ok(&["start", "tcp-echo", "e", "--listen", "127.0.0.1:0"]);
-    let taken = common::bound_addr(&netd, "e").to_string();
+    let taken = crate::common::bound_addr(&netd, "e").to_string();
     let out = netd.netctl(&["start", "tcp-echo", "f", "--listen", &taken]);
     assert_eq!(code(&out), 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("already in use"));
@@ -43,7 +41,7 @@ fn exit_codes_by_class() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 3, "{}", String::from_utf8_lossy(&out.stderr));
-    let port = common::free_tcp_port();
+    let port = crate::common::free_tcp_port();
     let out = Command::new(NETCTL)
         .args([
             "--control",
@@ -104,7 +102,7 @@ fn a_closed_output_pipe_ends_netctl_quietly_with_0() {
             "127.0.0.1:0",
         ]);
     }
-    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let deadline = std::time::Instant::now() + crate::common::DEADLINE;
     let status = loop {
         if let Some(s) = events.try_wait().unwrap() {
             break s;

@@ -7,13 +7,11 @@
 //! logic is unit-tested with an injected clock in daemon/notify.rs: the
 //! product has no hook to wedge itself on purpose.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{NETD, Netd};
+use crate::common::{NETD, Netd};
 use netd::addr::ControlAddr;
 
 const CONFIG: &str = r#"

@@ -14,13 +14,11 @@
 //! ~1.6 KB, proxied pair ~2.8 KB; a buffer kept per idle connection would
 //! add 16 or 64 KiB.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{Netd, bound_addr, raise_fd_limit, rss_kib};
+use crate::common::{Netd, bound_addr, raise_fd_limit, rss_kib};
 
 /// Connections opened, exchanged with and held before measuring.
 const WARM: usize = 500;

@@ -2,13 +2,11 @@
 //! half-close, resets, concurrency, upstream failures and timeouts, limits,
 //! the pre-connect pool, round robin, and stop.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::{Netd, TestUpstream, bound_addr, wait_until};
+use crate::common::{Netd, TestUpstream, bound_addr, wait_until};
 use serde_json::Value;
 
 fn start_proxy(netd: &Netd, name: &str, upstreams: &[SocketAddr], extra: &[&str]) -> SocketAddr {
@@ -194,7 +192,11 @@ fn black_holed_upstream_times_out_without_stalling_accepts() {
         let _ = s.connect(&hole.into());
         fillers.push(s);
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // The accept queue (backlog 0: one connection) is full once the first
+    // filler is established; the kernel drops SYNs beyond it.
+    wait_until("the black hole's accept queue is full", || {
+        fillers[0].peer_addr().is_ok()
+    });
 
     let netd = Netd::start("");
     let p = start_proxy(&netd, "p", &[hole], &["--connect-timeout", "1500ms"]);
@@ -487,7 +489,7 @@ fn upstream_reset_right_after_accept_reaches_the_client_as_a_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_pointing_at_itself_is_invalid_argument() {
     use netd::proto::{self, listener_spec::Kind};
-    let ns = common::NetNs::new();
+    let ns = crate::common::NetNs::new();
     let out = ns
         .command("sysctl")
         .args(["-w", "net.ipv4.ip_local_port_range=40000 40000"])
@@ -559,7 +561,7 @@ async fn proxy_pointing_at_itself_is_invalid_argument() {
 #[test]
 fn proxy_pointing_at_itself_in_the_config_fails_startup() {
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_tcp_port();
+    let port = crate::common::free_tcp_port();
     let cfg = dir.path().join("netd.toml");
     std::fs::write(
         &cfg,
@@ -569,7 +571,7 @@ fn proxy_pointing_at_itself_in_the_config_fails_startup() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(common::NETD)
+    let mut child = std::process::Command::new(crate::common::NETD)
         .arg("--config")
         .arg(&cfg)
         .arg("--control")
@@ -577,7 +579,7 @@ fn proxy_pointing_at_itself_in_the_config_fails_startup() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let deadline = std::time::Instant::now() + crate::common::DEADLINE;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break Some(status);

@@ -3,14 +3,12 @@
 //! connections), and absurd durations, clashing ports and bad log levels
 //! refused by start, config load and `--check-config`.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
+use crate::common::h2raw::{PREFACE, frame, handshake, hpack, read_frame};
+use crate::common::{DEADLINE, Netd, bound_addr, rss_kib, wait_until_async};
 use bytes::Bytes;
-use common::h2raw::{PREFACE, frame, handshake, hpack, read_frame};
-use common::{DEADLINE, Netd, bound_addr, rss_kib, wait_until_async};
 use netd::proto::{self, listener_spec::Kind};
 use tonic::Code;
 
@@ -439,7 +437,7 @@ fn start_config(config: &str) -> (bool, String) {
 
 fn run_netd(config: &str, args: &[&str]) -> (bool, String) {
     // A netd that wrongly starts would run forever: the wait is bounded.
-    match common::netd_exit(config, args).0 {
+    match crate::common::netd_exit(config, args).0 {
         None => (true, "netd started and kept running".into()),
         Some(out) => {
             let text = format!(
@@ -457,7 +455,7 @@ fn run_netd(config: &str, args: &[&str]) -> (bool, String) {
 /// specific address) and a log level that is not one.
 #[test]
 fn check_config_refuses_port_clashes_and_bad_log_levels() {
-    let port = common::free_tcp_port();
+    let port = crate::common::free_tcp_port();
     let listener = |name: &str, kind: &str, ip: &str| {
         format!("[[listener]]\nname = \"{name}\"\nkind = \"{kind}\"\nlisten = \"{ip}:{port}\"\n")
     };

@@ -6,15 +6,13 @@
 //! emulated by the test (FDSTORE=1 messages in, LISTEN_FDS out), carries
 //! the sockets across a SIGTERM and a new start.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Netd, bound_addr, wait_until};
+use crate::common::{Netd, bound_addr, wait_until};
 use serde_json::Value;
 
 const CONFIG: &str = r#"
@@ -242,7 +240,7 @@ fn a_failed_upgrade_leaves_the_old_process_in_charge() {
     .unwrap();
     let mut cmd = old.upgrade_command(Some(&bad));
     cmd.env_remove("NOTIFY_SOCKET");
-    let out = common::output_within_deadline(cmd).expect("the failing upgrade to exit");
+    let out = crate::common::output_within_deadline(cmd).expect("the failing upgrade to exit");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("blocked"), "{err}");
@@ -306,7 +304,7 @@ fn a_hand_over_in_progress_refuses_changes_and_a_vanished_successor_is_survived(
 fn the_fd_store_carries_the_sockets_across_a_restart() {
     // As under systemd 254+ with FileDescriptorStoreMax=64.
     let env = [("FDSTORE", "64")];
-    let mut cmd = std::process::Command::new(common::NETD);
+    let mut cmd = std::process::Command::new(crate::common::NETD);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("netd.toml"), CONFIG).unwrap();
     cmd.arg("--config").arg(dir.path().join("netd.toml"));

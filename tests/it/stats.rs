@@ -3,14 +3,12 @@
 //! monotonic totals, consistent rates, listeners coming and going, slow
 //! watchers), and the event stream.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::{Netd, bound_addr, break_listening_socket};
+use crate::common::{Netd, bound_addr, break_listening_socket};
 use netd::proto::{self, StatsSample, listener_spec::Kind};
 
 fn udp_spec() -> proto::ListenerSpec {
@@ -79,7 +77,7 @@ fn metric(text: &str, name: &str, listener: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_totals_from_grpc_netctl_and_prometheus() {
-    let port = common::free_tcp_port();
+    let port = crate::common::free_tcp_port();
     let netd = Netd::start(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     netd.netctl_ok(&["start", "tcp-echo", "t", "--listen", "127.0.0.1:0"]);
     netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
@@ -92,7 +90,7 @@ async fn exact_totals_from_grpc_netctl_and_prometheus() {
     })
     .await
     .unwrap();
-    common::wait_until("connections closed", || {
+    crate::common::wait_until("connections closed", || {
         netd.netctl_json(&["stats", "t"])["listeners"][0]["totals"]["connections_active"] == 0
     });
 
@@ -176,6 +174,10 @@ async fn exact_totals_from_grpc_netctl_and_prometheus() {
     };
     assert!(text.contains(&format!("{}3", line("2xx"))), "{text}");
     assert!(text.contains(&format!("{}1", line("4xx"))), "{text}");
+    let requests = "netd_http_requests_total{listener=\"h\",kind=\"http\"} 4\n";
+    assert!(text.contains(requests), "{text}");
+    let limited = "netd_http_rate_limited_total{listener=\"h\",kind=\"http\"} 0\n";
+    assert!(text.contains(limited), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,7 +427,7 @@ async fn watch_events_reports_start_stop_and_restart() {
     netd.netctl_ok(&["start", "tcp-echo", "r", "--listen", "127.0.0.1:0"]);
     let addr = bound_addr(&netd, "r");
     break_listening_socket(netd.pid(), addr);
-    common::wait_until("restart", || {
+    crate::common::wait_until("restart", || {
         netd.netctl_json(&["status", "r"])["restarts"] == 1
     });
     netd.netctl_ok(&["stop", "r"]);

@@ -2,15 +2,13 @@
 //! daemon — lifecycle of listeners, every class of bad input, health,
 //! reflection, and the control socket itself.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Duration;
 
-use common::{Netd, bound_addr, wait_until};
+use crate::common::{Netd, bound_addr, wait_until};
 use netd::proto::{self, listener_spec::Kind};
 use tonic::Code;
 
@@ -322,7 +320,7 @@ fn control_socket_is_0660_replaces_stale_file_and_is_removed_on_exit() {
     assert!(sock.exists());
 
     let control = netd::addr::ControlAddr::Unix(sock.clone());
-    let mut cmd = std::process::Command::new(common::NETD);
+    let mut cmd = std::process::Command::new(crate::common::NETD);
     cmd.args(["--config", "/dev/null"]);
     let mut netd = Netd::spawn(cmd, dir, control);
     let meta = std::fs::metadata(&sock).unwrap();
@@ -331,7 +329,7 @@ fn control_socket_is_0660_replaces_stale_file_and_is_removed_on_exit() {
     netd.netctl_ok(&["list"]);
 
     // A second daemon on the same socket is refused, and the first keeps it.
-    let out = std::process::Command::new(common::NETD)
+    let out = std::process::Command::new(crate::common::NETD)
         .args([
             "--config",
             "/dev/null",
@@ -353,9 +351,9 @@ fn control_socket_is_0660_replaces_stale_file_and_is_removed_on_exit() {
 #[test]
 fn control_over_tcp() {
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_tcp_port();
+    let port = crate::common::free_tcp_port();
     let control: netd::addr::ControlAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut cmd = std::process::Command::new(common::NETD);
+    let mut cmd = std::process::Command::new(crate::common::NETD);
     // Plain TCP only with the explicit opt-out (loopback only).
     cmd.args(["--config", "/dev/null", "--control-insecure"]);
     let netd = Netd::spawn(cmd, dir, control);

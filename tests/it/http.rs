@@ -2,13 +2,11 @@
 //! echo semantics, errors, limits, auth, rate limiting, hostile input,
 //! keep-alive, h2c and counters.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{Netd, bound_addr, wait_until_async};
+use crate::common::{Netd, bound_addr, wait_until_async};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -360,7 +358,7 @@ async fn garbage_gets_400_and_slow_loris_is_cut_off() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    common::wait_until("connections closed", || {
+    crate::common::wait_until("connections closed", || {
         http_stats(&netd, "h")["connections_active"] == 0
     });
 }
@@ -483,7 +481,7 @@ async fn http_from_config_with_literal_token_and_the_export_placeholder_refused(
             "listener 'api': token and token_file are both set",
         ),
     ] {
-        let (out, path) = common::netd_exit(&http(opt), &[]);
+        let (out, path) = crate::common::netd_exit(&http(opt), &[]);
         let out = out.expect("netd refuses the config and exits");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stderr}");

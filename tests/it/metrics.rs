@@ -3,13 +3,11 @@
 //! loopback only unless asked otherwise. Idle clients must not be able to
 //! take descriptors from the listeners and the control plane.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Netd, bound_addr, free_tcp_port};
+use crate::common::{DEADLINE, Netd, bound_addr, free_tcp_port};
 
 /// A config with the metrics endpoint on `port` (plus `extra` lines in
 /// `[metrics]`) and a TCP echo listener `echo`.
@@ -199,7 +197,7 @@ fn idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 
 /// Run `netd --config <text> [args]` with a deadline; (success, stderr).
 fn run_netd(config: &str, args: &[&str]) -> (bool, String) {
-    let (out, path) = common::netd_exit(config, args);
+    let (out, path) = crate::common::netd_exit(config, args);
     let out = out.unwrap_or_else(|| {
         panic!("netd {args:?} still running after {DEADLINE:?} with:\n{config}")
     });

@@ -2,11 +2,9 @@
 //! the daemon's messages quoting them) with control characters escaped: a
 //! label must not be able to drive the admin's terminal or forge lines.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::Netd;
+use crate::common::Netd;
 use netd::proto::{self, listener_spec::Kind};
 
 /// Clears the screen, sets the window title, rings the bell, and tries to

@@ -4,8 +4,6 @@
 //! These tests need root (network namespaces, CAP_NET_RAW); CI runs them as
 //! root and they do not skip.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::fs::FileTypeExt;
@@ -13,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::{NetNs, Netd, bound_addr, wait_until};
+use crate::common::{NetNs, Netd, bound_addr, wait_until};
 use netd::proto;
 use serde_json::Value;
 
@@ -100,7 +98,7 @@ impl Tshark {
     /// Wait until tshark has printed `total` packets (or the deadline
     /// passes), stop it, and return its per-protocol counts.
     fn stop_after(mut self, total: u64) -> [u64; 4] {
-        let deadline = std::time::Instant::now() + common::DEADLINE;
+        let deadline = std::time::Instant::now() + crate::common::DEADLINE;
         while self.counts().iter().sum::<u64>() < total && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -297,7 +295,7 @@ async fn watch_packets_streams_summaries() {
     let sniff = std::thread::spawn({
         let control = netd.control.to_string();
         move || {
-            std::process::Command::new(common::NETCTL)
+            std::process::Command::new(crate::common::NETCTL)
                 .args(["--control", &control, "sniff", "s", "-c", "2"])
                 .output()
                 .unwrap()
@@ -305,7 +303,7 @@ async fn watch_packets_streams_summaries() {
     });
     // Keep sending (bounded by the deadline) until netctl has its two
     // packets: it may subscribe after the first ones have passed.
-    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let deadline = std::time::Instant::now() + crate::common::DEADLINE;
     while !sniff.is_finished() {
         assert!(
             std::time::Instant::now() < deadline,
@@ -473,7 +471,7 @@ async fn port_scan_alert_fires_on_a_scan_not_on_normal_traffic() {
             );
         }
     });
-    let e = tokio::time::timeout(common::DEADLINE, events.message())
+    let e = tokio::time::timeout(crate::common::DEADLINE, events.message())
         .await
         .expect("an alert")
         .unwrap()
@@ -542,7 +540,7 @@ fn without_cap_net_raw_start_fails_with_failed_precondition() {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let control = netd::addr::ControlAddr::Unix(dir.path().join("netd.sock"));
-    let mut cmd = std::process::Command::new(common::NETD);
+    let mut cmd = std::process::Command::new(crate::common::NETD);
     cmd.args(["--config", "/dev/null"]);
     // SAFETY: only async-signal-safe prctl between fork and exec.
     unsafe {
@@ -596,7 +594,7 @@ async fn syn_rate_alert() {
             drop(TcpStream::connect(t).unwrap());
         }
     });
-    let e = tokio::time::timeout(common::DEADLINE, events.message())
+    let e = tokio::time::timeout(crate::common::DEADLINE, events.message())
         .await
         .expect("an alert")
         .unwrap()
@@ -685,7 +683,7 @@ fn start_sniffer_args<'a>(pcap: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 
 /// Run netctl; None if it has not finished by the deadline (it is killed).
 fn netctl_within(netd: &Netd, args: &[&str]) -> Option<std::process::Output> {
-    let child = std::process::Command::new(common::NETCTL)
+    let child = std::process::Command::new(crate::common::NETCTL)
         .arg("--control")
         .arg(netd.control.to_string())
         .args(args)
@@ -699,7 +697,7 @@ fn netctl_within(netd: &Netd, args: &[&str]) -> Option<std::process::Output> {
 /// Wait for `child` up to the deadline; None (and killed) if it is still
 /// running then.
 fn wait_within(mut child: Child) -> Option<std::process::Output> {
-    let deadline = std::time::Instant::now() + common::DEADLINE;
+    let deadline = std::time::Instant::now() + crate::common::DEADLINE;
     while child.try_wait().unwrap().is_none() {
         if std::time::Instant::now() >= deadline {
             let _ = child.kill();
@@ -768,7 +766,7 @@ fn pcap_path_escaping_capture_dir_with_dotdot_is_refused() {
     for pcap in ["../escape.pcap", "sub/../../escape.pcap", &dotdot_abs] {
         // From inside capture_dir, so that even a netctl that made the
         // path absolute would point it at `escape`.
-        let out = std::process::Command::new(common::NETCTL)
+        let out = std::process::Command::new(crate::common::NETCTL)
             .current_dir(&captures)
             .arg("--control")
             .arg(netd.control.to_string())
@@ -831,7 +829,7 @@ fn pcap_fifo_in_capture_dir_is_refused_and_netd_stays_responsive() {
 
     // Opening a FIFO for writing blocks until a reader comes: netd must
     // neither block there nor stop answering meanwhile.
-    let start = std::process::Command::new(common::NETCTL)
+    let start = std::process::Command::new(crate::common::NETCTL)
         .arg("--control")
         .arg(netd.control.to_string())
         .args(start_sniffer_args(fifo.to_str().unwrap(), &[]))
@@ -845,8 +843,8 @@ fn pcap_fifo_in_capture_dir_is_refused_and_netd_stays_responsive() {
         "netctl list did not answer while a sniffer was started on a FIFO"
     );
     let echoed = ns.run(|| {
-        let mut c = TcpStream::connect_timeout(&echo, common::DEADLINE).ok()?;
-        c.set_read_timeout(Some(common::DEADLINE)).ok()?;
+        let mut c = TcpStream::connect_timeout(&echo, crate::common::DEADLINE).ok()?;
+        c.set_read_timeout(Some(crate::common::DEADLINE)).ok()?;
         c.write_all(b"still here").ok()?;
         c.shutdown(std::net::Shutdown::Write).ok()?;
         let mut back = String::new();
@@ -1111,7 +1109,7 @@ fn fragments_and_ipv6_extension_headers_count_and_filter_like_tshark() {
         // Everything arrived (reassembled).
         let mut buf = [0u8; 8192];
         for (r, n) in [(&r4, 10), (&r6, 10)] {
-            r.set_read_timeout(Some(common::DEADLINE)).unwrap();
+            r.set_read_timeout(Some(crate::common::DEADLINE)).unwrap();
             for _ in 0..n {
                 r.recv(&mut buf).unwrap();
             }
@@ -1345,7 +1343,7 @@ async fn fragmented_syn_scan_raises_the_port_scan_alert() {
         frames.push(ether_ipv4(&ipv4(5, 6, 1, &syn[8..], 0)));
     }
     ns.run(|| inject_on_lo(&frames));
-    let e = tokio::time::timeout(common::DEADLINE, events.message())
+    let e = tokio::time::timeout(crate::common::DEADLINE, events.message())
         .await
         .expect("a port-scan alert")
         .unwrap()

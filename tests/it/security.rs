@@ -5,8 +5,6 @@
 //! its timeouts. Each test is a finding of the security review; each fails
 //! on the code before the fix.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -16,15 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::h2raw::{PREFACE, frame, handshake, hpack, read_frame};
-use common::{DEADLINE, NETCTL, NETD, Netd, rss_kib, wait_until};
+use crate::common::h2raw::{PREFACE, frame, handshake, hpack, read_frame};
+use crate::common::{DEADLINE, NETCTL, NETD, Netd, rss_kib, wait_until};
 use netd::addr::ControlAddr;
 use netd::proto::{self, listener_spec::Kind};
 
 const NOBODY: u32 = 65534;
 
 fn run(cmd: Command, what: &str) -> Output {
-    common::output_within_deadline(cmd)
+    crate::common::output_within_deadline(cmd)
         .unwrap_or_else(|| panic!("{what}: still running after {DEADLINE:?}"))
 }
 
@@ -34,7 +32,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn tcp_control_without_tls_is_refused_at_start() {
-    let port = common::free_tcp_port();
+    let port = crate::common::free_tcp_port();
     let mut cmd = Command::new(NETD);
     cmd.args([
         "--config",
@@ -172,7 +170,7 @@ fn mtls_certificates_and_roles() {
     let foreign = other.issue("foreign", "ops-laptop", &[], false);
     let ca = pki_dir.path().join("netd-ca.pem");
 
-    let port = common::free_tcp_port();
+    let port = crate::common::free_tcp_port();
     let control = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("netd.toml");

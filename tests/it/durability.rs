@@ -3,13 +3,11 @@
 //! dry run, export round trip, prune), live update of a proxy with an open
 //! connection, drain, and SIGHUP reload (good and bad configs).
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{Netd, TestUpstream, bound_addr, wait_until};
+use crate::common::{Netd, TestUpstream, bound_addr, wait_until};
 use netd::proto;
 use serde_json::Value;
 
@@ -362,7 +360,7 @@ fn drain_lets_an_open_connection_finish_then_closes_at_the_timeout() {
     let mut c = connect(addr);
     assert_eq!(say(&mut c, b"1"), "1");
 
-    let drain = std::process::Command::new(common::NETCTL)
+    let drain = std::process::Command::new(crate::common::NETCTL)
         .args([
             "--control",
             &netd.control.to_string(),
@@ -472,7 +470,7 @@ async fn sighup_applies_exactly_what_changed() {
     netd.wait_notify("RELOADING=1");
     netd.wait_notify("READY=1");
     let reloaded = loop {
-        let e = tokio::time::timeout(common::DEADLINE, events.message())
+        let e = tokio::time::timeout(crate::common::DEADLINE, events.message())
             .await
             .expect("event in time")
             .unwrap()
@@ -510,7 +508,7 @@ async fn sighup_applies_exactly_what_changed() {
     netd.write_config("[[listener]]\nname = \"broken\"\nkind = \"tcp-echo\"\n");
     netd.signal(libc::SIGHUP);
     let failed = loop {
-        let e = tokio::time::timeout(common::DEADLINE, events.message())
+        let e = tokio::time::timeout(crate::common::DEADLINE, events.message())
             .await
             .expect("event in time")
             .unwrap()

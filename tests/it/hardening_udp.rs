@@ -4,13 +4,11 @@
 //! counted), the HTTP rate limit keys IPv6 clients by their /64, and SIGHUP
 //! leaves netd running.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::{NetNs, Netd, bound_addr, wait_until};
+use crate::common::{NetNs, Netd, bound_addr, wait_until};
 use serde_json::Value;
 
 fn start_udp(netd: &Netd, name: &str, extra: &[&str]) -> SocketAddr {
@@ -153,7 +151,7 @@ fn spoof_udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) {
 /// loopback.
 #[test]
 fn spoofed_own_source_starts_no_loop() {
-    let port = common::free_tcp_port();
+    let port = crate::common::free_tcp_port();
     let netd = Netd::start(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     let a = start_udp(&netd, "a", &[]);
     // The variant: a 1 KiB prefix made every round trip bigger.

@@ -2,13 +2,11 @@
 //! prefix, concurrency, a 1 MiB stream, limits, idle timeout, datagram size
 //! edges and exact counters.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::{Netd, bound_addr, wait_until};
+use crate::common::{Netd, bound_addr, wait_until};
 
 fn start_tcp(netd: &Netd, name: &str, extra: &[&str]) -> SocketAddr {
     let mut args = vec!["start", "tcp-echo", name, "--listen", "127.0.0.1:0"];

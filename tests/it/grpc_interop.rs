@@ -9,14 +9,12 @@
 //! out of date (.ci/run creates it up front). No venv is a failure, never a
 //! skip.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Netd};
+use crate::common::{DEADLINE, Netd};
 use netd::addr::ControlAddr;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/grpc_interop.py");

@@ -1,0 +1,30 @@
+//! netd's integration tests: one test crate (one build, one link), a
+//! module per concern. Every test starts the real `netd` binary (the
+//! harness is in `common/`: starting and stopping netd, netctl and tonic
+//! clients, network namespaces, test upstreams, raw HTTP/2) and talks to it
+//! over loopback or network namespaces the test creates.
+//!
+//! Run one module with `cargo test --test it durability::`.
+
+mod common;
+
+mod control;
+mod durability;
+mod echo;
+mod exit_codes;
+mod fleet;
+mod grpc_interop;
+mod hardening_http;
+mod hardening_udp;
+mod http;
+mod kubernetes;
+mod lifecycle;
+mod memory;
+mod metrics;
+mod output;
+mod proxy;
+mod security;
+mod sniffer;
+mod stats;
+mod systemd;
+mod upgrade;
