@@ -88,11 +88,10 @@ pub fn rows(s: &StatsSample) -> Vec<Vec<String>> {
             let kind = ListenerKind::try_from(l.kind).unwrap_or_default();
             let (rin, rout, revents) = match &l.rates {
                 Some(r) => {
-                    let events = if kind == ListenerKind::UdpEcho {
-                        r.datagrams_in_per_sec
-                    } else {
-                        r.connections_per_sec
-                    };
+                    // A listener counts connections (TCP kinds) or
+                    // datagrams/packets (UDP echo, sniffer), never both:
+                    // the sum is whichever it has, with no list of kinds.
+                    let events = r.connections_per_sec + r.datagrams_in_per_sec;
                     (
                         rate(r.bytes_in_per_sec),
                         rate(r.bytes_out_per_sec),
