@@ -50,8 +50,11 @@ pub fn to_status(e: SupervisorError) -> Status {
     }
 }
 
-fn kind_slug(k: &proto::listener_spec::Kind) -> &'static str {
-    crate::services::info(k).slug
+/// The kind a request's spec names, for the audit line ("none" if unset).
+fn spec_kind_slug(spec: &Option<proto::ListenerSpec>) -> &'static str {
+    spec.as_ref()
+        .and_then(|s| s.kind.as_ref())
+        .map_or("none", |k| crate::services::info(k).slug)
 }
 
 /// One `netd::audit` line per mutating call: who, what, on which listener,
@@ -76,12 +79,7 @@ impl Control for ControlService {
     ) -> Result<Response<proto::StartListenerResponse>, Status> {
         let caller = caller_of(&request);
         let req = request.into_inner();
-        let kind = req
-            .spec
-            .as_ref()
-            .and_then(|s| s.kind.as_ref())
-            .map(kind_slug)
-            .unwrap_or("none");
+        let kind = spec_kind_slug(&req.spec);
         let result = match req.spec {
             None => Err(Status::invalid_argument("spec is required")),
             Some(spec) => self
@@ -116,12 +114,7 @@ impl Control for ControlService {
     ) -> Result<Response<proto::UpdateListenerResponse>, Status> {
         let caller = caller_of(&request);
         let req = request.into_inner();
-        let kind = req
-            .spec
-            .as_ref()
-            .and_then(|s| s.kind.as_ref())
-            .map(kind_slug)
-            .unwrap_or("none");
+        let kind = spec_kind_slug(&req.spec);
         let labels = req.set_labels.then_some(req.labels);
         let result = match req.spec {
             None => Err(Status::invalid_argument("spec is required")),

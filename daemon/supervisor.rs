@@ -306,6 +306,8 @@ struct Prepared {
     bound: Bound,
     spec: proto::ListenerSpec,
     shown: proto::ListenerSpec,
+    /// Runs on the socket of the generation it replaces.
+    reused: bool,
 }
 
 /// Apply's treatment of running listeners missing from the request.
@@ -534,9 +536,21 @@ impl Supervisor {
         let name = name.to_string();
         tokio::task::spawn_blocking(move || {
             let service = Arc::new(Service::from_spec(&spec, &settings)?);
+            let mut reused = false;
             let bound = match source {
                 Source::Bind => service.bind(None)?,
-                Source::Same(fd) => service.adopt(fd, false)?,
+                // The old socket may be dead (the listener failed and is
+                // waiting to rebind): then bind where the spec says.
+                Source::Same(fd) => match service.adopt(fd, false) {
+                    Ok(b) => {
+                        reused = true;
+                        b
+                    }
+                    Err(e) => {
+                        tracing::warn!(listener = %name, error = %e, "the current socket cannot be kept; binding a new one");
+                        service.bind(None)?
+                    }
+                },
                 Source::Inherited(fd) => match service.adopt(fd, true) {
                     Ok(b) => {
                         tracing::info!(listener = %name, "took over the listening socket handed over by the previous netd");
@@ -556,6 +570,7 @@ impl Supervisor {
                 bound,
                 spec,
                 shown,
+                reused,
             })
         })
         .await
@@ -627,6 +642,7 @@ impl Supervisor {
             bound,
             spec,
             shown,
+            reused: _,
         } = p;
         let bind_addr = match bound.local_addr() {
             Ok(a) => a,
@@ -981,6 +997,7 @@ impl Supervisor {
                     },
                     spec: cur.spec.clone(),
                     shown: cur.shown.clone(),
+                    reused: false,
                 };
                 let (cur_gen, bound) = self.generation(entry, old)?;
                 *entry.current.lock().unwrap_or_else(|p| p.into_inner()) = cur_gen.clone();
@@ -999,7 +1016,7 @@ impl Supervisor {
         old: &Arc<Generation>,
         p: Prepared,
     ) -> Result<UpdateAction, SupervisorError> {
-        let same_socket = Service::same_socket(&old.spec, &p.spec);
+        let same_socket = p.reused;
         let (cur_gen, bound) = self.generation(entry, p)?;
         if let Some(a) = old
             .own_udp_addr

@@ -402,6 +402,20 @@ fn drain_lets_an_open_connection_finish_then_closes_at_the_timeout() {
     assert!(names(&netd).is_empty());
 }
 
+/// The next RELOADED or RELOAD_FAILED event (other events are skipped).
+async fn next_reload_outcome(events: &mut tonic::Streaming<proto::Event>) -> proto::Event {
+    loop {
+        let e = tokio::time::timeout(crate::common::DEADLINE, events.message())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .unwrap();
+        if e.kind() == proto::EventKind::Reloaded || e.kind() == proto::EventKind::ReloadFailed {
+            return e;
+        }
+    }
+}
+
 const V1: &str = r#"
 [[listener]]
 name = "keep"
@@ -469,16 +483,7 @@ async fn sighup_applies_exactly_what_changed() {
     netd.signal(libc::SIGHUP);
     netd.wait_notify("RELOADING=1");
     netd.wait_notify("READY=1");
-    let reloaded = loop {
-        let e = tokio::time::timeout(crate::common::DEADLINE, events.message())
-            .await
-            .expect("event in time")
-            .unwrap()
-            .unwrap();
-        if e.kind() == proto::EventKind::Reloaded || e.kind() == proto::EventKind::ReloadFailed {
-            break e;
-        }
-    };
+    let reloaded = next_reload_outcome(&mut events).await;
     assert_eq!(
         reloaded.kind(),
         proto::EventKind::Reloaded,
@@ -507,16 +512,7 @@ async fn sighup_applies_exactly_what_changed() {
     // A config with errors: rejected as a whole, reported, nothing changes.
     netd.write_config("[[listener]]\nname = \"broken\"\nkind = \"tcp-echo\"\n");
     netd.signal(libc::SIGHUP);
-    let failed = loop {
-        let e = tokio::time::timeout(crate::common::DEADLINE, events.message())
-            .await
-            .expect("event in time")
-            .unwrap()
-            .unwrap();
-        if e.kind() == proto::EventKind::Reloaded || e.kind() == proto::EventKind::ReloadFailed {
-            break e;
-        }
-    };
+    let failed = next_reload_outcome(&mut events).await;
     assert_eq!(failed.kind(), proto::EventKind::ReloadFailed);
     assert!(
         failed.message.contains("listen is required"),
