@@ -65,6 +65,14 @@ fn spec_json(l: &proto::Listener) -> Value {
             "max_connections": p.max_connections,
             "upstream_backoff": dur(&p.upstream_backoff),
             "resolve_interval": dur(&p.resolve_interval),
+            "faults": faults_json(&p.faults),
+        }),
+        Some(Kind::UdpProxy(u)) => json!({
+            "listen": u.listen,
+            "upstream": u.upstream,
+            "max_clients": u.max_clients,
+            "idle_timeout": dur(&u.idle_timeout),
+            "faults": faults_json(&u.faults),
         }),
         Some(Kind::Http(h)) => json!({
             "listen": h.listen,
@@ -140,6 +148,43 @@ pub fn http_json(h: &proto::HttpStats) -> Value {
     })
 }
 
+/// Faults as their attribute tables (the config's and netctl's names).
+pub fn faults_json(faults: &[proto::Fault]) -> Value {
+    Value::Array(
+        faults
+            .iter()
+            .map(|f| serde_json::to_value(netd::fault::attrs::to_table(f)).unwrap_or(Value::Null))
+            .collect(),
+    )
+}
+
+pub fn fault_stats_json(f: &proto::FaultStats) -> Value {
+    json!({
+        "name": f.name,
+        "type": f.r#type,
+        "active": f.active,
+        "connections_affected": f.connections_affected,
+        "connections_closed": f.connections_closed,
+        "bytes_delayed": f.bytes_delayed,
+        "bytes_dropped": f.bytes_dropped,
+        "datagrams_lost": f.datagrams_lost,
+        "datagrams_duplicated": f.datagrams_duplicated,
+        "datagrams_reordered": f.datagrams_reordered,
+        "datagrams_corrupted": f.datagrams_corrupted,
+        "datagrams_delayed": f.datagrams_delayed,
+    })
+}
+
+pub fn udp_proxy_json(u: &proto::UdpProxyStats) -> Value {
+    json!({
+        "clients_active": u.clients_active,
+        "clients_total": u.clients_total,
+        "clients_expired": u.clients_expired,
+        "clients_refused": u.clients_refused,
+        "upstream_errors": u.upstream_errors,
+    })
+}
+
 pub fn udp_echo_json(u: &proto::UdpEchoStats) -> Value {
     json!({
         "own_source_drops": u.own_source_drops,
@@ -189,7 +234,11 @@ pub fn stats_json(s: &proto::ListenerStats) -> Value {
         Some(proto::listener_stats::Detail::Http(h)) => v["http"] = http_json(h),
         Some(proto::listener_stats::Detail::Sniffer(f)) => v["sniffer"] = sniffer_json(f),
         Some(proto::listener_stats::Detail::UdpEcho(u)) => v["udp_echo"] = udp_echo_json(u),
+        Some(proto::listener_stats::Detail::UdpProxy(u)) => v["udp_proxy"] = udp_proxy_json(u),
         None => {}
+    }
+    if !s.faults.is_empty() {
+        v["faults"] = Value::Array(s.faults.iter().map(fault_stats_json).collect());
     }
     v
 }
@@ -291,7 +340,9 @@ pub fn list_rows(listeners: &[proto::Listener]) -> Vec<Vec<String>> {
         .map(|l| {
             let s = l.stats.clone().unwrap_or_default();
             let traffic = match l.kind() {
-                proto::ListenerKind::UdpEcho => format!("{} dgrams", s.datagrams_in),
+                proto::ListenerKind::UdpEcho | proto::ListenerKind::UdpProxy => {
+                    format!("{} dgrams", s.datagrams_in)
+                }
                 proto::ListenerKind::Sniffer => format!("{} packets", s.datagrams_in),
                 proto::ListenerKind::TcpEcho
                 | proto::ListenerKind::Proxy

@@ -205,6 +205,9 @@ fn event_kind(e: &proto::Event) -> &'static str {
         proto::EventKind::Draining => "draining",
         proto::EventKind::Reloaded => "reloaded",
         proto::EventKind::ReloadFailed => "reload_failed",
+        proto::EventKind::FaultAdded => "fault_added",
+        proto::EventKind::FaultUpdated => "fault_updated",
+        proto::EventKind::FaultRemoved => "fault_removed",
     }
 }
 

@@ -51,12 +51,16 @@ pub fn required_role(path: &str) -> Role {
         | "/netd.v1.Control/GetStats"
         | "/netd.v1.Control/WatchStats"
         | "/netd.v1.Control/WatchEvents"
-        | "/netd.v1.Control/WatchPackets" => Role::Viewer,
+        | "/netd.v1.Control/WatchPackets"
+        | "/netd.v1.Control/ListFaults" => Role::Viewer,
         "/netd.v1.Control/StartListener"
         | "/netd.v1.Control/StopListener"
         | "/netd.v1.Control/UpdateListener"
         | "/netd.v1.Control/DrainListener"
-        | "/netd.v1.Control/ApplyListeners" => Role::Admin,
+        | "/netd.v1.Control/ApplyListeners"
+        | "/netd.v1.Control/AddFault"
+        | "/netd.v1.Control/UpdateFault"
+        | "/netd.v1.Control/RemoveFault" => Role::Admin,
         p if p.starts_with("/grpc.health.v1.Health/") => Role::None,
         p if p.starts_with("/grpc.reflection.v1.ServerReflection/")
             || p.starts_with("/grpc.reflection.v1alpha.ServerReflection/") =>

@@ -113,6 +113,13 @@ struct RawListener {
     #[serde(default)]
     upstreams: Option<Spanned<Vec<String>>>,
     #[serde(default)]
+    upstream: Option<Spanned<String>>,
+    #[serde(default)]
+    max_clients: Option<Spanned<u32>>,
+    /// Fault tables (`[[listener.faults]]`), see [`crate::fault::attrs`].
+    #[serde(default)]
+    faults: Option<Spanned<Vec<toml::Table>>>,
+    #[serde(default)]
     preconnect: Option<Spanned<u32>>,
     #[serde(default)]
     connect_timeout: Option<Spanned<String>>,
@@ -534,7 +541,7 @@ impl Config {
                 .unwrap_or_default();
             let kind_name = l.kind.get_ref().0;
             let spans = |o: Option<std::ops::Range<usize>>| o;
-            let optional: [OptionalField; 30] = [
+            let optional: [OptionalField; 33] = [
                 ("listen", spans(l.listen.as_ref().map(|v| v.span()))),
                 ("interface", spans(l.interface.as_ref().map(|v| v.span()))),
                 ("filter", spans(l.filter.as_ref().map(|v| v.span()))),
@@ -606,6 +613,12 @@ impl Config {
                     spans(l.max_header_bytes.as_ref().map(|v| v.span())),
                 ),
                 ("upstreams", spans(l.upstreams.as_ref().map(|v| v.span()))),
+                ("upstream", spans(l.upstream.as_ref().map(|v| v.span()))),
+                (
+                    "max_clients",
+                    spans(l.max_clients.as_ref().map(|v| v.span())),
+                ),
+                ("faults", spans(l.faults.as_ref().map(|v| v.span()))),
                 ("preconnect", spans(l.preconnect.as_ref().map(|v| v.span()))),
                 (
                     "connect_timeout",
@@ -668,6 +681,23 @@ impl Config {
                 .map(|m| *m.get_ref())
                 .unwrap_or(0);
             let idle_timeout = duration("idle_timeout", &l.idle_timeout)?;
+            let faults = match &l.faults {
+                None => Vec::new(),
+                Some(f) => f
+                    .get_ref()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        crate::fault::attrs::from_table(t).map_err(|e| {
+                            ConfigError(format!(
+                                "{}: listener '{name}': fault {}: {e}",
+                                at(f.span()),
+                                i + 1
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
             // Exhaustive over the kinds: a new one must say how its spec is
             // built from its keys.
             let kind = match kind_name.kind {
@@ -707,6 +737,18 @@ impl Config {
                     max_connections,
                     upstream_backoff: duration("upstream_backoff", &l.upstream_backoff)?,
                     resolve_interval: duration("resolve_interval", &l.resolve_interval)?,
+                    faults,
+                }),
+                proto::ListenerKind::UdpProxy => Kind::UdpProxy(proto::UdpProxySpec {
+                    listen,
+                    upstream: l
+                        .upstream
+                        .as_ref()
+                        .map(|u| u.get_ref().clone())
+                        .unwrap_or_default(),
+                    max_clients: u32_of(&l.max_clients),
+                    idle_timeout,
+                    faults,
                 }),
                 proto::ListenerKind::Sniffer => Kind::Sniffer(proto::SnifferSpec {
                     interface: l

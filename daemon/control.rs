@@ -47,6 +47,9 @@ pub fn to_status(e: SupervisorError) -> Status {
         SupervisorError::TooMany(_) => Status::resource_exhausted(msg),
         SupervisorError::Leaving(_) => Status::failed_precondition(msg),
         SupervisorError::Persist(_) => Status::internal(msg),
+        SupervisorError::FaultNotFound(..) => Status::not_found(msg),
+        SupervisorError::FaultExists(..) => Status::already_exists(msg),
+        SupervisorError::NoFaults(..) => Status::failed_precondition(msg),
     }
 }
 
@@ -73,6 +76,85 @@ fn audit<T>(caller: &Caller, rpc: &str, name: &str, kind: &str, result: &Result<
 
 #[tonic::async_trait]
 impl Control for ControlService {
+    async fn add_fault(
+        &self,
+        request: Request<proto::AddFaultRequest>,
+    ) -> Result<Response<proto::FaultStatus>, Status> {
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        let result = match req.fault {
+            None => Err(Status::invalid_argument("fault is required")),
+            Some(f) => {
+                let ty = crate::fault::type_of(&f);
+                let r = self
+                    .supervisor
+                    .add_fault(&req.listener, f)
+                    .await
+                    .map_err(to_status);
+                audit(&caller, "AddFault", &req.listener, ty, &r);
+                r
+            }
+        };
+        Ok(Response::new(result?))
+    }
+
+    async fn update_fault(
+        &self,
+        request: Request<proto::UpdateFaultRequest>,
+    ) -> Result<Response<proto::FaultStatus>, Status> {
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        let result = match req.fault {
+            None => Err(Status::invalid_argument("fault is required")),
+            Some(f) => {
+                let ty = crate::fault::type_of(&f);
+                let r = self
+                    .supervisor
+                    .update_fault(&req.listener, f)
+                    .await
+                    .map_err(to_status);
+                audit(&caller, "UpdateFault", &req.listener, ty, &r);
+                r
+            }
+        };
+        Ok(Response::new(result?))
+    }
+
+    async fn remove_fault(
+        &self,
+        request: Request<proto::RemoveFaultRequest>,
+    ) -> Result<Response<proto::RemoveFaultResponse>, Status> {
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        let result = match (req.all, req.name.is_empty()) {
+            (true, false) => Err(Status::invalid_argument(
+                "give a fault name or `all`, not both",
+            )),
+            (false, true) => Err(Status::invalid_argument("a fault name is required")),
+            (all, _) => self
+                .supervisor
+                .remove_fault(&req.listener, (!all).then_some(req.name.as_str()))
+                .await
+                .map_err(to_status),
+        };
+        audit(&caller, "RemoveFault", &req.listener, "-", &result);
+        Ok(Response::new(proto::RemoveFaultResponse {
+            removed: result?,
+        }))
+    }
+
+    async fn list_faults(
+        &self,
+        request: Request<proto::ListFaultsRequest>,
+    ) -> Result<Response<proto::ListFaultsResponse>, Status> {
+        let req = request.into_inner();
+        let faults = self
+            .supervisor
+            .list_faults(&req.listener)
+            .map_err(to_status)?;
+        Ok(Response::new(proto::ListFaultsResponse { faults }))
+    }
+
     async fn start_listener(
         &self,
         request: Request<proto::StartListenerRequest>,

@@ -140,6 +140,18 @@ impl Table {
         Ok(())
     }
 
+    /// A listener's faults, as an array of inline tables (the config also
+    /// takes `[[listener.faults]]` tables).
+    pub fn faults(&mut self, faults: &[crate::proto::Fault]) {
+        if !faults.is_empty() {
+            let list = faults
+                .iter()
+                .map(|f| toml::Value::Table(crate::fault::attrs::to_table(f)))
+                .collect();
+            self.line("faults", toml::Value::Array(list));
+        }
+    }
+
     pub fn duration(&mut self, key: &str, v: &Option<prost_types::Duration>) -> Result<(), String> {
         if let Some(d) = v {
             self.line(
@@ -214,6 +226,123 @@ mod tests {
         want
     }
 
+    fn fault(
+        name: &str,
+        direction: proto::FaultDirection,
+        kind: proto::fault::Kind,
+    ) -> proto::Fault {
+        proto::Fault {
+            name: name.into(),
+            direction: direction as i32,
+            toxicity: Some(0.25),
+            when: Some(proto::FaultCondition {
+                after_bytes: 10,
+                start_after: d(1, 5),
+                duration: d(60, 0),
+                client_cidr: "127.0.0.0/8".into(),
+                every_nth: 3,
+            }),
+            kind: Some(kind),
+        }
+    }
+
+    /// A fault of every TCP type, every attribute set.
+    fn every_tcp_fault() -> Vec<proto::Fault> {
+        use proto::FaultDirection as D;
+        use proto::fault::Kind as F;
+        vec![
+            fault(
+                "lat",
+                D::Both,
+                F::Latency(proto::LatencyFault {
+                    latency: d(0, 100_000_000),
+                    jitter: d(0, 7_000_001),
+                }),
+            ),
+            fault(
+                "bw",
+                D::Upstream,
+                F::Bandwidth(proto::BandwidthFault {
+                    rate_bytes_per_sec: 1_234_567,
+                }),
+            ),
+            fault(
+                "sc",
+                D::Downstream,
+                F::SlowClose(proto::SlowCloseFault { delay: d(2, 0) }),
+            ),
+            fault(
+                "to",
+                D::Both,
+                F::Timeout(proto::TimeoutFault { timeout: d(3, 0) }),
+            ),
+            fault(
+                "rp",
+                D::Both,
+                F::ResetPeer(proto::ResetPeerFault { timeout: d(0, 500) }),
+            ),
+            fault(
+                "sl",
+                D::Both,
+                F::Slicer(proto::SlicerFault {
+                    average_size: 64,
+                    size_variation: 8,
+                    delay: d(0, 10_000),
+                }),
+            ),
+            fault(
+                "ld",
+                D::Both,
+                F::LimitData(proto::LimitDataFault { bytes: 1 << 40 }),
+            ),
+            fault("dn", D::Both, F::Down(proto::DownFault {})),
+        ]
+    }
+
+    /// A fault of every UDP-only type, every attribute set.
+    fn every_udp_fault() -> Vec<proto::Fault> {
+        use proto::FaultDirection as D;
+        use proto::fault::Kind as F;
+        let mut v: Vec<proto::Fault> = vec![
+            fault(
+                "loss",
+                D::Both,
+                F::Loss(proto::LossFault {
+                    probability: 0.0,
+                    burst_enter: 0.05,
+                    burst_exit: 0.5,
+                    bad_loss: Some(0.9),
+                    good_loss: 0.001,
+                }),
+            ),
+            fault(
+                "dup",
+                D::Upstream,
+                F::Duplicate(proto::DuplicateFault { probability: 0.1 }),
+            ),
+            fault(
+                "reo",
+                D::Downstream,
+                F::Reorder(proto::ReorderFault {
+                    probability: 0.3,
+                    gap: 2,
+                    max_hold: d(0, 50_000_000),
+                }),
+            ),
+            fault(
+                "cor",
+                D::Both,
+                F::Corrupt(proto::CorruptFault { probability: 1e-3 }),
+            ),
+        ];
+        for f in &mut v {
+            if let Some(w) = &mut f.when {
+                w.after_bytes = 0;
+            }
+        }
+        v
+    }
+
     /// One spec of each kind with every field set to something other than
     /// its zero value. Struct literals without `..`: a new proto field
     /// does not compile here until it is set (and so round-tripped).
@@ -249,6 +378,17 @@ mod tests {
                     max_connections: 1_000_000,
                     upstream_backoff: d(3, 999_999_999),
                     resolve_interval: d(90, 5),
+                    faults: every_tcp_fault(),
+                }),
+            ),
+            listener(
+                "up",
+                Kind::UdpProxy(proto::UdpProxySpec {
+                    listen: "127.0.0.1:0".into(),
+                    upstream: "127.0.0.1:53".into(),
+                    max_clients: 77,
+                    idle_timeout: d(5, 0),
+                    faults: every_udp_fault(),
                 }),
             ),
             listener(
@@ -595,6 +735,7 @@ mod fuzz {
                         max_connections,
                         upstream_backoff,
                         resolve_interval,
+                        faults: Vec::new(),
                     })
                 },
             )

@@ -37,6 +37,7 @@ pub mod control;
 pub mod control_conn;
 pub mod events;
 pub mod export;
+pub mod fault;
 pub mod fdpass;
 pub mod fdstore;
 #[cfg(test)]

@@ -314,6 +314,102 @@ impl ListenerCollector {
             "Sources in a UDP echo's rate-limit table.",
             false,
         );
+        type FaultCounter = fn(&crate::proto::FaultStats) -> u64;
+        let mut fault_counters: Vec<(Family, FaultCounter)> = vec![
+            (
+                Family::new(
+                    "netd_fault_connections_affected",
+                    "Connections (TCP) or clients (UDP) a fault was applied to.",
+                    true,
+                ),
+                |f| f.connections_affected,
+            ),
+            (
+                Family::new(
+                    "netd_fault_bytes_delayed",
+                    "Bytes a fault held back (latency, bandwidth, slicer).",
+                    true,
+                ),
+                |f| f.bytes_delayed,
+            ),
+            (
+                Family::new("netd_fault_bytes_dropped", "Bytes a fault discarded.", true),
+                |f| f.bytes_dropped,
+            ),
+            (
+                Family::new(
+                    "netd_fault_connections_closed",
+                    "Connections a fault closed or reset.",
+                    true,
+                ),
+                |f| f.connections_closed,
+            ),
+            (
+                Family::new(
+                    "netd_fault_datagrams_lost",
+                    "Datagrams a fault dropped.",
+                    true,
+                ),
+                |f| f.datagrams_lost,
+            ),
+            (
+                Family::new(
+                    "netd_fault_datagrams_duplicated",
+                    "Datagrams a fault sent twice.",
+                    true,
+                ),
+                |f| f.datagrams_duplicated,
+            ),
+            (
+                Family::new(
+                    "netd_fault_datagrams_reordered",
+                    "Datagrams a fault held back behind later ones.",
+                    true,
+                ),
+                |f| f.datagrams_reordered,
+            ),
+            (
+                Family::new(
+                    "netd_fault_datagrams_corrupted",
+                    "Datagrams in which a fault flipped a bit.",
+                    true,
+                ),
+                |f| f.datagrams_corrupted,
+            ),
+            (
+                Family::new(
+                    "netd_fault_datagrams_delayed",
+                    "Datagrams a fault delayed.",
+                    true,
+                ),
+                |f| f.datagrams_delayed,
+            ),
+        ];
+        let mut fault_active = Family::new(
+            "netd_fault_active",
+            "1 while a fault is inside its time window (always, without one).",
+            false,
+        );
+        let mut udp_proxy_clients = Family::new(
+            "netd_udp_proxy_clients",
+            "Clients a UDP proxy has an upstream socket for.",
+            false,
+        );
+        let mut udp_proxy_expired = Family::new(
+            "netd_udp_proxy_clients_expired",
+            "UDP proxy clients forgotten after their idle timeout or evicted.",
+            true,
+        );
+        let mut udp_proxy_refused = Family::new(
+            "netd_udp_proxy_clients_refused",
+            "Datagrams of new UDP proxy clients dropped: the client table was full.",
+            true,
+        );
+        let mut udp_proxy_errors = Family::new(
+            "netd_udp_proxy_upstream_errors",
+            "Failed sends or receives on UDP proxy upstream sockets.",
+            true,
+        );
         let mut udp_evicted = Family::new(
             "netd_udp_echo_sources_evicted",
             "Idle sources evicted from a UDP echo's rate-limit table.",
@@ -329,6 +425,17 @@ impl ListenerCollector {
                 b.push((k, v));
                 b
             };
+            for f in l.stats.iter().flat_map(|s| &s.faults) {
+                let labels = {
+                    let mut b = with("fault", f.name.clone());
+                    b.push(("type", f.r#type.clone()));
+                    b
+                };
+                for (family, get) in &mut fault_counters {
+                    family.series.push((labels.clone(), get(f)));
+                }
+                fault_active.series.push((labels, f.active as u64));
+            }
             match l.stats.as_ref().and_then(|s| s.detail.as_ref()) {
                 Some(Detail::Proxy(p)) => {
                     proxy_failures
@@ -396,6 +503,20 @@ impl ListenerCollector {
                     udp_sources.series.push((base.clone(), u.sources_tracked));
                     udp_evicted.series.push((base.clone(), u.sources_evicted));
                 }
+                Some(Detail::UdpProxy(u)) => {
+                    udp_proxy_clients
+                        .series
+                        .push((base.clone(), u.clients_active));
+                    udp_proxy_expired
+                        .series
+                        .push((base.clone(), u.clients_expired));
+                    udp_proxy_refused
+                        .series
+                        .push((base.clone(), u.clients_refused));
+                    udp_proxy_errors
+                        .series
+                        .push((base.clone(), u.upstream_errors));
+                }
                 None => {}
             }
         }
@@ -420,7 +541,15 @@ impl ListenerCollector {
             &udp_truncated,
             &udp_sources,
             &udp_evicted,
+            &udp_proxy_clients,
+            &udp_proxy_expired,
+            &udp_proxy_refused,
+            &udp_proxy_errors,
+            &fault_active,
         ] {
+            f.encode(encoder)?;
+        }
+        for (f, _) in &fault_counters {
             f.encode(encoder)?;
         }
         Ok(())

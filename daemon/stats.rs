@@ -95,6 +95,7 @@ impl Stats {
             datagrams_out: self.datagrams_out.load(Relaxed),
             errors: self.errors.load(Relaxed),
             panics: self.panics.load(Relaxed),
+            faults: Vec::new(),
             detail: None,
         }
     }

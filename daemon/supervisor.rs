@@ -86,6 +86,12 @@ pub enum SupervisorError {
     /// The change is live but could not be saved.
     #[error("{0}")]
     Persist(String),
+    #[error("listener '{0}' has no fault named '{1}'")]
+    FaultNotFound(String, String),
+    #[error("listener '{0}' already has a fault named '{1}'")]
+    FaultExists(String, String),
+    #[error("listener '{0}' is a {1}; faults can be injected into proxy and udp-proxy listeners")]
+    NoFaults(String, &'static str),
 }
 
 /// Mutable part of a listener's status.
@@ -158,6 +164,11 @@ struct Entry {
     close_connections: CancellationToken,
     tracker: TaskTracker,
     events: EventBus,
+    /// The live faults (proxy, udp-proxy), shared by every generation so a
+    /// change reaches open connections too. Generation specs hold the
+    /// faults as they were when the generation started; this holds them
+    /// as they are (see [`Entry::spec`]).
+    faults: Arc<crate::fault::FaultTable>,
 }
 
 impl Entry {
@@ -189,10 +200,23 @@ impl Entry {
         self.current_gen().service.kind()
     }
 
+    /// `spec` with the live faults in place of those it was built with.
+    fn with_live_faults(&self, mut spec: proto::ListenerSpec) -> proto::ListenerSpec {
+        if let Some(f) = crate::fault::faults_of_mut(&mut spec) {
+            *f = self.faults.specs();
+        }
+        spec
+    }
+
+    /// The listener's spec as requested, with its faults as they are now.
+    fn spec(&self) -> proto::ListenerSpec {
+        self.with_live_faults(self.current_gen().spec.clone())
+    }
+
     fn desired(&self) -> Desired {
         Desired {
             name: self.name.to_string(),
-            spec: self.current_gen().spec.clone(),
+            spec: self.spec(),
             labels: self.labels(),
         }
     }
@@ -204,8 +228,8 @@ impl Entry {
         proto::Listener {
             name: self.name.to_string(),
             kind: g.service.kind() as i32,
-            spec: Some(g.shown.clone()),
-            effective_spec: Some(g.effective.clone()),
+            spec: Some(self.with_live_faults(g.shown.clone())),
+            effective_spec: Some(self.with_live_faults(g.effective.clone())),
             state: st.state as i32,
             bound_addr: g.bound_addr.clone(),
             started_at: Some(self.started_at.into()),
@@ -220,6 +244,9 @@ impl Entry {
     fn stats_of(&self, g: &Generation) -> proto::ListenerStats {
         let mut s = self.stats.snapshot();
         s.detail = g.service.detail_stats();
+        if self.faults.version() != 0 {
+            s.faults = self.faults.stats();
+        }
         s
     }
 
@@ -242,6 +269,7 @@ impl Entry {
             close_connections: self.close_connections.clone(),
             tracker: self.tracker.clone(),
             events: self.events.clone(),
+            faults: self.faults.clone(),
         }
     }
 }
@@ -598,6 +626,15 @@ impl Supervisor {
         bound_addr: String,
     ) -> Arc<Entry> {
         let stop_accepting = self.inner.shutdown_accepting.child_token();
+        let faults = Arc::new(crate::fault::FaultTable::new(
+            crate::fault::target_of(&spec).unwrap_or(crate::fault::Target::Tcp),
+        ));
+        if let Some(f) = crate::fault::faults_of(&spec) {
+            // Checked when the service was built from this spec.
+            if let Err(e) = faults.replace_all(f) {
+                tracing::error!(listener = name, error = %e, "faults not applied");
+            }
+        }
         let cur_gen = Arc::new(Generation {
             spec,
             effective: service.effective_spec(&shown),
@@ -628,6 +665,7 @@ impl Supervisor {
             close_connections: self.inner.shutdown_connections.child_token(),
             tracker: TaskTracker::new(),
             events: self.inner.events.clone(),
+            faults,
         })
     }
 
@@ -911,8 +949,9 @@ impl Supervisor {
             validate_labels(l)?;
         }
         let cur = entry.current_gen();
+        let cur_spec = entry.spec();
         let spec = Service::normalize(Service::keep_secrets(spec, &cur.spec), &self.inner.settings);
-        let mut changed = crate::spec_diff::changed_fields(&cur.spec, &spec);
+        let mut changed = crate::spec_diff::changed_fields(&cur_spec, &spec);
         let labels_change = labels.as_ref().is_some_and(|l| *l != entry.labels());
         if labels_change {
             changed.push("labels".into());
@@ -925,11 +964,29 @@ impl Supervisor {
                 entry.ephemeral,
             ));
         }
-        let action = if cur.spec == spec {
+        let faults_only =
+            crate::fault::without_faults(&cur.spec) == crate::fault::without_faults(&spec);
+        let action = if faults_only {
+            // Labels or faults only: the faults change in the live table,
+            // for open connections too; no new generation.
+            if let Some(f) = crate::fault::faults_of(&spec) {
+                if let Some(t) = crate::fault::target_of(&spec) {
+                    crate::fault::compile_all(f, t)?;
+                }
+                entry
+                    .faults
+                    .replace_all(f)
+                    .map_err(|e| SpecError(e.to_string()))?;
+            }
             UpdateAction::InPlace
         } else {
+            let new_faults = crate::fault::faults_of(&spec).cloned();
             let p = self.prepare_update(&entry, &cur, spec).await?;
             let action = self.switch(&entry, &cur, p)?;
+            if let Some(f) = new_faults {
+                // Checked when the new generation was built.
+                let _ = entry.faults.replace_all(&f);
+            }
             // Return once the old generation has stopped accepting (after a
             // replace, its address is free again).
             let _ = tokio::time::timeout(Duration::from_secs(10), cur.ended.cancelled()).await;
@@ -1201,7 +1258,7 @@ impl Supervisor {
                 }
                 Some(e) => {
                     let cur = e.current_gen();
-                    let mut changed = crate::spec_diff::changed_fields(&cur.spec, &d.spec);
+                    let mut changed = crate::spec_diff::changed_fields(&e.spec(), &d.spec);
                     if e.labels() != d.labels {
                         changed.push("labels".into());
                     }
@@ -1335,6 +1392,138 @@ impl Supervisor {
         })
     }
 
+    /// The live entry `name`, if its kind takes faults.
+    fn fault_entry(&self, name: &str) -> Result<Arc<Entry>, SupervisorError> {
+        let e = self.live_entry(name)?;
+        if crate::fault::target_of(&e.current_gen().spec).is_none() {
+            return Err(SupervisorError::NoFaults(name.to_string(), e.kind().slug()));
+        }
+        Ok(e)
+    }
+
+    fn fault_error(name: &str, e: crate::fault::TableError) -> SupervisorError {
+        use crate::fault::TableError as T;
+        match e {
+            T::Exists(f) => SupervisorError::FaultExists(name.into(), f),
+            T::NotFound(f) => SupervisorError::FaultNotFound(name.into(), f),
+            T::Full | T::Invalid(_) => SupervisorError::InvalidSpec(SpecError(e.to_string())),
+        }
+    }
+
+    /// Persist a fault change, and announce it.
+    async fn fault_changed(
+        &self,
+        entry: &Entry,
+        kind: EventKind,
+        what: &str,
+    ) -> Result<(), SupervisorError> {
+        tracing::info!(listener = %entry.name, "{what}");
+        self.inner
+            .events
+            .publish(kind, &entry.name, entry.kind(), what.to_string());
+        if entry.ephemeral {
+            return Ok(());
+        }
+        self.persist().await
+    }
+
+    /// Add a fault at the end of a proxy's or udp-proxy's list; it applies
+    /// at once, to open connections too.
+    pub async fn add_fault(
+        &self,
+        name: &str,
+        fault: proto::Fault,
+    ) -> Result<proto::FaultStatus, SupervisorError> {
+        let _mutating = self.mutating().await?;
+        let entry = self.fault_entry(name)?;
+        let _one_at_a_time = entry.updating.lock().await;
+        let a = entry
+            .faults
+            .add(fault)
+            .map_err(|e| Self::fault_error(name, e))?;
+        let what = format!(
+            "fault {} ({}) added",
+            a.fault.name,
+            a.fault.action.type_name()
+        );
+        self.fault_changed(&entry, EventKind::FaultAdded, &what)
+            .await?;
+        Ok(fault_status(name, &a))
+    }
+
+    /// Replace a fault by name (keeping its counters; its window starts
+    /// again).
+    pub async fn update_fault(
+        &self,
+        name: &str,
+        fault: proto::Fault,
+    ) -> Result<proto::FaultStatus, SupervisorError> {
+        let _mutating = self.mutating().await?;
+        let entry = self.fault_entry(name)?;
+        let _one_at_a_time = entry.updating.lock().await;
+        let a = entry
+            .faults
+            .update(fault)
+            .map_err(|e| Self::fault_error(name, e))?;
+        let what = format!(
+            "fault {} ({}) changed",
+            a.fault.name,
+            a.fault.action.type_name()
+        );
+        self.fault_changed(&entry, EventKind::FaultUpdated, &what)
+            .await?;
+        Ok(fault_status(name, &a))
+    }
+
+    /// Remove a fault by name, or all of them (`fault` None); their final
+    /// counters.
+    pub async fn remove_fault(
+        &self,
+        name: &str,
+        fault: Option<&str>,
+    ) -> Result<Vec<proto::FaultStats>, SupervisorError> {
+        let _mutating = self.mutating().await?;
+        let entry = self.fault_entry(name)?;
+        let _one_at_a_time = entry.updating.lock().await;
+        let gone = entry
+            .faults
+            .remove(fault)
+            .map_err(|e| Self::fault_error(name, e))?;
+        if gone.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<&str> = gone.iter().map(|a| a.fault.name.as_str()).collect();
+        let what = format!("fault {} removed", names.join(", "));
+        self.fault_changed(&entry, EventKind::FaultRemoved, &what)
+            .await?;
+        let now = tokio::time::Instant::now();
+        Ok(gone.iter().map(|a| a.stats(now)).collect())
+    }
+
+    /// The faults of one listener (`name`), or of every listener that can
+    /// have them, with their counters.
+    pub fn list_faults(&self, name: &str) -> Result<Vec<proto::FaultStatus>, SupervisorError> {
+        let entries = if name.is_empty() {
+            self.entries()
+                .into_iter()
+                .filter(|e| crate::fault::target_of(&e.current_gen().spec).is_some())
+                .collect()
+        } else {
+            vec![self.fault_entry(name)?]
+        };
+        Ok(entries
+            .iter()
+            .flat_map(|e| {
+                e.faults
+                    .current()
+                    .faults
+                    .iter()
+                    .map(|a| fault_status(&e.name, a))
+                    .collect::<Vec<_>>()
+            })
+            .collect())
+    }
+
     pub fn get(&self, name: &str) -> Result<proto::Listener, SupervisorError> {
         Ok(self.entry(name)?.to_proto())
     }
@@ -1443,6 +1632,20 @@ fn normalize_all(list: Vec<Desired>, settings: &Settings) -> Vec<Desired> {
             d
         })
         .collect()
+}
+
+fn fault_status(listener: &str, a: &crate::fault::Active) -> proto::FaultStatus {
+    proto::FaultStatus {
+        listener: listener.to_string(),
+        fault: Some(a.spec.clone()),
+        stats: Some(a.stats(tokio::time::Instant::now())),
+    }
+}
+
+/// Whether `name` is a valid listener (or fault) name: see
+/// [`validate_name`].
+pub fn valid_name(name: &str) -> bool {
+    validate_name(name).is_ok()
 }
 
 /// Names are `[A-Za-z0-9][A-Za-z0-9._-]{0,62}`: safe in file names, URLs,

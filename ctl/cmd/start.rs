@@ -190,6 +190,22 @@ pub(crate) enum StartKind {
         #[arg(long, value_name = "N")]
         max_sources: Option<u32>,
     },
+    /// UDP proxy: each client's datagrams go to the upstream from a socket
+    /// of their own, and the answers come back; add impairments with
+    /// `netctl fault add`.
+    UdpProxy {
+        #[command(flatten)]
+        common: Common,
+        /// Upstream host:port.
+        #[arg(short, long, value_name = "ADDR")]
+        upstream: String,
+        /// Clients tracked at once (default 1024).
+        #[arg(long, value_name = "N")]
+        max_clients: Option<u32>,
+        /// Forget a client idle this long (default 60s).
+        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+        idle_timeout: Option<Duration>,
+    },
 }
 
 pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
@@ -230,6 +246,7 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
                 max_connections: max_connections.unwrap_or(0),
                 upstream_backoff: to_proto_duration("--upstream-backoff", upstream_backoff)?,
                 resolve_interval: to_proto_duration("--resolve-interval", resolve_interval)?,
+                faults: Vec::new(),
             };
             (common, Kind::Proxy(spec))
         }
@@ -324,6 +341,21 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
                 max_sources: max_sources.unwrap_or(0),
             };
             (common, Kind::UdpEcho(spec))
+        }
+        StartKind::UdpProxy {
+            common,
+            upstream,
+            max_clients,
+            idle_timeout,
+        } => {
+            let spec = proto::UdpProxySpec {
+                listen: common.listen.clone(),
+                upstream,
+                max_clients: max_clients.unwrap_or(0),
+                idle_timeout: to_proto_duration("--idle-timeout", idle_timeout)?,
+                faults: Vec::new(),
+            };
+            (common, Kind::UdpProxy(spec))
         }
     };
     let mut client = dial.client(false).await?;

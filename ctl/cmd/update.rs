@@ -80,6 +80,9 @@ pub(crate) struct UpdateArgs {
     /// udp-echo: sources the rate limit tracks.
     #[arg(long, value_name = "N")]
     max_sources: Option<u32>,
+    /// udp-proxy: clients tracked at once.
+    #[arg(long, value_name = "N")]
+    max_clients: Option<u32>,
     /// sniffer: capture filter.
     #[arg(short, long, value_name = "EXPR")]
     filter: Option<String>,
@@ -109,6 +112,7 @@ impl UpdateArgs {
             Kind::Proxy(_) => "proxy",
             Kind::Http(_) => "http",
             Kind::Sniffer(_) => "sniffer",
+            Kind::UdpProxy(_) => "udp-proxy",
         };
         let na = |flag: &str| anyhow!("{flag} does not apply to a {slug} listener");
         let dur = |flag: &str, d: Option<Duration>| to_proto_duration(flag, d);
@@ -118,6 +122,7 @@ impl UpdateArgs {
                 Kind::UdpEcho(s) => s.listen = l.clone(),
                 Kind::Proxy(s) => s.listen = l.clone(),
                 Kind::Http(s) => s.listen = l.clone(),
+                Kind::UdpProxy(s) => s.listen = l.clone(),
                 Kind::Sniffer(_) => return Err(na("--listen")),
             }
         }
@@ -142,6 +147,7 @@ impl UpdateArgs {
                 Kind::TcpEcho(s) => s.idle_timeout = d,
                 Kind::Proxy(s) => s.idle_timeout = d,
                 Kind::Http(s) => s.idle_timeout = d,
+                Kind::UdpProxy(s) => s.idle_timeout = d,
                 _ => return Err(na("--idle-timeout")),
             }
         }
@@ -165,6 +171,16 @@ impl UpdateArgs {
                 }
                 if self.upstream_backoff.is_some() {
                     s.upstream_backoff = dur("--upstream-backoff", self.upstream_backoff)?;
+                }
+            }
+            Kind::UdpProxy(s) => {
+                match self.upstreams.as_slice() {
+                    [] => {}
+                    [one] => s.upstream = one.clone(),
+                    _ => return Err(anyhow!("a udp-proxy has one --upstream")),
+                }
+                if let Some(n) = self.max_clients {
+                    s.max_clients = n;
                 }
             }
             _ if !self.upstreams.is_empty() => return Err(na("--upstream")),
@@ -221,6 +237,9 @@ impl UpdateArgs {
                 }
             }
             _ if self.max_sources.is_some() => return Err(na("--max-sources")),
+            _ if self.max_clients.is_some() && !matches!(kind, Kind::UdpProxy(_)) => {
+                return Err(na("--max-clients"));
+            }
             _ => {}
         }
         match kind {

@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod sniffer;
 pub mod tcp_echo;
 pub mod udp_echo;
+pub mod udp_proxy;
 
 use std::io;
 use std::net::SocketAddr;
@@ -53,6 +54,7 @@ macro_rules! kinds {
             Proxy => proxy::Proxy,
             Http => http::Http,
             Sniffer => sniffer::Sniffer,
+            UdpProxy => udp_proxy::UdpProxy,
         }
     };
 }
@@ -365,9 +367,11 @@ impl Service {
     pub fn as_sniffer(&self) -> Option<&Arc<sniffer::Sniffer>> {
         match self {
             Service::Sniffer(s) => Some(s),
-            Service::TcpEcho(_) | Service::UdpEcho(_) | Service::Proxy(_) | Service::Http(_) => {
-                None
-            }
+            Service::TcpEcho(_)
+            | Service::UdpEcho(_)
+            | Service::Proxy(_)
+            | Service::Http(_)
+            | Service::UdpProxy(_) => None,
         }
     }
 }
@@ -402,6 +406,8 @@ pub struct ServiceCtx {
     pub tracker: TaskTracker,
     /// For alerts a service raises.
     pub events: crate::events::EventBus,
+    /// The listener's live faults (only proxy and udp-proxy have any).
+    pub faults: Arc<crate::fault::FaultTable>,
 }
 
 impl ServiceCtx {
@@ -601,6 +607,11 @@ mod tests {
             }),
             proto::ListenerKind::Sniffer => Kind::Sniffer(proto::SnifferSpec {
                 interface: "lo".into(),
+                ..Default::default()
+            }),
+            proto::ListenerKind::UdpProxy => Kind::UdpProxy(proto::UdpProxySpec {
+                listen,
+                upstream: "127.0.0.1:9".into(),
                 ..Default::default()
             }),
         };

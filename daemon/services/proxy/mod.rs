@@ -190,6 +190,7 @@ impl Proxy {
                 spec.preconnect
             )));
         }
+        crate::fault::compile_all(&spec.faults, crate::fault::Target::Tcp)?;
         let max = match spec.max_connections {
             0 => DEFAULT_MAX_CONNECTIONS,
             n => n as usize,
@@ -482,6 +483,7 @@ impl ListenerKind for Proxy {
         "connect_timeout",
         "upstream_backoff",
         "resolve_interval",
+        "faults",
     ];
 
     fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String> {
@@ -494,6 +496,7 @@ impl ListenerKind for Proxy {
             max_connections,
             upstream_backoff,
             resolve_interval,
+            faults,
         } = spec;
         t.string("listen", listen);
         if !upstreams.is_empty() {
@@ -509,6 +512,7 @@ impl ListenerKind for Proxy {
         t.u64("max_connections", (*max_connections).into())?;
         t.duration("upstream_backoff", upstream_backoff)?;
         t.duration("resolve_interval", resolve_interval)?;
+        t.faults(faults);
         Ok(())
     }
 

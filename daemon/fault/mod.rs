@@ -1,0 +1,936 @@
+//! Fault injection: the validated form of a `Fault` ([`Compiled`]), the
+//! live table of a listener's faults ([`FaultTable`]) and their counters.
+//!
+//! A listener's faults live in its spec (`ProxySpec.faults`,
+//! `UdpProxySpec.faults`), so they are persisted, exported and applied like
+//! any other setting; the supervisor keeps one [`FaultTable`] per listener
+//! (across generations, like its counters) and puts each change into it, so
+//! a fault added at runtime reaches open connections too. The data paths
+//! read the table's version with one relaxed atomic load per read or
+//! datagram and look at the faults only when it moved or is non-zero: a
+//! listener that never had a fault pays nothing else.
+//!
+//! Per connection (TCP) or client (UDP), each fault is decided once: its
+//! client network, its every-Nth count and its toxicity roll
+//! ([`Active::decide`]). Its time window and after-bytes threshold are
+//! checked as data flows. Faults compose in list order.
+
+pub mod attrs;
+pub mod cidr;
+pub mod rng;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::proto::{self, fault::Kind};
+use crate::services::SpecError;
+pub use cidr::Cidr;
+pub use rng::Rng;
+
+/// Faults per listener.
+pub const MAX_FAULTS: usize = 32;
+/// Longest latency, jitter, delay or timeout a fault may have.
+pub const MAX_FAULT_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Bandwidth bounds (bytes per second).
+pub const MIN_RATE: u64 = 1;
+pub const MAX_RATE: u64 = 10_000_000_000;
+/// Largest slice of a slicer.
+pub const MAX_SLICE: u32 = 1 << 20;
+
+/// Which traffic a fault is for: a TCP proxy's byte streams or a UDP
+/// proxy's datagrams. Decides which types are allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Tcp,
+    Udp,
+}
+
+/// The directions a fault acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dirs {
+    /// Client to upstream.
+    pub upstream: bool,
+    /// Upstream to client.
+    pub downstream: bool,
+}
+
+impl Dirs {
+    pub fn has(self, d: Dir) -> bool {
+        match d {
+            Dir::Upstream => self.upstream,
+            Dir::Downstream => self.downstream,
+        }
+    }
+}
+
+/// One direction of a proxied connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Upstream,
+    Downstream,
+}
+
+/// What a fault does, with its attributes checked and converted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Latency {
+        latency: Duration,
+        jitter: Duration,
+    },
+    Bandwidth {
+        rate: u64,
+    },
+    SlowClose {
+        delay: Duration,
+    },
+    /// None: never close.
+    Timeout {
+        timeout: Option<Duration>,
+    },
+    ResetPeer {
+        timeout: Duration,
+    },
+    Slicer {
+        average: u32,
+        variation: u32,
+        delay: Duration,
+    },
+    LimitData {
+        bytes: u64,
+    },
+    Down,
+    Loss {
+        probability: f64,
+        /// Gilbert-Elliott: (enter, exit, bad loss, good loss).
+        burst: Option<(f64, f64, f64, f64)>,
+    },
+    Duplicate {
+        probability: f64,
+    },
+    Reorder {
+        probability: f64,
+        gap: u32,
+        max_hold: Duration,
+    },
+    Corrupt {
+        probability: f64,
+    },
+}
+
+impl Action {
+    /// The type's name, as in `--type` and the Toxiproxy API.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Action::Latency { .. } => "latency",
+            Action::Bandwidth { .. } => "bandwidth",
+            Action::SlowClose { .. } => "slow_close",
+            Action::Timeout { .. } => "timeout",
+            Action::ResetPeer { .. } => "reset_peer",
+            Action::Slicer { .. } => "slicer",
+            Action::LimitData { .. } => "limit_data",
+            Action::Down => "down",
+            Action::Loss { .. } => "loss",
+            Action::Duplicate { .. } => "duplicate",
+            Action::Reorder { .. } => "reorder",
+            Action::Corrupt { .. } => "corrupt",
+        }
+    }
+}
+
+/// The type name of a fault's kind (empty when none is set).
+pub fn type_of(f: &proto::Fault) -> &'static str {
+    match &f.kind {
+        None => "",
+        Some(k) => match k {
+            Kind::Latency(_) => "latency",
+            Kind::Bandwidth(_) => "bandwidth",
+            Kind::SlowClose(_) => "slow_close",
+            Kind::Timeout(_) => "timeout",
+            Kind::ResetPeer(_) => "reset_peer",
+            Kind::Slicer(_) => "slicer",
+            Kind::LimitData(_) => "limit_data",
+            Kind::Down(_) => "down",
+            Kind::Loss(_) => "loss",
+            Kind::Duplicate(_) => "duplicate",
+            Kind::Reorder(_) => "reorder",
+            Kind::Corrupt(_) => "corrupt",
+        },
+    }
+}
+
+/// Every type, TCP ones first, for help and errors.
+pub const TCP_TYPES: &[&str] = &[
+    "latency",
+    "bandwidth",
+    "slow_close",
+    "timeout",
+    "reset_peer",
+    "slicer",
+    "limit_data",
+    "down",
+];
+pub const UDP_TYPES: &[&str] = &[
+    "latency",
+    "bandwidth",
+    "loss",
+    "duplicate",
+    "reorder",
+    "corrupt",
+    "down",
+];
+
+/// A fault's conditions, checked and converted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub after_bytes: u64,
+    pub start_after: Duration,
+    /// None: open-ended.
+    pub duration: Option<Duration>,
+    pub client: Option<Cidr>,
+    pub every_nth: u32,
+}
+
+/// A validated fault.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compiled {
+    pub name: String,
+    pub dirs: Dirs,
+    pub toxicity: f64,
+    pub when: Condition,
+    pub action: Action,
+}
+
+fn err(fault: &str, msg: impl std::fmt::Display) -> SpecError {
+    if fault.is_empty() {
+        SpecError(format!("fault: {msg}"))
+    } else {
+        SpecError(format!("fault '{fault}': {msg}"))
+    }
+}
+
+fn probability(fault: &str, field: &str, p: f64) -> Result<f64, SpecError> {
+    if p.is_finite() && (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(err(fault, format!("{field} is {p}; it must be 0 to 1")))
+    }
+}
+
+/// A duration attribute: unset is `None`; negative or above
+/// [`MAX_FAULT_DURATION`] is refused; zero is allowed (and means zero).
+fn duration(
+    fault: &str,
+    field: &str,
+    d: &Option<prost_types::Duration>,
+) -> Result<Option<Duration>, SpecError> {
+    let Some(d) = d else { return Ok(None) };
+    let v =
+        Duration::try_from(*d).map_err(|_| err(fault, format!("{field} must not be negative")))?;
+    if v > MAX_FAULT_DURATION {
+        return Err(err(
+            fault,
+            format!(
+                "{field} is {}; at most {}",
+                humantime::format_duration(v),
+                humantime::format_duration(MAX_FAULT_DURATION)
+            ),
+        ));
+    }
+    Ok(Some(v))
+}
+
+/// Check a fault for a listener of `target`.
+pub fn compile(f: &proto::Fault, target: Target) -> Result<Compiled, SpecError> {
+    let name = f.name.as_str();
+    if name.is_empty() {
+        return Err(err(name, "a name is required"));
+    }
+    if !crate::supervisor::valid_name(name) {
+        return Err(err(
+            name,
+            "names are 1-63 characters of [A-Za-z0-9._-], starting with a letter or digit",
+        ));
+    }
+    let dirs = match proto::FaultDirection::try_from(f.direction) {
+        Ok(proto::FaultDirection::Unspecified | proto::FaultDirection::Downstream) => Dirs {
+            upstream: false,
+            downstream: true,
+        },
+        Ok(proto::FaultDirection::Upstream) => Dirs {
+            upstream: true,
+            downstream: false,
+        },
+        Ok(proto::FaultDirection::Both) => Dirs {
+            upstream: true,
+            downstream: true,
+        },
+        Err(_) => return Err(err(name, format!("unknown direction {}", f.direction))),
+    };
+    let toxicity = probability(name, "toxicity", f.toxicity.unwrap_or(1.0))?;
+    let c = f.when.clone().unwrap_or_default();
+    let client = if c.client_cidr.trim().is_empty() {
+        None
+    } else {
+        Some(Cidr::parse(&c.client_cidr).map_err(|e| err(name, format!("client_cidr: {e}")))?)
+    };
+    let when = Condition {
+        after_bytes: c.after_bytes,
+        start_after: duration(name, "start_after", &c.start_after)?.unwrap_or_default(),
+        duration: duration(name, "duration", &c.duration)?,
+        client,
+        every_nth: c.every_nth,
+    };
+    if when.duration == Some(Duration::ZERO) {
+        return Err(err(
+            name,
+            "duration must be greater than zero (unset: for good)",
+        ));
+    }
+    let Some(kind) = &f.kind else {
+        return Err(err(
+            name,
+            format!(
+                "a type is required: {} (proxy) or {} (udp-proxy)",
+                TCP_TYPES.join(", "),
+                UDP_TYPES.join(", ")
+            ),
+        ));
+    };
+    let action = match kind {
+        Kind::Latency(l) => Action::Latency {
+            latency: duration(name, "latency", &l.latency)?.unwrap_or_default(),
+            jitter: duration(name, "jitter", &l.jitter)?.unwrap_or_default(),
+        },
+        Kind::Bandwidth(b) => {
+            if !(MIN_RATE..=MAX_RATE).contains(&b.rate_bytes_per_sec) {
+                return Err(err(
+                    name,
+                    format!(
+                        "rate is {} B/s; it must be {MIN_RATE} B/s to 10 GB/s",
+                        b.rate_bytes_per_sec
+                    ),
+                ));
+            }
+            Action::Bandwidth {
+                rate: b.rate_bytes_per_sec,
+            }
+        }
+        Kind::SlowClose(s) => Action::SlowClose {
+            delay: duration(name, "delay", &s.delay)?.unwrap_or_default(),
+        },
+        Kind::Timeout(t) => Action::Timeout {
+            timeout: duration(name, "timeout", &t.timeout)?.filter(|d| !d.is_zero()),
+        },
+        Kind::ResetPeer(r) => Action::ResetPeer {
+            timeout: duration(name, "timeout", &r.timeout)?.unwrap_or_default(),
+        },
+        Kind::Slicer(s) => {
+            if s.average_size == 0 || s.average_size > MAX_SLICE {
+                return Err(err(
+                    name,
+                    format!(
+                        "average_size is {}; it must be 1 to {MAX_SLICE}",
+                        s.average_size
+                    ),
+                ));
+            }
+            if s.size_variation >= s.average_size {
+                return Err(err(
+                    name,
+                    format!(
+                        "size_variation ({}) must be smaller than average_size ({})",
+                        s.size_variation, s.average_size
+                    ),
+                ));
+            }
+            Action::Slicer {
+                average: s.average_size,
+                variation: s.size_variation,
+                delay: duration(name, "delay", &s.delay)?.unwrap_or_default(),
+            }
+        }
+        Kind::LimitData(l) => Action::LimitData { bytes: l.bytes },
+        Kind::Down(_) => Action::Down,
+        Kind::Loss(l) => {
+            let p = probability(name, "probability", l.probability)?;
+            let burst = if l.burst_enter > 0.0 {
+                Some((
+                    probability(name, "burst_enter", l.burst_enter)?,
+                    probability(name, "burst_exit", l.burst_exit)?,
+                    probability(name, "bad_loss", l.bad_loss.unwrap_or(1.0))?,
+                    probability(name, "good_loss", l.good_loss)?,
+                ))
+            } else {
+                if l.burst_exit != 0.0 || l.bad_loss.is_some() || l.good_loss != 0.0 {
+                    return Err(err(
+                        name,
+                        "burst_exit, bad_loss and good_loss need burst_enter (Gilbert-Elliott)",
+                    ));
+                }
+                None
+            };
+            if burst.is_some() && p != 0.0 {
+                return Err(err(
+                    name,
+                    "give either probability (random loss) or burst_enter/burst_exit (bursts), not both",
+                ));
+            }
+            Action::Loss {
+                probability: p,
+                burst,
+            }
+        }
+        Kind::Duplicate(d) => Action::Duplicate {
+            probability: probability(name, "probability", d.probability)?,
+        },
+        Kind::Reorder(r) => {
+            if r.gap > 1000 {
+                return Err(err(name, format!("gap is {}; at most 1000", r.gap)));
+            }
+            Action::Reorder {
+                probability: probability(name, "probability", r.probability)?,
+                gap: r.gap.max(1),
+                max_hold: duration(name, "max_hold", &r.max_hold)?
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or(Duration::from_millis(100)),
+            }
+        }
+        Kind::Corrupt(c) => Action::Corrupt {
+            probability: probability(name, "probability", c.probability)?,
+        },
+    };
+    let t = action.type_name();
+    let allowed = match target {
+        Target::Tcp => TCP_TYPES,
+        Target::Udp => UDP_TYPES,
+    };
+    if !allowed.contains(&t) {
+        let (what, other) = match target {
+            Target::Tcp => ("a proxy (TCP)", "udp-proxy"),
+            Target::Udp => ("a udp-proxy", "proxy (TCP)"),
+        };
+        return Err(err(
+            name,
+            format!(
+                "type {t} is for a {other} listener; {what} takes {}",
+                allowed.join(", ")
+            ),
+        ));
+    }
+    if target == Target::Udp && when.after_bytes != 0 {
+        return Err(err(name, "after_bytes applies to TCP proxies only"));
+    }
+    Ok(Compiled {
+        name: f.name.clone(),
+        dirs,
+        toxicity,
+        when,
+        action,
+    })
+}
+
+/// Check a whole list: each fault, the count, unique names.
+pub fn compile_all(faults: &[proto::Fault], target: Target) -> Result<Vec<Compiled>, SpecError> {
+    if faults.len() > MAX_FAULTS {
+        return Err(SpecError(format!(
+            "{} faults; at most {MAX_FAULTS} per listener",
+            faults.len()
+        )));
+    }
+    let mut out: Vec<Compiled> = Vec::with_capacity(faults.len());
+    for f in faults {
+        let c = compile(f, target)?;
+        if out.iter().any(|o| o.name == c.name) {
+            return Err(err(&c.name, "two faults have this name"));
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// The faults of a spec, for the kinds that take them.
+pub fn faults_of(spec: &proto::ListenerSpec) -> Option<&Vec<proto::Fault>> {
+    use proto::listener_spec::Kind as K;
+    match spec.kind.as_ref()? {
+        K::Proxy(p) => Some(&p.faults),
+        K::UdpProxy(u) => Some(&u.faults),
+        K::TcpEcho(_) | K::UdpEcho(_) | K::Http(_) | K::Sniffer(_) => None,
+    }
+}
+
+pub fn faults_of_mut(spec: &mut proto::ListenerSpec) -> Option<&mut Vec<proto::Fault>> {
+    use proto::listener_spec::Kind as K;
+    match spec.kind.as_mut()? {
+        K::Proxy(p) => Some(&mut p.faults),
+        K::UdpProxy(u) => Some(&mut u.faults),
+        K::TcpEcho(_) | K::UdpEcho(_) | K::Http(_) | K::Sniffer(_) => None,
+    }
+}
+
+/// The fault target of a spec's kind, if it takes faults.
+pub fn target_of(spec: &proto::ListenerSpec) -> Option<Target> {
+    use proto::listener_spec::Kind as K;
+    match spec.kind.as_ref()? {
+        K::Proxy(_) => Some(Target::Tcp),
+        K::UdpProxy(_) => Some(Target::Udp),
+        K::TcpEcho(_) | K::UdpEcho(_) | K::Http(_) | K::Sniffer(_) => None,
+    }
+}
+
+/// `spec` with its faults cleared, for comparing the rest.
+pub fn without_faults(spec: &proto::ListenerSpec) -> proto::ListenerSpec {
+    let mut s = spec.clone();
+    if let Some(f) = faults_of_mut(&mut s) {
+        f.clear();
+    }
+    s
+}
+
+/// A fault's counters (see `FaultStats` in the proto).
+#[derive(Debug, Default)]
+pub struct FaultCounters {
+    pub connections_affected: AtomicU64,
+    pub bytes_delayed: AtomicU64,
+    pub bytes_dropped: AtomicU64,
+    pub connections_closed: AtomicU64,
+    pub datagrams_lost: AtomicU64,
+    pub datagrams_duplicated: AtomicU64,
+    pub datagrams_reordered: AtomicU64,
+    pub datagrams_corrupted: AtomicU64,
+    pub datagrams_delayed: AtomicU64,
+}
+
+impl FaultCounters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+}
+
+/// One fault as it is in effect: the validated fault, its counters, when
+/// its window began, and its count of connections for every-Nth.
+#[derive(Debug)]
+pub struct Active {
+    pub fault: Compiled,
+    pub spec: proto::Fault,
+    pub counters: Arc<FaultCounters>,
+    /// When the fault was added or last updated: its window counts from
+    /// here.
+    pub since: Instant,
+    /// Connections (clients) that have asked [`Active::decide`].
+    seen: AtomicU64,
+    /// Unique per version of a fault: a connection's decisions are kept
+    /// by it (a new id means decide again).
+    pub id: u64,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Active {
+    fn new(fault: Compiled, spec: proto::Fault, counters: Arc<FaultCounters>) -> Self {
+        Active {
+            fault,
+            spec,
+            counters,
+            since: Instant::now(),
+            seen: AtomicU64::new(0),
+            id: NEXT_ID.fetch_add(1, Relaxed),
+        }
+    }
+
+    /// Whether the fault applies to a new connection (or client) from
+    /// `peer`: its network, its every-Nth count, its toxicity. Counted in
+    /// `connections_affected` when it does.
+    pub fn decide(&self, peer: IpAddr, rng: &mut Rng) -> bool {
+        let w = &self.fault.when;
+        if let Some(c) = &w.client {
+            if !c.contains(peer) {
+                return false;
+            }
+        }
+        let n = self.seen.fetch_add(1, Relaxed) + 1;
+        if w.every_nth > 1 && n % u64::from(w.every_nth) != 0 {
+            return false;
+        }
+        let hit = self.fault.toxicity >= 1.0 || rng.chance(self.fault.toxicity);
+        if hit {
+            self.counters.connections_affected.fetch_add(1, Relaxed);
+        }
+        hit
+    }
+
+    /// Whether `now` is inside the fault's time window.
+    pub fn in_window(&self, now: Instant) -> bool {
+        let w = &self.fault.when;
+        let start = self.since + w.start_after;
+        if now < start {
+            return false;
+        }
+        match w.duration {
+            None => true,
+            Some(d) => now < start + d,
+        }
+    }
+
+    /// When the window opens next (None: it is open, or closed for good).
+    pub fn opens_at(&self, now: Instant) -> Option<Instant> {
+        let start = self.since + self.fault.when.start_after;
+        (now < start).then_some(start)
+    }
+
+    /// When the window closes (None: never, or not yet open).
+    pub fn closes_at(&self) -> Option<Instant> {
+        let w = &self.fault.when;
+        w.duration.map(|d| self.since + w.start_after + d)
+    }
+
+    pub fn stats(&self, now: Instant) -> proto::FaultStats {
+        let c = &*self.counters;
+        proto::FaultStats {
+            name: self.fault.name.clone(),
+            r#type: self.fault.action.type_name().into(),
+            connections_affected: c.connections_affected.load(Relaxed),
+            bytes_delayed: c.bytes_delayed.load(Relaxed),
+            bytes_dropped: c.bytes_dropped.load(Relaxed),
+            connections_closed: c.connections_closed.load(Relaxed),
+            datagrams_lost: c.datagrams_lost.load(Relaxed),
+            datagrams_duplicated: c.datagrams_duplicated.load(Relaxed),
+            datagrams_reordered: c.datagrams_reordered.load(Relaxed),
+            datagrams_corrupted: c.datagrams_corrupted.load(Relaxed),
+            datagrams_delayed: c.datagrams_delayed.load(Relaxed),
+            active: self.in_window(now),
+        }
+    }
+}
+
+/// The faults in effect at one moment, in order.
+#[derive(Debug, Default)]
+pub struct FaultSet {
+    pub faults: Vec<Arc<Active>>,
+}
+
+impl FaultSet {
+    /// Faults acting on direction `d`.
+    pub fn on(&self, d: Dir) -> impl Iterator<Item = &Arc<Active>> {
+        self.faults.iter().filter(move |f| f.fault.dirs.has(d))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.faults.is_empty()
+    }
+}
+
+/// Why a fault operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableError {
+    Exists(String),
+    NotFound(String),
+    Full,
+    Invalid(String),
+}
+
+impl std::fmt::Display for TableError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TableError::Exists(n) => write!(f, "a fault named '{n}' exists already"),
+            TableError::NotFound(n) => write!(f, "no fault named '{n}'"),
+            TableError::Full => write!(f, "at most {MAX_FAULTS} faults per listener"),
+            TableError::Invalid(e) => f.write_str(e),
+        }
+    }
+}
+
+/// A listener's live faults. Readers on the data path check
+/// [`FaultTable::version`] (one relaxed load) and call
+/// [`FaultTable::current`] only when it changed.
+#[derive(Debug)]
+pub struct FaultTable {
+    target: Target,
+    /// 0 while the listener never had a fault; bumped on every change.
+    version: AtomicU64,
+    set: RwLock<Arc<FaultSet>>,
+    /// Serializes changes (read-modify-write of `set`).
+    changing: Mutex<()>,
+}
+
+impl FaultTable {
+    pub fn new(target: Target) -> Self {
+        FaultTable {
+            target,
+            version: AtomicU64::new(0),
+            set: RwLock::new(Arc::new(FaultSet::default())),
+            changing: Mutex::new(()),
+        }
+    }
+
+    pub fn target(&self) -> Target {
+        self.target
+    }
+
+    /// 0 if no fault was ever set; else changes with every change.
+    #[inline]
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The faults now (a cheap clone of an `Arc`).
+    pub fn current(&self) -> Arc<FaultSet> {
+        self.set.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn publish(&self, set: FaultSet) {
+        *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The faults as specs, in order.
+    pub fn specs(&self) -> Vec<proto::Fault> {
+        self.current()
+            .faults
+            .iter()
+            .map(|a| a.spec.clone())
+            .collect()
+    }
+
+    /// Make the table hold exactly `faults` (already checked by
+    /// [`compile_all`]). A fault whose spec did not change is kept as it
+    /// is (window, decisions); one that changed keeps its counters.
+    pub fn replace_all(&self, faults: &[proto::Fault]) -> Result<(), TableError> {
+        let compiled = compile_all(faults, self.target).map_err(|e| TableError::Invalid(e.0))?;
+        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.current();
+        if cur.faults.is_empty() && compiled.is_empty() {
+            return Ok(());
+        }
+        let same = cur.faults.len() == faults.len()
+            && cur.faults.iter().zip(faults).all(|(a, f)| a.spec == *f);
+        if same {
+            return Ok(());
+        }
+        let mut next = Vec::with_capacity(compiled.len());
+        for (c, spec) in compiled.into_iter().zip(faults) {
+            match cur.faults.iter().find(|a| a.fault.name == c.name) {
+                Some(a) if a.spec == *spec => next.push(a.clone()),
+                Some(a) => next.push(Arc::new(Active::new(c, spec.clone(), a.counters.clone()))),
+                None => next.push(Arc::new(Active::new(c, spec.clone(), Arc::default()))),
+            }
+        }
+        self.publish(FaultSet { faults: next });
+        Ok(())
+    }
+
+    /// Add a fault at the end.
+    pub fn add(&self, spec: proto::Fault) -> Result<Arc<Active>, TableError> {
+        let c = compile(&spec, self.target).map_err(|e| TableError::Invalid(e.0))?;
+        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.current();
+        if cur.faults.iter().any(|a| a.fault.name == c.name) {
+            return Err(TableError::Exists(c.name));
+        }
+        if cur.faults.len() >= MAX_FAULTS {
+            return Err(TableError::Full);
+        }
+        let a = Arc::new(Active::new(c, spec, Arc::default()));
+        let mut next = cur.faults.clone();
+        next.push(a.clone());
+        self.publish(FaultSet { faults: next });
+        Ok(a)
+    }
+
+    /// Replace the fault of the same name, in its place, keeping its
+    /// counters; its window starts again.
+    pub fn update(&self, spec: proto::Fault) -> Result<Arc<Active>, TableError> {
+        let c = compile(&spec, self.target).map_err(|e| TableError::Invalid(e.0))?;
+        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.current();
+        let Some(i) = cur.faults.iter().position(|a| a.fault.name == c.name) else {
+            return Err(TableError::NotFound(c.name));
+        };
+        let a = Arc::new(Active::new(c, spec, cur.faults[i].counters.clone()));
+        let mut next = cur.faults.clone();
+        next[i] = a.clone();
+        self.publish(FaultSet { faults: next });
+        Ok(a)
+    }
+
+    /// Remove one fault by name, or all (`name` None); the removed ones.
+    pub fn remove(&self, name: Option<&str>) -> Result<Vec<Arc<Active>>, TableError> {
+        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.current();
+        let (gone, kept): (Vec<_>, Vec<_>) = cur
+            .faults
+            .iter()
+            .cloned()
+            .partition(|a| name.is_none_or(|n| a.fault.name == n));
+        if let Some(n) = name {
+            if gone.is_empty() {
+                return Err(TableError::NotFound(n.to_string()));
+            }
+        }
+        if !gone.is_empty() {
+            self.publish(FaultSet { faults: kept });
+        }
+        Ok(gone)
+    }
+
+    /// Counters of every fault, in order.
+    pub fn stats(&self) -> Vec<proto::FaultStats> {
+        let now = Instant::now();
+        self.current().faults.iter().map(|a| a.stats(now)).collect()
+    }
+}
+
+/// A connection's view of a table: the set it last read, re-read when the
+/// table's version moves.
+#[derive(Debug)]
+pub struct Watch<'a> {
+    table: &'a FaultTable,
+    seen: u64,
+    set: Option<Arc<FaultSet>>,
+}
+
+impl<'a> Watch<'a> {
+    pub fn new(table: &'a FaultTable) -> Self {
+        Watch {
+            table,
+            seen: 0,
+            set: None,
+        }
+    }
+
+    /// The faults now, or None while the listener has never had one (the
+    /// fast path: one atomic load).
+    #[inline]
+    pub fn get(&mut self) -> Option<&Arc<FaultSet>> {
+        let v = self.table.version();
+        if v == 0 {
+            return None;
+        }
+        if v != self.seen || self.set.is_none() {
+            self.seen = v;
+            self.set = Some(self.table.current());
+        }
+        self.set.as_ref()
+    }
+
+    /// Whether the table changed since the last [`Watch::get`].
+    pub fn changed(&self) -> bool {
+        self.table.version() != self.seen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latency(name: &str, ms: u64) -> proto::Fault {
+        proto::Fault {
+            name: name.into(),
+            kind: Some(Kind::Latency(proto::LatencyFault {
+                latency: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: (ms * 1_000_000) as i32,
+                }),
+                jitter: None,
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn types_are_checked_against_the_listener_kind() {
+        let loss = proto::Fault {
+            name: "l".into(),
+            kind: Some(Kind::Loss(proto::LossFault {
+                probability: 0.3,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert!(compile(&loss, Target::Udp).is_ok());
+        let e = compile(&loss, Target::Tcp).unwrap_err().0;
+        assert!(e.contains("type loss is for a udp-proxy"), "{e}");
+        let mut bad = loss.clone();
+        if let Some(Kind::Loss(l)) = &mut bad.kind {
+            l.probability = 1.5;
+        }
+        assert!(compile(&bad, Target::Udp).unwrap_err().0.contains("0 to 1"));
+        let none = proto::Fault {
+            name: "x".into(),
+            ..Default::default()
+        };
+        assert!(
+            compile(&none, Target::Tcp)
+                .unwrap_err()
+                .0
+                .contains("type is required")
+        );
+        let mut bad_name = latency("../x", 1);
+        bad_name.name = "../x".into();
+        assert!(compile(&bad_name, Target::Tcp).is_err());
+        let mut nan = latency("n", 1);
+        nan.toxicity = Some(f64::NAN);
+        assert!(compile(&nan, Target::Tcp).is_err());
+    }
+
+    #[test]
+    fn table_keeps_counters_across_updates_and_versions_move() {
+        let t = FaultTable::new(Target::Tcp);
+        assert_eq!(t.version(), 0);
+        let a = t.add(latency("a", 10)).unwrap();
+        assert!(t.version() > 0);
+        a.counters.bytes_delayed.fetch_add(5, Relaxed);
+        assert_eq!(
+            t.add(latency("a", 1)).unwrap_err(),
+            TableError::Exists("a".into())
+        );
+        let v = t.version();
+        let b = t.update(latency("a", 20)).unwrap();
+        assert!(t.version() > v);
+        assert_eq!(b.counters.bytes_delayed.load(Relaxed), 5);
+        assert_ne!(a.id, b.id);
+        t.add(latency("b", 1)).unwrap();
+        // replace_all keeps an unchanged fault as it is.
+        let specs = t.specs();
+        let before = t.current();
+        t.replace_all(&specs).unwrap();
+        assert!(Arc::ptr_eq(&before, &t.current()));
+        let gone = t.remove(Some("a")).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(t.specs().len(), 1);
+        assert_eq!(
+            t.remove(Some("a")).unwrap_err(),
+            TableError::NotFound("a".into())
+        );
+        t.remove(None).unwrap();
+        assert!(t.current().is_empty());
+        assert!(t.version() > 0);
+    }
+
+    #[test]
+    fn decide_honours_network_every_nth_and_toxicity() {
+        let mut f = latency("x", 1);
+        f.when = Some(proto::FaultCondition {
+            client_cidr: "127.0.0.2/32".into(),
+            every_nth: 2,
+            ..Default::default()
+        });
+        let c = compile(&f, Target::Tcp).unwrap();
+        let a = Active::new(c, f, Arc::default());
+        let mut rng = Rng::seeded(1);
+        let one: IpAddr = "127.0.0.1".parse().unwrap();
+        let two: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(!a.decide(one, &mut rng));
+        let hits: Vec<bool> = (0..6).map(|_| a.decide(two, &mut rng)).collect();
+        assert_eq!(hits, [false, true, false, true, false, true]);
+        let mut half = latency("h", 1);
+        half.toxicity = Some(0.5);
+        let a = Active::new(compile(&half, Target::Tcp).unwrap(), half, Arc::default());
+        let n = (0..10_000).filter(|_| a.decide(one, &mut rng)).count();
+        assert!((4_500..5_500).contains(&n), "{n}");
+    }
+}
