@@ -80,8 +80,9 @@ struct Cli {
     connect_timeout: Duration,
 
     /// Give up on a request after this long (not applied to --watch,
-    /// events and sniff streams).
-    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DUR")]
+    /// events and sniff streams). Given before the command (`drain`,
+    /// `probe` and `fault` have a --timeout of their own).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DUR")]
     timeout: Duration,
 
     /// Output format.
@@ -141,6 +142,9 @@ enum Command {
         #[arg(long)]
         prune: bool,
     },
+    /// Inject faults into a proxy or udp-proxy: add, update, rm, ls.
+    #[command(subcommand)]
+    Fault(cmd::fault::FaultCmd),
     /// Print the running listeners as a file `netctl apply -f` accepts.
     ///
     /// HTTP tokens are written as "<redacted>", which apply reads as
@@ -261,6 +265,7 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
             prune,
         } => cmd::apply::apply(ctx, file, dry_run, prune).await,
         Command::Export => cmd::apply::export(ctx).await,
+        Command::Fault(f) => cmd::fault::run(ctx, f).await,
         Command::List => cmd::listeners::list(ctx).await,
         Command::Stats {
             name,

@@ -127,6 +127,31 @@ pub fn print_table(s: &StatsSample) {
         return;
     }
     table(&HEADER, &rows(s));
+    print_faults(s);
+}
+
+/// Each fault's counters, under the listeners' table (when any listener
+/// has faults).
+fn print_faults(s: &StatsSample) {
+    let rows: Vec<Vec<String>> = s
+        .listeners
+        .iter()
+        .flat_map(|l| {
+            l.totals.iter().flat_map(|t| &t.faults).map(|f| {
+                vec![
+                    l.name.clone(),
+                    f.name.clone(),
+                    f.r#type.clone(),
+                    if f.active { "yes" } else { "no" }.to_string(),
+                    crate::cmd::fault::counters(f),
+                ]
+            })
+        })
+        .collect();
+    if !rows.is_empty() {
+        outln!();
+        table(&["LISTENER", "FAULT", "TYPE", "ACTIVE", "COUNTERS"], &rows);
+    }
 }
 
 /// Renders a stream of samples: redraws in place on a terminal, else one

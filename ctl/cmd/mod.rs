@@ -4,6 +4,7 @@
 //! command gets: how to reach netd and the output format.
 
 pub mod apply;
+pub mod fault;
 pub mod listeners;
 pub mod probe;
 pub mod start;
