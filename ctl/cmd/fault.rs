@@ -58,9 +58,7 @@ pub(crate) enum FaultCmd {
     },
     /// List faults with their counters: of one listener, or of all.
     #[command(alias = "list")]
-    Ls {
-        listener: Option<String>,
-    },
+    Ls { listener: Option<String> },
 }
 
 /// Conditions and attributes; each flag sets the key of its name.
@@ -164,7 +162,8 @@ impl FaultOpts {
         set("gap", &self.gap);
         set("max_hold", &self.max_hold);
         if let Some(w) = &self.window {
-            let (start, dur) = parse_window(w).map_err(|e| render::usage(anyhow!("--window: {e}")))?;
+            let (start, dur) =
+                parse_window(w).map_err(|e| render::usage(anyhow!("--window: {e}")))?;
             t.remove("start_after");
             t.remove("duration");
             if let Some(s) = start {
