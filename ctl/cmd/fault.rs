@@ -282,7 +282,7 @@ pub(crate) async fn run(ctx: &Ctx, cmd: FaultCmd) -> anyhow::Result<()> {
             if let Some(ty) = ty {
                 if t.get("type").and_then(Value::as_str) != Some(ty.as_str()) {
                     // Keep the common keys only.
-                    t.retain(|k, _| attrs::COMMON_KEYS.iter().any(|c| k == *c));
+                    t.retain(|k, _| attrs::COMMON_KEYS.contains(&k));
                     t.insert("type".into(), Value::String(ty));
                 }
             }
