@@ -182,6 +182,8 @@ pub fn udp_proxy_json(u: &proto::UdpProxyStats) -> Value {
         "clients_expired": u.clients_expired,
         "clients_refused": u.clients_refused,
         "upstream_errors": u.upstream_errors,
+        "kernel_drops": u.kernel_drops,
+        "own_source_drops": u.own_source_drops,
     })
 }
 
