@@ -27,4 +27,5 @@ mod security;
 mod sniffer;
 mod stats;
 mod systemd;
+mod udp_proxy;
 mod upgrade;
