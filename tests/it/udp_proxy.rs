@@ -366,6 +366,7 @@ fn random_loss_is_within_binomial_bounds_and_counted() {
         h.join().unwrap()
     });
     let received = reader.len() as u64;
+    eprintln!("loss 0.3: {received} of {N} passed");
     let sd = (N as f64 * 0.3 * 0.7).sqrt();
     let expected = N as f64 * 0.7;
     assert!(
@@ -433,6 +434,10 @@ fn gilbert_elliott_losses_come_in_longer_runs_than_random_loss() {
         }),
         N,
     );
+    eprintln!(
+        "loss runs: random {random_rate:.3} lost, runs of {random_run:.2}; \
+         bursts {burst_rate:.3} lost, runs of {burst_run:.2}"
+    );
     assert!((0.25..0.35).contains(&random_rate), "{random_rate}");
     assert!((0.18..0.42).contains(&burst_rate), "{burst_rate}");
     // Random: runs average 1/(1-0.3) = 1.4; bursts: 1/0.2 = 5.
@@ -485,6 +490,7 @@ fn duplicate_sends_twice_and_counts() {
         h.join().unwrap()
     });
     let extra = got.len() as u64 - N;
+    eprintln!("duplicate 0.5: {extra} of {N} sent twice");
     let sd = (N as f64 * 0.25).sqrt();
     assert!(
         (extra as f64 - N as f64 / 2.0).abs() <= 5.0 * sd,
@@ -536,6 +542,7 @@ fn reorder_holds_datagrams_behind_later_ones() {
     let reordered = fault_stats(&netd, "p", "r")["datagrams_reordered"]
         .as_u64()
         .unwrap();
+    eprintln!("reorder 0.2 gap 3: {reordered} held, {late} arrived late of {N}");
     assert!(late > 0, "nothing arrived out of order: {seqs:?}");
     // Held datagrams are the late ones, but for the few held at the very
     // end: no later one passes them, and they go at max_hold.
@@ -624,6 +631,10 @@ fn latency_delays_each_round_trip() {
         assert_eq!(&buf[..n], i.to_be_bytes());
     }
     rtts.sort();
+    eprintln!(
+        "latency 50ms +- 10ms: round trips {:?} min, {:?} median, {:?} max",
+        rtts[0], rtts[10], rtts[19]
+    );
     // 50ms - 10ms of jitter at least; generous above (a loaded machine).
     assert!(rtts[0] >= Duration::from_millis(40), "{rtts:?}");
     assert!(rtts[10] >= Duration::from_millis(45), "{rtts:?}");
@@ -664,6 +675,7 @@ fn bandwidth_paces_a_burst_and_drops_beyond_a_second_of_backlog() {
     }
     let span = times[19] - times[0];
     let rate = 19_000.0 / span.as_secs_f64();
+    eprintln!("bandwidth {RATE} B/s: {rate:.0} B/s measured over {span:?}");
     assert!(
         (rate / RATE as f64 - 1.0).abs() < 0.1,
         "{rate:.0} B/s measured for {RATE} B/s (span {span:?})"
@@ -678,6 +690,7 @@ fn bandwidth_paces_a_burst_and_drops_beyond_a_second_of_backlog() {
     let got = collect(&u, |_| true).len() as u64;
     let f = fault_stats(&netd, "p", "bw");
     let lost = f["datagrams_lost"].as_u64().unwrap();
+    eprintln!("bandwidth backlog: {got} of 40 passed, {lost} lost");
     assert_eq!(got + lost, 40, "{f}");
     assert!((19..=23).contains(&got), "{got} passed, {f}");
 }
@@ -714,4 +727,53 @@ fn down_drops_everything_until_removed() {
     let got = collect(&u, |n| n >= 1);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].1, b"after");
+}
+
+#[test]
+fn faults_declared_in_the_config_apply_from_the_start() {
+    let u = upstream();
+    let netd = Netd::start(&format!(
+        r#"
+[[listener]]
+name = "p"
+kind = "udp-proxy"
+listen = "127.0.0.1:0"
+upstream = "{}"
+faults = [
+  {{ name = "c", type = "corrupt", probability = 1.0, direction = "upstream" }},
+  {{ name = "d", type = "duplicate", probability = 1.0, direction = "both" }},
+]
+"#,
+        u.local_addr().unwrap()
+    ));
+    let c = client(bound_addr(&netd, "p"));
+    c.send(&[0u8; 32]).unwrap();
+    // Corrupted, then duplicated: two copies with the same one bit set.
+    let got = collect(&u, |n| n >= 2);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].1, got[1].1);
+    let ones: u32 = got[0].1.iter().map(|b| b.count_ones()).sum();
+    assert_eq!(ones, 1);
+    let s = stats(&netd, "p");
+    assert_eq!(s["faults"][0]["datagrams_corrupted"], 1, "{s}");
+    assert_eq!(s["faults"][1]["datagrams_duplicated"], 1, "{s}");
+}
+
+#[test]
+fn an_upstream_that_does_not_answer_counts_upstream_errors() {
+    let netd = Netd::start("");
+    // A port nobody listens on: the kernel answers with ICMP port
+    // unreachable, which the upstream socket reports.
+    let gone = upstream().local_addr().unwrap();
+    let p = start_proxy(&netd, "p", gone, &[]);
+    let c = client(p);
+    wait_until("an upstream error", || {
+        c.send(b"anyone?").unwrap();
+        stats(&netd, "p")["udp_proxy"]["upstream_errors"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    });
+    let s = stats(&netd, "p");
+    assert_eq!(s["udp_proxy"]["clients_total"], 1, "{s}");
 }

@@ -521,3 +521,129 @@ impl<K> Drop for Timed<K> {
         self.budget.give(n);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fault::{FaultTable, Target};
+    use crate::proto::{self, fault::Kind};
+
+    fn set_of(kinds: Vec<Kind>) -> Arc<FaultSet> {
+        let t = FaultTable::new(Target::Udp);
+        for (i, k) in kinds.into_iter().enumerate() {
+            t.add(proto::Fault {
+                name: format!("f{i}"),
+                direction: proto::FaultDirection::Upstream.into(),
+                kind: Some(k),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        t.current()
+    }
+
+    fn lane(budget: &Budget) -> Lane {
+        let d = Arc::new(Decisions::new("127.0.0.1".parse().unwrap()));
+        Lane::new(Dir::Upstream, d, budget.clone())
+    }
+
+    #[test]
+    fn reorder_releases_a_held_datagram_after_gap_others() {
+        let set = set_of(vec![Kind::Reorder(proto::ReorderFault {
+            probability: 1.0,
+            gap: 2,
+            max_hold: None,
+        })]);
+        let budget = Budget::default();
+        let mut l = lane(&budget);
+        let mut rng = Rng::seeded(1);
+        let now = Instant::now();
+        let mut out = Out::default();
+        for i in 0..3u8 {
+            l.admit(&set, vec![i], now, &mut rng, &mut out);
+        }
+        // Every one is held (probability 1); the first has seen two pass.
+        assert_eq!(out.now, vec![vec![0u8]]);
+        assert_eq!(out.later.len(), 3);
+        assert_eq!(budget.0.load(Relaxed), 2);
+        // max_hold of the second: it goes; the first's timer finds nothing.
+        let mut out2 = Out::default();
+        let (_, w) = out.later.remove(1);
+        l.wake(Some(&set), w, now, &mut rng, &mut out2);
+        let (_, w) = out.later.remove(0);
+        l.wake(Some(&set), w, now, &mut rng, &mut out2);
+        assert_eq!(out2.now, vec![vec![1u8]]);
+        drop(l);
+        assert_eq!(budget.0.load(Relaxed), 0, "held bytes given back");
+        assert_eq!(set.faults[0].counters.datagrams_reordered.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn bandwidth_queues_one_second_then_drops() {
+        let set = set_of(vec![Kind::Bandwidth(proto::BandwidthFault {
+            rate_bytes_per_sec: 1000,
+        })]);
+        let mut l = lane(&Budget::default());
+        let mut rng = Rng::seeded(1);
+        let now = Instant::now();
+        let mut out = Out::default();
+        for _ in 0..15 {
+            l.admit(&set, vec![0; 100], now, &mut rng, &mut out);
+        }
+        // 100 bytes take 100ms: one now, ten queued up to 1s, four lost.
+        assert_eq!(out.now.len(), 1);
+        assert_eq!(out.later.len(), 10);
+        assert_eq!(
+            out.later.last().unwrap().0 - now,
+            Duration::from_millis(1000)
+        );
+        let c = &set.faults[0].counters;
+        assert_eq!(c.datagrams_lost.load(Relaxed), 4);
+        assert_eq!(c.bytes_dropped.load(Relaxed), 400);
+        assert_eq!(c.datagrams_delayed.load(Relaxed), 10);
+    }
+
+    #[test]
+    fn duplicates_are_capped_and_later_stages_see_each_copy() {
+        let mut kinds: Vec<Kind> = (0..10)
+            .map(|_| Kind::Duplicate(proto::DuplicateFault { probability: 1.0 }))
+            .collect();
+        kinds.push(Kind::Corrupt(proto::CorruptFault { probability: 1.0 }));
+        let set = set_of(kinds);
+        let mut l = lane(&Budget::default());
+        let mut rng = Rng::seeded(1);
+        let mut out = Out::default();
+        l.admit(&set, vec![0; 8], Instant::now(), &mut rng, &mut out);
+        assert_eq!(out.now.len(), MAX_COPIES);
+        assert!(
+            out.now
+                .iter()
+                .all(|d| d.iter().map(|b| b.count_ones()).sum::<u32>() == 1)
+        );
+    }
+
+    #[test]
+    fn timed_queue_is_bounded_by_the_budget_and_orders_by_time() {
+        let budget = Budget::default();
+        let mut t: Timed<u8> = Timed::new(budget.clone());
+        let set = Arc::new(FaultSet::default());
+        let now = Instant::now();
+        let resume = |n: usize| Wake::Resume {
+            set: set.clone(),
+            stage: 0,
+            data: vec![0; n],
+        };
+        t.push(now + Duration::from_millis(5), 1, resume(10))
+            .unwrap();
+        t.push(now + Duration::from_millis(1), 2, resume(10))
+            .unwrap();
+        assert!(t.push(now, 3, resume(MAX_QUEUED_BYTES)).is_err());
+        assert_eq!(t.pop_due(now).map(|(k, _)| k), None);
+        assert_eq!(t.next_at(), Some(now + Duration::from_millis(1)));
+        let later = now + Duration::from_millis(10);
+        assert_eq!(t.pop_due(later).map(|(k, _)| k), Some(2));
+        assert_eq!(budget.0.load(Relaxed), 10);
+        drop(t);
+        assert_eq!(budget.0.load(Relaxed), 0);
+    }
+}
