@@ -490,6 +490,23 @@ pub fn status_block(l: &proto::Listener) {
             u.sources_evicted
         );
     }
+    if let Some(proto::listener_stats::Detail::UdpProxy(u)) = &s.detail {
+        outln!(
+            "{:<12} {} active, {} total, {} expired, {} refused (table full)",
+            "clients:",
+            u.clients_active,
+            u.clients_total,
+            u.clients_expired,
+            u.clients_refused
+        );
+        outln!(
+            "{:<12} {} own source, {} by the kernel; {} upstream errors",
+            "dropped:",
+            u.own_source_drops,
+            u.kernel_drops,
+            u.upstream_errors
+        );
+    }
     if let Some(proto::listener_stats::Detail::Sniffer(f)) = &s.detail {
         let pc = |p: &Option<proto::ProtocolCount>| {
             let p = p.unwrap_or_default();

@@ -216,9 +216,19 @@ fn forwards_each_clients_datagrams_and_answers_to_that_client() {
         "{list}"
     );
     let table = netd.netctl_ok(&["stats", "p"]);
-    assert!(table.contains('p'), "{table}");
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..6],
+        ["p", "udp-proxy", "running", "0", "0", "100"],
+        "{table}"
+    );
     let status = netd.netctl_json(&["status", "p"]);
     assert_eq!(status["kind"], "udp-proxy", "{status}");
+    let status = netd.netctl_ok(&["status", "p"]);
+    assert!(
+        status.contains("clients:     5 active, 5 total, 0 expired, 0 refused"),
+        "{status}"
+    );
 }
 
 #[test]
