@@ -182,6 +182,8 @@ pub fn udp_proxy_json(u: &proto::UdpProxyStats) -> Value {
         "clients_expired": u.clients_expired,
         "clients_refused": u.clients_refused,
         "upstream_errors": u.upstream_errors,
+        "kernel_drops": u.kernel_drops,
+        "own_source_drops": u.own_source_drops,
     })
 }
 
@@ -486,6 +488,23 @@ pub fn status_block(l: &proto::Listener) {
             "sources:",
             u.sources_tracked,
             u.sources_evicted
+        );
+    }
+    if let Some(proto::listener_stats::Detail::UdpProxy(u)) = &s.detail {
+        outln!(
+            "{:<12} {} active, {} total, {} expired, {} refused (table full)",
+            "clients:",
+            u.clients_active,
+            u.clients_total,
+            u.clients_expired,
+            u.clients_refused
+        );
+        outln!(
+            "{:<12} {} own source, {} by the kernel; {} upstream errors",
+            "dropped:",
+            u.own_source_drops,
+            u.kernel_drops,
+            u.upstream_errors
         );
     }
     if let Some(proto::listener_stats::Detail::Sniffer(f)) = &s.detail {

@@ -28,4 +28,5 @@ mod security;
 mod sniffer;
 mod stats;
 mod systemd;
+mod udp_proxy;
 mod upgrade;

@@ -565,8 +565,9 @@ impl ListenerKind for Proxy {
     }
 }
 
-/// An upstream that would connect the proxy to itself: it is refused.
-fn check_not_self(
+/// An upstream that would connect the proxy to itself: it is refused
+/// (also by the udp-proxy).
+pub(crate) fn check_not_self(
     listen: SocketAddr,
     upstreams: impl Iterator<Item = SocketAddr>,
 ) -> Result<(), SpecError> {

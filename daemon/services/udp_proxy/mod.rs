@@ -1,13 +1,22 @@
 //! The UDP proxy: datagrams from each client address go to the upstream
 //! from a socket of its own, and what the upstream sends back on that
 //! socket goes to that client. Impairments are faults (see
-//! [`crate::fault`]).
+//! [`crate::fault`]), applied per datagram by [`impair`]; the client table
+//! and the two directions are in [`forward`]. This file owns the spec and
+//! the counters.
 //!
-//! SKELETON: spec validation and binding are here; forwarding and the
-//! impairments are being written (issue #13).
+//! Safety, as for the UDP echo: datagrams from netd's own UDP listening
+//! addresses are dropped (a spoofed one would loop), and an upstream that
+//! is the proxy's own bound address is refused. Two udp-proxies pointed at
+//! each other still make a loop (each sees the other's upstream socket as a
+//! new client); the client tables bound it.
+
+mod forward;
+pub mod impair;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -23,16 +32,30 @@ pub const MAX_MAX_CLIENTS: u32 = 65_536;
 /// A client idle this long is forgotten unless configured.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The counters of [`proto::UdpProxyStats`].
+#[derive(Debug, Default)]
+struct Counters {
+    clients_active: AtomicU64,
+    clients_total: AtomicU64,
+    clients_expired: AtomicU64,
+    clients_refused: AtomicU64,
+    upstream_errors: AtomicU64,
+    kernel_drops: AtomicU64,
+    own_source_drops: AtomicU64,
+}
+
 #[derive(Debug)]
 pub struct UdpProxy {
     pub listen: SocketAddr,
     pub upstream: SocketAddr,
     pub max_clients: usize,
     pub idle_timeout: Duration,
+    own: crate::own_addrs::OwnAddrs,
+    counters: Arc<Counters>,
 }
 
 impl UdpProxy {
-    fn validate(spec: &proto::UdpProxySpec) -> Result<Self, SpecError> {
+    fn validate(spec: &proto::UdpProxySpec, settings: &Settings) -> Result<Self, SpecError> {
         let listen = listen_field("listen", &spec.listen)?;
         let upstream = listen_field("upstream", &spec.upstream)?;
         if upstream.port() == 0 {
@@ -67,7 +90,22 @@ impl UdpProxy {
             upstream,
             max_clients,
             idle_timeout,
+            own: settings.own_udp_addrs.clone(),
+            counters: Arc::default(),
         })
+    }
+
+    pub fn stats(&self) -> proto::UdpProxyStats {
+        let c = &self.counters;
+        proto::UdpProxyStats {
+            clients_active: c.clients_active.load(Relaxed),
+            clients_total: c.clients_total.load(Relaxed),
+            clients_expired: c.clients_expired.load(Relaxed),
+            clients_refused: c.clients_refused.load(Relaxed),
+            upstream_errors: c.upstream_errors.load(Relaxed),
+            kernel_drops: c.kernel_drops.load(Relaxed),
+            own_source_drops: c.own_source_drops.load(Relaxed),
+        }
     }
 }
 
@@ -105,8 +143,8 @@ impl ListenerKind for UdpProxy {
         Some(&spec.listen)
     }
 
-    fn from_spec(spec: &Self::Spec, _settings: &Settings) -> Result<Self, SpecError> {
-        Self::validate(spec)
+    fn from_spec(spec: &Self::Spec, settings: &Settings) -> Result<Self, SpecError> {
+        Self::validate(spec, settings)
     }
 
     fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
@@ -129,16 +167,17 @@ impl ListenerKind for UdpProxy {
         bind::adopt(fd, self.listen, expect_addr)
     }
 
+    /// Refuse an upstream that is the address the proxy was bound to
+    /// (port 0 resolved): every datagram would come back to the proxy.
+    fn check_bound(&self, local: SocketAddr) -> Result<(), SpecError> {
+        super::proxy::check_not_self(local, std::iter::once(self.upstream))
+    }
+
     async fn run(self: Arc<Self>, socket: UdpSocket, ctx: ServiceCtx) -> anyhow::Result<()> {
-        // SKELETON: forwarding comes with the udp-proxy work.
-        let _ = socket;
-        ctx.stop_accepting.cancelled().await;
-        Ok(())
+        forward::run(&self, socket, ctx).await
     }
 
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
-        Some(proto::listener_stats::Detail::UdpProxy(
-            proto::UdpProxyStats::default(),
-        ))
+        Some(proto::listener_stats::Detail::UdpProxy(self.stats()))
     }
 }

@@ -1,0 +1,431 @@
+//! The udp-proxy's forwarding: the table of clients, one connected upstream
+//! socket per client, and the two directions.
+//!
+//! One task reads the listening socket and sends each client's datagrams
+//! upstream on that client's socket (with the upstream direction's timed
+//! queue for all clients); one task per client reads its upstream socket
+//! and sends the replies to the client from the listening socket (with the
+//! downstream direction's queue of that client). The first task owns the
+//! table: it admits clients, evicts and expires them, and cancels a
+//! client's task when it forgets the client, which closes its socket.
+//!
+//! A client counts as idle for eviction (table full) after
+//! [`EVICT_IDLE`] (or `idle_timeout` if shorter) without a datagram either
+//! way; the table is searched for such clients at most every
+//! [`FULL_SWEEP_EVERY`], so a flood of new clients cannot make every
+//! datagram scan it.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::UdpProxy;
+use super::impair::{Budget, Decisions, Lane, Out, Timed};
+use crate::fault::{Dir, FaultTable, Rng, Watch};
+use crate::net::cancel::CancelWatch;
+use crate::net::udp::recv_msg;
+use crate::services::ServiceCtx;
+use crate::stats::Stats;
+
+/// Largest datagram read (any UDP payload without jumbograms).
+const RECV_BUF: usize = 64 * 1024;
+/// A client quiet this long may be evicted when the table is full.
+pub const EVICT_IDLE: Duration = Duration::from_secs(1);
+/// With the table full, idle clients are looked for at most this often.
+const FULL_SWEEP_EVERY: Duration = Duration::from_millis(100);
+/// Consecutive receive errors on the listening socket after which the
+/// service counts as failed (the supervisor rebinds it).
+const MAX_CONSECUTIVE_ERRORS: u32 = 100;
+
+/// What both directions of a client share.
+#[derive(Debug)]
+struct Shared {
+    /// Last datagram either way, in ms since the service's epoch.
+    last_ms: AtomicU64,
+    decisions: Arc<Decisions>,
+}
+
+#[derive(Debug)]
+struct Client {
+    socket: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    /// The upstream direction's faults state.
+    lane: Lane,
+    cancel: CancellationToken,
+}
+
+/// Everything the listening task keeps.
+struct Proxy<'a> {
+    svc: &'a UdpProxy,
+    ctx: &'a ServiceCtx,
+    listen: Arc<UdpSocket>,
+    clients: HashMap<SocketAddr, Client>,
+    epoch: Instant,
+    budget: Budget,
+    /// Cancelled when this generation ends: every client task stops.
+    gen_cancel: CancellationToken,
+    next_full_sweep: Instant,
+}
+
+impl Proxy<'_> {
+    fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    fn set_active(&self) {
+        self.svc
+            .counters
+            .clients_active
+            .store(self.clients.len() as u64, Relaxed);
+    }
+
+    /// Forget the clients quiet for `idle` or longer; how many.
+    fn expire(&mut self, now: Instant, idle: Duration) -> usize {
+        let cutoff = self.ms(now).saturating_sub(idle.as_millis() as u64);
+        let before = self.clients.len();
+        self.clients.retain(|_, c| {
+            let keep = c.shared.last_ms.load(Relaxed) > cutoff;
+            if !keep {
+                c.cancel.cancel();
+            }
+            keep
+        });
+        let gone = before - self.clients.len();
+        if gone > 0 {
+            Stats::add(&self.svc.counters.clients_expired, gone as u64);
+            self.set_active();
+            if self.clients.capacity() > 2 * self.clients.len().max(64) {
+                self.clients.shrink_to_fit();
+            }
+        }
+        gone
+    }
+
+    /// Make room for one more client if the table is full: false if it
+    /// is full of active clients.
+    fn room(&mut self, now: Instant) -> bool {
+        if self.clients.len() < self.svc.max_clients {
+            return true;
+        }
+        if now < self.next_full_sweep {
+            return false;
+        }
+        self.next_full_sweep = now + FULL_SWEEP_EVERY;
+        self.expire(now, EVICT_IDLE.min(self.svc.idle_timeout));
+        self.clients.len() < self.svc.max_clients
+    }
+
+    /// A new client's upstream socket and its downstream task.
+    fn open(&mut self, peer: SocketAddr, now: Instant) -> std::io::Result<()> {
+        let up = self.svc.upstream;
+        let local: SocketAddr = if up.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        // Binding port 0 and connecting a UDP socket do not wait on the
+        // network: no blocking on the runtime.
+        let std_sock = std::net::UdpSocket::bind(local)?;
+        std_sock.connect(up)?;
+        std_sock.set_nonblocking(true)?;
+        let socket = Arc::new(UdpSocket::from_std(std_sock)?);
+        let decisions = Arc::new(Decisions::new(peer.ip().to_canonical()));
+        let shared = Arc::new(Shared {
+            last_ms: AtomicU64::new(self.ms(now)),
+            decisions: decisions.clone(),
+        });
+        let cancel = self.gen_cancel.child_token();
+        let task = Downstream {
+            peer,
+            socket: socket.clone(),
+            listen: self.listen.clone(),
+            shared: shared.clone(),
+            faults: self.ctx.faults.clone(),
+            stats: self.ctx.stats.clone(),
+            counters: self.svc.counters.clone(),
+            budget: self.budget.clone(),
+            epoch: self.epoch,
+            cancel: cancel.clone(),
+        };
+        let (stats, name) = (self.ctx.stats.clone(), self.ctx.name.clone());
+        self.ctx.tracker.spawn(async move {
+            crate::net::contain::contain_panic(task.run(), &stats, &name).await;
+        });
+        self.clients.insert(
+            peer,
+            Client {
+                socket,
+                shared,
+                lane: Lane::new(Dir::Upstream, decisions, self.budget.clone()),
+                cancel,
+            },
+        );
+        Stats::add(&self.svc.counters.clients_total, 1);
+        self.set_active();
+        Ok(())
+    }
+
+    /// Send datagrams of `peer`'s to the upstream.
+    async fn send_up(&self, peer: SocketAddr, datagrams: &mut Vec<Vec<u8>>) {
+        let Some(c) = self.clients.get(&peer) else {
+            datagrams.clear();
+            return;
+        };
+        for d in datagrams.drain(..) {
+            send_upstream(&c.socket, &d, &self.svc.counters.upstream_errors).await;
+        }
+    }
+}
+
+async fn send_upstream(socket: &UdpSocket, d: &[u8], errors: &AtomicU64) {
+    if let Err(e) = socket.send(d).await {
+        Stats::add(errors, 1);
+        tracing::debug!(error = %e, "send to the upstream failed");
+    }
+}
+
+/// Queue a lane's timed datagrams; those over the queue's bounds are
+/// counted (or released) by the lane, and what it releases is sent now.
+fn queue_later<K: Copy>(
+    timed: &mut Timed<K>,
+    key: K,
+    lane: &mut Lane,
+    out: &mut Out,
+    now: Instant,
+    rng: &mut Rng,
+) {
+    while let Some((at, wake)) = out.later.pop() {
+        if let Err(wake) = timed.push(at, key, wake) {
+            lane.overflow(wake, now, rng, out);
+        }
+    }
+}
+
+pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> anyhow::Result<()> {
+    let fd = socket.as_raw_fd();
+    if let Err(e) = crate::net::udp::enable_rxq_ovfl(fd) {
+        tracing::debug!(listener = %ctx.name, error = %e, "SO_RXQ_OVFL unavailable");
+    }
+    let listen = Arc::new(socket);
+    let gen_cancel = ctx.close_connections.child_token();
+    // However run ends, the clients' tasks end with it.
+    let _gen_guard = gen_cancel.clone().drop_guard();
+    let now = Instant::now();
+    let budget = Budget::default();
+    let mut p = Proxy {
+        svc,
+        ctx: &ctx,
+        listen: listen.clone(),
+        clients: HashMap::new(),
+        epoch: now,
+        budget: budget.clone(),
+        gen_cancel,
+        next_full_sweep: now,
+    };
+    let mut timed: Timed<SocketAddr> = Timed::new(budget);
+    let mut watch = Watch::new(&ctx.faults);
+    let mut rng = Rng::new();
+    let mut out = Out::default();
+    let mut stop = CancelWatch::new(&ctx.stop_accepting);
+    let mut buf = vec![0u8; RECV_BUF];
+    let mut drops_seen = 0u32;
+    let mut consecutive_errors = 0u32;
+    let mut own = svc.own.view();
+
+    let sweep_every =
+        (svc.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let sweep = tokio::time::sleep(sweep_every);
+    tokio::pin!(sweep);
+    let far = || Instant::now() + Duration::from_secs(86_400);
+    let timer = tokio::time::sleep_until(far());
+    tokio::pin!(timer);
+    let mut timer_at: Option<Instant> = None;
+
+    loop {
+        let next = timed.next_at();
+        if next != timer_at {
+            timer_at = next;
+            timer.as_mut().reset(next.unwrap_or_else(far));
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            _ = &mut timer, if timer_at.is_some() => {
+                let now = Instant::now();
+                let current = watch.get().cloned();
+                while let Some((peer, wake)) = timed.pop_due(now) {
+                    let Some(c) = p.clients.get_mut(&peer) else { continue };
+                    c.lane.wake(current.as_ref(), wake, now, &mut rng, &mut out);
+                    queue_later(&mut timed, peer, &mut c.lane, &mut out, now, &mut rng);
+                    p.send_up(peer, &mut out.now).await;
+                }
+                timer_at = None;
+            }
+            _ = &mut sweep => {
+                p.expire(Instant::now(), svc.idle_timeout);
+                sweep.as_mut().reset(Instant::now() + sweep_every);
+            }
+            r = listen.async_io(Interest::READABLE, || recv_msg(fd, &mut buf)) => {
+                let (n, peer, drops) = match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        Stats::add(&ctx.stats.errors, 1);
+                        consecutive_errors += 1;
+                        if consecutive_errors >= MAX_CONSECUTIVE_ERRORS {
+                            anyhow::bail!("{consecutive_errors} consecutive receive errors, last: {e}");
+                        }
+                        tracing::debug!(listener = %ctx.name, error = %e, "receive failed");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
+                };
+                consecutive_errors = 0;
+                if let Some(d) = drops {
+                    Stats::add(&svc.counters.kernel_drops, u64::from(d.wrapping_sub(drops_seen)));
+                    drops_seen = d;
+                }
+                Stats::add(&ctx.stats.datagrams_in, 1);
+                Stats::add(&ctx.stats.bytes_in, n as u64);
+                if own.contains(peer) {
+                    Stats::add(&svc.counters.own_source_drops, 1);
+                    tracing::debug!(listener = %ctx.name, %peer, "dropped: source is one of netd's own UDP listeners");
+                    continue;
+                }
+                let now = Instant::now();
+                if !p.clients.contains_key(&peer) {
+                    if !p.room(now) {
+                        Stats::add(&svc.counters.clients_refused, 1);
+                        tracing::debug!(listener = %ctx.name, %peer, "dropped: the client table is full");
+                        continue;
+                    }
+                    if let Err(e) = p.open(peer, now) {
+                        Stats::add(&svc.counters.upstream_errors, 1);
+                        tracing::debug!(listener = %ctx.name, %peer, error = %e, "no upstream socket for a new client");
+                        continue;
+                    }
+                }
+                let ms = p.ms(now);
+                let Some(c) = p.clients.get_mut(&peer) else { continue };
+                c.shared.last_ms.store(ms, Relaxed);
+                match watch.get() {
+                    Some(set) if !set.is_empty() => {
+                        let set = set.clone();
+                        c.lane.admit(&set, buf[..n].to_vec(), now, &mut rng, &mut out);
+                        queue_later(&mut timed, peer, &mut c.lane, &mut out, now, &mut rng);
+                        p.send_up(peer, &mut out.now).await;
+                    }
+                    _ => send_upstream(&c.socket, &buf[..n], &svc.counters.upstream_errors).await,
+                }
+            }
+        }
+    }
+}
+
+/// One client's downstream direction.
+struct Downstream {
+    peer: SocketAddr,
+    socket: Arc<UdpSocket>,
+    listen: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    faults: Arc<FaultTable>,
+    stats: Arc<Stats>,
+    counters: Arc<super::Counters>,
+    budget: Budget,
+    epoch: Instant,
+    cancel: CancellationToken,
+}
+
+impl Downstream {
+    async fn run(self) {
+        let mut watch = Watch::new(&self.faults);
+        let mut lane = Lane::new(
+            Dir::Downstream,
+            self.shared.decisions.clone(),
+            self.budget.clone(),
+        );
+        let mut timed: Timed<()> = Timed::new(self.budget.clone());
+        let mut rng = Rng::new();
+        let mut out = Out::default();
+        let mut stop = CancelWatch::new(&self.cancel);
+        let mut buf = vec![0u8; RECV_BUF];
+        let far = || Instant::now() + Duration::from_secs(86_400);
+        let timer = tokio::time::sleep_until(far());
+        tokio::pin!(timer);
+        let mut timer_at: Option<Instant> = None;
+        loop {
+            let next = timed.next_at();
+            if next != timer_at {
+                timer_at = next;
+                timer.as_mut().reset(next.unwrap_or_else(far));
+            }
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = &mut timer, if timer_at.is_some() => {
+                    let now = Instant::now();
+                    let current = watch.get().cloned();
+                    while let Some(((), wake)) = timed.pop_due(now) {
+                        lane.wake(current.as_ref(), wake, now, &mut rng, &mut out);
+                        queue_later(&mut timed, (), &mut lane, &mut out, now, &mut rng);
+                        for d in out.now.drain(..) {
+                            self.send(&d).await;
+                        }
+                    }
+                    timer_at = None;
+                }
+                r = self.socket.recv(&mut buf) => {
+                    let n = match r {
+                        Ok(n) => n,
+                        Err(e) => {
+                            // Typically ECONNREFUSED: the upstream answered
+                            // an earlier datagram with ICMP port unreachable.
+                            Stats::add(&self.counters.upstream_errors, 1);
+                            tracing::debug!(peer = %self.peer, error = %e, "receive from the upstream failed");
+                            if e.kind() != std::io::ErrorKind::ConnectionRefused {
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                            }
+                            continue;
+                        }
+                    };
+                    let now = Instant::now();
+                    self.shared.last_ms.store(
+                        now.saturating_duration_since(self.epoch).as_millis() as u64,
+                        Relaxed,
+                    );
+                    match watch.get() {
+                        Some(set) if !set.is_empty() => {
+                            let set = set.clone();
+                            lane.admit(&set, buf[..n].to_vec(), now, &mut rng, &mut out);
+                            queue_later(&mut timed, (), &mut lane, &mut out, now, &mut rng);
+                            for d in out.now.drain(..) {
+                                self.send(&d).await;
+                            }
+                        }
+                        _ => self.send(&buf[..n]).await,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, d: &[u8]) {
+        match self.listen.send_to(d, self.peer).await {
+            Ok(sent) => {
+                Stats::add(&self.stats.datagrams_out, 1);
+                Stats::add(&self.stats.bytes_out, sent as u64);
+            }
+            Err(e) => {
+                Stats::add(&self.stats.errors, 1);
+                tracing::debug!(peer = %self.peer, error = %e, "send to the client failed");
+            }
+        }
+    }
+}
