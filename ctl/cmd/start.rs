@@ -27,6 +27,11 @@ pub(crate) struct Common {
     /// netd restarts.
     #[arg(long)]
     ephemeral: bool,
+    /// Write a line to netd's access log per request (http) or per closed
+    /// connection (proxy): true or false (default true). The echo kinds
+    /// write none either way.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    access_log: Option<bool>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,6 +213,7 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
                 prefix,
                 max_connections: max_connections.unwrap_or(0),
                 idle_timeout,
+                access_log: common.access_log,
             };
             (common, Kind::TcpEcho(spec))
         }
@@ -230,6 +236,7 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
                 max_connections: max_connections.unwrap_or(0),
                 upstream_backoff: to_proto_duration("--upstream-backoff", upstream_backoff)?,
                 resolve_interval: to_proto_duration("--resolve-interval", resolve_interval)?,
+                access_log: common.access_log,
             };
             (common, Kind::Proxy(spec))
         }
@@ -270,6 +277,7 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
                 max_header_bytes: max_header_bytes.unwrap_or(0),
                 idle_timeout: to_proto_duration("--idle-timeout", idle_timeout)?,
                 rate_limit_ipv6_prefix: rate_limit_ipv6_prefix.unwrap_or(0),
+                access_log: common.access_log,
             };
             (common, Kind::Http(spec))
         }
@@ -306,6 +314,7 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
                 listen: String::new(),
                 labels,
                 ephemeral,
+                access_log: None,
             };
             (common, Kind::Sniffer(spec))
         }
@@ -322,6 +331,7 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
                 allow_privileged_sources,
                 rate_limit: rate_limit.unwrap_or_default(),
                 max_sources: max_sources.unwrap_or(0),
+                access_log: common.access_log,
             };
             (common, Kind::UdpEcho(spec))
         }
