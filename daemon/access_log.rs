@@ -154,7 +154,10 @@ impl Sink {
 
 /// Where the writer writes.
 enum Output {
-    Stderr,
+    /// A descriptor of its own for fd 2: writing through `std::io::stderr`
+    /// would hold std's stderr lock while a write blocks (a full pipe to
+    /// journald), and every tracing event on any thread would wait on it.
+    Stderr(File),
     File {
         dir: safe_file::Dir,
         name: String,
@@ -165,7 +168,9 @@ enum Output {
 impl Output {
     fn open(path: Option<&Path>) -> io::Result<Output> {
         let Some(path) = path else {
-            return Ok(Output::Stderr);
+            use std::os::fd::AsFd as _;
+            let fd = io::stderr().as_fd().try_clone_to_owned()?;
+            return Ok(Output::Stderr(File::from(fd)));
         };
         let (dir, name) = split(path)?;
         let dir = safe_file::Dir::open_or_create(dir)?;
@@ -175,8 +180,7 @@ impl Output {
 
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
-            Output::Stderr => io::stderr().lock().write_all(bytes),
-            Output::File { file, .. } => file.write_all(bytes),
+            Output::Stderr(file) | Output::File { file, .. } => file.write_all(bytes),
         }
     }
 
