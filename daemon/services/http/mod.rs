@@ -408,10 +408,10 @@ impl Http {
     ) -> Response<Full<Bytes>> {
         let began = Instant::now();
         let method = req.method().clone();
-        // The URI for the access log (a reference count, not a copy), only
-        // when a line will be written.
-        let logged_uri =
-            (self.access_log && crate::access_log::enabled()).then(|| req.uri().clone());
+        // The path for the access log, only when a line will be written (a
+        // copy: keeping the URI would keep hyper's read buffer shared).
+        let logged_path =
+            (self.access_log && crate::access_log::enabled()).then(|| req.uri().path().to_owned());
         // An HTTP/1 request whose body may be left unread by an error reply:
         // that connection cannot carry another request, so say so.
         let h1 = req.version() < hyper::Version::HTTP_2;
@@ -455,12 +455,12 @@ impl Http {
                 .unwrap_or(0)
         };
         Stats::add(&stats.bytes_out, body_len);
-        if let Some(uri) = logged_uri {
+        if let Some(path) = logged_path {
             crate::access_log::http(
                 name,
                 peer,
                 method.as_str(),
-                uri.path(),
+                &path,
                 status.as_u16(),
                 body_len,
                 elapsed.as_micros() as u64,
