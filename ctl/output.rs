@@ -48,6 +48,7 @@ fn spec_json(l: &proto::Listener) -> Value {
             "prefix": s.prefix,
             "max_connections": s.max_connections,
             "idle_timeout": dur(&s.idle_timeout),
+            "access_log": s.access_log.unwrap_or(true),
         }),
         Some(Kind::UdpEcho(s)) => json!({
             "listen": s.listen,
@@ -55,6 +56,7 @@ fn spec_json(l: &proto::Listener) -> Value {
             "allow_privileged_sources": s.allow_privileged_sources,
             "rate_limit": s.rate_limit,
             "max_sources": s.max_sources,
+            "access_log": s.access_log.unwrap_or(true),
         }),
         Some(Kind::Proxy(p)) => json!({
             "listen": p.listen,
@@ -65,6 +67,7 @@ fn spec_json(l: &proto::Listener) -> Value {
             "max_connections": p.max_connections,
             "upstream_backoff": dur(&p.upstream_backoff),
             "resolve_interval": dur(&p.resolve_interval),
+            "access_log": p.access_log.unwrap_or(true),
             "faults": faults_json(&p.faults),
         }),
         Some(Kind::UdpProxy(u)) => json!({
@@ -87,6 +90,7 @@ fn spec_json(l: &proto::Listener) -> Value {
             "max_header_bytes": h.max_header_bytes,
             "idle_timeout": dur(&h.idle_timeout),
             "rate_limit_ipv6_prefix": h.rate_limit_ipv6_prefix,
+            "access_log": h.access_log.unwrap_or(true),
         }),
         Some(Kind::Sniffer(f)) => json!({
             "interface": f.interface,

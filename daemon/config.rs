@@ -153,6 +153,8 @@ struct RawListener {
     #[serde(default)]
     max_sources: Option<Spanned<u32>>,
     #[serde(default)]
+    access_log: Option<Spanned<bool>>,
+    #[serde(default)]
     labels: HashMap<String, String>,
 }
 
@@ -169,6 +171,16 @@ struct RawMetrics {
     header_timeout: Option<Spanned<String>>,
     #[serde(default)]
     idle_timeout: Option<Spanned<String>>,
+}
+
+/// `[access_log]`: where access-log lines go (crate::access_log).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    #[serde(default)]
+    path: Option<Spanned<String>>,
+    #[serde(default)]
+    buffer_bytes: Option<Spanned<u64>>,
 }
 
 /// `[health]`: the plaintext grpc.health.v1 endpoint (crate::health).
@@ -200,6 +212,8 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     health: RawHealth,
+    #[serde(default)]
+    access_log: RawAccessLog,
     #[serde(default, rename = "listener")]
     listeners: Vec<RawListener>,
 }
@@ -291,6 +305,8 @@ pub struct Config {
     /// Where to serve plaintext grpc.health.v1 only (`[health] listen`);
     /// off when unset. Any address: it tells only whether netd serves.
     pub health_listen: Option<std::net::SocketAddr>,
+    /// `[access_log]`: stderr or a file, and the buffer's bound.
+    pub access_log: crate::access_log::Settings,
     pub listeners: Vec<BootListener>,
 }
 
@@ -474,6 +490,7 @@ impl Config {
                 Some(addr)
             }
         };
+        let access_log = parse_access_log(&raw.access_log, &at)?;
         let settings = Settings {
             capture_dir: capture_dir.clone(),
             ..Settings::default()
@@ -506,6 +523,7 @@ impl Config {
             metrics_listen,
             metrics_limits,
             health_listen,
+            access_log,
             listeners,
         })
     }
@@ -541,7 +559,7 @@ impl Config {
                 .unwrap_or_default();
             let kind_name = l.kind.get_ref().0;
             let spans = |o: Option<std::ops::Range<usize>>| o;
-            let optional: [OptionalField; 33] = [
+            let optional: [OptionalField; 34] = [
                 ("listen", spans(l.listen.as_ref().map(|v| v.span()))),
                 ("interface", spans(l.interface.as_ref().map(|v| v.span()))),
                 ("filter", spans(l.filter.as_ref().map(|v| v.span()))),
@@ -632,6 +650,7 @@ impl Config {
                     "resolve_interval",
                     spans(l.resolve_interval.as_ref().map(|v| v.span())),
                 ),
+                ("access_log", spans(l.access_log.as_ref().map(|v| v.span()))),
             ];
             for (field, span) in &optional {
                 if let Some(span) = span {
@@ -681,6 +700,7 @@ impl Config {
                 .map(|m| *m.get_ref())
                 .unwrap_or(0);
             let idle_timeout = duration("idle_timeout", &l.idle_timeout)?;
+            let access_log = l.access_log.as_ref().map(|v| *v.get_ref());
             let faults = match &l.faults {
                 None => Vec::new(),
                 Some(f) => f
@@ -709,6 +729,7 @@ impl Config {
                     prefix,
                     max_connections,
                     idle_timeout,
+                    access_log,
                 }),
                 proto::ListenerKind::UdpEcho => Kind::UdpEcho(proto::UdpEchoSpec {
                     listen,
@@ -723,6 +744,7 @@ impl Config {
                         .map(|r| r.get_ref().clone())
                         .unwrap_or_default(),
                     max_sources: u32_of(&l.max_sources),
+                    access_log,
                 }),
                 proto::ListenerKind::Proxy => Kind::Proxy(proto::ProxySpec {
                     listen,
@@ -737,6 +759,7 @@ impl Config {
                     max_connections,
                     upstream_backoff: duration("upstream_backoff", &l.upstream_backoff)?,
                     resolve_interval: duration("resolve_interval", &l.resolve_interval)?,
+                    access_log,
                     faults,
                 }),
                 proto::ListenerKind::UdpProxy => Kind::UdpProxy(proto::UdpProxySpec {
@@ -848,6 +871,7 @@ impl Config {
                         max_header_bytes: u32_of(&l.max_header_bytes),
                         idle_timeout,
                         rate_limit_ipv6_prefix: u32_of(&l.rate_limit_ipv6_prefix),
+                        access_log,
                     })
                 }
             };
@@ -914,6 +938,56 @@ impl Config {
         }
         Ok(listeners)
     }
+}
+
+/// `[access_log]`: `path` absolute without `..` and naming a file;
+/// `buffer_bytes` within [`crate::access_log::BUFFER_BYTES_RANGE`].
+fn parse_access_log(
+    raw: &RawAccessLog,
+    at: &dyn Fn(std::ops::Range<usize>) -> String,
+) -> Result<crate::access_log::Settings, ConfigError> {
+    use crate::access_log::{BUFFER_BYTES_RANGE, DEFAULT_BUFFER_BYTES, Settings};
+    let path = match &raw.path {
+        None => None,
+        Some(p) => {
+            let path = PathBuf::from(p.get_ref());
+            let name_ok = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| crate::safe_file::check_file_name(n).is_ok());
+            if !path.is_absolute()
+                || path
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+                || !name_ok
+                || p.get_ref().ends_with('/')
+            {
+                return Err(ConfigError(format!(
+                    "{}: access_log.path '{}' must be an absolute file path without '..', \
+                     e.g. /var/log/netd/access.log",
+                    at(p.span()),
+                    p.get_ref()
+                )));
+            }
+            Some(path)
+        }
+    };
+    let buffer_bytes = match &raw.buffer_bytes {
+        None => DEFAULT_BUFFER_BYTES,
+        Some(b) => match usize::try_from(*b.get_ref()) {
+            Ok(n) if BUFFER_BYTES_RANGE.contains(&n) => n,
+            _ => {
+                return Err(ConfigError(format!(
+                    "{}: access_log.buffer_bytes: {} is out of range ({} to {})",
+                    at(b.span()),
+                    b.get_ref(),
+                    BUFFER_BYTES_RANGE.start(),
+                    BUFFER_BYTES_RANGE.end()
+                )));
+            }
+        },
+    };
+    Ok(Settings { path, buffer_bytes })
 }
 
 /// A TOML syntax or type error as one line, `file:line:column: what`,
@@ -1513,6 +1587,7 @@ mod fuzz {
         "max_header_bytes",
         "allow_privileged_sources",
         "max_sources",
+        "access_log",
         "labels",
         "labels.team",
         "nmae",
@@ -1534,6 +1609,8 @@ mod fuzz {
         "metrics.header_timeout",
         "metrics.idle_timeout",
         "health.listen",
+        "access_log.path",
+        "access_log.buffer_bytes",
         "control.listen",
         "control.insecure",
         "control.max_connections",
@@ -1639,7 +1716,7 @@ mod fuzz {
             prop_oneof![0i64..5000, Just(u32::MAX as i64), any::<i64>()]
                 .prop_map(|n| n.to_string())
                 .boxed()
-        } else if key.starts_with("allow") || key.ends_with("insecure") {
+        } else if key.starts_with("allow") || key.ends_with("insecure") || key == "access_log" {
             any::<bool>().prop_map(|b| b.to_string()).boxed()
         } else if key == "upstreams" || key.ends_with("admin") {
             proptest::collection::vec(string(), 0..3)

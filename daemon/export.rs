@@ -131,6 +131,14 @@ impl Table {
         }
     }
 
+    /// An optional bool: written when set, either way (unset is the
+    /// default, which may be true).
+    pub fn opt_bool(&mut self, key: &str, v: Option<bool>) {
+        if let Some(v) = v {
+            self.line(key, toml::Value::Boolean(v));
+        }
+    }
+
     pub fn u64(&mut self, key: &str, v: u64) -> Result<(), String> {
         if v != 0 {
             let n = i64::try_from(v)
@@ -355,6 +363,7 @@ mod tests {
                     prefix: "Echo \"quoted\" \\ back\nslash ünï 🦀: ".into(),
                     max_connections: 7,
                     idle_timeout: d(90, 1_000_001),
+                    access_log: Some(false),
                 }),
             ),
             listener(
@@ -365,6 +374,7 @@ mod tests {
                     allow_privileged_sources: true,
                     rate_limit: "600/m".into(),
                     max_sources: 12,
+                    access_log: None,
                 }),
             ),
             listener(
@@ -378,6 +388,7 @@ mod tests {
                     max_connections: 1_000_000,
                     upstream_backoff: d(3, 999_999_999),
                     resolve_interval: d(90, 5),
+                    access_log: Some(true),
                     faults: every_tcp_fault(),
                 }),
             ),
@@ -406,6 +417,7 @@ mod tests {
                     max_header_bytes: 1024,
                     idle_timeout: d(86_399, 123_456_789),
                     rate_limit_ipv6_prefix: 56,
+                    access_log: Some(false),
                 }),
             ),
             listener(
@@ -666,6 +678,7 @@ mod fuzz {
                     prefix,
                     max_connections,
                     idle_timeout,
+                    access_log: None,
                 })
             })
     }
@@ -691,6 +704,7 @@ mod fuzz {
                         allow_privileged_sources,
                         rate_limit,
                         max_sources,
+                        access_log: None,
                     })
                 },
             )
@@ -735,6 +749,7 @@ mod fuzz {
                         max_connections,
                         upstream_backoff,
                         resolve_interval,
+                        access_log: None,
                         faults: Vec::new(),
                     })
                 },
@@ -806,6 +821,7 @@ mod fuzz {
                         max_header_bytes,
                         idle_timeout,
                         rate_limit_ipv6_prefix,
+                        access_log: None,
                     })
                 },
             )
@@ -859,8 +875,23 @@ mod fuzz {
             )
     }
 
+    /// A kind's spec, with `access_log` unset, true or false where the
+    /// kind has it.
     fn kind() -> impl Strategy<Value = Kind> {
-        prop_oneof![tcp_echo(), udp_echo(), proxy(), http(), sniffer()]
+        (
+            prop_oneof![tcp_echo(), udp_echo(), proxy(), http(), sniffer()],
+            proptest::option::of(any::<bool>()),
+        )
+            .prop_map(|(mut kind, access_log)| {
+                match &mut kind {
+                    Kind::TcpEcho(s) => s.access_log = access_log,
+                    Kind::UdpEcho(s) => s.access_log = access_log,
+                    Kind::Proxy(s) => s.access_log = access_log,
+                    Kind::Http(s) => s.access_log = access_log,
+                    Kind::Sniffer(_) => {}
+                }
+                kind
+            })
     }
 
     /// Listeners with distinct names (any text) and any labels.

@@ -29,6 +29,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod access_log;
 pub mod addr;
 pub mod auth;
 pub mod client;

@@ -115,6 +115,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     netd::logging::init(&config.log);
+    // Before the runtime: opening the file blocks.
+    if let Err(e) = netd::access_log::init(
+        &config.access_log,
+        config.log.format == netd::config::LogFormat::Json,
+    ) {
+        eprintln!("netd: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let listen_fds = listen_fds.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "ignoring the sockets systemd passed (LISTEN_FDS)");
         Vec::new()
@@ -136,12 +144,15 @@ fn main() -> ExitCode {
         upgrade: args.upgrade,
         listen_fds,
     };
-    match runtime.block_on(netd::server::run(
+    let result = runtime.block_on(netd::server::run(
         config,
         control,
         args.config.clone(),
         startup,
-    )) {
+    ));
+    // The last lines of the connections that were drained.
+    netd::access_log::close();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("netd: {e:#}");

@@ -172,6 +172,18 @@ impl Collector for ListenerCollector {
             None,
             MetricType::Counter,
         )?)?;
+        ConstCounter::new(crate::access_log::dropped()).encode(encoder.encode_descriptor(
+            "netd_access_log_dropped",
+            "Access-log lines dropped: the buffer was full (the output did not keep up) or the write failed.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(crate::access_log::written()).encode(encoder.encode_descriptor(
+            "netd_access_log_written",
+            "Access-log lines written.",
+            None,
+            MetricType::Counter,
+        )?)?;
         self.encode_kind_specific(&listeners, &mut encoder)
     }
 }

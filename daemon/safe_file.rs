@@ -1,5 +1,5 @@
-//! Files netd writes for a caller (pcap captures), confined to one directory
-//! it was given (`capture_dir`) and opened so that nothing already in that
+//! Files netd writes for a caller (pcap captures, the access log), confined
+//! to one directory it was given (`capture_dir`, the access log's directory) and opened so that nothing already in that
 //! directory can redirect, block or hijack the write.
 //!
 //! What this module guarantees:
@@ -156,6 +156,21 @@ impl Dir {
     /// with an error saying which ("it is a symbolic link; refusing to
     /// follow it"), and left as they were.
     pub fn create_file(&self, name: &str) -> io::Result<File> {
+        let file = self.open_ours(name, 0)?;
+        file.set_len(0)?;
+        Ok(file)
+    }
+
+    /// Open `name` for appending (O_APPEND), creating it (mode 0640) if
+    /// missing, with the same refusals as [`Dir::create_file`]; what it
+    /// holds is kept. For logs that outlive a restart (the access log).
+    pub fn append_file(&self, name: &str) -> io::Result<File> {
+        self.open_ours(name, libc::O_APPEND)
+    }
+
+    /// The checks and the open shared by [`Dir::create_file`] and
+    /// [`Dir::append_file`]; `extra` is added to the open flags.
+    fn open_ours(&self, name: &str, extra: libc::c_int) -> io::Result<File> {
         let cname = c_name(name)?;
         if let Some(st) = self.stat_at(&cname)? {
             refuse_unless_regular(st.st_mode)?;
@@ -165,7 +180,8 @@ impl Dir {
             | libc::O_NOFOLLOW
             | libc::O_NONBLOCK
             | libc::O_NOCTTY
-            | libc::O_CLOEXEC;
+            | libc::O_CLOEXEC
+            | extra;
         // SAFETY: openat(2) with our open directory descriptor and a
         // NUL-terminated name that lives across the call; the result is
         // checked before it is used.
@@ -210,7 +226,6 @@ impl Dir {
         if meta.mode() & 0o7777 != FILE_MODE {
             file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
         }
-        file.set_len(0)?;
         Ok(file)
     }
 

@@ -340,6 +340,8 @@ pub async fn run(
     // SIGHUP's default action kills the process; systemd's `reload` and
     // habit both send it, so take it and say that it does nothing yet.
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    // logrotate's postrotate: open the access log again by name.
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let mut handed_over = false;
     let server_result = loop {
         tokio::select! {
@@ -349,6 +351,10 @@ pub async fn run(
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received; reloading the config");
                 reload(&supervisor, &config, config_path.as_deref()).await;
+            }
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1 received; reopening the access log");
+                crate::access_log::reopen();
             }
             r = &mut server => break Some(r),
         }

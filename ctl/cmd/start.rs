@@ -27,6 +27,11 @@ pub(crate) struct Common {
     /// netd restarts.
     #[arg(long)]
     ephemeral: bool,
+    /// Write a line to netd's access log per request (http) or per closed
+    /// connection (proxy): true or false (default true). The echo kinds
+    /// write none either way.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    access_log: Option<bool>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,6 +229,7 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
                 prefix,
                 max_connections: max_connections.unwrap_or(0),
                 idle_timeout,
+                access_log: common.access_log,
             };
             (common, Kind::TcpEcho(spec))
         }
@@ -246,6 +252,7 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
                 max_connections: max_connections.unwrap_or(0),
                 upstream_backoff: to_proto_duration("--upstream-backoff", upstream_backoff)?,
                 resolve_interval: to_proto_duration("--resolve-interval", resolve_interval)?,
+                access_log: common.access_log,
                 faults: Vec::new(),
             };
             (common, Kind::Proxy(spec))
@@ -287,6 +294,7 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
                 max_header_bytes: max_header_bytes.unwrap_or(0),
                 idle_timeout: to_proto_duration("--idle-timeout", idle_timeout)?,
                 rate_limit_ipv6_prefix: rate_limit_ipv6_prefix.unwrap_or(0),
+                access_log: common.access_log,
             };
             (common, Kind::Http(spec))
         }
@@ -323,6 +331,7 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
                 listen: String::new(),
                 labels,
                 ephemeral,
+                access_log: None,
             };
             (common, Kind::Sniffer(spec))
         }
@@ -339,6 +348,7 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
                 allow_privileged_sources,
                 rate_limit: rate_limit.unwrap_or_default(),
                 max_sources: max_sources.unwrap_or(0),
+                access_log: common.access_log,
             };
             (common, Kind::UdpEcho(spec))
         }
@@ -348,6 +358,11 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
             max_clients,
             idle_timeout,
         } => {
+            if common.access_log.is_some() {
+                return Err(render::usage(anyhow::anyhow!(
+                    "--access-log does not apply to a udp-proxy listener (it logs no lines)"
+                )));
+            }
             let spec = proto::UdpProxySpec {
                 listen: common.listen.clone(),
                 upstream,

@@ -98,6 +98,10 @@ pub(crate) struct UpdateArgs {
     /// sniffer: SYN-rate alert threshold (SYNs per second).
     #[arg(long, value_name = "N")]
     syn_rate: Option<u32>,
+    /// http, proxy (and, writing nothing either way, the echo kinds): write
+    /// access-log lines, true or false.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    access_log: Option<bool>,
 }
 
 impl UpdateArgs {
@@ -149,6 +153,15 @@ impl UpdateArgs {
                 Kind::Http(s) => s.idle_timeout = d,
                 Kind::UdpProxy(s) => s.idle_timeout = d,
                 _ => return Err(na("--idle-timeout")),
+            }
+        }
+        if let Some(on) = self.access_log {
+            match kind {
+                Kind::TcpEcho(s) => s.access_log = Some(on),
+                Kind::UdpEcho(s) => s.access_log = Some(on),
+                Kind::Proxy(s) => s.access_log = Some(on),
+                Kind::Http(s) => s.access_log = Some(on),
+                Kind::Sniffer(_) | Kind::UdpProxy(_) => return Err(na("--access-log")),
             }
         }
         if let Some(r) = &self.rate_limit {

@@ -142,8 +142,13 @@ impl ListenerKind for TcpEcho {
     const SLUG: &'static str = "tcp-echo";
     const KIND: proto::ListenerKind = proto::ListenerKind::TcpEcho;
     const TRANSPORT: Transport = Transport::Tcp;
-    const CONFIG_KEYS: &'static [&'static str] =
-        &["listen", "prefix", "max_connections", "idle_timeout"];
+    const CONFIG_KEYS: &'static [&'static str] = &[
+        "listen",
+        "prefix",
+        "max_connections",
+        "idle_timeout",
+        "access_log",
+    ];
 
     fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String> {
         let proto::TcpEchoSpec {
@@ -151,11 +156,13 @@ impl ListenerKind for TcpEcho {
             prefix,
             max_connections,
             idle_timeout,
+            access_log,
         } = spec;
         t.string("listen", listen);
         t.string("prefix", prefix);
         t.u64("max_connections", (*max_connections).into())?;
         t.duration("idle_timeout", idle_timeout)?;
+        t.opt_bool("access_log", *access_log);
         Ok(())
     }
 
@@ -172,6 +179,7 @@ impl ListenerKind for TcpEcho {
         proto::TcpEchoSpec {
             max_connections: super::effective_max_connections(shown.max_connections),
             idle_timeout: super::effective_duration(&shown.idle_timeout, DEFAULT_IDLE_TIMEOUT),
+            access_log: Some(shown.access_log.unwrap_or(true)),
             ..shown.clone()
         }
     }

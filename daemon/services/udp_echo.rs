@@ -256,6 +256,7 @@ impl ListenerKind for UdpEcho {
         "rate_limit",
         "allow_privileged_sources",
         "max_sources",
+        "access_log",
     ];
 
     fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String> {
@@ -265,12 +266,14 @@ impl ListenerKind for UdpEcho {
             allow_privileged_sources,
             rate_limit,
             max_sources,
+            access_log,
         } = spec;
         t.string("listen", listen);
         t.string("prefix", prefix);
         t.bool("allow_privileged_sources", *allow_privileged_sources);
         t.string("rate_limit", rate_limit);
         t.u64("max_sources", (*max_sources).into())?;
+        t.opt_bool("access_log", *access_log);
         Ok(())
     }
 
@@ -293,6 +296,7 @@ impl ListenerKind for UdpEcho {
                 0 => DEFAULT_MAX_SOURCES as u32,
                 n => n,
             },
+            access_log: Some(shown.access_log.unwrap_or(true)),
             ..shown.clone()
         }
     }

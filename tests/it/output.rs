@@ -36,6 +36,7 @@ async fn table_output_escapes_control_characters_from_the_daemon() {
                 prefix: EVIL.into(),
                 max_connections: 0,
                 idle_timeout: None,
+                access_log: None,
             })),
         }),
         labels,

@@ -27,7 +27,8 @@
 //!   host can rotate through the addresses of a whole /64.
 //! - HTTP/1.1 with keep-alive, and HTTP/2 with prior knowledge (h2c),
 //!   chosen by peeking at the connection preface.
-//! - One access-log line per request (target `netd::access`).
+//! - One access-log line per request ([`crate::access_log`]) unless the
+//!   listener says `access_log = false`.
 //! - Lingering close (HTTP/1): when netd answers before reading the whole
 //!   request (413, 401, 429, 405 with a body), closing at once would leave
 //!   unread bytes, and Linux answers those with a reset that can destroy the
@@ -122,6 +123,8 @@ pub struct Http {
     ipv6_prefix: u8,
     limit: Arc<Semaphore>,
     counters: HttpCounters,
+    /// Write an access-log line per request (`access_log`, default true).
+    access_log: bool,
 }
 
 /// Parse "100/s", "600/m", "3600/h" into a quota (the burst is one
@@ -228,6 +231,7 @@ impl Http {
             )?,
             limit: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
             counters: HttpCounters::default(),
+            access_log: spec.access_log.unwrap_or(true),
         })
     }
 
@@ -404,7 +408,10 @@ impl Http {
     ) -> Response<Full<Bytes>> {
         let began = Instant::now();
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        // The path for the access log, only when a line will be written (a
+        // copy: keeping the URI would keep hyper's read buffer shared).
+        let logged_path =
+            (self.access_log && crate::access_log::enabled()).then(|| req.uri().path().to_owned());
         // An HTTP/1 request whose body may be left unread by an error reply:
         // that connection cannot carry another request, so say so.
         let h1 = req.version() < hyper::Version::HTTP_2;
@@ -448,17 +455,17 @@ impl Http {
                 .unwrap_or(0)
         };
         Stats::add(&stats.bytes_out, body_len);
-        tracing::info!(
-            target: "netd::access",
-            listener = name,
-            client = %peer,
-            method = %method,
-            path = %path,
-            status = status.as_u16(),
-            bytes = body_len,
-            duration_us = elapsed.as_micros() as u64,
-            "request"
-        );
+        if let Some(path) = logged_path {
+            crate::access_log::http(
+                name,
+                peer,
+                method.as_str(),
+                &path,
+                status.as_u16(),
+                body_len,
+                elapsed.as_micros() as u64,
+            );
+        }
         resp
     }
 
@@ -608,6 +615,7 @@ impl ListenerKind for Http {
         "body_budget_bytes",
         "max_streams",
         "max_header_bytes",
+        "access_log",
     ];
 
     fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String> {
@@ -624,6 +632,7 @@ impl ListenerKind for Http {
             max_header_bytes,
             idle_timeout,
             rate_limit_ipv6_prefix,
+            access_log,
         } = spec;
         t.string("listen", listen);
         t.u64("max_body_bytes", *max_body_bytes)?;
@@ -641,6 +650,7 @@ impl ListenerKind for Http {
         t.u64("max_header_bytes", (*max_header_bytes).into())?;
         t.duration("idle_timeout", idle_timeout)?;
         t.u64("rate_limit_ipv6_prefix", (*rate_limit_ipv6_prefix).into())?;
+        t.opt_bool("access_log", *access_log);
         Ok(())
     }
 
@@ -673,6 +683,7 @@ impl ListenerKind for Http {
                 0 => u32::from(super::client_key::DEFAULT_IPV6_PREFIX),
                 n => n,
             },
+            access_log: Some(shown.access_log.unwrap_or(true)),
             ..shown.clone()
         }
     }

@@ -27,8 +27,9 @@
 //!   `resolve_interval`, off the runtime ([`resolve`]): new
 //!   connections (and new warm ones) go to the latest answer, open ones stay
 //!   where they are, and a failed lookup keeps the last good address.
-//! - Every closed connection is logged at info level (target `netd::access`)
-//!   with client, upstream, bytes each way, duration and how it ended.
+//! - Every closed connection is written to the access log
+//!   ([`crate::access_log`]) with client, upstream, bytes each way, duration
+//!   and how it ended, unless the listener says `access_log = false`.
 
 mod forward;
 pub mod pool;
@@ -130,6 +131,8 @@ pub struct Proxy {
     limit: Arc<Semaphore>,
     next: AtomicUsize,
     counters: Arc<ProxyCounters>,
+    /// Write an access-log line per connection (`access_log`, default true).
+    access_log: bool,
 }
 
 /// What connecting a client to an upstream came to.
@@ -220,6 +223,7 @@ impl Proxy {
             limit: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
             next: AtomicUsize::new(0),
             counters: Arc::new(ProxyCounters::default()),
+            access_log: spec.access_log.unwrap_or(true),
         })
     }
 
@@ -407,22 +411,32 @@ impl Proxy {
             Connected::Reset(u) => {
                 u.connections.fetch_add(1, Relaxed);
                 abort(&client);
-                tracing::info!(
-                    target: "netd::access",
-                    listener = %ctx.name,
-                    client = %peer,
-                    upstream = %u.addr,
-                    bytes_up = 0,
-                    bytes_down = 0,
-                    duration_ms = began.elapsed().as_millis() as u64,
-                    end = End::UpstreamReset.as_str(),
-                    "proxied connection closed"
-                );
+                if self.access_log {
+                    crate::access_log::proxy(
+                        &ctx.name,
+                        peer,
+                        Some(u.addr.get()),
+                        0,
+                        0,
+                        began.elapsed().as_millis() as u64,
+                        End::UpstreamReset.as_str(),
+                    );
+                }
                 return;
             }
             Connected::Nowhere => {
                 Stats::add(&ctx.stats.errors, 1);
-                tracing::info!(target: "netd::access", listener = %ctx.name, client = %peer, "no upstream reachable; closing client");
+                if self.access_log {
+                    crate::access_log::proxy(
+                        &ctx.name,
+                        peer,
+                        None,
+                        0,
+                        0,
+                        began.elapsed().as_millis() as u64,
+                        "no upstream",
+                    );
+                }
                 // A prompt, clean close: the client sees EOF at once. What it
                 // already sent is drained (briefly), so the close is a FIN and
                 // not a reset.
@@ -454,17 +468,17 @@ impl Proxy {
             End::UpstreamReset => abort(&client),
             _ => {}
         }
-        tracing::info!(
-            target: "netd::access",
-            listener = %ctx.name,
-            client = %peer,
-            upstream = %u.addr,
-            bytes_up = up.load(Relaxed),
-            bytes_down = down.load(Relaxed),
-            duration_ms = began.elapsed().as_millis() as u64,
-            end = end.as_str(),
-            "proxied connection closed"
-        );
+        if self.access_log {
+            crate::access_log::proxy(
+                &ctx.name,
+                peer,
+                Some(u.addr.get()),
+                up.load(Relaxed),
+                down.load(Relaxed),
+                began.elapsed().as_millis() as u64,
+                end.as_str(),
+            );
+        }
     }
 }
 
@@ -483,6 +497,7 @@ impl ListenerKind for Proxy {
         "connect_timeout",
         "upstream_backoff",
         "resolve_interval",
+        "access_log",
         "faults",
     ];
 
@@ -496,6 +511,7 @@ impl ListenerKind for Proxy {
             max_connections,
             upstream_backoff,
             resolve_interval,
+            access_log,
             faults,
         } = spec;
         t.string("listen", listen);
@@ -512,6 +528,7 @@ impl ListenerKind for Proxy {
         t.u64("max_connections", (*max_connections).into())?;
         t.duration("upstream_backoff", upstream_backoff)?;
         t.duration("resolve_interval", resolve_interval)?;
+        t.opt_bool("access_log", *access_log);
         t.faults(faults);
         Ok(())
     }
@@ -533,6 +550,7 @@ impl ListenerKind for Proxy {
             max_connections: super::effective_max_connections(shown.max_connections),
             upstream_backoff: dur(&shown.upstream_backoff, DEFAULT_UPSTREAM_BACKOFF),
             resolve_interval: dur(&shown.resolve_interval, resolve::DEFAULT_RESOLVE_INTERVAL),
+            access_log: Some(shown.access_log.unwrap_or(true)),
             ..shown.clone()
         }
     }

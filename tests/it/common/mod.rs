@@ -86,7 +86,28 @@ impl Netd {
     /// expects it to listen (the command must say so itself, or rely on
     /// the default). The notify socket is open to any user, so a netd run
     /// as another user (`CommandExt::uid`) can report readiness.
-    pub fn spawn_as_is(mut cmd: Command, dir: tempfile::TempDir, control: ControlAddr) -> Netd {
+    pub fn spawn_as_is(cmd: Command, dir: tempfile::TempDir, control: ControlAddr) -> Netd {
+        Netd::spawn_inner(cmd, dir, control, None)
+    }
+
+    /// [`Netd::spawn`] with netd's stderr going to `stderr` instead of
+    /// `netd.log` (e.g. a pipe nobody reads, to stall writes to stderr).
+    pub fn spawn_with_stderr(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        control: ControlAddr,
+        stderr: Stdio,
+    ) -> Netd {
+        cmd.env("NETD_CONTROL", control.to_string());
+        Netd::spawn_inner(cmd, dir, control, Some(stderr))
+    }
+
+    fn spawn_inner(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        control: ControlAddr,
+        stderr: Option<Stdio>,
+    ) -> Netd {
         use std::os::unix::fs::PermissionsExt;
         let notify_path = dir.path().join("notify.sock");
         let _ = std::fs::remove_file(&notify_path);
@@ -107,12 +128,16 @@ impl Netd {
             }
             cmd.env("NETD_STATE_DIR", &state);
         }
-        let log = std::fs::File::create(dir.path().join("netd.log")).expect("log file");
+        let stderr = stderr.unwrap_or_else(|| {
+            std::fs::File::create(dir.path().join("netd.log"))
+                .expect("log file")
+                .into()
+        });
         cmd.env("NOTIFY_SOCKET", &notify_path)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log);
+            .stderr(stderr);
         let child = cmd.spawn().expect("spawn netd");
         let mut netd = Netd {
             child: Some(child),

@@ -1,0 +1,571 @@
+//! The access log: one line per HTTP request and per closed proxied
+//! connection, kept off the connection's path.
+//!
+//! A connection task formats its line into a reused thread-local buffer
+//! (a small fixed format, no tracing span or field machinery) and copies
+//! it into one shared, bounded buffer under a mutex held only for that
+//! copy. A background thread (`netd-access-log`) swaps the buffer out and
+//! writes it with one `write(2)`, every [`FLUSH_INTERVAL`] or as soon as the
+//! buffer is half full, so a busy listener costs a few writes per second,
+//! not one per request. When the buffer is full (the disk or journald does
+//! not keep up) the line is dropped and counted
+//! (`netd_access_log_dropped_total` on `/metrics`, and a warning at most
+//! every [`DROP_REPORT_INTERVAL`]): a connection never waits for the log.
+//!
+//! Output: stderr (journald under systemd) unless `[access_log] path` names
+//! a file; the file is opened for appending through [`crate::safe_file`]
+//! (no symbolic link followed, only a regular file owned by netd) and
+//! opened again by name on SIGUSR1, after logrotate has moved it.
+//!
+//! Format: logfmt (`ts=... listener=web client=127.0.0.1:40000 ...`) or,
+//! with `[log] format = "json"`, one JSON object per line, with the field
+//! names the tracing events used before. The `netd::access` log level still
+//! decides whether lines are written at all (`RUST_LOG=netd::access=off`),
+//! and each listener's `access_log = false` turns its own lines off.
+//!
+//! Before [`init`] (unit tests, `--check-config`) nothing is logged.
+
+use std::cell::RefCell;
+use std::fmt::Display;
+use std::fs::File;
+use std::io::{self, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::safe_file;
+
+/// Default `[access_log] buffer_bytes`: about 8,000 lines of ~130 bytes,
+/// some 100 ms of a saturated HTTP listener.
+pub const DEFAULT_BUFFER_BYTES: usize = 1 << 20;
+/// Bounds of `[access_log] buffer_bytes`. The writer holds a second buffer
+/// of the same size while it writes, so memory is twice this at most.
+pub const BUFFER_BYTES_RANGE: std::ops::RangeInclusive<usize> = (64 << 10)..=(256 << 20);
+/// Longest a line waits in the buffer while lines keep coming.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+/// Lines dropped are reported (a warning) at most this often.
+pub const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+/// How long an idle writer sleeps; the first line after that wakes it.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+/// How long exit waits for the writer to write what is buffered.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// `[access_log]` in the config, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Absolute path of the file; None writes to stderr.
+    pub path: Option<PathBuf>,
+    /// Bytes of lines buffered at most; more are dropped.
+    pub buffer_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            path: None,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
+        }
+    }
+}
+
+/// Lines dropped because the buffer was full or the write failed, since
+/// start.
+pub fn dropped() -> u64 {
+    SINK.get().map_or(0, |s| s.dropped.load(Relaxed))
+}
+
+/// Lines written, since start.
+pub fn written() -> u64 {
+    SINK.get().map_or(0, |s| s.written.load(Relaxed))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sleep {
+    Awake,
+    /// Waiting out FLUSH_INTERVAL: woken early only by a half-full buffer.
+    Short,
+    /// Idle: the next line wakes it.
+    Long,
+}
+
+#[derive(Debug)]
+struct State {
+    buf: Vec<u8>,
+    /// Lines in `buf`.
+    lines: u64,
+    sleep: Sleep,
+    closing: bool,
+}
+
+#[derive(Debug)]
+struct Sink {
+    state: Mutex<State>,
+    wake: Condvar,
+    /// Set by `close` once the writer has written its last batch.
+    closed: Mutex<bool>,
+    closed_cv: Condvar,
+    cap: usize,
+    json: bool,
+    dropped: AtomicU64,
+    written: AtomicU64,
+    reopen: AtomicBool,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+thread_local! {
+    /// Where a line is formatted before it is copied into the shared buffer.
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(256));
+}
+
+impl Sink {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, line: &[u8]) {
+        let mut st = self.lock();
+        if st.buf.len() + line.len() > self.cap {
+            drop(st);
+            self.dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        st.buf.extend_from_slice(line);
+        st.lines += 1;
+        let wake = match st.sleep {
+            Sleep::Long => true,
+            Sleep::Short => st.buf.len() >= self.cap / 2,
+            Sleep::Awake => false,
+        };
+        if wake {
+            st.sleep = Sleep::Awake;
+            drop(st);
+            self.wake.notify_one();
+        }
+    }
+
+    fn poke(&self) {
+        self.lock().sleep = Sleep::Awake;
+        self.wake.notify_one();
+    }
+}
+
+/// Where the writer writes.
+enum Output {
+    /// A descriptor of its own for fd 2: writing through `std::io::stderr`
+    /// would hold std's stderr lock while a write blocks (a full pipe to
+    /// journald), and every tracing event on any thread would wait on it.
+    Stderr(File),
+    File {
+        dir: safe_file::Dir,
+        name: String,
+        file: File,
+    },
+}
+
+impl Output {
+    fn open(path: Option<&Path>) -> io::Result<Output> {
+        let Some(path) = path else {
+            use std::os::fd::AsFd as _;
+            let fd = io::stderr().as_fd().try_clone_to_owned()?;
+            return Ok(Output::Stderr(File::from(fd)));
+        };
+        let (dir, name) = split(path)?;
+        let dir = safe_file::Dir::open_or_create(dir)?;
+        let file = dir.append_file(&name)?;
+        Ok(Output::File { dir, name, file })
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Output::Stderr(file) | Output::File { file, .. } => file.write_all(bytes),
+        }
+    }
+
+    /// Open the file again by name (logrotate moved the old one away).
+    fn reopen(&mut self) {
+        if let Output::File { dir, name, file } = self {
+            match dir.append_file(name) {
+                Ok(f) => {
+                    *file = f;
+                    tracing::info!(target: "netd", path = %dir.path().join(&*name).display(), "access log reopened");
+                }
+                Err(e) => {
+                    tracing::warn!(target: "netd", path = %dir.path().join(&*name).display(), error = %e, "cannot reopen the access log; writing to the old file")
+                }
+            }
+        }
+    }
+}
+
+/// The directory and the file name of an absolute path.
+fn split(path: &Path) -> io::Result<(&Path, String)> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidInput, "not an absolute file path");
+    let dir = path.parent().ok_or_else(bad)?;
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(bad)?;
+    safe_file::check_file_name(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    Ok((dir, name.to_string()))
+}
+
+/// Open the output and start the writer thread. Call once, before the
+/// runtime starts (it opens the file, which blocks). `json` follows
+/// `[log] format`.
+pub fn init(settings: &Settings, json: bool) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let output = Output::open(settings.path.as_deref()).with_context(|| {
+        format!(
+            "cannot open the access log {}",
+            settings.path.as_deref().unwrap_or(Path::new("")).display()
+        )
+    })?;
+    let sink = Sink {
+        state: Mutex::new(State {
+            buf: Vec::new(),
+            lines: 0,
+            sleep: Sleep::Awake,
+            closing: false,
+        }),
+        wake: Condvar::new(),
+        closed: Mutex::new(false),
+        closed_cv: Condvar::new(),
+        cap: settings.buffer_bytes,
+        json,
+        dropped: AtomicU64::new(0),
+        written: AtomicU64::new(0),
+        reopen: AtomicBool::new(false),
+    };
+    if SINK.set(sink).is_err() {
+        anyhow::bail!("the access log is already set up");
+    }
+    std::thread::Builder::new()
+        .name("netd-access-log".into())
+        .spawn(move || writer(SINK.get().expect("set above"), output))
+        .context("cannot start the access log's writer thread")?;
+    Ok(())
+}
+
+/// Open the file again by name (SIGUSR1); nothing for stderr. Returns at
+/// once: the writer thread does it.
+pub fn reopen() {
+    if let Some(sink) = SINK.get() {
+        sink.reopen.store(true, Relaxed);
+        sink.poke();
+    }
+}
+
+/// Write what is buffered and stop the writer (at exit). Waits for the
+/// write at most [`CLOSE_WAIT`].
+pub fn close() {
+    let Some(sink) = SINK.get() else { return };
+    sink.lock().closing = true;
+    sink.poke();
+    let done = sink.closed.lock().unwrap_or_else(PoisonError::into_inner);
+    let _ = sink
+        .closed_cv
+        .wait_timeout_while(done, CLOSE_WAIT, |done| !*done);
+}
+
+fn writer(sink: &Sink, mut out: Output) {
+    let mut spare: Vec<u8> = Vec::new();
+    let mut idle_rounds = 0u32;
+    let mut reported_dropped = 0u64;
+    let mut last_report: Option<Instant> = None;
+    let mut write_error_reported: Option<Instant> = None;
+    loop {
+        let mut st = sink.lock();
+        let urgent = st.closing || st.buf.len() >= sink.cap / 2 || sink.reopen.load(Relaxed);
+        if !urgent {
+            let long = st.buf.is_empty() && idle_rounds >= 2;
+            st.sleep = if long { Sleep::Long } else { Sleep::Short };
+            st = sink
+                .wake
+                .wait_timeout(st, if long { IDLE_WAKE } else { FLUSH_INTERVAL })
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            st.sleep = Sleep::Awake;
+        }
+        std::mem::swap(&mut st.buf, &mut spare);
+        let lines = std::mem::take(&mut st.lines);
+        let closing = st.closing;
+        drop(st);
+
+        if sink.reopen.swap(false, Relaxed) {
+            // Lines already buffered were meant for the old file; they go
+            // to the new one, which is where a reader looks after rotation.
+            out.reopen();
+        }
+        if spare.is_empty() {
+            idle_rounds = idle_rounds.saturating_add(1);
+        } else {
+            idle_rounds = 0;
+            match out.write_all(&spare) {
+                Ok(()) => {
+                    sink.written.fetch_add(lines, Relaxed);
+                }
+                Err(e) => {
+                    sink.dropped.fetch_add(lines, Relaxed);
+                    if write_error_reported.is_none_or(|t| t.elapsed() >= DROP_REPORT_INTERVAL) {
+                        write_error_reported = Some(Instant::now());
+                        tracing::warn!(target: "netd", error = %e, lines, "cannot write the access log; lines dropped");
+                    }
+                }
+            }
+            spare.clear();
+        }
+        let dropped = sink.dropped.load(Relaxed);
+        if dropped > reported_dropped
+            && last_report.is_none_or(|t| t.elapsed() >= DROP_REPORT_INTERVAL)
+        {
+            tracing::warn!(
+                target: "netd",
+                dropped = dropped - reported_dropped,
+                total = dropped,
+                "access log: lines dropped (the buffer was full or the write failed)"
+            );
+            reported_dropped = dropped;
+            last_report = Some(Instant::now());
+        }
+        if closing {
+            let mut done = sink.closed.lock().unwrap_or_else(PoisonError::into_inner);
+            *done = true;
+            sink.closed_cv.notify_all();
+            return;
+        }
+    }
+}
+
+/// Whether a line would be written: the writer runs and the `netd::access`
+/// target is enabled at info. Cheap (tracing caches the answer per call
+/// site); call it before gathering what a line needs.
+#[inline]
+pub fn enabled() -> bool {
+    SINK.get().is_some() && tracing::enabled!(target: "netd::access", tracing::Level::INFO)
+}
+
+/// One HTTP request.
+pub fn http(
+    listener: &str,
+    client: SocketAddr,
+    method: &str,
+    path: &str,
+    status: u16,
+    bytes: u64,
+    duration_us: u64,
+) {
+    emit(|l| {
+        l.str("listener", listener);
+        l.plain("client", client);
+        l.str("method", method);
+        l.str("path", path);
+        l.num("status", status.into());
+        l.num("bytes", bytes);
+        l.num("duration_us", duration_us);
+    });
+}
+
+/// One closed proxied connection; `upstream` is None when none was
+/// reachable (`end = "no upstream"`).
+pub fn proxy(
+    listener: &str,
+    client: SocketAddr,
+    upstream: Option<SocketAddr>,
+    bytes_up: u64,
+    bytes_down: u64,
+    duration_ms: u64,
+    end: &str,
+) {
+    emit(|l| {
+        l.str("listener", listener);
+        l.plain("client", client);
+        if let Some(u) = upstream {
+            l.plain("upstream", u);
+        }
+        l.num("bytes_up", bytes_up);
+        l.num("bytes_down", bytes_down);
+        l.num("duration_ms", duration_ms);
+        l.str("end", end);
+    });
+}
+
+fn emit(fields: impl FnOnce(&mut Line<'_>)) {
+    let Some(sink) = SINK.get() else { return };
+    if !tracing::enabled!(target: "netd::access", tracing::Level::INFO) {
+        return;
+    }
+    LINE.with_borrow_mut(|buf| {
+        buf.clear();
+        let mut line = Line {
+            buf,
+            json: sink.json,
+            first: true,
+        };
+        if line.json {
+            line.buf.push(b'{');
+        }
+        line.plain("ts", humantime::format_rfc3339_micros(SystemTime::now()));
+        fields(&mut line);
+        if line.json {
+            line.buf.push(b'}');
+        }
+        line.buf.push(b'\n');
+        sink.push(buf);
+        // A huge line (a long path) should not keep its memory per thread.
+        if buf.capacity() > 16 << 10 {
+            *buf = Vec::with_capacity(256);
+        }
+    });
+}
+
+/// A line being formatted: logfmt or JSON.
+struct Line<'a> {
+    buf: &'a mut Vec<u8>,
+    json: bool,
+    first: bool,
+}
+
+impl Line<'_> {
+    fn key(&mut self, k: &str) {
+        if self.json {
+            if !self.first {
+                self.buf.push(b',');
+            }
+            self.buf.push(b'"');
+            self.buf.extend_from_slice(k.as_bytes());
+            self.buf.extend_from_slice(b"\":");
+        } else {
+            if !self.first {
+                self.buf.push(b' ');
+            }
+            self.buf.extend_from_slice(k.as_bytes());
+            self.buf.push(b'=');
+        }
+        self.first = false;
+    }
+
+    /// A value whose text needs no escaping (an address, a time stamp):
+    /// bare in logfmt, quoted in JSON.
+    fn plain(&mut self, k: &str, v: impl Display) {
+        self.key(k);
+        if self.json {
+            self.buf.push(b'"');
+        }
+        let _ = write!(self.buf, "{v}");
+        if self.json {
+            self.buf.push(b'"');
+        }
+    }
+
+    fn num(&mut self, k: &str, v: u64) {
+        self.key(k);
+        let _ = write!(self.buf, "{v}");
+    }
+
+    /// Any text: quoted and escaped where needed.
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        if self.json {
+            escape_json(self.buf, v);
+        } else {
+            escape_logfmt(self.buf, v);
+        }
+    }
+}
+
+/// logfmt: bare when the value is non-empty printable ASCII without
+/// space, `"`, `\` or `=`; otherwise quoted, with `"` and `\` escaped and
+/// other bytes outside printable ASCII written as `\xNN`.
+fn escape_logfmt(buf: &mut Vec<u8>, v: &str) {
+    let bare = !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'='));
+    if bare {
+        buf.extend_from_slice(v.as_bytes());
+        return;
+    }
+    buf.push(b'"');
+    for b in v.bytes() {
+        match b {
+            b'"' | b'\\' => buf.extend_from_slice(&[b'\\', b]),
+            b' '..=b'~' => buf.push(b),
+            _ => {
+                let _ = write!(buf, "\\x{b:02x}");
+            }
+        }
+    }
+    buf.push(b'"');
+}
+
+/// A JSON string (RFC 8259): `"` and `\` escaped, control characters as
+/// `\u00NN`; other UTF-8 as is.
+fn escape_json(buf: &mut Vec<u8>, v: &str) {
+    buf.push(b'"');
+    for b in v.bytes() {
+        match b {
+            b'"' | b'\\' => buf.extend_from_slice(&[b'\\', b]),
+            0..0x20 | 0x7f => {
+                let _ = write!(buf, "\\u{b:04x}");
+            }
+            _ => buf.push(b),
+        }
+    }
+    buf.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logfmt(v: &str) -> String {
+        let mut b = Vec::new();
+        escape_logfmt(&mut b, v);
+        String::from_utf8(b).unwrap()
+    }
+
+    fn json(v: &str) -> String {
+        let mut b = Vec::new();
+        escape_json(&mut b, v);
+        String::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn logfmt_quotes_only_what_needs_it() {
+        assert_eq!(logfmt("/a/b?x=1"), "\"/a/b?x=1\"");
+        assert_eq!(logfmt("/plain"), "/plain");
+        assert_eq!(logfmt(""), "\"\"");
+        assert_eq!(logfmt("closed by netd"), "\"closed by netd\"");
+        assert_eq!(
+            logfmt("a\"b\\c\nd\u{e9}"),
+            "\"a\\\"b\\\\c\\x0ad\\xc3\\xa9\""
+        );
+    }
+
+    #[test]
+    fn json_strings_parse_back() {
+        for v in ["/x", "a\"b", "back\\slash", "nl\n\t\u{7f}", "caf\u{e9}", ""] {
+            let text = json(v);
+            let back: String = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, v);
+        }
+    }
+
+    #[test]
+    fn lines_have_their_fields() {
+        let mut buf = Vec::new();
+        let mut l = Line {
+            buf: &mut buf,
+            json: true,
+            first: true,
+        };
+        l.buf.push(b'{');
+        l.str("listener", "web \"1\"");
+        l.plain("client", "127.0.0.1:4000".parse::<SocketAddr>().unwrap());
+        l.num("status", 200);
+        l.buf.push(b'}');
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["listener"], "web \"1\"");
+        assert_eq!(v["client"], "127.0.0.1:4000");
+        assert_eq!(v["status"], 200);
+    }
+}
