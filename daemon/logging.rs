@@ -1,6 +1,9 @@
 //! Logging through `tracing`: plain lines on stderr (journald adds its own
 //! timestamps and priorities) or JSON lines on request. `RUST_LOG`, when
 //! set, overrides the configured level.
+//!
+//! Access-log lines do not go through the subscriber's formatting: see
+//! [`crate::access_log`] (only its `netd::access` level is asked here).
 
 use tracing_subscriber::EnvFilter;
 

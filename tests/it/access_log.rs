@@ -338,3 +338,23 @@ fn a_stalled_output_drops_and_counts_lines_but_never_blocks_requests() {
     // Lines differ by a few bytes, so one may still fit now and then.
     assert!(after >= dropped + 90, "{after} < {dropped} + 90");
 }
+
+#[test]
+fn with_json_logs_each_line_is_a_json_object() {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("access.log");
+    let netd = Netd::start(&format!(
+        "[log]\nformat = \"json\"\n[access_log]\npath = \"{}\"\n\
+         [[listener]]\nname = \"web\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n",
+        log.display()
+    ));
+    let web = bound_addr(&netd, "web");
+    assert_eq!(get_once(web, "/say%20%22hi%22"), 200);
+    let line = wait_line(&log, "/say");
+    let v: serde_json::Value = serde_json::from_str(&line).expect(&line);
+    assert_eq!(v["listener"], "web", "{line}");
+    assert_eq!(v["method"], "GET", "{line}");
+    assert_eq!(v["path"], "/say%20%22hi%22", "{line}");
+    assert_eq!(v["status"], 200, "{line}");
+    assert!(v["duration_us"].is_u64(), "{line}");
+}
