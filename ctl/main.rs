@@ -75,8 +75,10 @@ struct Cli {
     )]
     key: Option<std::path::PathBuf>,
 
-    /// Give up connecting to netd after this long.
-    #[arg(long, global = true, default_value = "3s", value_parser = humantime::parse_duration, value_name = "DUR")]
+    /// Give up connecting to netd after this long. Given before the
+    /// command (`start proxy` and `update` have a --connect-timeout of
+    /// their own, the upstream's).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration, value_name = "DUR")]
     connect_timeout: Duration,
 
     /// Give up on a request after this long (not applied to --watch,

@@ -317,6 +317,9 @@ fn faults_persist_with_the_listener_and_export_applies_unchanged() {
     assert_eq!(ls[1]["fault"]["rate"], "256KB/s");
     let status = netd.netctl_json(&["status", "db"]);
     assert_eq!(status["spec"]["idle_timeout"], "1m");
+    // Only what was given changed: netctl's own --connect-timeout (3s) is
+    // not the upstream's (5s by default).
+    assert_eq!(status["spec"]["connect_timeout"], "5s");
     assert!(
         netd.netctl_err(&["fault", "ls", "tmp"])
             .contains("no listener named 'tmp'")
