@@ -7,7 +7,10 @@
 #      latency; the latency a proxy adds is its figure minus the direct one;
 #      and each proxy's CPU time per connection over that run (clients,
 #      upstream and proxy share the cores, so the rate follows total CPU)
-#   3. resident memory per idle proxied connection, 5,000 connections open
+#   3. HTTP with a new connection per request: wrk -H "Connection: close"
+#      through each proxy to nginx (a 64 B static file), requests/s and
+#      each proxy's CPU time per request
+#   4. resident memory per idle proxied connection, 5,000 connections open
 # Prints one table with netd/HAProxy ratios.
 #
 #   bench/proxy_bench.sh          # SECS=5 CONNS=50 ROUNDS=3 IDLE=5000 by default
@@ -21,6 +24,8 @@ IDLE=${IDLE:-5000}
 need=()
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v iperf3 >/dev/null || need+=(iperf3)
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q && apt-get install -y -q "${need[@]}"
@@ -32,6 +37,7 @@ LOAD=target/release/examples/conn_load
 ulimit -n "$(ulimit -Hn)"  # 5,000 proxied connections need ~10,000 fds in the proxy
 
 work=$(mktemp -d)
+chmod 755 "$work"  # nginx workers (www-data) read the file
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
@@ -42,20 +48,40 @@ wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/n
 
 # Upstreams: a netd TCP echo (its own process) and an iperf3 server.
 printf '[log]\nlevel = "warn"\n' > "$work/quiet.toml"
-NETD_CONTROL="unix:$work/up.sock" "$NETD" --config "$work/quiet.toml" & pids+=($!)
+# Each netd has a state directory of its own: the default one (shared by
+# every netd of this user, /var/lib/netd as root) would restore one run's
+# listeners into the next, or into the other netd of this run.
+NETD_STATE_DIR="$work/state-up" NETD_CONTROL="unix:$work/up.sock" "$NETD" --config "$work/quiet.toml" & pids+=($!)
 wait_sock "$work/up.sock"
 ECHO=$(free_port)
 "$NETCTL" --control "unix:$work/up.sock" start tcp-echo up --listen "127.0.0.1:$ECHO" --max-connections 100000 >/dev/null
 IPERF=$(free_port)
 iperf3 -s -p "$IPERF" -D --pidfile "$work/iperf.pid"; sleep 0.3; pids+=("$(cat "$work/iperf.pid")")
 
-# The proxies: each has a port to the echo upstream and one to iperf3.
-NETD_ECHO=$(free_port); NETD_IPERF=$(free_port)
-HAP_ECHO=$(free_port); HAP_IPERF=$(free_port)
-NETD_CONTROL="unix:$work/px.sock" "$NETD" --config "$work/quiet.toml" & NETD_PID=$!; pids+=($NETD_PID)
+# nginx: a 64-byte file, no access log, 2 workers.
+NGINX=$(free_port)
+mkdir -p "$work/www"; head -c 64 /dev/zero | tr '\0' x > "$work/www/x"
+cat > "$work/nginx.conf" <<CFG
+worker_processes $(nproc);
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$NGINX; root $work/www; }
+}
+CFG
+nginx -c "$work/nginx.conf" -g 'daemon off;' & pids+=($!)
+
+# The proxies: each has a port to the echo upstream, one to iperf3 and one
+# to nginx.
+NETD_ECHO=$(free_port); NETD_IPERF=$(free_port); NETD_NGINX=$(free_port)
+HAP_ECHO=$(free_port); HAP_IPERF=$(free_port); HAP_NGINX=$(free_port)
+NETD_STATE_DIR="$work/state-px" NETD_CONTROL="unix:$work/px.sock" "$NETD" --config "$work/quiet.toml" & NETD_PID=$!; pids+=($NETD_PID)
 wait_sock "$work/px.sock"
 "$NETCTL" --control "unix:$work/px.sock" start proxy pe --listen "127.0.0.1:$NETD_ECHO" --upstream "127.0.0.1:$ECHO" --max-connections 100000 >/dev/null
 "$NETCTL" --control "unix:$work/px.sock" start proxy pi --listen "127.0.0.1:$NETD_IPERF" --upstream "127.0.0.1:$IPERF" >/dev/null
+"$NETCTL" --control "unix:$work/px.sock" start proxy pn --listen "127.0.0.1:$NETD_NGINX" --upstream "127.0.0.1:$NGINX" --max-connections 100000 >/dev/null
 cat > "$work/haproxy.cfg" <<CFG
 global
   maxconn 9000
@@ -75,9 +101,14 @@ frontend fe_iperf
   default_backend be_iperf
 backend be_iperf
   server s1 127.0.0.1:$IPERF
+frontend fe_nginx
+  bind 127.0.0.1:$HAP_NGINX
+  default_backend be_nginx
+backend be_nginx
+  server s1 127.0.0.1:$NGINX
 CFG
 haproxy -f "$work/haproxy.cfg" -db 2>"$work/haproxy.log" & HAP_PID=$!; pids+=($HAP_PID)
-wait_port "$HAP_ECHO"; wait_port "$NETD_ECHO"
+wait_port "$HAP_ECHO"; wait_port "$NETD_ECHO"; wait_port "$NGINX"
 
 iperf() { iperf3 -c 127.0.0.1 -p "$1" -t "$SECS" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)'; }
 rate() { "$LOAD" rate "127.0.0.1:$1" --conns "$CONNS" --secs "$SECS"; }
@@ -119,6 +150,35 @@ out["errors"] = sum(r["errors"] for r in runs)  # errors: all rounds
 print(json.dumps(out))' "$@"; }
 R_DIRECT=$(median_json "${R_DIRECT[@]}"); R_HAP=$(median_json "${R_HAP[@]}"); R_NETD=$(median_json "${R_NETD[@]}")
 
+echo "== HTTP, a new connection per request (wrk -H 'Connection: close', $CONNS connections, ${SECS}s)" >&2
+# requests/s (wrk's own figure) and, through a proxy, its CPU µs per request
+wrk_close() { # port [pid]
+  local before after out
+  [ -n "${2:-}" ] && before=$(cpu_ticks "$2")
+  out=$(wrk -t2 -c"$CONNS" -d"${SECS}s" -H 'Connection: close' "http://127.0.0.1:$1/x")
+  [ -n "${2:-}" ] && after=$(cpu_ticks "$2")
+  python3 -c "
+import re, sys
+out, b, a, tck = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+rps = float(re.search(r'Requests/sec:\s+([0-9.]+)', out).group(1))
+total = int(re.search(r'([0-9]+) requests in', out).group(1))
+m = re.search(r'Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)', out)
+errors = sum(map(int, m.groups())) if m else 0
+cpu = (int(a) - int(b)) * 1e6 / tck / max(total, 1) if b else 0
+print(f'{{\"rate\": {rps}, \"cpu_us\": {cpu}, \"errors\": {errors}}}')" "$out" "${before:-}" "${after:-}" "$(getconf CLK_TCK)"
+}
+W_DIRECT=(); W_HAP=(); W_NETD=()
+for round in $(seq "$ROUNDS"); do
+  W_DIRECT+=("$(wrk_close "$NGINX")")
+  if [ $((round % 2)) -eq 1 ]; then
+    W_HAP+=("$(wrk_close "$HAP_NGINX" "$HAP_PID")"); W_NETD+=("$(wrk_close "$NETD_NGINX" "$NETD_PID")")
+  else
+    W_NETD+=("$(wrk_close "$NETD_NGINX" "$NETD_PID")"); W_HAP+=("$(wrk_close "$HAP_NGINX" "$HAP_PID")")
+  fi
+  echo "round $round: direct ${W_DIRECT[-1]} haproxy ${W_HAP[-1]} netd ${W_NETD[-1]}" >&2
+done
+W_DIRECT=$(median_json "${W_DIRECT[@]}"); W_HAP=$(median_json "${W_HAP[@]}"); W_NETD=$(median_json "${W_NETD[@]}")
+
 echo "== memory per idle connection ($IDLE)" >&2
 idle_mem() { # pid port -> bytes per connection
   local before after
@@ -136,17 +196,20 @@ M_HAP=$(idle_mem "$HAP_PID" "$HAP_ECHO"); sleep 1
 M_NETD=$(idle_mem "$NETD_PID" "$NETD_ECHO")
 echo "haproxy $M_HAP B/conn  netd $M_NETD B/conn" >&2
 
-python3 - "$T_DIRECT" "$T_HAP" "$T_NETD" "$R_DIRECT" "$R_HAP" "$R_NETD" "$M_HAP" "$M_NETD" "$SECS" "$CONNS" "$IDLE" "$ROUNDS" <<'PY'
+python3 - "$T_DIRECT" "$T_HAP" "$T_NETD" "$R_DIRECT" "$R_HAP" "$R_NETD" "$M_HAP" "$M_NETD" "$SECS" "$CONNS" "$IDLE" "$ROUNDS" "$W_DIRECT" "$W_HAP" "$W_NETD" <<'PY'
 import json, sys
 td, th, tn = map(float, sys.argv[1:4])
 rd, rh, rn = (json.loads(x) for x in sys.argv[4:7])
 mh, mn = int(sys.argv[7]), int(sys.argv[8])
 secs, conns, idle, rounds = sys.argv[9:13]
+wd, wh, wn = (json.loads(x) for x in sys.argv[13:16])
 def ratio(a, b): return f"{a / b:.2f}" if b else "-"
 print(f"TCP proxy: netd vs HAProxy, same upstream and clients, loopback ({secs}s runs)")
 print("  bulk:   iperf3 -c 127.0.0.1 -p PROXY -t SECS -J   (iperf3 -s behind each proxy)")
 print(f"  rate:   conn_load rate 127.0.0.1:PROXY --conns {conns} --secs {secs}   (netd tcp-echo behind each proxy;")
 print(f"          median of {rounds} rounds, the proxies' order alternating; errors summed)")
+print(f"  http:   wrk -t2 -c{conns} -d{secs}s -H 'Connection: close' http://127.0.0.1:PROXY/x   (nginx, 64 B file,")
+print(f"          behind each proxy; median of {rounds} rounds, alternating)")
 print(f"  memory: VmRSS of the proxy before/after conn_load idle 127.0.0.1:PROXY --conns {idle}")
 print("  netd: netctl start proxy P --listen ... --upstream ... ; HAProxy 2.6: mode tcp, nbthread = cores")
 print("  (p99 added = proxied p99 - direct p99; negative when the direct run had the worse tail)")
@@ -159,6 +222,9 @@ print(f"| exchange latency p50, µs | {rd['p50_us']:.0f} | {rh['p50_us']:.0f} | 
 print(f"| exchange latency p99, µs | {rd['p99_us']:.0f} | {rh['p99_us']:.0f} | {rn['p99_us']:.0f} | {ratio(rn['p99_us'], rh['p99_us'])} |")
 ah, an = rh['p99_us'] - rd['p99_us'], rn['p99_us'] - rd['p99_us']
 print(f"| p99 latency added by the proxy, µs | - | {ah:.0f} | {an:.0f} | {ratio(an, ah)} |")
+print(f"| HTTP requests/s, new connection each (wrk, nginx behind) | {wd['rate']:.0f} | {wh['rate']:.0f} | {wn['rate']:.0f} | {ratio(wn['rate'], wh['rate'])} |")
+print(f"| proxy CPU per HTTP request (user + system), µs | - | {wh['cpu_us']:.1f} | {wn['cpu_us']:.1f} | {ratio(wn['cpu_us'], wh['cpu_us'])} |")
 print(f"| RSS per idle proxied connection, bytes ({idle} open) | - | {mh} | {mn} | {ratio(mn, mh)} |")
 print(f"| client errors (rate runs) | {rd['errors']} | {rh['errors']} | {rn['errors']} | |")
+print(f"| wrk socket errors (HTTP runs) | {wd['errors']} | {wh['errors']} | {wn['errors']} | |")
 PY

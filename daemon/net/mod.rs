@@ -1,9 +1,10 @@
 //! Socket plumbing shared by the hosted services, none of it specific to a
 //! listener kind: binding and adopting sockets ([`bind`]), the TCP accept
 //! loop ([`accept`]), per-connection helpers (idle timers, lingering close,
-//! cheap cancellation checks, panic containment) and the Linux calls the
+//! cheap cancellation checks, panic containment), the Linux calls the
 //! proxy's forward loop and the UDP echo need ([`splice`], [`sockopt`],
-//! [`udp`]).
+//! [`udp`]), and the per-core event loops the proxy serves connections on
+//! ([`workers`]).
 //!
 //! This module depends on [`crate::stats`] only, never on
 //! [`crate::services`]: services use the plumbing, not the other way round.
@@ -17,3 +18,4 @@ pub mod idle;
 pub mod sockopt;
 pub mod splice;
 pub mod udp;
+pub mod workers;
