@@ -27,4 +27,5 @@ mod security;
 mod sniffer;
 mod stats;
 mod systemd;
+mod toxiproxy_api;
 mod upgrade;
