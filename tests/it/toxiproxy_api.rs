@@ -540,6 +540,18 @@ async fn json_shapes_status_codes_and_errors_are_toxiproxys() {
         "{status}"
     );
 
+    // Move it to another port: the listener is replaced there.
+    let port = crate::common::free_tcp_port();
+    let (st, v) = call(
+        api,
+        "POST",
+        "/proxies/redis",
+        Some(json!({"listen": format!("127.0.0.1:{port}")})),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["listen"], json!(format!("127.0.0.1:{port}")));
+    assert_eq!(bound_addr(&netd, "redis").port(), port);
+
     // /populate: 201 {"proxies": [...]}; a bad entry changes nothing.
     let (st, v) = call(
         api,
@@ -613,6 +625,24 @@ async fn json_shapes_status_codes_and_errors_are_toxiproxys() {
                 && l.contains("status=409")),
         "{log}"
     );
+}
+
+#[test]
+fn the_api_socket_is_handed_over_on_upgrade() {
+    let upstream = TestUpstream::echo(b"up:");
+    let mut old = Netd::start(&config(upstream.addr));
+    let api = api_addr(&old);
+    let new = old.upgrade();
+    assert_eq!(api_addr(&new), api, "the new netd serves elsewhere");
+    wait_until("the old netd to hand over", || {
+        old.log().contains("has taken over")
+    });
+    let status = old.wait_exit();
+    assert!(status.success(), "old netd: {status}\n{}", old.log());
+    // Only the new process is left to answer, on the same socket.
+    let (st, v) = call(api, "GET", "/proxies", None);
+    assert_eq!(st, 200);
+    assert!(v.get("cfg").is_some(), "{v}");
 }
 
 /// The listening TCP sockets of process `pid` (from /proc).
