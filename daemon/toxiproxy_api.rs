@@ -488,7 +488,7 @@ impl Api {
                 tracing::info!(target: "netd::audit", caller = %caller, role = "admin", rpc = %rpc, listener = ?proxy, toxic = ?toxic, status = status.as_u16(), "audit: ok")
             }
             Err(e) => {
-                tracing::info!(target: "netd::audit", caller = %caller, role = "admin", rpc = %rpc, listener = ?proxy, toxic = ?toxic, status = e.status.as_u16(), error = %e.message, "audit: refused")
+                tracing::info!(target: "netd::audit", caller = %caller, role = "admin", rpc = %rpc, listener = ?proxy, toxic = ?toxic, status = e.status.as_u16(), error = ?e.message, "audit: refused")
             }
         }
     }
