@@ -210,6 +210,9 @@ struct RawConfig {
     log: LogConfig,
     #[serde(default)]
     metrics: RawMetrics,
+    /// `[toxiproxy_api]`: the same keys as `[metrics]`.
+    #[serde(default)]
+    toxiproxy_api: RawMetrics,
     #[serde(default)]
     health: RawHealth,
     #[serde(default)]
@@ -302,6 +305,12 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Connection limit and timeouts of the `/metrics` endpoint.
     pub metrics_limits: crate::metrics::Limits,
+    /// Where to serve the Toxiproxy-compatible API
+    /// ([`crate::toxiproxy_api`]); off when unset. Loopback unless
+    /// `[toxiproxy_api] allow_remote = true`.
+    pub toxiproxy_api_listen: Option<std::net::SocketAddr>,
+    /// Its connection limit and timeouts (the keys of `[metrics]`).
+    pub toxiproxy_api_limits: crate::metrics::Limits,
     /// Where to serve plaintext grpc.health.v1 only (`[health] listen`);
     /// off when unset. Any address: it tells only whether netd serves.
     pub health_listen: Option<std::net::SocketAddr>,
@@ -370,74 +379,22 @@ impl Config {
                 )));
             }
         };
-        let metrics_listen = match &raw.metrics.listen {
-            None => None,
-            Some(l) => {
-                let addr = crate::addr::parse_listen_addr(l.get_ref())
-                    .map_err(|e| ConfigError(format!("{}: metrics.listen: {e}", at(l.span()))))?;
-                // The endpoint has no authentication: a scraper elsewhere
-                // must be asked for explicitly.
-                if !addr.ip().to_canonical().is_loopback() && !raw.metrics.allow_remote {
-                    return Err(ConfigError(format!(
-                        "{}: metrics.listen: {addr} is not a loopback address; /metrics has no \
-                         authentication, so serving it beyond this host needs \
-                         `allow_remote = true` in [metrics]",
-                        at(l.span())
-                    )));
-                }
-                Some(addr)
+        let (metrics_listen, metrics_limits) =
+            http_endpoint("metrics", "/metrics", &raw.metrics, &at)?;
+        let (toxiproxy_api_listen, toxiproxy_api_limits) = http_endpoint(
+            "toxiproxy_api",
+            "the Toxiproxy API",
+            &raw.toxiproxy_api,
+            &at,
+        )?;
+        if let (Some(t), Some(l)) = (toxiproxy_api_listen, &raw.toxiproxy_api.listen) {
+            if metrics_listen.is_some_and(|m| addrs_clash(m, t)) {
+                return Err(ConfigError(format!(
+                    "{}: toxiproxy_api.listen: {t} clashes with [metrics] listen",
+                    at(l.span())
+                )));
             }
-        };
-        let metrics_limits = {
-            use crate::metrics::{Limits, MAX_MAX_CONNECTIONS, TIMEOUT_RANGE};
-            let timeout = |field: &str, v: &Option<Spanned<String>>, default: Duration| {
-                let Some(v) = v else { return Ok(default) };
-                let d = humantime::parse_duration(v.get_ref()).map_err(|e| {
-                    ConfigError(format!(
-                        "{}: metrics.{field}: '{}' is not a duration like 5s or 1m: {e}",
-                        at(v.span()),
-                        v.get_ref()
-                    ))
-                })?;
-                if !TIMEOUT_RANGE.contains(&d) {
-                    return Err(ConfigError(format!(
-                        "{}: metrics.{field}: {} is out of range ({} to {})",
-                        at(v.span()),
-                        v.get_ref(),
-                        humantime::format_duration(*TIMEOUT_RANGE.start()),
-                        humantime::format_duration(*TIMEOUT_RANGE.end())
-                    )));
-                }
-                Ok(d)
-            };
-            let defaults = Limits::default();
-            let max_connections = match &raw.metrics.max_connections {
-                None => defaults.max_connections,
-                Some(m) => match usize::try_from(*m.get_ref()) {
-                    Ok(n @ 1..=MAX_MAX_CONNECTIONS) => n,
-                    _ => {
-                        return Err(ConfigError(format!(
-                            "{}: metrics.max_connections: {} is out of range (1 to {MAX_MAX_CONNECTIONS})",
-                            at(m.span()),
-                            m.get_ref()
-                        )));
-                    }
-                },
-            };
-            Limits {
-                max_connections,
-                header_timeout: timeout(
-                    "header_timeout",
-                    &raw.metrics.header_timeout,
-                    defaults.header_timeout,
-                )?,
-                idle_timeout: timeout(
-                    "idle_timeout",
-                    &raw.metrics.idle_timeout,
-                    defaults.idle_timeout,
-                )?,
-            }
-        };
+        }
         let shutdown_grace = raw.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
         if shutdown_grace > MAX_SHUTDOWN_GRACE {
             return Err(ConfigError(format!(
@@ -487,6 +444,12 @@ impl Config {
                         at(l.span())
                     )));
                 }
+                if toxiproxy_api_listen.is_some_and(|t| addrs_clash(t, addr)) {
+                    return Err(ConfigError(format!(
+                        "{}: health.listen: {addr} clashes with [toxiproxy_api] listen",
+                        at(l.span())
+                    )));
+                }
                 Some(addr)
             }
         };
@@ -522,6 +485,8 @@ impl Config {
             log: raw.log,
             metrics_listen,
             metrics_limits,
+            toxiproxy_api_listen,
+            toxiproxy_api_limits,
             health_listen,
             access_log,
             listeners,
@@ -988,6 +953,80 @@ fn parse_access_log(
         },
     };
     Ok(Settings { path, buffer_bytes })
+}
+
+/// `[metrics]` or `[toxiproxy_api]`: an HTTP endpoint netd serves itself,
+/// with no authentication (so loopback only unless `allow_remote`), and
+/// its bounds. `what` names it in errors.
+fn http_endpoint(
+    section: &str,
+    what: &str,
+    raw: &RawMetrics,
+    at: &dyn Fn(std::ops::Range<usize>) -> String,
+) -> Result<(Option<std::net::SocketAddr>, crate::metrics::Limits), ConfigError> {
+    let listen = match &raw.listen {
+        None => None,
+        Some(l) => {
+            let addr = crate::addr::parse_listen_addr(l.get_ref())
+                .map_err(|e| ConfigError(format!("{}: {section}.listen: {e}", at(l.span()))))?;
+            // The endpoint has no authentication: a client elsewhere must
+            // be asked for explicitly.
+            if !addr.ip().to_canonical().is_loopback() && !raw.allow_remote {
+                return Err(ConfigError(format!(
+                    "{}: {section}.listen: {addr} is not a loopback address; {what} has no \
+                     authentication, so serving it beyond this host needs \
+                     `allow_remote = true` in [{section}]",
+                    at(l.span())
+                )));
+            }
+            Some(addr)
+        }
+    };
+    use crate::metrics::{Limits, MAX_MAX_CONNECTIONS, TIMEOUT_RANGE};
+    let timeout = |field: &str, v: &Option<Spanned<String>>, default: Duration| {
+        let Some(v) = v else { return Ok(default) };
+        let d = humantime::parse_duration(v.get_ref()).map_err(|e| {
+            ConfigError(format!(
+                "{}: {section}.{field}: '{}' is not a duration like 5s or 1m: {e}",
+                at(v.span()),
+                v.get_ref()
+            ))
+        })?;
+        if !TIMEOUT_RANGE.contains(&d) {
+            return Err(ConfigError(format!(
+                "{}: {section}.{field}: {} is out of range ({} to {})",
+                at(v.span()),
+                v.get_ref(),
+                humantime::format_duration(*TIMEOUT_RANGE.start()),
+                humantime::format_duration(*TIMEOUT_RANGE.end())
+            )));
+        }
+        Ok(d)
+    };
+    let defaults = Limits::default();
+    let max_connections = match &raw.max_connections {
+        None => defaults.max_connections,
+        Some(m) => match usize::try_from(*m.get_ref()) {
+            Ok(n @ 1..=MAX_MAX_CONNECTIONS) => n,
+            _ => {
+                return Err(ConfigError(format!(
+                    "{}: {section}.max_connections: {} is out of range (1 to {MAX_MAX_CONNECTIONS})",
+                    at(m.span()),
+                    m.get_ref()
+                )));
+            }
+        },
+    };
+    let limits = Limits {
+        max_connections,
+        header_timeout: timeout(
+            "header_timeout",
+            &raw.header_timeout,
+            defaults.header_timeout,
+        )?,
+        idle_timeout: timeout("idle_timeout", &raw.idle_timeout, defaults.idle_timeout)?,
+    };
+    Ok((listen, limits))
 }
 
 /// A TOML syntax or type error as one line, `file:line:column: what`,
@@ -1608,6 +1647,11 @@ mod fuzz {
         "metrics.max_connections",
         "metrics.header_timeout",
         "metrics.idle_timeout",
+        "toxiproxy_api.listen",
+        "toxiproxy_api.allow_remote",
+        "toxiproxy_api.max_connections",
+        "toxiproxy_api.header_timeout",
+        "toxiproxy_api.idle_timeout",
         "health.listen",
         "access_log.path",
         "access_log.buffer_bytes",

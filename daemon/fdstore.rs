@@ -28,6 +28,8 @@ pub const CONTROL_NAME: &str = "-control";
 pub const METRICS_NAME: &str = "-metrics";
 /// The plaintext health endpoint's socket (`[health] listen`).
 pub const HEALTH_NAME: &str = "-health";
+/// The Toxiproxy-compatible API's socket (`[toxiproxy_api] listen`).
+pub const TOXIPROXY_API_NAME: &str = "-toxiproxy-api";
 
 enum Op {
     Store(String, OwnedFd),

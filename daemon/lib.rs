@@ -58,6 +58,7 @@ pub mod state;
 pub mod stats;
 pub mod supervisor;
 pub mod sys;
+pub mod toxiproxy_api;
 pub mod trim;
 pub mod watch;
 

@@ -638,7 +638,7 @@ pub async fn serve(
 /// Where a connection is in its request cycle. Each phase has a deadline;
 /// a connection still in the phase at its deadline is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(crate) enum Phase {
     /// Waiting for a request's headers (`header_timeout`).
     Head,
     /// Answering: from the headers until the response body is handed over
@@ -653,27 +653,36 @@ enum Phase {
 /// (dropped once sent); all of that happens while the connection future
 /// is polled, so the driver sees each change right after the poll.
 #[derive(Debug)]
-struct Timing {
+pub(crate) struct Timing {
     limits: Limits,
+    /// The bound of [`Phase::Respond`].
+    respond: Duration,
     now: Mutex<(Phase, Instant)>,
 }
 
 impl Timing {
-    fn new(limits: Limits) -> Timing {
+    pub(crate) fn new(limits: Limits) -> Timing {
+        Timing::with_respond_timeout(limits, RESPONSE_TIMEOUT)
+    }
+
+    /// For an endpoint whose answers take longer than a scrape (the
+    /// Toxiproxy API starts and replaces listeners).
+    pub(crate) fn with_respond_timeout(limits: Limits, respond: Duration) -> Timing {
         Timing {
             limits,
+            respond,
             now: Mutex::new((Phase::Head, Instant::now() + limits.header_timeout)),
         }
     }
 
-    fn get(&self) -> (Phase, Instant) {
+    pub(crate) fn get(&self) -> (Phase, Instant) {
         *self.now.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn enter(&self, phase: Phase) {
+    pub(crate) fn enter(&self, phase: Phase) {
         let bound = match phase {
             Phase::Head => self.limits.header_timeout,
-            Phase::Respond => RESPONSE_TIMEOUT,
+            Phase::Respond => self.respond,
             Phase::Idle => self.limits.idle_timeout,
         };
         *self.now.lock().unwrap_or_else(PoisonError::into_inner) = (phase, Instant::now() + bound);
@@ -688,9 +697,9 @@ impl Timing {
 }
 
 /// The accepted socket, telling [`Timing`] when bytes arrive.
-struct TimedStream {
-    stream: TcpStream,
-    timing: Arc<Timing>,
+pub(crate) struct TimedStream {
+    pub(crate) stream: TcpStream,
+    pub(crate) timing: Arc<Timing>,
 }
 
 impl AsyncRead for TimedStream {
@@ -740,9 +749,9 @@ impl AsyncWrite for TimedStream {
 
 /// A response body that moves its connection to [`Phase::Idle`] when hyper
 /// is done with it (dropped after its last frame, or with the connection).
-struct TimedBody {
-    body: Full<Bytes>,
-    timing: Arc<Timing>,
+pub(crate) struct TimedBody {
+    pub(crate) body: Full<Bytes>,
+    pub(crate) timing: Arc<Timing>,
 }
 
 impl hyper::body::Body for TimedBody {

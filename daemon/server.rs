@@ -199,6 +199,27 @@ pub async fn run(
         crate::fdstore::store(crate::fdstore::HEALTH_NAME, fd.as_fd());
     }
 
+    let toxiproxy_socket = match config.toxiproxy_api_listen {
+        None => None,
+        Some(addr) => {
+            let adopted = inherited
+                .remove(crate::fdstore::TOXIPROXY_API_NAME)
+                .and_then(|fd| adopt_tcp(fd, addr));
+            Some(match adopted {
+                Some(l) => l,
+                None => tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind the Toxiproxy API address {addr}"))?,
+            })
+        }
+    };
+    let toxiproxy_fd = toxiproxy_socket
+        .as_ref()
+        .and_then(|l| l.as_fd().try_clone_to_owned().ok());
+    if let Some(fd) = &toxiproxy_fd {
+        crate::fdstore::store(crate::fdstore::TOXIPROXY_API_NAME, fd.as_fd());
+    }
+
     let supervisor = boot_listeners(&config, inherited).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -276,6 +297,17 @@ pub async fn run(
             stop_metrics.clone(),
         ))
     });
+    let toxiproxy_task = toxiproxy_socket.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "serving the Toxiproxy-compatible API (admin rights, no authentication)");
+        }
+        tokio::spawn(crate::toxiproxy_api::serve(
+            l,
+            config.toxiproxy_api_limits,
+            supervisor.clone(),
+            stop_metrics.clone(),
+        ))
+    });
     let stop_trim = CancellationToken::new();
     tokio::spawn(crate::trim::run(supervisor.clone(), stop_trim.clone()));
     tracing::info!(control = %control, listeners = config.listeners.len(), config = %config.source, "netd ready");
@@ -290,6 +322,9 @@ pub async fn run(
     }
     if let Some(fd) = health_fd {
         extra.push((crate::fdstore::HEALTH_NAME.to_string(), fd));
+    }
+    if let Some(fd) = toxiproxy_fd {
+        extra.push((crate::fdstore::TOXIPROXY_API_NAME.to_string(), fd));
     }
     let serve_handover = |extra| {
         serve_handover(
@@ -389,6 +424,9 @@ pub async fn run(
         let _ = tokio::time::timeout(CONTROL_DRAIN, t).await;
     }
     if let Some(t) = health_task {
+        let _ = tokio::time::timeout(CONTROL_DRAIN, t).await;
+    }
+    if let Some(t) = toxiproxy_task {
         let _ = tokio::time::timeout(CONTROL_DRAIN, t).await;
     }
     match tokio::time::timeout(CONTROL_DRAIN, &mut server).await {
@@ -580,7 +618,7 @@ fn adopt_tcp(fd: OwnedFd, want: std::net::SocketAddr) -> Option<tokio::net::TcpL
         && a.ip() == want.ip()
         && (want.port() == 0 || want.port() == a.port());
     if !ok {
-        tracing::warn!(socket = %a, want = %want, "not using the metrics socket handed over");
+        tracing::warn!(socket = %a, want = %want, "not using the socket handed over (it is bound elsewhere)");
         return None;
     }
     s.set_nonblocking(true).ok()?;
@@ -606,6 +644,7 @@ async fn reload(supervisor: &Supervisor, running: &Config, path: Option<&Path>) 
             ("control", format!("{:?}", config.control.listen) != format!("{:?}", running.control.listen)),
             ("metrics", config.metrics_listen != running.metrics_listen),
             ("health", config.health_listen != running.health_listen),
+            ("toxiproxy_api", config.toxiproxy_api_listen != running.toxiproxy_api_listen),
             ("log", config.log.level != running.log.level || config.log.format != running.log.format),
             ("max_listeners", config.max_listeners != running.max_listeners),
             ("capture_dir", config.capture_dir != running.capture_dir),

@@ -26,8 +26,9 @@ const CONFIG: &str = "\
 [[listener]]\nname = \"interop-udp\"\nkind = \"udp-echo\"\nlisten = \"127.0.0.1:0\"\n";
 const LISTENERS: [&str; 2] = ["interop-tcp", "interop-udp"];
 
-/// The venv's python, with the pinned packages installed.
-fn python() -> &'static Path {
+/// The venv's python, with the pinned packages installed (also used by
+/// tests/it/toxiproxy_api.rs).
+pub(crate) fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
         let venv = std::env::var_os("NETD_PY_VENV")

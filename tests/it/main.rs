@@ -29,5 +29,6 @@ mod security;
 mod sniffer;
 mod stats;
 mod systemd;
+mod toxiproxy_api;
 mod udp_proxy;
 mod upgrade;

@@ -1,0 +1,1142 @@
+//! Optional Toxiproxy-compatible HTTP API (`[toxiproxy_api] listen`), so
+//! that Toxiproxy client libraries and test set-ups drive netd unchanged.
+//!
+//! It is a translator onto the supervisor's calls (the ones the gRPC
+//! control plane makes), not a second model: a Toxiproxy *proxy* is a netd
+//! `proxy` listener (every one of them is listed, whoever started it), a
+//! *toxic* is a fault of that listener, with Toxiproxy's attribute names
+//! and units converted at this edge (latency/jitter/delay/timeout in ms,
+//! bandwidth `rate` in KB/s of 1000 bytes, slicer `delay` in µs, sizes in
+//! bytes). Proxies created here are `ephemeral`, as Toxiproxy keeps no
+//! state across restarts. `enabled: false` is a `down` fault named
+//! [`DISABLED`], hidden from the toxics: the listener keeps its port, and
+//! clients are reset instead of refused. Netd-only fault types and
+//! conditions are not hidden: such a fault is listed with its netd type
+//! name, and an update through this API keeps its conditions. What differs
+//! from Toxiproxy is listed in the README ("Toxiproxy-compatible API").
+//!
+//! Every call acts with admin rights (the endpoint has no authentication,
+//! hence loopback only unless `allow_remote`), and each mutating one logs a
+//! `netd::audit` line with the caller `toxiproxy-api <peer address>`. Like
+//! Toxiproxy, requests from browsers (a `User-Agent` starting `Mozilla/`)
+//! are refused, so that a web page cannot drive it from the user's
+//! machine.
+//!
+//! Bounds as for `/metrics` ([`crate::metrics::Limits`]: connections,
+//! header and idle timeouts), plus [`MAX_BODY_BYTES`] per request body,
+//! [`MAX_HEADER_BYTES`] of request head, and [`RESPOND_TIMEOUT`] from the
+//! request's headers to its response.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Map, Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::{Limits, Phase, TimedBody, TimedStream, Timing};
+use crate::proto::{self, fault::Kind};
+use crate::supervisor::{Supervisor, SupervisorError};
+
+/// Largest request body (a `/populate` list of proxies is the largest).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Largest request head (request line and headers).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// From a request's headers to its response handed over in full: creating
+/// or moving a proxy binds a socket and may resolve its upstream, and a
+/// replace waits for the old socket to stop accepting.
+pub const RESPOND_TIMEOUT: Duration = Duration::from_secs(30);
+/// The fault that stands for `enabled: false`; never listed as a toxic.
+pub const DISABLED: &str = "toxiproxy.disabled";
+/// The Toxiproxy API version netd answers `/version` with: the release
+/// whose HTTP API this module follows, with netd's version as build
+/// metadata.
+pub const TOXIPROXY_VERSION: &str = "2.12.0";
+/// Where a proxy created without `listen` binds (Toxiproxy binds every
+/// interface; netd stays on loopback unless told otherwise).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:0";
+/// Label put on the listeners this API starts.
+pub const CREATED_BY: (&str, &str) = ("created-by", "toxiproxy-api");
+
+/// Serve the API on `listener` within `limits` until `stop` is cancelled;
+/// then connections finish the response in flight and close.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    limits: Limits,
+    supervisor: Supervisor,
+    stop: CancellationToken,
+) {
+    let refused = AtomicU64::new(0);
+    let slots = Arc::new(Semaphore::new(
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    let tracker = TaskTracker::new();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => {
+                backoff = Duration::from_millis(10);
+                conn
+            }
+            Err(e) if crate::net::accept::is_transient_accept_error(&e) => {
+                tracing::debug!(error = %e, "toxiproxy API: accept failed; backing off");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "toxiproxy API failed; no longer serving it");
+                break;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let n = refused.fetch_add(1, Relaxed) + 1;
+            tracing::debug!(%peer, refused = n, limit = limits.max_connections, "toxiproxy API: connection limit reached; closing");
+            drop(stream);
+            continue;
+        };
+        let api = Api {
+            supervisor: supervisor.clone(),
+            peer,
+        };
+        tracker.spawn(serve_connection(stream, slot, api, limits, stop.clone()));
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Serve one connection until the client closes it, a phase runs past its
+/// deadline, or shutdown (which lets the response in flight finish).
+async fn serve_connection(
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    api: Api,
+    limits: Limits,
+    stop: CancellationToken,
+) {
+    let peer = api.peer;
+    let timing = Arc::new(Timing::with_respond_timeout(limits, RESPOND_TIMEOUT));
+    let io = TokioIo::new(TimedStream {
+        stream,
+        timing: timing.clone(),
+    });
+    let api = Arc::new(api);
+    let service = {
+        let timing = timing.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            timing.enter(Phase::Respond);
+            let timing = timing.clone();
+            let api = api.clone();
+            async move {
+                let resp = api.handle(req).await.map(|body| TimedBody { body, timing });
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(MAX_HEADER_BYTES);
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let mut deadline = std::pin::pin!(tokio::time::sleep_until(timing.get().1));
+    let mut stopped = std::pin::pin!(stop.cancelled());
+    let mut draining = false;
+    let ended = std::future::poll_fn(|cx| {
+        if !draining && stopped.as_mut().poll(cx).is_ready() {
+            conn.as_mut().graceful_shutdown();
+            draining = true;
+        }
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            return Poll::Ready(r.map_err(Some));
+        }
+        let (_, due) = timing.get();
+        if deadline.deadline() != due {
+            deadline.as_mut().reset(due);
+        }
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(None));
+        }
+        Poll::Pending
+    })
+    .await;
+    match ended {
+        Ok(()) => {}
+        Err(None) => {
+            let (phase, _) = timing.get();
+            tracing::debug!(%peer, ?phase, "toxiproxy API connection timed out; closing");
+        }
+        Err(Some(e)) => tracing::debug!(%peer, error = %e, "toxiproxy API connection error"),
+    }
+}
+
+/// An error answered the way Toxiproxy does: `{"error": ..., "status": ...}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_body(why: impl std::fmt::Display) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {why}"))
+    }
+
+    fn missing(field: &str) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("missing required field: {field}"),
+        )
+    }
+
+    fn proxy_not_found() -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "proxy not found")
+    }
+
+    fn toxic_not_found() -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "toxic not found")
+    }
+
+    fn body(&self) -> Value {
+        json!({"error": self.message, "status": self.status.as_u16()})
+    }
+}
+
+/// Supervisor errors in Toxiproxy's terms: names that exist are 409, names
+/// that do not are 404, what netd refuses as invalid is 400, and the rest
+/// (a port in use, shutting down) 500 or 503.
+fn from_supervisor(e: SupervisorError) -> ApiError {
+    use SupervisorError as E;
+    let msg = e.to_string();
+    match e {
+        E::AlreadyExists(_) => ApiError::new(StatusCode::CONFLICT, "proxy already exists"),
+        E::FaultExists(..) => ApiError::new(StatusCode::CONFLICT, "toxic already exists"),
+        E::NotFound(_) | E::NoFaults(..) => ApiError::proxy_not_found(),
+        E::FaultNotFound(..) => ApiError::toxic_not_found(),
+        E::InvalidSpec(_) => ApiError::new(StatusCode::BAD_REQUEST, msg),
+        E::Bind(crate::services::BindError::NotAvailable(_)) => {
+            ApiError::new(StatusCode::BAD_REQUEST, msg)
+        }
+        E::ShuttingDown | E::HandingOver => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg),
+        E::Bind(_) | E::TooMany(_) | E::Leaving(_) | E::Persist(_) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg)
+        }
+    }
+}
+
+/// What a request asks for, by path and method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Version,
+    Reset,
+    Populate,
+    ProxyIndex,
+    ProxyCreate,
+    ProxyShow,
+    ProxyUpdate,
+    ProxyDelete,
+    ToxicIndex,
+    ToxicCreate,
+    ToxicShow,
+    ToxicUpdate,
+    ToxicDelete,
+}
+
+impl Op {
+    /// Whether the call changes anything (and so is audited).
+    fn mutating(self) -> bool {
+        !matches!(
+            self,
+            Op::Version | Op::ProxyIndex | Op::ProxyShow | Op::ToxicIndex | Op::ToxicShow
+        )
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Version => "Version",
+            Op::Reset => "ResetState",
+            Op::Populate => "Populate",
+            Op::ProxyIndex => "ProxyIndex",
+            Op::ProxyCreate => "ProxyCreate",
+            Op::ProxyShow => "ProxyShow",
+            Op::ProxyUpdate => "ProxyUpdate",
+            Op::ProxyDelete => "ProxyDelete",
+            Op::ToxicIndex => "ToxicIndex",
+            Op::ToxicCreate => "ToxicCreate",
+            Op::ToxicShow => "ToxicShow",
+            Op::ToxicUpdate => "ToxicUpdate",
+            Op::ToxicDelete => "ToxicDelete",
+        }
+    }
+}
+
+/// The operation for `method` on `path`, with the proxy and toxic names
+/// from the path; Err is 404 (no such path) or 405 (not that method).
+fn route<'p>(method: &Method, path: &'p str) -> Result<(Op, &'p str, &'p str), StatusCode> {
+    let segs: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    let update = *method == Method::POST || *method == Method::PATCH;
+    let (op, proxy, toxic) = match segs.as_slice() {
+        ["version"] if *method == Method::GET => (Op::Version, "", ""),
+        ["reset"] if *method == Method::POST => (Op::Reset, "", ""),
+        ["populate"] if *method == Method::POST => (Op::Populate, "", ""),
+        ["proxies"] if *method == Method::GET => (Op::ProxyIndex, "", ""),
+        ["proxies"] if *method == Method::POST => (Op::ProxyCreate, "", ""),
+        ["proxies", p] if !p.is_empty() && *method == Method::GET => (Op::ProxyShow, *p, ""),
+        ["proxies", p] if !p.is_empty() && update => (Op::ProxyUpdate, *p, ""),
+        ["proxies", p] if !p.is_empty() && *method == Method::DELETE => (Op::ProxyDelete, *p, ""),
+        ["proxies", p, "toxics"] if !p.is_empty() && *method == Method::GET => {
+            (Op::ToxicIndex, *p, "")
+        }
+        ["proxies", p, "toxics"] if !p.is_empty() && *method == Method::POST => {
+            (Op::ToxicCreate, *p, "")
+        }
+        ["proxies", p, "toxics", t] if !p.is_empty() && !t.is_empty() => match *method {
+            Method::GET => (Op::ToxicShow, *p, *t),
+            Method::DELETE => (Op::ToxicDelete, *p, *t),
+            _ if update => (Op::ToxicUpdate, *p, *t),
+            _ => return Err(StatusCode::METHOD_NOT_ALLOWED),
+        },
+        ["version" | "reset" | "populate" | "proxies"]
+        | ["proxies", _]
+        | ["proxies", _, "toxics"] => return Err(StatusCode::METHOD_NOT_ALLOWED),
+        _ => return Err(StatusCode::NOT_FOUND),
+    };
+    Ok((op, proxy, toxic))
+}
+
+/// One connection's view of the API: the supervisor and who is calling.
+struct Api {
+    supervisor: Supervisor,
+    peer: SocketAddr,
+}
+
+type Reply = Result<(StatusCode, Value), ApiError>;
+
+impl Api {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let browser = req
+            .headers()
+            .get(header::USER_AGENT)
+            .is_some_and(|ua| ua.as_bytes().starts_with(b"Mozilla/"));
+        if browser {
+            return plain(StatusCode::FORBIDDEN, "User agent not allowed\n");
+        }
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let (op, proxy, toxic) = match route(&method, &path) {
+            Ok(r) => r,
+            Err(StatusCode::METHOD_NOT_ALLOWED) => {
+                return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            }
+            Err(_) => return plain(StatusCode::NOT_FOUND, "404 page not found\n"),
+        };
+        let mut named = String::new();
+        let reply = match self.body_of(req, op).await {
+            Err(e) => Err(e),
+            Ok(body) => {
+                // The audit line names what a create is for.
+                if let Some(n) = body.get("name").and_then(Value::as_str) {
+                    named = n.chars().take(64).collect();
+                }
+                self.call(op, proxy, toxic, body).await
+            }
+        };
+        if op.mutating() {
+            let (proxy, toxic) = match op {
+                Op::ProxyCreate => (named.as_str(), toxic),
+                Op::ToxicCreate => (proxy, named.as_str()),
+                _ => (proxy, toxic),
+            };
+            self.audit(op, proxy, toxic, &reply);
+        }
+        match reply {
+            Ok((status, Value::Null)) => empty(status),
+            Ok((status, v)) => json_response(status, &v),
+            Err(e) => json_response(e.status, &e.body()),
+        }
+    }
+
+    /// The request body as JSON, for the calls that take one (Null for the
+    /// others, whose body is not read).
+    async fn body_of(&self, req: Request<Incoming>, op: Op) -> Result<Value, ApiError> {
+        if !matches!(
+            op,
+            Op::Populate | Op::ProxyCreate | Op::ProxyUpdate | Op::ToxicCreate | Op::ToxicUpdate
+        ) {
+            return Ok(Value::Null);
+        }
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
+        let bytes = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+            Err(e) => return Err(ApiError::bad_body(e)),
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::bad_body("EOF"));
+        }
+        serde_json::from_slice(&bytes).map_err(ApiError::bad_body)
+    }
+
+    async fn call(&self, op: Op, proxy: &str, toxic: &str, body: Value) -> Reply {
+        match op {
+            Op::Version => Ok((
+                StatusCode::OK,
+                json!({"version": format!("{TOXIPROXY_VERSION}+netd.{}", env!("CARGO_PKG_VERSION"))}),
+            )),
+            Op::Reset => self.reset().await,
+            Op::Populate => self.populate(body).await,
+            Op::ProxyIndex => {
+                let mut all = Map::new();
+                for l in self.supervisor.list() {
+                    if l.kind() == proto::ListenerKind::Proxy {
+                        let v = self.proxy_json(&l);
+                        all.insert(l.name.clone(), v);
+                    }
+                }
+                Ok((StatusCode::OK, Value::Object(all)))
+            }
+            Op::ProxyCreate => {
+                let p = ProxyInput::parse(&body, None)?;
+                let l = self.create_proxy(&p).await?;
+                Ok((StatusCode::CREATED, self.proxy_json(&l)))
+            }
+            Op::ProxyShow => {
+                let l = self.proxy(proxy)?;
+                Ok((StatusCode::OK, self.proxy_json(&l)))
+            }
+            Op::ProxyUpdate => self.update_proxy(proxy, &body).await,
+            Op::ProxyDelete => {
+                self.proxy(proxy)?;
+                self.supervisor.stop(proxy).await.map_err(from_supervisor)?;
+                Ok((StatusCode::NO_CONTENT, Value::Null))
+            }
+            Op::ToxicIndex => {
+                self.proxy(proxy)?;
+                Ok((StatusCode::OK, Value::Array(self.toxics(proxy))))
+            }
+            Op::ToxicCreate => self.create_toxic(proxy, &body).await,
+            Op::ToxicShow => {
+                self.proxy(proxy)?;
+                let f = self.toxic(proxy, toxic)?;
+                Ok((StatusCode::OK, toxic_json(&f)))
+            }
+            Op::ToxicUpdate => self.update_toxic(proxy, toxic, &body).await,
+            Op::ToxicDelete => {
+                self.proxy(proxy)?;
+                if toxic == DISABLED {
+                    return Err(ApiError::toxic_not_found());
+                }
+                self.supervisor
+                    .remove_fault(proxy, Some(toxic))
+                    .await
+                    .map_err(from_supervisor)?;
+                Ok((StatusCode::NO_CONTENT, Value::Null))
+            }
+        }
+    }
+
+    /// One `netd::audit` line, as the control plane writes them.
+    fn audit(&self, op: Op, proxy: &str, toxic: &str, reply: &Reply) {
+        let caller = format!("toxiproxy-api {}", self.peer);
+        let rpc = format!("Toxiproxy{}", op.name());
+        match reply {
+            Ok((status, _)) => {
+                tracing::info!(target: "netd::audit", caller = %caller, role = "admin", rpc = %rpc, listener = ?proxy, toxic = ?toxic, status = status.as_u16(), "audit: ok")
+            }
+            Err(e) => {
+                tracing::info!(target: "netd::audit", caller = %caller, role = "admin", rpc = %rpc, listener = ?proxy, toxic = ?toxic, status = e.status.as_u16(), error = ?e.message, "audit: refused")
+            }
+        }
+    }
+
+    /// The proxy listener `name` (404 for no listener, or one of another
+    /// kind).
+    fn proxy(&self, name: &str) -> Result<proto::Listener, ApiError> {
+        match self.supervisor.get(name) {
+            Ok(l) if l.kind() == proto::ListenerKind::Proxy => Ok(l),
+            _ => Err(ApiError::proxy_not_found()),
+        }
+    }
+
+    /// The faults of proxy `name` (empty if it is gone).
+    fn faults(&self, name: &str) -> Vec<proto::Fault> {
+        self.supervisor
+            .list_faults(name)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|s| s.fault)
+            .collect()
+    }
+
+    /// Toxiproxy's toxic list: upstream ones first, then downstream (then
+    /// netd's `both`), each in the order they act.
+    fn toxics(&self, name: &str) -> Vec<Value> {
+        let mut faults: Vec<proto::Fault> = self
+            .faults(name)
+            .into_iter()
+            .filter(|f| f.name != DISABLED)
+            .collect();
+        faults.sort_by_key(|f| match f.direction() {
+            proto::FaultDirection::Upstream => 0,
+            proto::FaultDirection::Downstream | proto::FaultDirection::Unspecified => 1,
+            proto::FaultDirection::Both => 2,
+        });
+        faults.iter().map(toxic_json).collect()
+    }
+
+    fn toxic(&self, proxy: &str, name: &str) -> Result<proto::Fault, ApiError> {
+        if name == DISABLED {
+            return Err(ApiError::toxic_not_found());
+        }
+        self.faults(proxy)
+            .into_iter()
+            .find(|f| f.name == name)
+            .ok_or_else(ApiError::toxic_not_found)
+    }
+
+    fn proxy_json(&self, l: &proto::Listener) -> Value {
+        let spec = proxy_spec(l);
+        let faults = self.faults(&l.name);
+        let disabled = faults.iter().any(|f| f.name == DISABLED);
+        json!({
+            "name": l.name,
+            "listen": if l.bound_addr.is_empty() { spec.listen.clone() } else { l.bound_addr.clone() },
+            "upstream": spec.upstreams.join(","),
+            "enabled": !disabled,
+            "toxics": self.toxics(&l.name),
+        })
+    }
+
+    /// Start a proxy listener for `p` (ephemeral), disabled if asked.
+    async fn create_proxy(&self, p: &ProxyInput) -> Result<proto::Listener, ApiError> {
+        if self.supervisor.get(&p.name).is_ok() {
+            return Err(ApiError::new(StatusCode::CONFLICT, "proxy already exists"));
+        }
+        let spec = proto::ListenerSpec {
+            kind: Some(proto::listener_spec::Kind::Proxy(proto::ProxySpec {
+                listen: p.listen.clone(),
+                upstreams: vec![p.upstream.clone()],
+                ..Default::default()
+            })),
+        };
+        let labels = [(CREATED_BY.0.to_string(), CREATED_BY.1.to_string())].into();
+        let l = self
+            .supervisor
+            .start(&p.name, spec, labels, true)
+            .await
+            .map_err(from_supervisor)?;
+        if !p.enabled {
+            self.set_enabled(&p.name, false).await?;
+        }
+        Ok(l)
+    }
+
+    /// Add or remove the [`DISABLED`] fault.
+    async fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), ApiError> {
+        let disabled = self.faults(name).iter().any(|f| f.name == DISABLED);
+        if enabled && disabled {
+            self.supervisor
+                .remove_fault(name, Some(DISABLED))
+                .await
+                .map_err(from_supervisor)?;
+        } else if !enabled && !disabled {
+            let down = proto::Fault {
+                name: DISABLED.to_string(),
+                direction: proto::FaultDirection::Both as i32,
+                kind: Some(Kind::Down(proto::DownFault {})),
+                ..Default::default()
+            };
+            self.supervisor
+                .add_fault(name, down)
+                .await
+                .map_err(from_supervisor)?;
+        }
+        Ok(())
+    }
+
+    async fn update_proxy(&self, name: &str, body: &Value) -> Reply {
+        let l = self.proxy(name)?;
+        let obj = object(body)?;
+        let listen = opt_str(obj, "listen")?;
+        let upstream = opt_str(obj, "upstream")?;
+        let enabled = opt_bool(obj, "enabled")?;
+        let cur = proxy_spec(&l);
+        let mut new = cur.clone();
+        if let Some(listen) = listen.filter(|a| *a != cur.listen && *a != l.bound_addr) {
+            new.listen = listen;
+        }
+        if let Some(up) = upstream.filter(|u| *u != cur.upstreams.join(",")) {
+            new.upstreams = vec![up];
+        }
+        if new != cur {
+            let spec = proto::ListenerSpec {
+                kind: Some(proto::listener_spec::Kind::Proxy(new)),
+            };
+            self.supervisor
+                .update(name, spec, None)
+                .await
+                .map_err(from_supervisor)?;
+        }
+        if let Some(enabled) = enabled {
+            self.set_enabled(name, enabled).await?;
+        }
+        let l = self.proxy(name)?;
+        Ok((StatusCode::OK, self.proxy_json(&l)))
+    }
+
+    /// Create or replace each proxy of a list. One that exists with the
+    /// same listen address and upstream is kept as it is (toxics too); one
+    /// that differs is stopped and created anew, as Toxiproxy does. Every
+    /// entry is checked before anything changes; an error part-way answers
+    /// with the error and the proxies done so far.
+    async fn populate(&self, body: Value) -> Reply {
+        let Value::Array(items) = body else {
+            return Err(ApiError::bad_body("expected a JSON array of proxies"));
+        };
+        let mut inputs = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            inputs.push(ProxyInput::parse(item, Some(i + 1))?);
+        }
+        let mut done: Vec<Value> = Vec::new();
+        for p in &inputs {
+            let r = self.populate_one(p).await;
+            match r {
+                Ok(l) => done.push(self.proxy_json(&l)),
+                Err(e) => {
+                    let mut v = e.body();
+                    v["proxies"] = Value::Array(done);
+                    return Ok((e.status, v));
+                }
+            }
+        }
+        Ok((StatusCode::CREATED, json!({"proxies": done})))
+    }
+
+    async fn populate_one(&self, p: &ProxyInput) -> Result<proto::Listener, ApiError> {
+        match self.supervisor.get(&p.name) {
+            Err(_) => self.create_proxy(p).await,
+            Ok(l) if l.kind() != proto::ListenerKind::Proxy => {
+                Err(ApiError::new(StatusCode::CONFLICT, "proxy already exists"))
+            }
+            Ok(l) => {
+                let cur = proxy_spec(&l);
+                let same = (p.listen == cur.listen || p.listen == l.bound_addr)
+                    && cur.upstreams == [p.upstream.clone()];
+                if same {
+                    self.set_enabled(&p.name, p.enabled).await?;
+                    return self.proxy(&p.name);
+                }
+                self.supervisor
+                    .stop(&p.name)
+                    .await
+                    .map_err(from_supervisor)?;
+                self.create_proxy(p).await
+            }
+        }
+    }
+
+    /// Enable every proxy and remove every toxic.
+    async fn reset(&self) -> Reply {
+        for l in self.supervisor.list() {
+            if l.kind() != proto::ListenerKind::Proxy || self.faults(&l.name).is_empty() {
+                continue;
+            }
+            match self.supervisor.remove_fault(&l.name, None).await {
+                Ok(_) | Err(SupervisorError::NotFound(_) | SupervisorError::Leaving(_)) => {}
+                Err(e) => return Err(from_supervisor(e)),
+            }
+        }
+        Ok((StatusCode::NO_CONTENT, Value::Null))
+    }
+
+    async fn create_toxic(&self, proxy: &str, body: &Value) -> Reply {
+        self.proxy(proxy)?;
+        let obj = object(body)?;
+        let stream = opt_str(obj, "stream")?.unwrap_or_else(|| "downstream".into());
+        let direction = match stream.to_ascii_lowercase().as_str() {
+            "downstream" => proto::FaultDirection::Downstream,
+            "upstream" => proto::FaultDirection::Upstream,
+            "both" => proto::FaultDirection::Both,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "stream was invalid, can be either upstream or downstream",
+                ));
+            }
+        };
+        let ty = opt_str(obj, "type")?.unwrap_or_default();
+        let name = opt_str(obj, "name")?
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("{ty}_{stream}"));
+        let Some(mut kind) = new_kind(&ty) else {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid toxic type"));
+        };
+        if name == DISABLED {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("the toxic name {DISABLED} is reserved (it stands for enabled: false)"),
+            ));
+        }
+        // Before the attributes, as Toxiproxy checks.
+        if self.faults(proxy).iter().any(|f| f.name == name) {
+            return Err(ApiError::new(StatusCode::CONFLICT, "toxic already exists"));
+        }
+        let toxicity = opt_f64(obj, "toxicity")?.unwrap_or(1.0);
+        if let Some(attrs) = opt_object(obj, "attributes")? {
+            for (k, v) in attrs {
+                set_attr(&mut kind, k, v)?;
+            }
+        }
+        let fault = proto::Fault {
+            name,
+            direction: direction as i32,
+            toxicity: Some(toxicity),
+            when: None,
+            kind: Some(kind),
+        };
+        let s = self
+            .supervisor
+            .add_fault(proxy, fault)
+            .await
+            .map_err(from_supervisor)?;
+        Ok((StatusCode::OK, toxic_json(&s.fault.unwrap_or_default())))
+    }
+
+    /// Merge the given attributes (and toxicity) into the toxic, as
+    /// Toxiproxy does; its name, type, stream and netd conditions stay.
+    async fn update_toxic(&self, proxy: &str, name: &str, body: &Value) -> Reply {
+        self.proxy(proxy)?;
+        let mut fault = self.toxic(proxy, name)?;
+        let obj = object(body)?;
+        if let Some(t) = opt_f64(obj, "toxicity")? {
+            fault.toxicity = Some(t);
+        }
+        if let (Some(attrs), Some(kind)) = (opt_object(obj, "attributes")?, fault.kind.as_mut()) {
+            for (k, v) in attrs {
+                set_attr(kind, k, v)?;
+            }
+        }
+        let s = self
+            .supervisor
+            .update_fault(proxy, fault)
+            .await
+            .map_err(from_supervisor)?;
+        Ok((StatusCode::OK, toxic_json(&s.fault.unwrap_or_default())))
+    }
+}
+
+/// A proxy as `POST /proxies` and `/populate` give it.
+#[derive(Debug)]
+struct ProxyInput {
+    name: String,
+    listen: String,
+    upstream: String,
+    enabled: bool,
+}
+
+impl ProxyInput {
+    /// `index`: its place in a `/populate` list (1-based), for errors.
+    fn parse(v: &Value, index: Option<usize>) -> Result<ProxyInput, ApiError> {
+        let obj = object(v)?;
+        let at = |field: &str| match index {
+            Some(i) => format!("{field} at proxy {i}"),
+            None => field.to_string(),
+        };
+        let name = opt_str(obj, "name")?.unwrap_or_default();
+        if name.is_empty() {
+            return Err(ApiError::missing(&at("name")));
+        }
+        let upstream = opt_str(obj, "upstream")?.unwrap_or_default();
+        if upstream.is_empty() {
+            return Err(ApiError::missing(&at("upstream")));
+        }
+        let listen = opt_str(obj, "listen")?
+            .filter(|l| !l.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        Ok(ProxyInput {
+            name,
+            listen,
+            upstream,
+            enabled: opt_bool(obj, "enabled")?.unwrap_or(true),
+        })
+    }
+}
+
+/// The proxy spec of a proxy listener, as shown (faults included).
+fn proxy_spec(l: &proto::Listener) -> proto::ProxySpec {
+    match l.spec.as_ref().and_then(|s| s.kind.as_ref()) {
+        Some(proto::listener_spec::Kind::Proxy(p)) => p.clone(),
+        _ => proto::ProxySpec::default(),
+    }
+}
+
+fn object(v: &Value) -> Result<&Map<String, Value>, ApiError> {
+    v.as_object()
+        .ok_or_else(|| ApiError::bad_body("expected a JSON object"))
+}
+
+fn opt_str(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad_body(format!("{key} must be a string"))),
+    }
+}
+
+fn opt_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::bad_body(format!("{key} must be true or false"))),
+    }
+}
+
+fn opt_f64(obj: &Map<String, Value>, key: &str) -> Result<Option<f64>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
+        Some(_) => Err(ApiError::bad_body(format!("{key} must be a number"))),
+    }
+}
+
+fn opt_object<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<&'a Map<String, Value>>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(ApiError::bad_body(format!("{key} must be an object"))),
+    }
+}
+
+/// A fault kind for a Toxiproxy toxic type, with Toxiproxy's defaults
+/// (every attribute 0). netd's own types (`down`, the UDP ones) are not
+/// offered here.
+fn new_kind(ty: &str) -> Option<Kind> {
+    Some(match ty {
+        "latency" => Kind::Latency(proto::LatencyFault::default()),
+        "bandwidth" => Kind::Bandwidth(proto::BandwidthFault {
+            rate_bytes_per_sec: crate::fault::MAX_RATE,
+        }),
+        "slow_close" => Kind::SlowClose(proto::SlowCloseFault::default()),
+        "timeout" => Kind::Timeout(proto::TimeoutFault::default()),
+        "reset_peer" => Kind::ResetPeer(proto::ResetPeerFault::default()),
+        "slicer" => Kind::Slicer(proto::SlicerFault::default()),
+        "limit_data" => Kind::LimitData(proto::LimitDataFault::default()),
+        _ => return None,
+    })
+}
+
+fn millis(ms: u64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    })
+}
+
+fn micros(us: u64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: (us / 1_000_000) as i64,
+        nanos: ((us % 1_000_000) * 1000) as i32,
+    })
+}
+
+/// A duration in whole units of `unit_nanos`, rounded down (0 if unset or
+/// negative).
+fn whole(d: &Option<prost_types::Duration>, unit_nanos: i128) -> i64 {
+    let Some(d) = d else { return 0 };
+    let nanos = i128::from(d.seconds) * 1_000_000_000 + i128::from(d.nanos);
+    (nanos.max(0) / unit_nanos).min(i128::from(i64::MAX)) as i64
+}
+
+fn ms_of(d: &Option<prost_types::Duration>) -> i64 {
+    whole(d, 1_000_000)
+}
+
+fn us_of(d: &Option<prost_types::Duration>) -> i64 {
+    whole(d, 1_000)
+}
+
+/// Set one attribute of `kind` from Toxiproxy's JSON (its name and unit).
+/// Unknown names are ignored, as Toxiproxy's JSON decoding does; a value
+/// must be a whole number, 0 or more.
+fn set_attr(kind: &mut Kind, key: &str, v: &Value) -> Result<(), ApiError> {
+    if v.is_null() {
+        return Ok(());
+    }
+    let n = match v.as_u64() {
+        Some(n) => n,
+        None if v.as_i64().is_some() => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("attribute {key} must not be negative"),
+            ));
+        }
+        None => {
+            return Err(ApiError::bad_body(format!(
+                "attribute {key} must be a whole number"
+            )));
+        }
+    };
+    let small = |n: u64| {
+        u32::try_from(n).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("attribute {key} is too large"),
+            )
+        })
+    };
+    match (kind, key) {
+        (Kind::Latency(l), "latency") => l.latency = millis(n),
+        (Kind::Latency(l), "jitter") => l.jitter = millis(n),
+        // Toxiproxy's 0 is "no limit": netd's largest rate, shown as 0.
+        (Kind::Bandwidth(b), "rate") if n == 0 => b.rate_bytes_per_sec = crate::fault::MAX_RATE,
+        (Kind::Bandwidth(b), "rate") => {
+            b.rate_bytes_per_sec = n.checked_mul(1000).ok_or_else(|| {
+                ApiError::new(StatusCode::BAD_REQUEST, "attribute rate is too large")
+            })?
+        }
+        (Kind::SlowClose(s), "delay") => s.delay = millis(n),
+        (Kind::Timeout(t), "timeout") => t.timeout = millis(n),
+        (Kind::ResetPeer(r), "timeout") => r.timeout = millis(n),
+        (Kind::Slicer(s), "average_size") => s.average_size = small(n)?,
+        (Kind::Slicer(s), "size_variation") => s.size_variation = small(n)?,
+        (Kind::Slicer(s), "delay") => s.delay = micros(n),
+        (Kind::LimitData(l), "bytes") => l.bytes = n,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A fault's attributes in Toxiproxy's names and units.
+fn attributes(kind: Option<&Kind>) -> Value {
+    match kind {
+        Some(Kind::Latency(l)) => json!({"latency": ms_of(&l.latency), "jitter": ms_of(&l.jitter)}),
+        Some(Kind::Bandwidth(b)) if b.rate_bytes_per_sec >= crate::fault::MAX_RATE => {
+            json!({"rate": 0})
+        }
+        Some(Kind::Bandwidth(b)) => json!({"rate": b.rate_bytes_per_sec / 1000}),
+        Some(Kind::SlowClose(s)) => json!({"delay": ms_of(&s.delay)}),
+        Some(Kind::Timeout(t)) => json!({"timeout": ms_of(&t.timeout)}),
+        Some(Kind::ResetPeer(r)) => json!({"timeout": ms_of(&r.timeout)}),
+        Some(Kind::Slicer(s)) => json!({
+            "average_size": s.average_size,
+            "size_variation": s.size_variation,
+            "delay": us_of(&s.delay),
+        }),
+        Some(Kind::LimitData(l)) => json!({"bytes": l.bytes}),
+        _ => json!({}),
+    }
+}
+
+/// A fault as a Toxiproxy toxic.
+fn toxic_json(f: &proto::Fault) -> Value {
+    let stream = match f.direction() {
+        proto::FaultDirection::Upstream => "upstream",
+        proto::FaultDirection::Downstream | proto::FaultDirection::Unspecified => "downstream",
+        proto::FaultDirection::Both => "both",
+    };
+    json!({
+        "attributes": attributes(f.kind.as_ref()),
+        "name": f.name,
+        "type": crate::fault::type_of(f),
+        "stream": stream,
+        "toxicity": f.toxicity.unwrap_or(1.0),
+    })
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+    let mut text = v.to_string();
+    text.push('\n');
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn empty(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let r =
+            |m: Method, p: &str| route(&m, p).map(|(op, a, b)| (op, a.to_string(), b.to_string()));
+        assert_eq!(r(Method::GET, "/version").unwrap().0, Op::Version);
+        assert_eq!(
+            r(Method::PATCH, "/proxies/redis/toxics/lat").unwrap(),
+            (Op::ToxicUpdate, "redis".into(), "lat".into())
+        );
+        assert_eq!(
+            r(Method::POST, "/proxies/redis").unwrap().0,
+            Op::ProxyUpdate
+        );
+        assert_eq!(
+            r(Method::PUT, "/proxies").unwrap_err(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            r(Method::GET, "/proxies/a/b").unwrap_err(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            r(Method::GET, "/proxies/").unwrap_err(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(r(Method::GET, "/nope").unwrap_err(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn attributes_round_trip_in_toxiproxy_units() {
+        for (ty, attrs) in [
+            ("latency", json!({"latency": 1500, "jitter": 20})),
+            ("bandwidth", json!({"rate": 100})),
+            ("slow_close", json!({"delay": 250})),
+            ("timeout", json!({"timeout": 3000})),
+            ("reset_peer", json!({"timeout": 7})),
+            (
+                "slicer",
+                json!({"average_size": 64, "size_variation": 8, "delay": 250}),
+            ),
+            ("limit_data", json!({"bytes": 12345})),
+        ] {
+            let mut kind = new_kind(ty).unwrap();
+            for (k, v) in attrs.as_object().unwrap() {
+                set_attr(&mut kind, k, v).unwrap();
+            }
+            assert_eq!(attributes(Some(&kind)), attrs, "{ty}");
+        }
+        let mut bw = new_kind("bandwidth").unwrap();
+        set_attr(&mut bw, "rate", &json!(5)).unwrap();
+        assert!(matches!(bw, Kind::Bandwidth(b) if b.rate_bytes_per_sec == 5000));
+        let mut sl = new_kind("slicer").unwrap();
+        set_attr(&mut sl, "delay", &json!(1500)).unwrap();
+        assert!(
+            matches!(sl, Kind::Slicer(s) if s.delay == Some(prost_types::Duration { seconds: 0, nanos: 1_500_000 }))
+        );
+    }
+
+    #[test]
+    fn bandwidth_rate_zero_is_no_limit() {
+        let mut bw = new_kind("bandwidth").unwrap();
+        assert_eq!(attributes(Some(&bw)), json!({"rate": 0}));
+        set_attr(&mut bw, "rate", &json!(0)).unwrap();
+        assert!(
+            matches!(&bw, Kind::Bandwidth(b) if b.rate_bytes_per_sec == crate::fault::MAX_RATE)
+        );
+        assert_eq!(attributes(Some(&bw)), json!({"rate": 0}));
+    }
+
+    #[test]
+    fn config_section() {
+        use crate::config::Config;
+        let c = Config::parse("", "x.toml").unwrap();
+        assert_eq!(c.toxiproxy_api_listen, None);
+        let c = Config::parse(
+            "[toxiproxy_api]\nlisten = \"127.0.0.1:8474\"\nmax_connections = 8\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.toxiproxy_api_listen,
+            Some("127.0.0.1:8474".parse().unwrap())
+        );
+        assert_eq!(c.toxiproxy_api_limits.max_connections, 8);
+        let e = Config::parse("[toxiproxy_api]\nlisten = \"[::]:8474\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("x.toml:2: toxiproxy_api.listen:") && e.contains("allow_remote"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "[metrics]\nlisten = \"127.0.0.1:9000\"\n[toxiproxy_api]\nlisten = \"127.0.0.1:9000\"\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("clashes with [metrics] listen"), "{e}");
+        let e = Config::parse("[toxiproxy_api]\nidle_timeout = \"1ms\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("toxiproxy_api.idle_timeout: 1ms is out of range"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_attribute_values_are_refused() {
+        let mut k = new_kind("latency").unwrap();
+        assert!(set_attr(&mut k, "latency", &json!(-1)).is_err());
+        assert!(set_attr(&mut k, "latency", &json!(1.5)).is_err());
+        assert!(set_attr(&mut k, "latency", &json!("10")).is_err());
+        // Unknown names are ignored, as by Toxiproxy.
+        assert!(set_attr(&mut k, "nonsense", &json!(1)).is_ok());
+        assert!(new_kind("down").is_none() && new_kind("").is_none());
+    }
+}
