@@ -710,6 +710,26 @@ mod fuzz {
             )
     }
 
+    fn udp_proxy() -> impl Strategy<Value = Kind> {
+        use crate::services::udp_proxy::MAX_MAX_CLIENTS;
+        (
+            listen(),
+            proptest::sample::select(&["127.0.0.1:53", "[::1]:5353", "127.1.2.3:9"][..]),
+            zero_or_u32(1..=MAX_MAX_CLIENTS),
+            duration(Duration::from_millis(1), Duration::from_secs(7 * 24 * 3600)),
+        )
+            .prop_map(|(listen, upstream, max_clients, idle_timeout)| {
+                Kind::UdpProxy(proto::UdpProxySpec {
+                    listen,
+                    upstream: upstream.to_string(),
+                    max_clients,
+                    idle_timeout,
+                    // Faults round-trip in the every-field test.
+                    faults: Vec::new(),
+                })
+            })
+    }
+
     fn proxy() -> impl Strategy<Value = Kind> {
         let upstream = (
             proptest::sample::select(&["127.0.0.1", "[::1]", "127.1.2.3"][..]),
@@ -879,7 +899,14 @@ mod fuzz {
     /// kind has it.
     fn kind() -> impl Strategy<Value = Kind> {
         (
-            prop_oneof![tcp_echo(), udp_echo(), proxy(), http(), sniffer()],
+            prop_oneof![
+                tcp_echo(),
+                udp_echo(),
+                proxy(),
+                http(),
+                sniffer(),
+                udp_proxy()
+            ],
             proptest::option::of(any::<bool>()),
         )
             .prop_map(|(mut kind, access_log)| {
@@ -888,7 +915,7 @@ mod fuzz {
                     Kind::UdpEcho(s) => s.access_log = access_log,
                     Kind::Proxy(s) => s.access_log = access_log,
                     Kind::Http(s) => s.access_log = access_log,
-                    Kind::Sniffer(_) => {}
+                    Kind::Sniffer(_) | Kind::UdpProxy(_) => {}
                 }
                 kind
             })
