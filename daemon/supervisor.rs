@@ -1354,6 +1354,48 @@ impl Supervisor {
         self.entries().iter().map(|e| e.to_proto()).collect()
     }
 
+    /// Up to `page.size` entries after `page.after` (sorted by name), and
+    /// whether more follow. The registry lock is held only for the range
+    /// walk over the ordered map (O(page + log n)); building the protos
+    /// happens unlocked.
+    fn entries_page(&self, page: &crate::page::Page) -> (Vec<Arc<Entry>>, bool) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let listeners = self.listeners();
+        let from = match &page.after {
+            Some(a) => (Excluded(a.as_str()), Unbounded),
+            None => (Unbounded, Unbounded),
+        };
+        let mut it = listeners.range::<str, _>(from);
+        let entries: Vec<Arc<Entry>> = it
+            .by_ref()
+            .take(page.size)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let more = it.next().is_some();
+        (entries, more)
+    }
+
+    /// One page of listeners, and the name to resume after if more follow.
+    pub fn list_page(&self, page: &crate::page::Page) -> (Vec<proto::Listener>, Option<String>) {
+        let (entries, more) = self.entries_page(page);
+        let next = more
+            .then(|| entries.last().map(|e| e.name.to_string()))
+            .flatten();
+        (entries.iter().map(|e| e.to_proto()).collect(), next)
+    }
+
+    /// One page of counters, and the name to resume after if more follow.
+    pub fn samples_page(
+        &self,
+        page: &crate::page::Page,
+    ) -> (Vec<proto::ListenerStatsSample>, Option<String>) {
+        let (entries, more) = self.entries_page(page);
+        let next = more
+            .then(|| entries.last().map(|e| e.name.to_string()))
+            .flatten();
+        (entries.iter().map(|e| e.sample()).collect(), next)
+    }
+
     /// Counters of every listener (sorted by name), or of one.
     pub fn samples(
         &self,
