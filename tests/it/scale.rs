@@ -417,3 +417,42 @@ fn netctl_stats_shows_a_sniffers_packets_by_protocol() {
     let cells: Vec<&str> = s.split_whitespace().collect();
     assert_eq!(&cells[3..6], ["-", "-", "10"], "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_are_all_saved_before_they_return() {
+    // Starts in flight together share state-file writes (group commit);
+    // each must still be on disk when its call returns: kill -9 right
+    // after the last answer and start again from the same state.
+    const N: usize = 40;
+    let netd = Netd::start("");
+    let c = netd.client().await;
+    let calls = (0..N).map(|i| {
+        let mut c = c.clone();
+        async move {
+            c.start_listener(proto::StartListenerRequest {
+                name: format!("c{i:02}"),
+                spec: Some(proto::ListenerSpec {
+                    kind: Some(proto::listener_spec::Kind::TcpEcho(proto::TcpEchoSpec {
+                        listen: "127.0.0.1:0".into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })
+            .await
+        }
+    });
+    for r in futures_util::future::join_all(calls).await {
+        r.unwrap();
+    }
+    let dir = netd.kill9();
+    let netd = Netd::start_in(dir);
+    let names: Vec<String> = netd.netctl_json(&["list"])["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = (0..N).map(|i| format!("c{i:02}")).collect();
+    assert_eq!(names, want);
+}
