@@ -1433,6 +1433,38 @@ impl Supervisor {
         }
     }
 
+    /// For a stats watch: the counters of every listener (or of the one
+    /// named; none if it is gone) are read and handed to `changed` with
+    /// the name and state, and a sample is built only for those it says
+    /// changed. Each tick of a watch reads every listener, so the idle
+    /// ones must cost no allocation.
+    pub fn changed_samples(
+        &self,
+        name: Option<&str>,
+        mut changed: impl FnMut(&str, i32, &proto::ListenerStats) -> bool,
+    ) -> Vec<proto::ListenerStatsSample> {
+        let entries = match name {
+            None => self.entries(),
+            Some(n) => self.entry(n).map(|e| vec![e]).unwrap_or_default(),
+        };
+        let mut out = Vec::new();
+        for e in &entries {
+            let g = e.current_gen();
+            let state = e.status().state as i32;
+            let totals = e.stats_of(&g);
+            if changed(&e.name, state, &totals) {
+                out.push(proto::ListenerStatsSample {
+                    name: e.name.to_string(),
+                    kind: g.service.kind() as i32,
+                    state,
+                    totals: Some(totals),
+                    rates: None,
+                });
+            }
+        }
+        out
+    }
+
     /// Subscribe to a sniffer's packet summaries.
     pub fn packets(
         &self,

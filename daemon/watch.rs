@@ -138,17 +138,26 @@ impl Watch {
         let now = Instant::now();
         let elapsed = now - self.prev_at;
         // A listener watched by name that is gone reads as empty: its
-        // name then goes out in `removed`.
-        let listeners = self.sup.samples(self.name.as_deref()).unwrap_or_default();
+        // name then goes out in `removed`. Listeners that did not change
+        // are only marked seen (no sample is built for them).
+        let prev = &mut self.prev;
+        let listeners = self
+            .sup
+            .changed_samples(self.name.as_deref(), |name, state, totals| {
+                match prev.get_mut(name) {
+                    Some(p) => {
+                        p.seen = seq;
+                        !(p.state == state && p.totals == *totals)
+                    }
+                    None => true,
+                }
+            });
         let mut changed = Vec::new();
         for mut l in listeners {
             let totals = l.totals.take().unwrap_or_default();
             match self.prev.get_mut(&l.name) {
                 Some(p) => {
                     p.seen = seq;
-                    if p.state == l.state && p.totals == totals {
-                        continue;
-                    }
                     l.rates = Some(rates(&p.totals, &totals, elapsed));
                     p.state = l.state;
                     p.totals = totals.clone();
