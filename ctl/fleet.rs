@@ -137,11 +137,9 @@ where
 async fn list(ctx: &Ctx, hosts: &[Host]) -> anyhow::Result<()> {
     let answers = ask_all(hosts, |h| async move {
         let mut c = h.dial.client(false).await?;
-        Ok(c.list_listeners(proto::ListListenersRequest {})
+        netd::client::list_all(&mut c)
             .await
-            .map_err(|s| status_line("cannot list listeners", &s))?
-            .into_inner()
-            .listeners)
+            .map_err(|s| status_line("cannot list listeners", &s))
     })
     .await;
     let columns = output::LIST_HEADER.len();
@@ -229,10 +227,9 @@ async fn get_stats(ctx: &Ctx, hosts: &[Host], name: Option<String>) -> anyhow::R
         let (what, name) = (what.clone(), name.clone());
         async move {
             let mut c = h.dial.client(false).await?;
-            Ok(c.get_stats(proto::GetStatsRequest { name })
+            netd::client::stats_all(&mut c, &name)
                 .await
-                .map_err(|s| status_line(&what, &s))?
-                .into_inner())
+                .map_err(|s| status_line(&what, &s))
         }
     })
     .await;
@@ -339,13 +336,17 @@ async fn watch_stats(
     let tty = !ctx.json && std::io::stdout().is_terminal();
     let n = hosts.len();
     let mut samples: Vec<Option<StatsSample>> = vec![None; n];
+    let mut views: Vec<stats::View> = (0..n).map(|_| stats::View::default()).collect();
     let mut down: Vec<Option<String>> = vec![None; n];
     let mut errors: Vec<Option<anyhow::Error>> = (0..n).map(|_| None).collect();
     let mut seen = vec![0u64; n];
     let mut header_done = false;
     while let Some(report) = rx.recv().await {
         match report {
-            Report::Item(i, s) => {
+            Report::Item(i, message) => {
+                let Some(s) = views[i].apply(message) else {
+                    continue;
+                };
                 seen[i] += 1;
                 if ctx.json {
                     let mut v = stats::sample_json(&s);

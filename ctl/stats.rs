@@ -1,7 +1,13 @@
 //! `netctl stats` and `netctl events`: render stats samples and lifecycle
 //! events as tables, lines or JSON lines.
+//!
+//! A WatchStats stream sends a snapshot and then only what changed; a
+//! [`View`] keeps the last row of every listener so that each tick is shown
+//! (and printed as JSON) whole, with rates 0 for the listeners that did not
+//! change.
 
 use crate::render::{out, outln};
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::SystemTime;
 
@@ -64,8 +70,10 @@ pub fn sample_json(s: &StatsSample) -> Value {
     })
 }
 
-/// The columns of `netctl stats`.
-pub const HEADER: [&str; 11] = [
+/// The columns of `netctl stats`. A column a kind has no figure for reads
+/// "-" (connections of a UDP echo or sniffer, datagrams of a TCP kind);
+/// DETAIL holds the kind's own figures.
+pub const HEADER: [&str; 12] = [
     "NAME",
     "KIND",
     "STATE",
@@ -77,7 +85,100 @@ pub const HEADER: [&str; 11] = [
     "IN/s",
     "OUT/s",
     "CONN|DGRAM/s",
+    "DETAIL",
 ];
+
+/// Whether a kind counts connections (else datagrams or packets).
+fn has_connections(kind: ListenerKind) -> bool {
+    !matches!(kind, ListenerKind::UdpEcho | ListenerKind::Sniffer)
+}
+
+/// A count, short: 1234 -> "1.2k".
+fn short(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.1}k", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        _ => format!("{:.1}G", n as f64 / 1e9),
+    }
+}
+
+/// The DETAIL cell: what only this kind counts, or "-".
+pub fn detail(t: &proto::ListenerStats) -> String {
+    use proto::listener_stats::Detail;
+    let mut parts: Vec<String> = Vec::new();
+    match &t.detail {
+        Some(Detail::Sniffer(f)) => {
+            for (name, p) in [
+                ("tcp", &f.tcp),
+                ("udp", &f.udp),
+                ("icmp", &f.icmp),
+                ("other", &f.other),
+            ] {
+                let p = p.unwrap_or_default();
+                if p.packets > 0 {
+                    parts.push(format!("{name} {}/{}", short(p.packets), bytes(p.bytes)));
+                }
+            }
+            if parts.is_empty() {
+                parts.push("no packets".into());
+            }
+            parts.push(format!("{} flows", f.flows_active));
+            if f.kernel_drops > 0 {
+                parts.push(format!("{} dropped", short(f.kernel_drops)));
+            }
+            if f.alerts > 0 {
+                parts.push(format!("{} alerts", f.alerts));
+            }
+        }
+        Some(Detail::Proxy(p)) => {
+            let up = p.upstreams.iter().filter(|u| u.healthy).count();
+            parts.push(format!("{up}/{} up", p.upstreams.len()));
+            if p.connect_failures + p.connect_timeouts > 0 {
+                parts.push(format!(
+                    "{} connect failed",
+                    short(p.connect_failures + p.connect_timeouts)
+                ));
+            }
+            if p.pool_hits > 0 {
+                parts.push(format!("{} pooled", short(p.pool_hits)));
+            }
+        }
+        Some(Detail::Http(h)) => {
+            parts.push(format!(
+                "2xx {} 3xx {} 4xx {} 5xx {}",
+                short(h.responses_2xx),
+                short(h.responses_3xx),
+                short(h.responses_4xx),
+                short(h.responses_5xx)
+            ));
+            if h.requests > 0 {
+                parts.push(format!("p99 {:.1}ms", h.latency_p99_ms));
+            }
+        }
+        Some(Detail::UdpEcho(u)) => {
+            for (what, n) in [
+                ("rate-limited", u.rate_limited),
+                ("truncated", u.truncated),
+                ("kernel-dropped", u.kernel_drops),
+                (
+                    "reflector-dropped",
+                    u.reflector_source_drops + u.own_source_drops,
+                ),
+            ] {
+                if n > 0 {
+                    parts.push(format!("{} {what}", short(n)));
+                }
+            }
+        }
+        None => {}
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
 
 /// One row of [`HEADER`] cells per listener of a sample.
 pub fn rows(s: &StatsSample) -> Vec<Vec<String>> {
@@ -100,6 +201,15 @@ pub fn rows(s: &StatsSample) -> Vec<Vec<String>> {
                 }
                 None => ("-".into(), "-".into(), "-".into()),
             };
+            let (active, conns, dgrams) = if has_connections(kind) {
+                (
+                    t.connections_active.to_string(),
+                    t.connections_total.to_string(),
+                    "-".to_string(),
+                )
+            } else {
+                ("-".into(), "-".into(), t.datagrams_in.to_string())
+            };
             vec![
                 l.name.clone(),
                 kind.slug().into(),
@@ -107,17 +217,68 @@ pub fn rows(s: &StatsSample) -> Vec<Vec<String>> {
                     .unwrap_or_default()
                     .slug()
                     .into(),
-                t.connections_active.to_string(),
-                t.connections_total.to_string(),
-                t.datagrams_in.to_string(),
+                active,
+                conns,
+                dgrams,
                 bytes(t.bytes_in),
                 bytes(t.bytes_out),
                 rin,
                 rout,
                 revents,
+                detail(&t),
             ]
         })
         .collect()
+}
+
+/// What a WatchStats stream has said so far: the last row of every
+/// listener.
+#[derive(Default)]
+pub struct View {
+    rows: BTreeMap<String, proto::ListenerStatsSample>,
+    /// Inside a tick split over several messages.
+    mid_tick: bool,
+    /// The daemon sends changes only (it marked its snapshot complete); an
+    /// older one sends every listener every tick.
+    deltas: bool,
+}
+
+impl View {
+    /// Take one message of the stream; when it ends a tick, the whole
+    /// picture at that tick (every listener, sorted by name; those not in
+    /// the tick keep their totals with rates 0).
+    pub fn apply(&mut self, s: StatsSample) -> Option<StatsSample> {
+        let tick_start = !self.mid_tick;
+        if tick_start && !self.deltas {
+            // A daemon that sends whole ticks: start over each tick.
+            self.rows.clear();
+        }
+        if tick_start && s.elapsed.is_some() {
+            let idle = proto::ListenerRates::default();
+            for r in self.rows.values_mut() {
+                r.rates = Some(idle);
+            }
+        }
+        for n in &s.removed {
+            self.rows.remove(n);
+        }
+        for l in s.listeners {
+            self.rows.insert(l.name.clone(), l);
+        }
+        self.deltas |= s.snapshot_complete;
+        self.mid_tick = s.more;
+        if s.more {
+            return None;
+        }
+        Some(StatsSample {
+            time: s.time,
+            elapsed: s.elapsed,
+            seq: s.seq,
+            dropped_samples: s.dropped_samples,
+            listeners: self.rows.values().cloned().collect(),
+            ..Default::default()
+        })
+    }
 }
 
 /// Print one sample as a table.

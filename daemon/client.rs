@@ -129,6 +129,72 @@ pub async fn control_client_with(
         .max_decoding_message_size(MAX_REPLY_BYTES))
 }
 
+/// Pages a client follows at most: far more than `max_listeners` allows
+/// (a cap of 100,000 listeners at 500 a page), so only a daemon handing out
+/// tokens that never end hits it.
+const MAX_PAGES: usize = 1000;
+
+/// Every listener, sorted by name: ListListeners followed page by page
+/// (default page size) until `next_page_token` is empty.
+pub async fn list_all(
+    client: &mut ControlClient<Channel>,
+) -> Result<Vec<crate::proto::Listener>, tonic::Status> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    for _ in 0..MAX_PAGES {
+        let page = client
+            .list_listeners(crate::proto::ListListenersRequest {
+                page_size: 0,
+                page_token: token,
+            })
+            .await?
+            .into_inner();
+        all.extend(page.listeners);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        token = page.next_page_token;
+    }
+    Err(endless())
+}
+
+/// A GetStats of every listener (or of the one named): its pages merged
+/// into one sample, timed at the first page.
+pub async fn stats_all(
+    client: &mut ControlClient<Channel>,
+    name: &str,
+) -> Result<crate::proto::StatsSample, tonic::Status> {
+    let mut all: Option<crate::proto::StatsSample> = None;
+    let mut token = String::new();
+    for _ in 0..MAX_PAGES {
+        let page = client
+            .get_stats(crate::proto::GetStatsRequest {
+                name: name.to_string(),
+                page_size: 0,
+                page_token: token,
+            })
+            .await?
+            .into_inner();
+        token = page.next_page_token.clone();
+        match &mut all {
+            None => all = Some(page),
+            Some(a) => a.listeners.extend(page.listeners),
+        }
+        if token.is_empty() {
+            let mut a = all.unwrap_or_default();
+            a.next_page_token.clear();
+            return Ok(a);
+        }
+    }
+    Err(endless())
+}
+
+fn endless() -> tonic::Status {
+    tonic::Status::internal(format!(
+        "netd answered more than {MAX_PAGES} pages; giving up"
+    ))
+}
+
 /// The peer of a Unix control socket must be root, the `netd` system
 /// account, or ourselves.
 fn check_peer(stream: &tokio::net::UnixStream, path: &std::path::Path) -> std::io::Result<()> {

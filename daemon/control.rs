@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, caller_of};
+use crate::page::{self, Page};
 use crate::proto::{self, control_server::Control};
 use crate::services::BindError;
 use crate::supervisor::{Supervisor, SupervisorError};
@@ -298,10 +299,14 @@ impl Control for ControlService {
 
     async fn list_listeners(
         &self,
-        _request: Request<proto::ListListenersRequest>,
+        request: Request<proto::ListListenersRequest>,
     ) -> Result<Response<proto::ListListenersResponse>, Status> {
+        let req = request.into_inner();
+        let page = Page::parse(req.page_size, &req.page_token)?;
+        let (listeners, next) = self.supervisor.list_page(&page);
         Ok(Response::new(proto::ListListenersResponse {
-            listeners: self.supervisor.list(),
+            listeners,
+            next_page_token: next.map(|n| page::token_after(&n)).unwrap_or_default(),
         }))
     }
 
@@ -309,8 +314,11 @@ impl Control for ControlService {
         &self,
         request: Request<proto::GetStatsRequest>,
     ) -> Result<Response<proto::StatsSample>, Status> {
-        let name = name_filter(request.into_inner().name);
-        let sample = watch::snapshot(&self.supervisor, name.as_deref()).map_err(to_status)?;
+        let req = request.into_inner();
+        let page = Page::parse(req.page_size, &req.page_token)?;
+        let name = name_filter(req.name);
+        let sample =
+            watch::snapshot(&self.supervisor, name.as_deref(), &page).map_err(to_status)?;
         Ok(Response::new(sample))
     }
 

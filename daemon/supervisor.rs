@@ -37,7 +37,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -297,6 +297,11 @@ struct Inner {
     base: Mutex<Vec<Desired>>,
     /// Serializes state-file writes (each writes the registry as it is).
     persisting: tokio::sync::Mutex<()>,
+    /// Group commit of the state file: persist calls so far (each taken
+    /// after its change is in the registry), and how many of them the last
+    /// successful write covered.
+    persist_asked: AtomicU64,
+    persist_saved: AtomicU64,
     /// Set once the listeners were handed to a successor (`--upgrade`):
     /// from then on this process no longer writes the state file.
     frozen: AtomicBool,
@@ -384,6 +389,8 @@ impl Supervisor {
                 store,
                 base: Mutex::new(base),
                 persisting: tokio::sync::Mutex::new(()),
+                persist_asked: AtomicU64::new(0),
+                persist_saved: AtomicU64::new(0),
                 frozen: AtomicBool::new(false),
                 inherited: Mutex::new(HashMap::new()),
                 handing_over: AtomicBool::new(false),
@@ -1363,7 +1370,15 @@ impl Supervisor {
         Overlay::between(&base, &running)
     }
 
-    /// Write the state file from the registry as it is now.
+    /// Write the state file from the registry as it is now; returns once
+    /// a write that includes the caller's change is on disk.
+    ///
+    /// Group commit: a write reads the whole registry, so one write covers
+    /// every change made before it began. Callers queue on `persisting`;
+    /// the one that gets it writes for all the calls counted so far, and
+    /// those find their change covered and return without writing again.
+    /// Concurrent starts of N listeners thus cost far fewer than N writes
+    /// of an O(N) file. The overlay is built off the runtime too (O(N)).
     async fn persist(&self) -> Result<(), SupervisorError> {
         let Some(_) = &self.inner.store else {
             return Ok(());
@@ -1371,10 +1386,18 @@ impl Supervisor {
         if self.inner.frozen.load(Ordering::SeqCst) {
             return Ok(());
         }
+        // Taken after this caller's change is in the registry.
+        let asked = self.inner.persist_asked.fetch_add(1, Ordering::SeqCst) + 1;
         let _one_at_a_time = self.inner.persisting.lock().await;
-        let overlay = self.overlay();
+        if self.inner.persist_saved.load(Ordering::SeqCst) >= asked {
+            return Ok(());
+        }
+        // Every call counted up to here changed the registry before the
+        // overlay below reads it.
+        let covers = self.inner.persist_asked.load(Ordering::SeqCst);
         let this = self.clone();
         let r = tokio::task::spawn_blocking(move || {
+            let overlay = this.overlay();
             this.inner
                 .store
                 .as_ref()
@@ -1383,6 +1406,9 @@ impl Supervisor {
         })
         .await
         .map_err(|e| blocking_failed("state", e))?;
+        if r.is_ok() {
+            self.inner.persist_saved.fetch_max(covers, Ordering::SeqCst);
+        }
         r.map_err(|(path, e)| {
             tracing::error!(path = %path.display(), error = %e, "cannot write the state file");
             SupervisorError::Persist(format!(
@@ -1543,6 +1569,48 @@ impl Supervisor {
         self.entries().iter().map(|e| e.to_proto()).collect()
     }
 
+    /// Up to `page.size` entries after `page.after` (sorted by name), and
+    /// whether more follow. The registry lock is held only for the range
+    /// walk over the ordered map (O(page + log n)); building the protos
+    /// happens unlocked.
+    fn entries_page(&self, page: &crate::page::Page) -> (Vec<Arc<Entry>>, bool) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let listeners = self.listeners();
+        let from = match &page.after {
+            Some(a) => (Excluded(a.as_str()), Unbounded),
+            None => (Unbounded, Unbounded),
+        };
+        let mut it = listeners.range::<str, _>(from);
+        let entries: Vec<Arc<Entry>> = it
+            .by_ref()
+            .take(page.size)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let more = it.next().is_some();
+        (entries, more)
+    }
+
+    /// One page of listeners, and the name to resume after if more follow.
+    pub fn list_page(&self, page: &crate::page::Page) -> (Vec<proto::Listener>, Option<String>) {
+        let (entries, more) = self.entries_page(page);
+        let next = more
+            .then(|| entries.last().map(|e| e.name.to_string()))
+            .flatten();
+        (entries.iter().map(|e| e.to_proto()).collect(), next)
+    }
+
+    /// One page of counters, and the name to resume after if more follow.
+    pub fn samples_page(
+        &self,
+        page: &crate::page::Page,
+    ) -> (Vec<proto::ListenerStatsSample>, Option<String>) {
+        let (entries, more) = self.entries_page(page);
+        let next = more
+            .then(|| entries.last().map(|e| e.name.to_string()))
+            .flatten();
+        (entries.iter().map(|e| e.sample()).collect(), next)
+    }
+
     /// Counters of every listener (sorted by name), or of one.
     pub fn samples(
         &self,
@@ -1552,6 +1620,38 @@ impl Supervisor {
             None => Ok(self.entries().iter().map(|e| e.sample()).collect()),
             Some(n) => Ok(vec![self.entry(n)?.sample()]),
         }
+    }
+
+    /// For a stats watch: the counters of every listener (or of the one
+    /// named; none if it is gone) are read and handed to `changed` with
+    /// the name and state, and a sample is built only for those it says
+    /// changed. Each tick of a watch reads every listener, so the idle
+    /// ones must cost no allocation.
+    pub fn changed_samples(
+        &self,
+        name: Option<&str>,
+        mut changed: impl FnMut(&str, i32, &proto::ListenerStats) -> bool,
+    ) -> Vec<proto::ListenerStatsSample> {
+        let entries = match name {
+            None => self.entries(),
+            Some(n) => self.entry(n).map(|e| vec![e]).unwrap_or_default(),
+        };
+        let mut out = Vec::new();
+        for e in &entries {
+            let g = e.current_gen();
+            let state = e.status().state as i32;
+            let totals = e.stats_of(&g);
+            if changed(&e.name, state, &totals) {
+                out.push(proto::ListenerStatsSample {
+                    name: e.name.to_string(),
+                    kind: g.service.kind() as i32,
+                    state,
+                    totals: Some(totals),
+                    rates: None,
+                });
+            }
+        }
+        out
     }
 
     /// Subscribe to a sniffer's packet summaries.

@@ -8,8 +8,19 @@
 //! the newest tick, the skipped ones are counted in `dropped_samples`, and
 //! since every sample carries totals read at its own time, totals stay exact.
 //! Rates are computed over the real time between the two samples.
+//!
+//! After the snapshot, a tick sends only what changed since the previous
+//! tick sent: listeners whose totals or state differ (new ones included)
+//! and the names of those gone. A tick in which nothing changed is still
+//! one message, with no listeners: about 30 bytes on the wire, so 10,000
+//! idle listeners cost the same as one. We send it rather than nothing so
+//! that a client sees the watch is alive, can tell "idle" (rates 0) from
+//! "stalled", and counts ticks as before. A tick with more than
+//! [`CHUNK`] listeners to send (the snapshot of a large registry, or many
+//! busy listeners) is split into several messages of the same seq, all but
+//! the last marked `more`, so no message nears gRPC's 4 MiB limit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
@@ -46,18 +57,36 @@ pub fn interval(requested: Option<prost_types::Duration>) -> Result<Duration, St
     Ok(d)
 }
 
-/// One sample without rates, for GetStats.
+/// Listeners per WatchStats message; a tick with more is split.
+pub const CHUNK: usize = 500;
+
+/// One sample without rates, for GetStats: the one listener named, or a
+/// page of all of them.
 pub fn snapshot(
     sup: &Supervisor,
     name: Option<&str>,
+    page: &crate::page::Page,
 ) -> Result<StatsSample, crate::supervisor::SupervisorError> {
+    let (listeners, next) = match name {
+        Some(n) => (sup.samples(Some(n))?, None),
+        None => sup.samples_page(page),
+    };
     Ok(StatsSample {
         time: Some(SystemTime::now().into()),
-        elapsed: None,
-        listeners: sup.samples(name)?,
-        seq: 0,
-        dropped_samples: 0,
+        listeners,
+        next_page_token: next
+            .map(|n| crate::page::token_after(&n))
+            .unwrap_or_default(),
+        ..Default::default()
     })
+}
+
+/// What a watch last sent of one listener.
+struct Sent {
+    totals: ListenerStats,
+    state: i32,
+    /// The tick it was last seen in; older means it is gone.
+    seen: u64,
 }
 
 struct Watch {
@@ -70,12 +99,18 @@ struct Watch {
     seq: Option<u64>,
     dropped: u64,
     prev_at: Instant,
-    prev: HashMap<String, ListenerStats>,
+    /// Every listener as of the last tick sent.
+    prev: HashMap<String, Sent>,
+    /// Messages of the current tick not sent yet.
+    pending: VecDeque<StatsSample>,
 }
 
 impl Watch {
     /// Wait for the next tick (or skip to the newest if late), then sample.
     async fn next(&mut self) -> Option<StatsSample> {
+        if let Some(m) = self.pending.pop_front() {
+            return Some(m);
+        }
         let seq = match self.seq {
             None => 0,
             Some(last) => {
@@ -102,28 +137,88 @@ impl Watch {
         self.seq = Some(seq);
         let now = Instant::now();
         let elapsed = now - self.prev_at;
-        let mut listeners = self.sup.samples(None).unwrap_or_default();
-        if let Some(n) = &self.name {
-            listeners.retain(|l| &l.name == n);
-        }
-        let mut prev = HashMap::with_capacity(listeners.len());
-        for l in &mut listeners {
-            let cur = l.totals.clone().unwrap_or_default();
-            if !first {
-                let before = self.prev.get(&l.name).cloned().unwrap_or_default();
-                l.rates = Some(rates(&before, &cur, elapsed));
+        // A listener watched by name that is gone reads as empty: its
+        // name then goes out in `removed`. Listeners that did not change
+        // are only marked seen (no sample is built for them).
+        let prev = &mut self.prev;
+        let listeners = self
+            .sup
+            .changed_samples(self.name.as_deref(), |name, state, totals| {
+                match prev.get_mut(name) {
+                    Some(p) => {
+                        p.seen = seq;
+                        !(p.state == state && p.totals == *totals)
+                    }
+                    None => true,
+                }
+            });
+        let mut changed = Vec::new();
+        for mut l in listeners {
+            let totals = l.totals.take().unwrap_or_default();
+            match self.prev.get_mut(&l.name) {
+                Some(p) => {
+                    p.seen = seq;
+                    l.rates = Some(rates(&p.totals, &totals, elapsed));
+                    p.state = l.state;
+                    p.totals = totals.clone();
+                }
+                None => {
+                    if !first {
+                        l.rates = Some(rates(&ListenerStats::default(), &totals, elapsed));
+                    }
+                    self.prev.insert(
+                        l.name.clone(),
+                        Sent {
+                            totals: totals.clone(),
+                            state: l.state,
+                            seen: seq,
+                        },
+                    );
+                }
             }
-            prev.insert(l.name.clone(), cur);
+            l.totals = Some(totals);
+            changed.push(l);
         }
-        self.prev = prev;
+        let mut removed = Vec::new();
+        self.prev.retain(|name, p| {
+            let here = p.seen == seq;
+            if !here {
+                removed.push(name.clone());
+            }
+            here
+        });
+        removed.sort_unstable();
         self.prev_at = now;
-        Some(StatsSample {
+        let template = StatsSample {
             time: Some(SystemTime::now().into()),
             elapsed: if first { None } else { elapsed.try_into().ok() },
-            listeners,
             seq,
             dropped_samples: self.dropped,
-        })
+            ..Default::default()
+        };
+        let mut chunks: Vec<Vec<proto::ListenerStatsSample>> = Vec::new();
+        let mut rest = changed.into_iter().peekable();
+        while rest.peek().is_some() {
+            chunks.push(rest.by_ref().take(CHUNK).collect());
+        }
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        let last = chunks.len() - 1;
+        for (i, listeners) in chunks.into_iter().enumerate() {
+            self.pending.push_back(StatsSample {
+                listeners,
+                snapshot_complete: first && i == last,
+                removed: if i == last {
+                    std::mem::take(&mut removed)
+                } else {
+                    Vec::new()
+                },
+                more: i != last,
+                ..template.clone()
+            });
+        }
+        self.pending.pop_front()
     }
 }
 
@@ -159,6 +254,7 @@ pub fn stats(
         dropped: 0,
         prev_at: now,
         prev: HashMap::new(),
+        pending: VecDeque::new(),
     };
     Box::pin(futures_util::stream::unfold(watch, |mut w| async move {
         let sample = w.next().await?;

@@ -118,12 +118,9 @@ pub(crate) async fn apply(
 pub(crate) async fn export(ctx: &Ctx) -> anyhow::Result<()> {
     let dial = &ctx.dial;
     let mut client = dial.client(false).await?;
-    let ls = client
-        .list_listeners(proto::ListListenersRequest {})
+    let ls = netd::client::list_all(&mut client)
         .await
-        .map_err(|s| status_line("cannot list listeners", &s))?
-        .into_inner()
-        .listeners;
+        .map_err(|s| status_line("cannot list listeners", &s))?;
     let entries: Vec<netd::export::ExportListener> = ls.iter().map(Into::into).collect();
     let text = netd::export::listeners_to_toml(&entries)
         .map_err(|e| render::refused(anyhow!("cannot export: {e}")))?;

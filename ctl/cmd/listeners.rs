@@ -71,12 +71,9 @@ pub(crate) async fn list(ctx: &Ctx) -> anyhow::Result<()> {
     let json = ctx.json;
     let dial = &ctx.dial;
     let mut client = dial.client(false).await?;
-    let ls = client
-        .list_listeners(proto::ListListenersRequest {})
+    let ls = netd::client::list_all(&mut client)
         .await
-        .map_err(|s| status_line("cannot list listeners", &s))?
-        .into_inner()
-        .listeners;
+        .map_err(|s| status_line("cannot list listeners", &s))?;
     if json {
         let items: Vec<_> = ls.iter().map(output::listener_json).collect();
         print_json(&serde_json::json!({ "listeners": items }));

@@ -26,11 +26,9 @@ pub(crate) async fn stats(
     };
     let name = name.unwrap_or_default();
     if !watch {
-        let sample = client
-            .get_stats(proto::GetStatsRequest { name })
+        let sample = netd::client::stats_all(&mut client, &name)
             .await
-            .map_err(|s| status_line(&what, &s))?
-            .into_inner();
+            .map_err(|s| status_line(&what, &s))?;
         if json {
             outln!("{}", stats::sample_json(&sample));
         } else {
@@ -51,12 +49,16 @@ pub(crate) async fn stats(
         .map_err(|s| status_line(&what, &s))?
         .into_inner();
     let mut watcher = stats::Watcher::new(interval);
+    let mut view = stats::View::default();
     let mut seen = 0u64;
-    while let Some(sample) = stream
+    while let Some(message) = stream
         .message()
         .await
         .map_err(|s| status_line("stats stream", &s))?
     {
+        let Some(sample) = view.apply(message) else {
+            continue;
+        };
         if json {
             outln!("{}", stats::sample_json(&sample));
         } else {

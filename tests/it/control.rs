@@ -254,7 +254,7 @@ async fn grpc_status_codes() {
         .unwrap();
     assert_eq!(got.bound_addr, l.bound_addr);
     let all = c
-        .list_listeners(proto::ListListenersRequest {})
+        .list_listeners(proto::ListListenersRequest::default())
         .await
         .unwrap()
         .into_inner()

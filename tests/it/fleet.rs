@@ -625,7 +625,7 @@ async fn health_endpoint_serves_only_grpc_health_in_plaintext() {
     // The control service is not on this port, whatever the caller.
     let mut control = netd::proto::control_client::ControlClient::new(channel);
     let e = control
-        .list_listeners(netd::proto::ListListenersRequest {})
+        .list_listeners(netd::proto::ListListenersRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented, "{e}");

@@ -22,7 +22,10 @@ fn start_http(netd: &Netd, name: &str, extra: &[&str]) -> SocketAddr {
 async fn http_stats(netd: &Netd, name: &str) -> (proto::ListenerStats, proto::HttpStats) {
     let mut c = netd.client().await;
     let sample = c
-        .get_stats(proto::GetStatsRequest { name: name.into() })
+        .get_stats(proto::GetStatsRequest {
+            name: name.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -25,6 +25,7 @@ mod memory;
 mod metrics;
 mod output;
 mod proxy;
+mod scale;
 mod security;
 mod sniffer;
 mod stats;

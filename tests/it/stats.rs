@@ -3,7 +3,7 @@
 //! monotonic totals, consistent rates, listeners coming and going, slow
 //! watchers), and the event stream.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
@@ -34,6 +34,53 @@ fn watch_req(name: &str, ms: u64) -> proto::WatchStatsRequest {
     proto::WatchStatsRequest {
         name: name.into(),
         interval: Some(Duration::from_millis(ms).try_into().unwrap()),
+    }
+}
+
+/// The whole picture at each tick of a WatchStats stream, which after its
+/// snapshot sends only what changed (merged as netctl's stats view does:
+/// a listener not in a tick keeps its totals, with rates 0).
+struct Ticks {
+    stream: tonic::Streaming<StatsSample>,
+    rows: BTreeMap<String, proto::ListenerStatsSample>,
+}
+
+impl Ticks {
+    fn new(stream: tonic::Streaming<StatsSample>) -> Self {
+        Ticks {
+            stream,
+            rows: BTreeMap::new(),
+        }
+    }
+
+    async fn next(&mut self) -> StatsSample {
+        let mut tick_start = true;
+        loop {
+            let m = self
+                .stream
+                .message()
+                .await
+                .unwrap()
+                .expect("stream ended early");
+            if tick_start && m.elapsed.is_some() {
+                for r in self.rows.values_mut() {
+                    r.rates = Some(proto::ListenerRates::default());
+                }
+            }
+            tick_start = false;
+            for n in &m.removed {
+                self.rows.remove(n);
+            }
+            for l in &m.listeners {
+                self.rows.insert(l.name.clone(), l.clone());
+            }
+            if !m.more {
+                return StatsSample {
+                    listeners: self.rows.values().cloned().collect(),
+                    ..m
+                };
+            }
+        }
     }
 }
 
@@ -96,9 +143,7 @@ async fn exact_totals_from_grpc_netctl_and_prometheus() {
 
     let mut c = netd.client().await;
     let s = c
-        .get_stats(proto::GetStatsRequest {
-            name: String::new(),
-        })
+        .get_stats(proto::GetStatsRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -113,13 +158,19 @@ async fn exact_totals_from_grpc_netctl_and_prometheus() {
         (D, D, D * 10, D * 10)
     );
     let one = c
-        .get_stats(proto::GetStatsRequest { name: "u".into() })
+        .get_stats(proto::GetStatsRequest {
+            name: "u".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(one.listeners.len(), 1);
     let err = c
-        .get_stats(proto::GetStatsRequest { name: "zz".into() })
+        .get_stats(proto::GetStatsRequest {
+            name: "zz".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
@@ -203,13 +254,15 @@ async fn watch_stats_snapshot_then_samples_with_consistent_rates() {
     let bad = c.watch_stats(watch_req("nope", 100)).await.unwrap_err();
     assert_eq!(bad.code(), tonic::Code::NotFound);
 
-    let mut stream = c
-        .watch_stats(watch_req("", 100))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = stream.message().await.unwrap().unwrap();
+    let mut stream = Ticks::new(
+        c.watch_stats(watch_req("", 100))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    let first = stream.next().await;
     assert_eq!(first.seq, 0);
+    assert!(first.snapshot_complete);
     assert!(
         first.listeners.iter().all(|l| l.rates.is_none()),
         "the first message is a plain snapshot"
@@ -228,7 +281,7 @@ async fn watch_stats_snapshot_then_samples_with_consistent_rates() {
     let mut samples = vec![first];
     let mut started_mid_stream = false;
     while samples.len() < 12 {
-        let s = stream.message().await.unwrap().expect("stream ended early");
+        let s = stream.next().await;
         if samples.len() == 4 {
             netd.netctl_ok(&["start", "udp-echo", "late", "--listen", "127.0.0.1:0"]);
             started_mid_stream = true;
@@ -249,7 +302,7 @@ async fn watch_stats_snapshot_then_samples_with_consistent_rates() {
     netd.netctl_ok(&["stop", "late"]);
     let mut gone = false;
     for _ in 0..50 {
-        let s = stream.message().await.unwrap().unwrap();
+        let s = stream.next().await;
         if !s.listeners.iter().any(|l| l.name == "late") {
             gone = true;
             break;
@@ -299,7 +352,10 @@ async fn watch_stats_snapshot_then_samples_with_consistent_rates() {
     // What the rates add up to is what the watch saw pass, which includes
     // all the traffic if the watch began before it and ended after.
     let end = c
-        .get_stats(proto::GetStatsRequest { name: "u".into() })
+        .get_stats(proto::GetStatsRequest {
+            name: "u".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -332,15 +388,23 @@ async fn watch_stats_snapshot_then_samples_with_consistent_rates() {
 async fn a_watcher_that_never_reads_blocks_nothing() {
     let netd = Netd::start("");
     let mut c = netd.client().await;
-    // Many listeners with long names make each sample a few KiB (zero
-    // counters cost nothing on the wire), so a stalled client's 64 KiB
-    // flow-control window fills within a second or two.
+    // Many listeners with long names, each sent a datagram every tick
+    // (a tick carries only the listeners that changed), make each sample a
+    // few KiB, so a stalled client's 64 KiB flow-control window fills
+    // within a second or two.
+    let mut padding = Vec::new();
     for i in 0..50 {
         let name = format!("{i:02}-{}", "padding".repeat(8));
-        c.start_listener(start_req(&name, udp_spec()))
+        let l = c
+            .start_listener(start_req(&name, udp_spec()))
             .await
+            .unwrap()
+            .into_inner()
+            .listener
             .unwrap();
+        padding.push(l.bound_addr.parse::<SocketAddr>().unwrap());
     }
+    let busy = UdpSocket::bind("127.0.0.1:0").unwrap();
     netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
     let udp = bound_addr(&netd, "u");
 
@@ -371,6 +435,9 @@ async fn a_watcher_that_never_reads_blocks_nothing() {
             .unwrap()
             .expect("fast watcher keeps receiving");
         received += 1;
+        for a in &padding {
+            busy.send_to(b"x", a).unwrap();
+        }
         for _ in 0..5 {
             s.send(b"x").unwrap();
             s.recv(&mut buf).unwrap();
@@ -378,27 +445,31 @@ async fn a_watcher_that_never_reads_blocks_nothing() {
         }
     }
     let exact = c
-        .get_stats(proto::GetStatsRequest { name: "u".into() })
+        .get_stats(proto::GetStatsRequest {
+            name: "u".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(totals(&exact, "u").unwrap().datagrams_in, sent);
 
-    // Reading again: buffered samples, then one that admits the gap and
-    // carries exact, current totals.
+    // Reading again: buffered samples, then one that admits the gap; the
+    // totals it leaves the watcher with (the last sent of each listener:
+    // ticks carry only changes) are exact and current.
     let mut prev_seq = 0;
+    let mut u_seen = 0;
     for _ in 0..1000 {
         let m = stalled.message().await.unwrap().unwrap();
+        if let Some(t) = totals(&m, "u") {
+            u_seen = t.datagrams_in;
+        }
         if m.dropped_samples > 0 {
             assert!(
                 m.seq > prev_seq + 1,
                 "a gap in seq marks the dropped samples"
             );
-            assert_eq!(
-                totals(&m, "u").unwrap().datagrams_in,
-                sent,
-                "totals are exact after a drop"
-            );
+            assert_eq!(u_seen, sent, "totals are exact after a drop");
             return;
         }
         prev_seq = m.seq;
