@@ -90,7 +90,10 @@ pub const HEADER: [&str; 12] = [
 
 /// Whether a kind counts connections (else datagrams or packets).
 fn has_connections(kind: ListenerKind) -> bool {
-    !matches!(kind, ListenerKind::UdpEcho | ListenerKind::Sniffer)
+    !matches!(
+        kind,
+        ListenerKind::UdpEcho | ListenerKind::Sniffer | ListenerKind::UdpProxy
+    )
 }
 
 /// A count, short: 1234 -> "1.2k".
@@ -165,6 +168,18 @@ pub fn detail(t: &proto::ListenerStats) -> String {
                     "reflector-dropped",
                     u.reflector_source_drops + u.own_source_drops,
                 ),
+            ] {
+                if n > 0 {
+                    parts.push(format!("{} {what}", short(n)));
+                }
+            }
+        }
+        Some(Detail::UdpProxy(u)) => {
+            parts.push(format!("{} clients", u.clients_active));
+            for (what, n) in [
+                ("refused", u.clients_refused),
+                ("upstream errors", u.upstream_errors),
+                ("kernel-dropped", u.kernel_drops),
             ] {
                 if n > 0 {
                     parts.push(format!("{} {what}", short(n)));
