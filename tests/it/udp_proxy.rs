@@ -217,11 +217,13 @@ fn forwards_each_clients_datagrams_and_answers_to_that_client() {
     );
     let table = netd.netctl_ok(&["stats", "p"]);
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    // Datagrams, no connections; DETAIL names the clients.
     assert_eq!(
         &row[..6],
-        ["p", "udp-proxy", "running", "0", "0", "100"],
+        ["p", "udp-proxy", "running", "-", "-", "100"],
         "{table}"
     );
+    assert!(table.contains("5 clients"), "{table}");
     let status = netd.netctl_json(&["status", "p"]);
     assert_eq!(status["kind"], "udp-proxy", "{status}");
     let status = netd.netctl_ok(&["status", "p"]);
