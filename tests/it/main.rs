@@ -12,6 +12,7 @@ mod control;
 mod durability;
 mod echo;
 mod exit_codes;
+mod faults_tcp;
 mod fleet;
 mod grpc_interop;
 mod hardening_http;

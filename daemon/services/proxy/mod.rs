@@ -27,12 +27,16 @@
 //!   `resolve_interval`, off the runtime ([`resolve`]): new
 //!   connections (and new warm ones) go to the latest answer, open ones stay
 //!   where they are, and a failed lookup keeps the last good address.
+//! - Faults (toxics): a direction a fault acts on goes through [`toxic`];
+//!   a `down` fault resets a new client at accept, before any upstream is
+//!   connected. A listener without faults pays one atomic load per read.
 //! - Every closed connection is logged at info level (target `netd::access`)
 //!   with client, upstream, bytes each way, duration and how it ended.
 
 mod forward;
 pub mod pool;
 pub mod resolve;
+mod toxic;
 
 use std::io;
 use std::net::SocketAddr;
@@ -402,6 +406,21 @@ impl Proxy {
 
     async fn serve(&self, mut client: TcpStream, peer: SocketAddr, ctx: &ServiceCtx) {
         let began = Instant::now();
+        let faults = toxic::ConnFaults::new(&ctx.faults, peer.ip());
+        if faults.down() {
+            abort(&client);
+            tracing::info!(
+                target: "netd::access",
+                listener = %ctx.name,
+                client = %peer,
+                bytes_up = 0,
+                bytes_down = 0,
+                duration_ms = began.elapsed().as_millis() as u64,
+                end = End::FaultReset.as_str(),
+                "proxied connection closed"
+            );
+            return;
+        }
         let (mut upstream, u) = match Box::pin(self.connect(ctx)).await {
             Connected::To(s, u) => (s, u),
             Connected::Reset(u) => {
@@ -446,12 +465,17 @@ impl Proxy {
             ctx,
             &up,
             &down,
+            &faults,
         )
         .await;
         match end {
             // Propagate a reset: abort the other side instead of a clean FIN.
             End::ClientReset => abort(&upstream),
             End::UpstreamReset => abort(&client),
+            End::FaultReset => {
+                abort(&client);
+                abort(&upstream);
+            }
             _ => {}
         }
         tracing::info!(
