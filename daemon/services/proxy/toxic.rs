@@ -482,23 +482,21 @@ pub(super) async fn run(
     let mut buf = BytesMut::new();
     let mut off = 0u64;
     let mut reading = true;
+    // Registered once and again after each change (not per chunk: the
+    // registration takes the table's lock).
+    let changed = conn.table.notified();
+    tokio::pin!(changed);
+    changed.as_mut().enable();
     loop {
-        let changed = conn.table.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
         let now = Instant::now();
         if let Some(set) = watch.get() {
-            let set = set.clone();
-            eng.sync(&set, conn, now);
+            eng.sync(set, conn, now);
         }
         let wake = eng.tick(now).map_err(Side::from)?;
-        // What is due at the head: markers act now, data is written below.
-        while let Some(p) = queue.front() {
-            if p.due > now {
-                break;
-            }
+        // A marker due at the head acts now; data is written below.
+        if let Some(p) = queue.front().filter(|p| p.due <= now) {
             match p.item {
-                Item::Data(_) => break,
+                Item::Data(_) => {}
                 Item::Eof => {
                     pass_on_eof(&mut w, activity).await;
                     return Ok(());
@@ -556,7 +554,10 @@ pub(super) async fn run(
                 }
             }
             () = sleep_until_opt(sleep_to), if sleep_to.is_some() => {}
-            () = &mut changed => {}
+            () = &mut changed => {
+                changed.set(conn.table.notified());
+                changed.as_mut().enable();
+            }
         }
     }
 }
