@@ -567,3 +567,98 @@ async fn sleep_until_opt(t: Option<Instant>) {
         tokio::time::sleep_until(t).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fault::Target;
+    use crate::proto::{self, fault::Kind};
+
+    fn engine_with(kind: Kind, when: Option<proto::FaultCondition>) -> (FaultTable, Engine) {
+        let table = FaultTable::new(Target::Tcp);
+        table
+            .add(proto::Fault {
+                name: "f".into(),
+                kind: Some(kind),
+                when,
+                ..Default::default()
+            })
+            .unwrap();
+        let eng = Engine {
+            dir: Dir::Downstream,
+            set: None,
+            states: Vec::new(),
+            rng: Rng::seeded(1),
+            tail: Instant::now(),
+            scratch: (Vec::new(), Vec::new()),
+        };
+        (table, eng)
+    }
+
+    fn data(n: usize, off: u64, due: Instant) -> Piece {
+        Piece {
+            item: Item::Data(Bytes::from(vec![0u8; n])),
+            due,
+            off,
+        }
+    }
+
+    #[test]
+    fn bandwidth_due_times_are_exact_and_smooth() {
+        let (table, mut eng) = engine_with(
+            Kind::Bandwidth(proto::BandwidthFault {
+                rate_bytes_per_sec: 1_000_000,
+            }),
+            None,
+        );
+        let conn = ConnFaults::new(&table, "127.0.0.1".parse().unwrap());
+        let t0 = Instant::now();
+        eng.sync(&table.current(), &conn, t0);
+        let mut q = VecDeque::new();
+        // 1 MB in 64 KiB chunks arriving at once: due over exactly 1 s, in
+        // slices of 5 ms.
+        let mut off = 0;
+        while off < 1_000_000 {
+            let n = 65_536.min(1_000_000 - off as usize);
+            eng.process(data(n, off, t0), t0, &mut q).unwrap();
+            off += n as u64;
+        }
+        assert!(q.iter().all(|p| p.len() <= 5_000));
+        assert_eq!(q.back().unwrap().due - t0, Duration::from_secs(1));
+        assert!(q.iter().zip(q.iter().skip(1)).all(|(a, b)| a.due <= b.due));
+    }
+
+    #[test]
+    fn slicer_and_after_bytes_split_where_they_should() {
+        let (table, mut eng) = engine_with(
+            Kind::Slicer(proto::SlicerFault {
+                average_size: 10,
+                size_variation: 0,
+                delay: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 1_000_000,
+                }),
+            }),
+            Some(proto::FaultCondition {
+                after_bytes: 5,
+                ..Default::default()
+            }),
+        );
+        let conn = ConnFaults::new(&table, "127.0.0.1".parse().unwrap());
+        let t0 = Instant::now();
+        eng.sync(&table.current(), &conn, t0);
+        let mut q = VecDeque::new();
+        eng.process(data(35, 0, t0), t0, &mut q).unwrap();
+        let sizes: Vec<usize> = q.iter().map(|p| p.len()).collect();
+        assert_eq!(sizes, [5, 10, 10, 10]);
+        let dues: Vec<Duration> = q.iter().map(|p| p.due - t0).collect();
+        assert_eq!(dues, [0, 0, 1, 2].map(Duration::from_millis));
+        assert_eq!(
+            table.current().faults[0]
+                .counters
+                .bytes_delayed
+                .load(Relaxed),
+            20
+        );
+    }
+}
