@@ -39,8 +39,9 @@ use crate::stats::Stats;
 
 /// Bytes a direction holds queued (read, not yet written) at most.
 pub const MAX_IN_FLIGHT: usize = 4 << 20;
-/// Largest read on the faulty path.
-const READ_CHUNK: usize = 64 * 1024;
+/// Largest read on the faulty path: under netd's mmap threshold (see
+/// `BUF_SIZE`), so a new read buffer comes from the heap, not mmap(2).
+const READ_CHUNK: usize = 32 * 1024;
 /// Bandwidth pacing: a chunk is cut into slices of about 1/200 s of data
 /// (at most this many bytes), each written when due, so the rate is smooth
 /// even over short spans.
