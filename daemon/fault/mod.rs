@@ -654,6 +654,9 @@ pub struct FaultTable {
     set: RwLock<Arc<FaultSet>>,
     /// Serializes changes (read-modify-write of `set`).
     changing: Mutex<()>,
+    /// Woken on every change, for connections waiting on a fault's timer
+    /// (only those already on the faulty path wait on it).
+    changes: tokio::sync::Notify,
 }
 
 impl FaultTable {
@@ -663,7 +666,14 @@ impl FaultTable {
             version: AtomicU64::new(0),
             set: RwLock::new(Arc::new(FaultSet::default())),
             changing: Mutex::new(()),
+            changes: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Resolves at the next change after it is created (enable it before
+    /// checking [`Watch::changed`] to miss none).
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changes.notified()
     }
 
     pub fn target(&self) -> Target {
@@ -685,6 +695,7 @@ impl FaultTable {
         *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
         self.version
             .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.changes.notify_waiters();
     }
 
     /// The faults as specs, in order.
@@ -806,6 +817,10 @@ impl<'a> Watch<'a> {
     /// fast path: one atomic load).
     #[inline]
     pub fn get(&mut self) -> Option<&Arc<FaultSet>> {
+        // Benchmark-only build: the fault layer compiled out.
+        if cfg!(feature = "bench-no-faults") {
+            return None;
+        }
         let v = self.table.version();
         if v == 0 {
             return None;

@@ -14,6 +14,7 @@ mod durability;
 mod echo;
 mod exit_codes;
 mod faults;
+mod faults_tcp;
 mod fleet;
 mod grpc_interop;
 mod hardening_http;

@@ -706,7 +706,6 @@ fn non_loopback_listen_needs_allow_remote() {
 /// Needs the toxics engine (h13-toxics): a latency toxic set through the
 /// API delays the echo by at least its latency.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the toxics engine (h13-toxics)"]
 async fn a_latency_toxic_delays_traffic() {
     let upstream = TestUpstream::echo(b"up:");
     let netd = Netd::start(&config(upstream.addr));
@@ -741,7 +740,6 @@ async fn a_latency_toxic_delays_traffic() {
 /// fault) resets new clients instead of forwarding; enabled again, it
 /// forwards.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the toxics engine (h13-toxics)"]
 async fn a_disabled_proxy_forwards_nothing() {
     let upstream = TestUpstream::echo(b"up:");
     let netd = Netd::start(&config(upstream.addr));

@@ -3,7 +3,8 @@
 //! splice(2), EOF passed on as a half-close, an error on one side reported
 //! so the caller can reset the other, one idle timer for both directions,
 //! and read buffers borrowed only while data flows (a few freed ones kept
-//! per thread).
+//! per thread). A direction that a fault acts on leaves this path for
+//! [`super::toxic`] (checked with one atomic load per read).
 
 use std::future::Future as _;
 use std::io;
@@ -16,6 +17,8 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 use super::ServiceCtx;
+use super::toxic::{self, ConnFaults};
+use crate::fault::{Dir, Watch};
 use crate::net::cancel::CancelWatch;
 use crate::net::idle::idle_expired;
 use crate::net::splice::{PIPE_SIZE, Pipe, splice};
@@ -70,6 +73,10 @@ pub(super) enum End {
     ClosedByNetd,
     ClientReset,
     UpstreamReset,
+    /// A fault closed both sides (timeout, limit_data).
+    FaultClosed,
+    /// A fault reset both sides (reset_peer, down).
+    FaultReset,
 }
 
 impl End {
@@ -80,6 +87,8 @@ impl End {
             End::ClosedByNetd => "closed by netd",
             End::ClientReset => "client error/reset",
             End::UpstreamReset => "upstream error/reset",
+            End::FaultClosed => "closed by fault",
+            End::FaultReset => "reset by fault",
         }
     }
 }
@@ -93,12 +102,29 @@ pub(super) async fn forward(
     ctx: &ServiceCtx,
     up: &AtomicU64,
     down: &AtomicU64,
+    faults: &ConnFaults<'_>,
 ) -> End {
     let (cr, cw) = client.split();
     let (ur, uw) = upstream.split();
     let activity = Activity::new();
-    let c2u = copy(cr, uw, &activity, &ctx.stats.bytes_in, up);
-    let u2c = copy(ur, cw, &activity, &ctx.stats.bytes_out, down);
+    let c2u = copy(
+        cr,
+        uw,
+        &activity,
+        &ctx.stats.bytes_in,
+        up,
+        faults,
+        Dir::Upstream,
+    );
+    let u2c = copy(
+        ur,
+        cw,
+        &activity,
+        &ctx.stats.bytes_out,
+        down,
+        faults,
+        Dir::Downstream,
+    );
     // One timer, re-armed while traffic moves; boxed because tokio's
     // Sleep is large and would otherwise be padded into every task.
     let idle = async {
@@ -127,6 +153,7 @@ pub(super) async fn forward(
                 Poll::Ready(Ok(())) => c2u_done = true,
                 Poll::Ready(Err(Side::Reader)) => return Poll::Ready(End::ClientReset),
                 Poll::Ready(Err(Side::Writer)) => return Poll::Ready(End::UpstreamReset),
+                Poll::Ready(Err(s)) => return Poll::Ready(s.fault_end()),
                 Poll::Pending => {}
             }
         }
@@ -135,6 +162,7 @@ pub(super) async fn forward(
                 Poll::Ready(Ok(())) => u2c_done = true,
                 Poll::Ready(Err(Side::Reader)) => return Poll::Ready(End::UpstreamReset),
                 Poll::Ready(Err(Side::Writer)) => return Poll::Ready(End::ClientReset),
+                Poll::Ready(Err(s)) => return Poll::Ready(s.fault_end()),
                 Poll::Pending => {}
             }
         }
@@ -152,10 +180,22 @@ pub(super) async fn forward(
     .await
 }
 
+/// Why a direction ended early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
+pub(super) enum Side {
     Reader,
     Writer,
+    FaultClosed,
+    FaultReset,
+}
+
+impl Side {
+    fn fault_end(self) -> End {
+        match self {
+            Side::FaultReset => End::FaultReset,
+            _ => End::FaultClosed,
+        }
+    }
 }
 
 /// Copy one direction until EOF (then half-close the writer) or an error
@@ -163,17 +203,33 @@ enum Side {
 /// a buffer, so a silent connection holds none. A direction whose reads
 /// fill the whole buffer is a bulk transfer: it switches to splice(2)
 /// through a pipe, so the bytes move socket to socket inside the kernel
-/// without being copied through user space.
+/// without being copied through user space. Once a fault acts on the
+/// direction, the rest of it goes through [`toxic::run`].
 async fn copy(
     mut r: ReadHalf<'_>,
     mut w: WriteHalf<'_>,
     activity: &Activity,
     total: &AtomicU64,
     mine: &AtomicU64,
+    faults: &ConnFaults<'_>,
+    dir: Dir,
 ) -> Result<(), Side> {
     let mut pipe: Option<Pipe> = None;
+    let mut watch = Watch::new(faults.table);
+    // The fault check, at the start and after each wait for data: one
+    // atomic load unless the listener has faults. Boxed: only a faulty
+    // connection's task holds the faulty path's state.
+    macro_rules! unless_faulty {
+        () => {
+            if toxic::acts_on(&mut watch, dir) {
+                return Box::pin(toxic::run(r, w, activity, total, mine, faults, dir, watch)).await;
+            }
+        };
+    }
+    unless_faulty!();
     loop {
         r.readable().await.map_err(|_| Side::Reader)?;
+        unless_faulty!();
         if let Some(p) = &pipe {
             // Boxed: its state exists only during a burst, not in every idle
             // connection's task.
@@ -223,7 +279,7 @@ async fn copy(
 /// The reader finished sending: pass that on as a half-close. When the
 /// other direction has already finished, both sockets are about to be
 /// closed, and close(2) sends the same FIN without a shutdown(2) first.
-async fn pass_on_eof(w: &mut WriteHalf<'_>, activity: &Activity) {
+pub(super) async fn pass_on_eof(w: &mut WriteHalf<'_>, activity: &Activity) {
     if !activity.finish_direction() {
         let _ = w.shutdown().await;
     }
@@ -277,7 +333,7 @@ async fn splice_burst(
 }
 
 /// When a connection last moved data, shared by its two copy loops.
-struct Activity {
+pub(super) struct Activity {
     base: Instant,
     /// Milliseconds after `base`.
     last_ms: AtomicU64,
@@ -294,7 +350,7 @@ impl Activity {
         }
     }
 
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         self.last_ms
             .store(self.base.elapsed().as_millis() as u64, Relaxed);
     }

@@ -30,6 +30,9 @@
 //! - Connections are served on per-core workers ([`crate::net::workers`]):
 //!   each worker accepts on its own dup of the listening socket and keeps
 //!   the connections it accepted on its thread (see [`Proxy::accept`]).
+//! - Faults (toxics): a direction a fault acts on goes through [`toxic`];
+//!   a `down` fault resets a new client at accept, before any upstream is
+//!   connected. A listener without faults pays one atomic load per read.
 //! - Every closed connection is written to the access log
 //!   ([`crate::access_log`]) with client, upstream, bytes each way, duration
 //!   and how it ended, unless the listener says `access_log = false`.
@@ -37,6 +40,7 @@
 mod forward;
 pub mod pool;
 pub mod resolve;
+mod toxic;
 
 use std::io;
 use std::net::SocketAddr;
@@ -470,6 +474,21 @@ impl Proxy {
 
     async fn serve(&self, mut client: TcpStream, peer: SocketAddr, ctx: &ServiceCtx) {
         let began = Instant::now();
+        let faults = toxic::ConnFaults::new(&ctx.faults, peer.ip());
+        if faults.down() {
+            abort(&client);
+            tracing::info!(
+                target: "netd::access",
+                listener = %ctx.name,
+                client = %peer,
+                bytes_up = 0,
+                bytes_down = 0,
+                duration_ms = began.elapsed().as_millis() as u64,
+                end = End::FaultReset.as_str(),
+                "proxied connection closed"
+            );
+            return;
+        }
         let (mut upstream, u) = match Box::pin(self.connect(ctx)).await {
             Connected::To(s, u) => (s, u),
             Connected::Reset(u) => {
@@ -524,12 +543,17 @@ impl Proxy {
             ctx,
             &up,
             &down,
+            &faults,
         )
         .await;
         match end {
             // Propagate a reset: abort the other side instead of a clean FIN.
             End::ClientReset => abort(&upstream),
             End::UpstreamReset => abort(&client),
+            End::FaultReset => {
+                abort(&client);
+                abort(&upstream);
+            }
             _ => {}
         }
         if self.access_log {
