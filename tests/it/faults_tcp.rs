@@ -127,7 +127,10 @@ impl Setup {
                 .netd
                 .client()
                 .await
-                .get_stats(proto::GetStatsRequest { name: "p".into() })
+                .get_stats(proto::GetStatsRequest {
+                    name: "p".into(),
+                    ..Default::default()
+                })
                 .await
                 .expect("GetStats")
                 .into_inner();

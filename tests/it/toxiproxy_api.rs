@@ -170,7 +170,7 @@ async fn a_toxiproxy_client_library_drives_netd() {
     ));
 
     // A proxy made through the API forwards plain traffic (the latency
-    // toxic's timing is not asserted here; see the ignored test below).
+    // toxic's timing is not asserted here; see a_latency_toxic_delays_traffic below).
     let listen: SocketAddr = output
         .lines()
         .find_map(|l| l.strip_prefix("listen="))
