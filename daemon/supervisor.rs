@@ -987,12 +987,14 @@ impl Supervisor {
             }
             UpdateAction::InPlace
         } else {
-            let new_faults = crate::fault::faults_of(&spec).cloned();
+            let new_faults = crate::fault::faults_of(&spec).cloned().unwrap_or_default();
+            let new_target = crate::fault::target_of(&spec);
             let p = self.prepare_update(&entry, &cur, spec).await?;
             let action = self.switch(&entry, &cur, p)?;
-            if let Some(f) = new_faults {
-                // Checked when the new generation was built.
-                let _ = entry.faults.replace_all(&f);
+            // Checked when the new generation was built; the kind may have
+            // changed (a proxy replaced by a udp-proxy).
+            if let Err(e) = entry.faults.reset(new_target, &new_faults) {
+                tracing::error!(listener = name, error = %e, "faults not applied");
             }
             // Return once the old generation has stopped accepting (after a
             // replace, its address is free again).

@@ -648,7 +648,9 @@ impl std::fmt::Display for TableError {
 /// [`FaultTable::current`] only when it changed.
 #[derive(Debug)]
 pub struct FaultTable {
-    target: Target,
+    /// Tcp or Udp (see [`FaultTable::target`]); changes when an update
+    /// replaces the listener with one of the other kind.
+    udp: std::sync::atomic::AtomicBool,
     /// 0 while the listener never had a fault; bumped on every change.
     version: AtomicU64,
     set: RwLock<Arc<FaultSet>>,
@@ -662,7 +664,7 @@ pub struct FaultTable {
 impl FaultTable {
     pub fn new(target: Target) -> Self {
         FaultTable {
-            target,
+            udp: std::sync::atomic::AtomicBool::new(target == Target::Udp),
             version: AtomicU64::new(0),
             set: RwLock::new(Arc::new(FaultSet::default())),
             changing: Mutex::new(()),
@@ -677,7 +679,24 @@ impl FaultTable {
     }
 
     pub fn target(&self) -> Target {
-        self.target
+        if self.udp.load(Relaxed) {
+            Target::Udp
+        } else {
+            Target::Tcp
+        }
+    }
+
+    /// After a replace: the listener's kind may have changed (a proxy
+    /// became a udp-proxy, or a kind without faults); hold exactly
+    /// `faults` for `target` (none for a kind without faults).
+    pub fn reset(&self, target: Option<Target>, faults: &[proto::Fault]) -> Result<(), TableError> {
+        let target = target.unwrap_or(Target::Tcp);
+        if target != self.target() {
+            compile_all(faults, target).map_err(|e| TableError::Invalid(e.0))?;
+            self.remove(None)?;
+            self.udp.store(target == Target::Udp, Relaxed);
+        }
+        self.replace_all(faults)
     }
 
     /// 0 if no fault was ever set; else changes with every change.
@@ -711,7 +730,7 @@ impl FaultTable {
     /// [`compile_all`]). A fault whose spec did not change is kept as it
     /// is (window, decisions); one that changed keeps its counters.
     pub fn replace_all(&self, faults: &[proto::Fault]) -> Result<(), TableError> {
-        let compiled = compile_all(faults, self.target).map_err(|e| TableError::Invalid(e.0))?;
+        let compiled = compile_all(faults, self.target()).map_err(|e| TableError::Invalid(e.0))?;
         let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.current();
         if cur.faults.is_empty() && compiled.is_empty() {
@@ -736,7 +755,7 @@ impl FaultTable {
 
     /// Add a fault at the end.
     pub fn add(&self, spec: proto::Fault) -> Result<Arc<Active>, TableError> {
-        let c = compile(&spec, self.target).map_err(|e| TableError::Invalid(e.0))?;
+        let c = compile(&spec, self.target()).map_err(|e| TableError::Invalid(e.0))?;
         let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.current();
         if cur.faults.iter().any(|a| a.fault.name == c.name) {
@@ -755,7 +774,7 @@ impl FaultTable {
     /// Replace the fault of the same name, in its place, keeping its
     /// counters; its window starts again.
     pub fn update(&self, spec: proto::Fault) -> Result<Arc<Active>, TableError> {
-        let c = compile(&spec, self.target).map_err(|e| TableError::Invalid(e.0))?;
+        let c = compile(&spec, self.target()).map_err(|e| TableError::Invalid(e.0))?;
         let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.current();
         let Some(i) = cur.faults.iter().position(|a| a.fault.name == c.name) else {

@@ -443,3 +443,59 @@ fn get_metrics(port: u16) -> String {
         out
     }
 }
+
+/// A listener replaced by one of the other kind (a proxy becoming a
+/// udp-proxy) takes the new spec's faults, checked for the new kind.
+#[test]
+fn a_replace_with_another_kind_takes_the_new_faults() {
+    let netd = Netd::start(&config(""));
+    netd.netctl_ok(&[
+        "fault",
+        "add",
+        "db",
+        "slow",
+        "--type",
+        "latency",
+        "--latency",
+        "40ms",
+    ]);
+    let file = netd.dir.path().join("apply.toml");
+    std::fs::write(
+        &file,
+        "[[listener]]\nname = \"db\"\nkind = \"udp-proxy\"\nlisten = \"127.0.0.1:0\"\n\
+         upstream = \"127.0.0.1:53\"\n\
+         faults = [{ name = \"lossy\", type = \"loss\", probability = 0.5 }]\n",
+    )
+    .unwrap();
+    let plan = netd.netctl_json(&["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(plan["applied"], true, "{plan}");
+    assert_eq!(
+        faults(&netd, "db"),
+        [("lossy".to_string(), "loss".to_string())]
+    );
+    // The table now takes UDP types only.
+    let e = netd.netctl_err(&[
+        "fault",
+        "add",
+        "db",
+        "t",
+        "--type",
+        "slicer",
+        "--average-size",
+        "8",
+    ]);
+    assert!(
+        e.contains("type slicer is for a proxy (TCP) listener"),
+        "{e}"
+    );
+    netd.netctl_ok(&[
+        "fault",
+        "add",
+        "db",
+        "dup",
+        "--type",
+        "duplicate",
+        "--probability",
+        "0.1",
+    ]);
+}
