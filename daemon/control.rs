@@ -75,6 +75,38 @@ fn audit<T>(caller: &Caller, rpc: &str, name: &str, kind: &str, result: &Result<
     }
 }
 
+impl ControlService {
+    /// AddFault (`update` false) and UpdateFault: the fault is required;
+    /// one audit line either way.
+    async fn put_fault(
+        &self,
+        caller: &Caller,
+        update: bool,
+        listener: &str,
+        fault: Option<proto::Fault>,
+    ) -> Result<Response<proto::FaultStatus>, Status> {
+        let (rpc, ty) = (
+            if update { "UpdateFault" } else { "AddFault" },
+            fault.as_ref().map_or("none", crate::fault::type_of),
+        );
+        let result = match fault {
+            None => Err(Status::invalid_argument("fault is required")),
+            Some(f) if update => self
+                .supervisor
+                .update_fault(listener, f)
+                .await
+                .map_err(to_status),
+            Some(f) => self
+                .supervisor
+                .add_fault(listener, f)
+                .await
+                .map_err(to_status),
+        };
+        audit(caller, rpc, listener, ty, &result);
+        Ok(Response::new(result?))
+    }
+}
+
 #[tonic::async_trait]
 impl Control for ControlService {
     async fn add_fault(
@@ -83,20 +115,8 @@ impl Control for ControlService {
     ) -> Result<Response<proto::FaultStatus>, Status> {
         let caller = caller_of(&request);
         let req = request.into_inner();
-        let result = match req.fault {
-            None => Err(Status::invalid_argument("fault is required")),
-            Some(f) => {
-                let ty = crate::fault::type_of(&f);
-                let r = self
-                    .supervisor
-                    .add_fault(&req.listener, f)
-                    .await
-                    .map_err(to_status);
-                audit(&caller, "AddFault", &req.listener, ty, &r);
-                r
-            }
-        };
-        Ok(Response::new(result?))
+        self.put_fault(&caller, false, &req.listener, req.fault)
+            .await
     }
 
     async fn update_fault(
@@ -105,20 +125,8 @@ impl Control for ControlService {
     ) -> Result<Response<proto::FaultStatus>, Status> {
         let caller = caller_of(&request);
         let req = request.into_inner();
-        let result = match req.fault {
-            None => Err(Status::invalid_argument("fault is required")),
-            Some(f) => {
-                let ty = crate::fault::type_of(&f);
-                let r = self
-                    .supervisor
-                    .update_fault(&req.listener, f)
-                    .await
-                    .map_err(to_status);
-                audit(&caller, "UpdateFault", &req.listener, ty, &r);
-                r
-            }
-        };
-        Ok(Response::new(result?))
+        self.put_fault(&caller, true, &req.listener, req.fault)
+            .await
     }
 
     async fn remove_fault(

@@ -583,6 +583,36 @@ pub async fn serve(
         refused: refused.clone(),
     }));
     let registry = Arc::new(registry);
+    serve_endpoint(
+        listener,
+        limits,
+        &stop,
+        &refused,
+        "metrics endpoint",
+        |stream, _peer, slot| {
+            serve_connection(stream, slot, registry.clone(), limits, stop.clone())
+        },
+    )
+    .await;
+}
+
+/// The accept loop of an HTTP endpoint netd serves itself (`/metrics`, the
+/// Toxiproxy API): at most `limits.max_connections` at once (more are
+/// closed at once and counted in `refused`), transient accept errors
+/// backed off, each connection served by `conn` on a tracked task, until
+/// `stop`; then new connections are refused while the open ones finish.
+/// `what` names the endpoint in log lines.
+pub(crate) async fn serve_endpoint<F, Fut>(
+    listener: tokio::net::TcpListener,
+    limits: Limits,
+    stop: &CancellationToken,
+    refused: &AtomicU64,
+    what: &str,
+    mut conn: F,
+) where
+    F: FnMut(tokio::net::TcpStream, std::net::SocketAddr, tokio::sync::OwnedSemaphorePermit) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(
         limits.max_connections.min(Semaphore::MAX_PERMITS),
     ));
@@ -600,7 +630,7 @@ pub async fn serve(
                 conn
             }
             Err(e) if crate::net::accept::is_transient_accept_error(&e) => {
-                tracing::debug!(error = %e, "metrics endpoint: accept failed; backing off");
+                tracing::debug!(error = %e, "{what}: accept failed; backing off");
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -609,7 +639,7 @@ pub async fn serve(
                 continue;
             }
             Err(e) => {
-                tracing::error!(error = %e, "metrics endpoint failed; no longer serving /metrics");
+                tracing::error!(error = %e, "{what} failed; no longer serving it");
                 break;
             }
         };
@@ -617,17 +647,11 @@ pub async fn serve(
             // Closed at once: a flood of these must not cost a descriptor
             // for long, nor a log line above debug.
             let n = refused.fetch_add(1, Relaxed) + 1;
-            tracing::debug!(%peer, refused = n, limit = limits.max_connections, "metrics endpoint: connection limit reached; closing");
+            tracing::debug!(%peer, refused = n, limit = limits.max_connections, "{what}: connection limit reached; closing");
             drop(stream);
             continue;
         };
-        tracker.spawn(serve_connection(
-            stream,
-            slot,
-            registry.clone(),
-            limits,
-            stop.clone(),
-        ));
+        tracker.spawn(conn(stream, peer, slot));
     }
     // Refuse new connections at once while the open ones finish.
     drop(listener);

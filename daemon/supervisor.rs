@@ -1462,21 +1462,7 @@ impl Supervisor {
         name: &str,
         fault: proto::Fault,
     ) -> Result<proto::FaultStatus, SupervisorError> {
-        let _mutating = self.mutating().await?;
-        let entry = self.fault_entry(name)?;
-        let _one_at_a_time = entry.updating.lock().await;
-        let a = entry
-            .faults
-            .add(fault)
-            .map_err(|e| Self::fault_error(name, e))?;
-        let what = format!(
-            "fault {} ({}) added",
-            a.fault.name,
-            a.fault.action.type_name()
-        );
-        self.fault_changed(&entry, EventKind::FaultAdded, &what)
-            .await?;
-        Ok(fault_status(name, &a))
+        self.put_fault(name, fault, false).await
     }
 
     /// Replace a fault by name (keeping its counters; its window starts
@@ -1486,20 +1472,34 @@ impl Supervisor {
         name: &str,
         fault: proto::Fault,
     ) -> Result<proto::FaultStatus, SupervisorError> {
+        self.put_fault(name, fault, true).await
+    }
+
+    async fn put_fault(
+        &self,
+        name: &str,
+        fault: proto::Fault,
+        update: bool,
+    ) -> Result<proto::FaultStatus, SupervisorError> {
         let _mutating = self.mutating().await?;
         let entry = self.fault_entry(name)?;
         let _one_at_a_time = entry.updating.lock().await;
-        let a = entry
-            .faults
-            .update(fault)
-            .map_err(|e| Self::fault_error(name, e))?;
+        let (put, kind, verb) = if update {
+            (
+                entry.faults.update(fault),
+                EventKind::FaultUpdated,
+                "changed",
+            )
+        } else {
+            (entry.faults.add(fault), EventKind::FaultAdded, "added")
+        };
+        let a = put.map_err(|e| Self::fault_error(name, e))?;
         let what = format!(
-            "fault {} ({}) changed",
+            "fault {} ({}) {verb}",
             a.fault.name,
             a.fault.action.type_name()
         );
-        self.fault_changed(&entry, EventKind::FaultUpdated, &what)
-            .await?;
+        self.fault_changed(&entry, kind, &what).await?;
         Ok(fault_status(name, &a))
     }
 

@@ -30,7 +30,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -42,9 +42,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::metrics::{Limits, Phase, TimedBody, TimedStream, Timing};
 use crate::proto::{self, fault::Kind};
@@ -79,51 +78,21 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let refused = AtomicU64::new(0);
-    let slots = Arc::new(Semaphore::new(
-        limits.max_connections.min(Semaphore::MAX_PERMITS),
-    ));
-    let tracker = TaskTracker::new();
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(conn) => {
-                backoff = Duration::from_millis(10);
-                conn
-            }
-            Err(e) if crate::net::accept::is_transient_accept_error(&e) => {
-                tracing::debug!(error = %e, "toxiproxy API: accept failed; backing off");
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "toxiproxy API failed; no longer serving it");
-                break;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            let n = refused.fetch_add(1, Relaxed) + 1;
-            tracing::debug!(%peer, refused = n, limit = limits.max_connections, "toxiproxy API: connection limit reached; closing");
-            drop(stream);
-            continue;
-        };
-        let api = Api {
-            supervisor: supervisor.clone(),
-            peer,
-        };
-        tracker.spawn(serve_connection(stream, slot, api, limits, stop.clone()));
-    }
-    drop(listener);
-    tracker.close();
-    tracker.wait().await;
+    crate::metrics::serve_endpoint(
+        listener,
+        limits,
+        &stop,
+        &refused,
+        "toxiproxy API",
+        |stream, peer, slot| {
+            let api = Api {
+                supervisor: supervisor.clone(),
+                peer,
+            };
+            serve_connection(stream, slot, api, limits, stop.clone())
+        },
+    )
+    .await;
 }
 
 /// Serve one connection until the client closes it, a phase runs past its

@@ -436,6 +436,7 @@ fn get_metrics(port: u16) -> String {
     {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+        s.set_read_timeout(Some(crate::common::DEADLINE)).unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .unwrap();
         let mut out = String::new();
