@@ -34,12 +34,22 @@ pub enum Transport {
 /// What a kind's `bind` gives its `run`, and how it is kept in a [`Bound`]
 /// while the supervisor holds it.
 pub trait KindSocket: Sized + Send + 'static {
+    /// A new socket bound at `addr` (see [`crate::net::bind::bind`]).
+    fn bind_at(addr: SocketAddr) -> Result<Self, BindError>;
+    /// An already bound socket taken over (see [`crate::net::bind::adopt`]).
+    fn adopt_at(fd: OwnedFd, spec_addr: SocketAddr, expect_addr: bool) -> Result<Self, BindError>;
     fn into_bound(self) -> Bound;
     /// The socket back out of a [`Bound`]; None if it is of another type.
     fn from_bound(bound: Bound) -> Option<Self>;
 }
 
 impl KindSocket for tokio::net::TcpListener {
+    fn bind_at(addr: SocketAddr) -> Result<Self, BindError> {
+        crate::net::bind::bind(addr)
+    }
+    fn adopt_at(fd: OwnedFd, spec_addr: SocketAddr, expect_addr: bool) -> Result<Self, BindError> {
+        crate::net::bind::adopt(fd, spec_addr, expect_addr)
+    }
     fn into_bound(self) -> Bound {
         Bound::Tcp(self)
     }
@@ -52,6 +62,12 @@ impl KindSocket for tokio::net::TcpListener {
 }
 
 impl KindSocket for tokio::net::UdpSocket {
+    fn bind_at(addr: SocketAddr) -> Result<Self, BindError> {
+        crate::net::bind::bind(addr)
+    }
+    fn adopt_at(fd: OwnedFd, spec_addr: SocketAddr, expect_addr: bool) -> Result<Self, BindError> {
+        crate::net::bind::adopt(fd, spec_addr, expect_addr)
+    }
     fn into_bound(self) -> Bound {
         Bound::Udp(self)
     }
@@ -63,7 +79,21 @@ impl KindSocket for tokio::net::UdpSocket {
     }
 }
 
+/// A capture binds no address: the sniffer opens one itself (its own
+/// [`ListenerKind::bind`] and [`ListenerKind::adopt`]).
 impl KindSocket for super::sniffer::Capture {
+    fn bind_at(addr: SocketAddr) -> Result<Self, BindError> {
+        Err(BindError::Precondition(format!(
+            "a capture is not bound to an address ({addr})"
+        )))
+    }
+    fn adopt_at(
+        _fd: OwnedFd,
+        spec_addr: SocketAddr,
+        _expect_addr: bool,
+    ) -> Result<Self, BindError> {
+        Self::bind_at(spec_addr)
+    }
     fn into_bound(self) -> Bound {
         Bound::Packet(self)
     }
@@ -154,11 +184,19 @@ pub trait ListenerKind: std::fmt::Debug + Send + Sync + Sized + 'static {
 
     /// Bind, at `addr` when given (a restart rebinds the address first
     /// bound), else where the spec says. Called off the runtime's workers.
-    fn bind(&self, addr: Option<SocketAddr>) -> Result<Self::Socket, BindError>;
+    /// Default: a socket of the kind's type at that address.
+    fn bind(&self, addr: Option<SocketAddr>) -> Result<Self::Socket, BindError> {
+        let at = addr.or(self.listen_addr()).ok_or_else(no_address)?;
+        Self::Socket::bind_at(at)
+    }
 
     /// Take over an already bound socket instead (see
-    /// [`crate::net::bind::adopt`]).
-    fn adopt(&self, fd: OwnedFd, expect_addr: bool) -> Result<Self::Socket, BindError>;
+    /// [`crate::net::bind::adopt`]). Default: checked against the spec's
+    /// address.
+    fn adopt(&self, fd: OwnedFd, expect_addr: bool) -> Result<Self::Socket, BindError> {
+        let at = self.listen_addr().ok_or_else(no_address)?;
+        Self::Socket::adopt_at(fd, at, expect_addr)
+    }
 
     /// Checks that need the address actually bound (port 0 resolved).
     fn check_bound(&self, _local: SocketAddr) -> Result<(), SpecError> {
@@ -175,6 +213,10 @@ pub trait ListenerKind: std::fmt::Debug + Send + Sync + Sized + 'static {
 
     /// Kind-specific counters for the stats message, if the kind has any.
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail>;
+}
+
+fn no_address() -> BindError {
+    BindError::Precondition("this kind's spec names no address to bind".into())
 }
 
 /// The facts about a kind that need no spec, for lookups by slug or enum.

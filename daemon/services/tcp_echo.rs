@@ -36,7 +36,6 @@ use super::{
     Transport, listen_field,
 };
 use crate::net::accept::accept_loop;
-use crate::net::bind::{self, BindError};
 use crate::net::cancel::CancelWatch;
 use crate::net::idle::idle_expired;
 use crate::proto;
@@ -186,14 +185,6 @@ impl ListenerKind for TcpEcho {
 
     fn listen_addr(&self) -> Option<SocketAddr> {
         Some(self.listen)
-    }
-
-    fn bind(&self, addr: Option<SocketAddr>) -> Result<TcpListener, BindError> {
-        bind::bind(addr.unwrap_or(self.listen))
-    }
-
-    fn adopt(&self, fd: std::os::fd::OwnedFd, expect_addr: bool) -> Result<TcpListener, BindError> {
-        bind::adopt(fd, self.listen, expect_addr)
     }
 
     async fn run(self: Arc<Self>, socket: TcpListener, ctx: ServiceCtx) -> anyhow::Result<()> {

@@ -36,7 +36,6 @@ use tokio::time::Instant;
 
 use super::client_key::{DEFAULT_IPV6_PREFIX, rate_key};
 use super::{ListenerKind, ServiceCtx, Settings, SpecError, Transport, listen_field};
-use crate::net::bind::{self, BindError};
 use crate::net::cancel::CancelWatch;
 use crate::net::udp::{enable_rxq_ovfl, recv_msg};
 use crate::own_addrs::OwnAddrs;
@@ -303,14 +302,6 @@ impl ListenerKind for UdpEcho {
 
     fn listen_addr(&self) -> Option<SocketAddr> {
         Some(self.listen)
-    }
-
-    fn bind(&self, addr: Option<SocketAddr>) -> Result<UdpSocket, BindError> {
-        bind::bind(addr.unwrap_or(self.listen))
-    }
-
-    fn adopt(&self, fd: std::os::fd::OwnedFd, expect_addr: bool) -> Result<UdpSocket, BindError> {
-        bind::adopt(fd, self.listen, expect_addr)
     }
 
     async fn run(

@@ -63,7 +63,6 @@ use super::{
     listen_field, size_in,
 };
 use crate::net::accept::accept_loop;
-use crate::net::bind::{self, BindError};
 use crate::proto;
 use crate::stats::{Histogram, Stats};
 use conn::{Activity, Lingering, StreamExec};
@@ -702,14 +701,6 @@ impl ListenerKind for Http {
 
     fn listen_addr(&self) -> Option<SocketAddr> {
         Some(self.listen)
-    }
-
-    fn bind(&self, addr: Option<SocketAddr>) -> Result<TcpListener, BindError> {
-        bind::bind(addr.unwrap_or(self.listen))
-    }
-
-    fn adopt(&self, fd: std::os::fd::OwnedFd, expect_addr: bool) -> Result<TcpListener, BindError> {
-        bind::adopt(fd, self.listen, expect_addr)
     }
 
     async fn run(self: Arc<Self>, socket: TcpListener, ctx: ServiceCtx) -> anyhow::Result<()> {

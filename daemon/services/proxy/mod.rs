@@ -58,7 +58,6 @@ use super::{
     Transport, duration_field, listen_field,
 };
 use crate::net::accept::{Accepting, accept_loop};
-use crate::net::bind::{self, BindError};
 use crate::net::drain::Drain;
 use crate::net::sockopt::abort;
 use crate::net::workers;
@@ -645,14 +644,6 @@ impl ListenerKind for Proxy {
 
     fn listen_addr(&self) -> Option<SocketAddr> {
         Some(self.listen)
-    }
-
-    fn bind(&self, addr: Option<SocketAddr>) -> Result<TcpListener, BindError> {
-        bind::bind(addr.unwrap_or(self.listen))
-    }
-
-    fn adopt(&self, fd: std::os::fd::OwnedFd, expect_addr: bool) -> Result<TcpListener, BindError> {
-        bind::adopt(fd, self.listen, expect_addr)
     }
 
     /// Refuse a spec whose upstream is the address the proxy was bound to

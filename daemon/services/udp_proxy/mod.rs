@@ -22,7 +22,6 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 
 use super::{ListenerKind, ServiceCtx, Settings, SpecError, Transport, listen_field};
-use crate::net::bind::{self, BindError};
 use crate::proto;
 
 /// Clients tracked unless configured.
@@ -157,14 +156,6 @@ impl ListenerKind for UdpProxy {
 
     fn listen_addr(&self) -> Option<SocketAddr> {
         Some(self.listen)
-    }
-
-    fn bind(&self, addr: Option<SocketAddr>) -> Result<UdpSocket, BindError> {
-        bind::bind(addr.unwrap_or(self.listen))
-    }
-
-    fn adopt(&self, fd: std::os::fd::OwnedFd, expect_addr: bool) -> Result<UdpSocket, BindError> {
-        bind::adopt(fd, self.listen, expect_addr)
     }
 
     /// Refuse an upstream that is the address the proxy was bound to
