@@ -285,10 +285,10 @@ impl Proxy {
                 });
             }
         }
-        let accept = self.accept(&listener, &ctx);
+        let bound = listener.local_addr().ok();
+        let accept = self.accept(listener, &ctx);
         // Named upstreams are resolved again while the proxy accepts; the
         // lookups themselves run on the blocking pool.
-        let bound = listener.local_addr().ok();
         let allowed = move |a: SocketAddr| match bound {
             Some(b) => check_not_self(b, std::iter::once(a)).map_err(|e| e.0),
             None => Ok(()),
@@ -339,10 +339,15 @@ impl Proxy {
     /// SO_REUSEPORT socket each: the supervisor's single socket stays what
     /// in-place updates and hand-over pass on, at the cost of both workers
     /// waking for some connections (an accept4 returning EAGAIN for ~9% of
-    /// them, strace -c -f).
+    /// them, strace -c -f). The listening socket handed to `run` is taken
+    /// out of the main runtime's reactor (below): that one registration
+    /// cost more than the rest of this design saved. With it gone, `SECS=4
+    /// ROUNDS=3 bench/proxy_bench.sh` on an idle machine went from 0.86× to
+    /// 1.07× HAProxy's connections/s, 1.21× to 0.94× its CPU per
+    /// connection, and 0.77× to 1.01× its HTTP requests/s.
     async fn accept(
         self: &Arc<Self>,
-        listener: &TcpListener,
+        listener: TcpListener,
         ctx: &ServiceCtx,
     ) -> anyhow::Result<()> {
         let serve = |proxy: &Arc<Self>, ctx: &ServiceCtx| {
@@ -355,20 +360,27 @@ impl Proxy {
         };
         let workers = workers::handles();
         if workers.is_empty() {
-            return accept_loop(listener, ctx.accepting(), &self.limit, serve(self, ctx)).await;
+            return accept_loop(&listener, ctx.accepting(), &self.limit, serve(self, ctx)).await;
         }
+        // Out of the main runtime's reactor: registered there as well, the
+        // socket would wake that runtime's thread for every new client
+        // (each epoll instance watching a socket is woken by its
+        // connections) only to find nothing to do: `perf stat
+        // --per-thread` counted 0.58 wake-ups of the main runtime per
+        // proxied connection under conn_load before this.
+        let listener = listener.into_std()?;
         // The workers' loops end with this future however it ends (stop,
         // an error, or dropped), so no dup of the socket outlives `run`.
         let stop = ctx.stop_accepting.child_token();
         let _stop_all = stop.clone().drop_guard();
         let mut loops = tokio::task::JoinSet::new();
         for worker in workers {
-            let dup = socket2::SockRef::from(listener).try_clone()?;
+            let dup = listener.try_clone()?;
             let (proxy, ctx, stop) = (self.clone(), ctx.clone(), stop.clone());
             loops.spawn_on(
                 async move {
                     // Registered with the reactor of the worker it runs on.
-                    let listener = TcpListener::from_std(dup.into())?;
+                    let listener = TcpListener::from_std(dup)?;
                     let accepting = Accepting {
                         stop: &stop,
                         ..ctx.accepting()
