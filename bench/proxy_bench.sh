@@ -51,7 +51,7 @@ printf '[log]\nlevel = "warn"\n' > "$work/quiet.toml"
 # Each netd has a state directory of its own: the default one (shared by
 # every netd of this user, /var/lib/netd as root) would restore one run's
 # listeners into the next, or into the other netd of this run.
-NETD_STATE_DIR="$work/state-up" NETD_CONTROL="unix:$work/up.sock" "$NETD" --config "$work/quiet.toml" & pids+=($!)
+NETD_STATE_DIR="$work/state-up" NETD_CONTROL="unix:$work/up.sock" "$NETD" --config "$work/quiet.toml" & UP_PID=$!; pids+=($UP_PID)
 wait_sock "$work/up.sock"
 ECHO=$(free_port)
 "$NETCTL" --control "unix:$work/up.sock" start tcp-echo up --listen "127.0.0.1:$ECHO" --max-connections 100000 >/dev/null
@@ -113,12 +113,23 @@ wait_port "$HAP_ECHO"; wait_port "$NETD_ECHO"; wait_port "$NGINX"
 iperf() { iperf3 -c 127.0.0.1 -p "$1" -t "$SECS" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)'; }
 rate() { "$LOAD" rate "127.0.0.1:$1" --conns "$CONNS" --secs "$SECS"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # utime + stime
-# rate run through a proxy, then that proxy's CPU time (user + system) per
-# exchange in µs appended to the JSON line
+# the process's user and system ticks, then the whole machine's busy ticks
+# (all cores: everything but idle and iowait)
+cpu_split() { echo "$(awk '{print $14, $15}' "/proc/$1/stat") $(awk '/^cpu / {print $2+$3+$4+$7+$8+$9}' /proc/stat)"; }
+# rate run through a proxy, then that proxy's CPU time per exchange in µs
+# (user + system, and each alone) and the machine's, appended to the JSON
+# line
 rate_cpu() { # pid port
   local before out after
-  before=$(cpu_ticks "$1"); out=$(rate "$2"); after=$(cpu_ticks "$1")
-  python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['cpu_us']=(int(sys.argv[3])-int(sys.argv[2]))*1e6/int(sys.argv[4])/max(r['exchanges'],1); print(json.dumps(r))" "$out" "$before" "$after" "$(getconf CLK_TCK)"
+  before=$(cpu_split "$1"); out=$(rate "$2"); after=$(cpu_split "$1")
+  python3 -c "
+import json, sys
+r = json.loads(sys.argv[1])
+b, a = (list(map(int, x.split())) for x in sys.argv[2:4])
+per = 1e6 / int(sys.argv[4]) / max(r['exchanges'], 1)
+r['user_us'], r['sys_us'], r['machine_us'] = ((a[i] - b[i]) * per for i in range(3))
+r['cpu_us'] = r['user_us'] + r['sys_us']
+print(json.dumps(r))" "$out" "$before" "$after" "$(getconf CLK_TCK)"
 }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
@@ -132,7 +143,7 @@ echo "== connection rate ($CONNS clients, ${SECS}s)" >&2
 # percent from minute to minute).
 R_DIRECT=(); R_HAP=(); R_NETD=()
 for round in $(seq "$ROUNDS"); do
-  R_DIRECT+=("$(rate "$ECHO")")
+  R_DIRECT+=("$(rate_cpu "$UP_PID" "$ECHO")")  # for the machine's CPU per connection
   if [ $((round % 2)) -eq 1 ]; then
     R_HAP+=("$(rate_cpu "$HAP_PID" "$HAP_ECHO")"); R_NETD+=("$(rate_cpu "$NETD_PID" "$NETD_ECHO")")
   else
@@ -218,6 +229,15 @@ print("| --- | --- | --- | --- | --- |")
 print(f"| bulk stream, Gbit/s (iperf3) | {td:.2f} | {th:.2f} | {tn:.2f} | {ratio(tn, th)} |")
 print(f"| new connections/s ({conns} clients, 64 B each way) | {rd['rate']:.0f} | {rh['rate']:.0f} | {rn['rate']:.0f} | {ratio(rn['rate'], rh['rate'])} |")
 print(f"| proxy CPU per connection (user + system), µs | - | {rh['cpu_us']:.1f} | {rn['cpu_us']:.1f} | {ratio(rn['cpu_us'], rh['cpu_us'])} |")
+print(f"| of which user, µs | - | {rh['user_us']:.1f} | {rn['user_us']:.1f} | {ratio(rn['user_us'], rh['user_us'])} |")
+print(f"| of which system (the kernel's TCP work), µs | - | {rh['sys_us']:.1f} | {rn['sys_us']:.1f} | {ratio(rn['sys_us'], rh['sys_us'])} |")
+print(f"| whole machine's CPU per connection (clients, upstream, proxy), µs | {rd['machine_us']:.1f} | {rh['machine_us']:.1f} | {rn['machine_us']:.1f} | {ratio(rn['machine_us'], rh['machine_us'])} |")
+# The run is CPU-bound (clients, upstream and proxy share the cores), so the
+# rate is the cores over the machine's CPU per connection: 1.2x HAProxy's
+# rate needs netd's CPU per connection at most HAProxy's machine figure / 1.2
+# minus what everything but netd spends in netd's run.
+need = rh['machine_us'] / 1.2 - (rn['machine_us'] - rn['cpu_us'])
+print(f"| netd CPU per connection that 1.2x HAProxy's rate would need, µs | - | - | {need:.1f} | {ratio(need, rh['cpu_us'])} of HAProxy's total, {ratio(need, rh['sys_us'])} of its system time |")
 print(f"| exchange latency p50, µs | {rd['p50_us']:.0f} | {rh['p50_us']:.0f} | {rn['p50_us']:.0f} | {ratio(rn['p50_us'], rh['p50_us'])} |")
 print(f"| exchange latency p99, µs | {rd['p99_us']:.0f} | {rh['p99_us']:.0f} | {rn['p99_us']:.0f} | {ratio(rn['p99_us'], rh['p99_us'])} |")
 ah, an = rh['p99_us'] - rd['p99_us'], rn['p99_us'] - rd['p99_us']

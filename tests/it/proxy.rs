@@ -93,6 +93,46 @@ fn forwards_a_large_stream_byte_exact_both_ways() {
     assert_eq!(s["proxy"]["upstreams"][0]["connections"], 1);
 }
 
+/// Request/reply exchanges whose sizes sit on the forward loop's buffer
+/// boundaries (an 8 KiB first read, 64 KiB after it, splice after a full
+/// one): each reply must arrive whole while the connection stays open, so a
+/// read that exactly filled a buffer cannot leave the rest waiting.
+#[test]
+fn exchanges_at_the_buffer_boundaries_arrive_whole() {
+    let netd = Netd::start("");
+    let up = echo_upstream(&netd, "up", "");
+    let p = start_proxy(&netd, "p", &[up], &[]);
+    let mut c = connect(p);
+    let mut total = 0u64;
+    for (i, len) in [
+        1, 8191, 8192, 8193, 16384, 65535, 65536, 65537, 8192, 200_000, 7,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let msg: Vec<u8> = (0..len).map(|j| (j * 31 + i) as u8).collect();
+        let mut w = c.try_clone().unwrap();
+        let send = msg.clone();
+        let writer = std::thread::spawn(move || w.write_all(&send).unwrap());
+        let mut got = vec![0u8; len];
+        c.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("reply of the {len}-byte message: {e}"));
+        writer.join().unwrap();
+        assert!(got == msg, "the {len}-byte message came back changed");
+        total += len as u64;
+    }
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "nothing beyond the echoes");
+    wait_until("connection done", || {
+        proxy_stats(&netd, "p")["connections_active"] == 0
+    });
+    let s = proxy_stats(&netd, "p");
+    assert_eq!(s["bytes_in"], total);
+    assert_eq!(s["bytes_out"], total);
+}
+
 #[test]
 fn half_close_still_delivers_the_response() {
     // An upstream that reads the whole request, then answers and closes.

@@ -13,10 +13,11 @@
 //! - Forwarding: two copy loops in one task, so neither direction can block
 //!   the other. EOF on one side becomes a half-close (shutdown of the write
 //!   side) on the other; a reset or error on one side becomes a reset
-//!   (SO_LINGER 0) on the other. Read buffers (64 KiB) are borrowed only
-//!   while data flows, so an idle connection holds no buffer; a few freed
-//!   ones are kept per thread, the rest are unmapped on drop (see
-//!   [`BUF_SIZE`]), so a burst of exchanges leaves no buffer memory behind.
+//!   (SO_LINGER 0) on the other. Read buffers (8 KiB, then 64 KiB for a
+//!   burst that fills that) are borrowed only while data flows, so an idle
+//!   connection holds no buffer; a few freed large ones are kept per
+//!   thread, the rest are unmapped on drop (see [`BUF_SIZE`]), so a burst
+//!   of exchanges leaves no buffer memory behind.
 //! - An upstream that is the proxy's own listening address (the same
 //!   address and port, or a local address on the listening port of a
 //!   wildcard listener) is refused at start: each client would be joined to
