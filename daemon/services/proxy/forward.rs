@@ -271,22 +271,24 @@ async fn copy(
             }
         }
         let mut held = CopyBuf::small();
-        let mut first = true;
         loop {
             let buf = &mut held.0;
             buf.clear();
-            // The first read: AsyncRead rather than try_read, since on a
-            // short read tokio marks the socket drained, which saves the
-            // recv that would only have returned EAGAIN (one per direction
-            // per exchange). Later reads of a burst: try_read, so that no
-            // buffer is held while waiting for data that may never come.
-            let read = if std::mem::take(&mut first) {
-                r.read_buf(buf).await
-            } else {
-                match r.try_read_buf(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    read => read,
-                }
+            // Each read is tokio's AsyncRead polled once. On a short read
+            // tokio marks the socket drained, which saves the recv that
+            // would only have returned EAGAIN (one per direction per
+            // exchange); and a read with nothing there (Pending: tokio has
+            // cleared the readiness) ends the burst, so no buffer is held
+            // while waiting. (try_read would leave the readiness set after
+            // a short read; awaiting the read would hold the buffer, and an
+            // idle connection would keep one per direction.)
+            let read = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(std::pin::pin!(r.read_buf(&mut *buf)).poll(cx))
+            })
+            .await;
+            let read = match read {
+                std::task::Poll::Ready(read) => read,
+                std::task::Poll::Pending => break,
             };
             let n = match read {
                 Ok(0) => {
