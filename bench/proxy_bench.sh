@@ -6,7 +6,8 @@
 #      64 B request, 64 B reply, close (bench/conn_load.rs), with p50/p99
 #      latency; the latency a proxy adds is its figure minus the direct one;
 #      and each proxy's CPU time per connection over that run (clients,
-#      upstream and proxy share the cores, so the rate follows total CPU)
+#      upstream and proxy share the cores, so the rate follows total CPU);
+#      then the same with one client, for the latency at light load
 #   3. HTTP with a new connection per request: wrk -H "Connection: close"
 #      through each proxy to nginx (a 64 B static file), requests/s and
 #      each proxy's CPU time per request
@@ -133,9 +134,21 @@ print(json.dumps(r))" "$out" "$before" "$after" "$(getconf CLK_TCK)"
 }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
-echo "== bulk stream (iperf3 -t $SECS)" >&2
-T_DIRECT=$(iperf "$IPERF"); T_HAP=$(iperf "$HAP_IPERF"); T_NETD=$(iperf "$NETD_IPERF")
-echo "direct $T_DIRECT  haproxy $T_HAP  netd $T_NETD Gbit/s" >&2
+echo "== bulk stream (iperf3 -t $SECS, $ROUNDS rounds)" >&2
+# One stream moves by ±20% from run to run here: medians of alternating
+# rounds, as for the rates below.
+median() { python3 -c 'import statistics, sys; print(statistics.median(map(float, sys.argv[1:])))' "$@"; }
+T_DIRECT=(); T_HAP=(); T_NETD=()
+for round in $(seq "$ROUNDS"); do
+  T_DIRECT+=("$(iperf "$IPERF")")
+  if [ $((round % 2)) -eq 1 ]; then
+    T_HAP+=("$(iperf "$HAP_IPERF")"); T_NETD+=("$(iperf "$NETD_IPERF")")
+  else
+    T_NETD+=("$(iperf "$NETD_IPERF")"); T_HAP+=("$(iperf "$HAP_IPERF")")
+  fi
+  echo "round $round: direct ${T_DIRECT[-1]}  haproxy ${T_HAP[-1]}  netd ${T_NETD[-1]} Gbit/s" >&2
+done
+T_DIRECT=$(median "${T_DIRECT[@]}"); T_HAP=$(median "${T_HAP[@]}"); T_NETD=$(median "${T_NETD[@]}")
 
 echo "== connection rate ($CONNS clients, ${SECS}s)" >&2
 # ROUNDS rounds, the proxies' order swapped each round; each figure below
@@ -160,6 +173,24 @@ out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 out["errors"] = sum(r["errors"] for r in runs)  # errors: all rounds
 print(json.dumps(out))' "$@"; }
 R_DIRECT=$(median_json "${R_DIRECT[@]}"); R_HAP=$(median_json "${R_HAP[@]}"); R_NETD=$(median_json "${R_NETD[@]}")
+
+echo "== latency at light load (1 client, ${SECS}s)" >&2
+# With 50 clients the cores are saturated and each exchange's latency is
+# mostly its wait for a core: clients / rate (Little's law), so there the
+# latency rows follow the rate. One client leaves the cores mostly idle,
+# and the latency a proxy adds is its own work on the path.
+light() { "$LOAD" rate "127.0.0.1:$1" --conns 1 --secs "$SECS"; }
+L_DIRECT=(); L_HAP=(); L_NETD=()
+for round in $(seq "$ROUNDS"); do
+  L_DIRECT+=("$(light "$ECHO")")
+  if [ $((round % 2)) -eq 1 ]; then
+    L_HAP+=("$(light "$HAP_ECHO")"); L_NETD+=("$(light "$NETD_ECHO")")
+  else
+    L_NETD+=("$(light "$NETD_ECHO")"); L_HAP+=("$(light "$HAP_ECHO")")
+  fi
+  echo "round $round: direct ${L_DIRECT[-1]} haproxy ${L_HAP[-1]} netd ${L_NETD[-1]}" >&2
+done
+L_DIRECT=$(median_json "${L_DIRECT[@]}"); L_HAP=$(median_json "${L_HAP[@]}"); L_NETD=$(median_json "${L_NETD[@]}")
 
 echo "== HTTP, a new connection per request (wrk -H 'Connection: close', $CONNS connections, ${SECS}s)" >&2
 # requests/s (wrk's own figure) and, through a proxy, its CPU µs per request
@@ -207,16 +238,17 @@ M_HAP=$(idle_mem "$HAP_PID" "$HAP_ECHO"); sleep 1
 M_NETD=$(idle_mem "$NETD_PID" "$NETD_ECHO")
 echo "haproxy $M_HAP B/conn  netd $M_NETD B/conn" >&2
 
-python3 - "$T_DIRECT" "$T_HAP" "$T_NETD" "$R_DIRECT" "$R_HAP" "$R_NETD" "$M_HAP" "$M_NETD" "$SECS" "$CONNS" "$IDLE" "$ROUNDS" "$W_DIRECT" "$W_HAP" "$W_NETD" <<'PY'
+python3 - "$T_DIRECT" "$T_HAP" "$T_NETD" "$R_DIRECT" "$R_HAP" "$R_NETD" "$M_HAP" "$M_NETD" "$SECS" "$CONNS" "$IDLE" "$ROUNDS" "$W_DIRECT" "$W_HAP" "$W_NETD" "$L_DIRECT" "$L_HAP" "$L_NETD" <<'PY'
 import json, sys
 td, th, tn = map(float, sys.argv[1:4])
 rd, rh, rn = (json.loads(x) for x in sys.argv[4:7])
 mh, mn = int(sys.argv[7]), int(sys.argv[8])
 secs, conns, idle, rounds = sys.argv[9:13]
 wd, wh, wn = (json.loads(x) for x in sys.argv[13:16])
+ld, lh, ln = (json.loads(x) for x in sys.argv[16:19])
 def ratio(a, b): return f"{a / b:.2f}" if b else "-"
 print(f"TCP proxy: netd vs HAProxy, same upstream and clients, loopback ({secs}s runs)")
-print("  bulk:   iperf3 -c 127.0.0.1 -p PROXY -t SECS -J   (iperf3 -s behind each proxy)")
+print(f"  bulk:   iperf3 -c 127.0.0.1 -p PROXY -t SECS -J   (iperf3 -s behind each proxy; median of {rounds} rounds)")
 print(f"  rate:   conn_load rate 127.0.0.1:PROXY --conns {conns} --secs {secs}   (netd tcp-echo behind each proxy;")
 print(f"          median of {rounds} rounds, the proxies' order alternating; errors summed)")
 print(f"  http:   wrk -t2 -c{conns} -d{secs}s -H 'Connection: close' http://127.0.0.1:PROXY/x   (nginx, 64 B file,")
@@ -227,6 +259,7 @@ print("  (p99 added = proxied p99 - direct p99; negative when the direct run had
 print("| metric | direct | HAProxy | netd | netd/HAProxy |")
 print("| --- | --- | --- | --- | --- |")
 print(f"| bulk stream, Gbit/s (iperf3) | {td:.2f} | {th:.2f} | {tn:.2f} | {ratio(tn, th)} |")
+print(f"| bulk through the proxy / direct | - | {ratio(th, td)} | {ratio(tn, td)} | |")
 print(f"| new connections/s ({conns} clients, 64 B each way) | {rd['rate']:.0f} | {rh['rate']:.0f} | {rn['rate']:.0f} | {ratio(rn['rate'], rh['rate'])} |")
 print(f"| proxy CPU per connection (user + system), µs | - | {rh['cpu_us']:.1f} | {rn['cpu_us']:.1f} | {ratio(rn['cpu_us'], rh['cpu_us'])} |")
 print(f"| of which user, µs | - | {rh['user_us']:.1f} | {rn['user_us']:.1f} | {ratio(rn['user_us'], rh['user_us'])} |")
@@ -242,6 +275,11 @@ print(f"| exchange latency p50, µs | {rd['p50_us']:.0f} | {rh['p50_us']:.0f} | 
 print(f"| exchange latency p99, µs | {rd['p99_us']:.0f} | {rh['p99_us']:.0f} | {rn['p99_us']:.0f} | {ratio(rn['p99_us'], rh['p99_us'])} |")
 ah, an = rh['p99_us'] - rd['p99_us'], rn['p99_us'] - rd['p99_us']
 print(f"| p99 latency added by the proxy, µs | - | {ah:.0f} | {an:.0f} | {ratio(an, ah)} |")
+print(f"| light load (1 client): exchanges/s | {ld['rate']:.0f} | {lh['rate']:.0f} | {ln['rate']:.0f} | {ratio(ln['rate'], lh['rate'])} |")
+print(f"| light load: exchange latency p50, µs | {ld['p50_us']:.0f} | {lh['p50_us']:.0f} | {ln['p50_us']:.0f} | {ratio(ln['p50_us'], lh['p50_us'])} |")
+print(f"| light load: exchange latency p99, µs | {ld['p99_us']:.0f} | {lh['p99_us']:.0f} | {ln['p99_us']:.0f} | {ratio(ln['p99_us'], lh['p99_us'])} |")
+lah, lan = lh['p99_us'] - ld['p99_us'], ln['p99_us'] - ld['p99_us']
+print(f"| light load: p99 latency added by the proxy, µs | - | {lah:.0f} | {lan:.0f} | {ratio(lan, lah)} |")
 print(f"| HTTP requests/s, new connection each (wrk, nginx behind) | {wd['rate']:.0f} | {wh['rate']:.0f} | {wn['rate']:.0f} | {ratio(wn['rate'], wh['rate'])} |")
 print(f"| proxy CPU per HTTP request (user + system), µs | - | {wh['cpu_us']:.1f} | {wn['cpu_us']:.1f} | {ratio(wn['cpu_us'], wh['cpu_us'])} |")
 print(f"| RSS per idle proxied connection, bytes ({idle} open) | - | {mh} | {mn} | {ratio(mn, mh)} |")

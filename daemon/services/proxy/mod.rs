@@ -341,11 +341,12 @@ impl Proxy {
     /// in-place updates and hand-over pass on, at the cost of both workers
     /// waking for some connections (an accept4 returning EAGAIN for ~9% of
     /// them, strace -c -f). The listening socket handed to `run` is taken
-    /// out of the main runtime's reactor (below): that one registration
-    /// cost more than the rest of this design saved. With it gone, `SECS=4
-    /// ROUNDS=3 bench/proxy_bench.sh` on an idle machine went from 0.86× to
-    /// 1.07× HAProxy's connections/s, 1.21× to 0.94× its CPU per
-    /// connection, and 0.77× to 1.01× its HTTP requests/s.
+    /// out of the main runtime's reactor (below): registered there too, it
+    /// woke the main runtime's thread for nearly every client (`perf stat
+    /// --per-thread`: 19,618 context switches of that thread for 32,348
+    /// connections; 3 without), which had cost more than the workers
+    /// saved. `bench/proxy_bench.sh` on an idle machine, before and after:
+    /// CPU per connection 1.21× HAProxy's, then 0.94–1.14× over four runs.
     async fn accept(
         self: &Arc<Self>,
         listener: TcpListener,
@@ -364,11 +365,10 @@ impl Proxy {
             return accept_loop(&listener, ctx.accepting(), &self.limit, serve(self, ctx)).await;
         }
         // Out of the main runtime's reactor: registered there as well, the
-        // socket would wake that runtime's thread for every new client
-        // (each epoll instance watching a socket is woken by its
-        // connections) only to find nothing to do: `perf stat
-        // --per-thread` counted 0.58 wake-ups of the main runtime per
-        // proxied connection under conn_load before this.
+        // socket would wake that runtime's thread for new clients (each
+        // epoll instance watching a socket is woken by its connections)
+        // only to find nothing to do: 0.6 wake-ups per proxied connection
+        // under conn_load before this.
         let listener = listener.into_std()?;
         // The workers' loops end with this future however it ends (stop,
         // an error, or dropped), so no dup of the socket outlives `run`.
