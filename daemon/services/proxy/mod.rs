@@ -346,7 +346,7 @@ impl Proxy {
     /// --per-thread`: 19,618 context switches of that thread for 32,348
     /// connections; 3 without), which had cost more than the workers
     /// saved. `bench/proxy_bench.sh` on an idle machine, before and after:
-    /// CPU per connection 1.21× HAProxy's, then 0.94–1.14× over four runs.
+    /// CPU per connection 1.21× HAProxy's, then 0.94–1.14× over six runs.
     async fn accept(
         self: &Arc<Self>,
         listener: TcpListener,
