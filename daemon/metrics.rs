@@ -834,12 +834,39 @@ async fn serve_connection(
     // No hyper timer: `Timing` covers the header read, and hyper's own
     // header timeout would also cut idle keep-alive connections short.
     builder.header_read_timeout(None).keep_alive(true);
-    let conn = builder.serve_connection(io, service);
+    let ended = drive(builder.serve_connection(io, service), &timing, &stop).await;
+    match ended {
+        Ok(()) => {}
+        Err(None) => {
+            let (phase, _) = timing.get();
+            tracing::debug!(?peer, ?phase, "metrics connection timed out; closing");
+        }
+        Err(Some(e)) => tracing::debug!(?peer, error = %e, "metrics connection error"),
+    }
+}
+
+/// Drive one HTTP/1 connection of netd's own endpoints (/metrics, the
+/// Toxiproxy API) until it ends (`Ok`), fails (`Err(Some)`), or a phase of
+/// `timing` runs past its deadline (`Err(None)`). From `stop` on, the
+/// connection shuts down gracefully: the response in flight finishes.
+pub(crate) async fn drive<I, S, B>(
+    conn: hyper::server::conn::http1::Connection<I, S>,
+    timing: &Timing,
+    stop: &CancellationToken,
+) -> Result<(), Option<hyper::Error>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use std::future::Future as _;
     let mut conn = std::pin::pin!(conn);
     let mut deadline = std::pin::pin!(tokio::time::sleep_until(timing.get().1));
     let mut stopped = std::pin::pin!(stop.cancelled());
     let mut draining = false;
-    let ended = std::future::poll_fn(|cx| {
+    std::future::poll_fn(|cx| {
         if !draining && stopped.as_mut().poll(cx).is_ready() {
             conn.as_mut().graceful_shutdown();
             draining = true;
@@ -857,15 +884,7 @@ async fn serve_connection(
         }
         Poll::Pending
     })
-    .await;
-    match ended {
-        Ok(()) => {}
-        Err(None) => {
-            let (phase, _) = timing.get();
-            tracing::debug!(?peer, ?phase, "metrics connection timed out; closing");
-        }
-        Err(Some(e)) => tracing::debug!(?peer, error = %e, "metrics connection error"),
-    }
+    .await
 }
 
 /// The one resource: `GET /metrics` (HEAD too).

@@ -31,7 +31,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -45,7 +44,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Limits, Phase, TimedBody, TimedStream, Timing};
+use crate::metrics::{self, Limits, Phase, TimedBody, TimedStream, Timing};
 use crate::proto::{self, fault::Kind};
 use crate::supervisor::{Supervisor, SupervisorError};
 
@@ -128,29 +127,7 @@ async fn serve_connection(
         .header_read_timeout(None)
         .keep_alive(true)
         .max_buf_size(MAX_HEADER_BYTES);
-    let conn = builder.serve_connection(io, service);
-    let mut conn = std::pin::pin!(conn);
-    let mut deadline = std::pin::pin!(tokio::time::sleep_until(timing.get().1));
-    let mut stopped = std::pin::pin!(stop.cancelled());
-    let mut draining = false;
-    let ended = std::future::poll_fn(|cx| {
-        if !draining && stopped.as_mut().poll(cx).is_ready() {
-            conn.as_mut().graceful_shutdown();
-            draining = true;
-        }
-        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
-            return Poll::Ready(r.map_err(Some));
-        }
-        let (_, due) = timing.get();
-        if deadline.deadline() != due {
-            deadline.as_mut().reset(due);
-        }
-        if deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(None));
-        }
-        Poll::Pending
-    })
-    .await;
+    let ended = metrics::drive(builder.serve_connection(io, service), &timing, &stop).await;
     match ended {
         Ok(()) => {}
         Err(None) => {

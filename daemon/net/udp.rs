@@ -101,3 +101,52 @@ fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
         _ => None,
     }
 }
+
+/// Consecutive receive errors on a listening socket after which its
+/// service counts as failed (the supervisor rebinds it).
+pub const MAX_CONSECUTIVE_ERRORS: u32 = 100;
+
+/// What a UDP listener's receive loop keeps between datagrams: its run of
+/// failed receives, and the socket's drop count as last reported (it starts
+/// at 0 on each new socket, and wraps at 2^32).
+#[derive(Debug, Default)]
+pub struct RecvHealth {
+    consecutive_errors: u32,
+    drops_seen: u32,
+}
+
+impl RecvHealth {
+    /// A receive failed: counted in `errors`; after
+    /// [`MAX_CONSECUTIVE_ERRORS`] in a row an error for the supervisor, else
+    /// a millisecond's pause before the next try (a socket error does not
+    /// become a busy loop).
+    pub async fn failed(
+        &mut self,
+        e: io::Error,
+        errors: &std::sync::atomic::AtomicU64,
+        listener: &str,
+    ) -> anyhow::Result<()> {
+        crate::stats::Stats::add(errors, 1);
+        self.consecutive_errors += 1;
+        if self.consecutive_errors >= MAX_CONSECUTIVE_ERRORS {
+            anyhow::bail!(
+                "{} consecutive receive errors, last: {e}",
+                self.consecutive_errors
+            );
+        }
+        tracing::debug!(listener, error = %e, "receive failed");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        Ok(())
+    }
+
+    /// A datagram arrived with the socket's drop count `drops` (if the
+    /// kernel sent one): the run of errors ends, and the drops since the
+    /// last report are added to `kernel_drops`.
+    pub fn received(&mut self, drops: Option<u32>, kernel_drops: &std::sync::atomic::AtomicU64) {
+        self.consecutive_errors = 0;
+        if let Some(d) = drops {
+            crate::stats::Stats::add(kernel_drops, u64::from(d.wrapping_sub(self.drops_seen)));
+            self.drops_seen = d;
+        }
+    }
+}

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use super::client_key::{DEFAULT_IPV6_PREFIX, rate_key};
 use super::{ListenerKind, ServiceCtx, Settings, SpecError, Transport, listen_field};
 use crate::net::cancel::CancelWatch;
-use crate::net::udp::{enable_rxq_ovfl, recv_msg};
+use crate::net::udp::{RecvHealth, enable_rxq_ovfl, recv_msg};
 use crate::own_addrs::OwnAddrs;
 use crate::proto;
 use crate::stats::Stats;
@@ -49,9 +49,6 @@ const RECV_BUF: usize = 64 * 1024;
 pub const MAX_REPLY: usize = 65_507;
 /// Longest prefix accepted.
 pub const MAX_PREFIX: usize = 1024;
-/// Consecutive socket errors after which the service counts as failed and
-/// the supervisor rebinds it.
-const MAX_CONSECUTIVE_ERRORS: u32 = 100;
 /// Rate limit per source unless configured.
 pub const DEFAULT_RATE_LIMIT: &str = "100/s";
 /// Sources the rate limit tracks unless configured.
@@ -170,13 +167,10 @@ impl UdpEcho {
         let p = self.prefix.len();
         let mut buf = vec![0u8; p + RECV_BUF];
         buf[..p].copy_from_slice(&self.prefix);
-        let mut consecutive_errors = 0u32;
+        let mut health = RecvHealth::default();
         let mut stop = CancelWatch::new(&ctx.stop_accepting);
         let mut own = self.own.view();
         let mut limiter = self.rate.map(|r| Limiter::new(r, self.max_sources));
-        // The socket's drop count as last reported (it starts at 0 on each
-        // new socket, and wraps at 2^32).
-        let mut drops_seen = 0u32;
         let c = &self.counters;
         loop {
             let received = tokio::select! {
@@ -187,21 +181,11 @@ impl UdpEcho {
             let (n, peer, drops) = match received {
                 Ok(r) => r,
                 Err(e) => {
-                    Stats::add(&ctx.stats.errors, 1);
-                    consecutive_errors += 1;
-                    if consecutive_errors >= MAX_CONSECUTIVE_ERRORS {
-                        anyhow::bail!("{consecutive_errors} consecutive receive errors, last: {e}");
-                    }
-                    tracing::debug!(listener = %ctx.name, error = %e, "receive failed");
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    health.failed(e, &ctx.stats.errors, &ctx.name).await?;
                     continue;
                 }
             };
-            consecutive_errors = 0;
-            if let Some(d) = drops {
-                Stats::add(&c.kernel_drops, u64::from(d.wrapping_sub(drops_seen)));
-                drops_seen = d;
-            }
+            health.received(drops, &c.kernel_drops);
             Stats::add(&ctx.stats.datagrams_in, 1);
             Stats::add(&ctx.stats.bytes_in, n as u64);
             if self.reflector_source(peer) {

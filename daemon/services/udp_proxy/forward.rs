@@ -28,10 +28,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::UdpProxy;
-use super::impair::{Budget, Decisions, Lane, Out, Timed};
+use super::impair::{Budget, Decisions, Lane, Out, Timed, TimedWake};
 use crate::fault::{Dir, FaultTable, Rng, Watch};
 use crate::net::cancel::CancelWatch;
-use crate::net::udp::recv_msg;
+use crate::net::udp::{RecvHealth, recv_msg};
 use crate::services::ServiceCtx;
 use crate::stats::Stats;
 
@@ -41,9 +41,6 @@ const RECV_BUF: usize = 64 * 1024;
 pub const EVICT_IDLE: Duration = Duration::from_secs(1);
 /// With the table full, idle clients are looked for at most this often.
 const FULL_SWEEP_EVERY: Duration = Duration::from_millis(100);
-/// Consecutive receive errors on the listening socket after which the
-/// service counts as failed (the supervisor rebinds it).
-const MAX_CONSECUTIVE_ERRORS: u32 = 100;
 
 /// What both directions of a client share.
 #[derive(Debug)]
@@ -236,29 +233,21 @@ pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> a
     let mut out = Out::default();
     let mut stop = CancelWatch::new(&ctx.stop_accepting);
     let mut buf = vec![0u8; RECV_BUF];
-    let mut drops_seen = 0u32;
-    let mut consecutive_errors = 0u32;
+    let mut health = RecvHealth::default();
     let mut own = svc.own.view();
 
     let sweep_every =
         (svc.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
     let sweep = tokio::time::sleep(sweep_every);
     tokio::pin!(sweep);
-    let far = || Instant::now() + Duration::from_secs(86_400);
-    let timer = tokio::time::sleep_until(far());
-    tokio::pin!(timer);
-    let mut timer_at: Option<Instant> = None;
+    let mut wake = TimedWake::default();
 
     loop {
-        let next = timed.next_at();
-        if next != timer_at {
-            timer_at = next;
-            timer.as_mut().reset(next.unwrap_or_else(far));
-        }
+        wake.follow(&timed);
         tokio::select! {
             biased;
             _ = stop.cancelled() => return Ok(()),
-            _ = &mut timer, if timer_at.is_some() => {
+            () = wake.due() => {
                 let now = Instant::now();
                 let current = watch.get().cloned();
                 while let Some((peer, wake)) = timed.pop_due(now) {
@@ -267,7 +256,6 @@ pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> a
                     queue_later(&mut timed, peer, &mut c.lane, &mut out, now, &mut rng);
                     p.send_up(peer, &mut out.now).await;
                 }
-                timer_at = None;
             }
             _ = &mut sweep => {
                 p.expire(Instant::now(), svc.idle_timeout);
@@ -277,21 +265,11 @@ pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> a
                 let (n, peer, drops) = match r {
                     Ok(r) => r,
                     Err(e) => {
-                        Stats::add(&ctx.stats.errors, 1);
-                        consecutive_errors += 1;
-                        if consecutive_errors >= MAX_CONSECUTIVE_ERRORS {
-                            anyhow::bail!("{consecutive_errors} consecutive receive errors, last: {e}");
-                        }
-                        tracing::debug!(listener = %ctx.name, error = %e, "receive failed");
-                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        health.failed(e, &ctx.stats.errors, &ctx.name).await?;
                         continue;
                     }
                 };
-                consecutive_errors = 0;
-                if let Some(d) = drops {
-                    Stats::add(&svc.counters.kernel_drops, u64::from(d.wrapping_sub(drops_seen)));
-                    drops_seen = d;
-                }
+                health.received(drops, &svc.counters.kernel_drops);
                 Stats::add(&ctx.stats.datagrams_in, 1);
                 Stats::add(&ctx.stats.bytes_in, n as u64);
                 if own.contains(peer) {
@@ -356,20 +334,13 @@ impl Downstream {
         let mut out = Out::default();
         let mut stop = CancelWatch::new(&self.cancel);
         let mut buf = vec![0u8; RECV_BUF];
-        let far = || Instant::now() + Duration::from_secs(86_400);
-        let timer = tokio::time::sleep_until(far());
-        tokio::pin!(timer);
-        let mut timer_at: Option<Instant> = None;
+        let mut wake = TimedWake::default();
         loop {
-            let next = timed.next_at();
-            if next != timer_at {
-                timer_at = next;
-                timer.as_mut().reset(next.unwrap_or_else(far));
-            }
+            wake.follow(&timed);
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
-                _ = &mut timer, if timer_at.is_some() => {
+                () = wake.due() => {
                     let now = Instant::now();
                     let current = watch.get().cloned();
                     while let Some(((), wake)) = timed.pop_due(now) {
@@ -379,7 +350,6 @@ impl Downstream {
                             self.send(&d).await;
                         }
                     }
-                    timer_at = None;
                 }
                 r = self.socket.recv(&mut buf) => {
                     let n = match r {

@@ -440,6 +440,50 @@ fn later(set: &Arc<FaultSet>, i: usize, data: Vec<u8>, at: Instant, out: &mut Ou
     ));
 }
 
+/// A sleep until the earliest entry of a [`Timed`] queue, for a receive
+/// loop's `select!`: re-armed only when that entry changes.
+pub struct TimedWake {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// What the sleep is armed for; None while the queue is empty (or
+    /// since the sleep last completed).
+    at: Option<Instant>,
+}
+
+impl Default for TimedWake {
+    /// Needs a tokio runtime with time enabled.
+    fn default() -> Self {
+        TimedWake {
+            sleep: Box::pin(tokio::time::sleep_until(Self::far())),
+            at: None,
+        }
+    }
+}
+
+impl TimedWake {
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(86_400)
+    }
+
+    /// Arm for the queue's earliest entry, if that changed.
+    pub fn follow<K>(&mut self, timed: &Timed<K>) {
+        let next = timed.next_at();
+        if next != self.at {
+            self.at = next;
+            self.sleep.as_mut().reset(next.unwrap_or_else(Self::far));
+        }
+    }
+
+    /// Completes when the followed entry is due; never while the queue was
+    /// empty at the last [`follow`](Self::follow).
+    pub async fn due(&mut self) {
+        if self.at.is_none() {
+            return std::future::pending().await;
+        }
+        self.sleep.as_mut().await;
+        self.at = None;
+    }
+}
+
 /// Datagrams waiting for their time, earliest first; `K` says whose.
 #[derive(Debug)]
 pub struct Timed<K> {
