@@ -15,10 +15,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
-
-use tonic::transport::server::TlsConnectInfo;
 
 use crate::control_conn::ConnInfo;
 
@@ -303,35 +300,22 @@ pub fn netd_system_uid() -> Option<u32> {
     crate::sys::user_id("netd")
 }
 
-/// Tower layer enforcing [`required_role`] on every call.
-#[derive(Debug, Clone)]
-pub struct AuthLayer {
-    policy: Arc<Policy>,
-}
-
-impl AuthLayer {
-    pub fn new(policy: Policy) -> AuthLayer {
-        AuthLayer {
-            policy: Arc::new(policy),
-        }
-    }
-}
+/// Tower layer enforcing [`required_role`] on every call, with the caller
+/// each connection was admitted as ([`ConnInfo::caller`]).
+#[derive(Debug, Clone, Default)]
+pub struct AuthLayer;
 
 impl<S> tower::Layer<S> for AuthLayer {
     type Service = Auth<S>;
 
     fn layer(&self, inner: S) -> Auth<S> {
-        Auth {
-            inner,
-            policy: self.policy.clone(),
-        }
+        Auth { inner }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Auth<S> {
     inner: S,
-    policy: Arc<Policy>,
 }
 
 type Resp = http::Response<tonic::body::Body>;
@@ -352,19 +336,11 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let ext = req.extensions();
-        let (info, tls, certs) = if let Some(t) = ext.get::<TlsConnectInfo<ConnInfo>>() {
-            let certs: Option<Vec<Vec<u8>>> = t
-                .peer_certs()
-                .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect());
-            (Some(t.get_ref().clone()), true, certs)
-        } else {
-            (ext.get::<ConnInfo>().cloned(), false, None)
-        };
+        let info = req.extensions().get::<ConnInfo>().cloned();
         let path = req.uri().path().to_string();
         let need = required_role(&path);
         let caller = match &info {
-            Some(i) => self.policy.caller(&i.peer, tls, certs.as_deref()),
+            Some(i) => i.caller.clone(),
             None => Caller {
                 identity: "unknown".into(),
                 role: Role::None,

@@ -2,12 +2,13 @@
 //! is, and closed when idle.
 //!
 //! [`incoming_unix`] and [`incoming_tcp`] turn a listening socket into the
-//! stream of connections tonic serves. Each connection holds a permit of a
-//! semaphore sized `[control] max_connections`; when none is left the new
-//! connection is closed at once, so a flood of idle clients cannot take the
-//! daemon's file descriptors. Each carries a [`ConnInfo`] (tonic's
-//! `Connected::ConnectInfo`), with the peer's credentials learned at accept
-//! and a count of the calls open on it. A connection with no call open for
+//! stream of connections tonic serves. Who gets in is decided by the
+//! endpoint's [`Gate`] (see [`crate::admission`]): the caller is identified
+//! first (peer credentials at accept on the Unix socket, the client
+//! certificate after a TLS handshake run apart under its own cap and
+//! deadline), and only then takes a slot. Each connection carries a
+//! [`ConnInfo`] (tonic's `Connected::ConnectInfo`) with the caller and its
+//! role and a count of the calls open on it. A connection with no call open for
 //! `idle_timeout` is closed: that bounds what a client that connects and
 //! then says nothing can hold.
 
@@ -20,10 +21,11 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-use crate::auth::Peer;
+use crate::admission::{Gate, Slot, Source};
+use crate::auth::{Caller, Peer, Policy, Role};
+use crate::warn_every::WarnEvery;
 
 /// Per-connection state shared between the connection and its calls.
 #[derive(Debug)]
@@ -82,6 +84,8 @@ impl Drop for StreamGuard {
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: Arc<Peer>,
+    /// Who the peer is and its role, decided at admission.
+    pub caller: Caller,
     pub state: Arc<ConnState>,
 }
 
@@ -126,20 +130,21 @@ pub struct ControlConn<IO> {
     info: ConnInfo,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
-    _permit: OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 impl<IO> ControlConn<IO> {
-    fn new(io: IO, peer: Peer, permit: OwnedSemaphorePermit, idle_timeout: Duration) -> Self {
+    fn new(io: IO, peer: Peer, caller: Caller, slot: Slot, idle_timeout: Duration) -> Self {
         ControlConn {
             io,
             info: ConnInfo {
                 peer: Arc::new(peer),
+                caller,
                 state: Arc::new(ConnState::new()),
             },
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
-            _permit: permit,
+            _slot: slot,
         }
     }
 
@@ -213,60 +218,58 @@ impl<IO> tonic::transport::server::Connected for ControlConn<IO> {
     }
 }
 
-/// Bounds applied to every control connection.
-#[derive(Debug, Clone)]
-pub struct ConnLimits {
-    slots: Arc<Semaphore>,
-    max: usize,
-    idle_timeout: Duration,
-}
-
-impl ConnLimits {
-    pub fn new(max_connections: usize, idle_timeout: Duration) -> ConnLimits {
-        ConnLimits {
-            slots: Arc::new(Semaphore::new(max_connections)),
-            max: max_connections,
-            idle_timeout,
-        }
-    }
-
-    fn admit<IO>(&self, io: IO, peer: Peer) -> Option<ControlConn<IO>> {
-        match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => Some(ControlConn::new(io, peer, permit, self.idle_timeout)),
-            Err(_) => {
-                tracing::warn!(limit = self.max, peer = ?peer, "control connection limit reached; closing a new connection");
-                None
-            }
-        }
-    }
+/// What every connection of one endpoint gets: the admission rules, how
+/// callers are given a role, TLS (on a TCP endpoint that has it) and the
+/// idle timeout.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub gate: Gate,
+    pub policy: Arc<Policy>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub idle_timeout: Duration,
 }
 
 /// Pause after an accept error (e.g. out of descriptors) so the loop does
 /// not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// One rate-limited warning for every accept loop's errors.
+static ACCEPT_ERRORS: WarnEvery = WarnEvery::new(crate::warn_every::DEFAULT_INTERVAL);
+
+fn accept_failed(endpoint: &str, e: &io::Error) {
+    ACCEPT_ERRORS.warn(|suppressed| {
+        tracing::warn!(endpoint, error = %e, suppressed, "accepting a connection failed");
+    });
+}
+
 /// Connections on the Unix control socket, with their peer credentials.
+/// The caller is known at accept, so the admission decision is too.
 pub fn incoming_unix(
     listener: tokio::net::UnixListener,
-    limits: ConnLimits,
+    ep: Endpoint,
 ) -> impl Stream<Item = io::Result<ControlConn<tokio::net::UnixStream>>> {
-    futures_util::stream::unfold((listener, limits), |(l, limits)| async move {
+    futures_util::stream::unfold((listener, ep), |(l, ep)| async move {
         loop {
             match l.accept().await {
                 Ok((s, _)) => {
                     let peer = match unix_peer(&s) {
                         Ok(p) => p,
                         Err(e) => {
-                            tracing::warn!(error = %e, "cannot read a control peer's credentials; closing");
+                            tracing::debug!(error = %e, "cannot read a control peer's credentials; closing");
                             continue;
                         }
                     };
-                    if let Some(c) = limits.admit(s, peer) {
-                        return Some((Ok(c), (l, limits)));
+                    let Peer::Unix { uid, .. } = peer else {
+                        continue;
+                    };
+                    let caller = ep.policy.caller(&peer, false, None);
+                    if let Some(slot) = ep.gate.admit(Source::Uid(uid), caller.role == Role::Admin) {
+                        let c = ControlConn::new(s, peer, caller, slot, ep.idle_timeout);
+                        return Some((Ok(c), (l, ep)));
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accepting a control connection failed");
+                    accept_failed(ep.gate.endpoint(), &e);
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 }
             }
@@ -274,27 +277,179 @@ pub fn incoming_unix(
     })
 }
 
-/// Connections on a TCP control address.
+/// Connections on a TCP endpoint (control, health), accepted by a task of
+/// their own. The source of each is a loopback peer's uid
+/// ([`crate::peer_uid`]), so that local users are capped apart though all
+/// come from 127.0.0.1, or else its address; on TLS, the handshake runs on
+/// a task of its own under the gate's handshake rules. Only connections
+/// whose caller is known are handed to the server.
 pub fn incoming_tcp(
     listener: tokio::net::TcpListener,
-    limits: ConnLimits,
-) -> impl Stream<Item = io::Result<ControlConn<tokio::net::TcpStream>>> {
-    futures_util::stream::unfold((listener, limits), |(l, limits)| async move {
+    ep: Endpoint,
+) -> impl Stream<Item = io::Result<ControlConn<TcpOrTls>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
         loop {
-            match l.accept().await {
-                Ok((s, addr)) => {
-                    let _ = s.set_nodelay(true);
-                    if let Some(c) = limits.admit(s, Peer::Tcp(addr)) {
-                        return Some((Ok(c), (l, limits)));
+            let accepted = tokio::select! {
+                _ = tx.closed() => break,
+                r = listener.accept() => r,
+            };
+            let (s, addr) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    accept_failed(ep.gate.endpoint(), &e);
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            };
+            let _ = s.set_nodelay(true);
+            let source = s
+                .local_addr()
+                .ok()
+                .and_then(|local| crate::peer_uid::loopback_peer_uid(local, addr))
+                .map_or(Source::ip(addr.ip()), Source::Uid);
+            let peer = Peer::Tcp(addr);
+            let Some(acceptor) = ep.tls.clone() else {
+                let caller = ep.policy.caller(&peer, false, None);
+                if let Some(slot) = ep.gate.admit(source, caller.role == Role::Admin) {
+                    let io = TcpOrTls::Tcp(s);
+                    let c = ControlConn::new(io, peer, caller, slot, ep.idle_timeout);
+                    if tx.send(Ok(c)).await.is_err() {
+                        break;
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a control connection failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            };
+            // Registered here, in accept order, so that the oldest
+            // handshakes are the ones that make way.
+            let handshake = ep.gate.handshake(source);
+            let (tx, ep) = (tx.clone(), ep.clone());
+            tokio::spawn(async move {
+                let Some(tls) = handshake.run(acceptor.accept(s)).await else {
+                    return;
+                };
+                let certs: Option<Vec<Vec<u8>>> = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect());
+                let caller = ep.policy.caller(&peer, true, certs.as_deref());
+                if let Some(slot) = ep.gate.admit(source, caller.role == Role::Admin) {
+                    let io = TcpOrTls::Tls(Box::new(tls));
+                    let c = ControlConn::new(io, peer, caller, slot, ep.idle_timeout);
+                    let _ = tx.send(Ok(c)).await;
                 }
-            }
+            });
         }
-    })
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// A TCP control connection, plain (loopback with `insecure`, health) or
+/// TLS.
+pub enum TcpOrTls {
+    Tcp(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl AsyncRead for TcpOrTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TcpOrTls::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            TcpOrTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for TcpOrTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TcpOrTls::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            TcpOrTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TcpOrTls::Tcp(s) => Pin::new(s).poll_flush(cx),
+            TcpOrTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            TcpOrTls::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            TcpOrTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            TcpOrTls::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            TcpOrTls::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            TcpOrTls::Tcp(s) => s.is_write_vectored(),
+            TcpOrTls::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// The server side of the control plane's TLS: the certificate chain and
+/// key, client certificates verified against `client_ca` when set (and
+/// then required), ALPN h2 (gRPC).
+pub fn tls_acceptor(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_ca_pem: Option<&[u8]>,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context as _;
+    use rustls::server::WebPkiClientVerifier;
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca) {
+                roots
+                    .add(c.context("client_ca: not a PEM certificate")?)
+                    .context("client_ca")?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .context("client_ca")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .context("cert: not a PEM certificate chain")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).context("key: not a PEM private key")?;
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .context("cert and key")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// uid, gid and pid from SO_PEERCRED; supplementary groups from

@@ -11,10 +11,16 @@
 //! `Role::None` on the control plane too). What it reveals is whether netd
 //! is serving.
 //!
-//! Bounded like the control plane: at most [`MAX_CONNECTIONS`] at once
-//! (more are closed at accept), an idle connection closed after
-//! [`IDLE_TIMEOUT`], [`MAX_STREAMS`] concurrent calls per connection, and
-//! each call answered within [`CALL_TIMEOUT`].
+//! Admitted like every endpoint of netd's ([`crate::admission`]): at most
+//! [`MAX_CONNECTIONS`] at once and [`PER_SOURCE`] from one address (more
+//! are closed at accept), so one client cannot take every slot from the
+//! prober; an idle connection closed after [`IDLE_TIMEOUT`],
+//! [`MAX_STREAMS`] concurrent calls per connection, each call answered
+//! within [`CALL_TIMEOUT`]. Only `Check` is served here: a `Watch` stream
+//! holds its connection for as long as the client likes, which is what a
+//! probe never needs and what starved the probes (a client holding 16
+//! Watch streams made every kubelet `Check` fail). `Watch` is served on
+//! the control plane, to authenticated callers.
 
 use std::time::Duration;
 
@@ -22,10 +28,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::pb::health_server::{Health, HealthServer};
 
-use crate::control_conn::{ConnLimits, incoming_tcp};
+use std::sync::Arc;
+
+use crate::admission::{Gate, Limits};
+use crate::auth::{Policy, RoleConfig};
+use crate::control_conn::{Endpoint, incoming_tcp};
 
 /// Probes at once: kubelet keeps one or two; room for a few humans.
 pub const MAX_CONNECTIONS: usize = 16;
+/// Connections at once from one address.
+pub const PER_SOURCE: usize = 4;
 /// A probe connection that sends nothing for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Concurrent calls per connection (a Watch holds one).
@@ -33,22 +45,71 @@ pub const MAX_STREAMS: u32 = 4;
 /// A Check is answered from memory; this only bounds a stuck peer.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serve `health` on `listener` until `stop` is cancelled.
+/// Serve `health` (Check only) on `listener` until `stop` is cancelled.
 pub async fn serve<H: Health>(
     listener: tokio::net::TcpListener,
     health: HealthServer<H>,
     stop: CancellationToken,
 ) {
-    let incoming = incoming_tcp(listener, ConnLimits::new(MAX_CONNECTIONS, IDLE_TIMEOUT));
+    let limits = Limits {
+        per_source: PER_SOURCE,
+        ..Limits::for_max(MAX_CONNECTIONS, false)
+    };
+    let endpoint = Endpoint {
+        gate: Gate::new("health", limits),
+        // Plain TCP, not `insecure`: every caller has no role, which is
+        // all a Check needs.
+        policy: Arc::new(Policy::new(RoleConfig::default(), None, false)),
+        tls: None,
+        idle_timeout: IDLE_TIMEOUT,
+    };
     let result = Server::builder()
         .max_concurrent_streams(MAX_STREAMS)
         .http2_max_header_list_size(16 * 1024)
         .timeout(CALL_TIMEOUT)
+        .layer(tower::layer::layer_fn(CheckOnly))
         .add_service(health)
-        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming_tcp(listener, endpoint), stop.cancelled_owned())
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "health endpoint failed; no longer serving grpc.health.v1");
+    }
+}
+
+const WATCH: &str = "/grpc.health.v1.Health/Watch";
+
+/// Answers `Health/Watch` with UNIMPLEMENTED and passes every other call.
+#[derive(Debug, Clone)]
+struct CheckOnly<S>(S);
+
+type Resp = http::Response<tonic::body::Body>;
+
+impl<S, B> tower::Service<http::Request<B>> for CheckOnly<S>
+where
+    S: tower::Service<http::Request<B>, Response = Resp>,
+{
+    type Response = Resp;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<
+        std::future::Ready<Result<Resp, S::Error>>,
+        S::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() == WATCH {
+            let status = tonic::Status::unimplemented(
+                "Health/Watch is not served on the plaintext health endpoint; use Check, or Watch on the control plane",
+            );
+            return futures_util::future::Either::Left(std::future::ready(Ok(status.into_http())));
+        }
+        futures_util::future::Either::Right(self.0.call(req))
     }
 }
 

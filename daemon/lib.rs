@@ -31,6 +31,7 @@
 
 pub mod access_log;
 pub mod addr;
+pub mod admission;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -51,6 +52,7 @@ pub mod net;
 pub mod notify;
 pub mod own_addrs;
 pub mod page;
+pub mod peer_uid;
 pub mod safe_file;
 pub mod server;
 pub mod services;
@@ -61,6 +63,7 @@ pub mod supervisor;
 pub mod sys;
 pub mod toxiproxy_api;
 pub mod trim;
+pub mod warn_every;
 pub mod watch;
 
 /// Code generated from `proto/netd/v1/*.proto`.

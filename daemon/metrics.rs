@@ -35,11 +35,11 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Gate, Slot, Source};
 use crate::proto::{self, ListenerStats};
 use crate::supervisor::Supervisor;
 
@@ -172,6 +172,32 @@ impl Collector for ListenerCollector {
             None,
             MetricType::Counter,
         )?)?;
+        let endpoints = crate::admission::snapshot();
+        let mut family = encoder.encode_descriptor(
+            "netd_endpoint_connections",
+            "Connections admitted and open on one of netd's own endpoints (control, health, metrics, toxiproxy_api).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for e in &endpoints {
+            let labels: Labels = vec![("endpoint", e.endpoint.to_string())];
+            ConstGauge::new(e.open as i64).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "netd_endpoint_connections_refused",
+            "Connections to one of netd's own endpoints closed by its admission rules, by reason: full, per_source, handshake_evicted, handshake_timeout, handshake_failed.",
+            None,
+            MetricType::Counter,
+        )?;
+        for e in &endpoints {
+            for (reason, n) in &e.refused {
+                let labels: Labels = vec![
+                    ("endpoint", e.endpoint.to_string()),
+                    ("reason", reason.as_str().to_string()),
+                ];
+                ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+            }
+        }
         ConstCounter::new(crate::access_log::dropped()).encode(encoder.encode_descriptor(
             "netd_access_log_dropped",
             "Access-log lines dropped: the buffer was full (the output did not keep up) or the write failed.",
@@ -585,7 +611,10 @@ pub async fn serve(
     let registry = Arc::new(registry);
     serve_endpoint(
         listener,
-        limits,
+        Gate::new(
+            "metrics",
+            crate::admission::Limits::for_max(limits.max_connections, false),
+        ),
         &stop,
         &refused,
         "metrics endpoint",
@@ -597,25 +626,23 @@ pub async fn serve(
 }
 
 /// The accept loop of an HTTP endpoint netd serves itself (`/metrics`, the
-/// Toxiproxy API): at most `limits.max_connections` at once (more are
-/// closed at once and counted in `refused`), transient accept errors
+/// Toxiproxy API): connections admitted by `gate` (a cap in all and per
+/// source address; the others closed at once and counted in `refused`),
+/// transient accept errors
 /// backed off, each connection served by `conn` on a tracked task, until
 /// `stop`; then new connections are refused while the open ones finish.
 /// `what` names the endpoint in log lines.
 pub(crate) async fn serve_endpoint<F, Fut>(
     listener: tokio::net::TcpListener,
-    limits: Limits,
+    gate: Gate,
     stop: &CancellationToken,
     refused: &AtomicU64,
     what: &str,
     mut conn: F,
 ) where
-    F: FnMut(tokio::net::TcpStream, std::net::SocketAddr, tokio::sync::OwnedSemaphorePermit) -> Fut,
+    F: FnMut(tokio::net::TcpStream, std::net::SocketAddr, Slot) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(
-        limits.max_connections.min(Semaphore::MAX_PERMITS),
-    ));
     let tracker = TaskTracker::new();
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -643,11 +670,17 @@ pub(crate) async fn serve_endpoint<F, Fut>(
                 break;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        // The callers of these endpoints are not told apart by role here
+        // (the Toxiproxy API checks each request's caller itself).
+        let source = stream
+            .local_addr()
+            .ok()
+            .and_then(|local| crate::peer_uid::loopback_peer_uid(local, peer))
+            .map_or(Source::ip(peer.ip()), Source::Uid);
+        let Some(slot) = gate.admit(source, false) else {
             // Closed at once: a flood of these must not cost a descriptor
-            // for long, nor a log line above debug.
-            let n = refused.fetch_add(1, Relaxed) + 1;
-            tracing::debug!(%peer, refused = n, limit = limits.max_connections, "{what}: connection limit reached; closing");
+            // for long; the gate logs them sparingly.
+            refused.fetch_add(1, Relaxed);
             drop(stream);
             continue;
         };
@@ -808,7 +841,7 @@ impl Drop for TimedBody {
 /// deadline, or shutdown (which lets the response in flight finish).
 async fn serve_connection(
     stream: TcpStream,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
     registry: Arc<Registry>,
     limits: Limits,
     stop: CancellationToken,

@@ -10,18 +10,20 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt as _, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::addr::ControlAddr;
 use crate::auth::{AuthLayer, Policy};
 use crate::config::Config;
 use crate::control::ControlService;
-use crate::control_conn::{ConnLimits, incoming_tcp, incoming_unix};
+use crate::admission::{Gate, Limits};
+use crate::control_conn::{Endpoint, incoming_tcp, incoming_unix};
 use crate::proto::{self, control_server::ControlServer};
 use crate::supervisor::Supervisor;
 
@@ -30,8 +32,6 @@ const CONTROL_DRAIN: Duration = Duration::from_secs(2);
 /// HTTP/2 pings find control clients that vanished without a FIN.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A TLS client must finish its handshake within this.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum ControlSocket {
     Unix(tokio::net::UnixListener, PathBuf),
@@ -231,30 +231,32 @@ pub async fn run(
         .context("building the reflection service")?;
     let stop_control = CancellationToken::new();
     let cc = &config.control;
-    let mut builder = Server::builder()
+    let builder = Server::builder()
         .max_concurrent_streams(cc.max_streams)
         .http2_max_header_list_size(16 * 1024)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     let tcp = matches!(socket, ControlSocket::Tcp(_));
-    if let (true, Some(tls)) = (tcp, &cc.tls) {
-        let mut t = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-            .timeout(TLS_HANDSHAKE_TIMEOUT);
-        if let Some(ca) = &tls.client_ca_pem {
-            t = t.client_ca_root(Certificate::from_pem(ca));
+    let tls = match (tcp, &cc.tls) {
+        (true, Some(tls)) => Some(
+            crate::control_conn::tls_acceptor(
+                &tls.cert_pem,
+                &tls.key_pem,
+                tls.client_ca_pem.as_deref(),
+            )
+            .with_context(|| format!("control TLS ({})", tls.cert_path))?,
+        ),
+        (false, Some(_)) => {
+            tracing::warn!(
+                "[control.tls] applies to a TCP control address; the Unix socket is served without it"
+            );
+            None
         }
-        builder = builder
-            .tls_config(t)
-            .map_err(|e| anyhow::anyhow!("control TLS ({}): {e}", tls.cert_path))?;
-    } else if !tcp && cc.tls.is_some() {
-        tracing::warn!(
-            "[control.tls] applies to a TCP control address; the Unix socket is served without it"
-        );
-    }
+        _ => None,
+    };
     let policy = Policy::new(cc.roles.clone(), socket_gid, tcp && cc.tls.is_none());
     let router = builder
-        .layer(AuthLayer::new(policy))
+        .layer(AuthLayer)
         .add_service(health_service.clone())
         .add_service(reflection)
         .add_service(
@@ -265,14 +267,19 @@ pub async fn run(
             .max_decoding_message_size(cc.max_request_bytes),
         );
 
-    let limits = ConnLimits::new(cc.max_connections, cc.idle_timeout);
+    let endpoint = Endpoint {
+        gate: Gate::new("control", Limits::for_max(cc.max_connections, true)),
+        policy: Arc::new(policy),
+        tls,
+        idle_timeout: cc.idle_timeout,
+    };
     let stopped = stop_control.clone().cancelled_owned();
     let mut server = match socket {
         ControlSocket::Unix(l, _) => {
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming_unix(l, limits), stopped))
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming_unix(l, endpoint), stopped))
         }
         ControlSocket::Tcp(l) => {
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming_tcp(l, limits), stopped))
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming_tcp(l, endpoint), stopped))
         }
     };
     let stop_metrics = CancellationToken::new();

@@ -41,7 +41,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{self, Limits, Phase, TimedBody, TimedStream, Timing};
@@ -79,7 +78,10 @@ pub async fn serve(
     let refused = AtomicU64::new(0);
     crate::metrics::serve_endpoint(
         listener,
-        limits,
+        crate::admission::Gate::new(
+            "toxiproxy_api",
+            crate::admission::Limits::for_max(limits.max_connections, false),
+        ),
         &stop,
         &refused,
         "toxiproxy API",
@@ -98,7 +100,7 @@ pub async fn serve(
 /// deadline, or shutdown (which lets the response in flight finish).
 async fn serve_connection(
     stream: TcpStream,
-    _slot: OwnedSemaphorePermit,
+    _slot: crate::admission::Slot,
     api: Api,
     limits: Limits,
     stop: CancellationToken,

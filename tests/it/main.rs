@@ -9,6 +9,7 @@
 mod common;
 
 mod access_log;
+mod admission;
 mod control;
 mod durability;
 mod echo;

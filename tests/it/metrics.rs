@@ -35,7 +35,12 @@ fn wait_closed(s: &mut TcpStream, what: &str) -> Vec<u8> {
             Ok(0) => return got,
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            // EINTR: a signal for another test (they share the process).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
             Err(e) => panic!("{what}: read: {e}"),
         }
     }
@@ -132,16 +137,20 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
     ));
     let echo = bound_addr(&netd, "echo");
 
-    let held: Vec<TcpStream> = (0..MAX)
+    // One source (this test's uid, as every loopback peer is told apart
+    // by its user) may hold a quarter of the slots: here one. The cap on
+    // all sources together is the same gate's (unit-tested in
+    // netd::admission).
+    let held: Vec<TcpStream> = (0..MAX / 4)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
     // netd accepts in arrival order, so by the time it takes these, it
-    // holds all of the first MAX.
+    // holds the first.
     let mut extra: Vec<TcpStream> = (0..3)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
     for (i, s) in extra.iter_mut().enumerate() {
-        let got = wait_closed(s, &format!("connection {} over the limit", MAX + i + 1));
+        let got = wait_closed(s, &format!("connection {} over the limit", MAX / 4 + i + 1));
         assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
     }
     for (i, s) in held.iter().enumerate() {
@@ -176,6 +185,10 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no refused counter in:\n{text}"));
     assert!(refused >= 4, "refused = {refused}");
+    assert!(
+        text.contains("netd_endpoint_connections_refused_total{endpoint=\"metrics\",reason=\"per_source\"}"),
+        "{text}"
+    );
 }
 
 #[test]

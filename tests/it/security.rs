@@ -66,13 +66,13 @@ fn tcp_control_without_tls_is_refused_at_start() {
 
 /// A small PKI for the tests: a CA, netd's server certificate and client
 /// certificates, written as PEM files into a directory.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
     ca: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 impl Pki {
-    fn new(dir: &Path, name: &str) -> Pki {
+    pub(crate) fn new(dir: &Path, name: &str) -> Pki {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
@@ -89,7 +89,13 @@ impl Pki {
 
     /// Issue a certificate: `cn` as common name, `sans` as DNS/IP names;
     /// `expired` puts its validity in the past. Returns (cert, key) paths.
-    fn issue(&self, file: &str, cn: &str, sans: &[&str], expired: bool) -> (PathBuf, PathBuf) {
+    pub(crate) fn issue(
+        &self,
+        file: &str,
+        cn: &str,
+        sans: &[&str],
+        expired: bool,
+    ) -> (PathBuf, PathBuf) {
         let mut params =
             rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
@@ -126,7 +132,7 @@ impl Pki {
 }
 
 /// netctl over TLS: `--cacert ca` plus an optional client certificate.
-fn netctl_tls(
+pub(crate) fn netctl_tls(
     control: &str,
     ca: &Path,
     client: Option<&(PathBuf, PathBuf)>,

@@ -1,0 +1,152 @@
+//! The user behind a loopback TCP connection.
+//!
+//! A TCP peer on the same host is a socket of this host's, and the kernel
+//! knows which user owns it. netd's own endpoints use that as the peer's
+//! identity on loopback, the way `SO_PEERCRED` does on a Unix socket, so
+//! that local users are told apart (and capped apart) though they all come
+//! from 127.0.0.1. Only for loopback peers in netd's own network
+//! namespace: a remote address's socket is not the host's.
+//!
+//! The lookup is one `sock_diag` request for exactly that socket (the
+//! kernel finds it by its 4-tuple, as `ss` does): a netlink round trip of
+//! a few microseconds whatever the number of sockets, so the accept loops
+//! make it inline, like `SO_PEERCRED`. The reply's layout is Linux's
+//! `inet_diag_msg`.
+
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+const NETLINK_SOCK_DIAG: i32 = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLM_F_REQUEST: u16 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_HDRLEN: usize = 16;
+/// Offset of `idiag_uid` in `inet_diag_msg`: family, state, timer,
+/// retrans (4), the socket id (48), expires, rqueue, wqueue (12).
+const UID_OFFSET: usize = 64;
+
+/// The uid owning the socket at `peer` connected to `local` (the address
+/// the connection was accepted on), if `peer` is a loopback address and
+/// the kernel finds that socket.
+pub fn loopback_peer_uid(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
+    let (peer, local) = (canonical(peer), canonical(local));
+    if !peer.ip().is_loopback() {
+        return None;
+    }
+    query(&request(peer, local)?).ok().flatten()
+}
+
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// A `SOCK_DIAG_BY_FAMILY` request for the TCP socket whose source is
+/// `src` and destination `dst` (the peer's own view of the connection).
+fn request(src: SocketAddr, dst: SocketAddr) -> Option<Vec<u8>> {
+    let family = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => libc::AF_INET as u8,
+        (IpAddr::V6(_), IpAddr::V6(_)) => libc::AF_INET6 as u8,
+        _ => return None,
+    };
+    let addr = |ip: IpAddr| -> [u8; 16] {
+        let mut a = [0u8; 16];
+        match ip {
+            IpAddr::V4(v4) => a[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => a = v6.octets(),
+        }
+        a
+    };
+    let len = NLMSG_HDRLEN + 56;
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&(len as u32).to_ne_bytes());
+    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    m.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    m.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
+    // inet_diag_req_v2
+    m.push(family);
+    m.push(libc::IPPROTO_TCP as u8);
+    m.push(0); // ext
+    m.push(0); // pad
+    m.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    // inet_diag_sockid: ports and addresses in network byte order
+    m.extend_from_slice(&src.port().to_be_bytes());
+    m.extend_from_slice(&dst.port().to_be_bytes());
+    m.extend_from_slice(&addr(src.ip()));
+    m.extend_from_slice(&addr(dst.ip()));
+    m.extend_from_slice(&0u32.to_ne_bytes()); // interface: any
+    m.extend_from_slice(&u32::MAX.to_ne_bytes()); // INET_DIAG_NOCOOKIE
+    m.extend_from_slice(&u32::MAX.to_ne_bytes());
+    debug_assert_eq!(m.len(), len);
+    Some(m)
+}
+
+fn query(req: &[u8]) -> std::io::Result<Option<u32>> {
+    let mut s = Socket::new(
+        Domain::from(libc::AF_NETLINK),
+        Type::DGRAM.cloexec(),
+        Some(Protocol::from(NETLINK_SOCK_DIAG)),
+    )?;
+    // The kernel answers at once; this only guards against the
+    // unexpected.
+    s.set_read_timeout(Some(std::time::Duration::from_millis(200)))?;
+    s.write_all(req)?;
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf)?;
+    Ok(parse_reply(&buf[..n]))
+}
+
+/// The uid of the first `inet_diag_msg` in a reply; `None` for an error
+/// (no such socket) or a short reply.
+fn parse_reply(reply: &[u8]) -> Option<u32> {
+    let kind = u16::from_ne_bytes(reply.get(4..6)?.try_into().ok()?);
+    if kind == NLMSG_ERROR {
+        return None;
+    }
+    let at = NLMSG_HDRLEN + UID_OFFSET;
+    Some(u32::from_ne_bytes(reply.get(at..at + 4)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_real_loopback_connection_is_ours_and_a_remote_one_unknown() {
+        for host in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(l) = std::net::TcpListener::bind(host) else {
+                continue; // no IPv6 here
+            };
+            let local = l.local_addr().unwrap();
+            let c = std::net::TcpStream::connect(local).unwrap();
+            let (_s, peer) = l.accept().unwrap();
+            assert_eq!(peer, c.local_addr().unwrap());
+            assert_eq!(loopback_peer_uid(local, peer), Some(crate::sys::euid()), "{host}");
+            // A port nobody uses: no such socket.
+            let gone = SocketAddr::new(peer.ip(), 1);
+            assert_eq!(loopback_peer_uid(local, gone), None);
+        }
+        let remote: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        assert_eq!(
+            loopback_peer_uid("127.0.0.1:1".parse().unwrap(), remote),
+            None
+        );
+    }
+
+    #[test]
+    fn the_uid_of_another_user() {
+        // A socket owned by uid 65534: created after seteuid in a child
+        // process would be the real thing; here, the reply parser on a
+        // reply as the kernel lays it out.
+        let mut reply = vec![0u8; NLMSG_HDRLEN + 72];
+        reply[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        reply[NLMSG_HDRLEN + UID_OFFSET..NLMSG_HDRLEN + UID_OFFSET + 4]
+            .copy_from_slice(&65534u32.to_ne_bytes());
+        assert_eq!(parse_reply(&reply), Some(65534));
+        reply[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        assert_eq!(parse_reply(&reply), None);
+        assert_eq!(parse_reply(&[0u8; 8]), None);
+    }
+}

@@ -1,0 +1,186 @@
+//! Admission to netd's own endpoints under attack: a client that never
+//! authenticates holding or churning connections on the mTLS control
+//! port and on the health endpoint, as another local user. Each test
+//! fails on the code before the admission layer (one shared cap taken at
+//! accept, a WARN line per refusal, Watch streams on the health port).
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::common::{NETD, Netd};
+use crate::security::{Pki, netctl_tls};
+use netd::addr::ControlAddr;
+
+const NOBODY: u32 = 65534;
+
+/// A client that holds up to `n` TCP connections to `port` open without
+/// sending a byte, re-opening those netd closes, for `secs` seconds; as
+/// uid `nobody`, so that it is another local user than the test's root.
+/// Prints how many it opened in all.
+fn hold_sockets_as_nobody(port: u16, n: usize, secs: u64) -> Child {
+    const SCRIPT: &str = r#"
+import socket, sys, time, select
+port, n, secs = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+socks, opened, end = [], 0, time.time() + secs
+while time.time() < end:
+    if socks:
+        readable, _, _ = select.select(socks, [], [], 0)
+        for s in readable:
+            try:
+                gone = s.recv(1, socket.MSG_DONTWAIT) == b""
+            except BlockingIOError:
+                gone = False
+            except OSError:
+                gone = True
+            if gone:
+                socks.remove(s)
+                s.close()
+    while len(socks) < n and time.time() < end:
+        s = socket.socket()
+        try:
+            s.connect(("127.0.0.1", port))
+        except OSError:
+            s.close()
+            break
+        socks.append(s)
+        opened += 1
+    time.sleep(0.005)
+print(opened, flush=True)
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", SCRIPT])
+        .arg(port.to_string())
+        .arg(n.to_string())
+        .arg(secs.to_string())
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    cmd.spawn().expect("python3 (the attacking client)")
+}
+
+fn opened(child: Child) -> u64 {
+    let out = child.wait_with_output().expect("the attacking client");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("attacker output: {out:?}"))
+}
+
+/// The mTLS control plane lock-out of issue 22: silent connections took
+/// every slot before their handshake (10 s each), an admin with a valid
+/// certificate failed every call, and each refusal was a WARN line. Now
+/// handshakes are admitted apart (a small cap per source, 3 s, the oldest
+/// making way) and only authenticated connections take slots.
+#[test]
+fn admin_is_served_while_an_unauthenticated_client_holds_200_sockets() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(pki_dir.path(), "netd");
+    let server = pki.issue("server", "netd", &["localhost", "127.0.0.1"], false);
+    let admin = pki.issue("admin", "ops-laptop", &[], false);
+    let ca = pki_dir.path().join("netd-ca.pem");
+    let port = crate::common::free_tcp_port();
+    let control = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("netd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[control]\nlisten = \"{control}\"\n[control.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[control.roles]\nadmin = [\"ops-laptop\"]\n",
+            server.0, server.1, ca
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(NETD);
+    cmd.arg("--config").arg(&cfg).env_remove("NETD_CONTROL");
+    let netd = Netd::spawn_as_is(cmd, dir, control.parse::<ControlAddr>().unwrap());
+    let out = netctl_tls(&control, &ca, Some(&admin), &["list"]);
+    assert!(out.status.success(), "before the attack: {out:?}");
+    let log_before = std::fs::metadata(netd.log_path()).map_or(0, |m| m.len());
+
+    let attacker = hold_sockets_as_nobody(port, 200, 12);
+    // Let it fill what it can.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut failures = Vec::new();
+    for i in 0..8 {
+        let out = netctl_tls(&control, &ca, Some(&admin), &["list"]);
+        if !out.status.success() {
+            failures.push(format!("{i}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    let opened = opened(attacker);
+    assert!(
+        failures.is_empty(),
+        "admin calls failed while the sockets were held: {failures:#?}"
+    );
+    assert!(opened >= 200, "the attacker held only {opened} sockets");
+    let grown = std::fs::metadata(netd.log_path()).map_or(0, |m| m.len()) - log_before;
+    assert!(grown < 1 << 20, "the log grew {grown} bytes during the attack");
+    // The refusals are counted, and said in few lines.
+    let log = netd.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("endpoint=\"control\"") || l.contains("endpoint=control"))
+        .count();
+    assert!(lines >= 1, "no refusal logged:\n{log}");
+    assert!(lines <= 20, "{lines} refusal lines:\n{log}");
+    assert!(log.contains("suppressed"), "{log}");
+}
+
+/// A kubelet-style probe: a new plaintext connection, one Check; then,
+/// on the same connection, a Watch. (Check's status, Watch's outcome.)
+async fn probe(port: u16) -> Result<(i32, Result<(), tonic::Code>), String> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut health = HealthClient::new(channel);
+    let request = || HealthCheckRequest {
+        service: String::new(),
+    };
+    let status = health
+        .check(request())
+        .await
+        .map_err(|e| format!("check: {e}"))?
+        .into_inner()
+        .status;
+    let watch = health.watch(request()).await.map(|_| ()).map_err(|e| e.code());
+    Ok((status, watch))
+}
+
+/// The health endpoint starvation of issue 22: one client holding every
+/// connection (and Watch streams) made each kubelet-style Check fail. Now
+/// one source holds at most a few connections and Watch is not served
+/// there, so the probe (root, as kubelet) gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_is_answered_while_one_client_holds_what_it_can() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let port = crate::common::free_tcp_port();
+    let netd = Netd::start(&format!("[health]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let (status, _) = probe(port).await.expect("probe before the attack");
+    assert_eq!(status, ServingStatus::Serving as i32);
+    let attacker = hold_sockets_as_nobody(port, 64, 8);
+    // Long enough for the attacker to open what it can (at most 64
+    // sockets, re-opened as they are closed).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 0..5 {
+        let (status, watch) = probe(port)
+            .await
+            .unwrap_or_else(|e| panic!("probe {i} during the attack: {e}\n{}", netd.log()));
+        assert_eq!(status, ServingStatus::Serving as i32, "probe {i}");
+        assert_eq!(watch, Err(tonic::Code::Unimplemented), "probe {i}: Watch");
+    }
+    let opened = opened(attacker);
+    assert!(opened >= 16, "the attacker opened only {opened}");
+    let log = netd.log();
+    assert!(
+        log.contains("health: per-source connection limit reached"),
+        "{log}"
+    );
+}
