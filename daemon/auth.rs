@@ -57,7 +57,8 @@ pub fn required_role(path: &str) -> Role {
         | "/netd.v1.Control/ApplyListeners"
         | "/netd.v1.Control/AddFault"
         | "/netd.v1.Control/UpdateFault"
-        | "/netd.v1.Control/RemoveFault" => Role::Admin,
+        | "/netd.v1.Control/RemoveFault"
+        | "/netd.v1.Control/Reload" => Role::Admin,
         p if p.starts_with("/grpc.health.v1.Health/") => Role::None,
         p if p.starts_with("/grpc.reflection.v1.ServerReflection/")
             || p.starts_with("/grpc.reflection.v1alpha.ServerReflection/") =>
@@ -393,6 +394,7 @@ mod tests {
             Role::Viewer
         );
         assert_eq!(required_role("/netd.v1.Control/StartListener"), Role::Admin);
+        assert_eq!(required_role("/netd.v1.Control/Reload"), Role::Admin);
         assert_eq!(required_role("/netd.v1.Control/SomethingNew"), Role::Admin);
         assert_eq!(required_role("/grpc.health.v1.Health/Check"), Role::None);
         assert_eq!(required_role("/other.Service/Call"), Role::Admin);

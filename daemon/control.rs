@@ -17,11 +17,32 @@ pub struct ControlService {
     supervisor: Supervisor,
     /// Ends open streams when the control plane stops.
     stop: CancellationToken,
+    /// Where `Reload` asks the daemon's top level to reload (None: netd
+    /// was built without one, e.g. in a unit test; Reload is Unavailable).
+    reload: Option<ReloadRequests>,
 }
+
+/// The answer to one reload: what it did, or why the running config stays.
+pub type ReloadOutcome = Result<proto::ReloadResponse, String>;
+
+/// The queue of `Reload` calls to the daemon's top level, which carries
+/// each one out on SIGHUP's code path (one at a time) and answers on the
+/// oneshot.
+pub type ReloadRequests = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<ReloadOutcome>>;
 
 impl ControlService {
     pub fn new(supervisor: Supervisor, stop: CancellationToken) -> Self {
-        ControlService { supervisor, stop }
+        ControlService {
+            supervisor,
+            stop,
+            reload: None,
+        }
+    }
+
+    /// Serve `Reload` by sending requests to `requests`.
+    pub fn with_reload(mut self, requests: ReloadRequests) -> Self {
+        self.reload = Some(requests);
+        self
     }
 }
 
@@ -292,6 +313,37 @@ impl Control for ControlService {
             plan,
             applied,
         }))
+    }
+
+    async fn reload(
+        &self,
+        request: Request<proto::ReloadRequest>,
+    ) -> Result<Response<proto::ReloadResponse>, Status> {
+        let caller = caller_of(&request);
+        let result = async {
+            let requests = self
+                .reload
+                .as_ref()
+                .ok_or_else(|| Status::unavailable("this netd cannot reload"))?;
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            requests
+                .send(reply)
+                .await
+                .map_err(|_| Status::unavailable("netd is shutting down; not reloading"))?;
+            answer
+                .await
+                .map_err(|_| {
+                    Status::unavailable("netd is shutting down; the reload did not finish")
+                })?
+                .map_err(Status::failed_precondition)
+        }
+        .await;
+        let what = match &result {
+            Ok(r) => r.summary.clone(),
+            Err(_) => "-".into(),
+        };
+        audit(&caller, "Reload", &what, "-", &result);
+        Ok(Response::new(result?))
     }
 
     async fn get_listener(

@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::addr::ControlAddr;
+use crate::admission::{Gate, Limits};
 use crate::auth::{AuthLayer, Policy};
 use crate::config::Config;
 use crate::control::ControlService;
-use crate::admission::{Gate, Limits};
 use crate::control_conn::{Endpoint, incoming_tcp, incoming_unix};
 use crate::proto::{self, control_server::ControlServer};
 use crate::supervisor::Supervisor;
@@ -224,12 +224,24 @@ pub async fn run(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ControlServer<ControlService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpc.reflection.v1, and v1alpha for the
+    // clients that speak only that (grpcurl before 1.9, grpcui, Evans,
+    // Postman, Python's grpc_reflection.v1alpha).
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
-        .context("building the reflection service")?;
+        .context("building the reflection service (v1)")?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .context("building the reflection service (v1alpha)")?;
     let stop_control = CancellationToken::new();
+    // Reload RPCs are carried out by the signal loop below, one at a time,
+    // on SIGHUP's code path.
+    let (reload_tx, mut reload_requests) = tokio::sync::mpsc::channel(4);
     let cc = &config.control;
     let builder = Server::builder()
         .max_concurrent_streams(cc.max_streams)
@@ -259,11 +271,12 @@ pub async fn run(
         .layer(AuthLayer)
         .add_service(health_service.clone())
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(
-            ControlServer::new(ControlService::new(
-                supervisor.clone(),
-                stop_control.clone(),
-            ))
+            ControlServer::new(
+                ControlService::new(supervisor.clone(), stop_control.clone())
+                    .with_reload(reload_tx),
+            )
             .max_decoding_message_size(cc.max_request_bytes),
         );
 
@@ -317,7 +330,14 @@ pub async fn run(
     });
     let stop_trim = CancellationToken::new();
     tokio::spawn(crate::trim::run(supervisor.clone(), stop_trim.clone()));
-    tracing::info!(control = %control, listeners = config.listeners.len(), config = %config.source, "netd ready");
+    // Every listener in the registry: the config's and those restored from
+    // the state file or handed over (the rows of `netctl list`).
+    let listeners = supervisor.list();
+    let running = listeners
+        .iter()
+        .filter(|l| l.state() == proto::ListenerState::Running)
+        .count();
+    tracing::info!(control = %control, listeners = listeners.len(), running, config = %config.source, "netd ready");
     // Serve hand-over requests (a later `netd --upgrade`): once ready, or
     // for a successor once the old netd let go (until then the hand-over
     // socket file is the old one's, which carries on if this one fails).
@@ -392,7 +412,14 @@ pub async fn run(
             _ = int.recv() => { tracing::info!("SIGINT received; shutting down"); break None }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received; reloading the config");
-                reload(&supervisor, &config, config_path.as_deref()).await;
+                // The outcome is logged and on the event stream.
+                let _ = reload(&supervisor, &config, config_path.as_deref()).await;
+            }
+            Some(reply) = reload_requests.recv() => {
+                tracing::info!("reload requested over the control plane (Reload)");
+                let outcome = reload(&supervisor, &config, config_path.as_deref()).await;
+                // The caller may have gone; the reload stands either way.
+                let _ = reply.send(outcome);
             }
             _ = usr1.recv() => {
                 tracing::info!("SIGUSR1 received; reopening the access log");
@@ -632,13 +659,19 @@ fn adopt_tcp(fd: OwnedFd, want: std::net::SocketAddr) -> Option<tokio::net::TcpL
     tokio::net::TcpListener::from_std(std::net::TcpListener::from(OwnedFd::from(s))).ok()
 }
 
-/// Re-read the config file and apply the difference (SIGHUP). A config
-/// with errors changes nothing; either way the outcome is logged and sent
-/// on the event stream, and systemd hears RELOADING=1 then READY=1.
-async fn reload(supervisor: &Supervisor, running: &Config, path: Option<&Path>) {
+/// Re-read the config file and apply the difference: SIGHUP and the
+/// `Reload` RPC (`netctl reload`, the unit's ExecReload=) both come here.
+/// A config with errors changes nothing; either way the outcome is logged,
+/// sent on the event stream and returned (the RPC's answer), and systemd
+/// hears RELOADING=1 then READY=1.
+async fn reload(
+    supervisor: &Supervisor,
+    running: &Config,
+    path: Option<&Path>,
+) -> Result<proto::ReloadResponse, String> {
     use crate::proto::{EventKind, ListenerKind, PlanAction};
     crate::notify::reloading();
-    let outcome: Result<String, String> = async {
+    let outcome: Result<proto::ReloadResponse, String> = async {
         let Some(path) = path else {
             return Err("netd runs the embedded default config; there is no file to re-read".to_string());
         };
@@ -647,6 +680,7 @@ async fn reload(supervisor: &Supervisor, running: &Config, path: Option<&Path>) 
             .await
             .map_err(|e| format!("reading the config: {e}"))?
             .map_err(|e| format!("the new config has errors; keeping the running one: {e}"))?;
+        let mut restart_needed = Vec::new();
         for (what, changed) in [
             ("control", format!("{:?}", config.control.listen) != format!("{:?}", running.control.listen)),
             ("metrics", config.metrics_listen != running.metrics_listen),
@@ -659,6 +693,7 @@ async fn reload(supervisor: &Supervisor, running: &Config, path: Option<&Path>) 
         ] {
             if changed {
                 tracing::warn!(setting = what, "changed in the config; takes effect at the next restart (reload applies [[listener]] entries)");
+                restart_needed.push(what.to_string());
             }
         }
         let base = config.listeners.iter().map(crate::state::Desired::from).collect();
@@ -673,7 +708,12 @@ async fn reload(supervisor: &Supervisor, running: &Config, path: Option<&Path>) 
             count(PlanAction::Unchanged)
         );
         if applied {
-            Ok(summary)
+            Ok(proto::ReloadResponse {
+                plan,
+                summary,
+                restart_needed,
+                config: path.display().to_string(),
+            })
         } else {
             let errors: Vec<String> = plan
                 .iter()
@@ -684,14 +724,14 @@ async fn reload(supervisor: &Supervisor, running: &Config, path: Option<&Path>) 
         }
     }
     .await;
-    match outcome {
-        Ok(summary) => {
-            tracing::info!(%summary, "config reloaded");
+    match &outcome {
+        Ok(r) => {
+            tracing::info!(summary = %r.summary, "config reloaded");
             supervisor.events().publish(
                 EventKind::Reloaded,
                 "",
                 ListenerKind::Unspecified,
-                summary,
+                r.summary.clone(),
             );
         }
         Err(why) => {
@@ -700,11 +740,12 @@ async fn reload(supervisor: &Supervisor, running: &Config, path: Option<&Path>) 
                 EventKind::ReloadFailed,
                 "",
                 ListenerKind::Unspecified,
-                why,
+                why.clone(),
             );
         }
     }
     crate::notify::ready();
+    outcome
 }
 
 /// Refuse a TCP control address without TLS unless the operator said

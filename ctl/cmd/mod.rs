@@ -7,6 +7,7 @@ pub mod apply;
 pub mod fault;
 pub mod listeners;
 pub mod probe;
+pub mod reload;
 pub mod start;
 pub mod update;
 pub mod watch;
