@@ -144,6 +144,16 @@ enum Command {
         #[arg(long)]
         prune: bool,
     },
+    /// Have netd re-read its config file and apply its [[listener]]
+    /// entries; returns once the change is applied.
+    ///
+    /// Prints what changed (created, updated, replaced, deleted). A config
+    /// with errors, or a change that cannot be carried out, exits 1 with
+    /// the reason, and netd keeps serving the running config. The same as
+    /// SIGHUP (`kill -HUP`), but synchronous: the systemd unit's
+    /// ExecReload=, so `systemctl reload netd` fails when the reload does.
+    /// Needs the admin role.
+    Reload,
     /// Inject faults into a proxy or udp-proxy: add, update, rm, ls.
     #[command(subcommand)]
     Fault(cmd::fault::FaultCmd),
@@ -190,6 +200,13 @@ enum Command {
     Events {
         /// Only events of this listener.
         name: Option<String>,
+    },
+    /// Write netctl(1) and netctl's shell completions into DIR (for
+    /// packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory.
+        dir: std::path::PathBuf,
     },
     /// Send one message to a TCP or UDP service and print the reply.
     ///
@@ -267,6 +284,10 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
             prune,
         } => cmd::apply::apply(ctx, file, dry_run, prune).await,
         Command::Export => cmd::apply::export(ctx).await,
+        Command::Reload => cmd::reload::run(ctx).await,
+        Command::GenerateDocs { .. } => Err(render::usage(anyhow!(
+            "generate-docs runs before netctl connects to netd"
+        ))),
         Command::Fault(f) => cmd::fault::run(ctx, f).await,
         Command::List => cmd::listeners::list(ctx).await,
         Command::Stats {
@@ -283,6 +304,20 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::GenerateDocs { dir } = &cli.command {
+        return match netd::docs::write(<Cli as clap::CommandFactory>::command(), "1", dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("netctl: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -37,6 +37,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod control_conn;
+pub mod docs;
 pub mod events;
 pub mod export;
 pub mod fault;

@@ -59,6 +59,11 @@ struct Args {
     /// running one carries on.
     #[arg(long, conflicts_with_all = ["check_config", "print_default_config"])]
     upgrade: bool,
+
+    /// Write netd(8) and netd's shell completions into DIR and exit (for
+    /// packaging).
+    #[arg(long, hide = true, value_name = "DIR")]
+    generate_docs: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +72,20 @@ fn main() -> ExitCode {
     // Before any thread exists: this unsets LISTEN_* in the environment.
     let listen_fds = netd::fdpass::take_listen_fds();
     let args = Args::parse();
+    if let Some(dir) = &args.generate_docs {
+        return match netd::docs::write(<Args as clap::CommandFactory>::command(), "8", dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("netd: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.print_default_config {
         print!("{DEFAULT_CONFIG}");
         return ExitCode::SUCCESS;
