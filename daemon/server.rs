@@ -338,6 +338,13 @@ pub async fn run(
         .filter(|l| l.state() == proto::ListenerState::Running)
         .count();
     tracing::info!(control = %control, listeners = listeners.len(), running, config = %config.source, "netd ready");
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // SIGHUP's default action kills the process: take it (a reload) before
+    // READY=1 says netd may be sent one.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    // logrotate's postrotate: open the access log again by name.
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     // Serve hand-over requests (a later `netd --upgrade`): once ready, or
     // for a successor once the old netd let go (until then the hand-over
     // socket file is the old one's, which carries on if this one fails).
@@ -397,13 +404,6 @@ pub async fn run(
     // Stops when dropped at the end of this function, after the drain.
     let _watchdog = crate::notify::Watchdog::start(&supervisor);
 
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    // SIGHUP's default action kills the process; systemd's `reload` and
-    // habit both send it, so take it and say that it does nothing yet.
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    // logrotate's postrotate: open the access log again by name.
-    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let mut handed_over = false;
     let server_result = loop {
         tokio::select! {

@@ -27,6 +27,8 @@ mod memory;
 mod metrics;
 mod output;
 mod proxy;
+mod reflection;
+mod reload;
 mod scale;
 mod security;
 mod sniffer;
