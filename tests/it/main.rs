@@ -34,6 +34,7 @@ mod security;
 mod sniffer;
 mod stats;
 mod systemd;
+mod systemd_live;
 mod toxiproxy_api;
 mod udp_proxy;
 mod upgrade;

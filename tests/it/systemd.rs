@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::common::{NETD, Netd};
+use crate::common::{NETCTL, NETD, Netd};
 use netd::addr::ControlAddr;
 
 const CONFIG: &str = r#"
@@ -172,21 +172,21 @@ fn the_unit_verifies() {
     let Some(version) = systemd_version() else {
         return;
     };
-    // verify wants ExecStart's binary to exist: point it at the one built.
-    let mut unit = std::fs::read_to_string(deploy("netd.service"))
+    // verify wants the binaries to exist: point it at the ones built. The
+    // same unit for every systemd from 247 on: no drop-in, whatever the
+    // version.
+    let unit = std::fs::read_to_string(deploy("netd.service"))
         .unwrap()
+        .replace("ExecStart=/usr/bin/netd ", &format!("ExecStart={NETD} "))
         .replace(
-            "ExecStart=/usr/local/bin/netd ",
-            &format!("ExecStart={NETD} "),
+            "ExecReload=/usr/bin/netctl ",
+            &format!("ExecReload={NETCTL} "),
         );
-    if version < 253 {
-        // What the README's drop-in for older systemd does.
-        assert!(unit.contains("\nType=notify-reload\n"));
-        unit = unit.replace(
-            "\nType=notify-reload\n",
-            "\nType=notify\nExecReload=/bin/kill -HUP $MAINPID\n",
-        );
-    }
+    assert!(
+        unit.contains("\nType=notify\n"),
+        "Type=notify-reload needs systemd 253"
+    );
+    assert!(!unit.contains("notify-reload"));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("netd.service");
     std::fs::write(&path, unit).unwrap();
