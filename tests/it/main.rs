@@ -26,6 +26,7 @@ mod lifecycle;
 mod memory;
 mod metrics;
 mod output;
+mod packaging;
 mod proxy;
 mod reflection;
 mod reload;

@@ -125,3 +125,39 @@ fn ready_counts_listeners_restored_from_the_state_file() {
         "{ready}"
     );
 }
+
+#[test]
+fn reload_needs_the_admin_role() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    const NOBODY: u32 = 65534;
+    // netctl where nobody may run it, and a socket nobody may reach (as a
+    // member of the socket's group could): nobody is a viewer.
+    let bins = tempfile::tempdir().expect("tempdir");
+    let netctl = bins.path().join("netctl");
+    std::fs::copy(crate::common::NETCTL, &netctl).expect("copy netctl");
+    for (p, mode) in [(bins.path(), 0o755), (netctl.as_path(), 0o755)] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let netd = Netd::start(ONE);
+    let netd::addr::ControlAddr::Unix(sock) = &netd.control else {
+        unreachable!("unix control socket")
+    };
+    std::fs::set_permissions(netd.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod dir");
+    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o666)).expect("chmod sock");
+    netd.write_config(TWO);
+    let mut cmd = std::process::Command::new(&netctl);
+    cmd.arg("--control")
+        .arg(netd.control.to_string())
+        .arg("reload")
+        .env_remove("NETD_CONTROL")
+        .uid(NOBODY)
+        .gid(NOBODY);
+    let out = crate::common::output_within_deadline(cmd).expect("netctl reload as nobody");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a viewer reloaded: {err}");
+    assert!(err.contains("needs the admin role"), "{err}");
+    // Nothing was reloaded.
+    assert!(!netd.netctl(&["status", "b"]).status.success());
+}
