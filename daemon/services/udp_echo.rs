@@ -174,6 +174,9 @@ impl UdpEcho {
         let mut own = self.own.view();
         let mut limiter = self.rate.map(|r| Limiter::new(r, self.max_sources));
         let c = &self.counters;
+        // The counters are the listener's (kept across updates); the
+        // sources tracked are this generation's table, empty so far.
+        c.sources_tracked.store(0, Relaxed);
         loop {
             let received = tokio::select! {
                 biased;
