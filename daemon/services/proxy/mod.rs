@@ -750,3 +750,48 @@ fn loops_back(listen: SocketAddr, up: SocketAddr) -> bool {
         && l.is_ipv4() == u.is_ipv4()
         && (u.is_loopback() || std::net::UdpSocket::bind((u, 0)).is_ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy(upstreams: &[&str]) -> Proxy {
+        let spec = proto::ProxySpec {
+            listen: "127.0.0.1:0".into(),
+            upstreams: upstreams.iter().map(|u| u.to_string()).collect(),
+            ..Default::default()
+        };
+        Proxy::from_spec(&spec, &Settings::default()).expect("a valid proxy spec")
+    }
+
+    /// An update carries each upstream's state to the upstream of the same
+    /// address in the new spec, whatever its position, once; a new one
+    /// starts fresh; the proxy's counters are shared.
+    #[test]
+    fn carry_over_matches_upstreams_as_written() {
+        let old = proxy(&["127.0.0.1:1", "127.0.0.1:2"]);
+        old.upstreams[0].mark_down(Duration::from_secs(600), "refused".into());
+        old.counters.connect_failures.fetch_add(1, Relaxed);
+        let mut new = proxy(&["127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:1", "127.0.0.1:3"]);
+        new.carry_over(&old);
+        let now = Instant::now();
+        assert!(Arc::ptr_eq(
+            &new.upstreams[0].state,
+            &old.upstreams[1].state
+        ));
+        assert!(Arc::ptr_eq(
+            &new.upstreams[1].state,
+            &old.upstreams[0].state
+        ));
+        assert!(!new.upstreams[1].healthy(now), "still down");
+        // Listed twice: only one of them is the old upstream.
+        assert!(!Arc::ptr_eq(
+            &new.upstreams[2].state,
+            &old.upstreams[0].state
+        ));
+        assert!(new.upstreams[2].healthy(now) && new.upstreams[3].healthy(now));
+        assert_eq!(new.stats().connect_failures, 1);
+        assert_eq!(new.stats().upstreams[1].connect_failures, 1);
+        assert_eq!(new.stats().upstreams[1].last_error, "refused");
+    }
+}
