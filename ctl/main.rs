@@ -116,7 +116,8 @@ enum Command {
     /// Settings that can change on the same socket do so in place (new
     /// connections get them; open ones finish under the old); a new
     /// --listen is a graceful replace (the new socket is bound first). The
-    /// output says which it was.
+    /// output says which it was. Either way the listener keeps its
+    /// counters (its kind's too) and a proxy upstream its health.
     Update(cmd::update::UpdateArgs),
     /// Stop accepting, let open connections finish, then remove the
     /// listener; connections still open at --timeout are closed.
@@ -154,7 +155,8 @@ enum Command {
     Export,
     /// List all listeners with their state, bound address and traffic.
     List,
-    /// Show one listener in detail.
+    /// Show one listener in detail: its spec in effect, its counters, a
+    /// proxy's upstreams, and its faults with their counters.
     Status {
         /// Listener name.
         name: String,

@@ -95,7 +95,9 @@ pub struct UdpEcho {
     rate: Option<Rate>,
     max_sources: usize,
     own: OwnAddrs,
-    counters: Counters,
+    /// The listener's: carried from generation to generation (see
+    /// [`ListenerKind::carry_over`]).
+    counters: std::sync::Arc<Counters>,
 }
 
 impl UdpEcho {
@@ -129,7 +131,7 @@ impl UdpEcho {
                 n => n as usize,
             },
             own: settings.own_udp_addrs.clone(),
-            counters: Counters::default(),
+            counters: Default::default(),
         })
     }
 
@@ -172,6 +174,9 @@ impl UdpEcho {
         let mut own = self.own.view();
         let mut limiter = self.rate.map(|r| Limiter::new(r, self.max_sources));
         let c = &self.counters;
+        // The counters are the listener's (kept across updates); the
+        // sources tracked are this generation's table, empty so far.
+        c.sources_tracked.store(0, Relaxed);
         loop {
             let received = tokio::select! {
                 biased;
@@ -266,6 +271,11 @@ impl ListenerKind for UdpEcho {
 
     fn from_spec(spec: &Self::Spec, settings: &Settings) -> Result<Self, SpecError> {
         Self::validate(spec, settings)
+    }
+
+    /// The drop counters are the listener's.
+    fn carry_over(&mut self, prev: &Self) {
+        self.counters = prev.counters.clone();
     }
 
     fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {

@@ -225,6 +225,10 @@ fn privileged_and_reflector_source_ports_are_dropped() {
         udp_counter(&netd, "u", "reflector_source_drops") == 2
             && udp_counter(&netd, "p", "reflector_source_drops") == 1
     });
+    // A reply is counted once sent: the client may have it first.
+    wait_until("the replies counted", || {
+        counter(&netd, "u", "datagrams_out") >= 1 && counter(&netd, "p", "datagrams_out") >= 1
+    });
     assert_eq!(counter(&netd, "u", "datagrams_in"), 3);
     assert_eq!(
         counter(&netd, "u", "datagrams_out"),
@@ -283,6 +287,10 @@ fn token_bucket_per_source() {
     // Another source IP is not limited by the first one's burst; its
     // answer also shows the burst has been read.
     assert_eq!(echo_from("127.0.0.2", l, b"other"), b"other");
+    // A reply is counted once sent: the client may have it first.
+    wait_until("the replies counted", || {
+        counter(&netd, "rl", "datagrams_out") >= 6
+    });
     assert_eq!(udp_counter(&netd, "rl", "kernel_drops"), 0);
     assert_eq!(counter(&netd, "rl", "datagrams_in"), 21);
     assert_eq!(counter(&netd, "rl", "datagrams_out"), 6);

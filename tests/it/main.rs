@@ -34,4 +34,5 @@ mod stats;
 mod systemd;
 mod toxiproxy_api;
 mod udp_proxy;
+mod update_counters;
 mod upgrade;

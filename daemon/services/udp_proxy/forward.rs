@@ -227,6 +227,9 @@ pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> a
         gen_cancel,
         next_full_sweep: now,
     };
+    // The counters are the listener's (kept across updates and restarts);
+    // the active clients are this generation's table, empty so far.
+    p.set_active();
     let mut timed: Timed<SocketAddr> = Timed::new(budget);
     let mut watch = Watch::new(&ctx.faults);
     let mut rng = Rng::new();

@@ -50,6 +50,8 @@ pub struct UdpProxy {
     pub max_clients: usize,
     pub idle_timeout: Duration,
     own: crate::own_addrs::OwnAddrs,
+    /// The listener's: carried from generation to generation (see
+    /// [`ListenerKind::carry_over`]).
     counters: Arc<Counters>,
 }
 
@@ -144,6 +146,13 @@ impl ListenerKind for UdpProxy {
 
     fn from_spec(spec: &Self::Spec, settings: &Settings) -> Result<Self, SpecError> {
         Self::validate(spec, settings)
+    }
+
+    /// The counters are the listener's. `clients_active` is the table of
+    /// the generation running: a new one starts empty (the old one's
+    /// clients end with it).
+    fn carry_over(&mut self, prev: &Self) {
+        self.counters = prev.counters.clone();
     }
 
     fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
