@@ -33,4 +33,5 @@ mod stats;
 mod systemd;
 mod toxiproxy_api;
 mod udp_proxy;
+mod update_options;
 mod upgrade;
