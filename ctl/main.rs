@@ -157,7 +157,8 @@ enum Command {
     /// Print the running listeners as a file `netctl apply -f` accepts.
     ///
     /// HTTP tokens are written as "<redacted>", which apply reads as
-    /// "keep the current token".
+    /// "keep the current token". Always TOML: with -o json it is refused
+    /// (`netctl -o json list` gives the listeners as JSON).
     Export,
     /// List all listeners with their state, bound address and traffic.
     List,
