@@ -290,8 +290,41 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
     }
 }
 
+/// `--connect-timeout` after `start proxy` or `update` is the upstream's
+/// (the old spelling of --upstream-connect-timeout, kept for scripts), not
+/// netctl's own: say so on stderr rather than let it pass silently.
+fn note_old_connect_timeout(matches: &clap::ArgMatches) {
+    use clap::parser::ValueSource;
+    let sub = match matches.subcommand() {
+        Some(("start", m)) => m.subcommand_matches("proxy").map(|m| (m, "start proxy")),
+        Some(("update", m)) => Some((m, "update")),
+        _ => None,
+    };
+    let Some((sub, name)) = sub else { return };
+    if sub.value_source("upstream_connect_timeout") != Some(ValueSource::CommandLine) {
+        return;
+    }
+    let top = matches.value_source("connect_timeout") == Some(ValueSource::CommandLine);
+    let old = std::env::args_os()
+        .filter(|a| {
+            a.to_str()
+                .is_some_and(|a| a == "--connect-timeout" || a.starts_with("--connect-timeout="))
+        })
+        .count();
+    if old > usize::from(top) {
+        eprintln!(
+            "netctl: note: --connect-timeout after `{name}` sets the upstream connect timeout (now spelled --upstream-connect-timeout); netctl's own --connect-timeout goes before the command"
+        );
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    note_old_connect_timeout(&matches);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -31,9 +31,26 @@ fn update_sets_the_options_it_lacked_for_proxy_http_and_udp_echo() {
     assert_eq!(spec(&netd, "p")["resolve_interval"], "7s");
     // The upstream's connect timeout under its own name, and under the
     // old one scripts may still use after the command.
-    netd.netctl_ok(&["update", "p", "--upstream-connect-timeout", "4s"]);
+    let out = netd.netctl(&["update", "p", "--upstream-connect-timeout", "4s"]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(spec(&netd, "p")["connect_timeout"], "4s");
-    netd.netctl_ok(&["update", "p", "--connect-timeout", "6s"]);
+    // The old spelling works, with a note that it is not netctl's own.
+    let out = netd.netctl(&[
+        "--connect-timeout",
+        "2s",
+        "update",
+        "p",
+        "--connect-timeout",
+        "6s",
+    ]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--upstream-connect-timeout"), "{err}");
     assert_eq!(spec(&netd, "p")["connect_timeout"], "6s");
 
     netd.netctl_ok(&["start", "http", "h", "--listen", "127.0.0.1:0"]);
