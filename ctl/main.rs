@@ -120,6 +120,9 @@ enum Command {
     },
     /// Change a running listener: only the options given change.
     ///
+    /// Every option `start KIND` takes (but --ephemeral) is accepted for a
+    /// listener of that kind; one its kind lacks is an error.
+    ///
     /// Settings that can change on the same socket do so in place (new
     /// connections get them; open ones finish under the old); a new
     /// --listen is a graceful replace (the new socket is bound first). The
