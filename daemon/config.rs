@@ -299,6 +299,11 @@ pub struct Config {
     /// if it cannot use it. Unset: [`crate::state::default_state_dir`],
     /// used if it can be.
     pub state_dir: Option<PathBuf>,
+    /// Whether, with no `state_dir`, the default one is used: true for a
+    /// config file, false for the embedded default, so that a demo run
+    /// persists nothing unless `--state-dir` is given (see
+    /// [`Config::fallback_state_dir`]).
+    pub use_default_state_dir: bool,
     pub log: LogConfig,
     /// Where to serve Prometheus `/metrics`; off when unset. Loopback
     /// unless `[metrics] allow_remote = true`.
@@ -353,10 +358,25 @@ impl Config {
         Config::parse(&text, &path.display().to_string())
     }
 
-    /// The embedded default (`deploy/netd.toml`).
+    /// The embedded default (`deploy/netd.toml`). It keeps no state unless
+    /// a `state_dir` is set on it (`--state-dir`): the changes of a demo
+    /// run must not come back in the next one, or in a later real install.
     pub fn embedded() -> Config {
-        Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
-            .expect("the embedded default config is valid (checked by tests)")
+        let mut c = Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
+            .expect("the embedded default config is valid (checked by tests)");
+        c.use_default_state_dir = false;
+        c
+    }
+
+    /// The state directory when `state_dir` is unset:
+    /// [`crate::state::default_state_dir`], unless this is the embedded
+    /// default (then none).
+    pub fn fallback_state_dir(&self) -> Option<PathBuf> {
+        if self.use_default_state_dir {
+            crate::state::default_state_dir()
+        } else {
+            None
+        }
     }
 
     /// Parse and validate `text`; `source` names it in errors.
@@ -482,6 +502,7 @@ impl Config {
             shutdown_grace,
             capture_dir,
             state_dir,
+            use_default_state_dir: true,
             log: raw.log,
             metrics_listen,
             metrics_limits,

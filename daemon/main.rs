@@ -15,7 +15,12 @@ use netd::config::{Config, DEFAULT_CONFIG};
 ///
 /// With no --config, netd runs its embedded default: TCP echo on
 /// 127.0.0.1:8080 (prefix "Echo: ") and UDP echo on 127.0.0.1:9090
-/// (prefix "ACK: ").
+/// (prefix "ACK: "). That demo run keeps no state: changes made with
+/// netctl are gone when it stops, unless --state-dir is given.
+///
+/// SIGTERM or SIGINT (Ctrl-C): stop accepting, let open connections finish
+/// for the config's shutdown_grace (10s), then exit 0. A second one during
+/// that grace period closes them at once and exits 1.
 #[derive(Debug, Parser)]
 #[command(name = "netd", version)]
 struct Args {
@@ -40,7 +45,8 @@ struct Args {
     /// Directory of the state file, where changes made through the control
     /// plane are kept across restarts. Overrides the config's `state_dir`.
     /// Default: /var/lib/netd as root, else $XDG_STATE_HOME/netd or
-    /// ~/.local/state/netd.
+    /// ~/.local/state/netd; with the embedded default config (no
+    /// --config), none: nothing is kept.
     #[arg(long, env = "NETD_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
@@ -152,6 +158,11 @@ fn main() -> ExitCode {
     ));
     // The last lines of the connections that were drained.
     netd::access_log::close();
+    if result.is_err() {
+        // E.g. a second signal cut the drain short: do not wait on tasks
+        // left on the blocking pool either.
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -67,6 +67,36 @@ impl Drop for SocketFileGuard {
     }
 }
 
+/// Removes, at exit, the control socket's directory if this netd created
+/// it (e.g. /run/netd for a demo run as root) and it is empty by then: a
+/// run leaves nothing behind that it did not find. A directory that holds
+/// a successor's or systemd's kept socket is not empty and stays.
+struct CreatedDirGuard(Option<PathBuf>);
+
+impl CreatedDirGuard {
+    /// Called before the socket is bound: notes the directory if it does
+    /// not exist yet.
+    fn before_bind(control: &ControlAddr) -> Self {
+        CreatedDirGuard(match control {
+            ControlAddr::Unix(p) => p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .filter(|d| std::fs::symlink_metadata(d).is_err())
+                .map(Path::to_path_buf),
+            ControlAddr::Tcp(_) => None,
+        })
+    }
+}
+
+impl Drop for CreatedDirGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            // Fails, as it should, when anything is left in it.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 /// How this netd starts, besides its config.
 #[derive(Debug, Default)]
 pub struct Startup {
@@ -85,6 +115,8 @@ pub async fn run(
     startup: Startup,
 ) -> anyhow::Result<()> {
     check_control_security(&config, &control).await?;
+    // Declared first, so dropped last: after the socket files in it.
+    let _created_dir = CreatedDirGuard::before_bind(&control);
     if control == crate::addr::default_control_addr()
         && control != ControlAddr::Unix(crate::addr::SYSTEM_CONTROL_SOCKET.into())
     {
@@ -94,7 +126,7 @@ pub async fn run(
     let state_dir = config
         .state_dir
         .clone()
-        .or_else(crate::state::default_state_dir);
+        .or_else(|| config.fallback_state_dir());
     let handover_path = crate::handover::socket_path(&control, state_dir.as_deref());
     let mut inherited: HashMap<String, OwnedFd> = HashMap::new();
     for (name, fd) in startup.listen_fds {
@@ -317,7 +349,7 @@ pub async fn run(
     });
     let stop_trim = CancellationToken::new();
     tokio::spawn(crate::trim::run(supervisor.clone(), stop_trim.clone()));
-    tracing::info!(control = %control, listeners = config.listeners.len(), config = %config.source, "netd ready");
+    tracing::info!(control = %control, listeners = config.listeners.len(), config = %config.source, state = %state_summary(&supervisor, &config), "netd ready");
     // Serve hand-over requests (a later `netd --upgrade`): once ready, or
     // for a successor once the old netd let go (until then the hand-over
     // socket file is the old one's, which carries on if this one fails).
@@ -423,7 +455,11 @@ pub async fn run(
     health
         .set_not_serving::<ControlServer<ControlService>>()
         .await;
-    supervisor.shutdown(config.shutdown_grace).await;
+    if !drain_unless_signalled_again(&supervisor, config.shutdown_grace, &mut term, &mut int).await
+    {
+        // The guards remove the socket files on the way out.
+        bail!("second signal during the shutdown grace period; exited without draining");
+    }
     stop_control.cancel();
     stop_metrics.cancel();
     stop_trim.cancel();
@@ -445,6 +481,50 @@ pub async fn run(
     crate::fdstore::flushed().await;
     tracing::info!("netd stopped");
     Ok(())
+}
+
+/// How long closing the remaining connections may take after a second
+/// signal.
+const EXIT_NOW_BOUND: Duration = Duration::from_secs(2);
+
+/// Shut the supervisor down with `grace` for open connections, unless a
+/// second SIGTERM/SIGINT comes meanwhile: then close them at once (as
+/// cargo, docker and most daemons take a second Ctrl-C) and return false.
+async fn drain_unless_signalled_again(
+    supervisor: &Supervisor,
+    grace: Duration,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> bool {
+    {
+        let drain = supervisor.shutdown(grace);
+        tokio::pin!(drain);
+        tokio::select! {
+            () = &mut drain => return true,
+            _ = term.recv() => tracing::warn!(signal = "SIGTERM", "second signal; exiting now"),
+            _ = int.recv() => tracing::warn!(signal = "SIGINT", "second signal; exiting now"),
+        }
+    }
+    // No grace: the remaining connections are closed now.
+    if tokio::time::timeout(EXIT_NOW_BOUND, supervisor.shutdown(Duration::ZERO))
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still closing; exiting anyway");
+    }
+    false
+}
+
+/// Where runtime changes go, for the ready line: the state file, or why
+/// there is none.
+fn state_summary(supervisor: &Supervisor, config: &Config) -> String {
+    match supervisor.state_file() {
+        Some(path) => path.display().to_string(),
+        None if !config.use_default_state_dir => {
+            "none (embedded default; use --state-dir to keep changes)".into()
+        }
+        None => "none (changes are not kept across restarts)".into(),
+    }
 }
 
 /// Bind the hand-over socket at `path` and serve it; the guard removes the
@@ -494,8 +574,14 @@ async fn boot_listeners(
     let store = match config
         .state_dir
         .clone()
-        .or_else(crate::state::default_state_dir)
+        .or_else(|| config.fallback_state_dir())
     {
+        None if !config.use_default_state_dir => {
+            tracing::info!(
+                "the embedded default config keeps no state: changes made with netctl last until netd stops (use --state-dir to keep them)"
+            );
+            None
+        }
         None => {
             tracing::warn!(
                 "no state_dir (set it in the config or with --state-dir): changes made with netctl will not survive a restart"

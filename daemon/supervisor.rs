@@ -1742,6 +1742,13 @@ impl Supervisor {
     }
 }
 
+impl Supervisor {
+    /// The state file changes are persisted to; None when nothing is.
+    pub fn state_file(&self) -> Option<std::path::PathBuf> {
+        self.inner.store.as_ref().map(Store::path)
+    }
+}
+
 fn normalize_all(list: Vec<Desired>, settings: &Settings) -> Vec<Desired> {
     list.into_iter()
         .map(|mut d| {

@@ -62,9 +62,10 @@ pub(crate) enum StartKind {
         /// Keep N established connections warm per upstream (bb8 pool).
         #[arg(long, value_name = "N", default_value_t = 0)]
         preconnect: u32,
-        /// Upstream connect timeout (default 5s).
-        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-        connect_timeout: Option<Duration>,
+        /// Upstream connect timeout (default 5s). --connect-timeout is
+        /// still accepted here; netctl's own goes before the command.
+        #[arg(long, alias = "connect-timeout", value_name = "DUR", value_parser = humantime::parse_duration)]
+        upstream_connect_timeout: Option<Duration>,
         /// Close connections idle in both directions this long (default 5m).
         #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
         idle_timeout: Option<Duration>,
@@ -237,7 +238,7 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
             common,
             upstreams,
             preconnect,
-            connect_timeout,
+            upstream_connect_timeout,
             idle_timeout,
             max_connections,
             upstream_backoff,
@@ -247,7 +248,10 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
                 listen: common.listen.clone(),
                 upstreams,
                 preconnect,
-                connect_timeout: to_proto_duration("--connect-timeout", connect_timeout)?,
+                connect_timeout: to_proto_duration(
+                    "--upstream-connect-timeout",
+                    upstream_connect_timeout,
+                )?,
                 idle_timeout: to_proto_duration("--idle-timeout", idle_timeout)?,
                 max_connections: max_connections.unwrap_or(0),
                 upstream_backoff: to_proto_duration("--upstream-backoff", upstream_backoff)?,

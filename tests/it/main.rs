@@ -35,4 +35,5 @@ mod systemd;
 mod toxiproxy_api;
 mod udp_proxy;
 mod update_counters;
+mod update_options;
 mod upgrade;
