@@ -400,6 +400,10 @@ mod tests {
                     max_clients: 77,
                     idle_timeout: d(5, 0),
                     faults: every_udp_fault(),
+                    allow_privileged_sources: true,
+                    rate_limit: "50/s".into(),
+                    max_sources: 99,
+                    max_clients_per_source: 3,
                 }),
             ),
             listener(
@@ -715,19 +719,27 @@ mod fuzz {
         (
             listen(),
             proptest::sample::select(&["127.0.0.1:53", "[::1]:5353", "127.1.2.3:9"][..]),
-            zero_or_u32(1..=MAX_MAX_CLIENTS),
+            // Within the descriptor budget of any test machine.
+            zero_or_u32(1..=512),
             duration(Duration::from_millis(1), Duration::from_secs(7 * 24 * 3600)),
+            (any::<bool>(), zero_or_u32(1..=MAX_MAX_CLIENTS)),
         )
-            .prop_map(|(listen, upstream, max_clients, idle_timeout)| {
-                Kind::UdpProxy(proto::UdpProxySpec {
-                    listen,
-                    upstream: upstream.to_string(),
-                    max_clients,
-                    idle_timeout,
-                    // Faults round-trip in the every-field test.
-                    faults: Vec::new(),
-                })
-            })
+            .prop_map(
+                |(listen, upstream, max_clients, idle_timeout, (privileged, per_source))| {
+                    Kind::UdpProxy(proto::UdpProxySpec {
+                        listen,
+                        upstream: upstream.to_string(),
+                        max_clients,
+                        idle_timeout,
+                        // Faults round-trip in the every-field test.
+                        faults: Vec::new(),
+                        allow_privileged_sources: privileged,
+                        rate_limit: String::new(),
+                        max_sources: 0,
+                        max_clients_per_source: per_source,
+                    })
+                },
+            )
     }
 
     fn proxy() -> impl Strategy<Value = Kind> {

@@ -107,6 +107,13 @@ fn main() -> ExitCode {
             eprintln!("netd: {e:#}");
             return ExitCode::from(2);
         }
+        // The limits netd would run with: the soft limit raised to the hard.
+        let budget = netd::fd_budget::Budget::current();
+        if let Some(w) =
+            netd::fd_budget::check_listeners(config.listeners.iter().map(|l| &l.spec), &budget)
+        {
+            eprintln!("netd: warning: {w}");
+        }
         println!(
             "{}: ok ({} listeners)",
             config.source,
@@ -132,6 +139,20 @@ fn main() -> ExitCode {
     match netd::server::raise_fd_limit() {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    // Before the runtime: counts the descriptors open now (/proc).
+    let budget = netd::fd_budget::Budget::current();
+    let permits = netd::fd_budget::init();
+    tracing::info!(
+        limit = budget.limit,
+        reserve = budget.reserve,
+        data_plane = permits,
+        "descriptor budget"
+    );
+    if let Some(w) =
+        netd::fd_budget::check_listeners(config.listeners.iter().map(|l| &l.spec), &budget)
+    {
+        tracing::warn!("{w}");
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -50,7 +50,8 @@ pub(crate) struct UpdateArgs {
     /// proxy: how long a failed upstream is skipped.
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     upstream_backoff: Option<Duration>,
-    /// http, udp-echo: rate limit (N/s, N/m, N/h; udp-echo also "off").
+    /// http, udp-echo, udp-proxy: rate limit (N/s, N/m, N/h; the UDP kinds
+    /// per source IP, also "off").
     #[arg(long, value_name = "RATE")]
     rate_limit: Option<String>,
     /// http: bearer token ("" for none).
@@ -77,12 +78,15 @@ pub(crate) struct UpdateArgs {
     /// http: largest request header section in bytes.
     #[arg(long, value_name = "BYTES")]
     max_header_bytes: Option<u32>,
-    /// udp-echo: sources the rate limit tracks.
+    /// udp-echo, udp-proxy: sources the rate limit tracks.
     #[arg(long, value_name = "N")]
     max_sources: Option<u32>,
-    /// udp-proxy: clients tracked at once.
+    /// udp-proxy: clients tracked at once (at most netd's descriptor budget).
     #[arg(long, value_name = "N")]
     max_clients: Option<u32>,
+    /// udp-proxy: clients of one source IP (IPv6: one /64) at once.
+    #[arg(long, value_name = "N")]
+    max_clients_per_source: Option<u32>,
     /// sniffer: capture filter.
     #[arg(short, long, value_name = "EXPR")]
     filter: Option<String>,
@@ -167,6 +171,7 @@ impl UpdateArgs {
         if let Some(r) = &self.rate_limit {
             match kind {
                 Kind::UdpEcho(s) => s.rate_limit = r.clone(),
+                Kind::UdpProxy(s) => s.rate_limit = r.clone(),
                 Kind::Http(s) => s.rate_limit = r.clone(),
                 _ => return Err(na("--rate-limit")),
             }
@@ -194,6 +199,12 @@ impl UpdateArgs {
                 }
                 if let Some(n) = self.max_clients {
                     s.max_clients = n;
+                }
+                if let Some(n) = self.max_clients_per_source {
+                    s.max_clients_per_source = n;
+                }
+                if let Some(n) = self.max_sources {
+                    s.max_sources = n;
                 }
             }
             _ if !self.upstreams.is_empty() => return Err(na("--upstream")),
@@ -249,9 +260,11 @@ impl UpdateArgs {
                     s.max_sources = n;
                 }
             }
+            Kind::UdpProxy(_) => {}
             _ if self.max_sources.is_some() => return Err(na("--max-sources")),
-            _ if self.max_clients.is_some() && !matches!(kind, Kind::UdpProxy(_)) => {
-                return Err(na("--max-clients"));
+            _ if self.max_clients.is_some() => return Err(na("--max-clients")),
+            _ if self.max_clients_per_source.is_some() => {
+                return Err(na("--max-clients-per-source"));
             }
             _ => {}
         }

@@ -21,6 +21,7 @@ pub mod http;
 pub mod kind;
 pub mod proxy;
 pub mod sniffer;
+pub mod source_guard;
 pub mod tcp_echo;
 pub mod udp_echo;
 pub mod udp_proxy;
