@@ -44,7 +44,10 @@ struct Args {
     #[arg(long, env = "NETD_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
-    /// Validate the config and exit.
+    /// Validate the config and exit. Also warns (on stderr, still exit 0)
+    /// when the listeners' connection and client limits add up to more than
+    /// the descriptor budget: RLIMIT_NOFILE less a reserve (5%, at least
+    /// 64) kept for the control plane.
     #[arg(long)]
     check_config: bool,
 
