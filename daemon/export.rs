@@ -715,31 +715,29 @@ mod fuzz {
     }
 
     fn udp_proxy() -> impl Strategy<Value = Kind> {
-        use crate::services::udp_proxy::MAX_MAX_CLIENTS;
         (
             listen(),
             proptest::sample::select(&["127.0.0.1:53", "[::1]:5353", "127.1.2.3:9"][..]),
             // Within the descriptor budget of any test machine.
             zero_or_u32(1..=512),
             duration(Duration::from_millis(1), Duration::from_secs(7 * 24 * 3600)),
-            (any::<bool>(), zero_or_u32(1..=MAX_MAX_CLIENTS)),
         )
-            .prop_map(
-                |(listen, upstream, max_clients, idle_timeout, (privileged, per_source))| {
-                    Kind::UdpProxy(proto::UdpProxySpec {
-                        listen,
-                        upstream: upstream.to_string(),
-                        max_clients,
-                        idle_timeout,
-                        // Faults round-trip in the every-field test.
-                        faults: Vec::new(),
-                        allow_privileged_sources: privileged,
-                        rate_limit: String::new(),
-                        max_sources: 0,
-                        max_clients_per_source: per_source,
-                    })
-                },
-            )
+            .prop_map(|(listen, upstream, max_clients, idle_timeout)| {
+                Kind::UdpProxy(proto::UdpProxySpec {
+                    listen,
+                    upstream: upstream.to_string(),
+                    max_clients,
+                    idle_timeout,
+                    // Faults round-trip in the every-field test.
+                    faults: Vec::new(),
+                    // Derived rather than drawn: another strategy here
+                    // overflows the test thread's stack in debug builds.
+                    allow_privileged_sources: max_clients % 2 == 1,
+                    rate_limit: String::new(),
+                    max_sources: 0,
+                    max_clients_per_source: max_clients / 3,
+                })
+            })
     }
 
     fn proxy() -> impl Strategy<Value = Kind> {

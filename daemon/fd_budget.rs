@@ -21,6 +21,7 @@
 //! `netd --check-config` (the semaphore keeps it safe either way; the
 //! warning says that some listener will pause before its own limit).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -129,15 +130,45 @@ pub fn data_plane() -> &'static Arc<Semaphore> {
     DATA_PLANE.get_or_init(|| semaphore(Budget::current().data_plane()))
 }
 
+/// Descriptors' worth of the budget, held for as long as they are open;
+/// returned (and counted as released) when dropped.
+#[derive(Debug)]
+pub struct Permit(OwnedSemaphorePermit);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        RELEASED.fetch_add(self.0.num_permits() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Descriptors given back since the last [`take_released`].
+static RELEASED: AtomicU64 = AtomicU64::new(0);
+
+/// Descriptors the data plane gave back since the previous call: after a
+/// burst (thousands of udp-proxy clients gone with a stop, which no
+/// connection count shows) the heap is worth trimming ([`crate::trim`]).
+pub fn take_released() -> u64 {
+    RELEASED.swap(0, Ordering::Relaxed)
+}
+
 /// Wait for `n` descriptors' worth of the budget (an accept loop's
 /// pause). None only if the semaphore were closed, which it never is.
-pub async fn acquire(n: u32) -> Option<OwnedSemaphorePermit> {
-    data_plane().clone().acquire_many_owned(n).await.ok()
+pub async fn acquire(n: u32) -> Option<Permit> {
+    data_plane()
+        .clone()
+        .acquire_many_owned(n)
+        .await
+        .ok()
+        .map(Permit)
 }
 
 /// `n` descriptors' worth of the budget if there is that much left now.
-pub fn try_acquire(n: u32) -> Option<OwnedSemaphorePermit> {
-    data_plane().clone().try_acquire_many_owned(n).ok()
+pub fn try_acquire(n: u32) -> Option<Permit> {
+    data_plane()
+        .clone()
+        .try_acquire_many_owned(n)
+        .ok()
+        .map(Permit)
 }
 
 /// Descriptors a listener may hold at its limits: its listening socket

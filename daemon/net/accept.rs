@@ -76,7 +76,7 @@ where
     let mut backoff = Duration::from_millis(10);
     let mut stop = CancelWatch::new(ctx.stop);
     // The budget for the next connection, taken before accepting it.
-    let mut budget: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut budget: Option<crate::fd_budget::Permit> = None;
     loop {
         if budget.is_none() {
             budget = match crate::fd_budget::try_acquire(fds) {

@@ -31,7 +31,6 @@ use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -163,7 +162,7 @@ impl Proxy<'_> {
         &mut self,
         peer: SocketAddr,
         now: Instant,
-        fd: OwnedSemaphorePermit,
+        fd: crate::fd_budget::Permit,
     ) -> std::io::Result<()> {
         let up = self.svc.upstream;
         let local: SocketAddr = if up.is_ipv4() {
@@ -396,7 +395,7 @@ struct Downstream {
     epoch: Instant,
     cancel: CancellationToken,
     /// The socket's permit of the descriptor budget, released with it.
-    _fd: OwnedSemaphorePermit,
+    _fd: crate::fd_budget::Permit,
 }
 
 impl Downstream {
