@@ -112,9 +112,10 @@ fn main() -> ExitCode {
         }
         // The limits netd would run with: the soft limit raised to the hard.
         let budget = netd::fd_budget::Budget::current();
-        if let Some(w) =
-            netd::fd_budget::check_listeners(config.listeners.iter().map(|l| &l.spec), &budget)
-        {
+        if let Some(w) = netd::services::fd_cost::check_listeners(
+            config.listeners.iter().map(|l| &l.spec),
+            &budget,
+        ) {
             eprintln!("netd: warning: {w}");
         }
         println!(
@@ -153,7 +154,7 @@ fn main() -> ExitCode {
         "descriptor budget"
     );
     if let Some(w) =
-        netd::fd_budget::check_listeners(config.listeners.iter().map(|l| &l.spec), &budget)
+        netd::services::fd_cost::check_listeners(config.listeners.iter().map(|l| &l.spec), &budget)
     {
         tracing::warn!("{w}");
     }

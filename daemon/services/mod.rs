@@ -17,6 +17,7 @@
 //! [`crate::net`].
 
 pub mod client_key;
+pub mod fd_cost;
 pub mod http;
 pub mod kind;
 pub mod proxy;

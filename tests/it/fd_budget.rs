@@ -20,7 +20,6 @@ fn netd_with_nofile(limit: u64, config: &str) -> Netd {
     let mut cmd = Command::new(NETD);
     cmd.arg("--config").arg(&cfg);
     // SAFETY: only the async-signal-safe setrlimit between fork and exec.
-    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(move || {
             let lim = libc::rlimit {
@@ -61,7 +60,11 @@ fn control_plane_answers_with_the_data_plane_at_its_descriptor_limit() {
             clients.push(c);
         }
     }
-    assert!(clients.len() >= 400, "only {} clients connected", clients.len());
+    assert!(
+        clients.len() >= 400,
+        "only {} clients connected",
+        clients.len()
+    );
     // The data plane takes what the budget gives it (256 less a reserve
     // of 64, less netd's own descriptors).
     wait_until("netd to accept up to its budget", || open_fds(&netd) >= 180);

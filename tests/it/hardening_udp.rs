@@ -543,11 +543,15 @@ fn udp_proxy_drops_reflector_and_privileged_source_ports() {
         .collect();
     for s in &low {
         let port = s.local_addr().unwrap().port();
-        s.send_to(format!("to p from {port}").as_bytes(), p).unwrap();
-        s.send_to(format!("to q from {port}").as_bytes(), q).unwrap();
+        s.send_to(format!("to p from {port}").as_bytes(), p)
+            .unwrap();
+        s.send_to(format!("to q from {port}").as_bytes(), q)
+            .unwrap();
     }
     let ordinary = UdpSocket::bind("127.0.0.22:0").unwrap();
-    ordinary.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    ordinary
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     ordinary.send_to(b"ordinary", p).unwrap();
 
     wait_until("the reflector drops counted", || {
@@ -566,7 +570,9 @@ fn udp_proxy_drops_reflector_and_privileged_source_ports() {
     }
     got.sort();
     assert_eq!(got, ["ordinary", "to q from 53"]);
-    let n = ordinary.recv(&mut buf).expect("the ordinary client's answer");
+    let n = ordinary
+        .recv(&mut buf)
+        .expect("the ordinary client's answer");
     assert_eq!(&buf[..n], b"answer");
     wait_until("q's answer to port 53 sent", || {
         counter(&netd, "q", "datagrams_out") == 1
@@ -648,7 +654,9 @@ fn a_stopped_listeners_address_is_no_longer_own() {
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     c.send(b"hello").unwrap();
     let mut buf = [0u8; 16];
-    let n = c.recv(&mut buf).expect("b answers the stopped listener's address");
+    let n = c
+        .recv(&mut buf)
+        .expect("b answers the stopped listener's address");
     assert_eq!(&buf[..n], b"hello");
     assert_eq!(udp_counter(&netd, "b", "own_source_drops"), 0);
 }

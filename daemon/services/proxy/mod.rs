@@ -362,8 +362,14 @@ impl Proxy {
         };
         let workers = workers::handles();
         if workers.is_empty() {
-            return accept_loop_costing(&listener, ctx.accepting(), &self.limit, 2, serve(self, ctx))
-                .await;
+            return accept_loop_costing(
+                &listener,
+                ctx.accepting(),
+                &self.limit,
+                2,
+                serve(self, ctx),
+            )
+            .await;
         }
         // Out of the main runtime's reactor: registered there as well, the
         // socket would wake that runtime's thread for new clients (each

@@ -102,7 +102,9 @@ impl UdpProxy {
             default_clients,
             1..=MAX_MAX_CLIENTS.into(),
         )?;
-        budget.check_one("max_clients", max_clients).map_err(SpecError)?;
+        budget
+            .check_one("max_clients", max_clients)
+            .map_err(SpecError)?;
         let max_clients = max_clients as usize;
         let max_clients_per_source = super::size_in(
             "max_clients_per_source",
