@@ -526,7 +526,8 @@ fn udp_proxy_loop_through_a_second_netds_echo_ends_at_once() {
 /// same option to allow ports below 1024 other than the reflectors.
 #[test]
 fn udp_proxy_drops_reflector_and_privileged_source_ports() {
-    let netd = Netd::start("");
+    let port = crate::common::free_tcp_port();
+    let netd = Netd::start(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     let u = test_upstream();
     let up = u.local_addr().unwrap();
     let p = start_udp_proxy(&netd, "p", up, &[]);
@@ -590,11 +591,22 @@ fn udp_proxy_drops_reflector_and_privileged_source_ports() {
     u.set_nonblocking(true).unwrap();
     assert!(u.recv(&mut buf).is_err(), "more reached the upstream");
 
-    // Counted in the same families as the UDP echo's drops.
+    // Shown and exported as the UDP echo's drops are, in the same family.
     let table = netd.netctl_ok(&["status", "p"]);
     assert!(
         table.contains("dropped:     0 own source, 3 reflector source"),
         "{table}"
+    );
+    let mut m = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    m.read_to_string(&mut text).unwrap();
+    assert!(
+        text.contains(
+            "netd_udp_echo_drops_total{listener=\"p\",kind=\"udp-proxy\",reason=\"reflector_source\"} 3"
+        ),
+        "{text}"
     );
 }
 
