@@ -101,6 +101,8 @@ fn hard_limit() -> u64 {
 }
 
 static DATA_PLANE: OnceLock<Arc<Semaphore>> = OnceLock::new();
+/// The permits [`DATA_PLANE`] was created with.
+static CAPACITY: AtomicU64 = AtomicU64::new(0);
 
 /// Size the data plane's semaphore: the budget less the descriptors open
 /// now (netd's own: stdio, the runtime, the log). Called once at start,
@@ -111,16 +113,31 @@ pub fn init() -> u64 {
         .map(|d| d.count() as u64)
         .unwrap_or(0);
     let permits = Budget::current().data_plane().saturating_sub(open);
-    let _ = DATA_PLANE.set(semaphore(permits));
-    permits
+    if DATA_PLANE.get().is_none() {
+        let _ = DATA_PLANE.set(semaphore(permits));
+    }
+    capacity()
 }
 
 fn semaphore(permits: u64) -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(
-        usize::try_from(permits)
-            .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS),
-    ))
+    let n = usize::try_from(permits)
+        .unwrap_or(usize::MAX)
+        .min(Semaphore::MAX_PERMITS);
+    CAPACITY.store(n as u64, Ordering::Relaxed);
+    Arc::new(Semaphore::new(n))
+}
+
+/// Descriptors the data plane may hold in all (`/metrics`
+/// `netd_descriptor_budget`).
+pub fn capacity() -> u64 {
+    data_plane();
+    CAPACITY.load(Ordering::Relaxed)
+}
+
+/// Descriptors of the budget not held now (`/metrics`
+/// `netd_descriptor_budget_available`; 0 means accept loops are paused).
+pub fn available() -> u64 {
+    data_plane().available_permits() as u64
 }
 
 /// The process-wide permits of the data plane: one per descriptor.

@@ -184,6 +184,18 @@ impl Collector for ListenerCollector {
             None,
             MetricType::Counter,
         )?)?;
+        ConstGauge::new(crate::fd_budget::capacity() as i64).encode(encoder.encode_descriptor(
+            "netd_descriptor_budget",
+            "File descriptors the data plane may hold: RLIMIT_NOFILE less the control plane's reserve and netd's own.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(crate::fd_budget::available() as i64).encode(encoder.encode_descriptor(
+            "netd_descriptor_budget_available",
+            "Descriptors of the data plane's budget not in use; at 0 accept loops pause and udp-proxies refuse new clients.",
+            None,
+            MetricType::Gauge,
+        )?)?;
         self.encode_kind_specific(&listeners, &mut encoder)
     }
 }

@@ -49,7 +49,8 @@ fn open_fds(netd: &Netd) -> usize {
 /// pauses at the budget and both answer in under 5 s (the bound).
 #[test]
 fn control_plane_answers_with_the_data_plane_at_its_descriptor_limit() {
-    let netd = netd_with_nofile(256, "");
+    let port = crate::common::free_tcp_port();
+    let netd = netd_with_nofile(256, &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     netd.netctl_ok(&["start", "tcp-echo", "t", "--listen", "127.0.0.1:0"]);
     let t = bound_addr(&netd, "t");
     let mut clients = Vec::new();
@@ -78,6 +79,21 @@ fn control_plane_answers_with_the_data_plane_at_its_descriptor_limit() {
         open_fds(&netd) < 256,
         "the reserve was used up: {} descriptors",
         open_fds(&netd)
+    );
+    // The metrics endpoint (control plane too) answers, and shows the
+    // budget used up.
+    let mut m = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    m.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::io::Write::write_all(
+        &mut m,
+        b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut m, &mut text).unwrap();
+    assert!(
+        text.contains("netd_descriptor_budget_available 0"),
+        "{text}"
     );
 
     let started = Instant::now();
