@@ -74,7 +74,11 @@ fn spec_json(l: &proto::Listener) -> Value {
             "listen": u.listen,
             "upstream": u.upstream,
             "max_clients": u.max_clients,
+            "max_clients_per_source": u.max_clients_per_source,
             "idle_timeout": dur(&u.idle_timeout),
+            "allow_privileged_sources": u.allow_privileged_sources,
+            "rate_limit": u.rate_limit,
+            "max_sources": u.max_sources,
             "faults": faults_json(&u.faults),
         }),
         Some(Kind::Http(h)) => json!({
@@ -188,6 +192,11 @@ pub fn udp_proxy_json(u: &proto::UdpProxyStats) -> Value {
         "upstream_errors": u.upstream_errors,
         "kernel_drops": u.kernel_drops,
         "own_source_drops": u.own_source_drops,
+        "reflector_source_drops": u.reflector_source_drops,
+        "rate_limited": u.rate_limited,
+        "sources_tracked": u.sources_tracked,
+        "sources_evicted": u.sources_evicted,
+        "source_clients_refused": u.source_clients_refused,
     })
 }
 
@@ -526,19 +535,28 @@ pub fn status_block(l: &proto::Listener) {
     }
     if let Some(proto::listener_stats::Detail::UdpProxy(u)) = &s.detail {
         outln!(
-            "{:<12} {} active, {} total, {} expired, {} refused (table full)",
+            "{:<12} {} active, {} total, {} expired, {} refused (table full), {} refused (per-source cap)",
             "clients:",
             u.clients_active,
             u.clients_total,
             u.clients_expired,
-            u.clients_refused
+            u.clients_refused,
+            u.source_clients_refused
         );
         outln!(
-            "{:<12} {} own source, {} by the kernel; {} upstream errors",
+            "{:<12} {} own source, {} reflector source, {} rate limited, {} by the kernel; {} upstream errors",
             "dropped:",
             u.own_source_drops,
+            u.reflector_source_drops,
+            u.rate_limited,
             u.kernel_drops,
             u.upstream_errors
+        );
+        outln!(
+            "{:<12} {} tracked, {} evicted",
+            "sources:",
+            u.sources_tracked,
+            u.sources_evicted
         );
     }
     if let Some(proto::listener_stats::Detail::Sniffer(f)) = &s.detail {

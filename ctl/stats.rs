@@ -177,9 +177,14 @@ pub fn detail(t: &proto::ListenerStats) -> String {
         Some(Detail::UdpProxy(u)) => {
             parts.push(format!("{} clients", u.clients_active));
             for (what, n) in [
-                ("refused", u.clients_refused),
+                ("refused", u.clients_refused + u.source_clients_refused),
                 ("upstream errors", u.upstream_errors),
                 ("kernel-dropped", u.kernel_drops),
+                ("rate-limited", u.rate_limited),
+                (
+                    "reflector-dropped",
+                    u.reflector_source_drops + u.own_source_drops,
+                ),
             ] {
                 if n > 0 {
                     parts.push(format!("{} {what}", short(n)));

@@ -116,6 +116,8 @@ struct RawListener {
     upstream: Option<Spanned<String>>,
     #[serde(default)]
     max_clients: Option<Spanned<u32>>,
+    #[serde(default)]
+    max_clients_per_source: Option<Spanned<u32>>,
     /// Fault tables (`[[listener.faults]]`), see [`crate::fault::attrs`].
     #[serde(default)]
     faults: Option<Spanned<Vec<toml::Table>>>,
@@ -545,7 +547,7 @@ impl Config {
                 .unwrap_or_default();
             let kind_name = l.kind.get_ref().0;
             let spans = |o: Option<std::ops::Range<usize>>| o;
-            let optional: [OptionalField; 34] = [
+            let optional: [OptionalField; 35] = [
                 ("listen", spans(l.listen.as_ref().map(|v| v.span()))),
                 ("interface", spans(l.interface.as_ref().map(|v| v.span()))),
                 ("filter", spans(l.filter.as_ref().map(|v| v.span()))),
@@ -621,6 +623,10 @@ impl Config {
                 (
                     "max_clients",
                     spans(l.max_clients.as_ref().map(|v| v.span())),
+                ),
+                (
+                    "max_clients_per_source",
+                    spans(l.max_clients_per_source.as_ref().map(|v| v.span())),
                 ),
                 ("faults", spans(l.faults.as_ref().map(|v| v.span()))),
                 ("preconnect", spans(l.preconnect.as_ref().map(|v| v.span()))),
@@ -758,6 +764,17 @@ impl Config {
                     max_clients: u32_of(&l.max_clients),
                     idle_timeout,
                     faults,
+                    allow_privileged_sources: l
+                        .allow_privileged_sources
+                        .as_ref()
+                        .is_some_and(|v| *v.get_ref()),
+                    rate_limit: l
+                        .rate_limit
+                        .as_ref()
+                        .map(|r| r.get_ref().clone())
+                        .unwrap_or_default(),
+                    max_sources: u32_of(&l.max_sources),
+                    max_clients_per_source: u32_of(&l.max_clients_per_source),
                 }),
                 proto::ListenerKind::Sniffer => Kind::Sniffer(proto::SnifferSpec {
                     interface: l

@@ -25,7 +25,8 @@
 //!   directory descriptor;
 //! - the kernel reference test of the BPF interpreter (test code only);
 //! - [`trim`] — malloc_trim;
-//! - [`server::raise_fd_limit`] — getrlimit/setrlimit.
+//! - [`server::raise_fd_limit`] — getrlimit/setrlimit;
+//! - [`fd_budget`] — getrlimit.
 
 #![deny(unsafe_code)]
 
@@ -40,6 +41,7 @@ pub mod control_conn;
 pub mod events;
 pub mod export;
 pub mod fault;
+pub mod fd_budget;
 pub mod fdpass;
 pub mod fdstore;
 #[cfg(test)]
@@ -64,6 +66,7 @@ pub mod sys;
 pub mod toxiproxy_api;
 pub mod trim;
 pub mod warn_every;
+pub mod warn_limit;
 pub mod watch;
 
 /// Code generated from `proto/netd/v1/*.proto`.

@@ -50,7 +50,10 @@ struct Args {
     #[arg(long, env = "NETD_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
-    /// Validate the config and exit.
+    /// Validate the config and exit. Also warns (on stderr, still exit 0)
+    /// when the listeners' connection and client limits add up to more than
+    /// the descriptor budget: RLIMIT_NOFILE less a reserve (5%, at least
+    /// 64) kept for the control plane.
     #[arg(long)]
     check_config: bool,
 
@@ -113,6 +116,14 @@ fn main() -> ExitCode {
             eprintln!("netd: {e:#}");
             return ExitCode::from(2);
         }
+        // The limits netd would run with: the soft limit raised to the hard.
+        let budget = netd::fd_budget::Budget::current();
+        if let Some(w) = netd::services::fd_cost::check_listeners(
+            config.listeners.iter().map(|l| &l.spec),
+            &budget,
+        ) {
+            eprintln!("netd: warning: {w}");
+        }
         println!(
             "{}: ok ({} listeners)",
             config.source,
@@ -138,6 +149,20 @@ fn main() -> ExitCode {
     match netd::server::raise_fd_limit() {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    // Before the runtime: counts the descriptors open now (/proc).
+    let budget = netd::fd_budget::Budget::current();
+    let permits = netd::fd_budget::init();
+    tracing::info!(
+        limit = budget.limit,
+        reserve = budget.reserve,
+        data_plane = permits,
+        "descriptor budget"
+    );
+    if let Some(w) =
+        netd::services::fd_cost::check_listeners(config.listeners.iter().map(|l| &l.spec), &budget)
+    {
+        tracing::warn!("{w}");
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

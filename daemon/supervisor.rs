@@ -1099,14 +1099,14 @@ impl Supervisor {
     ) -> Result<UpdateAction, SupervisorError> {
         let same_socket = p.reused;
         let (cur_gen, bound) = self.generation(entry, p)?;
-        if let Some(a) = old
-            .own_udp_addr
-            .filter(|a| Some(*a) != cur_gen.own_udp_addr)
-        {
-            self.inner.settings.own_udp_addrs.remove(a);
-        }
+        // The new registration first, then the old one's removal (even when
+        // both are the same address: registrations are counted, and one left
+        // behind kept a stopped listener's address in the set).
         if let Some(a) = cur_gen.own_udp_addr {
             self.inner.settings.own_udp_addrs.insert(a);
+        }
+        if let Some(a) = old.own_udp_addr {
+            self.inner.settings.own_udp_addrs.remove(a);
         }
         *entry.current.lock().unwrap_or_else(|p| p.into_inner()) = cur_gen.clone();
         if !same_socket {

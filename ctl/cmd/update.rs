@@ -54,7 +54,8 @@ pub(crate) struct UpdateArgs {
     /// proxy: resolve upstreams given by host name again this often.
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     resolve_interval: Option<Duration>,
-    /// http, udp-echo: rate limit (N/s, N/m, N/h; udp-echo also "off").
+    /// http, udp-echo, udp-proxy: rate limit (N/s, N/m, N/h; the UDP kinds
+    /// per source IP, also "off").
     #[arg(long, value_name = "RATE")]
     rate_limit: Option<String>,
     /// http: bearer token ("" for none).
@@ -85,14 +86,14 @@ pub(crate) struct UpdateArgs {
     /// length (1-128).
     #[arg(long, value_name = "BITS")]
     rate_limit_ipv6_prefix: Option<u32>,
-    /// udp-echo: answer sources on ports below 1024 (alone: true; "false"
-    /// turns it off).
+    /// udp-echo, udp-proxy: answer sources on ports below 1024 (alone:
+    /// true; "false" turns it off).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     allow_privileged_sources: Option<bool>,
-    /// udp-echo: sources the rate limit tracks.
+    /// udp-echo, udp-proxy: sources the rate limit tracks.
     #[arg(long, value_name = "N")]
     max_sources: Option<u32>,
-    /// udp-proxy: clients tracked at once.
+    /// udp-proxy: clients tracked at once (at most netd's descriptor budget).
     #[arg(long, value_name = "N")]
     max_clients: Option<u32>,
     /// sniffer: interface to capture on (a replace).
@@ -107,6 +108,9 @@ pub(crate) struct UpdateArgs {
     /// sniffer: rotated pcap files kept.
     #[arg(long, value_name = "N")]
     pcap_max_files: Option<u32>,
+    /// udp-proxy: clients of one source IP (IPv6: one /64) at once.
+    #[arg(long, value_name = "N")]
+    max_clients_per_source: Option<u32>,
     /// sniffer: capture filter.
     #[arg(short, long, value_name = "EXPR")]
     filter: Option<String>,
@@ -191,6 +195,7 @@ impl UpdateArgs {
         if let Some(r) = &self.rate_limit {
             match kind {
                 Kind::UdpEcho(s) => s.rate_limit = r.clone(),
+                Kind::UdpProxy(s) => s.rate_limit = r.clone(),
                 Kind::Http(s) => s.rate_limit = r.clone(),
                 _ => return Err(na("--rate-limit")),
             }
@@ -222,6 +227,12 @@ impl UpdateArgs {
                 }
                 if let Some(n) = self.max_clients {
                     s.max_clients = n;
+                }
+                if let Some(n) = self.max_clients_per_source {
+                    s.max_clients_per_source = n;
+                }
+                if let Some(n) = self.max_sources {
+                    s.max_sources = n;
                 }
             }
             _ if !self.upstreams.is_empty() => return Err(na("--upstream")),
@@ -289,12 +300,18 @@ impl UpdateArgs {
                     s.allow_privileged_sources = on;
                 }
             }
+            Kind::UdpProxy(s) => {
+                if let Some(on) = self.allow_privileged_sources {
+                    s.allow_privileged_sources = on;
+                }
+            }
             _ if self.max_sources.is_some() => return Err(na("--max-sources")),
             _ if self.allow_privileged_sources.is_some() => {
                 return Err(na("--allow-privileged-sources"));
             }
-            _ if self.max_clients.is_some() && !matches!(kind, Kind::UdpProxy(_)) => {
-                return Err(na("--max-clients"));
+            _ if self.max_clients.is_some() => return Err(na("--max-clients")),
+            _ if self.max_clients_per_source.is_some() => {
+                return Err(na("--max-clients-per-source"));
             }
             _ => {}
         }

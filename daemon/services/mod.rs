@@ -17,10 +17,12 @@
 //! [`crate::net`].
 
 pub mod client_key;
+pub mod fd_cost;
 pub mod http;
 pub mod kind;
 pub mod proxy;
 pub mod sniffer;
+pub mod source_guard;
 pub mod tcp_echo;
 pub mod udp_echo;
 pub mod udp_proxy;

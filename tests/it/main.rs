@@ -16,6 +16,7 @@ mod echo;
 mod exit_codes;
 mod faults;
 mod faults_tcp;
+mod fd_budget;
 mod fleet;
 mod grpc_interop;
 mod hardening_http;

@@ -58,7 +58,7 @@ use super::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ListenerKind, ServiceCtx, Settings, SpecError,
     Transport, duration_field, listen_field,
 };
-use crate::net::accept::{Accepting, accept_loop};
+use crate::net::accept::{Accepting, accept_loop_costing};
 use crate::net::drain::Drain;
 use crate::net::sockopt::abort;
 use crate::net::workers;
@@ -378,7 +378,14 @@ impl Proxy {
         };
         let workers = workers::handles();
         if workers.is_empty() {
-            return accept_loop(&listener, ctx.accepting(), &self.limit, serve(self, ctx)).await;
+            return accept_loop_costing(
+                &listener,
+                ctx.accepting(),
+                &self.limit,
+                2,
+                serve(self, ctx),
+            )
+            .await;
         }
         // Out of the main runtime's reactor: registered there as well, the
         // socket would wake that runtime's thread for new clients (each
@@ -402,7 +409,8 @@ impl Proxy {
                         stop: &stop,
                         ..ctx.accepting()
                     };
-                    accept_loop(&listener, accepting, &proxy.limit, serve(&proxy, &ctx)).await
+                    accept_loop_costing(&listener, accepting, &proxy.limit, 2, serve(&proxy, &ctx))
+                        .await
                 },
                 worker,
             );
