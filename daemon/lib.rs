@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod own_addrs;
+pub mod peer_uid;
 pub mod page;
 pub mod safe_file;
 pub mod server;
