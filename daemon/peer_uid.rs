@@ -267,11 +267,18 @@ mod tests {
         );
         // Our own accepted socket (uid 0) is the reverse row: never taken
         // for the peer's.
-        assert_eq!(find_owner(TCP.as_bytes(), api, a("127.0.0.1:40000")), Some(0));
+        assert_eq!(
+            find_owner(TCP.as_bytes(), api, a("127.0.0.1:40000")),
+            Some(0)
+        );
         assert_eq!(find_owner(TCP.as_bytes(), a("127.0.0.1:40001"), api), None);
         // As a dual-stack listener sees it.
         assert_eq!(
-            find_owner(TCP.as_bytes(), a("[::ffff:127.0.0.1]:40000"), a("[::ffff:127.0.0.1]:8474")),
+            find_owner(
+                TCP.as_bytes(),
+                a("[::ffff:127.0.0.1]:40000"),
+                a("[::ffff:127.0.0.1]:8474")
+            ),
             Some(65534)
         );
     }

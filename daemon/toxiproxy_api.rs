@@ -3,24 +3,33 @@
 //!
 //! It is a translator onto the supervisor's calls (the ones the gRPC
 //! control plane makes), not a second model: a Toxiproxy *proxy* is a netd
-//! `proxy` listener (every one of them is listed, whoever started it), a
+//! `proxy` listener made through this API (labelled [`CREATED_BY`]; the
+//! config's and netctl's listeners are not its to see or change), a
 //! *toxic* is a fault of that listener, with Toxiproxy's attribute names
 //! and units converted at this edge (latency/jitter/delay/timeout in ms,
 //! bandwidth `rate` in KB/s of 1000 bytes, slicer `delay` in µs, sizes in
 //! bytes). Proxies created here are `ephemeral`, as Toxiproxy keeps no
-//! state across restarts. `enabled: false` is a `down` fault named
+//! state across restarts, unless `[toxiproxy_api] persist = true`. `enabled: false` is a `down` fault named
 //! [`DISABLED`], hidden from the toxics: the listener keeps its port, and
 //! clients are reset instead of refused. Netd-only fault types and
 //! conditions are not hidden: such a fault is listed with its netd type
 //! name, and an update through this API keeps its conditions. What differs
 //! from Toxiproxy is listed in the README ("Toxiproxy-compatible API").
 //!
-//! Every call acts with admin rights (the endpoint has no authentication,
-//! hence loopback only unless `allow_remote`), and each mutating one logs a
-//! `netd::audit` line with the caller `toxiproxy-api <peer address>`. Like
-//! Toxiproxy, requests from browsers (a `User-Agent` starting `Mozilla/`)
-//! are refused, so that a web page cannot drive it from the user's
-//! machine.
+//! Least privilege ([`Access`]): each connection's caller is identified
+//! once, at accept, as the control socket identifies its callers: a
+//! loopback peer by the uid owning its socket ([`crate::peer_uid`]), mapped
+//! to a role by the same `[control.roles]` rules ([`Policy`]; root, netd's
+//! own user and the control socket's group are admin by default). Reading
+//! needs `viewer`, changing anything `admin`; a caller that cannot be
+//! identified (not on loopback, or its socket not found) may do neither.
+//! Whatever the role, the proxies made here are confined by [`Rules`]:
+//! loopback listen addresses on allowed ports, no upstream that is one of
+//! netd's own endpoints or listeners, at most `max_proxies` of them. Each
+//! mutating call (and each refused one) logs a `netd::audit` line naming
+//! the caller: `toxiproxy-api uid:N(user) <peer address>`. Like Toxiproxy,
+//! requests from browsers (a `User-Agent` starting `Mozilla/`) are
+//! refused, so that a web page cannot drive it from the user's machine.
 //!
 //! Bounds as for `/metrics` ([`crate::metrics::Limits`]: connections,
 //! header and idle timeouts), plus [`MAX_BODY_BYTES`] per request body,
@@ -28,7 +37,8 @@
 //! request's headers to its response.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -44,6 +54,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Caller, Policy, Role};
 use crate::metrics::{self, Limits, Phase, TimedBody, TimedStream, Timing};
 use crate::proto::{self, fault::Kind};
 use crate::supervisor::{Supervisor, SupervisorError};
@@ -65,8 +76,102 @@ pub const TOXIPROXY_VERSION: &str = "2.12.0";
 /// Where a proxy created without `listen` binds (Toxiproxy binds every
 /// interface; netd stays on loopback unless told otherwise).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:0";
-/// Label put on the listeners this API starts.
+/// Label put on the listeners this API starts; the API sees and changes
+/// only listeners that carry it.
 pub const CREATED_BY: (&str, &str) = ("created-by", "toxiproxy-api");
+/// Largest `max_proxies` the config accepts.
+pub const MAX_MAX_PROXIES: usize = 4096;
+/// How long resolving a `listen` or `upstream` host name may take.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the proxies made through the API may do, whoever asks
+/// (`[toxiproxy_api]` `allowed_ports`, `max_proxies`, `persist`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// Ports a proxy may listen on (0, "pick one", always may).
+    pub allowed_ports: RangeInclusive<u16>,
+    /// Proxies made through the API that may exist at once.
+    pub max_proxies: usize,
+    /// Whether they are saved in the state file (brought back after a
+    /// restart) rather than ephemeral.
+    pub persist: bool,
+}
+
+impl Default for Rules {
+    /// Unprivileged ports, 64 proxies, ephemeral (as Toxiproxy's).
+    fn default() -> Self {
+        Rules {
+            allowed_ports: 1024..=65535,
+            max_proxies: 64,
+            persist: false,
+        }
+    }
+}
+
+impl Rules {
+    /// `"1024-65535"` or one port `"8000"`; ports 1 to 65535.
+    pub fn parse_ports(s: &str) -> Result<RangeInclusive<u16>, String> {
+        let port = |p: &str| match p.trim().parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "'{s}' is not a port range like 1024-65535 (ports 1 to 65535)"
+            )),
+        };
+        let (lo, hi) = match s.split_once('-') {
+            Some((lo, hi)) => (port(lo)?, port(hi)?),
+            None => (port(s)?, port(s)?),
+        };
+        if lo > hi {
+            return Err(format!("'{s}': the first port is above the last"));
+        }
+        Ok(lo..=hi)
+    }
+}
+
+/// Who may call the API and what its proxies may reach; one per endpoint,
+/// shared by its connections.
+#[derive(Debug)]
+pub struct Access {
+    /// `[control.roles]`, as the control socket applies them.
+    policy: Policy,
+    rules: Rules,
+    /// netd's own TCP endpoints (control, metrics, health, this API): no
+    /// proxy made here may forward to one.
+    own_endpoints: Vec<SocketAddr>,
+    /// Held from counting the API's proxies to starting one, so that
+    /// concurrent creates cannot pass `max_proxies` together.
+    creating: tokio::sync::Mutex<()>,
+}
+
+impl Access {
+    pub fn new(policy: Policy, rules: Rules, own_endpoints: Vec<SocketAddr>) -> Access {
+        Access {
+            policy,
+            rules,
+            own_endpoints,
+            creating: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The caller on a connection accepted on `local` from `peer`, with
+    /// its role; unidentified callers get [`Role::None`].
+    async fn identify(&self, local: Option<SocketAddr>, peer: SocketAddr) -> Caller {
+        let user = match local {
+            Some(local) => crate::peer_uid::loopback_peer_user(local, peer).await,
+            None => None,
+        };
+        match user {
+            Some(u) => Caller {
+                identity: format!("toxiproxy-api {} {peer}", u.identity()),
+                role: self.policy.caller(&u.peer(), false, None).role,
+            },
+            None => Caller {
+                identity: format!("toxiproxy-api unidentified {peer}"),
+                role: Role::None,
+            },
+        }
+    }
+}
 
 /// Serve the API on `listener` within `limits` until `stop` is cancelled;
 /// then connections finish the response in flight and close.
@@ -74,9 +179,11 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     limits: Limits,
     supervisor: Supervisor,
+    access: Access,
     stop: CancellationToken,
 ) {
     let refused = AtomicU64::new(0);
+    let access = Arc::new(access);
     crate::metrics::serve_endpoint(
         listener,
         limits,
@@ -84,26 +191,38 @@ pub async fn serve(
         &refused,
         "toxiproxy API",
         |stream, peer, slot| {
-            let api = Api {
-                supervisor: supervisor.clone(),
+            serve_connection(
+                stream,
+                slot,
+                supervisor.clone(),
+                access.clone(),
                 peer,
-            };
-            serve_connection(stream, slot, api, limits, stop.clone())
+                limits,
+                stop.clone(),
+            )
         },
     )
     .await;
 }
 
-/// Serve one connection until the client closes it, a phase runs past its
-/// deadline, or shutdown (which lets the response in flight finish).
+/// Identify the caller, then serve one connection until the client closes
+/// it, a phase runs past its deadline, or shutdown (which lets the
+/// response in flight finish).
 async fn serve_connection(
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
-    api: Api,
+    supervisor: Supervisor,
+    access: Arc<Access>,
+    peer: SocketAddr,
     limits: Limits,
     stop: CancellationToken,
 ) {
-    let peer = api.peer;
+    let caller = access.identify(stream.local_addr().ok(), peer).await;
+    let api = Api {
+        supervisor,
+        access,
+        caller,
+    };
     let timing = Arc::new(Timing::with_respond_timeout(limits, RESPOND_TIMEOUT));
     let io = TokioIo::new(TimedStream {
         stream,
@@ -279,10 +398,17 @@ fn route<'p>(method: &Method, path: &'p str) -> Result<(Op, &'p str, &'p str), S
     Ok((op, proxy, toxic))
 }
 
-/// One connection's view of the API: the supervisor and who is calling.
+/// One connection's view of the API: the supervisor, the rules and who is
+/// calling.
 struct Api {
     supervisor: Supervisor,
-    peer: SocketAddr,
+    access: Arc<Access>,
+    caller: Caller,
+}
+
+/// Whether the API made listener `l` (and so may see and change it).
+fn api_made(l: &proto::Listener) -> bool {
+    l.labels.get(CREATED_BY.0).map(String::as_str) == Some(CREATED_BY.1)
 }
 
 type Reply = Result<(StatusCode, Value), ApiError>;
@@ -305,6 +431,25 @@ impl Api {
             }
             Err(_) => return plain(StatusCode::NOT_FOUND, "404 page not found\n"),
         };
+        let need = if op.mutating() {
+            Role::Admin
+        } else {
+            Role::Viewer
+        };
+        if self.caller.role < need {
+            let e = ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} needs the {} role; {} has the {} role",
+                    op.name(),
+                    need.as_str(),
+                    self.caller.identity,
+                    self.caller.role.as_str()
+                ),
+            );
+            tracing::warn!(target: "netd::audit", caller = %self.caller.identity, role = self.caller.role.as_str(), rpc = %format!("Toxiproxy{}", op.name()), listener = ?proxy, "audit: denied");
+            return json_response(e.status, &e.body());
+        }
         let mut named = String::new();
         let reply = match self.body_of(req, op).await {
             Err(e) => Err(e),
@@ -378,7 +523,7 @@ impl Api {
             Op::ProxyIndex => {
                 let mut all = Map::new();
                 for l in self.supervisor.list() {
-                    if l.kind() == proto::ListenerKind::Proxy {
+                    if l.kind() == proto::ListenerKind::Proxy && api_made(&l) {
                         let v = self.proxy_json(&l);
                         all.insert(l.name.clone(), v);
                     }
@@ -427,23 +572,24 @@ impl Api {
 
     /// One `netd::audit` line, as the control plane writes them.
     fn audit(&self, op: Op, proxy: &str, toxic: &str, reply: &Reply) {
-        let caller = format!("toxiproxy-api {}", self.peer);
+        let caller = &self.caller.identity;
+        let role = self.caller.role.as_str();
         let rpc = format!("Toxiproxy{}", op.name());
         match reply {
             Ok((status, _)) => {
-                tracing::info!(target: "netd::audit", caller = %caller, role = "admin", rpc = %rpc, listener = ?proxy, toxic = ?toxic, status = status.as_u16(), "audit: ok")
+                tracing::info!(target: "netd::audit", caller = %caller, role, rpc = %rpc, listener = ?proxy, toxic = ?toxic, status = status.as_u16(), "audit: ok")
             }
             Err(e) => {
-                tracing::info!(target: "netd::audit", caller = %caller, role = "admin", rpc = %rpc, listener = ?proxy, toxic = ?toxic, status = e.status.as_u16(), error = ?e.message, "audit: refused")
+                tracing::info!(target: "netd::audit", caller = %caller, role, rpc = %rpc, listener = ?proxy, toxic = ?toxic, status = e.status.as_u16(), error = ?e.message, "audit: refused")
             }
         }
     }
 
-    /// The proxy listener `name` (404 for no listener, or one of another
-    /// kind).
+    /// The proxy listener `name` made through this API (404 for no
+    /// listener, one of another kind, or one from the config or netctl).
     fn proxy(&self, name: &str) -> Result<proto::Listener, ApiError> {
         match self.supervisor.get(name) {
-            Ok(l) if l.kind() == proto::ListenerKind::Proxy => Ok(l),
+            Ok(l) if l.kind() == proto::ListenerKind::Proxy && api_made(&l) => Ok(l),
             _ => Err(ApiError::proxy_not_found()),
         }
     }
@@ -497,10 +643,29 @@ impl Api {
         })
     }
 
-    /// Start a proxy listener for `p` (ephemeral), disabled if asked.
+    /// Start a proxy listener for `p` (ephemeral unless `persist`),
+    /// disabled if asked, within the [`Rules`].
     async fn create_proxy(&self, p: &ProxyInput) -> Result<proto::Listener, ApiError> {
         if self.supervisor.get(&p.name).is_ok() {
             return Err(ApiError::new(StatusCode::CONFLICT, "proxy already exists"));
+        }
+        self.check_listen(&p.listen).await?;
+        self.check_upstream(&p.upstream).await?;
+        let _one_at_a_time = self.access.creating.lock().await;
+        let max = self.access.rules.max_proxies;
+        let made = self
+            .supervisor
+            .list()
+            .iter()
+            .filter(|l| api_made(l))
+            .count();
+        if made >= max {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{made} proxies made through this API exist and [toxiproxy_api] max_proxies is {max}: delete one first"
+                ),
+            ));
         }
         let spec = proto::ListenerSpec {
             kind: Some(proto::listener_spec::Kind::Proxy(proto::ProxySpec {
@@ -512,7 +677,7 @@ impl Api {
         let labels = [(CREATED_BY.0.to_string(), CREATED_BY.1.to_string())].into();
         let l = self
             .supervisor
-            .start(&p.name, spec, labels, true)
+            .start(&p.name, spec, labels, !self.access.rules.persist)
             .await
             .map_err(from_supervisor)?;
         if !p.enabled {
@@ -544,6 +709,77 @@ impl Api {
         Ok(())
     }
 
+    /// A proxy made here listens on loopback, on port 0 or an allowed one.
+    async fn check_listen(&self, listen: &str) -> Result<(), ApiError> {
+        let allowed = &self.access.rules.allowed_ports;
+        for a in resolve("listen", listen).await? {
+            if !a.ip().to_canonical().is_loopback() {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "listen {listen} is not a loopback address: proxies made through the Toxiproxy API listen on loopback only"
+                    ),
+                ));
+            }
+            if a.port() != 0 && !allowed.contains(&a.port()) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "listen {listen}: port {} is outside [toxiproxy_api] allowed_ports ({}-{})",
+                        a.port(),
+                        allowed.start(),
+                        allowed.end()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A proxy made here never forwards to netd itself: not to one of its
+    /// own endpoints (control, metrics, health, this API), nor to the
+    /// address of any of its TCP listeners (which would relay to them or
+    /// loop).
+    async fn check_upstream(&self, upstream: &str) -> Result<(), ApiError> {
+        let targets = resolve("upstream", upstream).await?;
+        let mut own: Vec<(SocketAddr, String)> = self
+            .access
+            .own_endpoints
+            .iter()
+            .map(|a| (*a, "one of netd's own endpoints".to_string()))
+            .collect();
+        for l in self.supervisor.list() {
+            if matches!(
+                l.kind(),
+                proto::ListenerKind::UdpEcho | proto::ListenerKind::UdpProxy
+            ) {
+                continue;
+            }
+            if let Ok(a) = l.bound_addr.parse::<SocketAddr>() {
+                own.push((a, format!("the address of netd listener '{}'", l.name)));
+            }
+        }
+        // The host's addresses, only when a wildcard bind needs them.
+        let host_ips = if own.iter().any(|(a, _)| a.ip().is_unspecified()) {
+            tokio::task::spawn_blocking(host_ips)
+                .await
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        for t in &targets {
+            if let Some((_, what)) = own.iter().find(|(a, _)| reaches(*t, *a, &host_ips)) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "upstream {upstream} is {what}: proxies made through the Toxiproxy API cannot forward to netd itself"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     async fn update_proxy(&self, name: &str, body: &Value) -> Reply {
         let l = self.proxy(name)?;
         let obj = object(body)?;
@@ -553,9 +789,11 @@ impl Api {
         let cur = proxy_spec(&l);
         let mut new = cur.clone();
         if let Some(listen) = listen.filter(|a| *a != cur.listen && *a != l.bound_addr) {
+            self.check_listen(&listen).await?;
             new.listen = listen;
         }
         if let Some(up) = upstream.filter(|u| *u != cur.upstreams.join(",")) {
+            self.check_upstream(&up).await?;
             new.upstreams = vec![up];
         }
         if new != cur {
@@ -605,7 +843,9 @@ impl Api {
     async fn populate_one(&self, p: &ProxyInput) -> Result<proto::Listener, ApiError> {
         match self.supervisor.get(&p.name) {
             Err(_) => self.create_proxy(p).await,
-            Ok(l) if l.kind() != proto::ListenerKind::Proxy => {
+            // Not this API's to replace: another kind, or the config's or
+            // netctl's.
+            Ok(l) if l.kind() != proto::ListenerKind::Proxy || !api_made(&l) => {
                 Err(ApiError::new(StatusCode::CONFLICT, "proxy already exists"))
             }
             Ok(l) => {
@@ -625,10 +865,13 @@ impl Api {
         }
     }
 
-    /// Enable every proxy and remove every toxic.
+    /// Enable every proxy made here and remove its toxics.
     async fn reset(&self) -> Reply {
         for l in self.supervisor.list() {
-            if l.kind() != proto::ListenerKind::Proxy || self.faults(&l.name).is_empty() {
+            if l.kind() != proto::ListenerKind::Proxy
+                || !api_made(&l)
+                || self.faults(&l.name).is_empty()
+            {
                 continue;
             }
             match self.supervisor.remove_fault(&l.name, None).await {
@@ -713,6 +956,60 @@ impl Api {
             .map_err(from_supervisor)?;
         Ok((StatusCode::OK, toxic_json(&s.fault.unwrap_or_default())))
     }
+}
+
+/// The addresses `addr` (`host:port`) stands for, resolved off the
+/// runtime within [`RESOLVE_TIMEOUT`]; `what` names the field in errors.
+async fn resolve(what: &str, addr: &str) -> Result<Vec<SocketAddr>, ApiError> {
+    let bad = |why: String| ApiError::new(StatusCode::BAD_REQUEST, format!("{what} {addr}: {why}"));
+    if let Ok(a) = addr.trim().parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(addr.trim()))
+        .await
+        .map_err(|_| bad("resolving the host name timed out".into()))?
+        .map_err(|e| bad(format!("cannot resolve the host name: {e}")))?;
+    // Bounded: a name with more addresses than this is refused.
+    let addrs: Vec<SocketAddr> = found.take(65).collect();
+    if addrs.is_empty() || addrs.len() > 64 {
+        return Err(bad(format!(
+            "the host name resolved to {} addresses (1 to 64 taken)",
+            addrs.len()
+        )));
+    }
+    Ok(addrs)
+}
+
+/// Whether connecting to `target` reaches a TCP socket bound at `bound`:
+/// the same port, and the same address, or `bound` is a wildcard and
+/// `target` one of this host's addresses. Connecting to 0.0.0.0 (::)
+/// reaches loopback.
+fn reaches(target: SocketAddr, bound: SocketAddr, host_ips: &[IpAddr]) -> bool {
+    if target.port() != bound.port() || target.port() == 0 {
+        return false;
+    }
+    let local = |ip: IpAddr| match ip {
+        IpAddr::V4(v) if v.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v) if v.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let t = local(target.ip().to_canonical());
+    let b = bound.ip().to_canonical();
+    if b.is_unspecified() {
+        // A dual-stack wildcard takes IPv4 too: any local target matches.
+        t.is_loopback() || host_ips.contains(&t)
+    } else {
+        t == b
+    }
+}
+
+/// The addresses of the host's interfaces (empty if they cannot be listed:
+/// loopback is matched anyway).
+fn host_ips() -> Vec<IpAddr> {
+    pnet::datalink::interfaces()
+        .into_iter()
+        .flat_map(|i| i.ips.into_iter().map(|n| n.ip().to_canonical()))
+        .collect()
 }
 
 /// A proxy as `POST /proxies` and `/populate` give it.

@@ -32,5 +32,6 @@ mod sniffer;
 mod stats;
 mod systemd;
 mod toxiproxy_api;
+mod toxiproxy_security;
 mod udp_proxy;
 mod upgrade;
