@@ -1373,6 +1373,74 @@ mod tests {
     }
 
     #[test]
+    fn rules_keys_and_defaults() {
+        use crate::config::Config;
+        let c = Config::parse("", "x.toml").unwrap();
+        assert_eq!(c.toxiproxy_api_rules, Rules::default());
+        assert_eq!(Rules::default().allowed_ports, 1024..=65535);
+        let c = Config::parse(
+            "[toxiproxy_api]\nlisten = \"127.0.0.1:8474\"\nallowed_ports = \"20000-20010\"\nmax_proxies = 2\npersist = true\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.toxiproxy_api_rules,
+            Rules {
+                allowed_ports: 20000..=20010,
+                max_proxies: 2,
+                persist: true
+            }
+        );
+        for (text, want) in [
+            (
+                "allowed_ports = \"0-10\"",
+                "x.toml:2: toxiproxy_api.allowed_ports: '0-10' is not a port range",
+            ),
+            (
+                "allowed_ports = \"9-8\"",
+                "x.toml:2: toxiproxy_api.allowed_ports: '9-8': the first port is above the last",
+            ),
+            (
+                "max_proxies = 0",
+                "x.toml:2: toxiproxy_api.max_proxies: 0 is out of range (1 to 4096)",
+            ),
+        ] {
+            let e = Config::parse(&format!("[toxiproxy_api]\n{text}\n"), "x.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "{text}: {e}");
+        }
+        assert_eq!(Rules::parse_ports("8000"), Ok(8000..=8000));
+        assert_eq!(Rules::parse_ports(" 1 - 2 "), Ok(1..=2));
+        assert!(Rules::parse_ports("1-65536").is_err());
+        assert!(Rules::parse_ports("").is_err());
+    }
+
+    #[test]
+    fn what_an_upstream_reaches() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let host: Vec<IpAddr> = vec!["192.0.2.7".parse().unwrap()];
+        // Exact binds: the same address and port only.
+        assert!(reaches(a("127.0.0.1:9090"), a("127.0.0.1:9090"), &host));
+        assert!(!reaches(a("127.0.0.2:9090"), a("127.0.0.1:9090"), &host));
+        assert!(!reaches(a("127.0.0.1:9091"), a("127.0.0.1:9090"), &host));
+        assert!(reaches(
+            a("[::ffff:127.0.0.1]:9090"),
+            a("127.0.0.1:9090"),
+            &host
+        ));
+        // 0.0.0.0 and :: as a destination are loopback.
+        assert!(reaches(a("0.0.0.0:9090"), a("127.0.0.1:9090"), &host));
+        assert!(reaches(a("[::]:9090"), a("[::1]:9090"), &host));
+        // Wildcard binds: loopback and the host's own addresses.
+        assert!(reaches(a("127.0.0.9:9090"), a("0.0.0.0:9090"), &host));
+        assert!(reaches(a("192.0.2.7:9090"), a("0.0.0.0:9090"), &host));
+        assert!(reaches(a("127.0.0.1:9090"), a("[::]:9090"), &host));
+        assert!(!reaches(a("198.51.100.1:9090"), a("0.0.0.0:9090"), &host));
+        assert!(!reaches(a("127.0.0.1:0"), a("127.0.0.1:0"), &host));
+    }
+
+    #[test]
     fn bad_attribute_values_are_refused() {
         let mut k = new_kind("latency").unwrap();
         assert!(set_attr(&mut k, "latency", &json!(-1)).is_err());
