@@ -196,7 +196,7 @@ fn api_made_proxies_are_confined_whoever_asks() {
     let up = upstream.addr.to_string();
     let netd = Netd::start(&format!(
         "[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [toxiproxy_api]\nlisten = \"127.0.0.1:0\"\nmax_proxies = 3\n\
+         [toxiproxy_api]\nlisten = \"127.0.0.1:0\"\n\
          [[listener]]\nname = \"cfg\"\nkind = \"proxy\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{up}\"]\n"
     ));
     let api = api_addr(&netd);
@@ -301,22 +301,49 @@ fn api_made_proxies_are_confined_whoever_asks() {
     let p1 = bound_addr(&netd, "p1").to_string();
     let (st, v) = create("p2", "127.0.0.1:0", &p1);
     assert_eq!(st, 403, "{v}");
+    assert!(!exists(&netd, "p2"));
+}
 
-    // At most max_proxies (3 here); one deleted makes room.
-    for name in ["p2", "p3"] {
-        let (st, v) = create(name, "127.0.0.1:0", &up);
+#[test]
+fn at_most_max_proxies_are_made_through_the_api() {
+    let upstream = TestUpstream::echo(b"up:");
+    let up = upstream.addr.to_string();
+    // Room for 8 listeners: the config's 2, netctl's, the API's 3; the
+    // API cannot take the rest from root.
+    let netd = Netd::start(&format!(
+        "max_listeners = 8\n{}",
+        config(upstream.addr).replacen(
+            "[toxiproxy_api]\n",
+            "[toxiproxy_api]\nmax_proxies = 3\n",
+            1
+        )
+    ));
+    let api = api_addr(&netd);
+    netd.netctl_ok(&["start", "tcp-echo", "e1", "--listen", "127.0.0.1:0"]);
+    let create = |name: &str| {
+        call(
+            api,
+            "POST",
+            "/proxies",
+            Some(json!({"name": name, "upstream": up})),
+        )
+    };
+    for name in ["p1", "p2", "p3"] {
+        let (st, v) = create(name);
         assert_eq!(st, 201, "{name}: {v}");
     }
-    let (st, v) = create("p4", "127.0.0.1:0", &up);
+    let (st, v) = create("p4");
     assert_eq!(st, 403, "{v}");
     assert!(
         v["error"].as_str().unwrap().contains("max_proxies is 3"),
         "{v}"
     );
     assert!(!exists(&netd, "p4"));
+    netd.netctl_ok(&["start", "tcp-echo", "e2", "--listen", "127.0.0.1:0"]);
+    // One deleted makes room.
     let (st, _) = call(api, "DELETE", "/proxies/p1", None);
     assert_eq!(st, 204);
-    let (st, v) = create("p4", "127.0.0.1:0", &up);
+    let (st, v) = create("p4");
     assert_eq!(st, 201, "{v}");
 }
 
