@@ -194,6 +194,8 @@ struct RawToxiproxyApi {
     max_proxies: Option<Spanned<u64>>,
     #[serde(default)]
     persist: bool,
+    #[serde(default)]
+    token_file: Option<Spanned<String>>,
 }
 
 impl RawToxiproxyApi {
@@ -350,6 +352,8 @@ pub struct Config {
     /// What proxies made through it may do (`allowed_ports`,
     /// `max_proxies`, `persist`).
     pub toxiproxy_api_rules: crate::toxiproxy_api::Rules,
+    /// `[toxiproxy_api] token_file`'s bearer token (admin), read at load.
+    pub toxiproxy_api_token: Option<crate::toxiproxy_api::Token>,
     /// Where to serve plaintext grpc.health.v1 only (`[health] listen`);
     /// off when unset. Any address: it tells only whether netd serves.
     pub health_listen: Option<std::net::SocketAddr>,
@@ -427,6 +431,16 @@ impl Config {
             &at,
         )?;
         let toxiproxy_api_rules = toxiproxy_api_rules(&raw.toxiproxy_api, &at)?;
+        let toxiproxy_api_token = match &raw.toxiproxy_api.token_file {
+            None => None,
+            Some(f) => Some(toxiproxy_api_token(f.get_ref()).map_err(|e| {
+                ConfigError(format!(
+                    "{}: toxiproxy_api.token_file: {}: {e}",
+                    at(f.span()),
+                    f.get_ref()
+                ))
+            })?),
+        };
         if let (Some(t), Some(l)) = (toxiproxy_api_listen, &raw.toxiproxy_api.listen) {
             if metrics_listen.is_some_and(|m| addrs_clash(m, t)) {
                 return Err(ConfigError(format!(
@@ -528,6 +542,7 @@ impl Config {
             toxiproxy_api_listen,
             toxiproxy_api_limits,
             toxiproxy_api_rules,
+            toxiproxy_api_token,
             health_listen,
             access_log,
             listeners,
@@ -1104,6 +1119,29 @@ fn toxiproxy_api_rules(
         max_proxies,
         persist: raw.persist,
     })
+}
+
+/// Read `[toxiproxy_api] token_file`: an absolute path to a regular file
+/// (opened non-blocking, so a FIFO cannot hang the load), at most 4 KiB.
+fn toxiproxy_api_token(path: &str) -> Result<crate::toxiproxy_api::Token, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if !Path::new(path).is_absolute() {
+        return Err("must be an absolute path".into());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err("not a regular file".into());
+    }
+    let mut text = String::new();
+    file.take(4096)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    crate::toxiproxy_api::Token::parse(&text)
 }
 
 /// A TOML syntax or type error as one line, `file:line:column: what`,
@@ -1732,6 +1770,7 @@ mod fuzz {
         "toxiproxy_api.allowed_ports",
         "toxiproxy_api.max_proxies",
         "toxiproxy_api.persist",
+        "toxiproxy_api.token_file",
         "health.listen",
         "access_log.path",
         "access_log.buffer_bytes",

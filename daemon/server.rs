@@ -320,7 +320,8 @@ pub async fn run(
             Policy::new(cc.roles.clone(), socket_gid, false),
             config.toxiproxy_api_rules.clone(),
             own_endpoints.clone(),
-        );
+        )
+        .with_token(config.toxiproxy_api_token.clone());
         tokio::spawn(crate::toxiproxy_api::serve(
             l,
             config.toxiproxy_api_limits,

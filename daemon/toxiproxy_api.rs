@@ -54,6 +54,8 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
+use subtle::ConstantTimeEq as _;
+
 use crate::auth::{Caller, Policy, Role};
 use crate::metrics::{self, Limits, Phase, TimedBody, TimedStream, Timing};
 use crate::proto::{self, fault::Kind};
@@ -141,6 +143,37 @@ pub struct Access {
     /// Held from counting the API's proxies to starting one, so that
     /// concurrent creates cannot pass `max_proxies` together.
     creating: tokio::sync::Mutex<()>,
+    /// `[toxiproxy_api] token_file`'s token: a request presenting it
+    /// (`Authorization: Bearer`) acts as admin, from anywhere.
+    token: Option<Token>,
+}
+
+/// A bearer token, never shown (Debug prints `<redacted>`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Shortest token accepted from `token_file`.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+impl Token {
+    /// The token in `text` (a token file's content, surrounding
+    /// whitespace trimmed): at least [`MIN_TOKEN_BYTES`] printable ASCII
+    /// characters, as an HTTP header carries them.
+    pub fn parse(text: &str) -> Result<Token, String> {
+        let t = text.trim();
+        if t.len() < MIN_TOKEN_BYTES || !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "the token must be at least {MIN_TOKEN_BYTES} printable ASCII characters without spaces"
+            ));
+        }
+        Ok(Token(t.to_string()))
+    }
 }
 
 impl Access {
@@ -150,7 +183,14 @@ impl Access {
             rules,
             own_endpoints,
             creating: tokio::sync::Mutex::new(()),
+            token: None,
         }
+    }
+
+    /// Accept `token` as admin (`[toxiproxy_api] token_file`).
+    pub fn with_token(mut self, token: Option<Token>) -> Access {
+        self.token = token;
+        self
     }
 
     /// The caller on a connection accepted on `local` from `peer`, with
@@ -222,6 +262,7 @@ async fn serve_connection(
         supervisor,
         access,
         caller,
+        peer,
     };
     let timing = Arc::new(Timing::with_respond_timeout(limits, RESPOND_TIMEOUT));
     let io = TokioIo::new(TimedStream {
@@ -403,7 +444,10 @@ fn route<'p>(method: &Method, path: &'p str) -> Result<(Op, &'p str, &'p str), S
 struct Api {
     supervisor: Supervisor,
     access: Arc<Access>,
+    /// Identified at accept (by uid); a request with the bearer token
+    /// acts as admin instead.
     caller: Caller,
+    peer: SocketAddr,
 }
 
 /// Whether the API made listener `l` (and so may see and change it).
@@ -436,19 +480,39 @@ impl Api {
         } else {
             Role::Viewer
         };
-        if self.caller.role < need {
-            let e = ApiError::new(
+        let caller = match self.authenticate(&req) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(target: "netd::audit", caller = %self.caller.identity, rpc = %format!("Toxiproxy{}", op.name()), listener = ?proxy, error = ?e.message, "audit: denied");
+                let mut r = json_response(e.status, &e.body());
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+        };
+        let caller = caller.as_ref().unwrap_or(&self.caller);
+        if caller.role < need {
+            let mut e = ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!(
                     "{} needs the {} role; {} has the {} role",
                     op.name(),
                     need.as_str(),
-                    self.caller.identity,
-                    self.caller.role.as_str()
+                    caller.identity,
+                    caller.role.as_str()
                 ),
             );
-            tracing::warn!(target: "netd::audit", caller = %self.caller.identity, role = self.caller.role.as_str(), rpc = %format!("Toxiproxy{}", op.name()), listener = ?proxy, "audit: denied");
-            return json_response(e.status, &e.body());
+            // Without an identity, the token is the way in.
+            if caller.role == Role::None && self.access.token.is_some() {
+                e.status = StatusCode::UNAUTHORIZED;
+            }
+            tracing::warn!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc = %format!("Toxiproxy{}", op.name()), listener = ?proxy, "audit: denied");
+            let mut r = json_response(e.status, &e.body());
+            if e.status == StatusCode::UNAUTHORIZED {
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            return r;
         }
         let mut named = String::new();
         let reply = match self.body_of(req, op).await {
@@ -467,7 +531,7 @@ impl Api {
                 Op::ToxicCreate => (proxy, named.as_str()),
                 _ => (proxy, toxic),
             };
-            self.audit(op, proxy, toxic, &reply);
+            self.audit(caller, op, proxy, toxic, &reply);
         }
         match reply {
             Ok((status, Value::Null)) => empty(status),
@@ -570,10 +634,33 @@ impl Api {
         }
     }
 
+    /// The caller of a request that presents `Authorization: Bearer`:
+    /// admin when it is `[toxiproxy_api] token_file`'s token (compared in
+    /// constant time), 401 when it is not or no token is set; None (the
+    /// connection's caller) when the request presents none.
+    fn authenticate(&self, req: &Request<Incoming>) -> Result<Option<Caller>, ApiError> {
+        let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+            return Ok(None);
+        };
+        let unauthorized = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid bearer token");
+        let presented = value
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .ok_or_else(unauthorized)?;
+        let token = self.access.token.as_ref().ok_or_else(unauthorized)?;
+        if !bool::from(presented.ct_eq(token.0.as_bytes())) {
+            return Err(unauthorized());
+        }
+        Ok(Some(Caller {
+            identity: format!("toxiproxy-api token {}", self.peer),
+            role: Role::Admin,
+        }))
+    }
+
     /// One `netd::audit` line, as the control plane writes them.
-    fn audit(&self, op: Op, proxy: &str, toxic: &str, reply: &Reply) {
-        let caller = &self.caller.identity;
-        let role = self.caller.role.as_str();
+    fn audit(&self, caller: &Caller, op: Op, proxy: &str, toxic: &str, reply: &Reply) {
+        let role = caller.role.as_str();
+        let caller = &caller.identity;
         let rpc = format!("Toxiproxy{}", op.name());
         match reply {
             Ok((status, _)) => {
@@ -1414,6 +1501,41 @@ mod tests {
         assert_eq!(Rules::parse_ports(" 1 - 2 "), Ok(1..=2));
         assert!(Rules::parse_ports("1-65536").is_err());
         assert!(Rules::parse_ports("").is_err());
+    }
+
+    #[test]
+    fn token_file() {
+        use crate::config::Config;
+        assert!(Token::parse("short").is_err());
+        assert!(Token::parse("sixteen chars but spaces").is_err());
+        let t = Token::parse("  0123456789abcdef\n").unwrap();
+        assert_eq!(t.0, "0123456789abcdef");
+        assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        std::fs::write(&path, "0123456789abcdef\n").unwrap();
+        let text = format!("[toxiproxy_api]\ntoken_file = \"{}\"\n", path.display());
+        let c = Config::parse(&text, "x.toml").unwrap();
+        assert_eq!(c.toxiproxy_api_token, Some(t));
+        for (file, want) in [
+            ("relative".to_string(), "must be an absolute path"),
+            (dir.path().display().to_string(), "not a regular file"),
+            (
+                dir.path().join("none").display().to_string(),
+                "cannot read it",
+            ),
+        ] {
+            let e = Config::parse(
+                &format!("[toxiproxy_api]\ntoken_file = \"{file}\"\n"),
+                "x.toml",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.starts_with("x.toml:2: toxiproxy_api.token_file: ") && e.contains(want),
+                "{e}"
+            );
+        }
     }
 
     #[test]

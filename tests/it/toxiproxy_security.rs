@@ -18,6 +18,17 @@ const NOBODY: &str = "65534";
 
 /// One HTTP call made by uid 65534 with curl: (status, JSON body or Null).
 fn call_as_nobody(api: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    call_as_nobody_with(api, method, path, body, &[])
+}
+
+/// [`call_as_nobody`] with extra request headers.
+fn call_as_nobody_with(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    headers: &[&str],
+) -> (u16, Value) {
     let mut cmd = Command::new("setpriv");
     cmd.args([
         "--reuid",
@@ -36,6 +47,9 @@ fn call_as_nobody(api: SocketAddr, method: &str, path: &str, body: Option<Value>
         "-X",
         method,
     ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
     if let Some(b) = body {
         cmd.args([
             "-H",
@@ -378,4 +392,52 @@ fn api_made_proxies_are_ephemeral_unless_persist() {
         let l = netd.netctl_json(&["status", "made"]);
         assert_eq!(l["ephemeral"], json!(!persist), "{l}");
     }
+}
+
+#[test]
+fn the_bearer_token_is_admin_and_confined() {
+    let upstream = TestUpstream::echo(b"up:");
+    let up = upstream.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let token = "0123456789abcdef-test-token";
+    let path = dir.path().join("toxiproxy.token");
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    let netd = Netd::start(&config(upstream.addr).replacen(
+        "[toxiproxy_api]\n",
+        &format!("[toxiproxy_api]\ntoken_file = \"{}\"\n", path.display()),
+        1,
+    ));
+    let api = api_addr(&netd);
+    let bearer = format!("Authorization: Bearer {token}");
+    let create = |name: &str, listen: &str, headers: &[&str]| {
+        call_as_nobody_with(
+            api,
+            "POST",
+            "/proxies",
+            Some(json!({"name": name, "listen": listen, "upstream": up})),
+            headers,
+        )
+    };
+    // Without it uid 65534 is a viewer; with a wrong one, 401.
+    let (st, v) = create("t", "127.0.0.1:0", &[]);
+    assert_eq!(st, 403, "{v}");
+    let (st, v) = create(
+        "t",
+        "127.0.0.1:0",
+        &["Authorization: Bearer 0123456789abcdef-wrong"],
+    );
+    assert_eq!((st, v), (401, error(401, "invalid bearer token")));
+    // With it, admin, and still confined.
+    let (st, v) = create("t", "0.0.0.0:0", &[&bearer]);
+    assert_eq!(st, 403, "{v}");
+    let (st, v) = create("t", "127.0.0.1:0", &[&bearer]);
+    assert_eq!(st, 201, "{v}");
+    let log = netd.log();
+    assert!(
+        log.lines().any(|l| l.contains("audit: ok")
+            && l.contains("caller=toxiproxy-api token 127.0.0.1:")
+            && l.contains("rpc=ToxiproxyProxyCreate")),
+        "{log}"
+    );
+    assert!(!log.contains(token), "the token is logged:\n{log}");
 }
