@@ -666,7 +666,9 @@ async fn reload(supervisor: &Supervisor, running: &Config, path: Option<&Path>) 
             ("control", format!("{:?}", config.control.listen) != format!("{:?}", running.control.listen)),
             ("metrics", config.metrics_listen != running.metrics_listen),
             ("health", config.health_listen != running.health_listen),
-            ("toxiproxy_api", config.toxiproxy_api_listen != running.toxiproxy_api_listen),
+            ("toxiproxy_api", config.toxiproxy_api_listen != running.toxiproxy_api_listen
+                || config.toxiproxy_api_rules != running.toxiproxy_api_rules
+                || config.toxiproxy_api_token != running.toxiproxy_api_token),
             ("log", config.log.level != running.log.level || config.log.format != running.log.format),
             ("max_listeners", config.max_listeners != running.max_listeners),
             ("capture_dir", config.capture_dir != running.capture_dir),
