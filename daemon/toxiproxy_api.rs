@@ -9,12 +9,13 @@
 //! and units converted at this edge (latency/jitter/delay/timeout in ms,
 //! bandwidth `rate` in KB/s of 1000 bytes, slicer `delay` in µs, sizes in
 //! bytes). Proxies created here are `ephemeral`, as Toxiproxy keeps no
-//! state across restarts, unless `[toxiproxy_api] persist = true`. `enabled: false` is a `down` fault named
-//! [`DISABLED`], hidden from the toxics: the listener keeps its port, and
-//! clients are reset instead of refused. Netd-only fault types and
-//! conditions are not hidden: such a fault is listed with its netd type
-//! name, and an update through this API keeps its conditions. What differs
-//! from Toxiproxy is listed in the README ("Toxiproxy-compatible API").
+//! state across restarts (unless `[toxiproxy_api] persist = true`).
+//! `enabled: false` is a `down` fault named [`DISABLED`], hidden from the
+//! toxics: the listener keeps its port, and clients are reset instead of
+//! refused. Netd-only fault types and conditions are not hidden: such a
+//! fault is listed with its netd type name, and an update through this API
+//! keeps its conditions. What differs from Toxiproxy is listed in the
+//! README ("Toxiproxy-compatible API").
 //!
 //! Least privilege ([`Access`]): each connection's caller is identified
 //! once, at accept, as the control socket identifies its callers: a
@@ -23,7 +24,8 @@
 //! own user and the control socket's group are admin by default). Reading
 //! needs `viewer`, changing anything `admin`; a caller that cannot be
 //! identified (not on loopback, or its socket not found) may do neither.
-//! Whatever the role, the proxies made here are confined by [`Rules`]:
+//! A request carrying the optional bearer token (`token_file`) is admin
+//! from anywhere. Whatever the role, the proxies made here are confined by [`Rules`]:
 //! loopback listen addresses on allowed ports, no upstream that is one of
 //! netd's own endpoints or listeners, at most `max_proxies` of them. Each
 //! mutating call (and each refused one) logs a `netd::audit` line naming
