@@ -441,3 +441,27 @@ fn the_bearer_token_is_admin_and_confined() {
     );
     assert!(!log.contains(token), "the token is logged:\n{log}");
 }
+
+/// Callers over IPv6 loopback are identified too (the kernel's tcp6
+/// table).
+#[test]
+fn callers_over_ipv6_loopback_are_identified() {
+    let upstream = TestUpstream::echo(b"up:");
+    let up = upstream.addr.to_string();
+    let netd = Netd::start(&config(upstream.addr).replacen(
+        "[toxiproxy_api]\nlisten = \"127.0.0.1:0\"\n",
+        "[toxiproxy_api]\nlisten = \"[::1]:0\"\n",
+        1,
+    ));
+    let api = api_addr(&netd);
+    assert!(api.is_ipv6(), "{api}");
+    let body = json!({"name": "v6", "listen": "[::1]:0", "upstream": up});
+    let (st, v) = call_as_nobody(api, "POST", "/proxies", Some(body.clone()));
+    assert_eq!(st, 403, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("uid:65534"),
+        "not identified: {v}"
+    );
+    let (st, v) = call(api, "POST", "/proxies", Some(body));
+    assert_eq!(st, 201, "{v}");
+}
