@@ -319,7 +319,7 @@ pub async fn run(
         let access = crate::toxiproxy_api::Access::new(
             Policy::new(cc.roles.clone(), socket_gid, false),
             config.toxiproxy_api_rules.clone(),
-            own_endpoints.clone(),
+            own_endpoints,
         )
         .with_token(config.toxiproxy_api_token.clone());
         tokio::spawn(crate::toxiproxy_api::serve(
