@@ -175,6 +175,44 @@ struct RawMetrics {
     idle_timeout: Option<Spanned<String>>,
 }
 
+/// `[toxiproxy_api]`: the keys of `[metrics]`, and what the proxies made
+/// through it may do (crate::toxiproxy_api::Rules).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToxiproxyApi {
+    #[serde(default)]
+    listen: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_remote: bool,
+    #[serde(default)]
+    max_connections: Option<Spanned<u64>>,
+    #[serde(default)]
+    header_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    allowed_ports: Option<Spanned<String>>,
+    #[serde(default)]
+    max_proxies: Option<Spanned<u64>>,
+    #[serde(default)]
+    persist: bool,
+    #[serde(default)]
+    token_file: Option<Spanned<String>>,
+}
+
+impl RawToxiproxyApi {
+    /// Its endpoint keys, as `[metrics]` has them.
+    fn endpoint(&self) -> RawMetrics {
+        RawMetrics {
+            listen: self.listen.clone(),
+            allow_remote: self.allow_remote,
+            max_connections: self.max_connections.clone(),
+            header_timeout: self.header_timeout.clone(),
+            idle_timeout: self.idle_timeout.clone(),
+        }
+    }
+}
+
 /// `[access_log]`: where access-log lines go (crate::access_log).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -212,9 +250,9 @@ struct RawConfig {
     log: LogConfig,
     #[serde(default)]
     metrics: RawMetrics,
-    /// `[toxiproxy_api]`: the same keys as `[metrics]`.
+    /// `[toxiproxy_api]`: the keys of `[metrics]` and its own.
     #[serde(default)]
-    toxiproxy_api: RawMetrics,
+    toxiproxy_api: RawToxiproxyApi,
     #[serde(default)]
     health: RawHealth,
     #[serde(default)]
@@ -318,6 +356,11 @@ pub struct Config {
     pub toxiproxy_api_listen: Option<std::net::SocketAddr>,
     /// Its connection limit and timeouts (the keys of `[metrics]`).
     pub toxiproxy_api_limits: crate::metrics::Limits,
+    /// What proxies made through it may do (`allowed_ports`,
+    /// `max_proxies`, `persist`).
+    pub toxiproxy_api_rules: crate::toxiproxy_api::Rules,
+    /// `[toxiproxy_api] token_file`'s bearer token (admin), read at load.
+    pub toxiproxy_api_token: Option<crate::toxiproxy_api::Token>,
     /// Where to serve plaintext grpc.health.v1 only (`[health] listen`);
     /// off when unset. Any address: it tells only whether netd serves.
     pub health_listen: Option<std::net::SocketAddr>,
@@ -406,9 +449,20 @@ impl Config {
         let (toxiproxy_api_listen, toxiproxy_api_limits) = http_endpoint(
             "toxiproxy_api",
             "the Toxiproxy API",
-            &raw.toxiproxy_api,
+            &raw.toxiproxy_api.endpoint(),
             &at,
         )?;
+        let toxiproxy_api_rules = toxiproxy_api_rules(&raw.toxiproxy_api, &at)?;
+        let toxiproxy_api_token = match &raw.toxiproxy_api.token_file {
+            None => None,
+            Some(f) => Some(toxiproxy_api_token(f.get_ref()).map_err(|e| {
+                ConfigError(format!(
+                    "{}: toxiproxy_api.token_file: {}: {e}",
+                    at(f.span()),
+                    f.get_ref()
+                ))
+            })?),
+        };
         if let (Some(t), Some(l)) = (toxiproxy_api_listen, &raw.toxiproxy_api.listen) {
             if metrics_listen.is_some_and(|m| addrs_clash(m, t)) {
                 return Err(ConfigError(format!(
@@ -510,6 +564,8 @@ impl Config {
             metrics_limits,
             toxiproxy_api_listen,
             toxiproxy_api_limits,
+            toxiproxy_api_rules,
+            toxiproxy_api_token,
             health_listen,
             access_log,
             listeners,
@@ -1065,6 +1121,65 @@ fn http_endpoint(
         idle_timeout: timeout("idle_timeout", &raw.idle_timeout, defaults.idle_timeout)?,
     };
     Ok((listen, limits))
+}
+
+/// `[toxiproxy_api]`'s `allowed_ports`, `max_proxies` and `persist`.
+fn toxiproxy_api_rules(
+    raw: &RawToxiproxyApi,
+    at: &dyn Fn(std::ops::Range<usize>) -> String,
+) -> Result<crate::toxiproxy_api::Rules, ConfigError> {
+    use crate::toxiproxy_api::{MAX_MAX_PROXIES, Rules};
+    let defaults = Rules::default();
+    let allowed_ports = match &raw.allowed_ports {
+        None => defaults.allowed_ports,
+        Some(p) => Rules::parse_ports(p.get_ref()).map_err(|e| {
+            ConfigError(format!(
+                "{}: toxiproxy_api.allowed_ports: {e}",
+                at(p.span())
+            ))
+        })?,
+    };
+    let max_proxies = match &raw.max_proxies {
+        None => defaults.max_proxies,
+        Some(m) => match usize::try_from(*m.get_ref()) {
+            Ok(n @ 1..=MAX_MAX_PROXIES) => n,
+            _ => {
+                return Err(ConfigError(format!(
+                    "{}: toxiproxy_api.max_proxies: {} is out of range (1 to {MAX_MAX_PROXIES})",
+                    at(m.span()),
+                    m.get_ref()
+                )));
+            }
+        },
+    };
+    Ok(Rules {
+        allowed_ports,
+        max_proxies,
+        persist: raw.persist,
+    })
+}
+
+/// Read `[toxiproxy_api] token_file`: an absolute path to a regular file
+/// (opened non-blocking, so a FIFO cannot hang the load), at most 4 KiB.
+fn toxiproxy_api_token(path: &str) -> Result<crate::toxiproxy_api::Token, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if !Path::new(path).is_absolute() {
+        return Err("must be an absolute path".into());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err("not a regular file".into());
+    }
+    let mut text = String::new();
+    file.take(4096)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    crate::toxiproxy_api::Token::parse(&text)
 }
 
 /// A TOML syntax or type error as one line, `file:line:column: what`,
@@ -1690,6 +1805,10 @@ mod fuzz {
         "toxiproxy_api.max_connections",
         "toxiproxy_api.header_timeout",
         "toxiproxy_api.idle_timeout",
+        "toxiproxy_api.allowed_ports",
+        "toxiproxy_api.max_proxies",
+        "toxiproxy_api.persist",
+        "toxiproxy_api.token_file",
         "health.listen",
         "access_log.path",
         "access_log.buffer_bytes",

@@ -13,8 +13,8 @@
 //! Denied crate-wide; allowed only where netd calls Linux directly, each
 //! block with a SAFETY note saying why it is sound:
 //!
-//! - [`sys`] — geteuid, getpwnam_r/getgrnam_r, SO_PEERGROUPS (safe
-//!   wrappers the rest of the crate calls);
+//! - [`sys`] — geteuid, getpwnam_r/getgrnam_r, getpwuid_r, getgrouplist,
+//!   SO_PEERGROUPS (safe wrappers the rest of the crate calls);
 //! - [`net::splice`] — pipe2, fcntl and splice for the proxy's zero-copy path;
 //! - [`net::udp`] — recvmsg with SO_RXQ_OVFL for the UDP echo;
 //! - `services::sniffer::socket` and `services::sniffer::ring` — the

@@ -252,6 +252,21 @@ pub async fn run(
         crate::fdstore::store(crate::fdstore::TOXIPROXY_API_NAME, fd.as_fd());
     }
 
+    // netd's own TCP endpoints: no proxy made through the Toxiproxy API
+    // may forward to one.
+    let own_endpoints: Vec<std::net::SocketAddr> = [
+        match &socket {
+            ControlSocket::Tcp(l) => l.local_addr().ok(),
+            ControlSocket::Unix(..) => None,
+        },
+        metrics_socket.as_ref().and_then(|l| l.local_addr().ok()),
+        health_socket.as_ref().and_then(|l| l.local_addr().ok()),
+        toxiproxy_socket.as_ref().and_then(|l| l.local_addr().ok()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+
     let supervisor = boot_listeners(&config, inherited).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -338,12 +353,19 @@ pub async fn run(
     });
     let toxiproxy_task = toxiproxy_socket.map(|l| {
         if let Ok(addr) = l.local_addr() {
-            tracing::info!(%addr, "serving the Toxiproxy-compatible API (admin rights, no authentication)");
+            tracing::info!(%addr, "serving the Toxiproxy-compatible API (callers identified by uid, roles from [control.roles])");
         }
+        let access = crate::toxiproxy_api::Access::new(
+            Policy::new(cc.roles.clone(), socket_gid, false),
+            config.toxiproxy_api_rules.clone(),
+            own_endpoints,
+        )
+        .with_token(config.toxiproxy_api_token.clone());
         tokio::spawn(crate::toxiproxy_api::serve(
             l,
             config.toxiproxy_api_limits,
             supervisor.clone(),
+            access,
             stop_metrics.clone(),
         ))
     });
@@ -737,7 +759,9 @@ async fn reload(supervisor: &Supervisor, running: &Config, path: Option<&Path>) 
             ("control", format!("{:?}", config.control.listen) != format!("{:?}", running.control.listen)),
             ("metrics", config.metrics_listen != running.metrics_listen),
             ("health", config.health_listen != running.health_listen),
-            ("toxiproxy_api", config.toxiproxy_api_listen != running.toxiproxy_api_listen),
+            ("toxiproxy_api", config.toxiproxy_api_listen != running.toxiproxy_api_listen
+                || config.toxiproxy_api_rules != running.toxiproxy_api_rules
+                || config.toxiproxy_api_token != running.toxiproxy_api_token),
             ("log", config.log.level != running.log.level || config.log.format != running.log.format),
             ("max_listeners", config.max_listeners != running.max_listeners),
             ("capture_dir", config.capture_dir != running.capture_dir),

@@ -34,6 +34,7 @@ mod sniffer;
 mod stats;
 mod systemd;
 mod toxiproxy_api;
+mod toxiproxy_security;
 mod udp_proxy;
 mod update_counters;
 mod update_options;
