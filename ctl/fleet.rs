@@ -341,7 +341,13 @@ async fn watch_stats(
     let mut errors: Vec<Option<anyhow::Error>> = (0..n).map(|_| None).collect();
     let mut seen = vec![0u64; n];
     let mut header_done = false;
-    while let Some(report) = rx.recv().await {
+    let closed = crate::render::stdout_closed();
+    tokio::pin!(closed);
+    while let Some(report) = tokio::select! {
+        r = rx.recv() => r,
+        // The reader of our output is gone (`| head -1`): done.
+        () = &mut closed => return Ok(()),
+    } {
         match report {
             Report::Item(i, message) => {
                 let Some(s) = views[i].apply(message) else {
@@ -425,7 +431,13 @@ async fn events(ctx: &Ctx, hosts: &[Host], name: Option<String>) -> anyhow::Resu
         }
     });
     let mut errors: Vec<(usize, anyhow::Error)> = Vec::new();
-    while let Some(report) = rx.recv().await {
+    let closed = crate::render::stdout_closed();
+    tokio::pin!(closed);
+    while let Some(report) = tokio::select! {
+        r = rx.recv() => r,
+        // The reader of our output is gone (`| head -1`): done.
+        () = &mut closed => return Ok(()),
+    } {
         match report {
             Report::Item(i, ev) => {
                 if ctx.json {

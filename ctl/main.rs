@@ -24,6 +24,11 @@ use anyhow::anyhow;
 use clap::{Parser, Subcommand, ValueEnum};
 use netd::addr::{CONTROL_ENV, ControlAddr};
 
+/// The help heading of the options every command takes (apart from the
+/// command's own, which e.g. a proxy's upstream options would otherwise be
+/// interleaved with).
+const GLOBAL: &str = "Global options";
+
 /// Control netd: start and stop listeners, inspect them, probe services.
 ///
 /// Exit status: 0 success; 1 refused by netd (or a probe got no answer);
@@ -47,12 +52,12 @@ struct Cli {
     /// several daemons at once: list, stats and events then merge their
     /// answers under a HOST column, and a daemon that cannot be reached is
     /// a row saying so (exit 3 only when none can be reached).
-    #[arg(long, global = true, env = CONTROL_ENV, value_name = "ADDR", value_delimiter = ',')]
+    #[arg(long, global = true, env = CONTROL_ENV, value_name = "ADDR", value_delimiter = ',', help_heading = GLOBAL)]
     control: Vec<ControlAddr>,
 
     /// CA certificate (PEM) that signed netd's TLS certificate; turns on
     /// TLS for a TCP --control.
-    #[arg(long, global = true, env = "NETD_CACERT", value_name = "PEM")]
+    #[arg(long, global = true, env = "NETD_CACERT", value_name = "PEM", help_heading = GLOBAL)]
     cacert: Option<std::path::PathBuf>,
 
     /// Client certificate (PEM) for mTLS.
@@ -61,7 +66,8 @@ struct Cli {
         global = true,
         env = "NETD_CERT",
         value_name = "PEM",
-        requires = "key"
+        requires = "key",
+        help_heading = GLOBAL
     )]
     cert: Option<std::path::PathBuf>,
 
@@ -71,24 +77,25 @@ struct Cli {
         global = true,
         env = "NETD_KEY",
         value_name = "PEM",
-        requires = "cert"
+        requires = "cert",
+        help_heading = GLOBAL
     )]
     key: Option<std::path::PathBuf>,
 
     /// Give up connecting to netd after this long. Given before the
-    /// command (`start proxy` and `update` have a --connect-timeout of
-    /// their own, the upstream's).
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration, value_name = "DUR")]
+    /// command (after `start proxy` or `update`, --connect-timeout is read
+    /// as the upstream's --upstream-connect-timeout, for old scripts).
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration, value_name = "DUR", help_heading = GLOBAL)]
     connect_timeout: Duration,
 
     /// Give up on a request after this long (not applied to --watch,
     /// events and sniff streams). Given before the command (`drain`,
     /// `probe` and `fault` have a --timeout of their own).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DUR")]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DUR", help_heading = GLOBAL)]
     timeout: Duration,
 
     /// Output format.
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table, help_heading = GLOBAL)]
     output: Format,
 
     #[command(subcommand)]
@@ -113,10 +120,14 @@ enum Command {
     },
     /// Change a running listener: only the options given change.
     ///
+    /// Every option `start KIND` takes (but --ephemeral) is accepted for a
+    /// listener of that kind; one its kind lacks is an error.
+    ///
     /// Settings that can change on the same socket do so in place (new
     /// connections get them; open ones finish under the old); a new
     /// --listen is a graceful replace (the new socket is bound first). The
-    /// output says which it was.
+    /// output says which it was. Either way the listener keeps its
+    /// counters (its kind's too) and a proxy upstream its health.
     Update(cmd::update::UpdateArgs),
     /// Stop accepting, let open connections finish, then remove the
     /// listener; connections still open at --timeout are closed.
@@ -160,11 +171,13 @@ enum Command {
     /// Print the running listeners as a file `netctl apply -f` accepts.
     ///
     /// HTTP tokens are written as "<redacted>", which apply reads as
-    /// "keep the current token".
+    /// "keep the current token". Always TOML: with -o json it is refused
+    /// (`netctl -o json list` gives the listeners as JSON).
     Export,
     /// List all listeners with their state, bound address and traffic.
     List,
-    /// Show one listener in detail.
+    /// Show one listener in detail: its spec in effect, its counters, a
+    /// proxy's upstreams, and its faults with their counters.
     Status {
         /// Listener name.
         name: String,
@@ -213,6 +226,7 @@ enum Command {
     /// Exits non-zero if the connection is refused or no reply comes within
     /// the timeout.
     Probe {
+        /// tcp or udp.
         #[arg(value_enum)]
         protocol: cmd::probe::ProbeProtocol,
         /// host:port to probe.
@@ -302,8 +316,41 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
     }
 }
 
+/// `--connect-timeout` after `start proxy` or `update` is the upstream's
+/// (the old spelling of --upstream-connect-timeout, kept for scripts), not
+/// netctl's own: say so on stderr rather than let it pass silently.
+fn note_old_connect_timeout(matches: &clap::ArgMatches) {
+    use clap::parser::ValueSource;
+    let sub = match matches.subcommand() {
+        Some(("start", m)) => m.subcommand_matches("proxy").map(|m| (m, "start proxy")),
+        Some(("update", m)) => Some((m, "update")),
+        _ => None,
+    };
+    let Some((sub, name)) = sub else { return };
+    if sub.value_source("upstream_connect_timeout") != Some(ValueSource::CommandLine) {
+        return;
+    }
+    let top = matches.value_source("connect_timeout") == Some(ValueSource::CommandLine);
+    let old = std::env::args_os()
+        .filter(|a| {
+            a.to_str()
+                .is_some_and(|a| a == "--connect-timeout" || a.starts_with("--connect-timeout="))
+        })
+        .count();
+    if old > usize::from(top) {
+        eprintln!(
+            "netctl: note: --connect-timeout after `{name}` sets the upstream connect timeout (now spelled --upstream-connect-timeout); netctl's own --connect-timeout goes before the command"
+        );
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    note_old_connect_timeout(&matches);
     if let Command::GenerateDocs { dir } = &cli.command {
         return match netd::docs::write(<Cli as clap::CommandFactory>::command(), "1", dir) {
             Ok(files) => {
@@ -336,5 +383,54 @@ fn main() -> ExitCode {
             eprintln!("netctl: {}", escape::escape(&format!("{e:#}")));
             ExitCode::from(render::exit_code(&e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// Every argument of every command says what it is in `--help`
+    /// (`fault update/rm/ls` once showed bare `<LISTENER> <NAME>`).
+    #[test]
+    fn every_argument_has_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                if a.is_hide_set() || a.get_help().is_some() {
+                    continue;
+                }
+                missing.push(format!("{path} {}", a.get_id()));
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "netctl", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    /// In a command's help, the options every command takes are listed
+    /// apart from the command's own.
+    #[test]
+    fn global_options_have_their_own_heading() {
+        let mut cli = Cli::command();
+        cli.build();
+        let start = cli.find_subcommand("start").expect("start");
+        let proxy = start.find_subcommand("proxy").expect("start proxy");
+        for id in ["control", "cacert", "cert", "key", "output"] {
+            let a = proxy
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap_or_else(|| panic!("start proxy has no --{id}"));
+            assert_eq!(a.get_help_heading(), Some(GLOBAL), "--{id}");
+        }
+        let own = proxy
+            .get_arguments()
+            .find(|a| a.get_id() == "upstream_connect_timeout")
+            .expect("start proxy --upstream-connect-timeout");
+        assert_eq!(own.get_help_heading(), None);
     }
 }

@@ -74,7 +74,11 @@ fn spec_json(l: &proto::Listener) -> Value {
             "listen": u.listen,
             "upstream": u.upstream,
             "max_clients": u.max_clients,
+            "max_clients_per_source": u.max_clients_per_source,
             "idle_timeout": dur(&u.idle_timeout),
+            "allow_privileged_sources": u.allow_privileged_sources,
+            "rate_limit": u.rate_limit,
+            "max_sources": u.max_sources,
             "faults": faults_json(&u.faults),
         }),
         Some(Kind::Http(h)) => json!({
@@ -188,6 +192,11 @@ pub fn udp_proxy_json(u: &proto::UdpProxyStats) -> Value {
         "upstream_errors": u.upstream_errors,
         "kernel_drops": u.kernel_drops,
         "own_source_drops": u.own_source_drops,
+        "reflector_source_drops": u.reflector_source_drops,
+        "rate_limited": u.rate_limited,
+        "sources_tracked": u.sources_tracked,
+        "sources_evicted": u.sources_evicted,
+        "source_clients_refused": u.source_clients_refused,
     })
 }
 
@@ -347,9 +356,9 @@ pub fn list_rows(listeners: &[proto::Listener]) -> Vec<Vec<String>> {
             let s = l.stats.clone().unwrap_or_default();
             let traffic = match l.kind() {
                 proto::ListenerKind::UdpEcho | proto::ListenerKind::UdpProxy => {
-                    format!("{} dgrams", s.datagrams_in)
+                    count(s.datagrams_in, "dgram", "dgrams")
                 }
-                proto::ListenerKind::Sniffer => format!("{} packets", s.datagrams_in),
+                proto::ListenerKind::Sniffer => count(s.datagrams_in, "packet", "packets"),
                 proto::ListenerKind::TcpEcho
                 | proto::ListenerKind::Proxy
                 | proto::ListenerKind::Http
@@ -379,17 +388,44 @@ pub fn list_rows(listeners: &[proto::Listener]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The faults of a listener's spec (proxy and udp-proxy), as in effect.
+fn spec_faults(l: &proto::Listener) -> Option<&[proto::Fault]> {
+    let spec = l.effective_spec.as_ref().or(l.spec.as_ref());
+    match spec.and_then(|s| s.kind.as_ref()) {
+        Some(Kind::Proxy(p)) => Some(&p.faults),
+        Some(Kind::UdpProxy(u)) => Some(&u.faults),
+        Some(Kind::TcpEcho(_) | Kind::UdpEcho(_) | Kind::Http(_) | Kind::Sniffer(_)) | None => None,
+    }
+}
+
+/// "1 dgram", "2 dgrams".
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 pub fn status_block(l: &proto::Listener) {
     let s = l.stats.clone().unwrap_or_default();
     let mut labels: Vec<String> = l.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     labels.sort();
-    // key=value pairs of the effective spec (defaults filled in).
+    // key=value pairs of the effective spec (defaults filled in); faults by
+    // name (each has a line of its own below).
     let spec = match spec_json(l) {
         Value::Object(m) => m
             .iter()
             .map(|(k, v)| match v {
                 Value::String(s) if k == "prefix" => format!("{k}=\"{s}\""),
                 Value::String(s) => format!("{k}={s}"),
+                Value::Array(a) if k == "faults" => {
+                    let names: Vec<&str> = a
+                        .iter()
+                        .filter_map(|f| f.get("name").and_then(Value::as_str))
+                        .collect();
+                    if names.is_empty() {
+                        format!("{k}=none")
+                    } else {
+                        format!("{k}={}", names.join(","))
+                    }
+                }
                 Value::Array(a) => format!(
                     "{k}={}",
                     a.iter()
@@ -412,6 +448,10 @@ pub fn status_block(l: &proto::Listener) {
             )
         })
         .unwrap_or_else(|| "-".into());
+    let connections = format!(
+        "{} active, {} total, {} refused",
+        s.connections_active, s.connections_total, s.connections_refused
+    );
     let rows = [
         ("name", l.name.clone()),
         ("kind", kind(l).into()),
@@ -436,13 +476,7 @@ pub fn status_block(l: &proto::Listener) {
             },
         ),
         ("spec", spec),
-        (
-            "connections",
-            format!(
-                "{} active, {} total, {} refused",
-                s.connections_active, s.connections_total, s.connections_refused
-            ),
-        ),
+        ("connections", connections),
         (
             "datagrams",
             format!("{} in, {} out", s.datagrams_in, s.datagrams_out),
@@ -453,7 +487,12 @@ pub fn status_block(l: &proto::Listener) {
         ),
         ("errors", s.errors.to_string()),
     ];
+    // UDP kinds and the sniffer have no connections: no line for them.
+    let has_connections = crate::stats::has_connections(l.kind());
     for (k, v) in rows {
+        if k == "connections" && !has_connections {
+            continue;
+        }
         outln!("{:<12} {}", format!("{k}:"), escape(&v));
     }
     if let Some(proto::listener_stats::Detail::Http(h)) = &s.detail {
@@ -496,19 +535,28 @@ pub fn status_block(l: &proto::Listener) {
     }
     if let Some(proto::listener_stats::Detail::UdpProxy(u)) = &s.detail {
         outln!(
-            "{:<12} {} active, {} total, {} expired, {} refused (table full)",
+            "{:<12} {} active, {} total, {} expired, {} refused (table full), {} refused (per-source cap)",
             "clients:",
             u.clients_active,
             u.clients_total,
             u.clients_expired,
-            u.clients_refused
+            u.clients_refused,
+            u.source_clients_refused
         );
         outln!(
-            "{:<12} {} own source, {} by the kernel; {} upstream errors",
+            "{:<12} {} own source, {} reflector source, {} rate limited, {} by the kernel; {} upstream errors",
             "dropped:",
             u.own_source_drops,
+            u.reflector_source_drops,
+            u.rate_limited,
             u.kernel_drops,
             u.upstream_errors
+        );
+        outln!(
+            "{:<12} {} tracked, {} evicted",
+            "sources:",
+            u.sources_tracked,
+            u.sources_evicted
         );
     }
     if let Some(proto::listener_stats::Detail::Sniffer(f)) = &s.detail {
@@ -606,4 +654,32 @@ pub fn status_block(l: &proto::Listener) {
             &rows,
         );
     }
+    if let Some(faults) = spec_faults(l).filter(|f| !f.is_empty()) {
+        fault_rows(faults, &s.faults);
+    }
+}
+
+/// The `faults:` part of `netctl status`: each fault of the spec with its
+/// settings, whether it is in its window now, and its counters (as in
+/// `netctl fault ls`).
+fn fault_rows(faults: &[proto::Fault], stats: &[proto::FaultStats]) {
+    outln!("faults:");
+    let rows: Vec<Vec<String>> = faults
+        .iter()
+        .map(|f| {
+            let st = stats.iter().find(|s| s.name == f.name);
+            vec![
+                format!("  {}", f.name),
+                netd::fault::type_of(f).to_string(),
+                netd::fault::attrs::summary(f),
+                match st {
+                    Some(s) if s.active => "yes".into(),
+                    Some(_) => "no".into(),
+                    None => "-".into(),
+                },
+                st.map_or_else(|| "-".into(), crate::cmd::fault::counters),
+            ]
+        })
+        .collect();
+    table(&["  NAME", "TYPE", "SETTINGS", "ACTIVE", "COUNTERS"], &rows);
 }

@@ -78,6 +78,36 @@ pub fn write_out(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Resolves when standard output is a pipe whose reader has gone
+/// (`netctl events | head -1` once head has its line). The streaming
+/// commands wait for it beside their next message, so they end (exit 0)
+/// when the reader does, not when the next message finds the pipe closed,
+/// which for `events` may be hours later. Never resolves for a terminal, a
+/// file, or anything else epoll cannot watch: there, a write error is the
+/// only sign.
+pub async fn stdout_closed() {
+    use std::os::fd::AsFd as _;
+    use tokio::io::Interest;
+    use tokio::io::unix::AsyncFd;
+    // A pipe's write end reports EPOLLERR once no reader is left.
+    let watch = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| {
+            // SAFETY: the AsyncFd owns the OwnedFd, which stays open and is
+            // the same descriptor for as long as it is registered.
+            #[allow(unsafe_code)]
+            unsafe { AsyncFd::register_with_interest(fd, Interest::ERROR) }.ok()
+        });
+    if let Some(fd) = watch {
+        if fd.ready(Interest::ERROR).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
+
 /// `print!` that stops quietly on a closed pipe.
 macro_rules! out {
     ($($arg:tt)*) => { $crate::render::write_out(format_args!($($arg)*)) };

@@ -89,7 +89,7 @@ pub const HEADER: [&str; 12] = [
 ];
 
 /// Whether a kind counts connections (else datagrams or packets).
-fn has_connections(kind: ListenerKind) -> bool {
+pub(crate) fn has_connections(kind: ListenerKind) -> bool {
     !matches!(
         kind,
         ListenerKind::UdpEcho | ListenerKind::Sniffer | ListenerKind::UdpProxy
@@ -177,9 +177,14 @@ pub fn detail(t: &proto::ListenerStats) -> String {
         Some(Detail::UdpProxy(u)) => {
             parts.push(format!("{} clients", u.clients_active));
             for (what, n) in [
-                ("refused", u.clients_refused),
+                ("refused", u.clients_refused + u.source_clients_refused),
                 ("upstream errors", u.upstream_errors),
                 ("kernel-dropped", u.kernel_drops),
+                ("rate-limited", u.rate_limited),
+                (
+                    "reflector-dropped",
+                    u.reflector_source_drops + u.own_source_drops,
+                ),
             ] {
                 if n > 0 {
                     parts.push(format!("{} {what}", short(n)));
@@ -412,6 +417,10 @@ fn event_kind(e: &proto::Event) -> &'static str {
     }
 }
 
+/// The column an event's kind is padded to: the longest kind
+/// ("events_dropped"), so the listener column lines up for every kind.
+const EVENT_KIND_WIDTH: usize = 14;
+
 pub fn event_line(e: &proto::Event) -> String {
     let who = if e.listener.is_empty() {
         String::from("-")
@@ -425,7 +434,7 @@ pub fn event_line(e: &proto::Event) -> String {
         )
     };
     format!(
-        "{}  {:<9} {}: {}",
+        "{}  {:<EVENT_KIND_WIDTH$} {}: {}",
         time(e.time),
         event_kind(e),
         who,
@@ -472,4 +481,40 @@ pub fn packet_json(p: &proto::PacketSummary) -> Value {
         "tcp_flags": p.tcp_flags,
         "dropped_before": p.dropped_before,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every event kind fits its column, so the listener column lines up
+    /// (it did not for fault_updated and reload_failed).
+    #[test]
+    fn event_kinds_fit_their_column() {
+        let mut seen = 0;
+        for k in 0..=i32::from(u8::MAX) {
+            let Ok(kind) = proto::EventKind::try_from(k) else {
+                continue;
+            };
+            seen += 1;
+            let e = proto::Event {
+                kind: kind as i32,
+                listener: "l".into(),
+                ..Default::default()
+            };
+            assert!(
+                event_kind(&e).len() <= EVENT_KIND_WIDTH,
+                "{} is wider than {EVENT_KIND_WIDTH}",
+                event_kind(&e)
+            );
+            let line = event_line(&e);
+            let (_, rest) = line.split_once("  ").expect("time, then the kind");
+            assert_eq!(
+                rest.find("l (").expect("the listener"),
+                EVENT_KIND_WIDTH + 1,
+                "{line}"
+            );
+        }
+        assert!(seen > 10, "only {seen} event kinds");
+    }
 }

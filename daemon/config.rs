@@ -116,6 +116,8 @@ struct RawListener {
     upstream: Option<Spanned<String>>,
     #[serde(default)]
     max_clients: Option<Spanned<u32>>,
+    #[serde(default)]
+    max_clients_per_source: Option<Spanned<u32>>,
     /// Fault tables (`[[listener.faults]]`), see [`crate::fault::attrs`].
     #[serde(default)]
     faults: Option<Spanned<Vec<toml::Table>>>,
@@ -173,6 +175,44 @@ struct RawMetrics {
     idle_timeout: Option<Spanned<String>>,
 }
 
+/// `[toxiproxy_api]`: the keys of `[metrics]`, and what the proxies made
+/// through it may do (crate::toxiproxy_api::Rules).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToxiproxyApi {
+    #[serde(default)]
+    listen: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_remote: bool,
+    #[serde(default)]
+    max_connections: Option<Spanned<u64>>,
+    #[serde(default)]
+    header_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    allowed_ports: Option<Spanned<String>>,
+    #[serde(default)]
+    max_proxies: Option<Spanned<u64>>,
+    #[serde(default)]
+    persist: bool,
+    #[serde(default)]
+    token_file: Option<Spanned<String>>,
+}
+
+impl RawToxiproxyApi {
+    /// Its endpoint keys, as `[metrics]` has them.
+    fn endpoint(&self) -> RawMetrics {
+        RawMetrics {
+            listen: self.listen.clone(),
+            allow_remote: self.allow_remote,
+            max_connections: self.max_connections.clone(),
+            header_timeout: self.header_timeout.clone(),
+            idle_timeout: self.idle_timeout.clone(),
+        }
+    }
+}
+
 /// `[access_log]`: where access-log lines go (crate::access_log).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -210,9 +250,9 @@ struct RawConfig {
     log: LogConfig,
     #[serde(default)]
     metrics: RawMetrics,
-    /// `[toxiproxy_api]`: the same keys as `[metrics]`.
+    /// `[toxiproxy_api]`: the keys of `[metrics]` and its own.
     #[serde(default)]
-    toxiproxy_api: RawMetrics,
+    toxiproxy_api: RawToxiproxyApi,
     #[serde(default)]
     health: RawHealth,
     #[serde(default)]
@@ -299,6 +339,11 @@ pub struct Config {
     /// if it cannot use it. Unset: [`crate::state::default_state_dir`],
     /// used if it can be.
     pub state_dir: Option<PathBuf>,
+    /// Whether, with no `state_dir`, the default one is used: true for a
+    /// config file, false for the embedded default, so that a demo run
+    /// persists nothing unless `--state-dir` is given (see
+    /// [`Config::fallback_state_dir`]).
+    pub use_default_state_dir: bool,
     pub log: LogConfig,
     /// Where to serve Prometheus `/metrics`; off when unset. Loopback
     /// unless `[metrics] allow_remote = true`.
@@ -311,6 +356,11 @@ pub struct Config {
     pub toxiproxy_api_listen: Option<std::net::SocketAddr>,
     /// Its connection limit and timeouts (the keys of `[metrics]`).
     pub toxiproxy_api_limits: crate::metrics::Limits,
+    /// What proxies made through it may do (`allowed_ports`,
+    /// `max_proxies`, `persist`).
+    pub toxiproxy_api_rules: crate::toxiproxy_api::Rules,
+    /// `[toxiproxy_api] token_file`'s bearer token (admin), read at load.
+    pub toxiproxy_api_token: Option<crate::toxiproxy_api::Token>,
     /// Where to serve plaintext grpc.health.v1 only (`[health] listen`);
     /// off when unset. Any address: it tells only whether netd serves.
     pub health_listen: Option<std::net::SocketAddr>,
@@ -353,10 +403,25 @@ impl Config {
         Config::parse(&text, &path.display().to_string())
     }
 
-    /// The embedded default (`deploy/netd.toml`).
+    /// The embedded default (`deploy/netd.toml`). It keeps no state unless
+    /// a `state_dir` is set on it (`--state-dir`): the changes of a demo
+    /// run must not come back in the next one, or in a later real install.
     pub fn embedded() -> Config {
-        Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
-            .expect("the embedded default config is valid (checked by tests)")
+        let mut c = Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
+            .expect("the embedded default config is valid (checked by tests)");
+        c.use_default_state_dir = false;
+        c
+    }
+
+    /// The state directory when `state_dir` is unset:
+    /// [`crate::state::default_state_dir`], unless this is the embedded
+    /// default (then none).
+    pub fn fallback_state_dir(&self) -> Option<PathBuf> {
+        if self.use_default_state_dir {
+            crate::state::default_state_dir()
+        } else {
+            None
+        }
     }
 
     /// Parse and validate `text`; `source` names it in errors.
@@ -384,9 +449,20 @@ impl Config {
         let (toxiproxy_api_listen, toxiproxy_api_limits) = http_endpoint(
             "toxiproxy_api",
             "the Toxiproxy API",
-            &raw.toxiproxy_api,
+            &raw.toxiproxy_api.endpoint(),
             &at,
         )?;
+        let toxiproxy_api_rules = toxiproxy_api_rules(&raw.toxiproxy_api, &at)?;
+        let toxiproxy_api_token = match &raw.toxiproxy_api.token_file {
+            None => None,
+            Some(f) => Some(toxiproxy_api_token(f.get_ref()).map_err(|e| {
+                ConfigError(format!(
+                    "{}: toxiproxy_api.token_file: {}: {e}",
+                    at(f.span()),
+                    f.get_ref()
+                ))
+            })?),
+        };
         if let (Some(t), Some(l)) = (toxiproxy_api_listen, &raw.toxiproxy_api.listen) {
             if metrics_listen.is_some_and(|m| addrs_clash(m, t)) {
                 return Err(ConfigError(format!(
@@ -482,11 +558,14 @@ impl Config {
             shutdown_grace,
             capture_dir,
             state_dir,
+            use_default_state_dir: true,
             log: raw.log,
             metrics_listen,
             metrics_limits,
             toxiproxy_api_listen,
             toxiproxy_api_limits,
+            toxiproxy_api_rules,
+            toxiproxy_api_token,
             health_listen,
             access_log,
             listeners,
@@ -524,7 +603,7 @@ impl Config {
                 .unwrap_or_default();
             let kind_name = l.kind.get_ref().0;
             let spans = |o: Option<std::ops::Range<usize>>| o;
-            let optional: [OptionalField; 34] = [
+            let optional: [OptionalField; 35] = [
                 ("listen", spans(l.listen.as_ref().map(|v| v.span()))),
                 ("interface", spans(l.interface.as_ref().map(|v| v.span()))),
                 ("filter", spans(l.filter.as_ref().map(|v| v.span()))),
@@ -600,6 +679,10 @@ impl Config {
                 (
                     "max_clients",
                     spans(l.max_clients.as_ref().map(|v| v.span())),
+                ),
+                (
+                    "max_clients_per_source",
+                    spans(l.max_clients_per_source.as_ref().map(|v| v.span())),
                 ),
                 ("faults", spans(l.faults.as_ref().map(|v| v.span()))),
                 ("preconnect", spans(l.preconnect.as_ref().map(|v| v.span()))),
@@ -737,6 +820,17 @@ impl Config {
                     max_clients: u32_of(&l.max_clients),
                     idle_timeout,
                     faults,
+                    allow_privileged_sources: l
+                        .allow_privileged_sources
+                        .as_ref()
+                        .is_some_and(|v| *v.get_ref()),
+                    rate_limit: l
+                        .rate_limit
+                        .as_ref()
+                        .map(|r| r.get_ref().clone())
+                        .unwrap_or_default(),
+                    max_sources: u32_of(&l.max_sources),
+                    max_clients_per_source: u32_of(&l.max_clients_per_source),
                 }),
                 proto::ListenerKind::Sniffer => Kind::Sniffer(proto::SnifferSpec {
                     interface: l
@@ -1027,6 +1121,65 @@ fn http_endpoint(
         idle_timeout: timeout("idle_timeout", &raw.idle_timeout, defaults.idle_timeout)?,
     };
     Ok((listen, limits))
+}
+
+/// `[toxiproxy_api]`'s `allowed_ports`, `max_proxies` and `persist`.
+fn toxiproxy_api_rules(
+    raw: &RawToxiproxyApi,
+    at: &dyn Fn(std::ops::Range<usize>) -> String,
+) -> Result<crate::toxiproxy_api::Rules, ConfigError> {
+    use crate::toxiproxy_api::{MAX_MAX_PROXIES, Rules};
+    let defaults = Rules::default();
+    let allowed_ports = match &raw.allowed_ports {
+        None => defaults.allowed_ports,
+        Some(p) => Rules::parse_ports(p.get_ref()).map_err(|e| {
+            ConfigError(format!(
+                "{}: toxiproxy_api.allowed_ports: {e}",
+                at(p.span())
+            ))
+        })?,
+    };
+    let max_proxies = match &raw.max_proxies {
+        None => defaults.max_proxies,
+        Some(m) => match usize::try_from(*m.get_ref()) {
+            Ok(n @ 1..=MAX_MAX_PROXIES) => n,
+            _ => {
+                return Err(ConfigError(format!(
+                    "{}: toxiproxy_api.max_proxies: {} is out of range (1 to {MAX_MAX_PROXIES})",
+                    at(m.span()),
+                    m.get_ref()
+                )));
+            }
+        },
+    };
+    Ok(Rules {
+        allowed_ports,
+        max_proxies,
+        persist: raw.persist,
+    })
+}
+
+/// Read `[toxiproxy_api] token_file`: an absolute path to a regular file
+/// (opened non-blocking, so a FIFO cannot hang the load), at most 4 KiB.
+fn toxiproxy_api_token(path: &str) -> Result<crate::toxiproxy_api::Token, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if !Path::new(path).is_absolute() {
+        return Err("must be an absolute path".into());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err("not a regular file".into());
+    }
+    let mut text = String::new();
+    file.take(4096)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    crate::toxiproxy_api::Token::parse(&text)
 }
 
 /// A TOML syntax or type error as one line, `file:line:column: what`,
@@ -1652,6 +1805,10 @@ mod fuzz {
         "toxiproxy_api.max_connections",
         "toxiproxy_api.header_timeout",
         "toxiproxy_api.idle_timeout",
+        "toxiproxy_api.allowed_ports",
+        "toxiproxy_api.max_proxies",
+        "toxiproxy_api.persist",
+        "toxiproxy_api.token_file",
         "health.listen",
         "access_log.path",
         "access_log.buffer_bytes",

@@ -13,8 +13,8 @@
 //! Denied crate-wide; allowed only where netd calls Linux directly, each
 //! block with a SAFETY note saying why it is sound:
 //!
-//! - [`sys`] — geteuid, getpwnam_r/getgrnam_r, SO_PEERGROUPS (safe
-//!   wrappers the rest of the crate calls);
+//! - [`sys`] — geteuid, getpwnam_r/getgrnam_r, getpwuid_r, getgrouplist,
+//!   SO_PEERGROUPS (safe wrappers the rest of the crate calls);
 //! - [`net::splice`] — pipe2, fcntl and splice for the proxy's zero-copy path;
 //! - [`net::udp`] — recvmsg with SO_RXQ_OVFL for the UDP echo;
 //! - `services::sniffer::socket` and `services::sniffer::ring` — the
@@ -25,7 +25,8 @@
 //!   directory descriptor;
 //! - the kernel reference test of the BPF interpreter (test code only);
 //! - [`trim`] — malloc_trim;
-//! - [`server::raise_fd_limit`] — getrlimit/setrlimit.
+//! - [`server::raise_fd_limit`] — getrlimit/setrlimit;
+//! - [`fd_budget`] — getrlimit.
 
 #![deny(unsafe_code)]
 
@@ -41,6 +42,7 @@ pub mod docs;
 pub mod events;
 pub mod export;
 pub mod fault;
+pub mod fd_budget;
 pub mod fdpass;
 pub mod fdstore;
 #[cfg(test)]
@@ -65,6 +67,7 @@ pub mod sys;
 pub mod toxiproxy_api;
 pub mod trim;
 pub mod warn_every;
+pub mod warn_limit;
 pub mod watch;
 
 /// Code generated from `proto/netd/v1/*.proto`.

@@ -15,7 +15,12 @@ use netd::config::{Config, DEFAULT_CONFIG};
 ///
 /// With no --config, netd runs its embedded default: TCP echo on
 /// 127.0.0.1:8080 (prefix "Echo: ") and UDP echo on 127.0.0.1:9090
-/// (prefix "ACK: ").
+/// (prefix "ACK: "). That demo run keeps no state: changes made with
+/// netctl are gone when it stops, unless --state-dir is given.
+///
+/// SIGTERM or SIGINT (Ctrl-C): stop accepting, let open connections finish
+/// for the config's shutdown_grace (10s), then exit 0. A second one during
+/// that grace period closes them at once and exits 1.
 #[derive(Debug, Parser)]
 #[command(name = "netd", version)]
 struct Args {
@@ -40,11 +45,15 @@ struct Args {
     /// Directory of the state file, where changes made through the control
     /// plane are kept across restarts. Overrides the config's `state_dir`.
     /// Default: /var/lib/netd as root, else $XDG_STATE_HOME/netd or
-    /// ~/.local/state/netd.
+    /// ~/.local/state/netd; with the embedded default config (no
+    /// --config), none: nothing is kept.
     #[arg(long, env = "NETD_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
-    /// Validate the config and exit.
+    /// Validate the config and exit. Also warns (on stderr, still exit 0)
+    /// when the listeners' connection and client limits add up to more than
+    /// the descriptor budget: RLIMIT_NOFILE less a reserve (5%, at least
+    /// 64) kept for the control plane.
     #[arg(long)]
     check_config: bool,
 
@@ -126,6 +135,14 @@ fn main() -> ExitCode {
             eprintln!("netd: {e:#}");
             return ExitCode::from(2);
         }
+        // The limits netd would run with: the soft limit raised to the hard.
+        let budget = netd::fd_budget::Budget::current();
+        if let Some(w) = netd::services::fd_cost::check_listeners(
+            config.listeners.iter().map(|l| &l.spec),
+            &budget,
+        ) {
+            eprintln!("netd: warning: {w}");
+        }
         println!(
             "{}: ok ({} listeners)",
             config.source,
@@ -152,6 +169,20 @@ fn main() -> ExitCode {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
+    // Before the runtime: counts the descriptors open now (/proc).
+    let budget = netd::fd_budget::Budget::current();
+    let permits = netd::fd_budget::init();
+    tracing::info!(
+        limit = budget.limit,
+        reserve = budget.reserve,
+        data_plane = permits,
+        "descriptor budget"
+    );
+    if let Some(w) =
+        netd::services::fd_cost::check_listeners(config.listeners.iter().map(|l| &l.spec), &budget)
+    {
+        tracing::warn!("{w}");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -171,6 +202,11 @@ fn main() -> ExitCode {
     ));
     // The last lines of the connections that were drained.
     netd::access_log::close();
+    if result.is_err() {
+        // E.g. a second signal cut the drain short: do not wait on tasks
+        // left on the blocking pool either.
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

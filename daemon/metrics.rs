@@ -210,6 +210,18 @@ impl Collector for ListenerCollector {
             None,
             MetricType::Counter,
         )?)?;
+        ConstGauge::new(crate::fd_budget::capacity() as i64).encode(encoder.encode_descriptor(
+            "netd_descriptor_budget",
+            "File descriptors the data plane may hold: RLIMIT_NOFILE less the control plane's reserve and netd's own.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(crate::fd_budget::available() as i64).encode(encoder.encode_descriptor(
+            "netd_descriptor_budget_available",
+            "Descriptors of the data plane's budget not in use; at 0 accept loops pause and udp-proxies refuse new clients.",
+            None,
+            MetricType::Gauge,
+        )?)?;
         self.encode_kind_specific(&listeners, &mut encoder)
     }
 }
@@ -339,7 +351,7 @@ impl ListenerCollector {
         );
         let mut udp_drops = Family::new(
             "netd_udp_echo_drops",
-            "Datagrams a UDP echo received but did not answer, by reason (own_source, reflector_source, rate_limited) or dropped by the kernel (kernel).",
+            "Datagrams a UDP echo or udp-proxy received but did not answer or forward, by reason (own_source, reflector_source, rate_limited; a udp-proxy also source_clients) or dropped by the kernel (kernel).",
             true,
         );
         let mut udp_truncated = Family::new(
@@ -349,7 +361,7 @@ impl ListenerCollector {
         );
         let mut udp_sources = Family::new(
             "netd_udp_echo_sources",
-            "Sources in a UDP echo's rate-limit table.",
+            "Sources in a UDP echo's or udp-proxy's rate-limit table.",
             false,
         );
         type FaultCounter = fn(&crate::proto::FaultStats) -> u64;
@@ -450,7 +462,7 @@ impl ListenerCollector {
         );
         let mut udp_evicted = Family::new(
             "netd_udp_echo_sources_evicted",
-            "Idle sources evicted from a UDP echo's rate-limit table.",
+            "Idle sources evicted from a UDP echo's or udp-proxy's rate-limit table.",
             true,
         );
         for l in listeners {
@@ -542,6 +554,19 @@ impl ListenerCollector {
                     udp_evicted.series.push((base.clone(), u.sources_evicted));
                 }
                 Some(Detail::UdpProxy(u)) => {
+                    // The datagram-source guard's families, shared with the
+                    // UDP echo (told apart by the kind label).
+                    for (reason, v) in [
+                        ("own_source", u.own_source_drops),
+                        ("reflector_source", u.reflector_source_drops),
+                        ("rate_limited", u.rate_limited),
+                        ("source_clients", u.source_clients_refused),
+                        ("kernel", u.kernel_drops),
+                    ] {
+                        udp_drops.series.push((with("reason", reason.into()), v));
+                    }
+                    udp_sources.series.push((base.clone(), u.sources_tracked));
+                    udp_evicted.series.push((base.clone(), u.sources_evicted));
                     udp_proxy_clients
                         .series
                         .push((base.clone(), u.clients_active));

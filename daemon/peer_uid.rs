@@ -15,6 +15,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -24,8 +25,16 @@ const NLM_F_REQUEST: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_HDRLEN: usize = 16;
 /// Offset of `idiag_uid` in `inet_diag_msg`: family, state, timer,
-/// retrans (4), the socket id (48), expires, rqueue, wqueue (12).
+/// retrans (4), the socket id (48), expires, rqueue, wqueue (12); the
+/// inode follows it.
 const UID_OFFSET: usize = 64;
+const INODE_OFFSET: usize = 68;
+/// `idiag_state` of a socket in TIME_WAIT.
+const TCP_TIME_WAIT: u8 = 6;
+/// Name and groups of a uid are looked up within this.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The primary group of a uid without a passwd entry: none.
+pub const NO_GROUP: u32 = u32::MAX;
 
 /// The uid owning the socket at `peer` connected to `local` (the address
 /// the connection was accepted on), if `peer` is a loopback address and
@@ -35,7 +44,15 @@ pub fn loopback_peer_uid(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
     if !peer.ip().is_loopback() {
         return None;
     }
-    query(&request(peer, local)?).ok().flatten()
+    if let Some(uid) = query(&request(peer, local)?).ok().flatten() {
+        return Some(uid);
+    }
+    // An IPv6 client socket connected to a v4-mapped address.
+    let mapped = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(v4) => Some(SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port())),
+        IpAddr::V6(_) => None,
+    };
+    query(&request(mapped(peer)?, mapped(local)?)?).ok().flatten()
 }
 
 fn canonical(a: SocketAddr) -> SocketAddr {
@@ -99,15 +116,89 @@ fn query(req: &[u8]) -> std::io::Result<Option<u32>> {
 }
 
 /// The uid of the first `inet_diag_msg` in a reply; `None` for an error
-/// (no such socket) or a short reply.
+/// (no such socket), a short reply, or a socket that names no one: in
+/// TIME_WAIT or orphaned (closed by its process, inode 0), the kernel
+/// reports uid 0 for it, which must not pass for root.
 fn parse_reply(reply: &[u8]) -> Option<u32> {
     let kind = u16::from_ne_bytes(reply.get(4..6)?.try_into().ok()?);
     if kind == NLMSG_ERROR {
         return None;
     }
-    let at = NLMSG_HDRLEN + UID_OFFSET;
-    Some(u32::from_ne_bytes(reply.get(at..at + 4)?.try_into().ok()?))
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(reply.get(at..at + 4)?.try_into().ok()?))
+    };
+    let state = *reply.get(NLMSG_HDRLEN + 1)?;
+    let uid = word(NLMSG_HDRLEN + UID_OFFSET)?;
+    let inode = word(NLMSG_HDRLEN + INODE_OFFSET)?;
+    (state != TCP_TIME_WAIT && inode != 0).then_some(uid)
 }
+
+/// A local account as netd's role rules see it: uid, name, primary group
+/// and every group it is in (from the user database, not from the process:
+/// a TCP peer has no credentials to ask).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalUser {
+    pub uid: u32,
+    /// None if the uid has no passwd entry (then it is in no group:
+    /// `gid` is [`NO_GROUP`] and `groups` is empty).
+    pub name: Option<String>,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl LocalUser {
+    /// The peer as [`crate::auth::Policy::caller`] takes it, so that
+    /// `[control.roles]` applies to it as to a Unix-socket caller.
+    pub fn peer(&self) -> crate::auth::Peer {
+        crate::auth::Peer::Unix {
+            uid: self.uid,
+            gid: self.gid,
+            groups: self.groups.clone(),
+            pid: None,
+        }
+    }
+
+    /// `uid:1000(alice)`, or `uid:1000` without a passwd entry.
+    pub fn identity(&self) -> String {
+        match &self.name {
+            Some(n) => format!("uid:{}({n})", self.uid),
+            None => format!("uid:{}", self.uid),
+        }
+    }
+}
+
+/// [`loopback_peer_uid`] and that uid's name and groups, looked up on the
+/// blocking pool (NSS may ask a directory server) within
+/// [`LOOKUP_TIMEOUT`]; None as for [`loopback_peer_uid`].
+pub async fn loopback_peer_user(local: SocketAddr, peer: SocketAddr) -> Option<LocalUser> {
+    let uid = loopback_peer_uid(local, peer)?;
+    let lookup = tokio::task::spawn_blocking(move || match crate::sys::user_of_uid(uid) {
+        Some((name, gid)) => LocalUser {
+            uid,
+            groups: crate::sys::groups_of_user(&name, gid),
+            name: Some(name),
+            gid,
+        },
+        None => LocalUser {
+            uid,
+            name: None,
+            gid: NO_GROUP,
+            groups: Vec::new(),
+        },
+    });
+    match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+        Ok(Ok(user)) => Some(user),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, uid, "looking up a peer's user failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(uid, "looking up a peer's user timed out");
+            None
+        }
+    }
+}
+
 
 #[cfg(test)]
 mod tests {
@@ -136,15 +227,20 @@ mod tests {
     }
 
     #[test]
-    fn the_uid_of_another_user() {
-        // A socket owned by uid 65534: created after seteuid in a child
-        // process would be the real thing; here, the reply parser on a
-        // reply as the kernel lays it out.
+    fn the_uid_in_a_reply_as_the_kernel_lays_it_out() {
         let mut reply = vec![0u8; NLMSG_HDRLEN + 72];
         reply[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        reply[NLMSG_HDRLEN + 1] = 1; // ESTABLISHED
         reply[NLMSG_HDRLEN + UID_OFFSET..NLMSG_HDRLEN + UID_OFFSET + 4]
             .copy_from_slice(&65534u32.to_ne_bytes());
+        // An orphaned socket (inode 0) names no one.
+        assert_eq!(parse_reply(&reply), None);
+        reply[NLMSG_HDRLEN + INODE_OFFSET..NLMSG_HDRLEN + INODE_OFFSET + 4]
+            .copy_from_slice(&4242u32.to_ne_bytes());
         assert_eq!(parse_reply(&reply), Some(65534));
+        reply[NLMSG_HDRLEN + 1] = TCP_TIME_WAIT;
+        assert_eq!(parse_reply(&reply), None);
+        reply[NLMSG_HDRLEN + 1] = 1;
         reply[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
         assert_eq!(parse_reply(&reply), None);
         assert_eq!(parse_reply(&[0u8; 8]), None);

@@ -67,6 +67,36 @@ impl Drop for SocketFileGuard {
     }
 }
 
+/// Removes, at exit, the control socket's directory if this netd created
+/// it (e.g. /run/netd for a demo run as root) and it is empty by then: a
+/// run leaves nothing behind that it did not find. A directory that holds
+/// a successor's or systemd's kept socket is not empty and stays.
+struct CreatedDirGuard(Option<PathBuf>);
+
+impl CreatedDirGuard {
+    /// Called before the socket is bound: notes the directory if it does
+    /// not exist yet.
+    fn before_bind(control: &ControlAddr) -> Self {
+        CreatedDirGuard(match control {
+            ControlAddr::Unix(p) => p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .filter(|d| std::fs::symlink_metadata(d).is_err())
+                .map(Path::to_path_buf),
+            ControlAddr::Tcp(_) => None,
+        })
+    }
+}
+
+impl Drop for CreatedDirGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            // Fails, as it should, when anything is left in it.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 /// How this netd starts, besides its config.
 #[derive(Debug, Default)]
 pub struct Startup {
@@ -85,6 +115,8 @@ pub async fn run(
     startup: Startup,
 ) -> anyhow::Result<()> {
     check_control_security(&config, &control).await?;
+    // Declared first, so dropped last: after the socket files in it.
+    let _created_dir = CreatedDirGuard::before_bind(&control);
     if control == crate::addr::default_control_addr()
         && control != ControlAddr::Unix(crate::addr::SYSTEM_CONTROL_SOCKET.into())
     {
@@ -94,7 +126,7 @@ pub async fn run(
     let state_dir = config
         .state_dir
         .clone()
-        .or_else(crate::state::default_state_dir);
+        .or_else(|| config.fallback_state_dir());
     let handover_path = crate::handover::socket_path(&control, state_dir.as_deref());
     let mut inherited: HashMap<String, OwnedFd> = HashMap::new();
     for (name, fd) in startup.listen_fds {
@@ -220,6 +252,21 @@ pub async fn run(
         crate::fdstore::store(crate::fdstore::TOXIPROXY_API_NAME, fd.as_fd());
     }
 
+    // netd's own TCP endpoints: no proxy made through the Toxiproxy API
+    // may forward to one.
+    let own_endpoints: Vec<std::net::SocketAddr> = [
+        match &socket {
+            ControlSocket::Tcp(l) => l.local_addr().ok(),
+            ControlSocket::Unix(..) => None,
+        },
+        metrics_socket.as_ref().and_then(|l| l.local_addr().ok()),
+        health_socket.as_ref().and_then(|l| l.local_addr().ok()),
+        toxiproxy_socket.as_ref().and_then(|l| l.local_addr().ok()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+
     let supervisor = boot_listeners(&config, inherited).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -319,12 +366,19 @@ pub async fn run(
     });
     let toxiproxy_task = toxiproxy_socket.map(|l| {
         if let Ok(addr) = l.local_addr() {
-            tracing::info!(%addr, "serving the Toxiproxy-compatible API (admin rights, no authentication)");
+            tracing::info!(%addr, "serving the Toxiproxy-compatible API (callers identified by uid, roles from [control.roles])");
         }
+        let access = crate::toxiproxy_api::Access::new(
+            Policy::new(cc.roles.clone(), socket_gid, false),
+            config.toxiproxy_api_rules.clone(),
+            own_endpoints,
+        )
+        .with_token(config.toxiproxy_api_token.clone());
         tokio::spawn(crate::toxiproxy_api::serve(
             l,
             config.toxiproxy_api_limits,
             supervisor.clone(),
+            access,
             stop_metrics.clone(),
         ))
     });
@@ -337,7 +391,7 @@ pub async fn run(
         .iter()
         .filter(|l| l.state() == proto::ListenerState::Running)
         .count();
-    tracing::info!(control = %control, listeners = listeners.len(), running, config = %config.source, "netd ready");
+    tracing::info!(control = %control, listeners = listeners.len(), running, config = %config.source, state = %state_summary(&supervisor, &config), "netd ready");
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // SIGHUP's default action kills the process: take it (a reload) before
@@ -450,7 +504,11 @@ pub async fn run(
     health
         .set_not_serving::<ControlServer<ControlService>>()
         .await;
-    supervisor.shutdown(config.shutdown_grace).await;
+    if !drain_unless_signalled_again(&supervisor, config.shutdown_grace, &mut term, &mut int).await
+    {
+        // The guards remove the socket files on the way out.
+        bail!("second signal during the shutdown grace period; exited without draining");
+    }
     stop_control.cancel();
     stop_metrics.cancel();
     stop_trim.cancel();
@@ -472,6 +530,50 @@ pub async fn run(
     crate::fdstore::flushed().await;
     tracing::info!("netd stopped");
     Ok(())
+}
+
+/// How long closing the remaining connections may take after a second
+/// signal.
+const EXIT_NOW_BOUND: Duration = Duration::from_secs(2);
+
+/// Shut the supervisor down with `grace` for open connections, unless a
+/// second SIGTERM/SIGINT comes meanwhile: then close them at once (as
+/// cargo, docker and most daemons take a second Ctrl-C) and return false.
+async fn drain_unless_signalled_again(
+    supervisor: &Supervisor,
+    grace: Duration,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> bool {
+    {
+        let drain = supervisor.shutdown(grace);
+        tokio::pin!(drain);
+        tokio::select! {
+            () = &mut drain => return true,
+            _ = term.recv() => tracing::warn!(signal = "SIGTERM", "second signal; exiting now"),
+            _ = int.recv() => tracing::warn!(signal = "SIGINT", "second signal; exiting now"),
+        }
+    }
+    // No grace: the remaining connections are closed now.
+    if tokio::time::timeout(EXIT_NOW_BOUND, supervisor.shutdown(Duration::ZERO))
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still closing; exiting anyway");
+    }
+    false
+}
+
+/// Where runtime changes go, for the ready line: the state file, or why
+/// there is none.
+fn state_summary(supervisor: &Supervisor, config: &Config) -> String {
+    match supervisor.state_file() {
+        Some(path) => path.display().to_string(),
+        None if !config.use_default_state_dir => {
+            "none (embedded default; use --state-dir to keep changes)".into()
+        }
+        None => "none (changes are not kept across restarts)".into(),
+    }
 }
 
 /// Bind the hand-over socket at `path` and serve it; the guard removes the
@@ -521,8 +623,14 @@ async fn boot_listeners(
     let store = match config
         .state_dir
         .clone()
-        .or_else(crate::state::default_state_dir)
+        .or_else(|| config.fallback_state_dir())
     {
+        None if !config.use_default_state_dir => {
+            tracing::info!(
+                "the embedded default config keeps no state: changes made with netctl last until netd stops (use --state-dir to keep them)"
+            );
+            None
+        }
         None => {
             tracing::warn!(
                 "no state_dir (set it in the config or with --state-dir): changes made with netctl will not survive a restart"
@@ -685,7 +793,9 @@ async fn reload(
             ("control", format!("{:?}", config.control.listen) != format!("{:?}", running.control.listen)),
             ("metrics", config.metrics_listen != running.metrics_listen),
             ("health", config.health_listen != running.health_listen),
-            ("toxiproxy_api", config.toxiproxy_api_listen != running.toxiproxy_api_listen),
+            ("toxiproxy_api", config.toxiproxy_api_listen != running.toxiproxy_api_listen
+                || config.toxiproxy_api_rules != running.toxiproxy_api_rules
+                || config.toxiproxy_api_token != running.toxiproxy_api_token),
             ("log", config.log.level != running.log.level || config.log.format != running.log.format),
             ("max_listeners", config.max_listeners != running.max_listeners),
             ("capture_dir", config.capture_dir != running.capture_dir),

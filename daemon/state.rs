@@ -39,11 +39,23 @@ const MAX_BYTES: u64 = 64 << 20;
 /// Mode of the state file: it holds secrets (HTTP tokens).
 const FILE_MODE: u32 = 0o600;
 
+/// Replaces the built-in default of [`default_state_dir`] (an absolute
+/// path): for tests, which must not touch the machine's /var/lib/netd.
+pub const TEST_DEFAULT_STATE_DIR_ENV: &str = "NETD_TEST_DEFAULT_STATE_DIR";
+
 /// `state_dir` when neither the config nor `--state-dir` sets one:
 /// `/var/lib/netd` for root (the unit's StateDirectory), else
 /// `$XDG_STATE_HOME/netd` or `$HOME/.local/state/netd`; None if neither
 /// variable is set (then nothing is persisted, and netd says so).
+/// `NETD_TEST_DEFAULT_STATE_DIR` replaces it (tests). The embedded default
+/// config uses none of it (see `Config::fallback_state_dir`).
 pub fn default_state_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os(TEST_DEFAULT_STATE_DIR_ENV)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+    {
+        return Some(dir);
+    }
     if crate::sys::euid() == 0 {
         return Some(PathBuf::from("/var/lib/netd"));
     }

@@ -20,7 +20,10 @@
 //! the address and kind stay (a duplicate descriptor of it is kept for
 //! this), on a newly bound one otherwise — and only then stops the old one
 //! accepting; connections the old one accepted finish under its settings.
-//! Counters, labels and the name stay with the listener.
+//! Counters, labels and the name stay with the listener: the base counters
+//! and the faults live in the entry, and each new generation takes over
+//! its kind's own counters and health state from the one it replaces
+//! ([`crate::services::kind::ListenerKind::carry_over`]).
 //!
 //! Every change through the control plane (start, stop, update, drain,
 //! apply, reload) is written to the state file before the call returns
@@ -561,16 +564,23 @@ impl Supervisor {
         }
     }
 
+    /// Build and bind a generation; `prev`, the listener's current
+    /// generation's service on an update, hands over what belongs to the
+    /// listener (its kind's counters, upstream health).
     async fn prepare(
         &self,
         name: &str,
         spec: proto::ListenerSpec,
         source: Source,
+        prev: Option<Arc<Service>>,
     ) -> Result<Prepared, SupervisorError> {
         let settings = self.inner.settings.clone();
         let name = name.to_string();
         tokio::task::spawn_blocking(move || {
-            let service = Arc::new(Service::from_spec(&spec, &settings)?);
+            let service = Arc::new(match &prev {
+                Some(prev) => Service::from_spec_after(&spec, &settings, prev)?,
+                None => Service::from_spec(&spec, &settings)?,
+            });
             let mut reused = false;
             let bound = match source {
                 Source::Bind => service.bind(None)?,
@@ -740,7 +750,7 @@ impl Supervisor {
             Some(fd) => Source::Inherited(fd),
             None => Source::Bind,
         };
-        let p = self.prepare(name, spec, source).await?;
+        let p = self.prepare(name, spec, source, None).await?;
         let entry = self.new_entry(
             name,
             labels,
@@ -1038,7 +1048,9 @@ impl Supervisor {
         // writing the same pcap file) can start only once the old one has
         // closed it; else the old one runs until the new one is ready.
         if !Service::needs_old_closed(&cur.spec, &spec) {
-            return self.prepare(&entry.name, spec, source).await;
+            return self
+                .prepare(&entry.name, spec, source, Some(cur.service.clone()))
+                .await;
         }
         // Validate before stopping anything.
         let settings = self.inner.settings.clone();
@@ -1049,7 +1061,10 @@ impl Supervisor {
         cur.stop.cancel();
         // The old capture closes its pcap file when its run ends.
         let _ = tokio::time::timeout(Duration::from_secs(10), cur.ended.cancelled()).await;
-        match self.prepare(&entry.name, spec, Source::Bind).await {
+        match self
+            .prepare(&entry.name, spec, Source::Bind, Some(cur.service.clone()))
+            .await
+        {
             Ok(p) => Ok(p),
             Err(e) => {
                 // Put the old capture back.
@@ -1084,14 +1099,14 @@ impl Supervisor {
     ) -> Result<UpdateAction, SupervisorError> {
         let same_socket = p.reused;
         let (cur_gen, bound) = self.generation(entry, p)?;
-        if let Some(a) = old
-            .own_udp_addr
-            .filter(|a| Some(*a) != cur_gen.own_udp_addr)
-        {
-            self.inner.settings.own_udp_addrs.remove(a);
-        }
+        // The new registration first, then the old one's removal (even when
+        // both are the same address: registrations are counted, and one left
+        // behind kept a stopped listener's address in the set).
         if let Some(a) = cur_gen.own_udp_addr {
             self.inner.settings.own_udp_addrs.insert(a);
+        }
+        if let Some(a) = old.own_udp_addr {
+            self.inner.settings.own_udp_addrs.remove(a);
         }
         *entry.current.lock().unwrap_or_else(|p| p.into_inner()) = cur_gen.clone();
         if !same_socket {
@@ -1724,6 +1739,13 @@ impl Supervisor {
         // Dropped (sockets closed) after the lock is released.
         let all = std::mem::take(&mut *self.listeners());
         drop(all);
+    }
+}
+
+impl Supervisor {
+    /// The state file changes are persisted to; None when nothing is.
+    pub fn state_file(&self) -> Option<std::path::PathBuf> {
+        self.inner.store.as_ref().map(Store::path)
     }
 }
 

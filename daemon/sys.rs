@@ -84,3 +84,47 @@ pub fn peer_groups(socket: std::os::fd::BorrowedFd<'_>) -> Vec<libc::gid_t> {
     }
     groups
 }
+
+/// The name and primary gid of the user `uid`, from the passwd database
+/// (NSS); None if the uid has no entry.
+pub fn user_of_uid(uid: u32) -> Option<(String, u32)> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: all-zero is a valid passwd (pointers null, numbers 0).
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r with valid pointers to our own buffers; the
+    // result is only read when `out` is non-null.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() || pw.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name points into `buf`, NUL-terminated by getpwuid_r.
+    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+    Some((name.to_string_lossy().into_owned(), pw.pw_gid))
+}
+
+/// The groups of user `name` whose primary group is `gid` (that one
+/// included), from the group database (NSS); at most 65536.
+pub fn groups_of_user(name: &str, gid: u32) -> Vec<u32> {
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return vec![gid];
+    };
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    // Retried when the list grew between two calls; a few times at most.
+    for _ in 0..4 {
+        let mut n = groups.len() as libc::c_int;
+        // SAFETY: getgrouplist writes at most `n` gids into our buffer and
+        // stores the number it has (or needs) in `n`.
+        let rc = unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        let n = usize::try_from(n).unwrap_or(0);
+        if rc >= 0 {
+            groups.truncate(n.min(groups.len()));
+            return groups;
+        }
+        if n <= groups.len() || n > 65_536 {
+            return vec![gid];
+        }
+        groups.resize(n, 0);
+    }
+    vec![gid]
+}

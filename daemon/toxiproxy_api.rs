@@ -3,24 +3,35 @@
 //!
 //! It is a translator onto the supervisor's calls (the ones the gRPC
 //! control plane makes), not a second model: a Toxiproxy *proxy* is a netd
-//! `proxy` listener (every one of them is listed, whoever started it), a
+//! `proxy` listener made through this API (labelled [`CREATED_BY`]; the
+//! config's and netctl's listeners are not its to see or change), a
 //! *toxic* is a fault of that listener, with Toxiproxy's attribute names
 //! and units converted at this edge (latency/jitter/delay/timeout in ms,
 //! bandwidth `rate` in KB/s of 1000 bytes, slicer `delay` in µs, sizes in
 //! bytes). Proxies created here are `ephemeral`, as Toxiproxy keeps no
-//! state across restarts. `enabled: false` is a `down` fault named
-//! [`DISABLED`], hidden from the toxics: the listener keeps its port, and
-//! clients are reset instead of refused. Netd-only fault types and
-//! conditions are not hidden: such a fault is listed with its netd type
-//! name, and an update through this API keeps its conditions. What differs
-//! from Toxiproxy is listed in the README ("Toxiproxy-compatible API").
+//! state across restarts (unless `[toxiproxy_api] persist = true`).
+//! `enabled: false` is a `down` fault named [`DISABLED`], hidden from the
+//! toxics: the listener keeps its port, and clients are reset instead of
+//! refused. Netd-only fault types and conditions are not hidden: such a
+//! fault is listed with its netd type name, and an update through this API
+//! keeps its conditions. What differs from Toxiproxy is listed in the
+//! README ("Toxiproxy-compatible API").
 //!
-//! Every call acts with admin rights (the endpoint has no authentication,
-//! hence loopback only unless `allow_remote`), and each mutating one logs a
-//! `netd::audit` line with the caller `toxiproxy-api <peer address>`. Like
-//! Toxiproxy, requests from browsers (a `User-Agent` starting `Mozilla/`)
-//! are refused, so that a web page cannot drive it from the user's
-//! machine.
+//! Least privilege ([`Access`]): each connection's caller is identified
+//! once, at accept, as the control socket identifies its callers: a
+//! loopback peer by the uid owning its socket ([`crate::peer_uid`]), mapped
+//! to a role by the same `[control.roles]` rules ([`Policy`]; root, netd's
+//! own user and the control socket's group are admin by default). Reading
+//! needs `viewer`, changing anything `admin`; a caller that cannot be
+//! identified (not on loopback, or its socket not found) may do neither.
+//! A request carrying the optional bearer token (`token_file`) is admin
+//! from anywhere. Whatever the role, the proxies made here are confined by [`Rules`]:
+//! loopback listen addresses on allowed ports, no upstream that is one of
+//! netd's own endpoints or listeners, at most `max_proxies` of them. Each
+//! mutating call (and each refused one) logs a `netd::audit` line naming
+//! the caller: `toxiproxy-api uid:N(user) <peer address>`. Like Toxiproxy,
+//! requests from browsers (a `User-Agent` starting `Mozilla/`) are
+//! refused, so that a web page cannot drive it from the user's machine.
 //!
 //! Bounds as for `/metrics` ([`crate::metrics::Limits`]: connections,
 //! header and idle timeouts), plus [`MAX_BODY_BYTES`] per request body,
@@ -28,7 +39,8 @@
 //! request's headers to its response.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -43,6 +55,9 @@ use serde_json::{Map, Value, json};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use subtle::ConstantTimeEq as _;
+
+use crate::auth::{Caller, Policy, Role};
 use crate::metrics::{self, Limits, Phase, TimedBody, TimedStream, Timing};
 use crate::proto::{self, fault::Kind};
 use crate::supervisor::{Supervisor, SupervisorError};
@@ -64,8 +79,140 @@ pub const TOXIPROXY_VERSION: &str = "2.12.0";
 /// Where a proxy created without `listen` binds (Toxiproxy binds every
 /// interface; netd stays on loopback unless told otherwise).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:0";
-/// Label put on the listeners this API starts.
+/// Label put on the listeners this API starts; the API sees and changes
+/// only listeners that carry it.
 pub const CREATED_BY: (&str, &str) = ("created-by", "toxiproxy-api");
+/// Largest `max_proxies` the config accepts.
+pub const MAX_MAX_PROXIES: usize = 4096;
+/// How long resolving a `listen` or `upstream` host name may take.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the proxies made through the API may do, whoever asks
+/// (`[toxiproxy_api]` `allowed_ports`, `max_proxies`, `persist`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// Ports a proxy may listen on (0, "pick one", always may).
+    pub allowed_ports: RangeInclusive<u16>,
+    /// Proxies made through the API that may exist at once.
+    pub max_proxies: usize,
+    /// Whether they are saved in the state file (brought back after a
+    /// restart) rather than ephemeral.
+    pub persist: bool,
+}
+
+impl Default for Rules {
+    /// Unprivileged ports, 64 proxies, ephemeral (as Toxiproxy's).
+    fn default() -> Self {
+        Rules {
+            allowed_ports: 1024..=65535,
+            max_proxies: 64,
+            persist: false,
+        }
+    }
+}
+
+impl Rules {
+    /// `"1024-65535"` or one port `"8000"`; ports 1 to 65535.
+    pub fn parse_ports(s: &str) -> Result<RangeInclusive<u16>, String> {
+        let port = |p: &str| match p.trim().parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "'{s}' is not a port range like 1024-65535 (ports 1 to 65535)"
+            )),
+        };
+        let (lo, hi) = match s.split_once('-') {
+            Some((lo, hi)) => (port(lo)?, port(hi)?),
+            None => (port(s)?, port(s)?),
+        };
+        if lo > hi {
+            return Err(format!("'{s}': the first port is above the last"));
+        }
+        Ok(lo..=hi)
+    }
+}
+
+/// Who may call the API and what its proxies may reach; one per endpoint,
+/// shared by its connections.
+#[derive(Debug)]
+pub struct Access {
+    /// `[control.roles]`, as the control socket applies them.
+    policy: Policy,
+    rules: Rules,
+    /// netd's own TCP endpoints (control, metrics, health, this API): no
+    /// proxy made here may forward to one.
+    own_endpoints: Vec<SocketAddr>,
+    /// Held from counting the API's proxies to starting one, so that
+    /// concurrent creates cannot pass `max_proxies` together.
+    creating: tokio::sync::Mutex<()>,
+    /// `[toxiproxy_api] token_file`'s token: a request presenting it
+    /// (`Authorization: Bearer`) acts as admin, from anywhere.
+    token: Option<Token>,
+}
+
+/// A bearer token, never shown (Debug prints `<redacted>`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Shortest token accepted from `token_file`.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+impl Token {
+    /// The token in `text` (a token file's content, surrounding
+    /// whitespace trimmed): at least [`MIN_TOKEN_BYTES`] printable ASCII
+    /// characters, as an HTTP header carries them.
+    pub fn parse(text: &str) -> Result<Token, String> {
+        let t = text.trim();
+        if t.len() < MIN_TOKEN_BYTES || !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "the token must be at least {MIN_TOKEN_BYTES} printable ASCII characters without spaces"
+            ));
+        }
+        Ok(Token(t.to_string()))
+    }
+}
+
+impl Access {
+    pub fn new(policy: Policy, rules: Rules, own_endpoints: Vec<SocketAddr>) -> Access {
+        Access {
+            policy,
+            rules,
+            own_endpoints,
+            creating: tokio::sync::Mutex::new(()),
+            token: None,
+        }
+    }
+
+    /// Accept `token` as admin (`[toxiproxy_api] token_file`).
+    pub fn with_token(mut self, token: Option<Token>) -> Access {
+        self.token = token;
+        self
+    }
+
+    /// The caller on a connection accepted on `local` from `peer`, with
+    /// its role; unidentified callers get [`Role::None`].
+    async fn identify(&self, local: Option<SocketAddr>, peer: SocketAddr) -> Caller {
+        let user = match local {
+            Some(local) => crate::peer_uid::loopback_peer_user(local, peer).await,
+            None => None,
+        };
+        match user {
+            Some(u) => Caller {
+                identity: format!("toxiproxy-api {} {peer}", u.identity()),
+                role: self.policy.caller(&u.peer(), false, None).role,
+            },
+            None => Caller {
+                identity: format!("toxiproxy-api unidentified {peer}"),
+                role: Role::None,
+            },
+        }
+    }
+}
 
 /// Serve the API on `listener` within `limits` until `stop` is cancelled;
 /// then connections finish the response in flight and close.
@@ -73,9 +220,11 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     limits: Limits,
     supervisor: Supervisor,
+    access: Access,
     stop: CancellationToken,
 ) {
     let refused = AtomicU64::new(0);
+    let access = Arc::new(access);
     crate::metrics::serve_endpoint(
         listener,
         crate::admission::Gate::new(
@@ -86,26 +235,39 @@ pub async fn serve(
         &refused,
         "toxiproxy API",
         |stream, peer, slot| {
-            let api = Api {
-                supervisor: supervisor.clone(),
+            serve_connection(
+                stream,
+                slot,
+                supervisor.clone(),
+                access.clone(),
                 peer,
-            };
-            serve_connection(stream, slot, api, limits, stop.clone())
+                limits,
+                stop.clone(),
+            )
         },
     )
     .await;
 }
 
-/// Serve one connection until the client closes it, a phase runs past its
-/// deadline, or shutdown (which lets the response in flight finish).
+/// Identify the caller, then serve one connection until the client closes
+/// it, a phase runs past its deadline, or shutdown (which lets the
+/// response in flight finish).
 async fn serve_connection(
     stream: TcpStream,
     _slot: crate::admission::Slot,
-    api: Api,
+    supervisor: Supervisor,
+    access: Arc<Access>,
+    peer: SocketAddr,
     limits: Limits,
     stop: CancellationToken,
 ) {
-    let peer = api.peer;
+    let caller = access.identify(stream.local_addr().ok(), peer).await;
+    let api = Api {
+        supervisor,
+        access,
+        caller,
+        peer,
+    };
     let timing = Arc::new(Timing::with_respond_timeout(limits, RESPOND_TIMEOUT));
     let io = TokioIo::new(TimedStream {
         stream,
@@ -281,10 +443,20 @@ fn route<'p>(method: &Method, path: &'p str) -> Result<(Op, &'p str, &'p str), S
     Ok((op, proxy, toxic))
 }
 
-/// One connection's view of the API: the supervisor and who is calling.
+/// One connection's view of the API: the supervisor, the rules and who is
+/// calling.
 struct Api {
     supervisor: Supervisor,
+    access: Arc<Access>,
+    /// Identified at accept (by uid); a request with the bearer token
+    /// acts as admin instead.
+    caller: Caller,
     peer: SocketAddr,
+}
+
+/// Whether the API made listener `l` (and so may see and change it).
+fn api_made(l: &proto::Listener) -> bool {
+    l.labels.get(CREATED_BY.0).map(String::as_str) == Some(CREATED_BY.1)
 }
 
 type Reply = Result<(StatusCode, Value), ApiError>;
@@ -307,6 +479,45 @@ impl Api {
             }
             Err(_) => return plain(StatusCode::NOT_FOUND, "404 page not found\n"),
         };
+        let need = if op.mutating() {
+            Role::Admin
+        } else {
+            Role::Viewer
+        };
+        let caller = match self.authenticate(&req) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(target: "netd::audit", caller = %self.caller.identity, rpc = %format!("Toxiproxy{}", op.name()), listener = ?proxy, error = ?e.message, "audit: denied");
+                let mut r = json_response(e.status, &e.body());
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+        };
+        let caller = caller.as_ref().unwrap_or(&self.caller);
+        if caller.role < need {
+            let mut e = ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} needs the {} role; {} has the {} role",
+                    op.name(),
+                    need.as_str(),
+                    caller.identity,
+                    caller.role.as_str()
+                ),
+            );
+            // Without an identity, the token is the way in.
+            if caller.role == Role::None && self.access.token.is_some() {
+                e.status = StatusCode::UNAUTHORIZED;
+            }
+            tracing::warn!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc = %format!("Toxiproxy{}", op.name()), listener = ?proxy, "audit: denied");
+            let mut r = json_response(e.status, &e.body());
+            if e.status == StatusCode::UNAUTHORIZED {
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            return r;
+        }
         let mut named = String::new();
         let reply = match self.body_of(req, op).await {
             Err(e) => Err(e),
@@ -324,7 +535,7 @@ impl Api {
                 Op::ToxicCreate => (proxy, named.as_str()),
                 _ => (proxy, toxic),
             };
-            self.audit(op, proxy, toxic, &reply);
+            self.audit(caller, op, proxy, toxic, &reply);
         }
         match reply {
             Ok((status, Value::Null)) => empty(status),
@@ -380,7 +591,7 @@ impl Api {
             Op::ProxyIndex => {
                 let mut all = Map::new();
                 for l in self.supervisor.list() {
-                    if l.kind() == proto::ListenerKind::Proxy {
+                    if l.kind() == proto::ListenerKind::Proxy && api_made(&l) {
                         let v = self.proxy_json(&l);
                         all.insert(l.name.clone(), v);
                     }
@@ -427,25 +638,49 @@ impl Api {
         }
     }
 
+    /// The caller of a request that presents `Authorization: Bearer`:
+    /// admin when it is `[toxiproxy_api] token_file`'s token (compared in
+    /// constant time), 401 when it is not or no token is set; None (the
+    /// connection's caller) when the request presents none.
+    fn authenticate(&self, req: &Request<Incoming>) -> Result<Option<Caller>, ApiError> {
+        let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+            return Ok(None);
+        };
+        let unauthorized = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid bearer token");
+        let presented = value
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .ok_or_else(unauthorized)?;
+        let token = self.access.token.as_ref().ok_or_else(unauthorized)?;
+        if !bool::from(presented.ct_eq(token.0.as_bytes())) {
+            return Err(unauthorized());
+        }
+        Ok(Some(Caller {
+            identity: format!("toxiproxy-api token {}", self.peer),
+            role: Role::Admin,
+        }))
+    }
+
     /// One `netd::audit` line, as the control plane writes them.
-    fn audit(&self, op: Op, proxy: &str, toxic: &str, reply: &Reply) {
-        let caller = format!("toxiproxy-api {}", self.peer);
+    fn audit(&self, caller: &Caller, op: Op, proxy: &str, toxic: &str, reply: &Reply) {
+        let role = caller.role.as_str();
+        let caller = &caller.identity;
         let rpc = format!("Toxiproxy{}", op.name());
         match reply {
             Ok((status, _)) => {
-                tracing::info!(target: "netd::audit", caller = %caller, role = "admin", rpc = %rpc, listener = ?proxy, toxic = ?toxic, status = status.as_u16(), "audit: ok")
+                tracing::info!(target: "netd::audit", caller = %caller, role, rpc = %rpc, listener = ?proxy, toxic = ?toxic, status = status.as_u16(), "audit: ok")
             }
             Err(e) => {
-                tracing::info!(target: "netd::audit", caller = %caller, role = "admin", rpc = %rpc, listener = ?proxy, toxic = ?toxic, status = e.status.as_u16(), error = ?e.message, "audit: refused")
+                tracing::info!(target: "netd::audit", caller = %caller, role, rpc = %rpc, listener = ?proxy, toxic = ?toxic, status = e.status.as_u16(), error = ?e.message, "audit: refused")
             }
         }
     }
 
-    /// The proxy listener `name` (404 for no listener, or one of another
-    /// kind).
+    /// The proxy listener `name` made through this API (404 for no
+    /// listener, one of another kind, or one from the config or netctl).
     fn proxy(&self, name: &str) -> Result<proto::Listener, ApiError> {
         match self.supervisor.get(name) {
-            Ok(l) if l.kind() == proto::ListenerKind::Proxy => Ok(l),
+            Ok(l) if l.kind() == proto::ListenerKind::Proxy && api_made(&l) => Ok(l),
             _ => Err(ApiError::proxy_not_found()),
         }
     }
@@ -499,10 +734,29 @@ impl Api {
         })
     }
 
-    /// Start a proxy listener for `p` (ephemeral), disabled if asked.
+    /// Start a proxy listener for `p` (ephemeral unless `persist`),
+    /// disabled if asked, within the [`Rules`].
     async fn create_proxy(&self, p: &ProxyInput) -> Result<proto::Listener, ApiError> {
         if self.supervisor.get(&p.name).is_ok() {
             return Err(ApiError::new(StatusCode::CONFLICT, "proxy already exists"));
+        }
+        self.check_listen(&p.listen).await?;
+        self.check_upstream(&p.upstream).await?;
+        let _one_at_a_time = self.access.creating.lock().await;
+        let max = self.access.rules.max_proxies;
+        let made = self
+            .supervisor
+            .list()
+            .iter()
+            .filter(|l| api_made(l))
+            .count();
+        if made >= max {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{made} proxies made through this API exist and [toxiproxy_api] max_proxies is {max}: delete one first"
+                ),
+            ));
         }
         let spec = proto::ListenerSpec {
             kind: Some(proto::listener_spec::Kind::Proxy(proto::ProxySpec {
@@ -514,7 +768,7 @@ impl Api {
         let labels = [(CREATED_BY.0.to_string(), CREATED_BY.1.to_string())].into();
         let l = self
             .supervisor
-            .start(&p.name, spec, labels, true)
+            .start(&p.name, spec, labels, !self.access.rules.persist)
             .await
             .map_err(from_supervisor)?;
         if !p.enabled {
@@ -546,6 +800,77 @@ impl Api {
         Ok(())
     }
 
+    /// A proxy made here listens on loopback, on port 0 or an allowed one.
+    async fn check_listen(&self, listen: &str) -> Result<(), ApiError> {
+        let allowed = &self.access.rules.allowed_ports;
+        for a in resolve("listen", listen).await? {
+            if !a.ip().to_canonical().is_loopback() {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "listen {listen} is not a loopback address: proxies made through the Toxiproxy API listen on loopback only"
+                    ),
+                ));
+            }
+            if a.port() != 0 && !allowed.contains(&a.port()) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "listen {listen}: port {} is outside [toxiproxy_api] allowed_ports ({}-{})",
+                        a.port(),
+                        allowed.start(),
+                        allowed.end()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A proxy made here never forwards to netd itself: not to one of its
+    /// own endpoints (control, metrics, health, this API), nor to the
+    /// address of any of its TCP listeners (which would relay to them or
+    /// loop).
+    async fn check_upstream(&self, upstream: &str) -> Result<(), ApiError> {
+        let targets = resolve("upstream", upstream).await?;
+        let mut own: Vec<(SocketAddr, String)> = self
+            .access
+            .own_endpoints
+            .iter()
+            .map(|a| (*a, "one of netd's own endpoints".to_string()))
+            .collect();
+        for l in self.supervisor.list() {
+            if matches!(
+                l.kind(),
+                proto::ListenerKind::UdpEcho | proto::ListenerKind::UdpProxy
+            ) {
+                continue;
+            }
+            if let Ok(a) = l.bound_addr.parse::<SocketAddr>() {
+                own.push((a, format!("the address of netd listener '{}'", l.name)));
+            }
+        }
+        // The host's addresses, only when a wildcard bind needs them.
+        let host_ips = if own.iter().any(|(a, _)| a.ip().is_unspecified()) {
+            tokio::task::spawn_blocking(host_ips)
+                .await
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        for t in &targets {
+            if let Some((_, what)) = own.iter().find(|(a, _)| reaches(*t, *a, &host_ips)) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "upstream {upstream} is {what}: proxies made through the Toxiproxy API cannot forward to netd itself"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     async fn update_proxy(&self, name: &str, body: &Value) -> Reply {
         let l = self.proxy(name)?;
         let obj = object(body)?;
@@ -555,9 +880,11 @@ impl Api {
         let cur = proxy_spec(&l);
         let mut new = cur.clone();
         if let Some(listen) = listen.filter(|a| *a != cur.listen && *a != l.bound_addr) {
+            self.check_listen(&listen).await?;
             new.listen = listen;
         }
         if let Some(up) = upstream.filter(|u| *u != cur.upstreams.join(",")) {
+            self.check_upstream(&up).await?;
             new.upstreams = vec![up];
         }
         if new != cur {
@@ -607,7 +934,9 @@ impl Api {
     async fn populate_one(&self, p: &ProxyInput) -> Result<proto::Listener, ApiError> {
         match self.supervisor.get(&p.name) {
             Err(_) => self.create_proxy(p).await,
-            Ok(l) if l.kind() != proto::ListenerKind::Proxy => {
+            // Not this API's to replace: another kind, or the config's or
+            // netctl's.
+            Ok(l) if l.kind() != proto::ListenerKind::Proxy || !api_made(&l) => {
                 Err(ApiError::new(StatusCode::CONFLICT, "proxy already exists"))
             }
             Ok(l) => {
@@ -627,10 +956,13 @@ impl Api {
         }
     }
 
-    /// Enable every proxy and remove every toxic.
+    /// Enable every proxy made here and remove its toxics.
     async fn reset(&self) -> Reply {
         for l in self.supervisor.list() {
-            if l.kind() != proto::ListenerKind::Proxy || self.faults(&l.name).is_empty() {
+            if l.kind() != proto::ListenerKind::Proxy
+                || !api_made(&l)
+                || self.faults(&l.name).is_empty()
+            {
                 continue;
             }
             match self.supervisor.remove_fault(&l.name, None).await {
@@ -715,6 +1047,60 @@ impl Api {
             .map_err(from_supervisor)?;
         Ok((StatusCode::OK, toxic_json(&s.fault.unwrap_or_default())))
     }
+}
+
+/// The addresses `addr` (`host:port`) stands for, resolved off the
+/// runtime within [`RESOLVE_TIMEOUT`]; `what` names the field in errors.
+async fn resolve(what: &str, addr: &str) -> Result<Vec<SocketAddr>, ApiError> {
+    let bad = |why: String| ApiError::new(StatusCode::BAD_REQUEST, format!("{what} {addr}: {why}"));
+    if let Ok(a) = addr.trim().parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(addr.trim()))
+        .await
+        .map_err(|_| bad("resolving the host name timed out".into()))?
+        .map_err(|e| bad(format!("cannot resolve the host name: {e}")))?;
+    // Bounded: a name with more addresses than this is refused.
+    let addrs: Vec<SocketAddr> = found.take(65).collect();
+    if addrs.is_empty() || addrs.len() > 64 {
+        return Err(bad(format!(
+            "the host name resolved to {} addresses (1 to 64 taken)",
+            addrs.len()
+        )));
+    }
+    Ok(addrs)
+}
+
+/// Whether connecting to `target` reaches a TCP socket bound at `bound`:
+/// the same port, and the same address, or `bound` is a wildcard and
+/// `target` one of this host's addresses. Connecting to 0.0.0.0 (::)
+/// reaches loopback.
+fn reaches(target: SocketAddr, bound: SocketAddr, host_ips: &[IpAddr]) -> bool {
+    if target.port() != bound.port() || target.port() == 0 {
+        return false;
+    }
+    let local = |ip: IpAddr| match ip {
+        IpAddr::V4(v) if v.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v) if v.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let t = local(target.ip().to_canonical());
+    let b = bound.ip().to_canonical();
+    if b.is_unspecified() {
+        // A dual-stack wildcard takes IPv4 too: any local target matches.
+        t.is_loopback() || host_ips.contains(&t)
+    } else {
+        t == b
+    }
+}
+
+/// The addresses of the host's interfaces (empty if they cannot be listed:
+/// loopback is matched anyway).
+fn host_ips() -> Vec<IpAddr> {
+    pnet::datalink::interfaces()
+        .into_iter()
+        .flat_map(|i| i.ips.into_iter().map(|n| n.ip().to_canonical()))
+        .collect()
 }
 
 /// A proxy as `POST /proxies` and `/populate` give it.
@@ -1075,6 +1461,109 @@ mod tests {
             e.contains("toxiproxy_api.idle_timeout: 1ms is out of range"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn rules_keys_and_defaults() {
+        use crate::config::Config;
+        let c = Config::parse("", "x.toml").unwrap();
+        assert_eq!(c.toxiproxy_api_rules, Rules::default());
+        assert_eq!(Rules::default().allowed_ports, 1024..=65535);
+        let c = Config::parse(
+            "[toxiproxy_api]\nlisten = \"127.0.0.1:8474\"\nallowed_ports = \"20000-20010\"\nmax_proxies = 2\npersist = true\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.toxiproxy_api_rules,
+            Rules {
+                allowed_ports: 20000..=20010,
+                max_proxies: 2,
+                persist: true
+            }
+        );
+        for (text, want) in [
+            (
+                "allowed_ports = \"0-10\"",
+                "x.toml:2: toxiproxy_api.allowed_ports: '0-10' is not a port range",
+            ),
+            (
+                "allowed_ports = \"9-8\"",
+                "x.toml:2: toxiproxy_api.allowed_ports: '9-8': the first port is above the last",
+            ),
+            (
+                "max_proxies = 0",
+                "x.toml:2: toxiproxy_api.max_proxies: 0 is out of range (1 to 4096)",
+            ),
+        ] {
+            let e = Config::parse(&format!("[toxiproxy_api]\n{text}\n"), "x.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "{text}: {e}");
+        }
+        assert_eq!(Rules::parse_ports("8000"), Ok(8000..=8000));
+        assert_eq!(Rules::parse_ports(" 1 - 2 "), Ok(1..=2));
+        assert!(Rules::parse_ports("1-65536").is_err());
+        assert!(Rules::parse_ports("").is_err());
+    }
+
+    #[test]
+    fn token_file() {
+        use crate::config::Config;
+        assert!(Token::parse("short").is_err());
+        assert!(Token::parse("sixteen chars but spaces").is_err());
+        let t = Token::parse("  0123456789abcdef\n").unwrap();
+        assert_eq!(t.0, "0123456789abcdef");
+        assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        std::fs::write(&path, "0123456789abcdef\n").unwrap();
+        let text = format!("[toxiproxy_api]\ntoken_file = \"{}\"\n", path.display());
+        let c = Config::parse(&text, "x.toml").unwrap();
+        assert_eq!(c.toxiproxy_api_token, Some(t));
+        for (file, want) in [
+            ("relative".to_string(), "must be an absolute path"),
+            (dir.path().display().to_string(), "not a regular file"),
+            (
+                dir.path().join("none").display().to_string(),
+                "cannot read it",
+            ),
+        ] {
+            let e = Config::parse(
+                &format!("[toxiproxy_api]\ntoken_file = \"{file}\"\n"),
+                "x.toml",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.starts_with("x.toml:2: toxiproxy_api.token_file: ") && e.contains(want),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_an_upstream_reaches() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let host: Vec<IpAddr> = vec!["192.0.2.7".parse().unwrap()];
+        // Exact binds: the same address and port only.
+        assert!(reaches(a("127.0.0.1:9090"), a("127.0.0.1:9090"), &host));
+        assert!(!reaches(a("127.0.0.2:9090"), a("127.0.0.1:9090"), &host));
+        assert!(!reaches(a("127.0.0.1:9091"), a("127.0.0.1:9090"), &host));
+        assert!(reaches(
+            a("[::ffff:127.0.0.1]:9090"),
+            a("127.0.0.1:9090"),
+            &host
+        ));
+        // 0.0.0.0 and :: as a destination are loopback.
+        assert!(reaches(a("0.0.0.0:9090"), a("127.0.0.1:9090"), &host));
+        assert!(reaches(a("[::]:9090"), a("[::1]:9090"), &host));
+        // Wildcard binds: loopback and the host's own addresses.
+        assert!(reaches(a("127.0.0.9:9090"), a("0.0.0.0:9090"), &host));
+        assert!(reaches(a("192.0.2.7:9090"), a("0.0.0.0:9090"), &host));
+        assert!(reaches(a("127.0.0.1:9090"), a("[::]:9090"), &host));
+        assert!(!reaches(a("198.51.100.1:9090"), a("0.0.0.0:9090"), &host));
+        assert!(!reaches(a("127.0.0.1:0"), a("127.0.0.1:0"), &host));
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! costs a walk over the arenas, at most once per tick and only after a
 //! burst, never under a steady load. The same goes for control-plane calls:
 //! thousands of watch streams closing (up to `max_connections` ×
-//! `max_streams` can be open) trigger a trim too. A no-op without glibc.
+//! `max_streams` can be open) trigger a trim too, and so do thousands of
+//! data-plane descriptors given back to the budget ([`crate::fd_budget`]),
+//! e.g. a udp-proxy's clients when it stops. A no-op without glibc.
 #![allow(unsafe_code)]
 
 use std::time::Duration;
@@ -37,8 +39,13 @@ pub async fn run(supervisor: Supervisor, stop: CancellationToken) {
         let (open, recent_peak) = supervisor.connections_open_and_peak();
         peak = peak.max(recent_peak);
         let calls_closed = crate::control_conn::take_calls_closed();
+        let released = crate::fd_budget::take_released();
         if calls_closed >= MIN_CLOSED {
             tracing::debug!(calls_closed, "control calls closed; trimming the heap");
+            trim();
+        } else if released >= MIN_CLOSED && peak.saturating_sub(open) < MIN_CLOSED {
+            // udp-proxy clients (not connections) going away in a burst.
+            tracing::debug!(released, "descriptors released; trimming the heap");
             trim();
         } else if peak.saturating_sub(open) >= MIN_CLOSED {
             tracing::debug!(

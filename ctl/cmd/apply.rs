@@ -116,6 +116,13 @@ pub(crate) async fn apply(
 }
 
 pub(crate) async fn export(ctx: &Ctx) -> anyhow::Result<()> {
+    if ctx.json {
+        // Its output is the file `apply -f` reads, which is TOML; JSON of
+        // the same listeners would be a second format nothing reads.
+        return Err(render::usage(anyhow!(
+            "export prints the TOML file `netctl apply -f` reads, not JSON; for the listeners as JSON use `netctl -o json list`"
+        )));
+    }
     let dial = &ctx.dial;
     let mut client = dial.client(false).await?;
     let ls = netd::client::list_all(&mut client)

@@ -36,7 +36,9 @@ pub(crate) enum FaultCmd {
     /// Change a fault: only the options given change; its counters are
     /// kept and its time window starts again.
     Update {
+        /// The proxy or udp-proxy listener.
         listener: String,
+        /// The fault's name.
         name: String,
         /// A new type (the old type's attributes are dropped).
         #[arg(short = 't', long = "type", value_name = "TYPE")]
@@ -48,6 +50,7 @@ pub(crate) enum FaultCmd {
     /// counters.
     #[command(alias = "remove")]
     Rm {
+        /// The proxy or udp-proxy listener.
         listener: String,
         /// The fault's name.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -58,7 +61,10 @@ pub(crate) enum FaultCmd {
     },
     /// List faults with their counters: of one listener, or of all.
     #[command(alias = "list")]
-    Ls { listener: Option<String> },
+    Ls {
+        /// Only this proxy or udp-proxy listener.
+        listener: Option<String>,
+    },
 }
 
 /// Conditions and attributes; each flag sets the key of its name.

@@ -62,9 +62,10 @@ pub(crate) enum StartKind {
         /// Keep N established connections warm per upstream (bb8 pool).
         #[arg(long, value_name = "N", default_value_t = 0)]
         preconnect: u32,
-        /// Upstream connect timeout (default 5s).
-        #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-        connect_timeout: Option<Duration>,
+        /// Upstream connect timeout (default 5s). --connect-timeout is
+        /// still accepted here; netctl's own goes before the command.
+        #[arg(long, alias = "connect-timeout", value_name = "DUR", value_parser = humantime::parse_duration)]
+        upstream_connect_timeout: Option<Duration>,
         /// Close connections idle in both directions this long (default 5m).
         #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
         idle_timeout: Option<Duration>,
@@ -196,20 +197,37 @@ pub(crate) enum StartKind {
         max_sources: Option<u32>,
     },
     /// UDP proxy: each client's datagrams go to the upstream from a socket
-    /// of their own, and the answers come back; add impairments with
-    /// `netctl fault add`.
+    /// of their own, and the answers come back, except datagrams from
+    /// netd's own UDP listeners, the upstream itself or ports that may
+    /// answer back; add impairments with `netctl fault add`.
     UdpProxy {
         #[command(flatten)]
         common: Common,
         /// Upstream host:port.
         #[arg(short, long, value_name = "ADDR")]
         upstream: String,
-        /// Clients tracked at once (default 1024).
+        /// Clients tracked at once (default 1024); each holds a socket, so
+        /// at most netd's descriptor budget (RLIMIT_NOFILE less a reserve
+        /// for the control plane).
         #[arg(long, value_name = "N")]
         max_clients: Option<u32>,
+        /// Clients of one source IP (IPv6: one /64) at once (default 64).
+        #[arg(long, value_name = "N")]
+        max_clients_per_source: Option<u32>,
         /// Forget a client idle this long (default 60s).
         #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
         idle_timeout: Option<Duration>,
+        /// Forward for sources on ports below 1024 (0, 7, 13, 17, 19 and 37
+        /// never are; nor netd's own UDP addresses or the upstream itself).
+        #[arg(long)]
+        allow_privileged_sources: bool,
+        /// Per-source-IP (IPv6: per /64) rate limit: N/s, N/m or N/h, the
+        /// burst one period's worth, or "off" (the default).
+        #[arg(long, value_name = "RATE")]
+        rate_limit: Option<String>,
+        /// Sources the rate limit tracks (default 16384).
+        #[arg(long, value_name = "N")]
+        max_sources: Option<u32>,
     },
 }
 
@@ -237,7 +255,7 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
             common,
             upstreams,
             preconnect,
-            connect_timeout,
+            upstream_connect_timeout,
             idle_timeout,
             max_connections,
             upstream_backoff,
@@ -247,7 +265,10 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
                 listen: common.listen.clone(),
                 upstreams,
                 preconnect,
-                connect_timeout: to_proto_duration("--connect-timeout", connect_timeout)?,
+                connect_timeout: to_proto_duration(
+                    "--upstream-connect-timeout",
+                    upstream_connect_timeout,
+                )?,
                 idle_timeout: to_proto_duration("--idle-timeout", idle_timeout)?,
                 max_connections: max_connections.unwrap_or(0),
                 upstream_backoff: to_proto_duration("--upstream-backoff", upstream_backoff)?,
@@ -356,7 +377,11 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
             common,
             upstream,
             max_clients,
+            max_clients_per_source,
             idle_timeout,
+            allow_privileged_sources,
+            rate_limit,
+            max_sources,
         } => {
             if common.access_log.is_some() {
                 return Err(render::usage(anyhow::anyhow!(
@@ -369,6 +394,10 @@ pub(crate) async fn run(ctx: &Ctx, kind: StartKind) -> anyhow::Result<()> {
                 max_clients: max_clients.unwrap_or(0),
                 idle_timeout: to_proto_duration("--idle-timeout", idle_timeout)?,
                 faults: Vec::new(),
+                allow_privileged_sources,
+                rate_limit: rate_limit.unwrap_or_default(),
+                max_sources: max_sources.unwrap_or(0),
+                max_clients_per_source: max_clients_per_source.unwrap_or(0),
             };
             (common, Kind::UdpProxy(spec))
         }

@@ -44,13 +44,18 @@ pub(crate) struct UpdateArgs {
     /// proxy: warm connections per upstream.
     #[arg(long, value_name = "N")]
     preconnect: Option<u32>,
-    /// proxy: upstream connect timeout.
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    connect_timeout: Option<Duration>,
+    /// proxy: upstream connect timeout (--connect-timeout is still
+    /// accepted here; netctl's own goes before the command).
+    #[arg(long, alias = "connect-timeout", value_name = "DUR", value_parser = humantime::parse_duration)]
+    upstream_connect_timeout: Option<Duration>,
     /// proxy: how long a failed upstream is skipped.
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     upstream_backoff: Option<Duration>,
-    /// http, udp-echo: rate limit (N/s, N/m, N/h; udp-echo also "off").
+    /// proxy: resolve upstreams given by host name again this often.
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    resolve_interval: Option<Duration>,
+    /// http, udp-echo, udp-proxy: rate limit (N/s, N/m, N/h; the UDP kinds
+    /// per source IP, also "off").
     #[arg(long, value_name = "RATE")]
     rate_limit: Option<String>,
     /// http: bearer token ("" for none).
@@ -77,12 +82,35 @@ pub(crate) struct UpdateArgs {
     /// http: largest request header section in bytes.
     #[arg(long, value_name = "BYTES")]
     max_header_bytes: Option<u32>,
-    /// udp-echo: sources the rate limit tracks.
+    /// http: IPv6 clients share a rate-limit bucket per prefix of this
+    /// length (1-128).
+    #[arg(long, value_name = "BITS")]
+    rate_limit_ipv6_prefix: Option<u32>,
+    /// udp-echo, udp-proxy: answer sources on ports below 1024 (alone:
+    /// true; "false" turns it off).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    allow_privileged_sources: Option<bool>,
+    /// udp-echo, udp-proxy: sources the rate limit tracks.
     #[arg(long, value_name = "N")]
     max_sources: Option<u32>,
-    /// udp-proxy: clients tracked at once.
+    /// udp-proxy: clients tracked at once (at most netd's descriptor budget).
     #[arg(long, value_name = "N")]
     max_clients: Option<u32>,
+    /// sniffer: interface to capture on (a replace).
+    #[arg(short, long, value_name = "IF")]
+    interface: Option<String>,
+    /// sniffer: pcap file in netd's capture_dir ("" stops writing one).
+    #[arg(long, value_name = "PATH")]
+    pcap: Option<String>,
+    /// sniffer: rotate the pcap file at this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    pcap_max_bytes: Option<u64>,
+    /// sniffer: rotated pcap files kept.
+    #[arg(long, value_name = "N")]
+    pcap_max_files: Option<u32>,
+    /// udp-proxy: clients of one source IP (IPv6: one /64) at once.
+    #[arg(long, value_name = "N")]
+    max_clients_per_source: Option<u32>,
     /// sniffer: capture filter.
     #[arg(short, long, value_name = "EXPR")]
     filter: Option<String>,
@@ -167,6 +195,7 @@ impl UpdateArgs {
         if let Some(r) = &self.rate_limit {
             match kind {
                 Kind::UdpEcho(s) => s.rate_limit = r.clone(),
+                Kind::UdpProxy(s) => s.rate_limit = r.clone(),
                 Kind::Http(s) => s.rate_limit = r.clone(),
                 _ => return Err(na("--rate-limit")),
             }
@@ -179,11 +208,15 @@ impl UpdateArgs {
                 if let Some(n) = self.preconnect {
                     s.preconnect = n;
                 }
-                if self.connect_timeout.is_some() {
-                    s.connect_timeout = dur("--connect-timeout", self.connect_timeout)?;
+                if self.upstream_connect_timeout.is_some() {
+                    s.connect_timeout =
+                        dur("--upstream-connect-timeout", self.upstream_connect_timeout)?;
                 }
                 if self.upstream_backoff.is_some() {
                     s.upstream_backoff = dur("--upstream-backoff", self.upstream_backoff)?;
+                }
+                if self.resolve_interval.is_some() {
+                    s.resolve_interval = dur("--resolve-interval", self.resolve_interval)?;
                 }
             }
             Kind::UdpProxy(s) => {
@@ -195,11 +228,20 @@ impl UpdateArgs {
                 if let Some(n) = self.max_clients {
                     s.max_clients = n;
                 }
+                if let Some(n) = self.max_clients_per_source {
+                    s.max_clients_per_source = n;
+                }
+                if let Some(n) = self.max_sources {
+                    s.max_sources = n;
+                }
             }
             _ if !self.upstreams.is_empty() => return Err(na("--upstream")),
             _ if self.preconnect.is_some() => return Err(na("--preconnect")),
-            _ if self.connect_timeout.is_some() => return Err(na("--connect-timeout")),
+            _ if self.upstream_connect_timeout.is_some() => {
+                return Err(na("--upstream-connect-timeout"));
+            }
             _ if self.upstream_backoff.is_some() => return Err(na("--upstream-backoff")),
+            _ if self.resolve_interval.is_some() => return Err(na("--resolve-interval")),
             _ => {}
         }
         match kind {
@@ -231,6 +273,9 @@ impl UpdateArgs {
                 if let Some(n) = self.max_header_bytes {
                     s.max_header_bytes = n;
                 }
+                if let Some(n) = self.rate_limit_ipv6_prefix {
+                    s.rate_limit_ipv6_prefix = n;
+                }
             }
             _ if self.token.is_some() || self.token_file.is_some() => {
                 return Err(na("--token"));
@@ -241,6 +286,9 @@ impl UpdateArgs {
             _ if self.body_budget.is_some() => return Err(na("--body-budget")),
             _ if self.max_streams.is_some() => return Err(na("--max-streams")),
             _ if self.max_header_bytes.is_some() => return Err(na("--max-header-bytes")),
+            _ if self.rate_limit_ipv6_prefix.is_some() => {
+                return Err(na("--rate-limit-ipv6-prefix"));
+            }
             _ => {}
         }
         match kind {
@@ -248,15 +296,40 @@ impl UpdateArgs {
                 if let Some(n) = self.max_sources {
                     s.max_sources = n;
                 }
+                if let Some(on) = self.allow_privileged_sources {
+                    s.allow_privileged_sources = on;
+                }
+            }
+            Kind::UdpProxy(s) => {
+                if let Some(on) = self.allow_privileged_sources {
+                    s.allow_privileged_sources = on;
+                }
             }
             _ if self.max_sources.is_some() => return Err(na("--max-sources")),
-            _ if self.max_clients.is_some() && !matches!(kind, Kind::UdpProxy(_)) => {
-                return Err(na("--max-clients"));
+            _ if self.allow_privileged_sources.is_some() => {
+                return Err(na("--allow-privileged-sources"));
+            }
+            _ if self.max_clients.is_some() => return Err(na("--max-clients")),
+            _ if self.max_clients_per_source.is_some() => {
+                return Err(na("--max-clients-per-source"));
             }
             _ => {}
         }
         match kind {
             Kind::Sniffer(s) => {
+                if let Some(i) = &self.interface {
+                    s.interface = i.clone();
+                }
+                if let Some(p) = &self.pcap {
+                    // As given: netd resolves it in its capture_dir.
+                    s.pcap_path = p.clone();
+                }
+                if let Some(n) = self.pcap_max_bytes {
+                    s.pcap_max_bytes = n;
+                }
+                if let Some(n) = self.pcap_max_files {
+                    s.pcap_max_files = n;
+                }
                 if let Some(f) = &self.filter {
                     s.filter = f.clone();
                 }
@@ -273,6 +346,10 @@ impl UpdateArgs {
                     s.syn_rate = n;
                 }
             }
+            _ if self.interface.is_some() => return Err(na("--interface")),
+            _ if self.pcap.is_some() => return Err(na("--pcap")),
+            _ if self.pcap_max_bytes.is_some() => return Err(na("--pcap-max-bytes")),
+            _ if self.pcap_max_files.is_some() => return Err(na("--pcap-max-files")),
             _ if self.filter.is_some() => return Err(na("--filter")),
             _ if self.max_flows.is_some() => return Err(na("--max-flows")),
             _ if self.scan_ports.is_some() => return Err(na("--scan-ports")),
@@ -345,4 +422,132 @@ pub(crate) async fn run(ctx: &Ctx, args: UpdateArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    /// Options of `start KIND` that `update` does not take, and why. A new
+    /// start option fails `update_takes_every_start_option` until update
+    /// takes it too or it is listed here.
+    const NOT_UPDATABLE: &[(&str, &str)] = &[(
+        "ephemeral",
+        "whether netd keeps a listener in its state is decided at start",
+    )];
+
+    /// Options a kind's start has only through the shared arguments and
+    /// refuses for that kind, as update does.
+    const REFUSED_BY_START: &[(&str, &str)] = &[("udp-proxy", "access-log")];
+
+    /// An empty spec of the kind `start`'s subcommand `slug` starts.
+    fn spec_of(slug: &str) -> proto::ListenerSpec {
+        let kind = match slug {
+            "tcp-echo" => Kind::TcpEcho(Default::default()),
+            "udp-echo" => Kind::UdpEcho(Default::default()),
+            "proxy" => Kind::Proxy(Default::default()),
+            "http" => Kind::Http(Default::default()),
+            "sniffer" => Kind::Sniffer(Default::default()),
+            "udp-proxy" => Kind::UdpProxy(Default::default()),
+            other => panic!("start {other}: a kind this test does not know; add it to spec_of"),
+        };
+        proto::ListenerSpec { kind: Some(kind) }
+    }
+
+    /// A value `--long` accepts, by its value name.
+    fn sample(long: &str, value_name: &str) -> String {
+        match (long, value_name) {
+            ("token-file", _) => concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml").into(),
+            (_, "N") => "7".into(),
+            (_, "DUR") => "3s".into(),
+            (_, "BYTES") => "4096".into(),
+            (_, "BITS") => "48".into(),
+            (_, "ADDR") => "127.0.0.1:9".into(),
+            (_, "KEY=VALUE") => "k=v".into(),
+            (_, "BOOL") => "true".into(),
+            (_, "RATE") => "5/s".into(),
+            (_, "EXPR") => "tcp".into(),
+            (_, "IF") => "lo".into(),
+            _ => "x".into(),
+        }
+    }
+
+    /// Every option `netctl start KIND` has, `netctl update` accepts for a
+    /// listener of that kind and writes into its spec (the README promises
+    /// "any option start takes").
+    #[test]
+    fn update_takes_every_start_option() {
+        let cli = crate::Cli::command();
+        let start = cli.find_subcommand("start").expect("start");
+        let update = cli.find_subcommand("update").expect("update");
+        let update_longs: Vec<&str> = update
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .collect();
+        let mut kinds = 0;
+        for kind in start.get_subcommands() {
+            kinds += 1;
+            let slug = kind.get_name();
+            for arg in kind.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if NOT_UPDATABLE.iter().any(|(n, _)| *n == long)
+                    || REFUSED_BY_START.contains(&(slug, long))
+                {
+                    continue;
+                }
+                assert!(
+                    update_longs.contains(&long),
+                    "`netctl start {slug} --{long}` has no `netctl update --{long}`"
+                );
+                let mut argv = vec!["netctl".to_string(), "update".into(), "x".into()];
+                argv.push(format!("--{long}"));
+                if arg.get_action().takes_values() {
+                    let name = arg
+                        .get_value_names()
+                        .and_then(|v| v.first())
+                        .map(|v| v.to_string())
+                        .unwrap_or_default();
+                    argv.push(sample(long, &name));
+                }
+                let parsed =
+                    crate::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+                let crate::Command::Update(args) = parsed.command else {
+                    panic!("{argv:?} is not an update")
+                };
+                let mut spec = spec_of(slug);
+                args.patch(&mut spec)
+                    .unwrap_or_else(|e| panic!("update of a {slug} with --{long}: {e}"));
+                if long == "label" {
+                    assert!(args.labels().is_some(), "--label sets no labels");
+                } else {
+                    assert_ne!(
+                        spec,
+                        spec_of(slug),
+                        "update of a {slug} with {argv:?} left the spec unchanged"
+                    );
+                }
+            }
+        }
+        assert!(kinds >= 6, "start has {kinds} kinds");
+    }
+
+    /// Options of update that no kind's start has are errors for a kind
+    /// that lacks them, not silently ignored.
+    #[test]
+    fn an_option_of_another_kind_is_refused() {
+        let parsed =
+            crate::Cli::try_parse_from(["netctl", "update", "x", "--interface", "lo"]).unwrap();
+        let crate::Command::Update(args) = parsed.command else {
+            panic!("not an update")
+        };
+        let mut spec = spec_of("tcp-echo");
+        let e = args.patch(&mut spec).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--interface does not apply to a tcp-echo"),
+            "{e}"
+        );
+    }
 }

@@ -51,11 +51,14 @@ pub(crate) async fn stats(
     let mut watcher = stats::Watcher::new(interval);
     let mut view = stats::View::default();
     let mut seen = 0u64;
-    while let Some(message) = stream
-        .message()
-        .await
-        .map_err(|s| status_line("stats stream", &s))?
-    {
+    let closed = render::stdout_closed();
+    tokio::pin!(closed);
+    loop {
+        let message = tokio::select! {
+            m = stream.message() => m.map_err(|s| status_line("stats stream", &s))?,
+            () = &mut closed => return Ok(()),
+        };
+        let Some(message) = message else { break };
         let Some(sample) = view.apply(message) else {
             continue;
         };
@@ -82,11 +85,14 @@ pub(crate) async fn sniff(ctx: &Ctx, name: String, count: Option<u64>) -> anyhow
         .map_err(|s| status_line(&format!("cannot sniff '{name}'"), &s))?
         .into_inner();
     let mut seen = 0u64;
-    while let Some(p) = stream
-        .message()
-        .await
-        .map_err(|s| status_line("packet stream", &s))?
-    {
+    let closed = render::stdout_closed();
+    tokio::pin!(closed);
+    loop {
+        let p = tokio::select! {
+            m = stream.message() => m.map_err(|s| status_line("packet stream", &s))?,
+            () = &mut closed => return Ok(()),
+        };
+        let Some(p) = p else { break };
         if json {
             outln!("{}", stats::packet_json(&p));
         } else {
@@ -111,11 +117,14 @@ pub(crate) async fn events(ctx: &Ctx, name: Option<String>) -> anyhow::Result<()
         .await
         .map_err(|s| status_line("cannot watch events", &s))?
         .into_inner();
-    while let Some(ev) = stream
-        .message()
-        .await
-        .map_err(|s| status_line("event stream", &s))?
-    {
+    let closed = render::stdout_closed();
+    tokio::pin!(closed);
+    loop {
+        let ev = tokio::select! {
+            m = stream.message() => m.map_err(|s| status_line("event stream", &s))?,
+            () = &mut closed => return Ok(()),
+        };
+        let Some(ev) = ev else { break };
         if json {
             outln!("{}", stats::event_json(&ev));
         } else {

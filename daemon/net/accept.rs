@@ -1,7 +1,9 @@
 //! The accept loop shared by the TCP services (mini-redis's shape: back
 //! off on accept errors, bound connections with a semaphore, track every
 //! connection task), and the classification of accept errors it and the
-//! metrics endpoint use.
+//! metrics endpoint use. The loop keeps within the process's descriptor
+//! budget ([`crate::fd_budget`]): it pauses rather than take the
+//! descriptors kept for the control plane.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,6 +16,12 @@ use tokio_util::task::TaskTracker;
 use super::cancel::CancelWatch;
 use super::contain::contain_panic;
 use crate::stats::Stats;
+use crate::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
+
+/// One warning per interval when an accept loop pauses at the budget.
+static BUDGET_WARN: RateLimitedWarn = RateLimitedWarn::new(DEFAULT_INTERVAL);
+/// One warning per interval for accept errors (EMFILE comes in floods).
+static ACCEPT_ERROR_WARN: RateLimitedWarn = RateLimitedWarn::new(DEFAULT_INTERVAL);
 
 /// What an accept loop needs of its listener: whose it is, where to count,
 /// when to stop and where connection tasks go.
@@ -37,6 +45,27 @@ pub async fn accept_loop<F, Fut>(
     listener: &tokio::net::TcpListener,
     ctx: Accepting<'_>,
     limit: &Arc<tokio::sync::Semaphore>,
+    handle: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    accept_loop_costing(listener, ctx, limit, 1, handle).await
+}
+
+/// [`accept_loop`] for connections that hold `fds` descriptors each (a
+/// proxied one holds two: the client's and the upstream's).
+///
+/// Before each accept the loop takes that many permits of the process's
+/// descriptor budget ([`crate::fd_budget`]); with the budget used up it
+/// pauses (clients wait in the kernel's backlog) until connections close,
+/// so the descriptors kept for the control plane are never taken.
+pub async fn accept_loop_costing<F, Fut>(
+    listener: &tokio::net::TcpListener,
+    ctx: Accepting<'_>,
+    limit: &Arc<tokio::sync::Semaphore>,
+    fds: u32,
     mut handle: F,
 ) -> anyhow::Result<()>
 where
@@ -46,7 +75,29 @@ where
     use anyhow::Context as _;
     let mut backoff = Duration::from_millis(10);
     let mut stop = CancelWatch::new(ctx.stop);
+    // The budget for the next connection, taken before accepting it.
+    let mut budget: Option<crate::fd_budget::Permit> = None;
     loop {
+        if budget.is_none() {
+            budget = match crate::fd_budget::try_acquire(fds) {
+                Some(p) => Some(p),
+                None => {
+                    if let Some(suppressed) = BUDGET_WARN.hit() {
+                        tracing::warn!(
+                            listener = %ctx.name,
+                            suppressed,
+                            "descriptor budget used up: not accepting until connections close \
+                             (the rest is kept for the control plane)"
+                        );
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => return Ok(()),
+                        p = crate::fd_budget::acquire(fds) => p,
+                    }
+                }
+            };
+        }
         let accepted = tokio::select! {
             biased;
             _ = stop.cancelled() => return Ok(()),
@@ -59,7 +110,9 @@ where
             }
             Err(e) if is_transient_accept_error(&e) => {
                 Stats::add(&ctx.stats.errors, 1);
-                tracing::warn!(listener = %ctx.name, error = %e, "accept failed; backing off");
+                if let Some(suppressed) = ACCEPT_ERROR_WARN.hit() {
+                    tracing::warn!(listener = %ctx.name, error = %e, suppressed, "accept failed; backing off");
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}
@@ -75,6 +128,7 @@ where
             drop(stream);
             continue;
         };
+        let fd_permit = budget.take();
         let guard = ctx.stats.connection();
         // Boxed: awaiting a future captured by an async block stores it
         // twice in the block's state; a box makes that second copy a
@@ -84,6 +138,7 @@ where
         let name = ctx.name.clone();
         ctx.tracker.spawn(async move {
             let _permit = permit;
+            let _fd_permit = fd_permit;
             let _guard = guard;
             contain_panic(task, &stats, &name).await;
         });

@@ -6,8 +6,9 @@
 //! [`udp`]), and the per-core event loops the proxy serves connections on
 //! ([`workers`]).
 //!
-//! This module depends on [`crate::stats`] only, never on
-//! [`crate::services`]: services use the plumbing, not the other way round.
+//! This module depends on the leaves [`crate::stats`], [`crate::fd_budget`]
+//! and [`crate::warn_limit`] only, never on [`crate::services`]: services
+//! use the plumbing, not the other way round.
 
 pub mod accept;
 pub mod bind;

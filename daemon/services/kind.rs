@@ -137,6 +137,16 @@ pub trait ListenerKind: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// upstream name is resolved, interfaces are listed).
     fn from_spec(spec: &Self::Spec, settings: &Settings) -> Result<Self, SpecError>;
 
+    /// Take over from `prev`, the generation this freshly built one
+    /// replaces (an update, in place or by a new socket), what belongs to
+    /// the listener rather than to one generation: the kind's counters
+    /// (shared, so that what the old generation still counts while its
+    /// connections finish is not lost) and state such as an upstream's
+    /// health. Called before the new generation runs. Default: the kind
+    /// has nothing of its own to carry (its base counters are the
+    /// listener's already).
+    fn carry_over(&mut self, _prev: &Self) {}
+
     /// The spec as it is in effect: `shown` (the requested spec as netd
     /// shows it, see [`ListenerKind::show`]) with every unset field filled
     /// in with its default.

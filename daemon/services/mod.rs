@@ -17,10 +17,12 @@
 //! [`crate::net`].
 
 pub mod client_key;
+pub mod fd_cost;
 pub mod http;
 pub mod kind;
 pub mod proxy;
 pub mod sniffer;
+pub mod source_guard;
 pub mod tcp_echo;
 pub mod udp_echo;
 pub mod udp_proxy;
@@ -148,6 +150,20 @@ macro_rules! registry {
                 }
             }
 
+            /// As [`Service::build`], carrying over from `prev` (of the same
+            /// kind; else nothing is carried) what belongs to the listener.
+            fn build_after(kind: &Kind, settings: &Settings, prev: &Service) -> Result<Self, SpecError> {
+                match kind {
+                    $(Kind::$arm(s) => {
+                        let mut k = <$ty>::from_spec(s, settings)?;
+                        if let Service::$arm(p) = prev {
+                            k.carry_over(p);
+                        }
+                        Ok(Service::$arm(Arc::new(k)))
+                    })+
+                }
+            }
+
             pub fn kind(&self) -> proto::ListenerKind {
                 match self {
                     $(Service::$arm(_) => <$ty as ListenerKind>::KIND,)+
@@ -269,6 +285,21 @@ impl Service {
                     .join(", ")
             ))),
             Some(kind) => Self::build(kind, settings),
+        }
+    }
+
+    /// As [`Service::from_spec`], for the next generation of a listener
+    /// whose current one is `prev`: the counters and health state that
+    /// belong to the listener are carried over (see
+    /// [`ListenerKind::carry_over`]), so an update never resets them.
+    pub fn from_spec_after(
+        spec: &proto::ListenerSpec,
+        settings: &Settings,
+        prev: &Service,
+    ) -> Result<Self, SpecError> {
+        match &spec.kind {
+            Some(kind) => Self::build_after(kind, settings, prev),
+            None => Self::from_spec(spec, settings),
         }
     }
 

@@ -2,39 +2,32 @@
 //! prefix. Datagrams up to 64 KiB are read whole.
 //!
 //! A UDP echo answers whatever address a datagram claims to come from, so
-//! it is safe by default, as inetd's built-in echo is:
+//! it is safe by default, as inetd's built-in echo is: the datagram-source
+//! guard ([`super::source_guard`], shared with the udp-proxy) drops
+//! datagrams from netd's own UDP listening addresses, from ports that may
+//! answer back (0, 7, 13, 17, 19, 37 always; below 1024 unless
+//! `allow_privileged_sources`) and over the per-source token bucket
+//! (`rate_limit`, 100/s with a burst of 100 by default; `max_sources`
+//! sources tracked). Besides:
 //!
-//! - Datagrams from netd's own UDP listening addresses are dropped: a
-//!   spoofed one would start a loop between two listeners (or one and
-//!   itself) that never ends.
-//! - Datagrams from ports that may answer back are dropped: 0, echo (7),
-//!   daytime (13), qotd (17), chargen (19), time (37) always, and every
-//!   port below 1024 unless `allow_privileged_sources`; so are unspecified,
-//!   broadcast and multicast sources.
-//! - Each source IP (an IPv6 source per /64) has a token bucket
-//!   (`rate_limit`, 100/s with a burst of 100 by default); its table holds
-//!   `max_sources` sources, evicting idle ones and refusing new sources
-//!   when all are active.
 //! - A reply is at most max(2 × request, request + 64) bytes (and 65507,
 //!   the largest IPv4 UDP payload): a longer prefix is cut, so netd is no
 //!   amplifier.
 //! - The kernel's receive-queue drops (SO_RXQ_OVFL) are counted.
 //!
 //! Every dropped datagram is counted in [`UdpEchoStats`](proto::UdpEchoStats)
-//! and logged at debug level only (a log line per datagram would be a flood
-//! of its own).
+//! by reason, logged at debug level, and summed up in at most one warning
+//! line per interval.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use super::client_key::{DEFAULT_IPV6_PREFIX, rate_key};
+use super::source_guard::{self, GuardCounters, SourceGuard, SourceRules};
 use super::{ListenerKind, ServiceCtx, Settings, SpecError, Transport, listen_field};
 use crate::net::cancel::CancelWatch;
 use crate::net::udp::{RecvHealth, enable_rxq_ovfl, recv_msg};
@@ -51,16 +44,7 @@ pub const MAX_REPLY: usize = 65_507;
 pub const MAX_PREFIX: usize = 1024;
 /// Rate limit per source unless configured.
 pub const DEFAULT_RATE_LIMIT: &str = "100/s";
-/// Sources the rate limit tracks unless configured.
-pub const DEFAULT_MAX_SOURCES: usize = 16_384;
-/// Source ports never answered: port 0 cannot be answered, and echo,
-/// daytime, qotd, chargen and time answer any datagram, so a reply to them
-/// starts a loop.
-pub const REFLECTOR_PORTS: [u16; 6] = [0, 7, 13, 17, 19, 37];
-/// Every idle source is forgotten this often.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// With the table full, idle sources are looked for at most this often.
-const FULL_SWEEP_EVERY: Duration = Duration::from_millis(100);
+pub use source_guard::{DEFAULT_MAX_SOURCES, REFLECTOR_PORTS};
 
 /// The largest reply to a request of `n` bytes: twice the request, or the
 /// request plus 64 bytes for small ones, and never more than [`MAX_REPLY`].
@@ -70,32 +54,20 @@ pub fn reply_cap(n: usize) -> usize {
 
 #[derive(Debug, Default)]
 struct Counters {
-    own_source_drops: AtomicU64,
-    reflector_source_drops: AtomicU64,
-    rate_limited: AtomicU64,
+    guard: GuardCounters,
     truncated: AtomicU64,
     kernel_drops: AtomicU64,
-    sources_tracked: AtomicU64,
-    sources_evicted: AtomicU64,
-}
-
-/// A per-source token bucket as GCRA: `interval` between tokens, `burst`
-/// tokens at most.
-#[derive(Debug, Clone, Copy)]
-struct Rate {
-    interval: Duration,
-    burst: u32,
 }
 
 #[derive(Debug)]
 pub struct UdpEcho {
     pub listen: SocketAddr,
     prefix: Box<[u8]>,
-    allow_privileged_sources: bool,
-    rate: Option<Rate>,
-    max_sources: usize,
+    rules: SourceRules,
     own: OwnAddrs,
-    counters: Counters,
+    /// The listener's: carried from generation to generation (see
+    /// [`ListenerKind::carry_over`]).
+    counters: std::sync::Arc<Counters>,
 }
 
 impl UdpEcho {
@@ -107,56 +79,30 @@ impl UdpEcho {
                 spec.prefix.len()
             )));
         }
-        let rate = match spec.rate_limit.trim() {
-            "off" | "none" => None,
-            r => {
-                let r = if r.is_empty() { DEFAULT_RATE_LIMIT } else { r };
-                let q =
-                    super::http::parse_rate(r).map_err(|e| SpecError(format!("{e}, or off")))?;
-                Some(Rate {
-                    interval: q.replenish_interval(),
-                    burst: q.burst_size().get(),
-                })
-            }
-        };
+        let rules = SourceRules::from_keys(
+            spec.allow_privileged_sources,
+            &spec.rate_limit,
+            spec.max_sources,
+            DEFAULT_RATE_LIMIT,
+        )?;
         Ok(UdpEcho {
             listen,
             prefix: spec.prefix.as_bytes().into(),
-            allow_privileged_sources: spec.allow_privileged_sources,
-            rate,
-            max_sources: match spec.max_sources {
-                0 => DEFAULT_MAX_SOURCES,
-                n => n as usize,
-            },
+            rules,
             own: settings.own_udp_addrs.clone(),
-            counters: Counters::default(),
+            counters: Default::default(),
         })
     }
 
     pub fn stats(&self) -> proto::UdpEchoStats {
         let c = &self.counters;
-        proto::UdpEchoStats {
-            own_source_drops: c.own_source_drops.load(Relaxed),
-            reflector_source_drops: c.reflector_source_drops.load(Relaxed),
-            rate_limited: c.rate_limited.load(Relaxed),
+        let mut s = proto::UdpEchoStats {
             truncated: c.truncated.load(Relaxed),
             kernel_drops: c.kernel_drops.load(Relaxed),
-            sources_tracked: c.sources_tracked.load(Relaxed),
-            sources_evicted: c.sources_evicted.load(Relaxed),
-        }
-    }
-
-    /// Whether a datagram from `src` may not be answered because its port
-    /// or address may answer back.
-    fn reflector_source(&self, src: SocketAddr) -> bool {
-        let port = src.port();
-        if REFLECTOR_PORTS.contains(&port) || (port < 1024 && !self.allow_privileged_sources) {
-            return true;
-        }
-        match src.ip().to_canonical() {
-            IpAddr::V4(a) => a.is_unspecified() || a.is_broadcast() || a.is_multicast(),
-            IpAddr::V6(a) => a.is_unspecified() || a.is_multicast(),
-        }
+            ..Default::default()
+        };
+        c.guard.snapshot().into_udp_echo(&mut s);
+        s
     }
 
     async fn run_on(&self, socket: UdpSocket, ctx: ServiceCtx) -> anyhow::Result<()> {
@@ -169,9 +115,11 @@ impl UdpEcho {
         buf[..p].copy_from_slice(&self.prefix);
         let mut health = RecvHealth::default();
         let mut stop = CancelWatch::new(&ctx.stop_accepting);
-        let mut own = self.own.view();
-        let mut limiter = self.rate.map(|r| Limiter::new(r, self.max_sources));
         let c = &self.counters;
+        // The counters are the listener's (kept across updates); the
+        // sources tracked are this generation's table, empty so far.
+        c.guard.sources_tracked.store(0, Relaxed);
+        let mut guard = SourceGuard::new(&self.rules, &self.own, &c.guard, &ctx.name);
         loop {
             let received = tokio::select! {
                 biased;
@@ -188,25 +136,8 @@ impl UdpEcho {
             health.received(drops, &c.kernel_drops);
             Stats::add(&ctx.stats.datagrams_in, 1);
             Stats::add(&ctx.stats.bytes_in, n as u64);
-            if self.reflector_source(peer) {
-                Stats::add(&c.reflector_source_drops, 1);
-                tracing::debug!(listener = %ctx.name, %peer, "dropped: source port or address may answer back");
+            if !guard.admit(peer, Instant::now()) {
                 continue;
-            }
-            if own.contains(peer) {
-                Stats::add(&c.own_source_drops, 1);
-                tracing::debug!(listener = %ctx.name, %peer, "dropped: source is one of netd's own UDP listeners");
-                continue;
-            }
-            if let Some(l) = limiter.as_mut() {
-                let allowed = l.check(rate_key(peer.ip(), DEFAULT_IPV6_PREFIX), Instant::now());
-                c.sources_tracked.store(l.sources.len() as u64, Relaxed);
-                Stats::add(&c.sources_evicted, std::mem::take(&mut l.evicted));
-                if !allowed {
-                    Stats::add(&c.rate_limited, 1);
-                    tracing::debug!(listener = %ctx.name, %peer, "dropped: over the per-source rate limit");
-                    continue;
-                }
             }
             let full = p + n;
             let len = full.min(reply_cap(n));
@@ -268,17 +199,15 @@ impl ListenerKind for UdpEcho {
         Self::validate(spec, settings)
     }
 
+    /// The drop counters are the listener's.
+    fn carry_over(&mut self, prev: &Self) {
+        self.counters = prev.counters.clone();
+    }
+
     fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
         proto::UdpEchoSpec {
-            rate_limit: if shown.rate_limit.is_empty() {
-                DEFAULT_RATE_LIMIT.to_string()
-            } else {
-                shown.rate_limit.clone()
-            },
-            max_sources: match shown.max_sources {
-                0 => DEFAULT_MAX_SOURCES as u32,
-                n => n,
-            },
+            rate_limit: source_guard::effective_rate_limit(&shown.rate_limit, DEFAULT_RATE_LIMIT),
+            max_sources: source_guard::effective_max_sources(shown.max_sources),
             access_log: Some(shown.access_log.unwrap_or(true)),
             ..shown.clone()
         }
@@ -301,71 +230,6 @@ impl ListenerKind for UdpEcho {
     }
 }
 
-/// Token buckets per source key, bounded to `max` sources. A bucket is kept
-/// as GCRA's theoretical arrival time `tat`: the bucket is full (the source
-/// idle) once `tat` has passed.
-#[derive(Debug)]
-struct Limiter {
-    rate: Rate,
-    tolerance: Duration,
-    max: usize,
-    sources: HashMap<IpAddr, Instant>,
-    next_sweep: Instant,
-    next_full_sweep: Instant,
-    /// Evicted since the caller last took it.
-    evicted: u64,
-}
-
-impl Limiter {
-    fn new(rate: Rate, max: usize) -> Self {
-        let now = Instant::now();
-        Limiter {
-            rate,
-            tolerance: rate.interval.saturating_mul(rate.burst),
-            max: max.max(1),
-            sources: HashMap::new(),
-            next_sweep: now + SWEEP_EVERY,
-            next_full_sweep: now,
-            evicted: 0,
-        }
-    }
-
-    fn sweep(&mut self, now: Instant) {
-        let before = self.sources.len();
-        self.sources.retain(|_, tat| *tat > now);
-        self.evicted += (before - self.sources.len()) as u64;
-        if self.sources.capacity() > 2 * self.sources.len().max(64) {
-            self.sources.shrink_to_fit();
-        }
-    }
-
-    /// Whether `key` may be answered now; takes a token if so.
-    fn check(&mut self, key: IpAddr, now: Instant) -> bool {
-        if now >= self.next_sweep {
-            self.sweep(now);
-            self.next_sweep = now + SWEEP_EVERY;
-        }
-        if !self.sources.contains_key(&key) && self.sources.len() >= self.max {
-            if now < self.next_full_sweep {
-                return false;
-            }
-            self.sweep(now);
-            self.next_full_sweep = now + FULL_SWEEP_EVERY;
-            if self.sources.len() >= self.max {
-                return false;
-            }
-        }
-        let tat = self.sources.entry(key).or_insert(now);
-        let start = (*tat).max(now);
-        let next = start + self.rate.interval;
-        if next.saturating_duration_since(now) > self.tolerance {
-            return false;
-        }
-        *tat = next;
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,27 +243,5 @@ mod tests {
         for n in [1usize, 10, 64, 1000, 30_000] {
             assert!(reply_cap(n) <= (2 * n).max(n + 64));
         }
-    }
-
-    #[test]
-    fn bucket_allows_burst_then_refills() {
-        let rate = Rate {
-            interval: Duration::from_millis(10),
-            burst: 5,
-        };
-        let mut l = Limiter::new(rate, 2);
-        let t0 = Instant::now();
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let c: IpAddr = "192.0.2.3".parse().unwrap();
-        assert_eq!((0..10).filter(|_| l.check(a, t0)).count(), 5);
-        assert!(l.check(a, t0 + Duration::from_millis(10)));
-        assert!(!l.check(a, t0 + Duration::from_millis(10)));
-        assert_eq!((0..5).filter(|_| l.check(b, t0)).count(), 5);
-        // Full of active sources: a new one is refused...
-        assert!(!l.check(c, t0 + Duration::from_millis(20)));
-        // ...until one has gone idle and is evicted.
-        assert!(l.check(c, t0 + Duration::from_secs(1)));
-        assert_eq!(l.evicted, 2);
     }
 }

@@ -225,6 +225,10 @@ fn privileged_and_reflector_source_ports_are_dropped() {
         udp_counter(&netd, "u", "reflector_source_drops") == 2
             && udp_counter(&netd, "p", "reflector_source_drops") == 1
     });
+    // A reply is counted once sent: the client may have it first.
+    wait_until("the replies counted", || {
+        counter(&netd, "u", "datagrams_out") >= 1 && counter(&netd, "p", "datagrams_out") >= 1
+    });
     assert_eq!(counter(&netd, "u", "datagrams_in"), 3);
     assert_eq!(
         counter(&netd, "u", "datagrams_out"),
@@ -283,6 +287,10 @@ fn token_bucket_per_source() {
     // Another source IP is not limited by the first one's burst; its
     // answer also shows the burst has been read.
     assert_eq!(echo_from("127.0.0.2", l, b"other"), b"other");
+    // A reply is counted once sent: the client may have it first.
+    wait_until("the replies counted", || {
+        counter(&netd, "rl", "datagrams_out") >= 6
+    });
     assert_eq!(udp_counter(&netd, "rl", "kernel_drops"), 0);
     assert_eq!(counter(&netd, "rl", "datagrams_in"), 21);
     assert_eq!(counter(&netd, "rl", "datagrams_out"), 6);
@@ -453,4 +461,222 @@ fn http_rate_limit_keys_ipv6_clients_by_64() {
         "129",
     ]);
     assert!(err.contains("rate_limit_ipv6_prefix"), "{err}");
+}
+
+/// Start udp-proxy `name` on 127.0.0.1:0 to `upstream`; its bound address.
+fn start_udp_proxy(netd: &Netd, name: &str, upstream: SocketAddr, extra: &[&str]) -> SocketAddr {
+    let up = upstream.to_string();
+    let mut args = vec![
+        "start",
+        "udp-proxy",
+        name,
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up,
+    ];
+    args.extend_from_slice(extra);
+    netd.netctl_ok(&args);
+    bound_addr(netd, name)
+}
+
+/// One of the udp-proxy's own counters (0 while netd does not report it).
+fn proxy_counter(netd: &Netd, name: &str, counter: &str) -> u64 {
+    stats(netd, name)["udp_proxy"][counter]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// A socket standing in for a udp-proxy's upstream.
+fn test_upstream() -> UdpSocket {
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    u
+}
+
+/// Issue 22: one datagram sent to a udp-proxy with the source address of
+/// its upstream, a UDP echo of a second netd (so not one of this netd's
+/// own addresses), started a loop: the proxy forwarded it to the echo, sent
+/// the echo's answer "back" to the echo, whose echo came to the proxy as
+/// the same client again, forever (19k datagrams/s). Now a datagram from
+/// the upstream's own address is dropped at once and counted, and the echo
+/// never sees it; real clients are still served.
+#[test]
+fn udp_proxy_loop_through_a_second_netds_echo_ends_at_once() {
+    let other = Netd::start("");
+    // No rate limit on the echo: on the old code the loop ran at full speed.
+    let e = start_udp(&other, "e", &["--rate-limit", "off"]);
+    let netd = Netd::start("");
+    let p = start_udp_proxy(&netd, "p", e, &[]);
+
+    spoof_udp(v4(e), v4(p), b"loop?");
+    wait_until("the spoofed datagram counted as a loop source", || {
+        proxy_counter(&netd, "p", "own_source_drops") == 1
+    });
+
+    // A real client goes through to the echo and back...
+    let c = udp_client(p);
+    c.send(b"real").unwrap();
+    let mut buf = [0u8; 64];
+    let n = c.recv(&mut buf).expect("an answer through the proxy");
+    assert_eq!(&buf[..n], b"real");
+    // ...and is all the echo ever saw: the spoofed datagram was never
+    // forwarded, so nothing came back to loop.
+    assert_eq!(counter(&other, "e", "datagrams_in"), 1);
+    assert_eq!(counter(&netd, "p", "datagrams_in"), 2);
+    assert_eq!(counter(&netd, "p", "datagrams_out"), 1);
+    assert_eq!(proxy_counter(&netd, "p", "clients_total"), 1);
+}
+
+/// Issue 22: clients on source ports 7, 19 and 53 got answers through a
+/// udp-proxy (a spoofed one makes a loop with a real echo, chargen or DNS
+/// server). Now they are dropped and counted, as by the UDP echo, with the
+/// same option to allow ports below 1024 other than the reflectors.
+#[test]
+fn udp_proxy_drops_reflector_and_privileged_source_ports() {
+    let port = crate::common::free_tcp_port();
+    let netd = Netd::start(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let u = test_upstream();
+    let up = u.local_addr().unwrap();
+    let p = start_udp_proxy(&netd, "p", up, &[]);
+    let q = start_udp_proxy(&netd, "q", up, &["--allow-privileged-sources"]);
+    // On 127.0.0.22, so as not to compete for these ports with other tests.
+    let low: Vec<UdpSocket> = [7u16, 19, 53]
+        .iter()
+        .map(|port| {
+            let s = UdpSocket::bind(("127.0.0.22", *port))
+                .unwrap_or_else(|e| panic!("bind 127.0.0.22:{port} (needs root): {e}"));
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    for s in &low {
+        let port = s.local_addr().unwrap().port();
+        s.send_to(format!("to p from {port}").as_bytes(), p)
+            .unwrap();
+        s.send_to(format!("to q from {port}").as_bytes(), q)
+            .unwrap();
+    }
+    let ordinary = UdpSocket::bind("127.0.0.22:0").unwrap();
+    ordinary
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    ordinary.send_to(b"ordinary", p).unwrap();
+
+    wait_until("the reflector drops counted", || {
+        proxy_counter(&netd, "p", "reflector_source_drops") == 3
+            && proxy_counter(&netd, "q", "reflector_source_drops") == 2
+    });
+    // What reached the upstream: q's client on port 53 and the ordinary
+    // one (in either order), nothing else.
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (n, from) = u.recv_from(&mut buf).expect("a forwarded datagram");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        // Answer it: the answer goes to that client only.
+        u.send_to(b"answer", from).unwrap();
+    }
+    got.sort();
+    assert_eq!(got, ["ordinary", "to q from 53"]);
+    let n = ordinary
+        .recv(&mut buf)
+        .expect("the ordinary client's answer");
+    assert_eq!(&buf[..n], b"answer");
+    wait_until("q's answer to port 53 sent", || {
+        counter(&netd, "q", "datagrams_out") == 1
+    });
+    // Ports 7 and 19 got nothing from either proxy, and 53 only from q.
+    let mut answered = Vec::new();
+    for s in &low {
+        while let Ok((_, from)) = s.recv_from(&mut buf) {
+            answered.push((s.local_addr().unwrap().port(), from));
+        }
+    }
+    assert_eq!(answered, [(53, q)]);
+    assert_eq!(counter(&netd, "p", "datagrams_in"), 4);
+    assert_eq!(counter(&netd, "p", "datagrams_out"), 1);
+    u.set_nonblocking(true).unwrap();
+    assert!(u.recv(&mut buf).is_err(), "more reached the upstream");
+
+    // Shown and exported as the UDP echo's drops are, in the same family.
+    let table = netd.netctl_ok(&["status", "p"]);
+    assert!(
+        table.contains("dropped:     0 own source, 3 reflector source"),
+        "{table}"
+    );
+    let mut m = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    m.read_to_string(&mut text).unwrap();
+    assert!(
+        text.contains(
+            "netd_udp_echo_drops_total{listener=\"p\",kind=\"udp-proxy\",reason=\"reflector_source\"} 3"
+        ),
+        "{text}"
+    );
+}
+
+/// Issue 22: one sender cycling its source port took a udp-proxy's whole
+/// table (and 18,600 descriptors). Now one source IP has at most
+/// `--max-clients-per-source` clients; the rest are dropped and counted,
+/// and other sources are still served.
+#[test]
+fn udp_proxy_caps_clients_per_source_ip() {
+    let netd = Netd::start("");
+    let u = test_upstream();
+    let p = start_udp_proxy(
+        &netd,
+        "p",
+        u.local_addr().unwrap(),
+        &["--max-clients-per-source", "3"],
+    );
+    let one_ip: Vec<UdpSocket> = (0..5)
+        .map(|_| UdpSocket::bind("127.0.0.25:0").unwrap())
+        .collect();
+    for s in &one_ip {
+        s.send_to(b"spray", p).unwrap();
+    }
+    wait_until("two clients refused", || {
+        proxy_counter(&netd, "p", "source_clients_refused") == 2
+    });
+    let other = UdpSocket::bind("127.0.0.26:0").unwrap();
+    other.send_to(b"other", p).unwrap();
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let n = u.recv(&mut buf).expect("a forwarded datagram");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    got.sort();
+    assert_eq!(got, ["other", "spray", "spray", "spray"]);
+    assert_eq!(proxy_counter(&netd, "p", "clients_active"), 4);
+    let spec = netd.netctl_json(&["status", "p"]);
+    assert_eq!(spec["spec"]["max_clients_per_source"], 3, "{spec}");
+}
+
+/// Issue 22 (low): after an update that kept a udp-echo's address, the
+/// address stayed in netd's own-address set when the listener stopped,
+/// so a later client on that address was dropped as "own source".
+#[test]
+fn a_stopped_listeners_address_is_no_longer_own() {
+    let netd = Netd::start("");
+    netd.netctl_ok(&["start", "udp-echo", "a", "--listen", "127.0.0.23:0"]);
+    let a = bound_addr(&netd, "a");
+    netd.netctl_ok(&["update", "a", "--prefix", "A:"]);
+    assert_eq!(echo_from("127.0.0.23", a, b"x"), b"A:x");
+    netd.netctl_ok(&["stop", "a"]);
+    let b = start_udp(&netd, "b", &[]);
+    // A client on the stopped listener's address is an ordinary client.
+    let c = UdpSocket::bind(a).expect("the stopped listener's port is free");
+    c.connect(b).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.send(b"hello").unwrap();
+    let mut buf = [0u8; 16];
+    let n = c
+        .recv(&mut buf)
+        .expect("b answers the stopped listener's address");
+    assert_eq!(&buf[..n], b"hello");
+    assert_eq!(udp_counter(&netd, "b", "own_source_drops"), 0);
 }

@@ -343,3 +343,121 @@ fn netd_raises_its_open_file_limit() {
     assert_ne!(soft, "256", "{line}");
     assert_eq!(soft, hard, "{line}");
 }
+
+/// A second SIGINT during the shutdown grace period ends netd at once:
+/// the open connection is closed, the control socket removed, the exit
+/// status is non-zero and the log says why (issue 23, item 7).
+#[test]
+fn a_second_signal_during_the_grace_period_exits_now() {
+    // The default grace period: 10s.
+    let mut netd = Netd::start("");
+    netd.netctl_ok(&["start", "tcp-echo", "d", "--listen", "127.0.0.1:0"]);
+    let mut conn = TcpStream::connect(bound_addr(&netd, "d")).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    conn.write_all(b"x").unwrap();
+    conn.read_exact(&mut buf).unwrap();
+    let netd::addr::ControlAddr::Unix(socket) = netd.control.clone() else {
+        panic!("unix control socket expected")
+    };
+    assert!(socket.exists());
+
+    netd.signal(libc::SIGINT);
+    // The first signal has been taken (two at once would be one).
+    netd.wait_notify("STOPPING=1");
+    let second = std::time::Instant::now();
+    netd.signal(libc::SIGINT);
+    let status = netd.wait_exit();
+    let took = second.elapsed();
+    let log = netd.log();
+    assert!(
+        took < Duration::from_secs(5),
+        "netd took {took:?} after the second signal; log:\n{log}"
+    );
+    assert!(!status.success(), "exit status {status}; log:\n{log}");
+    assert!(log.contains("second signal; exiting now"), "{log}");
+    assert!(!socket.exists(), "the control socket is left behind");
+    match conn.read(&mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("{n} bytes from a connection netd should have closed"),
+    }
+}
+
+/// The embedded default (no --config, no --state-dir) keeps nothing: a
+/// change made with netctl is not in the next run, no state file appears
+/// in the default state directory, the ready line says so, and the
+/// control socket's directory netd created is gone after it (issue 23,
+/// item 6). Run in a network namespace of its own, so the demo's fixed
+/// ports cannot clash with anything.
+#[test]
+fn the_embedded_default_persists_nothing_without_state_dir() {
+    let ns = crate::common::NetNs::new();
+    let work = tempfile::tempdir().unwrap();
+    let default_state = work.path().join("default-state");
+    let run = |extra_state_dir: Option<&std::path::Path>| {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory that does not exist yet, as /run/netd on a fresh
+        // machine.
+        let control = netd::addr::ControlAddr::Unix(dir.path().join("run/netd.sock"));
+        let mut cmd = ns.command(NETD);
+        cmd.env("NETD_TEST_DEFAULT_STATE_DIR", &default_state);
+        match extra_state_dir {
+            Some(d) => cmd.env("NETD_STATE_DIR", d),
+            // Not the harness's per-test state directory either: the
+            // default is what this is about.
+            None => cmd.env_remove("NETD_STATE_DIR"),
+        };
+        Netd::spawn(cmd, dir, control)
+    };
+    let names = |netd: &Netd| -> Vec<String> {
+        netd.netctl_json(&["list"])["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let mut netd = run(None);
+    let log = netd.log();
+    assert!(
+        log.contains("state=none (embedded default; use --state-dir to keep changes)"),
+        "{log}"
+    );
+    netd.netctl_ok(&["start", "tcp-echo", "x", "--listen", "127.0.0.1:0"]);
+    netd.netctl_ok(&["stop", "echo"]);
+    assert_eq!(names(&netd), ["udp-echo", "x"]);
+    let run_dir = netd.dir.path().join("run");
+    netd.signal(libc::SIGTERM);
+    assert!(netd.wait_exit().success(), "{}", netd.log());
+    assert!(
+        !default_state.exists(),
+        "the embedded default wrote {}",
+        default_state.display()
+    );
+    assert!(!run_dir.exists(), "{} left behind", run_dir.display());
+
+    // The next demo run starts from the demo again.
+    let mut netd = run(None);
+    assert_eq!(names(&netd), ["echo", "udp-echo"]);
+    netd.signal(libc::SIGTERM);
+    assert!(netd.wait_exit().success());
+
+    // With --state-dir (here NETD_STATE_DIR), changes are kept.
+    let kept = work.path().join("kept");
+    std::fs::create_dir(&kept).unwrap();
+    let mut netd = run(Some(&kept));
+    assert!(
+        netd.log()
+            .contains(&format!("state={}", kept.join("listeners.state").display())),
+        "{}",
+        netd.log()
+    );
+    netd.netctl_ok(&["start", "tcp-echo", "x", "--listen", "127.0.0.1:0"]);
+    netd.signal(libc::SIGTERM);
+    assert!(netd.wait_exit().success());
+    let netd = run(Some(&kept));
+    assert_eq!(names(&netd), ["echo", "udp-echo", "x"]);
+    assert!(!default_state.exists());
+}

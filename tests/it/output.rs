@@ -178,3 +178,102 @@ async fn status_prints_the_effective_spec_netd_reports() {
     assert_eq!(spec["auth"], "bearer token");
     assert_eq!(spec["max_streams"], 32);
 }
+
+/// `netctl status` renders a listener's faults (the spec line named them
+/// `faults=?`, or an empty `faults=`), leaves out the meaningless
+/// `connections:` line of UDP kinds, and `list` counts "1 dgram".
+#[test]
+fn status_shows_faults_and_only_the_lines_a_kind_has() {
+    let netd = Netd::start("");
+    netd.netctl_ok(&[
+        "start",
+        "udp-proxy",
+        "u",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "127.0.0.1:9",
+    ]);
+    let status = netd.netctl_ok(&["status", "u"]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("spec:") && l.contains(" faults=none")),
+        "{status}"
+    );
+    netd.netctl_ok(&[
+        "fault",
+        "add",
+        "u",
+        "slow",
+        "--type",
+        "latency",
+        "--latency",
+        "100ms",
+    ]);
+    netd.netctl_ok(&[
+        "fault",
+        "add",
+        "u",
+        "lossy",
+        "--type",
+        "loss",
+        "--probability",
+        "0.5",
+    ]);
+    let status = netd.netctl_ok(&["status", "u"]);
+    let spec = status
+        .lines()
+        .find(|l| l.starts_with("spec:"))
+        .unwrap_or_else(|| panic!("no spec line:\n{status}"));
+    assert!(
+        spec.ends_with(" faults=slow,lossy") || spec.contains(" faults=slow,lossy "),
+        "{spec}"
+    );
+    assert!(!spec.contains('?'), "{spec}");
+    let lines: Vec<&str> = status.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| *l == "faults:")
+        .unwrap_or_else(|| panic!("no faults: part:\n{status}"));
+    let header: Vec<&str> = lines[at + 1].split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "TYPE", "SETTINGS", "ACTIVE", "COUNTERS"],
+        "{status}"
+    );
+    let slow: Vec<&str> = lines[at + 2].split_whitespace().collect();
+    assert_eq!(&slow[..2], ["slow", "latency"], "{status}");
+    assert!(slow.contains(&"latency=100ms"), "{status}");
+    assert!(
+        lines[at + 2].contains(" yes ") && lines[at + 2].contains("affected 0"),
+        "{status}"
+    );
+    assert!(lines[at + 3].trim_start().starts_with("lossy"), "{status}");
+    assert!(lines[at + 3].contains("probability=0.5"), "{status}");
+
+    // A UDP kind has no connections: no line for them; a TCP kind keeps it.
+    assert!(!status.contains("connections:"), "{status}");
+    assert!(status.contains("clients:"), "{status}");
+    netd.netctl_ok(&["start", "tcp-echo", "t", "--listen", "127.0.0.1:0"]);
+    assert!(netd.netctl_ok(&["status", "t"]).contains("connections: "));
+
+    // One datagram is "1 dgram".
+    netd.netctl_ok(&["start", "udp-echo", "e", "--listen", "127.0.0.1:0"]);
+    let echo = crate::common::bound_addr(&netd, "e");
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.send_to(b"x", echo).unwrap();
+    crate::common::wait_until("the echo counted the datagram", || {
+        netd.netctl_json(&["status", "e"])["stats"]["datagrams_in"] == 1
+    });
+    let list = netd.netctl_ok(&["list"]);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with("e "))
+        .unwrap_or_else(|| panic!("no row for e:\n{list}"));
+    assert!(
+        row.contains(" 1 dgram ") && !row.contains("dgrams"),
+        "{row}"
+    );
+    assert!(!netd.netctl_ok(&["status", "e"]).contains("connections:"));
+}

@@ -1351,8 +1351,10 @@ async fn fragmented_syn_scan_raises_the_port_scan_alert() {
     assert_eq!(e.kind(), proto::EventKind::Alert);
     assert!(e.message.contains("port scan"), "{}", e.message);
     // Both halves of each SYN are TCP; the second ones are later fragments.
+    // A batch's packets are counted before its fragments: wait for both.
     wait_until("netd counted the fragments", || {
-        count(&sniffer_stats(&netd, "s"), "tcp") == 40
+        let s = sniffer_stats(&netd, "s");
+        count(&s, "tcp") == 40 && s["fragments"] == 20
     });
     assert_eq!(sniffer_stats(&netd, "s")["fragments"], 20);
 }

@@ -140,6 +140,10 @@ async fn exact_totals_from_grpc_netctl_and_prometheus() {
     crate::common::wait_until("connections closed", || {
         netd.netctl_json(&["stats", "t"])["listeners"][0]["totals"]["connections_active"] == 0
     });
+    // A UDP reply is counted once sent: the client may have it first.
+    crate::common::wait_until("the udp replies counted", || {
+        netd.netctl_json(&["stats", "u"])["listeners"][0]["totals"]["datagrams_out"] == D
+    });
 
     let mut c = netd.client().await;
     let s = c

@@ -4,7 +4,9 @@
 //! drives netd as it would drive Toxiproxy, and netd's own view (netctl,
 //! ListFaults) shows the same proxies and faults; raw HTTP checks pin the
 //! JSON shapes, status codes and error bodies; the API is off by default
-//! and loopback-only unless asked.
+//! and loopback-only unless asked. Who may call it and what its proxies may
+//! do is tested in toxiproxy_security.rs; these tests run as root, which
+//! is admin.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -18,9 +20,9 @@ use crate::common::{DEADLINE, Netd, TestUpstream, bound_addr, wait_until};
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/toxiproxy_client.py");
 
 /// A config with the API on an ephemeral loopback port, a config proxy
-/// `cfg` to `upstream` (every netd proxy is a Toxiproxy proxy) and a TCP
-/// echo (not a proxy: never listed).
-fn config(upstream: SocketAddr) -> String {
+/// `cfg` to `upstream` (not made through the API: never listed) and a TCP
+/// echo (not a proxy: never listed either).
+pub(crate) fn config(upstream: SocketAddr) -> String {
     format!(
         "[toxiproxy_api]\nlisten = \"127.0.0.1:0\"\n\
          [[listener]]\nname = \"cfg\"\nkind = \"proxy\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"{upstream}\"]\n\
@@ -29,7 +31,7 @@ fn config(upstream: SocketAddr) -> String {
 }
 
 /// The API's address, from netd's log line (logged before READY=1).
-fn api_addr(netd: &Netd) -> SocketAddr {
+pub(crate) fn api_addr(netd: &Netd) -> SocketAddr {
     let log = netd.log();
     let line = log
         .lines()
@@ -180,11 +182,15 @@ async fn a_toxiproxy_client_library_drives_netd() {
     assert_eq!(bound_addr(&netd, "py_main"), listen);
     echo_through(listen, b"hello", b"up:");
 
-    // Each mutating call left an audit line naming the API and its peer.
+    // Each mutating call left an audit line naming the API, the caller's
+    // uid (whoever runs the tests: root, or netd's own user) and its peer.
     let log = netd.log();
+    let uid = format!("caller=toxiproxy-api uid:{}", netd::sys::euid());
     assert!(
         log.lines().any(|l| l.contains("audit: ok")
-            && l.contains("caller=toxiproxy-api 127.0.0.1:")
+            && l.contains(&uid)
+            && l.contains(" 127.0.0.1:")
+            && l.contains("role=\"admin\"")
             && l.contains("ToxiproxyToxicCreate")),
         "no audit line for the toxic create:\n{log}"
     );
@@ -235,7 +241,7 @@ fn http_with(
 }
 
 /// A JSON call: status and parsed body (Null when empty).
-fn call(api: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+pub(crate) fn call(api: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let text = body.map(|b| b.to_string());
     let (status, ctype, body) = http(api, method, path, text.as_deref());
     if body.is_empty() {
@@ -248,7 +254,7 @@ fn call(api: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16,
     )
 }
 
-fn error(status: u16, message: &str) -> Value {
+pub(crate) fn error(status: u16, message: &str) -> Value {
     json!({"error": message, "status": status})
 }
 
@@ -500,26 +506,43 @@ async fn json_shapes_status_codes_and_errors_are_toxiproxys() {
         assert_eq!(st, 404);
     }
 
-    // /reset: every proxy enabled, every toxic gone (the config's too).
+    // /reset: every proxy enabled, every toxic gone. The config's proxy
+    // is not this API's: not listed, its faults not touched.
     let (st, _) = call(
         api,
         "POST",
         "/proxies/cfg/toxics",
         Some(json!({"type": "timeout"})),
     );
-    assert_eq!(st, 200);
+    assert_eq!(st, 404);
+    netd.netctl_ok(&[
+        "fault",
+        "add",
+        "cfg",
+        "mine",
+        "--type",
+        "latency",
+        "--latency",
+        "10ms",
+    ]);
     let (st, v) = call(api, "POST", "/reset", None);
     assert_eq!((st, v), (204, Value::Null));
     let (_, v) = call(api, "GET", "/proxies", None);
     let names: Vec<&String> = v.as_object().unwrap().keys().collect();
-    assert_eq!(names, ["cfg", "redis"], "only proxies are listed: {v}");
+    assert_eq!(names, ["redis"], "only the API's proxies are listed: {v}");
     for p in v.as_object().unwrap().values() {
         assert_eq!(
             (p["enabled"].clone(), p["toxics"].clone()),
             (json!(true), json!([]))
         );
     }
-    assert!(list_faults(&netd).await.is_empty());
+    let left: Vec<(String, String)> = list_faults(&netd)
+        .await
+        .into_iter()
+        .map(|(l, f)| (l, f.name))
+        .collect();
+    assert_eq!(left, [("cfg".to_string(), "mine".to_string())]);
+    netd.netctl_ok(&["fault", "rm", "cfg", "mine"]);
 
     // Update a proxy's upstream: netd's spec follows.
     let (st, v) = call(
@@ -617,12 +640,12 @@ async fn json_shapes_status_codes_and_errors_are_toxiproxys() {
     // Refused calls are audited too.
     let log = netd.log();
     assert!(
-        log.lines()
-            .any(|l| l.contains("caller=toxiproxy-api 127.0.0.1:")
-                && l.contains("rpc=ToxiproxyProxyCreate")
-                && l.contains("listener=\"redis\"")
-                && l.contains("audit: refused")
-                && l.contains("status=409")),
+        log.lines().any(|l| l.contains("caller=toxiproxy-api uid:")
+            && l.contains(" 127.0.0.1:")
+            && l.contains("rpc=ToxiproxyProxyCreate")
+            && l.contains("listener=\"redis\"")
+            && l.contains("audit: refused")
+            && l.contains("status=409")),
         "{log}"
     );
 }
@@ -640,9 +663,9 @@ fn the_api_socket_is_handed_over_on_upgrade() {
     let status = old.wait_exit();
     assert!(status.success(), "old netd: {status}\n{}", old.log());
     // Only the new process is left to answer, on the same socket.
+    // (The config's proxy is not listed: it was not made through the API.)
     let (st, v) = call(api, "GET", "/proxies", None);
-    assert_eq!(st, 200);
-    assert!(v.get("cfg").is_some(), "{v}");
+    assert_eq!((st, v), (200, json!({})));
 }
 
 /// The listening TCP sockets of process `pid` (from /proc).
@@ -744,9 +767,16 @@ async fn a_disabled_proxy_forwards_nothing() {
     let upstream = TestUpstream::echo(b"up:");
     let netd = Netd::start(&config(upstream.addr));
     let api = api_addr(&netd);
-    let addr = bound_addr(&netd, "cfg");
+    let (st, _) = call(
+        api,
+        "POST",
+        "/proxies",
+        Some(json!({"name": "p", "upstream": upstream.addr.to_string()})),
+    );
+    assert_eq!(st, 201);
+    let addr = bound_addr(&netd, "p");
     echo_through(addr, b"before", b"up:");
-    let (st, _) = call(api, "POST", "/proxies/cfg", Some(json!({"enabled": false})));
+    let (st, _) = call(api, "POST", "/proxies/p", Some(json!({"enabled": false})));
     assert_eq!(st, 200);
     let before = upstream.accepted();
     wait_until("a disabled proxy forwards nothing", || {
@@ -759,7 +789,7 @@ async fn a_disabled_proxy_forwards_nothing() {
         matches!(s.read(&mut buf), Ok(0) | Err(_))
     });
     assert_eq!(upstream.accepted(), before);
-    let (st, _) = call(api, "POST", "/proxies/cfg", Some(json!({"enabled": true})));
+    let (st, _) = call(api, "POST", "/proxies/p", Some(json!({"enabled": true})));
     assert_eq!(st, 200);
     echo_through(addr, b"after", b"up:");
 }

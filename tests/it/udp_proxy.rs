@@ -203,6 +203,10 @@ fn forwards_each_clients_datagrams_and_answers_to_that_client() {
             assert_eq!(&buf[..n], format!("E:c{i} r{round}").as_bytes());
         }
     }
+    // A reply is counted once sent: the client may have it first.
+    wait_until("the replies counted", || {
+        stats(&netd, "p")["datagrams_out"].as_u64() >= Some(100)
+    });
     let s = stats(&netd, "p");
     assert_eq!(s["datagrams_in"], 100, "{s}");
     assert_eq!(s["datagrams_out"], 100, "{s}");
@@ -386,6 +390,10 @@ fn random_loss_is_within_binomial_bounds_and_counted() {
         "{received} of {N} passed a 30% loss (expected {expected} +- {})",
         5.0 * sd
     );
+    // A datagram is counted in before the fault decides on it.
+    wait_until("every loss counted", || {
+        fault_stats(&netd, "p", "l")["datagrams_lost"].as_u64() >= Some(N - received)
+    });
     let f = fault_stats(&netd, "p", "l");
     assert_eq!(f["datagrams_lost"].as_u64().unwrap(), N - received, "{f}");
     assert_eq!(f["bytes_dropped"].as_u64().unwrap(), (N - received) * 32);
@@ -479,6 +487,9 @@ fn duplicate_sends_twice_and_counts() {
     for s in 0..100u64 {
         assert_eq!(got.iter().filter(|(q, _)| *q == s).count(), 2, "seq {s}");
     }
+    wait_until("every duplicate counted", || {
+        fault_stats(&netd, "p", "d")["datagrams_duplicated"].as_u64() >= Some(100)
+    });
     assert_eq!(fault_stats(&netd, "p", "d")["datagrams_duplicated"], 100);
     // Half of them, at a live update (counters kept).
     rt().block_on(async {

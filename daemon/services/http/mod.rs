@@ -121,7 +121,9 @@ pub struct Http {
     /// IPv6 clients share a bucket per prefix of this length.
     ipv6_prefix: u8,
     limit: Arc<Semaphore>,
-    counters: HttpCounters,
+    /// The listener's: carried from generation to generation (see
+    /// [`ListenerKind::carry_over`]).
+    counters: Arc<HttpCounters>,
     /// Write an access-log line per request (`access_log`, default true).
     access_log: bool,
 }
@@ -229,7 +231,7 @@ impl Http {
                 spec.rate_limit_ipv6_prefix,
             )?,
             limit: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
-            counters: HttpCounters::default(),
+            counters: Arc::default(),
             access_log: spec.access_log.unwrap_or(true),
         })
     }
@@ -660,6 +662,11 @@ impl ListenerKind for Http {
     fn from_spec(spec: &Self::Spec, _settings: &Settings) -> Result<Self, SpecError> {
         super::check_max_connections(spec.max_connections)?;
         Self::validate(spec)
+    }
+
+    /// The request counters and the latency histogram are the listener's.
+    fn carry_over(&mut self, prev: &Self) {
+        self.counters = prev.counters.clone();
     }
 
     fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {

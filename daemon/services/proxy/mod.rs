@@ -58,7 +58,7 @@ use super::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ListenerKind, ServiceCtx, Settings, SpecError,
     Transport, duration_field, listen_field,
 };
-use crate::net::accept::{Accepting, accept_loop};
+use crate::net::accept::{Accepting, accept_loop_costing};
 use crate::net::drain::Drain;
 use crate::net::sockopt::abort;
 use crate::net::workers;
@@ -93,8 +93,20 @@ pub struct ProxyCounters {
 
 #[derive(Debug)]
 struct Upstream {
+    /// As the spec gave it (trimmed): what an update matches upstreams by.
+    given: Box<str>,
     /// Where it is now; re-resolved when the spec gave a host name.
     addr: Arc<UpstreamAddr>,
+    /// The listener's: carried to the next generation while the upstream
+    /// stays in the spec (see [`ListenerKind::carry_over`]).
+    state: Arc<UpstreamState>,
+    /// Built on first run (bb8 needs a runtime); kept across restarts.
+    pool: OnceLock<TcpPool>,
+}
+
+/// An upstream's health and counters.
+#[derive(Debug)]
+struct UpstreamState {
     /// Skip this upstream until `base` + this many ms (passive health); 0
     /// while it is in rotation. An atomic: read for every client.
     down_until_ms: AtomicU64,
@@ -102,26 +114,26 @@ struct Upstream {
     connections: AtomicU64,
     connect_failures: AtomicU64,
     last_error: Mutex<String>,
-    /// Built on first run (bb8 needs a runtime); kept across restarts.
-    pool: OnceLock<TcpPool>,
 }
 
 impl Upstream {
     fn healthy(&self, now: Instant) -> bool {
-        let until = self.down_until_ms.load(Relaxed);
-        until == 0 || self.base + Duration::from_millis(until) <= now
+        let s = &self.state;
+        let until = s.down_until_ms.load(Relaxed);
+        until == 0 || s.base + Duration::from_millis(until) <= now
     }
 
     fn mark_down(&self, backoff: Duration, error: String) {
-        let until = (self.base.elapsed() + backoff).as_millis().max(1) as u64;
-        self.down_until_ms.store(until, Relaxed);
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
-        self.connect_failures.fetch_add(1, Relaxed);
+        let s = &self.state;
+        let until = (s.base.elapsed() + backoff).as_millis().max(1) as u64;
+        s.down_until_ms.store(until, Relaxed);
+        *s.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+        s.connect_failures.fetch_add(1, Relaxed);
     }
 
     fn mark_up(&self) {
-        if self.down_until_ms.load(Relaxed) != 0 {
-            self.down_until_ms.store(0, Relaxed);
+        if self.state.down_until_ms.load(Relaxed) != 0 {
+            self.state.down_until_ms.store(0, Relaxed);
         }
     }
 }
@@ -183,12 +195,15 @@ impl Proxy {
                 UpstreamAddr::literal(addr)
             };
             upstreams.push(Arc::new(Upstream {
+                given: u.trim().into(),
                 addr: Arc::new(addr),
-                down_until_ms: AtomicU64::new(0),
-                base: Instant::now(),
-                connections: AtomicU64::new(0),
-                connect_failures: AtomicU64::new(0),
-                last_error: Mutex::new(String::new()),
+                state: Arc::new(UpstreamState {
+                    down_until_ms: AtomicU64::new(0),
+                    base: Instant::now(),
+                    connections: AtomicU64::new(0),
+                    connect_failures: AtomicU64::new(0),
+                    last_error: Mutex::new(String::new()),
+                }),
                 pool: OnceLock::new(),
             }));
         }
@@ -252,9 +267,10 @@ impl Proxy {
                 .map(|u| proto::UpstreamStatus {
                     addr: u.addr.to_string(),
                     healthy: u.healthy(now),
-                    connections: u.connections.load(Relaxed),
-                    connect_failures: u.connect_failures.load(Relaxed),
+                    connections: u.state.connections.load(Relaxed),
+                    connect_failures: u.state.connect_failures.load(Relaxed),
                     last_error: u
+                        .state
                         .last_error
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -362,7 +378,14 @@ impl Proxy {
         };
         let workers = workers::handles();
         if workers.is_empty() {
-            return accept_loop(&listener, ctx.accepting(), &self.limit, serve(self, ctx)).await;
+            return accept_loop_costing(
+                &listener,
+                ctx.accepting(),
+                &self.limit,
+                2,
+                serve(self, ctx),
+            )
+            .await;
         }
         // Out of the main runtime's reactor: registered there as well, the
         // socket would wake that runtime's thread for new clients (each
@@ -386,7 +409,8 @@ impl Proxy {
                         stop: &stop,
                         ..ctx.accepting()
                     };
-                    accept_loop(&listener, accepting, &proxy.limit, serve(&proxy, &ctx)).await
+                    accept_loop_costing(&listener, accepting, &proxy.limit, 2, serve(&proxy, &ctx))
+                        .await
                 },
                 worker,
             );
@@ -504,7 +528,7 @@ impl Proxy {
         let (mut upstream, u) = match Box::pin(self.connect(ctx)).await {
             Connected::To(s, u) => (s, u),
             Connected::Reset(u) => {
-                u.connections.fetch_add(1, Relaxed);
+                u.state.connections.fetch_add(1, Relaxed);
                 abort(&client);
                 if self.access_log {
                     crate::access_log::proxy(
@@ -545,7 +569,7 @@ impl Proxy {
                 return;
             }
         };
-        u.connections.fetch_add(1, Relaxed);
+        u.state.connections.fetch_add(1, Relaxed);
         let up = AtomicU64::new(0);
         let down = AtomicU64::new(0);
         let end = forward(
@@ -642,6 +666,27 @@ impl ListenerKind for Proxy {
         Self::validate(spec)
     }
 
+    /// The counters (connect failures, pool hits and misses, lookups)
+    /// are the listener's, and so are the health, counters and last error
+    /// of each upstream that stays in the spec (matched as written): one
+    /// marked down stays down until its backoff ends or a connect
+    /// succeeds. Pools are the generation's (their size may change).
+    fn carry_over(&mut self, prev: &Self) {
+        self.counters = prev.counters.clone();
+        let mut taken = vec![false; prev.upstreams.len()];
+        for u in &mut self.upstreams {
+            let found = prev
+                .upstreams
+                .iter()
+                .enumerate()
+                .find(|(i, p)| !taken[*i] && p.given == u.given);
+            if let (Some((i, p)), Some(u)) = (found, Arc::get_mut(u)) {
+                taken[i] = true;
+                u.state = p.state.clone();
+            }
+        }
+    }
+
     fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
         use super::effective_duration as dur;
         proto::ProxySpec {
@@ -712,4 +757,49 @@ fn loops_back(listen: SocketAddr, up: SocketAddr) -> bool {
     l.is_unspecified()
         && l.is_ipv4() == u.is_ipv4()
         && (u.is_loopback() || std::net::UdpSocket::bind((u, 0)).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy(upstreams: &[&str]) -> Proxy {
+        let spec = proto::ProxySpec {
+            listen: "127.0.0.1:0".into(),
+            upstreams: upstreams.iter().map(|u| u.to_string()).collect(),
+            ..Default::default()
+        };
+        Proxy::from_spec(&spec, &Settings::default()).expect("a valid proxy spec")
+    }
+
+    /// An update carries each upstream's state to the upstream of the same
+    /// address in the new spec, whatever its position, once; a new one
+    /// starts fresh; the proxy's counters are shared.
+    #[test]
+    fn carry_over_matches_upstreams_as_written() {
+        let old = proxy(&["127.0.0.1:1", "127.0.0.1:2"]);
+        old.upstreams[0].mark_down(Duration::from_secs(600), "refused".into());
+        old.counters.connect_failures.fetch_add(1, Relaxed);
+        let mut new = proxy(&["127.0.0.1:2", "127.0.0.1:1", "127.0.0.1:1", "127.0.0.1:3"]);
+        new.carry_over(&old);
+        let now = Instant::now();
+        assert!(Arc::ptr_eq(
+            &new.upstreams[0].state,
+            &old.upstreams[1].state
+        ));
+        assert!(Arc::ptr_eq(
+            &new.upstreams[1].state,
+            &old.upstreams[0].state
+        ));
+        assert!(!new.upstreams[1].healthy(now), "still down");
+        // Listed twice: only one of them is the old upstream.
+        assert!(!Arc::ptr_eq(
+            &new.upstreams[2].state,
+            &old.upstreams[0].state
+        ));
+        assert!(new.upstreams[2].healthy(now) && new.upstreams[3].healthy(now));
+        assert_eq!(new.stats().connect_failures, 1);
+        assert_eq!(new.stats().upstreams[1].connect_failures, 1);
+        assert_eq!(new.stats().upstreams[1].last_error, "refused");
+    }
 }

@@ -99,7 +99,20 @@ impl Filter {
             match words.get(i) {
                 None => break,
                 Some(w) if w.eq_ignore_ascii_case("and") => i += 1,
-                Some(w) => return Err(format!("filter '{text}': expected 'and' before '{w}'")),
+                Some(w)
+                    if ["or", "not", "!", "||", "&&"]
+                        .contains(&w.to_ascii_lowercase().as_str())
+                        || w.starts_with('(') =>
+                {
+                    return Err(format!(
+                        "filter '{text}': '{w}' is not supported; netd's filter is {usage} (no 'or', 'not' or parentheses: start a sniffer per alternative)"
+                    ));
+                }
+                Some(w) => {
+                    return Err(format!(
+                        "filter '{text}': expected 'and' before '{w}'; the filter is {usage}"
+                    ));
+                }
             }
         }
         if f.port.is_some() && f.proto == Some(Proto::Icmp) {
@@ -522,6 +535,19 @@ mod tests {
         ] {
             assert!(Filter::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The error names what the grammar supports, not only what it
+    /// expected next.
+    #[test]
+    fn an_unsupported_operator_is_named_with_the_grammar() {
+        let e = Filter::parse("tcp or udp").unwrap_err();
+        assert!(e.contains("'or' is not supported"), "{e}");
+        assert!(e.contains("terms joined by 'and'"), "{e}");
+        assert!(e.contains("tcp | udp | icmp | port N | host IP"), "{e}");
+        let e = Filter::parse("tcp port 1").unwrap_err();
+        assert!(e.contains("expected 'and' before 'port'"), "{e}");
+        assert!(e.contains("terms joined by 'and'"), "{e}");
     }
 
     #[test]

@@ -509,6 +509,14 @@ impl ListenerKind for Sniffer {
         spec
     }
 
+    /// The packet counters are the listener's, and so is the count of
+    /// flows evicted; the flow table itself is the new capture's.
+    fn carry_over(&mut self, prev: &Self) {
+        self.counters = prev.counters.clone();
+        let evicted = prev.flows.lock().unwrap_or_else(|p| p.into_inner()).evicted;
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).evicted = evicted;
+    }
+
     fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
         let or = |v: u32, default: u32| if v == 0 { default } else { v };
         proto::SnifferSpec {

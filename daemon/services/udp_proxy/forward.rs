@@ -9,6 +9,13 @@
 //! table: it admits clients, evicts and expires them, and cancels a
 //! client's task when it forgets the client, which closes its socket.
 //!
+//! Before a datagram is forwarded, the datagram-source guard
+//! ([`crate::services::source_guard`]) checks its source; a new client
+//! also needs room in the table, room under its source's
+//! `max_clients_per_source`, and a permit of netd's descriptor budget for
+//! its socket (held by its downstream task, so released when the socket
+//! closes).
+//!
 //! A client counts as idle for eviction (table full) after
 //! [`EVICT_IDLE`] (or `idle_timeout` if shorter) without a datagram either
 //! way; the table is searched for such clients at most every
@@ -16,7 +23,7 @@
 //! datagram scan it.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -33,7 +40,10 @@ use crate::fault::{Dir, FaultTable, Rng, Watch};
 use crate::net::cancel::CancelWatch;
 use crate::net::udp::{RecvHealth, recv_msg};
 use crate::services::ServiceCtx;
+use crate::services::client_key::{DEFAULT_IPV6_PREFIX, rate_key};
+use crate::services::source_guard::SourceGuard;
 use crate::stats::Stats;
+use crate::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
 
 /// Largest datagram read (any UDP payload without jumbograms).
 const RECV_BUF: usize = 64 * 1024;
@@ -65,6 +75,10 @@ struct Proxy<'a> {
     ctx: &'a ServiceCtx,
     listen: Arc<UdpSocket>,
     clients: HashMap<SocketAddr, Client>,
+    /// Clients per source key (an IPv4 address, an IPv6 /64).
+    per_source: HashMap<IpAddr, usize>,
+    /// One warning per interval for refused clients.
+    refused_warn: RateLimitedWarn,
     epoch: Instant,
     budget: Budget,
     /// Cancelled when this generation ends: every client task stops.
@@ -88,13 +102,18 @@ impl Proxy<'_> {
     fn expire(&mut self, now: Instant, idle: Duration) -> usize {
         let cutoff = self.ms(now).saturating_sub(idle.as_millis() as u64);
         let before = self.clients.len();
-        self.clients.retain(|_, c| {
+        let per_source = &mut self.per_source;
+        self.clients.retain(|peer, c| {
             let keep = c.shared.last_ms.load(Relaxed) > cutoff;
             if !keep {
                 c.cancel.cancel();
+                forget_source(per_source, *peer);
             }
             keep
         });
+        if per_source.capacity() > 2 * per_source.len().max(64) {
+            per_source.shrink_to_fit();
+        }
         let gone = before - self.clients.len();
         if gone > 0 {
             Stats::add(&self.svc.counters.clients_expired, gone as u64);
@@ -120,8 +139,31 @@ impl Proxy<'_> {
         self.clients.len() < self.svc.max_clients
     }
 
-    /// A new client's upstream socket and its downstream task.
-    fn open(&mut self, peer: SocketAddr, now: Instant) -> std::io::Result<()> {
+    /// Whether `peer`'s source IP may have one more client.
+    fn source_room(&self, peer: SocketAddr) -> bool {
+        self.per_source
+            .get(&source_key(peer))
+            .is_none_or(|n| *n < self.svc.max_clients_per_source)
+    }
+
+    /// A new client refused (counted in `counter`), with a warning at most
+    /// once per interval.
+    fn refuse(&self, peer: SocketAddr, counter: &AtomicU64, why: &str) {
+        Stats::add(counter, 1);
+        tracing::debug!(listener = %self.ctx.name, %peer, "dropped: {why}");
+        if let Some(suppressed) = self.refused_warn.hit() {
+            tracing::warn!(listener = %self.ctx.name, %peer, suppressed, "new clients refused: {why}");
+        }
+    }
+
+    /// A new client's upstream socket and its downstream task, which holds
+    /// `fd` (the socket's share of the descriptor budget).
+    fn open(
+        &mut self,
+        peer: SocketAddr,
+        now: Instant,
+        fd: crate::fd_budget::Permit,
+    ) -> std::io::Result<()> {
         let up = self.svc.upstream;
         let local: SocketAddr = if up.is_ipv4() {
             (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -151,6 +193,7 @@ impl Proxy<'_> {
             budget: self.budget.clone(),
             epoch: self.epoch,
             cancel: cancel.clone(),
+            _fd: fd,
         };
         let (stats, name) = (self.ctx.stats.clone(), self.ctx.name.clone());
         self.ctx.tracker.spawn(async move {
@@ -165,6 +208,7 @@ impl Proxy<'_> {
                 cancel,
             },
         );
+        *self.per_source.entry(source_key(peer)).or_insert(0) += 1;
         Stats::add(&self.svc.counters.clients_total, 1);
         self.set_active();
         Ok(())
@@ -178,6 +222,21 @@ impl Proxy<'_> {
         };
         for d in datagrams.drain(..) {
             send_upstream(&c.socket, &d, &self.svc.counters.upstream_errors).await;
+        }
+    }
+}
+
+/// The per-source key of a client: its IP, an IPv6 one by /64.
+fn source_key(peer: SocketAddr) -> IpAddr {
+    rate_key(peer.ip(), DEFAULT_IPV6_PREFIX)
+}
+
+fn forget_source(per_source: &mut HashMap<IpAddr, usize>, peer: SocketAddr) {
+    let key = source_key(peer);
+    if let Some(n) = per_source.get_mut(&key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            per_source.remove(&key);
         }
     }
 }
@@ -222,11 +281,16 @@ pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> a
         ctx: &ctx,
         listen: listen.clone(),
         clients: HashMap::new(),
+        per_source: HashMap::new(),
+        refused_warn: RateLimitedWarn::new(DEFAULT_INTERVAL),
         epoch: now,
         budget: budget.clone(),
         gen_cancel,
         next_full_sweep: now,
     };
+    // The counters are the listener's (kept across updates and restarts);
+    // the active clients are this generation's table, empty so far.
+    p.set_active();
     let mut timed: Timed<SocketAddr> = Timed::new(budget);
     let mut watch = Watch::new(&ctx.faults);
     let mut rng = Rng::new();
@@ -234,7 +298,8 @@ pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> a
     let mut stop = CancelWatch::new(&ctx.stop_accepting);
     let mut buf = vec![0u8; RECV_BUF];
     let mut health = RecvHealth::default();
-    let mut own = svc.own.view();
+    let mut guard = SourceGuard::new(&svc.rules, &svc.own, &svc.counters.guard, &ctx.name)
+        .never_from(svc.upstream);
 
     let sweep_every =
         (svc.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
@@ -272,19 +337,32 @@ pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> a
                 health.received(drops, &svc.counters.kernel_drops);
                 Stats::add(&ctx.stats.datagrams_in, 1);
                 Stats::add(&ctx.stats.bytes_in, n as u64);
-                if own.contains(peer) {
-                    Stats::add(&svc.counters.own_source_drops, 1);
-                    tracing::debug!(listener = %ctx.name, %peer, "dropped: source is one of netd's own UDP listeners");
+                let now = Instant::now();
+                if !guard.admit(peer, now) {
                     continue;
                 }
-                let now = Instant::now();
                 if !p.clients.contains_key(&peer) {
                     if !p.room(now) {
-                        Stats::add(&svc.counters.clients_refused, 1);
-                        tracing::debug!(listener = %ctx.name, %peer, "dropped: the client table is full");
+                        p.refuse(peer, &svc.counters.clients_refused, "the client table is full");
                         continue;
                     }
-                    if let Err(e) = p.open(peer, now) {
+                    if !p.source_room(peer) {
+                        p.refuse(
+                            peer,
+                            &svc.counters.source_clients_refused,
+                            "the source IP has max_clients_per_source clients",
+                        );
+                        continue;
+                    }
+                    let Some(fd) = crate::fd_budget::try_acquire(1) else {
+                        p.refuse(
+                            peer,
+                            &svc.counters.clients_refused,
+                            "netd's descriptor budget is used up",
+                        );
+                        continue;
+                    };
+                    if let Err(e) = p.open(peer, now, fd) {
                         Stats::add(&svc.counters.upstream_errors, 1);
                         tracing::debug!(listener = %ctx.name, %peer, error = %e, "no upstream socket for a new client");
                         continue;
@@ -319,6 +397,8 @@ struct Downstream {
     budget: Budget,
     epoch: Instant,
     cancel: CancellationToken,
+    /// The socket's permit of the descriptor budget, released with it.
+    _fd: crate::fd_budget::Permit,
 }
 
 impl Downstream {

@@ -5,11 +5,19 @@
 //! and the two directions are in [`forward`]. This file owns the spec and
 //! the counters.
 //!
-//! Safety, as for the UDP echo: datagrams from netd's own UDP listening
-//! addresses are dropped (a spoofed one would loop), and an upstream that
-//! is the proxy's own bound address is refused. Two udp-proxies pointed at
-//! each other still make a loop (each sees the other's upstream socket as a
-//! new client); the client tables bound it.
+//! Safety: the datagram-source guard ([`super::source_guard`], the same
+//! keys and counters as the UDP echo's) drops datagrams from netd's own UDP
+//! listening addresses and from the upstream itself (a spoofed one would
+//! loop: the upstream's answers would be sent back to it), from source
+//! ports that may answer back (0, 7, 13, 17, 19, 37; below 1024 unless
+//! `allow_privileged_sources`) and, with `rate_limit` set (off by default),
+//! over a per-source token bucket. An upstream that is the proxy's own
+//! bound address is refused. One source IP (IPv6: one /64) may have at most
+//! `max_clients_per_source` clients, so a sender cycling its source port
+//! cannot fill the table; `max_clients` may not exceed netd's descriptor
+//! budget ([`crate::fd_budget`]), and each client's socket takes a permit of
+//! it. Two udp-proxies pointed at each other still make a loop (each sees
+//! the other's upstream socket as a new client); the client tables bound it.
 
 mod forward;
 pub mod impair;
@@ -21,6 +29,7 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 
+use super::source_guard::{self, GuardCounters, SourceRules};
 use super::{ListenerKind, ServiceCtx, Settings, SpecError, Transport, listen_field};
 use crate::proto;
 
@@ -28,6 +37,11 @@ use crate::proto;
 pub const DEFAULT_MAX_CLIENTS: u32 = 1024;
 /// Most clients a udp-proxy may track.
 pub const MAX_MAX_CLIENTS: u32 = 65_536;
+/// Clients of one source IP (IPv6: one /64) unless configured.
+pub const DEFAULT_MAX_CLIENTS_PER_SOURCE: u32 = 64;
+/// No per-source rate limit unless configured: a proxy forwards what its
+/// clients send (the loop and reflector rules still apply).
+pub const DEFAULT_RATE_LIMIT: &str = "off";
 /// A client idle this long is forgotten unless configured.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -40,7 +54,8 @@ struct Counters {
     clients_refused: AtomicU64,
     upstream_errors: AtomicU64,
     kernel_drops: AtomicU64,
-    own_source_drops: AtomicU64,
+    source_clients_refused: AtomicU64,
+    guard: GuardCounters,
 }
 
 #[derive(Debug)]
@@ -48,8 +63,12 @@ pub struct UdpProxy {
     pub listen: SocketAddr,
     pub upstream: SocketAddr,
     pub max_clients: usize,
+    pub max_clients_per_source: usize,
     pub idle_timeout: Duration,
+    rules: SourceRules,
     own: crate::own_addrs::OwnAddrs,
+    /// The listener's: carried from generation to generation (see
+    /// [`ListenerKind::carry_over`]).
     counters: Arc<Counters>,
 }
 
@@ -75,12 +94,32 @@ impl UdpProxy {
                 "upstream '{upstream}' is this proxy's own listening address"
             )));
         }
+        // Each client holds a socket: no more than the descriptor budget,
+        // and by default no more than it allows either.
+        let budget = crate::fd_budget::Budget::current();
+        let default_clients = u64::from(DEFAULT_MAX_CLIENTS).min(budget.data_plane().max(1));
         let max_clients = super::size_in(
             "max_clients",
             spec.max_clients.into(),
-            DEFAULT_MAX_CLIENTS.into(),
+            default_clients,
+            1..=MAX_MAX_CLIENTS.into(),
+        )?;
+        budget
+            .check_one("max_clients", max_clients)
+            .map_err(SpecError)?;
+        let max_clients = max_clients as usize;
+        let max_clients_per_source = super::size_in(
+            "max_clients_per_source",
+            spec.max_clients_per_source.into(),
+            DEFAULT_MAX_CLIENTS_PER_SOURCE.into(),
             1..=MAX_MAX_CLIENTS.into(),
         )? as usize;
+        let rules = SourceRules::from_keys(
+            spec.allow_privileged_sources,
+            &spec.rate_limit,
+            spec.max_sources,
+            DEFAULT_RATE_LIMIT,
+        )?;
         let idle_timeout =
             super::duration_field("idle_timeout", &spec.idle_timeout, DEFAULT_IDLE_TIMEOUT)?;
         crate::fault::compile_all(&spec.faults, crate::fault::Target::Udp)?;
@@ -88,7 +127,9 @@ impl UdpProxy {
             listen,
             upstream,
             max_clients,
+            max_clients_per_source,
             idle_timeout,
+            rules,
             own: settings.own_udp_addrs.clone(),
             counters: Arc::default(),
         })
@@ -96,15 +137,18 @@ impl UdpProxy {
 
     pub fn stats(&self) -> proto::UdpProxyStats {
         let c = &self.counters;
-        proto::UdpProxyStats {
+        let mut s = proto::UdpProxyStats {
             clients_active: c.clients_active.load(Relaxed),
             clients_total: c.clients_total.load(Relaxed),
             clients_expired: c.clients_expired.load(Relaxed),
             clients_refused: c.clients_refused.load(Relaxed),
             upstream_errors: c.upstream_errors.load(Relaxed),
             kernel_drops: c.kernel_drops.load(Relaxed),
-            own_source_drops: c.own_source_drops.load(Relaxed),
-        }
+            source_clients_refused: c.source_clients_refused.load(Relaxed),
+            ..Default::default()
+        };
+        c.guard.snapshot().into_udp_proxy(&mut s);
+        s
     }
 }
 
@@ -120,6 +164,10 @@ impl ListenerKind for UdpProxy {
         "max_clients",
         "idle_timeout",
         "faults",
+        "allow_privileged_sources",
+        "rate_limit",
+        "max_sources",
+        "max_clients_per_source",
     ];
 
     fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String> {
@@ -129,11 +177,19 @@ impl ListenerKind for UdpProxy {
             max_clients,
             idle_timeout,
             faults,
+            allow_privileged_sources,
+            rate_limit,
+            max_sources,
+            max_clients_per_source,
         } = spec;
         t.string("listen", listen);
         t.string("upstream", upstream);
         t.u64("max_clients", (*max_clients).into())?;
         t.duration("idle_timeout", idle_timeout)?;
+        t.bool("allow_privileged_sources", *allow_privileged_sources);
+        t.string("rate_limit", rate_limit);
+        t.u64("max_sources", (*max_sources).into())?;
+        t.u64("max_clients_per_source", (*max_clients_per_source).into())?;
         t.faults(faults);
         Ok(())
     }
@@ -146,9 +202,19 @@ impl ListenerKind for UdpProxy {
         Self::validate(spec, settings)
     }
 
+    /// The counters are the listener's. `clients_active` is the table of
+    /// the generation running: a new one starts empty (the old one's
+    /// clients end with it).
+    fn carry_over(&mut self, prev: &Self) {
+        self.counters = prev.counters.clone();
+    }
+
     fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
         proto::UdpProxySpec {
             max_clients: self.max_clients as u32,
+            max_clients_per_source: self.max_clients_per_source as u32,
+            rate_limit: source_guard::effective_rate_limit(&shown.rate_limit, DEFAULT_RATE_LIMIT),
+            max_sources: source_guard::effective_max_sources(shown.max_sources),
             idle_timeout: super::effective_duration(&shown.idle_timeout, DEFAULT_IDLE_TIMEOUT),
             ..shown.clone()
         }
