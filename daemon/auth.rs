@@ -300,6 +300,12 @@ pub fn netd_system_uid() -> Option<u32> {
     crate::sys::user_id("netd")
 }
 
+/// Refused calls are audited, but a caller who repeats one at will must
+/// not fill the disk: a few lines per interval, then one with the number
+/// left out (`suppressed`). Shared by every endpoint that audits denials.
+pub static AUDIT_DENIED: crate::warn_limit::RateLimitedWarn =
+    crate::warn_limit::RateLimitedWarn::with_burst(crate::warn_limit::DEFAULT_INTERVAL, 20);
+
 /// Tower layer enforcing [`required_role`] on every call, with the caller
 /// each connection was admitted as ([`ConnInfo::caller`]).
 #[derive(Debug, Clone, Default)]
@@ -347,7 +353,9 @@ where
             },
         };
         if caller.role < need {
-            tracing::warn!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc = %path, "audit: denied");
+            if let Some(suppressed) = AUDIT_DENIED.hit() {
+                tracing::warn!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc = %path, suppressed, "audit: denied");
+            }
             let status = tonic::Status::permission_denied(format!(
                 "{} needs the {} role; {} has the {} role",
                 path.rsplit('/').next().unwrap_or(&path),

@@ -25,7 +25,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::admission::{Gate, Slot, Source};
 use crate::auth::{Caller, Peer, Policy, Role};
-use crate::warn_every::WarnEvery;
+use crate::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
 
 /// Per-connection state shared between the connection and its calls.
 #[derive(Debug)]
@@ -234,12 +234,12 @@ pub struct Endpoint {
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// One rate-limited warning for every accept loop's errors.
-static ACCEPT_ERRORS: WarnEvery = WarnEvery::new(crate::warn_every::DEFAULT_INTERVAL);
+static ACCEPT_ERRORS: RateLimitedWarn = RateLimitedWarn::new(DEFAULT_INTERVAL);
 
 fn accept_failed(endpoint: &str, e: &io::Error) {
-    ACCEPT_ERRORS.warn(|suppressed| {
+    if let Some(suppressed) = ACCEPT_ERRORS.hit() {
         tracing::warn!(endpoint, error = %e, suppressed, "accepting a connection failed");
-    });
+    }
 }
 
 /// Connections on the Unix control socket, with their peer credentials.
@@ -263,7 +263,8 @@ pub fn incoming_unix(
                         continue;
                     };
                     let caller = ep.policy.caller(&peer, false, None);
-                    if let Some(slot) = ep.gate.admit(Source::Uid(uid), caller.role == Role::Admin) {
+                    if let Some(slot) = ep.gate.admit(Source::Uid(uid), caller.role == Role::Admin)
+                    {
                         let c = ControlConn::new(s, peer, caller, slot, ep.idle_timeout);
                         return Some((Ok(c), (l, ep)));
                     }

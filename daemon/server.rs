@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::addr::ControlAddr;
+use crate::admission::{Gate, Limits};
 use crate::auth::{AuthLayer, Policy};
 use crate::config::Config;
 use crate::control::ControlService;
-use crate::admission::{Gate, Limits};
 use crate::control_conn::{Endpoint, incoming_tcp, incoming_unix};
 use crate::proto::{self, control_server::ControlServer};
 use crate::supervisor::Supervisor;
