@@ -625,6 +625,10 @@ fn adopt_tcp(fd: OwnedFd, want: std::net::SocketAddr) -> Option<tokio::net::TcpL
     tokio::net::TcpListener::from_std(std::net::TcpListener::from(OwnedFd::from(s))).ok()
 }
 
+/// How long a reload waits for the config file (and the token and TLS
+/// files it names) to be read.
+const RELOAD_READ_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Re-read the config file and apply the difference (SIGHUP). A config
 /// with errors changes nothing; either way the outcome is logged and sent
 /// on the event stream, and systemd hears RELOADING=1 then READY=1.
@@ -636,10 +640,14 @@ async fn reload(supervisor: &Supervisor, running: &Config, path: Option<&Path>) 
             return Err("netd runs the embedded default config; there is no file to re-read".to_string());
         };
         let p = path.to_path_buf();
-        let config = tokio::task::spawn_blocking(move || Config::load(&p))
-            .await
-            .map_err(|e| format!("reading the config: {e}"))?
-            .map_err(|e| format!("the new config has errors; keeping the running one: {e}"))?;
+        // Off the runtime and bounded: a FIFO is refused at once, a hung
+        // mount fails this reload (the next SIGHUP tries again).
+        let config = crate::safe_file::off_runtime("reading the config", RELOAD_READ_DEADLINE, move || {
+            Ok(Config::load(&p))
+        })
+        .await
+        .map_err(|e| format!("the config could not be read; keeping the running one: {e}"))?
+            .map_err(|e| format!("the new config cannot be used; keeping the running one: {e}"))?;
         for (what, changed) in [
             ("control", format!("{:?}", config.control.listen) != format!("{:?}", running.control.listen)),
             ("metrics", config.metrics_listen != running.metrics_listen),
