@@ -17,6 +17,7 @@ mod faults;
 mod faults_tcp;
 mod fleet;
 mod grpc_interop;
+mod hardening_files;
 mod hardening_http;
 mod hardening_udp;
 mod http;
