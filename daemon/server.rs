@@ -477,6 +477,10 @@ async fn serve_handover(
 /// start is fatal (as it always was); a listener restored from the state
 /// that cannot bind now is kept FAILED and retried; one whose spec no
 /// longer validates is reported and left out.
+/// How long a start waits for the state directory to open and the state
+/// file to be read (a hung mount fails the start instead of hanging it).
+const BOOT_STATE_DEADLINE: Duration = Duration::from_secs(30);
+
 async fn boot_listeners(
     config: &Config,
     inherited: HashMap<String, OwnedFd>,
@@ -497,9 +501,12 @@ async fn boot_listeners(
         }
         Some(dir) => {
             let d = dir.clone();
-            let opened = tokio::task::spawn_blocking(move || Store::open(&d, explicit))
-                .await
-                .context("opening the state directory")?;
+            let opened = crate::safe_file::off_runtime(
+                "opening the state directory",
+                BOOT_STATE_DEADLINE,
+                move || Store::open(&d, explicit),
+            )
+            .await;
             match opened {
                 Ok(store) => Some(store),
                 Err(e) if explicit => {
@@ -514,10 +521,26 @@ async fn boot_listeners(
             }
         }
     };
-    let overlay = match &store {
-        None => crate::state::Overlay::default(),
+    let (store, loaded) = match store {
+        None => (None, None),
         Some(s) => {
-            let loaded = tokio::task::block_in_place(|| s.load());
+            // A state file that cannot be read in time stops the start:
+            // running without it would drop its changes at the next save.
+            let (s, loaded) = crate::safe_file::off_runtime(
+                "reading the state file",
+                BOOT_STATE_DEADLINE,
+                move || {
+                    let loaded = s.load();
+                    Ok((s, loaded))
+                },
+            )
+            .await
+            .context("cannot read the state file")?;
+            (Some(s), Some(loaded))
+        }
+    };
+    let overlay = match (&store, loaded) {
+        (Some(s), Some(loaded)) => {
             if let Some((why, moved)) = &loaded.problem {
                 let aside = moved
                     .as_ref()
@@ -534,6 +557,7 @@ async fn boot_listeners(
             }
             loaded.overlay
         }
+        _ => crate::state::Overlay::default(),
     };
     let desired = overlay.on(&base);
     let supervisor =
