@@ -1369,6 +1369,62 @@ fn line_of(text: &str, pos: usize) -> usize {
 mod tests {
     use super::*;
 
+    /// Clashing ports, duplicate names and the line numbers in errors, as
+    /// found by the hash maps and the line index (linear in listeners).
+    #[test]
+    fn clashes_and_duplicates_are_found_with_their_lines() {
+        let listener = |name: &str, kind: &str, listen: &str| {
+            format!("[[listener]]\nname = \"{name}\"\nkind = \"{kind}\"\nlisten = \"{listen}\"\n")
+        };
+        let check = |entries: &[(&str, &str, &str)]| {
+            let text: String = entries.iter().map(|(n, k, l)| listener(n, k, l)).collect();
+            Config::parse(&text, "x.toml")
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        for (a, b) in [
+            ("127.0.0.1:7001", "127.0.0.1:7001"),
+            ("0.0.0.0:7001", "127.0.0.1:7001"),
+            ("127.0.0.1:7001", "0.0.0.0:7001"),
+            ("[::]:7001", "[::1]:7001"),
+        ] {
+            let e = check(&[("a", "tcp-echo", a), ("b", "tcp-echo", b)]).unwrap_err();
+            assert!(
+                e.starts_with("x.toml:8: listener 'b': TCP")
+                    && e.contains("clashes with listener 'a'"),
+                "{a} {b}: {e}"
+            );
+        }
+        for (a, b, kind_b) in [
+            ("127.0.0.1:7001", "127.0.0.2:7001", "tcp-echo"),
+            ("127.0.0.1:7001", "127.0.0.1:7001", "udp-echo"),
+            ("0.0.0.0:7001", "[::]:7001", "tcp-echo"),
+            ("127.0.0.1:0", "127.0.0.1:0", "tcp-echo"),
+            ("127.0.0.1:7001", "127.0.0.1:7002", "tcp-echo"),
+        ] {
+            check(&[("a", "tcp-echo", a), ("b", kind_b, b)])
+                .unwrap_or_else(|e| panic!("{a} {b}: {e}"));
+        }
+        // The wildcard clashes with the first of several specific ones.
+        let e = check(&[
+            ("a", "udp-echo", "127.0.0.1:7001"),
+            ("b", "udp-echo", "127.0.0.2:7001"),
+            ("c", "udp-echo", "0.0.0.0:7001"),
+        ])
+        .unwrap_err();
+        assert!(
+            e.starts_with("x.toml:12: listener 'c': UDP") && e.contains("listener 'a'"),
+            "{e}"
+        );
+        let e = check(&[
+            ("a", "tcp-echo", "127.0.0.1:0"),
+            ("b", "tcp-echo", "127.0.0.1:0"),
+            ("a", "tcp-echo", "127.0.0.1:0"),
+        ])
+        .unwrap_err();
+        assert_eq!(e, "x.toml:10: a listener named 'a' is defined twice");
+    }
+
     /// Every key a kind declares ([`crate::services::ListenerKind::CONFIG_KEYS`])
     /// is one this parser reads: given a value of the wrong type, the
     /// error is about the type, never an unknown field. And every key the

@@ -621,6 +621,56 @@ mod tests {
         assert_eq!(dir.rename_ours("never", "x").unwrap(), None);
     }
 
+    #[test]
+    fn read_regular_refuses_what_could_block() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        std::fs::write(&file, "data").unwrap();
+        assert_eq!(read_regular(&file, 4).unwrap(), b"data");
+        let e = read_regular(&file, 3).unwrap_err().to_string();
+        assert!(e.contains("more than the 3 allowed"), "{e}");
+        assert!(read_regular(Path::new("/dev/null"), 4).unwrap().is_empty());
+        // A FIFO with no writer: the open returns at once, then it is
+        // refused (a blocking open would hang this test).
+        let fifo = tmp.path().join("fifo");
+        let c = CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a NUL-terminated path that lives across it.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_regular(&fifo, 4).unwrap_err().to_string();
+        assert!(e.contains("a FIFO, not a regular file"), "{e}");
+        let e = read_regular(tmp.path(), 4).unwrap_err().to_string();
+        assert!(e.contains("a directory"), "{e}");
+        let e = read_regular(Path::new("/dev/zero"), 4)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a character device"), "{e}");
+    }
+
+    /// A call that does not return (a hung mount, here a thread waiting
+    /// on a channel) is reported as failed at its deadline; the runtime
+    /// goes on, and later calls work.
+    #[tokio::test]
+    async fn off_runtime_gives_up_at_the_deadline() {
+        let (release, hung) = std::sync::mpsc::channel::<()>();
+        let e = off_runtime(
+            "reading x",
+            std::time::Duration::from_millis(50),
+            move || {
+                let _ = hung.recv();
+                Ok(())
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("reading x: no answer"), "{e}");
+        let v = off_runtime("y", std::time::Duration::from_secs(20), || Ok(7))
+            .await
+            .unwrap();
+        assert_eq!(v, 7);
+        release.send(()).unwrap();
+    }
+
     /// This process's umask, read without changing it.
     fn current_umask() -> u32 {
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
