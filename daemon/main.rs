@@ -19,7 +19,8 @@ use netd::config::{Config, DEFAULT_CONFIG};
 #[derive(Debug, Parser)]
 #[command(name = "netd", version)]
 struct Args {
-    /// TOML config file; without it the embedded default is used.
+    /// TOML config file; without it the embedded default is used. It must
+    /// be a regular file (or /dev/null); a FIFO or device is refused.
     #[arg(short, long, value_name = "PATH")]
     config: Option<PathBuf>,
 
@@ -40,7 +41,8 @@ struct Args {
     /// Directory of the state file, where changes made through the control
     /// plane are kept across restarts. Overrides the config's `state_dir`.
     /// Default: /var/lib/netd as root, else $XDG_STATE_HOME/netd or
-    /// ~/.local/state/netd.
+    /// ~/.local/state/netd. It must belong to netd's user or root (netd
+    /// warns if group or others may write to it).
     #[arg(long, env = "NETD_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
@@ -56,7 +58,8 @@ struct Args {
     /// state directory): receive its listening sockets and control socket,
     /// start serving on them, then let it drain its connections and exit.
     /// No connection is refused meanwhile. If this process fails first, the
-    /// running one carries on.
+    /// running one carries on. Sockets are taken only from a netd run by
+    /// root or by this process's user.
     #[arg(long, conflicts_with_all = ["check_config", "print_default_config"])]
     upgrade: bool,
 }
