@@ -544,9 +544,9 @@ async fn boot_listeners(
             if let Some((why, moved)) = &loaded.problem {
                 let aside = moved
                     .as_ref()
-                    .map(|p| format!("moved aside to {}", p.display()))
-                    .unwrap_or_else(|| "could not be moved aside".into());
-                tracing::error!(path = %s.path().display(), "the state file is unusable ({why}); it was {aside}; starting with the config's listeners only");
+                    .map(|p| format!("it was moved aside to {}", p.display()))
+                    .unwrap_or_else(|| "it could not be moved aside".into());
+                tracing::error!(path = %s.path().display(), "the state file is unusable ({why}); {aside}; starting with the config's listeners only");
             } else if !loaded.overlay.is_empty() {
                 tracing::info!(
                     path = %s.path().display(),
