@@ -178,6 +178,12 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether plain TCP was allowed (`insecure`): its loopback callers
+    /// are then identified by the uid owning their socket.
+    pub fn insecure_tcp(&self) -> bool {
+        self.insecure_tcp
+    }
+
     pub fn new(roles: RoleConfig, socket_gid: Option<u32>, insecure_tcp: bool) -> Policy {
         Policy {
             roles,

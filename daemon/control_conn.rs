@@ -310,6 +310,38 @@ pub fn incoming_tcp(
                 .and_then(|local| crate::peer_uid::loopback_peer_uid(local, addr))
                 .map_or(Source::ip(addr.ip()), Source::Uid);
             let peer = Peer::Tcp(addr);
+            if ep.tls.is_none() && ep.policy.insecure_tcp() {
+                // Plain TCP on loopback: the caller is the user owning the
+                // peer's socket, given a role by the same rules as on the
+                // Unix socket (its name and groups are looked up off the
+                // runtime, so on a task of its own).
+                let (tx, ep) = (tx.clone(), ep.clone());
+                tokio::spawn(async move {
+                    let user = match s.local_addr() {
+                        Ok(local) => crate::peer_uid::loopback_peer_user(local, addr).await,
+                        Err(_) => None,
+                    };
+                    let caller = match user {
+                        Some(u) => {
+                            let c = ep.policy.caller(&u.peer(), false, None);
+                            Caller {
+                                identity: format!("insecure-tcp:{} {addr}", u.identity()),
+                                role: c.role,
+                            }
+                        }
+                        None => Caller {
+                            identity: format!("insecure-tcp:unidentified {addr}"),
+                            role: Role::None,
+                        },
+                    };
+                    if let Some(slot) = ep.gate.admit(source, caller.role == Role::Admin) {
+                        let io = TcpOrTls::Tcp(s);
+                        let c = ControlConn::new(io, peer, caller, slot, ep.idle_timeout);
+                        let _ = tx.send(Ok(c)).await;
+                    }
+                });
+                continue;
+            }
             let Some(acceptor) = ep.tls.clone() else {
                 let caller = ep.policy.caller(&peer, false, None);
                 if let Some(slot) = ep.gate.admit(source, caller.role == Role::Admin) {

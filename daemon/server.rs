@@ -880,7 +880,7 @@ pub async fn check_control_security(config: &Config, control: &ControlAddr) -> a
                      --control-insecure is for loopback addresses only; configure [control.tls]"
                 );
             }
-            tracing::warn!(control = %hostport, "control plane on TCP WITHOUT TLS (--control-insecure): any local user who can connect to it is admin");
+            tracing::warn!(control = %hostport, "control plane on TCP WITHOUT TLS (--control-insecure): callers are told apart only by the local user owning their socket, and the traffic is not encrypted");
         }
     }
     Ok(())

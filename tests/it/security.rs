@@ -682,3 +682,54 @@ fn memory_of_many_watch_streams_is_bounded_and_returned() {
     });
     netd.netctl_ok(&["list"]);
 }
+
+/// `--control-insecure` used to make whoever reached the loopback port an
+/// admin. Callers are now told apart as on the Unix socket: the user
+/// owning the peer's socket gets its role from `[control.roles]` (root an
+/// admin, another local user a viewer).
+#[test]
+fn insecure_loopback_tcp_callers_are_identified_by_uid() {
+    let bins = tempfile::tempdir().unwrap();
+    open_dir(bins.path());
+    public_copy(NETCTL, bins.path());
+    let port = crate::common::free_tcp_port();
+    let control = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(NETD);
+    cmd.args([
+        "--config",
+        "/dev/null",
+        "--control-insecure",
+        "--control",
+        &control,
+    ])
+    .env_remove("NETD_CONTROL");
+    let addr: ControlAddr = control.parse().unwrap();
+    let netd = Netd::spawn_as_is(cmd, dir, addr.clone());
+
+    netd.netctl_ok(&["start", "udp-echo", "x", "--listen", "127.0.0.1:0"]);
+    let out = netctl_as_nobody(bins.path(), &addr, &["-o", "json", "list"]);
+    assert!(out.status.success(), "viewer list: {}", stderr(&out));
+    let out = netctl_as_nobody(
+        bins.path(),
+        &addr,
+        &["start", "udp-echo", "y", "--listen", "127.0.0.1:0"],
+    );
+    assert_refused(
+        &out,
+        "nobody start over insecure TCP",
+        "needs the admin role",
+    );
+    assert!(stderr(&out).contains("uid:65534"), "{}", stderr(&out));
+    let out = netctl_as_nobody(bins.path(), &addr, &["stop", "x"]);
+    assert_refused(
+        &out,
+        "nobody stop over insecure TCP",
+        "needs the admin role",
+    );
+    wait_until("audit of root's start naming uid 0", || {
+        netd.log().lines().any(|l| {
+            l.contains("audit:") && l.contains("insecure-tcp:uid:0") && l.contains("StartListener")
+        })
+    });
+}
