@@ -9,9 +9,8 @@ use std::process::{Child, Command, Stdio};
 
 use std::time::Duration;
 
-use crate::common::{NETD, Netd};
-use crate::security::{Pki, netctl_tls};
-use netd::addr::ControlAddr;
+use crate::common::Netd;
+use crate::security::{Pki, mtls_netd, netctl_tls};
 
 const NOBODY: u32 = 65534;
 
@@ -81,21 +80,8 @@ fn admin_is_served_while_an_unauthenticated_client_holds_200_sockets() {
     let server = pki.issue("server", "netd", &["localhost", "127.0.0.1"], false);
     let admin = pki.issue("admin", "ops-laptop", &[], false);
     let ca = pki_dir.path().join("netd-ca.pem");
-    let port = crate::common::free_tcp_port();
-    let control = format!("127.0.0.1:{port}");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("netd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[control]\nlisten = \"{control}\"\n[control.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[control.roles]\nadmin = [\"ops-laptop\"]\n",
-            server.0, server.1, ca
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(NETD);
-    cmd.arg("--config").arg(&cfg).env_remove("NETD_CONTROL");
-    let netd = Netd::spawn_as_is(cmd, dir, control.parse::<ControlAddr>().unwrap());
+    let (netd, control) = mtls_netd(&server, &ca);
+    let port: u16 = control.rsplit(':').next().unwrap().parse().unwrap();
     let out = netctl_tls(&control, &ca, Some(&admin), &["list"]);
     assert!(out.status.success(), "before the attack: {out:?}");
     let log_before = std::fs::metadata(netd.log_path()).map_or(0, |m| m.len());

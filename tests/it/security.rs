@@ -162,20 +162,10 @@ fn assert_refused(out: &Output, what: &str, needle: &str) {
     );
 }
 
-#[test]
-fn mtls_certificates_and_roles() {
-    let pki_dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(pki_dir.path(), "netd");
-    let other = Pki::new(pki_dir.path(), "other");
-    let server = pki.issue("server", "netd", &["localhost", "127.0.0.1"], false);
-    let admin = pki.issue("admin", "ops-laptop", &[], false);
-    let viewer = pki.issue("viewer", "grafana", &[], false);
-    let stranger = pki.issue("stranger", "someone", &["someone.example"], false);
-    let expired = pki.issue("expired", "ops-laptop", &[], true);
-    let forged = pki.self_signed("forged", "ops-laptop");
-    let foreign = other.issue("foreign", "ops-laptop", &[], false);
-    let ca = pki_dir.path().join("netd-ca.pem");
-
+/// netd with its control plane on a loopback TCP port with mTLS: `server`
+/// as its certificate, clients signed by `ca`, `ops-laptop` an admin.
+/// Returns netd and the control address.
+pub(crate) fn mtls_netd(server: &(PathBuf, PathBuf), ca: &Path) -> (Netd, String) {
     let port = crate::common::free_tcp_port();
     let control = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
@@ -191,6 +181,24 @@ fn mtls_certificates_and_roles() {
     let mut cmd = Command::new(NETD);
     cmd.arg("--config").arg(&cfg).env_remove("NETD_CONTROL");
     let netd = Netd::spawn_as_is(cmd, dir, control.parse::<ControlAddr>().unwrap());
+    (netd, control)
+}
+
+#[test]
+fn mtls_certificates_and_roles() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(pki_dir.path(), "netd");
+    let other = Pki::new(pki_dir.path(), "other");
+    let server = pki.issue("server", "netd", &["localhost", "127.0.0.1"], false);
+    let admin = pki.issue("admin", "ops-laptop", &[], false);
+    let viewer = pki.issue("viewer", "grafana", &[], false);
+    let stranger = pki.issue("stranger", "someone", &["someone.example"], false);
+    let expired = pki.issue("expired", "ops-laptop", &[], true);
+    let forged = pki.self_signed("forged", "ops-laptop");
+    let foreign = other.issue("foreign", "ops-laptop", &[], false);
+    let ca = pki_dir.path().join("netd-ca.pem");
+
+    let (netd, control) = mtls_netd(&server, &ca);
 
     // The admin certificate drives netd, and the audit log names it.
     let out = netctl_tls(
