@@ -23,7 +23,7 @@
 //! - **Every refusal counted and logged sparingly**: a counter per
 //!   endpoint and reason (`netd_endpoint_connections_refused_total`), and
 //!   at most one WARN line per endpoint and reason every
-//!   [`crate::warn_every::DEFAULT_INTERVAL`], with the number of refusals
+//!   [`crate::warn_limit::DEFAULT_INTERVAL`], with the number of refusals
 //!   it stands for.
 //!
 //! The gates register themselves in a process-wide list that `/metrics`
@@ -38,7 +38,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::warn_every::{DEFAULT_INTERVAL, WarnEvery};
+use crate::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
 
 /// A TLS client must finish its handshake within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -170,7 +170,7 @@ struct Inner {
     sources: Mutex<HashMap<Source, usize>>,
     pending: Mutex<Pending>,
     refused: [AtomicU64; Reason::ALL.len()],
-    warn: [WarnEvery; Reason::ALL.len()],
+    warn: [RateLimitedWarn; Reason::ALL.len()],
 }
 
 #[derive(Debug, Default)]
@@ -194,7 +194,7 @@ impl Gate {
             sources: Mutex::new(HashMap::new()),
             pending: Mutex::new(Pending::default()),
             refused: std::array::from_fn(|_| AtomicU64::new(0)),
-            warn: std::array::from_fn(|_| WarnEvery::new(DEFAULT_INTERVAL)),
+            warn: std::array::from_fn(|_| RateLimitedWarn::new(DEFAULT_INTERVAL)),
         });
         let mut gates = GATES.lock().unwrap_or_else(|p| p.into_inner());
         gates.retain(|g| g.strong_count() > 0);
@@ -300,7 +300,7 @@ impl Gate {
         let inner = &self.inner;
         inner.refused[reason.index()].fetch_add(1, Relaxed);
         let limits = inner.limits;
-        inner.warn[reason.index()].warn(|suppressed| {
+        if let Some(suppressed) = inner.warn[reason.index()].hit() {
             tracing::warn!(
                 endpoint = inner.endpoint,
                 reason = reason.as_str(),
@@ -313,7 +313,7 @@ impl Gate {
                 inner.endpoint,
                 reason.describe()
             );
-        });
+        }
     }
 
     /// Refusals so far, by reason.
@@ -466,10 +466,14 @@ mod tests {
         assert!(g.admit(ip("10.0.0.1"), false).is_none(), "per-source cap");
         let _b1 = g.admit(ip("10.0.0.2"), false).expect("other source");
         assert!(g.admit(ip("10.0.0.3"), false).is_none(), "reserve kept");
-        let admin = g.admit(ip("10.0.0.1"), true).expect("admin takes the reserve");
+        let admin = g
+            .admit(ip("10.0.0.1"), true)
+            .expect("admin takes the reserve");
         assert!(g.admit(ip("10.0.0.4"), true).is_none(), "full");
         drop(a1);
-        let _a3 = g.admit(ip("10.0.0.1"), false).expect("slot and count given back");
+        let _a3 = g
+            .admit(ip("10.0.0.1"), false)
+            .expect("slot and count given back");
         drop(admin);
         let refused: u64 = g.refused().iter().map(|(_, n)| n).sum();
         assert_eq!(refused, 3);

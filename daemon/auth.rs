@@ -179,6 +179,12 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether plain TCP was allowed (`insecure`): its loopback callers
+    /// are then identified by the uid owning their socket.
+    pub fn insecure_tcp(&self) -> bool {
+        self.insecure_tcp
+    }
+
     pub fn new(roles: RoleConfig, socket_gid: Option<u32>, insecure_tcp: bool) -> Policy {
         Policy {
             roles,
@@ -301,6 +307,12 @@ pub fn netd_system_uid() -> Option<u32> {
     crate::sys::user_id("netd")
 }
 
+/// Refused calls are audited, but a caller who repeats one at will must
+/// not fill the disk: a few lines per interval, then one with the number
+/// left out (`suppressed`). Shared by every endpoint that audits denials.
+pub static AUDIT_DENIED: crate::warn_limit::RateLimitedWarn =
+    crate::warn_limit::RateLimitedWarn::with_burst(crate::warn_limit::DEFAULT_INTERVAL, 20);
+
 /// Tower layer enforcing [`required_role`] on every call, with the caller
 /// each connection was admitted as ([`ConnInfo::caller`]).
 #[derive(Debug, Clone, Default)]
@@ -348,7 +360,9 @@ where
             },
         };
         if caller.role < need {
-            tracing::warn!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc = %path, "audit: denied");
+            if let Some(suppressed) = AUDIT_DENIED.hit() {
+                tracing::warn!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc = %path, suppressed, "audit: denied");
+            }
             let status = tonic::Status::permission_denied(format!(
                 "{} needs the {} role; {} has the {} role",
                 path.rsplit('/').next().unwrap_or(&path),

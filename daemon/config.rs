@@ -398,7 +398,7 @@ impl Config {
 
     /// Read and validate the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::safe_file::read_regular_text(path, MAX_CONFIG_BYTES)
             .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
         Config::parse(&text, &path.display().to_string())
     }
@@ -583,15 +583,21 @@ impl Config {
         metrics_listen: Option<std::net::SocketAddr>,
         entries: Entries,
     ) -> Result<Vec<BootListener>, ConfigError> {
-        let at = |span: std::ops::Range<usize>| format!("{source}:{}", line_of(text, span.start));
-        let mut listeners: Vec<BootListener> = Vec::new();
-        // (name, (address, is UDP)) of listeners with a fixed port, to
-        // refuse two that would bind the same one.
-        let mut bound_addrs: Vec<(String, (std::net::SocketAddr, bool))> = Vec::new();
+        // Everything per listener is O(1) or O(its own size), so a file of
+        // 100,000 listeners is read in linear time: line numbers come from
+        // an index of line starts, names and ports from hash maps.
+        let lines = LineIndex::new(text);
+        let at = |span: std::ops::Range<usize>| format!("{source}:{}", lines.line(span.start));
+        let mut listeners: Vec<BootListener> = Vec::with_capacity(raw.len());
+        let mut names: std::collections::HashSet<String> =
+            std::collections::HashSet::with_capacity(raw.len());
+        // Listeners with a fixed port, to refuse two that would bind the
+        // same one.
+        let mut bound_addrs = BoundAddrs::default();
         for l in raw {
             let origin = at(l.name.span());
             let name = l.name.get_ref().clone();
-            if listeners.iter().any(|b| b.name == name) {
+            if !names.insert(name.clone()) {
                 return Err(ConfigError(format!(
                     "{origin}: a listener named '{name}' is defined twice"
                 )));
@@ -878,16 +884,19 @@ impl Config {
                             t.get_ref().clone()
                         }
                         (None, Some(f)) => {
-                            let t = std::fs::read_to_string(f.get_ref())
-                                .map_err(|e| {
-                                    ConfigError(format!(
-                                        "{}: token_file: cannot read {}: {e}",
-                                        at(f.span()),
-                                        f.get_ref()
-                                    ))
-                                })?
-                                .trim()
-                                .to_string();
+                            let t = crate::safe_file::read_regular_text(
+                                Path::new(f.get_ref()),
+                                MAX_SECRET_FILE_BYTES,
+                            )
+                            .map_err(|e| {
+                                ConfigError(format!(
+                                    "{}: token_file: cannot read {}: {e}",
+                                    at(f.span()),
+                                    f.get_ref()
+                                ))
+                            })?
+                            .trim()
+                            .to_string();
                             // The placeholder means "keep the token" only
                             // when written as `token` in an apply file.
                             if t == REDACTED {
@@ -970,10 +979,7 @@ impl Config {
             if let Some((addr, transport)) = Service::spec_listen_addr(&spec) {
                 let udp = transport == Transport::Udp;
                 let line = l.listen.as_ref().map_or(origin.clone(), |v| at(v.span()));
-                if let Some((other, _)) = bound_addrs
-                    .iter()
-                    .find(|(_, (a, u))| *u == udp && addrs_clash(*a, addr))
-                {
+                if let Some(other) = bound_addrs.clash(addr, udp) {
                     return Err(ConfigError(format!(
                         "{line}: listener '{name}': {} {addr} clashes with listener '{other}' \
                          (both would bind the same {} port)",
@@ -986,7 +992,7 @@ impl Config {
                         "{line}: listener '{name}': TCP {addr} clashes with [metrics] listen {m}"
                     )));
                 }
-                bound_addrs.push((name.clone(), (addr, udp)));
+                bound_addrs.insert(&name, addr, udp);
             }
             listeners.push(BootListener {
                 name,
@@ -1246,6 +1252,10 @@ pub fn check_log_level(level: &str) -> Result<(), String> {
 /// Default and upper bound of `max_listeners`.
 pub const DEFAULT_MAX_LISTENERS: usize = 1024;
 const MAX_LISTENERS_LIMIT: u32 = 100_000;
+/// Largest config file read (100,000 listeners fit easily).
+pub const MAX_CONFIG_BYTES: u64 = 256 << 20;
+/// Largest token file or TLS certificate/key/CA file read.
+pub const MAX_SECRET_FILE_BYTES: u64 = 4 << 20;
 
 /// The `[control]` table: where the control plane listens, how it is
 /// secured, who may do what, and the bounds on what one client may hold.
@@ -1370,7 +1380,8 @@ fn parse_control(v: toml::Value) -> Result<ControlConfig, String> {
     }
     c.insecure = table.insecure;
     let read = |what: &str, path: &str| {
-        std::fs::read(path).map_err(|e| format!("tls.{what}: cannot read {path}: {e}"))
+        crate::safe_file::read_regular(Path::new(path), MAX_SECRET_FILE_BYTES)
+            .map_err(|e| format!("tls.{what}: cannot read {path}: {e}"))
     };
     if let Some(t) = table.tls {
         c.tls = Some(TlsConfig {
@@ -1422,6 +1433,83 @@ fn parse_control(v: toml::Value) -> Result<ControlConfig, String> {
 }
 
 /// 1-based line number of byte offset `pos` in `text`.
+/// Line numbers of byte offsets in a text, by binary search over its line
+/// starts (O(log n) each, where counting newlines would be O(n)).
+struct LineIndex {
+    newlines: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> LineIndex {
+        LineIndex {
+            newlines: text
+                .bytes()
+                .enumerate()
+                .filter(|&(_, b)| b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        }
+    }
+
+    /// The 1-based line of byte `pos` (as [`line_of`]).
+    fn line(&self, pos: usize) -> usize {
+        self.newlines.partition_point(|&nl| nl < pos) + 1
+    }
+}
+
+/// The fixed ports listeners of a file bind, to find a clash
+/// ([`addrs_clash`]) in O(1): per (port, UDP, IPv4), the listener on the
+/// unspecified address, the first one on a specific address, and those by
+/// address.
+#[derive(Default)]
+struct BoundAddrs {
+    by_port: HashMap<(u16, bool, bool), PortUsers>,
+}
+
+#[derive(Default)]
+struct PortUsers {
+    unspecified: Option<String>,
+    first_specific: Option<String>,
+    by_ip: HashMap<std::net::IpAddr, String>,
+}
+
+impl BoundAddrs {
+    /// The listener `addr` clashes with, if any.
+    fn clash(&self, addr: std::net::SocketAddr, udp: bool) -> Option<&str> {
+        if addr.port() == 0 {
+            return None;
+        }
+        let users = self.by_port.get(&(addr.port(), udp, addr.is_ipv4()))?;
+        if let Some(u) = &users.unspecified {
+            return Some(u);
+        }
+        if addr.ip().is_unspecified() {
+            users.first_specific.as_deref()
+        } else {
+            users.by_ip.get(&addr.ip()).map(String::as_str)
+        }
+    }
+
+    fn insert(&mut self, name: &str, addr: std::net::SocketAddr, udp: bool) {
+        if addr.port() == 0 {
+            return;
+        }
+        let users = self
+            .by_port
+            .entry((addr.port(), udp, addr.is_ipv4()))
+            .or_default();
+        if addr.ip().is_unspecified() {
+            users.unspecified.get_or_insert_with(|| name.to_string());
+        } else {
+            users.first_specific.get_or_insert_with(|| name.to_string());
+            users
+                .by_ip
+                .entry(addr.ip())
+                .or_insert_with(|| name.to_string());
+        }
+    }
+}
+
 fn line_of(text: &str, pos: usize) -> usize {
     text.as_bytes()[..pos.min(text.len())]
         .iter()
@@ -1433,6 +1521,62 @@ fn line_of(text: &str, pos: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Clashing ports, duplicate names and the line numbers in errors, as
+    /// found by the hash maps and the line index (linear in listeners).
+    #[test]
+    fn clashes_and_duplicates_are_found_with_their_lines() {
+        let listener = |name: &str, kind: &str, listen: &str| {
+            format!("[[listener]]\nname = \"{name}\"\nkind = \"{kind}\"\nlisten = \"{listen}\"\n")
+        };
+        let check = |entries: &[(&str, &str, &str)]| {
+            let text: String = entries.iter().map(|(n, k, l)| listener(n, k, l)).collect();
+            Config::parse(&text, "x.toml")
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        for (a, b) in [
+            ("127.0.0.1:7001", "127.0.0.1:7001"),
+            ("0.0.0.0:7001", "127.0.0.1:7001"),
+            ("127.0.0.1:7001", "0.0.0.0:7001"),
+            ("[::]:7001", "[::1]:7001"),
+        ] {
+            let e = check(&[("a", "tcp-echo", a), ("b", "tcp-echo", b)]).unwrap_err();
+            assert!(
+                e.starts_with("x.toml:8: listener 'b': TCP")
+                    && e.contains("clashes with listener 'a'"),
+                "{a} {b}: {e}"
+            );
+        }
+        for (a, b, kind_b) in [
+            ("127.0.0.1:7001", "127.0.0.2:7001", "tcp-echo"),
+            ("127.0.0.1:7001", "127.0.0.1:7001", "udp-echo"),
+            ("0.0.0.0:7001", "[::]:7001", "tcp-echo"),
+            ("127.0.0.1:0", "127.0.0.1:0", "tcp-echo"),
+            ("127.0.0.1:7001", "127.0.0.1:7002", "tcp-echo"),
+        ] {
+            check(&[("a", "tcp-echo", a), ("b", kind_b, b)])
+                .unwrap_or_else(|e| panic!("{a} {b}: {e}"));
+        }
+        // The wildcard clashes with the first of several specific ones.
+        let e = check(&[
+            ("a", "udp-echo", "127.0.0.1:7001"),
+            ("b", "udp-echo", "127.0.0.2:7001"),
+            ("c", "udp-echo", "0.0.0.0:7001"),
+        ])
+        .unwrap_err();
+        assert!(
+            e.starts_with("x.toml:12: listener 'c': UDP") && e.contains("listener 'a'"),
+            "{e}"
+        );
+        let e = check(&[
+            ("a", "tcp-echo", "127.0.0.1:0"),
+            ("b", "tcp-echo", "127.0.0.1:0"),
+            ("a", "tcp-echo", "127.0.0.1:0"),
+        ])
+        .unwrap_err();
+        assert_eq!(e, "x.toml:10: a listener named 'a' is defined twice");
+    }
 
     /// Every key a kind declares ([`crate::services::ListenerKind::CONFIG_KEYS`])
     /// is one this parser reads: given a value of the wrong type, the

@@ -25,7 +25,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::admission::{Gate, Slot, Source};
 use crate::auth::{Caller, Peer, Policy, Role};
-use crate::warn_every::WarnEvery;
+use crate::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
 
 /// Per-connection state shared between the connection and its calls.
 #[derive(Debug)]
@@ -234,12 +234,12 @@ pub struct Endpoint {
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// One rate-limited warning for every accept loop's errors.
-static ACCEPT_ERRORS: WarnEvery = WarnEvery::new(crate::warn_every::DEFAULT_INTERVAL);
+static ACCEPT_ERRORS: RateLimitedWarn = RateLimitedWarn::new(DEFAULT_INTERVAL);
 
 fn accept_failed(endpoint: &str, e: &io::Error) {
-    ACCEPT_ERRORS.warn(|suppressed| {
+    if let Some(suppressed) = ACCEPT_ERRORS.hit() {
         tracing::warn!(endpoint, error = %e, suppressed, "accepting a connection failed");
-    });
+    }
 }
 
 /// Connections on the Unix control socket, with their peer credentials.
@@ -263,7 +263,8 @@ pub fn incoming_unix(
                         continue;
                     };
                     let caller = ep.policy.caller(&peer, false, None);
-                    if let Some(slot) = ep.gate.admit(Source::Uid(uid), caller.role == Role::Admin) {
+                    if let Some(slot) = ep.gate.admit(Source::Uid(uid), caller.role == Role::Admin)
+                    {
                         let c = ControlConn::new(s, peer, caller, slot, ep.idle_timeout);
                         return Some((Ok(c), (l, ep)));
                     }
@@ -309,6 +310,38 @@ pub fn incoming_tcp(
                 .and_then(|local| crate::peer_uid::loopback_peer_uid(local, addr))
                 .map_or(Source::ip(addr.ip()), Source::Uid);
             let peer = Peer::Tcp(addr);
+            if ep.tls.is_none() && ep.policy.insecure_tcp() {
+                // Plain TCP on loopback: the caller is the user owning the
+                // peer's socket, given a role by the same rules as on the
+                // Unix socket (its name and groups are looked up off the
+                // runtime, so on a task of its own).
+                let (tx, ep) = (tx.clone(), ep.clone());
+                tokio::spawn(async move {
+                    let user = match s.local_addr() {
+                        Ok(local) => crate::peer_uid::loopback_peer_user(local, addr).await,
+                        Err(_) => None,
+                    };
+                    let caller = match user {
+                        Some(u) => {
+                            let c = ep.policy.caller(&u.peer(), false, None);
+                            Caller {
+                                identity: format!("insecure-tcp:{} {addr}", u.identity()),
+                                role: c.role,
+                            }
+                        }
+                        None => Caller {
+                            identity: format!("insecure-tcp:unidentified {addr}"),
+                            role: Role::None,
+                        },
+                    };
+                    if let Some(slot) = ep.gate.admit(source, caller.role == Role::Admin) {
+                        let io = TcpOrTls::Tcp(s);
+                        let c = ControlConn::new(io, peer, caller, slot, ep.idle_timeout);
+                        let _ = tx.send(Ok(c)).await;
+                    }
+                });
+                continue;
+            }
             let Some(acceptor) = ep.tls.clone() else {
                 let caller = ep.policy.caller(&peer, false, None);
                 if let Some(slot) = ep.gate.admit(source, caller.role == Role::Admin) {

@@ -7,7 +7,9 @@
 //! plane, because descriptors travel only over a Unix socket with
 //! SCM_RIGHTS and the control plane may be TCP (and is gRPC either way).
 //! The socket is mode 0600 and the peer's credentials are checked
-//! (SO_PEERCRED): only root or netd's own user may take its sockets.
+//! (SO_PEERCRED) on both sides: only root or netd's own user may take its
+//! sockets, and a new netd takes sockets only from a process of root or
+//! its own user, served on a socket file one of them owns.
 //!
 //! It is SOCK_SEQPACKET so that each message, and the descriptors attached
 //! to it, arrive as one unit. The conversation (text lines):
@@ -250,7 +252,25 @@ pub struct Successor {
 
 impl Successor {
     /// Ask the netd at `path` for its sockets. Blocking.
+    ///
+    /// Only a netd of root or of this process's own user is trusted (the
+    /// sockets it sends become this netd's listeners and control socket):
+    /// the socket file's owner and the serving process's credentials
+    /// (SO_PEERCRED) are checked before anything is sent or taken.
     pub fn request(path: &Path) -> anyhow::Result<(Successor, HashMap<String, OwnedFd>)> {
+        use std::os::unix::fs::MetadataExt as _;
+        let euid = crate::fdpass::euid();
+        let trusted = |uid: u32| uid == 0 || uid == euid;
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !trusted(meta.uid()) {
+                bail!(
+                    "refusing the hand-over socket {}: it belongs to uid {}, not to root or \
+                     netd's user (uid {euid})",
+                    path.display(),
+                    meta.uid()
+                );
+            }
+        }
         let conn = Socket::new(Domain::UNIX, Type::SEQPACKET.cloexec(), None)?;
         conn.connect(&SockAddr::unix(path)?).with_context(|| {
             format!(
@@ -258,6 +278,15 @@ impl Successor {
                 path.display()
             )
         })?;
+        let (pid, uid) = crate::fdpass::peer_cred(conn.as_fd())
+            .context("reading the hand-over peer's credentials")?;
+        if !trusted(uid) {
+            bail!(
+                "refusing the hand-over: the process serving {} (pid {pid}) runs as uid {uid}, \
+                 not as root or netd's user (uid {euid}); its sockets are not taken",
+                path.display()
+            );
+        }
         conn.set_write_timeout(Some(HELLO_TIMEOUT))?;
         conn.set_read_timeout(Some(SOCKETS_TIMEOUT))?;
         send_text(&conn, HELLO, &[])?;

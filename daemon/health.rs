@@ -90,10 +90,8 @@ where
 {
     type Response = Resp;
     type Error = S::Error;
-    type Future = futures_util::future::Either<
-        std::future::Ready<Result<Resp, S::Error>>,
-        S::Future,
-    >;
+    type Future =
+        futures_util::future::Either<std::future::Ready<Result<Resp, S::Error>>, S::Future>;
 
     fn poll_ready(
         &mut self,

@@ -66,7 +66,6 @@ pub mod supervisor;
 pub mod sys;
 pub mod toxiproxy_api;
 pub mod trim;
-pub mod warn_every;
 pub mod warn_limit;
 pub mod watch;
 

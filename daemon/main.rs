@@ -24,7 +24,8 @@ use netd::config::{Config, DEFAULT_CONFIG};
 #[derive(Debug, Parser)]
 #[command(name = "netd", version)]
 struct Args {
-    /// TOML config file; without it the embedded default is used.
+    /// TOML config file; without it the embedded default is used. It must
+    /// be a regular file (or /dev/null); a FIFO or device is refused.
     #[arg(short, long, value_name = "PATH")]
     config: Option<PathBuf>,
 
@@ -46,7 +47,8 @@ struct Args {
     /// plane are kept across restarts. Overrides the config's `state_dir`.
     /// Default: /var/lib/netd as root, else $XDG_STATE_HOME/netd or
     /// ~/.local/state/netd; with the embedded default config (no
-    /// --config), none: nothing is kept.
+    /// --config), none: nothing is kept. It must belong to netd's user or
+    /// root (netd warns if group or others may write to it).
     #[arg(long, env = "NETD_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
@@ -65,7 +67,8 @@ struct Args {
     /// state directory): receive its listening sockets and control socket,
     /// start serving on them, then let it drain its connections and exit.
     /// No connection is refused meanwhile. If this process fails first, the
-    /// running one carries on.
+    /// running one carries on. Sockets are taken only from a netd run by
+    /// root or by this process's user.
     #[arg(long, conflicts_with_all = ["check_config", "print_default_config"])]
     upgrade: bool,
 

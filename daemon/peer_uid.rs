@@ -52,7 +52,9 @@ pub fn loopback_peer_uid(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
         IpAddr::V4(v4) => Some(SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port())),
         IpAddr::V6(_) => None,
     };
-    query(&request(mapped(peer)?, mapped(local)?)?).ok().flatten()
+    query(&request(mapped(peer)?, mapped(local)?)?)
+        .ok()
+        .flatten()
 }
 
 fn canonical(a: SocketAddr) -> SocketAddr {
@@ -199,7 +201,6 @@ pub async fn loopback_peer_user(local: SocketAddr, peer: SocketAddr) -> Option<L
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,7 +215,11 @@ mod tests {
             let c = std::net::TcpStream::connect(local).unwrap();
             let (_s, peer) = l.accept().unwrap();
             assert_eq!(peer, c.local_addr().unwrap());
-            assert_eq!(loopback_peer_uid(local, peer), Some(crate::sys::euid()), "{host}");
+            assert_eq!(
+                loopback_peer_uid(local, peer),
+                Some(crate::sys::euid()),
+                "{host}"
+            );
             // A port nobody uses: no such socket.
             let gone = SocketAddr::new(peer.ip(), 1);
             assert_eq!(loopback_peer_uid(local, gone), None);

@@ -26,8 +26,12 @@
 //! unlink by someone else who can write to the directory. The directory is
 //! meant to be writable by netd alone; it is created with mode 0750.
 //!
+//! [`read_regular`] reads a file netd is pointed at (config, token file,
+//! TLS material) with the same refusals, without the directory confinement.
+//!
 //! Everything here is blocking file-system work: call it off the async
-//! runtime. All of the module's `unsafe` is the four libc calls that take a
+//! runtime, through [`off_runtime`] (the blocking pool, with a deadline).
+//! All of the module's `unsafe` is the four libc calls that take a
 //! directory descriptor, below.
 #![allow(unsafe_code)]
 
@@ -35,7 +39,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// Mode of the files created here.
@@ -147,6 +151,11 @@ impl Dir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// fstat of the directory itself (its owner and mode).
+    pub fn metadata(&self) -> io::Result<std::fs::Metadata> {
+        File::from(self.fd.try_clone()?).metadata()
     }
 
     /// Open `name` for writing, creating it (mode 0640) if missing, and
@@ -357,6 +366,109 @@ impl Dir {
     }
 }
 
+/// Read all of the regular file at `path`, at most `max` bytes (more is an
+/// error), for files netd is pointed at rather than ones it owns: the
+/// config file, token files, TLS material. Symbolic links are followed
+/// (config management links files into place); the open never blocks:
+/// it is O_NONBLOCK, so a FIFO opens at once with no writer and is then
+/// refused, as are devices, sockets and directories (checked with fstat
+/// on the open descriptor, before anything is read). `/dev/null` reads as
+/// empty (`--config /dev/null`). The error says why,
+/// without the path: callers name the file.
+///
+/// Blocking file-system work nonetheless (a hung NFS or FUSE mount can
+/// stall any call): on the async runtime, run it through [`off_runtime`].
+pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    // /dev/null (`--config /dev/null`): empty, and never blocks.
+    if meta.file_type().is_char_device() && meta.rdev() == libc::makedev(1, 3) {
+        return Ok(Vec::new());
+    }
+    refuse_unless_regular(meta.mode())?;
+    if meta.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it is {} bytes, more than the {max} allowed", meta.len()),
+        ));
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it grew past the {max} bytes allowed"),
+        ));
+    }
+    Ok(buf)
+}
+
+/// [`read_regular`] as UTF-8 text.
+pub fn read_regular_text(path: &Path, max: u64) -> io::Result<String> {
+    String::from_utf8(read_regular(path, max)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "it is not UTF-8 text"))
+}
+
+/// File-system calls started by [`off_runtime`] and not yet returned,
+/// including ones abandoned at their deadline (a hung mount).
+static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Most such calls at once: a mount that hangs every call abandons at
+/// most this many blocking-pool threads; later calls fail at once.
+pub const MAX_IN_FLIGHT: usize = 16;
+
+/// Run blocking file-system work `f` on the blocking pool and wait for it
+/// at most `deadline`. The async runtime never waits on the file system:
+/// past the deadline the call is reported as failed (TimedOut) and its
+/// thread abandoned, since a call stuck in the kernel (a hung NFS or FUSE
+/// path) cannot be interrupted; it finishes, or not, on its own. While
+/// [`MAX_IN_FLIGHT`] such calls are unfinished, new ones fail at once
+/// rather than pile up threads. `what` names the work in errors.
+pub async fn off_runtime<T, F>(what: &str, deadline: std::time::Duration, f: F) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+{
+    use std::sync::atomic::Ordering::SeqCst;
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            IN_FLIGHT.fetch_sub(1, SeqCst);
+        }
+    }
+    if IN_FLIGHT.fetch_add(1, SeqCst) >= MAX_IN_FLIGHT {
+        IN_FLIGHT.fetch_sub(1, SeqCst);
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "{what}: {MAX_IN_FLIGHT} earlier file-system calls have not returned \
+                 (a hung mount?); not trying again until they do"
+            ),
+        ));
+    }
+    let done = Done;
+    let task = tokio::task::spawn_blocking(move || {
+        let _done = done;
+        f()
+    });
+    match tokio::time::timeout(deadline, task).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(io::Error::other(format!(
+            "{what}: the blocking task failed: {e}"
+        ))),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "{what}: no answer from the file system within {} (a hung mount?); gave up",
+                humantime::format_duration(deadline)
+            ),
+        )),
+    }
+}
+
 fn c_name(name: &str) -> io::Result<CString> {
     check_file_name(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     CString::new(name)
@@ -507,6 +619,56 @@ mod tests {
         assert!(!path.join("x.1").exists());
         assert_eq!(dir.remove_ours("never").unwrap(), None);
         assert_eq!(dir.rename_ours("never", "x").unwrap(), None);
+    }
+
+    #[test]
+    fn read_regular_refuses_what_could_block() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        std::fs::write(&file, "data").unwrap();
+        assert_eq!(read_regular(&file, 4).unwrap(), b"data");
+        let e = read_regular(&file, 3).unwrap_err().to_string();
+        assert!(e.contains("more than the 3 allowed"), "{e}");
+        assert!(read_regular(Path::new("/dev/null"), 4).unwrap().is_empty());
+        // A FIFO with no writer: the open returns at once, then it is
+        // refused (a blocking open would hang this test).
+        let fifo = tmp.path().join("fifo");
+        let c = CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a NUL-terminated path that lives across it.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_regular(&fifo, 4).unwrap_err().to_string();
+        assert!(e.contains("a FIFO, not a regular file"), "{e}");
+        let e = read_regular(tmp.path(), 4).unwrap_err().to_string();
+        assert!(e.contains("a directory"), "{e}");
+        let e = read_regular(Path::new("/dev/zero"), 4)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a character device"), "{e}");
+    }
+
+    /// A call that does not return (a hung mount, here a thread waiting
+    /// on a channel) is reported as failed at its deadline; the runtime
+    /// goes on, and later calls work.
+    #[tokio::test]
+    async fn off_runtime_gives_up_at_the_deadline() {
+        let (release, hung) = std::sync::mpsc::channel::<()>();
+        let e = off_runtime(
+            "reading x",
+            std::time::Duration::from_millis(50),
+            move || {
+                let _ = hung.recv();
+                Ok(())
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("reading x: no answer"), "{e}");
+        let v = off_runtime("y", std::time::Duration::from_secs(20), || Ok(7))
+            .await
+            .unwrap();
+        assert_eq!(v, 7);
+        release.send(()).unwrap();
     }
 
     /// This process's umask, read without changing it.

@@ -613,6 +613,10 @@ async fn serve_handover(
 /// start is fatal (as it always was); a listener restored from the state
 /// that cannot bind now is kept FAILED and retried; one whose spec no
 /// longer validates is reported and left out.
+/// How long a start waits for the state directory to open and the state
+/// file to be read (a hung mount fails the start instead of hanging it).
+const BOOT_STATE_DEADLINE: Duration = Duration::from_secs(30);
+
 async fn boot_listeners(
     config: &Config,
     inherited: HashMap<String, OwnedFd>,
@@ -639,9 +643,12 @@ async fn boot_listeners(
         }
         Some(dir) => {
             let d = dir.clone();
-            let opened = tokio::task::spawn_blocking(move || Store::open(&d, explicit))
-                .await
-                .context("opening the state directory")?;
+            let opened = crate::safe_file::off_runtime(
+                "opening the state directory",
+                BOOT_STATE_DEADLINE,
+                move || Store::open(&d, explicit),
+            )
+            .await;
             match opened {
                 Ok(store) => Some(store),
                 Err(e) if explicit => {
@@ -656,16 +663,32 @@ async fn boot_listeners(
             }
         }
     };
-    let overlay = match &store {
-        None => crate::state::Overlay::default(),
+    let (store, loaded) = match store {
+        None => (None, None),
         Some(s) => {
-            let loaded = tokio::task::block_in_place(|| s.load());
+            // A state file that cannot be read in time stops the start:
+            // running without it would drop its changes at the next save.
+            let (s, loaded) = crate::safe_file::off_runtime(
+                "reading the state file",
+                BOOT_STATE_DEADLINE,
+                move || {
+                    let loaded = s.load();
+                    Ok((s, loaded))
+                },
+            )
+            .await
+            .context("cannot read the state file")?;
+            (Some(s), Some(loaded))
+        }
+    };
+    let overlay = match (&store, loaded) {
+        (Some(s), Some(loaded)) => {
             if let Some((why, moved)) = &loaded.problem {
                 let aside = moved
                     .as_ref()
-                    .map(|p| format!("moved aside to {}", p.display()))
-                    .unwrap_or_else(|| "could not be moved aside".into());
-                tracing::error!(path = %s.path().display(), "the state file is unusable ({why}); it was {aside}; starting with the config's listeners only");
+                    .map(|p| format!("it was moved aside to {}", p.display()))
+                    .unwrap_or_else(|| "it could not be moved aside".into());
+                tracing::error!(path = %s.path().display(), "the state file is unusable ({why}); {aside}; starting with the config's listeners only");
             } else if !loaded.overlay.is_empty() {
                 tracing::info!(
                     path = %s.path().display(),
@@ -676,6 +699,7 @@ async fn boot_listeners(
             }
             loaded.overlay
         }
+        _ => crate::state::Overlay::default(),
     };
     let desired = overlay.on(&base);
     let supervisor =
@@ -767,6 +791,10 @@ fn adopt_tcp(fd: OwnedFd, want: std::net::SocketAddr) -> Option<tokio::net::TcpL
     tokio::net::TcpListener::from_std(std::net::TcpListener::from(OwnedFd::from(s))).ok()
 }
 
+/// How long a reload waits for the config file (and the token and TLS
+/// files it names) to be read.
+const RELOAD_READ_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Re-read the config file and apply the difference: SIGHUP and the
 /// `Reload` RPC (`netctl reload`, the unit's ExecReload=) both come here.
 /// A config with errors changes nothing; either way the outcome is logged,
@@ -784,10 +812,14 @@ async fn reload(
             return Err("netd runs the embedded default config; there is no file to re-read".to_string());
         };
         let p = path.to_path_buf();
-        let config = tokio::task::spawn_blocking(move || Config::load(&p))
-            .await
-            .map_err(|e| format!("reading the config: {e}"))?
-            .map_err(|e| format!("the new config has errors; keeping the running one: {e}"))?;
+        // Off the runtime and bounded: a FIFO is refused at once, a hung
+        // mount fails this reload (the next SIGHUP tries again).
+        let config = crate::safe_file::off_runtime("reading the config", RELOAD_READ_DEADLINE, move || {
+            Ok(Config::load(&p))
+        })
+        .await
+        .map_err(|e| format!("the config could not be read; keeping the running one: {e}"))?
+            .map_err(|e| format!("the new config cannot be used; keeping the running one: {e}"))?;
         let mut restart_needed = Vec::new();
         for (what, changed) in [
             ("control", format!("{:?}", config.control.listen) != format!("{:?}", running.control.listen)),
@@ -889,7 +921,7 @@ pub async fn check_control_security(config: &Config, control: &ControlAddr) -> a
                      --control-insecure is for loopback addresses only; configure [control.tls]"
                 );
             }
-            tracing::warn!(control = %hostport, "control plane on TCP WITHOUT TLS (--control-insecure): any local user who can connect to it is admin");
+            tracing::warn!(control = %hostport, "control plane on TCP WITHOUT TLS (--control-insecure): callers are told apart only by the local user owning their socket, and the traffic is not encrypted");
         }
     }
     Ok(())

@@ -221,6 +221,10 @@ pub struct Store {
     /// configured, else at the first save: a netd that never changes
     /// anything leaves no trace.
     dir: std::sync::OnceLock<Dir>,
+    /// Held while a save computes and writes the overlay, so that saves
+    /// (one left running past its deadline, and the next) never
+    /// interleave and the last one written is the newest.
+    writing: std::sync::Mutex<()>,
 }
 
 impl Store {
@@ -237,6 +241,7 @@ impl Store {
         let store = Store {
             path: path.to_path_buf(),
             dir: std::sync::OnceLock::new(),
+            writing: std::sync::Mutex::new(()),
         };
         if create {
             store.opened()?;
@@ -249,6 +254,7 @@ impl Store {
             return Ok(d);
         }
         let d = Dir::open_or_create(&self.path)?;
+        check_dir_is_private(&d)?;
         Ok(self.dir.get_or_init(|| d))
     }
 
@@ -275,7 +281,7 @@ impl Store {
             Err(e) => {
                 return Loaded {
                     overlay: Overlay::default(),
-                    problem: Some((format!("cannot open its directory: {e}"), None)),
+                    problem: Some((format!("cannot use its directory: {e}"), None)),
                 };
             }
         };
@@ -312,17 +318,40 @@ impl Store {
         }
     }
 
-    /// Replace the state file with `overlay`, atomically and durably.
+    /// Replace the state file with the overlay `current` returns, computed
+    /// once no other save is running (so the newest overlay is written
+    /// last).
+    pub fn save_with(&self, current: impl FnOnce() -> Overlay) -> std::io::Result<()> {
+        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        self.save(&current())
+    }
+
+    /// Replace the state file with `overlay`, atomically and durably. An
+    /// error names the step that failed; the temporary file is removed
+    /// then (a full disk gets its space back).
     pub fn save(&self, overlay: &Overlay) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
         let bytes = overlay.encode();
-        let dir = self.opened()?;
-        let mut f = dir.create_file(TMP_NAME)?;
-        f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        drop(f);
-        if let Some(s) = dir.rename_ours(TMP_NAME, FILE_NAME)? {
+        let dir = self
+            .opened()
+            .map_err(|e| step(e, "opening the state directory"))?;
+        let written = dir
+            .create_file(TMP_NAME)
+            .map_err(|e| step(e, &format!("creating {TMP_NAME}")))
+            .and_then(|mut f| {
+                f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+                    .and_then(|()| f.write_all(&bytes))
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| step(e, &format!("writing {TMP_NAME}")))
+            });
+        if let Err(e) = written {
+            let _ = dir.remove_ours(TMP_NAME);
+            return Err(e);
+        }
+        let renamed = dir
+            .rename_ours(TMP_NAME, FILE_NAME)
+            .map_err(|e| step(e, &format!("renaming {TMP_NAME} to {FILE_NAME}")))?;
+        if let Some(s) = renamed {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 format!(
@@ -333,7 +362,52 @@ impl Store {
             ));
         }
         dir.sync()
+            .map_err(|e| step(e, "syncing the state directory"))
     }
+}
+
+/// `e` with the step that failed in front ("writing x: No space left on
+/// device").
+fn step(e: std::io::Error, what: &str) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// Check who could change the state directory, as sshd checks a home
+/// directory (StrictModes): the state file holds the listeners netd starts
+/// (as root, at boot) and HTTP tokens.
+///
+/// - Owned by a user other than netd's or root: refused (its owner could
+///   swap entries in it at will).
+/// - Writable by group or others: a warning. The files in it are checked
+///   one by one (netd reads and replaces only regular files it owns, never
+///   through a link), so another writer cannot plant a state file, but it
+///   can delete or rename netd's, losing the runtime changes.
+fn check_dir_is_private(dir: &Dir) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = dir.metadata()?;
+    let euid = crate::sys::euid();
+    if meta.uid() != euid && meta.uid() != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "it is owned by uid {}, not by netd (uid {euid}) or root; refusing to use it \
+                 (chown it to netd's user)",
+                meta.uid()
+            ),
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        tracing::warn!(
+            dir = %dir.path().display(),
+            mode = %format!("{mode:04o}"),
+            "the state directory is writable by {}: they can delete or move the state file \
+             (runtime changes would be lost at the next restart); make it writable by netd's \
+             user alone (chmod go-w)",
+            if mode & 0o002 != 0 { "other users" } else { "its group" }
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

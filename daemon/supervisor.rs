@@ -86,7 +86,8 @@ pub enum SupervisorError {
     TooMany(usize),
     #[error("listener '{0}' is draining or stopping")]
     Leaving(String),
-    /// The change is live but could not be saved.
+    /// The state file could not be written; the message says whether the
+    /// change is live (unsaved) or was undone.
     #[error("{0}")]
     Persist(String),
     #[error("listener '{0}' has no fault named '{1}'")]
@@ -506,11 +507,20 @@ impl Supervisor {
         let _mutating = self.mutating().await?;
         let l = self.start_unsaved(name, spec, labels, ephemeral).await?;
         if !ephemeral {
-            if let Err(e) = self.persist().await {
+            if let Err(failed) = self.persist_raw().await {
                 // Not saved: undo, so that what runs is what a restart
-                // brings back.
-                let _ = self.stop_unsaved(name).await;
-                return Err(e);
+                // brings back, and say which of the two is true.
+                return Err(SupervisorError::Persist(
+                    match self.stop_unsaved(name).await {
+                        Ok(_) => format!(
+                            "listener '{name}' was not started (the start was undone): {failed}"
+                        ),
+                        Err(e) => format!(
+                            "listener '{name}' is running but unsaved: {failed}, and undoing the \
+                         start failed too ({e}); it will not survive a restart"
+                        ),
+                    },
+                ));
             }
         }
         Ok(l)
@@ -1397,6 +1407,16 @@ impl Supervisor {
     /// Concurrent starts of N listeners thus cost far fewer than N writes
     /// of an O(N) file. The overlay is built off the runtime too (O(N)).
     async fn persist(&self) -> Result<(), SupervisorError> {
+        self.persist_raw().await.map_err(|failed| {
+            SupervisorError::Persist(format!(
+                "the change is live but unsaved: {failed}; it will not survive a restart"
+            ))
+        })
+    }
+
+    /// [`Supervisor::persist`], with the failure described without
+    /// saying what became of the change (the caller knows).
+    async fn persist_raw(&self) -> Result<(), PersistFailed> {
         let Some(_) = &self.inner.store else {
             return Ok(());
         };
@@ -1413,26 +1433,33 @@ impl Supervisor {
         // overlay below reads it.
         let covers = self.inner.persist_asked.load(Ordering::SeqCst);
         let this = self.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let overlay = this.overlay();
-            this.inner
-                .store
-                .as_ref()
-                .map(|s| s.save(&overlay).map_err(|e| (s.path(), e)))
-                .unwrap_or(Ok(()))
-        })
-        .await
-        .map_err(|e| blocking_failed("state", e))?;
-        if r.is_ok() {
-            self.inner.persist_saved.fetch_max(covers, Ordering::SeqCst);
+        // On the blocking pool with a deadline: a state directory on a hung
+        // mount fails the call instead of holding every change forever.
+        let r = crate::safe_file::off_runtime(
+            "writing the state file",
+            STATE_SAVE_DEADLINE,
+            move || match this.inner.store.as_ref() {
+                Some(s) => s.save_with(|| this.overlay()),
+                None => Ok(()),
+            },
+        )
+        .await;
+        match r {
+            Ok(()) => {
+                self.inner.persist_saved.fetch_max(covers, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(error) => {
+                let path = self
+                    .inner
+                    .store
+                    .as_ref()
+                    .map(|s| s.path())
+                    .unwrap_or_default();
+                tracing::error!(path = %path.display(), error = %error, "cannot write the state file");
+                Err(PersistFailed { path, error })
+            }
         }
-        r.map_err(|(path, e)| {
-            tracing::error!(path = %path.display(), error = %e, "cannot write the state file");
-            SupervisorError::Persist(format!(
-                "the change is live but could not be saved to {}: {e}; it will not survive a restart",
-                path.display()
-            ))
-        })
     }
 
     /// The live entry `name`, if its kind takes faults.
@@ -1943,6 +1970,27 @@ async fn supervise(entry: Arc<Entry>, cur_gen: Arc<Generation>, first: Result<Bo
 }
 
 /// A blocking-pool task that panicked or was cancelled, as an error.
+/// How long a change waits for the state file to be written.
+const STATE_SAVE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why the state file could not be written.
+#[derive(Debug)]
+struct PersistFailed {
+    path: std::path::PathBuf,
+    error: std::io::Error,
+}
+
+impl std::fmt::Display for PersistFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the state file {} could not be written ({})",
+            self.path.display(),
+            self.error
+        )
+    }
+}
+
 fn blocking_failed(name: &str, e: tokio::task::JoinError) -> SupervisorError {
     let why = match e.try_into_panic() {
         Ok(payload) => format!("panicked: {}", panic_message(&*payload)),

@@ -487,7 +487,9 @@ impl Api {
         let caller = match self.authenticate(&req) {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(target: "netd::audit", caller = %self.caller.identity, rpc = %format!("Toxiproxy{}", op.name()), listener = ?proxy, error = ?e.message, "audit: denied");
+                if let Some(suppressed) = crate::auth::AUDIT_DENIED.hit() {
+                    tracing::warn!(target: "netd::audit", caller = %self.caller.identity, rpc = %format!("Toxiproxy{}", op.name()), listener = ?proxy, error = ?e.message, suppressed, "audit: denied");
+                }
                 let mut r = json_response(e.status, &e.body());
                 r.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -510,7 +512,9 @@ impl Api {
             if caller.role == Role::None && self.access.token.is_some() {
                 e.status = StatusCode::UNAUTHORIZED;
             }
-            tracing::warn!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc = %format!("Toxiproxy{}", op.name()), listener = ?proxy, "audit: denied");
+            if let Some(suppressed) = crate::auth::AUDIT_DENIED.hit() {
+                tracing::warn!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc = %format!("Toxiproxy{}", op.name()), listener = ?proxy, suppressed, "audit: denied");
+            }
             let mut r = json_response(e.status, &e.body());
             if e.status == StatusCode::UNAUTHORIZED {
                 r.headers_mut()

@@ -20,6 +20,10 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct RateLimitedWarn {
     interval_ms: u64,
+    /// Lines allowed per interval.
+    burst: u64,
+    /// Lines (and attempts) in the current interval.
+    in_window: AtomicU64,
     /// When the next line may be written, in ms since [`epoch`] (0: now).
     next_ms: AtomicU64,
     /// Events not logged since the last line.
@@ -39,8 +43,16 @@ fn now_ms() -> u64 {
 
 impl RateLimitedWarn {
     pub const fn new(interval: Duration) -> Self {
+        RateLimitedWarn::with_burst(interval, 1)
+    }
+
+    /// Up to `burst` lines per interval (for audit lines: a few denials
+    /// in a row are each worth a line; a flood is not).
+    pub const fn with_burst(interval: Duration, burst: u64) -> Self {
         RateLimitedWarn {
             interval_ms: interval.as_millis() as u64,
+            burst,
+            in_window: AtomicU64::new(0),
             next_ms: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
         }
@@ -66,7 +78,11 @@ impl RateLimitedWarn {
                 )
                 .is_ok()
         {
+            self.in_window.store(1, Ordering::Relaxed);
             return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        if self.in_window.fetch_add(1, Ordering::Relaxed) < self.burst {
+            return Some(0);
         }
         self.suppressed.fetch_add(1, Ordering::Relaxed);
         None
@@ -99,5 +115,17 @@ mod tests {
         assert_eq!(w.hit_at(1001), Some(498));
         assert_eq!(w.hit_at(1002), None);
         assert_eq!(w.hit_at(5000), Some(1));
+    }
+
+    #[test]
+    fn a_burst_then_one_line_per_interval() {
+        let w = RateLimitedWarn::with_burst(Duration::from_millis(1000), 3);
+        assert_eq!(w.hit_at(1), Some(0));
+        assert_eq!(w.hit_at(2), Some(0));
+        assert_eq!(w.hit_at(3), Some(0));
+        assert_eq!(w.hit_at(4), None);
+        assert_eq!(w.hit_at(5), None);
+        assert_eq!(w.hit_at(1001), Some(2));
+        assert_eq!(w.hit_at(1002), Some(0));
     }
 }

@@ -88,7 +88,8 @@ pub(crate) enum StartKind {
         /// Largest request body in bytes; larger gets 413 (default 1 MiB).
         #[arg(long, value_name = "BYTES")]
         max_body: Option<u64>,
-        /// Time a client has to send a request's headers (default 10s).
+        /// Time a client has to send a request's headers, and an HTTP/2
+        /// connection its first request (default 10s).
         #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
         header_timeout: Option<Duration>,
         /// Time a request has to complete (default 30s); slower gets 408.
@@ -120,8 +121,8 @@ pub(crate) enum StartKind {
         /// 16 KiB); larger gets 431.
         #[arg(long, value_name = "BYTES")]
         max_header_bytes: Option<u32>,
-        /// Close an HTTP/2 connection with no open stream this long, 1ms to
-        /// 24h (default 60s).
+        /// Close an HTTP/2 connection with no open stream this long once it
+        /// has made a request, 1ms to 24h (default 60s).
         #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
         idle_timeout: Option<Duration>,
         /// IPv6 clients share a rate-limit bucket per prefix of this length

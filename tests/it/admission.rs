@@ -6,11 +6,11 @@
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+
 use std::time::Duration;
 
-use crate::common::{NETD, Netd};
-use crate::security::{Pki, netctl_tls};
-use netd::addr::ControlAddr;
+use crate::common::Netd;
+use crate::security::{Pki, mtls_netd, netctl_tls};
 
 const NOBODY: u32 = 65534;
 
@@ -80,21 +80,8 @@ fn admin_is_served_while_an_unauthenticated_client_holds_200_sockets() {
     let server = pki.issue("server", "netd", &["localhost", "127.0.0.1"], false);
     let admin = pki.issue("admin", "ops-laptop", &[], false);
     let ca = pki_dir.path().join("netd-ca.pem");
-    let port = crate::common::free_tcp_port();
-    let control = format!("127.0.0.1:{port}");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("netd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[control]\nlisten = \"{control}\"\n[control.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[control.roles]\nadmin = [\"ops-laptop\"]\n",
-            server.0, server.1, ca
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(NETD);
-    cmd.arg("--config").arg(&cfg).env_remove("NETD_CONTROL");
-    let netd = Netd::spawn_as_is(cmd, dir, control.parse::<ControlAddr>().unwrap());
+    let (netd, control) = mtls_netd(&server, &ca);
+    let port: u16 = control.rsplit(':').next().unwrap().parse().unwrap();
     let out = netctl_tls(&control, &ca, Some(&admin), &["list"]);
     assert!(out.status.success(), "before the attack: {out:?}");
     let log_before = std::fs::metadata(netd.log_path()).map_or(0, |m| m.len());
@@ -116,7 +103,10 @@ fn admin_is_served_while_an_unauthenticated_client_holds_200_sockets() {
     );
     assert!(opened >= 200, "the attacker held only {opened} sockets");
     let grown = std::fs::metadata(netd.log_path()).map_or(0, |m| m.len()) - log_before;
-    assert!(grown < 1 << 20, "the log grew {grown} bytes during the attack");
+    assert!(
+        grown < 1 << 20,
+        "the log grew {grown} bytes during the attack"
+    );
     // The refusals are counted, and said in few lines.
     let log = netd.log();
     let lines = log
@@ -149,7 +139,11 @@ async fn probe(port: u16) -> Result<(i32, Result<(), tonic::Code>), String> {
         .map_err(|e| format!("check: {e}"))?
         .into_inner()
         .status;
-    let watch = health.watch(request()).await.map(|_| ()).map_err(|e| e.code());
+    let watch = health
+        .watch(request())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.code());
     Ok((status, watch))
 }
 
@@ -182,5 +176,53 @@ async fn health_check_is_answered_while_one_client_holds_what_it_can() {
     assert!(
         log.contains("health: per-source connection limit reached"),
         "{log}"
+    );
+}
+
+/// Denied calls are audited, but a local user repeating one at will must
+/// not fill the disk: 300 refused creations through the Toxiproxy API (as
+/// uid nobody, a viewer) give a few `audit: denied` lines and one that
+/// says how many were left out.
+#[test]
+fn denied_calls_are_audited_without_flooding_the_log() {
+    const SCRIPT: &str = r#"
+import http.client, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+codes = {}
+for i in range(n):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("POST", "/proxies", body='{"name":"p%d","listen":"127.0.0.1:0","upstream":"127.0.0.1:9"}' % i,
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    r.read()
+    codes[r.status] = codes.get(r.status, 0) + 1
+    c.close()
+print(" ".join("%d:%d" % kv for kv in sorted(codes.items())), flush=True)
+"#;
+    let upstream = crate::common::TestUpstream::echo(b"");
+    let netd = Netd::start(&crate::toxiproxy_api::config(upstream.addr));
+    let api = crate::toxiproxy_api::api_addr(&netd);
+    let out = crate::common::output_within_deadline({
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", SCRIPT])
+            .arg(api.port().to_string())
+            .arg("300")
+            .uid(NOBODY)
+            .gid(NOBODY);
+        cmd
+    })
+    .expect("the client finishes");
+    let codes = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(codes, "403:300", "{out:?}");
+    let log = netd.log();
+    let denied: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("audit: denied"))
+        .collect();
+    assert!(!denied.is_empty(), "no denial audited:\n{log}");
+    assert!(denied.len() <= 60, "{} denial lines", denied.len());
+    assert!(
+        denied.iter().all(|l| l.contains("uid:65534")),
+        "{denied:#?}"
     );
 }

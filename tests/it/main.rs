@@ -19,6 +19,7 @@ mod faults_tcp;
 mod fd_budget;
 mod fleet;
 mod grpc_interop;
+mod hardening_files;
 mod hardening_http;
 mod hardening_udp;
 mod http;

@@ -186,7 +186,9 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
         .unwrap_or_else(|| panic!("no refused counter in:\n{text}"));
     assert!(refused >= 4, "refused = {refused}");
     assert!(
-        text.contains("netd_endpoint_connections_refused_total{endpoint=\"metrics\",reason=\"per_source\"}"),
+        text.contains(
+            "netd_endpoint_connections_refused_total{endpoint=\"metrics\",reason=\"per_source\"}"
+        ),
         "{text}"
     );
 }

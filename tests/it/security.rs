@@ -162,20 +162,10 @@ fn assert_refused(out: &Output, what: &str, needle: &str) {
     );
 }
 
-#[test]
-fn mtls_certificates_and_roles() {
-    let pki_dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(pki_dir.path(), "netd");
-    let other = Pki::new(pki_dir.path(), "other");
-    let server = pki.issue("server", "netd", &["localhost", "127.0.0.1"], false);
-    let admin = pki.issue("admin", "ops-laptop", &[], false);
-    let viewer = pki.issue("viewer", "grafana", &[], false);
-    let stranger = pki.issue("stranger", "someone", &["someone.example"], false);
-    let expired = pki.issue("expired", "ops-laptop", &[], true);
-    let forged = pki.self_signed("forged", "ops-laptop");
-    let foreign = other.issue("foreign", "ops-laptop", &[], false);
-    let ca = pki_dir.path().join("netd-ca.pem");
-
+/// netd with its control plane on a loopback TCP port with mTLS: `server`
+/// as its certificate, clients signed by `ca`, `ops-laptop` an admin.
+/// Returns netd and the control address.
+pub(crate) fn mtls_netd(server: &(PathBuf, PathBuf), ca: &Path) -> (Netd, String) {
     let port = crate::common::free_tcp_port();
     let control = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
@@ -191,6 +181,24 @@ fn mtls_certificates_and_roles() {
     let mut cmd = Command::new(NETD);
     cmd.arg("--config").arg(&cfg).env_remove("NETD_CONTROL");
     let netd = Netd::spawn_as_is(cmd, dir, control.parse::<ControlAddr>().unwrap());
+    (netd, control)
+}
+
+#[test]
+fn mtls_certificates_and_roles() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(pki_dir.path(), "netd");
+    let other = Pki::new(pki_dir.path(), "other");
+    let server = pki.issue("server", "netd", &["localhost", "127.0.0.1"], false);
+    let admin = pki.issue("admin", "ops-laptop", &[], false);
+    let viewer = pki.issue("viewer", "grafana", &[], false);
+    let stranger = pki.issue("stranger", "someone", &["someone.example"], false);
+    let expired = pki.issue("expired", "ops-laptop", &[], true);
+    let forged = pki.self_signed("forged", "ops-laptop");
+    let foreign = other.issue("foreign", "ops-laptop", &[], false);
+    let ca = pki_dir.path().join("netd-ca.pem");
+
+    let (netd, control) = mtls_netd(&server, &ca);
 
     // The admin certificate drives netd, and the audit log names it.
     let out = netctl_tls(
@@ -681,4 +689,55 @@ fn memory_of_many_watch_streams_is_bounded_and_returned() {
         rss_kib(netd.pid()) < before + 16 * 1024
     });
     netd.netctl_ok(&["list"]);
+}
+
+/// `--control-insecure` used to make whoever reached the loopback port an
+/// admin. Callers are now told apart as on the Unix socket: the user
+/// owning the peer's socket gets its role from `[control.roles]` (root an
+/// admin, another local user a viewer).
+#[test]
+fn insecure_loopback_tcp_callers_are_identified_by_uid() {
+    let bins = tempfile::tempdir().unwrap();
+    open_dir(bins.path());
+    public_copy(NETCTL, bins.path());
+    let port = crate::common::free_tcp_port();
+    let control = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(NETD);
+    cmd.args([
+        "--config",
+        "/dev/null",
+        "--control-insecure",
+        "--control",
+        &control,
+    ])
+    .env_remove("NETD_CONTROL");
+    let addr: ControlAddr = control.parse().unwrap();
+    let netd = Netd::spawn_as_is(cmd, dir, addr.clone());
+
+    netd.netctl_ok(&["start", "udp-echo", "x", "--listen", "127.0.0.1:0"]);
+    let out = netctl_as_nobody(bins.path(), &addr, &["-o", "json", "list"]);
+    assert!(out.status.success(), "viewer list: {}", stderr(&out));
+    let out = netctl_as_nobody(
+        bins.path(),
+        &addr,
+        &["start", "udp-echo", "y", "--listen", "127.0.0.1:0"],
+    );
+    assert_refused(
+        &out,
+        "nobody start over insecure TCP",
+        "needs the admin role",
+    );
+    assert!(stderr(&out).contains("uid:65534"), "{}", stderr(&out));
+    let out = netctl_as_nobody(bins.path(), &addr, &["stop", "x"]);
+    assert_refused(
+        &out,
+        "nobody stop over insecure TCP",
+        "needs the admin role",
+    );
+    wait_until("audit of root's start naming uid 0", || {
+        netd.log().lines().any(|l| {
+            l.contains("audit:") && l.contains("insecure-tcp:uid:0") && l.contains("StartListener")
+        })
+    });
 }

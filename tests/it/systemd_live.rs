@@ -463,7 +463,7 @@ fn the_package_under_a_live_systemd() {
     );
     assert_eq!(c.is_active(), "active");
     assert!(
-        c.journal().contains("the new config has errors"),
+        c.journal().contains("keeping the running one"),
         "{}",
         c.journal()
     );

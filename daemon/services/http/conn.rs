@@ -19,6 +19,8 @@ use crate::stats::Stats;
 /// its idle timeout.
 pub(super) struct Activity {
     open: std::sync::atomic::AtomicUsize,
+    /// Whether a stream (a request) was ever opened on the connection.
+    used: std::sync::atomic::AtomicBool,
     last: std::sync::Mutex<tokio::time::Instant>,
 }
 
@@ -38,12 +40,14 @@ impl Activity {
     pub(super) fn new() -> Self {
         Activity {
             open: 0.into(),
+            used: false.into(),
             last: std::sync::Mutex::new(tokio::time::Instant::now()),
         }
     }
 
     pub(super) fn open(self: &Arc<Self>) -> OpenStream {
         self.open.fetch_add(1, Relaxed);
+        self.used.store(true, Relaxed);
         OpenStream(self.clone())
     }
 
@@ -54,18 +58,28 @@ impl Activity {
             .unwrap_or_else(|_| tokio::time::Instant::now())
     }
 
-    /// Completes once the connection has had no open stream for `limit`.
-    /// The timer is re-armed only when it fires, so streams starting and
-    /// ending cost no timer work.
-    pub(super) async fn idle(&self, limit: Duration) {
-        let mut due = self.last() + limit;
+    /// Completes once the connection has had no open stream for `limit`,
+    /// or, before its first request, for `first` (the header timeout: a
+    /// connection that sent the preface and nothing else gets no longer
+    /// than an HTTP/1 one that sent no request line). The timer is
+    /// re-armed only when it fires, so streams starting and ending cost no
+    /// timer work.
+    pub(super) async fn idle(&self, limit: Duration, first: Duration) {
+        let limit_now = || {
+            if self.used.load(Relaxed) {
+                limit
+            } else {
+                limit.min(first)
+            }
+        };
+        let mut due = self.last() + limit_now();
         loop {
             tokio::time::sleep_until(due).await;
             if self.open.load(Relaxed) > 0 {
                 due = tokio::time::Instant::now() + limit;
                 continue;
             }
-            let quiet_until = self.last() + limit;
+            let quiet_until = self.last() + limit_now();
             if tokio::time::Instant::now() >= quiet_until {
                 return;
             }

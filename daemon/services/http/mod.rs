@@ -18,8 +18,9 @@
 //!   the handler, and hyper's read buffer is sized just above it; HTTP/2:
 //!   SETTINGS_MAX_HEADER_LIST_SIZE, which h2 enforces with a 431). HTTP/2
 //!   connections carry at most `max_streams` streams (more: REFUSED_STREAM)
-//!   and are closed after `idle_timeout` without an open stream, so a client
-//!   that sends the preface and nothing else cannot hold a connection slot.
+//!   and are closed after `idle_timeout` without an open stream, or after
+//!   `header_read_timeout` if no request came at all, so a client that
+//!   sends the preface and nothing else cannot hold a connection slot.
 //! - Optional bearer token (compared in constant time; never logged or
 //!   returned) and per-client-IP rate limit (governor's keyed GCRA limiter,
 //!   429 with Retry-After; idle client entries are pruned every minute).
@@ -382,7 +383,7 @@ impl Http {
                 .max_header_list_size(self.max_header_bytes);
             drive!(
                 b.serve_connection(io, service),
-                activity.idle(self.idle_timeout)
+                activity.idle(self.idle_timeout, self.header_timeout)
             );
         } else {
             let mut b = hyper::server::conn::http1::Builder::new();
