@@ -240,3 +240,151 @@ print(" ".join("%d:%d" % kv for kv in sorted(codes.items())), flush=True)
         "{denied:#?}"
     );
 }
+
+/// A local user is one source whatever address it connects from. On a
+/// node with several addresses (hostNetwork: the node's IP, a bridge's, a
+/// tunnel's...), a local account could bind each as the source of its
+/// connections and count as that many remote peers: four addresses held
+/// every health slot, and the kubelet, probing the node's address from
+/// that same address, shared a source with the attacker; every Check
+/// failed. Now a peer on any of the host's addresses is its uid.
+#[test]
+fn health_check_is_answered_while_a_local_user_connects_from_every_address() {
+    use std::io::BufRead as _;
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    const SCRIPT: &str = r#"
+import socket, sys, time, select
+dst, port, secs, srcs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4].split(",")
+held = {s: [] for s in srcs}
+refused = set()
+told, opened, end = False, 0, time.time() + secs
+while time.time() < end:
+    for src, socks in held.items():
+        while len(socks) < 8:
+            s = socket.socket()
+            s.bind((src, 0))
+            try:
+                s.connect((dst, port))
+            except OSError:
+                s.close()
+                break
+            socks.append(s)
+            opened += 1
+        readable, _, _ = select.select(socks, [], [], 0)
+        for s in readable:
+            try:
+                gone = s.recv(1, socket.MSG_DONTWAIT) == b""
+            except BlockingIOError:
+                gone = False
+            except OSError:
+                gone = True
+            if gone:
+                socks.remove(s)
+                s.close()
+                refused.add(src)
+    if not told and len(refused) == len(srcs):
+        print("full", flush=True)
+        told = True
+    time.sleep(0.005)
+print(opened, flush=True)
+"#;
+    let ns = crate::common::NetNs::new();
+    let node = "10.99.0.1";
+    let others = ["10.99.0.2", "10.99.0.3", "10.99.0.4", "10.99.0.5"];
+    for a in std::iter::once(node).chain(others) {
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{a}/32"),
+                "dev",
+                "lo",
+            ])
+            .output()
+            .expect("ip addr add");
+        assert!(out.status.success(), "ip addr add {a}: {out:?}");
+    }
+    let port = 9091;
+    let netd = ns.netd(&format!("[health]\nlisten = \"0.0.0.0:{port}\"\n"));
+    let check = || {
+        ns.run(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(check_at(&format!("{node}:{port}")))
+        })
+    };
+    assert_eq!(check(), Ok(ServingStatus::Serving as i32), "before");
+
+    let mut attacker = ns.command("setpriv");
+    attacker
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(python3_for_nobody())
+        .args(["-c", SCRIPT, node, &port.to_string(), "12"])
+        .arg(others.join(","))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut attacker = attacker.spawn().expect("python3 (the attacking client)");
+    let mut out = std::io::BufReader::new(attacker.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    // Ends when every source was turned away once, or with the script.
+    out.read_line(&mut line).expect("the attacker's output");
+    assert_eq!(line.trim(), "full", "the attacker never filled its share");
+    let results: Vec<_> = (0..5).map(|_| check()).collect();
+    let _ = attacker.kill();
+    let _ = attacker.wait();
+    assert!(
+        results
+            .iter()
+            .all(|r| *r == Ok(ServingStatus::Serving as i32)),
+        "Checks from the node's address while a local user held connections from four others: {results:?}\n{}",
+        netd.log()
+    );
+    let log = netd.log();
+    assert!(
+        log.contains("source=uid:65534"),
+        "the attacker was not counted as its uid:\n{log}"
+    );
+}
+
+/// A python3 on PATH that uid 65534 can run (a shim under /root is not).
+fn python3_for_nobody() -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("python3"))
+        .find(|p| {
+            Command::new("setpriv")
+                .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+                .arg(p)
+                .args(["-c", ""])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .expect("a python3 on PATH that uid 65534 can run")
+}
+
+/// One health Check on a new connection to `addr`: its status.
+async fn check_at(addr: &str) -> Result<i32, String> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("endpoint: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
+    Ok(HealthClient::new(channel)
+        .check(request)
+        .await
+        .map_err(|e| format!("check: {e}"))?
+        .into_inner()
+        .status)
+}
