@@ -61,6 +61,20 @@ impl Source {
     pub fn ip(ip: IpAddr) -> Source {
         Source::Ip(ip.to_canonical())
     }
+
+    /// The source as handshakes are counted: an IPv6 address by its /64
+    /// (one host has a whole prefix to pick addresses from, as the UDP
+    /// guards count it), others as they are.
+    fn handshake_key(self) -> Source {
+        match self {
+            Source::Ip(IpAddr::V6(v6)) => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                Source::Ip(IpAddr::V6(o.into()))
+            }
+            s => s,
+        }
+    }
 }
 
 impl std::fmt::Display for Source {
@@ -256,7 +270,8 @@ impl Gate {
 
     /// Register a handshake from `source`; when too many are in progress
     /// (in all, or from this source), the oldest is told to give up.
-    pub fn handshake(&self, source: Source) -> Handshake {
+    pub fn handshake(&self, peer: Source) -> Handshake {
+        let source = peer.handshake_key();
         let token = CancellationToken::new();
         let inner = &self.inner;
         let mut evicted = Vec::new();
@@ -302,7 +317,7 @@ impl Gate {
         Handshake {
             gate: self.clone(),
             id,
-            source,
+            source: peer,
             token,
         }
     }
@@ -555,5 +570,23 @@ mod tests {
         );
         let evicted = attacker.iter().filter(|h| h.token.is_cancelled()).count();
         assert_eq!(evicted, 4 * MAX_HANDSHAKES - (MAX_HANDSHAKES - 1));
+    }
+
+    /// One host has a whole IPv6 prefix: addresses of one /64 count as
+    /// one source for handshakes, so a client picking a new address for
+    /// each connection cannot pass for 32 sources.
+    #[tokio::test]
+    async fn an_ipv6_prefix_is_one_source_for_handshakes() {
+        let g = Gate::new("test", Limits::for_max(128, true));
+        let admin = g.handshake(ip("2001:db8:1::9"));
+        let attacker: Vec<Handshake> = (1..=4 * MAX_HANDSHAKES)
+            .map(|i| g.handshake(ip(&format!("2001:db8:2::{i:x}"))))
+            .collect();
+        assert!(
+            !admin.token.is_cancelled(),
+            "the admin's handshake was evicted"
+        );
+        let alive = attacker.iter().filter(|h| !h.token.is_cancelled()).count();
+        assert_eq!(alive, HANDSHAKE_PER_SOURCE);
     }
 }

@@ -310,7 +310,7 @@ told, opened, end = False, 0, time.time() + secs
 while time.time() < end:
     for src, socks in held.items():
         while len(socks) < n:
-            s = socket.socket()
+            s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET)
             s.bind((src, 0))
             s.setblocking(False)
             s.connect_ex((dst, port))
@@ -613,6 +613,145 @@ fn remote_admin_is_served_while_five_addresses_churn_handshakes() {
     assert!(
         failures.is_empty(),
         "admin calls failed while five addresses churned handshakes: {failures:#?}\n{}",
+        netd.log()
+    );
+}
+
+/// The same over IPv6, where one client has a whole /64 to pick source
+/// addresses from: 64 addresses of one prefix, one silent connection each,
+/// all counted as one handshake in progress apiece, made the admin's the
+/// oldest among equals. Now a /64 is one source for handshakes.
+#[test]
+fn remote_admin_is_served_while_an_ipv6_prefix_churns_handshakes() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(pki_dir.path(), "netd");
+    let node = "fd00:98::1";
+    let server = pki.issue("server", "netd", &[node], false);
+    let admin = pki.issue("admin", "ops-laptop", &[], false);
+    let ca = pki_dir.path().join("netd-ca.pem");
+
+    let node_ns = crate::common::NetNs::new();
+    let remote_ns = crate::common::NetNs::new();
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().expect("ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    let (a, b) = (
+        format!("h8e{}", std::process::id() % 100_000),
+        format!("h8f{}", std::process::id() % 100_000),
+    );
+    ip(&[
+        "link",
+        "add",
+        &a,
+        "netns",
+        &node_ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &b,
+        "netns",
+        &remote_ns.name,
+    ]);
+    ip(&[
+        "-n",
+        &node_ns.name,
+        "-6",
+        "addr",
+        "add",
+        &format!("{node}/64"),
+        "dev",
+        &a,
+        "nodad",
+    ]);
+    ip(&["-n", &node_ns.name, "link", "set", &a, "up"]);
+    // The admin in the node's /64, the attacker in a /64 of its own.
+    ip(&[
+        "-n",
+        &remote_ns.name,
+        "-6",
+        "addr",
+        "add",
+        "fd00:98::9/64",
+        "dev",
+        &b,
+        "nodad",
+    ]);
+    let attackers: Vec<String> = (1..=64).map(|i| format!("fd00:99::{i:x}")).collect();
+    for r in &attackers {
+        ip(&[
+            "-n",
+            &remote_ns.name,
+            "-6",
+            "addr",
+            "add",
+            &format!("{r}/64"),
+            "dev",
+            &b,
+            "nodad",
+        ]);
+    }
+    ip(&["-n", &remote_ns.name, "link", "set", &b, "up"]);
+    // The way back to the attacker's prefix (once the link is up).
+    ip(&[
+        "-n",
+        &node_ns.name,
+        "-6",
+        "route",
+        "add",
+        "fd00:99::/64",
+        "dev",
+        &a,
+    ]);
+
+    let port = 50443;
+    let control = format!("[{node}]:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("netd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[control]\nlisten = \"[::]:{port}\"\n[control.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[control.roles]\nadmin = [\"ops-laptop\"]\n",
+            server.0, server.1, ca
+        ),
+    )
+    .unwrap();
+    let mut cmd = node_ns.command(NETD);
+    cmd.arg("--config").arg(&cfg).env_remove("NETD_CONTROL");
+    let netd = Netd::spawn_as_is(cmd, dir, control.parse::<ControlAddr>().unwrap());
+    let list = || {
+        let mut cmd = remote_ns.command(crate::common::NETCTL);
+        cmd.args(["--control", &control, "--cacert"])
+            .arg(&ca)
+            .arg("--cert")
+            .arg(&admin.0)
+            .arg("--key")
+            .arg(&admin.1)
+            .arg("list")
+            .env_remove("NETD_CONTROL");
+        crate::common::output_within_deadline(cmd).expect("netctl list ended")
+    };
+    let deadline = std::time::Instant::now() + crate::common::DEADLINE;
+    while !list().status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "netctl list never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sources: Vec<&str> = attackers.iter().map(String::as_str).collect();
+    let mut attacker = hold_from_sources(&remote_ns, node, port, &sources, 1);
+    let failures: Vec<String> = (0..8)
+        .map(|_| list())
+        .filter(|o| !o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .collect();
+    let _ = attacker.kill();
+    let _ = attacker.wait();
+    assert!(
+        failures.is_empty(),
+        "admin calls failed while one /64 churned handshakes: {failures:#?}\n{}",
         netd.log()
     );
 }
