@@ -17,9 +17,10 @@
 //! - **Handshakes apart**: at most `max_handshakes` connections at once
 //!   (and [`HANDSHAKE_PER_SOURCE`] per source) may be in their TLS
 //!   handshake, each for at most `handshake_timeout`. When that is full,
-//!   the *oldest* handshake in progress is dropped for the new one: a
-//!   client that opens silent connections can make others retry, never
-//!   shut them out, since a real handshake completes in milliseconds.
+//!   the *oldest* handshake of the source with the most in progress is
+//!   dropped for the new one: a client that opens silent connections, even
+//!   from several addresses, evicts its own, not another peer's one real
+//!   handshake.
 //! - **Every refusal counted and logged sparingly**: a counter per
 //!   endpoint and reason (`netd_endpoint_connections_refused_total`), and
 //!   at most one WARN line per endpoint and reason every
@@ -59,6 +60,20 @@ pub enum Source {
 impl Source {
     pub fn ip(ip: IpAddr) -> Source {
         Source::Ip(ip.to_canonical())
+    }
+
+    /// The source as handshakes are counted: an IPv6 address by its /64
+    /// (one host has a whole prefix to pick addresses from, as the UDP
+    /// guards count it), others as they are.
+    fn handshake_key(self) -> Source {
+        match self {
+            Source::Ip(IpAddr::V6(v6)) => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                Source::Ip(IpAddr::V6(o.into()))
+            }
+            s => s,
+        }
     }
 }
 
@@ -255,7 +270,8 @@ impl Gate {
 
     /// Register a handshake from `source`; when too many are in progress
     /// (in all, or from this source), the oldest is told to give up.
-    pub fn handshake(&self, source: Source) -> Handshake {
+    pub fn handshake(&self, peer: Source) -> Handshake {
+        let source = peer.handshake_key();
         let token = CancellationToken::new();
         let inner = &self.inner;
         let mut evicted = Vec::new();
@@ -271,8 +287,23 @@ impl Gate {
                     }
                 }
             }
+            // When full, the oldest handshake of the source with the most
+            // in progress (the new one counted) makes way: a client with a
+            // few addresses churning silent connections evicts its own,
+            // not a peer's single real handshake.
             while p.queue.len() >= inner.limits.max_handshakes.max(1) {
-                match p.queue.pop_front() {
+                let mut counts: HashMap<Source, usize> = HashMap::new();
+                for (_, s, _) in &p.queue {
+                    *counts.entry(*s).or_insert(0) += 1;
+                }
+                *counts.entry(source).or_insert(0) += 1;
+                let most = counts.values().copied().max().unwrap_or(0);
+                let i = p
+                    .queue
+                    .iter()
+                    .position(|(_, s, _)| counts.get(s) == Some(&most))
+                    .unwrap_or(0);
+                match p.queue.remove(i) {
                     Some(old) => evicted.push(old.2),
                     None => break,
                 }
@@ -286,7 +317,7 @@ impl Gate {
         Handshake {
             gate: self.clone(),
             id,
-            source,
+            source: peer,
             token,
         }
     }
@@ -518,5 +549,44 @@ mod tests {
         assert!(!held[1].token.is_cancelled());
         assert!(!other.token.is_cancelled());
         drop(again);
+    }
+
+    /// Sources with several handshakes make way before one with a single
+    /// one, however old it is: an admin's handshake from afar is not
+    /// evicted by a client churning silent connections from a few
+    /// addresses.
+    #[tokio::test]
+    async fn the_busiest_source_makes_way() {
+        let g = Gate::new("test", Limits::for_max(128, true));
+        let admin = g.handshake(ip("192.0.2.1"));
+        let mut attacker = Vec::new();
+        for round in 0..4 * MAX_HANDSHAKES {
+            let a = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"][round % 5];
+            attacker.push(g.handshake(ip(a)));
+        }
+        assert!(
+            !admin.token.is_cancelled(),
+            "the admin's handshake was evicted"
+        );
+        let evicted = attacker.iter().filter(|h| h.token.is_cancelled()).count();
+        assert_eq!(evicted, 4 * MAX_HANDSHAKES - (MAX_HANDSHAKES - 1));
+    }
+
+    /// One host has a whole IPv6 prefix: addresses of one /64 count as
+    /// one source for handshakes, so a client picking a new address for
+    /// each connection cannot pass for 32 sources.
+    #[tokio::test]
+    async fn an_ipv6_prefix_is_one_source_for_handshakes() {
+        let g = Gate::new("test", Limits::for_max(128, true));
+        let admin = g.handshake(ip("2001:db8:1::9"));
+        let attacker: Vec<Handshake> = (1..=4 * MAX_HANDSHAKES)
+            .map(|i| g.handshake(ip(&format!("2001:db8:2::{i:x}"))))
+            .collect();
+        assert!(
+            !admin.token.is_cancelled(),
+            "the admin's handshake was evicted"
+        );
+        let alive = attacker.iter().filter(|h| !h.token.is_cancelled()).count();
+        assert_eq!(alive, HANDSHAKE_PER_SOURCE);
     }
 }

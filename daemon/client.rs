@@ -71,6 +71,14 @@ pub async fn connect_with(addr: &ControlAddr, opts: &DialOptions) -> anyhow::Res
             }
             if let Some(tls) = &opts.tls {
                 let mut cfg = ClientTlsConfig::new();
+                // An IPv6 literal is the URI's host in brackets, which is
+                // not a name TLS can check: give it the address.
+                if let Some((ip, _)) = hostport
+                    .strip_prefix('[')
+                    .and_then(|rest| rest.split_once(']'))
+                {
+                    cfg = cfg.domain_name(ip);
+                }
                 match &tls.ca_pem {
                     Some(ca) => cfg = cfg.ca_certificate(Certificate::from_pem(ca)),
                     None => anyhow::bail!(

@@ -343,8 +343,14 @@ pub fn incoming_tcp(
                 continue;
             }
             let Some(acceptor) = ep.tls.clone() else {
+                // Plain TCP without roles: the health endpoint. Its
+                // reserved slots are for local probers of root or netd's
+                // own user (kubelet probing a hostNetwork pod is a root
+                // socket on the node), so that remote peers, however many
+                // addresses they have, cannot take every slot.
                 let caller = ep.policy.caller(&peer, false, None);
-                if let Some(slot) = ep.gate.admit(source, caller.role == Role::Admin) {
+                let prober = matches!(source, Source::Uid(u) if u == 0 || u == crate::sys::euid());
+                if let Some(slot) = ep.gate.admit(source, caller.role == Role::Admin || prober) {
                     let io = TcpOrTls::Tcp(s);
                     let c = ControlConn::new(io, peer, caller, slot, ep.idle_timeout);
                     if tx.send(Ok(c)).await.is_err() {

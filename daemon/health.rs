@@ -12,8 +12,10 @@
 //! is serving.
 //!
 //! Admitted like every endpoint of netd's ([`crate::admission`]): at most
-//! [`MAX_CONNECTIONS`] at once and [`PER_SOURCE`] from one address (more
-//! are closed at accept), so one client cannot take every slot from the
+//! [`MAX_CONNECTIONS`] at once and [`PER_SOURCE`] from one source (more
+//! are closed at accept), [`RESERVE`] of them kept for a local prober of
+//! root or netd's own user (exempt from the per-source cap), so no
+//! client, nor several remote addresses, can take every slot from the
 //! prober; an idle connection closed after [`IDLE_TIMEOUT`],
 //! [`MAX_STREAMS`] concurrent calls per connection, each call answered
 //! within [`CALL_TIMEOUT`]. Only `Check` is served here: a `Watch` stream
@@ -36,8 +38,12 @@ use crate::control_conn::{Endpoint, incoming_tcp};
 
 /// Probes at once: kubelet keeps one or two; room for a few humans.
 pub const MAX_CONNECTIONS: usize = 16;
-/// Connections at once from one address.
+/// Connections at once from one source (a local user, or an address).
 pub const PER_SOURCE: usize = 4;
+/// Of [`MAX_CONNECTIONS`], the slots kept for local probers of root or
+/// netd's own user (kubelet on the node): remote peers with many
+/// addresses share the rest.
+pub const RESERVE: usize = 4;
 /// A probe connection that sends nothing for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Concurrent calls per connection (a Watch holds one).
@@ -53,6 +59,7 @@ pub async fn serve<H: Health>(
 ) {
     let limits = Limits {
         per_source: PER_SOURCE,
+        reserve: RESERVE,
         ..Limits::for_max(MAX_CONNECTIONS, false)
     };
     let endpoint = Endpoint {

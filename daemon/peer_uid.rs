@@ -2,10 +2,14 @@
 //!
 //! A TCP peer on the same host is a socket of this host's, and the kernel
 //! knows which user owns it. netd's own endpoints use that as the peer's
-//! identity on loopback, the way `SO_PEERCRED` does on a Unix socket, so
-//! that local users are told apart (and capped apart) though they all come
-//! from 127.0.0.1. Only for loopback peers in netd's own network
-//! namespace: a remote address's socket is not the host's.
+//! identity, the way `SO_PEERCRED` does on a Unix socket, so that local
+//! users are told apart (and capped apart) though they all come from
+//! 127.0.0.1 — or from one of the host's other addresses, which a local
+//! user may bind as the source of a connection to any of them (so that on
+//! a node with several addresses, one user cannot pass for several
+//! sources, nor share a source with the kubelet probing the node's
+//! address). Only for sockets in netd's own network namespace: a remote
+//! peer's socket is not the host's, and the kernel finds none.
 //!
 //! The lookup is one `sock_diag` request for exactly that socket (the
 //! kernel finds it by its 4-tuple, as `ss` does): a netlink round trip of
@@ -37,11 +41,13 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 pub const NO_GROUP: u32 = u32::MAX;
 
 /// The uid owning the socket at `peer` connected to `local` (the address
-/// the connection was accepted on), if `peer` is a loopback address and
-/// the kernel finds that socket.
+/// the connection was accepted on), if the kernel finds that socket in
+/// this network namespace: a loopback peer, or one on another of the
+/// host's own addresses (the name is older than that). A remote peer has
+/// no socket here: None.
 pub fn loopback_peer_uid(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
     let (peer, local) = (canonical(peer), canonical(local));
-    if !peer.ip().is_loopback() {
+    if peer.ip().is_unspecified() || peer.ip().is_multicast() {
         return None;
     }
     if let Some(uid) = query(&request(peer, local)?).ok().flatten() {

@@ -744,9 +744,11 @@ impl Api {
         if self.supervisor.get(&p.name).is_ok() {
             return Err(ApiError::new(StatusCode::CONFLICT, "proxy already exists"));
         }
+        // Checks and start under one lock, so that two proxies made at
+        // once cannot each pass the other's check (a loop).
+        let _one_at_a_time = self.access.creating.lock().await;
         self.check_listen(&p.listen).await?;
         self.check_upstream(&p.upstream).await?;
-        let _one_at_a_time = self.access.creating.lock().await;
         let max = self.access.rules.max_proxies;
         let made = self
             .supervisor
@@ -804,10 +806,23 @@ impl Api {
         Ok(())
     }
 
-    /// A proxy made here listens on loopback, on port 0 or an allowed one.
+    /// A proxy made here listens on loopback, on port 0 or an allowed one,
+    /// and not where a netd proxy forwards to (which would make a loop of
+    /// two proxies, each forwarding to the other, or put it between a
+    /// config proxy and its upstream).
     async fn check_listen(&self, listen: &str) -> Result<(), ApiError> {
         let allowed = &self.access.rules.allowed_ports;
-        for a in resolve("listen", listen).await? {
+        let addrs = resolve("listen", listen).await?;
+        let upstreams = self.proxy_upstreams().await;
+        for a in addrs {
+            if let Some((_, name)) = upstreams.iter().find(|(t, _)| reaches(*t, a, &[])) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "listen {listen} is the upstream of netd listener '{name}': proxies made through the Toxiproxy API cannot listen where netd forwards to"
+                    ),
+                ));
+            }
             if !a.ip().to_canonical().is_loopback() {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
@@ -829,6 +844,36 @@ impl Api {
             }
         }
         Ok(())
+    }
+
+    /// Where netd's TCP proxies forward to, with each one's name: upstreams
+    /// given as addresses, and those given as host names by proxies made
+    /// here (resolved at once, each within [`RESOLVE_TIMEOUT`]; a name
+    /// that does not resolve is left out).
+    async fn proxy_upstreams(&self) -> Vec<(SocketAddr, String)> {
+        let mut found = Vec::new();
+        let mut names = Vec::new();
+        for l in self.supervisor.list() {
+            if l.kind() != proto::ListenerKind::Proxy {
+                continue;
+            }
+            let made_here = api_made(&l);
+            for u in proxy_spec(&l).upstreams {
+                match u.trim().parse::<SocketAddr>() {
+                    Ok(a) => found.push((a, l.name.clone())),
+                    Err(_) if made_here => names.push((u, l.name.clone())),
+                    Err(_) => {}
+                }
+            }
+        }
+        let resolved =
+            futures_util::future::join_all(names.iter().map(|(u, _)| resolve("upstream", u))).await;
+        for ((_, name), r) in names.iter().zip(resolved) {
+            for a in r.unwrap_or_default() {
+                found.push((a, name.clone()));
+            }
+        }
+        found
     }
 
     /// A proxy made here never forwards to netd itself: not to one of its
@@ -883,6 +928,7 @@ impl Api {
         let enabled = opt_bool(obj, "enabled")?;
         let cur = proxy_spec(&l);
         let mut new = cur.clone();
+        let _one_at_a_time = self.access.creating.lock().await;
         if let Some(listen) = listen.filter(|a| *a != cur.listen && *a != l.bound_addr) {
             self.check_listen(&listen).await?;
             new.listen = listen;

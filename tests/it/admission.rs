@@ -226,3 +226,518 @@ print(" ".join("%d:%d" % kv for kv in sorted(codes.items())), flush=True)
         "{denied:#?}"
     );
 }
+
+/// A local user is one source whatever address it connects from. On a
+/// node with several addresses (hostNetwork: the node's IP, a bridge's, a
+/// tunnel's...), a local account could bind each as the source of its
+/// connections and count as that many remote peers: four addresses held
+/// every health slot, and the kubelet, probing the node's address from
+/// that same address, shared a source with the attacker; every Check
+/// failed. Now a peer on any of the host's addresses is its uid.
+#[test]
+fn health_check_is_answered_while_a_local_user_connects_from_every_address() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let ns = crate::common::NetNs::new();
+    let node = "10.99.0.1";
+    let others = ["10.99.0.2", "10.99.0.3", "10.99.0.4", "10.99.0.5"];
+    for a in std::iter::once(node).chain(others) {
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{a}/32"),
+                "dev",
+                "lo",
+            ])
+            .output()
+            .expect("ip addr add");
+        assert!(out.status.success(), "ip addr add {a}: {out:?}");
+    }
+    let port = 9091;
+    let netd = ns.netd(&format!("[health]\nlisten = \"0.0.0.0:{port}\"\n"));
+    let check = || {
+        ns.run(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(check_at(&format!("{node}:{port}")))
+        })
+    };
+    assert_eq!(check(), Ok(ServingStatus::Serving as i32), "before");
+
+    let mut attacker = hold_from_sources(&ns, node, port, &others, 8);
+    let results: Vec<_> = (0..5).map(|_| check()).collect();
+    let _ = attacker.kill();
+    let _ = attacker.wait();
+    assert!(
+        results
+            .iter()
+            .all(|r| *r == Ok(ServingStatus::Serving as i32)),
+        "Checks from the node's address while a local user held connections from four others: {results:?}\n{}",
+        netd.log()
+    );
+    let log = netd.log();
+    assert!(
+        log.contains("source=uid:65534"),
+        "the attacker was not counted as its uid:\n{log}"
+    );
+}
+
+const HOLD_FROM_SOURCES: &str = r#"
+import socket, sys, time, select
+dst, port, secs, srcs, n = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4].split(","), int(sys.argv[5])
+held = {s: [] for s in srcs}
+refused = set()
+told, opened, end = False, 0, time.time() + secs
+while time.time() < end:
+    for src, socks in held.items():
+        while len(socks) < n:
+            s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET)
+            s.bind((src, 0))
+            s.setblocking(False)
+            s.connect_ex((dst, port))
+            socks.append(s)
+            opened += 1
+    every = [s for socks in held.values() for s in socks]
+    readable, _, _ = select.select(every, [], [], 0.05)
+    for s in readable:
+        try:
+            gone = s.recv(4096) == b""
+        except BlockingIOError:
+            gone = False
+        except OSError:
+            gone = True
+        if gone:
+            for src, socks in held.items():
+                if s in socks:
+                    socks.remove(s)
+                    refused.add(src)
+            s.close()
+    if not told and len(refused) == len(srcs):
+        print("full", flush=True)
+        told = True
+print(opened, flush=True)
+"#;
+
+/// Uid 65534 in `ns` holding up to `n` silent connections to `dst:port`
+/// from each of `sources`, re-opening those netd closes, for 12 s; returns
+/// once every source has been turned away at least once (all it can hold
+/// is held).
+fn hold_from_sources(
+    ns: &crate::common::NetNs,
+    dst: &str,
+    port: u16,
+    sources: &[&str],
+    n: usize,
+) -> Child {
+    use std::io::BufRead as _;
+    let mut attacker = ns.command("setpriv");
+    attacker
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(python3_for_nobody())
+        .args(["-c", HOLD_FROM_SOURCES, dst, &port.to_string(), "12"])
+        .arg(sources.join(","))
+        .arg(n.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut attacker = attacker.spawn().expect("python3 (the attacking client)");
+    let mut out = std::io::BufReader::new(attacker.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    // Ends when every source was turned away once, or with the script.
+    out.read_line(&mut line).expect("the attacker's output");
+    assert_eq!(line.trim(), "full", "the attacker never filled its share");
+    attacker
+}
+
+/// A python3 on PATH that uid 65534 can run (a shim under /root is not).
+fn python3_for_nobody() -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("python3"))
+        .find(|p| {
+            Command::new("setpriv")
+                .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+                .arg(p)
+                .args(["-c", ""])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .expect("a python3 on PATH that uid 65534 can run")
+}
+
+/// One health Check on a new connection to `addr`: its status.
+async fn check_at(addr: &str) -> Result<i32, String> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("endpoint: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
+    Ok(HealthClient::new(channel)
+        .check(request)
+        .await
+        .map_err(|e| format!("check: {e}"))?
+        .into_inner()
+        .status)
+}
+
+/// Remote peers are told apart only by address, and a client with four
+/// addresses (four pods, an IPv6 prefix...) held all 16 health slots: the
+/// kubelet, a root socket on the node probing its hostNetwork pod, failed
+/// every Check. Now a few slots are kept for local probers of root (or
+/// netd's own user).
+#[test]
+fn health_check_by_local_root_is_answered_while_remote_addresses_hold_the_rest() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let node_ns = crate::common::NetNs::new();
+    let remote_ns = crate::common::NetNs::new();
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().expect("ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    let (a, b) = (
+        format!("h8a{}", std::process::id() % 100_000),
+        format!("h8b{}", std::process::id() % 100_000),
+    );
+    ip(&[
+        "link",
+        "add",
+        &a,
+        "netns",
+        &node_ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &b,
+        "netns",
+        &remote_ns.name,
+    ]);
+    let node = "10.98.0.1";
+    let remote = ["10.98.0.2", "10.98.0.3", "10.98.0.4", "10.98.0.5"];
+    ip(&[
+        "-n",
+        &node_ns.name,
+        "addr",
+        "add",
+        &format!("{node}/24"),
+        "dev",
+        &a,
+    ]);
+    ip(&["-n", &node_ns.name, "link", "set", &a, "up"]);
+    for r in remote {
+        ip(&[
+            "-n",
+            &remote_ns.name,
+            "addr",
+            "add",
+            &format!("{r}/24"),
+            "dev",
+            &b,
+        ]);
+    }
+    ip(&["-n", &remote_ns.name, "link", "set", &b, "up"]);
+    let port = 9091;
+    let netd = node_ns.netd(&format!("[health]\nlisten = \"0.0.0.0:{port}\"\n"));
+    let check = || {
+        node_ns.run(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(check_at(&format!("{node}:{port}")))
+        })
+    };
+    // The link may take a moment to come up.
+    let deadline = std::time::Instant::now() + crate::common::DEADLINE;
+    while check() != Ok(ServingStatus::Serving as i32) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut attacker = hold_from_sources(&remote_ns, node, port, &remote, 8);
+    let results: Vec<_> = (0..5).map(|_| check()).collect();
+    let _ = attacker.kill();
+    let _ = attacker.wait();
+    assert!(
+        results
+            .iter()
+            .all(|r| *r == Ok(ServingStatus::Serving as i32)),
+        "Checks by root on the node while four remote addresses held connections: {results:?}\n{}",
+        netd.log()
+    );
+}
+
+/// An admin calling from afar over mTLS while an unauthenticated client
+/// with five addresses churns silent connections: the oldest handshake
+/// in progress made way for each new one, and the admin's, a few
+/// milliseconds old among hundreds of new ones a second, was the oldest
+/// (5 of 8 `netctl list` failed). Now the busiest source makes way.
+#[test]
+fn remote_admin_is_served_while_five_addresses_churn_handshakes() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(pki_dir.path(), "netd");
+    let node = "10.98.0.1";
+    let server = pki.issue("server", "netd", &[node], false);
+    let admin = pki.issue("admin", "ops-laptop", &[], false);
+    let ca = pki_dir.path().join("netd-ca.pem");
+
+    let node_ns = crate::common::NetNs::new();
+    let remote_ns = crate::common::NetNs::new();
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().expect("ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    let (a, b) = (
+        format!("h8c{}", std::process::id() % 100_000),
+        format!("h8d{}", std::process::id() % 100_000),
+    );
+    ip(&[
+        "link",
+        "add",
+        &a,
+        "netns",
+        &node_ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &b,
+        "netns",
+        &remote_ns.name,
+    ]);
+    let attackers = [
+        "10.98.0.2",
+        "10.98.0.3",
+        "10.98.0.4",
+        "10.98.0.5",
+        "10.98.0.6",
+    ];
+    ip(&[
+        "-n",
+        &node_ns.name,
+        "addr",
+        "add",
+        &format!("{node}/24"),
+        "dev",
+        &a,
+    ]);
+    ip(&["-n", &node_ns.name, "link", "set", &a, "up"]);
+    // The admin's address first: the primary one, which netctl's
+    // connections take as their source.
+    for r in std::iter::once(&"10.98.0.9").chain(&attackers) {
+        ip(&[
+            "-n",
+            &remote_ns.name,
+            "addr",
+            "add",
+            &format!("{r}/24"),
+            "dev",
+            &b,
+        ]);
+    }
+    ip(&["-n", &remote_ns.name, "link", "set", &b, "up"]);
+
+    let port = 50443;
+    let control = format!("{node}:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("netd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[control]\nlisten = \"0.0.0.0:{port}\"\n[control.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[control.roles]\nadmin = [\"ops-laptop\"]\n",
+            server.0, server.1, ca
+        ),
+    )
+    .unwrap();
+    let mut cmd = node_ns.command(NETD);
+    cmd.arg("--config").arg(&cfg).env_remove("NETD_CONTROL");
+    let netd = Netd::spawn_as_is(cmd, dir, control.parse::<ControlAddr>().unwrap());
+    // The admin is remote: in the other namespace, from 10.98.0.9.
+    let list = || {
+        let mut cmd = remote_ns.command(crate::common::NETCTL);
+        cmd.args(["--control", &control, "--cacert"])
+            .arg(&ca)
+            .arg("--cert")
+            .arg(&admin.0)
+            .arg("--key")
+            .arg(&admin.1)
+            .arg("list")
+            .env_remove("NETD_CONTROL");
+        crate::common::output_within_deadline(cmd).expect("netctl list ended")
+    };
+    // The link may take a moment to come up.
+    let deadline = std::time::Instant::now() + crate::common::DEADLINE;
+    while !list().status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "netctl list never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut attacker = hold_from_sources(&remote_ns, node, port, &attackers, 16);
+    let failures: Vec<String> = (0..8)
+        .map(|_| list())
+        .filter(|o| !o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .collect();
+    let _ = attacker.kill();
+    let _ = attacker.wait();
+    assert!(
+        failures.is_empty(),
+        "admin calls failed while five addresses churned handshakes: {failures:#?}\n{}",
+        netd.log()
+    );
+}
+
+/// The same over IPv6, where one client has a whole /64 to pick source
+/// addresses from: 64 addresses of one prefix, one silent connection each,
+/// all counted as one handshake in progress apiece, made the admin's the
+/// oldest among equals. Now a /64 is one source for handshakes.
+#[test]
+fn remote_admin_is_served_while_an_ipv6_prefix_churns_handshakes() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(pki_dir.path(), "netd");
+    let node = "fd00:98::1";
+    let server = pki.issue("server", "netd", &[node], false);
+    let admin = pki.issue("admin", "ops-laptop", &[], false);
+    let ca = pki_dir.path().join("netd-ca.pem");
+
+    let node_ns = crate::common::NetNs::new();
+    let remote_ns = crate::common::NetNs::new();
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().expect("ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    let (a, b) = (
+        format!("h8e{}", std::process::id() % 100_000),
+        format!("h8f{}", std::process::id() % 100_000),
+    );
+    ip(&[
+        "link",
+        "add",
+        &a,
+        "netns",
+        &node_ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &b,
+        "netns",
+        &remote_ns.name,
+    ]);
+    ip(&[
+        "-n",
+        &node_ns.name,
+        "-6",
+        "addr",
+        "add",
+        &format!("{node}/64"),
+        "dev",
+        &a,
+        "nodad",
+    ]);
+    ip(&["-n", &node_ns.name, "link", "set", &a, "up"]);
+    // The admin in the node's /64, the attacker in a /64 of its own.
+    ip(&[
+        "-n",
+        &remote_ns.name,
+        "-6",
+        "addr",
+        "add",
+        "fd00:98::9/64",
+        "dev",
+        &b,
+        "nodad",
+    ]);
+    let attackers: Vec<String> = (1..=64).map(|i| format!("fd00:99::{i:x}")).collect();
+    for r in &attackers {
+        ip(&[
+            "-n",
+            &remote_ns.name,
+            "-6",
+            "addr",
+            "add",
+            &format!("{r}/64"),
+            "dev",
+            &b,
+            "nodad",
+        ]);
+    }
+    ip(&["-n", &remote_ns.name, "link", "set", &b, "up"]);
+    // The way back to the attacker's prefix (once the link is up).
+    ip(&[
+        "-n",
+        &node_ns.name,
+        "-6",
+        "route",
+        "add",
+        "fd00:99::/64",
+        "dev",
+        &a,
+    ]);
+
+    let port = 50443;
+    let control = format!("[{node}]:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("netd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[control]\nlisten = \"[::]:{port}\"\n[control.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[control.roles]\nadmin = [\"ops-laptop\"]\n",
+            server.0, server.1, ca
+        ),
+    )
+    .unwrap();
+    let mut cmd = node_ns.command(NETD);
+    cmd.arg("--config").arg(&cfg).env_remove("NETD_CONTROL");
+    let netd = Netd::spawn_as_is(cmd, dir, control.parse::<ControlAddr>().unwrap());
+    let list = || {
+        let mut cmd = remote_ns.command(crate::common::NETCTL);
+        cmd.args(["--control", &control, "--cacert"])
+            .arg(&ca)
+            .arg("--cert")
+            .arg(&admin.0)
+            .arg("--key")
+            .arg(&admin.1)
+            .arg("list")
+            .env_remove("NETD_CONTROL");
+        crate::common::output_within_deadline(cmd).expect("netctl list ended")
+    };
+    let deadline = std::time::Instant::now() + crate::common::DEADLINE;
+    while !list().status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "netctl list never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sources: Vec<&str> = attackers.iter().map(String::as_str).collect();
+    let mut attacker = hold_from_sources(&remote_ns, node, port, &sources, 1);
+    let failures: Vec<String> = (0..8)
+        .map(|_| list())
+        .filter(|o| !o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .collect();
+    let _ = attacker.kill();
+    let _ = attacker.wait();
+    assert!(
+        failures.is_empty(),
+        "admin calls failed while one /64 churned handshakes: {failures:#?}\n{}",
+        netd.log()
+    );
+}

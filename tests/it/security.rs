@@ -741,3 +741,41 @@ fn insecure_loopback_tcp_callers_are_identified_by_uid() {
         })
     });
 }
+
+/// netctl over TLS to an IPv6 literal (`[::1]:PORT`): the bracketed host
+/// was handed to TLS as a DNS name and every call failed with "invalid dns
+/// name"; the address is checked against the certificate's IP names.
+#[test]
+fn tls_control_on_an_ipv6_literal() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        return; // no IPv6 here
+    }
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(pki_dir.path(), "netd");
+    let server = pki.issue("server", "netd", &["::1"], false);
+    let admin = pki.issue("admin", "ops-laptop", &[], false);
+    let ca = pki_dir.path().join("netd-ca.pem");
+    let port = {
+        let l = std::net::TcpListener::bind("[::1]:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let control = format!("[::1]:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("netd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[control]\nlisten = \"{control}\"\n[control.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[control.roles]\nadmin = [\"ops-laptop\"]\n",
+            server.0, server.1, ca
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(NETD);
+    cmd.arg("--config").arg(&cfg).env_remove("NETD_CONTROL");
+    let _netd = Netd::spawn_as_is(cmd, dir, control.parse().unwrap());
+    let out = netctl_tls(&control, &ca, Some(&admin), &["list"]);
+    assert!(
+        out.status.success(),
+        "netctl list over TLS to {control}: {out:?}"
+    );
+}

@@ -465,3 +465,63 @@ fn callers_over_ipv6_loopback_are_identified() {
     let (st, v) = call(api, "POST", "/proxies", Some(body));
     assert_eq!(st, 201, "{v}");
 }
+
+/// Two proxies made through the API, each forwarding to the other: a
+/// create whose upstream is a listener was refused, but a proxy could
+/// still be made (or moved) to listen where another one forwards, and one
+/// client connection then became `max_connections` connections on each,
+/// round and round, taking the data plane's descriptors. Listening where
+/// a config proxy forwards put the API's proxy between it and its
+/// upstream. Now a listen address a netd proxy forwards to is 403.
+#[test]
+fn api_made_proxies_cannot_listen_where_netd_forwards() {
+    let netd = Netd::start(
+        "[toxiproxy_api]\nlisten = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"cfg\"\nkind = \"proxy\"\nlisten = \"127.0.0.1:0\"\nupstreams = [\"127.0.0.1:21102\"]\n",
+    );
+    let api = api_addr(&netd);
+    let post = |path: &str, body: Value| call(api, "POST", path, Some(body));
+
+    // a forwards to a free port, given by name.
+    let (st, v) = post(
+        "/proxies",
+        json!({"name": "a", "listen": "127.0.0.1:21101", "upstream": "localhost:21103"}),
+    );
+    assert_eq!(st, 201, "{v}");
+    // b may not be made there, nor moved there.
+    let (st, v) = post(
+        "/proxies",
+        json!({"name": "b", "listen": "127.0.0.1:21103", "upstream": "127.0.0.1:21104"}),
+    );
+    assert_eq!(st, 403, "b on a's upstream: {v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("upstream of netd listener 'a'"),
+        "{v}"
+    );
+    let (st, v) = post(
+        "/proxies",
+        json!({"name": "b", "listen": "127.0.0.1:21105", "upstream": "127.0.0.1:21101"}),
+    );
+    assert_eq!(st, 403, "b forwarding to a: {v}");
+    let (st, v) = post(
+        "/proxies",
+        json!({"name": "b", "listen": "127.0.0.1:21105", "upstream": "127.0.0.1:21104"}),
+    );
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = post("/proxies/b", json!({"listen": "127.0.0.1:21103"}));
+    assert_eq!(st, 403, "b moved onto a's upstream: {v}");
+    let (st, v) = post("/proxies/a", json!({"listen": "127.0.0.1:21104"}));
+    assert_eq!(st, 403, "a moved onto b's upstream: {v}");
+    // Nor between the config's proxy and its upstream.
+    let (st, v) = post(
+        "/proxies",
+        json!({"name": "c", "listen": "127.0.0.1:21102", "upstream": "127.0.0.1:21104"}),
+    );
+    assert_eq!(st, 403, "c on cfg's upstream: {v}");
+    assert_eq!(bound_addr(&netd, "b").port(), 21105);
+    assert_eq!(bound_addr(&netd, "a").port(), 21101);
+    assert!(!exists(&netd, "c"));
+}
