@@ -9,8 +9,9 @@ use std::process::{Child, Command, Stdio};
 
 use std::time::Duration;
 
-use crate::common::Netd;
+use crate::common::{NETD, Netd};
 use crate::security::{Pki, mtls_netd, netctl_tls};
+use netd::addr::ControlAddr;
 
 const NOBODY: u32 = 65534;
 
