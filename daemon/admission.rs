@@ -64,13 +64,21 @@ impl Source {
 
     /// The source as handshakes are counted: an IPv6 address by its /64
     /// (one host has a whole prefix to pick addresses from, as the UDP
-    /// guards count it), others as they are.
+    /// guards count it), an IPv4 address by its /24 (a client with many
+    /// addresses has them in a few networks), a uid as it is. Admins who
+    /// share a network with a churning client keep their handshakes
+    /// through [`Gate::trust`].
     fn handshake_key(self) -> Source {
         match self {
             Source::Ip(IpAddr::V6(v6)) => {
                 let mut o = v6.octets();
                 o[8..].fill(0);
                 Source::Ip(IpAddr::V6(o.into()))
+            }
+            Source::Ip(IpAddr::V4(v4)) if !v4.is_loopback() => {
+                let mut o = v4.octets();
+                o[3] = 0;
+                Source::Ip(IpAddr::V4(o.into()))
             }
             s => s,
         }
@@ -192,8 +200,25 @@ struct Inner {
 struct Pending {
     next: u64,
     /// Handshakes in progress, oldest first.
-    queue: VecDeque<(u64, Source, CancellationToken)>,
+    queue: VecDeque<Pend>,
+    /// Sources (exact addresses) that completed a handshake as admins,
+    /// most recent last, at most [`MAX_TRUSTED`].
+    trusted: VecDeque<Source>,
 }
+
+/// A handshake in progress: its id, its source as handshakes count it
+/// ([`Source::handshake_key`]), whether its source is trusted, and the
+/// token that tells it to give up.
+#[derive(Debug)]
+struct Pend {
+    id: u64,
+    key: Source,
+    trusted: bool,
+    token: CancellationToken,
+}
+
+/// Sources remembered as having completed a handshake as an admin.
+pub const MAX_TRUSTED: usize = 256;
 
 static GATES: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
 
@@ -279,36 +304,54 @@ impl Gate {
             let mut p = inner.pending.lock().unwrap_or_else(|p| p.into_inner());
             let id = p.next;
             p.next += 1;
-            let from_source = p.queue.iter().filter(|(_, s, _)| *s == source).count();
+            let trusted = p.trusted.contains(&peer);
+            // Too many from this source: its oldest makes way (an
+            // untrusted one first, so that a trusted admin sharing a
+            // prefix with a churning client keeps its place).
+            let from_source = p.queue.iter().filter(|e| e.key == source).count();
             if from_source >= HANDSHAKE_PER_SOURCE {
-                if let Some(i) = p.queue.iter().position(|(_, s, _)| *s == source) {
-                    if let Some(old) = p.queue.remove(i) {
-                        evicted.push(old.2);
-                    }
+                let i = p
+                    .queue
+                    .iter()
+                    .position(|e| e.key == source && !e.trusted)
+                    .or_else(|| p.queue.iter().position(|e| e.key == source));
+                if let Some(old) = i.and_then(|i| p.queue.remove(i)) {
+                    evicted.push(old.token);
                 }
             }
             // When full, the oldest handshake of the source with the most
             // in progress (the new one counted) makes way: a client with a
             // few addresses churning silent connections evicts its own,
-            // not a peer's single real handshake.
+            // not a peer's single real handshake. Sources that completed a
+            // handshake as admins before are passed over while there is
+            // anyone else to evict.
             while p.queue.len() >= inner.limits.max_handshakes.max(1) {
+                let untrusted = p.queue.iter().any(|e| !e.trusted);
+                let candidate = |e: &Pend| !untrusted || !e.trusted;
                 let mut counts: HashMap<Source, usize> = HashMap::new();
-                for (_, s, _) in &p.queue {
-                    *counts.entry(*s).or_insert(0) += 1;
+                for e in p.queue.iter().filter(|e| candidate(e)) {
+                    *counts.entry(e.key).or_insert(0) += 1;
                 }
-                *counts.entry(source).or_insert(0) += 1;
+                if !untrusted || !trusted {
+                    *counts.entry(source).or_insert(0) += 1;
+                }
                 let most = counts.values().copied().max().unwrap_or(0);
                 let i = p
                     .queue
                     .iter()
-                    .position(|(_, s, _)| counts.get(s) == Some(&most))
+                    .position(|e| candidate(e) && counts.get(&e.key) == Some(&most))
                     .unwrap_or(0);
                 match p.queue.remove(i) {
-                    Some(old) => evicted.push(old.2),
+                    Some(old) => evicted.push(old.token),
                     None => break,
                 }
             }
-            p.queue.push_back((id, source, token.clone()));
+            p.queue.push_back(Pend {
+                id,
+                key: source,
+                trusted,
+                token: token.clone(),
+            });
             id
         };
         for t in evicted {
@@ -320,6 +363,19 @@ impl Gate {
             source: peer,
             token,
         }
+    }
+
+    /// Remember `peer` as a source whose handshakes made an admin: its
+    /// later handshakes are the last to make way.
+    pub fn trust(&self, peer: Source) {
+        let mut p = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = p.trusted.iter().position(|s| *s == peer) {
+            p.trusted.remove(i);
+        }
+        if p.trusted.len() >= MAX_TRUSTED {
+            p.trusted.pop_front();
+        }
+        p.trusted.push_back(peer);
     }
 
     /// Count and (sparingly) log a refusal.
@@ -428,7 +484,7 @@ impl Drop for Handshake {
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = p.queue.iter().position(|(id, _, _)| *id == self.id) {
+        if let Some(i) = p.queue.iter().position(|e| e.id == self.id) {
             p.queue.remove(i);
         }
     }
@@ -538,12 +594,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn addresses_of_one_ipv4_network_are_one_source_for_handshakes() {
+        let g = Gate::new("test", Limits::for_max(128, true));
+        let admin = g.handshake(ip("192.0.2.1"));
+        let attacker: Vec<Handshake> = (1..=4 * MAX_HANDSHAKES)
+            .map(|i| g.handshake(ip(&format!("10.0.0.{}", i % 250 + 1))))
+            .collect();
+        assert!(!admin.token.is_cancelled());
+        let live = attacker.iter().filter(|h| !h.token.is_cancelled()).count();
+        assert_eq!(live, HANDSHAKE_PER_SOURCE);
+    }
+
+    #[tokio::test]
+    async fn a_trusted_admin_keeps_its_handshake_among_its_neighbours_churn() {
+        let g = Gate::new(
+            "test",
+            Limits {
+                max: 64,
+                reserve: 8,
+                per_source: 16,
+                max_handshakes: 4,
+                handshake_timeout: Duration::from_secs(60),
+            },
+        );
+        let admin = ip("10.0.0.9");
+        g.trust(admin);
+        let mine = g.handshake(admin);
+        // Thirty-one addresses of the admin's /24 and of others churn.
+        let churn: Vec<Handshake> = (1..32)
+            .map(|i| g.handshake(ip(&format!("10.0.{}.{i}", i % 3))))
+            .collect();
+        assert!(!mine.token.is_cancelled(), "the trusted handshake went");
+        assert!(churn.iter().filter(|h| !h.token.is_cancelled()).count() <= 3);
+        // An untrusted neighbour of the same /24 is just one of the crowd.
+        let stranger = g.handshake(ip("10.0.0.10"));
+        let _more: Vec<Handshake> = (0..8).map(|_| g.handshake(ip("10.0.0.11"))).collect();
+        assert!(stranger.token.is_cancelled());
+        assert!(!mine.token.is_cancelled());
+    }
+
+    #[tokio::test]
     async fn one_source_cannot_hold_every_handshake() {
         let g = Gate::new("test", Limits::for_max(128, true));
         let held: Vec<Handshake> = (0..HANDSHAKE_PER_SOURCE)
             .map(|_| g.handshake(ip("10.0.0.1")))
             .collect();
-        let other = g.handshake(ip("10.0.0.2"));
+        let other = g.handshake(ip("10.0.1.2"));
         let again = g.handshake(ip("10.0.0.1"));
         assert!(held[0].token.is_cancelled(), "the source's oldest went");
         assert!(!held[1].token.is_cancelled());
@@ -561,7 +657,8 @@ mod tests {
         let admin = g.handshake(ip("192.0.2.1"));
         let mut attacker = Vec::new();
         for round in 0..4 * MAX_HANDSHAKES {
-            let a = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"][round % 5];
+            // Five networks (a /24 is one source for handshakes).
+            let a = ["10.0.1.1", "10.0.2.1", "10.0.3.1", "10.0.4.1", "10.0.5.1"][round % 5];
             attacker.push(g.handshake(ip(a)));
         }
         assert!(

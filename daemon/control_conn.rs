@@ -373,6 +373,9 @@ pub fn incoming_tcp(
                     .peer_certificates()
                     .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect());
                 let caller = ep.policy.caller(&peer, true, certs.as_deref());
+                if caller.role == Role::Admin {
+                    ep.gate.trust(source);
+                }
                 if let Some(slot) = ep.gate.admit(source, caller.role == Role::Admin) {
                     let io = TcpOrTls::Tls(Box::new(tls));
                     let c = ControlConn::new(io, peer, caller, slot, ep.idle_timeout);
