@@ -30,6 +30,7 @@ mod metrics;
 mod output;
 mod packaging;
 mod proxy;
+mod readme;
 mod reflection;
 mod reload;
 mod scale;
