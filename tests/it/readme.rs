@@ -268,22 +268,49 @@ impl Session {
         }
     }
 
-    /// Run one command: its combined output (lines) and whether it exited 0.
-    fn run(&self, command: &str) -> (Vec<String>, bool) {
+    /// Run one command: its combined output (lines) and whether it exited
+    /// 0. The command runs in a process group of its own, killed whole if
+    /// it is still running at [`DEADLINE`] (an example that runs until
+    /// Ctrl-C needs a skip), so nothing it started outlives the test.
+    fn run(&self, command: &str) -> Result<(Vec<String>, bool), String> {
+        use std::os::unix::process::CommandExt;
+        let out_path = self.netd.dir.path().join("command.out");
+        let out = std::fs::File::create(&out_path).map_err(|e| format!("command output: {e}"))?;
         let mut cmd = self.ns.command("bash");
         cmd.args(["-c", &format!("exec 2>&1\n{command}")])
             .current_dir(self.work.path())
             .env("PATH", &self.path)
             .env("NETD_CONTROL", self.netd.control.to_string())
             .env_remove("NETD_STATE_DIR")
-            .env_remove("NOTIFY_SOCKET");
-        let out = crate::common::output_within_deadline(cmd)
-            .unwrap_or_else(|| panic!("`{command}` still running after {DEADLINE:?}"));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        (
-            text.lines().map(str::to_string).collect(),
-            out.status.success(),
-        )
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .process_group(0);
+        let mut child = cmd.spawn().map_err(|e| format!("spawn bash: {e}"))?;
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                waited => {
+                    // SAFETY: kill(2) on the process group this test made.
+                    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                    let _ = child.wait();
+                    return Err(match waited {
+                        Err(e) => format!("waiting for it: {e}"),
+                        _ => format!("still running after {DEADLINE:?}"),
+                    });
+                }
+            }
+        };
+        // Whatever it left in its process group goes too.
+        // SAFETY: as above.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        let text = std::fs::read(&out_path).map_err(|e| format!("command output: {e}"))?;
+        let text = String::from_utf8_lossy(&text);
+        Ok((text.lines().map(str::to_string).collect(), status.success()))
     }
 
     /// Run a command and check it against the README; the failure, if any.
@@ -296,7 +323,9 @@ impl Session {
             .any(|l| l.starts_with("netctl: ") || l.starts_with("netd: "));
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let (out, ok) = self.run(&command);
+            let (out, ok) = self
+                .run(&command)
+                .map_err(|e| format!("{doc}:{}: `{}`: {e}", c.line, c.text))?;
             let actual: Vec<String> = out.iter().map(|l| normalise(l)).collect();
             let good = matches(&expected, &actual) && ok != wants_error;
             if good {
