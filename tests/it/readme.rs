@@ -70,9 +70,15 @@ struct Cmd {
     expected: Vec<String>,
 }
 
-/// The steps of one Markdown document, and the blocks skipped (line,
-/// reason).
-fn parse(doc: &str) -> Result<(Vec<Step>, Vec<(usize, String)>), String> {
+/// A Markdown document as the harness reads it.
+struct Parsed {
+    steps: Vec<Step>,
+    /// Blocks not run: (line, reason).
+    skipped: Vec<(usize, String)>,
+}
+
+/// The steps of one Markdown document, and the blocks it skips.
+fn parse(doc: &str) -> Result<Parsed, String> {
     let mut steps = Vec::new();
     let mut skipped = Vec::new();
     let mut directive: Option<(usize, String)> = None;
@@ -136,7 +142,7 @@ fn parse(doc: &str) -> Result<(Vec<Step>, Vec<(usize, String)>), String> {
             None => {}
         }
     }
-    Ok((steps, skipped))
+    Ok(Parsed { steps, skipped })
 }
 
 /// The commands of a console block whose first line is document line
@@ -375,7 +381,7 @@ fn run_document(path: &Path) {
         .display()
         .to_string();
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {name}: {e}"));
-    let (steps, skipped) = parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let Parsed { steps, skipped } = parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
     if !steps.iter().any(|s| matches!(s, Step::Console { .. })) {
         return;
     }
@@ -465,7 +471,7 @@ fn directives_are_checked() {
     let doc = "<!-- readme-test: file a.toml -->\ntext\n```toml\nx = 1\n```\n";
     assert!(parse(doc).is_err(), "a directive not before its block");
     let doc = "<!-- readme-test: file a.toml -->\n\n```toml\nx = 1\n```\n```console\n$ cat a.toml\nx = 1\n```\n";
-    let (steps, skipped) = parse(doc).expect("parse");
+    let Parsed { steps, skipped } = parse(doc).expect("parse");
     assert!(skipped.is_empty());
     assert!(
         matches!(&steps[0], Step::File { name, text } if name == "a.toml" && text == "x = 1\n")
