@@ -244,8 +244,9 @@ fn matches(expected: &[String], actual: &[String]) -> bool {
 /// Where the documents' commands run: the namespace, the daemon, the
 /// working directory and PATH.
 struct Session {
-    ns: NetNs,
+    // Dropped in this order: netd is stopped before its namespace goes.
     netd: Netd,
+    ns: NetNs,
     work: tempfile::TempDir,
     path: String,
 }
@@ -267,8 +268,8 @@ impl Session {
             std::env::var("PATH").unwrap_or_default()
         );
         Session {
-            ns,
             netd,
+            ns,
             work: tempfile::tempdir().expect("work dir"),
             path,
         }
