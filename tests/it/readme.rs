@@ -9,7 +9,10 @@
 //! binary, no `--config`, so the embedded default), with a private control
 //! socket and state directory given the way a user would give them
 //! (`NETD_CONTROL`, `NETD_STATE_DIR`), inside a network namespace of the
-//! test's own so the README's fixed ports cannot clash with anything else.
+//! test's own so the README's fixed ports cannot clash with anything else
+//! (so, like the sniffer tests, it needs root and iproute2). Nothing is
+//! left behind: each command's process group is killed when it ends, then
+//! netd, the namespace and the temporary directories go.
 //!
 //! Commands run with bash, with the built `netd` and `netctl` first in
 //! PATH; `cargo run -q --bin netctl --` and `cargo run --bin netd` are read
