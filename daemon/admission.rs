@@ -253,6 +253,18 @@ impl Gate {
     /// A slot for an identified connection from `source`, or `None` (the
     /// refusal is counted and logged).
     pub fn admit(&self, source: Source, admin: bool) -> Option<Slot> {
+        match self.try_admit(source, admin) {
+            Ok(slot) => Some(slot),
+            Err(reason) => {
+                self.refuse(reason, source);
+                None
+            }
+        }
+    }
+
+    /// [`Gate::admit`] without counting or logging a refusal, for a caller
+    /// that may make room and try again.
+    pub fn try_admit(&self, source: Source, admin: bool) -> Result<Slot, Reason> {
         let inner = &self.inner;
         if !admin {
             let mut sources = inner.sources.lock().unwrap_or_else(|p| p.into_inner());
@@ -261,9 +273,7 @@ impl Gate {
                 if *n == 0 {
                     sources.remove(&source);
                 }
-                drop(sources);
-                self.refuse(Reason::PerSource, source);
-                return None;
+                return Err(Reason::PerSource);
             }
             *n += 1;
         }
@@ -283,14 +293,19 @@ impl Gate {
         match permit {
             Ok(p) => {
                 slot._permit = Some(p);
-                Some(slot)
+                Ok(slot)
             }
             Err(_) => {
                 drop(slot); // gives the per-source count back
-                self.refuse(Reason::Full, source);
-                None
+                Err(Reason::Full)
             }
         }
+    }
+
+    /// Established connections `source` holds now (admins' not counted).
+    pub fn held_by(&self, source: Source) -> usize {
+        let sources = self.inner.sources.lock().unwrap_or_else(|p| p.into_inner());
+        sources.get(&source).copied().unwrap_or(0)
     }
 
     /// Register a handshake from `source`; when too many are in progress

@@ -23,7 +23,7 @@ use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::admission::{Gate, Slot, Source};
+use crate::admission::{Gate, Reason, Slot, Source};
 use crate::auth::{Caller, Peer, Policy, Role};
 use crate::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
 
@@ -32,6 +32,12 @@ use crate::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
 pub struct ConnState {
     active: AtomicUsize,
     idle_since: Mutex<Instant>,
+    /// Cancelled to close the connection from outside (an idle one making
+    /// room on a full endpoint, see [`IdleConns`]).
+    close: tokio_util::sync::CancellationToken,
+    /// The connection's place at its endpoint: held here (not by the
+    /// connection's task) so that making room gives it back at once.
+    slot: Mutex<Option<Slot>>,
 }
 
 impl ConnState {
@@ -39,7 +45,20 @@ impl ConnState {
         ConnState {
             active: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
+            close: tokio_util::sync::CancellationToken::new(),
+            slot: Mutex::new(None),
         }
+    }
+
+    /// No call open on it for at least `grace`.
+    fn idle_for(&self, grace: Duration) -> bool {
+        self.active.load(Ordering::Relaxed) == 0
+            && self
+                .idle_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed()
+                >= grace
     }
 
     /// Count a call open until the guard (held by its response body) drops.
@@ -128,23 +147,25 @@ impl http_body::Body for CountedBody {
 pub struct ControlConn<IO> {
     io: IO,
     info: ConnInfo,
+    closed: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
-    _slot: Slot,
 }
 
 impl<IO> ControlConn<IO> {
     fn new(io: IO, peer: Peer, caller: Caller, slot: Slot, idle_timeout: Duration) -> Self {
+        let state = Arc::new(ConnState::new());
+        *state.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
         ControlConn {
             io,
+            closed: Box::pin(state.close.clone().cancelled_owned()),
             info: ConnInfo {
                 peer: Arc::new(peer),
                 caller,
-                state: Arc::new(ConnState::new()),
+                state,
             },
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
-            _slot: slot,
         }
     }
 
@@ -163,12 +184,31 @@ impl<IO> ControlConn<IO> {
     }
 }
 
+impl<IO> Drop for ControlConn<IO> {
+    fn drop(&mut self) {
+        // Calls still finishing may hold the state a moment longer; the
+        // place is the connection's.
+        self.info
+            .state
+            .slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+}
+
 impl<IO: AsyncRead + Unpin> AsyncRead for ControlConn<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.closed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "idle connection closed to make room",
+            )));
+        }
         if self.poll_idle(cx).is_ready() {
             tracing::debug!(peer = ?self.info.peer, "closing an idle control connection");
             return Poll::Ready(Err(io::Error::new(
@@ -227,7 +267,70 @@ pub struct Endpoint {
     pub policy: Arc<Policy>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub idle_timeout: Duration,
+    /// When set (the health endpoint), a connection refused because every
+    /// slot is taken makes room by closing the oldest connection with no
+    /// call open, instead: a prober's call takes milliseconds, so holding
+    /// idle connections cannot keep probers out.
+    pub idle_evict: Option<Arc<IdleConns>>,
 }
+
+/// The connections of an endpoint, oldest first, to find an idle one to
+/// close when the endpoint is full.
+#[derive(Debug, Default)]
+pub struct IdleConns {
+    conns: Mutex<std::collections::VecDeque<(Source, std::sync::Weak<ConnState>)>>,
+}
+
+impl IdleConns {
+    fn push(&self, source: Source, state: &Arc<ConnState>) {
+        let mut c = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        c.retain(|(_, w)| w.strong_count() > 0);
+        c.push_back((source, Arc::downgrade(state)));
+    }
+
+    /// Make room for a connection from `source`: close the oldest
+    /// connection that has had no call open for [`ROOM_GRACE`], of the
+    /// source holding the most connections, provided it holds at least two
+    /// more than `source` does; give its place back now. Whether one was
+    /// closed.
+    ///
+    /// So a prober (holding none) displaces a client holding idle
+    /// connections, while clients holding about as many as each other
+    /// cannot take turns displacing each other's (which would keep every
+    /// connection young, and a newcomer out); and a connection just made,
+    /// or just done with a call, is left the time to make it.
+    fn make_room(&self, gate: &Gate, source: Source) -> bool {
+        let mut c = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        c.retain(|(_, w)| w.strong_count() > 0);
+        let mine = gate.held_by(source);
+        let mut best: Option<(usize, usize)> = None; // (held, index)
+        for (i, (src, w)) in c.iter().enumerate() {
+            let Some(state) = w.upgrade() else { continue };
+            if !state.idle_for(ROOM_GRACE) || state.close.is_cancelled() {
+                continue;
+            }
+            let held = gate.held_by(*src);
+            if held > mine + 1 && best.is_none_or(|(h, _)| held > h) {
+                best = Some((held, i));
+            }
+        }
+        match best
+            .and_then(|(_, i)| c.remove(i))
+            .and_then(|(_, w)| w.upgrade())
+        {
+            Some(state) => {
+                state.close.cancel();
+                state.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A connection is closed to make room only after this long with no call
+/// open.
+const ROOM_GRACE: Duration = Duration::from_secs(1);
 
 /// Pause after an accept error (e.g. out of descriptors) so the loop does
 /// not spin while the condition lasts.
@@ -350,12 +453,32 @@ pub fn incoming_tcp(
                 // addresses they have, cannot take every slot.
                 let caller = ep.policy.caller(&peer, false, None);
                 let prober = matches!(source, Source::Uid(u) if u == 0 || u == crate::sys::euid());
-                if let Some(slot) = ep.gate.admit(source, caller.role == Role::Admin || prober) {
-                    let io = TcpOrTls::Tcp(s);
-                    let c = ControlConn::new(io, peer, caller, slot, ep.idle_timeout);
-                    if tx.send(Ok(c)).await.is_err() {
-                        break;
+                let privileged = caller.role == Role::Admin || prober;
+                let slot = match (ep.gate.try_admit(source, privileged), &ep.idle_evict) {
+                    (Ok(slot), _) => slot,
+                    (Err(Reason::Full), Some(idle)) if idle.make_room(&ep.gate, source) => {
+                        // The closed connection's place was given back
+                        // above, in this same step of the accept loop.
+                        match ep.gate.try_admit(source, privileged) {
+                            Ok(slot) => slot,
+                            Err(r) => {
+                                ep.gate.refuse(r, source);
+                                continue;
+                            }
+                        }
                     }
+                    (Err(r), _) => {
+                        ep.gate.refuse(r, source);
+                        continue;
+                    }
+                };
+                let io = TcpOrTls::Tcp(s);
+                let c = ControlConn::new(io, peer, caller, slot, ep.idle_timeout);
+                if let Some(idle) = &ep.idle_evict {
+                    idle.push(source, &c.info.state);
+                }
+                if tx.send(Ok(c)).await.is_err() {
+                    break;
                 }
                 continue;
             };

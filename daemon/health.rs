@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use crate::admission::{Gate, Limits};
 use crate::auth::{Policy, RoleConfig};
-use crate::control_conn::{Endpoint, incoming_tcp};
+use crate::control_conn::{ConnInfo, CountedBody, Endpoint, incoming_tcp};
 
 /// Probes at once: kubelet keeps one or two; room for a few humans.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -69,6 +69,7 @@ pub async fn serve<H: Health>(
         policy: Arc::new(Policy::new(RoleConfig::default(), None, false)),
         tls: None,
         idle_timeout: IDLE_TIMEOUT,
+        idle_evict: Some(Arc::default()),
     };
     let result = Server::builder()
         .max_concurrent_streams(MAX_STREAMS)
@@ -85,7 +86,9 @@ pub async fn serve<H: Health>(
 
 const WATCH: &str = "/grpc.health.v1.Health/Watch";
 
-/// Answers `Health/Watch` with UNIMPLEMENTED and passes every other call.
+/// Answers `Health/Watch` with UNIMPLEMENTED and passes every other call,
+/// counted as open on its connection while it runs (so that a connection
+/// in a call is never the idle one closed to make room).
 #[derive(Debug, Clone)]
 struct CheckOnly<S>(S);
 
@@ -94,11 +97,12 @@ type Resp = http::Response<tonic::body::Body>;
 impl<S, B> tower::Service<http::Request<B>> for CheckOnly<S>
 where
     S: tower::Service<http::Request<B>, Response = Resp>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = Resp;
     type Error = S::Error;
-    type Future =
-        futures_util::future::Either<std::future::Ready<Result<Resp, S::Error>>, S::Future>;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Resp, S::Error>> + Send>>;
 
     fn poll_ready(
         &mut self,
@@ -112,9 +116,20 @@ where
             let status = tonic::Status::unimplemented(
                 "Health/Watch is not served on the plaintext health endpoint; use Check, or Watch on the control plane",
             );
-            return futures_util::future::Either::Left(std::future::ready(Ok(status.into_http())));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
         }
-        futures_util::future::Either::Right(self.0.call(req))
+        let guard = req
+            .extensions()
+            .get::<ConnInfo>()
+            .map(|i| i.state.stream_started());
+        let fut = self.0.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            Ok(match guard {
+                None => resp,
+                Some(g) => resp.map(|b| tonic::body::Body::new(CountedBody::new(b, g))),
+            })
+        })
     }
 }
 

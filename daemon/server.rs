@@ -332,6 +332,7 @@ pub async fn run(
         policy: Arc::new(policy),
         tls,
         idle_timeout: cc.idle_timeout,
+        idle_evict: None,
     };
     let stopped = stop_control.clone().cancelled_owned();
     let mut server = match socket {

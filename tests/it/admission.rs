@@ -482,6 +482,115 @@ fn health_check_by_local_root_is_answered_while_remote_addresses_hold_the_rest()
     );
 }
 
+/// The hostile pass's medium: a kubelet probing from outside netd's
+/// network namespace is a remote address, and four other addresses
+/// holding silent connections took every slot it could use. Now a full
+/// health endpoint closes its oldest connection with no call open to make
+/// room, so a remote prober from a fifth address is answered.
+#[test]
+fn remote_prober_is_answered_while_four_addresses_hold_idle_connections() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let node_ns = crate::common::NetNs::new();
+    let remote_ns = crate::common::NetNs::new();
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().expect("ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    let (a, b) = (
+        format!("hie{}", std::process::id() % 100_000),
+        format!("hif{}", std::process::id() % 100_000),
+    );
+    ip(&[
+        "link",
+        "add",
+        &a,
+        "netns",
+        &node_ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &b,
+        "netns",
+        &remote_ns.name,
+    ]);
+    let node = "10.97.0.1";
+    let prober = "10.97.0.9";
+    let holders = ["10.97.0.2", "10.97.0.3", "10.97.0.4", "10.97.0.5"];
+    ip(&[
+        "-n",
+        &node_ns.name,
+        "addr",
+        "add",
+        &format!("{node}/24"),
+        "dev",
+        &a,
+    ]);
+    ip(&["-n", &node_ns.name, "link", "set", &a, "up"]);
+    // The prober's address first: the primary one, which the probe's
+    // connections take as their source.
+    for r in std::iter::once(&prober).chain(&holders) {
+        ip(&[
+            "-n",
+            &remote_ns.name,
+            "addr",
+            "add",
+            &format!("{r}/24"),
+            "dev",
+            &b,
+        ]);
+    }
+    ip(&["-n", &remote_ns.name, "link", "set", &b, "up"]);
+    let port = 9091;
+    let netd = node_ns.netd(&format!("[health]\nlisten = \"0.0.0.0:{port}\"\n"));
+    let check = || {
+        remote_ns.run(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(check_at(&format!("{node}:{port}")))
+        })
+    };
+    let deadline = std::time::Instant::now() + crate::common::DEADLINE;
+    while check() != Ok(ServingStatus::Serving as i32) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut holder = hold_from_sources(&remote_ns, node, port, &holders, 8);
+    // Long enough for the holders to take what they can.
+    std::thread::sleep(Duration::from_secs(1));
+    // As kubelet judges a probe: it fails after failureThreshold (3)
+    // failures in a row.
+    let rounds: Vec<Vec<_>> = (0..5)
+        .map(|_| {
+            let mut tries = Vec::new();
+            for _ in 0..3 {
+                let r = check();
+                let ok = r == Ok(ServingStatus::Serving as i32);
+                tries.push(r);
+                if ok {
+                    break;
+                }
+            }
+            tries
+        })
+        .collect();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        rounds
+            .iter()
+            .all(|t| t.last() == Some(&Ok(ServingStatus::Serving as i32))),
+        "remote Checks (3 tries a round, as kubelet's failureThreshold) while four addresses held idle connections: {rounds:?}\n{}",
+        netd.log()
+    );
+}
+
 /// An admin calling from afar over mTLS while an unauthenticated client
 /// with five addresses churns silent connections: the oldest handshake
 /// in progress made way for each new one, and the admin's, a few
