@@ -62,6 +62,14 @@ impl Source {
         Source::Ip(ip.to_canonical())
     }
 
+    /// A TCP peer accepted on `local`: the uid owning its socket when it is
+    /// on this host ([`crate::peer_uid`]), else its address.
+    pub fn tcp(local: Option<std::net::SocketAddr>, peer: std::net::SocketAddr) -> Source {
+        local
+            .and_then(|local| crate::peer_uid::loopback_peer_uid(local, peer))
+            .map_or(Source::ip(peer.ip()), Source::Uid)
+    }
+
     /// The source as handshakes are counted: an IPv6 address by its /64
     /// (one host has a whole prefix to pick addresses from, as the UDP
     /// guards count it), an IPv4 address by its /24 (a client with many

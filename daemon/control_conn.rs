@@ -407,11 +407,7 @@ pub fn incoming_tcp(
                 }
             };
             let _ = s.set_nodelay(true);
-            let source = s
-                .local_addr()
-                .ok()
-                .and_then(|local| crate::peer_uid::loopback_peer_uid(local, addr))
-                .map_or(Source::ip(addr.ip()), Source::Uid);
+            let source = Source::tcp(s.local_addr().ok(), addr);
             let peer = Peer::Tcp(addr);
             if ep.tls.is_none() && ep.policy.insecure_tcp() {
                 // Plain TCP on loopback: the caller is the user owning the
@@ -420,9 +416,9 @@ pub fn incoming_tcp(
                 // runtime, so on a task of its own).
                 let (tx, ep) = (tx.clone(), ep.clone());
                 tokio::spawn(async move {
-                    let user = match s.local_addr() {
-                        Ok(local) => crate::peer_uid::loopback_peer_user(local, addr).await,
-                        Err(_) => None,
+                    let user = match source {
+                        Source::Uid(uid) => crate::peer_uid::local_user(uid).await,
+                        Source::Ip(_) => None,
                     };
                     let caller = match user {
                         Some(u) => {

@@ -643,7 +643,7 @@ pub async fn serve(
         &stop,
         &refused,
         "metrics endpoint",
-        |stream, _peer, slot| {
+        |stream, _peer, _source, slot| {
             serve_connection(stream, slot, registry.clone(), limits, stop.clone())
         },
     )
@@ -665,7 +665,7 @@ pub(crate) async fn serve_endpoint<F, Fut>(
     what: &str,
     mut conn: F,
 ) where
-    F: FnMut(tokio::net::TcpStream, std::net::SocketAddr, Slot) -> Fut,
+    F: FnMut(tokio::net::TcpStream, std::net::SocketAddr, Source, Slot) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let tracker = TaskTracker::new();
@@ -697,11 +697,7 @@ pub(crate) async fn serve_endpoint<F, Fut>(
         };
         // The callers of these endpoints are not told apart by role here
         // (the Toxiproxy API checks each request's caller itself).
-        let source = stream
-            .local_addr()
-            .ok()
-            .and_then(|local| crate::peer_uid::loopback_peer_uid(local, peer))
-            .map_or(Source::ip(peer.ip()), Source::Uid);
+        let source = Source::tcp(stream.local_addr().ok(), peer);
         let Some(slot) = gate.admit(source, false) else {
             // Closed at once: a flood of these must not cost a descriptor
             // for long; the gate logs them sparingly.
@@ -709,7 +705,7 @@ pub(crate) async fn serve_endpoint<F, Fut>(
             drop(stream);
             continue;
         };
-        tracker.spawn(conn(stream, peer, slot));
+        tracker.spawn(conn(stream, peer, source, slot));
     }
     // Refuse new connections at once while the open ones finish.
     drop(listener);

@@ -175,11 +175,15 @@ impl LocalUser {
     }
 }
 
-/// [`loopback_peer_uid`] and that uid's name and groups, looked up on the
-/// blocking pool (NSS may ask a directory server) within
-/// [`LOOKUP_TIMEOUT`]; None as for [`loopback_peer_uid`].
-pub async fn loopback_peer_user(local: SocketAddr, peer: SocketAddr) -> Option<LocalUser> {
-    let uid = loopback_peer_uid(local, peer)?;
+/// One warning per interval when looking up peers' users fails (a slow
+/// directory server makes that happen per connection).
+static LOOKUP_WARN: crate::warn_limit::RateLimitedWarn =
+    crate::warn_limit::RateLimitedWarn::new(crate::warn_limit::DEFAULT_INTERVAL);
+
+/// The name and groups of `uid` (a peer's, from [`loopback_peer_uid`]),
+/// looked up on the blocking pool (NSS may ask a directory server) within
+/// [`LOOKUP_TIMEOUT`]; None if that fails or times out.
+pub async fn local_user(uid: u32) -> Option<LocalUser> {
     let lookup = tokio::task::spawn_blocking(move || match crate::sys::user_of_uid(uid) {
         Some((name, gid)) => LocalUser {
             uid,
@@ -197,11 +201,15 @@ pub async fn loopback_peer_user(local: SocketAddr, peer: SocketAddr) -> Option<L
     match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
         Ok(Ok(user)) => Some(user),
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, uid, "looking up a peer's user failed");
+            if let Some(suppressed) = LOOKUP_WARN.hit() {
+                tracing::warn!(error = %e, uid, suppressed, "looking up a peer's user failed");
+            }
             None
         }
         Err(_) => {
-            tracing::warn!(uid, "looking up a peer's user timed out");
+            if let Some(suppressed) = LOOKUP_WARN.hit() {
+                tracing::warn!(uid, suppressed, "looking up a peer's user timed out");
+            }
             None
         }
     }

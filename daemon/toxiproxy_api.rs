@@ -196,10 +196,11 @@ impl Access {
 
     /// The caller on a connection accepted on `local` from `peer`, with
     /// its role; unidentified callers get [`Role::None`].
-    async fn identify(&self, local: Option<SocketAddr>, peer: SocketAddr) -> Caller {
-        let user = match local {
-            Some(local) => crate::peer_uid::loopback_peer_user(local, peer).await,
-            None => None,
+    async fn identify(&self, source: crate::admission::Source, peer: SocketAddr) -> Caller {
+        // The uid was looked up once, at admission.
+        let user = match source {
+            crate::admission::Source::Uid(uid) => crate::peer_uid::local_user(uid).await,
+            crate::admission::Source::Ip(_) => None,
         };
         match user {
             Some(u) => Caller {
@@ -234,16 +235,21 @@ pub async fn serve(
         &stop,
         &refused,
         "toxiproxy API",
-        |stream, peer, slot| {
-            serve_connection(
+        |stream, peer, source, slot| {
+            let served = serve_connection(
                 stream,
-                slot,
                 supervisor.clone(),
                 access.clone(),
                 peer,
+                source,
                 limits,
                 stop.clone(),
-            )
+            );
+            async move {
+                // The connection's place at the endpoint, until it ends.
+                let _slot = slot;
+                served.await
+            }
         },
     )
     .await;
@@ -254,14 +260,14 @@ pub async fn serve(
 /// response in flight finish).
 async fn serve_connection(
     stream: TcpStream,
-    _slot: crate::admission::Slot,
     supervisor: Supervisor,
     access: Arc<Access>,
     peer: SocketAddr,
+    source: crate::admission::Source,
     limits: Limits,
     stop: CancellationToken,
 ) {
-    let caller = access.identify(stream.local_addr().ok(), peer).await;
+    let caller = access.identify(source, peer).await;
     let api = Api {
         supervisor,
         access,

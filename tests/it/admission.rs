@@ -401,54 +401,9 @@ async fn check_at(addr: &str) -> Result<i32, String> {
 fn health_check_by_local_root_is_answered_while_remote_addresses_hold_the_rest() {
     use tonic_health::pb::health_check_response::ServingStatus;
 
-    let node_ns = crate::common::NetNs::new();
-    let remote_ns = crate::common::NetNs::new();
-    let ip = |args: &[&str]| {
-        let out = Command::new("ip").args(args).output().expect("ip");
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-    };
-    let (a, b) = (
-        format!("h8a{}", std::process::id() % 100_000),
-        format!("h8b{}", std::process::id() % 100_000),
-    );
-    ip(&[
-        "link",
-        "add",
-        &a,
-        "netns",
-        &node_ns.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &b,
-        "netns",
-        &remote_ns.name,
-    ]);
     let node = "10.98.0.1";
     let remote = ["10.98.0.2", "10.98.0.3", "10.98.0.4", "10.98.0.5"];
-    ip(&[
-        "-n",
-        &node_ns.name,
-        "addr",
-        "add",
-        &format!("{node}/24"),
-        "dev",
-        &a,
-    ]);
-    ip(&["-n", &node_ns.name, "link", "set", &a, "up"]);
-    for r in remote {
-        ip(&[
-            "-n",
-            &remote_ns.name,
-            "addr",
-            "add",
-            &format!("{r}/24"),
-            "dev",
-            &b,
-        ]);
-    }
-    ip(&["-n", &remote_ns.name, "link", "set", &b, "up"]);
+    let (node_ns, remote_ns) = linked_namespaces("h8a", &format!("{node}/24"), &cidrs(&remote, 24));
     let port = 9091;
     let netd = node_ns.netd(&format!("[health]\nlisten = \"0.0.0.0:{port}\"\n"));
     let check = || {
@@ -491,57 +446,13 @@ fn health_check_by_local_root_is_answered_while_remote_addresses_hold_the_rest()
 fn remote_prober_is_answered_while_four_addresses_hold_idle_connections() {
     use tonic_health::pb::health_check_response::ServingStatus;
 
-    let node_ns = crate::common::NetNs::new();
-    let remote_ns = crate::common::NetNs::new();
-    let ip = |args: &[&str]| {
-        let out = Command::new("ip").args(args).output().expect("ip");
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-    };
-    let (a, b) = (
-        format!("hie{}", std::process::id() % 100_000),
-        format!("hif{}", std::process::id() % 100_000),
-    );
-    ip(&[
-        "link",
-        "add",
-        &a,
-        "netns",
-        &node_ns.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &b,
-        "netns",
-        &remote_ns.name,
-    ]);
     let node = "10.97.0.1";
     let prober = "10.97.0.9";
     let holders = ["10.97.0.2", "10.97.0.3", "10.97.0.4", "10.97.0.5"];
-    ip(&[
-        "-n",
-        &node_ns.name,
-        "addr",
-        "add",
-        &format!("{node}/24"),
-        "dev",
-        &a,
-    ]);
-    ip(&["-n", &node_ns.name, "link", "set", &a, "up"]);
     // The prober's address first: the primary one, which the probe's
     // connections take as their source.
-    for r in std::iter::once(&prober).chain(&holders) {
-        ip(&[
-            "-n",
-            &remote_ns.name,
-            "addr",
-            "add",
-            &format!("{r}/24"),
-            "dev",
-            &b,
-        ]);
-    }
-    ip(&["-n", &remote_ns.name, "link", "set", &b, "up"]);
+    let remote: Vec<&str> = std::iter::once(prober).chain(holders).collect();
+    let (node_ns, remote_ns) = linked_namespaces("hie", &format!("{node}/24"), &cidrs(&remote, 24));
     let port = 9091;
     let netd = node_ns.netd(&format!("[health]\nlisten = \"0.0.0.0:{port}\"\n"));
     let check = || {
@@ -598,23 +509,88 @@ fn remote_prober_is_answered_while_four_addresses_hold_idle_connections() {
 /// (5 of 8 `netctl list` failed). Now the busiest source makes way.
 #[test]
 fn remote_admin_is_served_while_five_addresses_churn_handshakes() {
-    let pki_dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(pki_dir.path(), "netd");
     let node = "10.98.0.1";
-    let server = pki.issue("server", "netd", &[node], false);
-    let admin = pki.issue("admin", "ops-laptop", &[], false);
-    let ca = pki_dir.path().join("netd-ca.pem");
+    let attackers = [
+        "10.98.0.2",
+        "10.98.0.3",
+        "10.98.0.4",
+        "10.98.0.5",
+        "10.98.0.6",
+    ];
+    // The admin's address first: the primary one, which netctl's
+    // connections take as their source.
+    let remote: Vec<&str> = std::iter::once("10.98.0.9").chain(attackers).collect();
+    let (node_ns, remote_ns) = linked_namespaces("h8c", &format!("{node}/24"), &cidrs(&remote, 24));
+    let (failures, log) = remote_admin_failures(&node_ns, &remote_ns, node, &attackers, 16);
+    assert!(
+        failures.is_empty(),
+        "admin calls failed while five addresses churned handshakes: {failures:#?}\n{log}"
+    );
+}
 
+/// The same over IPv6, where one client has a whole /64 to pick source
+/// addresses from: 64 addresses of one prefix, one silent connection each,
+/// all counted as one handshake in progress apiece, made the admin's the
+/// oldest among equals. Now a /64 is one source for handshakes.
+#[test]
+fn remote_admin_is_served_while_an_ipv6_prefix_churns_handshakes() {
+    let node = "fd00:98::1";
+    // The admin in the node's /64, the attacker in a /64 of its own.
+    let attackers: Vec<String> = (1..=64).map(|i| format!("fd00:99::{i:x}")).collect();
+    let mut remote = vec!["fd00:98::9".to_string()];
+    remote.extend(attackers.iter().cloned());
+    let (node_ns, remote_ns) = linked_namespaces("h8e", &format!("{node}/64"), &cidrs(&remote, 64));
+    // The way back to the attacker's prefix.
+    ip(&[
+        "-n",
+        &node_ns.name,
+        "-6",
+        "route",
+        "add",
+        "fd00:99::/64",
+        "dev",
+        &veth_name("h8e", 'a'),
+    ]);
+    let sources: Vec<&str> = attackers.iter().map(String::as_str).collect();
+    let (failures, log) = remote_admin_failures(&node_ns, &remote_ns, node, &sources, 1);
+    assert!(
+        failures.is_empty(),
+        "admin calls failed while one /64 churned handshakes: {failures:#?}\n{log}"
+    );
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+/// `addrs` with a prefix length each.
+fn cidrs(addrs: &[impl AsRef<str>], len: u8) -> Vec<String> {
+    addrs
+        .iter()
+        .map(|a| format!("{}/{len}", a.as_ref()))
+        .collect()
+}
+
+/// The name of one end (`'a'` the node's, `'b'` the remote's) of the veth
+/// of [`linked_namespaces`] called with `tag`.
+fn veth_name(tag: &str, end: char) -> String {
+    format!("{tag}{end}{}", std::process::id() % 100_000)
+}
+
+/// Two network namespaces made for the test and joined by a veth: a
+/// "node" (netd's host) with the address `node_cidr`, and a "remote" side
+/// with `remote_cidrs`, the first its primary (the source its connections
+/// take). IPv6 addresses skip duplicate address detection. `tag` names the
+/// veth (unique per test: tests run side by side).
+fn linked_namespaces(
+    tag: &str,
+    node_cidr: &str,
+    remote_cidrs: &[String],
+) -> (crate::common::NetNs, crate::common::NetNs) {
     let node_ns = crate::common::NetNs::new();
     let remote_ns = crate::common::NetNs::new();
-    let ip = |args: &[&str]| {
-        let out = Command::new("ip").args(args).output().expect("ip");
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-    };
-    let (a, b) = (
-        format!("h8c{}", std::process::id() % 100_000),
-        format!("h8d{}", std::process::id() % 100_000),
-    );
+    let (a, b) = (veth_name(tag, 'a'), veth_name(tag, 'b'));
     ip(&[
         "link",
         "add",
@@ -629,46 +605,49 @@ fn remote_admin_is_served_while_five_addresses_churn_handshakes() {
         "netns",
         &remote_ns.name,
     ]);
-    let attackers = [
-        "10.98.0.2",
-        "10.98.0.3",
-        "10.98.0.4",
-        "10.98.0.5",
-        "10.98.0.6",
-    ];
-    ip(&[
-        "-n",
-        &node_ns.name,
-        "addr",
-        "add",
-        &format!("{node}/24"),
-        "dev",
-        &a,
-    ]);
+    let add = |ns: &str, cidr: &str, dev: &str| {
+        let mut args = vec!["-n", ns, "addr", "add", cidr, "dev", dev];
+        if cidr.contains(':') {
+            args.push("nodad");
+        }
+        ip(&args);
+    };
+    add(&node_ns.name, node_cidr, &a);
     ip(&["-n", &node_ns.name, "link", "set", &a, "up"]);
-    // The admin's address first: the primary one, which netctl's
-    // connections take as their source.
-    for r in std::iter::once(&"10.98.0.9").chain(&attackers) {
-        ip(&[
-            "-n",
-            &remote_ns.name,
-            "addr",
-            "add",
-            &format!("{r}/24"),
-            "dev",
-            &b,
-        ]);
+    for r in remote_cidrs {
+        add(&remote_ns.name, r, &b);
     }
     ip(&["-n", &remote_ns.name, "link", "set", &b, "up"]);
+    (node_ns, remote_ns)
+}
 
+/// netd with its control plane on port 50443 of `node` in `node_ns`, mTLS
+/// with `ops-laptop` an admin; once the admin's `netctl list` from
+/// `remote_ns` answers, `attackers` churn `per_source` silent connections
+/// each while the admin calls 8 more times. The failed calls' errors, and
+/// netd's log.
+fn remote_admin_failures(
+    node_ns: &crate::common::NetNs,
+    remote_ns: &crate::common::NetNs,
+    node: &str,
+    attackers: &[&str],
+    per_source: usize,
+) -> (Vec<String>, String) {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(pki_dir.path(), "netd");
+    let server = pki.issue("server", "netd", &[node], false);
+    let admin = pki.issue("admin", "ops-laptop", &[], false);
+    let ca = pki_dir.path().join("netd-ca.pem");
     let port = 50443;
-    let control = format!("{node}:{port}");
+    let ip: std::net::IpAddr = node.parse().expect("an IP address");
+    let control = std::net::SocketAddr::new(ip, port).to_string();
+    let any = if ip.is_ipv6() { "[::]" } else { "0.0.0.0" };
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("netd.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[control]\nlisten = \"0.0.0.0:{port}\"\n[control.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[control.roles]\nadmin = [\"ops-laptop\"]\n",
+            "[control]\nlisten = \"{any}:{port}\"\n[control.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[control.roles]\nadmin = [\"ops-laptop\"]\n",
             server.0, server.1, ca
         ),
     )
@@ -676,7 +655,6 @@ fn remote_admin_is_served_while_five_addresses_churn_handshakes() {
     let mut cmd = node_ns.command(NETD);
     cmd.arg("--config").arg(&cfg).env_remove("NETD_CONTROL");
     let netd = Netd::spawn_as_is(cmd, dir, control.parse::<ControlAddr>().unwrap());
-    // The admin is remote: in the other namespace, from 10.98.0.9.
     let list = || {
         let mut cmd = remote_ns.command(crate::common::NETCTL);
         cmd.args(["--control", &control, "--cacert"])
@@ -698,7 +676,7 @@ fn remote_admin_is_served_while_five_addresses_churn_handshakes() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut attacker = hold_from_sources(&remote_ns, node, port, &attackers, 16);
+    let mut attacker = hold_from_sources(remote_ns, node, port, attackers, per_source);
     let failures: Vec<String> = (0..8)
         .map(|_| list())
         .filter(|o| !o.status.success())
@@ -706,148 +684,5 @@ fn remote_admin_is_served_while_five_addresses_churn_handshakes() {
         .collect();
     let _ = attacker.kill();
     let _ = attacker.wait();
-    assert!(
-        failures.is_empty(),
-        "admin calls failed while five addresses churned handshakes: {failures:#?}\n{}",
-        netd.log()
-    );
-}
-
-/// The same over IPv6, where one client has a whole /64 to pick source
-/// addresses from: 64 addresses of one prefix, one silent connection each,
-/// all counted as one handshake in progress apiece, made the admin's the
-/// oldest among equals. Now a /64 is one source for handshakes.
-#[test]
-fn remote_admin_is_served_while_an_ipv6_prefix_churns_handshakes() {
-    let pki_dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(pki_dir.path(), "netd");
-    let node = "fd00:98::1";
-    let server = pki.issue("server", "netd", &[node], false);
-    let admin = pki.issue("admin", "ops-laptop", &[], false);
-    let ca = pki_dir.path().join("netd-ca.pem");
-
-    let node_ns = crate::common::NetNs::new();
-    let remote_ns = crate::common::NetNs::new();
-    let ip = |args: &[&str]| {
-        let out = Command::new("ip").args(args).output().expect("ip");
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-    };
-    let (a, b) = (
-        format!("h8e{}", std::process::id() % 100_000),
-        format!("h8f{}", std::process::id() % 100_000),
-    );
-    ip(&[
-        "link",
-        "add",
-        &a,
-        "netns",
-        &node_ns.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &b,
-        "netns",
-        &remote_ns.name,
-    ]);
-    ip(&[
-        "-n",
-        &node_ns.name,
-        "-6",
-        "addr",
-        "add",
-        &format!("{node}/64"),
-        "dev",
-        &a,
-        "nodad",
-    ]);
-    ip(&["-n", &node_ns.name, "link", "set", &a, "up"]);
-    // The admin in the node's /64, the attacker in a /64 of its own.
-    ip(&[
-        "-n",
-        &remote_ns.name,
-        "-6",
-        "addr",
-        "add",
-        "fd00:98::9/64",
-        "dev",
-        &b,
-        "nodad",
-    ]);
-    let attackers: Vec<String> = (1..=64).map(|i| format!("fd00:99::{i:x}")).collect();
-    for r in &attackers {
-        ip(&[
-            "-n",
-            &remote_ns.name,
-            "-6",
-            "addr",
-            "add",
-            &format!("{r}/64"),
-            "dev",
-            &b,
-            "nodad",
-        ]);
-    }
-    ip(&["-n", &remote_ns.name, "link", "set", &b, "up"]);
-    // The way back to the attacker's prefix (once the link is up).
-    ip(&[
-        "-n",
-        &node_ns.name,
-        "-6",
-        "route",
-        "add",
-        "fd00:99::/64",
-        "dev",
-        &a,
-    ]);
-
-    let port = 50443;
-    let control = format!("[{node}]:{port}");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("netd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[control]\nlisten = \"[::]:{port}\"\n[control.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[control.roles]\nadmin = [\"ops-laptop\"]\n",
-            server.0, server.1, ca
-        ),
-    )
-    .unwrap();
-    let mut cmd = node_ns.command(NETD);
-    cmd.arg("--config").arg(&cfg).env_remove("NETD_CONTROL");
-    let netd = Netd::spawn_as_is(cmd, dir, control.parse::<ControlAddr>().unwrap());
-    let list = || {
-        let mut cmd = remote_ns.command(crate::common::NETCTL);
-        cmd.args(["--control", &control, "--cacert"])
-            .arg(&ca)
-            .arg("--cert")
-            .arg(&admin.0)
-            .arg("--key")
-            .arg(&admin.1)
-            .arg("list")
-            .env_remove("NETD_CONTROL");
-        crate::common::output_within_deadline(cmd).expect("netctl list ended")
-    };
-    let deadline = std::time::Instant::now() + crate::common::DEADLINE;
-    while !list().status.success() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "netctl list never answered"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let sources: Vec<&str> = attackers.iter().map(String::as_str).collect();
-    let mut attacker = hold_from_sources(&remote_ns, node, port, &sources, 1);
-    let failures: Vec<String> = (0..8)
-        .map(|_| list())
-        .filter(|o| !o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-        .collect();
-    let _ = attacker.kill();
-    let _ = attacker.wait();
-    assert!(
-        failures.is_empty(),
-        "admin calls failed while one /64 churned handshakes: {failures:#?}\n{}",
-        netd.log()
-    );
+    (failures, netd.log())
 }
