@@ -23,8 +23,8 @@
 
 use std::time::{Duration, Instant};
 
-use netd::addr::ControlAddr;
 use netd::proto::{self, listener_spec::Kind};
+use netd::util::addr::ControlAddr;
 use prost::Message as _;
 
 fn arg(args: &[String], flag: &str, default: u64) -> u64 {
@@ -90,11 +90,11 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: control_probe start|list|stats|watch SOCK [options]");
     };
     let addr: ControlAddr = format!("unix:{sock}").parse()?;
-    let opts = netd::client::DialOptions {
+    let opts = netd::control::client::DialOptions {
         request_timeout: None,
         ..Default::default()
     };
-    let mut c = netd::client::control_client_with(&addr, &opts).await?;
+    let mut c = netd::control::client::control_client_with(&addr, &opts).await?;
     match mode.as_str() {
         "start" => {
             let count = arg(&args, "--count", 1000) as usize;

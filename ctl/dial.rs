@@ -2,9 +2,9 @@
 //! address candidates, and how a gRPC status becomes one classified line.
 
 use anyhow::{Context as _, anyhow};
-use netd::addr::{ControlAddr, check_private_dir, default_control_addr, dial_candidates};
-use netd::client::{DialOptions, TlsFiles, control_client_with};
+use netd::control::client::{DialOptions, TlsFiles, control_client_with};
 use netd::proto::{self, control_client::ControlClient};
+use netd::util::addr::{ControlAddr, check_private_dir, default_control_addr, dial_candidates};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -26,7 +26,7 @@ pub(crate) fn reply_listener<R>(
 
 pub(crate) fn status_line(what: &str, s: &tonic::Status) -> anyhow::Error {
     if let (Code::Unknown | Code::Unavailable | Code::Internal, Some(t)) =
-        (s.code(), netd::client::transport_failure(s))
+        (s.code(), netd::control::client::transport_failure(s))
     {
         return render::unreachable(anyhow!("{what}: {t}"));
     }
@@ -119,8 +119,8 @@ impl Dial {
 
 pub(crate) fn private_dir_of(addr: &ControlAddr) -> Option<std::path::PathBuf> {
     match addr {
-        ControlAddr::Unix(p) if p.parent() == Some(netd::addr::private_dir().as_path()) => {
-            Some(netd::addr::private_dir())
+        ControlAddr::Unix(p) if p.parent() == Some(netd::util::addr::private_dir().as_path()) => {
+            Some(netd::util::addr::private_dir())
         }
         _ => None,
     }

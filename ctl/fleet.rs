@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use futures_util::future::join_all;
-use netd::addr::ControlAddr;
 use netd::proto::{self, StatsSample};
+use netd::util::addr::ControlAddr;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -137,7 +137,7 @@ where
 async fn list(ctx: &Ctx, hosts: &[Host]) -> anyhow::Result<()> {
     let answers = ask_all(hosts, |h| async move {
         let mut c = h.dial.client(false).await?;
-        netd::client::list_all(&mut c)
+        netd::control::client::list_all(&mut c)
             .await
             .map_err(|s| status_line("cannot list listeners", &s))
     })
@@ -227,7 +227,7 @@ async fn get_stats(ctx: &Ctx, hosts: &[Host], name: Option<String>) -> anyhow::R
         let (what, name) = (what.clone(), name.clone());
         async move {
             let mut c = h.dial.client(false).await?;
-            netd::client::stats_all(&mut c, &name)
+            netd::control::client::stats_all(&mut c, &name)
                 .await
                 .map_err(|s| status_line(&what, &s))
         }

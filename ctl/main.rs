@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::{Parser, Subcommand, ValueEnum};
-use netd::addr::{CONTROL_ENV, ControlAddr};
+use netd::util::addr::{CONTROL_ENV, ControlAddr};
 
 /// The help heading of the options every command takes (apart from the
 /// command's own, which e.g. a proxy's upstream options would otherwise be
@@ -262,11 +262,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .any(|w| text.contains(w))
         {
             if let Some(why) =
-                netd::client::diagnose_tls(hostport, tls, dial.opts.connect_timeout).await
+                netd::control::client::diagnose_tls(hostport, tls, dial.opts.connect_timeout).await
             {
                 return Err(render::unreachable(anyhow!(
                     "TLS with netd at {hostport} failed: {}",
-                    netd::client::with_hint(&why, true)
+                    netd::control::client::with_hint(&why, true)
                 )));
             }
         }
@@ -352,7 +352,8 @@ fn main() -> ExitCode {
     };
     note_old_connect_timeout(&matches);
     if let Command::GenerateDocs { dir } = &cli.command {
-        return match netd::docs::write(<Cli as clap::CommandFactory>::command(), "1", dir) {
+        return match netd::process::docs::write(<Cli as clap::CommandFactory>::command(), "1", dir)
+        {
             Ok(files) => {
                 for f in files {
                     println!("{}", f.display());

@@ -2,11 +2,35 @@
 //! monitored TCP proxy, an HTTP JSON API and a packet sniffer — as
 //! supervised listeners driven over a gRPC control plane.
 //!
-//! Start reading at [`server::run`], which wires the pieces together:
-//! [`config`] gives the boot listeners, [`supervisor`] owns each listener's
-//! lifecycle, [`services`] holds the services themselves, [`stats`] their
-//! counters, and [`control`] exposes it all as `netd.v1.Control`. The CLI
-//! `netctl` (in `ctl/`) uses [`client`] and [`addr`] from here.
+//! Start reading at [`process::server::run`], which wires the pieces
+//! together: [`config`] gives the boot listeners, [`supervisor`] owns each
+//! listener's lifecycle, [`services`] holds the services themselves,
+//! [`telemetry::stats`] their counters, and [`control::service`] exposes it
+//! all as `netd.v1.Control`. The CLI `netctl` (in `ctl/`) uses
+//! [`control::client`] and [`util::addr`] from here.
+//!
+//! # Layers
+//!
+//! The folders below are listed in layer order, lowest first: a module uses
+//! its own folder and the folders before it, never one after it, so the
+//! module graph has no cycles (`tests/it/layers.rs` fails on a `crate::`
+//! path that goes the wrong way).
+//!
+//! | folder | role |
+//! |---|---|
+//! | [`sys`] | direct Linux calls: ids, descriptor passing, safe files |
+//! | [`util`] | address parsing, paging, rate-limited warnings |
+//! | [`spec`] | what specs are made of, below every kind |
+//! | [`telemetry`] | counters, events, the access log |
+//! | [`net`] | socket plumbing shared by the services, descriptor budget |
+//! | [`fault`] | the fault model shared by the kinds that take faults |
+//! | [`services`] | the listener kinds |
+//! | [`state`] | the persisted runtime state |
+//! | [`supervisor`] | each listener's lifecycle |
+//! | [`control`] | the gRPC control plane and the admission of any endpoint |
+//! | [`endpoints`] | health, `/metrics`, the Toxiproxy-compatible API |
+//! | [`config`] | the config file and its export |
+//! | [`process`] | start-up, shut-down, hand-over, systemd |
 //!
 //! # Unsafe code
 //!
@@ -19,55 +43,31 @@
 //! - [`net::udp`] — recvmsg with SO_RXQ_OVFL for the UDP echo;
 //! - `services::sniffer::socket` and `services::sniffer::ring` — the
 //!   AF_PACKET socket, its options, recvmmsg and the TPACKET_V3 ring;
-//! - [`fdpass`] — sendmsg/recvmsg with SCM_RIGHTS and the descriptors
+//! - [`sys::fdpass`] — sendmsg/recvmsg with SCM_RIGHTS and the descriptors
 //!   systemd passes, for the socket hand-over;
-//! - [`safe_file`] — openat/renameat/unlinkat/fstatat relative to a
+//! - [`sys::safe_file`] — openat/renameat/unlinkat/fstatat relative to a
 //!   directory descriptor;
 //! - the kernel reference test of the BPF interpreter (test code only);
-//! - [`trim`] — malloc_trim;
-//! - [`server::raise_fd_limit`] — getrlimit/setrlimit;
-//! - [`fd_budget`] — getrlimit.
+//! - [`process::trim`] — malloc_trim;
+//! - [`process::server::raise_fd_limit`] — getrlimit/setrlimit;
+//! - [`net::fd_budget`] — getrlimit.
 
 #![deny(unsafe_code)]
 
-pub mod access_log;
-pub mod addr;
-pub mod admission;
-pub mod auth;
-pub mod client;
+// The layer order is the table in the doc above.
 pub mod config;
 pub mod control;
-pub mod control_conn;
-pub mod docs;
-pub mod events;
-pub mod export;
+pub mod endpoints;
 pub mod fault;
-pub mod fd_budget;
-pub mod fdpass;
-pub mod fdstore;
-#[cfg(test)]
-mod fuzz_support;
-pub mod handover;
-pub mod health;
-pub mod logging;
-pub mod metrics;
 pub mod net;
-pub mod notify;
-pub mod own_addrs;
-pub mod page;
-pub mod peer_uid;
-pub mod safe_file;
-pub mod server;
+pub mod process;
 pub mod services;
-pub mod spec_diff;
+pub mod spec;
 pub mod state;
-pub mod stats;
 pub mod supervisor;
 pub mod sys;
-pub mod toxiproxy_api;
-pub mod trim;
-pub mod warn_limit;
-pub mod watch;
+pub mod telemetry;
+pub mod util;
 
 /// Code generated from `proto/netd/v1/*.proto`.
 #[allow(clippy::all, missing_docs)]

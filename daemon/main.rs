@@ -1,5 +1,5 @@
 //! `netd`: the daemon binary. Parses flags, loads the config (or the
-//! embedded default), sets up logging and runs [`netd::server::run`].
+//! embedded default), sets up logging and runs [`netd::process::server::run`].
 
 #![deny(unsafe_code)]
 
@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use netd::addr::{CONTROL_ENV, ControlAddr, default_control_addr};
 use netd::config::{Config, DEFAULT_CONFIG};
+use netd::util::addr::{CONTROL_ENV, ControlAddr, default_control_addr};
 
 /// netd hosts network services (TCP/UDP echo, ...) as supervised listeners
 /// and is driven at runtime by `netctl` over a gRPC control plane.
@@ -82,10 +82,11 @@ fn main() -> ExitCode {
     // First, while this is the only thread: settings read by every arena.
     tune_allocator();
     // Before any thread exists: this unsets LISTEN_* in the environment.
-    let listen_fds = netd::fdpass::take_listen_fds();
+    let listen_fds = netd::sys::fdpass::take_listen_fds();
     let args = Args::parse();
     if let Some(dir) = &args.generate_docs {
-        return match netd::docs::write(<Args as clap::CommandFactory>::command(), "8", dir) {
+        return match netd::process::docs::write(<Args as clap::CommandFactory>::command(), "8", dir)
+        {
             Ok(files) => {
                 for f in files {
                     println!("{}", f.display());
@@ -133,13 +134,17 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(netd::server::check_control_security(&config, &control)));
+            .and_then(|rt| {
+                rt.block_on(netd::process::server::check_control_security(
+                    &config, &control,
+                ))
+            });
         if let Err(e) = checked {
             eprintln!("netd: {e:#}");
             return ExitCode::from(2);
         }
         // The limits netd would run with: the soft limit raised to the hard.
-        let budget = netd::fd_budget::Budget::current();
+        let budget = netd::net::fd_budget::Budget::current();
         if let Some(w) = netd::services::fd_cost::check_listeners(
             config.listeners.iter().map(|l| &l.spec),
             &budget,
@@ -153,9 +158,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    netd::logging::init(&config.log);
+    netd::process::logging::init(&config.log);
     // Before the runtime: opening the file blocks.
-    if let Err(e) = netd::access_log::init(
+    if let Err(e) = netd::telemetry::access_log::init(
         &config.access_log,
         config.log.format == netd::config::LogFormat::Json,
     ) {
@@ -168,13 +173,13 @@ fn main() -> ExitCode {
     });
     // Each connection costs a descriptor (a proxied one two); the common
     // soft default of 1024 would cap a proxy at about 500 clients.
-    match netd::server::raise_fd_limit() {
+    match netd::process::server::raise_fd_limit() {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     // Before the runtime: counts the descriptors open now (/proc).
-    let budget = netd::fd_budget::Budget::current();
-    let permits = netd::fd_budget::init();
+    let budget = netd::net::fd_budget::Budget::current();
+    let permits = netd::net::fd_budget::init();
     tracing::info!(
         limit = budget.limit,
         reserve = budget.reserve,
@@ -193,18 +198,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let startup = netd::server::Startup {
+    let startup = netd::process::server::Startup {
         upgrade: args.upgrade,
         listen_fds,
     };
-    let result = runtime.block_on(netd::server::run(
+    let result = runtime.block_on(netd::process::server::run(
         config,
         control,
         args.config.clone(),
         startup,
     ));
     // The last lines of the connections that were drained.
-    netd::access_log::close();
+    netd::telemetry::access_log::close();
     if result.is_err() {
         // E.g. a second signal cut the drain short: do not wait on tasks
         // left on the blocking pool either.

@@ -31,34 +31,37 @@
 //! and carries it out with the same operations.
 //!
 //! While the listeners are handed to a successor (`netd --upgrade`, see
-//! [`crate::handover`]) those calls are refused with `HandingOver`: a
+//! [`crate::process::handover`]) those calls are refused with `HandingOver`: a
 //! hand-over begins only once the calls in flight are saved, and the
 //! successor boots from the state file as it then is. Listening sockets
 //! are also kept in systemd's fd store as they come and go
-//! ([`crate::fdstore`]).
+//! ([`crate::sys::fdstore`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use parking_lot::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::events::EventBus;
 use crate::proto::{self, EventKind, ListenerState, PlanAction, UpdateAction};
 use crate::services::{BindError, Bound, Service, ServiceCtx, Settings, SpecError};
+pub use crate::spec::names::{MAX_NAME_LEN, valid_name, validate_name};
 use crate::state::{Desired, Overlay, Store};
-use crate::stats::Stats;
+use crate::telemetry::events::EventBus;
+use crate::telemetry::stats::Stats;
+
+/// Default and upper bound of `max_listeners`.
+pub const DEFAULT_MAX_LISTENERS: usize = 1024;
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A run that lasted this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
-/// Longest listener name.
-pub const MAX_NAME_LEN: usize = 63;
 /// Labels per listener, and the longest key and value.
 pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_KEY_LEN: usize = 63;
@@ -136,7 +139,7 @@ struct Generation {
 
 impl Generation {
     fn socket(&self) -> MutexGuard<'_, Option<OwnedFd>> {
-        self.socket.lock().unwrap_or_else(|p| p.into_inner())
+        self.socket.lock()
     }
 
     /// Keep this generation's socket in systemd's fd store as `name`
@@ -144,8 +147,8 @@ impl Generation {
     fn store_socket(&self, name: &str) {
         use std::os::fd::AsFd as _;
         match self.socket().as_ref() {
-            Some(fd) => crate::fdstore::store(name, fd.as_fd()),
-            None => crate::fdstore::remove(name),
+            Some(fd) => crate::sys::fdstore::store(name, fd.as_fd()),
+            None => crate::sys::fdstore::remove(name),
         }
     }
 }
@@ -179,7 +182,7 @@ impl Entry {
     fn status(&self) -> MutexGuard<'_, Status> {
         // A poisoned lock only means a panic while holding it; the status
         // fields are always left consistent, so keep going.
-        self.status.lock().unwrap_or_else(|p| p.into_inner())
+        self.status.lock()
     }
 
     fn set_state(&self, state: ListenerState) {
@@ -189,14 +192,12 @@ impl Entry {
     fn current_gen(&self) -> Arc<Generation> {
         self.current
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
     fn labels(&self) -> HashMap<String, String> {
         self.labels
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
@@ -322,7 +323,7 @@ struct Inner {
 
 impl Default for Supervisor {
     fn default() -> Self {
-        Self::new(Settings::default(), crate::config::DEFAULT_MAX_LISTENERS)
+        Self::new(Settings::default(), DEFAULT_MAX_LISTENERS)
     }
 }
 
@@ -407,7 +408,6 @@ impl Supervisor {
         self.inner
             .listeners
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sockets handed over by a previous netd, by listener name: each is
@@ -416,7 +416,6 @@ impl Supervisor {
         self.inner
             .inherited
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .extend(sockets);
     }
 
@@ -426,8 +425,7 @@ impl Supervisor {
             &mut *self
                 .inner
                 .inherited
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
+                .lock(),
         )
     }
 
@@ -452,7 +450,7 @@ impl Supervisor {
     }
 
     /// Take and release the registry lock: the watchdog's proof
-    /// ([`crate::notify::Watchdog`]) that the registry is not wedged.
+    /// ([`crate::process::notify::Watchdog`]) that the registry is not wedged.
     pub fn heartbeat(&self) {
         drop(self.listeners());
     }
@@ -636,7 +634,6 @@ impl Supervisor {
         self.inner
             .inherited
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .remove(name)
     }
 
@@ -772,7 +769,7 @@ impl Supervisor {
             String::new(),
         );
         let (cur_gen, bound) = self.generation(&entry, p)?;
-        *entry.current.lock().unwrap_or_else(|e| e.into_inner()) = cur_gen.clone();
+        *entry.current.lock() = cur_gen.clone();
         self.insert(name, &entry)?;
         if let Some(a) = cur_gen.own_udp_addr {
             self.inner.settings.own_udp_addrs.insert(a);
@@ -854,13 +851,13 @@ impl Supervisor {
         }
         entry.set_state(ListenerState::Stopping);
         entry.current_gen().socket().take();
-        crate::fdstore::remove(name);
+        crate::sys::fdstore::remove(name);
         entry.stop_accepting.cancel();
         entry.close_connections.cancel();
         entry.tracker.close();
         entry.tracker.wait().await;
         // Under systemd, the port closes once the store lets go of it.
-        crate::fdstore::flushed().await;
+        crate::sys::fdstore::flushed().await;
         Ok((self.finish(&entry), entry.ephemeral))
     }
 
@@ -908,7 +905,7 @@ impl Supervisor {
         }
         entry.set_state(ListenerState::Draining);
         entry.current_gen().socket().take();
-        crate::fdstore::remove(name);
+        crate::sys::fdstore::remove(name);
         entry.stop_accepting.cancel();
         entry.tracker.close();
         let open = entry.stats.connections_active.load(Ordering::Relaxed);
@@ -978,7 +975,7 @@ impl Supervisor {
         let cur = entry.current_gen();
         let cur_spec = entry.spec();
         let spec = Service::normalize(Service::keep_secrets(spec, &cur.spec), &self.inner.settings);
-        let mut changed = crate::spec_diff::changed_fields(&cur_spec, &spec);
+        let mut changed = crate::spec::diff::changed_fields(&cur_spec, &spec);
         let labels_change = labels.as_ref().is_some_and(|l| *l != entry.labels());
         if labels_change {
             changed.push("labels".into());
@@ -1022,7 +1019,7 @@ impl Supervisor {
             action
         };
         if let Some(l) = labels {
-            *entry.labels.lock().unwrap_or_else(|p| p.into_inner()) = l;
+            *entry.labels.lock() = l;
         }
         let how = match action {
             UpdateAction::InPlace => "in place",
@@ -1091,7 +1088,7 @@ impl Supervisor {
                     reused: false,
                 };
                 let (cur_gen, bound) = self.generation(entry, old)?;
-                *entry.current.lock().unwrap_or_else(|p| p.into_inner()) = cur_gen.clone();
+                *entry.current.lock() = cur_gen.clone();
                 entry
                     .tracker
                     .spawn(supervise(entry.clone(), cur_gen, Ok(bound)));
@@ -1118,7 +1115,7 @@ impl Supervisor {
         if let Some(a) = old.own_udp_addr {
             self.inner.settings.own_udp_addrs.remove(a);
         }
-        *entry.current.lock().unwrap_or_else(|p| p.into_inner()) = cur_gen.clone();
+        *entry.current.lock() = cur_gen.clone();
         if !same_socket {
             cur_gen.store_socket(&entry.name);
         }
@@ -1254,7 +1251,7 @@ impl Supervisor {
                     let udp = transport == crate::services::Transport::Udp;
                     if let Some((other, ..)) = addrs
                         .iter()
-                        .find(|(_, b, u)| *u == udp && crate::config::addrs_clash(*b, a))
+                        .find(|(_, b, u)| *u == udp && crate::net::bind::addrs_clash(*b, a))
                     {
                         return Err(SpecError(format!(
                             "listener '{}': {a} clashes with listener '{other}'",
@@ -1292,7 +1289,7 @@ impl Supervisor {
                 }
                 Some(e) => {
                     let cur = e.current_gen();
-                    let mut changed = crate::spec_diff::changed_fields(&e.spec(), &d.spec);
+                    let mut changed = crate::spec::diff::changed_fields(&e.spec(), &d.spec);
                     if e.labels() != d.labels {
                         changed.push("labels".into());
                     }
@@ -1364,14 +1361,14 @@ impl Supervisor {
         // Validate (and plan) before the base changes.
         self.plan(desired.clone(), Prune::Persistent).await?;
         let old_base = std::mem::replace(
-            &mut *self.inner.base.lock().unwrap_or_else(|p| p.into_inner()),
+            &mut *self.inner.base.lock(),
             base,
         );
         let r = self.apply_held(desired, Prune::Persistent, false).await;
         if r.is_err() {
             // Nothing of this plan could be checked as applied; keep the
             // old base so the state file stays relative to what runs.
-            *self.inner.base.lock().unwrap_or_else(|p| p.into_inner()) = old_base;
+            *self.inner.base.lock() = old_base;
         } else {
             // Unchanged plans still move the base: save the new overlay.
             self.persist().await?;
@@ -1392,7 +1389,6 @@ impl Supervisor {
             .inner
             .base
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .clone();
         Overlay::between(&base, &running)
     }
@@ -1435,7 +1431,7 @@ impl Supervisor {
         let this = self.clone();
         // On the blocking pool with a deadline: a state directory on a hung
         // mount fails the call instead of holding every change forever.
-        let r = crate::safe_file::off_runtime(
+        let r = crate::sys::safe_file::off_runtime(
             "writing the state file",
             STATE_SAVE_DEADLINE,
             move || match this.inner.store.as_ref() {
@@ -1617,7 +1613,7 @@ impl Supervisor {
     /// whether more follow. The registry lock is held only for the range
     /// walk over the ordered map (O(page + log n)); building the protos
     /// happens unlocked.
-    fn entries_page(&self, page: &crate::page::Page) -> (Vec<Arc<Entry>>, bool) {
+    fn entries_page(&self, page: &crate::util::page::Page) -> (Vec<Arc<Entry>>, bool) {
         use std::ops::Bound::{Excluded, Unbounded};
         let listeners = self.listeners();
         let from = match &page.after {
@@ -1635,7 +1631,10 @@ impl Supervisor {
     }
 
     /// One page of listeners, and the name to resume after if more follow.
-    pub fn list_page(&self, page: &crate::page::Page) -> (Vec<proto::Listener>, Option<String>) {
+    pub fn list_page(
+        &self,
+        page: &crate::util::page::Page,
+    ) -> (Vec<proto::Listener>, Option<String>) {
         let (entries, more) = self.entries_page(page);
         let next = more
             .then(|| entries.last().map(|e| e.name.to_string()))
@@ -1646,7 +1645,7 @@ impl Supervisor {
     /// One page of counters, and the name to resume after if more follow.
     pub fn samples_page(
         &self,
-        page: &crate::page::Page,
+        page: &crate::util::page::Page,
     ) -> (Vec<proto::ListenerStatsSample>, Option<String>) {
         let (entries, more) = self.entries_page(page);
         let next = more
@@ -1791,39 +1790,6 @@ fn fault_status(listener: &str, a: &crate::fault::Active) -> proto::FaultStatus 
         fault: Some(a.spec.clone()),
         stats: Some(a.stats(tokio::time::Instant::now())),
     }
-}
-
-/// Whether `name` is a valid listener (or fault) name: see
-/// [`validate_name`].
-pub fn valid_name(name: &str) -> bool {
-    validate_name(name).is_ok()
-}
-
-/// Names are `[A-Za-z0-9][A-Za-z0-9._-]{0,62}`: safe in file names, URLs,
-/// metric labels and terminals, and never `.` or `..`.
-fn validate_name(name: &str) -> Result<(), SpecError> {
-    if name.is_empty() {
-        return Err(SpecError("a listener needs a name".into()));
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(SpecError(format!(
-            "listener name is longer than {MAX_NAME_LEN} characters"
-        )));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(SpecError(format!(
-            "listener name {name:?} contains {c:?}; use letters, digits, '-', '_' and '.'"
-        )));
-    }
-    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(SpecError(format!(
-            "listener name {name:?} must start with a letter or a digit"
-        )));
-    }
-    Ok(())
 }
 
 /// At most [`MAX_LABELS`]; keys like names (plus `/`), up to 63

@@ -125,11 +125,11 @@ pub(crate) async fn export(ctx: &Ctx) -> anyhow::Result<()> {
     }
     let dial = &ctx.dial;
     let mut client = dial.client(false).await?;
-    let ls = netd::client::list_all(&mut client)
+    let ls = netd::control::client::list_all(&mut client)
         .await
         .map_err(|s| status_line("cannot list listeners", &s))?;
-    let entries: Vec<netd::export::ExportListener> = ls.iter().map(Into::into).collect();
-    let text = netd::export::listeners_to_toml(&entries)
+    let entries: Vec<netd::config::export::ExportListener> = ls.iter().map(Into::into).collect();
+    let text = netd::config::export::listeners_to_toml(&entries)
         .map_err(|e| render::refused(anyhow!("cannot export: {e}")))?;
     out!("{text}");
     Ok(())

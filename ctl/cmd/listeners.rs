@@ -71,7 +71,7 @@ pub(crate) async fn list(ctx: &Ctx) -> anyhow::Result<()> {
     let json = ctx.json;
     let dial = &ctx.dial;
     let mut client = dial.client(false).await?;
-    let ls = netd::client::list_all(&mut client)
+    let ls = netd::control::client::list_all(&mut client)
         .await
         .map_err(|s| status_line("cannot list listeners", &s))?;
     if json {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::ValueEnum;
-use netd::addr::parse_listen_addr;
+use netd::util::addr::parse_listen_addr;
 
 use super::*;
 use crate::render::{self, out, outln};

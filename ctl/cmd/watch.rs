@@ -26,7 +26,7 @@ pub(crate) async fn stats(
     };
     let name = name.unwrap_or_default();
     if !watch {
-        let sample = netd::client::stats_all(&mut client, &name)
+        let sample = netd::control::client::stats_all(&mut client, &name)
             .await
             .map_err(|s| status_line(&what, &s))?;
         if json {

@@ -427,6 +427,18 @@ pub fn summary(f: &proto::Fault) -> String {
         .join(" ")
 }
 
+/// A listener's faults written into its exported table, as an array of
+/// inline tables (the config also takes `[[listener.faults]]` tables).
+pub fn write_faults(t: &mut crate::spec::Table, faults: &[crate::proto::Fault]) {
+    if !faults.is_empty() {
+        let list = faults
+            .iter()
+            .map(|f| toml::Value::Table(to_table(f)))
+            .collect();
+        t.line("faults", toml::Value::Array(list));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

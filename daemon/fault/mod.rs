@@ -21,13 +21,14 @@ pub mod rng;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+use parking_lot::{Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::proto::{self, fault::Kind};
-use crate::services::SpecError;
+use crate::spec::SpecError;
 pub use cidr::Cidr;
 pub use rng::Rng;
 
@@ -249,7 +250,7 @@ pub fn compile(f: &proto::Fault, target: Target) -> Result<Compiled, SpecError> 
     if name.is_empty() {
         return Err(err(name, "a name is required"));
     }
-    if !crate::supervisor::valid_name(name) {
+    if !crate::spec::names::valid_name(name) {
         return Err(err(
             name,
             "names are 1-63 characters of [A-Za-z0-9._-], starting with a letter or digit",
@@ -707,11 +708,11 @@ impl FaultTable {
 
     /// The faults now (a cheap clone of an `Arc`).
     pub fn current(&self) -> Arc<FaultSet> {
-        self.set.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.set.read().clone()
     }
 
     fn publish(&self, set: FaultSet) {
-        *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+        *self.set.write() = Arc::new(set);
         self.version
             .fetch_add(1, std::sync::atomic::Ordering::Release);
         self.changes.notify_waiters();
@@ -731,7 +732,7 @@ impl FaultTable {
     /// is (window, decisions); one that changed keeps its counters.
     pub fn replace_all(&self, faults: &[proto::Fault]) -> Result<(), TableError> {
         let compiled = compile_all(faults, self.target()).map_err(|e| TableError::Invalid(e.0))?;
-        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.changing.lock();
         let cur = self.current();
         if cur.faults.is_empty() && compiled.is_empty() {
             return Ok(());
@@ -756,7 +757,7 @@ impl FaultTable {
     /// Add a fault at the end.
     pub fn add(&self, spec: proto::Fault) -> Result<Arc<Active>, TableError> {
         let c = compile(&spec, self.target()).map_err(|e| TableError::Invalid(e.0))?;
-        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.changing.lock();
         let cur = self.current();
         if cur.faults.iter().any(|a| a.fault.name == c.name) {
             return Err(TableError::Exists(c.name));
@@ -775,7 +776,7 @@ impl FaultTable {
     /// counters; its window starts again.
     pub fn update(&self, spec: proto::Fault) -> Result<Arc<Active>, TableError> {
         let c = compile(&spec, self.target()).map_err(|e| TableError::Invalid(e.0))?;
-        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.changing.lock();
         let cur = self.current();
         let Some(i) = cur.faults.iter().position(|a| a.fault.name == c.name) else {
             return Err(TableError::NotFound(c.name));
@@ -789,7 +790,7 @@ impl FaultTable {
 
     /// Remove one fault by name, or all (`name` None); the removed ones.
     pub fn remove(&self, name: Option<&str>) -> Result<Vec<Arc<Active>>, TableError> {
-        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.changing.lock();
         let cur = self.current();
         let (gone, kept): (Vec<_>, Vec<_>) = cur
             .faults

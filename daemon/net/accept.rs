@@ -2,7 +2,7 @@
 //! off on accept errors, bound connections with a semaphore, track every
 //! connection task), and the classification of accept errors it and the
 //! metrics endpoint use. The loop keeps within the process's descriptor
-//! budget ([`crate::fd_budget`]): it pauses rather than take the
+//! budget ([`crate::net::fd_budget`]): it pauses rather than take the
 //! descriptors kept for the control plane.
 
 use std::io;
@@ -15,8 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use super::cancel::CancelWatch;
 use super::contain::contain_panic;
-use crate::stats::Stats;
-use crate::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
+use crate::telemetry::stats::Stats;
+use crate::util::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
 
 /// One warning per interval when an accept loop pauses at the budget.
 static BUDGET_WARN: RateLimitedWarn = RateLimitedWarn::new(DEFAULT_INTERVAL);
@@ -58,7 +58,7 @@ where
 /// proxied one holds two: the client's and the upstream's).
 ///
 /// Before each accept the loop takes that many permits of the process's
-/// descriptor budget ([`crate::fd_budget`]); with the budget used up it
+/// descriptor budget ([`crate::net::fd_budget`]); with the budget used up it
 /// pauses (clients wait in the kernel's backlog) until connections close,
 /// so the descriptors kept for the control plane are never taken.
 pub async fn accept_loop_costing<F, Fut>(
@@ -76,10 +76,10 @@ where
     let mut backoff = Duration::from_millis(10);
     let mut stop = CancelWatch::new(ctx.stop);
     // The budget for the next connection, taken before accepting it.
-    let mut budget: Option<crate::fd_budget::Permit> = None;
+    let mut budget: Option<crate::net::fd_budget::Permit> = None;
     loop {
         if budget.is_none() {
-            budget = match crate::fd_budget::try_acquire(fds) {
+            budget = match crate::net::fd_budget::try_acquire(fds) {
                 Some(p) => Some(p),
                 None => {
                     if let Some(suppressed) = BUDGET_WARN.hit() {
@@ -93,7 +93,7 @@ where
                     tokio::select! {
                         biased;
                         _ = stop.cancelled() => return Ok(()),
-                        p = crate::fd_budget::acquire(fds) => p,
+                        p = crate::net::fd_budget::acquire(fds) => p,
                     }
                 }
             };

@@ -142,3 +142,13 @@ fn bind_udp(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
     socket.bind(&addr.into())?;
     tokio::net::UdpSocket::from_std(socket.into())
 }
+
+/// Would two sockets of the same protocol bound at `a` and `b` clash? Same
+/// (fixed) port and family, and the same IP or either the wildcard (IPv6
+/// sockets are bound v6-only, so `[::]` does not cover IPv4).
+pub fn addrs_clash(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}

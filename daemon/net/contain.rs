@@ -1,11 +1,11 @@
 //! Panic containment for connection (and HTTP/2 stream) tasks: a panic ends
 //! that task only, and is counted and logged with a rate limit.
 
-use crate::stats::Stats;
+use crate::telemetry::stats::Stats;
 
 /// Run a connection's (or an HTTP/2 stream's) task so that a panic in it
 /// ends only that task: it is counted (`panics`, and `errors`) and logged
-/// at most once per [`crate::stats::PANIC_LOG_INTERVAL`] per listener, and
+/// at most once per [`crate::telemetry::stats::PANIC_LOG_INTERVAL`] per listener, and
 /// the listener keeps serving.
 pub async fn contain_panic<F: std::future::Future<Output = ()>>(
     task: F,

@@ -6,8 +6,8 @@
 //! [`udp`]), and the per-core event loops the proxy serves connections on
 //! ([`workers`]).
 //!
-//! This module depends on the leaves [`crate::stats`], [`crate::fd_budget`]
-//! and [`crate::warn_limit`] only, never on [`crate::services`]: services
+//! This module depends on the leaves [`crate::telemetry::stats`], [`crate::net::fd_budget`]
+//! and [`crate::util::warn_limit`] only, never on [`crate::services`]: services
 //! use the plumbing, not the other way round.
 
 pub mod accept;
@@ -15,7 +15,9 @@ pub mod bind;
 pub mod cancel;
 pub mod contain;
 pub mod drain;
+pub mod fd_budget;
 pub mod idle;
+pub mod own_addrs;
 pub mod sockopt;
 pub mod splice;
 pub mod udp;

@@ -126,7 +126,7 @@ impl RecvHealth {
         errors: &std::sync::atomic::AtomicU64,
         listener: &str,
     ) -> anyhow::Result<()> {
-        crate::stats::Stats::add(errors, 1);
+        crate::telemetry::stats::Stats::add(errors, 1);
         self.consecutive_errors += 1;
         if self.consecutive_errors >= MAX_CONSECUTIVE_ERRORS {
             anyhow::bail!(
@@ -145,7 +145,10 @@ impl RecvHealth {
     pub fn received(&mut self, drops: Option<u32>, kernel_drops: &std::sync::atomic::AtomicU64) {
         self.consecutive_errors = 0;
         if let Some(d) = drops {
-            crate::stats::Stats::add(kernel_drops, u64::from(d.wrapping_sub(self.drops_seen)));
+            crate::telemetry::stats::Stats::add(
+                kernel_drops,
+                u64::from(d.wrapping_sub(self.drops_seen)),
+            );
             self.drops_seen = d;
         }
     }

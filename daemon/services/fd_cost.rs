@@ -1,8 +1,8 @@
 //! What each listener may cost in file descriptors at its limits, summed
 //! over a configuration and checked against netd's descriptor budget
-//! ([`crate::fd_budget`]) at start and by `netd --check-config`.
+//! ([`crate::net::fd_budget`]) at start and by `netd --check-config`.
 
-use crate::fd_budget::Budget;
+use crate::net::fd_budget::Budget;
 use crate::proto;
 use crate::proto::listener_spec::Kind;
 

@@ -131,7 +131,7 @@ pub trait ListenerKind: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// inverse of the config file's reading; `name` and `kind` are written
     /// by the caller). Destructure the spec without `..`, so that a field
     /// added to the proto does not compile until it is written.
-    fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String>;
+    fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String>;
 
     /// Validate a spec against the daemon's settings. May block (an
     /// upstream name is resolved, interfaces are listed).

@@ -39,10 +39,10 @@ use tokio_util::task::TaskTracker;
 pub use crate::net::bind::BindError;
 pub use kind::{KindInfo, ListenerKind, Transport};
 
-use crate::addr::parse_listen_addr;
 use crate::net::accept::Accepting;
 use crate::proto::{self, listener_spec::Kind};
-use crate::stats::Stats;
+use crate::telemetry::stats::Stats;
+use crate::util::addr::parse_listen_addr;
 use kind::KindSocket;
 
 /// Every listener kind: its `listener_spec::Kind` arm (also its
@@ -87,7 +87,7 @@ macro_rules! registry {
         }
 
         /// Write a spec arm's keys for `netctl export`.
-        pub fn write_config(kind: &Kind, t: &mut crate::export::Table) -> Result<(), String> {
+        pub fn write_config(kind: &Kind, t: &mut crate::spec::Table) -> Result<(), String> {
             match kind {
                 $(Kind::$arm(s) => <$ty>::write_config(s, t),)+
             }
@@ -421,7 +421,7 @@ pub struct Settings {
     pub capture_dir: Option<PathBuf>,
     /// netd's own UDP listening addresses, kept by the supervisor; the UDP
     /// echo drops datagrams from them (a spoofed one would start a loop).
-    pub own_udp_addrs: crate::own_addrs::OwnAddrs,
+    pub own_udp_addrs: crate::net::own_addrs::OwnAddrs,
 }
 
 /// What a running service receives from the supervisor.
@@ -436,7 +436,7 @@ pub struct ServiceCtx {
     /// Spawn connection tasks here; stop and shutdown wait for them.
     pub tracker: TaskTracker,
     /// For alerts a service raises.
-    pub events: crate::events::EventBus,
+    pub events: crate::telemetry::events::EventBus,
     /// The listener's live faults (only proxy and udp-proxy have any).
     pub faults: Arc<crate::fault::FaultTable>,
 }
@@ -484,10 +484,7 @@ impl Bound {
     }
 }
 
-/// Why a spec was rejected; the message names the field and the problem.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct SpecError(pub String);
+pub use crate::spec::SpecError;
 
 /// Default bound on concurrent connections per TCP listener.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -667,7 +664,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{}: the effective spec is refused: {e}", k.slug));
             assert_eq!(again.effective_spec(&effective), effective, "{}", k.slug);
             assert!(
-                !crate::spec_diff::changed_fields(&shown, &effective).is_empty(),
+                !crate::spec::diff::changed_fields(&shown, &effective).is_empty(),
                 "{}: no default filled in",
                 k.slug
             );

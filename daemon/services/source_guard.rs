@@ -6,7 +6,7 @@
 //! keep them:
 //!
 //! - **Own addresses.** Datagrams from netd's own UDP listening addresses
-//!   ([`crate::own_addrs`]) are dropped: a spoofed one would start a loop
+//!   ([`crate::net::own_addrs`]) are dropped: a spoofed one would start a loop
 //!   between two listeners (or one and itself) that never ends. A kind adds
 //!   the addresses that can only loop for it (a udp-proxy its upstream:
 //!   what the upstream sends to the proxy's listening port is an echo of
@@ -37,10 +37,10 @@ use tokio::time::Instant;
 
 use super::SpecError;
 use super::client_key::{DEFAULT_IPV6_PREFIX, rate_key};
-use crate::own_addrs::{OwnAddrs, OwnAddrsView};
+use crate::net::own_addrs::{OwnAddrs, OwnAddrsView};
 use crate::proto;
-use crate::stats::Stats;
-use crate::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
+use crate::telemetry::stats::Stats;
+use crate::util::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
 
 /// Sources the rate limit tracks unless configured.
 pub const DEFAULT_MAX_SOURCES: usize = 16_384;

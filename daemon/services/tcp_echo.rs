@@ -39,7 +39,7 @@ use crate::net::accept::accept_loop;
 use crate::net::cancel::CancelWatch;
 use crate::net::idle::idle_expired;
 use crate::proto;
-use crate::stats::Stats;
+use crate::telemetry::stats::Stats;
 
 /// Read buffer per connection, borrowed only while data is in flight.
 const BUF_SIZE: usize = 16 * 1024;
@@ -149,7 +149,7 @@ impl ListenerKind for TcpEcho {
         "access_log",
     ];
 
-    fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String> {
+    fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::TcpEchoSpec {
             listen,
             prefix,

@@ -30,10 +30,10 @@ use tokio::time::Instant;
 use super::source_guard::{self, GuardCounters, SourceGuard, SourceRules};
 use super::{ListenerKind, ServiceCtx, Settings, SpecError, Transport, listen_field};
 use crate::net::cancel::CancelWatch;
+use crate::net::own_addrs::OwnAddrs;
 use crate::net::udp::{RecvHealth, enable_rxq_ovfl, recv_msg};
-use crate::own_addrs::OwnAddrs;
 use crate::proto;
-use crate::stats::Stats;
+use crate::telemetry::stats::Stats;
 
 /// Largest datagram read; bigger than any UDP payload over IPv4 or IPv6
 /// without jumbograms.
@@ -173,7 +173,7 @@ impl ListenerKind for UdpEcho {
         "access_log",
     ];
 
-    fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String> {
+    fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::UdpEchoSpec {
             listen,
             prefix,

@@ -305,7 +305,7 @@ fn a_stalled_output_drops_and_counts_lines_but_never_blocks_requests() {
         ),
     )
     .unwrap();
-    let control = netd::addr::ControlAddr::Unix(dir.path().join("netd.sock"));
+    let control = netd::util::addr::ControlAddr::Unix(dir.path().join("netd.sock"));
     let mut cmd = Command::new(NETD);
     cmd.arg("--config").arg(&cfg);
     // The read end stays in the Child, unread.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::common::{NETD, Netd};
 use crate::security::{Pki, mtls_netd, netctl_tls};
-use netd::addr::ControlAddr;
+use netd::util::addr::ControlAddr;
 
 const NOBODY: u32 = 65534;
 

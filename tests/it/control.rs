@@ -274,7 +274,7 @@ async fn health_and_reflection_answer() {
     };
 
     let netd = Netd::start("");
-    let channel = netd::client::connect(&netd.control).await.unwrap();
+    let channel = netd::control::client::connect(&netd.control).await.unwrap();
 
     let mut health = HealthClient::new(channel.clone());
     for service in ["", "netd.v1.Control"] {
@@ -319,7 +319,7 @@ fn control_socket_is_0660_replaces_stale_file_and_is_removed_on_exit() {
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     assert!(sock.exists());
 
-    let control = netd::addr::ControlAddr::Unix(sock.clone());
+    let control = netd::util::addr::ControlAddr::Unix(sock.clone());
     let mut cmd = std::process::Command::new(crate::common::NETD);
     cmd.args(["--config", "/dev/null"]);
     let mut netd = Netd::spawn(cmd, dir, control);
@@ -352,7 +352,7 @@ fn control_socket_is_0660_replaces_stale_file_and_is_removed_on_exit() {
 fn control_over_tcp() {
     let dir = tempfile::tempdir().unwrap();
     let port = crate::common::free_tcp_port();
-    let control: netd::addr::ControlAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let control: netd::util::addr::ControlAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut cmd = std::process::Command::new(crate::common::NETD);
     // Plain TCP only with the explicit opt-out (loopback only).
     cmd.args(["--config", "/dev/null", "--control-insecure"]);

@@ -16,7 +16,7 @@ fn netd_with_nofile(limit: u64, config: &str) -> Netd {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("netd.toml");
     std::fs::write(&cfg, config).unwrap();
-    let control = netd::addr::ControlAddr::Unix(dir.path().join("netd.sock"));
+    let control = netd::util::addr::ControlAddr::Unix(dir.path().join("netd.sock"));
     let mut cmd = Command::new(NETD);
     cmd.arg("--config").arg(&cfg);
     // SAFETY: only the async-signal-safe setrlimit between fork and exec.

@@ -251,7 +251,7 @@ fn upgrade_refuses_a_handover_socket_served_by_another_user() {
     let netd_bin = public_copy(NETD, bins.path());
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    let control = netd::addr::ControlAddr::Unix(dir.path().join("impostor.sock"));
+    let control = netd::util::addr::ControlAddr::Unix(dir.path().join("impostor.sock"));
     let mut cmd = Command::new(&netd_bin);
     cmd.args(["--config", "/dev/null", "--control"])
         .arg(control.to_string())

@@ -124,7 +124,7 @@ fn embedded_default_serves_the_demo() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let control = netd::addr::ControlAddr::Unix(dir.path().join("netd.sock"));
+    let control = netd::util::addr::ControlAddr::Unix(dir.path().join("netd.sock"));
     let netd = Netd::spawn(Command::new(NETD), dir, control);
     let list = netd.netctl_json(&["list"]);
     let got: Vec<(String, String)> = list["listeners"]
@@ -311,7 +311,7 @@ fn heap_goes_back_to_the_os_after_a_connection_burst() {
 fn netd_raises_its_open_file_limit() {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
-    let control = netd::addr::ControlAddr::Unix(dir.path().join("netd.sock"));
+    let control = netd::util::addr::ControlAddr::Unix(dir.path().join("netd.sock"));
     let mut cmd = Command::new(NETD);
     cmd.args(["--config", "/dev/null"]);
     // SAFETY: only async-signal-safe getrlimit/setrlimit between fork and exec.
@@ -358,7 +358,7 @@ fn a_second_signal_during_the_grace_period_exits_now() {
     let mut buf = [0u8; 1];
     conn.write_all(b"x").unwrap();
     conn.read_exact(&mut buf).unwrap();
-    let netd::addr::ControlAddr::Unix(socket) = netd.control.clone() else {
+    let netd::util::addr::ControlAddr::Unix(socket) = netd.control.clone() else {
         panic!("unix control socket expected")
     };
     assert!(socket.exists());
@@ -399,7 +399,7 @@ fn the_embedded_default_persists_nothing_without_state_dir() {
         let dir = tempfile::tempdir().unwrap();
         // A directory that does not exist yet, as /run/netd on a fresh
         // machine.
-        let control = netd::addr::ControlAddr::Unix(dir.path().join("run/netd.sock"));
+        let control = netd::util::addr::ControlAddr::Unix(dir.path().join("run/netd.sock"));
         let mut cmd = ns.command(NETD);
         cmd.env("NETD_TEST_DEFAULT_STATE_DIR", &default_state);
         match extra_state_dir {

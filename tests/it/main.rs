@@ -24,6 +24,7 @@ mod hardening_http;
 mod hardening_udp;
 mod http;
 mod kubernetes;
+mod layers;
 mod lifecycle;
 mod memory;
 mod metrics;

@@ -140,7 +140,7 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
     // One source (this test's uid, as every loopback peer is told apart
     // by its user) may hold a quarter of the slots: here one. The cap on
     // all sources together is the same gate's (unit-tested in
-    // netd::admission).
+    // netd::control::admission).
     let held: Vec<TcpStream> = (0..MAX / 4)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();

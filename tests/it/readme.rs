@@ -52,7 +52,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use netd::addr::ControlAddr;
+use netd::util::addr::ControlAddr;
 
 use crate::common::{DEADLINE, NETCTL, NETD, NetNs, Netd};
 

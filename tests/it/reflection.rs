@@ -61,7 +61,7 @@ fn v1alpha_client(netd: &Netd, target: &str) -> String {
 #[test]
 fn a_v1alpha_only_client_reflects_and_calls_netd_on_the_unix_socket() {
     let netd = Netd::start(CONFIG);
-    let netd::addr::ControlAddr::Unix(socket) = &netd.control else {
+    let netd::util::addr::ControlAddr::Unix(socket) = &netd.control else {
         panic!("unix control socket expected")
     };
     let out = v1alpha_client(&netd, &format!("unix:{}", socket.display()));
@@ -76,7 +76,7 @@ fn a_v1alpha_only_client_reflects_and_calls_netd_on_tcp() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("netd.toml"), CONFIG).expect("write config");
     let port = crate::common::free_tcp_port();
-    let control: netd::addr::ControlAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let control: netd::util::addr::ControlAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut cmd = Command::new(crate::common::NETD);
     cmd.arg("--config")
         .arg(dir.path().join("netd.toml"))

@@ -140,7 +140,7 @@ fn reload_needs_the_admin_role() {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
     let netd = Netd::start(ONE);
-    let netd::addr::ControlAddr::Unix(sock) = &netd.control else {
+    let netd::util::addr::ControlAddr::Unix(sock) = &netd.control else {
         unreachable!("unix control socket")
     };
     std::fs::set_permissions(netd.dir.path(), std::fs::Permissions::from_mode(0o755))

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::h2raw::{PREFACE, frame, handshake, hpack, read_frame};
 use crate::common::{DEADLINE, NETCTL, NETD, Netd, rss_kib, wait_until};
-use netd::addr::ControlAddr;
 use netd::proto::{self, listener_spec::Kind};
+use netd::util::addr::ControlAddr;
 
 const NOBODY: u32 = 65534;
 
@@ -417,7 +417,7 @@ fn per_user_socket_lives_in_a_private_directory() {
         "{}",
         stderr(&out)
     );
-    if !Path::new(netd::addr::SYSTEM_CONTROL_SOCKET).exists() {
+    if !Path::new(netd::util::addr::SYSTEM_CONTROL_SOCKET).exists() {
         let mut cmd = as_nobody(&netctl_bin);
         cmd.arg("list");
         let out = run(cmd, "netctl with a foreign private dir");

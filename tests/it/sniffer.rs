@@ -40,7 +40,7 @@ fn udp_roundtrips(to: SocketAddr, n: usize, payload: &[u8]) -> SocketAddr {
 /// captures it (`-l`: a line per packet, flushed), counted live per protocol.
 struct Tshark {
     child: Child,
-    counts: std::sync::Arc<std::sync::Mutex<[u64; 4]>>,
+    counts: std::sync::Arc<parking_lot::Mutex<[u64; 4]>>,
     reader: std::thread::JoinHandle<()>,
 }
 
@@ -75,13 +75,13 @@ impl Tshark {
         }
         // Keep draining stderr so tshark never blocks on it.
         std::thread::spawn(move || for _ in lines {});
-        let counts = std::sync::Arc::new(std::sync::Mutex::new([0u64; 4]));
+        let counts = std::sync::Arc::new(parking_lot::Mutex::new([0u64; 4]));
         let stdout = child.stdout.take().unwrap();
         let c = counts.clone();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
-                c.lock().unwrap()[classify(&line)] += 1;
+                c.lock()[classify(&line)] += 1;
             }
         });
         Tshark {
@@ -92,7 +92,7 @@ impl Tshark {
     }
 
     fn counts(&self) -> [u64; 4] {
-        *self.counts.lock().unwrap()
+        *self.counts.lock()
     }
 
     /// Wait until tshark has printed `total` packets (or the deadline
@@ -107,7 +107,7 @@ impl Tshark {
         let status = self.child.wait().unwrap();
         assert!(status.success(), "tshark: {status}");
         self.reader.join().unwrap();
-        *self.counts.lock().unwrap()
+        *self.counts.lock()
     }
 }
 
@@ -539,7 +539,7 @@ async fn bad_interface_bad_filter_and_prompt_stop() {
 fn without_cap_net_raw_start_fails_with_failed_precondition() {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
-    let control = netd::addr::ControlAddr::Unix(dir.path().join("netd.sock"));
+    let control = netd::util::addr::ControlAddr::Unix(dir.path().join("netd.sock"));
     let mut cmd = std::process::Command::new(crate::common::NETD);
     cmd.args(["--config", "/dev/null"]);
     // SAFETY: only async-signal-safe prctl between fork and exec.

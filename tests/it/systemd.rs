@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::common::{NETCTL, NETD, Netd};
-use netd::addr::ControlAddr;
+use netd::util::addr::ControlAddr;
 
 const CONFIG: &str = r#"
 [[listener]]

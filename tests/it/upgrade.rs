@@ -211,7 +211,7 @@ fn upgrade_refuses_nothing_keeps_the_listeners_and_drains_the_old_process() {
     // control socket file is still there, and the hand-over socket is the
     // new process's (a second upgrade would find it).
     new.netctl_ok(&["start", "tcp-echo", "later", "--listen", "127.0.0.1:0"]);
-    let netd::addr::ControlAddr::Unix(control) = &new.control else {
+    let netd::util::addr::ControlAddr::Unix(control) = &new.control else {
         unreachable!()
     };
     assert!(std::path::Path::new(&format!("{}.handover", control.display())).exists());
@@ -267,7 +267,7 @@ fn a_failed_upgrade_leaves_the_old_process_in_charge() {
 fn a_hand_over_in_progress_refuses_changes_and_a_vanished_successor_is_survived() {
     use std::os::fd::AsFd;
     let old = Netd::start(CONFIG);
-    let netd::addr::ControlAddr::Unix(control) = &old.control else {
+    let netd::util::addr::ControlAddr::Unix(control) = &old.control else {
         unreachable!()
     };
     let path = format!("{}.handover", control.display());
@@ -279,9 +279,9 @@ fn a_hand_over_in_progress_refuses_changes_and_a_vanished_successor_is_survived(
     // Play the new process: ask, take the sockets, then vanish.
     let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
     s.connect(&socket2::SockAddr::unix(&path).unwrap()).unwrap();
-    netd::fdpass::send_with_fds(s.as_fd(), b"NETD-HANDOVER/1", &[]).unwrap();
+    netd::sys::fdpass::send_with_fds(s.as_fd(), b"NETD-HANDOVER/1", &[]).unwrap();
     let mut buf = vec![0u8; 64 * 1024];
-    let (n, fds) = netd::fdpass::recv_with_fds(s.as_fd(), &mut buf).unwrap();
+    let (n, fds) = netd::sys::fdpass::recv_with_fds(s.as_fd(), &mut buf).unwrap();
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
     let mut lines: Vec<&str> = text.lines().skip(1).collect();
     lines.sort();
@@ -311,7 +311,7 @@ fn the_fd_store_carries_the_sockets_across_a_restart() {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let control = netd::addr::ControlAddr::Unix(dir.path().join("netd.sock"));
+    let control = netd::util::addr::ControlAddr::Unix(dir.path().join("netd.sock"));
     let mut first = Netd::spawn(cmd, dir, control);
     let echo = bound_addr(&first, "echo");
     let uecho = bound_addr(&first, "uecho");

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::net::contain::contain_panic;
 use crate::net::drain::Drain;
-use crate::stats::Stats;
+use crate::telemetry::stats::Stats;
 
 /// Open streams of one HTTP/2 connection and when the last one ended, for
 /// its idle timeout.
@@ -21,7 +21,7 @@ pub(super) struct Activity {
     open: std::sync::atomic::AtomicUsize,
     /// Whether a stream (a request) was ever opened on the connection.
     used: std::sync::atomic::AtomicBool,
-    last: std::sync::Mutex<tokio::time::Instant>,
+    last: parking_lot::Mutex<tokio::time::Instant>,
 }
 
 /// Keeps a stream counted as open until dropped (when its handler ends).
@@ -29,9 +29,7 @@ pub(super) struct OpenStream(Arc<Activity>);
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        if let Ok(mut last) = self.0.last.lock() {
-            *last = tokio::time::Instant::now();
-        }
+        *self.0.last.lock() = tokio::time::Instant::now();
         self.0.open.fetch_sub(1, Relaxed);
     }
 }
@@ -41,7 +39,7 @@ impl Activity {
         Activity {
             open: 0.into(),
             used: false.into(),
-            last: std::sync::Mutex::new(tokio::time::Instant::now()),
+            last: parking_lot::Mutex::new(tokio::time::Instant::now()),
         }
     }
 
@@ -52,10 +50,7 @@ impl Activity {
     }
 
     pub(super) fn last(&self) -> tokio::time::Instant {
-        self.last
-            .lock()
-            .map(|l| *l)
-            .unwrap_or_else(|_| tokio::time::Instant::now())
+        *self.last.lock()
     }
 
     /// Completes once the connection has had no open stream for `limit`,

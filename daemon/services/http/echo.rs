@@ -150,7 +150,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(crate::fuzz_support::config(1024))]
+        #![proptest_config(crate::util::fuzz_support::config(1024))]
 
         #[test]
         fn fuzz_http_query_params_never_panic(query in any::<String>()) {

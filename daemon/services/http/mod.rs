@@ -28,7 +28,7 @@
 //!   host can rotate through the addresses of a whole /64.
 //! - HTTP/1.1 with keep-alive, and HTTP/2 with prior knowledge (h2c),
 //!   chosen by peeking at the connection preface.
-//! - One access-log line per request ([`crate::access_log`]) unless the
+//! - One access-log line per request ([`crate::telemetry::access_log`]) unless the
 //!   listener says `access_log = false`.
 //! - Lingering close (HTTP/1): when netd answers before reading the whole
 //!   request (413, 401, 429, 405 with a body), closing at once would leave
@@ -65,7 +65,7 @@ use super::{
 };
 use crate::net::accept::accept_loop;
 use crate::proto;
-use crate::stats::{Histogram, Stats};
+use crate::telemetry::stats::{Histogram, Stats};
 use conn::{Activity, Lingering, StreamExec};
 pub use echo::query_params;
 use echo::{error, header_size, json_echo, json_response, request_echo};
@@ -412,8 +412,8 @@ impl Http {
         let method = req.method().clone();
         // The path for the access log, only when a line will be written (a
         // copy: keeping the URI would keep hyper's read buffer shared).
-        let logged_path =
-            (self.access_log && crate::access_log::enabled()).then(|| req.uri().path().to_owned());
+        let logged_path = (self.access_log && crate::telemetry::access_log::enabled())
+            .then(|| req.uri().path().to_owned());
         // An HTTP/1 request whose body may be left unread by an error reply:
         // that connection cannot carry another request, so say so.
         let h1 = req.version() < hyper::Version::HTTP_2;
@@ -458,7 +458,7 @@ impl Http {
         };
         Stats::add(&stats.bytes_out, body_len);
         if let Some(path) = logged_path {
-            crate::access_log::http(
+            crate::telemetry::access_log::http(
                 name,
                 peer,
                 method.as_str(),
@@ -620,7 +620,7 @@ impl ListenerKind for Http {
         "access_log",
     ];
 
-    fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String> {
+    fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::HttpSpec {
             listen,
             max_body_bytes,

@@ -22,7 +22,7 @@ use crate::fault::{Dir, Watch};
 use crate::net::cancel::CancelWatch;
 use crate::net::idle::idle_expired;
 use crate::net::splice::{PIPE_SIZE, Pipe, splice};
-use crate::stats::Stats;
+use crate::telemetry::stats::Stats;
 
 /// Read buffer per direction, borrowed only while data flows. netd's
 /// `main` makes blocks this large come from mmap (see `tune_allocator`

@@ -35,7 +35,7 @@
 //!   a `down` fault resets a new client at accept, before any upstream is
 //!   connected. A listener without faults pays one atomic load per read.
 //! - Every closed connection is written to the access log
-//!   ([`crate::access_log`]) with client, upstream, bytes each way, duration
+//!   ([`crate::telemetry::access_log`]) with client, upstream, bytes each way, duration
 //!   and how it ended, unless the listener says `access_log = false`.
 
 mod forward;
@@ -46,7 +46,8 @@ mod toxic;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -63,7 +64,7 @@ use crate::net::drain::Drain;
 use crate::net::sockopt::abort;
 use crate::net::workers;
 use crate::proto;
-use crate::stats::Stats;
+use crate::telemetry::stats::Stats;
 pub use forward::BUF_SIZE;
 use forward::{End, forward};
 use pool::{TakeConnection, TcpPool};
@@ -127,7 +128,7 @@ impl Upstream {
         let s = &self.state;
         let until = (s.base.elapsed() + backoff).as_millis().max(1) as u64;
         s.down_until_ms.store(until, Relaxed);
-        *s.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+        *s.last_error.lock() = error;
         s.connect_failures.fetch_add(1, Relaxed);
     }
 
@@ -273,7 +274,6 @@ impl Proxy {
                         .state
                         .last_error
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner())
                         .clone(),
                     pool_idle: u
                         .pool
@@ -531,7 +531,7 @@ impl Proxy {
                 u.state.connections.fetch_add(1, Relaxed);
                 abort(&client);
                 if self.access_log {
-                    crate::access_log::proxy(
+                    crate::telemetry::access_log::proxy(
                         &ctx.name,
                         peer,
                         Some(u.addr.get()),
@@ -546,7 +546,7 @@ impl Proxy {
             Connected::Nowhere => {
                 Stats::add(&ctx.stats.errors, 1);
                 if self.access_log {
-                    crate::access_log::proxy(
+                    crate::telemetry::access_log::proxy(
                         &ctx.name,
                         peer,
                         None,
@@ -593,7 +593,7 @@ impl Proxy {
             _ => {}
         }
         if self.access_log {
-            crate::access_log::proxy(
+            crate::telemetry::access_log::proxy(
                 &ctx.name,
                 peer,
                 Some(u.addr.get()),
@@ -625,7 +625,7 @@ impl ListenerKind for Proxy {
         "faults",
     ];
 
-    fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String> {
+    fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::ProxySpec {
             listen,
             upstreams,
@@ -653,7 +653,7 @@ impl ListenerKind for Proxy {
         t.duration("upstream_backoff", upstream_backoff)?;
         t.duration("resolve_interval", resolve_interval)?;
         t.opt_bool("access_log", *access_log);
-        t.faults(faults);
+        crate::fault::attrs::write_faults(t, faults);
         Ok(())
     }
 

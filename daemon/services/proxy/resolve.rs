@@ -26,7 +26,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use parking_lot::RwLock;
 use std::time::Duration;
 
 /// Upper bound on one lookup.
@@ -91,7 +92,7 @@ impl UpstreamAddr {
     }
 
     pub fn get(&self) -> SocketAddr {
-        *self.current.read().unwrap_or_else(|p| p.into_inner())
+        *self.current.read()
     }
 
     pub fn name(&self) -> Option<&str> {
@@ -99,7 +100,7 @@ impl UpstreamAddr {
     }
 
     fn set(&self, addr: SocketAddr) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = addr;
+        *self.current.write() = addr;
     }
 }
 
@@ -246,7 +247,7 @@ pub async fn keep_resolved(
 mod tests {
     use super::*;
     use std::collections::VecDeque;
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
 
     /// A scripted resolver: each lookup takes the next answer; `None` never
     /// answers.
@@ -258,7 +259,7 @@ mod tests {
 
     impl Script {
         fn push(&self, answer: Option<io::Result<Vec<SocketAddr>>>) {
-            self.answers.lock().unwrap().push_back(answer);
+            self.answers.lock().push_back(answer);
         }
     }
 
@@ -269,7 +270,6 @@ mod tests {
             let next = self
                 .answers
                 .lock()
-                .unwrap()
                 .pop_front()
                 .unwrap_or_else(|| Some(Ok(vec![a(1)])));
             Box::pin(async move {

@@ -25,7 +25,8 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -35,7 +36,7 @@ use tokio::time::Instant;
 
 use super::forward::{Activity, Side, pass_on_eof};
 use crate::fault::{Action, Active, Dir, FaultCounters, FaultSet, FaultTable, Rng, Watch};
-use crate::stats::Stats;
+use crate::telemetry::stats::Stats;
 
 /// Bytes a direction holds queued (read, not yet written) at most.
 pub const MAX_IN_FLIGHT: usize = 4 << 20;
@@ -72,7 +73,7 @@ impl<'a> ConnFaults<'a> {
     }
 
     fn decide(&self, a: &Active) -> bool {
-        let mut d = self.decided.lock().unwrap_or_else(|p| p.into_inner());
+        let mut d = self.decided.lock();
         if let Some(&(_, hit)) = d.iter().find(|(id, _)| *id == a.id) {
             return hit;
         }

@@ -318,7 +318,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(crate::fuzz_support::config(2048))]
+        #![proptest_config(crate::util::fuzz_support::config(2048))]
 
         #[test]
         fn fuzz_decode_arbitrary_bytes(frame in proptest::collection::vec(any::<u8>(), 0..128)) {

@@ -1123,7 +1123,7 @@ pub(super) mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(crate::fuzz_support::config(1024))]
+        #![proptest_config(crate::util::fuzz_support::config(1024))]
 
         #[test]
         fn fuzz_filter_parse_never_panics(text in prop_oneof![

@@ -28,7 +28,8 @@ use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use pnet::datalink::{self, Channel, DataLinkReceiver, NetworkInterface};
@@ -38,7 +39,7 @@ use super::{
     BindError, ListenerKind, ServiceCtx, Settings, SpecError, Transport, duration_field, size_in,
 };
 use crate::proto::{self, EventKind};
-use crate::stats::Stats;
+use crate::telemetry::stats::Stats;
 use decode::Proto;
 use filter::Filter;
 use flows::{FlowTable, endpoint};
@@ -205,7 +206,7 @@ impl Sniffer {
             })
         };
         let (flows_active, flows_evicted, top_flows) = {
-            let t = self.flows.lock().unwrap_or_else(|p| p.into_inner());
+            let t = self.flows.lock();
             (t.len() as u64, t.evicted, t.top(10))
         };
         // Formatted (addresses to strings) with the lock released.
@@ -273,7 +274,7 @@ impl Sniffer {
         let pcap = match &self.pcap {
             None => None,
             Some((dir, name)) => {
-                let dir = crate::safe_file::Dir::open_or_create(dir).map_err(|e| {
+                let dir = crate::sys::safe_file::Dir::open_or_create(dir).map_err(|e| {
                     BindError::Precondition(format!(
                         "cannot open capture_dir {}: {e}",
                         dir.display()
@@ -457,7 +458,7 @@ impl ListenerKind for Sniffer {
         "syn_rate",
     ];
 
-    fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String> {
+    fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::SnifferSpec {
             interface,
             filter,
@@ -513,8 +514,8 @@ impl ListenerKind for Sniffer {
     /// flows evicted; the flow table itself is the new capture's.
     fn carry_over(&mut self, prev: &Self) {
         self.counters = prev.counters.clone();
-        let evicted = prev.flows.lock().unwrap_or_else(|p| p.into_inner()).evicted;
-        self.flows.lock().unwrap_or_else(|p| p.into_inner()).evicted = evicted;
+        let evicted = prev.flows.lock().evicted;
+        self.flows.lock().evicted = evicted;
     }
 
     fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
@@ -542,7 +543,7 @@ impl ListenerKind for Sniffer {
     /// not resolve is left for validation to refuse.
     fn normalize(spec: &mut Self::Spec, settings: &Settings) {
         if let (false, Some(dir)) = (spec.pcap_path.is_empty(), &settings.capture_dir) {
-            if let Ok(name) = crate::safe_file::resolve_name(dir, &spec.pcap_path) {
+            if let Ok(name) = crate::sys::safe_file::resolve_name(dir, &spec.pcap_path) {
                 spec.pcap_path = dir.join(name).to_string_lossy().into_owned();
             }
         }
@@ -602,7 +603,7 @@ fn pcap_target(
     };
     // Quoted as given, control characters escaped.
     let shown = path.escape_debug();
-    let name = crate::safe_file::resolve_name(dir, path).map_err(|why| {
+    let name = crate::sys::safe_file::resolve_name(dir, path).map_err(|why| {
         SpecError(format!(
             "pcap_path '{shown}': {why}; pcap files are written only in capture_dir {} \
              (give a file name, or an absolute path directly in that directory)",
@@ -611,11 +612,11 @@ fn pcap_target(
     })?;
     // Rotation appends ".N": that must fit in a file name too.
     let longest = name.len() + 1 + max_files.to_string().len();
-    if longest > crate::safe_file::MAX_NAME_BYTES {
+    if longest > crate::sys::safe_file::MAX_NAME_BYTES {
         return Err(SpecError(format!(
             "pcap_path '{shown}': the file name is too long to add a rotation suffix \
              (at most {} bytes with pcap_max_files {max_files})",
-            crate::safe_file::MAX_NAME_BYTES + name.len() - longest
+            crate::sys::safe_file::MAX_NAME_BYTES + name.len() - longest
         )));
     }
     Ok((dir.clone(), name.to_string()))
@@ -641,7 +642,7 @@ struct BatchAcc<'a> {
     pcap: &'a mut Option<pcap::Pcap>,
     ctx: &'a ServiceCtx,
     tally: Tally,
-    flows: Option<std::sync::MutexGuard<'a, FlowTable>>,
+    flows: Option<parking_lot::MutexGuard<'a, FlowTable>>,
 }
 
 impl BatchAcc<'_> {
@@ -660,7 +661,7 @@ impl BatchAcc<'_> {
         self.tally.fragments += d.fragment as u64;
         self.tally.malformed += d.malformed as u64;
         self.flows
-            .get_or_insert_with(|| sniffer.flows.lock().unwrap_or_else(|p| p.into_inner()))
+            .get_or_insert_with(|| sniffer.flows.lock())
             .record(&d, now);
         if let Some(alert) = self.detectors.observe(&d) {
             Stats::add(&sniffer.counters.alerts, 1);

@@ -5,7 +5,7 @@
 //! current one is written out (its buffer flushed) when the sniffer stops.
 //!
 //! Files live in `capture_dir` and are opened, renamed and removed only
-//! through [`crate::safe_file::Dir`]: a rotation slot held by anything but
+//! through [`crate::sys::safe_file::Dir`]: a rotation slot held by anything but
 //! one of netd's own regular files (a symbolic link, another user's file)
 //! is left alone, with a warning, and that step of the rotation skipped.
 
@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use pcap_file::DataLink;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 
-use crate::safe_file::{Dir, Skipped};
+use crate::sys::safe_file::{Dir, Skipped};
 
 /// Snap length recorded in the header and applied to packets.
 pub const SNAPLEN: u32 = 262_144;

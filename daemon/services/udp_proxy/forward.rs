@@ -42,8 +42,8 @@ use crate::net::udp::{RecvHealth, recv_msg};
 use crate::services::ServiceCtx;
 use crate::services::client_key::{DEFAULT_IPV6_PREFIX, rate_key};
 use crate::services::source_guard::SourceGuard;
-use crate::stats::Stats;
-use crate::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
+use crate::telemetry::stats::Stats;
+use crate::util::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
 
 /// Largest datagram read (any UDP payload without jumbograms).
 const RECV_BUF: usize = 64 * 1024;
@@ -162,7 +162,7 @@ impl Proxy<'_> {
         &mut self,
         peer: SocketAddr,
         now: Instant,
-        fd: crate::fd_budget::Permit,
+        fd: crate::net::fd_budget::Permit,
     ) -> std::io::Result<()> {
         let up = self.svc.upstream;
         let local: SocketAddr = if up.is_ipv4() {
@@ -354,7 +354,7 @@ pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> a
                         );
                         continue;
                     }
-                    let Some(fd) = crate::fd_budget::try_acquire(1) else {
+                    let Some(fd) = crate::net::fd_budget::try_acquire(1) else {
                         p.refuse(
                             peer,
                             &svc.counters.clients_refused,
@@ -398,7 +398,7 @@ struct Downstream {
     epoch: Instant,
     cancel: CancellationToken,
     /// The socket's permit of the descriptor budget, released with it.
-    _fd: crate::fd_budget::Permit,
+    _fd: crate::net::fd_budget::Permit,
 }
 
 impl Downstream {

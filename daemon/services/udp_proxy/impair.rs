@@ -27,7 +27,8 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -86,7 +87,7 @@ impl Decisions {
     /// (by position); decides the ones not decided yet, and forgets the
     /// faults that are gone.
     fn for_set(&self, set: &FaultSet, dir: Dir, rng: &mut Rng) -> Vec<bool> {
-        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        let mut made = self.made.lock();
         made.retain(|(id, _)| set.faults.iter().any(|f| f.id == *id));
         set.faults
             .iter()

@@ -15,7 +15,7 @@
 //! bound address is refused. One source IP (IPv6: one /64) may have at most
 //! `max_clients_per_source` clients, so a sender cycling its source port
 //! cannot fill the table; `max_clients` may not exceed netd's descriptor
-//! budget ([`crate::fd_budget`]), and each client's socket takes a permit of
+//! budget ([`crate::net::fd_budget`]), and each client's socket takes a permit of
 //! it. Two udp-proxies pointed at each other still make a loop (each sees
 //! the other's upstream socket as a new client); the client tables bound it.
 
@@ -66,7 +66,7 @@ pub struct UdpProxy {
     pub max_clients_per_source: usize,
     pub idle_timeout: Duration,
     rules: SourceRules,
-    own: crate::own_addrs::OwnAddrs,
+    own: crate::net::own_addrs::OwnAddrs,
     /// The listener's: carried from generation to generation (see
     /// [`ListenerKind::carry_over`]).
     counters: Arc<Counters>,
@@ -96,7 +96,7 @@ impl UdpProxy {
         }
         // Each client holds a socket: no more than the descriptor budget,
         // and by default no more than it allows either.
-        let budget = crate::fd_budget::Budget::current();
+        let budget = crate::net::fd_budget::Budget::current();
         let default_clients = u64::from(DEFAULT_MAX_CLIENTS).min(budget.data_plane().max(1));
         let max_clients = super::size_in(
             "max_clients",
@@ -170,7 +170,7 @@ impl ListenerKind for UdpProxy {
         "max_clients_per_source",
     ];
 
-    fn write_config(spec: &Self::Spec, t: &mut crate::export::Table) -> Result<(), String> {
+    fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::UdpProxySpec {
             listen,
             upstream,
@@ -190,7 +190,7 @@ impl ListenerKind for UdpProxy {
         t.string("rate_limit", rate_limit);
         t.u64("max_sources", (*max_sources).into())?;
         t.u64("max_clients_per_source", (*max_clients_per_source).into())?;
-        t.faults(faults);
+        crate::fault::attrs::write_faults(t, faults);
         Ok(())
     }
 

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use netd::addr::ControlAddr;
 use netd::proto::control_client::ControlClient;
+use netd::util::addr::ControlAddr;
 use tonic::transport::Channel;
 
 pub const NETD: &str = env!("CARGO_BIN_EXE_netd");
@@ -204,7 +204,7 @@ impl Netd {
     fn recv_notify(&mut self) -> Option<String> {
         use std::os::fd::AsFd;
         let mut buf = [0u8; 4096];
-        let (n, fds) = netd::fdpass::recv_with_fds(self.notify.as_fd(), &mut buf).ok()?;
+        let (n, fds) = netd::sys::fdpass::recv_with_fds(self.notify.as_fd(), &mut buf).ok()?;
         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
         let name = msg
             .lines()
@@ -360,7 +360,7 @@ impl Netd {
     }
 
     pub async fn client(&self) -> ControlClient<Channel> {
-        netd::client::control_client(&self.control)
+        netd::control::client::control_client(&self.control)
             .await
             .expect("connect to netd")
     }
@@ -430,7 +430,7 @@ impl Drop for Netd {
 /// Raise this process's soft limit on open files to the hard limit, for
 /// tests that hold thousands of connections (netd's own routine).
 pub fn raise_fd_limit() {
-    netd::server::raise_fd_limit().expect("raising the open-file limit");
+    netd::process::server::raise_fd_limit().expect("raising the open-file limit");
 }
 
 /// Poll `cond` until it holds or the deadline passes.
@@ -515,7 +515,7 @@ pub fn break_listening_socket(pid: u32, addr: std::net::SocketAddr) {
 /// close them from the server side.
 pub struct TestUpstream {
     pub addr: std::net::SocketAddr,
-    accepted: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    accepted: std::sync::Arc<parking_lot::Mutex<Vec<std::net::TcpStream>>>,
 }
 
 impl TestUpstream {
@@ -523,12 +523,12 @@ impl TestUpstream {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accepted = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
         let list = accepted.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { return };
-                list.lock().unwrap().push(stream.try_clone().unwrap());
+                list.lock().push(stream.try_clone().unwrap());
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16 * 1024];
                     loop {
@@ -554,12 +554,12 @@ impl TestUpstream {
 
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
-        self.accepted.lock().unwrap().len()
+        self.accepted.lock().len()
     }
 
     /// Close every connection accepted so far, from the server side.
     pub fn close_all(&self) {
-        for s in self.accepted.lock().unwrap().drain(..) {
+        for s in self.accepted.lock().drain(..) {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
     }

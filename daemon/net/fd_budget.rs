@@ -5,7 +5,7 @@
 //! Why: with `RLIMIT_NOFILE` reached by data-plane clients, `netctl list`
 //! and `netctl stop` could not even be accepted, so the operator could not
 //! stop the listener being abused (issue 22). netd raises its soft limit to
-//! the hard one at start ([`crate::server::raise_fd_limit`]), keeps a
+//! the hard one at start ([`crate::process::server::raise_fd_limit`]), keeps a
 //! [`reserve`](Budget::reserve) of that for the control socket, health,
 //! metrics, the Toxiproxy API, state and pcap files and listening sockets
 //! started later, and hands the rest to the data plane as permits of one
@@ -161,7 +161,7 @@ static RELEASED: AtomicU64 = AtomicU64::new(0);
 
 /// Descriptors the data plane gave back since the previous call: after a
 /// burst (thousands of udp-proxy clients gone with a stop, which no
-/// connection count shows) the heap is worth trimming ([`crate::trim`]).
+/// connection count shows) the heap is worth trimming ([`crate::process::trim`]).
 pub fn take_released() -> u64 {
     RELEASED.swap(0, Ordering::Relaxed)
 }

@@ -12,7 +12,7 @@
 //! burst, never under a steady load. The same goes for control-plane calls:
 //! thousands of watch streams closing (up to `max_connections` ×
 //! `max_streams` can be open) trigger a trim too, and so do thousands of
-//! data-plane descriptors given back to the budget ([`crate::fd_budget`]),
+//! data-plane descriptors given back to the budget ([`crate::net::fd_budget`]),
 //! e.g. a udp-proxy's clients when it stops. A no-op without glibc.
 #![allow(unsafe_code)]
 
@@ -38,8 +38,8 @@ pub async fn run(supervisor: Supervisor, stop: CancellationToken) {
         }
         let (open, recent_peak) = supervisor.connections_open_and_peak();
         peak = peak.max(recent_peak);
-        let calls_closed = crate::control_conn::take_calls_closed();
-        let released = crate::fd_budget::take_released();
+        let calls_closed = crate::control::conn::take_calls_closed();
+        let released = crate::net::fd_budget::take_released();
         if calls_closed >= MIN_CLOSED {
             tracing::debug!(calls_closed, "control calls closed; trimming the heap");
             trim();

@@ -5,12 +5,12 @@
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Caller, caller_of};
-use crate::page::{self, Page};
+use crate::control::auth::{Caller, caller_of};
+use crate::control::watch;
 use crate::proto::{self, control_server::Control};
 use crate::services::BindError;
 use crate::supervisor::{Supervisor, SupervisorError};
-use crate::watch;
+use crate::util::page::{self, Page};
 
 #[derive(Debug, Clone)]
 pub struct ControlService {

@@ -3,7 +3,7 @@
 //! set, overrides the configured level.
 //!
 //! Access-log lines do not go through the subscriber's formatting: see
-//! [`crate::access_log`] (only its `netd::access` level is asked here).
+//! [`crate::telemetry::access_log`] (only its `netd::access` level is asked here).
 
 use tracing_subscriber::EnvFilter;
 

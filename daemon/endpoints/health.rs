@@ -11,7 +11,7 @@
 //! `Role::None` on the control plane too). What it reveals is whether netd
 //! is serving.
 //!
-//! Admitted like every endpoint of netd's ([`crate::admission`]): at most
+//! Admitted like every endpoint of netd's ([`crate::control::admission`]): at most
 //! [`MAX_CONNECTIONS`] at once and [`PER_SOURCE`] from one source (more
 //! are closed at accept), [`RESERVE`] of them kept for a local prober of
 //! root or netd's own user (exempt from the per-source cap), so no
@@ -32,9 +32,9 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 
 use std::sync::Arc;
 
-use crate::admission::{Gate, Limits};
-use crate::auth::{Policy, RoleConfig};
-use crate::control_conn::{ConnInfo, CountedBody, Endpoint, incoming_tcp};
+use crate::control::admission::{Gate, Limits};
+use crate::control::auth::{Policy, RoleConfig};
+use crate::control::conn::{ConnInfo, CountedBody, Endpoint, incoming_tcp};
 
 /// Probes at once: kubelet keeps one or two; room for a few humans.
 pub const MAX_CONNECTIONS: usize = 16;

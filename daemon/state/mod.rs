@@ -25,9 +25,9 @@ use std::path::{Path, PathBuf};
 
 use prost::Message as _;
 
-use crate::config::BootListener;
 use crate::proto;
-use crate::safe_file::Dir;
+use crate::spec::BootListener;
+use crate::sys::safe_file::Dir;
 
 /// The state file's name in `state_dir`.
 pub const FILE_NAME: &str = "listeners.state";
@@ -224,7 +224,7 @@ pub struct Store {
     /// Held while a save computes and writes the overlay, so that saves
     /// (one left running past its deadline, and the next) never
     /// interleave and the last one written is the newest.
-    writing: std::sync::Mutex<()>,
+    writing: parking_lot::Mutex<()>,
 }
 
 impl Store {
@@ -241,7 +241,7 @@ impl Store {
         let store = Store {
             path: path.to_path_buf(),
             dir: std::sync::OnceLock::new(),
-            writing: std::sync::Mutex::new(()),
+            writing: parking_lot::Mutex::new(()),
         };
         if create {
             store.opened()?;
@@ -322,7 +322,7 @@ impl Store {
     /// once no other save is running (so the newest overlay is written
     /// last).
     pub fn save_with(&self, current: impl FnOnce() -> Overlay) -> std::io::Result<()> {
-        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.writing.lock();
         self.save(&current())
     }
 

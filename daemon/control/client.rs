@@ -12,8 +12,8 @@ use anyhow::Context as _;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
-use crate::addr::ControlAddr;
 use crate::proto::control_client::ControlClient;
+use crate::util::addr::ControlAddr;
 
 /// Default time to establish the connection (and the TLS handshake).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -209,7 +209,7 @@ fn check_peer(stream: &tokio::net::UnixStream, path: &std::path::Path) -> std::i
     let cred = stream.peer_cred()?;
     let me = crate::sys::euid();
     let uid = cred.uid();
-    if uid == 0 || uid == me || crate::auth::netd_system_uid() == Some(uid) {
+    if uid == 0 || uid == me || crate::control::auth::netd_system_uid() == Some(uid) {
         return Ok(());
     }
     Err(std::io::Error::new(

@@ -26,7 +26,7 @@
 //! flight, then refuses new ones (Unavailable, "retry") and stops writing
 //! the state file, so the new one boots from a state file that is final.
 //! The sockets are the listeners' (by listener name), the control socket
-//! ([`crate::fdstore::CONTROL_NAME`]) and the metrics socket. The new
+//! ([`crate::sys::fdstore::CONTROL_NAME`]) and the metrics socket. The new
 //! process adopts them by name, boots, serves, tells systemd it is ready
 //! and the main process (`MAINPID`), and says DONE; the old one answers OK,
 //! stops its control server and accept loops (the sockets stay open in the
@@ -48,9 +48,9 @@ use anyhow::{Context as _, bail};
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio_util::sync::CancellationToken;
 
-use crate::addr::ControlAddr;
-use crate::fdpass::{MAX_FDS_PER_MESSAGE, recv_with_fds, send_with_fds};
 use crate::supervisor::Supervisor;
+use crate::sys::fdpass::{MAX_FDS_PER_MESSAGE, recv_with_fds, send_with_fds};
+use crate::util::addr::ControlAddr;
 
 const HELLO: &str = "NETD-HANDOVER/1";
 /// How long a connected client has to say hello.
@@ -111,7 +111,7 @@ pub async fn serve(
     handed: CancellationToken,
     stop: CancellationToken,
 ) {
-    let listener = match crate::fdpass::register(listener) {
+    let listener = match crate::sys::fdpass::register(listener) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "cannot serve the hand-over socket; netd --upgrade will not work");
@@ -162,8 +162,8 @@ async fn hand_over(
     supervisor: &Supervisor,
     extra: &[(String, OwnedFd)],
 ) -> anyhow::Result<bool> {
-    let (pid, uid) = crate::fdpass::peer_cred(conn.as_fd()).context("peer credentials")?;
-    if uid != 0 && uid != crate::fdpass::euid() {
+    let (pid, uid) = crate::sys::fdpass::peer_cred(conn.as_fd()).context("peer credentials")?;
+    if uid != 0 && uid != crate::sys::fdpass::euid() {
         tracing::warn!(
             pid,
             uid,
@@ -259,7 +259,7 @@ impl Successor {
     /// (SO_PEERCRED) are checked before anything is sent or taken.
     pub fn request(path: &Path) -> anyhow::Result<(Successor, HashMap<String, OwnedFd>)> {
         use std::os::unix::fs::MetadataExt as _;
-        let euid = crate::fdpass::euid();
+        let euid = crate::sys::fdpass::euid();
         let trusted = |uid: u32| uid == 0 || uid == euid;
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !trusted(meta.uid()) {
@@ -278,7 +278,7 @@ impl Successor {
                 path.display()
             )
         })?;
-        let (pid, uid) = crate::fdpass::peer_cred(conn.as_fd())
+        let (pid, uid) = crate::sys::fdpass::peer_cred(conn.as_fd())
             .context("reading the hand-over peer's credentials")?;
         if !trusted(uid) {
             bail!(

@@ -3,7 +3,7 @@
 //!
 //! [`incoming_unix`] and [`incoming_tcp`] turn a listening socket into the
 //! stream of connections tonic serves. Who gets in is decided by the
-//! endpoint's [`Gate`] (see [`crate::admission`]): the caller is identified
+//! endpoint's [`Gate`] (see [`crate::control::admission`]): the caller is identified
 //! first (peer credentials at accept on the Unix socket, the client
 //! certificate after a TLS handshake run apart under its own cap and
 //! deadline), and only then takes a slot. Each connection carries a
@@ -15,7 +15,8 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,9 +24,9 @@ use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::admission::{Gate, Reason, Slot, Source};
-use crate::auth::{Caller, Peer, Policy, Role};
-use crate::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
+use crate::control::admission::{Gate, Reason, Slot, Source};
+use crate::control::auth::{Caller, Peer, Policy, Role};
+use crate::util::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
 
 /// Per-connection state shared between the connection and its calls.
 #[derive(Debug)]
@@ -56,7 +57,6 @@ impl ConnState {
             && self
                 .idle_since
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
                 .elapsed()
                 >= grace
     }
@@ -73,7 +73,7 @@ impl ConnState {
         if self.active.load(Ordering::Relaxed) > 0 {
             return None;
         }
-        Some(*self.idle_since.lock().unwrap_or_else(|p| p.into_inner()) + idle)
+        Some(*self.idle_since.lock() + idle)
     }
 }
 
@@ -94,7 +94,7 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         CALLS_CLOSED.fetch_add(1, Ordering::Relaxed);
         if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
-            *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            *self.0.idle_since.lock() = Instant::now();
         }
     }
 }
@@ -155,7 +155,7 @@ pub struct ControlConn<IO> {
 impl<IO> ControlConn<IO> {
     fn new(io: IO, peer: Peer, caller: Caller, slot: Slot, idle_timeout: Duration) -> Self {
         let state = Arc::new(ConnState::new());
-        *state.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(slot);
+        *state.slot.lock() = Some(slot);
         ControlConn {
             io,
             closed: Box::pin(state.close.clone().cancelled_owned()),
@@ -192,7 +192,6 @@ impl<IO> Drop for ControlConn<IO> {
             .state
             .slot
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .take();
     }
 }
@@ -283,7 +282,7 @@ pub struct IdleConns {
 
 impl IdleConns {
     fn push(&self, source: Source, state: &Arc<ConnState>) {
-        let mut c = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.conns.lock();
         c.retain(|(_, w)| w.strong_count() > 0);
         c.push_back((source, Arc::downgrade(state)));
     }
@@ -300,7 +299,7 @@ impl IdleConns {
     /// connection young, and a newcomer out); and a connection just made,
     /// or just done with a call, is left the time to make it.
     fn make_room(&self, gate: &Gate, source: Source) -> bool {
-        let mut c = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.conns.lock();
         c.retain(|(_, w)| w.strong_count() > 0);
         let mine = gate.held_by(source);
         let mut best: Option<(usize, usize)> = None; // (held, index)
@@ -320,7 +319,7 @@ impl IdleConns {
         {
             Some(state) => {
                 state.close.cancel();
-                state.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                state.slot.lock().take();
                 true
             }
             None => false,
@@ -383,7 +382,7 @@ pub fn incoming_unix(
 
 /// Connections on a TCP endpoint (control, health), accepted by a task of
 /// their own. The source of each is a loopback peer's uid
-/// ([`crate::peer_uid`]), so that local users are capped apart though all
+/// ([`crate::control::peer_uid`]), so that local users are capped apart though all
 /// come from 127.0.0.1, or else its address; on TLS, the handshake runs on
 /// a task of its own under the gate's handshake rules. Only connections
 /// whose caller is known are handed to the server.
@@ -417,7 +416,7 @@ pub fn incoming_tcp(
                 let (tx, ep) = (tx.clone(), ep.clone());
                 tokio::spawn(async move {
                     let user = match source {
-                        Source::Uid(uid) => crate::peer_uid::local_user(uid).await,
+                        Source::Uid(uid) => crate::control::peer_uid::local_user(uid).await,
                         Source::Ip(_) => None,
                     };
                     let caller = match user {

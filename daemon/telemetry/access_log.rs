@@ -14,7 +14,7 @@
 //! every [`DROP_REPORT_INTERVAL`]): a connection never waits for the log.
 //!
 //! Output: stderr (journald under systemd) unless `[access_log] path` names
-//! a file; the file is opened for appending through [`crate::safe_file`]
+//! a file; the file is opened for appending through [`crate::sys::safe_file`]
 //! (no symbolic link followed, only a regular file owned by netd) and
 //! opened again by name on SIGUSR1, after logrotate has moved it.
 //!
@@ -33,10 +33,11 @@ use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::OnceLock;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::safe_file;
+use crate::sys::safe_file;
 
 /// Default `[access_log] buffer_bytes`: about 8,000 lines of ~130 bytes,
 /// some 100 ms of a saturated HTTP listener.
@@ -157,7 +158,7 @@ impl Sleep {
 
 impl Sink {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     /// Bytes one shard holds at most.
@@ -168,7 +169,6 @@ impl Sink {
     fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
         self.shards[i]
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn set_sleep(&self, st: &mut State, sleep: Sleep) {
@@ -349,10 +349,10 @@ pub fn close() {
     let Some(sink) = SINK.get() else { return };
     sink.lock().closing = true;
     sink.poke();
-    let done = sink.closed.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut done = sink.closed.lock();
     let _ = sink
         .closed_cv
-        .wait_timeout_while(done, CLOSE_WAIT, |done| !*done);
+        .wait_while_for(&mut done, |done| !*done, CLOSE_WAIT);
 }
 
 fn writer(sink: &Sink, mut out: Output) {
@@ -372,11 +372,9 @@ fn writer(sink: &Sink, mut out: Output) {
                 !sink.pending(true)
             };
             sink.set_sleep(&mut st, if long { Sleep::Long } else { Sleep::Short });
-            st = sink
+            let _ = sink
                 .wake
-                .wait_timeout(st, if long { IDLE_WAKE } else { FLUSH_INTERVAL })
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+                .wait_for(&mut st, if long { IDLE_WAKE } else { FLUSH_INTERVAL });
             sink.set_sleep(&mut st, Sleep::Awake);
         }
         let closing = st.closing;
@@ -420,7 +418,7 @@ fn writer(sink: &Sink, mut out: Output) {
             last_report = Some(Instant::now());
         }
         if closing {
-            let mut done = sink.closed.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut done = sink.closed.lock();
             *done = true;
             sink.closed_cv.notify_all();
             return;

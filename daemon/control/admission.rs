@@ -24,7 +24,7 @@
 //! - **Every refusal counted and logged sparingly**: a counter per
 //!   endpoint and reason (`netd_endpoint_connections_refused_total`), and
 //!   at most one WARN line per endpoint and reason every
-//!   [`crate::warn_limit::DEFAULT_INTERVAL`], with the number of refusals
+//!   [`crate::util::warn_limit::DEFAULT_INTERVAL`], with the number of refusals
 //!   it stands for.
 //!
 //! The gates register themselves in a process-wide list that `/metrics`
@@ -33,13 +33,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
+use crate::util::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
 
 /// A TLS client must finish its handshake within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -63,10 +64,10 @@ impl Source {
     }
 
     /// A TCP peer accepted on `local`: the uid owning its socket when it is
-    /// on this host ([`crate::peer_uid`]), else its address.
+    /// on this host ([`crate::control::peer_uid`]), else its address.
     pub fn tcp(local: Option<std::net::SocketAddr>, peer: std::net::SocketAddr) -> Source {
         local
-            .and_then(|local| crate::peer_uid::loopback_peer_uid(local, peer))
+            .and_then(|local| crate::control::peer_uid::loopback_peer_uid(local, peer))
             .map_or(Source::ip(peer.ip()), Source::Uid)
     }
 
@@ -244,7 +245,7 @@ impl Gate {
             refused: std::array::from_fn(|_| AtomicU64::new(0)),
             warn: std::array::from_fn(|_| RateLimitedWarn::new(DEFAULT_INTERVAL)),
         });
-        let mut gates = GATES.lock().unwrap_or_else(|p| p.into_inner());
+        let mut gates = GATES.lock();
         gates.retain(|g| g.strong_count() > 0);
         gates.push(Arc::downgrade(&inner));
         Gate { inner }
@@ -275,7 +276,7 @@ impl Gate {
     pub fn try_admit(&self, source: Source, admin: bool) -> Result<Slot, Reason> {
         let inner = &self.inner;
         if !admin {
-            let mut sources = inner.sources.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sources = inner.sources.lock();
             let n = sources.entry(source).or_insert(0);
             if *n >= inner.limits.per_source {
                 if *n == 0 {
@@ -312,7 +313,7 @@ impl Gate {
 
     /// Established connections `source` holds now (admins' not counted).
     pub fn held_by(&self, source: Source) -> usize {
-        let sources = self.inner.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let sources = self.inner.sources.lock();
         sources.get(&source).copied().unwrap_or(0)
     }
 
@@ -324,7 +325,7 @@ impl Gate {
         let inner = &self.inner;
         let mut evicted = Vec::new();
         let id = {
-            let mut p = inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut p = inner.pending.lock();
             let id = p.next;
             p.next += 1;
             let trusted = p.trusted.contains(&peer);
@@ -391,7 +392,7 @@ impl Gate {
     /// Remember `peer` as a source whose handshakes made an admin: its
     /// later handshakes are the last to make way.
     pub fn trust(&self, peer: Source) {
-        let mut p = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = self.inner.pending.lock();
         if let Some(i) = p.trusted.iter().position(|s| *s == peer) {
             p.trusted.remove(i);
         }
@@ -453,7 +454,7 @@ pub struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(source) = self.source.take() {
-            let mut sources = self.gate.sources.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sources = self.gate.sources.lock();
             if let Some(n) = sources.get_mut(&source) {
                 *n -= 1;
                 if *n == 0 {
@@ -505,8 +506,7 @@ impl Drop for Handshake {
             .gate
             .inner
             .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+            .lock();
         if let Some(i) = p.queue.iter().position(|e| e.id == self.id) {
             p.queue.remove(i);
         }
@@ -525,7 +525,6 @@ pub struct EndpointStats {
 pub fn snapshot() -> Vec<EndpointStats> {
     let gates: Vec<Gate> = GATES
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
         .iter()
         .filter_map(Weak::upgrade)
         .map(|inner| Gate { inner })
@@ -611,7 +610,7 @@ mod tests {
         let done = third.run(async { Ok::<_, String>(7) }).await;
         assert_eq!(done, Some(7));
         drop(second);
-        assert!(g.inner.pending.lock().unwrap().queue.is_empty());
+        assert!(g.inner.pending.lock().queue.is_empty());
         let evicted = g.refused()[Reason::HandshakeEvicted.index()].1;
         assert_eq!(evicted, 1);
     }

@@ -1,8 +1,8 @@
 //! Passing descriptors between processes: `sendmsg`/`recvmsg` with
 //! SCM_RIGHTS, the peer's credentials (SO_PEERCRED), and taking the
 //! descriptors systemd passes at start (LISTEN_FDS). The only `unsafe` of
-//! the socket hand-over lives here; [`crate::handover`] and
-//! [`crate::fdstore`] are written on top of it.
+//! the socket hand-over lives here; [`crate::process::handover`] and
+//! [`crate::sys::fdstore`] are written on top of it.
 //!
 //! All calls are blocking (or fail with WouldBlock on a non-blocking
 //! socket): callers run them off the async workers.

@@ -17,7 +17,8 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use parking_lot::RwLock;
 
 /// netd's own UDP listening addresses; cheap to clone (one shared set).
 #[derive(Clone, Debug, Default)]
@@ -103,12 +104,12 @@ impl OwnAddrs {
     }
 
     fn read_snapshot(&self) -> Arc<OwnSet> {
-        let st = self.inner.state.read().unwrap_or_else(|p| p.into_inner());
+        let st = self.inner.state.read();
         st.snapshot.clone()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.inner.state.write().unwrap_or_else(|p| p.into_inner())
+    fn write(&self) -> parking_lot::RwLockWriteGuard<'_, State> {
+        self.inner.state.write()
     }
 }
 

@@ -17,7 +17,8 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{Gate, Slot, Source};
+use crate::control::admission::{Gate, Slot, Source};
 use crate::proto::{self, ListenerStats};
 use crate::supervisor::Supervisor;
 
@@ -172,7 +173,7 @@ impl Collector for ListenerCollector {
             None,
             MetricType::Counter,
         )?)?;
-        let endpoints = crate::admission::snapshot();
+        let endpoints = crate::control::admission::snapshot();
         let mut family = encoder.encode_descriptor(
             "netd_endpoint_connections",
             "Connections admitted and open on one of netd's own endpoints (control, health, metrics, toxiproxy_api).",
@@ -198,25 +199,27 @@ impl Collector for ListenerCollector {
                 ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
             }
         }
-        ConstCounter::new(crate::access_log::dropped()).encode(encoder.encode_descriptor(
+        ConstCounter::new(crate::telemetry::access_log::dropped()).encode(encoder.encode_descriptor(
             "netd_access_log_dropped",
             "Access-log lines dropped: the buffer was full (the output did not keep up) or the write failed.",
             None,
             MetricType::Counter,
         )?)?;
-        ConstCounter::new(crate::access_log::written()).encode(encoder.encode_descriptor(
-            "netd_access_log_written",
-            "Access-log lines written.",
-            None,
-            MetricType::Counter,
-        )?)?;
-        ConstGauge::new(crate::fd_budget::capacity() as i64).encode(encoder.encode_descriptor(
+        ConstCounter::new(crate::telemetry::access_log::written()).encode(
+            encoder.encode_descriptor(
+                "netd_access_log_written",
+                "Access-log lines written.",
+                None,
+                MetricType::Counter,
+            )?,
+        )?;
+        ConstGauge::new(crate::net::fd_budget::capacity() as i64).encode(encoder.encode_descriptor(
             "netd_descriptor_budget",
             "File descriptors the data plane may hold: RLIMIT_NOFILE less the control plane's reserve and netd's own.",
             None,
             MetricType::Gauge,
         )?)?;
-        ConstGauge::new(crate::fd_budget::available() as i64).encode(encoder.encode_descriptor(
+        ConstGauge::new(crate::net::fd_budget::available() as i64).encode(encoder.encode_descriptor(
             "netd_descriptor_budget_available",
             "Descriptors of the data plane's budget not in use; at 0 accept loops pause and udp-proxies refuse new clients.",
             None,
@@ -638,7 +641,7 @@ pub async fn serve(
         listener,
         Gate::new(
             "metrics",
-            crate::admission::Limits::for_max(limits.max_connections, false),
+            crate::control::admission::Limits::for_max(limits.max_connections, false),
         ),
         &stop,
         &refused,
@@ -754,7 +757,7 @@ impl Timing {
     }
 
     pub(crate) fn get(&self) -> (Phase, Instant) {
-        *self.now.lock().unwrap_or_else(PoisonError::into_inner)
+        *self.now.lock()
     }
 
     pub(crate) fn enter(&self, phase: Phase) {
@@ -763,7 +766,7 @@ impl Timing {
             Phase::Respond => self.respond,
             Phase::Idle => self.limits.idle_timeout,
         };
-        *self.now.lock().unwrap_or_else(PoisonError::into_inner) = (phase, Instant::now() + bound);
+        *self.now.lock() = (phase, Instant::now() + bound);
     }
 
     /// Bytes arrived: on an idle connection, that begins the next request.

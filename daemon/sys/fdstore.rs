@@ -89,7 +89,7 @@ pub async fn flushed() {
 }
 
 fn send(op: Op) {
-    static QUEUE: OnceLock<Option<std::sync::Mutex<Sender<Op>>>> = OnceLock::new();
+    static QUEUE: OnceLock<Option<parking_lot::Mutex<Sender<Op>>>> = OnceLock::new();
     let q = QUEUE.get_or_init(|| {
         let (tx, rx) = channel::<Op>();
         let spawned = std::thread::Builder::new()
@@ -100,7 +100,7 @@ fn send(op: Op) {
                 }
             });
         match spawned {
-            Ok(_) => Some(std::sync::Mutex::new(tx)),
+            Ok(_) => Some(parking_lot::Mutex::new(tx)),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the fd-store thread; sockets are not kept in systemd's fd store");
                 None
@@ -108,7 +108,7 @@ fn send(op: Op) {
         }
     });
     if let Some(tx) = q {
-        let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(op);
+        let _ = tx.lock().send(op);
     }
 }
 
@@ -131,7 +131,8 @@ fn deliver(op: Op) {
         Op::Remove(name) => remove_msg(&sock, name),
         Op::Store(name, fd) => remove_msg(&sock, name).and_then(|()| {
             let msg = format!("FDSTORE=1\nFDNAME={name}\n");
-            crate::fdpass::send_with_fds(sock.as_fd(), msg.as_bytes(), &[fd.as_fd()]).map(|_| ())
+            crate::sys::fdpass::send_with_fds(sock.as_fd(), msg.as_bytes(), &[fd.as_fd()])
+                .map(|_| ())
         }),
         Op::Flush(_) => Ok(()),
     };

@@ -2,7 +2,7 @@
 //! listeners, serve gRPC (Control, health, reflection), tell systemd we are
 //! ready, on SIGHUP reload the config, and on SIGTERM/SIGINT drain and
 //! exit. Sockets inherited from systemd's fd store or from the netd this
-//! one upgrades (see [`crate::handover`]) are adopted by name instead of
+//! one upgrades (see [`crate::process::handover`]) are adopted by name instead of
 //! bound; after handing its own sockets to a successor, netd drains and
 //! exits as on SIGTERM.
 
@@ -18,14 +18,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
-use crate::addr::ControlAddr;
-use crate::admission::{Gate, Limits};
-use crate::auth::{AuthLayer, Policy};
 use crate::config::Config;
-use crate::control::ControlService;
-use crate::control_conn::{Endpoint, incoming_tcp, incoming_unix};
+use crate::control::admission::{Gate, Limits};
+use crate::control::auth::{AuthLayer, Policy};
+use crate::control::conn::{Endpoint, incoming_tcp, incoming_unix};
+use crate::control::service::ControlService;
 use crate::proto::{self, control_server::ControlServer};
 use crate::supervisor::Supervisor;
+use crate::util::addr::ControlAddr;
 
 /// How long the gRPC server gets to finish open calls at exit.
 const CONTROL_DRAIN: Duration = Duration::from_secs(2);
@@ -117,17 +117,17 @@ pub async fn run(
     check_control_security(&config, &control).await?;
     // Declared first, so dropped last: after the socket files in it.
     let _created_dir = CreatedDirGuard::before_bind(&control);
-    if control == crate::addr::default_control_addr()
-        && control != ControlAddr::Unix(crate::addr::SYSTEM_CONTROL_SOCKET.into())
+    if control == crate::util::addr::default_control_addr()
+        && control != ControlAddr::Unix(crate::util::addr::SYSTEM_CONTROL_SOCKET.into())
     {
-        crate::addr::ensure_private_dir(&crate::addr::private_dir())
+        crate::util::addr::ensure_private_dir(&crate::util::addr::private_dir())
             .map_err(|e| anyhow::anyhow!("control socket directory: {e}"))?;
     }
     let state_dir = config
         .state_dir
         .clone()
         .or_else(|| config.fallback_state_dir());
-    let handover_path = crate::handover::socket_path(&control, state_dir.as_deref());
+    let handover_path = crate::process::handover::socket_path(&control, state_dir.as_deref());
     let mut inherited: HashMap<String, OwnedFd> = HashMap::new();
     for (name, fd) in startup.listen_fds {
         tracing::debug!(name = %name, "socket passed by systemd");
@@ -146,10 +146,11 @@ pub async fn run(
         let path = handover_path.clone().context(
             "--upgrade needs the running netd's hand-over socket: a Unix control socket, or a state_dir",
         )?;
-        let (s, sockets) =
-            tokio::task::spawn_blocking(move || crate::handover::Successor::request(&path))
-                .await
-                .context("hand-over")??;
+        let (s, sockets) = tokio::task::spawn_blocking(move || {
+            crate::process::handover::Successor::request(&path)
+        })
+        .await
+        .context("hand-over")??;
         tracing::info!(
             sockets = sockets.len(),
             "received the running netd's sockets"
@@ -157,7 +158,7 @@ pub async fn run(
         inherited.extend(sockets);
         successor = Some(s);
     }
-    let socket = match inherited.remove(crate::fdstore::CONTROL_NAME) {
+    let socket = match inherited.remove(crate::sys::fdstore::CONTROL_NAME) {
         Some(fd) => match adopt_control(fd, &control) {
             Ok(s) => s,
             Err(e) => {
@@ -176,12 +177,12 @@ pub async fn run(
         ControlSocket::Tcp(l) => l.as_fd().try_clone_to_owned(),
     }
     .context("duplicating the control socket")?;
-    crate::fdstore::store(crate::fdstore::CONTROL_NAME, control_fd.as_fd());
+    crate::sys::fdstore::store(crate::sys::fdstore::CONTROL_NAME, control_fd.as_fd());
     // A systemd service whose control socket is in the fd store leaves the
     // file for the next process (systemctl restart), which serves on that
     // socket at that path. A successor owns the file only once the old
     // netd has let go.
-    let keep_control_file = crate::fdstore::enabled();
+    let keep_control_file = crate::sys::fdstore::enabled();
     let mut guard = match &socket {
         ControlSocket::Unix(_, p) if !keep_control_file && successor.is_none() => {
             SocketFileGuard::new(Some(p))
@@ -193,7 +194,7 @@ pub async fn run(
         None => None,
         Some(addr) => {
             let adopted = inherited
-                .remove(crate::fdstore::METRICS_NAME)
+                .remove(crate::sys::fdstore::METRICS_NAME)
                 .and_then(|fd| adopt_tcp(fd, addr));
             Some(match adopted {
                 Some(l) => l,
@@ -207,14 +208,14 @@ pub async fn run(
         .as_ref()
         .and_then(|l| l.as_fd().try_clone_to_owned().ok());
     if let Some(fd) = &metrics_fd {
-        crate::fdstore::store(crate::fdstore::METRICS_NAME, fd.as_fd());
+        crate::sys::fdstore::store(crate::sys::fdstore::METRICS_NAME, fd.as_fd());
     }
 
     let health_socket = match config.health_listen {
         None => None,
         Some(addr) => {
             let adopted = inherited
-                .remove(crate::fdstore::HEALTH_NAME)
+                .remove(crate::sys::fdstore::HEALTH_NAME)
                 .and_then(|fd| adopt_tcp(fd, addr));
             Some(match adopted {
                 Some(l) => l,
@@ -228,14 +229,14 @@ pub async fn run(
         .as_ref()
         .and_then(|l| l.as_fd().try_clone_to_owned().ok());
     if let Some(fd) = &health_fd {
-        crate::fdstore::store(crate::fdstore::HEALTH_NAME, fd.as_fd());
+        crate::sys::fdstore::store(crate::sys::fdstore::HEALTH_NAME, fd.as_fd());
     }
 
     let toxiproxy_socket = match config.toxiproxy_api_listen {
         None => None,
         Some(addr) => {
             let adopted = inherited
-                .remove(crate::fdstore::TOXIPROXY_API_NAME)
+                .remove(crate::sys::fdstore::TOXIPROXY_API_NAME)
                 .and_then(|fd| adopt_tcp(fd, addr));
             Some(match adopted {
                 Some(l) => l,
@@ -249,7 +250,7 @@ pub async fn run(
         .as_ref()
         .and_then(|l| l.as_fd().try_clone_to_owned().ok());
     if let Some(fd) = &toxiproxy_fd {
-        crate::fdstore::store(crate::fdstore::TOXIPROXY_API_NAME, fd.as_fd());
+        crate::sys::fdstore::store(crate::sys::fdstore::TOXIPROXY_API_NAME, fd.as_fd());
     }
 
     // netd's own TCP endpoints: no proxy made through the Toxiproxy API
@@ -298,7 +299,7 @@ pub async fn run(
     let tcp = matches!(socket, ControlSocket::Tcp(_));
     let tls = match (tcp, &cc.tls) {
         (true, Some(tls)) => Some(
-            crate::control_conn::tls_acceptor(
+            crate::control::conn::tls_acceptor(
                 &tls.cert_pem,
                 &tls.key_pem,
                 tls.client_ca_pem.as_deref(),
@@ -348,7 +349,7 @@ pub async fn run(
         if let Ok(addr) = l.local_addr() {
             tracing::info!(%addr, "serving Prometheus metrics at /metrics");
         }
-        tokio::spawn(crate::metrics::serve(
+        tokio::spawn(crate::endpoints::metrics::serve(
             l,
             config.metrics_limits,
             supervisor.clone(),
@@ -359,7 +360,7 @@ pub async fn run(
         if let Ok(addr) = l.local_addr() {
             tracing::info!(%addr, "serving plaintext grpc.health.v1 (health only)");
         }
-        tokio::spawn(crate::health::serve(
+        tokio::spawn(crate::endpoints::health::serve(
             l,
             health_service.clone(),
             stop_metrics.clone(),
@@ -369,13 +370,13 @@ pub async fn run(
         if let Ok(addr) = l.local_addr() {
             tracing::info!(%addr, "serving the Toxiproxy-compatible API (callers identified by uid, roles from [control.roles])");
         }
-        let access = crate::toxiproxy_api::Access::new(
+        let access = crate::endpoints::toxiproxy_api::Access::new(
             Policy::new(cc.roles.clone(), socket_gid, false),
             config.toxiproxy_api_rules.clone(),
             own_endpoints,
         )
         .with_token(config.toxiproxy_api_token.clone());
-        tokio::spawn(crate::toxiproxy_api::serve(
+        tokio::spawn(crate::endpoints::toxiproxy_api::serve(
             l,
             config.toxiproxy_api_limits,
             supervisor.clone(),
@@ -384,7 +385,10 @@ pub async fn run(
         ))
     });
     let stop_trim = CancellationToken::new();
-    tokio::spawn(crate::trim::run(supervisor.clone(), stop_trim.clone()));
+    tokio::spawn(crate::process::trim::run(
+        supervisor.clone(),
+        stop_trim.clone(),
+    ));
     // Every listener in the registry: the config's and those restored from
     // the state file or handed over (the rows of `netctl list`).
     let listeners = supervisor.list();
@@ -405,15 +409,15 @@ pub async fn run(
     // socket file is the old one's, which carries on if this one fails).
     let handed = CancellationToken::new();
     let stop_handover = CancellationToken::new();
-    let mut extra = vec![(crate::fdstore::CONTROL_NAME.to_string(), control_fd)];
+    let mut extra = vec![(crate::sys::fdstore::CONTROL_NAME.to_string(), control_fd)];
     if let Some(fd) = metrics_fd {
-        extra.push((crate::fdstore::METRICS_NAME.to_string(), fd));
+        extra.push((crate::sys::fdstore::METRICS_NAME.to_string(), fd));
     }
     if let Some(fd) = health_fd {
-        extra.push((crate::fdstore::HEALTH_NAME.to_string(), fd));
+        extra.push((crate::sys::fdstore::HEALTH_NAME.to_string(), fd));
     }
     if let Some(fd) = toxiproxy_fd {
-        extra.push((crate::fdstore::TOXIPROXY_API_NAME.to_string(), fd));
+        extra.push((crate::sys::fdstore::TOXIPROXY_API_NAME.to_string(), fd));
     }
     let serve_handover = |extra| {
         serve_handover(
@@ -427,12 +431,12 @@ pub async fn run(
     let mut handover_guard = match successor.take() {
         None => {
             let g = serve_handover(extra).await;
-            crate::notify::ready();
+            crate::process::notify::ready();
             g
         }
         Some(s) => {
-            crate::handover::notify_main_pid();
-            crate::notify::ready();
+            crate::process::handover::notify_main_pid();
+            crate::process::notify::ready();
             if let Err(e) = tokio::task::spawn_blocking(move || s.done())
                 .await
                 .context("hand-over")
@@ -457,7 +461,7 @@ pub async fn run(
         }
     };
     // Stops when dropped at the end of this function, after the drain.
-    let _watchdog = crate::notify::Watchdog::start(&supervisor);
+    let _watchdog = crate::process::notify::Watchdog::start(&supervisor);
 
     let mut handed_over = false;
     let server_result = loop {
@@ -478,7 +482,7 @@ pub async fn run(
             }
             _ = usr1.recv() => {
                 tracing::info!("SIGUSR1 received; reopening the access log");
-                crate::access_log::reopen();
+                crate::telemetry::access_log::reopen();
             }
             r = &mut server => break Some(r),
         }
@@ -500,7 +504,7 @@ pub async fn run(
         stop_control.cancel();
         stop_metrics.cancel();
     } else {
-        crate::notify::stopping();
+        crate::process::notify::stopping();
     }
     health
         .set_not_serving::<ControlServer<ControlService>>()
@@ -528,7 +532,7 @@ pub async fn run(
             .context("control server")?,
         Err(_) => server.abort(),
     }
-    crate::fdstore::flushed().await;
+    crate::sys::fdstore::flushed().await;
     tracing::info!("netd stopped");
     Ok(())
 }
@@ -593,9 +597,11 @@ async fn serve_handover(
         return SocketFileGuard::new(None);
     };
     let p = path.clone();
-    match tokio::task::spawn_blocking(move || crate::handover::bind(&p)).await {
+    match tokio::task::spawn_blocking(move || crate::process::handover::bind(&p)).await {
         Ok(Ok(l)) => {
-            tokio::spawn(crate::handover::serve(l, supervisor, extra, handed, stop));
+            tokio::spawn(crate::process::handover::serve(
+                l, supervisor, extra, handed, stop,
+            ));
             SocketFileGuard::new(Some(&path))
         }
         Ok(Err(e)) => {
@@ -644,7 +650,7 @@ async fn boot_listeners(
         }
         Some(dir) => {
             let d = dir.clone();
-            let opened = crate::safe_file::off_runtime(
+            let opened = crate::sys::safe_file::off_runtime(
                 "opening the state directory",
                 BOOT_STATE_DEADLINE,
                 move || Store::open(&d, explicit),
@@ -669,7 +675,7 @@ async fn boot_listeners(
         Some(s) => {
             // A state file that cannot be read in time stops the start:
             // running without it would drop its changes at the next save.
-            let (s, loaded) = crate::safe_file::off_runtime(
+            let (s, loaded) = crate::sys::safe_file::off_runtime(
                 "reading the state file",
                 BOOT_STATE_DEADLINE,
                 move || {
@@ -726,7 +732,7 @@ async fn boot_listeners(
     for (name, _) in supervisor.take_unused_inherited() {
         tracing::info!(name = %name, "a socket handed over matches no listener; closed");
         if supervisor.get(&name).is_err() {
-            crate::fdstore::remove(&name);
+            crate::sys::fdstore::remove(&name);
         }
     }
     Ok(supervisor)
@@ -807,7 +813,7 @@ async fn reload(
     path: Option<&Path>,
 ) -> Result<proto::ReloadResponse, String> {
     use crate::proto::{EventKind, ListenerKind, PlanAction};
-    crate::notify::reloading();
+    crate::process::notify::reloading();
     let outcome: Result<proto::ReloadResponse, String> = async {
         let Some(path) = path else {
             return Err("netd runs the embedded default config; there is no file to re-read".to_string());
@@ -815,7 +821,7 @@ async fn reload(
         let p = path.to_path_buf();
         // Off the runtime and bounded: a FIFO is refused at once, a hung
         // mount fails this reload (the next SIGHUP tries again).
-        let config = crate::safe_file::off_runtime("reading the config", RELOAD_READ_DEADLINE, move || {
+        let config = crate::sys::safe_file::off_runtime("reading the config", RELOAD_READ_DEADLINE, move || {
             Ok(Config::load(&p))
         })
         .await
@@ -887,7 +893,7 @@ async fn reload(
             );
         }
     }
-    crate::notify::ready();
+    crate::process::notify::ready();
     outcome
 }
 

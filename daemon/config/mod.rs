@@ -8,6 +8,8 @@
 //! default. Apply files (`netctl apply -f`) are read here too, by
 //! [`parse_listeners`]: the same tables under two different rules.
 
+pub mod export;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,12 +17,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::addr::ControlAddr;
 use crate::proto::{self, listener_spec::Kind};
 use crate::services::{KindInfo, Service, Settings, Transport};
+use crate::util::addr::ControlAddr;
 
 /// The default configuration, compiled in from `deploy/netd.toml`.
-pub const DEFAULT_CONFIG: &str = include_str!("../deploy/netd.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../deploy/netd.toml");
 /// Name used in messages for the embedded default.
 pub const DEFAULT_CONFIG_NAME: &str = "<embedded default config>";
 
@@ -176,7 +178,7 @@ struct RawMetrics {
 }
 
 /// `[toxiproxy_api]`: the keys of `[metrics]`, and what the proxies made
-/// through it may do (crate::toxiproxy_api::Rules).
+/// through it may do (crate::endpoints::toxiproxy_api::Rules).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawToxiproxyApi {
@@ -213,7 +215,7 @@ impl RawToxiproxyApi {
     }
 }
 
-/// `[access_log]`: where access-log lines go (crate::access_log).
+/// `[access_log]`: where access-log lines go (crate::telemetry::access_log).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAccessLog {
@@ -223,7 +225,7 @@ struct RawAccessLog {
     buffer_bytes: Option<Spanned<u64>>,
 }
 
-/// `[health]`: the plaintext grpc.health.v1 endpoint (crate::health).
+/// `[health]`: the plaintext grpc.health.v1 endpoint (crate::endpoints::health).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
@@ -261,15 +263,7 @@ struct RawConfig {
     listeners: Vec<RawListener>,
 }
 
-/// A listener to start at boot.
-#[derive(Debug, Clone)]
-pub struct BootListener {
-    pub name: String,
-    pub spec: proto::ListenerSpec,
-    pub labels: HashMap<String, String>,
-    /// `file:line` of the entry, for errors found when it is started.
-    pub origin: String,
-}
+pub use crate::spec::BootListener;
 
 /// Where `[[listener]]` tables come from; the rules differ in two places.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,23 +343,23 @@ pub struct Config {
     /// unless `[metrics] allow_remote = true`.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Connection limit and timeouts of the `/metrics` endpoint.
-    pub metrics_limits: crate::metrics::Limits,
+    pub metrics_limits: crate::endpoints::metrics::Limits,
     /// Where to serve the Toxiproxy-compatible API
-    /// ([`crate::toxiproxy_api`]); off when unset. Loopback unless
+    /// ([`crate::endpoints::toxiproxy_api`]); off when unset. Loopback unless
     /// `[toxiproxy_api] allow_remote = true`.
     pub toxiproxy_api_listen: Option<std::net::SocketAddr>,
     /// Its connection limit and timeouts (the keys of `[metrics]`).
-    pub toxiproxy_api_limits: crate::metrics::Limits,
+    pub toxiproxy_api_limits: crate::endpoints::metrics::Limits,
     /// What proxies made through it may do (`allowed_ports`,
     /// `max_proxies`, `persist`).
-    pub toxiproxy_api_rules: crate::toxiproxy_api::Rules,
+    pub toxiproxy_api_rules: crate::endpoints::toxiproxy_api::Rules,
     /// `[toxiproxy_api] token_file`'s bearer token (admin), read at load.
-    pub toxiproxy_api_token: Option<crate::toxiproxy_api::Token>,
+    pub toxiproxy_api_token: Option<crate::endpoints::toxiproxy_api::Token>,
     /// Where to serve plaintext grpc.health.v1 only (`[health] listen`);
     /// off when unset. Any address: it tells only whether netd serves.
     pub health_listen: Option<std::net::SocketAddr>,
     /// `[access_log]`: stderr or a file, and the buffer's bound.
-    pub access_log: crate::access_log::Settings,
+    pub access_log: crate::telemetry::access_log::Settings,
     pub listeners: Vec<BootListener>,
 }
 
@@ -398,7 +392,7 @@ impl Config {
 
     /// Read and validate the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = crate::safe_file::read_regular_text(path, MAX_CONFIG_BYTES)
+        let text = crate::sys::safe_file::read_regular_text(path, MAX_CONFIG_BYTES)
             .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
         Config::parse(&text, &path.display().to_string())
     }
@@ -512,7 +506,7 @@ impl Config {
         let health_listen = match &raw.health.listen {
             None => None,
             Some(l) => {
-                let addr = crate::addr::parse_listen_addr(l.get_ref())
+                let addr = crate::util::addr::parse_listen_addr(l.get_ref())
                     .map_err(|e| ConfigError(format!("{}: health.listen: {e}", at(l.span()))))?;
                 if metrics_listen.is_some_and(|m| addrs_clash(m, addr)) {
                     return Err(ConfigError(format!(
@@ -884,7 +878,7 @@ impl Config {
                             t.get_ref().clone()
                         }
                         (None, Some(f)) => {
-                            let t = crate::safe_file::read_regular_text(
+                            let t = crate::sys::safe_file::read_regular_text(
                                 Path::new(f.get_ref()),
                                 MAX_SECRET_FILE_BYTES,
                             )
@@ -1006,12 +1000,12 @@ impl Config {
 }
 
 /// `[access_log]`: `path` absolute without `..` and naming a file;
-/// `buffer_bytes` within [`crate::access_log::BUFFER_BYTES_RANGE`].
+/// `buffer_bytes` within [`crate::telemetry::access_log::BUFFER_BYTES_RANGE`].
 fn parse_access_log(
     raw: &RawAccessLog,
     at: &dyn Fn(std::ops::Range<usize>) -> String,
-) -> Result<crate::access_log::Settings, ConfigError> {
-    use crate::access_log::{BUFFER_BYTES_RANGE, DEFAULT_BUFFER_BYTES, Settings};
+) -> Result<crate::telemetry::access_log::Settings, ConfigError> {
+    use crate::telemetry::access_log::{BUFFER_BYTES_RANGE, DEFAULT_BUFFER_BYTES, Settings};
     let path = match &raw.path {
         None => None,
         Some(p) => {
@@ -1019,7 +1013,7 @@ fn parse_access_log(
             let name_ok = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| crate::safe_file::check_file_name(n).is_ok());
+                .is_some_and(|n| crate::sys::safe_file::check_file_name(n).is_ok());
             if !path.is_absolute()
                 || path
                     .components()
@@ -1063,11 +1057,17 @@ fn http_endpoint(
     what: &str,
     raw: &RawMetrics,
     at: &dyn Fn(std::ops::Range<usize>) -> String,
-) -> Result<(Option<std::net::SocketAddr>, crate::metrics::Limits), ConfigError> {
+) -> Result<
+    (
+        Option<std::net::SocketAddr>,
+        crate::endpoints::metrics::Limits,
+    ),
+    ConfigError,
+> {
     let listen = match &raw.listen {
         None => None,
         Some(l) => {
-            let addr = crate::addr::parse_listen_addr(l.get_ref())
+            let addr = crate::util::addr::parse_listen_addr(l.get_ref())
                 .map_err(|e| ConfigError(format!("{}: {section}.listen: {e}", at(l.span()))))?;
             // The endpoint has no authentication: a client elsewhere must
             // be asked for explicitly.
@@ -1082,7 +1082,7 @@ fn http_endpoint(
             Some(addr)
         }
     };
-    use crate::metrics::{Limits, MAX_MAX_CONNECTIONS, TIMEOUT_RANGE};
+    use crate::endpoints::metrics::{Limits, MAX_MAX_CONNECTIONS, TIMEOUT_RANGE};
     let timeout = |field: &str, v: &Option<Spanned<String>>, default: Duration| {
         let Some(v) = v else { return Ok(default) };
         let d = humantime::parse_duration(v.get_ref()).map_err(|e| {
@@ -1133,8 +1133,8 @@ fn http_endpoint(
 fn toxiproxy_api_rules(
     raw: &RawToxiproxyApi,
     at: &dyn Fn(std::ops::Range<usize>) -> String,
-) -> Result<crate::toxiproxy_api::Rules, ConfigError> {
-    use crate::toxiproxy_api::{MAX_MAX_PROXIES, Rules};
+) -> Result<crate::endpoints::toxiproxy_api::Rules, ConfigError> {
+    use crate::endpoints::toxiproxy_api::{MAX_MAX_PROXIES, Rules};
     let defaults = Rules::default();
     let allowed_ports = match &raw.allowed_ports {
         None => defaults.allowed_ports,
@@ -1167,7 +1167,7 @@ fn toxiproxy_api_rules(
 
 /// Read `[toxiproxy_api] token_file`: an absolute path to a regular file
 /// (opened non-blocking, so a FIFO cannot hang the load), at most 4 KiB.
-fn toxiproxy_api_token(path: &str) -> Result<crate::toxiproxy_api::Token, String> {
+fn toxiproxy_api_token(path: &str) -> Result<crate::endpoints::toxiproxy_api::Token, String> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     if !Path::new(path).is_absolute() {
@@ -1185,7 +1185,7 @@ fn toxiproxy_api_token(path: &str) -> Result<crate::toxiproxy_api::Token, String
     file.take(4096)
         .read_to_string(&mut text)
         .map_err(|e| format!("cannot read it: {e}"))?;
-    crate::toxiproxy_api::Token::parse(&text)
+    crate::endpoints::toxiproxy_api::Token::parse(&text)
 }
 
 /// A TOML syntax or type error as one line, `file:line:column: what`,
@@ -1209,15 +1209,7 @@ fn toml_error(text: &str, source: &str, e: toml::de::Error) -> ConfigError {
 /// Longest `shutdown_grace` the config accepts.
 pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(3600);
 
-/// Would two sockets of the same protocol bound at `a` and `b` clash? Same
-/// (fixed) port and family, and the same IP or either the wildcard (IPv6
-/// sockets are bound v6-only, so `[::]` does not cover IPv4).
-pub fn addrs_clash(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
-    a.port() != 0
-        && a.port() == b.port()
-        && a.is_ipv4() == b.is_ipv4()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-}
+pub use crate::net::bind::addrs_clash;
 
 /// Check `[log] level` the way netd will use it: a comma-separated list of
 /// directives for tracing's EnvFilter, where a bare directive must be a
@@ -1249,8 +1241,7 @@ pub fn check_log_level(level: &str) -> Result<(), String> {
         .map_err(|e| format!("'{level}' is not a level ({LEVELS}) or filter: {e}"))
 }
 
-/// Default and upper bound of `max_listeners`.
-pub const DEFAULT_MAX_LISTENERS: usize = 1024;
+pub use crate::supervisor::DEFAULT_MAX_LISTENERS;
 const MAX_LISTENERS_LIMIT: u32 = 100_000;
 /// Largest config file read (100,000 listeners fit easily).
 pub const MAX_CONFIG_BYTES: u64 = 256 << 20;
@@ -1266,7 +1257,7 @@ pub struct ControlConfig {
     /// Allow a TCP control address without TLS (loopback only, warned).
     pub insecure: bool,
     pub tls: Option<TlsConfig>,
-    pub roles: crate::auth::RoleConfig,
+    pub roles: crate::control::auth::RoleConfig,
     /// Control connections open at once; more are closed at accept.
     pub max_connections: usize,
     /// Concurrent streams (calls) per connection.
@@ -1283,7 +1274,7 @@ impl Default for ControlConfig {
             listen: None,
             insecure: false,
             tls: None,
-            roles: crate::auth::RoleConfig::default(),
+            roles: crate::control::auth::RoleConfig::default(),
             max_connections: 128,
             max_streams: 100,
             idle_timeout: Duration::from_secs(120),
@@ -1380,7 +1371,7 @@ fn parse_control(v: toml::Value) -> Result<ControlConfig, String> {
     }
     c.insecure = table.insecure;
     let read = |what: &str, path: &str| {
-        crate::safe_file::read_regular(Path::new(path), MAX_SECRET_FILE_BYTES)
+        crate::sys::safe_file::read_regular(Path::new(path), MAX_SECRET_FILE_BYTES)
             .map_err(|e| format!("tls.{what}: cannot read {path}: {e}"))
     };
     if let Some(t) = table.tls {
@@ -1394,7 +1385,7 @@ fn parse_control(v: toml::Value) -> Result<ControlConfig, String> {
             },
         });
     }
-    c.roles = crate::auth::RoleConfig::parse(table.roles.admin, table.roles.viewer)?;
+    c.roles = crate::control::auth::RoleConfig::parse(table.roles.admin, table.roles.viewer)?;
     let bounded = |what: &str, v: Option<u64>, lo: u64, hi: u64, default: u64| match v {
         None => Ok(default),
         Some(n) if (lo..=hi).contains(&n) => Ok(n),
@@ -2175,7 +2166,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(crate::fuzz_support::config(1024))]
+        #![proptest_config(crate::util::fuzz_support::config(1024))]
 
         #[test]
         fn fuzz_config_arbitrary_text(text in any::<String>()) {

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::control_conn::ConnInfo;
+use crate::control::conn::ConnInfo;
 
 /// What a caller may do. Ordered: each role includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -310,8 +310,11 @@ pub fn netd_system_uid() -> Option<u32> {
 /// Refused calls are audited, but a caller who repeats one at will must
 /// not fill the disk: a few lines per interval, then one with the number
 /// left out (`suppressed`). Shared by every endpoint that audits denials.
-pub static AUDIT_DENIED: crate::warn_limit::RateLimitedWarn =
-    crate::warn_limit::RateLimitedWarn::with_burst(crate::warn_limit::DEFAULT_INTERVAL, 20);
+pub static AUDIT_DENIED: crate::util::warn_limit::RateLimitedWarn =
+    crate::util::warn_limit::RateLimitedWarn::with_burst(
+        crate::util::warn_limit::DEFAULT_INTERVAL,
+        20,
+    );
 
 /// Tower layer enforcing [`required_role`] on every call, with the caller
 /// each connection was admitted as ([`ConnInfo::caller`]).
@@ -383,7 +386,7 @@ where
             Ok(match guard {
                 None => resp,
                 Some(g) => resp
-                    .map(|b| tonic::body::Body::new(crate::control_conn::CountedBody::new(b, g))),
+                    .map(|b| tonic::body::Body::new(crate::control::conn::CountedBody::new(b, g))),
             })
         })
     }

@@ -19,7 +19,7 @@
 //!
 //! Least privilege ([`Access`]): each connection's caller is identified
 //! once, at accept, as the control socket identifies its callers: a
-//! loopback peer by the uid owning its socket ([`crate::peer_uid`]), mapped
+//! loopback peer by the uid owning its socket ([`crate::control::peer_uid`]), mapped
 //! to a role by the same `[control.roles]` rules ([`Policy`]; root, netd's
 //! own user and the control socket's group are admin by default). Reading
 //! needs `viewer`, changing anything `admin`; a caller that cannot be
@@ -33,7 +33,7 @@
 //! requests from browsers (a `User-Agent` starting `Mozilla/`) are
 //! refused, so that a web page cannot drive it from the user's machine.
 //!
-//! Bounds as for `/metrics` ([`crate::metrics::Limits`]: connections,
+//! Bounds as for `/metrics` ([`crate::endpoints::metrics::Limits`]: connections,
 //! header and idle timeouts), plus [`MAX_BODY_BYTES`] per request body,
 //! [`MAX_HEADER_BYTES`] of request head, and [`RESPOND_TIMEOUT`] from the
 //! request's headers to its response.
@@ -57,8 +57,8 @@ use tokio_util::sync::CancellationToken;
 
 use subtle::ConstantTimeEq as _;
 
-use crate::auth::{Caller, Policy, Role};
-use crate::metrics::{self, Limits, Phase, TimedBody, TimedStream, Timing};
+use crate::control::auth::{Caller, Policy, Role};
+use crate::endpoints::metrics::{self, Limits, Phase, TimedBody, TimedStream, Timing};
 use crate::proto::{self, fault::Kind};
 use crate::supervisor::{Supervisor, SupervisorError};
 
@@ -196,11 +196,17 @@ impl Access {
 
     /// The caller on a connection accepted on `local` from `peer`, with
     /// its role; unidentified callers get [`Role::None`].
-    async fn identify(&self, source: crate::admission::Source, peer: SocketAddr) -> Caller {
+    async fn identify(
+        &self,
+        source: crate::control::admission::Source,
+        peer: SocketAddr,
+    ) -> Caller {
         // The uid was looked up once, at admission.
         let user = match source {
-            crate::admission::Source::Uid(uid) => crate::peer_uid::local_user(uid).await,
-            crate::admission::Source::Ip(_) => None,
+            crate::control::admission::Source::Uid(uid) => {
+                crate::control::peer_uid::local_user(uid).await
+            }
+            crate::control::admission::Source::Ip(_) => None,
         };
         match user {
             Some(u) => Caller {
@@ -226,11 +232,11 @@ pub async fn serve(
 ) {
     let refused = AtomicU64::new(0);
     let access = Arc::new(access);
-    crate::metrics::serve_endpoint(
+    crate::endpoints::metrics::serve_endpoint(
         listener,
-        crate::admission::Gate::new(
+        crate::control::admission::Gate::new(
             "toxiproxy_api",
-            crate::admission::Limits::for_max(limits.max_connections, false),
+            crate::control::admission::Limits::for_max(limits.max_connections, false),
         ),
         &stop,
         &refused,
@@ -263,7 +269,7 @@ async fn serve_connection(
     supervisor: Supervisor,
     access: Arc<Access>,
     peer: SocketAddr,
-    source: crate::admission::Source,
+    source: crate::control::admission::Source,
     limits: Limits,
     stop: CancellationToken,
 ) {
@@ -493,7 +499,7 @@ impl Api {
         let caller = match self.authenticate(&req) {
             Ok(c) => c,
             Err(e) => {
-                if let Some(suppressed) = crate::auth::AUDIT_DENIED.hit() {
+                if let Some(suppressed) = crate::control::auth::AUDIT_DENIED.hit() {
                     tracing::warn!(target: "netd::audit", caller = %self.caller.identity, rpc = %format!("Toxiproxy{}", op.name()), listener = ?proxy, error = ?e.message, suppressed, "audit: denied");
                 }
                 let mut r = json_response(e.status, &e.body());
@@ -518,7 +524,7 @@ impl Api {
             if caller.role == Role::None && self.access.token.is_some() {
                 e.status = StatusCode::UNAUTHORIZED;
             }
-            if let Some(suppressed) = crate::auth::AUDIT_DENIED.hit() {
+            if let Some(suppressed) = crate::control::auth::AUDIT_DENIED.hit() {
                 tracing::warn!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc = %format!("Toxiproxy{}", op.name()), listener = ?proxy, suppressed, "audit: denied");
             }
             let mut r = json_response(e.status, &e.body());

@@ -17,11 +17,9 @@
 //! upstreams) are left out, as the parser reads a missing key as zero.
 //! Values are encoded by the `toml` crate, never by hand.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
-use std::time::Duration;
-
 use crate::proto;
+use crate::spec::Table;
+use std::collections::{BTreeMap, HashMap};
 
 /// The first line of every export.
 pub const HEADER: &str =
@@ -45,8 +43,8 @@ impl From<&proto::Listener> for ExportListener {
     }
 }
 
-impl From<crate::config::BootListener> for ExportListener {
-    fn from(b: crate::config::BootListener) -> Self {
+impl From<crate::spec::BootListener> for ExportListener {
+    fn from(b: crate::spec::BootListener) -> Self {
         ExportListener {
             name: b.name,
             spec: b.spec,
@@ -95,7 +93,7 @@ fn table(l: &ExportListener) -> Result<String, String> {
     t.line("kind", crate::services::info(kind).slug.into());
     crate::services::write_config(kind, &mut t)?;
     let mut out = String::from("[[listener]]\n");
-    out += &t.0;
+    out += t.text();
     if !l.labels.is_empty() {
         // The serializer quotes keys that need it; sorted for a stable file.
         let labels: BTreeMap<&String, &String> = l.labels.iter().collect();
@@ -106,96 +104,13 @@ fn table(l: &ExportListener) -> Result<String, String> {
     Ok(out)
 }
 
-/// The `key = value` lines of one table; keys are the config's field names
-/// (bare words), values encoded by `toml`. Each kind writes its own keys
-/// ([`crate::services::ListenerKind::write_config`]); a value at its zero
-/// (0, "", false, unset) is left out, as the parser reads a missing key as
-/// zero.
-#[derive(Default)]
-pub struct Table(String);
-
-impl Table {
-    pub fn line(&mut self, key: &str, value: toml::Value) {
-        let _ = writeln!(self.0, "{key} = {value}");
-    }
-
-    pub fn string(&mut self, key: &str, v: &str) {
-        if !v.is_empty() {
-            self.line(key, toml::Value::String(v.to_string()));
-        }
-    }
-
-    pub fn bool(&mut self, key: &str, v: bool) {
-        if v {
-            self.line(key, toml::Value::Boolean(true));
-        }
-    }
-
-    /// An optional bool: written when set, either way (unset is the
-    /// default, which may be true).
-    pub fn opt_bool(&mut self, key: &str, v: Option<bool>) {
-        if let Some(v) = v {
-            self.line(key, toml::Value::Boolean(v));
-        }
-    }
-
-    pub fn u64(&mut self, key: &str, v: u64) -> Result<(), String> {
-        if v != 0 {
-            let n = i64::try_from(v)
-                .map_err(|_| format!("{key} is {v}, larger than a TOML integer can be"))?;
-            self.line(key, toml::Value::Integer(n));
-        }
-        Ok(())
-    }
-
-    /// A listener's faults, as an array of inline tables (the config also
-    /// takes `[[listener.faults]]` tables).
-    pub fn faults(&mut self, faults: &[crate::proto::Fault]) {
-        if !faults.is_empty() {
-            let list = faults
-                .iter()
-                .map(|f| toml::Value::Table(crate::fault::attrs::to_table(f)))
-                .collect();
-            self.line("faults", toml::Value::Array(list));
-        }
-    }
-
-    pub fn duration(&mut self, key: &str, v: &Option<prost_types::Duration>) -> Result<(), String> {
-        if let Some(d) = v {
-            self.line(
-                key,
-                toml::Value::String(duration_text(d).map_err(|e| format!("{key}: {e}"))?),
-            );
-        }
-        Ok(())
-    }
-}
-
-/// `d` as a humantime string the parser reads back to exactly `d`
-/// (`1h 30m 5ms 20ns`), or why there is none.
-fn duration_text(d: &prost_types::Duration) -> Result<String, String> {
-    let shown = || format!("{}s {}ns", d.seconds, d.nanos);
-    let std = Duration::try_from(*d).map_err(|_| format!("{} is negative", shown()))?;
-    // What the parser would make of `std`; must be `d` itself.
-    if prost_types::Duration::try_from(std).ok().as_ref() != Some(d) {
-        return Err(format!(
-            "{} is not normalised (nanos must be 0 to 999999999)",
-            shown()
-        ));
-    }
-    let text = humantime::format_duration(std).to_string();
-    match humantime::parse_duration(&text) {
-        Ok(back) if back == std => Ok(text),
-        _ => Err(format!("{} has no exact duration string", shown())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{self, Config};
     use crate::proto::listener_spec::Kind;
     use crate::services::http::REDACTED;
+    use crate::spec::table::duration_text;
 
     const SOURCE: &str = "export.toml";
 
@@ -618,6 +533,7 @@ mod fuzz {
     use super::*;
     use crate::proto::listener_spec::Kind;
     use proptest::prelude::*;
+    use std::time::Duration;
 
     /// A duration in `min..=max` (whole milliseconds up), with any nanos.
     fn duration(
@@ -946,7 +862,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(crate::fuzz_support::config(256))]
+        #![proptest_config(crate::util::fuzz_support::config(256))]
 
         #[test]
         fn fuzz_export_round_trips(listeners in listeners()) {

@@ -155,10 +155,10 @@ pub struct LocalUser {
 }
 
 impl LocalUser {
-    /// The peer as [`crate::auth::Policy::caller`] takes it, so that
+    /// The peer as [`crate::control::auth::Policy::caller`] takes it, so that
     /// `[control.roles]` applies to it as to a Unix-socket caller.
-    pub fn peer(&self) -> crate::auth::Peer {
-        crate::auth::Peer::Unix {
+    pub fn peer(&self) -> crate::control::auth::Peer {
+        crate::control::auth::Peer::Unix {
             uid: self.uid,
             gid: self.gid,
             groups: self.groups.clone(),
@@ -177,8 +177,8 @@ impl LocalUser {
 
 /// One warning per interval when looking up peers' users fails (a slow
 /// directory server makes that happen per connection).
-static LOOKUP_WARN: crate::warn_limit::RateLimitedWarn =
-    crate::warn_limit::RateLimitedWarn::new(crate::warn_limit::DEFAULT_INTERVAL);
+static LOOKUP_WARN: crate::util::warn_limit::RateLimitedWarn =
+    crate::util::warn_limit::RateLimitedWarn::new(crate::util::warn_limit::DEFAULT_INTERVAL);
 
 /// The name and groups of `uid` (a peer's, from [`loopback_peer_uid`]),
 /// looked up on the blocking pool (NSS may ask a directory server) within

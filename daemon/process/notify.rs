@@ -56,7 +56,7 @@ fn send(states: &[NotifyState]) {
 /// runtime or the lock wedges, systemd restarts netd within about 1.5×
 /// `WatchdogSec`.
 ///
-/// Dropping the value stops both (at the end of [`crate::server::run`],
+/// Dropping the value stops both (at the end of [`crate::process::server::run`],
 /// after the drain, so a long drain is still watched).
 pub struct Watchdog {
     stop_task: CancellationToken,

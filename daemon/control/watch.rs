@@ -65,7 +65,7 @@ pub const CHUNK: usize = 500;
 pub fn snapshot(
     sup: &Supervisor,
     name: Option<&str>,
-    page: &crate::page::Page,
+    page: &crate::util::page::Page,
 ) -> Result<StatsSample, crate::supervisor::SupervisorError> {
     let (listeners, next) = match name {
         Some(n) => (sup.samples(Some(n))?, None),
@@ -75,7 +75,7 @@ pub fn snapshot(
         time: Some(SystemTime::now().into()),
         listeners,
         next_page_token: next
-            .map(|n| crate::page::token_after(&n))
+            .map(|n| crate::util::page::token_after(&n))
             .unwrap_or_default(),
         ..Default::default()
     })
@@ -279,7 +279,7 @@ pub fn events(sup: &Supervisor, name: Option<String>, stop: CancellationToken) -
                     }
                     Ok(_) => continue,
                     Err(RecvError::Lagged(n)) => {
-                        return Some((Ok(crate::events::dropped(n)), (rx, name, stop)));
+                        return Some((Ok(crate::telemetry::events::dropped(n)), (rx, name, stop)));
                     }
                     Err(RecvError::Closed) => return None,
                 }
