@@ -17,7 +17,7 @@
 #
 #   bench/control_scale.sh     # N=10000 START_N=N CONC=16 NETCTL=200 TICKS=15 ROUNDS=3
 #
-# START_N bounds step 2 (one-at-a-time starts grow O(N) each: see README).
+# START_N bounds step 2 (one-at-a-time starts grow O(N) each: see bench/README.md).
 #
 # Each listener holds two descriptors (its socket and the copy kept for a
 # hand-over), so N=10000 needs more than 20000: the script raises the hard
