@@ -15,36 +15,18 @@
 # Loopback only.
 #
 #   bench/access_log_bench.sh     # SECS=10 CONNS=64 THREADS=2 ROUNDS=3
-set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 SECS=${SECS:-10}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
 
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q && apt-get install -y -q "${need[@]}"
-fi
-cargo build -q --release --bin netd --bin netctl
+need nginx wrk curl
+build_release --bin netd --bin netctl
 
-work=$(mktemp -d)
 chmod 755 "$work"  # nginx workers (www-data) read the file and write logs
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
 
-# Five distinct free ports: held open together while they are picked.
-read -r ON_PORT OFF_PORT METRICS_PORT LOG_PORT BUF_PORT < <(python3 -c '
-import socket
-ss = [socket.socket() for _ in range(5)]
-for s in ss: s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in ss))')
+read -r ON_PORT OFF_PORT METRICS_PORT LOG_PORT BUF_PORT < <(free_ports 5)
 cat > "$work/netd.toml" <<CFG
 [log]
 level = "info"
@@ -64,8 +46,7 @@ listen = "127.0.0.1:$OFF_PORT"
 max_connections = 4096
 access_log = false
 CFG
-NETD_CONTROL="unix:$work/netd.sock" NETD_STATE_DIR="$work/state" \
-  target/release/netd --config "$work/netd.toml" 2>"$work/netd.log" & NETD_PID=$!; pids+=($NETD_PID)
+start_netd netd "$work/netd.toml"; NETD_PID=$netd_pid
 wait_port "$ON_PORT"; wait_port "$OFF_PORT"
 
 PATH_Q="/a/b?k=v1&k=v2"
@@ -101,17 +82,8 @@ for p in "$LOG_PORT" "$BUF_PORT"; do
   [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p$PATH_Q")" = 200 ] || { echo "nginx does not serve the file" >&2; exit 1; }
 done
 
-cpu_ticks() { # pids... -> utime+stime in clock ticks
-  local t=0 p
-  for p in "$@"; do
-    read -r -a f < <(sed 's/^.*) //' "/proc/$p/stat")
-    t=$((t + f[11] + f[12]))
-  done
-  echo "$t"
-}
 nginx_workers() { pgrep -P "$NGINX_PID" | tr '\n' ' '; }
 dropped() { curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | awk '$1=="netd_access_log_dropped_total"{print $2}'; }
-HZ=$(getconf CLK_TCK)
 
 run() { # who -> "rps p50_ms p99_ms cpu_us_per_req logged_lines requests dropped errors"
   local who=$1 port procs log

@@ -17,16 +17,16 @@
 #
 #   bench/control_scale.sh     # N=10000 START_N=N CONC=16 NETCTL=200 TICKS=15 ROUNDS=3
 #
-# START_N bounds step 2 (one-at-a-time starts grow O(N) each: see README).
+# START_N bounds step 2 (one-at-a-time starts grow O(N) each: see bench/README.md).
 #
 # Each listener holds two descriptors (its socket and the copy kept for a
 # hand-over), so N=10000 needs more than 20000: the script raises the hard
 # limit if it may (CAP_SYS_RESOURCE), else lowers N to what fits.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+# NETCTL is read before lib.sh names the netctl binary $NETCTL.
+NETCTL_RUNS=${NETCTL:-200}
+. "$(dirname "$0")/lib.sh"
 N=${N:-10000}
 CONC=${CONC:-16}
-NETCTL_RUNS=${NETCTL:-200}
 TICKS=${TICKS:-15}
 ROUNDS=${ROUNDS:-3}
 START_N=${START_N:-$N}
@@ -45,15 +45,9 @@ if [ "$hard" != unlimited ] && [ "$hard" -lt "$want_fds" ]; then
 fi
 ulimit -n "$hard"
 
-cargo build -q --release --bin netd --bin netctl --example control_probe
-NETD=target/release/netd
-NETCTL=target/release/netctl
-PROBE=target/release/examples/control_probe
-
-work=$(mktemp -d)
+build_release --bin netd --bin netctl --example control_probe
+PROBE=$EXAMPLES/control_probe
 pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
 
 cpu() { # utime+stime of $pid in seconds (clock ticks of 1/100 s)
   awk '{ sub(/.*\) /, ""); print ($12 + $13) / 100 }' "/proc/$pid/stat"
@@ -61,6 +55,7 @@ cpu() { # utime+stime of $pid in seconds (clock ticks of 1/100 s)
 jget() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
 # netd with config $1 (listener tables appended to the settings below).
+# Not start_netd: booting N listeners takes longer than it waits.
 launch() {
   {
     printf 'max_listeners = %s\n[log]\nlevel = "warn"\n' $((N + NETCTL_RUNS + 100))
@@ -71,8 +66,9 @@ launch() {
   NETD_CONTROL="unix:$work/netd.sock" NETD_STATE_DIR="$work/state" \
     "$NETD" --config "$work/netd.toml" 2>"$work/netd.log" &
   pid=$!
+  pids+=("$pid")
 }
-stop_netd() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; }
+stop_netd() { stop_pid "$pid"; pid=""; }
 ctl() { "$NETCTL" --control "unix:$work/netd.sock" "$@"; }
 
 # 1. Boot from the config file.

@@ -15,46 +15,30 @@
 #
 #   bench/fault_bench.sh        # SECS=4 CONNS=50 ROUNDS=3 by default
 #   NETD_OFF=/path/netd-built-with-bench-no-faults bench/fault_bench.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 SECS=${SECS:-4}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
 
-command -v iperf3 >/dev/null || {
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q && apt-get install -y -q iperf3
-}
-work=$(mktemp -d)
-pids=()
-# Each netd keeps its runtime state in $work (not the machine's state dir).
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+need iperf3
 
 # Two builds of the same tree: the fault layer compiled out, then normal
 # (NETD_OFF=path uses a bench-no-faults binary built before).
 if [ -n "${NETD_OFF:-}" ]; then
   cp "$NETD_OFF" "$work/netd-off"
 else
-  cargo build -q --release --features bench-no-faults --bin netd
-  cp target/release/netd "$work/netd-off"
+  build_release --features bench-no-faults --bin netd
+  cp "$NETD" "$work/netd-off"
 fi
-cargo build -q --release --bin netd --bin netctl --example conn_load
-NETD=target/release/netd
-NETCTL=target/release/netctl
-LOAD=target/release/examples/conn_load
+build_release --bin netd --bin netctl --example conn_load
+LOAD=$EXAMPLES/conn_load
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
-# Upstreams: a netd TCP echo and an iperf3 server.
-printf '[log]\nlevel = "warn"\n' > "$work/quiet.toml"
-NETD_CONTROL="unix:$work/up.sock" NETD_STATE_DIR="$work/st-up" "$NETD" --config "$work/quiet.toml" & pids+=($!)
-wait_sock "$work/up.sock"
+# Upstreams: a netd TCP echo and an iperf3 server. Each netd keeps its
+# runtime state in $work (start_netd), not in the machine's state dir.
+quiet_config "$work/quiet.toml"
+start_netd up "$work/quiet.toml"
 ECHO=$(free_port)
-"$NETCTL" --control "unix:$work/up.sock" start tcp-echo up --listen "127.0.0.1:$ECHO" --max-connections 100000 >/dev/null
+ctl_at up start tcp-echo up --listen "127.0.0.1:$ECHO" --max-connections 100000 >/dev/null
 IPERF=$(free_port)
 iperf3 -s -p "$IPERF" -D --pidfile "$work/iperf.pid"; sleep 0.3; pids+=("$(cat "$work/iperf.pid")")
 
@@ -71,7 +55,7 @@ for v in off none lat0; do
     printf '[[listener]]\nname = "pi"\nkind = "proxy"\nlisten = "127.0.0.1:%s"\nupstreams = ["127.0.0.1:%s"]\n%s' "${PI[$v]}" "$IPERF" "$fault"
   } > "$work/$v.toml"
   bin=$NETD; [ "$v" = off ] && bin="$work/netd-off"
-  NETD_CONTROL="unix:$work/$v.sock" NETD_STATE_DIR="$work/st-$v" "$bin" --config "$work/$v.toml" & PID[$v]=$!; pids+=(${PID[$v]})
+  NETD=$bin start_netd "$v" "$work/$v.toml"; PID[$v]=$netd_pid
   wait_port "${PE[$v]}"; wait_port "${PI[$v]}"
 done
 
@@ -85,7 +69,7 @@ bulk() {
 import json, sys
 r = json.loads(sys.argv[1])["end"]["sum_received"]
 cpu = (int(sys.argv[3]) - int(sys.argv[2])) / int(sys.argv[4])
-print(r["bits_per_second"] / 1e9, cpu / (r["bytes"] / 1e9))' "$out" "$before" "$after" "$(getconf CLK_TCK)"
+print(r["bits_per_second"] / 1e9, cpu / (r["bytes"] / 1e9))' "$out" "$before" "$after" "$HZ"
 }
 # One connection-rate run through proxy $1: "rate cpu_us_per_conn"
 rate() {
@@ -97,7 +81,7 @@ rate() {
 import json, sys
 r = json.loads(sys.argv[1])
 cpu = (int(sys.argv[3]) - int(sys.argv[2])) / int(sys.argv[4])
-print(r["rate"], cpu * 1e6 / max(r["exchanges"], 1), r["errors"])' "$out" "$before" "$after" "$(getconf CLK_TCK)"
+print(r["rate"], cpu * 1e6 / max(r["exchanges"], 1), r["errors"])' "$out" "$before" "$after" "$HZ"
 }
 
 orders=("off none lat0" "none lat0 off" "lat0 off none")
@@ -141,7 +125,7 @@ declare -A BWP
     printf '[[listener.faults]]\nname = "bw"\ntype = "bandwidth"\nrate = "%s"\n' "$r"
   done
 } > "$work/bw.toml"
-NETD_CONTROL="unix:$work/bw.sock" NETD_STATE_DIR="$work/st-bw" "$NETD" --config "$work/bw.toml" & pids+=($!)
+start_netd bw "$work/bw.toml"
 for r in "${RATES[@]}"; do wait_port "${BWP[$r]}"; done
 : > "$work/bw"
 for r in "${RATES[@]}"; do

@@ -7,36 +7,21 @@
 # core, 2 here); access logging is off for both.
 #
 #   bench/http_bench.sh          # SECS=10 CONNS=64 THREADS=2 ROUNDS=3
-set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 SECS=${SECS:-10}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
 
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q && apt-get install -y -q "${need[@]}"
-fi
-cargo build -q --release --bin netd --bin netctl
+need nginx wrk curl
+build_release --bin netd --bin netctl
 
-work=$(mktemp -d)
 chmod 755 "$work"  # nginx workers (www-data) read the file
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
 
 NETD_PORT=$(free_port)
-printf '[log]\nlevel = "warn"\n' > "$work/netd.toml"
-NETD_CONTROL="unix:$work/netd.sock" target/release/netd --config "$work/netd.toml" & pids+=($!)
-for _ in $(seq 200); do [ -S "$work/netd.sock" ] && break; sleep 0.05; done
-target/release/netctl --control "unix:$work/netd.sock" start http h --listen "127.0.0.1:$NETD_PORT" --max-connections 4096 >/dev/null
+quiet_config "$work/netd.toml"
+start_netd netd "$work/netd.toml"
+ctl_at netd start http h --listen "127.0.0.1:$NETD_PORT" --max-connections 4096 >/dev/null
 wait_port "$NETD_PORT"
 
 # nginx serves one real netd response body, byte for byte the same size.

@@ -20,30 +20,15 @@
 # idle connection holds.
 #
 #   bench/idle_memory.sh        # N=1000 ROUNDS=5 SIZES="1 12288" BATCH=1 by default
-set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 N=${N:-1000}
 ROUNDS=${ROUNDS:-5}
 SIZES=${SIZES:-"1 12288"}
 BATCH=${BATCH:-1}
 
-command -v haproxy >/dev/null || {
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q && apt-get install -y -q haproxy
-}
-cargo build -q --release --bin netd --bin netctl
-NETD=$PWD/target/release/netd
-NETCTL=$PWD/target/release/netctl
+need haproxy
+build_release --bin netd --bin netctl
 ulimit -n "$(ulimit -Hn)"
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
 
 # The clients: python, one connection at a time (connect, send MSG, read MSG
 # back), then "ready" and hold everything open until stdin closes (at most
@@ -88,7 +73,7 @@ print(f"ready {len(held)}", flush=True)
 select.select([sys.stdin], [], [], 120)
 PY
 
-printf '[log]\nlevel = "warn"\n' > "$work/quiet.toml"
+quiet_config "$work/quiet.toml"
 
 # bytes per connection on PID's listener at PORT, MSG bytes exchanged each
 measure() { # pid port msg
@@ -108,39 +93,28 @@ measure() { # pid port msg
   echo $(( (after - before) * 1024 / N ))
 }
 
-# A daemon started in $(...) is no child of this shell, so `wait` cannot
-# see it: poll until it is gone. An old netd still exiting would otherwise
-# remove the control socket of the next one, started under the same name.
-stop() { # pid
-  kill "$1" 2>/dev/null || true
-  for _ in $(seq 200); do [ -e "/proc/$1" ] || return 0; sleep 0.05; done
-  echo "process $1 did not exit" >&2; exit 1
-}
-
-start_netd() { # name -> pid; control socket at $work/name.sock
-  rm -f "$work/$1.sock"
-  NETD_CONTROL="unix:$work/$1.sock" "$NETD" --config "$work/quiet.toml" >/dev/null 2>&1 &
-  echo $!
-}
+# Each daemon is stopped and gone (stop_pid) before the next one starts:
+# an old netd still exiting would otherwise remove the control socket of
+# the next one, started under the same name.
 
 # The proxies' upstream: a netd TCP echo of its own, kept for the whole run.
-UP_PID=$(start_netd up); pids+=("$UP_PID"); wait_sock "$work/up.sock"
+start_netd up "$work/quiet.toml"
 UP=$(free_port)
-"$NETCTL" --control "unix:$work/up.sock" start tcp-echo up --listen "127.0.0.1:$UP" --max-connections 100000 >/dev/null
+ctl_at up start tcp-echo up --listen "127.0.0.1:$UP" --max-connections 100000 >/dev/null
 
 declare -A res
 for size in $SIZES; do
   for round in $(seq "$ROUNDS"); do
     # netd TCP echo
-    pid=$(start_netd echo); wait_sock "$work/echo.sock"; port=$(free_port)
-    "$NETCTL" --control "unix:$work/echo.sock" start tcp-echo e --listen "127.0.0.1:$port" --max-connections 100000 >/dev/null
+    start_netd echo "$work/quiet.toml"; pid=$netd_pid; port=$(free_port)
+    ctl_at echo start tcp-echo e --listen "127.0.0.1:$port" --max-connections 100000 >/dev/null
     res[echo,$size]+="$(measure "$pid" "$port" "$size") "
-    stop "$pid"
+    stop_pid "$pid"
     # netd proxy
-    pid=$(start_netd px); wait_sock "$work/px.sock"; port=$(free_port)
-    "$NETCTL" --control "unix:$work/px.sock" start proxy p --listen "127.0.0.1:$port" --upstream "127.0.0.1:$UP" --max-connections 100000 >/dev/null
+    start_netd px "$work/quiet.toml"; pid=$netd_pid; port=$(free_port)
+    ctl_at px start proxy p --listen "127.0.0.1:$port" --upstream "127.0.0.1:$UP" --max-connections 100000 >/dev/null
     res[proxy,$size]+="$(measure "$pid" "$port" "$size") "
-    stop "$pid"
+    stop_pid "$pid"
     # HAProxy, configured as in bench/proxy_bench.sh
     port=$(free_port)
     cat > "$work/haproxy.cfg" <<CFG

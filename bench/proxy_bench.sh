@@ -15,47 +15,24 @@
 # Prints one table with netd/HAProxy ratios.
 #
 #   bench/proxy_bench.sh          # SECS=5 CONNS=50 ROUNDS=3 IDLE=5000 by default
-set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 SECS=${SECS:-5}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
 IDLE=${IDLE:-5000}
 
-need=()
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v iperf3 >/dev/null || need+=(iperf3)
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-if [ ${#need[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q && apt-get install -y -q "${need[@]}"
-fi
-cargo build -q --release --bin netd --bin netctl --example conn_load
-NETD=target/release/netd
-NETCTL=target/release/netctl
-LOAD=target/release/examples/conn_load
+need haproxy iperf3 nginx wrk
+build_release --bin netd --bin netctl --example conn_load
+LOAD=$EXAMPLES/conn_load
 ulimit -n "$(ulimit -Hn)"  # 5,000 proxied connections need ~10,000 fds in the proxy
 
-work=$(mktemp -d)
 chmod 755 "$work"  # nginx workers (www-data) read the file
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 not up" >&2; cat "$work"/*.log >&2; exit 1; }
 
 # Upstreams: a netd TCP echo (its own process) and an iperf3 server.
-printf '[log]\nlevel = "warn"\n' > "$work/quiet.toml"
-# Each netd has a state directory of its own: the default one (shared by
-# every netd of this user, /var/lib/netd as root) would restore one run's
-# listeners into the next, or into the other netd of this run.
-NETD_STATE_DIR="$work/state-up" NETD_CONTROL="unix:$work/up.sock" "$NETD" --config "$work/quiet.toml" & UP_PID=$!; pids+=($UP_PID)
-wait_sock "$work/up.sock"
+quiet_config "$work/quiet.toml"
+start_netd up "$work/quiet.toml"; UP_PID=$netd_pid
 ECHO=$(free_port)
-"$NETCTL" --control "unix:$work/up.sock" start tcp-echo up --listen "127.0.0.1:$ECHO" --max-connections 100000 >/dev/null
+ctl_at up start tcp-echo up --listen "127.0.0.1:$ECHO" --max-connections 100000 >/dev/null
 IPERF=$(free_port)
 iperf3 -s -p "$IPERF" -D --pidfile "$work/iperf.pid"; sleep 0.3; pids+=("$(cat "$work/iperf.pid")")
 
@@ -78,11 +55,10 @@ nginx -c "$work/nginx.conf" -g 'daemon off;' & pids+=($!)
 # to nginx.
 NETD_ECHO=$(free_port); NETD_IPERF=$(free_port); NETD_NGINX=$(free_port)
 HAP_ECHO=$(free_port); HAP_IPERF=$(free_port); HAP_NGINX=$(free_port)
-NETD_STATE_DIR="$work/state-px" NETD_CONTROL="unix:$work/px.sock" "$NETD" --config "$work/quiet.toml" & NETD_PID=$!; pids+=($NETD_PID)
-wait_sock "$work/px.sock"
-"$NETCTL" --control "unix:$work/px.sock" start proxy pe --listen "127.0.0.1:$NETD_ECHO" --upstream "127.0.0.1:$ECHO" --max-connections 100000 >/dev/null
-"$NETCTL" --control "unix:$work/px.sock" start proxy pi --listen "127.0.0.1:$NETD_IPERF" --upstream "127.0.0.1:$IPERF" >/dev/null
-"$NETCTL" --control "unix:$work/px.sock" start proxy pn --listen "127.0.0.1:$NETD_NGINX" --upstream "127.0.0.1:$NGINX" --max-connections 100000 >/dev/null
+start_netd px "$work/quiet.toml"; NETD_PID=$netd_pid
+ctl_at px start proxy pe --listen "127.0.0.1:$NETD_ECHO" --upstream "127.0.0.1:$ECHO" --max-connections 100000 >/dev/null
+ctl_at px start proxy pi --listen "127.0.0.1:$NETD_IPERF" --upstream "127.0.0.1:$IPERF" >/dev/null
+ctl_at px start proxy pn --listen "127.0.0.1:$NETD_NGINX" --upstream "127.0.0.1:$NGINX" --max-connections 100000 >/dev/null
 cat > "$work/haproxy.cfg" <<CFG
 global
   maxconn 9000
@@ -113,7 +89,6 @@ wait_port "$HAP_ECHO"; wait_port "$NETD_ECHO"; wait_port "$NGINX"
 
 iperf() { iperf3 -c 127.0.0.1 -p "$1" -t "$SECS" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)'; }
 rate() { "$LOAD" rate "127.0.0.1:$1" --conns "$CONNS" --secs "$SECS"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # utime + stime
 # the process's user and system ticks, then the whole machine's busy ticks
 # (all cores: everything but idle and iowait)
 cpu_split() { echo "$(awk '{print $14, $15}' "/proc/$1/stat") $(awk '/^cpu / {print $2+$3+$4+$7+$8+$9}' /proc/stat)"; }
@@ -130,14 +105,13 @@ b, a = (list(map(int, x.split())) for x in sys.argv[2:4])
 per = 1e6 / int(sys.argv[4]) / max(r['exchanges'], 1)
 r['user_us'], r['sys_us'], r['machine_us'] = ((a[i] - b[i]) * per for i in range(3))
 r['cpu_us'] = r['user_us'] + r['sys_us']
-print(json.dumps(r))" "$out" "$before" "$after" "$(getconf CLK_TCK)"
+print(json.dumps(r))" "$out" "$before" "$after" "$HZ"
 }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 echo "== bulk stream (iperf3 -t $SECS, $ROUNDS rounds)" >&2
 # One stream moves by ±20% from run to run here: medians of alternating
 # rounds, as for the rates below.
-median() { python3 -c 'import statistics, sys; print(statistics.median(map(float, sys.argv[1:])))' "$@"; }
 T_DIRECT=(); T_HAP=(); T_NETD=()
 for round in $(seq "$ROUNDS"); do
   T_DIRECT+=("$(iperf "$IPERF")")
@@ -207,7 +181,7 @@ total = int(re.search(r'([0-9]+) requests in', out).group(1))
 m = re.search(r'Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)', out)
 errors = sum(map(int, m.groups())) if m else 0
 cpu = (int(a) - int(b)) * 1e6 / tck / max(total, 1) if b else 0
-print(f'{{\"rate\": {rps}, \"cpu_us\": {cpu}, \"errors\": {errors}}}')" "$out" "${before:-}" "${after:-}" "$(getconf CLK_TCK)"
+print(f'{{\"rate\": {rps}, \"cpu_us\": {cpu}, \"errors\": {errors}}}')" "$out" "${before:-}" "${after:-}" "$HZ"
 }
 W_DIRECT=(); W_HAP=(); W_NETD=()
 for round in $(seq "$ROUNDS"); do

@@ -12,44 +12,22 @@
 # charged for it.
 #
 #   bench/sniffer_bench.sh        # RATES="10000 25000 50000 100000 200000" SECS=3
-set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 RATES=${RATES:-"10000 25000 50000 100000 200000"}
 SECS=${SECS:-3}
 
-need=()
-command -v tcpdump >/dev/null || need+=(tcpdump)
-command -v ip >/dev/null || need+=(iproute2)
-if [ ${#need[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q && apt-get install -y -q "${need[@]}"
-fi
-cargo build -q --release --bin netd --bin netctl --example udp_flood
-NETD=$PWD/target/release/netd
-NETCTL=$PWD/target/release/netctl
-FLOOD=$PWD/target/release/examples/udp_flood
+need tcpdump ip=iproute2
+build_release --bin netd --bin netctl --example udp_flood
+FLOOD=$EXAMPLES/udp_flood
 
-NS=netd-bench-$$
-work=$(mktemp -d)
-NETD_PID=
-cleanup() {
-  [ -n "$NETD_PID" ] && kill "$NETD_PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-  ip netns del "$NS" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$NS"
-ip -n "$NS" link set lo up
-inns() { ip netns exec "$NS" "$@"; }
+bench_netns "netd-bench-$$"
 # CPU time of a process in ns: the sum over its threads of schedstat's
 # on-CPU time (exact, unlike /proc/PID/stat's 10 ms ticks).
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
 
-printf '[log]\nlevel = "warn"\n' > "$work/netd.toml"
-NETD_CONTROL="unix:$work/netd.sock" ip netns exec "$NS" "$NETD" --config "$work/netd.toml" & NETD_PID=$!
-for _ in $(seq 200); do [ -S "$work/netd.sock" ] && break; sleep 0.05; done
-ctl() { "$NETCTL" --control "unix:$work/netd.sock" "$@"; }
+quiet_config "$work/netd.toml"
+start_netd netd "$work/netd.toml" ip netns exec "$NS"; NETD_PID=$netd_pid
+ctl() { ctl_at netd "$@"; }
 
 : > "$work/results"
 port=40000

@@ -29,8 +29,7 @@
 #
 #   bench/soak.sh               # DURATION=600 SCALE=1
 #   bench/soak.sh --duration 120
-set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-600}
 SCALE=${SCALE:-1}
 while [ $# -gt 0 ]; do
@@ -42,35 +41,13 @@ while [ $# -gt 0 ]; do
 done
 [ "$DURATION" -ge 30 ] || { echo "DURATION must be at least 30 s" >&2; exit 2; }
 
-need=()
-command -v ip >/dev/null || need+=(iproute2)
-command -v python3 >/dev/null || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q && apt-get install -y -q "${need[@]}"
-fi
-cargo build -q --release --bin netd --bin netctl --example soak_load
-NETD=$PWD/target/release/netd
-NETCTL=$PWD/target/release/netctl
-LOAD=$PWD/target/release/examples/soak_load
+need ip=iproute2 python3
+build_release --bin netd --bin netctl --example soak_load
+LOAD=$EXAMPLES/soak_load
 
-NS=netd-soak-$$
-work=$(mktemp -d)
-pids=()
-NETD_PID=
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "$NETD_PID" ] && kill "$NETD_PID" 2>/dev/null || true
-  wait 2>/dev/null || true
-  ip netns del "$NS" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 trap 'exit 1' INT TERM
-ip netns add "$NS"
-ip -n "$NS" link set lo up
-inns() { ip netns exec "$NS" "$@"; }
-ctl() { "$NETCTL" --control "unix:$work/netd.sock" "$@"; }
+bench_netns "netd-soak-$$"
+ctl() { ctl_at netd "$@"; }
 LIMIT=$((DURATION + 30))  # upper bound on every background process
 
 # Fixed ports: the namespace is fresh.
@@ -109,9 +86,7 @@ pcap_max_bytes = 8388608
 pcap_max_files = 2
 CFG
 ulimit -n 65536 2>/dev/null || true
-NETD_CONTROL="unix:$work/netd.sock" ip netns exec "$NS" "$NETD" --config "$work/netd.toml" 2>"$work/netd.log" & NETD_PID=$!
-for _ in $(seq 200); do [ -S "$work/netd.sock" ] && break; sleep 0.05; done
-[ -S "$work/netd.sock" ] || { echo "netd did not start" >&2; cat "$work/netd.log" >&2; exit 1; }
+start_netd netd "$work/netd.toml" ip netns exec "$NS"; NETD_PID=$netd_pid
 
 # Watchers. Stalled: the reader holds the pipe open and never reads.
 stalled() { # name, netctl args...

@@ -9,18 +9,17 @@
 #   bench/stats_overhead.sh     # ROUNDS=7 SECS=3 CONNS=4 CHUNK=16384 by default
 #
 # Loopback only; every load run is bounded by SECS.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-7}
 SECS=${SECS:-3}
 CONNS=${CONNS:-4}
 CHUNK=${CHUNK:-16384}
 
-cargo build -q --release --bin netd --example echo_load
-cargo build -q --release --bin netd --features bench-no-counters --target-dir target/bench-nocounters
-ON=target/release/netd
-OFF=target/bench-nocounters/release/netd
-LOAD=target/release/examples/echo_load
+build_release --bin netd --example echo_load
+build_release --bin netd --features bench-no-counters --target-dir target/bench-nocounters
+ON=$NETD
+OFF=$PWD/target/bench-nocounters/release/netd
+LOAD=$EXAMPLES/echo_load
 
 # Pin the daemon and the load generator to different cores when there are
 # two or more, which cuts the run-to-run spread considerably.
@@ -30,18 +29,10 @@ else
   PIN_SERVER=""; PIN_CLIENT=""
 fi
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 start() { # name binary port
   printf '[log]\nlevel = "warn"\n[[listener]]\nname = "e"\nkind = "tcp-echo"\nlisten = "127.0.0.1:%s"\n' "$3" > "$work/$1.toml"
-  NETD_CONTROL="unix:$work/$1.sock" $PIN_SERVER "$2" --config "$work/$1.toml" 2>"$work/$1.log" &
-  pids+=($!)
-  for _ in $(seq 100); do [ -S "$work/$1.sock" ] && return; sleep 0.05; done
-  echo "netd ($1) did not start" >&2; cat "$work/$1.log" >&2; exit 1
+  # shellcheck disable=SC2086
+  NETD=$2 start_netd "$1" "$work/$1.toml" $PIN_SERVER
 }
 PORT_ON=$(free_port); start on "$ON" "$PORT_ON"
 PORT_OFF=$(free_port); start off "$OFF" "$PORT_OFF"

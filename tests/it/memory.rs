@@ -1,5 +1,5 @@
 //! Resident memory per idle connection, against the real binary: a TCP
-//! echo connection and a proxied pair must stay under the bounds the README
+//! echo connection and a proxied pair must stay under the bounds bench/README.md
 //! states (4 KB and 3 KB of netd's RSS).
 //!
 //! How it is measured, so that it does not flake: a warm-up of [`WARM`]

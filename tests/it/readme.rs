@@ -1,15 +1,18 @@
-//! The README's shell examples, run as written and in order.
+//! The shell examples of the README and of every page under docs/, run as
+//! written and in order. ([`links`] checks the pages as a whole: the
+//! README's length, every page linked, no dead link.)
 //!
-//! Every ```` ```console ```` block of README.md (and of docs/*.md, if
-//! any) is a script with its expected output: a line starting with `$ ` is
-//! a command, the lines after it up to the next `$ ` are what it prints
-//! (stdout and stderr together). The blocks of one document run in
-//! document order, in one working directory, against one fresh netd
+//! Every ```` ```console ```` block of README.md and of docs/**/*.md
+//! (subfolders included) is a script with its expected output: a line
+//! starting with `$ ` is a command, the lines after it up to the next `$ `
+//! are what it prints (stdout and stderr together). The blocks of one
+//! document run in document order, in one working directory, against one
+//! fresh netd of their own (so a page sets up what its examples need),
 //! started the way the quick start says (`cargo run --bin netd`: the built
 //! binary, no `--config`, so the embedded default), with a private control
 //! socket and state directory given the way a user would give them
 //! (`NETD_CONTROL`, `NETD_STATE_DIR`), inside a network namespace of the
-//! test's own so the README's fixed ports cannot clash with anything else
+//! test's own so the documents' fixed ports cannot clash with anything else
 //! (so, like the sniffer tests, it needs root and iproute2). Nothing is
 //! left behind: each command's process group is killed when it ends, then
 //! netd, the namespace and the temporary directories go.
@@ -47,7 +50,7 @@
 //!   streams until Ctrl-C); the reason is required.
 //! - `<!-- readme-test: file NAME -->` before a block of any language: its
 //!   text is written to NAME in the working directory when the run gets
-//!   there, so examples use the files the README shows.
+//!   there, so examples use the files the document shows.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -55,6 +58,8 @@ use std::time::Instant;
 use netd::util::addr::ControlAddr;
 
 use crate::common::{DEADLINE, NETCTL, NETD, NetNs, Netd};
+
+mod links;
 
 /// One thing the harness does, in document order.
 #[derive(Debug)]
@@ -171,7 +176,7 @@ fn commands(first: usize, body: &[String]) -> Result<Vec<Cmd>, String> {
     Ok(out)
 }
 
-/// What the README writes for the binaries, as they are on PATH.
+/// What the documents write for the binaries, as they are on PATH.
 fn resolve(command: &str) -> String {
     command
         .replace("cargo run -q --bin netctl --", "netctl")
@@ -323,7 +328,7 @@ impl Session {
         Ok((text.lines().map(str::to_string).collect(), status.success()))
     }
 
-    /// Run a command and check it against the README; the failure, if any.
+    /// Run a command and check it against the document; the failure, if any.
     fn check(&self, doc: &str, c: &Cmd) -> Result<(), String> {
         let command = resolve(&c.text);
         let expected: Vec<String> = c.expected.iter().map(|l| normalise(l)).collect();
@@ -343,7 +348,7 @@ impl Session {
             }
             if !read_only(&command) || Instant::now() > deadline {
                 return Err(format!(
-                    "{doc}:{}: `{}` {}\n--- the README shows:\n{}\n--- it printed:\n{}\n--- normalised, expected:\n{}\n--- normalised, got:\n{}",
+                    "{doc}:{}: `{}` {}\n--- the document shows:\n{}\n--- it printed:\n{}\n--- normalised, expected:\n{}\n--- normalised, got:\n{}",
                     c.line,
                     c.text,
                     if ok == wants_error {
@@ -363,45 +368,40 @@ impl Session {
 }
 
 /// The documents whose console blocks are checked: README.md, then
-/// docs/*.md by name.
+/// docs/**/*.md by path.
 fn documents() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut docs = vec![root.join("README.md")];
-    if let Ok(entries) = std::fs::read_dir(root.join("docs")) {
-        let mut more: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "md"))
-            .collect();
-        more.sort();
-        docs.extend(more);
-    }
+    docs.extend(links::markdown_under(&root.join("docs")));
     docs
 }
 
-fn run_document(path: &Path) {
+/// Run one document's steps against a netd of its own; the report of
+/// what failed, if anything did.
+fn run_document(path: &Path) -> Result<(), String> {
     let name = path
         .strip_prefix(env!("CARGO_MANIFEST_DIR"))
         .unwrap_or(path)
         .display()
         .to_string();
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {name}: {e}"));
-    let Parsed { steps, skipped } = parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let text = std::fs::read_to_string(path).map_err(|e| format!("read {name}: {e}"))?;
+    let Parsed { steps, skipped } = parse(&text).map_err(|e| format!("{name}: {e}"))?;
     if !steps.iter().any(|s| matches!(s, Step::Console { .. })) {
-        return;
+        return Ok(());
     }
     for (line, reason) in &skipped {
         eprintln!("{name}:{line}: console block skipped: {reason}");
     }
     let session = Session::start();
     // Every failing command is reported, not only the first: a later one
-    // may fail because of an earlier one, but a README edit usually
+    // may fail because of an earlier one, but a documentation edit usually
     // touches several.
     let mut failures = Vec::new();
     for step in &steps {
         match step {
             Step::File { name: file, text } => {
                 std::fs::write(session.work.path().join(file), text)
-                    .unwrap_or_else(|e| panic!("{name}: write {file}: {e}"));
+                    .map_err(|e| format!("{name}: write {file}: {e}"))?;
             }
             Step::Console { line, commands } => {
                 eprintln!("{name}:{line}: running console block");
@@ -413,20 +413,26 @@ fn run_document(path: &Path) {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} README command(s) do not run as written:\n\n{}\n\n--- netd's log:\n{}",
+    if failures.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{} command(s) of {name} do not run as written:\n\n{}\n\n--- netd's log ({name}):\n{}",
         failures.len(),
         failures.join("\n\n"),
         session.netd.log()
-    );
+    ))
 }
 
+/// Every document runs, even after one fails: a change to a shared
+/// message usually breaks several.
 #[test]
 fn readme_console_blocks_run_as_written() {
-    for doc in documents() {
-        run_document(&doc);
-    }
+    let failed: Vec<String> = documents()
+        .iter()
+        .filter_map(|doc| run_document(doc).err())
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n\n========\n\n"));
 }
 
 #[test]

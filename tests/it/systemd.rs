@@ -111,7 +111,7 @@ fn a_bad_watchdog_usec_is_reported_and_netd_still_serves() {
 // running) and say so on stderr when they are not.
 
 /// The exposure `systemd-analyze security` gives deploy/netd.service, in
-/// tenths, as the README and the unit's comment state it (1.6).
+/// tenths, as docs/systemd.md and the unit's comment state it (1.6).
 const EXPOSURE_TENTHS: u32 = 16;
 
 fn deploy(file: &str) -> PathBuf {
@@ -158,7 +158,7 @@ fn the_unit_keeps_its_security_exposure() {
     };
     assert!(
         out.status.success(),
-        "deploy/netd.service is more exposed than {}.{} (README, Deployment with systemd): \
+        "deploy/netd.service is more exposed than {}.{} (docs/systemd.md): \
          tighten it or document why, and update the number\n{}{}",
         EXPOSURE_TENTHS / 10,
         EXPOSURE_TENTHS % 10,

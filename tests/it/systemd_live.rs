@@ -29,7 +29,7 @@ const TIMEOUT_ABORT: Duration = Duration::from_secs(5);
 const RESTART: Duration = Duration::from_secs(2);
 /// deploy/netd.toml's shutdown_grace.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// The most `systemd-analyze security` may say, as the README states it.
+/// The most `systemd-analyze security` may say, as docs/systemd.md states it.
 const MAX_EXPOSURE: f64 = 2.0;
 /// How long anything inside the container gets (a command, a boot).
 const SLOW: Duration = Duration::from_secs(120);
@@ -378,7 +378,7 @@ fn the_package_under_a_live_systemd() {
     let v1 = build_deb(&debs, "0.1.0-1");
     let v2 = build_deb(&debs, "0.1.0-2");
 
-    // lintian: no errors (warnings are listed in the README).
+    // lintian: no errors (warnings are listed in docs/systemd.md).
     let o = run_bounded({
         let mut c = Command::new("lintian");
         c.arg(&v1);
@@ -410,7 +410,7 @@ fn the_package_under_a_live_systemd() {
     c.sh("id netd && stat -c '%U:%G %a' /etc/netd/netd.toml | grep -x 'root:netd 640'");
     c.sh("test -s /usr/share/man/man1/netctl.1.gz && test -s /usr/share/man/man8/netd.8.gz");
 
-    // enable --now (the README's words): active only after READY=1.
+    // enable --now (docs/systemd.md's words): active only after READY=1.
     c.sh("systemctl disable --now netd.service");
     c.sh("systemctl enable --now netd.service");
     assert_eq!(c.is_active(), "active");
