@@ -273,7 +273,8 @@ pub fn status_block(l: &proto::Listener) {
         ),
         ("errors", s.errors.to_string()),
     ];
-    // UDP kinds and the sniffer have no connections: no line for them.
+    // Kinds that count datagrams or packets have no connections: no line
+    // for them.
     let has_connections = show::counts_connections(l.kind());
     for (k, v) in rows {
         if k == "connections" && !has_connections {

@@ -72,7 +72,7 @@ pub fn sample_json(s: &StatsSample) -> Value {
 }
 
 /// The columns of `netctl stats`. A column a kind has no figure for reads
-/// "-" (connections of a UDP echo or sniffer, datagrams of a TCP kind);
+/// "-" (connections of a UDP or capture kind, datagrams of a TCP kind);
 /// DETAIL holds the kind's own figures.
 pub const HEADER: [&str; 12] = [
     "NAME",
@@ -110,7 +110,7 @@ pub fn rows(s: &StatsSample) -> Vec<Vec<String>> {
             let (rin, rout, revents) = match &l.rates {
                 Some(r) => {
                     // A listener counts connections (TCP kinds) or
-                    // datagrams/packets (UDP echo, sniffer), never both:
+                    // datagrams/packets (UDP and capture kinds), never both:
                     // the sum is whichever it has, with no list of kinds.
                     let events = r.connections_per_sec + r.datagrams_in_per_sec;
                     (

@@ -46,7 +46,7 @@ pub trait Show: ListenerKind {
     /// The kind's arm of `ListenerStats.detail` (`()` for a kind without).
     type Stats;
     /// The key the detail goes under in a listener's JSON stats
-    /// (`"udp_proxy"`); unused by a kind without detail.
+    /// (its slug in snake case); unused by a kind without detail.
     const STATS_KEY: &'static str = "";
 
     /// The kind's own detail, if `detail` is its arm.
@@ -230,7 +230,7 @@ mod tests {
         }
     }
 
-    /// A kind's stats go under its slug in snake case ("udp_proxy"), or
+    /// A kind's stats go under its slug in snake case ("a-b" is "a_b"), or
     /// under nothing if it has none.
     #[test]
     fn stats_keys_are_the_slugs() {
