@@ -12,6 +12,7 @@ use std::io::{IsTerminal, Write};
 use std::time::SystemTime;
 
 use netd::proto::{self, ListenerKind, ListenerState, StatsSample};
+use netd::services::show;
 use serde_json::{Value, json};
 
 use crate::escape::escape;
@@ -71,7 +72,7 @@ pub fn sample_json(s: &StatsSample) -> Value {
 }
 
 /// The columns of `netctl stats`. A column a kind has no figure for reads
-/// "-" (connections of a UDP echo or sniffer, datagrams of a TCP kind);
+/// "-" (connections of a UDP or capture kind, datagrams of a TCP kind);
 /// DETAIL holds the kind's own figures.
 pub const HEADER: [&str; 12] = [
     "NAME",
@@ -88,111 +89,10 @@ pub const HEADER: [&str; 12] = [
     "DETAIL",
 ];
 
-/// Whether a kind counts connections (else datagrams or packets).
-pub(crate) fn has_connections(kind: ListenerKind) -> bool {
-    !matches!(
-        kind,
-        ListenerKind::UdpEcho | ListenerKind::Sniffer | ListenerKind::UdpProxy
-    )
-}
-
-/// A count, short: 1234 -> "1.2k".
-fn short(n: u64) -> String {
-    match n {
-        0..1_000 => n.to_string(),
-        1_000..1_000_000 => format!("{:.1}k", n as f64 / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.1}M", n as f64 / 1e6),
-        _ => format!("{:.1}G", n as f64 / 1e9),
-    }
-}
-
-/// The DETAIL cell: what only this kind counts, or "-".
+/// The DETAIL cell: what only this kind counts (each kind says what, see
+/// [`show::stats_cell`]), or "-".
 pub fn detail(t: &proto::ListenerStats) -> String {
-    use proto::listener_stats::Detail;
-    let mut parts: Vec<String> = Vec::new();
-    match &t.detail {
-        Some(Detail::Sniffer(f)) => {
-            for (name, p) in [
-                ("tcp", &f.tcp),
-                ("udp", &f.udp),
-                ("icmp", &f.icmp),
-                ("other", &f.other),
-            ] {
-                let p = p.unwrap_or_default();
-                if p.packets > 0 {
-                    parts.push(format!("{name} {}/{}", short(p.packets), bytes(p.bytes)));
-                }
-            }
-            if parts.is_empty() {
-                parts.push("no packets".into());
-            }
-            parts.push(format!("{} flows", f.flows_active));
-            if f.kernel_drops > 0 {
-                parts.push(format!("{} dropped", short(f.kernel_drops)));
-            }
-            if f.alerts > 0 {
-                parts.push(format!("{} alerts", f.alerts));
-            }
-        }
-        Some(Detail::Proxy(p)) => {
-            let up = p.upstreams.iter().filter(|u| u.healthy).count();
-            parts.push(format!("{up}/{} up", p.upstreams.len()));
-            if p.connect_failures + p.connect_timeouts > 0 {
-                parts.push(format!(
-                    "{} connect failed",
-                    short(p.connect_failures + p.connect_timeouts)
-                ));
-            }
-            if p.pool_hits > 0 {
-                parts.push(format!("{} pooled", short(p.pool_hits)));
-            }
-        }
-        Some(Detail::Http(h)) => {
-            parts.push(format!(
-                "2xx {} 3xx {} 4xx {} 5xx {}",
-                short(h.responses_2xx),
-                short(h.responses_3xx),
-                short(h.responses_4xx),
-                short(h.responses_5xx)
-            ));
-            if h.requests > 0 {
-                parts.push(format!("p99 {:.1}ms", h.latency_p99_ms));
-            }
-        }
-        Some(Detail::UdpEcho(u)) => {
-            for (what, n) in [
-                ("rate-limited", u.rate_limited),
-                ("truncated", u.truncated),
-                ("kernel-dropped", u.kernel_drops),
-                (
-                    "reflector-dropped",
-                    u.reflector_source_drops + u.own_source_drops,
-                ),
-            ] {
-                if n > 0 {
-                    parts.push(format!("{} {what}", short(n)));
-                }
-            }
-        }
-        Some(Detail::UdpProxy(u)) => {
-            parts.push(format!("{} clients", u.clients_active));
-            for (what, n) in [
-                ("refused", u.clients_refused + u.source_clients_refused),
-                ("upstream errors", u.upstream_errors),
-                ("kernel-dropped", u.kernel_drops),
-                ("rate-limited", u.rate_limited),
-                (
-                    "reflector-dropped",
-                    u.reflector_source_drops + u.own_source_drops,
-                ),
-            ] {
-                if n > 0 {
-                    parts.push(format!("{} {what}", short(n)));
-                }
-            }
-        }
-        None => {}
-    }
+    let parts = t.detail.as_ref().map(show::stats_cell).unwrap_or_default();
     if parts.is_empty() {
         "-".into()
     } else {
@@ -210,7 +110,7 @@ pub fn rows(s: &StatsSample) -> Vec<Vec<String>> {
             let (rin, rout, revents) = match &l.rates {
                 Some(r) => {
                     // A listener counts connections (TCP kinds) or
-                    // datagrams/packets (UDP echo, sniffer), never both:
+                    // datagrams/packets (UDP and capture kinds), never both:
                     // the sum is whichever it has, with no list of kinds.
                     let events = r.connections_per_sec + r.datagrams_in_per_sec;
                     (
@@ -221,7 +121,7 @@ pub fn rows(s: &StatsSample) -> Vec<Vec<String>> {
                 }
                 None => ("-".into(), "-".into(), "-".into()),
             };
-            let (active, conns, dgrams) = if has_connections(kind) {
+            let (active, conns, dgrams) = if show::counts_connections(kind) {
                 (
                     t.connections_active.to_string(),
                     t.connections_total.to_string(),

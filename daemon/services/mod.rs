@@ -21,6 +21,7 @@ pub mod fd_cost;
 pub mod http;
 pub mod kind;
 pub mod proxy;
+pub mod show;
 pub mod sniffer;
 pub mod source_guard;
 pub mod tcp_echo;
@@ -60,6 +61,7 @@ macro_rules! kinds {
         }
     };
 }
+pub(crate) use kinds;
 
 /// Generates [`Service`] and the dispatch over kinds from the list in
 /// [`kinds!`]. Every match here is exhaustive over `listener_spec::Kind`

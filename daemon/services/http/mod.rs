@@ -39,6 +39,7 @@
 
 mod conn;
 mod echo;
+mod show;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};

@@ -41,6 +41,7 @@
 mod forward;
 pub mod pool;
 pub mod resolve;
+mod show;
 mod toxic;
 
 use std::io;

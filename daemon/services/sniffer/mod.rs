@@ -22,6 +22,7 @@ pub mod filter;
 pub mod flows;
 pub mod pcap;
 mod ring;
+mod show;
 mod socket;
 
 use std::io;

@@ -20,6 +20,8 @@
 //! zeroing per exchange (`vec![0; n]` on recycled heap is a memset) and its
 //! pages stay the same few instead of wandering through the heap.
 
+mod show;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -21,6 +21,7 @@
 
 mod forward;
 pub mod impair;
+mod show;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,0 +1,31 @@
+//! How netctl shows a TCP echo: its spec (it has no stats detail; its
+//! connections and bytes are the common counters).
+
+use serde_json::{Value, json};
+
+use super::TcpEcho;
+use crate::proto;
+use crate::services::show::{Show, dur};
+
+impl Show for TcpEcho {
+    type Stats = ();
+
+    fn spec_json(spec: &Self::Spec) -> Value {
+        // Without `..`: a field added to the proto does not compile until
+        // it is shown.
+        let proto::TcpEchoSpec {
+            listen,
+            prefix,
+            max_connections,
+            idle_timeout,
+            access_log,
+        } = spec;
+        json!({
+            "listen": listen,
+            "prefix": prefix,
+            "max_connections": max_connections,
+            "idle_timeout": dur(idle_timeout),
+            "access_log": access_log.unwrap_or(true),
+        })
+    }
+}
