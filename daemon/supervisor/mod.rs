@@ -37,35 +37,34 @@
 //! are also kept in systemd's fd store as they come and go
 //! ([`crate::sys::fdstore`]).
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::proto::{self, EventKind, ListenerState, PlanAction, UpdateAction};
-use crate::services::{BindError, Bound, Service, ServiceCtx, Settings, SpecError};
+use crate::services::{BindError, Bound, Service, Settings, SpecError};
 pub use crate::spec::names::{MAX_NAME_LEN, valid_name, validate_name};
 use crate::state::{Desired, Overlay, Store};
 use crate::telemetry::events::EventBus;
-use crate::telemetry::stats::Stats;
+
+mod entry;
+mod labels;
+mod restart;
+
+use entry::{Entry, Generation};
+use labels::validate_labels;
+pub use labels::{MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS};
+use restart::supervise;
 
 /// Default and upper bound of `max_listeners`.
 pub const DEFAULT_MAX_LISTENERS: usize = 1024;
 
-const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A run that lasted this long resets the backoff.
-const STABLE_AFTER: Duration = Duration::from_secs(60);
-/// Labels per listener, and the longest key and value.
-pub const MAX_LABELS: usize = 64;
-pub const MAX_LABEL_KEY_LEN: usize = 63;
-pub const MAX_LABEL_VALUE_LEN: usize = 255;
 /// Drain timeout when the request sets none, and the longest allowed.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DRAIN_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
@@ -99,180 +98,6 @@ pub enum SupervisorError {
     FaultExists(String, String),
     #[error("listener '{0}' is a {1}; faults can be injected into proxy and udp-proxy listeners")]
     NoFaults(String, &'static str),
-}
-
-/// Mutable part of a listener's status.
-#[derive(Debug)]
-struct Status {
-    state: ListenerState,
-    restarts: u32,
-    last_error: String,
-}
-
-/// One service instance of a listener: a spec, a service built from it,
-/// and the socket it runs on.
-#[derive(Debug)]
-struct Generation {
-    /// As requested, secrets included (what the state file keeps).
-    spec: proto::ListenerSpec,
-    /// As shown: secrets redacted, a pcap path resolved.
-    shown: proto::ListenerSpec,
-    /// As in effect: `shown` with every default filled in.
-    effective: proto::ListenerSpec,
-    service: Arc<Service>,
-    /// The socket address bound (rebound on restart), if any.
-    bind_addr: Option<SocketAddr>,
-    /// As shown to people: the address, or a sniffer's interface.
-    bound_addr: String,
-    /// The UDP address registered in the settings' `own_udp_addrs`.
-    own_udp_addr: Option<SocketAddr>,
-    /// Stops this generation accepting (a child of the listener's token).
-    stop: CancellationToken,
-    /// A duplicate of the listening socket (TCP, UDP) for in-place updates
-    /// and hand-over; replaced when a restart rebinds, dropped when the
-    /// generation stops so that the port is really closed.
-    socket: Mutex<Option<OwnedFd>>,
-    /// Cancelled when this generation's supervising task has ended (its
-    /// socket or capture is closed).
-    ended: CancellationToken,
-}
-
-impl Generation {
-    fn socket(&self) -> MutexGuard<'_, Option<OwnedFd>> {
-        self.socket.lock()
-    }
-
-    /// Keep this generation's socket in systemd's fd store as `name`
-    /// (replacing the one there), or drop the entry if it has none.
-    fn store_socket(&self, name: &str) {
-        use std::os::fd::AsFd as _;
-        match self.socket().as_ref() {
-            Some(fd) => crate::sys::fdstore::store(name, fd.as_fd()),
-            None => crate::sys::fdstore::remove(name),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Entry {
-    name: Arc<str>,
-    labels: Mutex<HashMap<String, String>>,
-    /// Not persisted: gone after a restart.
-    ephemeral: bool,
-    /// Stopping or draining: no longer part of the desired set.
-    leaving: AtomicBool,
-    current: Mutex<Arc<Generation>>,
-    /// Serializes updates of this listener.
-    updating: tokio::sync::Mutex<()>,
-    started_at: SystemTime,
-    stats: Arc<Stats>,
-    status: Mutex<Status>,
-    stop_accepting: CancellationToken,
-    close_connections: CancellationToken,
-    tracker: TaskTracker,
-    events: EventBus,
-    /// The live faults (proxy, udp-proxy), shared by every generation so a
-    /// change reaches open connections too. Generation specs hold the
-    /// faults as they were when the generation started; this holds them
-    /// as they are (see [`Entry::spec`]).
-    faults: Arc<crate::fault::FaultTable>,
-}
-
-impl Entry {
-    fn status(&self) -> MutexGuard<'_, Status> {
-        // A poisoned lock only means a panic while holding it; the status
-        // fields are always left consistent, so keep going.
-        self.status.lock()
-    }
-
-    fn set_state(&self, state: ListenerState) {
-        self.status().state = state;
-    }
-
-    fn current_gen(&self) -> Arc<Generation> {
-        self.current.lock().clone()
-    }
-
-    fn labels(&self) -> HashMap<String, String> {
-        self.labels.lock().clone()
-    }
-
-    fn kind(&self) -> proto::ListenerKind {
-        self.current_gen().service.kind()
-    }
-
-    /// `spec` with the live faults in place of those it was built with.
-    fn with_live_faults(&self, mut spec: proto::ListenerSpec) -> proto::ListenerSpec {
-        if let Some(f) = crate::fault::faults_of_mut(&mut spec) {
-            *f = self.faults.specs();
-        }
-        spec
-    }
-
-    /// The listener's spec as requested, with its faults as they are now.
-    fn spec(&self) -> proto::ListenerSpec {
-        self.with_live_faults(self.current_gen().spec.clone())
-    }
-
-    fn desired(&self) -> Desired {
-        Desired {
-            name: self.name.to_string(),
-            spec: self.spec(),
-            labels: self.labels(),
-        }
-    }
-
-    fn to_proto(&self) -> proto::Listener {
-        let g = self.current_gen();
-        let stats = self.stats_of(&g);
-        let st = self.status();
-        proto::Listener {
-            name: self.name.to_string(),
-            kind: g.service.kind() as i32,
-            spec: Some(self.with_live_faults(g.shown.clone())),
-            effective_spec: Some(self.with_live_faults(g.effective.clone())),
-            state: st.state as i32,
-            bound_addr: g.bound_addr.clone(),
-            started_at: Some(self.started_at.into()),
-            restarts: st.restarts,
-            last_error: st.last_error.clone(),
-            labels: self.labels(),
-            stats: Some(stats),
-            ephemeral: self.ephemeral,
-        }
-    }
-
-    fn stats_of(&self, g: &Generation) -> proto::ListenerStats {
-        let mut s = self.stats.snapshot();
-        s.detail = g.service.detail_stats();
-        if self.faults.version() != 0 {
-            s.faults = self.faults.stats();
-        }
-        s
-    }
-
-    fn sample(&self) -> proto::ListenerStatsSample {
-        let g = self.current_gen();
-        proto::ListenerStatsSample {
-            name: self.name.to_string(),
-            kind: g.service.kind() as i32,
-            state: self.status().state as i32,
-            totals: Some(self.stats_of(&g)),
-            rates: None,
-        }
-    }
-
-    fn ctx(&self, g: &Generation) -> ServiceCtx {
-        ServiceCtx {
-            name: self.name.clone(),
-            stats: self.stats.clone(),
-            stop_accepting: g.stop.clone(),
-            close_connections: self.close_connections.clone(),
-            tracker: self.tracker.clone(),
-            events: self.events.clone(),
-            faults: self.faults.clone(),
-        }
-    }
 }
 
 /// The listener registry. Cheap to clone; all clones share state.
@@ -398,10 +223,6 @@ impl Supervisor {
                 mutations: tokio::sync::RwLock::new(()),
             }),
         }
-    }
-
-    fn listeners(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Entry>>> {
-        self.inner.listeners.lock()
     }
 
     /// Sockets handed over by a previous netd, by listener name: each is
@@ -620,62 +441,6 @@ impl Supervisor {
         self.inner.inherited.lock().remove(name)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn new_entry(
-        &self,
-        name: &str,
-        labels: HashMap<String, String>,
-        ephemeral: bool,
-        service: Arc<Service>,
-        spec: proto::ListenerSpec,
-        shown: proto::ListenerSpec,
-        bind_addr: Option<SocketAddr>,
-        bound_addr: String,
-    ) -> Arc<Entry> {
-        let stop_accepting = self.inner.shutdown_accepting.child_token();
-        let faults = Arc::new(crate::fault::FaultTable::new(
-            crate::fault::target_of(&spec).unwrap_or(crate::fault::Target::Tcp),
-        ));
-        if let Some(f) = crate::fault::faults_of(&spec) {
-            // Checked when the service was built from this spec.
-            if let Err(e) = faults.replace_all(f) {
-                tracing::error!(listener = name, error = %e, "faults not applied");
-            }
-        }
-        let cur_gen = Arc::new(Generation {
-            spec,
-            effective: service.effective_spec(&shown),
-            shown,
-            service,
-            bind_addr,
-            bound_addr,
-            own_udp_addr: None,
-            stop: stop_accepting.child_token(),
-            socket: Mutex::new(None),
-            ended: CancellationToken::new(),
-        });
-        Arc::new(Entry {
-            name: name.into(),
-            labels: Mutex::new(labels),
-            ephemeral,
-            leaving: AtomicBool::new(false),
-            current: Mutex::new(cur_gen),
-            updating: tokio::sync::Mutex::new(()),
-            started_at: SystemTime::now(),
-            stats: Stats::new(),
-            status: Mutex::new(Status {
-                state: ListenerState::Running,
-                restarts: 0,
-                last_error: String::new(),
-            }),
-            stop_accepting,
-            close_connections: self.inner.shutdown_connections.child_token(),
-            tracker: TaskTracker::new(),
-            events: self.inner.events.clone(),
-            faults,
-        })
-    }
-
     /// A generation for `entry` from a prepared service and socket.
     fn generation(
         &self,
@@ -716,14 +481,6 @@ impl Supervisor {
             }),
             bound,
         ))
-    }
-
-    fn insert(&self, name: &str, entry: &Arc<Entry>) -> Result<(), SupervisorError> {
-        let mut listeners = self.listeners();
-        // Taken meanwhile: the caller drops what it bound.
-        self.check_free(&listeners, name)?;
-        listeners.insert(name.to_string(), entry.clone());
-        Ok(())
     }
 
     async fn start_unsaved(
@@ -770,50 +527,6 @@ impl Supervisor {
             .tracker
             .spawn(supervise(entry.clone(), cur_gen, Ok(bound)));
         Ok(entry.to_proto())
-    }
-
-    /// AlreadyExists if `name` is taken, ShuttingDown once shutdown began.
-    fn check_free(
-        &self,
-        listeners: &BTreeMap<String, Arc<Entry>>,
-        name: &str,
-    ) -> Result<(), SupervisorError> {
-        if self.inner.shutdown_accepting.is_cancelled() {
-            return Err(SupervisorError::ShuttingDown);
-        }
-        if let Some(e) = listeners.get(name) {
-            if e.leaving.load(Ordering::Relaxed) {
-                return Err(SupervisorError::Leaving(name.to_string()));
-            }
-            return Err(SupervisorError::AlreadyExists(name.to_string()));
-        }
-        if listeners.len() >= self.inner.max_listeners {
-            return Err(SupervisorError::TooMany(listeners.len()));
-        }
-        Ok(())
-    }
-
-    /// The entry named `name`, cloned out of the registry so that building
-    /// its status (a sniffer sorts its flow table) happens unlocked.
-    fn entry(&self, name: &str) -> Result<Arc<Entry>, SupervisorError> {
-        self.listeners()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| SupervisorError::NotFound(name.to_string()))
-    }
-
-    /// An entry that is not stopping or draining.
-    fn live_entry(&self, name: &str) -> Result<Arc<Entry>, SupervisorError> {
-        let e = self.entry(name)?;
-        if e.leaving.load(Ordering::Relaxed) {
-            return Err(SupervisorError::Leaving(name.to_string()));
-        }
-        Ok(e)
-    }
-
-    /// Every entry, sorted by name, cloned out of the registry.
-    fn entries(&self) -> Vec<Arc<Entry>> {
-        self.listeners().values().cloned().collect()
     }
 
     /// Stop a listener, close its sockets and connections, wait for all of
@@ -1766,149 +1479,6 @@ fn fault_status(listener: &str, a: &crate::fault::Active) -> proto::FaultStatus 
         fault: Some(a.spec.clone()),
         stats: Some(a.stats(tokio::time::Instant::now())),
     }
-}
-
-/// At most [`MAX_LABELS`]; keys like names (plus `/`), up to 63
-/// characters; values up to 255 printable characters (no control or
-/// bidirectional-override characters, which could rewrite a terminal or
-/// the order of what an admin reads).
-fn validate_labels(labels: &HashMap<String, String>) -> Result<(), SpecError> {
-    if labels.len() > MAX_LABELS {
-        return Err(SpecError(format!(
-            "{} labels; at most {MAX_LABELS} are allowed",
-            labels.len()
-        )));
-    }
-    for (k, v) in labels {
-        let key_ok = !k.is_empty()
-            && k.len() <= MAX_LABEL_KEY_LEN
-            && k.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-        if !key_ok {
-            return Err(SpecError(format!(
-                "label key {k:?}: 1-{MAX_LABEL_KEY_LEN} characters of letters, digits, '-', '_', '.' and '/', starting with a letter or digit"
-            )));
-        }
-        if v.chars().count() > MAX_LABEL_VALUE_LEN {
-            return Err(SpecError(format!(
-                "label '{k}': the value is longer than {MAX_LABEL_VALUE_LEN} characters"
-            )));
-        }
-        if let Some(c) = v.chars().find(|&c| !printable(c)) {
-            return Err(SpecError(format!(
-                "label '{k}': the value contains {c:?}; only printable characters are allowed"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Not a control character, nor a bidirectional override/isolate.
-fn printable(c: char) -> bool {
-    !c.is_control()
-        && !matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
-/// Run a generation's service; on failure, mark the listener FAILED and
-/// rebind with backoff until it runs again, or until this generation is
-/// stopped (the listener stopped, or an update replaced the generation).
-/// `first` is the bound socket, or why there is none yet (a restored
-/// listener whose address was taken).
-async fn supervise(entry: Arc<Entry>, cur_gen: Arc<Generation>, first: Result<Bound, String>) {
-    let _ended = cur_gen.ended.clone().drop_guard();
-    let current = |entry: &Entry| Arc::ptr_eq(&entry.current_gen(), &cur_gen);
-    let mut backoff = BACKOFF_INITIAL;
-    let mut next = first;
-    'run: loop {
-        let error = match next {
-            Ok(bound) => {
-                // tokio's clock (the same as std's outside tests): the backoff test
-                // runs on a paused clock.
-                let began = tokio::time::Instant::now();
-                let result = entry
-                    .tracker
-                    .spawn(cur_gen.service.clone().run(bound, entry.ctx(&cur_gen)))
-                    .await;
-                if cur_gen.stop.is_cancelled() {
-                    break;
-                }
-                if began.elapsed() >= STABLE_AFTER {
-                    backoff = BACKOFF_INITIAL;
-                }
-                match result {
-                    Ok(Ok(())) => "the service stopped unexpectedly".to_string(),
-                    Ok(Err(e)) => format!("{e:#}"),
-                    Err(join) => match join.try_into_panic() {
-                        Ok(payload) => format!("panicked: {}", panic_message(&*payload)),
-                        Err(join) => format!("task ended abnormally: {join}"),
-                    },
-                }
-            }
-            Err(e) => e,
-        };
-        if !current(&entry) {
-            break;
-        }
-        tracing::error!(listener = %entry.name, error = %error, retry_in = ?backoff, "listener failed");
-        entry.events.publish(
-            EventKind::Failed,
-            &entry.name,
-            cur_gen.service.kind(),
-            error.clone(),
-        );
-        {
-            let mut st = entry.status();
-            st.state = ListenerState::Failed;
-            st.last_error = error;
-        }
-        loop {
-            tokio::select! {
-                _ = cur_gen.stop.cancelled() => break 'run,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-            // Off the runtime: a sniffer's bind opens its pcap file. A stop
-            // meanwhile does not wait for it; what it binds is then dropped.
-            let rebind = tokio::task::spawn_blocking({
-                let (service, addr) = (cur_gen.service.clone(), cur_gen.bind_addr);
-                move || service.bind(addr)
-            });
-            let rebound = tokio::select! {
-                _ = cur_gen.stop.cancelled() => break 'run,
-                r = rebind => match r {
-                    Ok(r) => r.map_err(SupervisorError::from),
-                    Err(e) => Err(blocking_failed(&entry.name, e)),
-                },
-            };
-            match rebound {
-                Ok(b) => {
-                    *cur_gen.socket() = b.dup_socket().ok().flatten();
-                    cur_gen.store_socket(&entry.name);
-                    next = Ok(b);
-                    let (restarts, cause) = {
-                        let mut st = entry.status();
-                        st.state = ListenerState::Running;
-                        st.restarts += 1;
-                        (st.restarts, st.last_error.clone())
-                    };
-                    tracing::info!(listener = %entry.name, restarts, "listener restarted");
-                    entry.events.publish(
-                        EventKind::Restarted,
-                        &entry.name,
-                        cur_gen.service.kind(),
-                        format!("restart {restarts} after: {cause}"),
-                    );
-                    continue 'run;
-                }
-                Err(e) => {
-                    tracing::warn!(listener = %entry.name, error = %e, retry_in = ?backoff, "restart failed");
-                    entry.status().last_error = format!("restart failed: {e}");
-                }
-            }
-        }
-    }
-    cur_gen.socket().take();
 }
 
 /// A blocking-pool task that panicked or was cancelled, as an error.

@@ -1,6 +1,7 @@
 //! Unit tests of the supervisor: restart backoff on a paused clock, name
 //! and label validation.
 
+use super::restart::{BACKOFF_INITIAL, BACKOFF_MAX, STABLE_AFTER};
 use super::*;
 
 /// Make a running TCP listener fail: shut its listening socket down
