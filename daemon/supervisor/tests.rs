@@ -1,8 +1,10 @@
 //! Unit tests of the supervisor: restart backoff on a paused clock, name
 //! and label validation.
 
+use super::labels::validate_labels;
 use super::restart::{BACKOFF_INITIAL, BACKOFF_MAX, STABLE_AFTER};
 use super::*;
+use crate::proto::{self, EventKind, ListenerState};
 
 /// Make a running TCP listener fail: shut its listening socket down
 /// (through the supervisor's duplicate of it), so that accept(2) fails
