@@ -119,22 +119,7 @@ impl Supervisor {
         entries: Vec<Desired>,
         prune: Prune,
     ) -> Result<Vec<Step>, SupervisorError> {
-        if entries.len() > self.inner.max_listeners {
-            return Err(SpecError(format!(
-                "{} listeners given; max_listeners is {}",
-                entries.len(),
-                self.inner.max_listeners
-            ))
-            .into());
-        }
-        let mut seen = std::collections::HashSet::new();
-        for d in &entries {
-            validate_name(&d.name)?;
-            validate_labels(&d.labels)?;
-            if !seen.insert(d.name.clone()) {
-                return Err(SpecError(format!("listener '{}' is given twice", d.name)).into());
-            }
-        }
+        self.check_entries(&entries)?;
         // Specs, with "<redacted>" tokens resolved against the running
         // listener of the same name.
         let running: BTreeMap<String, Arc<Entry>> = self.listeners().clone();
@@ -148,31 +133,7 @@ impl Supervisor {
                 d
             })
             .collect();
-        let settings = self.inner.settings.clone();
-        let check = entries.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut addrs: Vec<(&str, SocketAddr, bool)> = Vec::new();
-            for d in &check {
-                Service::from_spec(&d.spec, &settings)
-                    .map_err(|e| SpecError(format!("listener '{}': {e}", d.name)))?;
-                if let Some((a, transport)) = Service::spec_listen_addr(&d.spec) {
-                    let udp = transport == crate::services::Transport::Udp;
-                    if let Some((other, ..)) = addrs
-                        .iter()
-                        .find(|(_, b, u)| *u == udp && crate::net::bind::addrs_clash(*b, a))
-                    {
-                        return Err(SpecError(format!(
-                            "listener '{}': {a} clashes with listener '{other}'",
-                            d.name
-                        )));
-                    }
-                    addrs.push((&d.name, a, udp));
-                }
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| blocking_failed("apply", e))??;
+        self.check_specs(&entries).await?;
 
         let mut deletes = Vec::new();
         let mut changes = Vec::new();
@@ -252,6 +213,60 @@ impl Supervisor {
             .chain(creates)
             .chain(unchanged)
             .collect())
+    }
+
+    /// The plan's first step: the count, the names and the labels of
+    /// `entries`, each name given once.
+    fn check_entries(&self, entries: &[Desired]) -> Result<(), SupervisorError> {
+        if entries.len() > self.inner.max_listeners {
+            return Err(SpecError(format!(
+                "{} listeners given; max_listeners is {}",
+                entries.len(),
+                self.inner.max_listeners
+            ))
+            .into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for d in entries {
+            validate_name(&d.name)?;
+            validate_labels(&d.labels)?;
+            if !seen.insert(d.name.clone()) {
+                return Err(SpecError(format!("listener '{}' is given twice", d.name)).into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The plan's second step, on the blocking pool (a name may be
+    /// resolved): every spec builds a service, and no two listen addresses
+    /// clash.
+    async fn check_specs(&self, entries: &[Desired]) -> Result<(), SupervisorError> {
+        let settings = self.inner.settings.clone();
+        let check = entries.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut addrs: Vec<(&str, SocketAddr, bool)> = Vec::new();
+            for d in &check {
+                Service::from_spec(&d.spec, &settings)
+                    .map_err(|e| SpecError(format!("listener '{}': {e}", d.name)))?;
+                if let Some((a, transport)) = Service::spec_listen_addr(&d.spec) {
+                    let udp = transport == crate::services::Transport::Udp;
+                    if let Some((other, ..)) = addrs
+                        .iter()
+                        .find(|(_, b, u)| *u == udp && crate::net::bind::addrs_clash(*b, a))
+                    {
+                        return Err(SpecError(format!(
+                            "listener '{}': {a} clashes with listener '{other}'",
+                            d.name
+                        )));
+                    }
+                    addrs.push((&d.name, a, udp));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| blocking_failed("apply", e))??;
+        Ok(())
     }
 
     /// Re-read configuration: make the running set the new config's

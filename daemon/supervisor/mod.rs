@@ -36,6 +36,23 @@
 //! successor boots from the state file as it then is. Listening sockets
 //! are also kept in systemd's fd store as they come and go
 //! ([`crate::sys::fdstore`]).
+//!
+//! # Files, one job each
+//!
+//! | file | job |
+//! |---|---|
+//! | `mod.rs` | the registry ([`Supervisor`]), its errors and limits, the gate mutating calls pass |
+//! | `entry.rs` | a listener's entry and generations, its status as shown, registry lookups |
+//! | `labels.rs` | what labels may hold |
+//! | `lifecycle.rs` | start, boot, restore, stop, drain, shutdown; building a generation |
+//! | `update.rs` | changing a running listener, in place or by a graceful replace |
+//! | `apply.rs` | plans against the running set, apply and reload |
+//! | `persist.rs` | the state file: overlay, group commit |
+//! | `faults.rs` | the fault RPCs on a listener's live fault table |
+//! | `restart.rs` | the supervising task: restart with backoff |
+//! | `handover.rs` | sockets to and from another netd, the hand-over gate |
+//! | `queries.rs` | status, lists and pages, counters, packet streams |
+//! | `tests.rs` | unit tests |
 
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};

@@ -20,7 +20,7 @@ use super::{Supervisor, SupervisorError, blocking_failed};
 impl Supervisor {
     /// Change a running listener to `spec` (and `labels`, when given), in
     /// place when the kind and address stay, else by a graceful replace.
-    /// An HTTP token of "<redacted>" keeps the current one.
+    /// An HTTP token of `"<redacted>"` keeps the current one.
     pub async fn update(
         &self,
         name: &str,
