@@ -318,7 +318,9 @@ async fn every_kind_exports_the_same_families() {
                 l.to_string()
             } else {
                 // Drop the value (and a timestamp, if any).
-                let end = l.rfind('}').map_or_else(|| l.find(' ').unwrap_or(l.len()), |i| i + 1);
+                let end = l
+                    .rfind('}')
+                    .map_or_else(|| l.find(' ').unwrap_or(l.len()), |i| i + 1);
                 l[..end].to_string()
             }
         })

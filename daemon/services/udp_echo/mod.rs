@@ -19,6 +19,8 @@
 //! by reason, logged at debug level, and summed up in at most one warning
 //! line per interval.
 
+pub mod metrics;
+
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -172,6 +174,7 @@ impl ListenerKind for UdpEcho {
         "max_sources",
         "access_log",
     ];
+    const FAMILIES: &'static dyn crate::telemetry::families::DetailFamilies = &metrics::FAMILIES;
 
     fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::UdpEchoSpec {

@@ -21,6 +21,7 @@
 
 mod forward;
 pub mod impair;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -169,6 +170,7 @@ impl ListenerKind for UdpProxy {
         "max_sources",
         "max_clients_per_source",
     ];
+    const FAMILIES: &'static dyn crate::telemetry::families::DetailFamilies = &metrics::FAMILIES;
 
     fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::UdpProxySpec {
