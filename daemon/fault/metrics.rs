@@ -1,6 +1,6 @@
 //! The per-fault Prometheus families (see [`crate::telemetry::families`]):
-//! one series per fault of a proxy or udp-proxy, labelled with the fault's
-//! name and type, read from its `FaultStats`.
+//! one series per fault of a listener, labelled with the fault's name and
+//! type, read from its `FaultStats`.
 
 use crate::proto::FaultStats;
 use crate::telemetry::families::{Desc, Family, Put};
