@@ -124,7 +124,7 @@ pub trait DetailFamilies: Sync + std::fmt::Debug {
 
 /// The families of a kind whose stats are `S`, one arm of `Detail`.
 pub struct KindFamilies<S: 'static> {
-    /// The arm's constructor (`Detail::Proxy`).
+    /// The arm's constructor (a `Detail` variant).
     pub wrap: fn(S) -> Detail,
     /// The arm's stats, if `detail` is this arm.
     pub unwrap: fn(&Detail) -> Option<&S>,
