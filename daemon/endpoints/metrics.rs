@@ -41,8 +41,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::control::admission::{Gate, Slot, Source};
+use crate::fault::metrics as fault_families;
 use crate::proto::{self, ListenerStats};
+use crate::services::{KINDS, KindInfo};
 use crate::supervisor::Supervisor;
+use crate::telemetry::families::{Desc, Metric};
 
 /// Default for `[metrics] max_connections`. A Prometheus server keeps one
 /// connection per target; 64 leaves room for a few scrapers and curl.
@@ -225,401 +228,124 @@ impl Collector for ListenerCollector {
             None,
             MetricType::Gauge,
         )?)?;
-        self.encode_kind_specific(&listeners, &mut encoder)
+        encode_declared(&listeners, &mut encoder)
     }
 }
 
 type Labels = Vec<(&'static str, String)>;
 
-/// One metric family: name, help, type, and (labels, value) per series.
+/// One declared family and its series at a scrape.
 struct Family {
-    name: &'static str,
-    help: &'static str,
-    counter: bool,
+    desc: Desc,
     series: Vec<(Labels, u64)>,
 }
 
 impl Family {
-    fn new(name: &'static str, help: &'static str, counter: bool) -> Self {
-        Family {
-            name,
-            help,
-            counter,
-            series: Vec::new(),
-        }
+    /// Add a series: the `base` labels (listener, kind), then the family's
+    /// own labels with `values`.
+    fn put(&mut self, base: &Labels, values: &[&str], v: u64) {
+        debug_assert_eq!(
+            values.len(),
+            self.desc.labels.len(),
+            "label values of {}",
+            self.desc.name
+        );
+        let mut labels = base.clone();
+        labels.extend(
+            self.desc
+                .labels
+                .iter()
+                .zip(values)
+                .map(|(k, v)| (*k, (*v).to_string())),
+        );
+        self.series.push((labels, v));
     }
 
     fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if self.series.is_empty() {
             return Ok(());
         }
-        let kind = if self.counter {
-            MetricType::Counter
-        } else {
-            MetricType::Gauge
+        let kind = match self.desc.metric {
+            Metric::Counter => MetricType::Counter,
+            Metric::Gauge => MetricType::Gauge,
         };
-        let mut family = encoder.encode_descriptor(self.name, self.help, None, kind)?;
+        let mut family = encoder.encode_descriptor(self.desc.name, self.desc.help, None, kind)?;
         for (labels, v) in &self.series {
-            if self.counter {
-                ConstCounter::new(*v).encode(family.encode_family(labels)?)?;
-            } else {
-                ConstGauge::new(*v as i64).encode(family.encode_family(labels)?)?;
+            match self.desc.metric {
+                Metric::Counter => ConstCounter::new(*v).encode(family.encode_family(labels)?)?,
+                Metric::Gauge => {
+                    ConstGauge::new(*v as i64).encode(family.encode_family(labels)?)?;
+                }
             }
         }
         Ok(())
     }
 }
 
-impl ListenerCollector {
-    /// Series for the counters only some kinds have (proxy, http, sniffer,
-    /// udp-echo).
-    fn encode_kind_specific(
-        &self,
-        listeners: &[proto::Listener],
-        encoder: &mut DescriptorEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        use proto::listener_stats::Detail;
-        let mut proxy_failures = Family::new(
-            "netd_proxy_connect_failures",
-            "Upstream connects that failed.",
-            true,
+/// Where `desc`'s family is in `families`, added if it is new: a family
+/// two kinds declare (the datagram-source guard's) is one family with the
+/// series of both.
+fn slot(families: &mut Vec<Family>, desc: Desc) -> usize {
+    if let Some(i) = families.iter().position(|f| f.desc.name == desc.name) {
+        debug_assert_eq!(
+            families[i].desc, desc,
+            "{} declared twice, unalike",
+            desc.name
         );
-        let mut proxy_timeouts = Family::new(
-            "netd_proxy_connect_timeouts",
-            "Upstream connects that timed out.",
-            true,
-        );
-        let mut pool_hits = Family::new(
-            "netd_proxy_pool_hits",
-            "Clients served from a warm pooled connection.",
-            true,
-        );
-        let mut pool_misses = Family::new(
-            "netd_proxy_pool_misses",
-            "Clients that found no warm connection.",
-            true,
-        );
-        let mut pool_stale = Family::new(
-            "netd_proxy_pool_stale",
-            "Warm connections found closed and discarded.",
-            true,
-        );
-        let mut upstream_up = Family::new(
-            "netd_proxy_upstream_healthy",
-            "1 if the upstream is in rotation, 0 while backed off.",
-            false,
-        );
-        let mut http_responses = Family::new(
-            "netd_http_responses",
-            "HTTP responses by status class.",
-            true,
-        );
-        let mut http_requests = Family::new("netd_http_requests", "HTTP requests answered.", true);
-        let mut http_rate_limited = Family::new(
-            "netd_http_rate_limited",
-            "HTTP requests refused with 429 by the rate limit (of the 4xx).",
-            true,
-        );
-        let mut http_latency = Family::new(
-            "netd_http_latency_p99_microseconds",
-            "p99 request latency (histogram bucket bound).",
-            false,
-        );
-        let mut sniff_packets = Family::new(
-            "netd_sniffer_packets",
-            "Packets captured, by protocol.",
-            true,
-        );
-        let mut sniff_bytes =
-            Family::new("netd_sniffer_bytes", "Bytes captured, by protocol.", true);
-        let mut sniff_drops = Family::new(
-            "netd_sniffer_kernel_drops",
-            "Packets the kernel dropped before netd read them.",
-            true,
-        );
-        let mut sniff_alerts = Family::new(
-            "netd_sniffer_alerts",
-            "Alerts raised by the detectors.",
-            true,
-        );
-        let mut sniff_fragments = Family::new(
-            "netd_sniffer_fragments",
-            "Captured IPv4/IPv6 fragments after the first (no transport header).",
-            true,
-        );
-        let mut sniff_malformed = Family::new(
-            "netd_sniffer_malformed",
-            "Captured packets with a malformed IP header.",
-            true,
-        );
-        let mut udp_drops = Family::new(
-            "netd_udp_echo_drops",
-            "Datagrams a UDP echo or udp-proxy received but did not answer or forward, by reason (own_source, reflector_source, rate_limited; a udp-proxy also source_clients) or dropped by the kernel (kernel).",
-            true,
-        );
-        let mut udp_truncated = Family::new(
-            "netd_udp_echo_truncated",
-            "UDP echo replies cut to the reply size cap.",
-            true,
-        );
-        let mut udp_sources = Family::new(
-            "netd_udp_echo_sources",
-            "Sources in a UDP echo's or udp-proxy's rate-limit table.",
-            false,
-        );
-        type FaultCounter = fn(&crate::proto::FaultStats) -> u64;
-        let mut fault_counters: Vec<(Family, FaultCounter)> = vec![
-            (
-                Family::new(
-                    "netd_fault_connections_affected",
-                    "Connections (TCP) or clients (UDP) a fault was applied to.",
-                    true,
-                ),
-                |f| f.connections_affected,
-            ),
-            (
-                Family::new(
-                    "netd_fault_bytes_delayed",
-                    "Bytes a fault held back (latency, bandwidth, slicer).",
-                    true,
-                ),
-                |f| f.bytes_delayed,
-            ),
-            (
-                Family::new("netd_fault_bytes_dropped", "Bytes a fault discarded.", true),
-                |f| f.bytes_dropped,
-            ),
-            (
-                Family::new(
-                    "netd_fault_connections_closed",
-                    "Connections a fault closed or reset.",
-                    true,
-                ),
-                |f| f.connections_closed,
-            ),
-            (
-                Family::new(
-                    "netd_fault_datagrams_lost",
-                    "Datagrams a fault dropped.",
-                    true,
-                ),
-                |f| f.datagrams_lost,
-            ),
-            (
-                Family::new(
-                    "netd_fault_datagrams_duplicated",
-                    "Datagrams a fault sent twice.",
-                    true,
-                ),
-                |f| f.datagrams_duplicated,
-            ),
-            (
-                Family::new(
-                    "netd_fault_datagrams_reordered",
-                    "Datagrams a fault held back behind later ones.",
-                    true,
-                ),
-                |f| f.datagrams_reordered,
-            ),
-            (
-                Family::new(
-                    "netd_fault_datagrams_corrupted",
-                    "Datagrams in which a fault flipped a bit.",
-                    true,
-                ),
-                |f| f.datagrams_corrupted,
-            ),
-            (
-                Family::new(
-                    "netd_fault_datagrams_delayed",
-                    "Datagrams a fault delayed.",
-                    true,
-                ),
-                |f| f.datagrams_delayed,
-            ),
-        ];
-        let mut fault_active = Family::new(
-            "netd_fault_active",
-            "1 while a fault is inside its time window (always, without one).",
-            false,
-        );
-        let mut udp_proxy_clients = Family::new(
-            "netd_udp_proxy_clients",
-            "Clients a UDP proxy has an upstream socket for.",
-            false,
-        );
-        let mut udp_proxy_expired = Family::new(
-            "netd_udp_proxy_clients_expired",
-            "UDP proxy clients forgotten after their idle timeout or evicted.",
-            true,
-        );
-        let mut udp_proxy_refused = Family::new(
-            "netd_udp_proxy_clients_refused",
-            "Datagrams of new UDP proxy clients dropped: the client table was full.",
-            true,
-        );
-        let mut udp_proxy_errors = Family::new(
-            "netd_udp_proxy_upstream_errors",
-            "Failed sends or receives on UDP proxy upstream sockets.",
-            true,
-        );
-        let mut udp_evicted = Family::new(
-            "netd_udp_echo_sources_evicted",
-            "Idle sources evicted from a UDP echo's or udp-proxy's rate-limit table.",
-            true,
-        );
-        for l in listeners {
-            let base: Labels = vec![
-                ("listener", l.name.clone()),
-                ("kind", l.kind().slug().to_string()),
-            ];
-            let with = |k: &'static str, v: String| {
-                let mut b = base.clone();
-                b.push((k, v));
-                b
-            };
-            for f in l.stats.iter().flat_map(|s| &s.faults) {
-                let labels = {
-                    let mut b = with("fault", f.name.clone());
-                    b.push(("type", f.r#type.clone()));
-                    b
-                };
-                for (family, get) in &mut fault_counters {
-                    family.series.push((labels.clone(), get(f)));
-                }
-                fault_active.series.push((labels, f.active as u64));
-            }
-            match l.stats.as_ref().and_then(|s| s.detail.as_ref()) {
-                Some(Detail::Proxy(p)) => {
-                    proxy_failures
-                        .series
-                        .push((base.clone(), p.connect_failures));
-                    proxy_timeouts
-                        .series
-                        .push((base.clone(), p.connect_timeouts));
-                    pool_hits.series.push((base.clone(), p.pool_hits));
-                    pool_misses.series.push((base.clone(), p.pool_misses));
-                    pool_stale.series.push((base.clone(), p.pool_stale));
-                    for u in &p.upstreams {
-                        upstream_up
-                            .series
-                            .push((with("upstream", u.addr.clone()), u.healthy as u64));
-                    }
-                }
-                Some(Detail::Http(h)) => {
-                    for (class, v) in [
-                        ("2xx", h.responses_2xx),
-                        ("3xx", h.responses_3xx),
-                        ("4xx", h.responses_4xx),
-                        ("5xx", h.responses_5xx),
-                    ] {
-                        http_responses.series.push((with("class", class.into()), v));
-                    }
-                    http_requests.series.push((base.clone(), h.requests));
-                    http_rate_limited
-                        .series
-                        .push((base.clone(), h.rate_limited));
-                    http_latency
-                        .series
-                        .push((base.clone(), (h.latency_p99_ms * 1000.0) as u64));
-                }
-                Some(Detail::Sniffer(f)) => {
-                    for (proto, c) in [
-                        ("tcp", &f.tcp),
-                        ("udp", &f.udp),
-                        ("icmp", &f.icmp),
-                        ("other", &f.other),
-                    ] {
-                        let c = c.unwrap_or_default();
-                        sniff_packets
-                            .series
-                            .push((with("protocol", proto.into()), c.packets));
-                        sniff_bytes
-                            .series
-                            .push((with("protocol", proto.into()), c.bytes));
-                    }
-                    sniff_drops.series.push((base.clone(), f.kernel_drops));
-                    sniff_alerts.series.push((base.clone(), f.alerts));
-                    sniff_fragments.series.push((base.clone(), f.fragments));
-                    sniff_malformed.series.push((base.clone(), f.malformed));
-                }
-                Some(Detail::UdpEcho(u)) => {
-                    for (reason, v) in [
-                        ("own_source", u.own_source_drops),
-                        ("reflector_source", u.reflector_source_drops),
-                        ("rate_limited", u.rate_limited),
-                        ("kernel", u.kernel_drops),
-                    ] {
-                        udp_drops.series.push((with("reason", reason.into()), v));
-                    }
-                    udp_truncated.series.push((base.clone(), u.truncated));
-                    udp_sources.series.push((base.clone(), u.sources_tracked));
-                    udp_evicted.series.push((base.clone(), u.sources_evicted));
-                }
-                Some(Detail::UdpProxy(u)) => {
-                    // The datagram-source guard's families, shared with the
-                    // UDP echo (told apart by the kind label).
-                    for (reason, v) in [
-                        ("own_source", u.own_source_drops),
-                        ("reflector_source", u.reflector_source_drops),
-                        ("rate_limited", u.rate_limited),
-                        ("source_clients", u.source_clients_refused),
-                        ("kernel", u.kernel_drops),
-                    ] {
-                        udp_drops.series.push((with("reason", reason.into()), v));
-                    }
-                    udp_sources.series.push((base.clone(), u.sources_tracked));
-                    udp_evicted.series.push((base.clone(), u.sources_evicted));
-                    udp_proxy_clients
-                        .series
-                        .push((base.clone(), u.clients_active));
-                    udp_proxy_expired
-                        .series
-                        .push((base.clone(), u.clients_expired));
-                    udp_proxy_refused
-                        .series
-                        .push((base.clone(), u.clients_refused));
-                    udp_proxy_errors
-                        .series
-                        .push((base.clone(), u.upstream_errors));
-                }
-                None => {}
-            }
-        }
-        for f in [
-            &proxy_failures,
-            &proxy_timeouts,
-            &pool_hits,
-            &pool_misses,
-            &pool_stale,
-            &upstream_up,
-            &http_responses,
-            &http_requests,
-            &http_rate_limited,
-            &http_latency,
-            &sniff_packets,
-            &sniff_bytes,
-            &sniff_drops,
-            &sniff_alerts,
-            &sniff_fragments,
-            &sniff_malformed,
-            &udp_drops,
-            &udp_truncated,
-            &udp_sources,
-            &udp_evicted,
-            &udp_proxy_clients,
-            &udp_proxy_expired,
-            &udp_proxy_refused,
-            &udp_proxy_errors,
-            &fault_active,
-        ] {
-            f.encode(encoder)?;
-        }
-        for (f, _) in &fault_counters {
-            f.encode(encoder)?;
-        }
-        Ok(())
+        return i;
     }
+    families.push(Family {
+        desc,
+        series: Vec::new(),
+    });
+    families.len() - 1
+}
+
+/// Series of the families only some listeners have: those each kind
+/// declares (its `FAMILIES` in the kinds registry) and each fault's
+/// ([`crate::fault::metrics`]). A family without series is left out.
+fn encode_declared(
+    listeners: &[proto::Listener],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let mut families = Vec::new();
+    // Each kind with where its families are in `families`.
+    let kinds: Vec<(KindInfo, Vec<usize>)> = KINDS
+        .iter()
+        .map(|k| {
+            let at = k.families.descs().into_iter();
+            (*k, at.map(|d| slot(&mut families, d)).collect())
+        })
+        .collect();
+    let fault_at: Vec<usize> = fault_families::FAMILIES
+        .iter()
+        .map(|f| slot(&mut families, f.desc))
+        .collect();
+    for l in listeners {
+        let Some(stats) = &l.stats else { continue };
+        let base: Labels = vec![
+            ("listener", l.name.clone()),
+            ("kind", l.kind().slug().to_string()),
+        ];
+        let kind = kinds.iter().find(|(k, _)| k.kind == l.kind());
+        if let (Some(detail), Some((info, at))) = (&stats.detail, kind) {
+            for (i, &at) in at.iter().enumerate() {
+                let family = &mut families[at];
+                info.families
+                    .read(i, detail, &mut |values, v| family.put(&base, values, v));
+            }
+        }
+        for f in &stats.faults {
+            for (declared, &at) in fault_families::FAMILIES.iter().zip(&fault_at) {
+                let family = &mut families[at];
+                declared.read(f, &mut |values, v| family.put(&base, values, v));
+            }
+        }
+    }
+    for f in &families {
+        f.encode(encoder)?;
+    }
+    Ok(())
 }
 
 /// Serve `/metrics` on `listener` within `limits` until `stop` is
@@ -1022,5 +748,105 @@ mod tests {
             let c = parse(&format!("listen = \"{addr}\"\nallow_remote = true")).unwrap();
             assert_eq!(c.metrics_listen, Some(addr.parse().unwrap()));
         }
+    }
+
+    /// The declared families of fixed listeners, as `/metrics` encodes them.
+    #[derive(Debug)]
+    struct Declared(Vec<proto::Listener>);
+
+    impl Collector for Declared {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            encode_declared(&self.0, &mut encoder)
+        }
+    }
+
+    fn encode_text(listeners: Vec<proto::Listener>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Declared(listeners)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    /// Every family a kind declares (and every fault family) is exported
+    /// for a listener of that kind, with its help, type and labels.
+    #[test]
+    fn every_declared_family_is_exported_for_a_listener_of_its_kind() {
+        let fault = proto::FaultStats {
+            name: "late".into(),
+            r#type: "latency".into(),
+            ..Default::default()
+        };
+        let listeners = KINDS
+            .iter()
+            .enumerate()
+            .map(|(i, k)| proto::Listener {
+                name: format!("l{i}"),
+                kind: k.kind as i32,
+                stats: Some(ListenerStats {
+                    detail: k.families.sample(),
+                    faults: vec![fault.clone()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let text = encode_text(listeners);
+        let exported = |desc: Desc, listener: &str, kind: &str| {
+            let (ty, suffix) = match desc.metric {
+                Metric::Counter => ("counter", "_total"),
+                Metric::Gauge => ("gauge", ""),
+            };
+            let name = desc.name;
+            assert!(
+                text.contains(&format!("# HELP {name} {}\n", desc.help)),
+                "no HELP of {name}:\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {name} {ty}\n")),
+                "no TYPE of {name}:\n{text}"
+            );
+            let series = format!("{name}{suffix}{{listener=\"{listener}\",kind=\"{kind}\"");
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&series))
+                .unwrap_or_else(|| panic!("no series of {name} for {kind}:\n{text}"));
+            for label in desc.labels {
+                assert!(line.contains(&format!(",{label}=\"")), "{line}");
+            }
+        };
+        for (i, k) in KINDS.iter().enumerate() {
+            for desc in k.families.descs() {
+                exported(desc, &format!("l{i}"), k.slug);
+            }
+            for f in fault_families::FAMILIES {
+                exported(f.desc, &format!("l{i}"), k.slug);
+            }
+        }
+    }
+
+    /// A family name means one family: declared alike wherever it is
+    /// declared, and none of the families every listener has.
+    #[test]
+    fn a_family_name_is_declared_once_or_alike() {
+        let mut all: Vec<Desc> = KINDS.iter().flat_map(|k| k.families.descs()).collect();
+        all.extend(fault_families::FAMILIES.iter().map(|f| f.desc));
+        for a in &all {
+            for b in all.iter().filter(|b| b.name == a.name) {
+                assert_eq!(a, b, "{} declared twice, unalike", a.name);
+            }
+            assert!(
+                !COUNTERS.iter().any(|(name, _, _)| *name == a.name),
+                "{} is one of the counters every listener has",
+                a.name
+            );
+        }
+    }
+
+    /// No series, no family: a daemon without a listener of a kind does
+    /// not export the kind's families.
+    #[test]
+    fn families_without_series_are_left_out() {
+        assert_eq!(encode_text(Vec::new()), "# EOF\n");
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod attrs;
 pub mod cidr;
+pub mod metrics;
 pub mod rng;
 
 use std::net::IpAddr;

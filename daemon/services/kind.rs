@@ -19,6 +19,7 @@ use std::sync::Arc;
 use super::{Bound, ServiceCtx, Settings, SpecError};
 use crate::net::bind::BindError;
 use crate::proto;
+use crate::telemetry::families::{DetailFamilies, NoFamilies};
 
 /// How a kind takes its traffic; decides which listeners can clash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +224,11 @@ pub trait ListenerKind: std::fmt::Debug + Send + Sync + Sized + 'static {
 
     /// Kind-specific counters for the stats message, if the kind has any.
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail>;
+
+    /// The Prometheus families read from those counters (the kind's
+    /// `metrics.rs`, see [`crate::telemetry::families`]): `/metrics`
+    /// exports these for the kind's listeners. Default: none.
+    const FAMILIES: &'static dyn DetailFamilies = &NoFamilies;
 }
 
 fn no_address() -> BindError {
@@ -236,6 +242,8 @@ pub struct KindInfo {
     pub kind: proto::ListenerKind,
     pub transport: Transport,
     pub config_keys: &'static [&'static str],
+    /// The kind's own Prometheus families ([`ListenerKind::FAMILIES`]).
+    pub families: &'static dyn DetailFamilies,
 }
 
 impl KindInfo {
@@ -245,6 +253,7 @@ impl KindInfo {
             kind: K::KIND,
             transport: K::TRANSPORT,
             config_keys: K::CONFIG_KEYS,
+            families: K::FAMILIES,
         }
     }
 }

@@ -372,6 +372,27 @@ impl Limiter {
     }
 }
 
+/// The guard's Prometheus families, declared by every UDP kind's table
+/// with its own reader (one family across kinds, told apart by the `kind`
+/// label; see [`crate::telemetry::families`]).
+pub mod families {
+    use crate::telemetry::families::Desc;
+
+    pub const DROPS: Desc = Desc::counter(
+        "netd_udp_echo_drops",
+        "Datagrams a UDP echo or udp-proxy received but did not answer or forward, by reason (own_source, reflector_source, rate_limited; a udp-proxy also source_clients) or dropped by the kernel (kernel).",
+    )
+    .by(&["reason"]);
+    pub const SOURCES: Desc = Desc::gauge(
+        "netd_udp_echo_sources",
+        "Sources in a UDP echo's or udp-proxy's rate-limit table.",
+    );
+    pub const SOURCES_EVICTED: Desc = Desc::counter(
+        "netd_udp_echo_sources_evicted",
+        "Idle sources evicted from a UDP echo's or udp-proxy's rate-limit table.",
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -286,3 +286,51 @@ fn metrics_limits_out_of_range_are_config_errors() {
     let (ok, err) = run_netd(text, &["--check-config"]);
     assert!(ok, "{err}");
 }
+
+/// The families, types, help texts and label sets `/metrics` exports for a
+/// daemon with one listener of every kind (and a fault on each proxy):
+/// exactly those of `metrics_families.txt`, which alert rules and
+/// dashboards are written against. Values are left out, and the lines are
+/// sorted (Prometheus does not care about the order of families).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_exports_the_same_families() {
+    let port = free_tcp_port();
+    let config = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
+         [[listener]]\nname = \"te\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"ue\"\nkind = \"udp-echo\"\nlisten = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"web\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"sn\"\nkind = \"sniffer\"\ninterface = \"lo\"\n\
+         [[listener]]\nname = \"up\"\nkind = \"udp-proxy\"\nlisten = \"127.0.0.1:0\"\n\
+         upstream = \"127.0.0.1:53\"\n\
+         faults = [{{ name = \"lossy\", type = \"loss\", probability = 0.25 }}]\n\
+         [[listener]]\nname = \"tp\"\nkind = \"proxy\"\nlisten = \"127.0.0.1:0\"\n\
+         upstreams = [\"127.0.0.1:9\"]\n\
+         [[listener.faults]]\nname = \"late\"\ntype = \"latency\"\nlatency = \"5ms\"\n"
+    );
+    let netd = Netd::start(&config);
+    let text = scrape(port).await.expect("scrape");
+    let mut got: Vec<String> = text
+        .lines()
+        .filter(|l| !l.is_empty() && *l != "# EOF")
+        .map(|l| {
+            if l.starts_with('#') {
+                l.to_string()
+            } else {
+                // Drop the value (and a timestamp, if any).
+                let end = l
+                    .rfind('}')
+                    .map_or_else(|| l.find(' ').unwrap_or(l.len()), |i| i + 1);
+                l[..end].to_string()
+            }
+        })
+        .collect();
+    got.sort();
+    let got = got.join("\n") + "\n";
+    let want = include_str!("metrics_families.txt");
+    assert!(
+        got == want,
+        "/metrics families differ from tests/it/metrics_families.txt; got:\n{got}"
+    );
+    drop(netd);
+}

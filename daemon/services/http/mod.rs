@@ -40,6 +40,7 @@
 mod conn;
 mod echo;
 mod show;
+pub mod metrics;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -620,6 +621,7 @@ impl ListenerKind for Http {
         "max_header_bytes",
         "access_log",
     ];
+    const FAMILIES: &'static dyn crate::telemetry::families::DetailFamilies = &metrics::FAMILIES;
 
     fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::HttpSpec {

@@ -39,6 +39,7 @@
 //!   and how it ended, unless the listener says `access_log = false`.
 
 mod forward;
+pub mod metrics;
 pub mod pool;
 pub mod resolve;
 mod show;
@@ -625,6 +626,7 @@ impl ListenerKind for Proxy {
         "access_log",
         "faults",
     ];
+    const FAMILIES: &'static dyn crate::telemetry::families::DetailFamilies = &metrics::FAMILIES;
 
     fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::ProxySpec {

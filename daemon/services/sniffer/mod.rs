@@ -20,6 +20,7 @@ pub mod alerts;
 pub mod decode;
 pub mod filter;
 pub mod flows;
+pub mod metrics;
 pub mod pcap;
 mod ring;
 mod show;
@@ -458,6 +459,7 @@ impl ListenerKind for Sniffer {
         "port_scan_window",
         "syn_rate",
     ];
+    const FAMILIES: &'static dyn crate::telemetry::families::DetailFamilies = &metrics::FAMILIES;
 
     fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::SnifferSpec {

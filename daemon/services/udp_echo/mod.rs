@@ -20,6 +20,7 @@
 //! line per interval.
 
 mod show;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -174,6 +175,7 @@ impl ListenerKind for UdpEcho {
         "max_sources",
         "access_log",
     ];
+    const FAMILIES: &'static dyn crate::telemetry::families::DetailFamilies = &metrics::FAMILIES;
 
     fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::UdpEchoSpec {

@@ -22,6 +22,7 @@
 mod forward;
 pub mod impair;
 mod show;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -170,6 +171,7 @@ impl ListenerKind for UdpProxy {
         "max_sources",
         "max_clients_per_source",
     ];
+    const FAMILIES: &'static dyn crate::telemetry::families::DetailFamilies = &metrics::FAMILIES;
 
     fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::UdpProxySpec {

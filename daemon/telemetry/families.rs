@@ -1,0 +1,176 @@
+//! Prometheus families declared as tables by the code that owns the
+//! numbers: each kind its own (`services/<kind>/metrics.rs`, registered as
+//! the kind's `ListenerKind::FAMILIES`), the fault model the per-fault ones
+//! (`fault/metrics.rs`). `/metrics` encodes exactly what the tables
+//! declare, so a family is exported by declaring it and cannot be declared
+//! and left out.
+//!
+//! A family is read from a source value `S` (a kind's arm of
+//! `ListenerStats.detail`, or one fault's `FaultStats`): one series per
+//! source, or one per value of the family's own labels. The encoder puts
+//! the `listener` and `kind` labels in front of those.
+
+use crate::proto::listener_stats::Detail;
+
+/// The Prometheus type of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Exported with `_total` appended to the name.
+    Counter,
+    Gauge,
+}
+
+/// What a family is, apart from how it is read: the same wherever it is
+/// declared (two kinds may declare one family, such as the datagram-source
+/// guard's; the encoder merges their series).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Desc {
+    /// The name, without the `_total` a counter gets.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub metric: Metric,
+    /// The family's own labels, after `listener` and `kind`.
+    pub labels: &'static [&'static str],
+}
+
+impl Desc {
+    pub const fn counter(name: &'static str, help: &'static str) -> Desc {
+        Desc {
+            name,
+            help,
+            metric: Metric::Counter,
+            labels: &[],
+        }
+    }
+
+    pub const fn gauge(name: &'static str, help: &'static str) -> Desc {
+        Desc {
+            name,
+            help,
+            metric: Metric::Gauge,
+            labels: &[],
+        }
+    }
+
+    /// The same family with series told apart by `labels`.
+    pub const fn by(self, labels: &'static [&'static str]) -> Desc {
+        Desc { labels, ..self }
+    }
+}
+
+/// Where a reader puts a series: the values of the family's own labels
+/// (in [`Desc::labels`] order) and the value.
+pub type Put<'a> = &'a mut dyn FnMut(&[&str], u64);
+
+/// How a family reads its series from a source.
+pub enum Read<S: 'static> {
+    /// One series, for a family without labels of its own.
+    Value(fn(&S) -> u64),
+    /// Any number of series, each with a value for every label of the
+    /// family.
+    Each(fn(&S, Put<'_>)),
+}
+
+/// One family of a table: what it is and how to read it.
+pub struct Family<S: 'static> {
+    pub desc: Desc,
+    pub read: Read<S>,
+}
+
+impl<S> Family<S> {
+    /// A family with one series per source.
+    pub const fn value(desc: Desc, read: fn(&S) -> u64) -> Self {
+        Family {
+            desc,
+            read: Read::Value(read),
+        }
+    }
+
+    /// A family with a series per value of its labels.
+    pub const fn each(desc: Desc, read: fn(&S, Put<'_>)) -> Self {
+        Family {
+            desc,
+            read: Read::Each(read),
+        }
+    }
+
+    /// Put the family's series of `source`.
+    pub fn read(&self, source: &S, put: Put<'_>) {
+        match self.read {
+            Read::Value(get) => put(&[], get(source)),
+            Read::Each(each) => each(source, put),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Family<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Family").field("desc", &self.desc).finish()
+    }
+}
+
+/// A kind's families, as the kinds registry holds them: read from the
+/// kind's arm of `ListenerStats.detail`, whatever its message type.
+pub trait DetailFamilies: Sync + std::fmt::Debug {
+    /// The families, in declaration order.
+    fn descs(&self) -> Vec<Desc>;
+    /// Put the series of family `i` of `detail`; nothing if `detail` is
+    /// another kind's arm.
+    fn read(&self, i: usize, detail: &Detail, put: Put<'_>);
+    /// A detail with at least one series in every family, for the test
+    /// that each declared family is exported (None: the kind has none).
+    fn sample(&self) -> Option<Detail>;
+}
+
+/// The families of a kind whose stats are `S`, one arm of `Detail`.
+pub struct KindFamilies<S: 'static> {
+    /// The arm's constructor (a `Detail` variant).
+    pub wrap: fn(S) -> Detail,
+    /// The arm's stats, if `detail` is this arm.
+    pub unwrap: fn(&Detail) -> Option<&S>,
+    /// Stats with at least one series in every family (see
+    /// [`DetailFamilies::sample`]).
+    pub sample: fn() -> S,
+    pub families: &'static [Family<S>],
+}
+
+impl<S> std::fmt::Debug for KindFamilies<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.families.iter().map(|f| f.desc.name))
+            .finish()
+    }
+}
+
+impl<S> DetailFamilies for KindFamilies<S> {
+    fn descs(&self) -> Vec<Desc> {
+        self.families.iter().map(|f| f.desc).collect()
+    }
+
+    fn read(&self, i: usize, detail: &Detail, put: Put<'_>) {
+        if let (Some(family), Some(stats)) = (self.families.get(i), (self.unwrap)(detail)) {
+            family.read(stats, put);
+        }
+    }
+
+    fn sample(&self) -> Option<Detail> {
+        Some((self.wrap)((self.sample)()))
+    }
+}
+
+/// The families of a kind that has none of its own (its counters are all
+/// in the base `ListenerStats`).
+#[derive(Debug)]
+pub struct NoFamilies;
+
+impl DetailFamilies for NoFamilies {
+    fn descs(&self) -> Vec<Desc> {
+        Vec::new()
+    }
+
+    fn read(&self, _i: usize, _detail: &Detail, _put: Put<'_>) {}
+
+    fn sample(&self) -> Option<Detail> {
+        None
+    }
+}
