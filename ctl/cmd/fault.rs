@@ -498,6 +498,65 @@ fn print_one(ctx: &Ctx, verb: &str, s: &proto::FaultStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    /// The options of `netctl fault add ...`.
+    fn add_opts(argv: &[&str]) -> FaultOpts {
+        let cli = crate::Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        match cli.command {
+            crate::Command::Fault(FaultCmd::Add { opts, .. }) => opts,
+            other => panic!("{argv:?}: {other:?}"),
+        }
+    }
+
+    /// Every attribute key of every type (from the list) has a named flag
+    /// and can be given by --attr; both set the key, and it reaches the
+    /// fault.
+    #[test]
+    fn every_type_key_is_a_flag_and_an_attr() {
+        let mut n = 0;
+        for def in types::ALL {
+            for key in def.keys {
+                let v = key.unit.example();
+                let flag = format!("--{}", flag_of(key.name));
+                let attr = format!("{}={v}", key.name);
+                let head = ["netctl", "fault", "add", "l", "f", "--type", def.name];
+                let by_flag = add_opts(&[&head[..], &[flag.as_str(), v]].concat());
+                let by_attr = add_opts(&[&head[..], &["--attr", attr.as_str()]].concat());
+                let table = |o: &FaultOpts| {
+                    let mut t = Table::new();
+                    t.insert("name".into(), Value::String("f".into()));
+                    t.insert("type".into(), Value::String(def.name.into()));
+                    o.apply(&mut t).unwrap();
+                    t
+                };
+                let t = table(&by_flag);
+                assert_eq!(t.get(key.name).and_then(Value::as_str), Some(v), "{flag}");
+                assert_eq!(t, table(&by_attr), "{attr}");
+                let f = attrs::from_table(&t).unwrap_or_else(|e| panic!("{attr}: {e}"));
+                let kind = f.kind.as_ref().unwrap();
+                let unset = types::default_kind(def.name).unwrap();
+                assert_ne!(
+                    types::get(kind, key.name),
+                    types::get(&unset, key.name),
+                    "{}: {attr} did not reach the fault",
+                    def.name
+                );
+                n += 1;
+            }
+        }
+        assert!(n >= 20, "{n} keys");
+    }
+
+    #[test]
+    fn attrs_are_key_value_and_not_the_name_or_type() {
+        assert_eq!(parse_attr("latency=100ms").unwrap(), ("latency", "100ms"));
+        assert_eq!(parse_attr(" rate=1MB/s").unwrap(), ("rate", "1MB/s"));
+        assert!(parse_attr("latency").is_err());
+        assert!(parse_attr("=1").is_err());
+        assert!(parse_attr("name=x").is_err());
+        assert!(parse_attr("type=down").is_err());
+    }
 
     #[test]
     fn windows_and_flag_names() {
