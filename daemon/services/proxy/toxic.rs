@@ -241,27 +241,7 @@ impl State {
                 });
             }
             TcpAction::Bandwidth { rate } => {
-                let slice = ((rate / PACE_SLICES_PER_SEC) as usize).clamp(1, MAX_PACED_SLICE);
-                let mut off = off;
-                while !d.is_empty() {
-                    let s = d.split_to(slice.min(d.len()));
-                    if due >= self.pace {
-                        // Idle until now: a new busy period.
-                        self.base = due;
-                        self.sent = 0;
-                    }
-                    self.sent += s.len() as u64;
-                    let ns = u128::from(self.sent) * 1_000_000_000 / u128::from(rate);
-                    let at = self.base + Duration::from_nanos(ns.min(u128::from(u64::MAX)) as u64);
-                    self.pace = at;
-                    let n = s.len() as u64;
-                    out.push(Piece {
-                        item: Item::Data(s),
-                        due: at,
-                        off,
-                    });
-                    off += n;
-                }
+                self.pace_bandwidth(d, due, off, rate, out);
                 FaultCounters::add(&self.counters().bytes_delayed, len);
             }
             TcpAction::Slicer { delay, .. } if delay.is_zero() => {
@@ -282,26 +262,7 @@ impl State {
                 average,
                 variation,
                 delay,
-            } => {
-                let mut off = off;
-                while !d.is_empty() {
-                    let size =
-                        u64::from(average - variation) + rng.below(2 * u64::from(variation) + 1);
-                    let s = d.split_to((size.max(1) as usize).min(d.len()));
-                    let at = due.max(self.pace);
-                    self.pace = at + delay;
-                    let n = s.len() as u64;
-                    if at > due {
-                        FaultCounters::add(&self.counters().bytes_delayed, n);
-                    }
-                    out.push(Piece {
-                        item: Item::Data(s),
-                        due: at,
-                        off,
-                    });
-                    off += n;
-                }
-            }
+            } => self.slice(d, (due, off), (average, variation, delay), rng, out),
             TcpAction::Timeout { .. } => {
                 FaultCounters::add(&self.counters().bytes_dropped, len);
             }
@@ -357,6 +318,67 @@ impl State {
             }),
         }
         Ok(())
+    }
+
+    /// Bandwidth: cut `d` into slices of about 1/[`PACE_SLICES_PER_SEC`]
+    /// s, each due when `rate` allows (cumulative over the busy period, so
+    /// the average is exact).
+    fn pace_bandwidth(
+        &mut self,
+        mut d: Bytes,
+        due: Instant,
+        mut off: u64,
+        rate: u64,
+        out: &mut Vec<Piece>,
+    ) {
+        let slice = ((rate / PACE_SLICES_PER_SEC) as usize).clamp(1, MAX_PACED_SLICE);
+        while !d.is_empty() {
+            let s = d.split_to(slice.min(d.len()));
+            if due >= self.pace {
+                // Idle until now: a new busy period.
+                self.base = due;
+                self.sent = 0;
+            }
+            self.sent += s.len() as u64;
+            let ns = u128::from(self.sent) * 1_000_000_000 / u128::from(rate);
+            let at = self.base + Duration::from_nanos(ns.min(u128::from(u64::MAX)) as u64);
+            self.pace = at;
+            let n = s.len() as u64;
+            out.push(Piece {
+                item: Item::Data(s),
+                due: at,
+                off,
+            });
+            off += n;
+        }
+    }
+
+    /// Slicer: cut `d` into slices of `average` +- `variation` bytes,
+    /// `delay` apart.
+    fn slice(
+        &mut self,
+        mut d: Bytes,
+        (due, mut off): (Instant, u64),
+        (average, variation, delay): (u32, u32, Duration),
+        rng: &mut Rng,
+        out: &mut Vec<Piece>,
+    ) {
+        while !d.is_empty() {
+            let size = u64::from(average - variation) + rng.below(2 * u64::from(variation) + 1);
+            let s = d.split_to((size.max(1) as usize).min(d.len()));
+            let at = due.max(self.pace);
+            self.pace = at + delay;
+            let n = s.len() as u64;
+            if at > due {
+                FaultCounters::add(&self.counters().bytes_delayed, n);
+            }
+            out.push(Piece {
+                item: Item::Data(s),
+                due: at,
+                off,
+            });
+            off += n;
+        }
     }
 }
 
