@@ -330,3 +330,50 @@ pub fn key_help(key: &str) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_per_transport_keep_their_order() {
+        assert_eq!(
+            names_for(Target::Tcp).join(" "),
+            "latency bandwidth slow_close timeout reset_peer slicer limit_data down"
+        );
+        assert_eq!(
+            names_for(Target::Udp).join(" "),
+            "latency bandwidth loss duplicate reorder corrupt down"
+        );
+        assert_eq!(all_names().len(), ALL.len());
+    }
+
+    /// Each type's module reads and writes every key its line lists, and
+    /// the list names each type once, with a kind of its own.
+    #[test]
+    fn every_listed_key_reads_and_writes_its_field() {
+        for (i, def) in ALL.iter().enumerate() {
+            assert!(ALL[..i].iter().all(|d| d.name != def.name), "{}", def.name);
+            let mut kind = default_kind(def.name).expect(def.name);
+            assert_eq!(def_of(&kind).name, def.name);
+            assert!(def.tcp || def.udp, "{}", def.name);
+            for key in def.keys {
+                let v = match key.unit {
+                    Unit::Duration => Val::Dur(Some(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 5,
+                    })),
+                    Unit::Rate | Unit::Bytes | Unit::Size | Unit::Count => Val::Int(7),
+                    Unit::Probability => Val::Float(Some(0.25)),
+                };
+                assert!(get(&kind, key.name).is_some(), "{}.{}", def.name, key.name);
+                set(&mut kind, key.name, v);
+                assert_eq!(get(&kind, key.name), Some(v), "{}.{}", def.name, key.name);
+                if def.toxiproxy {
+                    assert!(key.toxiproxy.is_some(), "{}.{}", def.name, key.name);
+                }
+            }
+            assert_eq!(get(&kind, "no_such_key"), None);
+        }
+    }
+}
