@@ -6,9 +6,9 @@
 //! `proxy` listener made through this API (labelled [`CREATED_BY`]; the
 //! config's and netctl's listeners are not its to see or change), a
 //! *toxic* is a fault of that listener, with Toxiproxy's attribute names
-//! and units converted at this edge (latency/jitter/delay/timeout in ms,
-//! bandwidth `rate` in KB/s of 1000 bytes, slicer `delay` in µs, sizes in
-//! bytes). Proxies created here are `ephemeral`, as Toxiproxy keeps no
+//! and units converted at this edge (durations in ms or µs, bandwidth
+//! `rate` in KB/s of 1000 bytes, sizes in bytes: each attribute's unit is
+//! on its fault type's line in `crate::fault::types`). Proxies created here are `ephemeral`, as Toxiproxy keeps no
 //! state across restarts (unless `[toxiproxy_api] persist = true`).
 //! `enabled: false` is a `down` fault named [`DISABLED`], hidden from the
 //! toxics: the listener keeps its port, and clients are reset instead of
