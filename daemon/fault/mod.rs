@@ -1,5 +1,7 @@
 //! Fault injection: the validated form of a `Fault` ([`Compiled`]), the
 //! live table of a listener's faults ([`FaultTable`]) and their counters.
+//! The fault types are listed once, in [`types`] (a module per type); what
+//! a compiled fault does is a TCP or UDP [`action`].
 //!
 //! A listener's faults live in its spec (`ProxySpec.faults`,
 //! `UdpProxySpec.faults`), so they are persisted, exported and applied like

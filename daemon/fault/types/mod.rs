@@ -1,4 +1,4 @@
-//! The fault types: one list ([`fault_types!`] below) from which every
+//! The fault types: one list (`fault_types!` below) from which every
 //! table that names a type is made — the type names and which transports
 //! take them, the attribute keys with their units and help (the flat form
 //! of [`super::attrs`], `netctl fault add`'s flags and `--attr`), and the
@@ -8,12 +8,17 @@
 //! keys), the read and write of its attributes ([`Val`] by key) and its
 //! compile step (checks, then its [`TcpAction`] or [`UdpAction`]).
 //! Adding a type: its message and oneof arm in the proto, its module
-//! here, one line in the list, and its action in the engine(s) that take
-//! it (`services/proxy/toxic.rs`, `services/udp_proxy/impair.rs`).
+//! here, one line in the list, its variant in [`TcpAction`] and/or
+//! [`UdpAction`] (`../action.rs`), and what it does in the engine(s) that
+//! take it (`services/proxy/toxic.rs`, `services/udp_proxy/impair.rs`).
+//! Its flags, `--attr` keys, help, flat form and Toxiproxy mapping follow
+//! from its line.
 
 use std::time::Duration;
 
 use super::{ActionOn, Target, err};
+#[cfg(doc)]
+use super::{TcpAction, UdpAction};
 use crate::proto::fault::Kind;
 use crate::spec::SpecError;
 
