@@ -108,6 +108,9 @@ enum Format {
     Json,
 }
 
+// Parsed once per run: the size of its largest variant (`update`'s flags)
+// costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start a listener (binds before returning: a port in use is an error).

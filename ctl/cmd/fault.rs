@@ -1,11 +1,14 @@
 //! `netctl fault add|update|rm|ls`: faults on proxy and udp-proxy
-//! listeners. Every attribute is a flag of its own name; the flags are
-//! gathered into the same key/value table the config file uses
-//! (`netd::fault::attrs`), so names, units and checks are the config's.
+//! listeners. Every attribute is a flag of its own name and can be given
+//! as `--attr KEY=VALUE` too (as `toxiproxy-cli toxic add -a`); the type
+//! attributes' flags and help come from the list of fault types
+//! (`netd::fault::types`). Both are gathered into the same key/value table
+//! the config file uses (`netd::fault::attrs`), so names, units and checks
+//! are the config's.
 
 use anyhow::anyhow;
-use clap::{Args, Subcommand};
-use netd::fault::attrs;
+use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, Subcommand};
+use netd::fault::{Target, attrs, types};
 use netd::proto;
 use toml::{Table, Value};
 
@@ -18,10 +21,7 @@ use crate::render::{self, outln};
 pub(crate) enum FaultCmd {
     /// Add a fault to a proxy or udp-proxy; it applies at once, to open
     /// connections too.
-    ///
-    /// TCP (proxy) types: latency, bandwidth, slow_close, timeout,
-    /// reset_peer, slicer, limit_data, down. UDP (udp-proxy) types:
-    /// latency, bandwidth, loss, duplicate, reorder, corrupt, down.
+    #[command(long_about = add_long_about())]
     Add {
         /// The proxy or udp-proxy listener.
         listener: String,
@@ -90,53 +90,79 @@ pub(crate) struct FaultOpts {
     /// Only every Nth connection (UDP: client).
     #[arg(long, value_name = "N")]
     every: Option<String>,
-    /// latency: added delay, e.g. 100ms.
-    #[arg(long, value_name = "DUR")]
-    latency: Option<String>,
-    /// latency: uniform +- jitter, e.g. 10ms.
-    #[arg(long, value_name = "DUR")]
-    jitter: Option<String>,
-    /// bandwidth: e.g. 1MB/s, 500KB/s, 8Mbit/s (K, M, G = 1000s; Ki, Mi,
-    /// Gi = 1024s).
-    #[arg(long, value_name = "RATE")]
-    rate: Option<String>,
-    /// slow_close: delay before the close; slicer: delay between slices.
-    #[arg(long, value_name = "DUR")]
-    delay: Option<String>,
-    /// timeout, reset_peer: after this long (timeout unset: never close).
-    /// (netctl's own request --timeout goes before the command.)
-    #[arg(long, value_name = "DUR")]
-    timeout: Option<String>,
-    /// slicer: average slice size in bytes.
-    #[arg(long, value_name = "BYTES")]
-    average_size: Option<String>,
-    /// slicer: +- variation of the slice size.
-    #[arg(long, value_name = "BYTES")]
-    size_variation: Option<String>,
-    /// limit_data: close after this many bytes.
-    #[arg(long, value_name = "BYTES")]
-    bytes: Option<String>,
-    /// loss, duplicate, reorder, corrupt: probability per datagram (0 to 1).
-    #[arg(long, value_name = "P")]
-    probability: Option<String>,
-    /// loss (Gilbert-Elliott): probability of entering a burst.
-    #[arg(long, value_name = "P")]
-    burst_enter: Option<String>,
-    /// loss (Gilbert-Elliott): probability of leaving a burst.
-    #[arg(long, value_name = "P")]
-    burst_exit: Option<String>,
-    /// loss (Gilbert-Elliott): loss inside a burst (default 1).
-    #[arg(long, value_name = "P")]
-    bad_loss: Option<String>,
-    /// loss (Gilbert-Elliott): loss outside bursts (default 0).
-    #[arg(long, value_name = "P")]
-    good_loss: Option<String>,
-    /// reorder: datagrams that overtake a held one (default 1).
-    #[arg(long, value_name = "N")]
-    gap: Option<String>,
-    /// reorder: longest hold (default 100ms).
-    #[arg(long, value_name = "DUR")]
-    max_hold: Option<String>,
+    /// A type attribute or condition as KEY=VALUE (repeatable), e.g.
+    /// --attr latency=100ms; the keys are the flags' names with `_`
+    /// (and the config's: every_nth, start_after, duration). Applied
+    /// after the flags.
+    #[arg(short = 'a', long = "attr", value_name = "KEY=VALUE")]
+    attr: Vec<String>,
+    #[command(flatten)]
+    types: TypeFlags,
+}
+
+/// `netctl fault add`'s long help: the types each listener kind takes.
+fn add_long_about() -> String {
+    format!(
+        "Add a fault to a proxy or udp-proxy; it applies at once, to open \
+         connections too.\n\n\
+         TCP (proxy) types: {}. UDP (udp-proxy) types: {}.\n\n\
+         Each attribute is a flag of its own name, or --attr KEY=VALUE.",
+        types::names_for(Target::Tcp).join(", "),
+        types::names_for(Target::Udp).join(", ")
+    )
+}
+
+/// The flag of a type attribute: its key with `-` for `_`.
+fn flag_of(key: &str) -> String {
+    key.replace('_', "-")
+}
+
+/// One flag per attribute key of the fault types (from their list), each
+/// setting the key of its name.
+#[derive(Debug, Default)]
+pub(crate) struct TypeFlags(Vec<(&'static str, String)>);
+
+impl FromArgMatches for TypeFlags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut out = TypeFlags::default();
+        out.update_from_arg_matches(m)?;
+        Ok(out)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        for (key, _) in types::all_keys() {
+            if let Some(v) = m.get_one::<String>(key.name) {
+                self.0.retain(|(k, _)| *k != key.name);
+                self.0.push((key.name, v.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Args for TypeFlags {
+    fn augment_args(mut cmd: Command) -> Command {
+        for (key, _) in types::all_keys() {
+            let mut help = types::key_help(key.name);
+            if key.name == "timeout" {
+                help.push_str(". (netctl's own request --timeout goes before the command.)");
+            }
+            // A handful of short strings, once per command built.
+            let long: &'static str = Box::leak(flag_of(key.name).into_boxed_str());
+            cmd = cmd.arg(
+                Arg::new(key.name)
+                    .long(long)
+                    .value_name(key.unit.value_name())
+                    .value_parser(clap::value_parser!(String))
+                    .help(help),
+            );
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
 }
 
 impl FaultOpts {
@@ -152,21 +178,9 @@ impl FaultOpts {
         set("after_bytes", &self.after_bytes);
         set("client", &self.client);
         set("every_nth", &self.every);
-        set("latency", &self.latency);
-        set("jitter", &self.jitter);
-        set("rate", &self.rate);
-        set("delay", &self.delay);
-        set("timeout", &self.timeout);
-        set("average_size", &self.average_size);
-        set("size_variation", &self.size_variation);
-        set("bytes", &self.bytes);
-        set("probability", &self.probability);
-        set("burst_enter", &self.burst_enter);
-        set("burst_exit", &self.burst_exit);
-        set("bad_loss", &self.bad_loss);
-        set("good_loss", &self.good_loss);
-        set("gap", &self.gap);
-        set("max_hold", &self.max_hold);
+        for (k, v) in &self.types.0 {
+            t.insert((*k).into(), Value::String(v.clone()));
+        }
         if let Some(w) = &self.window {
             let (start, dur) =
                 parse_window(w).map_err(|e| render::usage(anyhow!("--window: {e}")))?;
@@ -179,7 +193,36 @@ impl FaultOpts {
                 t.insert("duration".into(), Value::String(d));
             }
         }
+        for a in &self.attr {
+            let (k, v) = parse_attr(a).map_err(|e| render::usage(anyhow!("--attr: {e}")))?;
+            t.insert(k.into(), Value::String(v.into()));
+        }
         Ok(())
+    }
+
+    /// The keys given with --attr (named so in errors).
+    fn attr_keys(&self) -> Vec<&str> {
+        self.attr
+            .iter()
+            .filter_map(|a| parse_attr(a).ok())
+            .map(|(k, _)| k)
+            .collect()
+    }
+}
+
+/// "latency=100ms" → ("latency", "100ms"); the name and type are given
+/// otherwise.
+fn parse_attr(a: &str) -> Result<(&str, &str), String> {
+    let Some((k, v)) = a.split_once('=') else {
+        return Err(format!("'{a}': expected KEY=VALUE, e.g. latency=100ms"));
+    };
+    let k = k.trim();
+    match k {
+        "" => Err(format!("'{a}': expected KEY=VALUE, e.g. latency=100ms")),
+        "name" | "type" => Err(format!(
+            "{k} is not an attribute; give it as the fault's name or --type"
+        )),
+        _ => Ok((k, v)),
     }
 }
 
@@ -207,25 +250,26 @@ fn parse_window(w: &str) -> Result<(Option<String>, Option<String>), String> {
 }
 
 /// A flag or value netd's parser refuses is a usage error (exit 2).
-fn build(t: &Table) -> anyhow::Result<proto::Fault> {
-    attrs::from_table(t).map_err(|e| render::usage(anyhow!("{}", flagged(&e))))
+fn build(t: &Table, opts: &FaultOpts) -> anyhow::Result<proto::Fault> {
+    attrs::from_table(t).map_err(|e| render::usage(anyhow!("{}", flagged(&e, &opts.attr_keys()))))
 }
 
-/// Config key names in a message read as flags: `after_bytes` → `--after-bytes`.
-fn flagged(msg: &str) -> String {
+/// Config key names in a message read as flags: `after_bytes` →
+/// `--after-bytes`, or `--attr after_bytes` where it was given so.
+fn flagged(msg: &str, attr_keys: &[&str]) -> String {
     let mut out = msg.to_string();
-    for k in attrs::COMMON_KEYS.iter().chain(
-        netd::fault::TCP_TYPES
-            .iter()
-            .chain(netd::fault::UDP_TYPES)
-            .filter_map(|t| attrs::keys_of(t))
-            .flatten(),
-    ) {
-        let flag = match *k {
+    let type_keys = types::all_keys();
+    for k in attrs::COMMON_KEYS
+        .iter()
+        .copied()
+        .chain(type_keys.iter().map(|(k, _)| k.name))
+    {
+        let flag = match k {
+            k if attr_keys.contains(&k) => format!("--attr {k}"),
             "every_nth" => "--every".to_string(),
             "start_after" | "duration" => "--window".to_string(),
             "client" => "--client".to_string(),
-            k => format!("--{}", k.replace('_', "-")),
+            k => format!("--{}", flag_of(k)),
         };
         if let Some(rest) = out.strip_prefix(k) {
             if rest.starts_with([':', ' ']) {
@@ -249,7 +293,7 @@ pub(crate) async fn run(ctx: &Ctx, cmd: FaultCmd) -> anyhow::Result<()> {
             t.insert("name".into(), Value::String(name.clone()));
             t.insert("type".into(), Value::String(ty));
             opts.apply(&mut t)?;
-            let fault = build(&t)?;
+            let fault = build(&t, &opts)?;
             let what = format!("cannot add fault '{name}' to '{listener}'");
             let st = client
                 .add_fault(proto::AddFaultRequest {
@@ -293,7 +337,7 @@ pub(crate) async fn run(ctx: &Ctx, cmd: FaultCmd) -> anyhow::Result<()> {
                 }
             }
             opts.apply(&mut t)?;
-            let fault = build(&t)?;
+            let fault = build(&t, &opts)?;
             let st = client
                 .update_fault(proto::UpdateFaultRequest {
                     listener,
@@ -454,6 +498,65 @@ fn print_one(ctx: &Ctx, verb: &str, s: &proto::FaultStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    /// The options of `netctl fault add ...`.
+    fn add_opts(argv: &[&str]) -> FaultOpts {
+        let cli = crate::Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        match cli.command {
+            crate::Command::Fault(FaultCmd::Add { opts, .. }) => opts,
+            other => panic!("{argv:?}: {other:?}"),
+        }
+    }
+
+    /// Every attribute key of every type (from the list) has a named flag
+    /// and can be given by --attr; both set the key, and it reaches the
+    /// fault.
+    #[test]
+    fn every_type_key_is_a_flag_and_an_attr() {
+        let mut n = 0;
+        for def in types::ALL {
+            for key in def.keys {
+                let v = key.unit.example();
+                let flag = format!("--{}", flag_of(key.name));
+                let attr = format!("{}={v}", key.name);
+                let head = ["netctl", "fault", "add", "l", "f", "--type", def.name];
+                let by_flag = add_opts(&[&head[..], &[flag.as_str(), v]].concat());
+                let by_attr = add_opts(&[&head[..], &["--attr", attr.as_str()]].concat());
+                let table = |o: &FaultOpts| {
+                    let mut t = Table::new();
+                    t.insert("name".into(), Value::String("f".into()));
+                    t.insert("type".into(), Value::String(def.name.into()));
+                    o.apply(&mut t).unwrap();
+                    t
+                };
+                let t = table(&by_flag);
+                assert_eq!(t.get(key.name).and_then(Value::as_str), Some(v), "{flag}");
+                assert_eq!(t, table(&by_attr), "{attr}");
+                let f = attrs::from_table(&t).unwrap_or_else(|e| panic!("{attr}: {e}"));
+                let kind = f.kind.as_ref().unwrap();
+                let unset = types::default_kind(def.name).unwrap();
+                assert_ne!(
+                    types::get(kind, key.name),
+                    types::get(&unset, key.name),
+                    "{}: {attr} did not reach the fault",
+                    def.name
+                );
+                n += 1;
+            }
+        }
+        assert!(n >= 20, "{n} keys");
+    }
+
+    #[test]
+    fn attrs_are_key_value_and_not_the_name_or_type() {
+        assert_eq!(parse_attr("latency=100ms").unwrap(), ("latency", "100ms"));
+        assert_eq!(parse_attr(" rate=1MB/s").unwrap(), ("rate", "1MB/s"));
+        assert!(parse_attr("latency").is_err());
+        assert!(parse_attr("=1").is_err());
+        assert!(parse_attr("name=x").is_err());
+        assert!(parse_attr("type=down").is_err());
+    }
 
     #[test]
     fn windows_and_flag_names() {
@@ -466,9 +569,13 @@ mod tests {
         assert!(parse_window("+").is_err());
         assert!(parse_window("soon").is_err());
         assert_eq!(
-            flagged("rate does not apply to a latency fault"),
+            flagged("rate does not apply to a latency fault", &[]),
             "--rate does not apply to a latency fault"
         );
-        assert_eq!(flagged("every_nth: 'x' is not"), "--every: 'x' is not");
+        assert_eq!(flagged("every_nth: 'x' is not", &[]), "--every: 'x' is not");
+        assert_eq!(
+            flagged("rate does not apply to a latency fault", &["rate"]),
+            "--attr rate does not apply to a latency fault"
+        );
     }
 }

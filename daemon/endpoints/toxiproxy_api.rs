@@ -6,9 +6,9 @@
 //! `proxy` listener made through this API (labelled [`CREATED_BY`]; the
 //! config's and netctl's listeners are not its to see or change), a
 //! *toxic* is a fault of that listener, with Toxiproxy's attribute names
-//! and units converted at this edge (latency/jitter/delay/timeout in ms,
-//! bandwidth `rate` in KB/s of 1000 bytes, slicer `delay` in µs, sizes in
-//! bytes). Proxies created here are `ephemeral`, as Toxiproxy keeps no
+//! and units converted at this edge (durations in ms or µs, bandwidth
+//! `rate` in KB/s of 1000 bytes, sizes in bytes: each attribute's unit is
+//! on its fault type's line in `crate::fault::types`). Proxies created here are `ephemeral`, as Toxiproxy keeps no
 //! state across restarts (unless `[toxiproxy_api] persist = true`).
 //! `enabled: false` is a `down` fault named [`DISABLED`], hidden from the
 //! toxics: the listener keeps its port, and clients are reset instead of
@@ -1251,21 +1251,19 @@ fn opt_object<'a>(
 }
 
 /// A fault kind for a Toxiproxy toxic type, with Toxiproxy's defaults
-/// (every attribute 0). netd's own types (`down`, the UDP ones) are not
-/// offered here.
+/// (every attribute 0; a rate of 0 is no limit). Only the types the list
+/// (`crate::fault::types`) offers to Toxiproxy; netd's own (`down`, the
+/// UDP ones) are not.
 fn new_kind(ty: &str) -> Option<Kind> {
-    Some(match ty {
-        "latency" => Kind::Latency(proto::LatencyFault::default()),
-        "bandwidth" => Kind::Bandwidth(proto::BandwidthFault {
-            rate_bytes_per_sec: crate::fault::MAX_RATE,
-        }),
-        "slow_close" => Kind::SlowClose(proto::SlowCloseFault::default()),
-        "timeout" => Kind::Timeout(proto::TimeoutFault::default()),
-        "reset_peer" => Kind::ResetPeer(proto::ResetPeerFault::default()),
-        "slicer" => Kind::Slicer(proto::SlicerFault::default()),
-        "limit_data" => Kind::LimitData(proto::LimitDataFault::default()),
-        _ => return None,
-    })
+    use crate::fault::types::{self, Toxiproxy, Val};
+    let def = types::by_name(ty).filter(|d| d.toxiproxy)?;
+    let mut kind = types::default_kind(ty)?;
+    for key in def.keys {
+        if key.toxiproxy == Some(Toxiproxy::KiloBytesPerSec) {
+            types::set(&mut kind, key.name, Val::Int(crate::fault::MAX_RATE));
+        }
+    }
+    Some(kind)
 }
 
 fn millis(ms: u64) -> Option<prost_types::Duration> {
@@ -1302,6 +1300,7 @@ fn us_of(d: &Option<prost_types::Duration>) -> i64 {
 /// Unknown names are ignored, as Toxiproxy's JSON decoding does; a value
 /// must be a whole number, 0 or more.
 fn set_attr(kind: &mut Kind, key: &str, v: &Value) -> Result<(), ApiError> {
+    use crate::fault::types::{self, Toxiproxy, Val};
     if v.is_null() {
         return Ok(());
     }
@@ -1319,55 +1318,55 @@ fn set_attr(kind: &mut Kind, key: &str, v: &Value) -> Result<(), ApiError> {
             )));
         }
     };
-    let small = |n: u64| {
-        u32::try_from(n).map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("attribute {key} is too large"),
-            )
-        })
+    let too_large = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("attribute {key} is too large"),
+        )
     };
-    match (kind, key) {
-        (Kind::Latency(l), "latency") => l.latency = millis(n),
-        (Kind::Latency(l), "jitter") => l.jitter = millis(n),
+    let def = types::def_of(kind);
+    let Some(unit) = def
+        .key(key)
+        .and_then(|k| k.toxiproxy)
+        .filter(|_| def.toxiproxy)
+    else {
+        return Ok(());
+    };
+    let val = match unit {
+        Toxiproxy::Millis => Val::Dur(millis(n)),
+        Toxiproxy::Micros => Val::Dur(micros(n)),
         // Toxiproxy's 0 is "no limit": netd's largest rate, shown as 0.
-        (Kind::Bandwidth(b), "rate") if n == 0 => b.rate_bytes_per_sec = crate::fault::MAX_RATE,
-        (Kind::Bandwidth(b), "rate") => {
-            b.rate_bytes_per_sec = n.checked_mul(1000).ok_or_else(|| {
-                ApiError::new(StatusCode::BAD_REQUEST, "attribute rate is too large")
-            })?
-        }
-        (Kind::SlowClose(s), "delay") => s.delay = millis(n),
-        (Kind::Timeout(t), "timeout") => t.timeout = millis(n),
-        (Kind::ResetPeer(r), "timeout") => r.timeout = millis(n),
-        (Kind::Slicer(s), "average_size") => s.average_size = small(n)?,
-        (Kind::Slicer(s), "size_variation") => s.size_variation = small(n)?,
-        (Kind::Slicer(s), "delay") => s.delay = micros(n),
-        (Kind::LimitData(l), "bytes") => l.bytes = n,
-        _ => {}
-    }
+        Toxiproxy::KiloBytesPerSec if n == 0 => Val::Int(crate::fault::MAX_RATE),
+        Toxiproxy::KiloBytesPerSec => Val::Int(n.checked_mul(1000).ok_or_else(too_large)?),
+        Toxiproxy::Whole32 => Val::Int(u32::try_from(n).map_err(|_| too_large())?.into()),
+        Toxiproxy::Whole => Val::Int(n),
+    };
+    types::set(kind, key, val);
     Ok(())
 }
 
 /// A fault's attributes in Toxiproxy's names and units.
 fn attributes(kind: Option<&Kind>) -> Value {
-    match kind {
-        Some(Kind::Latency(l)) => json!({"latency": ms_of(&l.latency), "jitter": ms_of(&l.jitter)}),
-        Some(Kind::Bandwidth(b)) if b.rate_bytes_per_sec >= crate::fault::MAX_RATE => {
-            json!({"rate": 0})
-        }
-        Some(Kind::Bandwidth(b)) => json!({"rate": b.rate_bytes_per_sec / 1000}),
-        Some(Kind::SlowClose(s)) => json!({"delay": ms_of(&s.delay)}),
-        Some(Kind::Timeout(t)) => json!({"timeout": ms_of(&t.timeout)}),
-        Some(Kind::ResetPeer(r)) => json!({"timeout": ms_of(&r.timeout)}),
-        Some(Kind::Slicer(s)) => json!({
-            "average_size": s.average_size,
-            "size_variation": s.size_variation,
-            "delay": us_of(&s.delay),
-        }),
-        Some(Kind::LimitData(l)) => json!({"bytes": l.bytes}),
-        _ => json!({}),
+    use crate::fault::types::{self, Toxiproxy, Val};
+    let mut out = Map::new();
+    let Some(kind) = kind.filter(|k| types::def_of(k).toxiproxy) else {
+        return Value::Object(out);
+    };
+    for key in types::def_of(kind).keys {
+        let (Some(unit), Some(v)) = (key.toxiproxy, types::get(kind, key.name)) else {
+            continue;
+        };
+        let n = match (unit, v) {
+            (Toxiproxy::Millis, Val::Dur(d)) => json!(ms_of(&d)),
+            (Toxiproxy::Micros, Val::Dur(d)) => json!(us_of(&d)),
+            (Toxiproxy::KiloBytesPerSec, Val::Int(r)) if r >= crate::fault::MAX_RATE => json!(0),
+            (Toxiproxy::KiloBytesPerSec, Val::Int(r)) => json!(r / 1000),
+            (Toxiproxy::Whole32 | Toxiproxy::Whole, Val::Int(n)) => json!(n),
+            _ => continue,
+        };
+        out.insert(key.name.into(), n);
     }
+    Value::Object(out)
 }
 
 /// A fault as a Toxiproxy toxic.

@@ -6,41 +6,21 @@
 //!
 //! Keys: `name`, `type`, `direction` (upstream, downstream, both),
 //! `toxicity`, the conditions `after_bytes`, `start_after`, `duration`,
-//! `client` (CIDR), `every_nth`, and per type: latency `latency`,
-//! `jitter`; bandwidth `rate` ("1MB/s"; K, M, G are powers of 1000, Ki, Mi,
-//! Gi of 1024; "bit" units count bits); slow_close `delay`; timeout and
-//! reset_peer `timeout`; slicer `average_size`, `size_variation`, `delay`;
-//! limit_data `bytes`; loss `probability`, `burst_enter`, `burst_exit`,
-//! `bad_loss`, `good_loss`; duplicate and corrupt `probability`; reorder
-//! `probability`, `gap`, `max_hold`. Durations are strings ("100ms").
+//! `client` (CIDR), `every_nth`, and each type's own keys with their
+//! units ([`super::types`]). Durations are strings ("100ms"); rates are
+//! "1MB/s" (K, M, G are powers of 1000, Ki, Mi, Gi of 1024; "bit" units
+//! count bits).
 
 use std::time::Duration;
 
 use toml::{Table, Value};
 
-use crate::proto::{self, fault::Kind};
+use super::types::{self, Unit, Val};
+use crate::proto;
 
 /// The attribute keys of each type (beyond the common ones).
-pub fn keys_of(ty: &str) -> Option<&'static [&'static str]> {
-    Some(match ty {
-        "latency" => &["latency", "jitter"],
-        "bandwidth" => &["rate"],
-        "slow_close" => &["delay"],
-        "timeout" | "reset_peer" => &["timeout"],
-        "slicer" => &["average_size", "size_variation", "delay"],
-        "limit_data" => &["bytes"],
-        "down" => &[],
-        "loss" => &[
-            "probability",
-            "burst_enter",
-            "burst_exit",
-            "bad_loss",
-            "good_loss",
-        ],
-        "duplicate" | "corrupt" => &["probability"],
-        "reorder" => &["probability", "gap", "max_hold"],
-        _ => return None,
-    })
+pub fn keys_of(ty: &str) -> Option<Vec<&'static str>> {
+    types::by_name(ty).map(|d| d.keys.iter().map(|k| k.name).collect())
 }
 
 /// Keys every fault may have.
@@ -181,25 +161,16 @@ pub fn from_table(t: &Table) -> Result<proto::Fault, String> {
         None => {
             return Err(format!(
                 "type is required: {}",
-                super::TCP_TYPES
-                    .iter()
-                    .chain(
-                        super::UDP_TYPES
-                            .iter()
-                            .filter(|t| !super::TCP_TYPES.contains(t))
-                    )
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                types::all_names().join(", ")
             ));
         }
     };
-    let Some(own) = keys_of(&ty) else {
+    let Some(def) = types::by_name(&ty) else {
         return Err(format!("unknown fault type '{ty}'"));
     };
     for k in t.keys() {
-        if !COMMON_KEYS.contains(&k.as_str()) && !own.contains(&k.as_str()) {
-            return Err(if keys_of_any(k) {
+        if !COMMON_KEYS.contains(&k.as_str()) && def.key(k).is_none() {
+            return Err(if types::is_type_key(k) {
                 format!("{k} does not apply to a {ty} fault")
             } else {
                 format!("unknown fault key '{k}'")
@@ -228,7 +199,6 @@ pub fn from_table(t: &Table) -> Result<proto::Fault, String> {
         .map(|v| f64_value("toxicity", v))
         .transpose()?;
     let dur = |k: &str| get(k).map(|v| duration_value(k, v)).transpose();
-    let prob = |k: &str| get(k).map(|v| f64_value(k, v)).transpose();
     let when = proto::FaultCondition {
         after_bytes: get("after_bytes")
             .map(|v| u64_value("after_bytes", v))
@@ -245,59 +215,27 @@ pub fn from_table(t: &Table) -> Result<proto::Fault, String> {
             .transpose()?
             .unwrap_or(0),
     };
-    let u32k = |k: &str| get(k).map(|v| u32_value(k, v)).transpose();
-    let kind = match ty.as_str() {
-        "latency" => Kind::Latency(proto::LatencyFault {
-            latency: dur("latency")?,
-            jitter: dur("jitter")?,
-        }),
-        "bandwidth" => Kind::Bandwidth(proto::BandwidthFault {
-            rate_bytes_per_sec: match get("rate") {
-                Some(v) => rate_value("rate", v)?,
-                None => return Err("a bandwidth fault needs a rate, e.g. \"1MB/s\"".into()),
-            },
-        }),
-        "slow_close" => Kind::SlowClose(proto::SlowCloseFault {
-            delay: dur("delay")?,
-        }),
-        "timeout" => Kind::Timeout(proto::TimeoutFault {
-            timeout: dur("timeout")?,
-        }),
-        "reset_peer" => Kind::ResetPeer(proto::ResetPeerFault {
-            timeout: dur("timeout")?,
-        }),
-        "slicer" => Kind::Slicer(proto::SlicerFault {
-            average_size: u32k("average_size")?.unwrap_or(0),
-            size_variation: u32k("size_variation")?.unwrap_or(0),
-            delay: dur("delay")?,
-        }),
-        "limit_data" => Kind::LimitData(proto::LimitDataFault {
-            bytes: get("bytes")
-                .map(|v| u64_value("bytes", v))
-                .transpose()?
-                .unwrap_or(0),
-        }),
-        "down" => Kind::Down(proto::DownFault {}),
-        "loss" => Kind::Loss(proto::LossFault {
-            probability: prob("probability")?.unwrap_or(0.0),
-            burst_enter: prob("burst_enter")?.unwrap_or(0.0),
-            burst_exit: prob("burst_exit")?.unwrap_or(0.0),
-            bad_loss: prob("bad_loss")?,
-            good_loss: prob("good_loss")?.unwrap_or(0.0),
-        }),
-        "duplicate" => Kind::Duplicate(proto::DuplicateFault {
-            probability: prob("probability")?.unwrap_or(0.0),
-        }),
-        "corrupt" => Kind::Corrupt(proto::CorruptFault {
-            probability: prob("probability")?.unwrap_or(0.0),
-        }),
-        "reorder" => Kind::Reorder(proto::ReorderFault {
-            probability: prob("probability")?.unwrap_or(0.0),
-            gap: u32k("gap")?.unwrap_or(0),
-            max_hold: dur("max_hold")?,
-        }),
-        _ => unreachable!("checked by keys_of"),
-    };
+    let mut kind = types::default_kind(&ty).ok_or_else(|| format!("unknown fault type '{ty}'"))?;
+    for key in def.keys {
+        let k = key.name;
+        let Some(v) = get(k) else {
+            if key.required {
+                return Err(format!(
+                    "a {ty} fault needs a {k}, e.g. \"{}\"",
+                    key.unit.example()
+                ));
+            }
+            continue;
+        };
+        let val = match key.unit {
+            Unit::Duration => Val::Dur(Some(duration_value(k, v)?)),
+            Unit::Rate => Val::Int(rate_value(k, v)?),
+            Unit::Bytes => Val::Int(u64_value(k, v)?),
+            Unit::Size | Unit::Count => Val::Int(u32_value(k, v)?.into()),
+            Unit::Probability => Val::Float(Some(f64_value(k, v)?)),
+        };
+        types::set(&mut kind, k, val);
+    }
     Ok(proto::Fault {
         name,
         direction: direction as i32,
@@ -305,14 +243,6 @@ pub fn from_table(t: &Table) -> Result<proto::Fault, String> {
         when: (when != proto::FaultCondition::default()).then_some(when),
         kind: Some(kind),
     })
-}
-
-fn keys_of_any(k: &str) -> bool {
-    super::TCP_TYPES
-        .iter()
-        .chain(super::UDP_TYPES)
-        .filter_map(|t| keys_of(t))
-        .any(|ks| ks.contains(&k))
 }
 
 fn dur_text(d: &prost_types::Duration) -> String {
@@ -337,11 +267,6 @@ pub fn to_table(f: &proto::Fault) -> Table {
                 k.into(),
                 i64::try_from(v).map_or_else(|_| Value::String(v.to_string()), Value::Integer),
             );
-        }
-    };
-    let put_f = |t: &mut Table, k: &str, v: f64| {
-        if v != 0.0 {
-            t.insert(k.into(), Value::Float(v));
         }
     };
     t.insert("name".into(), s(&f.name));
@@ -370,44 +295,25 @@ pub fn to_table(f: &proto::Fault) -> Table {
         }
         put_u64(&mut t, "every_nth", w.every_nth.into());
     }
-    match &f.kind {
-        None => {}
-        Some(Kind::Latency(l)) => {
-            put_dur(&mut t, "latency", &l.latency);
-            put_dur(&mut t, "jitter", &l.jitter);
-        }
-        Some(Kind::Bandwidth(b)) => {
-            t.insert("rate".into(), s(&format_rate(b.rate_bytes_per_sec)));
-            // An exact figure where the short form rounds.
-            if parse_rate(&format_rate(b.rate_bytes_per_sec)).ok() != Some(b.rate_bytes_per_sec) {
-                put_u64(&mut t, "rate", b.rate_bytes_per_sec);
+    if let Some(kind) = &f.kind {
+        for key in types::def_of(kind).keys {
+            let k = key.name;
+            match (key.unit, types::get(kind, k)) {
+                (_, None) => {}
+                (_, Some(Val::Dur(d))) => put_dur(&mut t, k, &d),
+                (Unit::Rate, Some(Val::Int(r))) => {
+                    t.insert(k.into(), s(&format_rate(r)));
+                    // An exact figure where the short form rounds.
+                    if parse_rate(&format_rate(r)).ok() != Some(r) {
+                        put_u64(&mut t, k, r);
+                    }
+                }
+                (_, Some(Val::Int(n))) => put_u64(&mut t, k, n),
+                (_, Some(Val::Float(Some(x)))) => {
+                    t.insert(k.into(), Value::Float(x));
+                }
+                (_, Some(Val::Float(None))) => {}
             }
-        }
-        Some(Kind::SlowClose(x)) => put_dur(&mut t, "delay", &x.delay),
-        Some(Kind::Timeout(x)) => put_dur(&mut t, "timeout", &x.timeout),
-        Some(Kind::ResetPeer(x)) => put_dur(&mut t, "timeout", &x.timeout),
-        Some(Kind::Slicer(x)) => {
-            put_u64(&mut t, "average_size", x.average_size.into());
-            put_u64(&mut t, "size_variation", x.size_variation.into());
-            put_dur(&mut t, "delay", &x.delay);
-        }
-        Some(Kind::LimitData(x)) => put_u64(&mut t, "bytes", x.bytes),
-        Some(Kind::Down(_)) => {}
-        Some(Kind::Loss(x)) => {
-            put_f(&mut t, "probability", x.probability);
-            put_f(&mut t, "burst_enter", x.burst_enter);
-            put_f(&mut t, "burst_exit", x.burst_exit);
-            if let Some(b) = x.bad_loss {
-                t.insert("bad_loss".into(), Value::Float(b));
-            }
-            put_f(&mut t, "good_loss", x.good_loss);
-        }
-        Some(Kind::Duplicate(x)) => put_f(&mut t, "probability", x.probability),
-        Some(Kind::Corrupt(x)) => put_f(&mut t, "probability", x.probability),
-        Some(Kind::Reorder(x)) => {
-            put_f(&mut t, "probability", x.probability);
-            put_u64(&mut t, "gap", x.gap.into());
-            put_dur(&mut t, "max_hold", &x.max_hold);
         }
     }
     t

@@ -1,5 +1,7 @@
 //! Fault injection: the validated form of a `Fault` ([`Compiled`]), the
 //! live table of a listener's faults ([`FaultTable`]) and their counters.
+//! The fault types are listed once, in [`types`] (a module per type); what
+//! a compiled fault does is a TCP or UDP [`action`].
 //!
 //! A listener's faults live in its spec (`ProxySpec.faults`,
 //! `UdpProxySpec.faults`), so they are persisted, exported and applied like
@@ -15,21 +17,24 @@
 //! ([`Active::decide`]). Its time window and after-bytes threshold are
 //! checked as data flows. Faults compose in list order.
 
+pub mod action;
 pub mod attrs;
 pub mod cidr;
 pub mod metrics;
 pub mod rng;
+pub mod types;
 
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::proto::{self, fault::Kind};
+use crate::proto;
 use crate::spec::SpecError;
+pub use action::{Action, ActionOn, TcpAction, UdpAction};
 pub use cidr::Cidr;
 pub use rng::Rng;
 
@@ -40,8 +45,6 @@ pub const MAX_FAULT_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// Bandwidth bounds (bytes per second).
 pub const MIN_RATE: u64 = 1;
 pub const MAX_RATE: u64 = 10_000_000_000;
-/// Largest slice of a slicer.
-pub const MAX_SLICE: u32 = 1 << 20;
 
 /// Which traffic a fault is for: a TCP proxy's byte streams or a UDP
 /// proxy's datagrams. Decides which types are allowed.
@@ -76,114 +79,10 @@ pub enum Dir {
     Downstream,
 }
 
-/// What a fault does, with its attributes checked and converted.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    Latency {
-        latency: Duration,
-        jitter: Duration,
-    },
-    Bandwidth {
-        rate: u64,
-    },
-    SlowClose {
-        delay: Duration,
-    },
-    /// None: never close.
-    Timeout {
-        timeout: Option<Duration>,
-    },
-    ResetPeer {
-        timeout: Duration,
-    },
-    Slicer {
-        average: u32,
-        variation: u32,
-        delay: Duration,
-    },
-    LimitData {
-        bytes: u64,
-    },
-    Down,
-    Loss {
-        probability: f64,
-        /// Gilbert-Elliott: (enter, exit, bad loss, good loss).
-        burst: Option<(f64, f64, f64, f64)>,
-    },
-    Duplicate {
-        probability: f64,
-    },
-    Reorder {
-        probability: f64,
-        gap: u32,
-        max_hold: Duration,
-    },
-    Corrupt {
-        probability: f64,
-    },
-}
-
-impl Action {
-    /// The type's name, as in `--type` and the Toxiproxy API.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Action::Latency { .. } => "latency",
-            Action::Bandwidth { .. } => "bandwidth",
-            Action::SlowClose { .. } => "slow_close",
-            Action::Timeout { .. } => "timeout",
-            Action::ResetPeer { .. } => "reset_peer",
-            Action::Slicer { .. } => "slicer",
-            Action::LimitData { .. } => "limit_data",
-            Action::Down => "down",
-            Action::Loss { .. } => "loss",
-            Action::Duplicate { .. } => "duplicate",
-            Action::Reorder { .. } => "reorder",
-            Action::Corrupt { .. } => "corrupt",
-        }
-    }
-}
-
 /// The type name of a fault's kind (empty when none is set).
 pub fn type_of(f: &proto::Fault) -> &'static str {
-    match &f.kind {
-        None => "",
-        Some(k) => match k {
-            Kind::Latency(_) => "latency",
-            Kind::Bandwidth(_) => "bandwidth",
-            Kind::SlowClose(_) => "slow_close",
-            Kind::Timeout(_) => "timeout",
-            Kind::ResetPeer(_) => "reset_peer",
-            Kind::Slicer(_) => "slicer",
-            Kind::LimitData(_) => "limit_data",
-            Kind::Down(_) => "down",
-            Kind::Loss(_) => "loss",
-            Kind::Duplicate(_) => "duplicate",
-            Kind::Reorder(_) => "reorder",
-            Kind::Corrupt(_) => "corrupt",
-        },
-    }
+    f.kind.as_ref().map_or("", |k| types::def_of(k).name)
 }
-
-/// Every type, TCP ones first, for help and errors.
-pub const TCP_TYPES: &[&str] = &[
-    "latency",
-    "bandwidth",
-    "slow_close",
-    "timeout",
-    "reset_peer",
-    "slicer",
-    "limit_data",
-    "down",
-];
-pub const UDP_TYPES: &[&str] = &[
-    "latency",
-    "bandwidth",
-    "loss",
-    "duplicate",
-    "reorder",
-    "corrupt",
-    "down",
-];
 
 /// A fault's conditions, checked and converted.
 #[derive(Debug, Clone, PartialEq)]
@@ -297,120 +196,14 @@ pub fn compile(f: &proto::Fault, target: Target) -> Result<Compiled, SpecError> 
             name,
             format!(
                 "a type is required: {} (proxy) or {} (udp-proxy)",
-                TCP_TYPES.join(", "),
-                UDP_TYPES.join(", ")
+                types::names_for(Target::Tcp).join(", "),
+                types::names_for(Target::Udp).join(", ")
             ),
         ));
     };
-    let action = match kind {
-        Kind::Latency(l) => Action::Latency {
-            latency: duration(name, "latency", &l.latency)?.unwrap_or_default(),
-            jitter: duration(name, "jitter", &l.jitter)?.unwrap_or_default(),
-        },
-        Kind::Bandwidth(b) => {
-            if !(MIN_RATE..=MAX_RATE).contains(&b.rate_bytes_per_sec) {
-                return Err(err(
-                    name,
-                    format!(
-                        "rate is {} B/s; it must be {MIN_RATE} B/s to 10 GB/s",
-                        b.rate_bytes_per_sec
-                    ),
-                ));
-            }
-            Action::Bandwidth {
-                rate: b.rate_bytes_per_sec,
-            }
-        }
-        Kind::SlowClose(s) => Action::SlowClose {
-            delay: duration(name, "delay", &s.delay)?.unwrap_or_default(),
-        },
-        Kind::Timeout(t) => Action::Timeout {
-            timeout: duration(name, "timeout", &t.timeout)?.filter(|d| !d.is_zero()),
-        },
-        Kind::ResetPeer(r) => Action::ResetPeer {
-            timeout: duration(name, "timeout", &r.timeout)?.unwrap_or_default(),
-        },
-        Kind::Slicer(s) => {
-            if s.average_size == 0 || s.average_size > MAX_SLICE {
-                return Err(err(
-                    name,
-                    format!(
-                        "average_size is {}; it must be 1 to {MAX_SLICE}",
-                        s.average_size
-                    ),
-                ));
-            }
-            if s.size_variation >= s.average_size {
-                return Err(err(
-                    name,
-                    format!(
-                        "size_variation ({}) must be smaller than average_size ({})",
-                        s.size_variation, s.average_size
-                    ),
-                ));
-            }
-            Action::Slicer {
-                average: s.average_size,
-                variation: s.size_variation,
-                delay: duration(name, "delay", &s.delay)?.unwrap_or_default(),
-            }
-        }
-        Kind::LimitData(l) => Action::LimitData { bytes: l.bytes },
-        Kind::Down(_) => Action::Down,
-        Kind::Loss(l) => {
-            let p = probability(name, "probability", l.probability)?;
-            let burst = if l.burst_enter > 0.0 {
-                Some((
-                    probability(name, "burst_enter", l.burst_enter)?,
-                    probability(name, "burst_exit", l.burst_exit)?,
-                    probability(name, "bad_loss", l.bad_loss.unwrap_or(1.0))?,
-                    probability(name, "good_loss", l.good_loss)?,
-                ))
-            } else {
-                if l.burst_exit != 0.0 || l.bad_loss.is_some() || l.good_loss != 0.0 {
-                    return Err(err(
-                        name,
-                        "burst_exit, bad_loss and good_loss need burst_enter (Gilbert-Elliott)",
-                    ));
-                }
-                None
-            };
-            if burst.is_some() && p != 0.0 {
-                return Err(err(
-                    name,
-                    "give either probability (random loss) or burst_enter/burst_exit (bursts), not both",
-                ));
-            }
-            Action::Loss {
-                probability: p,
-                burst,
-            }
-        }
-        Kind::Duplicate(d) => Action::Duplicate {
-            probability: probability(name, "probability", d.probability)?,
-        },
-        Kind::Reorder(r) => {
-            if r.gap > 1000 {
-                return Err(err(name, format!("gap is {}; at most 1000", r.gap)));
-            }
-            Action::Reorder {
-                probability: probability(name, "probability", r.probability)?,
-                gap: r.gap.max(1),
-                max_hold: duration(name, "max_hold", &r.max_hold)?
-                    .filter(|d| !d.is_zero())
-                    .unwrap_or(Duration::from_millis(100)),
-            }
-        }
-        Kind::Corrupt(c) => Action::Corrupt {
-            probability: probability(name, "probability", c.probability)?,
-        },
-    };
-    let t = action.type_name();
-    let allowed = match target {
-        Target::Tcp => TCP_TYPES,
-        Target::Udp => UDP_TYPES,
-    };
-    if !allowed.contains(&t) {
+    let def = types::def_of(kind);
+    let on = types::compile(kind, &types::Cx { name, target })?;
+    if !def.takes(target) {
         let (what, other) = match target {
             Target::Tcp => ("a proxy (TCP)", "udp-proxy"),
             Target::Udp => ("a udp-proxy", "proxy (TCP)"),
@@ -418,11 +211,13 @@ pub fn compile(f: &proto::Fault, target: Target) -> Result<Compiled, SpecError> 
         return Err(err(
             name,
             format!(
-                "type {t} is for a {other} listener; {what} takes {}",
-                allowed.join(", ")
+                "type {} is for a {other} listener; {what} takes {}",
+                def.name,
+                types::names_for(target).join(", ")
             ),
         ));
     }
+    let action = Action { ty: def.name, on };
     if target == Target::Udp && when.after_bytes != 0 {
         return Err(err(name, "after_bytes applies to TCP proxies only"));
     }
@@ -862,6 +657,7 @@ impl<'a> Watch<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::fault::Kind;
 
     fn latency(name: &str, ms: u64) -> proto::Fault {
         proto::Fault {

@@ -500,3 +500,105 @@ fn a_replace_with_another_kind_takes_the_new_faults() {
         "0.1",
     ]);
 }
+
+/// `--attr KEY=VALUE` (as `toxiproxy-cli toxic add -a`) sets the same keys
+/// as the named flags, conditions included; it comes after the flags, and
+/// its mistakes are usage errors (2) named as `--attr KEY`.
+#[test]
+fn attr_flags_set_any_key_like_the_named_flags() {
+    let netd = Netd::start(&config(""));
+    let out = netd.netctl_ok(&[
+        "fault",
+        "add",
+        "db",
+        "cut",
+        "--type",
+        "slicer",
+        "--attr",
+        "average_size=64",
+        "-a",
+        "size_variation=8",
+        "--attr",
+        "delay=1ms",
+        "--attr",
+        "every_nth=2",
+        "--delay",
+        "5ms",
+    ]);
+    assert!(
+        out.starts_with("added fault cut (slicer, downstream) on db"),
+        "{out}"
+    );
+    let ls = netd.netctl_json(&["fault", "ls", "db"]);
+    let cut = &ls[0]["fault"];
+    assert_eq!(cut["average_size"], 64);
+    assert_eq!(cut["size_variation"], 8);
+    // --attr is applied after the named flags.
+    assert_eq!(cut["delay"], "1ms");
+    assert_eq!(cut["every_nth"], 2);
+
+    // Update merges, as with the named flags; a new type by --type.
+    netd.netctl_ok(&["fault", "update", "db", "cut", "--attr", "delay=2ms"]);
+    let ls = netd.netctl_json(&["fault", "ls", "db"]);
+    assert_eq!(ls[0]["fault"]["delay"], "2ms");
+    assert_eq!(ls[0]["fault"]["average_size"], 64);
+    netd.netctl_ok(&[
+        "fault",
+        "update",
+        "db",
+        "cut",
+        "--type",
+        "bandwidth",
+        "--attr",
+        "rate=1MB/s",
+    ]);
+    let ls = netd.netctl_json(&["fault", "ls", "db"]);
+    assert_eq!(ls[0]["fault"]["type"], "bandwidth");
+    assert_eq!(ls[0]["fault"]["rate"], "1MB/s");
+    assert!(ls[0]["fault"].get("average_size").is_none());
+
+    // Mistakes: usage errors, named as given.
+    for (args, msg) in [
+        (
+            vec!["--type", "latency", "--attr", "rate=1MB/s"],
+            "--attr rate does not apply to a latency fault",
+        ),
+        (
+            vec!["--type", "latency", "--attr", "latency=soon"],
+            "--attr latency: 'soon' is not a duration",
+        ),
+        (
+            vec!["--type", "latency", "--attr", "latncy=1s"],
+            "unknown fault key 'latncy'",
+        ),
+        (
+            vec!["--type", "latency", "--attr", "latency"],
+            "expected KEY=VALUE",
+        ),
+        (
+            vec!["--type", "latency", "--attr", "type=down"],
+            "type is not an attribute",
+        ),
+    ] {
+        let mut argv = vec!["fault", "add", "db", "x"];
+        argv.extend(args.iter().copied());
+        let bad = netd.netctl(&argv);
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert_eq!(code(&bad), 2, "{argv:?}: {err}");
+        assert!(err.contains(msg), "{argv:?}: {err}");
+    }
+    // netd's own checks are refusals (1), as with the named flags.
+    let range = netd.netctl(&[
+        "fault",
+        "add",
+        "db",
+        "x",
+        "--type",
+        "latency",
+        "--attr",
+        "toxicity=1.5",
+    ]);
+    assert_eq!(code(&range), 1);
+    assert!(String::from_utf8_lossy(&range.stderr).contains("toxicity is 1.5; it must be 0 to 1"));
+    assert_eq!(faults(&netd, "db").len(), 1);
+}

@@ -22,11 +22,11 @@
 //! direction even when no data does. A change to the listener's faults is
 //! seen at the next chunk or timer, or at once by a direction waiting here.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -35,7 +35,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
 use super::forward::{Activity, Side, pass_on_eof};
-use crate::fault::{Action, Active, Dir, FaultCounters, FaultSet, FaultTable, Rng, Watch};
+use crate::fault::{Active, Dir, FaultCounters, FaultSet, FaultTable, Rng, TcpAction, Watch};
 use crate::telemetry::stats::Stats;
 
 /// Bytes a direction holds queued (read, not yet written) at most.
@@ -92,7 +92,10 @@ impl<'a> ConnFaults<'a> {
         let Some(set) = w.get() else { return false };
         let now = Instant::now();
         for a in &set.faults {
-            if matches!(a.fault.action, Action::Down) && a.in_window(now) && self.decide(a) {
+            if matches!(a.fault.action.tcp(), Some(TcpAction::Down))
+                && a.in_window(now)
+                && self.decide(a)
+            {
                 FaultCounters::add(&a.counters.connections_closed, 1);
                 return true;
             }
@@ -182,15 +185,17 @@ impl State {
         out: &mut Vec<Piece>,
     ) -> Result<(), Stop> {
         let f = &self.active.fault;
-        if !self.hit {
+        // A udp-proxy's fault never reaches here (the table compiles
+        // faults for its listener's transport).
+        let (true, Some(&action)) = (self.hit, f.action.tcp()) else {
             out.push(p);
             return Ok(());
-        }
+        };
         let after = f.when.after_bytes;
         let d = match p.item {
             Item::Data(d) => d,
             Item::Eof => {
-                if let Action::SlowClose { delay } = f.action {
+                if let TcpAction::SlowClose { delay } = action {
                     if p.off >= after {
                         p.due = p.due.max(tail) + delay;
                     }
@@ -221,8 +226,8 @@ impl State {
         }
         let (due, off) = (p.due, p.off);
         let len = d.len() as u64;
-        match f.action {
-            Action::Latency { latency, jitter } => {
+        match action {
+            TcpAction::Latency { latency, jitter } => {
                 let delay = rng.jitter(latency, jitter);
                 let at = (due + delay).max(self.pace);
                 self.pace = at;
@@ -235,31 +240,11 @@ impl State {
                     off,
                 });
             }
-            Action::Bandwidth { rate } => {
-                let slice = ((rate / PACE_SLICES_PER_SEC) as usize).clamp(1, MAX_PACED_SLICE);
-                let mut off = off;
-                while !d.is_empty() {
-                    let s = d.split_to(slice.min(d.len()));
-                    if due >= self.pace {
-                        // Idle until now: a new busy period.
-                        self.base = due;
-                        self.sent = 0;
-                    }
-                    self.sent += s.len() as u64;
-                    let ns = u128::from(self.sent) * 1_000_000_000 / u128::from(rate);
-                    let at = self.base + Duration::from_nanos(ns.min(u128::from(u64::MAX)) as u64);
-                    self.pace = at;
-                    let n = s.len() as u64;
-                    out.push(Piece {
-                        item: Item::Data(s),
-                        due: at,
-                        off,
-                    });
-                    off += n;
-                }
+            TcpAction::Bandwidth { rate } => {
+                self.pace_bandwidth(d, due, off, rate, out);
                 FaultCounters::add(&self.counters().bytes_delayed, len);
             }
-            Action::Slicer { delay, .. } if delay.is_zero() => {
+            TcpAction::Slicer { delay, .. } if delay.is_zero() => {
                 // Slices due at once are written together anyway
                 // ([`coalesce_due`]): cutting them would only cost.
                 let at = due.max(self.pace);
@@ -273,34 +258,15 @@ impl State {
                     off,
                 });
             }
-            Action::Slicer {
+            TcpAction::Slicer {
                 average,
                 variation,
                 delay,
-            } => {
-                let mut off = off;
-                while !d.is_empty() {
-                    let size =
-                        u64::from(average - variation) + rng.below(2 * u64::from(variation) + 1);
-                    let s = d.split_to((size.max(1) as usize).min(d.len()));
-                    let at = due.max(self.pace);
-                    self.pace = at + delay;
-                    let n = s.len() as u64;
-                    if at > due {
-                        FaultCounters::add(&self.counters().bytes_delayed, n);
-                    }
-                    out.push(Piece {
-                        item: Item::Data(s),
-                        due: at,
-                        off,
-                    });
-                    off += n;
-                }
-            }
-            Action::Timeout { .. } => {
+            } => self.slice(d, (due, off), (average, variation, delay), rng, out),
+            TcpAction::Timeout { .. } => {
                 FaultCounters::add(&self.counters().bytes_dropped, len);
             }
-            Action::ResetPeer { timeout } => {
+            TcpAction::ResetPeer { timeout } => {
                 if timeout.is_zero() {
                     FaultCounters::add(&self.counters().bytes_dropped, len);
                     FaultCounters::add(&self.counters().connections_closed, 1);
@@ -312,7 +278,7 @@ impl State {
                     off,
                 });
             }
-            Action::LimitData { bytes } => {
+            TcpAction::LimitData { bytes } => {
                 let left = bytes.saturating_sub(self.passed);
                 if len < left {
                     self.passed += len;
@@ -339,23 +305,80 @@ impl State {
                     });
                 }
             }
-            Action::Down => {
+            TcpAction::Down => {
                 FaultCounters::add(&self.counters().bytes_dropped, len);
                 FaultCounters::add(&self.counters().connections_closed, 1);
                 return Err(Stop::Reset);
             }
-            // Not TCP types (refused by compile); pass the data.
-            Action::SlowClose { .. }
-            | Action::Loss { .. }
-            | Action::Duplicate { .. }
-            | Action::Reorder { .. }
-            | Action::Corrupt { .. } => out.push(Piece {
+            // Acts on the EOF only (above); the data passes.
+            TcpAction::SlowClose { .. } => out.push(Piece {
                 item: Item::Data(d),
                 due,
                 off,
             }),
         }
         Ok(())
+    }
+
+    /// Bandwidth: cut `d` into slices of about 1/[`PACE_SLICES_PER_SEC`]
+    /// s, each due when `rate` allows (cumulative over the busy period, so
+    /// the average is exact).
+    fn pace_bandwidth(
+        &mut self,
+        mut d: Bytes,
+        due: Instant,
+        mut off: u64,
+        rate: u64,
+        out: &mut Vec<Piece>,
+    ) {
+        let slice = ((rate / PACE_SLICES_PER_SEC) as usize).clamp(1, MAX_PACED_SLICE);
+        while !d.is_empty() {
+            let s = d.split_to(slice.min(d.len()));
+            if due >= self.pace {
+                // Idle until now: a new busy period.
+                self.base = due;
+                self.sent = 0;
+            }
+            self.sent += s.len() as u64;
+            let ns = u128::from(self.sent) * 1_000_000_000 / u128::from(rate);
+            let at = self.base + Duration::from_nanos(ns.min(u128::from(u64::MAX)) as u64);
+            self.pace = at;
+            let n = s.len() as u64;
+            out.push(Piece {
+                item: Item::Data(s),
+                due: at,
+                off,
+            });
+            off += n;
+        }
+    }
+
+    /// Slicer: cut `d` into slices of `average` +- `variation` bytes,
+    /// `delay` apart.
+    fn slice(
+        &mut self,
+        mut d: Bytes,
+        (due, mut off): (Instant, u64),
+        (average, variation, delay): (u32, u32, Duration),
+        rng: &mut Rng,
+        out: &mut Vec<Piece>,
+    ) {
+        while !d.is_empty() {
+            let size = u64::from(average - variation) + rng.below(2 * u64::from(variation) + 1);
+            let s = d.split_to((size.max(1) as usize).min(d.len()));
+            let at = due.max(self.pace);
+            self.pace = at + delay;
+            let n = s.len() as u64;
+            if at > due {
+                FaultCounters::add(&self.counters().bytes_delayed, n);
+            }
+            out.push(Piece {
+                item: Item::Data(s),
+                due: at,
+                off,
+            });
+            off += n;
+        }
     }
 }
 
@@ -407,10 +430,12 @@ impl Engine {
                 continue;
             }
             let a = &s.active;
-            let (after, stop) = match a.fault.action {
-                Action::Timeout { timeout } => (timeout, Stop::Close),
-                Action::ResetPeer { timeout } if !timeout.is_zero() => (Some(timeout), Stop::Reset),
-                Action::Down => (Some(Duration::ZERO), Stop::Reset),
+            let (after, stop) = match a.fault.action.tcp() {
+                Some(&TcpAction::Timeout { timeout }) => (timeout, Stop::Close),
+                Some(&TcpAction::ResetPeer { timeout }) if !timeout.is_zero() => {
+                    (Some(timeout), Stop::Reset)
+                }
+                Some(TcpAction::Down) => (Some(Duration::ZERO), Stop::Reset),
                 _ => continue,
             };
             if a.in_window(now) {

@@ -23,17 +23,17 @@
 //! lost by the fault that would have queued it (a reorder hold over its
 //! bound lets the datagram pass instead).
 
+use parking_lot::Mutex;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use parking_lot::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::fault::{Action, Active, Dir, FaultCounters, FaultSet, MAX_FAULTS, Rng};
+use crate::fault::{Active, Dir, FaultCounters, FaultSet, MAX_FAULTS, Rng, UdpAction};
 
 /// Most traffic a bandwidth stage queues, in time at its rate.
 pub const MAX_BACKLOG: Duration = Duration::from_secs(1);
@@ -276,13 +276,18 @@ impl Lane {
                 if !self.applies.get(i).copied().unwrap_or(false) || !f.in_window(now) {
                     continue;
                 }
+                // A proxy's (TCP) fault never reaches here (the table
+                // compiles faults for its listener's transport).
+                let Some(action) = f.fault.action.udp() else {
+                    continue;
+                };
                 let c = &f.counters;
-                match &f.fault.action {
-                    Action::Down => {
+                match action {
+                    UdpAction::Down => {
                         lost(c, data.len());
                         continue 'datagram;
                     }
-                    Action::Loss { probability, burst } => {
+                    UdpAction::Loss { probability, burst } => {
                         let lose = match burst {
                             None => rng.chance(*probability),
                             Some((enter, exit, bad_loss, good_loss)) => {
@@ -300,21 +305,21 @@ impl Lane {
                             continue 'datagram;
                         }
                     }
-                    Action::Duplicate { probability } => {
+                    UdpAction::Duplicate { probability } => {
                         if copies < MAX_COPIES && rng.chance(*probability) {
                             copies += 1;
                             FaultCounters::add(&c.datagrams_duplicated, 1);
                             work.push_back((i + 1, data.clone()));
                         }
                     }
-                    Action::Corrupt { probability } => {
+                    UdpAction::Corrupt { probability } => {
                         if !data.is_empty() && rng.chance(*probability) {
                             let bit = rng.below(data.len() as u64 * 8);
                             data[(bit / 8) as usize] ^= 1 << (bit % 8);
                             FaultCounters::add(&c.datagrams_corrupted, 1);
                         }
                     }
-                    Action::Latency { latency, jitter } => {
+                    UdpAction::Latency { latency, jitter } => {
                         let d = rng.jitter(*latency, *jitter);
                         if !d.is_zero() {
                             FaultCounters::add(&c.datagrams_delayed, 1);
@@ -323,7 +328,7 @@ impl Lane {
                             continue 'datagram;
                         }
                     }
-                    Action::Bandwidth { rate } => {
+                    UdpAction::Bandwidth { rate } => {
                         let link = self.link_state(f, now);
                         let start = (*link).max(now);
                         if start - now > MAX_BACKLOG {
@@ -340,7 +345,7 @@ impl Lane {
                             continue 'datagram;
                         }
                     }
-                    Action::Reorder {
+                    UdpAction::Reorder {
                         probability,
                         gap,
                         max_hold,
@@ -384,11 +389,6 @@ impl Lane {
                             continue 'datagram;
                         }
                     }
-                    Action::SlowClose { .. }
-                    | Action::Timeout { .. }
-                    | Action::ResetPeer { .. }
-                    | Action::Slicer { .. }
-                    | Action::LimitData { .. } => {}
                 }
             }
             out.now.push(data);

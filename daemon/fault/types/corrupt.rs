@@ -1,0 +1,34 @@
+//! `corrupt` (UDP): one bit of a datagram is flipped with `probability`.
+
+use super::{Cx, Def, Key, Unit, Val};
+use crate::fault::{ActionOn, UdpAction};
+use crate::proto::CorruptFault as F;
+use crate::spec::SpecError;
+
+pub const DEF: Def = Def {
+    name: "corrupt",
+    tcp: false,
+    udp: true,
+    toxiproxy: false,
+    keys: &[Key::new(
+        "probability",
+        Unit::Probability,
+        "probability per datagram (0 to 1)",
+    )],
+};
+
+pub fn get(m: &F, key: &str) -> Option<Val> {
+    (key == "probability").then_some(Val::of_f64(m.probability))
+}
+
+pub fn set(m: &mut F, key: &str, v: Val) {
+    if key == "probability" {
+        m.probability = v.float().unwrap_or(0.0);
+    }
+}
+
+pub fn compile(m: &F, cx: &Cx<'_>) -> Result<ActionOn, SpecError> {
+    Ok(ActionOn::Udp(UdpAction::Corrupt {
+        probability: cx.probability("probability", m.probability)?,
+    }))
+}
