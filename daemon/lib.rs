@@ -99,6 +99,8 @@ impl proto::ListenerState {
     pub fn slug(self) -> &'static str {
         match self {
             proto::ListenerState::Unspecified => "unspecified",
+            // Reserved in the proto and never sent (StartListener binds
+            // before it returns); named for a peer that would send it.
             proto::ListenerState::Starting => "starting",
             proto::ListenerState::Running => "running",
             proto::ListenerState::Stopping => "stopping",
