@@ -2,8 +2,9 @@
 //! SCM_RIGHTS, the peer's credentials (SO_PEERCRED), and taking the
 //! descriptors systemd passes at start (LISTEN_FDS). sendmsg/recvmsg are
 //! rustix's; the only `unsafe` of the socket hand-over (SO_PEERCRED, tokio
-//! registration, systemd's descriptors) lives here; [`crate::process::handover`] and
-//! [`crate::sys::fdstore`] are written on top of it.
+//! registration, systemd's descriptors) lives here;
+//! [`crate::process::handover`] and [`crate::sys::fdstore`] are written on
+//! top of it.
 //!
 //! All calls are blocking (or fail with WouldBlock on a non-blocking
 //! socket): callers run them off the async workers.
