@@ -76,15 +76,7 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let pid = arg(&args, "--pid", 0);
     if args.get(1).map(String::as_str) == Some("idle") {
-        let secs = arg(&args, "--secs", 10);
-        let c0 = cpu_secs(pid)?;
-        tokio::time::sleep(Duration::from_secs(secs)).await;
-        let cpu = cpu_secs(pid)? - c0;
-        println!(
-            "{}",
-            serde_json::json!({"secs": secs, "cpu_secs": cpu, "cpu_pct": 100.0 * cpu / secs as f64})
-        );
-        return Ok(());
+        return idle(&args, pid).await;
     }
     let (Some(mode), Some(sock)) = (args.get(1), args.get(2)) else {
         anyhow::bail!("usage: control_probe start|list|stats|watch SOCK [options]");
@@ -94,186 +86,212 @@ async fn main() -> anyhow::Result<()> {
         request_timeout: None,
         ..Default::default()
     };
-    let mut c = netd::control::client::control_client_with(&addr, &opts).await?;
+    let c = netd::control::client::control_client_with(&addr, &opts).await?;
     match mode.as_str() {
-        "start" => {
-            let count = arg(&args, "--count", 1000) as usize;
-            let from = arg(&args, "--from", 0) as usize;
-            let conc = arg(&args, "--conc", 1).max(1) as usize;
-            let t0 = Instant::now();
-            let mut lat = Vec::with_capacity(count);
-            let mut next = from;
-            let end = from + count;
-            let mut inflight = futures_util::stream::FuturesUnordered::new();
-            use futures_util::StreamExt as _;
-            let (mut first_tenth, mut last_tenth_from) = (None, None);
-            let tenth = (count / 10).max(1);
-            let mut done = 0usize;
-            loop {
-                while inflight.len() < conc && next < end {
-                    let mut c = c.clone();
-                    let name = format!("s{next:05}");
-                    next += 1;
-                    inflight.push(async move {
-                        let t = Instant::now();
-                        let r = c
-                            .start_listener(proto::StartListenerRequest {
-                                name,
-                                spec: Some(proto::ListenerSpec {
-                                    kind: Some(Kind::TcpEcho(proto::TcpEchoSpec {
-                                        listen: "127.0.0.1:0".into(),
-                                        ..Default::default()
-                                    })),
-                                }),
+        "start" => start(c, &args).await,
+        "list" | "stats" => pages(c, mode).await,
+        "watch" => watch(c, &args, pid).await,
+        other => anyhow::bail!("unknown mode {other:?}"),
+    }
+}
+
+type Client = proto::control_client::ControlClient<tonic::transport::Channel>;
+
+/// `idle`: the CPU time process `pid` used over `--secs`.
+async fn idle(args: &[String], pid: u64) -> anyhow::Result<()> {
+    let secs = arg(args, "--secs", 10);
+    let c0 = cpu_secs(pid)?;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let cpu = cpu_secs(pid)? - c0;
+    println!(
+        "{}",
+        serde_json::json!({"secs": secs, "cpu_secs": cpu, "cpu_pct": 100.0 * cpu / secs as f64})
+    );
+    Ok(())
+}
+
+/// `start`: `--count` TCP echo listeners, `--conc` calls in flight.
+async fn start(c: Client, args: &[String]) -> anyhow::Result<()> {
+    let count = arg(args, "--count", 1000) as usize;
+    let from = arg(args, "--from", 0) as usize;
+    let conc = arg(args, "--conc", 1).max(1) as usize;
+    let t0 = Instant::now();
+    let mut lat = Vec::with_capacity(count);
+    let mut next = from;
+    let end = from + count;
+    let mut inflight = futures_util::stream::FuturesUnordered::new();
+    use futures_util::StreamExt as _;
+    let (mut first_tenth, mut last_tenth_from) = (None, None);
+    let tenth = (count / 10).max(1);
+    let mut done = 0usize;
+    loop {
+        while inflight.len() < conc && next < end {
+            let mut c = c.clone();
+            let name = format!("s{next:05}");
+            next += 1;
+            inflight.push(async move {
+                let t = Instant::now();
+                let r = c
+                    .start_listener(proto::StartListenerRequest {
+                        name,
+                        spec: Some(proto::ListenerSpec {
+                            kind: Some(Kind::TcpEcho(proto::TcpEchoSpec {
+                                listen: "127.0.0.1:0".into(),
                                 ..Default::default()
-                            })
-                            .await;
-                        (r, t.elapsed())
-                    });
-                }
-                let Some((r, d)) = inflight.next().await else {
-                    break;
-                };
-                r?;
-                lat.push(d.as_secs_f64());
-                done += 1;
-                if done == tenth {
-                    first_tenth = Some(t0.elapsed().as_secs_f64());
-                }
-                if done == count - tenth {
-                    last_tenth_from = Some(t0.elapsed().as_secs_f64());
-                }
-            }
-            let secs = t0.elapsed().as_secs_f64();
-            lat.sort_by(f64::total_cmp);
-            println!(
-                "{}",
-                serde_json::json!({
-                    "started": count,
-                    "conc": conc,
-                    "secs": secs,
-                    "per_sec": count as f64 / secs,
-                    "p50_ms": pct(&lat, 0.5) * 1e3,
-                    "p99_ms": pct(&lat, 0.99) * 1e3,
-                    "first_tenth_secs": first_tenth,
-                    "last_tenth_secs": last_tenth_from.map(|f| secs - f),
-                })
-            );
+                            })),
+                        }),
+                        ..Default::default()
+                    })
+                    .await;
+                (r, t.elapsed())
+            });
         }
-        "list" | "stats" => {
-            let t0 = Instant::now();
-            let (mut n, mut pages, mut bytes) = (0usize, 0usize, 0usize);
-            let mut token = String::new();
-            loop {
-                let (len, next, size) = if mode == "list" {
-                    let p = c
-                        .list_listeners(proto::ListListenersRequest {
-                            page_size: 0,
-                            page_token: token,
-                        })
-                        .await?
-                        .into_inner();
-                    (
-                        p.listeners.len(),
-                        p.next_page_token.clone(),
-                        p.encoded_len(),
-                    )
-                } else {
-                    let p = c
-                        .get_stats(proto::GetStatsRequest {
-                            page_token: token,
-                            ..Default::default()
-                        })
-                        .await?
-                        .into_inner();
-                    (
-                        p.listeners.len(),
-                        p.next_page_token.clone(),
-                        p.encoded_len(),
-                    )
-                };
-                n += len;
-                pages += 1;
-                bytes += wire_bytes(size);
-                token = next;
-                if token.is_empty() || pages > 1000 {
-                    break;
-                }
-            }
-            println!(
-                "{}",
-                serde_json::json!({
-                    "listeners": n,
-                    "pages": pages,
-                    "bytes": bytes,
-                    "secs": t0.elapsed().as_secs_f64(),
-                })
-            );
+        let Some((r, d)) = inflight.next().await else {
+            break;
+        };
+        r?;
+        lat.push(d.as_secs_f64());
+        done += 1;
+        if done == tenth {
+            first_tenth = Some(t0.elapsed().as_secs_f64());
         }
-        "watch" => {
-            let interval = Duration::from_millis(arg(&args, "--interval-ms", 1000));
-            let ticks = arg(&args, "--ticks", 10) as usize;
-            let mut s = c
-                .watch_stats(proto::WatchStatsRequest {
-                    name: String::new(),
-                    interval: Some(interval.try_into()?),
+        if done == count - tenth {
+            last_tenth_from = Some(t0.elapsed().as_secs_f64());
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "{}",
+        serde_json::json!({
+            "started": count,
+            "conc": conc,
+            "secs": secs,
+            "per_sec": count as f64 / secs,
+            "p50_ms": pct(&lat, 0.5) * 1e3,
+            "p99_ms": pct(&lat, 0.99) * 1e3,
+            "first_tenth_secs": first_tenth,
+            "last_tenth_secs": last_tenth_from.map(|f| secs - f),
+        })
+    );
+    Ok(())
+}
+
+/// `list` / `stats`: every listener, following pages.
+async fn pages(mut c: Client, mode: &str) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let (mut n, mut pages, mut bytes) = (0usize, 0usize, 0usize);
+    let mut token = String::new();
+    loop {
+        let (len, next, size) = if mode == "list" {
+            let p = c
+                .list_listeners(proto::ListListenersRequest {
+                    page_size: 0,
+                    page_token: token,
                 })
                 .await?
                 .into_inner();
-            let limit = interval * (ticks as u32 + 5) + Duration::from_secs(60);
-            let deadline = tokio::time::Instant::now() + limit;
-            let t0 = Instant::now();
-            let (mut snap_msgs, mut snap_bytes, mut snap_listeners) = (0usize, 0usize, 0usize);
-            loop {
-                let m = next(&mut s, deadline).await?;
-                snap_msgs += 1;
-                snap_bytes += wire_bytes(m.encoded_len());
-                snap_listeners += m.listeners.len();
-                if m.snapshot_complete {
-                    break;
-                }
-            }
-            let snap_secs = t0.elapsed().as_secs_f64();
-            let c0 = if pid > 0 { cpu_secs(pid)? } else { 0.0 };
-            let t1 = Instant::now();
-            let mut per_tick = Vec::with_capacity(ticks);
-            let mut changed = 0usize;
-            let mut cur = 0usize;
-            while per_tick.len() < ticks {
-                let m = next(&mut s, deadline).await?;
-                cur += wire_bytes(m.encoded_len());
-                changed += m.listeners.len();
-                if !m.more {
-                    per_tick.push(cur);
-                    cur = 0;
-                }
-            }
-            let (cpu, wall) = if pid > 0 {
-                (cpu_secs(pid)? - c0, t1.elapsed().as_secs_f64())
-            } else {
-                (0.0, t1.elapsed().as_secs_f64())
-            };
-            let mut sorted = per_tick.clone();
-            sorted.sort_unstable();
-            println!(
-                "{}",
-                serde_json::json!({
-                    "snapshot_listeners": snap_listeners,
-                    "snapshot_messages": snap_msgs,
-                    "snapshot_bytes": snap_bytes,
-                    "snapshot_secs": snap_secs,
-                    "ticks": ticks,
-                    "tick_bytes_median": sorted[sorted.len() / 2],
-                    "tick_bytes_max": sorted.last(),
-                    "listeners_sent_after_snapshot": changed,
-                    "ticks_secs": wall,
-                    "cpu_secs": cpu,
-                    "cpu_pct": 100.0 * cpu / wall,
-                    "cpu_ms_per_tick": 1e3 * cpu / ticks as f64,
+            (
+                p.listeners.len(),
+                p.next_page_token.clone(),
+                p.encoded_len(),
+            )
+        } else {
+            let p = c
+                .get_stats(proto::GetStatsRequest {
+                    page_token: token,
+                    ..Default::default()
                 })
-            );
+                .await?
+                .into_inner();
+            (
+                p.listeners.len(),
+                p.next_page_token.clone(),
+                p.encoded_len(),
+            )
+        };
+        n += len;
+        pages += 1;
+        bytes += wire_bytes(size);
+        token = next;
+        if token.is_empty() || pages > 1000 {
+            break;
         }
-        other => anyhow::bail!("unknown mode {other:?}"),
     }
+    println!(
+        "{}",
+        serde_json::json!({
+            "listeners": n,
+            "pages": pages,
+            "bytes": bytes,
+            "secs": t0.elapsed().as_secs_f64(),
+        })
+    );
+    Ok(())
+}
+
+/// `watch`: the snapshot, then `--ticks` ticks of WatchStats.
+async fn watch(mut c: Client, args: &[String], pid: u64) -> anyhow::Result<()> {
+    let interval = Duration::from_millis(arg(args, "--interval-ms", 1000));
+    let ticks = arg(args, "--ticks", 10) as usize;
+    let mut s = c
+        .watch_stats(proto::WatchStatsRequest {
+            name: String::new(),
+            interval: Some(interval.try_into()?),
+        })
+        .await?
+        .into_inner();
+    let limit = interval * (ticks as u32 + 5) + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + limit;
+    let t0 = Instant::now();
+    let (mut snap_msgs, mut snap_bytes, mut snap_listeners) = (0usize, 0usize, 0usize);
+    loop {
+        let m = next(&mut s, deadline).await?;
+        snap_msgs += 1;
+        snap_bytes += wire_bytes(m.encoded_len());
+        snap_listeners += m.listeners.len();
+        if m.snapshot_complete {
+            break;
+        }
+    }
+    let snap_secs = t0.elapsed().as_secs_f64();
+    let c0 = if pid > 0 { cpu_secs(pid)? } else { 0.0 };
+    let t1 = Instant::now();
+    let mut per_tick = Vec::with_capacity(ticks);
+    let mut changed = 0usize;
+    let mut cur = 0usize;
+    while per_tick.len() < ticks {
+        let m = next(&mut s, deadline).await?;
+        cur += wire_bytes(m.encoded_len());
+        changed += m.listeners.len();
+        if !m.more {
+            per_tick.push(cur);
+            cur = 0;
+        }
+    }
+    let (cpu, wall) = if pid > 0 {
+        (cpu_secs(pid)? - c0, t1.elapsed().as_secs_f64())
+    } else {
+        (0.0, t1.elapsed().as_secs_f64())
+    };
+    let mut sorted = per_tick.clone();
+    sorted.sort_unstable();
+    println!(
+        "{}",
+        serde_json::json!({
+            "snapshot_listeners": snap_listeners,
+            "snapshot_messages": snap_msgs,
+            "snapshot_bytes": snap_bytes,
+            "snapshot_secs": snap_secs,
+            "ticks": ticks,
+            "tick_bytes_median": sorted[sorted.len() / 2],
+            "tick_bytes_max": sorted.last(),
+            "listeners_sent_after_snapshot": changed,
+            "ticks_secs": wall,
+            "cpu_secs": cpu,
+            "cpu_pct": 100.0 * cpu / wall,
+            "cpu_ms_per_tick": 1e3 * cpu / ticks as f64,
+        })
+    );
     Ok(())
 }

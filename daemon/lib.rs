@@ -34,23 +34,26 @@
 //!
 //! # Unsafe code
 //!
-//! Denied crate-wide; allowed only where netd calls Linux directly, each
-//! block with a SAFETY note saying why it is sound:
+//! Denied crate-wide; allowed only where netd calls Linux directly and
+//! rustix (safe wrappers of the system calls) does not cover the call,
+//! each block with a SAFETY note saying why it is sound:
 //!
-//! - [`sys`] — geteuid, getpwnam_r/getgrnam_r, getpwuid_r, getgrouplist,
+//! - [`sys`] — getpwnam_r/getgrnam_r, getpwuid_r, getgrouplist,
 //!   SO_PEERGROUPS (safe wrappers the rest of the crate calls);
-//! - [`net::splice`] — pipe2, fcntl and splice for the proxy's zero-copy path;
-//! - [`net::udp`] — recvmsg with SO_RXQ_OVFL for the UDP echo;
+//! - [`net::udp`] — recvmsg with SO_RXQ_OVFL for the UDP echo (rustix's
+//!   ancillary messages do not include it);
 //! - `services::sniffer::socket` and `services::sniffer::ring` — the
-//!   AF_PACKET socket, its options, recvmmsg and the TPACKET_V3 ring;
-//! - [`sys::fdpass`] — sendmsg/recvmsg with SCM_RIGHTS and the descriptors
-//!   systemd passes, for the socket hand-over;
-//! - [`sys::safe_file`] — openat/renameat/unlinkat/fstatat relative to a
-//!   directory descriptor;
+//!   AF_PACKET socket's options, recvmmsg and the TPACKET_V3 ring (mmap);
+//! - [`sys::fdpass`] — SO_PEERCRED (the peer's pid may be 0, which
+//!   rustix's `UCred` cannot hold), tokio's registration of a raw socket
+//!   and the descriptors systemd passes, for the socket hand-over;
 //! - the kernel reference test of the BPF interpreter (test code only);
-//! - [`process::trim`] — malloc_trim;
-//! - [`process::server::raise_fd_limit`] — getrlimit/setrlimit;
-//! - [`net::fd_budget`] — getrlimit.
+//! - [`process::trim`] — malloc_trim.
+//!
+//! Through rustix, without `unsafe`: geteuid, pipe2/fcntl/splice
+//! ([`net::splice`]), sendmsg/recvmsg with SCM_RIGHTS ([`sys::fdpass`]),
+//! openat/renameat/unlinkat/fstatat ([`sys::safe_file`]),
+//! getrlimit/setrlimit ([`net::fd_budget`]) and the AF_PACKET socket.
 
 #![deny(unsafe_code)]
 
@@ -70,7 +73,9 @@ pub mod telemetry;
 pub mod util;
 
 /// Code generated from `proto/netd/v1/*.proto`.
-#[allow(clippy::all, missing_docs)]
+// Generated: its long functions (the gRPC server's dispatch) are not ours
+// to split.
+#[allow(clippy::all, clippy::too_many_lines, missing_docs)]
 pub mod proto {
     tonic::include_proto!("netd.v1");
 
@@ -94,6 +99,8 @@ impl proto::ListenerState {
     pub fn slug(self) -> &'static str {
         match self {
             proto::ListenerState::Unspecified => "unspecified",
+            // Reserved in the proto and never sent (StartListener binds
+            // before it returns); named for a peer that would send it.
             proto::ListenerState::Starting => "starting",
             proto::ListenerState::Running => "running",
             proto::ListenerState::Stopping => "stopping",

@@ -5,7 +5,7 @@
 //! Why: with `RLIMIT_NOFILE` reached by data-plane clients, `netctl list`
 //! and `netctl stop` could not even be accepted, so the operator could not
 //! stop the listener being abused (issue 22). netd raises its soft limit to
-//! the hard one at start ([`crate::process::server::raise_fd_limit`]), keeps a
+//! the hard one at start ([`raise_fd_limit`]), keeps a
 //! [`reserve`](Budget::reserve) of that for the control socket, health,
 //! metrics, the Toxiproxy API, state and pcap files and listening sockets
 //! started later, and hands the rest to the data plane as permits of one
@@ -83,21 +83,24 @@ impl Budget {
 }
 
 /// The hard RLIMIT_NOFILE.
-#[allow(unsafe_code)] // getrlimit; see the SAFETY note.
 fn hard_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into a struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 1024;
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(UNLIMITED)
+}
+
+/// Lift the soft limit on open files to the hard limit and return it. The
+/// systemd unit sets `LimitNOFILE=65536`; this covers netd started any
+/// other way.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        setrlimit(Resource::Nofile, lim)?;
     }
-    if lim.rlim_max == libc::RLIM_INFINITY {
-        UNLIMITED
-    } else {
-        lim.rlim_max
-    }
+    // Unlimited (RLIM_INFINITY) reads as u64::MAX, as libc's rlim_t.
+    Ok(lim.current.unwrap_or(u64::MAX))
 }
 
 static DATA_PLANE: OnceLock<Arc<Semaphore>> = OnceLock::new();

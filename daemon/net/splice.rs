@@ -1,9 +1,8 @@
-//! splice(2) through a pipe: the proxy's zero-copy forward path on Linux.
-//! The only unsafe code here is the three libc calls, each with its SAFETY
-//! note; everything else handles owned descriptors.
-#![allow(unsafe_code)]
+//! splice(2) through a pipe: the proxy's zero-copy forward path on Linux,
+//! through rustix's safe wrappers of pipe2, fcntl and splice.
 
 use std::io;
+use std::os::fd::AsFd;
 
 /// Pipe capacity asked for (the kernel's default pipe-max-size), and so the
 /// most bytes moved per splice(2); a pipe that cannot grow keeps 64 KiB.
@@ -26,42 +25,25 @@ pub struct Pipe {
 
 impl Pipe {
     pub fn new() -> io::Result<Pipe> {
-        use std::os::fd::FromRawFd;
-        let mut fds = [0i32; 2];
-        // SAFETY: pipe2 fills two descriptors that we then own.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        use rustix::pipe::{PipeFlags, fcntl_setpipe_size, pipe_with};
+        let (read, write) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
         // Best effort: fewer, larger splices. Pages are only used while
         // data sits in the pipe.
-        // SAFETY: fcntl on a descriptor we own.
-        unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, PIPE_SIZE as libc::c_int) };
-        // SAFETY: both descriptors were just created and are owned here.
-        Ok(unsafe {
-            Pipe {
-                read: std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-                write: std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-            }
-        })
+        let _ = fcntl_setpipe_size(&write, PIPE_SIZE);
+        Ok(Pipe { read, write })
     }
 }
 
 /// One splice(2) of up to `len` bytes, non-blocking.
-pub fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
-    // SAFETY: splice(2) between descriptors we hold, no offsets.
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+pub fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
+    use rustix::pipe::SpliceFlags;
+    let n = rustix::pipe::splice(
+        from,
+        None,
+        to,
+        None,
+        len,
+        SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
+    )?;
+    Ok(n)
 }

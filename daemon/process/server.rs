@@ -985,26 +985,4 @@ fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-/// Lift the soft limit on open files to the hard limit and return it. The
-/// systemd unit sets `LimitNOFILE=65536`; this covers netd started any
-/// other way.
-#[allow(unsafe_code)] // getrlimit/setrlimit; see the SAFETY note.
-pub fn raise_fd_limit() -> std::io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if lim.rlim_cur != lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(lim.rlim_cur)
-}
+pub use crate::net::fd_budget::raise_fd_limit;

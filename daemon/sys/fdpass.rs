@@ -1,15 +1,23 @@
 //! Passing descriptors between processes: `sendmsg`/`recvmsg` with
 //! SCM_RIGHTS, the peer's credentials (SO_PEERCRED), and taking the
-//! descriptors systemd passes at start (LISTEN_FDS). The only `unsafe` of
-//! the socket hand-over lives here; [`crate::process::handover`] and
-//! [`crate::sys::fdstore`] are written on top of it.
+//! descriptors systemd passes at start (LISTEN_FDS). sendmsg/recvmsg are
+//! rustix's; the only `unsafe` of the socket hand-over (SO_PEERCRED, tokio
+//! registration, systemd's descriptors) lives here;
+//! [`crate::process::handover`] and [`crate::sys::fdstore`] are written on
+//! top of it.
 //!
 //! All calls are blocking (or fail with WouldBlock on a non-blocking
 //! socket): callers run them off the async workers.
 #![allow(unsafe_code)]
 
-use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, recvmsg, sendmsg,
+};
 
 /// Most descriptors one message can carry (the kernel's SCM_MAX_FD).
 pub const MAX_FDS_PER_MESSAGE: usize = 253;
@@ -30,50 +38,24 @@ pub fn send_with_fds(
             ),
         ));
     }
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let fd_bytes = std::mem::size_of_val(raw.as_slice());
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = if raw.is_empty() {
-        0
+    let mut space = if fds.is_empty() {
+        Vec::new()
     } else {
-        unsafe { libc::CMSG_SPACE(fd_bytes as u32) as usize }
+        vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))]
     };
-    // u64 elements keep the control buffer aligned for cmsghdr.
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if space > 0 {
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = space as _;
-        // SAFETY: msg_control points at `space` zeroed, aligned bytes, room
-        // for one cmsghdr with `fd_bytes` of data (CMSG_SPACE); the
-        // descriptors are copied into its data area, which CMSG_DATA
-        // addresses within that buffer.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-            std::ptr::copy_nonoverlapping(
-                raw.as_ptr() as *const u8,
-                libc::CMSG_DATA(cmsg),
-                fd_bytes,
-            );
-        }
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other(
+            "no room for the descriptors in the control buffer",
+        ));
     }
-    // SAFETY: msg points at live buffers (data, control) for the call; the
-    // descriptors are borrowed, so they stay open during it.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
+    let n = sendmsg(
+        sock,
+        &[IoSlice::new(data)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    Ok(n)
 }
 
 /// Receive one message into `buf` with the descriptors attached to it
@@ -81,55 +63,34 @@ pub fn send_with_fds(
 /// descriptors. A message whose descriptors did not fit is an error (the
 /// ones that did arrive are closed).
 pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let fd_bytes = MAX_FDS_PER_MESSAGE * std::mem::size_of::<RawFd>();
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) as usize };
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = (control.len() * 8) as _;
-    // SAFETY: msg points at live buffers (buf, control) for the call.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut space =
+        vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = recvmsg(
+        sock,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
     let mut fds = Vec::new();
-    // SAFETY: the kernel filled msg_control with msg_controllen bytes of
-    // cmsghdrs; CMSG_FIRSTHDR/NXTHDR walk them within that length, and each
-    // SCM_RIGHTS payload holds (cmsg_len - CMSG_LEN(0)) / 4 descriptors that
-    // this process now owns (read unaligned: CMSG_DATA need not be aligned
-    // for i32).
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg);
-                let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                for i in 0..len / std::mem::size_of::<RawFd>() {
-                    let fd = std::ptr::read_unaligned((data as *const RawFd).add(i));
-                    fds.push(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = message {
+            fds.extend(rights);
         }
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
         return Err(io::Error::other("descriptors were truncated"));
     }
-    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+    if msg.flags.contains(ReturnFlags::TRUNC) {
         return Err(io::Error::other("message truncated"));
     }
-    Ok((n as usize, fds))
+    Ok((msg.bytes, fds))
 }
 
-/// The peer of a connected Unix socket: (pid, uid).
+/// The peer of a connected Unix socket: (pid, uid). libc's, not rustix's
+/// `socket_peercred`: the kernel reports pid 0 for a peer outside this
+/// process's pid namespace, which rustix's `UCred` (a non-zero `Pid`)
+/// cannot hold.
 pub fn peer_cred(sock: BorrowedFd<'_>) -> io::Result<(i32, u32)> {
     let mut cred = libc::ucred {
         pid: 0,
@@ -166,8 +127,7 @@ pub fn register(sock: socket2::Socket) -> io::Result<tokio::io::unix::AsyncFd<so
 
 /// This process's effective uid.
 pub fn euid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// The descriptors systemd passed (LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES),

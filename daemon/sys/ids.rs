@@ -1,11 +1,12 @@
 //! Safe wrappers for the libc calls that need no more than their arguments
-//! to be sound, so that the modules calling them stay free of `unsafe`.
+//! to be sound, so that the modules calling them stay free of `unsafe`
+//! (rustix covers geteuid; the NSS look-ups, getgrouplist and
+//! SO_PEERGROUPS it does not).
 #![allow(unsafe_code)]
 
 /// The effective user id of this process.
 pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// The uid of the user `name`, from the passwd database (NSS).

@@ -31,14 +31,15 @@
 //!
 //! Everything here is blocking file-system work: call it off the async
 //! runtime, through [`off_runtime`] (the blocking pool, with a deadline).
-//! All of the module's `unsafe` is the four libc calls that take a
-//! directory descriptor, below.
-#![allow(unsafe_code)]
+//! The calls that take a directory descriptor are rustix's (no `unsafe`).
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+
+use rustix::fs::{AtFlags, Mode, OFlags, Stat};
+use rustix::io::Errno;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -165,7 +166,7 @@ impl Dir {
     /// with an error saying which ("it is a symbolic link; refusing to
     /// follow it"), and left as they were.
     pub fn create_file(&self, name: &str) -> io::Result<File> {
-        let file = self.open_ours(name, 0)?;
+        let file = self.open_ours(name, OFlags::empty())?;
         file.set_len(0)?;
         Ok(file)
     }
@@ -174,49 +175,41 @@ impl Dir {
     /// missing, with the same refusals as [`Dir::create_file`]; what it
     /// holds is kept. For logs that outlive a restart (the access log).
     pub fn append_file(&self, name: &str) -> io::Result<File> {
-        self.open_ours(name, libc::O_APPEND)
+        self.open_ours(name, OFlags::APPEND)
     }
 
     /// The checks and the open shared by [`Dir::create_file`] and
     /// [`Dir::append_file`]; `extra` is added to the open flags.
-    fn open_ours(&self, name: &str, extra: libc::c_int) -> io::Result<File> {
+    fn open_ours(&self, name: &str, extra: OFlags) -> io::Result<File> {
         let cname = c_name(name)?;
         if let Some(st) = self.stat_at(&cname)? {
             refuse_unless_regular(st.st_mode)?;
         }
-        let flags = libc::O_WRONLY
-            | libc::O_CREAT
-            | libc::O_NOFOLLOW
-            | libc::O_NONBLOCK
-            | libc::O_NOCTTY
-            | libc::O_CLOEXEC
+        let flags = OFlags::WRONLY
+            | OFlags::CREATE
+            | OFlags::NOFOLLOW
+            | OFlags::NONBLOCK
+            | OFlags::NOCTTY
+            | OFlags::CLOEXEC
             | extra;
-        // SAFETY: openat(2) with our open directory descriptor and a
-        // NUL-terminated name that lives across the call; the result is
-        // checked before it is used.
-        let fd = unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                cname.as_ptr(),
-                flags,
-                FILE_MODE as libc::c_uint,
-            )
-        };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::ELOOP) => refused("it is a symbolic link; refusing to follow it"),
-                // A FIFO without a reader (or a device) appeared since the
-                // check above.
-                Some(libc::ENXIO | libc::ENODEV) => match self.stat_at(&cname) {
+        let fd = match rustix::fs::openat(&self.fd, cname.as_c_str(), flags, Mode::from(FILE_MODE))
+        {
+            Ok(fd) => fd,
+            Err(Errno::LOOP) => {
+                return Err(refused("it is a symbolic link; refusing to follow it"));
+            }
+            // A FIFO without a reader (or a device) appeared since the
+            // check above.
+            Err(errno @ (Errno::NXIO | Errno::NODEV)) => {
+                let e = io::Error::from(errno);
+                return Err(match self.stat_at(&cname) {
                     Ok(Some(st)) => refuse_unless_regular(st.st_mode).err().unwrap_or(e),
                     _ => e,
-                },
-                _ => e,
-            });
-        }
-        // SAFETY: openat returned a new descriptor that nothing else owns.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+                });
+            }
+            Err(errno) => return Err(errno.into()),
+        };
+        let file = File::from(fd);
         let meta = file.metadata()?;
         refuse_unless_regular(meta.mode())?;
         let euid = crate::sys::euid();
@@ -246,10 +239,9 @@ impl Dir {
             Slot::Missing => Ok(None),
             Slot::Foreign(what) => Ok(Some(skipped(name, what))),
             Slot::Ours => {
-                // SAFETY: unlinkat(2) with our directory descriptor and a
-                // NUL-terminated name that lives across the call.
-                let rc = unsafe { libc::unlinkat(self.fd.as_raw_fd(), cname.as_ptr(), 0) };
-                check(rc).or_else(ignore_missing)?;
+                rustix::fs::unlinkat(&self.fd, cname.as_c_str(), AtFlags::empty())
+                    .map_err(io::Error::from)
+                    .or_else(ignore_missing)?;
                 Ok(None)
             }
         }
@@ -268,11 +260,9 @@ impl Dir {
         if let Slot::Foreign(what) = self.slot(&cto)? {
             return Ok(Some(skipped(to, what)));
         }
-        let dir = self.fd.as_raw_fd();
-        // SAFETY: renameat(2) within our directory descriptor, with
-        // NUL-terminated names that live across the call.
-        let rc = unsafe { libc::renameat(dir, cfrom.as_ptr(), dir, cto.as_ptr()) };
-        check(rc).or_else(ignore_missing)?;
+        rustix::fs::renameat(&self.fd, cfrom.as_c_str(), &self.fd, cto.as_c_str())
+            .map_err(io::Error::from)
+            .or_else(ignore_missing)?;
         Ok(None)
     }
 
@@ -290,19 +280,12 @@ impl Dir {
             Slot::Ours => {}
         }
         let flags =
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
-        // SAFETY: openat(2) with our open directory descriptor and a
-        // NUL-terminated name that lives across the call; checked below.
-        let fd = unsafe { libc::openat(self.fd.as_raw_fd(), cname.as_ptr(), flags) };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::NotFound => Ok(None),
-                _ => Err(e),
-            };
-        }
-        // SAFETY: openat returned a new descriptor that nothing else owns.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let file = match rustix::fs::openat(&self.fd, cname.as_c_str(), flags, Mode::empty()) {
+            Ok(fd) => File::from(fd),
+            Err(Errno::NOENT) => return Ok(None),
+            Err(errno) => return Err(errno.into()),
+        };
         let meta = file.metadata()?;
         refuse_unless_regular(meta.mode())?;
         if meta.len() > max {
@@ -324,8 +307,7 @@ impl Dir {
 
     /// fsync the directory itself, so that a rename in it is durable.
     pub fn sync(&self) -> io::Result<()> {
-        // SAFETY: fsync(2) on our open directory descriptor.
-        check(unsafe { libc::fsync(self.fd.as_raw_fd()) })
+        Ok(rustix::fs::fsync(&self.fd)?)
     }
 
     fn slot(&self, name: &CString) -> io::Result<Slot> {
@@ -345,23 +327,11 @@ impl Dir {
     }
 
     /// lstat of an entry of the directory; None if there is none.
-    fn stat_at(&self, name: &CString) -> io::Result<Option<libc::stat>> {
-        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: fstatat(2) with our directory descriptor, a NUL-terminated
-        // name and a buffer of the right type; read only if it succeeded.
-        let rc = unsafe {
-            libc::fstatat(
-                self.fd.as_raw_fd(),
-                name.as_ptr(),
-                st.as_mut_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        match check(rc) {
-            // SAFETY: fstatat succeeded, so it filled `st`.
-            Ok(()) => Ok(Some(unsafe { st.assume_init() })),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+    fn stat_at(&self, name: &CString) -> io::Result<Option<Stat>> {
+        match rustix::fs::statat(&self.fd, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(st)),
+            Err(Errno::NOENT) => Ok(None),
+            Err(errno) => Err(errno.into()),
         }
     }
 }
@@ -473,14 +443,6 @@ fn c_name(name: &str) -> io::Result<CString> {
     check_file_name(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     CString::new(name)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the file name contains NUL"))
-}
-
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// An entry that vanished between the check and the call: nothing to do.
@@ -633,9 +595,14 @@ mod tests {
         // A FIFO with no writer: the open returns at once, then it is
         // refused (a blocking open would hang this test).
         let fifo = tmp.path().join("fifo");
-        let c = CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: mkfifo with a NUL-terminated path that lives across it.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            Mode::from(0o600),
+            0,
+        )
+        .unwrap();
         let e = read_regular(&fifo, 4).unwrap_err().to_string();
         assert!(e.contains("a FIFO, not a regular file"), "{e}");
         let e = read_regular(tmp.path(), 4).unwrap_err().to_string();

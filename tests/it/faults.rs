@@ -37,6 +37,8 @@ fn code(out: &std::process::Output) -> i32 {
     out.status.code().expect("exit code")
 }
 
+// One scenario: each step builds on the live fault set the previous one left.
+#[allow(clippy::too_many_lines)]
 #[tokio::test]
 async fn fault_commands_change_the_live_set_with_events_and_clear_errors() {
     let netd = Netd::start(&config(""));

@@ -362,6 +362,10 @@ fn build_deb(dir: &Path, version: &str) -> PathBuf {
     out
 }
 
+// One scenario in one booted container (booting it is the expensive part):
+// install, enable, netctl, reload, restart, upgrade, journal, sandbox and
+// watchdog in order, each step on the state the previous one left.
+#[allow(clippy::too_many_lines)]
 #[test]
 fn the_package_under_a_live_systemd() {
     if let Some(why) = missing() {

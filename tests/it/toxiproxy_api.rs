@@ -258,6 +258,9 @@ pub(crate) fn error(status: u16, message: &str) -> Value {
     json!({"error": message, "status": status})
 }
 
+// One scenario: a walk through the API against one netd, each call
+// checked against Toxiproxy's JSON shape, status code and error text.
+#[allow(clippy::too_many_lines)]
 #[tokio::test(flavor = "multi_thread")]
 async fn json_shapes_status_codes_and_errors_are_toxiproxys() {
     let upstream = TestUpstream::echo(b"up:");

@@ -349,13 +349,10 @@ async fn splice_burst(
     total: &AtomicU64,
     mine: &AtomicU64,
 ) -> Result<Burst, Side> {
-    use std::os::fd::AsRawFd;
     use tokio::io::Interest;
     let (rs, ws): (&TcpStream, &TcpStream) = (r.as_ref(), w.as_ref());
     loop {
-        let n = match rs.try_io(Interest::READABLE, || {
-            splice(rs.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_SIZE)
-        }) {
+        let n = match rs.try_io(Interest::READABLE, || splice(rs, &pipe.write, PIPE_SIZE)) {
             Ok(0) => return Ok(Burst::Eof),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
@@ -366,9 +363,7 @@ async fn splice_burst(
         let mut left = n;
         while left > 0 {
             ws.writable().await.map_err(|_| Side::Writer)?;
-            match ws.try_io(Interest::WRITABLE, || {
-                splice(pipe.read.as_raw_fd(), ws.as_raw_fd(), left)
-            }) {
+            match ws.try_io(Interest::WRITABLE, || splice(&pipe.read, ws, left)) {
                 Ok(m) => left -= m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return Err(Side::Writer),

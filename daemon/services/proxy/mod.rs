@@ -45,11 +45,11 @@ pub mod resolve;
 mod show;
 mod toxic;
 
+use parking_lot::Mutex;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -272,11 +272,7 @@ impl Proxy {
                     healthy: u.healthy(now),
                     connections: u.state.connections.load(Relaxed),
                     connect_failures: u.state.connect_failures.load(Relaxed),
-                    last_error: u
-                        .state
-                        .last_error
-                        .lock()
-                        .clone(),
+                    last_error: u.state.last_error.lock().clone(),
                     pool_idle: u
                         .pool
                         .get()

@@ -268,7 +268,7 @@ pub fn flags_string(flags: u8) -> String {
 #[cfg(test)]
 mod fuzz {
     use super::*;
-    use crate::services::sniffer::filter::fuzz::frame;
+    use crate::services::sniffer::filter::tests::fuzz::frame;
     use proptest::prelude::*;
 
     fn check(frame: &[u8]) -> Result<(), TestCaseError> {

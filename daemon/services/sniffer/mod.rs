@@ -26,12 +26,12 @@ mod ring;
 mod show;
 mod socket;
 
+use parking_lot::Mutex;
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime};
 
 use pnet::datalink::{self, Channel, DataLinkReceiver, NetworkInterface};

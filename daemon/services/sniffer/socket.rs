@@ -1,23 +1,24 @@
-//! The packet socket's system calls: opening it, socket options, kernel
-//! statistics and batched reads (recvmmsg). The sniffer's unsafe code is
-//! here and in [`super::ring`], each block with its SAFETY note.
+//! The packet socket's system calls: opening it (rustix), socket options,
+//! kernel statistics and batched reads (recvmmsg), which rustix does not
+//! cover for AF_PACKET. The sniffer's unsafe code is here and in
+//! [`super::ring`], each block with its SAFETY note.
 #![allow(unsafe_code)]
 
 use std::io;
 use std::mem;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 
 use super::{BATCH, FRAME_MAX};
 
 /// A raw AF_PACKET socket for all protocols, close-on-exec.
 pub(super) fn packet_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by socket(2) and is owned here.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, socket_with};
+    Ok(socket_with(
+        AddressFamily::PACKET,
+        SocketType::RAW,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 /// PACKET_STATISTICS since the last read (reading resets them).

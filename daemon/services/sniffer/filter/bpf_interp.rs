@@ -185,12 +185,12 @@ mod tests {
     fn an_accept_all_program_is_caught() {
         let accept_all = [ins(0x06, 0, 0, ACCEPT)];
         let f = Filter::parse("udp and port 53").unwrap();
-        let disagree = super::super::agree::frames()
+        let disagree = super::super::tests::agree::frames()
             .into_iter()
             .filter(|(_, frame)| {
                 let d = decode(frame);
                 (run(&accept_all, frame, PACKET_HOST) != 0) != f.matches(&d)
-                    && !super::super::left_to_user_space(frame)
+                    && !super::super::tests::left_to_user_space(frame)
             })
             .count();
         assert!(disagree > 5, "{disagree}");
@@ -203,7 +203,7 @@ mod tests {
         for text in ["", "tcp", "udp and port 53", "host ::1", "icmp"] {
             let f = Filter::parse(text).unwrap();
             let (dedup, plain) = (f.to_bpf(true), f.to_bpf(false));
-            for (name, frame) in super::super::agree::frames() {
+            for (name, frame) in super::super::tests::agree::frames() {
                 assert_eq!(run(&dedup, &frame, PACKET_OUTGOING), 0, "{text:?} {name}");
                 for t in [PACKET_HOST, 1, 2, 3] {
                     assert_eq!(
@@ -403,7 +403,7 @@ mod kernel {
         use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
         let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]);
         let mut runner = TestRunner::new_with_rng(Config::default(), rng);
-        let strategy = super::super::fuzz::frame();
+        let strategy = super::super::tests::fuzz::frame();
         (0..n)
             .map(|_| strategy.new_tree(&mut runner).unwrap().current())
             .filter(|f| f.len() >= 14)
@@ -426,7 +426,7 @@ mod kernel {
             "host ::1",
             "host fe80::2 and udp and port 53",
         ];
-        let mut frames: Vec<Vec<u8>> = super::super::agree::frames()
+        let mut frames: Vec<Vec<u8>> = super::super::tests::agree::frames()
             .into_iter()
             .map(|(_, f)| f)
             .collect();
