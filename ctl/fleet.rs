@@ -11,7 +11,7 @@
 //!
 //! A stream (`--watch`, `events`) that breaks is reported once and not
 //! retried: netctl is a window onto the fleet, not a collector (history
-//! and alerting belong to Prometheus, see README "Running on many hosts").
+//! and alerting belong to Prometheus, see docs/fleet.md).
 
 use std::io::{IsTerminal, Write as _};
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! is a closed pipe (`netctl events | head`), netctl stops quietly and
 //! exits 0 instead of panicking, as ripgrep and other Unix tools do.
 //!
-//! Exit codes by class (also in `--help` and the README): 0 success, 1
+//! Exit codes by class (also in `--help` and docs/netctl.md): 0 success, 1
 //! refused by netd (an error status from the daemon, or a probe that got
 //! no answer), 2 usage (bad flags or input, found before anything is
 //! sent), 3 netd unreachable (no connection, or the connection failed; with

@@ -1,7 +1,7 @@
 //! The persisted runtime state: what the control plane changed relative to
 //! the config file, kept in `state_dir` so that a restart brings it back.
 //!
-//! The rule (also in the README's "Runtime state"): the config file's
+//! The rule (also in docs/runtime-state.md): the config file's
 //! listeners are the base; the state file records the difference the
 //! control plane made to it — listeners started or changed through netctl
 //! (with their full spec) and config listeners stopped through netctl (by

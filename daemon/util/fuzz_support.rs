@@ -4,7 +4,7 @@
 //!
 //! `cargo test` runs each target with a small default so that all of them
 //! together stay within CI's budget; `PROPTEST_CASES=N` overrides it for a
-//! long run (README, "Fuzzing").
+//! long run (docs/fuzzing.md).
 
 use proptest::test_runner::Config;
 

@@ -349,7 +349,7 @@ impl Proxy {
     /// (one epoll_wait per connection or so where the shared runtime
     /// batched more), total 113.5 against 114.5 µs (HAProxy 110.2). Kept for
     /// the rate and the user-space CPU; the total is the kernel's TCP work
-    /// per connection, the same for both (see the README's proxy
+    /// per connection, the same for both (see bench/README.md's proxy
     /// benchmark). One socket shared by the workers rather than one
     /// SO_REUSEPORT socket each: the supervisor's single socket stays what
     /// in-place updates and hand-over pass on, at the cost of both workers
