@@ -327,7 +327,7 @@ fn note_old_connect_timeout(matches: &clap::ArgMatches) {
         _ => None,
     };
     let Some((sub, name)) = sub else { return };
-    if sub.value_source("upstream_connect_timeout") != Some(ValueSource::CommandLine) {
+    if sub.value_source("upstream-connect-timeout") != Some(ValueSource::CommandLine) {
         return;
     }
     let top = matches.value_source("connect_timeout") == Some(ValueSource::CommandLine);
@@ -430,7 +430,7 @@ mod tests {
         }
         let own = proxy
             .get_arguments()
-            .find(|a| a.get_id() == "upstream_connect_timeout")
+            .find(|a| a.get_id() == "upstream-connect-timeout")
             .expect("start proxy --upstream-connect-timeout");
         assert_eq!(own.get_help_heading(), None);
     }

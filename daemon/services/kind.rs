@@ -119,6 +119,8 @@ pub trait ListenerKind: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// The value in `Listener.kind`, stats and events.
     const KIND: proto::ListenerKind;
     const TRANSPORT: Transport;
+    /// What the kind is, in one paragraph: `netctl start KIND`'s help.
+    const ABOUT: &'static str;
     /// The keys of this kind's flat form (its `[[listener]]` keys besides
     /// `name`, `kind` and `labels`; any other key is refused with "does
     /// not apply"), with what netctl needs to make a flag of each.
@@ -245,6 +247,8 @@ pub struct KindInfo {
     pub slug: &'static str,
     pub kind: proto::ListenerKind,
     pub transport: Transport,
+    /// What the kind is ([`ListenerKind::ABOUT`]).
+    pub about: &'static str,
     /// The keys of its flat form ([`ListenerKind::KEYS`]).
     pub keys: &'static [crate::spec::Key],
 }
@@ -260,6 +264,7 @@ impl KindInfo {
             slug: K::SLUG,
             kind: K::KIND,
             transport: K::TRANSPORT,
+            about: K::ABOUT,
             keys: K::KEYS,
         }
     }

@@ -54,7 +54,7 @@ impl Unit {
     /// The value name netctl shows (`--max-connections N`).
     pub fn value_name(self) -> &'static str {
         match self {
-            Unit::Text => "STR",
+            Unit::Text => "TEXT",
             Unit::Addr | Unit::Addrs => "ADDR",
             Unit::Count => "N",
             Unit::Bytes | Unit::Bytes32 => "BYTES",
@@ -91,6 +91,12 @@ pub struct Key {
     /// A listener of the kind must set it; the text says what it takes
     /// ("host:port"). Checked by the config reader.
     pub required: Option<&'static str>,
+    /// `netctl start` needs the flag (a required key, or one the kind's
+    /// validation would refuse empty).
+    pub start_required: bool,
+    /// Another key this one stands in for: setting one drops the other
+    /// (`token` and `token_file`).
+    pub replaces: Option<&'static str>,
 }
 
 impl Key {
@@ -106,6 +112,8 @@ impl Key {
             help,
             update: true,
             required: None,
+            start_required: false,
+            replaces: None,
         }
     }
 
@@ -121,6 +129,19 @@ impl Key {
 
     pub const fn required(mut self, what: &'static str) -> Key {
         self.required = Some(what);
+        self.start_required = true;
+        self
+    }
+
+    /// `netctl start` needs the flag (the config leaves the check to the
+    /// kind's validation).
+    pub const fn start_required(mut self) -> Key {
+        self.start_required = true;
+        self
+    }
+
+    pub const fn replaces(mut self, other: &'static str) -> Key {
+        self.replaces = Some(other);
         self
     }
 

@@ -662,6 +662,7 @@ impl ListenerKind for Http {
     const SLUG: &'static str = "http";
     const KIND: proto::ListenerKind = proto::ListenerKind::Http;
     const TRANSPORT: Transport = Transport::Tcp;
+    const ABOUT: &'static str = "HTTP JSON echo service (httpbin-like): GET echoes method, path and query; POST echoes a JSON body.";
     const KEYS: &'static [Key] = &[
         form::LISTEN,
         Key::new(
@@ -699,13 +700,15 @@ impl ListenerKind for Http {
             "token-file",
             Unit::Path,
             "Read the bearer token from this file (surrounding whitespace is trimmed).",
-        ),
+        )
+        .replaces("token"),
         Key::new(
             "token",
             "token",
             Unit::Text,
             "Require `Authorization: Bearer TOKEN` (prefer --token-file: a command line is visible to other local users).",
-        ),
+        )
+        .replaces("token_file"),
         Key::new(
             "rate_limit",
             "rate-limit",

@@ -610,12 +610,14 @@ impl ListenerKind for Proxy {
     const SLUG: &'static str = "proxy";
     const KIND: proto::ListenerKind = proto::ListenerKind::Proxy;
     const TRANSPORT: Transport = Transport::Tcp;
+    const ABOUT: &'static str = "Monitored TCP proxy: forwards each client to an upstream (round robin over the healthy ones), with an optional pool of warm connections.";
     const KEYS: &'static [Key] = &[
         form::LISTEN,
         Key::new("max_connections", "max-connections", Unit::Count, "Concurrent client connections; more are refused (default 1024)."),
         Key::new("idle_timeout", "idle-timeout", Unit::Duration, "Close connections idle in both directions this long (default 5m)."),
         Key::new("upstreams", "upstream", Unit::Addrs, "Upstream host:port (repeat for several; round robin). The proxy's own listening address is refused.")
-            .short('u'),
+            .short('u')
+            .start_required(),
         Key::new("preconnect", "preconnect", Unit::Count, "Keep N established connections warm per upstream (bb8 pool)."),
         Key::new("connect_timeout", "upstream-connect-timeout", Unit::Duration, "Upstream connect timeout (default 5s). --connect-timeout is still accepted here; netctl's own goes before the command.")
             .alias("connect-timeout"),

@@ -448,6 +448,7 @@ impl ListenerKind for Sniffer {
     const SLUG: &'static str = "sniffer";
     const KIND: proto::ListenerKind = proto::ListenerKind::Sniffer;
     const TRANSPORT: Transport = Transport::Packet;
+    const ABOUT: &'static str = "Packet sniffer on an interface (needs CAP_NET_RAW): per-protocol counts, flows, live packets (`netctl sniff`), pcap export, alerts.";
     const KEYS: &'static [Key] = &[
         Key::new("interface", "interface", Unit::Interface, "Interface to capture on, e.g. lo.")
             .short('i')

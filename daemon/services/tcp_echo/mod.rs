@@ -143,6 +143,7 @@ impl ListenerKind for TcpEcho {
     const SLUG: &'static str = "tcp-echo";
     const KIND: proto::ListenerKind = proto::ListenerKind::TcpEcho;
     const TRANSPORT: Transport = Transport::Tcp;
+    const ABOUT: &'static str = "TCP echo (RFC 862): echoes everything until the client closes.";
     const KEYS: &'static [Key] = &[
         form::LISTEN,
         Key::new(

@@ -166,6 +166,7 @@ impl ListenerKind for UdpEcho {
     const SLUG: &'static str = "udp-echo";
     const KIND: proto::ListenerKind = proto::ListenerKind::UdpEcho;
     const TRANSPORT: Transport = Transport::Udp;
+    const ABOUT: &'static str = "UDP echo: answers each datagram to its sender, except datagrams from netd's own UDP listeners or from ports that may answer back, within a per-source rate limit.";
     const KEYS: &'static [Key] = &[
         form::LISTEN,
         Key::new(

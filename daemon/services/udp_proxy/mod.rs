@@ -160,9 +160,12 @@ impl ListenerKind for UdpProxy {
     const SLUG: &'static str = "udp-proxy";
     const KIND: proto::ListenerKind = proto::ListenerKind::UdpProxy;
     const TRANSPORT: Transport = Transport::Udp;
+    const ABOUT: &'static str = "UDP proxy: each client's datagrams go to the upstream from a socket of their own, and the answers come back, except datagrams from netd's own UDP listeners, the upstream itself or ports that may answer back; add impairments with `netctl fault add`.";
     const KEYS: &'static [Key] = &[
         form::LISTEN,
-        Key::new("upstream", "upstream", Unit::Addr, "Upstream host:port.").short('u'),
+        Key::new("upstream", "upstream", Unit::Addr, "Upstream host:port.")
+            .short('u')
+            .start_required(),
         Key::new(
             "max_clients",
             "max-clients",
