@@ -108,6 +108,8 @@ enum Format {
     Json,
 }
 
+// Parsed once per run, so a large variant (fault's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start a listener (binds before returning: a port in use is an error).

@@ -21,7 +21,7 @@ use crate::{escape, output};
 /// as the flags give it.
 #[derive(Debug)]
 pub(crate) struct StartKind {
-    kind: KindInfo,
+    kind: proto::ListenerKind,
     name: String,
     labels: Vec<(String, String)>,
     ephemeral: bool,
@@ -179,7 +179,7 @@ impl clap::FromArgMatches for StartKind {
             }
         }
         Ok(StartKind {
-            kind,
+            kind: kind.kind,
             name: m.get_one::<String>("name").cloned().unwrap_or_default(),
             labels: m
                 .get_many::<(String, String)>("labels")
@@ -218,7 +218,7 @@ pub(crate) async fn run(ctx: &Ctx, start: StartKind) -> anyhow::Result<()> {
     let dial = &ctx.dial;
     // A literal token is sent as given, as it always was.
     let opts = ReadOptions { placeholders: true };
-    let kind = netd::services::read_config(start.kind.kind, &start.table, &opts)
+    let kind = netd::services::read_config(start.kind, &start.table, &opts)
         .map_err(|e| render::usage(anyhow::anyhow!("{e}")))?;
     let common = start;
     let mut client = dial.client(false).await?;
