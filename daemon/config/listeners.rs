@@ -15,8 +15,9 @@ use crate::proto;
 use crate::services::{KINDS, KindInfo, Service, Settings, Transport};
 use crate::spec::form::{self, Class, FieldError, ReadOptions};
 
-/// A `[[listener]]` table as written: each key's value and where it is.
-pub(super) type RawListener = BTreeMap<String, Spanned<toml::Value>>;
+/// A `[[listener]]` table as written: where it is, and each key and value
+/// with where they are.
+pub(super) type RawListener = Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>;
 
 /// Turn `[[listener]]` tables into validated listeners; `text` and
 /// `source` are for `file:line` in errors, `metrics_listen` is the
@@ -147,16 +148,15 @@ impl Entry {
         text: &str,
         source: &str,
     ) -> Result<Entry, ConfigError> {
-        let first = raw.values().map(|v| v.span().start).min();
+        let table_at = raw.span().start;
         let type_error = |e: FieldError, at: usize| {
             ConfigError(format!("{}: {e}", position(text, source, lines, at)))
         };
-        let missing = |field: &str| match first {
-            Some(at) => ConfigError(format!(
-                "{source}:{}: missing field `{field}`",
-                lines.line(at)
-            )),
-            None => ConfigError(format!("{source}: missing field `{field}`")),
+        let missing = |field: &str| {
+            ConfigError(format!(
+                "{}: missing field `{field}`",
+                position(text, source, lines, table_at)
+            ))
         };
         let mut name = None;
         let mut kind = None;
@@ -165,9 +165,12 @@ impl Entry {
         let mut spans = HashMap::new();
         // Keys in the order they are written, so that the first wrong one
         // is the one reported.
-        let mut keys: Vec<(String, Spanned<toml::Value>)> = raw.into_iter().collect();
-        keys.sort_by_key(|(_, v)| v.span().start);
+        let mut keys: Vec<(Spanned<String>, Spanned<toml::Value>)> =
+            raw.into_inner().into_iter().collect();
+        keys.sort_by_key(|(k, _)| k.span().start);
         for (key, value) in keys {
+            let key_at = key.span().start;
+            let key = key.into_inner();
             let span = value.span();
             let value = value.into_inner();
             match key.as_str() {
@@ -205,7 +208,7 @@ impl Entry {
                     if !KINDS.iter().any(|k| k.takes(&key)) {
                         return Err(ConfigError(format!(
                             "{}: unknown field `{key}`, expected one of {}",
-                            position(text, source, lines, span.start),
+                            position(text, source, lines, key_at),
                             known_keys()
                         )));
                     }

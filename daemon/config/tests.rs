@@ -352,3 +352,50 @@ fn udp_echo_safety_and_http_ipv6_prefix_options() {
     let e = Config::parse(text, "x.toml").unwrap_err().to_string();
     assert!(e.contains("rate_limit") && e.contains("off"), "{e}");
 }
+
+/// What the config reader takes itself (name, kind, labels) and what it
+/// refuses before any kind reads its form, at the line and column TOML
+/// reports its own errors.
+#[test]
+fn listener_tables_errors_point_at_the_key_or_value() {
+    let err = |text: &str| Config::parse(text, "x.toml").unwrap_err().to_string();
+    let e = err(
+        "[[listener]]\nname = \"a\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:0\"\ncolour = 1\n",
+    );
+    assert!(
+        e.starts_with(
+            "x.toml:5:1: unknown field `colour`, expected one of `name`, `kind`, `listen`"
+        ),
+        "{e}"
+    );
+    let e = err("[[listener]]\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:0\"\n");
+    assert!(
+        e.starts_with("x.toml:1:") && e.ends_with("missing field `name`"),
+        "{e}"
+    );
+    let e = err(
+        "[[listener]]\nname = \"a\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:0\"\nmax_connections = \"lots\"\n",
+    );
+    assert_eq!(
+        e,
+        "x.toml:5:19: invalid type: string \"lots\", expected u32"
+    );
+    let e = err(
+        "[[listener]]\nname = \"a\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:0\"\nmax_connections = -1\n",
+    );
+    assert_eq!(e, "x.toml:5:19: invalid value: integer `-1`, expected u32");
+    let e = err(
+        "[[listener]]\nname = \"a\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:0\"\nidle_timeout = \"soon\"\n",
+    );
+    assert!(
+        e.starts_with("x.toml:5: idle_timeout: 'soon' is not a duration like 30s or 5m"),
+        "{e}"
+    );
+    let e = err(
+        "[[listener]]\nname = \"a\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:0\"\nlabels = { a = 1 }\n",
+    );
+    assert!(
+        e.starts_with("x.toml:5:10: invalid type: integer `1`"),
+        "{e}"
+    );
+}
