@@ -37,12 +37,12 @@
 //! are also kept in systemd's fd store as they come and go
 //! ([`crate::sys::fdstore`]).
 
-use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use parking_lot::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
@@ -190,11 +190,15 @@ impl Entry {
     }
 
     fn current_gen(&self) -> Arc<Generation> {
-        self.current.lock().clone()
+        self.current
+            .lock()
+            .clone()
     }
 
     fn labels(&self) -> HashMap<String, String> {
-        self.labels.lock().clone()
+        self.labels
+            .lock()
+            .clone()
     }
 
     fn kind(&self) -> proto::ListenerKind {
@@ -401,18 +405,28 @@ impl Supervisor {
     }
 
     fn listeners(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Entry>>> {
-        self.inner.listeners.lock()
+        self.inner
+            .listeners
+            .lock()
     }
 
     /// Sockets handed over by a previous netd, by listener name: each is
     /// used by the first start of that name whose spec it matches.
     pub fn inherit(&self, sockets: HashMap<String, OwnedFd>) {
-        self.inner.inherited.lock().extend(sockets);
+        self.inner
+            .inherited
+            .lock()
+            .extend(sockets);
     }
 
     /// Inherited sockets no listener took (closed by the caller).
     pub fn take_unused_inherited(&self) -> HashMap<String, OwnedFd> {
-        std::mem::take(&mut *self.inner.inherited.lock())
+        std::mem::take(
+            &mut *self
+                .inner
+                .inherited
+                .lock(),
+        )
     }
 
     /// Duplicates of every running listener's listening socket (TCP, UDP),
@@ -617,7 +631,10 @@ impl Supervisor {
     }
 
     fn take_inherited(&self, name: &str) -> Option<OwnedFd> {
-        self.inner.inherited.lock().remove(name)
+        self.inner
+            .inherited
+            .lock()
+            .remove(name)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1343,7 +1360,10 @@ impl Supervisor {
         let desired = overlay.on(&base);
         // Validate (and plan) before the base changes.
         self.plan(desired.clone(), Prune::Persistent).await?;
-        let old_base = std::mem::replace(&mut *self.inner.base.lock(), base);
+        let old_base = std::mem::replace(
+            &mut *self.inner.base.lock(),
+            base,
+        );
         let r = self.apply_held(desired, Prune::Persistent, false).await;
         if r.is_err() {
             // Nothing of this plan could be checked as applied; keep the
@@ -1365,7 +1385,11 @@ impl Supervisor {
             .filter(|e| !e.ephemeral && !e.leaving.load(Ordering::Relaxed))
             .map(|e| e.desired())
             .collect();
-        let base = self.inner.base.lock().clone();
+        let base = self
+            .inner
+            .base
+            .lock()
+            .clone();
         Overlay::between(&base, &running)
     }
 

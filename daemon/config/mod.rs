@@ -8,6 +8,7 @@
 //! default. Apply files (`netctl apply -f`) are read here too, by
 //! [`parse_listeners`]: the same tables under two different rules.
 
+mod endpoint_sections;
 pub mod export;
 mod listeners;
 
@@ -340,23 +341,25 @@ impl Config {
             }
         };
         let (metrics_listen, metrics_limits) =
-            http_endpoint("metrics", "/metrics", &raw.metrics, &at)?;
-        let (toxiproxy_api_listen, toxiproxy_api_limits) = http_endpoint(
+            endpoint_sections::http_endpoint("metrics", "/metrics", &raw.metrics, &at)?;
+        let (toxiproxy_api_listen, toxiproxy_api_limits) = endpoint_sections::http_endpoint(
             "toxiproxy_api",
             "the Toxiproxy API",
             &raw.toxiproxy_api.endpoint(),
             &at,
         )?;
-        let toxiproxy_api_rules = toxiproxy_api_rules(&raw.toxiproxy_api, &at)?;
+        let toxiproxy_api_rules = endpoint_sections::toxiproxy_api_rules(&raw.toxiproxy_api, &at)?;
         let toxiproxy_api_token = match &raw.toxiproxy_api.token_file {
             None => None,
-            Some(f) => Some(toxiproxy_api_token(f.get_ref()).map_err(|e| {
-                ConfigError(format!(
-                    "{}: toxiproxy_api.token_file: {}: {e}",
-                    at(f.span()),
-                    f.get_ref()
-                ))
-            })?),
+            Some(f) => Some(
+                endpoint_sections::toxiproxy_api_token(f.get_ref()).map_err(|e| {
+                    ConfigError(format!(
+                        "{}: toxiproxy_api.token_file: {}: {e}",
+                        at(f.span()),
+                        f.get_ref()
+                    ))
+                })?,
+            ),
         };
         if let (Some(t), Some(l)) = (toxiproxy_api_listen, &raw.toxiproxy_api.listen) {
             if metrics_listen.is_some_and(|m| addrs_clash(m, t)) {
@@ -516,145 +519,6 @@ fn parse_access_log(
         },
     };
     Ok(Settings { path, buffer_bytes })
-}
-
-/// `[metrics]` or `[toxiproxy_api]`: an HTTP endpoint netd serves itself,
-/// with no authentication (so loopback only unless `allow_remote`), and
-/// its bounds. `what` names it in errors.
-fn http_endpoint(
-    section: &str,
-    what: &str,
-    raw: &RawMetrics,
-    at: &dyn Fn(std::ops::Range<usize>) -> String,
-) -> Result<
-    (
-        Option<std::net::SocketAddr>,
-        crate::endpoints::metrics::Limits,
-    ),
-    ConfigError,
-> {
-    let listen = match &raw.listen {
-        None => None,
-        Some(l) => {
-            let addr = crate::util::addr::parse_listen_addr(l.get_ref())
-                .map_err(|e| ConfigError(format!("{}: {section}.listen: {e}", at(l.span()))))?;
-            // The endpoint has no authentication: a client elsewhere must
-            // be asked for explicitly.
-            if !addr.ip().to_canonical().is_loopback() && !raw.allow_remote {
-                return Err(ConfigError(format!(
-                    "{}: {section}.listen: {addr} is not a loopback address; {what} has no \
-                     authentication, so serving it beyond this host needs \
-                     `allow_remote = true` in [{section}]",
-                    at(l.span())
-                )));
-            }
-            Some(addr)
-        }
-    };
-    use crate::endpoints::metrics::{Limits, MAX_MAX_CONNECTIONS, TIMEOUT_RANGE};
-    let timeout = |field: &str, v: &Option<Spanned<String>>, default: Duration| {
-        let Some(v) = v else { return Ok(default) };
-        let d = humantime::parse_duration(v.get_ref()).map_err(|e| {
-            ConfigError(format!(
-                "{}: {section}.{field}: '{}' is not a duration like 5s or 1m: {e}",
-                at(v.span()),
-                v.get_ref()
-            ))
-        })?;
-        if !TIMEOUT_RANGE.contains(&d) {
-            return Err(ConfigError(format!(
-                "{}: {section}.{field}: {} is out of range ({} to {})",
-                at(v.span()),
-                v.get_ref(),
-                humantime::format_duration(*TIMEOUT_RANGE.start()),
-                humantime::format_duration(*TIMEOUT_RANGE.end())
-            )));
-        }
-        Ok(d)
-    };
-    let defaults = Limits::default();
-    let max_connections = match &raw.max_connections {
-        None => defaults.max_connections,
-        Some(m) => match usize::try_from(*m.get_ref()) {
-            Ok(n @ 1..=MAX_MAX_CONNECTIONS) => n,
-            _ => {
-                return Err(ConfigError(format!(
-                    "{}: {section}.max_connections: {} is out of range (1 to {MAX_MAX_CONNECTIONS})",
-                    at(m.span()),
-                    m.get_ref()
-                )));
-            }
-        },
-    };
-    let limits = Limits {
-        max_connections,
-        header_timeout: timeout(
-            "header_timeout",
-            &raw.header_timeout,
-            defaults.header_timeout,
-        )?,
-        idle_timeout: timeout("idle_timeout", &raw.idle_timeout, defaults.idle_timeout)?,
-    };
-    Ok((listen, limits))
-}
-
-/// `[toxiproxy_api]`'s `allowed_ports`, `max_proxies` and `persist`.
-fn toxiproxy_api_rules(
-    raw: &RawToxiproxyApi,
-    at: &dyn Fn(std::ops::Range<usize>) -> String,
-) -> Result<crate::endpoints::toxiproxy_api::Rules, ConfigError> {
-    use crate::endpoints::toxiproxy_api::{MAX_MAX_PROXIES, Rules};
-    let defaults = Rules::default();
-    let allowed_ports = match &raw.allowed_ports {
-        None => defaults.allowed_ports,
-        Some(p) => Rules::parse_ports(p.get_ref()).map_err(|e| {
-            ConfigError(format!(
-                "{}: toxiproxy_api.allowed_ports: {e}",
-                at(p.span())
-            ))
-        })?,
-    };
-    let max_proxies = match &raw.max_proxies {
-        None => defaults.max_proxies,
-        Some(m) => match usize::try_from(*m.get_ref()) {
-            Ok(n @ 1..=MAX_MAX_PROXIES) => n,
-            _ => {
-                return Err(ConfigError(format!(
-                    "{}: toxiproxy_api.max_proxies: {} is out of range (1 to {MAX_MAX_PROXIES})",
-                    at(m.span()),
-                    m.get_ref()
-                )));
-            }
-        },
-    };
-    Ok(Rules {
-        allowed_ports,
-        max_proxies,
-        persist: raw.persist,
-    })
-}
-
-/// Read `[toxiproxy_api] token_file`: an absolute path to a regular file
-/// (opened non-blocking, so a FIFO cannot hang the load), at most 4 KiB.
-fn toxiproxy_api_token(path: &str) -> Result<crate::endpoints::toxiproxy_api::Token, String> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if !Path::new(path).is_absolute() {
-        return Err("must be an absolute path".into());
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return Err("not a regular file".into());
-    }
-    let mut text = String::new();
-    file.take(4096)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    crate::endpoints::toxiproxy_api::Token::parse(&text)
 }
 
 /// A TOML syntax or type error as one line, `file:line:column: what`,

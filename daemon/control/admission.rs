@@ -30,11 +30,11 @@
 //! The gates register themselves in a process-wide list that `/metrics`
 //! reads ([`snapshot`]).
 
-use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -502,7 +502,11 @@ impl Handshake {
 
 impl Drop for Handshake {
     fn drop(&mut self) {
-        let mut p = self.gate.inner.pending.lock();
+        let mut p = self
+            .gate
+            .inner
+            .pending
+            .lock();
         if let Some(i) = p.queue.iter().position(|e| e.id == self.id) {
             p.queue.remove(i);
         }

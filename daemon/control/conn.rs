@@ -12,11 +12,11 @@
 //! `idle_timeout` is closed: that bounds what a client that connects and
 //! then says nothing can hold.
 
-use parking_lot::Mutex;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -53,7 +53,12 @@ impl ConnState {
 
     /// No call open on it for at least `grace`.
     fn idle_for(&self, grace: Duration) -> bool {
-        self.active.load(Ordering::Relaxed) == 0 && self.idle_since.lock().elapsed() >= grace
+        self.active.load(Ordering::Relaxed) == 0
+            && self
+                .idle_since
+                .lock()
+                .elapsed()
+                >= grace
     }
 
     /// Count a call open until the guard (held by its response body) drops.
@@ -183,7 +188,11 @@ impl<IO> Drop for ControlConn<IO> {
     fn drop(&mut self) {
         // Calls still finishing may hold the state a moment longer; the
         // place is the connection's.
-        self.info.state.slot.lock().take();
+        self.info
+            .state
+            .slot
+            .lock()
+            .take();
     }
 }
 

@@ -14,11 +14,11 @@
 //! written within [`RESPONSE_TIMEOUT`]. HTTP/1.1 only: that is what
 //! Prometheus speaks.
 
-use parking_lot::Mutex;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 

@@ -19,10 +19,10 @@ pub mod attrs;
 pub mod cidr;
 pub mod rng;
 
-use parking_lot::{Mutex, RwLock};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use parking_lot::{Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::time::Instant;

@@ -14,11 +14,11 @@
 //! cached copy ([`OwnAddrsView`]) and reload it only when a version number
 //! has moved.
 
-use parking_lot::RwLock;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use parking_lot::RwLock;
 
 /// netd's own UDP listening addresses; cheap to clone (one shared set).
 #[derive(Clone, Debug, Default)]

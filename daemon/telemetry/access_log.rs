@@ -26,15 +26,15 @@
 //!
 //! Before [`init`] (unit tests, `--check-config`) nothing is logged.
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::cell::RefCell;
 use std::fmt::Display;
 use std::fs::File;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::sys::safe_file;
@@ -167,7 +167,8 @@ impl Sink {
     }
 
     fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
-        self.shards[i].lock()
+        self.shards[i]
+            .lock()
     }
 
     fn set_sleep(&self, st: &mut State, sleep: Sleep) {

@@ -43,11 +43,11 @@ pub mod pool;
 pub mod resolve;
 mod toxic;
 
-use parking_lot::Mutex;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -272,7 +272,11 @@ impl Proxy {
                     healthy: u.healthy(now),
                     connections: u.state.connections.load(Relaxed),
                     connect_failures: u.state.connect_failures.load(Relaxed),
-                    last_error: u.state.last_error.lock().clone(),
+                    last_error: u
+                        .state
+                        .last_error
+                        .lock()
+                        .clone(),
                     pool_idle: u
                         .pool
                         .get()

@@ -20,14 +20,14 @@
 //!   counted; the log says so once per streak of failures and once when the
 //!   name resolves again.
 
-use parking_lot::RwLock;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use parking_lot::RwLock;
 use std::time::Duration;
 
 /// Upper bound on one lookup.
@@ -246,8 +246,8 @@ pub async fn keep_resolved(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parking_lot::Mutex;
     use std::collections::VecDeque;
+    use parking_lot::Mutex;
 
     /// A scripted resolver: each lookup takes the next answer; `None` never
     /// answers.

@@ -22,11 +22,11 @@
 //! direction even when no data does. A change to the listener's faults is
 //! seen at the next chunk or timer, or at once by a direction waiting here.
 
-use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};

@@ -24,12 +24,12 @@ pub mod pcap;
 mod ring;
 mod socket;
 
-use parking_lot::Mutex;
 use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use pnet::datalink::{self, Channel, DataLinkReceiver, NetworkInterface};

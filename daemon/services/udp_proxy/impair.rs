@@ -23,12 +23,12 @@
 //! lost by the fault that would have queued it (a reorder hold over its
 //! bound lets the datagram pass instead).
 
-use parking_lot::Mutex;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
