@@ -129,24 +129,30 @@ pub(crate) fn set_key(t: &mut toml::Table, k: &Key, v: toml::Value) {
     t.insert(k.key.to_string(), v);
 }
 
+/// A one-paragraph help text as clap's derive shows a doc comment: without
+/// its closing period.
+pub(crate) fn summary(text: &str) -> String {
+    text.strip_suffix('.').unwrap_or(text).to_string()
+}
+
 /// `netctl start KIND`'s subcommand for one kind.
 fn kind_command(kind: &KindInfo) -> Command {
-    let mut c = Command::new(kind.slug).about(kind.about).arg(
+    let mut c = Command::new(kind.slug).about(summary(kind.about)).arg(
         Arg::new("name")
             .required(true)
             .value_name("NAME")
-            .help("Unique listener name: 1-63 letters, digits, '-', '_', '.', starting with a letter or digit."),
+            .help("Unique listener name: 1-63 letters, digits, '-', '_', '.', starting with a letter or digit"),
     );
     for k in kind.keys {
         if let Some(flag) = k.flag {
-            c = c.arg(kind_arg(k, flag, k.help.to_string(), false));
+            c = c.arg(kind_arg(k, flag, summary(k.help), false));
         }
     }
     c.arg(
         Arg::new("labels")
             .long("label")
             .value_name("KEY=VALUE")
-            .help("Label to attach, key=value (repeatable).")
+            .help("Label to attach, key=value (repeatable)")
             .value_parser(parse_label)
             .action(ArgAction::Append),
     )

@@ -13,7 +13,7 @@ use netd::services::KINDS;
 use netd::spec::Key;
 use netd::spec::form::{ReadOptions, Unit};
 
-use super::start::{flag_value, kind_arg, set_key};
+use super::start::{flag_value, kind_arg, set_key, summary};
 use super::*;
 use crate::dial::{reply_listener, status_line};
 use crate::render::{self, outln};
@@ -53,24 +53,24 @@ impl clap::Args for UpdateArgs {
             Arg::new("name")
                 .required(true)
                 .value_name("NAME")
-                .help("Listener name."),
+                .help("Listener name"),
         );
         for (flag, k, slugs) in update_flags() {
-            let help = format!("{}: {}", slugs.join(", "), k.help);
+            let help = format!("{}: {}", slugs.join(", "), summary(k.help));
             cmd = cmd.arg(kind_arg(k, flag, help, true));
         }
         cmd.arg(
             Arg::new("labels")
                 .long("label")
                 .value_name("KEY=VALUE")
-                .help("Replace all labels with these, key=value (repeatable).")
+                .help("Replace all labels with these, key=value (repeatable)")
                 .value_parser(parse_label)
                 .action(ArgAction::Append),
         )
         .arg(
             Arg::new("clear_labels")
                 .long("clear-labels")
-                .help("Remove every label.")
+                .help("Remove every label")
                 .conflicts_with("labels")
                 .action(ArgAction::SetTrue),
         )
