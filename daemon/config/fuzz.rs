@@ -9,44 +9,21 @@ use proptest::prelude::*;
 
 const SOURCE: &str = "fuzz.toml";
 
-/// Listener keys besides `name` and `kind` (all but `token_file`,
-/// which reads a file), a few misspelt.
-const LISTENER_KEYS: &[&str] = &[
-    "listen",
-    "interface",
-    "filter",
-    "pcap_path",
-    "pcap_max_bytes",
-    "pcap_max_files",
-    "max_flows",
-    "port_scan_ports",
-    "port_scan_window",
-    "syn_rate",
-    "prefix",
-    "max_connections",
-    "idle_timeout",
-    "upstreams",
-    "preconnect",
-    "connect_timeout",
-    "upstream_backoff",
-    "resolve_interval",
-    "max_body_bytes",
-    "header_read_timeout",
-    "request_timeout",
-    "rate_limit",
-    "token",
-    "body_budget_bytes",
-    "max_streams",
-    "max_header_bytes",
-    "allow_privileged_sources",
-    "max_sources",
-    "access_log",
-    "labels",
-    "labels.team",
-    "nmae",
-    "Kind",
-    "ünïcode",
-];
+/// Listener keys besides `name` and `kind`: every key of every kind's
+/// flat form (but `token_file`, which reads a file), a few misspelt.
+fn listener_keys() -> &'static [&'static str] {
+    static KEYS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut keys: Vec<&'static str> = Vec::new();
+        for k in crate::services::KINDS.iter().flat_map(|k| k.keys.iter()) {
+            if k.key != "token_file" && !keys.contains(&k.key) {
+                keys.push(k.key);
+            }
+        }
+        keys.extend(["labels", "labels.team", "nmae", "Kind", "ünïcode"]);
+        keys
+    })
+}
 
 /// Top-level keys and tables (no `[control.tls]`, which reads files).
 const TOP_KEYS: &[&str] = &[
@@ -227,7 +204,7 @@ fn listener() -> impl Strategy<Value = String> {
                 &["tcp-echo", "udp-echo", "proxy", "http", "sniffer", "ftp"][..],
             ),
         ),
-        entries(LISTENER_KEYS, 0..6),
+        entries(listener_keys(), 0..6),
     )
         .prop_map(|(name, kind, rest)| {
             let mut t = String::from("[[listener]]\n");
