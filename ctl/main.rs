@@ -108,8 +108,8 @@ enum Format {
     Json,
 }
 
-// Parsed once per run: the size of its largest variant (`update`'s flags)
-// costs nothing worth boxing for.
+// Parsed once per run, so the size of its largest variant costs nothing
+// worth boxing for.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -330,7 +330,7 @@ fn note_old_connect_timeout(matches: &clap::ArgMatches) {
         _ => None,
     };
     let Some((sub, name)) = sub else { return };
-    if sub.value_source("upstream_connect_timeout") != Some(ValueSource::CommandLine) {
+    if sub.value_source("upstream-connect-timeout") != Some(ValueSource::CommandLine) {
         return;
     }
     let top = matches.value_source("connect_timeout") == Some(ValueSource::CommandLine);
@@ -433,7 +433,7 @@ mod tests {
         }
         let own = proxy
             .get_arguments()
-            .find(|a| a.get_id() == "upstream_connect_timeout")
+            .find(|a| a.get_id() == "upstream-connect-timeout")
             .expect("start proxy --upstream-connect-timeout");
         assert_eq!(own.get_help_heading(), None);
     }

@@ -1,362 +1,154 @@
-//! `netctl update NAME [options]`: fetch the listener's spec, change the
-//! fields given, send it back.
+//! `netctl update NAME [options]`: fetch the listener's spec, write it in
+//! its kind's flat form, set the keys the options give, read it back with
+//! the kind's `read_config` and send it. The options are generated from
+//! every kind's key table (see [`super::start`]), so a kind's new key is
+//! an update option with no code here.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
-use clap::Args;
-use netd::proto::{self, listener_spec::Kind};
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use netd::proto;
+use netd::services::KINDS;
+use netd::spec::Key;
+use netd::spec::form::{ReadOptions, Unit};
 
+use super::start::{flag_value, kind_arg, set_key, summary};
 use super::*;
 use crate::dial::{reply_listener, status_line};
 use crate::render::{self, outln};
 use crate::{escape, output};
 
-/// `netctl update NAME [options]`: each option replaces one field of the
+/// `netctl update NAME [options]`: each option replaces one key of the
 /// listener's current spec; an option the listener's kind does not have
 /// is an error.
-#[derive(Debug, Args)]
+#[derive(Debug)]
 pub(crate) struct UpdateArgs {
-    /// Listener name.
     name: String,
-    /// New address to bind (a graceful replace).
-    #[arg(short, long, value_name = "ADDR")]
-    listen: Option<String>,
-    /// Replace all labels with these, key=value (repeatable).
-    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// Remove every label.
-    #[arg(long, conflicts_with = "labels")]
     clear_labels: bool,
-    /// tcp-echo, udp-echo: prefix of every reply.
-    #[arg(long)]
-    prefix: Option<String>,
-    /// tcp-echo, proxy, http: concurrent connections.
-    #[arg(long, value_name = "N")]
-    max_connections: Option<u32>,
-    /// tcp-echo, proxy, http: idle timeout.
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    idle_timeout: Option<Duration>,
-    /// proxy: the upstreams (repeat; replaces the list).
-    #[arg(short, long = "upstream", value_name = "ADDR")]
-    upstreams: Vec<String>,
-    /// proxy: warm connections per upstream.
-    #[arg(long, value_name = "N")]
-    preconnect: Option<u32>,
-    /// proxy: upstream connect timeout (--connect-timeout is still
-    /// accepted here; netctl's own goes before the command).
-    #[arg(long, alias = "connect-timeout", value_name = "DUR", value_parser = humantime::parse_duration)]
-    upstream_connect_timeout: Option<Duration>,
-    /// proxy: how long a failed upstream is skipped.
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    upstream_backoff: Option<Duration>,
-    /// proxy: resolve upstreams given by host name again this often.
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    resolve_interval: Option<Duration>,
-    /// http, udp-echo, udp-proxy: rate limit (N/s, N/m, N/h; the UDP kinds
-    /// per source IP, also "off").
-    #[arg(long, value_name = "RATE")]
-    rate_limit: Option<String>,
-    /// http: bearer token ("" for none).
-    #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
-    token: Option<String>,
-    /// http: read the bearer token from this file.
-    #[arg(long, value_name = "PATH")]
-    token_file: Option<std::path::PathBuf>,
-    /// http: largest request body in bytes.
-    #[arg(long, value_name = "BYTES")]
-    max_body: Option<u64>,
-    /// http: time to send a request's headers.
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    header_timeout: Option<Duration>,
-    /// http: time a request has to complete.
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    request_timeout: Option<Duration>,
-    /// http: request bodies buffered at once, in bytes.
-    #[arg(long, value_name = "BYTES")]
-    body_budget: Option<u64>,
-    /// http: concurrent HTTP/2 streams per connection.
-    #[arg(long, value_name = "N")]
-    max_streams: Option<u32>,
-    /// http: largest request header section in bytes.
-    #[arg(long, value_name = "BYTES")]
-    max_header_bytes: Option<u32>,
-    /// http: IPv6 clients share a rate-limit bucket per prefix of this
-    /// length (1-128).
-    #[arg(long, value_name = "BITS")]
-    rate_limit_ipv6_prefix: Option<u32>,
-    /// udp-echo, udp-proxy: answer sources on ports below 1024 (alone:
-    /// true; "false" turns it off).
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
-    allow_privileged_sources: Option<bool>,
-    /// udp-echo, udp-proxy: sources the rate limit tracks.
-    #[arg(long, value_name = "N")]
-    max_sources: Option<u32>,
-    /// udp-proxy: clients tracked at once (at most netd's descriptor budget).
-    #[arg(long, value_name = "N")]
-    max_clients: Option<u32>,
-    /// sniffer: interface to capture on (a replace).
-    #[arg(short, long, value_name = "IF")]
-    interface: Option<String>,
-    /// sniffer: pcap file in netd's capture_dir ("" stops writing one).
-    #[arg(long, value_name = "PATH")]
-    pcap: Option<String>,
-    /// sniffer: rotate the pcap file at this many bytes.
-    #[arg(long, value_name = "BYTES")]
-    pcap_max_bytes: Option<u64>,
-    /// sniffer: rotated pcap files kept.
-    #[arg(long, value_name = "N")]
-    pcap_max_files: Option<u32>,
-    /// udp-proxy: clients of one source IP (IPv6: one /64) at once.
-    #[arg(long, value_name = "N")]
-    max_clients_per_source: Option<u32>,
-    /// sniffer: capture filter.
-    #[arg(short, long, value_name = "EXPR")]
-    filter: Option<String>,
-    /// sniffer: flow table size.
-    #[arg(long, value_name = "N")]
-    max_flows: Option<u32>,
-    /// sniffer: port-scan alert threshold (distinct ports).
-    #[arg(long, value_name = "N")]
-    scan_ports: Option<u32>,
-    /// sniffer: port-scan alert window.
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    scan_window: Option<Duration>,
-    /// sniffer: SYN-rate alert threshold (SYNs per second).
-    #[arg(long, value_name = "N")]
-    syn_rate: Option<u32>,
-    /// http, proxy (and, writing nothing either way, the echo kinds): write
-    /// access-log lines, true or false.
-    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
-    access_log: Option<bool>,
+    /// The kinds' options given, by flag, in their flat form's values.
+    values: Vec<(&'static str, toml::Value)>,
+}
+
+/// Every flag some kind's key has, once (the first kind's key in registry
+/// order describes it), with the kinds that take it.
+fn update_flags() -> Vec<(&'static str, &'static Key, Vec<&'static str>)> {
+    let mut flags: Vec<(&'static str, &'static Key, Vec<&'static str>)> = Vec::new();
+    for kind in KINDS {
+        for k in kind.keys.iter().filter(|k| k.update) {
+            let Some(flag) = k.flag else { continue };
+            match flags.iter_mut().find(|(f, _, _)| *f == flag) {
+                Some((_, _, slugs)) => slugs.push(kind.slug),
+                None => flags.push((flag, k, vec![kind.slug])),
+            }
+        }
+    }
+    flags
+}
+
+impl clap::Args for UpdateArgs {
+    fn augment_args(mut cmd: Command) -> Command {
+        cmd = cmd.arg(
+            Arg::new("name")
+                .required(true)
+                .value_name("NAME")
+                .help("Listener name"),
+        );
+        for (flag, k, slugs) in update_flags() {
+            let help = format!("{}: {}", slugs.join(", "), summary(k.help));
+            cmd = cmd.arg(kind_arg(k, flag, help, true));
+        }
+        cmd.arg(
+            Arg::new("labels")
+                .long("label")
+                .value_name("KEY=VALUE")
+                .help("Replace all labels with these, key=value (repeatable)")
+                .value_parser(parse_label)
+                .action(ArgAction::Append),
+        )
+        .arg(
+            Arg::new("clear_labels")
+                .long("clear-labels")
+                .help("Remove every label")
+                .conflicts_with("labels")
+                .action(ArgAction::SetTrue),
+        )
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl clap::FromArgMatches for UpdateArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut values = Vec::new();
+        for (flag, k, _) in update_flags() {
+            let v = flag_value(m, k, flag, "listener").map_err(|e| {
+                clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
+            })?;
+            if let Some(v) = v {
+                // One shape for a flag whichever kind it is for: a list
+                // where some kind takes several.
+                let v = match (k.unit, v) {
+                    (Unit::Addr, toml::Value::String(s)) => {
+                        toml::Value::Array(vec![toml::Value::String(s)])
+                    }
+                    (_, v) => v,
+                };
+                values.push((flag, v));
+            }
+        }
+        Ok(UpdateArgs {
+            name: m.get_one::<String>("name").cloned().unwrap_or_default(),
+            labels: m
+                .get_many::<(String, String)>("labels")
+                .map(|v| v.cloned().collect())
+                .unwrap_or_default(),
+            clear_labels: m.get_flag("clear_labels"),
+            values,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
 }
 
 impl UpdateArgs {
-    /// Apply the options given to `spec`.
+    /// Apply the options given to `spec`: its flat form, with the keys
+    /// given set, read back by its kind.
     fn patch(&self, spec: &mut proto::ListenerSpec) -> anyhow::Result<()> {
-        let Some(kind) = spec.kind.as_mut() else {
+        let Some(arm) = spec.kind.as_ref() else {
             return Err(anyhow!("netd sent the listener without a spec"));
         };
-        let slug = match kind {
-            Kind::TcpEcho(_) => "tcp-echo",
-            Kind::UdpEcho(_) => "udp-echo",
-            Kind::Proxy(_) => "proxy",
-            Kind::Http(_) => "http",
-            Kind::Sniffer(_) => "sniffer",
-            Kind::UdpProxy(_) => "udp-proxy",
-        };
-        let na = |flag: &str| anyhow!("{flag} does not apply to a {slug} listener");
-        let dur = |flag: &str, d: Option<Duration>| to_proto_duration(flag, d);
-        if let Some(l) = &self.listen {
-            match kind {
-                Kind::TcpEcho(s) => s.listen = l.clone(),
-                Kind::UdpEcho(s) => s.listen = l.clone(),
-                Kind::Proxy(s) => s.listen = l.clone(),
-                Kind::Http(s) => s.listen = l.clone(),
-                Kind::UdpProxy(s) => s.listen = l.clone(),
-                Kind::Sniffer(_) => return Err(na("--listen")),
-            }
+        let info = netd::services::info(arm);
+        let mut form = netd::spec::Table::default();
+        netd::services::write_config(arm, &mut form).map_err(|e| anyhow!("{e}"))?;
+        let mut table: toml::Table =
+            toml::from_str(form.text()).context("the listener's current spec")?;
+        for (flag, v) in &self.values {
+            let Some(k) = info.keys.iter().find(|k| k.update && k.flag == Some(*flag)) else {
+                return Err(anyhow!(
+                    "--{flag} does not apply to a {} listener",
+                    info.slug
+                ));
+            };
+            let v = match (k.unit, v) {
+                (Unit::Addr, toml::Value::Array(items)) => match items.as_slice() {
+                    [one] => one.clone(),
+                    _ => return Err(anyhow!("a {} has one --{flag}", info.slug)),
+                },
+                (_, v) => v.clone(),
+            };
+            set_key(&mut table, k, v);
         }
-        if let Some(p) = &self.prefix {
-            match kind {
-                Kind::TcpEcho(s) => s.prefix = p.clone(),
-                Kind::UdpEcho(s) => s.prefix = p.clone(),
-                _ => return Err(na("--prefix")),
-            }
-        }
-        if let Some(n) = self.max_connections {
-            match kind {
-                Kind::TcpEcho(s) => s.max_connections = n,
-                Kind::Proxy(s) => s.max_connections = n,
-                Kind::Http(s) => s.max_connections = n,
-                _ => return Err(na("--max-connections")),
-            }
-        }
-        if self.idle_timeout.is_some() {
-            let d = dur("--idle-timeout", self.idle_timeout)?;
-            match kind {
-                Kind::TcpEcho(s) => s.idle_timeout = d,
-                Kind::Proxy(s) => s.idle_timeout = d,
-                Kind::Http(s) => s.idle_timeout = d,
-                Kind::UdpProxy(s) => s.idle_timeout = d,
-                _ => return Err(na("--idle-timeout")),
-            }
-        }
-        if let Some(on) = self.access_log {
-            match kind {
-                Kind::TcpEcho(s) => s.access_log = Some(on),
-                Kind::UdpEcho(s) => s.access_log = Some(on),
-                Kind::Proxy(s) => s.access_log = Some(on),
-                Kind::Http(s) => s.access_log = Some(on),
-                Kind::Sniffer(_) | Kind::UdpProxy(_) => return Err(na("--access-log")),
-            }
-        }
-        if let Some(r) = &self.rate_limit {
-            match kind {
-                Kind::UdpEcho(s) => s.rate_limit = r.clone(),
-                Kind::UdpProxy(s) => s.rate_limit = r.clone(),
-                Kind::Http(s) => s.rate_limit = r.clone(),
-                _ => return Err(na("--rate-limit")),
-            }
-        }
-        match kind {
-            Kind::Proxy(s) => {
-                if !self.upstreams.is_empty() {
-                    s.upstreams = self.upstreams.clone();
-                }
-                if let Some(n) = self.preconnect {
-                    s.preconnect = n;
-                }
-                if self.upstream_connect_timeout.is_some() {
-                    s.connect_timeout =
-                        dur("--upstream-connect-timeout", self.upstream_connect_timeout)?;
-                }
-                if self.upstream_backoff.is_some() {
-                    s.upstream_backoff = dur("--upstream-backoff", self.upstream_backoff)?;
-                }
-                if self.resolve_interval.is_some() {
-                    s.resolve_interval = dur("--resolve-interval", self.resolve_interval)?;
-                }
-            }
-            Kind::UdpProxy(s) => {
-                match self.upstreams.as_slice() {
-                    [] => {}
-                    [one] => s.upstream = one.clone(),
-                    _ => return Err(anyhow!("a udp-proxy has one --upstream")),
-                }
-                if let Some(n) = self.max_clients {
-                    s.max_clients = n;
-                }
-                if let Some(n) = self.max_clients_per_source {
-                    s.max_clients_per_source = n;
-                }
-                if let Some(n) = self.max_sources {
-                    s.max_sources = n;
-                }
-            }
-            _ if !self.upstreams.is_empty() => return Err(na("--upstream")),
-            _ if self.preconnect.is_some() => return Err(na("--preconnect")),
-            _ if self.upstream_connect_timeout.is_some() => {
-                return Err(na("--upstream-connect-timeout"));
-            }
-            _ if self.upstream_backoff.is_some() => return Err(na("--upstream-backoff")),
-            _ if self.resolve_interval.is_some() => return Err(na("--resolve-interval")),
-            _ => {}
-        }
-        match kind {
-            Kind::Http(s) => {
-                if let Some(t) = &self.token {
-                    s.token = t.clone();
-                }
-                if let Some(path) = &self.token_file {
-                    s.token = std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read the token file {}", path.display()))?
-                        .trim()
-                        .to_string();
-                }
-                if let Some(n) = self.max_body {
-                    s.max_body_bytes = n;
-                }
-                if self.header_timeout.is_some() {
-                    s.header_read_timeout = dur("--header-timeout", self.header_timeout)?;
-                }
-                if self.request_timeout.is_some() {
-                    s.request_timeout = dur("--request-timeout", self.request_timeout)?;
-                }
-                if let Some(n) = self.body_budget {
-                    s.body_budget_bytes = n;
-                }
-                if let Some(n) = self.max_streams {
-                    s.max_streams = n;
-                }
-                if let Some(n) = self.max_header_bytes {
-                    s.max_header_bytes = n;
-                }
-                if let Some(n) = self.rate_limit_ipv6_prefix {
-                    s.rate_limit_ipv6_prefix = n;
-                }
-            }
-            _ if self.token.is_some() || self.token_file.is_some() => {
-                return Err(na("--token"));
-            }
-            _ if self.max_body.is_some() => return Err(na("--max-body")),
-            _ if self.header_timeout.is_some() => return Err(na("--header-timeout")),
-            _ if self.request_timeout.is_some() => return Err(na("--request-timeout")),
-            _ if self.body_budget.is_some() => return Err(na("--body-budget")),
-            _ if self.max_streams.is_some() => return Err(na("--max-streams")),
-            _ if self.max_header_bytes.is_some() => return Err(na("--max-header-bytes")),
-            _ if self.rate_limit_ipv6_prefix.is_some() => {
-                return Err(na("--rate-limit-ipv6-prefix"));
-            }
-            _ => {}
-        }
-        match kind {
-            Kind::UdpEcho(s) => {
-                if let Some(n) = self.max_sources {
-                    s.max_sources = n;
-                }
-                if let Some(on) = self.allow_privileged_sources {
-                    s.allow_privileged_sources = on;
-                }
-            }
-            Kind::UdpProxy(s) => {
-                if let Some(on) = self.allow_privileged_sources {
-                    s.allow_privileged_sources = on;
-                }
-            }
-            _ if self.max_sources.is_some() => return Err(na("--max-sources")),
-            _ if self.allow_privileged_sources.is_some() => {
-                return Err(na("--allow-privileged-sources"));
-            }
-            _ if self.max_clients.is_some() => return Err(na("--max-clients")),
-            _ if self.max_clients_per_source.is_some() => {
-                return Err(na("--max-clients-per-source"));
-            }
-            _ => {}
-        }
-        match kind {
-            Kind::Sniffer(s) => {
-                if let Some(i) = &self.interface {
-                    s.interface = i.clone();
-                }
-                if let Some(p) = &self.pcap {
-                    // As given: netd resolves it in its capture_dir.
-                    s.pcap_path = p.clone();
-                }
-                if let Some(n) = self.pcap_max_bytes {
-                    s.pcap_max_bytes = n;
-                }
-                if let Some(n) = self.pcap_max_files {
-                    s.pcap_max_files = n;
-                }
-                if let Some(f) = &self.filter {
-                    s.filter = f.clone();
-                }
-                if let Some(n) = self.max_flows {
-                    s.max_flows = n;
-                }
-                if let Some(n) = self.scan_ports {
-                    s.port_scan_ports = n;
-                }
-                if self.scan_window.is_some() {
-                    s.port_scan_window = dur("--scan-window", self.scan_window)?;
-                }
-                if let Some(n) = self.syn_rate {
-                    s.syn_rate = n;
-                }
-            }
-            _ if self.interface.is_some() => return Err(na("--interface")),
-            _ if self.pcap.is_some() => return Err(na("--pcap")),
-            _ if self.pcap_max_bytes.is_some() => return Err(na("--pcap-max-bytes")),
-            _ if self.pcap_max_files.is_some() => return Err(na("--pcap-max-files")),
-            _ if self.filter.is_some() => return Err(na("--filter")),
-            _ if self.max_flows.is_some() => return Err(na("--max-flows")),
-            _ if self.scan_ports.is_some() => return Err(na("--scan-ports")),
-            _ if self.scan_window.is_some() => return Err(na("--scan-window")),
-            _ if self.syn_rate.is_some() => return Err(na("--syn-rate")),
-            _ => {}
-        }
+        // The placeholder netd shows for a secret means "keep it".
+        let opts = ReadOptions { placeholders: true };
+        let kind = netd::services::read_config(info.kind, &table, &opts)?;
+        spec.kind = Some(kind);
         Ok(())
     }
 
@@ -430,30 +222,17 @@ mod tests {
 
     use super::*;
 
-    /// Options of `start KIND` that `update` does not take, and why. A new
-    /// start option fails `update_takes_every_start_option` until update
-    /// takes it too or it is listed here.
-    const NOT_UPDATABLE: &[(&str, &str)] = &[(
-        "ephemeral",
-        "whether netd keeps a listener in its state is decided at start",
-    )];
+    /// Keys no flag sets, and why.
+    const NO_FLAG: &[(&str, &str)] = &[("faults", "set by `netctl fault add|update|rm`")];
 
-    /// Options a kind's start has only through the shared arguments and
-    /// refuses for that kind, as update does.
-    const REFUSED_BY_START: &[(&str, &str)] = &[("udp-proxy", "access-log")];
-
-    /// An empty spec of the kind `start`'s subcommand `slug` starts.
+    /// An empty spec of kind `slug`.
     fn spec_of(slug: &str) -> proto::ListenerSpec {
-        let kind = match slug {
-            "tcp-echo" => Kind::TcpEcho(Default::default()),
-            "udp-echo" => Kind::UdpEcho(Default::default()),
-            "proxy" => Kind::Proxy(Default::default()),
-            "http" => Kind::Http(Default::default()),
-            "sniffer" => Kind::Sniffer(Default::default()),
-            "udp-proxy" => Kind::UdpProxy(Default::default()),
-            other => panic!("start {other}: a kind this test does not know; add it to spec_of"),
-        };
-        proto::ListenerSpec { kind: Some(kind) }
+        let kind = netd::services::kind_by_slug(slug)
+            .unwrap_or_else(|| panic!("start {slug}: not a kind"));
+        let arm =
+            netd::services::read_config(kind.kind, &toml::Table::new(), &ReadOptions::default())
+                .expect("an empty form reads");
+        proto::ListenerSpec { kind: Some(arm) }
     }
 
     /// A value `--long` accepts, by its value name.
@@ -474,6 +253,54 @@ mod tests {
         }
     }
 
+    /// Every key of every kind has a `start KIND` flag and an `update`
+    /// flag (through the commands clap builds), but the few no flag sets.
+    #[test]
+    fn every_key_of_every_kind_has_a_start_and_an_update_flag() {
+        let mut cli = crate::Cli::command();
+        cli.build();
+        let start = cli.find_subcommand("start").expect("start");
+        let update = cli.find_subcommand("update").expect("update");
+        let longs = |c: &Command| -> Vec<String> {
+            c.get_arguments()
+                .filter_map(|a| a.get_long().map(String::from))
+                .collect()
+        };
+        let update_longs = longs(update);
+        let mut keys = 0;
+        for kind in KINDS {
+            let sub = start
+                .find_subcommand(kind.slug)
+                .unwrap_or_else(|| panic!("no `netctl start {}`", kind.slug));
+            let start_longs = longs(sub);
+            for k in kind.keys {
+                keys += 1;
+                let Some(flag) = k.flag else {
+                    assert!(
+                        NO_FLAG.iter().any(|(key, _)| *key == k.key),
+                        "{} key {} has no flag",
+                        kind.slug,
+                        k.key
+                    );
+                    continue;
+                };
+                assert!(
+                    start_longs.iter().any(|l| l == flag),
+                    "`netctl start {} --{flag}` is missing ({})",
+                    kind.slug,
+                    k.key
+                );
+                assert!(
+                    k.update && update_longs.iter().any(|l| l == flag),
+                    "`netctl update --{flag}` is missing ({} {})",
+                    kind.slug,
+                    k.key
+                );
+            }
+        }
+        assert!(keys >= 40, "{keys} keys");
+    }
+
     /// Every option `netctl start KIND` has, `netctl update` accepts for a
     /// listener of that kind and writes into its spec (the README promises
     /// "any option start takes").
@@ -481,26 +308,16 @@ mod tests {
     fn update_takes_every_start_option() {
         let cli = crate::Cli::command();
         let start = cli.find_subcommand("start").expect("start");
-        let update = cli.find_subcommand("update").expect("update");
-        let update_longs: Vec<&str> = update
-            .get_arguments()
-            .filter_map(|a| a.get_long())
-            .collect();
         let mut kinds = 0;
         for kind in start.get_subcommands() {
             kinds += 1;
             let slug = kind.get_name();
             for arg in kind.get_arguments() {
                 let Some(long) = arg.get_long() else { continue };
-                if NOT_UPDATABLE.iter().any(|(n, _)| *n == long)
-                    || REFUSED_BY_START.contains(&(slug, long))
-                {
+                if long == "ephemeral" {
+                    // Whether netd keeps a listener is decided at start.
                     continue;
                 }
-                assert!(
-                    update_longs.contains(&long),
-                    "`netctl start {slug} --{long}` has no `netctl update --{long}`"
-                );
                 let mut argv = vec!["netctl".to_string(), "update".into(), "x".into()];
                 argv.push(format!("--{long}"));
                 if arg.get_action().takes_values() {
@@ -533,8 +350,8 @@ mod tests {
         assert!(kinds >= 6, "start has {kinds} kinds");
     }
 
-    /// Options of update that no kind's start has are errors for a kind
-    /// that lacks them, not silently ignored.
+    /// Options of update that the listener's kind lacks are errors, not
+    /// silently ignored.
     #[test]
     fn an_option_of_another_kind_is_refused() {
         let parsed =
@@ -549,5 +366,30 @@ mod tests {
                 .contains("--interface does not apply to a tcp-echo"),
             "{e}"
         );
+    }
+
+    /// Without options, the spec goes back as it came (its flat form
+    /// read back is the spec itself).
+    #[test]
+    fn no_option_leaves_the_spec_as_it_is() {
+        let parsed = crate::Cli::try_parse_from(["netctl", "update", "x"]).unwrap();
+        let crate::Command::Update(args) = parsed.command else {
+            panic!("not an update")
+        };
+        let mut spec = proto::ListenerSpec {
+            kind: Some(proto::listener_spec::Kind::Proxy(proto::ProxySpec {
+                listen: "127.0.0.1:1".into(),
+                upstreams: vec!["127.0.0.1:2".into(), "127.0.0.1:3".into()],
+                idle_timeout: Some(prost_types::Duration {
+                    seconds: 90,
+                    nanos: 5,
+                }),
+                access_log: Some(false),
+                ..Default::default()
+            })),
+        };
+        let before = spec.clone();
+        args.patch(&mut spec).unwrap();
+        assert_eq!(spec, before);
     }
 }

@@ -120,9 +120,12 @@ pub trait ListenerKind: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// The value in `Listener.kind`, stats and events.
     const KIND: proto::ListenerKind;
     const TRANSPORT: Transport;
-    /// The `[[listener]]` keys this kind takes besides `name`, `kind` and
-    /// `labels`; any other key is refused with "does not apply".
-    const CONFIG_KEYS: &'static [&'static str];
+    /// What the kind is, in one paragraph: `netctl start KIND`'s help.
+    const ABOUT: &'static str;
+    /// The keys of this kind's flat form (its `[[listener]]` keys besides
+    /// `name`, `kind` and `labels`; any other key is refused with "does
+    /// not apply"), with what netctl needs to make a flag of each.
+    const KEYS: &'static [crate::spec::Key];
 
     /// The address field of a spec, unparsed (None for kinds that bind
     /// none): for clash checks across listeners and in-place updates.
@@ -133,6 +136,15 @@ pub trait ListenerKind: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// by the caller). Destructure the spec without `..`, so that a field
     /// added to the proto does not compile until it is written.
     fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String>;
+
+    /// Read the spec from its flat form (the inverse of
+    /// [`ListenerKind::write_config`]): a key left out is its zero. Only
+    /// the keys in [`ListenerKind::KEYS`] are looked at; the caller refuses
+    /// others.
+    fn read_config(
+        t: &toml::Table,
+        opts: &crate::spec::form::ReadOptions,
+    ) -> Result<Self::Spec, crate::spec::FieldError>;
 
     /// Validate a spec against the daemon's settings. May block (an
     /// upstream name is resolved, interfaces are listed).
@@ -241,19 +253,28 @@ pub struct KindInfo {
     pub slug: &'static str,
     pub kind: proto::ListenerKind,
     pub transport: Transport,
-    pub config_keys: &'static [&'static str],
     /// The kind's own Prometheus families ([`ListenerKind::FAMILIES`]).
     pub families: &'static dyn DetailFamilies,
+    /// What the kind is ([`ListenerKind::ABOUT`]).
+    pub about: &'static str,
+    /// The keys of its flat form ([`ListenerKind::KEYS`]).
+    pub keys: &'static [crate::spec::Key],
 }
 
 impl KindInfo {
+    /// Whether the kind's form has `key`.
+    pub fn takes(&self, key: &str) -> bool {
+        self.keys.iter().any(|k| k.key == key)
+    }
+
     pub const fn of<K: ListenerKind>() -> KindInfo {
         KindInfo {
             slug: K::SLUG,
             kind: K::KIND,
             transport: K::TRANSPORT,
-            config_keys: K::CONFIG_KEYS,
             families: K::FAMILIES,
+            about: K::ABOUT,
+            keys: K::KEYS,
         }
     }
 }

@@ -95,6 +95,23 @@ macro_rules! registry {
             }
         }
 
+        /// Read a spec arm of kind `kind` from its flat form (see
+        /// [`ListenerKind::read_config`]).
+        pub fn read_config(
+            kind: proto::ListenerKind,
+            t: &toml::Table,
+            opts: &crate::spec::form::ReadOptions,
+        ) -> Result<Kind, crate::spec::FieldError> {
+            $(if kind == <$ty as ListenerKind>::KIND {
+                return <$ty>::read_config(t, opts).map(Kind::$arm);
+            })+
+            Err(crate::spec::FieldError::new(
+                "kind",
+                crate::spec::form::Class::Listener,
+                "no kind",
+            ))
+        }
+
         /// The unparsed address field of a spec arm, for kinds that bind one.
         fn spec_listen(kind: &Kind) -> Option<&str> {
             match kind {
@@ -492,6 +509,25 @@ pub use crate::spec::SpecError;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default idle timeout for TCP connections.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The `faults` key of a kind that takes faults: each table compiled by
+/// [`crate::fault::attrs::from_table`], an error naming the fault by its
+/// place in the list.
+pub(crate) fn read_faults(t: &toml::Table) -> Result<Vec<proto::Fault>, crate::spec::FieldError> {
+    crate::spec::form::tables(t, "faults")?
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            crate::fault::attrs::from_table(f).map_err(|e| {
+                crate::spec::FieldError::new(
+                    "faults",
+                    crate::spec::form::Class::Listener,
+                    format!("fault {}: {e}", i + 1),
+                )
+            })
+        })
+        .collect()
+}
+
 /// Largest `max_connections` of any TCP listener.
 pub const MAX_MAX_CONNECTIONS: u64 = 1_000_000;
 

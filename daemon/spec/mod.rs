@@ -8,9 +8,11 @@ use std::collections::HashMap;
 use crate::proto;
 
 pub mod diff;
+pub mod form;
 pub mod names;
 pub mod table;
 
+pub use form::{FieldError, Key, Unit};
 pub use table::Table;
 
 /// Why a spec was rejected; the message names the field and the problem.

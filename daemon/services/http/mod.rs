@@ -67,6 +67,8 @@ use super::{
 };
 use crate::net::accept::accept_loop;
 use crate::proto;
+use crate::spec::FieldError;
+use crate::spec::form::{self, Key, Unit};
 use crate::telemetry::stats::{Histogram, Stats};
 use conn::{Activity, Lingering, StreamExec};
 pub use echo::query_params;
@@ -94,6 +96,63 @@ pub const IDLE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
 const H2_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// What netd shows in place of a configured token.
 pub const REDACTED: &str = "<redacted>";
+
+/// The token of an HTTP listener's flat form: `token` or `token_file`
+/// (never both), the placeholder [`REDACTED`] only as `token` and only
+/// where `opts` allows it (an apply file, an update: "keep the token").
+fn read_token(t: &toml::Table, opts: &form::ReadOptions) -> Result<String, FieldError> {
+    use form::Class;
+    match (
+        form::opt_text(t, "token")?,
+        form::opt_text(t, "token_file")?,
+    ) {
+        (None, None) => Ok(String::new()),
+        (Some(_), Some(_)) => Err(FieldError::new(
+            "token",
+            Class::Listener,
+            "token and token_file are both set; give one of them",
+        )),
+        (Some(token), None) => {
+            if token == REDACTED && !opts.placeholders {
+                return Err(FieldError::new(
+                    "token",
+                    Class::Listener,
+                    format!(
+                        "token = \"{REDACTED}\" is a placeholder written by netctl export; \
+                         set the real token or token_file"
+                    ),
+                ));
+            }
+            Ok(token)
+        }
+        (None, Some(file)) => {
+            let token = crate::sys::safe_file::read_regular_text(
+                std::path::Path::new(&file),
+                form::MAX_SECRET_FILE_BYTES,
+            )
+            .map_err(|e| {
+                FieldError::new(
+                    "token_file",
+                    Class::Value,
+                    format!("token_file: cannot read {file}: {e}"),
+                )
+            })?
+            .trim()
+            .to_string();
+            if token == REDACTED {
+                return Err(FieldError::new(
+                    "token_file",
+                    Class::Listener,
+                    format!(
+                        "token_file {file} holds the placeholder \"{REDACTED}\" written by \
+                         netctl export, not a token"
+                    ),
+                ));
+            }
+            Ok(token)
+        }
+    }
+}
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug, Default)]
@@ -605,23 +664,104 @@ impl ListenerKind for Http {
     const SLUG: &'static str = "http";
     const KIND: proto::ListenerKind = proto::ListenerKind::Http;
     const TRANSPORT: Transport = Transport::Tcp;
-    const CONFIG_KEYS: &'static [&'static str] = &[
-        "listen",
-        "max_connections",
-        "idle_timeout",
-        "max_body_bytes",
-        "header_read_timeout",
-        "request_timeout",
-        "token_file",
-        "token",
-        "rate_limit",
-        "rate_limit_ipv6_prefix",
-        "body_budget_bytes",
-        "max_streams",
-        "max_header_bytes",
-        "access_log",
+    const ABOUT: &'static str = "HTTP JSON echo service (httpbin-like): GET echoes method, path and query; POST echoes a JSON body.";
+    const KEYS: &'static [Key] = &[
+        form::LISTEN,
+        Key::new(
+            "max_connections",
+            "max-connections",
+            Unit::Count,
+            "Concurrent connections; more are refused (default 1024).",
+        ),
+        Key::new(
+            "idle_timeout",
+            "idle-timeout",
+            Unit::Duration,
+            "Close an HTTP/2 connection with no open stream this long once it has made a request, 1ms to 24h (default 60s).",
+        ),
+        Key::new(
+            "max_body_bytes",
+            "max-body",
+            Unit::Bytes,
+            "Largest request body in bytes; larger gets 413 (default 1 MiB).",
+        ),
+        Key::new(
+            "header_read_timeout",
+            "header-timeout",
+            Unit::Duration,
+            "Time a client has to send a request's headers, and an HTTP/2 connection its first request (default 10s).",
+        ),
+        Key::new(
+            "request_timeout",
+            "request-timeout",
+            Unit::Duration,
+            "Time a request has to complete (default 30s); slower gets 408.",
+        ),
+        Key::new(
+            "token_file",
+            "token-file",
+            Unit::Path,
+            "Read the bearer token from this file (surrounding whitespace is trimmed).",
+        )
+        .replaces("token"),
+        Key::new(
+            "token",
+            "token",
+            Unit::Text,
+            "Require `Authorization: Bearer TOKEN` (prefer --token-file: a command line is visible to other local users).",
+        )
+        .replaces("token_file"),
+        Key::new(
+            "rate_limit",
+            "rate-limit",
+            Unit::Rate,
+            "Per-client-IP rate limit: N/s, N/m or N/h, e.g. 100/s; over it gets 429 with Retry-After.",
+        ),
+        Key::new(
+            "rate_limit_ipv6_prefix",
+            "rate-limit-ipv6-prefix",
+            Unit::Bits,
+            "IPv6 clients share a rate-limit bucket per prefix of this length (1-128, default 64).",
+        ),
+        Key::new(
+            "body_budget_bytes",
+            "body-budget",
+            Unit::Bytes,
+            "Request bodies buffered at once across all connections, in bytes (default 64 MiB, at least --max-body); beyond it: 503.",
+        ),
+        Key::new(
+            "max_streams",
+            "max-streams",
+            Unit::Count,
+            "Concurrent HTTP/2 streams per connection, 1-1000 (default 32).",
+        ),
+        Key::new(
+            "max_header_bytes",
+            "max-header-bytes",
+            Unit::Bytes32,
+            "Largest request header section in bytes, 1024 to 1 MiB (default 16 KiB); larger gets 431.",
+        ),
+        form::ACCESS_LOG,
     ];
     const FAMILIES: &'static dyn crate::telemetry::families::DetailFamilies = &metrics::FAMILIES;
+
+    fn read_config(t: &toml::Table, opts: &form::ReadOptions) -> Result<Self::Spec, FieldError> {
+        Ok(proto::HttpSpec {
+            listen: form::text(t, "listen")?,
+            max_body_bytes: form::u64(t, "max_body_bytes")?,
+            header_read_timeout: form::duration(t, "header_read_timeout")?,
+            request_timeout: form::duration(t, "request_timeout")?,
+            max_connections: form::u32(t, "max_connections")?,
+            token: read_token(t, opts)?,
+            rate_limit: form::text(t, "rate_limit")?,
+            body_budget_bytes: form::u64(t, "body_budget_bytes")?,
+            max_streams: form::u32(t, "max_streams")?,
+            max_header_bytes: form::u32(t, "max_header_bytes")?,
+            idle_timeout: form::duration(t, "idle_timeout")?,
+            rate_limit_ipv6_prefix: form::u32(t, "rate_limit_ipv6_prefix")?,
+            access_log: form::opt_bool(t, "access_log")?,
+        })
+    }
 
     fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::HttpSpec {

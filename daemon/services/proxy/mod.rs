@@ -66,6 +66,8 @@ use crate::net::drain::Drain;
 use crate::net::sockopt::abort;
 use crate::net::workers;
 use crate::proto;
+use crate::spec::FieldError;
+use crate::spec::form::{self, Key, Unit};
 use crate::telemetry::stats::Stats;
 pub use forward::BUF_SIZE;
 use forward::{End, forward};
@@ -610,19 +612,38 @@ impl ListenerKind for Proxy {
     const SLUG: &'static str = "proxy";
     const KIND: proto::ListenerKind = proto::ListenerKind::Proxy;
     const TRANSPORT: Transport = Transport::Tcp;
-    const CONFIG_KEYS: &'static [&'static str] = &[
-        "listen",
-        "max_connections",
-        "idle_timeout",
-        "upstreams",
-        "preconnect",
-        "connect_timeout",
-        "upstream_backoff",
-        "resolve_interval",
-        "access_log",
-        "faults",
+    const ABOUT: &'static str = "Monitored TCP proxy: forwards each client to an upstream (round robin over the healthy ones), with an optional pool of warm connections.";
+    const KEYS: &'static [Key] = &[
+        form::LISTEN,
+        Key::new("max_connections", "max-connections", Unit::Count, "Concurrent client connections; more are refused (default 1024)."),
+        Key::new("idle_timeout", "idle-timeout", Unit::Duration, "Close connections idle in both directions this long (default 5m)."),
+        Key::new("upstreams", "upstream", Unit::Addrs, "Upstream host:port (repeat for several; round robin). The proxy's own listening address is refused.")
+            .short('u')
+            .start_required(),
+        Key::new("preconnect", "preconnect", Unit::Count, "Keep N established connections warm per upstream (bb8 pool)."),
+        Key::new("connect_timeout", "upstream-connect-timeout", Unit::Duration, "Upstream connect timeout (default 5s). --connect-timeout is still accepted here; netctl's own goes before the command.")
+            .alias("connect-timeout"),
+        Key::new("upstream_backoff", "upstream-backoff", Unit::Duration, "Skip an upstream whose connect failed for this long (default 10s)."),
+        Key::new("resolve_interval", "resolve-interval", Unit::Duration, "Resolve upstreams given by host name again this often; a failed lookup keeps the last address (default 30s)."),
+        form::ACCESS_LOG,
+        form::FAULTS,
     ];
     const FAMILIES: &'static dyn crate::telemetry::families::DetailFamilies = &metrics::FAMILIES;
+
+    fn read_config(t: &toml::Table, _opts: &form::ReadOptions) -> Result<Self::Spec, FieldError> {
+        Ok(proto::ProxySpec {
+            listen: form::text(t, "listen")?,
+            upstreams: form::strings(t, "upstreams")?,
+            preconnect: form::u32(t, "preconnect")?,
+            connect_timeout: form::duration(t, "connect_timeout")?,
+            idle_timeout: form::duration(t, "idle_timeout")?,
+            max_connections: form::u32(t, "max_connections")?,
+            upstream_backoff: form::duration(t, "upstream_backoff")?,
+            resolve_interval: form::duration(t, "resolve_interval")?,
+            access_log: form::opt_bool(t, "access_log")?,
+            faults: super::read_faults(t)?,
+        })
+    }
 
     fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::ProxySpec {

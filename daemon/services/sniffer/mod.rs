@@ -41,6 +41,8 @@ use super::{
     BindError, ListenerKind, ServiceCtx, Settings, SpecError, Transport, duration_field, size_in,
 };
 use crate::proto::{self, EventKind};
+use crate::spec::FieldError;
+use crate::spec::form::{self, Key, Unit};
 use crate::telemetry::stats::Stats;
 use decode::Proto;
 use filter::Filter;
@@ -448,18 +450,36 @@ impl ListenerKind for Sniffer {
     const SLUG: &'static str = "sniffer";
     const KIND: proto::ListenerKind = proto::ListenerKind::Sniffer;
     const TRANSPORT: Transport = Transport::Packet;
-    const CONFIG_KEYS: &'static [&'static str] = &[
-        "interface",
-        "filter",
-        "pcap_path",
-        "pcap_max_bytes",
-        "pcap_max_files",
-        "max_flows",
-        "port_scan_ports",
-        "port_scan_window",
-        "syn_rate",
+    const ABOUT: &'static str = "Packet sniffer on an interface (needs CAP_NET_RAW): per-protocol counts, flows, live packets (`netctl sniff`), pcap export, alerts.";
+    const KEYS: &'static [Key] = &[
+        Key::new("interface", "interface", Unit::Interface, "Interface to capture on, e.g. lo.")
+            .short('i')
+            .required("interface is required, e.g. \"lo\""),
+        Key::new("filter", "filter", Unit::Expr, "Filter: terms joined by \"and\": tcp | udp | icmp | port N | host IP. As in tcpdump, tcp/udp/icmp match every fragment and port N only a first fragment; IPv6 extension headers are walked; malformed packets match only an empty or a host filter.")
+            .short('f'),
+        Key::new("pcap_path", "pcap", Unit::Path, "Write captured packets to this pcap file, in the daemon's capture_dir (default /var/lib/netd/captures as root): a file name, or an absolute path directly in that directory; anything else is refused. Rotated files are PATH.1 ... PATH.N."),
+        Key::new("pcap_max_bytes", "pcap-max-bytes", Unit::Bytes, "Rotate the pcap file at this many bytes (default 100 MiB)."),
+        Key::new("pcap_max_files", "pcap-max-files", Unit::Count, "Rotated pcap files kept (default 3)."),
+        Key::new("max_flows", "max-flows", Unit::Count, "Flow table size (default 4096)."),
+        Key::new("port_scan_ports", "scan-ports", Unit::Count, "Port-scan alert: distinct destination ports per source (default 50)."),
+        Key::new("port_scan_window", "scan-window", Unit::Duration, "Port-scan alert window (default 10s)."),
+        Key::new("syn_rate", "syn-rate", Unit::Count, "SYN-rate alert: SYNs per second (default 1000)."),
     ];
     const FAMILIES: &'static dyn crate::telemetry::families::DetailFamilies = &metrics::FAMILIES;
+
+    fn read_config(t: &toml::Table, _opts: &form::ReadOptions) -> Result<Self::Spec, FieldError> {
+        Ok(proto::SnifferSpec {
+            interface: form::text(t, "interface")?,
+            filter: form::text(t, "filter")?,
+            pcap_path: form::text(t, "pcap_path")?,
+            pcap_max_bytes: form::u64(t, "pcap_max_bytes")?,
+            pcap_max_files: form::u32(t, "pcap_max_files")?,
+            max_flows: form::u32(t, "max_flows")?,
+            port_scan_ports: form::u32(t, "port_scan_ports")?,
+            port_scan_window: form::duration(t, "port_scan_window")?,
+            syn_rate: form::u32(t, "syn_rate")?,
+        })
+    }
 
     fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::SnifferSpec {

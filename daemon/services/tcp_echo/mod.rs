@@ -41,6 +41,8 @@ use crate::net::accept::accept_loop;
 use crate::net::cancel::CancelWatch;
 use crate::net::idle::idle_expired;
 use crate::proto;
+use crate::spec::FieldError;
+use crate::spec::form::{self, Key, Unit};
 use crate::telemetry::stats::Stats;
 
 /// Read buffer per connection, borrowed only while data is in flight.
@@ -143,13 +145,39 @@ impl ListenerKind for TcpEcho {
     const SLUG: &'static str = "tcp-echo";
     const KIND: proto::ListenerKind = proto::ListenerKind::TcpEcho;
     const TRANSPORT: Transport = Transport::Tcp;
-    const CONFIG_KEYS: &'static [&'static str] = &[
-        "listen",
-        "prefix",
-        "max_connections",
-        "idle_timeout",
-        "access_log",
+    const ABOUT: &'static str = "TCP echo (RFC 862): echoes everything until the client closes.";
+    const KEYS: &'static [Key] = &[
+        form::LISTEN,
+        Key::new(
+            "prefix",
+            "prefix",
+            Unit::Text,
+            "Prepended to every chunk echoed, e.g. \"Echo: \".",
+        ),
+        Key::new(
+            "max_connections",
+            "max-connections",
+            Unit::Count,
+            "Concurrent connections; more are refused (default 1024).",
+        ),
+        Key::new(
+            "idle_timeout",
+            "idle-timeout",
+            Unit::Duration,
+            "Close connections idle this long, e.g. 30s, 5m (default 5m).",
+        ),
+        form::ACCESS_LOG,
     ];
+
+    fn read_config(t: &toml::Table, _opts: &form::ReadOptions) -> Result<Self::Spec, FieldError> {
+        Ok(proto::TcpEchoSpec {
+            listen: form::text(t, "listen")?,
+            prefix: form::text(t, "prefix")?,
+            max_connections: form::u32(t, "max_connections")?,
+            idle_timeout: form::duration(t, "idle_timeout")?,
+            access_log: form::opt_bool(t, "access_log")?,
+        })
+    }
 
     fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::TcpEchoSpec {

@@ -36,6 +36,8 @@ use crate::net::cancel::CancelWatch;
 use crate::net::own_addrs::OwnAddrs;
 use crate::net::udp::{RecvHealth, enable_rxq_ovfl, recv_msg};
 use crate::proto;
+use crate::spec::FieldError;
+use crate::spec::form::{self, Key, Unit};
 use crate::telemetry::stats::Stats;
 
 /// Largest datagram read; bigger than any UDP payload over IPv4 or IPv6
@@ -167,15 +169,47 @@ impl ListenerKind for UdpEcho {
     const SLUG: &'static str = "udp-echo";
     const KIND: proto::ListenerKind = proto::ListenerKind::UdpEcho;
     const TRANSPORT: Transport = Transport::Udp;
-    const CONFIG_KEYS: &'static [&'static str] = &[
-        "listen",
-        "prefix",
-        "rate_limit",
-        "allow_privileged_sources",
-        "max_sources",
-        "access_log",
+    const ABOUT: &'static str = "UDP echo: answers each datagram to its sender, except datagrams from netd's own UDP listeners or from ports that may answer back, within a per-source rate limit.";
+    const KEYS: &'static [Key] = &[
+        form::LISTEN,
+        Key::new(
+            "prefix",
+            "prefix",
+            Unit::Text,
+            "Prepended to every reply, e.g. \"ACK: \". A reply is at most max(2 x request, request + 64) bytes; a longer prefix is cut.",
+        ),
+        Key::new(
+            "rate_limit",
+            "rate-limit",
+            Unit::Rate,
+            "Per-source-IP (IPv6: per /64) rate limit: N/s, N/m or N/h, the burst one period's worth, or \"off\" (default 100/s).",
+        ),
+        Key::new(
+            "allow_privileged_sources",
+            "allow-privileged-sources",
+            Unit::Switch,
+            "Answer sources on ports below 1024 (0, 7, 13, 17, 19 and 37 are never answered).",
+        ),
+        Key::new(
+            "max_sources",
+            "max-sources",
+            Unit::Count,
+            "Sources the rate limit tracks (default 16384).",
+        ),
+        form::ACCESS_LOG,
     ];
     const FAMILIES: &'static dyn crate::telemetry::families::DetailFamilies = &metrics::FAMILIES;
+
+    fn read_config(t: &toml::Table, _opts: &form::ReadOptions) -> Result<Self::Spec, FieldError> {
+        Ok(proto::UdpEchoSpec {
+            listen: form::text(t, "listen")?,
+            prefix: form::text(t, "prefix")?,
+            allow_privileged_sources: form::bool(t, "allow_privileged_sources")?,
+            rate_limit: form::text(t, "rate_limit")?,
+            max_sources: form::u32(t, "max_sources")?,
+            access_log: form::opt_bool(t, "access_log")?,
+        })
+    }
 
     fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::UdpEchoSpec {

@@ -34,6 +34,8 @@ use tokio::net::UdpSocket;
 use super::source_guard::{self, GuardCounters, SourceRules};
 use super::{ListenerKind, ServiceCtx, Settings, SpecError, Transport, listen_field};
 use crate::proto;
+use crate::spec::FieldError;
+use crate::spec::form::{self, Key, Unit};
 
 /// Clients tracked unless configured.
 pub const DEFAULT_MAX_CLIENTS: u32 = 1024;
@@ -160,18 +162,65 @@ impl ListenerKind for UdpProxy {
     const SLUG: &'static str = "udp-proxy";
     const KIND: proto::ListenerKind = proto::ListenerKind::UdpProxy;
     const TRANSPORT: Transport = Transport::Udp;
-    const CONFIG_KEYS: &'static [&'static str] = &[
-        "listen",
-        "upstream",
-        "max_clients",
-        "idle_timeout",
-        "faults",
-        "allow_privileged_sources",
-        "rate_limit",
-        "max_sources",
-        "max_clients_per_source",
+    const ABOUT: &'static str = "UDP proxy: each client's datagrams go to the upstream from a socket of their own, and the answers come back, except datagrams from netd's own UDP listeners, the upstream itself or ports that may answer back; add impairments with `netctl fault add`.";
+    const KEYS: &'static [Key] = &[
+        form::LISTEN,
+        Key::new("upstream", "upstream", Unit::Addr, "Upstream host:port.")
+            .short('u')
+            .start_required(),
+        Key::new(
+            "max_clients",
+            "max-clients",
+            Unit::Count,
+            "Clients tracked at once (default 1024); each holds a socket, so at most netd's descriptor budget (RLIMIT_NOFILE less a reserve for the control plane).",
+        ),
+        Key::new(
+            "idle_timeout",
+            "idle-timeout",
+            Unit::Duration,
+            "Forget a client idle this long (default 60s).",
+        ),
+        form::FAULTS,
+        Key::new(
+            "allow_privileged_sources",
+            "allow-privileged-sources",
+            Unit::Switch,
+            "Forward for sources on ports below 1024 (0, 7, 13, 17, 19 and 37 never are; nor netd's own UDP addresses or the upstream itself).",
+        ),
+        Key::new(
+            "rate_limit",
+            "rate-limit",
+            Unit::Rate,
+            "Per-source-IP (IPv6: per /64) rate limit: N/s, N/m or N/h, the burst one period's worth, or \"off\" (the default).",
+        ),
+        Key::new(
+            "max_sources",
+            "max-sources",
+            Unit::Count,
+            "Sources the rate limit tracks (default 16384).",
+        ),
+        Key::new(
+            "max_clients_per_source",
+            "max-clients-per-source",
+            Unit::Count,
+            "Clients of one source IP (IPv6: one /64) at once (default 64).",
+        ),
     ];
     const FAMILIES: &'static dyn crate::telemetry::families::DetailFamilies = &metrics::FAMILIES;
+
+    fn read_config(t: &toml::Table, _opts: &form::ReadOptions) -> Result<Self::Spec, FieldError> {
+        Ok(proto::UdpProxySpec {
+            listen: form::text(t, "listen")?,
+            upstream: form::text(t, "upstream")?,
+            max_clients: form::u32(t, "max_clients")?,
+            idle_timeout: form::duration(t, "idle_timeout")?,
+            faults: super::read_faults(t)?,
+            allow_privileged_sources: form::bool(t, "allow_privileged_sources")?,
+            rate_limit: form::text(t, "rate_limit")?,
+            max_sources: form::u32(t, "max_sources")?,
+            max_clients_per_source: form::u32(t, "max_clients_per_source")?,
+        })
+    }
 
     fn write_config(spec: &Self::Spec, t: &mut crate::spec::Table) -> Result<(), String> {
         let proto::UdpProxySpec {
