@@ -38,7 +38,6 @@
 //! [`MAX_HEADER_BYTES`] of request head, and [`RESPOND_TIMEOUT`] from the
 //! request's headers to its response.
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -46,19 +45,17 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use subtle::ConstantTimeEq as _;
 
 use crate::control::auth::{Caller, Policy, Role};
-use crate::endpoints::metrics::{self, Limits, Phase, TimedBody, TimedStream, Timing};
+use crate::endpoints::http::{self, Limits};
 use crate::proto::{self, fault::Kind};
 use crate::supervisor::{Supervisor, SupervisorError};
 
@@ -232,7 +229,13 @@ pub async fn serve(
 ) {
     let refused = AtomicU64::new(0);
     let access = Arc::new(access);
-    crate::endpoints::metrics::serve_endpoint(
+    let how = http::ConnLimits {
+        what: "toxiproxy API",
+        limits,
+        respond: RESPOND_TIMEOUT,
+        max_head: Some(MAX_HEADER_BYTES),
+    };
+    http::serve(
         listener,
         crate::control::admission::Gate::new(
             "toxiproxy_api",
@@ -242,76 +245,29 @@ pub async fn serve(
         &refused,
         "toxiproxy API",
         |stream, peer, source, slot| {
-            let served = serve_connection(
-                stream,
-                supervisor.clone(),
-                access.clone(),
-                peer,
-                source,
-                limits,
-                stop.clone(),
-            );
+            let supervisor = supervisor.clone();
+            let access = access.clone();
+            let stop = stop.clone();
             async move {
                 // The connection's place at the endpoint, until it ends.
                 let _slot = slot;
-                served.await
+                // The caller is identified once, at accept.
+                let caller = access.identify(source, peer).await;
+                let api = Arc::new(Api {
+                    supervisor,
+                    access,
+                    caller,
+                    peer,
+                });
+                http::serve_connection(stream, how, &stop, move |req| {
+                    let api = api.clone();
+                    async move { api.handle(req).await }
+                })
+                .await;
             }
         },
     )
     .await;
-}
-
-/// Identify the caller, then serve one connection until the client closes
-/// it, a phase runs past its deadline, or shutdown (which lets the
-/// response in flight finish).
-async fn serve_connection(
-    stream: TcpStream,
-    supervisor: Supervisor,
-    access: Arc<Access>,
-    peer: SocketAddr,
-    source: crate::control::admission::Source,
-    limits: Limits,
-    stop: CancellationToken,
-) {
-    let caller = access.identify(source, peer).await;
-    let api = Api {
-        supervisor,
-        access,
-        caller,
-        peer,
-    };
-    let timing = Arc::new(Timing::with_respond_timeout(limits, RESPOND_TIMEOUT));
-    let io = TokioIo::new(TimedStream {
-        stream,
-        timing: timing.clone(),
-    });
-    let api = Arc::new(api);
-    let service = {
-        let timing = timing.clone();
-        hyper::service::service_fn(move |req: Request<Incoming>| {
-            timing.enter(Phase::Respond);
-            let timing = timing.clone();
-            let api = api.clone();
-            async move {
-                let resp = api.handle(req).await.map(|body| TimedBody { body, timing });
-                Ok::<_, Infallible>(resp)
-            }
-        })
-    };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .max_buf_size(MAX_HEADER_BYTES);
-    let ended = metrics::drive(builder.serve_connection(io, service), &timing, &stop).await;
-    match ended {
-        Ok(()) => {}
-        Err(None) => {
-            let (phase, _) = timing.get();
-            tracing::debug!(%peer, ?phase, "toxiproxy API connection timed out; closing");
-        }
-        Err(Some(e)) => tracing::debug!(%peer, error = %e, "toxiproxy API connection error"),
-    }
 }
 
 /// An error answered the way Toxiproxy does: `{"error": ..., "status": ...}`.
@@ -480,16 +436,16 @@ impl Api {
             .get(header::USER_AGENT)
             .is_some_and(|ua| ua.as_bytes().starts_with(b"Mozilla/"));
         if browser {
-            return plain(StatusCode::FORBIDDEN, "User agent not allowed\n");
+            return http::plain(StatusCode::FORBIDDEN, "User agent not allowed\n");
         }
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let (op, proxy, toxic) = match route(&method, &path) {
             Ok(r) => r,
             Err(StatusCode::METHOD_NOT_ALLOWED) => {
-                return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+                return http::plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             }
-            Err(_) => return plain(StatusCode::NOT_FOUND, "404 page not found\n"),
+            Err(_) => return http::plain(StatusCode::NOT_FOUND, "404 page not found\n"),
         };
         let need = if op.mutating() {
             Role::Admin
@@ -502,7 +458,7 @@ impl Api {
                 if let Some(suppressed) = crate::control::auth::AUDIT_DENIED.hit() {
                     tracing::warn!(target: "netd::audit", caller = %self.caller.identity, rpc = %format!("Toxiproxy{}", op.name()), listener = ?proxy, error = ?e.message, suppressed, "audit: denied");
                 }
-                let mut r = json_response(e.status, &e.body());
+                let mut r = http::json(e.status, &e.body());
                 r.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 return r;
@@ -527,7 +483,7 @@ impl Api {
             if let Some(suppressed) = crate::control::auth::AUDIT_DENIED.hit() {
                 tracing::warn!(target: "netd::audit", caller = %caller.identity, role = caller.role.as_str(), rpc = %format!("Toxiproxy{}", op.name()), listener = ?proxy, suppressed, "audit: denied");
             }
-            let mut r = json_response(e.status, &e.body());
+            let mut r = http::json(e.status, &e.body());
             if e.status == StatusCode::UNAUTHORIZED {
                 r.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -554,9 +510,9 @@ impl Api {
             self.audit(caller, op, proxy, toxic, &reply);
         }
         match reply {
-            Ok((status, Value::Null)) => empty(status),
-            Ok((status, v)) => json_response(status, &v),
-            Err(e) => json_response(e.status, &e.body()),
+            Ok((status, Value::Null)) => http::empty(status),
+            Ok((status, v)) => http::json(status, &v),
+            Err(e) => http::json(e.status, &e.body()),
         }
     }
 
@@ -575,20 +531,10 @@ impl Api {
                 format!("request body is larger than {MAX_BODY_BYTES} bytes"),
             )
         };
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-            return Err(too_large());
-        }
-        let bytes = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-            Err(e) => return Err(ApiError::bad_body(e)),
+        let bytes = match http::read_body(req, MAX_BODY_BYTES).await {
+            Ok(b) => b,
+            Err(http::BodyError::TooLarge) => return Err(too_large()),
+            Err(http::BodyError::Read(e)) => return Err(ApiError::bad_body(e)),
         };
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::bad_body("EOF"));
@@ -1384,34 +1330,6 @@ fn toxic_json(f: &proto::Fault) -> Value {
         "stream": stream,
         "toxicity": f.toxicity.unwrap_or(1.0),
     })
-}
-
-fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
-    let mut text = v.to_string();
-    text.push('\n');
-    let mut r = Response::new(Full::new(Bytes::from(text)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn empty(status: StatusCode) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = status;
-    r
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
 }
 
 #[cfg(test)]
