@@ -70,123 +70,6 @@ fn bandwidth_rate_zero_is_no_limit() {
 }
 
 #[test]
-fn config_section() {
-    use crate::config::Config;
-    let c = Config::parse("", "x.toml").unwrap();
-    assert_eq!(c.toxiproxy_api_listen, None);
-    let c = Config::parse(
-        "[toxiproxy_api]\nlisten = \"127.0.0.1:8474\"\nmax_connections = 8\n",
-        "x.toml",
-    )
-    .unwrap();
-    assert_eq!(
-        c.toxiproxy_api_listen,
-        Some("127.0.0.1:8474".parse().unwrap())
-    );
-    assert_eq!(c.toxiproxy_api_limits.max_connections, 8);
-    let e = Config::parse("[toxiproxy_api]\nlisten = \"[::]:8474\"\n", "x.toml")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.starts_with("x.toml:2: toxiproxy_api.listen:") && e.contains("allow_remote"),
-        "{e}"
-    );
-    let e = Config::parse(
-        "[metrics]\nlisten = \"127.0.0.1:9000\"\n[toxiproxy_api]\nlisten = \"127.0.0.1:9000\"\n",
-        "x.toml",
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("clashes with [metrics] listen"), "{e}");
-    let e = Config::parse("[toxiproxy_api]\nidle_timeout = \"1ms\"\n", "x.toml")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("toxiproxy_api.idle_timeout: 1ms is out of range"),
-        "{e}"
-    );
-}
-
-#[test]
-fn rules_keys_and_defaults() {
-    use crate::config::Config;
-    let c = Config::parse("", "x.toml").unwrap();
-    assert_eq!(c.toxiproxy_api_rules, Rules::default());
-    assert_eq!(Rules::default().allowed_ports, 1024..=65535);
-    let c = Config::parse(
-        "[toxiproxy_api]\nlisten = \"127.0.0.1:8474\"\nallowed_ports = \"20000-20010\"\nmax_proxies = 2\npersist = true\n",
-        "x.toml",
-    )
-    .unwrap();
-    assert_eq!(
-        c.toxiproxy_api_rules,
-        Rules {
-            allowed_ports: 20000..=20010,
-            max_proxies: 2,
-            persist: true
-        }
-    );
-    for (text, want) in [
-        (
-            "allowed_ports = \"0-10\"",
-            "x.toml:2: toxiproxy_api.allowed_ports: '0-10' is not a port range",
-        ),
-        (
-            "allowed_ports = \"9-8\"",
-            "x.toml:2: toxiproxy_api.allowed_ports: '9-8': the first port is above the last",
-        ),
-        (
-            "max_proxies = 0",
-            "x.toml:2: toxiproxy_api.max_proxies: 0 is out of range (1 to 4096)",
-        ),
-    ] {
-        let e = Config::parse(&format!("[toxiproxy_api]\n{text}\n"), "x.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with(want), "{text}: {e}");
-    }
-    assert_eq!(Rules::parse_ports("8000"), Ok(8000..=8000));
-    assert_eq!(Rules::parse_ports(" 1 - 2 "), Ok(1..=2));
-    assert!(Rules::parse_ports("1-65536").is_err());
-    assert!(Rules::parse_ports("").is_err());
-}
-
-#[test]
-fn token_file() {
-    use crate::config::Config;
-    assert!(Token::parse("short").is_err());
-    assert!(Token::parse("sixteen chars but spaces").is_err());
-    let t = Token::parse("  0123456789abcdef\n").unwrap();
-    assert_eq!(t.0, "0123456789abcdef");
-    assert_eq!(format!("{t:?}"), "Token(<redacted>)");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t");
-    std::fs::write(&path, "0123456789abcdef\n").unwrap();
-    let text = format!("[toxiproxy_api]\ntoken_file = \"{}\"\n", path.display());
-    let c = Config::parse(&text, "x.toml").unwrap();
-    assert_eq!(c.toxiproxy_api_token, Some(t));
-    for (file, want) in [
-        ("relative".to_string(), "must be an absolute path"),
-        (dir.path().display().to_string(), "not a regular file"),
-        (
-            dir.path().join("none").display().to_string(),
-            "cannot read it",
-        ),
-    ] {
-        let e = Config::parse(
-            &format!("[toxiproxy_api]\ntoken_file = \"{file}\"\n"),
-            "x.toml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.starts_with("x.toml:2: toxiproxy_api.token_file: ") && e.contains(want),
-            "{e}"
-        );
-    }
-}
-
-#[test]
 fn what_an_upstream_reaches() {
     let a = |s: &str| s.parse::<SocketAddr>().unwrap();
     let host: Vec<IpAddr> = vec!["192.0.2.7".parse().unwrap()];
@@ -219,4 +102,128 @@ fn bad_attribute_values_are_refused() {
     // Unknown names are ignored, as by Toxiproxy.
     assert!(set_attr(&mut k, "nonsense", &json!(1)).is_ok());
     assert!(new_kind("down").is_none() && new_kind("").is_none());
+}
+
+/// The `[toxiproxy_api]` section of the config, read by the config module
+/// (a unit-test module may build a whole config; see tests/it/layers.rs).
+#[cfg(test)]
+mod config_file {
+    use super::*;
+
+    #[test]
+    fn config_section() {
+        use crate::config::Config;
+        let c = Config::parse("", "x.toml").unwrap();
+        assert_eq!(c.toxiproxy_api_listen, None);
+        let c = Config::parse(
+            "[toxiproxy_api]\nlisten = \"127.0.0.1:8474\"\nmax_connections = 8\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.toxiproxy_api_listen,
+            Some("127.0.0.1:8474".parse().unwrap())
+        );
+        assert_eq!(c.toxiproxy_api_limits.max_connections, 8);
+        let e = Config::parse("[toxiproxy_api]\nlisten = \"[::]:8474\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("x.toml:2: toxiproxy_api.listen:") && e.contains("allow_remote"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "[metrics]\nlisten = \"127.0.0.1:9000\"\n[toxiproxy_api]\nlisten = \"127.0.0.1:9000\"\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("clashes with [metrics] listen"), "{e}");
+        let e = Config::parse("[toxiproxy_api]\nidle_timeout = \"1ms\"\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("toxiproxy_api.idle_timeout: 1ms is out of range"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rules_keys_and_defaults() {
+        use crate::config::Config;
+        let c = Config::parse("", "x.toml").unwrap();
+        assert_eq!(c.toxiproxy_api_rules, Rules::default());
+        assert_eq!(Rules::default().allowed_ports, 1024..=65535);
+        let c = Config::parse(
+            "[toxiproxy_api]\nlisten = \"127.0.0.1:8474\"\nallowed_ports = \"20000-20010\"\nmax_proxies = 2\npersist = true\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.toxiproxy_api_rules,
+            Rules {
+                allowed_ports: 20000..=20010,
+                max_proxies: 2,
+                persist: true
+            }
+        );
+        for (text, want) in [
+            (
+                "allowed_ports = \"0-10\"",
+                "x.toml:2: toxiproxy_api.allowed_ports: '0-10' is not a port range",
+            ),
+            (
+                "allowed_ports = \"9-8\"",
+                "x.toml:2: toxiproxy_api.allowed_ports: '9-8': the first port is above the last",
+            ),
+            (
+                "max_proxies = 0",
+                "x.toml:2: toxiproxy_api.max_proxies: 0 is out of range (1 to 4096)",
+            ),
+        ] {
+            let e = Config::parse(&format!("[toxiproxy_api]\n{text}\n"), "x.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(want), "{text}: {e}");
+        }
+        assert_eq!(Rules::parse_ports("8000"), Ok(8000..=8000));
+        assert_eq!(Rules::parse_ports(" 1 - 2 "), Ok(1..=2));
+        assert!(Rules::parse_ports("1-65536").is_err());
+        assert!(Rules::parse_ports("").is_err());
+    }
+
+    #[test]
+    fn token_file() {
+        use crate::config::Config;
+        assert!(Token::parse("short").is_err());
+        assert!(Token::parse("sixteen chars but spaces").is_err());
+        let t = Token::parse("  0123456789abcdef\n").unwrap();
+        assert_eq!(t.0, "0123456789abcdef");
+        assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        std::fs::write(&path, "0123456789abcdef\n").unwrap();
+        let text = format!("[toxiproxy_api]\ntoken_file = \"{}\"\n", path.display());
+        let c = Config::parse(&text, "x.toml").unwrap();
+        assert_eq!(c.toxiproxy_api_token, Some(t));
+        for (file, want) in [
+            ("relative".to_string(), "must be an absolute path"),
+            (dir.path().display().to_string(), "not a regular file"),
+            (
+                dir.path().join("none").display().to_string(),
+                "cannot read it",
+            ),
+        ] {
+            let e = Config::parse(
+                &format!("[toxiproxy_api]\ntoken_file = \"{file}\"\n"),
+                "x.toml",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.starts_with("x.toml:2: toxiproxy_api.token_file: ") && e.contains(want),
+                "{e}"
+            );
+        }
+    }
 }

@@ -1,10 +1,13 @@
-//! The daemon's top level: bind the control plane, start the boot
-//! listeners, serve gRPC (Control, health, reflection), tell systemd we are
-//! ready, on SIGHUP reload the config, and on SIGTERM/SIGINT drain and
-//! exit. Sockets inherited from systemd's fd store or from the netd this
-//! one upgrades (see [`crate::process::handover`]) are adopted by name instead of
-//! bound; after handing its own sockets to a successor, netd drains and
-//! exits as on SIGTERM.
+//! The daemon's top level: bind or adopt netd's own endpoints (the list in
+//! [`endpoints`]: control, health, `/metrics`, the Toxiproxy API), start
+//! the boot listeners ([`boot`]), serve, tell systemd we are ready, reload
+//! the config when asked ([`reload`]), and on a shutdown request drain and
+//! return. What is asked comes as [`Signals`]: `main.rs` turns SIGTERM,
+//! SIGINT, SIGHUP and SIGUSR1 into them; a test gives a shutdown future.
+//! Sockets inherited from systemd's fd store or from the netd this one
+//! upgrades (see [`crate::process::handover`]) are adopted by name instead
+//! of bound; after handing its own sockets to a successor, netd drains and
+//! returns as on SIGTERM.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -227,35 +230,23 @@ pub async fn run(
     // Stops when dropped at the end of this function, after the drain.
     let _watchdog = crate::process::notify::Watchdog::start(&supervisor);
 
-    let mut handed_over = false;
-    let ended = loop {
-        tokio::select! {
-            _ = handed.cancelled() => { handed_over = true; break None }
-            signal = signals.next() => match signal {
-                Signal::Shutdown(name) => { tracing::info!("{name} received; shutting down"); break None }
-                Signal::Reload(name) => {
-                    tracing::info!("{name} received; reloading the config");
-                    // The outcome is logged and on the event stream.
-                    let _ = reload::reload(&supervisor, &config, config_path.as_deref()).await;
-                }
-                Signal::ReopenLog(name) => {
-                    tracing::info!("{name} received; reopening the access log");
-                    crate::telemetry::access_log::reopen();
-                }
-            },
-            Some(reply) = reload_requests.recv() => {
-                tracing::info!("reload requested over the control plane (Reload)");
-                let outcome = reload::reload(&supervisor, &config, config_path.as_deref()).await;
-                // The caller may have gone; the reload stands either way.
-                let _ = reply.send(outcome);
-            }
-            e = endpoints::essential_ended(&mut served) => break Some(e),
+    let handed_over = match serve_until_stopped(
+        &supervisor,
+        &config,
+        config_path.as_deref(),
+        &mut signals,
+        &mut reload_requests,
+        &handed,
+        &mut served,
+    )
+    .await
+    {
+        Ok(handed_over) => handed_over,
+        Err(e) => {
+            supervisor.shutdown(Duration::ZERO).await;
+            return Err(e);
         }
     };
-    if let Some(e) = ended {
-        supervisor.shutdown(Duration::ZERO).await;
-        return Err(e);
-    }
 
     stop_handover.cancel();
     if handed_over {
@@ -281,6 +272,50 @@ pub async fn run(
     crate::sys::fdstore::flushed().await;
     tracing::info!("netd stopped");
     Ok(())
+}
+
+/// Serve until a shutdown signal (Ok(false)) or a successor took over
+/// (Ok(true)), reloading the config when asked (a signal, or the `Reload`
+/// RPC through `reload_requests`). Err: an essential endpoint stopped.
+async fn serve_until_stopped(
+    supervisor: &Supervisor,
+    config: &Config,
+    config_path: Option<&Path>,
+    signals: &mut Signals,
+    reload_requests: &mut tokio::sync::mpsc::Receiver<
+        tokio::sync::oneshot::Sender<crate::control::service::ReloadOutcome>,
+    >,
+    handed: &CancellationToken,
+    served: &mut [endpoints::Served],
+) -> anyhow::Result<bool> {
+    // Ends with netd: each round waits for one of these.
+    loop {
+        tokio::select! {
+            () = handed.cancelled() => return Ok(true),
+            signal = signals.next() => match signal {
+                Signal::Shutdown(name) => {
+                    tracing::info!("{name} received; shutting down");
+                    return Ok(false);
+                }
+                Signal::Reload(name) => {
+                    tracing::info!("{name} received; reloading the config");
+                    // The outcome is logged and on the event stream.
+                    let _ = reload::reload(supervisor, config, config_path).await;
+                }
+                Signal::ReopenLog(name) => {
+                    tracing::info!("{name} received; reopening the access log");
+                    crate::telemetry::access_log::reopen();
+                }
+            },
+            Some(reply) = reload_requests.recv() => {
+                tracing::info!("reload requested over the control plane (Reload)");
+                let outcome = reload::reload(supervisor, config, config_path).await;
+                // The caller may have gone; the reload stands either way.
+                let _ = reply.send(outcome);
+            }
+            e = endpoints::essential_ended(served) => return Err(e),
+        }
+    }
 }
 
 /// The sockets this netd starts with, by name: those systemd passed and,
