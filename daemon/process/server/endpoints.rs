@@ -199,6 +199,9 @@ pub(super) fn tcp_addrs(bound: &[Bound]) -> Vec<SocketAddr> {
     bound.iter().filter_map(|b| b.socket.tcp_addr()).collect()
 }
 
+/// A socket by its name in the fd store and the hand-over.
+pub(super) type Named = (String, OwnedFd);
+
 /// A served endpoint's task.
 pub(super) struct Served {
     what: &'static str,
@@ -211,7 +214,7 @@ pub(super) struct Served {
 pub(super) fn serve_all(
     bound: Vec<Bound>,
     shared: &Shared<'_>,
-) -> anyhow::Result<(Vec<(String, OwnedFd)>, Vec<Served>)> {
+) -> anyhow::Result<(Vec<Named>, Vec<Served>)> {
     let mut sockets = Vec::with_capacity(bound.len());
     let mut served = Vec::with_capacity(bound.len());
     for b in bound {
