@@ -172,14 +172,7 @@ pub async fn run(
         supervisor.clone(),
         stop_trim.clone(),
     ));
-    // Every listener in the registry: the config's and those restored from
-    // the state file or handed over (the rows of `netctl list`).
-    let listeners = supervisor.list();
-    let running = listeners
-        .iter()
-        .filter(|l| l.state() == proto::ListenerState::Running)
-        .count();
-    tracing::info!(control = %control, listeners = listeners.len(), running, config = %config.source, state = %boot::state_summary(&supervisor, &config), "netd ready");
+    log_ready(&supervisor, &config, &control);
     // Before READY=1 says netd may be sent a SIGHUP.
     signals.install()?;
     // Serve hand-over requests (a later `netd --upgrade`): once ready, or
@@ -203,21 +196,7 @@ pub async fn run(
             g
         }
         Some(s) => {
-            crate::process::handover::notify_main_pid();
-            crate::process::notify::ready();
-            if let Err(e) = tokio::task::spawn_blocking(move || s.done())
-                .await
-                .context("hand-over")
-                .and_then(|r| r)
-            {
-                // The old netd carries on; this one must not stay as a
-                // second.
-                tracing::error!(error = %format!("{e:#}"), "the old netd did not hand over; exiting");
-                stop_endpoints.cancel();
-                supervisor.shutdown(config.shutdown_grace).await;
-                return Err(e.context("upgrade"));
-            }
-            tracing::info!("took over from the old netd");
+            take_over(s, &supervisor, &stop_endpoints, config.shutdown_grace).await?;
             if !keep_files {
                 guards = files
                     .iter()
@@ -271,6 +250,44 @@ pub async fn run(
     endpoints::drain(served).await?;
     crate::sys::fdstore::flushed().await;
     tracing::info!("netd stopped");
+    Ok(())
+}
+
+/// The line that says netd is ready, with what it runs.
+fn log_ready(supervisor: &Supervisor, config: &Config, control: &ControlAddr) {
+    // Every listener in the registry: the config's and those restored from
+    // the state file or handed over (the rows of `netctl list`).
+    let listeners = supervisor.list();
+    let running = listeners
+        .iter()
+        .filter(|l| l.state() == proto::ListenerState::Running)
+        .count();
+    tracing::info!(control = %control, listeners = listeners.len(), running, config = %config.source, state = %boot::state_summary(supervisor, config), "netd ready");
+}
+
+/// The successor's side of `--upgrade`, once it serves: tell the old netd
+/// DONE and wait for its OK. An error means the old netd carries on, so
+/// this one has stopped its endpoints and listeners and must exit.
+async fn take_over(
+    s: crate::process::handover::Successor,
+    supervisor: &Supervisor,
+    stop_endpoints: &CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    crate::process::handover::notify_main_pid();
+    crate::process::notify::ready();
+    if let Err(e) = tokio::task::spawn_blocking(move || s.done())
+        .await
+        .context("hand-over")
+        .and_then(|r| r)
+    {
+        // The old netd carries on; this one must not stay as a second.
+        tracing::error!(error = %format!("{e:#}"), "the old netd did not hand over; exiting");
+        stop_endpoints.cancel();
+        supervisor.shutdown(grace).await;
+        return Err(e.context("upgrade"));
+    }
+    tracing::info!("took over from the old netd");
     Ok(())
 }
 
