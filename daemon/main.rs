@@ -1,5 +1,6 @@
 //! `netd`: the daemon binary. Parses flags, loads the config (or the
-//! embedded default), sets up logging and runs [`netd::process::server::run`].
+//! embedded default), sets up logging and runs [`netd::process::server::run`]
+//! with the process's signals as its requests.
 
 #![deny(unsafe_code)]
 
@@ -207,6 +208,7 @@ fn main() -> ExitCode {
         control,
         args.config.clone(),
         startup,
+        os_signals(),
     ));
     // The last lines of the connections that were drained.
     netd::telemetry::access_log::close();
@@ -222,6 +224,43 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The signals netd answers, as requests to the running daemon: SIGTERM
+/// and SIGINT stop it (a second one cuts the drain short), SIGHUP reloads
+/// the config, SIGUSR1 reopens the access log (logrotate's postrotate).
+/// The handlers are installed when netd is about to say it is ready:
+/// SIGHUP's default action kills the process.
+fn os_signals() -> netd::process::server::Signals {
+    use netd::process::server::{Signal, Signals};
+    use tokio::signal::unix::{SignalKind, signal};
+    Signals::from_stream(|| {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| anyhow::anyhow!("installing the {name} handler: {e}"))
+        };
+        let mut term = install(SignalKind::terminate(), "SIGTERM")?;
+        let mut int = install(SignalKind::interrupt(), "SIGINT")?;
+        let mut hup = install(SignalKind::hangup(), "SIGHUP")?;
+        let mut usr1 = install(SignalKind::user_defined1(), "SIGUSR1")?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            // Ends when netd no longer listens (it returned) or no signal
+            // can come any more.
+            loop {
+                let s = tokio::select! {
+                    Some(()) = term.recv() => Signal::Shutdown("SIGTERM"),
+                    Some(()) = int.recv() => Signal::Shutdown("SIGINT"),
+                    Some(()) = hup.recv() => Signal::Reload("SIGHUP"),
+                    Some(()) = usr1.recv() => Signal::ReopenLog("SIGUSR1"),
+                    else => break,
+                };
+                if tx.send(s).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(rx)
+    })
 }
 
 /// Heap blocks of `MMAP_THRESHOLD` bytes or more get pages of their own

@@ -14,76 +14,34 @@
 //! written within [`RESPONSE_TIMEOUT`]. HTTP/1.1 only: that is what
 //! Prometheus speaks.
 
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use parking_lot::Mutex;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::control::admission::{Gate, Slot, Source};
+use crate::control::admission::Gate;
+use crate::endpoints::http;
 use crate::fault::metrics as fault_families;
 use crate::proto::{self, ListenerStats};
 use crate::services::{KINDS, KindInfo};
 use crate::supervisor::Supervisor;
 use crate::telemetry::families::{Desc, Metric};
 
-/// Default for `[metrics] max_connections`. A Prometheus server keeps one
-/// connection per target; 64 leaves room for a few scrapers and curl.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
-/// Largest `[metrics] max_connections` the config accepts.
-pub const MAX_MAX_CONNECTIONS: usize = 4096;
-/// Default for `[metrics] header_timeout`.
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default for `[metrics] idle_timeout`.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Shortest and longest `header_timeout` / `idle_timeout` the config accepts.
-pub const TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
-    Duration::from_millis(100)..=Duration::from_secs(3600);
-/// Time from a request's headers to its response handed over in full
-/// (Prometheus' own default scrape timeout is 10s).
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The bounds of the endpoint, from `[metrics]` in the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Connections served at once; more are closed at accept.
-    pub max_connections: usize,
-    /// Time a connection has to send a request's headers: from accept for
-    /// the first request, from its first byte for later ones.
-    pub header_timeout: Duration,
-    /// Time a keep-alive connection may sit between requests.
-    pub idle_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            header_timeout: DEFAULT_HEADER_TIMEOUT,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-        }
-    }
-}
+pub use crate::endpoints::http::{
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, Limits,
+    MAX_MAX_CONNECTIONS, RESPONSE_TIMEOUT, TIMEOUT_RANGE,
+};
 
 type Getter = fn(&ListenerStats) -> u64;
 
@@ -363,7 +321,13 @@ pub async fn serve(
         refused: refused.clone(),
     }));
     let registry = Arc::new(registry);
-    serve_endpoint(
+    let how = http::ConnLimits {
+        what: "metrics",
+        limits,
+        respond: RESPONSE_TIMEOUT,
+        max_head: None,
+    };
+    http::serve(
         listener,
         Gate::new(
             "metrics",
@@ -373,314 +337,24 @@ pub async fn serve(
         &refused,
         "metrics endpoint",
         |stream, _peer, _source, slot| {
-            serve_connection(stream, slot, registry.clone(), limits, stop.clone())
+            let registry = registry.clone();
+            let stop = stop.clone();
+            async move {
+                // The connection's place at the endpoint, until it ends.
+                let _slot = slot;
+                http::serve_connection(stream, how, &stop, move |req| {
+                    std::future::ready(respond(&req, &registry))
+                })
+                .await;
+            }
         },
     )
     .await;
 }
 
-/// The accept loop of an HTTP endpoint netd serves itself (`/metrics`, the
-/// Toxiproxy API): connections admitted by `gate` (a cap in all and per
-/// source address; the others closed at once and counted in `refused`),
-/// transient accept errors
-/// backed off, each connection served by `conn` on a tracked task, until
-/// `stop`; then new connections are refused while the open ones finish.
-/// `what` names the endpoint in log lines.
-pub(crate) async fn serve_endpoint<F, Fut>(
-    listener: tokio::net::TcpListener,
-    gate: Gate,
-    stop: &CancellationToken,
-    refused: &AtomicU64,
-    what: &str,
-    mut conn: F,
-) where
-    F: FnMut(tokio::net::TcpStream, std::net::SocketAddr, Source, Slot) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let tracker = TaskTracker::new();
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(conn) => {
-                backoff = Duration::from_millis(10);
-                conn
-            }
-            Err(e) if crate::net::accept::is_transient_accept_error(&e) => {
-                tracing::debug!(error = %e, "{what}: accept failed; backing off");
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "{what} failed; no longer serving it");
-                break;
-            }
-        };
-        // The callers of these endpoints are not told apart by role here
-        // (the Toxiproxy API checks each request's caller itself).
-        let source = Source::tcp(stream.local_addr().ok(), peer);
-        let Some(slot) = gate.admit(source, false) else {
-            // Closed at once: a flood of these must not cost a descriptor
-            // for long; the gate logs them sparingly.
-            refused.fetch_add(1, Relaxed);
-            drop(stream);
-            continue;
-        };
-        tracker.spawn(conn(stream, peer, source, slot));
-    }
-    // Refuse new connections at once while the open ones finish.
-    drop(listener);
-    tracker.close();
-    tracker.wait().await;
-}
-
-/// Where a connection is in its request cycle. Each phase has a deadline;
-/// a connection still in the phase at its deadline is closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Waiting for a request's headers (`header_timeout`).
-    Head,
-    /// Answering: from the headers until the response body is handed over
-    /// in full (`RESPONSE_TIMEOUT`).
-    Respond,
-    /// Keep-alive between requests (`idle_timeout`), until a byte arrives.
-    Idle,
-}
-
-/// A connection's phase and deadline. Moved on by the socket (first byte
-/// of a request), the service (headers parsed) and the response body
-/// (dropped once sent); all of that happens while the connection future
-/// is polled, so the driver sees each change right after the poll.
-#[derive(Debug)]
-pub(crate) struct Timing {
-    limits: Limits,
-    /// The bound of [`Phase::Respond`].
-    respond: Duration,
-    now: Mutex<(Phase, Instant)>,
-}
-
-impl Timing {
-    pub(crate) fn new(limits: Limits) -> Timing {
-        Timing::with_respond_timeout(limits, RESPONSE_TIMEOUT)
-    }
-
-    /// For an endpoint whose answers take longer than a scrape (the
-    /// Toxiproxy API starts and replaces listeners).
-    pub(crate) fn with_respond_timeout(limits: Limits, respond: Duration) -> Timing {
-        Timing {
-            limits,
-            respond,
-            now: Mutex::new((Phase::Head, Instant::now() + limits.header_timeout)),
-        }
-    }
-
-    pub(crate) fn get(&self) -> (Phase, Instant) {
-        *self.now.lock()
-    }
-
-    pub(crate) fn enter(&self, phase: Phase) {
-        let bound = match phase {
-            Phase::Head => self.limits.header_timeout,
-            Phase::Respond => self.respond,
-            Phase::Idle => self.limits.idle_timeout,
-        };
-        *self.now.lock() = (phase, Instant::now() + bound);
-    }
-
-    /// Bytes arrived: on an idle connection, that begins the next request.
-    fn bytes_read(&self) {
-        if self.get().0 == Phase::Idle {
-            self.enter(Phase::Head);
-        }
-    }
-}
-
-/// The accepted socket, telling [`Timing`] when bytes arrive.
-pub(crate) struct TimedStream {
-    pub(crate) stream: TcpStream,
-    pub(crate) timing: Arc<Timing>,
-}
-
-impl AsyncRead for TimedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.timing.bytes_read();
-        }
-        r
-    }
-}
-
-impl AsyncWrite for TimedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-/// A response body that moves its connection to [`Phase::Idle`] when hyper
-/// is done with it (dropped after its last frame, or with the connection).
-pub(crate) struct TimedBody {
-    pub(crate) body: Full<Bytes>,
-    pub(crate) timing: Arc<Timing>,
-}
-
-impl hyper::body::Body for TimedBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for TimedBody {
-    fn drop(&mut self) {
-        self.timing.enter(Phase::Idle);
-    }
-}
-
-/// Serve one connection until the client closes it, a phase runs past its
-/// deadline, or shutdown (which lets the response in flight finish).
-async fn serve_connection(
-    stream: TcpStream,
-    _slot: Slot,
-    registry: Arc<Registry>,
-    limits: Limits,
-    stop: CancellationToken,
-) {
-    let peer = stream.peer_addr().ok();
-    let timing = Arc::new(Timing::new(limits));
-    let io = TokioIo::new(TimedStream {
-        stream,
-        timing: timing.clone(),
-    });
-    let service = {
-        let timing = timing.clone();
-        hyper::service::service_fn(move |req: Request<Incoming>| {
-            timing.enter(Phase::Respond);
-            let resp = respond(&req, &registry).map(|body| TimedBody {
-                body,
-                timing: timing.clone(),
-            });
-            std::future::ready(Ok::<_, Infallible>(resp))
-        })
-    };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    // No hyper timer: `Timing` covers the header read, and hyper's own
-    // header timeout would also cut idle keep-alive connections short.
-    builder.header_read_timeout(None).keep_alive(true);
-    let ended = drive(builder.serve_connection(io, service), &timing, &stop).await;
-    match ended {
-        Ok(()) => {}
-        Err(None) => {
-            let (phase, _) = timing.get();
-            tracing::debug!(?peer, ?phase, "metrics connection timed out; closing");
-        }
-        Err(Some(e)) => tracing::debug!(?peer, error = %e, "metrics connection error"),
-    }
-}
-
-/// Drive one HTTP/1 connection of netd's own endpoints (/metrics, the
-/// Toxiproxy API) until it ends (`Ok`), fails (`Err(Some)`), or a phase of
-/// `timing` runs past its deadline (`Err(None)`). From `stop` on, the
-/// connection shuts down gracefully: the response in flight finishes.
-pub(crate) async fn drive<I, S, B>(
-    conn: hyper::server::conn::http1::Connection<I, S>,
-    timing: &Timing,
-    stop: &CancellationToken,
-) -> Result<(), Option<hyper::Error>>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    use std::future::Future as _;
-    let mut conn = std::pin::pin!(conn);
-    let mut deadline = std::pin::pin!(tokio::time::sleep_until(timing.get().1));
-    let mut stopped = std::pin::pin!(stop.cancelled());
-    let mut draining = false;
-    std::future::poll_fn(|cx| {
-        if !draining && stopped.as_mut().poll(cx).is_ready() {
-            conn.as_mut().graceful_shutdown();
-            draining = true;
-        }
-        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
-            return Poll::Ready(r.map_err(Some));
-        }
-        // The poll above may have moved the connection to another phase.
-        let (_, due) = timing.get();
-        if deadline.deadline() != due {
-            deadline.as_mut().reset(due);
-        }
-        if deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(None));
-        }
-        Poll::Pending
-    })
-    .await
-}
-
 /// The one resource: `GET /metrics` (HEAD too).
 fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
-    let plain = |status: StatusCode, text: &'static str| {
-        let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-        *r.status_mut() = status;
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        r
-    };
+    use http::plain;
     if req.uri().path() != "/metrics" {
         return plain(StatusCode::NOT_FOUND, "not found; try /metrics\n");
     }
@@ -711,6 +385,8 @@ fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::config::Config;
 

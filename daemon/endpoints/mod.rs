@@ -3,5 +3,6 @@
 //! Toxiproxy-compatible HTTP API ([`toxiproxy_api`]).
 
 pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod toxiproxy_api;

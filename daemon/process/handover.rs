@@ -25,8 +25,10 @@
 //! Before sending, the old process waits for the mutating control calls in
 //! flight, then refuses new ones (Unavailable, "retry") and stops writing
 //! the state file, so the new one boots from a state file that is final.
-//! The sockets are the listeners' (by listener name), the control socket
-//! ([`crate::sys::fdstore::CONTROL_NAME`]) and the metrics socket. The new
+//! The sockets are the listeners' (by listener name) and those of netd's
+//! own endpoints (control, health, metrics, Toxiproxy API: the list in
+//! `process::server::endpoints`, by their fd-store names such as
+//! [`crate::sys::fdstore::CONTROL_NAME`]). The new
 //! process adopts them by name, boots, serves, tells systemd it is ready
 //! and the main process (`MAINPID`), and says DONE; the old one answers OK,
 //! stops its control server and accept loops (the sockets stay open in the
@@ -101,7 +103,7 @@ pub fn bind(path: &Path) -> io::Result<Socket> {
 }
 
 /// Serve hand-over requests on `listener` until `stop`. `extra` are the
-/// sockets handed over besides the listeners' (control, metrics), by
+/// sockets handed over besides the listeners' (netd's own endpoints), by
 /// name. When a successor has taken over, `handed` is cancelled and this
 /// returns.
 pub async fn serve(

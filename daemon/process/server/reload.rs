@@ -1,0 +1,107 @@
+//! Reloading the config: SIGHUP and the `Reload` RPC.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::proto;
+use crate::supervisor::Supervisor;
+
+/// How long a reload waits for the config file (and the token and TLS
+/// files it names) to be read.
+const RELOAD_READ_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Re-read the config file and apply the difference: SIGHUP and the
+/// `Reload` RPC (`netctl reload`, the unit's ExecReload=) both come here.
+/// A config with errors changes nothing; either way the outcome is logged,
+/// sent on the event stream and returned (the RPC's answer), and systemd
+/// hears RELOADING=1 then READY=1.
+pub(super) async fn reload(
+    supervisor: &Supervisor,
+    running: &Config,
+    path: Option<&Path>,
+) -> Result<proto::ReloadResponse, String> {
+    use crate::proto::{EventKind, ListenerKind, PlanAction};
+    crate::process::notify::reloading();
+    let outcome: Result<proto::ReloadResponse, String> = async {
+        let Some(path) = path else {
+            return Err("netd runs the embedded default config; there is no file to re-read".to_string());
+        };
+        let p = path.to_path_buf();
+        // Off the runtime and bounded: a FIFO is refused at once, a hung
+        // mount fails this reload (the next SIGHUP tries again).
+        let config = crate::sys::safe_file::off_runtime("reading the config", RELOAD_READ_DEADLINE, move || {
+            Ok(Config::load(&p))
+        })
+        .await
+        .map_err(|e| format!("the config could not be read; keeping the running one: {e}"))?
+            .map_err(|e| format!("the new config cannot be used; keeping the running one: {e}"))?;
+        let mut restart_needed = Vec::new();
+        for (what, changed) in [
+            ("control", format!("{:?}", config.control.listen) != format!("{:?}", running.control.listen)),
+            ("metrics", config.metrics_listen != running.metrics_listen),
+            ("health", config.health_listen != running.health_listen),
+            ("toxiproxy_api", config.toxiproxy_api_listen != running.toxiproxy_api_listen
+                || config.toxiproxy_api_rules != running.toxiproxy_api_rules
+                || config.toxiproxy_api_token != running.toxiproxy_api_token),
+            ("log", config.log.level != running.log.level || config.log.format != running.log.format),
+            ("max_listeners", config.max_listeners != running.max_listeners),
+            ("capture_dir", config.capture_dir != running.capture_dir),
+            ("shutdown_grace", config.shutdown_grace != running.shutdown_grace),
+        ] {
+            if changed {
+                tracing::warn!(setting = what, "changed in the config; takes effect at the next restart (reload applies [[listener]] entries)");
+                restart_needed.push(what.to_string());
+            }
+        }
+        let base = config.listeners.iter().map(crate::state::Desired::from).collect();
+        let (plan, applied) = supervisor.reload(base).await.map_err(|e| e.to_string())?;
+        let count = |a: PlanAction| plan.iter().filter(|i| i.action() == a && i.error.is_empty()).count();
+        let summary = format!(
+            "{} created, {} updated, {} replaced, {} deleted, {} unchanged",
+            count(PlanAction::Create),
+            count(PlanAction::Update),
+            count(PlanAction::Replace),
+            count(PlanAction::Delete),
+            count(PlanAction::Unchanged)
+        );
+        if applied {
+            Ok(proto::ReloadResponse {
+                plan,
+                summary,
+                restart_needed,
+                config: path.display().to_string(),
+            })
+        } else {
+            let errors: Vec<String> = plan
+                .iter()
+                .filter(|i| !i.error.is_empty())
+                .map(|i| format!("{}: {}", i.name, i.error))
+                .collect();
+            Err(format!("reload incomplete ({summary}); {}", errors.join("; ")))
+        }
+    }
+    .await;
+    match &outcome {
+        Ok(r) => {
+            tracing::info!(summary = %r.summary, "config reloaded");
+            supervisor.events().publish(
+                EventKind::Reloaded,
+                "",
+                ListenerKind::Unspecified,
+                r.summary.clone(),
+            );
+        }
+        Err(why) => {
+            tracing::error!(error = %why, "reload failed");
+            supervisor.events().publish(
+                EventKind::ReloadFailed,
+                "",
+                ListenerKind::Unspecified,
+                why.clone(),
+            );
+        }
+    }
+    crate::process::notify::ready();
+    outcome
+}
