@@ -39,8 +39,8 @@
 
 mod conn;
 mod echo;
-mod show;
 pub mod metrics;
+mod show;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};

@@ -19,8 +19,8 @@
 //! by reason, logged at debug level, and summed up in at most one warning
 //! line per interval.
 
-mod show;
 pub mod metrics;
+mod show;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;

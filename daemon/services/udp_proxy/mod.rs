@@ -21,8 +21,8 @@
 
 mod forward;
 pub mod impair;
-mod show;
 pub mod metrics;
+mod show;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
