@@ -2,8 +2,9 @@
 //! the module's own folder or to a folder before it in the order
 //! the "Layers" table of `daemon/lib.rs`'s doc lists, so no cycle between
 //! folders can come back. Comments are not code and are skipped; so are
-//! unit-test modules (`#[cfg(test)] mod ...` to the end of the file), which
-//! may build a whole config to test a low layer.
+//! unit-test modules (an inline `#[cfg(test)] mod ... {` to the end of the
+//! file, and files declared as `#[cfg(test)] mod name;`), which may build a
+//! whole config to test a low layer.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,37 @@ fn layer_order(root: &Path) -> Vec<String> {
     }
     assert!(order.len() > 5, "no layer table in daemon/lib.rs");
     order
+}
+
+/// The files of modules declared `#[cfg(test)] mod name;` (test code).
+fn test_module_files(files: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).expect("read source");
+        let lines: Vec<&str> = text.lines().collect();
+        // A file's child modules live beside it (mod.rs, lib.rs) or in a
+        // folder of its own name (filter.rs -> filter/).
+        let dir = match f.file_name().and_then(|n| n.to_str()) {
+            Some("mod.rs" | "lib.rs" | "main.rs") => f.parent().expect("a parent").to_path_buf(),
+            _ => f.with_extension(""),
+        };
+        for w in lines.windows(2) {
+            if w[0].trim() != "#[cfg(test)]" {
+                continue;
+            }
+            let decl = w[1].trim();
+            let Some(name) = decl
+                .strip_suffix(';')
+                .and_then(|d| d.rsplit_once("mod "))
+                .map(|(_, n)| n.trim())
+            else {
+                continue;
+            };
+            out.push(dir.join(format!("{name}.rs")));
+            out.push(dir.join(name).join("mod.rs"));
+        }
+    }
+    out
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -62,8 +94,12 @@ fn violations(root: &Path) -> Vec<String> {
     let mut files = Vec::new();
     rust_files(&daemon, &mut files);
     files.sort();
+    let test_only = test_module_files(&files);
     let mut bad = Vec::new();
     for f in files {
+        if test_only.contains(&f) {
+            continue;
+        }
         let rel = f.strip_prefix(&daemon).expect("under daemon/");
         let mut comps = rel.components();
         let top = comps
@@ -130,4 +166,15 @@ fn the_check_sees_a_wrong_way_path() {
         crate_paths("x($crate::a) + netd_crate::b + crate::c::d"),
         ["c"]
     );
+}
+
+#[test]
+fn test_only_module_files_are_recognised() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("daemon"), &mut files);
+    let test_only = test_module_files(&files);
+    assert!(test_only.contains(&root.join("daemon/supervisor/tests.rs")));
+    assert!(test_only.contains(&root.join("daemon/services/sniffer/filter/tests.rs")));
+    assert!(!test_only.contains(&root.join("daemon/supervisor/mod.rs")));
 }
