@@ -270,17 +270,7 @@ pub struct Config {
 /// `$HOME/.local/state/netd/captures`; None if neither variable is set
 /// (then pcap export needs `capture_dir` in the config).
 pub fn default_capture_dir() -> Option<PathBuf> {
-    if crate::sys::euid() == 0 {
-        return Some(PathBuf::from("/var/lib/netd/captures"));
-    }
-    let absolute = |var: &str| {
-        std::env::var_os(var)
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-    };
-    let state =
-        absolute("XDG_STATE_HOME").or_else(|| absolute("HOME").map(|h| h.join(".local/state")))?;
-    Some(state.join("netd/captures"))
+    crate::state::netd_state_home().map(|d| d.join("captures"))
 }
 
 impl Config {

@@ -56,6 +56,13 @@ pub fn default_state_dir() -> Option<PathBuf> {
     {
         return Some(dir);
     }
+    netd_state_home()
+}
+
+/// Where netd keeps what it writes when nothing says where: `/var/lib/netd`
+/// for root, else `$XDG_STATE_HOME/netd` or `$HOME/.local/state/netd`
+/// (absolute values only); None if neither variable is set.
+pub fn netd_state_home() -> Option<PathBuf> {
     if crate::sys::euid() == 0 {
         return Some(PathBuf::from("/var/lib/netd"));
     }

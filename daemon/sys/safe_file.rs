@@ -270,7 +270,6 @@ impl Dir {
     /// `max` bytes (more is an error). None if it does not exist. Never
     /// follows a symbolic link and never blocks on a FIFO or device.
     pub fn read_ours(&self, name: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
-        use std::io::Read as _;
         let cname = c_name(name)?;
         match self.slot(&cname)? {
             Slot::Missing => return Ok(None),
@@ -287,22 +286,7 @@ impl Dir {
             Err(errno) => return Err(errno.into()),
         };
         let meta = file.metadata()?;
-        refuse_unless_regular(meta.mode())?;
-        if meta.len() > max {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("it is {} bytes, more than the {max} allowed", meta.len()),
-            ));
-        }
-        let mut buf = Vec::with_capacity(meta.len() as usize);
-        file.take(max + 1).read_to_end(&mut buf)?;
-        if buf.len() as u64 > max {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("it grew past the {max} bytes allowed"),
-            ));
-        }
-        Ok(Some(buf))
+        read_bounded(file, &meta, max).map(Some)
     }
 
     /// fsync the directory itself, so that a rename in it is durable.
@@ -349,7 +333,6 @@ impl Dir {
 /// Blocking file-system work nonetheless (a hung NFS or FUSE mount can
 /// stall any call): on the async runtime, run it through [`off_runtime`].
 pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    use std::io::Read as _;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
@@ -359,6 +342,14 @@ pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     if meta.file_type().is_char_device() && meta.rdev() == libc::makedev(1, 3) {
         return Ok(Vec::new());
     }
+    read_bounded(file, &meta, max)
+}
+
+/// The whole of an open regular file of at most `max` bytes (`meta` is its
+/// fstat): refused if it is not a regular file, is larger, or grows past
+/// `max` while being read.
+fn read_bounded(file: File, meta: &std::fs::Metadata, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
     refuse_unless_regular(meta.mode())?;
     if meta.len() > max {
         return Err(io::Error::new(
