@@ -249,44 +249,6 @@ pub fn compile_all(faults: &[proto::Fault], target: Target) -> Result<Vec<Compil
     Ok(out)
 }
 
-/// The faults of a spec, for the kinds that take them.
-pub fn faults_of(spec: &proto::ListenerSpec) -> Option<&Vec<proto::Fault>> {
-    use proto::listener_spec::Kind as K;
-    match spec.kind.as_ref()? {
-        K::Proxy(p) => Some(&p.faults),
-        K::UdpProxy(u) => Some(&u.faults),
-        K::TcpEcho(_) | K::UdpEcho(_) | K::Http(_) | K::Sniffer(_) => None,
-    }
-}
-
-pub fn faults_of_mut(spec: &mut proto::ListenerSpec) -> Option<&mut Vec<proto::Fault>> {
-    use proto::listener_spec::Kind as K;
-    match spec.kind.as_mut()? {
-        K::Proxy(p) => Some(&mut p.faults),
-        K::UdpProxy(u) => Some(&mut u.faults),
-        K::TcpEcho(_) | K::UdpEcho(_) | K::Http(_) | K::Sniffer(_) => None,
-    }
-}
-
-/// The fault target of a spec's kind, if it takes faults.
-pub fn target_of(spec: &proto::ListenerSpec) -> Option<Target> {
-    use proto::listener_spec::Kind as K;
-    match spec.kind.as_ref()? {
-        K::Proxy(_) => Some(Target::Tcp),
-        K::UdpProxy(_) => Some(Target::Udp),
-        K::TcpEcho(_) | K::UdpEcho(_) | K::Http(_) | K::Sniffer(_) => None,
-    }
-}
-
-/// `spec` with its faults cleared, for comparing the rest.
-pub fn without_faults(spec: &proto::ListenerSpec) -> proto::ListenerSpec {
-    let mut s = spec.clone();
-    if let Some(f) = faults_of_mut(&mut s) {
-        f.clear();
-    }
-    s
-}
-
 /// A fault's counters (see `FaultStats` in the proto).
 #[derive(Debug, Default)]
 pub struct FaultCounters {

@@ -4,31 +4,25 @@
 
 use crate::net::fd_budget::Budget;
 use crate::proto;
-use crate::proto::listener_spec::Kind;
 
 /// Descriptors a listener may hold at its limits: its listening socket
-/// (and the duplicate the supervisor keeps), plus one per connection (two
-/// for a proxy: client and upstream) or per udp-proxy client (whose
-/// default `max_clients` is capped by the `budget`).
+/// (and the duplicate the supervisor keeps), plus what its kind says
+/// ([`crate::services::ListenerKind::descriptors`]).
 pub fn listener_cost(spec: &proto::ListenerSpec, budget: &Budget) -> u64 {
-    use crate::services::DEFAULT_MAX_CONNECTIONS;
-    let conns = |n: u32| match n {
-        0 => DEFAULT_MAX_CONNECTIONS as u64,
-        n => u64::from(n),
-    };
-    let per = match &spec.kind {
-        Some(Kind::TcpEcho(s)) => conns(s.max_connections),
-        Some(Kind::Http(s)) => conns(s.max_connections),
-        Some(Kind::Proxy(s)) => 2 * conns(s.max_connections) + u64::from(s.preconnect),
-        Some(Kind::UdpProxy(s)) => match s.max_clients {
-            0 => {
-                u64::from(crate::services::udp_proxy::DEFAULT_MAX_CLIENTS).min(budget.data_plane())
-            }
-            n => u64::from(n),
-        },
-        Some(Kind::UdpEcho(_)) | Some(Kind::Sniffer(_)) | None => 0,
-    };
+    let per = spec
+        .kind
+        .as_ref()
+        .map_or(0, |k| crate::services::descriptors_kind(k, budget));
     per + 2
+}
+
+/// One descriptor per connection a TCP kind may hold (`max_connections`,
+/// 0 for the default).
+pub(crate) fn connections(max_connections: u32) -> u64 {
+    match max_connections {
+        0 => crate::services::DEFAULT_MAX_CONNECTIONS as u64,
+        n => u64::from(n),
+    }
 }
 
 /// A warning if the listeners' limits add up to more than the data
@@ -55,6 +49,7 @@ pub fn check_listeners<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::listener_spec::Kind;
 
     #[test]
     fn listener_limits_are_summed() {

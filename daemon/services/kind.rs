@@ -237,6 +237,22 @@ pub trait ListenerKind: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// Kind-specific counters for the stats message, if the kind has any.
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail>;
 
+    /// Descriptors a listener of this spec may hold at its limits besides
+    /// its socket: one per connection, two for a proxy, one per udp-proxy
+    /// client (see [`super::fd_cost`]). No default: each kind says.
+    fn descriptors(spec: &Self::Spec, budget: &crate::net::fd_budget::Budget) -> u64;
+
+    /// The spec's faults and the transport whose fault types apply, for a
+    /// kind that takes faults (its `faults` key). Default: it takes none.
+    fn faults(_spec: &Self::Spec) -> Option<(&Vec<proto::Fault>, crate::fault::Target)> {
+        None
+    }
+
+    /// The spec's faults, to change them (see [`ListenerKind::faults`]).
+    fn faults_mut(_spec: &mut Self::Spec) -> Option<&mut Vec<proto::Fault>> {
+        None
+    }
+
     /// The Prometheus families read from those counters (the kind's
     /// `metrics.rs`, see [`crate::telemetry::families`]): `/metrics`
     /// exports these for the kind's listeners. Default: none.

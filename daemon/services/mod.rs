@@ -150,6 +150,25 @@ macro_rules! registry {
             }
         }
 
+        /// Descriptors a spec arm may hold at its limits besides its socket.
+        pub(crate) fn descriptors_kind(kind: &Kind, budget: &crate::net::fd_budget::Budget) -> u64 {
+            match kind {
+                $(Kind::$arm(s) => <$ty>::descriptors(s, budget),)+
+            }
+        }
+
+        fn faults_kind(kind: &Kind) -> Option<(&Vec<proto::Fault>, crate::fault::Target)> {
+            match kind {
+                $(Kind::$arm(s) => <$ty>::faults(s),)+
+            }
+        }
+
+        fn faults_kind_mut(kind: &mut Kind) -> Option<&mut Vec<proto::Fault>> {
+            match kind {
+                $(Kind::$arm(s) => <$ty>::faults_mut(s),)+
+            }
+        }
+
         fn clear_netd_paths_kind(kind: &mut Kind) {
             match kind {
                 $(Kind::$arm(s) => <$ty>::clear_netd_paths(s),)+
@@ -415,15 +434,35 @@ impl Service {
 
     /// The sniffer behind this service, if it is one.
     pub fn as_sniffer(&self) -> Option<&Arc<sniffer::Sniffer>> {
-        match self {
-            Service::Sniffer(s) => Some(s),
-            Service::TcpEcho(_)
-            | Service::UdpEcho(_)
-            | Service::Proxy(_)
-            | Service::Http(_)
-            | Service::UdpProxy(_) => None,
+        if let Service::Sniffer(s) = self {
+            Some(s)
+        } else {
+            None
         }
     }
+}
+
+/// The faults of a spec, for the kinds that take them.
+pub fn faults_of(spec: &proto::ListenerSpec) -> Option<&Vec<proto::Fault>> {
+    faults_kind(spec.kind.as_ref()?).map(|(f, _)| f)
+}
+
+pub fn faults_of_mut(spec: &mut proto::ListenerSpec) -> Option<&mut Vec<proto::Fault>> {
+    faults_kind_mut(spec.kind.as_mut()?)
+}
+
+/// The fault target of a spec's kind, if it takes faults.
+pub fn target_of(spec: &proto::ListenerSpec) -> Option<crate::fault::Target> {
+    faults_kind(spec.kind.as_ref()?).map(|(_, t)| t)
+}
+
+/// `spec` with its faults cleared, for comparing the rest.
+pub fn without_faults(spec: &proto::ListenerSpec) -> proto::ListenerSpec {
+    let mut s = spec.clone();
+    if let Some(f) = faults_of_mut(&mut s) {
+        f.clear();
+    }
+    s
 }
 
 /// The kind with this slug ("tcp-echo").

@@ -124,7 +124,7 @@ impl Entry {
 
     /// `spec` with the live faults in place of those it was built with.
     pub(super) fn with_live_faults(&self, mut spec: proto::ListenerSpec) -> proto::ListenerSpec {
-        if let Some(f) = crate::fault::faults_of_mut(&mut spec) {
+        if let Some(f) = crate::services::faults_of_mut(&mut spec) {
             *f = self.faults.specs();
         }
         spec
@@ -215,9 +215,9 @@ impl Supervisor {
     ) -> Arc<Entry> {
         let stop_accepting = self.inner.shutdown_accepting.child_token();
         let faults = Arc::new(crate::fault::FaultTable::new(
-            crate::fault::target_of(&spec).unwrap_or(crate::fault::Target::Tcp),
+            crate::services::target_of(&spec).unwrap_or(crate::fault::Target::Tcp),
         ));
-        if let Some(f) = crate::fault::faults_of(&spec) {
+        if let Some(f) = crate::services::faults_of(&spec) {
             // Checked when the service was built from this spec.
             if let Err(e) = faults.replace_all(f) {
                 tracing::error!(listener = name, error = %e, "faults not applied");

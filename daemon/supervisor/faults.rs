@@ -22,7 +22,7 @@ impl Supervisor {
     /// The live entry `name`, if its kind takes faults.
     fn fault_entry(&self, name: &str) -> Result<Arc<Entry>, SupervisorError> {
         let e = self.live_entry(name)?;
-        if crate::fault::target_of(&e.current_gen().spec).is_none() {
+        if crate::services::target_of(&e.current_gen().spec).is_none() {
             return Err(SupervisorError::NoFaults(name.to_string(), e.kind().slug()));
         }
         Ok(e)
@@ -133,7 +133,7 @@ impl Supervisor {
         let entries = if name.is_empty() {
             self.entries()
                 .into_iter()
-                .filter(|e| crate::fault::target_of(&e.current_gen().spec).is_some())
+                .filter(|e| crate::services::target_of(&e.current_gen().spec).is_some())
                 .collect()
         } else {
             vec![self.fault_entry(name)?]

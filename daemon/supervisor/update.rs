@@ -63,12 +63,12 @@ impl Supervisor {
             ));
         }
         let faults_only =
-            crate::fault::without_faults(&cur.spec) == crate::fault::without_faults(&spec);
+            crate::services::without_faults(&cur.spec) == crate::services::without_faults(&spec);
         let action = if faults_only {
             // Labels or faults only: the faults change in the live table,
             // for open connections too; no new generation.
-            if let Some(f) = crate::fault::faults_of(&spec) {
-                if let Some(t) = crate::fault::target_of(&spec) {
+            if let Some(f) = crate::services::faults_of(&spec) {
+                if let Some(t) = crate::services::target_of(&spec) {
                     crate::fault::compile_all(f, t)?;
                 }
                 entry
@@ -78,8 +78,10 @@ impl Supervisor {
             }
             UpdateAction::InPlace
         } else {
-            let new_faults = crate::fault::faults_of(&spec).cloned().unwrap_or_default();
-            let new_target = crate::fault::target_of(&spec);
+            let new_faults = crate::services::faults_of(&spec)
+                .cloned()
+                .unwrap_or_default();
+            let new_target = crate::services::target_of(&spec);
             let p = self.prepare_update(&entry, &cur, spec).await?;
             let action = self.switch(&entry, &cur, p)?;
             // Checked when the new generation was built; the kind may have

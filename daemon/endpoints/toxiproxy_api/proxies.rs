@@ -161,10 +161,10 @@ impl Api {
             .map(|a| (*a, "one of netd's own endpoints".to_string()))
             .collect();
         for l in self.supervisor.list() {
-            if matches!(
-                l.kind(),
-                proto::ListenerKind::UdpEcho | proto::ListenerKind::UdpProxy
-            ) {
+            let udp = crate::services::KINDS
+                .iter()
+                .any(|k| k.kind == l.kind() && k.transport == crate::services::Transport::Udp);
+            if udp {
                 continue;
             }
             if let Ok(a) = l.bound_addr.parse::<SocketAddr>() {

@@ -861,6 +861,10 @@ impl ListenerKind for Http {
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
         Some(proto::listener_stats::Detail::Http(self.stats()))
     }
+
+    fn descriptors(spec: &Self::Spec, _budget: &crate::net::fd_budget::Budget) -> u64 {
+        super::fd_cost::connections(spec.max_connections)
+    }
 }
 
 #[cfg(test)]

@@ -738,6 +738,19 @@ impl ListenerKind for Proxy {
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
         Some(proto::listener_stats::Detail::Proxy(self.stats()))
     }
+
+    /// Two per connection (client and upstream), and the warm pool.
+    fn descriptors(spec: &Self::Spec, _budget: &crate::net::fd_budget::Budget) -> u64 {
+        2 * super::fd_cost::connections(spec.max_connections) + u64::from(spec.preconnect)
+    }
+
+    fn faults(spec: &Self::Spec) -> Option<(&Vec<proto::Fault>, crate::fault::Target)> {
+        Some((&spec.faults, crate::fault::Target::Tcp))
+    }
+
+    fn faults_mut(spec: &mut Self::Spec) -> Option<&mut Vec<proto::Fault>> {
+        Some(&mut spec.faults)
+    }
 }
 
 /// An upstream that would connect the proxy to itself: it is refused

@@ -607,6 +607,11 @@ impl ListenerKind for Sniffer {
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
         Some(proto::listener_stats::Detail::Sniffer(self.stats()))
     }
+
+    /// None beyond its capture socket.
+    fn descriptors(_spec: &Self::Spec, _budget: &crate::net::fd_budget::Budget) -> u64 {
+        0
+    }
 }
 
 /// Where `pcap_path` puts the file: a plain file name in capture_dir, or an

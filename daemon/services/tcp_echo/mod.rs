@@ -224,6 +224,10 @@ impl ListenerKind for TcpEcho {
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
         None
     }
+
+    fn descriptors(spec: &Self::Spec, _budget: &crate::net::fd_budget::Budget) -> u64 {
+        super::fd_cost::connections(spec.max_connections)
+    }
 }
 
 struct Conn {

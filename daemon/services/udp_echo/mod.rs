@@ -266,6 +266,11 @@ impl ListenerKind for UdpEcho {
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
         Some(proto::listener_stats::Detail::UdpEcho(self.stats()))
     }
+
+    /// None: it answers on its one socket.
+    fn descriptors(_spec: &Self::Spec, _budget: &crate::net::fd_budget::Budget) -> u64 {
+        0
+    }
 }
 
 #[cfg(test)]

@@ -289,4 +289,21 @@ impl ListenerKind for UdpProxy {
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
         Some(proto::listener_stats::Detail::UdpProxy(self.stats()))
     }
+
+    /// One per client (its socket toward the upstream); the default
+    /// `max_clients` is capped by the `budget`.
+    fn descriptors(spec: &Self::Spec, budget: &crate::net::fd_budget::Budget) -> u64 {
+        match spec.max_clients {
+            0 => u64::from(DEFAULT_MAX_CLIENTS).min(budget.data_plane()),
+            n => u64::from(n),
+        }
+    }
+
+    fn faults(spec: &Self::Spec) -> Option<(&Vec<proto::Fault>, crate::fault::Target)> {
+        Some((&spec.faults, crate::fault::Target::Udp))
+    }
+
+    fn faults_mut(spec: &mut Self::Spec) -> Option<&mut Vec<proto::Fault>> {
+        Some(&mut spec.faults)
+    }
 }
