@@ -316,3 +316,47 @@ fn headings_become_githubs_ids() {
         ["d.md#e", "https://x.org"]
     );
 }
+
+/// Every registered kind is documented where a user looks: its page
+/// docs/kinds/SLUG.md, its row in the README's kinds table, and its row in
+/// docs/configuration.md's key table naming every key of its flat form.
+/// netctl's flags and help follow from the kind's keys; these pages are
+/// written by hand, so a new kind or key is checked here.
+#[test]
+fn every_kind_has_its_page_and_its_rows() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read =
+        |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("read {p}: {e}"));
+    let readme = read("README.md");
+    let config = read("docs/configuration.md");
+    for k in netd::services::KINDS {
+        let page = format!("docs/kinds/{}.md", k.slug);
+        assert!(root.join(&page).is_file(), "{}: {page} is missing", k.slug);
+        let link = format!("| [`{}`]({page}) |", k.slug);
+        assert!(
+            readme.lines().any(|l| l.starts_with(&link)),
+            "{}: no row in the README's kinds table (a line starting {link})",
+            k.slug
+        );
+        let head = format!("| `{}` |", k.slug);
+        let row = config
+            .lines()
+            .find(|l| l.starts_with(&head))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: no row in docs/configuration.md's key table (a line starting {head})",
+                    k.slug
+                )
+            });
+        for key in k.keys {
+            let named = row
+                .match_indices(&format!("`{}", key.key))
+                .any(|(i, m)| matches!(row[i + m.len()..].chars().next(), Some('`' | ' ')));
+            assert!(
+                named,
+                "{}: docs/configuration.md's row does not name `{}`",
+                k.slug, key.key
+            );
+        }
+    }
+}
