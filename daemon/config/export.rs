@@ -365,6 +365,16 @@ mod tests {
     #[test]
     fn every_field_of_every_kind_round_trips() {
         let listeners = every_field_of_every_kind();
+        // A kind added to the registry is round-tripped here too.
+        for k in crate::services::KINDS {
+            assert!(
+                listeners
+                    .iter()
+                    .any(|l| crate::services::Service::spec_kind(&l.spec) == k.kind),
+                "{}: no spec in every_field_of_every_kind",
+                k.slug
+            );
+        }
         assert_eq!(round_trip(&listeners), expected(&listeners));
     }
 
