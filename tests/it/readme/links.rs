@@ -18,12 +18,6 @@ pub const MAX_README_LINES: usize = 400;
 /// How deep under docs/ pages are looked for.
 const MAX_DEPTH: usize = 8;
 
-/// Pages another branch of the same change adds (issue #24: the
-/// contributor checklists). A link to one is accepted while the file is
-/// missing; once it exists it is checked like any page. Empty this list
-/// when they have landed.
-const PENDING: &[&str] = &["docs/adding-a-kind.md"];
-
 /// Every .md file under `dir`, subfolders included, sorted.
 pub fn markdown_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -168,15 +162,12 @@ pub fn problems(root: &Path) -> Vec<String> {
                 ));
                 continue;
             };
-            let pending = PENDING.iter().any(|p| Path::new(p) == resolved);
             if !root.join(&resolved).exists() {
-                if !pending {
-                    bad.push(format!(
-                        "{}: link '{target}': {} does not exist",
-                        page.display(),
-                        resolved.display()
-                    ));
-                }
+                bad.push(format!(
+                    "{}: link '{target}': {} does not exist",
+                    page.display(),
+                    resolved.display()
+                ));
                 continue;
             }
             if resolved.extension().is_some_and(|x| x == "md") {
@@ -253,7 +244,7 @@ fn link_check_finds_long_readmes_orphans_and_dead_links() {
     );
     write(
         "docs/guide.md",
-        "# Guide\n\n## A, b (c)\n\n[deep](kinds/x.md), [up](../README.md#netd), [planned](adding-a-kind.md)\n",
+        "# Guide\n\n## A, b (c)\n\n[deep](kinds/x.md), [up](../README.md#netd)\n",
     );
     write("docs/kinds/x.md", "# X\n\n[self](#x)\n");
     write("bench/README.md", "# Benchmarks\n");
