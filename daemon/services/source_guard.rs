@@ -38,7 +38,6 @@ use tokio::time::Instant;
 use super::SpecError;
 use super::client_key::{DEFAULT_IPV6_PREFIX, rate_key};
 use crate::net::own_addrs::{OwnAddrs, OwnAddrsView};
-use crate::proto;
 use crate::telemetry::stats::Stats;
 use crate::util::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
 
@@ -166,24 +165,6 @@ impl GuardCounters {
             sources_tracked: self.sources_tracked.load(Relaxed),
             sources_evicted: self.sources_evicted.load(Relaxed),
         }
-    }
-}
-
-impl GuardStats {
-    pub fn into_udp_echo(self, s: &mut proto::UdpEchoStats) {
-        s.own_source_drops = self.own_source_drops;
-        s.reflector_source_drops = self.reflector_source_drops;
-        s.rate_limited = self.rate_limited;
-        s.sources_tracked = self.sources_tracked;
-        s.sources_evicted = self.sources_evicted;
-    }
-
-    pub fn into_udp_proxy(self, s: &mut proto::UdpProxyStats) {
-        s.own_source_drops = self.own_source_drops;
-        s.reflector_source_drops = self.reflector_source_drops;
-        s.rate_limited = self.rate_limited;
-        s.sources_tracked = self.sources_tracked;
-        s.sources_evicted = self.sources_evicted;
     }
 }
 

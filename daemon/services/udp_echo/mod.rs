@@ -101,13 +101,16 @@ impl UdpEcho {
 
     pub fn stats(&self) -> proto::UdpEchoStats {
         let c = &self.counters;
-        let mut s = proto::UdpEchoStats {
+        let g = c.guard.snapshot();
+        proto::UdpEchoStats {
             truncated: c.truncated.load(Relaxed),
             kernel_drops: c.kernel_drops.load(Relaxed),
-            ..Default::default()
-        };
-        c.guard.snapshot().into_udp_echo(&mut s);
-        s
+            own_source_drops: g.own_source_drops,
+            reflector_source_drops: g.reflector_source_drops,
+            rate_limited: g.rate_limited,
+            sources_tracked: g.sources_tracked,
+            sources_evicted: g.sources_evicted,
+        }
     }
 
     async fn run_on(&self, socket: UdpSocket, ctx: ServiceCtx) -> anyhow::Result<()> {

@@ -141,7 +141,8 @@ impl UdpProxy {
 
     pub fn stats(&self) -> proto::UdpProxyStats {
         let c = &self.counters;
-        let mut s = proto::UdpProxyStats {
+        let g = c.guard.snapshot();
+        proto::UdpProxyStats {
             clients_active: c.clients_active.load(Relaxed),
             clients_total: c.clients_total.load(Relaxed),
             clients_expired: c.clients_expired.load(Relaxed),
@@ -149,10 +150,12 @@ impl UdpProxy {
             upstream_errors: c.upstream_errors.load(Relaxed),
             kernel_drops: c.kernel_drops.load(Relaxed),
             source_clients_refused: c.source_clients_refused.load(Relaxed),
-            ..Default::default()
-        };
-        c.guard.snapshot().into_udp_proxy(&mut s);
-        s
+            own_source_drops: g.own_source_drops,
+            reflector_source_drops: g.reflector_source_drops,
+            rate_limited: g.rate_limited,
+            sources_tracked: g.sources_tracked,
+            sources_evicted: g.sources_evicted,
+        }
     }
 }
 
