@@ -13,7 +13,7 @@ use toml::Spanned;
 use super::{BootListener, ConfigError, Entries, addrs_clash};
 use crate::proto;
 use crate::services::{KINDS, KindInfo, Service, Settings, Transport};
-use crate::spec::form::{self, Class, FieldError, ReadOptions};
+use crate::spec::form::{Class, FieldError, ReadOptions};
 
 /// A `[[listener]]` table as written: where it is, and each key and value
 /// with where they are.
@@ -96,8 +96,12 @@ pub(super) fn read(
             Entries::BootConfig => std::borrow::Cow::Borrowed(&spec),
         };
         if let Err(e) = Service::from_spec(&checked, settings) {
-            // Point at the line of the field the message is about.
-            let line = form::field_of(&e.0, kind.keys, |k| spans.contains_key(k))
+            // Point at the line of the key the refusal is about, when the
+            // entry has that key; else at the entry.
+            let line = e
+                .field
+                .as_deref()
+                .filter(|k| kind.keys.iter().any(|key| key.key == *k) && spans.contains_key(*k))
                 .map_or(origin.clone(), at);
             return Err(ConfigError(format!("{line}: listener '{name}': {e}")));
         }

@@ -399,3 +399,39 @@ fn listener_tables_errors_point_at_the_key_or_value() {
         "{e}"
     );
 }
+
+/// A refusal from a kind's validation names its key (`SpecError::field`),
+/// so the config points at that key's line, whatever the message starts
+/// with; a refusal about no key points at the entry.
+#[test]
+fn validation_refusals_point_at_their_key() {
+    let err = |text: &str| Config::parse(text, "x.toml").unwrap_err().to_string();
+    // The message starts with "upstream", the key is `upstreams`.
+    let e = err(
+        "[[listener]]\nname = \"p\"\nkind = \"proxy\"\nlisten = \"127.0.0.1:0\"\n\nupstreams = [\"0.0.0.0:80\"]\n",
+    );
+    assert!(
+        e.starts_with("x.toml:6: listener 'p': upstream '0.0.0.0:80'"),
+        "{e}"
+    );
+    // The message starts with the interface's name, not the key.
+    let e = err("[[listener]]\nname = \"s\"\nkind = \"sniffer\"\n\ninterface = \"no-such-if0\"\n");
+    assert!(
+        e.starts_with("x.toml:5: listener 's': unknown interface 'no-such-if0'"),
+        "{e}"
+    );
+    // Shared size checks name theirs.
+    let e = err(
+        "[[listener]]\nname = \"h\"\nkind = \"http\"\nlisten = \"127.0.0.1:0\"\n\n\nmax_streams = 100000\n",
+    );
+    assert!(
+        e.starts_with("x.toml:7: listener 'h': max_streams is 100000"),
+        "{e}"
+    );
+    // About no key: the entry (the line of its name).
+    let e = err("[[listener]]\nname = \"p\"\nkind = \"proxy\"\nlisten = \"127.0.0.1:0\"\n");
+    assert!(
+        e.starts_with("x.toml:2: listener 'p': at least one upstream is required"),
+        "{e}"
+    );
+}

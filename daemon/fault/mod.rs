@@ -107,9 +107,9 @@ pub struct Compiled {
 
 fn err(fault: &str, msg: impl std::fmt::Display) -> SpecError {
     if fault.is_empty() {
-        SpecError(format!("fault: {msg}"))
+        SpecError::new(format!("fault: {msg}"))
     } else {
-        SpecError(format!("fault '{fault}': {msg}"))
+        SpecError::new(format!("fault '{fault}': {msg}"))
     }
 }
 
@@ -233,7 +233,7 @@ pub fn compile(f: &proto::Fault, target: Target) -> Result<Compiled, SpecError> 
 /// Check a whole list: each fault, the count, unique names.
 pub fn compile_all(faults: &[proto::Fault], target: Target) -> Result<Vec<Compiled>, SpecError> {
     if faults.len() > MAX_FAULTS {
-        return Err(SpecError(format!(
+        return Err(SpecError::new(format!(
             "{} faults; at most {MAX_FAULTS} per listener",
             faults.len()
         )));
@@ -451,7 +451,7 @@ impl FaultTable {
     pub fn reset(&self, target: Option<Target>, faults: &[proto::Fault]) -> Result<(), TableError> {
         let target = target.unwrap_or(Target::Tcp);
         if target != self.target() {
-            compile_all(faults, target).map_err(|e| TableError::Invalid(e.0))?;
+            compile_all(faults, target).map_err(|e| TableError::Invalid(e.message))?;
             self.remove(None)?;
             self.udp.store(target == Target::Udp, Relaxed);
         }
@@ -489,7 +489,8 @@ impl FaultTable {
     /// [`compile_all`]). A fault whose spec did not change is kept as it
     /// is (window, decisions); one that changed keeps its counters.
     pub fn replace_all(&self, faults: &[proto::Fault]) -> Result<(), TableError> {
-        let compiled = compile_all(faults, self.target()).map_err(|e| TableError::Invalid(e.0))?;
+        let compiled =
+            compile_all(faults, self.target()).map_err(|e| TableError::Invalid(e.message))?;
         let _one = self.changing.lock();
         let cur = self.current();
         if cur.faults.is_empty() && compiled.is_empty() {
@@ -514,7 +515,7 @@ impl FaultTable {
 
     /// Add a fault at the end.
     pub fn add(&self, spec: proto::Fault) -> Result<Arc<Active>, TableError> {
-        let c = compile(&spec, self.target()).map_err(|e| TableError::Invalid(e.0))?;
+        let c = compile(&spec, self.target()).map_err(|e| TableError::Invalid(e.message))?;
         let _one = self.changing.lock();
         let cur = self.current();
         if cur.faults.iter().any(|a| a.fault.name == c.name) {
@@ -533,7 +534,7 @@ impl FaultTable {
     /// Replace the fault of the same name, in its place, keeping its
     /// counters; its window starts again.
     pub fn update(&self, spec: proto::Fault) -> Result<Arc<Active>, TableError> {
-        let c = compile(&spec, self.target()).map_err(|e| TableError::Invalid(e.0))?;
+        let c = compile(&spec, self.target()).map_err(|e| TableError::Invalid(e.message))?;
         let _one = self.changing.lock();
         let cur = self.current();
         let Some(i) = cur.faults.iter().position(|a| a.fault.name == c.name) else {
@@ -646,13 +647,18 @@ mod tests {
             ..Default::default()
         };
         assert!(compile(&loss, Target::Udp).is_ok());
-        let e = compile(&loss, Target::Tcp).unwrap_err().0;
+        let e = compile(&loss, Target::Tcp).unwrap_err().message;
         assert!(e.contains("type loss is for a udp-proxy"), "{e}");
         let mut bad = loss.clone();
         if let Some(Kind::Loss(l)) = &mut bad.kind {
             l.probability = 1.5;
         }
-        assert!(compile(&bad, Target::Udp).unwrap_err().0.contains("0 to 1"));
+        assert!(
+            compile(&bad, Target::Udp)
+                .unwrap_err()
+                .message
+                .contains("0 to 1")
+        );
         let none = proto::Fault {
             name: "x".into(),
             ..Default::default()
@@ -660,7 +666,7 @@ mod tests {
         assert!(
             compile(&none, Target::Tcp)
                 .unwrap_err()
-                .0
+                .message
                 .contains("type is required")
         );
         let mut bad_name = latency("../x", 1);

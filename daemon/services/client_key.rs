@@ -28,9 +28,10 @@ pub fn ipv6_prefix_field(field: &str, value: u32) -> Result<u8, SpecError> {
     match value {
         0 => Ok(DEFAULT_IPV6_PREFIX),
         1..=128 => Ok(value as u8),
-        _ => Err(SpecError(format!(
-            "{field} is {value}; an IPv6 prefix length is 1-128 (0 for the default, 64)"
-        ))),
+        _ => Err(SpecError::at(
+            field,
+            format!("{field} is {value}; an IPv6 prefix length is 1-128 (0 for the default, 64)"),
+        )),
     }
 }
 

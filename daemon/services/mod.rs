@@ -314,7 +314,7 @@ impl Service {
     /// upstream name is resolved, interfaces are listed).
     pub fn from_spec(spec: &proto::ListenerSpec, settings: &Settings) -> Result<Self, SpecError> {
         match &spec.kind {
-            None => Err(SpecError(format!(
+            None => Err(SpecError::new(format!(
                 "the listener spec names no kind ({})",
                 KINDS
                     .iter()
@@ -633,23 +633,29 @@ pub(crate) fn duration_in(
         )
     };
     let d = Duration::try_from(*d).map_err(|_| {
-        SpecError(format!(
-            "{field} must not be negative (it must be {})",
-            bounds()
-        ))
+        SpecError::at(
+            field,
+            format!("{field} must not be negative (it must be {})", bounds()),
+        )
     })?;
     if d.is_zero() {
-        return Err(SpecError(format!(
-            "{field} must be greater than zero (it must be {})",
-            bounds()
-        )));
+        return Err(SpecError::at(
+            field,
+            format!(
+                "{field} must be greater than zero (it must be {})",
+                bounds()
+            ),
+        ));
     }
     if !range.contains(&d) {
-        return Err(SpecError(format!(
-            "{field} is {}; it must be {}",
-            humantime::format_duration(d),
-            bounds()
-        )));
+        return Err(SpecError::at(
+            field,
+            format!(
+                "{field} is {}; it must be {}",
+                humantime::format_duration(d),
+                bounds()
+            ),
+        ));
     }
     Ok(d)
 }
@@ -665,21 +671,25 @@ pub(crate) fn size_in(
     match value {
         0 => Ok(default),
         n if range.contains(&n) => Ok(n),
-        n => Err(SpecError(format!(
-            "{field} is {n}; it must be {} to {} (0 for the default, {default})",
-            range.start(),
-            range.end()
-        ))),
+        n => Err(SpecError::at(
+            field,
+            format!(
+                "{field} is {n}; it must be {} to {} (0 for the default, {default})",
+                range.start(),
+                range.end()
+            ),
+        )),
     }
 }
 
 pub(crate) fn listen_field(field: &str, value: &str) -> Result<SocketAddr, SpecError> {
     if value.trim().is_empty() {
-        return Err(SpecError(format!(
-            "{field} is required (host:port, e.g. 127.0.0.1:8080)"
-        )));
+        return Err(SpecError::at(
+            field,
+            format!("{field} is required (host:port, e.g. 127.0.0.1:8080)"),
+        ));
     }
-    parse_listen_addr(value).map_err(|e| SpecError(format!("{field}: {e}")))
+    parse_listen_addr(value).map_err(|e| SpecError::at(field, format!("{field}: {e}")))
 }
 
 #[cfg(test)]
@@ -765,7 +775,8 @@ mod tests {
         });
         let e = duration_field("idle_timeout", &huge, Duration::from_secs(1)).unwrap_err();
         assert!(
-            e.0.starts_with("idle_timeout is ") && e.0.ends_with("; it must be 1ms to 7days"),
+            e.message.starts_with("idle_timeout is ")
+                && e.message.ends_with("; it must be 1ms to 7days"),
             "{e}"
         );
         let zero = Some(prost_types::Duration::default());

@@ -86,7 +86,7 @@ impl SourceRules {
                     "off" | "none" => None,
                     r => {
                         let q = super::http::parse_rate(r)
-                            .map_err(|e| SpecError(format!("{e}, or off")))?;
+                            .map_err(|e| SpecError::at("rate_limit", format!("{e}, or off")))?;
                         Some(Rate {
                             interval: q.replenish_interval(),
                             burst: q.burst_size().get(),

@@ -198,7 +198,10 @@ impl FieldError {
 
 impl From<FieldError> for SpecError {
     fn from(e: FieldError) -> SpecError {
-        SpecError(e.message)
+        SpecError {
+            field: Some(e.field),
+            message: e.message,
+        }
     }
 }
 
@@ -317,41 +320,6 @@ pub fn tables(t: &toml::Table, key: &str) -> Result<Vec<toml::Table>, FieldError
             .collect(),
         Some(v) => Err(FieldError::wrong_type(key, v, "a sequence")),
     }
-}
-
-/// The key of `keys` a validation message is about, if it names one: a
-/// kind's checks start their messages with the field (`listen: ...`,
-/// `max_streams is 0; ...`), so the config can point at its line.
-pub fn field_of<'k>(
-    message: &str,
-    keys: &'k [Key],
-    is_set: impl Fn(&str) -> bool,
-) -> Option<&'k str> {
-    let has = |k: &str| {
-        keys.iter()
-            .find(|key| key.key == k && is_set(k))
-            .map(|key| key.key)
-    };
-    // Words some messages use for a field of another spelling.
-    let loose = [
-        ("listen", message.starts_with("listen")),
-        ("interface", message.contains("interface")),
-        ("filter", message.starts_with("filter")),
-        ("upstreams", message.starts_with("upstream")),
-        ("pcap_path", message.starts_with("pcap_path")),
-    ];
-    loose
-        .iter()
-        .filter(|(_, hit)| *hit)
-        .find_map(|(k, _)| has(k))
-        .or_else(|| {
-            keys.iter().map(|k| k.key).find(|k| {
-                is_set(k)
-                    && message
-                        .strip_prefix(k)
-                        .is_some_and(|rest| rest.starts_with([' ', ':']))
-            })
-        })
 }
 
 /// How a kind reads its form: the two places apply files and the boot

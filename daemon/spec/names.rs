@@ -15,10 +15,10 @@ pub fn valid_name(name: &str) -> bool {
 /// metric labels and terminals, and never `.` or `..`.
 pub fn validate_name(name: &str) -> Result<(), SpecError> {
     if name.is_empty() {
-        return Err(SpecError("a listener needs a name".into()));
+        return Err(SpecError::new("a listener needs a name"));
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(SpecError(format!(
+        return Err(SpecError::new(format!(
             "listener name is longer than {MAX_NAME_LEN} characters"
         )));
     }
@@ -26,12 +26,12 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
-        return Err(SpecError(format!(
+        return Err(SpecError::new(format!(
             "listener name {name:?} contains {c:?}; use letters, digits, '-', '_' and '.'"
         )));
     }
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(SpecError(format!(
+        return Err(SpecError::new(format!(
             "listener name {name:?} must start with a letter or a digit"
         )));
     }

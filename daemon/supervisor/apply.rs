@@ -219,7 +219,7 @@ impl Supervisor {
     /// `entries`, each name given once.
     fn check_entries(&self, entries: &[Desired]) -> Result<(), SupervisorError> {
         if entries.len() > self.inner.max_listeners {
-            return Err(SpecError(format!(
+            return Err(SpecError::new(format!(
                 "{} listeners given; max_listeners is {}",
                 entries.len(),
                 self.inner.max_listeners
@@ -231,7 +231,7 @@ impl Supervisor {
             validate_name(&d.name)?;
             validate_labels(&d.labels)?;
             if !seen.insert(d.name.clone()) {
-                return Err(SpecError(format!("listener '{}' is given twice", d.name)).into());
+                return Err(SpecError::new(format!("listener '{}' is given twice", d.name)).into());
             }
         }
         Ok(())
@@ -247,14 +247,14 @@ impl Supervisor {
             let mut addrs: Vec<(&str, SocketAddr, bool)> = Vec::new();
             for d in &check {
                 Service::from_spec(&d.spec, &settings)
-                    .map_err(|e| SpecError(format!("listener '{}': {e}", d.name)))?;
+                    .map_err(|e| SpecError::new(format!("listener '{}': {e}", d.name)))?;
                 if let Some((a, transport)) = Service::spec_listen_addr(&d.spec) {
                     let udp = transport == crate::services::Transport::Udp;
                     if let Some((other, ..)) = addrs
                         .iter()
                         .find(|(_, b, u)| *u == udp && crate::net::bind::addrs_clash(*b, a))
                     {
-                        return Err(SpecError(format!(
+                        return Err(SpecError::new(format!(
                             "listener '{}': {a} clashes with listener '{other}'",
                             d.name
                         )));

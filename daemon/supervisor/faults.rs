@@ -33,7 +33,7 @@ impl Supervisor {
         match e {
             T::Exists(f) => SupervisorError::FaultExists(name.into(), f),
             T::NotFound(f) => SupervisorError::FaultNotFound(name.into(), f),
-            T::Full | T::Invalid(_) => SupervisorError::InvalidSpec(SpecError(e.to_string())),
+            T::Full | T::Invalid(_) => SupervisorError::InvalidSpec(SpecError::new(e.to_string())),
         }
     }
 

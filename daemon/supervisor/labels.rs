@@ -15,7 +15,7 @@ pub const MAX_LABEL_VALUE_LEN: usize = 255;
 /// the order of what an admin reads).
 pub(super) fn validate_labels(labels: &HashMap<String, String>) -> Result<(), SpecError> {
     if labels.len() > MAX_LABELS {
-        return Err(SpecError(format!(
+        return Err(SpecError::new(format!(
             "{} labels; at most {MAX_LABELS} are allowed",
             labels.len()
         )));
@@ -27,17 +27,17 @@ pub(super) fn validate_labels(labels: &HashMap<String, String>) -> Result<(), Sp
             && k.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
         if !key_ok {
-            return Err(SpecError(format!(
+            return Err(SpecError::new(format!(
                 "label key {k:?}: 1-{MAX_LABEL_KEY_LEN} characters of letters, digits, '-', '_', '.' and '/', starting with a letter or digit"
             )));
         }
         if v.chars().count() > MAX_LABEL_VALUE_LEN {
-            return Err(SpecError(format!(
+            return Err(SpecError::new(format!(
                 "label '{k}': the value is longer than {MAX_LABEL_VALUE_LEN} characters"
             )));
         }
         if let Some(c) = v.chars().find(|&c| !printable(c)) {
-            return Err(SpecError(format!(
+            return Err(SpecError::new(format!(
                 "label '{k}': the value contains {c:?}; only printable characters are allowed"
             )));
         }

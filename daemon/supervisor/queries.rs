@@ -134,7 +134,7 @@ impl Supervisor {
         let g = entry.current_gen();
         match g.service.as_sniffer() {
             Some(s) => Ok(s.watch()),
-            None => Err(SpecError(format!(
+            None => Err(SpecError::new(format!(
                 "'{name}' is a {} listener, not a sniffer",
                 g.service.kind().slug()
             ))

@@ -74,7 +74,7 @@ impl Supervisor {
                 entry
                     .faults
                     .replace_all(f)
-                    .map_err(|e| SpecError(e.to_string()))?;
+                    .map_err(|e| SpecError::new(e.to_string()))?;
             }
             UpdateAction::InPlace
         } else {

@@ -194,9 +194,10 @@ pub struct Http {
 /// period's worth).
 pub fn parse_rate(s: &str) -> Result<Quota, SpecError> {
     let bad = || {
-        SpecError(format!(
-            "rate_limit '{s}': expected N/s, N/m or N/h with N > 0, e.g. 100/s"
-        ))
+        SpecError::at(
+            "rate_limit",
+            format!("rate_limit '{s}': expected N/s, N/m or N/h with N > 0, e.g. 100/s"),
+        )
     };
     let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
     let n: NonZeroU32 = n.trim().parse().map_err(|_| bad())?;
@@ -215,8 +216,9 @@ impl Http {
             "" => None,
             t if t.len() > 4096 || !t.bytes().all(|b| b.is_ascii_graphic()) => {
                 // Say what is wrong without echoing any of it.
-                return Err(SpecError(
-                    "token must be 1-4096 printable ASCII characters without spaces".into(),
+                return Err(SpecError::at(
+                    "token",
+                    "token must be 1-4096 printable ASCII characters without spaces",
                 ));
             }
             t => Some(t.as_bytes().into()),
@@ -244,10 +246,13 @@ impl Http {
             1..=MAX_BODY_BUDGET,
         )?;
         if budget < max_body {
-            return Err(SpecError(format!(
-                "body_budget_bytes ({budget}) must be at least max_body_bytes ({max_body}), \
+            return Err(SpecError::at(
+                "body_budget_bytes",
+                format!(
+                    "body_budget_bytes ({budget}) must be at least max_body_bytes ({max_body}), \
                  or no request with a body of the largest size could ever be served"
-            )));
+                ),
+            ));
         }
         let max_streams = size_in(
             "max_streams",

@@ -173,26 +173,30 @@ impl Proxy {
     fn validate(spec: &proto::ProxySpec) -> Result<Self, SpecError> {
         let listen = listen_field("listen", &spec.listen)?;
         if spec.upstreams.is_empty() {
-            return Err(SpecError(
-                "at least one upstream is required (host:port)".into(),
+            return Err(SpecError::new(
+                "at least one upstream is required (host:port)",
             ));
         }
         if spec.upstreams.len() > MAX_UPSTREAMS {
-            return Err(SpecError(format!("at most {MAX_UPSTREAMS} upstreams")));
+            return Err(SpecError::new(format!("at most {MAX_UPSTREAMS} upstreams")));
         }
         let mut upstreams = Vec::with_capacity(spec.upstreams.len());
         for u in &spec.upstreams {
-            let addr = listen_field("upstream", u)?;
+            let addr = listen_field("upstream", u).map_err(|e| e.about("upstreams"))?;
             if addr.port() == 0 {
-                return Err(SpecError(format!(
-                    "upstream '{u}': port 0 cannot be connected to"
-                )));
+                return Err(SpecError::at(
+                    "upstreams",
+                    format!("upstream '{u}': port 0 cannot be connected to"),
+                ));
             }
             if addr.ip().is_unspecified() {
-                return Err(SpecError(format!(
-                    "upstream '{u}': {} is not an address to connect to",
-                    addr.ip()
-                )));
+                return Err(SpecError::at(
+                    "upstreams",
+                    format!(
+                        "upstream '{u}': {} is not an address to connect to",
+                        addr.ip()
+                    ),
+                ));
             }
             let addr = if UpstreamAddr::is_name(u) {
                 UpstreamAddr::named(u.trim(), addr)
@@ -213,13 +217,17 @@ impl Proxy {
             }));
         }
         if listen.port() != 0 {
-            check_not_self(listen, upstreams.iter().map(|u| u.addr.get()))?;
+            check_not_self(listen, upstreams.iter().map(|u| u.addr.get()))
+                .map_err(|e| e.about("upstreams"))?;
         }
         if spec.preconnect > MAX_PRECONNECT {
-            return Err(SpecError(format!(
-                "preconnect is {}; the limit is {MAX_PRECONNECT}",
-                spec.preconnect
-            )));
+            return Err(SpecError::at(
+                "preconnect",
+                format!(
+                    "preconnect is {}; the limit is {MAX_PRECONNECT}",
+                    spec.preconnect
+                ),
+            ));
         }
         crate::fault::compile_all(&spec.faults, crate::fault::Target::Tcp)?;
         let max = match spec.max_connections {
@@ -307,7 +315,7 @@ impl Proxy {
         // Named upstreams are resolved again while the proxy accepts; the
         // lookups themselves run on the blocking pool.
         let allowed = move |a: SocketAddr| match bound {
-            Some(b) => check_not_self(b, std::iter::once(a)).map_err(|e| e.0),
+            Some(b) => check_not_self(b, std::iter::once(a)).map_err(|e| e.message),
             None => Ok(()),
         };
         // The new address gets a chance: a failure at the old one says
@@ -761,7 +769,7 @@ pub(crate) fn check_not_self(
 ) -> Result<(), SpecError> {
     for up in upstreams {
         if loops_back(listen, up) {
-            return Err(SpecError(format!(
+            return Err(SpecError::new(format!(
                 "upstream '{up}' is this proxy's own listening address ({listen}): \
                  every client would be proxied to the proxy itself"
             )));

@@ -129,19 +129,20 @@ impl Sniffer {
                 } else {
                     format!("unknown interface '{}'", spec.interface)
                 };
-                return Err(SpecError(format!(
-                    "{what}; interfaces here: {}",
-                    names.join(", ")
-                )));
+                return Err(SpecError::at(
+                    "interface",
+                    format!("{what}; interfaces here: {}", names.join(", ")),
+                ));
             }
         };
-        let filter = Filter::parse(&spec.filter).map_err(SpecError)?;
+        let filter = Filter::parse(&spec.filter).map_err(|e| SpecError::at("filter", e))?;
         let max_flows = match spec.max_flows {
             0 => DEFAULT_MAX_FLOWS,
             n if n > MAX_FLOWS_LIMIT => {
-                return Err(SpecError(format!(
-                    "max_flows is {n}; the limit is {MAX_FLOWS_LIMIT}"
-                )));
+                return Err(SpecError::at(
+                    "max_flows",
+                    format!("max_flows is {n}; the limit is {MAX_FLOWS_LIMIT}"),
+                ));
             }
             n => n,
         };
@@ -623,29 +624,35 @@ fn pcap_target(
     settings: &Settings,
 ) -> Result<(PathBuf, String), SpecError> {
     let Some(dir) = &settings.capture_dir else {
-        return Err(SpecError(
+        return Err(SpecError::at(
+            "pcap_path",
             "pcap_path: netd has no capture_dir (set capture_dir in its config; \
-             none could be derived because HOME is not set)"
-                .into(),
+             none could be derived because HOME is not set)",
         ));
     };
     // Quoted as given, control characters escaped.
     let shown = path.escape_debug();
     let name = crate::sys::safe_file::resolve_name(dir, path).map_err(|why| {
-        SpecError(format!(
-            "pcap_path '{shown}': {why}; pcap files are written only in capture_dir {} \
+        SpecError::at(
+            "pcap_path",
+            format!(
+                "pcap_path '{shown}': {why}; pcap files are written only in capture_dir {} \
              (give a file name, or an absolute path directly in that directory)",
-            dir.display()
-        ))
+                dir.display()
+            ),
+        )
     })?;
     // Rotation appends ".N": that must fit in a file name too.
     let longest = name.len() + 1 + max_files.to_string().len();
     if longest > crate::sys::safe_file::MAX_NAME_BYTES {
-        return Err(SpecError(format!(
-            "pcap_path '{shown}': the file name is too long to add a rotation suffix \
+        return Err(SpecError::at(
+            "pcap_path",
+            format!(
+                "pcap_path '{shown}': the file name is too long to add a rotation suffix \
              (at most {} bytes with pcap_max_files {max_files})",
-            crate::sys::safe_file::MAX_NAME_BYTES + name.len() - longest
-        )));
+                crate::sys::safe_file::MAX_NAME_BYTES + name.len() - longest
+            ),
+        ));
     }
     Ok((dir.clone(), name.to_string()))
 }

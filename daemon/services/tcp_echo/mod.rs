@@ -97,10 +97,13 @@ impl TcpEcho {
     fn validate(spec: &proto::TcpEchoSpec) -> Result<Self, SpecError> {
         let listen = listen_field("listen", &spec.listen)?;
         if spec.prefix.len() > MAX_PREFIX {
-            return Err(SpecError(format!(
-                "prefix is {} bytes; the limit is {MAX_PREFIX}",
-                spec.prefix.len()
-            )));
+            return Err(SpecError::at(
+                "prefix",
+                format!(
+                    "prefix is {} bytes; the limit is {MAX_PREFIX}",
+                    spec.prefix.len()
+                ),
+            ));
         }
         let max = match spec.max_connections {
             0 => DEFAULT_MAX_CONNECTIONS,

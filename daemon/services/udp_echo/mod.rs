@@ -79,10 +79,13 @@ impl UdpEcho {
     fn validate(spec: &proto::UdpEchoSpec, settings: &Settings) -> Result<Self, SpecError> {
         let listen = listen_field("listen", &spec.listen)?;
         if spec.prefix.len() > MAX_PREFIX {
-            return Err(SpecError(format!(
-                "prefix is {} bytes; the limit is {MAX_PREFIX}",
-                spec.prefix.len()
-            )));
+            return Err(SpecError::at(
+                "prefix",
+                format!(
+                    "prefix is {} bytes; the limit is {MAX_PREFIX}",
+                    spec.prefix.len()
+                ),
+            ));
         }
         let rules = SourceRules::from_keys(
             spec.allow_privileged_sources,

@@ -81,22 +81,26 @@ impl UdpProxy {
         let listen = listen_field("listen", &spec.listen)?;
         let upstream = listen_field("upstream", &spec.upstream)?;
         if upstream.port() == 0 {
-            return Err(SpecError(format!(
-                "upstream '{}': port 0 cannot be sent to",
-                spec.upstream
-            )));
+            return Err(SpecError::at(
+                "upstream",
+                format!("upstream '{}': port 0 cannot be sent to", spec.upstream),
+            ));
         }
         if upstream.ip().is_unspecified() {
-            return Err(SpecError(format!(
-                "upstream '{}': {} is not an address to send to",
-                spec.upstream,
-                upstream.ip()
-            )));
+            return Err(SpecError::at(
+                "upstream",
+                format!(
+                    "upstream '{}': {} is not an address to send to",
+                    spec.upstream,
+                    upstream.ip()
+                ),
+            ));
         }
         if listen.port() != 0 && listen == upstream {
-            return Err(SpecError(format!(
-                "upstream '{upstream}' is this proxy's own listening address"
-            )));
+            return Err(SpecError::at(
+                "upstream",
+                format!("upstream '{upstream}' is this proxy's own listening address"),
+            ));
         }
         // Each client holds a socket: no more than the descriptor budget,
         // and by default no more than it allows either.
@@ -110,7 +114,7 @@ impl UdpProxy {
         )?;
         budget
             .check_one("max_clients", max_clients)
-            .map_err(SpecError)?;
+            .map_err(|e| SpecError::at("max_clients", e))?;
         let max_clients = max_clients as usize;
         let max_clients_per_source = super::size_in(
             "max_clients_per_source",
