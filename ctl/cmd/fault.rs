@@ -147,11 +147,9 @@ impl Args for TypeFlags {
             if key.name == "timeout" {
                 help.push_str(". (netctl's own request --timeout goes before the command.)");
             }
-            // A handful of short strings, once per command built.
-            let long: &'static str = Box::leak(flag_of(key.name).into_boxed_str());
             cmd = cmd.arg(
                 Arg::new(key.name)
-                    .long(long)
+                    .long(flag_of(key.name))
                     .value_name(key.unit.value_name())
                     .value_parser(clap::value_parser!(String))
                     .help(help),
