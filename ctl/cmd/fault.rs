@@ -102,10 +102,12 @@ pub(crate) struct FaultOpts {
 
 /// `netctl fault add`'s long help: the types each listener kind takes.
 fn add_long_about() -> String {
+    let tcp = netd::services::fault_kinds(Target::Tcp).join(", ");
+    let udp = netd::services::fault_kinds(Target::Udp).join(", ");
     format!(
-        "Add a fault to a proxy or udp-proxy; it applies at once, to open \
+        "Add a fault to a {tcp} or {udp}; it applies at once, to open \
          connections too.\n\n\
-         TCP (proxy) types: {}. UDP (udp-proxy) types: {}.\n\n\
+         TCP ({tcp}) types: {}. UDP ({udp}) types: {}.\n\n\
          Each attribute is a flag of its own name, or --attr KEY=VALUE.",
         types::names_for(Target::Tcp).join(", "),
         types::names_for(Target::Udp).join(", ")

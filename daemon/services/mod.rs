@@ -88,6 +88,20 @@ macro_rules! registry {
             }
         }
 
+        /// The slugs of the kinds whose listeners take faults of `target`
+        /// (a kind takes faults when its spec has them, [`ListenerKind::faults`]).
+        pub fn fault_kinds(target: crate::fault::Target) -> Vec<&'static str> {
+            let mut out = Vec::new();
+            $(
+                if <$ty as ListenerKind>::faults(&Default::default())
+                    .is_some_and(|(_, t)| t == target)
+                {
+                    out.push(<$ty as ListenerKind>::SLUG);
+                }
+            )+
+            out
+        }
+
         /// Write a spec arm's keys for `netctl export`.
         pub fn write_config(kind: &Kind, t: &mut crate::spec::Table) -> Result<(), String> {
             match kind {

@@ -118,7 +118,10 @@ pub enum SupervisorError {
     FaultNotFound(String, String),
     #[error("listener '{0}' already has a fault named '{1}'")]
     FaultExists(String, String),
-    #[error("listener '{0}' is a {1}; faults can be injected into proxy and udp-proxy listeners")]
+    #[error(
+        "listener '{0}' is a {1}; faults can be injected into {kinds} listeners",
+        kinds = fault_kinds_text()
+    )]
     NoFaults(String, &'static str),
 }
 
@@ -250,6 +253,18 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "(non-string panic payload)".to_string()
+    }
+}
+
+/// The kinds that take faults, for messages: "proxy and udp-proxy".
+fn fault_kinds_text() -> String {
+    let all: Vec<&str> = [crate::fault::Target::Tcp, crate::fault::Target::Udp]
+        .into_iter()
+        .flat_map(crate::services::fault_kinds)
+        .collect();
+    match all.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => all.join(""),
     }
 }
 

@@ -105,3 +105,16 @@ fn labels() {
     let many: HashMap<_, _> = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
     assert!(validate_labels(&many).is_err());
 }
+
+/// The kinds that take faults come from the registry; the message reads as
+/// it always has.
+#[test]
+fn the_kinds_that_take_faults_are_named_from_the_registry() {
+    use crate::fault::Target;
+    assert_eq!(crate::services::fault_kinds(Target::Tcp), ["proxy"]);
+    assert_eq!(crate::services::fault_kinds(Target::Udp), ["udp-proxy"]);
+    assert_eq!(
+        SupervisorError::NoFaults("e".into(), "tcp-echo").to_string(),
+        "listener 'e' is a tcp-echo; faults can be injected into proxy and udp-proxy listeners"
+    );
+}
