@@ -18,12 +18,18 @@ const NOBODY: u32 = 65534;
 /// A client that holds up to `n` TCP connections to `port` open without
 /// sending a byte, re-opening those netd closes, for `secs` seconds; as
 /// uid `nobody`, so that it is another local user than the test's root.
-/// Prints how many it opened in all.
-fn hold_sockets_as_nobody(port: u16, n: usize, secs: u64) -> Child {
+/// Returns once netd has turned one of them away (the client has opened
+/// what it can); [`opened`] then says how many it opened in all.
+fn hold_sockets_as_nobody(port: u16, n: usize, secs: u64) -> Attacker {
     const SCRIPT: &str = r#"
 import socket, sys, time, select
 port, n, secs = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-socks, opened, end = [], 0, time.time() + secs
+socks, opened, end, told = [], 0, time.time() + secs, False
+def full():
+    global told
+    if not told:
+        print("full", flush=True)
+        told = True
 while time.time() < end:
     if socks:
         readable, _, _ = select.select(socks, [], [], 0)
@@ -37,12 +43,14 @@ while time.time() < end:
             if gone:
                 socks.remove(s)
                 s.close()
+                full()
     while len(socks) < n and time.time() < end:
         s = socket.socket()
         try:
             s.connect(("127.0.0.1", port))
         except OSError:
             s.close()
+            full()
             break
         socks.append(s)
         opened += 1
@@ -58,15 +66,29 @@ print(opened, flush=True)
         .gid(NOBODY)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    cmd.spawn().expect("python3 (the attacking client)")
+    let mut child = cmd.spawn().expect("python3 (the attacking client)");
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    // Ends when netd turned a socket away, or with the script.
+    std::io::BufRead::read_line(&mut out, &mut line).expect("the attacker's output");
+    assert_eq!(line.trim(), "full", "netd never turned the attacker away");
+    Attacker { child, out }
 }
 
-fn opened(child: Child) -> u64 {
-    let out = child.wait_with_output().expect("the attacking client");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
+/// The client of [`hold_sockets_as_nobody`], past its "full" line.
+struct Attacker {
+    child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+/// How many sockets the attacker opened in all (when its time is up).
+fn opened(mut attacker: Attacker) -> u64 {
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut attacker.out, &mut rest).expect("the attacker's output");
+    let status = attacker.child.wait().expect("the attacking client");
+    rest.trim()
         .parse()
-        .unwrap_or_else(|_| panic!("attacker output: {out:?}"))
+        .unwrap_or_else(|_| panic!("attacker output ({status}): {rest:?}"))
 }
 
 /// The mTLS control plane lock-out of issue 22: silent connections took
@@ -88,8 +110,6 @@ fn admin_is_served_while_an_unauthenticated_client_holds_200_sockets() {
     let log_before = std::fs::metadata(netd.log_path()).map_or(0, |m| m.len());
 
     let attacker = hold_sockets_as_nobody(port, 200, 12);
-    // Let it fill what it can.
-    std::thread::sleep(Duration::from_secs(2));
     let mut failures = Vec::new();
     for i in 0..8 {
         let out = netctl_tls(&control, &ca, Some(&admin), &["list"]);
@@ -161,9 +181,6 @@ async fn health_check_is_answered_while_one_client_holds_what_it_can() {
     let (status, _) = probe(port).await.expect("probe before the attack");
     assert_eq!(status, ServingStatus::Serving as i32);
     let attacker = hold_sockets_as_nobody(port, 64, 8);
-    // Long enough for the attacker to open what it can (at most 64
-    // sockets, re-opened as they are closed).
-    tokio::time::sleep(Duration::from_secs(2)).await;
     for i in 0..5 {
         let (status, watch) = probe(port)
             .await
@@ -259,15 +276,7 @@ fn health_check_is_answered_while_a_local_user_connects_from_every_address() {
     }
     let port = 9091;
     let netd = ns.netd(&format!("[health]\nlisten = \"0.0.0.0:{port}\"\n"));
-    let check = || {
-        ns.run(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            rt.block_on(check_at(&format!("{node}:{port}")))
-        })
-    };
+    let check = || check_from(&ns, &format!("{node}:{port}"));
     assert_eq!(check(), Ok(ServingStatus::Serving as i32), "before");
 
     let mut attacker = hold_from_sources(&ns, node, port, &others, 8);
@@ -372,6 +381,31 @@ fn python3_for_nobody() -> std::path::PathBuf {
 }
 
 /// One health Check on a new connection to `addr`: its status.
+/// One grpc.health.v1 Check of `addr`, made from inside `ns`.
+fn check_from(ns: &crate::common::NetNs, addr: &str) -> Result<i32, String> {
+    ns.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(check_at(addr))
+    })
+}
+
+/// Wait until `check` answers SERVING (a link may take a moment to come
+/// up), at most [`crate::common::DEADLINE`].
+fn wait_serving(check: impl Fn() -> Result<i32, String>) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let deadline = std::time::Instant::now() + crate::common::DEADLINE;
+    while check() != Ok(ServingStatus::Serving as i32) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 async fn check_at(addr: &str) -> Result<i32, String> {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -406,24 +440,9 @@ fn health_check_by_local_root_is_answered_while_remote_addresses_hold_the_rest()
     let (node_ns, remote_ns) = linked_namespaces("h8a", &format!("{node}/24"), &cidrs(&remote, 24));
     let port = 9091;
     let netd = node_ns.netd(&format!("[health]\nlisten = \"0.0.0.0:{port}\"\n"));
-    let check = || {
-        node_ns.run(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            rt.block_on(check_at(&format!("{node}:{port}")))
-        })
-    };
+    let check = || check_from(&node_ns, &format!("{node}:{port}"));
     // The link may take a moment to come up.
-    let deadline = std::time::Instant::now() + crate::common::DEADLINE;
-    while check() != Ok(ServingStatus::Serving as i32) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "health never answered"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_serving(check);
     let mut attacker = hold_from_sources(&remote_ns, node, port, &remote, 8);
     let results: Vec<_> = (0..5).map(|_| check()).collect();
     let _ = attacker.kill();
@@ -455,25 +474,12 @@ fn remote_prober_is_answered_while_four_addresses_hold_idle_connections() {
     let (node_ns, remote_ns) = linked_namespaces("hie", &format!("{node}/24"), &cidrs(&remote, 24));
     let port = 9091;
     let netd = node_ns.netd(&format!("[health]\nlisten = \"0.0.0.0:{port}\"\n"));
-    let check = || {
-        remote_ns.run(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            rt.block_on(check_at(&format!("{node}:{port}")))
-        })
-    };
-    let deadline = std::time::Instant::now() + crate::common::DEADLINE;
-    while check() != Ok(ServingStatus::Serving as i32) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "health never answered"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let check = || check_from(&remote_ns, &format!("{node}:{port}"));
+    wait_serving(check);
     let mut holder = hold_from_sources(&remote_ns, node, port, &holders, 8);
-    // Long enough for the holders to take what they can.
+    // Not a wait for a condition: a prober comes when it comes, and by
+    // then the holders' connections have been idle past the 1 s after
+    // which a full endpoint may close one to make room.
     std::thread::sleep(Duration::from_secs(1));
     // As kubelet judges a probe: it fails after failureThreshold (3)
     // failures in a row.

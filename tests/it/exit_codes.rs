@@ -69,30 +69,7 @@ fn a_closed_output_pipe_ends_netctl_quietly_with_0() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = events.stdout.take().unwrap();
-    let mut first = String::new();
-    // Events only flow once the watch is open: keep starting listeners
-    // until the first line arrives, like `| head -1` would read it.
-    let reader = std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        r.read_line(&mut first).unwrap();
-        first
-        // `r` (the pipe's read end) is dropped here: the pipe is closed.
-    });
-    let mut n = 0;
-    wait_until("the first event line", || {
-        n += 1;
-        netd.netctl_ok(&[
-            "start",
-            "tcp-echo",
-            &format!("e{n}"),
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        reader.is_finished()
-    });
-    let first = reader.join().unwrap();
-    assert!(first.contains("started"), "{first}");
+    read_one_event_then_close(&netd, events.stdout.take().unwrap());
     // More events now meet a closed pipe.
     for i in 0..3 {
         netd.netctl_ok(&[
@@ -132,27 +109,7 @@ fn events_ends_when_its_reader_goes_without_another_event() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = events.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut first = String::new();
-        BufReader::new(stdout).read_line(&mut first).unwrap();
-        first
-        // The pipe's read end is dropped here, as head's is at exit.
-    });
-    let mut n = 0;
-    wait_until("the first event line", || {
-        n += 1;
-        netd.netctl_ok(&[
-            "start",
-            "tcp-echo",
-            &format!("e{n}"),
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        reader.is_finished()
-    });
-    let first = reader.join().unwrap();
-    assert!(first.contains("started"), "{first}");
+    read_one_event_then_close(&netd, events.stdout.take().unwrap());
     // No further event: netctl must notice the closed pipe by itself.
     let mut status = None;
     wait_until("netctl events to exit after its reader left", || {
@@ -210,4 +167,30 @@ fn start_help_lists_global_options_apart() {
     }
     assert!(own.contains("--upstream-connect-timeout"), "{help}");
     assert!(!help.contains("    --connect-timeout"), "{help}");
+}
+
+/// Read the first line of `netctl events` from `stdout`, then close the
+/// pipe, as `| head -1` does. Events only flow once the watch is open, so
+/// listeners are started until the line arrives.
+fn read_one_event_then_close(netd: &Netd, stdout: std::process::ChildStdout) {
+    let reader = std::thread::spawn(move || {
+        let mut first = String::new();
+        BufReader::new(stdout).read_line(&mut first).unwrap();
+        first
+        // The pipe's read end is dropped here, as head's is at exit.
+    });
+    let mut n = 0;
+    wait_until("the first event line", || {
+        n += 1;
+        netd.netctl_ok(&[
+            "start",
+            "tcp-echo",
+            &format!("e{n}"),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        reader.is_finished()
+    });
+    let first = reader.join().unwrap();
+    assert!(first.contains("started"), "{first}");
 }

@@ -104,16 +104,23 @@ fn interop(netd: &Netd, mode: &str, args: &[&str]) -> String {
     let ControlAddr::Unix(socket) = &netd.control else {
         panic!("unix control socket expected")
     };
-    let python = python();
-    let out_path = netd.dir.path().join(format!("py-{mode}.out"));
+    let socket = socket.to_str().expect("a UTF-8 socket path");
+    let mut all = vec![mode, socket];
+    all.extend_from_slice(args);
+    run_script(netd, SCRIPT, &all, mode)
+}
+
+/// Run the venv's Python on `script` with `args` within a deadline; its
+/// output (stdout and stderr, kept in `py-{tag}.out` of netd's directory),
+/// or a panic with it and netd's log.
+pub fn run_script(netd: &Netd, script: &str, args: &[&str], tag: &str) -> String {
+    let out_path = netd.dir.path().join(format!("py-{tag}.out"));
     let out = std::fs::File::create(&out_path).expect("output file");
-    let mut child = Command::new(python)
-        .arg(SCRIPT)
-        .arg(mode)
-        .arg(socket)
+    let mut child = Command::new(python())
+        .arg(script)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
+        .stdout(out.try_clone().expect("dup output file"))
         .stderr(out)
         .spawn()
         .expect("run python");
@@ -132,10 +139,13 @@ fn interop(netd: &Netd, mode: &str, args: &[&str]) -> String {
         std::thread::sleep(Duration::from_millis(50));
     };
     let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let name = Path::new(script)
+        .file_name()
+        .map_or(script.into(), |n| n.to_string_lossy());
     match status {
         Some(s) if s.success() => output,
         _ => panic!(
-            "grpc_interop.py {mode} failed ({}):\n{output}\nnetd log:\n{}",
+            "{name} {tag} failed ({}):\n{output}\nnetd log:\n{}",
             status.map_or("killed at the deadline".to_string(), |s| s.to_string()),
             netd.log()
         ),

@@ -4,10 +4,9 @@
 //! descriptor database (tests/py/reflection_v1alpha.py, the venv of
 //! tests/it/grpc_interop.rs), on the Unix socket and on TCP.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use crate::common::{DEADLINE, Netd};
+use crate::common::Netd;
 
 const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -21,41 +20,7 @@ const CONFIG: &str = "\
 /// Run the v1alpha client against `target` within a deadline; its output,
 /// or a panic with it and netd's log.
 fn v1alpha_client(netd: &Netd, target: &str) -> String {
-    let python = crate::grpc_interop::python();
-    let out_path = netd.dir.path().join("py-v1alpha.out");
-    let out = std::fs::File::create(&out_path).expect("output file");
-    let mut child = Command::new(python)
-        .arg(SCRIPT)
-        .arg(target)
-        .args(["refl-tcp", "refl-udp"])
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("dup output file"))
-        .stderr(out)
-        .spawn()
-        .expect("run python");
-    // Each call in the script has its own deadline; this one only keeps a
-    // wedged interpreter from hanging the test.
-    let deadline = Instant::now() + DEADLINE * 6;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
-    match status {
-        Some(s) if s.success() => output,
-        _ => panic!(
-            "reflection_v1alpha.py {target} failed ({}):\n{output}\nnetd log:\n{}",
-            status.map_or("killed at the deadline".to_string(), |s| s.to_string()),
-            netd.log()
-        ),
-    }
+    crate::grpc_interop::run_script(netd, SCRIPT, &[target, "refl-tcp", "refl-udp"], "v1alpha")
 }
 
 #[test]

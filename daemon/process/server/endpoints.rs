@@ -356,11 +356,19 @@ impl Endpoint for Metrics {
             shared.supervisor.clone(),
             shared.stop.clone(),
         );
-        Ok(tokio::spawn(async move {
-            served.await;
-            Ok(())
-        }))
+        Ok(spawn_served(served))
     }
+}
+
+/// An endpoint's serving future, which cannot fail, as the task `serve`
+/// returns.
+fn spawn_served(
+    served: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        served.await;
+        Ok(())
+    })
 }
 
 /// Plaintext `grpc.health.v1` ([`crate::endpoints::health`]),
@@ -387,10 +395,7 @@ impl Endpoint for Health {
             tracing::info!(%addr, "serving plaintext grpc.health.v1 (health only)");
         }
         let served = crate::endpoints::health::serve(l, shared.health.clone(), shared.stop.clone());
-        Ok(tokio::spawn(async move {
-            served.await;
-            Ok(())
-        }))
+        Ok(spawn_served(served))
     }
 }
 
@@ -431,9 +436,6 @@ impl Endpoint for ToxiproxyApi {
             access,
             shared.stop.clone(),
         );
-        Ok(tokio::spawn(async move {
-            served.await;
-            Ok(())
-        }))
+        Ok(spawn_served(served))
     }
 }
