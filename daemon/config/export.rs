@@ -118,6 +118,38 @@ mod tests {
         Some(prost_types::Duration { seconds, nanos })
     }
 
+    /// A certificate and key on disk, for the TLS fields: the config
+    /// reader validates specs, and so loads them. The key's name needs
+    /// quoting in TOML.
+    struct TlsFiles {
+        _dir: tempfile::TempDir,
+        cert: String,
+        key: String,
+    }
+
+    fn tls_files() -> &'static TlsFiles {
+        use std::os::unix::fs::PermissionsExt;
+        static FILES: std::sync::OnceLock<TlsFiles> = std::sync::OnceLock::new();
+        FILES.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            let c = dir.path().join("cert.pem");
+            let k = dir.path().join("key \"q\".pem");
+            std::fs::write(&c, cert.pem()).unwrap();
+            std::fs::write(&k, key.serialize_pem()).unwrap();
+            std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+            TlsFiles {
+                cert: c.to_str().unwrap().to_string(),
+                key: k.to_str().unwrap().to_string(),
+                _dir: dir,
+            }
+        })
+    }
+
     fn listener(name: &str, kind: Kind) -> ExportListener {
         ExportListener {
             name: name.into(),
@@ -279,6 +311,14 @@ mod tests {
                     max_connections: 7,
                     idle_timeout: d(90, 1_000_001),
                     access_log: Some(false),
+                    tls: Some(proto::TlsServer {
+                        cert_file: tls_files().cert.clone(),
+                        key_file: tls_files().key.clone(),
+                        client_ca_file: tls_files().cert.clone(),
+                        client_auth: "request".into(),
+                        alpn: vec!["h2".into(), "http/1.1".into()],
+                        handshake_timeout: d(2, 500_000_000),
+                    }),
                 }),
             ),
             listener(
@@ -305,6 +345,22 @@ mod tests {
                     resolve_interval: d(90, 5),
                     access_log: Some(true),
                     faults: every_tcp_fault(),
+                    tls: Some(proto::TlsServer {
+                        cert_file: tls_files().cert.clone(),
+                        key_file: tls_files().key.clone(),
+                        client_ca_file: tls_files().cert.clone(),
+                        client_auth: "request".into(),
+                        alpn: vec!["h2".into(), "http/1.1".into()],
+                        handshake_timeout: d(2, 500_000_000),
+                    }),
+                    upstream_tls: Some(proto::TlsClient {
+                        enabled: true,
+                        sni: "api.internal".into(),
+                        ca_file: tls_files().cert.clone(),
+                        cert_file: tls_files().cert.clone(),
+                        key_file: tls_files().key.clone(),
+                        insecure: false,
+                    }),
                 }),
             ),
             listener(
@@ -337,6 +393,14 @@ mod tests {
                     idle_timeout: d(86_399, 123_456_789),
                     rate_limit_ipv6_prefix: 56,
                     access_log: Some(false),
+                    tls: Some(proto::TlsServer {
+                        cert_file: tls_files().cert.clone(),
+                        key_file: tls_files().key.clone(),
+                        client_ca_file: tls_files().cert.clone(),
+                        client_auth: "request".into(),
+                        alpn: vec!["h2".into(), "http/1.1".into()],
+                        handshake_timeout: d(2, 500_000_000),
+                    }),
                 }),
             ),
             listener(
@@ -609,6 +673,7 @@ mod fuzz {
                     max_connections,
                     idle_timeout,
                     access_log: None,
+                    tls: None,
                 })
             })
     }
@@ -707,6 +772,8 @@ mod fuzz {
                         resolve_interval,
                         access_log: None,
                         faults: Vec::new(),
+                        tls: None,
+                        upstream_tls: None,
                     })
                 },
             )
@@ -778,6 +845,7 @@ mod fuzz {
                         idle_timeout,
                         rate_limit_ipv6_prefix,
                         access_log: None,
+                        tls: None,
                     })
                 },
             )

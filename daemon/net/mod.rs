@@ -20,5 +20,6 @@ pub mod idle;
 pub mod own_addrs;
 pub mod sockopt;
 pub mod splice;
+pub mod tls;
 pub mod udp;
 pub mod workers;

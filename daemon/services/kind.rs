@@ -237,6 +237,12 @@ pub trait ListenerKind: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// Kind-specific counters for the stats message, if the kind has any.
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail>;
 
+    /// The listener's TLS counters, when it serves or originates TLS.
+    /// Default: the kind has no TLS.
+    fn tls_stats(&self) -> Option<proto::TlsStats> {
+        None
+    }
+
     /// Descriptors a listener of this spec may hold at its limits besides
     /// its socket: one per connection, two for a proxy, one per udp-proxy
     /// client (see [`super::fd_cost`]). No default: each kind says.

@@ -275,6 +275,13 @@ macro_rules! registry {
                 }
             }
 
+            /// The listener's TLS counters, if it has TLS.
+            pub fn tls_stats(&self) -> Option<proto::TlsStats> {
+                match self {
+                    $(Service::$arm(s) => s.tls_stats(),)+
+                }
+            }
+
             /// Bind the service's socket, at `addr` when given (a restart
             /// rebinds the address first bound) or else where the spec says.
             /// Must be called within a tokio runtime, off its workers: a

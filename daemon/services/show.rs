@@ -81,6 +81,53 @@ pub trait Show: ListenerKind {
     }
 }
 
+/// A served TLS spec as JSON (None: plaintext, and the key is left out).
+/// Paths only: a key's contents are never in a spec.
+pub fn tls_server_json(tls: Option<&proto::TlsServer>) -> Option<Value> {
+    let Some(proto::TlsServer {
+        cert_file,
+        key_file,
+        client_ca_file,
+        client_auth,
+        alpn,
+        handshake_timeout,
+    }) = tls
+    else {
+        return None;
+    };
+    Some(serde_json::json!({
+        "cert": cert_file,
+        "key": key_file,
+        "client_ca": client_ca_file,
+        "client_auth": client_auth,
+        "alpn": alpn,
+        "handshake_timeout": dur(handshake_timeout),
+    }))
+}
+
+/// An originated TLS spec as JSON (None: plaintext upstreams).
+pub fn tls_client_json(tls: Option<&proto::TlsClient>) -> Option<Value> {
+    let Some(proto::TlsClient {
+        enabled,
+        sni,
+        ca_file,
+        cert_file,
+        key_file,
+        insecure,
+    }) = tls
+    else {
+        return None;
+    };
+    Some(serde_json::json!({
+        "enabled": enabled,
+        "sni": sni,
+        "ca": ca_file,
+        "cert": cert_file,
+        "key": key_file,
+        "insecure": insecure,
+    }))
+}
+
 /// Generates the dispatch over `listener_spec::Kind` and over the kinds'
 /// stats details from the registry's list.
 macro_rules! dispatch {

@@ -11,6 +11,7 @@ pub mod diff;
 pub mod form;
 pub mod names;
 pub mod table;
+pub mod tls;
 
 pub use form::{FieldError, Key, Unit};
 pub use table::Table;

@@ -166,6 +166,7 @@ impl Entry {
     pub(super) fn stats_of(&self, g: &Generation) -> proto::ListenerStats {
         let mut s = self.stats.snapshot();
         s.detail = g.service.detail_stats();
+        s.tls = g.service.tls_stats();
         if self.faults.version() != 0 {
             s.faults = self.faults.stats();
         }

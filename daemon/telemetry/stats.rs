@@ -96,6 +96,7 @@ impl Stats {
             errors: self.errors.load(Relaxed),
             panics: self.panics.load(Relaxed),
             faults: Vec::new(),
+            tls: None,
             detail: None,
         }
     }

@@ -41,6 +41,7 @@ mod sniffer;
 mod stats;
 mod systemd;
 mod systemd_live;
+mod tls;
 mod toxiproxy_api;
 mod toxiproxy_security;
 mod udp_proxy;

@@ -37,6 +37,7 @@ async fn table_output_escapes_control_characters_from_the_daemon() {
                 max_connections: 0,
                 idle_timeout: None,
                 access_log: None,
+                tls: None,
             })),
         }),
         labels,

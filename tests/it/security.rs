@@ -15,6 +15,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::common::h2raw::{PREFACE, frame, handshake, hpack, read_frame};
+pub(crate) use crate::common::pki::Pki;
 use crate::common::{DEADLINE, NETCTL, NETD, Netd, rss_kib, wait_until};
 use netd::proto::{self, listener_spec::Kind};
 use netd::util::addr::ControlAddr;
@@ -62,73 +63,6 @@ fn tcp_control_without_tls_is_refused_at_start() {
     let out = run(cmd, "netd on 0.0.0.0 with --control-insecure");
     assert!(!out.status.success());
     assert!(stderr(&out).contains("loopback"), "{}", stderr(&out));
-}
-
-/// A small PKI for the tests: a CA, netd's server certificate and client
-/// certificates, written as PEM files into a directory.
-pub(crate) struct Pki {
-    dir: PathBuf,
-    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    pub(crate) fn new(dir: &Path, name: &str) -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} CA"));
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join(format!("{name}-ca.pem")), cert.pem()).unwrap();
-        Pki {
-            dir: dir.to_path_buf(),
-            ca: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// Issue a certificate: `cn` as common name, `sans` as DNS/IP names;
-    /// `expired` puts its validity in the past. Returns (cert, key) paths.
-    pub(crate) fn issue(
-        &self,
-        file: &str,
-        cn: &str,
-        sans: &[&str],
-        expired: bool,
-    ) -> (PathBuf, PathBuf) {
-        let mut params =
-            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2001, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2002, 1, 1);
-        }
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        self.write(file, &cert.pem(), &key.serialize_pem())
-    }
-
-    /// A certificate that signs itself, claiming the name `cn`.
-    fn self_signed(&self, file: &str, cn: &str) -> (PathBuf, PathBuf) {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        self.write(file, &cert.pem(), &key.serialize_pem())
-    }
-
-    fn write(&self, file: &str, cert: &str, key: &str) -> (PathBuf, PathBuf) {
-        let c = self.dir.join(format!("{file}.pem"));
-        let k = self.dir.join(format!("{file}-key.pem"));
-        std::fs::write(&c, cert).unwrap();
-        std::fs::write(&k, key).unwrap();
-        (c, k)
-    }
 }
 
 /// netctl over TLS: `--cacert ca` plus an optional client certificate.

@@ -747,6 +747,12 @@ impl ListenerKind for Http {
             "Largest request header section in bytes, 1024 to 1 MiB (default 16 KiB); larger gets 431.",
         ),
         form::ACCESS_LOG,
+        crate::spec::tls::TLS_CERT,
+        crate::spec::tls::TLS_KEY,
+        crate::spec::tls::TLS_CLIENT_CA,
+        crate::spec::tls::TLS_CLIENT_AUTH,
+        crate::spec::tls::TLS_ALPN,
+        crate::spec::tls::TLS_HANDSHAKE_TIMEOUT,
     ];
     const FAMILIES: &'static dyn crate::telemetry::families::DetailFamilies = &metrics::FAMILIES;
 
@@ -765,6 +771,7 @@ impl ListenerKind for Http {
             idle_timeout: form::duration(t, "idle_timeout")?,
             rate_limit_ipv6_prefix: form::u32(t, "rate_limit_ipv6_prefix")?,
             access_log: form::opt_bool(t, "access_log")?,
+            tls: crate::spec::tls::read_server(t)?,
         })
     }
 
@@ -783,6 +790,7 @@ impl ListenerKind for Http {
             idle_timeout,
             rate_limit_ipv6_prefix,
             access_log,
+            tls,
         } = spec;
         t.string("listen", listen);
         t.u64("max_body_bytes", *max_body_bytes)?;
@@ -801,6 +809,7 @@ impl ListenerKind for Http {
         t.duration("idle_timeout", idle_timeout)?;
         t.u64("rate_limit_ipv6_prefix", (*rate_limit_ipv6_prefix).into())?;
         t.opt_bool("access_log", *access_log);
+        crate::spec::tls::write_server(tls, t)?;
         Ok(())
     }
 

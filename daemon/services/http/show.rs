@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::Http;
 use crate::proto::{self, listener_stats::Detail};
-use crate::services::show::{Part, Show, dur, short};
+use crate::services::show::{Part, Show, dur, short, tls_server_json};
 
 impl Show for Http {
     type Stats = proto::HttpStats;
@@ -36,8 +36,9 @@ impl Show for Http {
             idle_timeout,
             rate_limit_ipv6_prefix,
             access_log,
+            tls,
         } = spec;
-        json!({
+        let mut v = json!({
             "listen": listen,
             "max_body_bytes": max_body_bytes,
             "header_read_timeout": dur(header_read_timeout),
@@ -51,7 +52,11 @@ impl Show for Http {
             "idle_timeout": dur(idle_timeout),
             "rate_limit_ipv6_prefix": rate_limit_ipv6_prefix,
             "access_log": access_log.unwrap_or(true),
-        })
+        });
+        if let Some(t) = tls_server_json(tls.as_ref()) {
+            v["tls"] = t;
+        }
+        v
     }
 
     fn stats_json(stats: &Self::Stats) -> Value {

@@ -635,6 +635,18 @@ impl ListenerKind for Proxy {
         Key::new("resolve_interval", "resolve-interval", Unit::Duration, "Resolve upstreams given by host name again this often; a failed lookup keeps the last address (default 30s)."),
         form::ACCESS_LOG,
         form::FAULTS,
+        crate::spec::tls::TLS_CERT,
+        crate::spec::tls::TLS_KEY,
+        crate::spec::tls::TLS_CLIENT_CA,
+        crate::spec::tls::TLS_CLIENT_AUTH,
+        crate::spec::tls::TLS_ALPN,
+        crate::spec::tls::TLS_HANDSHAKE_TIMEOUT,
+        crate::spec::tls::UPSTREAM_TLS,
+        crate::spec::tls::UPSTREAM_SNI,
+        crate::spec::tls::UPSTREAM_CA,
+        crate::spec::tls::UPSTREAM_CERT,
+        crate::spec::tls::UPSTREAM_KEY,
+        crate::spec::tls::UPSTREAM_INSECURE,
     ];
     const FAMILIES: &'static dyn crate::telemetry::families::DetailFamilies = &metrics::FAMILIES;
 
@@ -650,6 +662,8 @@ impl ListenerKind for Proxy {
             resolve_interval: form::duration(t, "resolve_interval")?,
             access_log: form::opt_bool(t, "access_log")?,
             faults: super::read_faults(t)?,
+            tls: crate::spec::tls::read_server(t)?,
+            upstream_tls: crate::spec::tls::read_client(t)?,
         })
     }
 
@@ -665,6 +679,8 @@ impl ListenerKind for Proxy {
             resolve_interval,
             access_log,
             faults,
+            tls,
+            upstream_tls,
         } = spec;
         t.string("listen", listen);
         if !upstreams.is_empty() {
@@ -681,6 +697,8 @@ impl ListenerKind for Proxy {
         t.duration("upstream_backoff", upstream_backoff)?;
         t.duration("resolve_interval", resolve_interval)?;
         t.opt_bool("access_log", *access_log);
+        crate::spec::tls::write_server(tls, t)?;
+        crate::spec::tls::write_client(upstream_tls, t);
         crate::fault::attrs::write_faults(t, faults);
         Ok(())
     }

@@ -5,7 +5,9 @@ use serde_json::{Value, json};
 
 use super::Proxy;
 use crate::proto::{self, listener_stats::Detail};
-use crate::services::show::{Part, Show, dur, faults_json, short};
+use crate::services::show::{
+    Part, Show, dur, faults_json, short, tls_client_json, tls_server_json,
+};
 
 impl Show for Proxy {
     type Stats = proto::ProxyStats;
@@ -33,8 +35,10 @@ impl Show for Proxy {
             resolve_interval,
             access_log,
             faults,
+            tls,
+            upstream_tls,
         } = spec;
-        json!({
+        let mut v = json!({
             "listen": listen,
             "upstreams": upstreams,
             "preconnect": preconnect,
@@ -45,7 +49,14 @@ impl Show for Proxy {
             "resolve_interval": dur(resolve_interval),
             "access_log": access_log.unwrap_or(true),
             "faults": faults_json(faults),
-        })
+        });
+        if let Some(t) = tls_server_json(tls.as_ref()) {
+            v["tls"] = t;
+        }
+        if let Some(t) = tls_client_json(upstream_tls.as_ref()) {
+            v["upstream_tls"] = t;
+        }
+        v
     }
 
     fn spec_faults(spec: &Self::Spec) -> &[proto::Fault] {

@@ -40,9 +40,11 @@ use super::{
 use crate::net::accept::accept_loop;
 use crate::net::cancel::CancelWatch;
 use crate::net::idle::idle_expired;
+use crate::net::tls::ServedTls;
 use crate::proto;
 use crate::spec::FieldError;
 use crate::spec::form::{self, Key, Unit};
+use crate::spec::tls;
 use crate::telemetry::stats::Stats;
 
 /// Read buffer per connection, borrowed only while data is in flight.
@@ -91,6 +93,8 @@ pub struct TcpEcho {
     /// Shared across restarts so connections that outlive a failed accept
     /// loop still count against the limit.
     limit: Arc<Semaphore>,
+    /// Served TLS (`tls_cert`...): the plaintext inside is echoed.
+    tls: Option<Arc<ServedTls>>,
 }
 
 impl TcpEcho {
@@ -116,10 +120,14 @@ impl TcpEcho {
             prefix: spec.prefix.as_bytes().into(),
             idle_timeout,
             limit: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            tls: ServedTls::from_spec(spec.tls.as_ref(), &[])?.map(Arc::new),
         })
     }
 
     async fn run_on(&self, listener: TcpListener, ctx: ServiceCtx) -> anyhow::Result<()> {
+        if let Some(tls) = &self.tls {
+            tls.watch(ctx.name.clone(), ctx.stop_accepting.clone(), &ctx.tracker);
+        }
         accept_loop(&listener, ctx.accepting(), &self.limit, |stream, peer| {
             let conn = Conn {
                 prefix: self.prefix.clone(),
@@ -128,8 +136,19 @@ impl TcpEcho {
                 close: ctx.close_connections.clone(),
             };
             let name = ctx.name.clone();
+            let tls = self.tls.clone();
             async move {
-                match conn.echo(stream).await {
+                let result = match tls {
+                    None => conn.echo(stream).await,
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(s) => conn.echo_tls(s).await,
+                        Err(reason) => {
+                            tracing::debug!(listener = %name, %peer, reason = reason.label(), "TLS handshake failed");
+                            return;
+                        }
+                    },
+                };
+                match result {
                     Ok(end) => tracing::debug!(listener = %name, %peer, end, "connection closed"),
                     Err(e) => {
                         Stats::add(&conn.stats.errors, 1);
@@ -170,6 +189,12 @@ impl ListenerKind for TcpEcho {
             "Close connections idle this long, e.g. 30s, 5m (default 5m).",
         ),
         form::ACCESS_LOG,
+        tls::TLS_CERT,
+        tls::TLS_KEY,
+        tls::TLS_CLIENT_CA,
+        tls::TLS_CLIENT_AUTH,
+        tls::TLS_ALPN,
+        tls::TLS_HANDSHAKE_TIMEOUT,
     ];
 
     fn read_config(t: &toml::Table, _opts: &form::ReadOptions) -> Result<Self::Spec, FieldError> {
@@ -179,6 +204,7 @@ impl ListenerKind for TcpEcho {
             max_connections: form::u32(t, "max_connections")?,
             idle_timeout: form::duration(t, "idle_timeout")?,
             access_log: form::opt_bool(t, "access_log")?,
+            tls: tls::read_server(t)?,
         })
     }
 
@@ -189,13 +215,14 @@ impl ListenerKind for TcpEcho {
             max_connections,
             idle_timeout,
             access_log,
+            tls,
         } = spec;
         t.string("listen", listen);
         t.string("prefix", prefix);
         t.u64("max_connections", (*max_connections).into())?;
         t.duration("idle_timeout", idle_timeout)?;
         t.opt_bool("access_log", *access_log);
-        Ok(())
+        tls::write_server(tls, t)
     }
 
     fn spec_listen(spec: &Self::Spec) -> Option<&str> {
@@ -209,6 +236,7 @@ impl ListenerKind for TcpEcho {
 
     fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
         proto::TcpEchoSpec {
+            tls: shown.tls.as_ref().map(ServedTls::effective),
             max_connections: super::effective_max_connections(shown.max_connections),
             idle_timeout: super::effective_duration(&shown.idle_timeout, DEFAULT_IDLE_TIMEOUT),
             access_log: Some(shown.access_log.unwrap_or(true)),
@@ -228,10 +256,25 @@ impl ListenerKind for TcpEcho {
         None
     }
 
+    fn tls_stats(&self) -> Option<proto::TlsStats> {
+        self.tls.as_ref().map(|t| t.stats())
+    }
+
+    fn carry_over(&mut self, prev: &Self) {
+        if let (Some(new), Some(old)) = (&mut self.tls, &prev.tls) {
+            if let Some(new) = Arc::get_mut(new) {
+                new.carry_over(old);
+            }
+        }
+    }
+
     fn descriptors(spec: &Self::Spec, _budget: &crate::net::fd_budget::Budget) -> u64 {
         super::fd_cost::connections(spec.max_connections)
     }
 }
+
+/// Bytes read at once from a TLS client (rustls holds the record buffers).
+const TLS_BUF_SIZE: usize = 16 * 1024;
 
 struct Conn {
     prefix: Arc<[u8]>,
@@ -305,6 +348,44 @@ impl Conn {
                 }
             }
             last = Instant::now();
+            Stats::add(&self.stats.bytes_out, (p + n) as u64);
+        }
+    }
+
+    /// Echo the plaintext of a TLS connection, as [`Conn::echo`] does
+    /// (no prefix buffer trick: the buffer is held while the connection
+    /// lives, next to rustls' own).
+    async fn echo_tls<S>(&self, mut stream: S) -> io::Result<&'static str>
+    where
+        S: AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncReadExt as _;
+        let p = self.prefix.len();
+        let mut closed = CancelWatch::new(&self.close);
+        let mut buf = vec![0u8; p + TLS_BUF_SIZE];
+        buf[..p].copy_from_slice(&self.prefix);
+        loop {
+            let n = tokio::select! {
+                _ = closed.cancelled() => return Ok("closed by netd"),
+                r = tokio::time::timeout(self.idle, stream.read(&mut buf[p..])) => match r {
+                    Err(_) => return Ok("idle timeout"),
+                    // Closed without close_notify: most clients do that.
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+                    Ok(r) => r?,
+                },
+            };
+            if n == 0 {
+                let _ = stream.shutdown().await;
+                return Ok("client closed");
+            }
+            Stats::add(&self.stats.bytes_in, n as u64);
+            tokio::select! {
+                _ = closed.cancelled() => return Ok("closed by netd"),
+                r = tokio::time::timeout(self.idle, stream.write_all(&buf[..p + n])) => match r {
+                    Err(_) => return Ok("idle timeout (client not reading)"),
+                    Ok(r) => r?,
+                },
+            }
             Stats::add(&self.stats.bytes_out, (p + n) as u64);
         }
     }

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::TcpEcho;
 use crate::proto;
-use crate::services::show::{Show, dur};
+use crate::services::show::{Show, dur, tls_server_json};
 
 impl Show for TcpEcho {
     type Stats = ();
@@ -19,13 +19,18 @@ impl Show for TcpEcho {
             max_connections,
             idle_timeout,
             access_log,
+            tls,
         } = spec;
-        json!({
+        let mut v = json!({
             "listen": listen,
             "prefix": prefix,
             "max_connections": max_connections,
             "idle_timeout": dur(idle_timeout),
             "access_log": access_log.unwrap_or(true),
-        })
+        });
+        if let Some(t) = tls_server_json(tls.as_ref()) {
+            v["tls"] = t;
+        }
+        v
     }
 }

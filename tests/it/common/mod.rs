@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod h2raw;
+pub mod pki;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
