@@ -84,17 +84,14 @@ pub trait Show: ListenerKind {
 /// A served TLS spec as JSON (None: plaintext, and the key is left out).
 /// Paths only: a key's contents are never in a spec.
 pub fn tls_server_json(tls: Option<&proto::TlsServer>) -> Option<Value> {
-    let Some(proto::TlsServer {
+    let proto::TlsServer {
         cert_file,
         key_file,
         client_ca_file,
         client_auth,
         alpn,
         handshake_timeout,
-    }) = tls
-    else {
-        return None;
-    };
+    } = tls?;
     Some(serde_json::json!({
         "cert": cert_file,
         "key": key_file,
@@ -107,17 +104,14 @@ pub fn tls_server_json(tls: Option<&proto::TlsServer>) -> Option<Value> {
 
 /// An originated TLS spec as JSON (None: plaintext upstreams).
 pub fn tls_client_json(tls: Option<&proto::TlsClient>) -> Option<Value> {
-    let Some(proto::TlsClient {
+    let proto::TlsClient {
         enabled,
         sni,
         ca_file,
         cert_file,
         key_file,
         insecure,
-    }) = tls
-    else {
-        return None;
-    };
+    } = tls?;
     Some(serde_json::json!({
         "enabled": enabled,
         "sni": sni,
