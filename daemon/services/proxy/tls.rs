@@ -40,6 +40,7 @@ use super::toxic::{self, ConnFaults};
 use super::{Connected, Proxy, ServiceCtx, Upstream};
 use crate::fault::{Dir, Watch};
 use crate::net::cancel::CancelWatch;
+use crate::net::drain::Drain;
 use crate::net::idle::idle_expired;
 use crate::net::sockopt::abort;
 use crate::net::tls::server::Negotiated;
@@ -171,12 +172,12 @@ impl Proxy {
         let (served, upstream) = (self.tls.served.as_deref(), self.tls.upstream.as_deref());
         match (served, upstream) {
             (Some(served), None) => {
-                let client = match served.accept(client).await {
+                let mut client = match served.accept(client).await {
                     Ok(c) => c,
                     Err(reason) => return self.handshake_failed(ctx, peer, began, reason),
                 };
                 let hello = Negotiated::of(client.get_ref().1);
-                let Some((tcp, u)) = self.upstream_or_refuse(ctx, peer, began, &client).await
+                let Some((tcp, u)) = self.upstream_or_refuse(ctx, peer, began, &mut client).await
                 else {
                     return;
                 };
@@ -184,12 +185,13 @@ impl Proxy {
                     .await;
             }
             (None, Some(up)) => {
-                let Some((tcp, u)) = self.upstream_or_refuse(ctx, peer, began, &client).await
+                let mut client = client;
+                let Some((tcp, u)) = self.upstream_or_refuse(ctx, peer, began, &mut client).await
                 else {
                     return;
                 };
                 let Some(tls) = self.originate(up, tcp, u, Vec::new(), ctx).await else {
-                    return self.log(
+                    self.log(
                         ctx,
                         peer,
                         Some(u),
@@ -198,6 +200,7 @@ impl Proxy {
                         "upstream TLS failed",
                         None,
                     );
+                    return close_gently(&mut client, ctx).await;
                 };
                 self.join(client, tls, u, peer, ctx, faults, began, None)
                     .await;
@@ -303,13 +306,14 @@ impl Proxy {
     }
 
     /// A TCP connection to an upstream; when none is to be had, the client
-    /// is closed (reset when the upstream reset) and the line logged.
+    /// is closed (reset when the upstream reset, else gently) and the line
+    /// logged.
     async fn upstream_or_refuse<'a, C: OnTcp>(
         &'a self,
         ctx: &ServiceCtx,
         peer: SocketAddr,
         began: Instant,
-        client: &C,
+        client: &mut C,
     ) -> Option<(TcpStream, &'a Upstream)> {
         match Box::pin(self.connect(ctx)).await {
             Connected::To(s, u) => Some((s, u)),
@@ -330,6 +334,7 @@ impl Proxy {
             Connected::Nowhere => {
                 Stats::add(&ctx.stats.errors, 1);
                 self.log(ctx, peer, None, (0, 0), began, "no upstream", None);
+                close_gently(client, ctx).await;
                 None
             }
         }
@@ -441,6 +446,20 @@ impl Proxy {
         }
         let bytes = (up.load(Relaxed), down.load(Relaxed));
         self.log(ctx, peer, Some(u), bytes, began, end.as_str(), client_tls);
+    }
+}
+
+/// Close a client no upstream took: a prompt, clean close (close_notify
+/// on TLS, then FIN), with what it already sent drained briefly so the
+/// close is not turned into a reset, as the plaintext path does.
+async fn close_gently<C: OnTcp>(client: &mut C, ctx: &ServiceCtx) {
+    let _ = tokio::time::timeout(super::REFUSED_DRAIN_QUIET, client.shutdown()).await;
+    let mut drain = Drain::new(super::REFUSED_DRAIN_QUIET, super::REFUSED_DRAIN_TIME);
+    let tcp = client.tcp();
+    let drained = std::future::poll_fn(|cx| drain.poll_drain(tcp, cx));
+    tokio::select! {
+        _ = drained => {}
+        () = ctx.close_connections.cancelled() => {}
     }
 }
 
