@@ -393,3 +393,50 @@ async fn a_latency_fault_acts_on_the_plaintext_of_a_tls_proxy() {
     assert_eq!(&back, b"ping");
     assert!(took >= Duration::from_millis(300), "round trip {took:?}");
 }
+
+/// An upstream that requires a client certificate gets the proxy's
+/// (`--upstream-cert/--upstream-key`); the warm pool holds TCP
+/// connections and the TLS handshake is made when a client takes one.
+#[tokio::test]
+async fn originate_with_a_client_certificate_over_warm_connections() {
+    let netd = Netd::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "t");
+    let ca = pki.ca_path("t");
+    let cert = pki.issue("echo", "localhost", &["localhost", "127.0.0.1"], false);
+    let echo = tls_echo(&netd, "echo", &cert, &["--tls-client-ca", p(&ca)]);
+    let (pc, pk) = pki.issue("proxy-client", "the proxy", &[], false);
+    let without = plain_proxy(
+        &netd,
+        "without",
+        echo,
+        &["--upstream-tls", "--upstream-ca", p(&ca)],
+    );
+    assert!(roundtrip(without, b"x").unwrap_or_default().is_empty());
+    let with = plain_proxy(
+        &netd,
+        "with",
+        echo,
+        &[
+            "--upstream-tls",
+            "--upstream-ca",
+            p(&ca),
+            "--upstream-cert",
+            p(&pc),
+            "--upstream-key",
+            p(&pk),
+            "--preconnect",
+            "2",
+        ],
+    );
+    wait_until("the pool warm", || {
+        stats(&netd, "with")["proxy"]["upstreams"][0]["pool_idle"] == 2
+    });
+    let before = tls_stats(&netd, "echo").await.handshakes;
+    assert_eq!(roundtrip(with, b"mutual").unwrap(), b"mutual");
+    let s = stats(&netd, "with");
+    assert_eq!(s["proxy"]["pool_hits"], 1, "{s}");
+    let e = tls_stats(&netd, "echo").await;
+    assert_eq!(e.handshakes, before + 1, "one handshake, made on use");
+    assert_eq!(e.last_client_subject, "CN=the proxy");
+}
