@@ -463,6 +463,54 @@ async fn close_gently<C: OnTcp>(client: &mut C, ctx: &ServiceCtx) {
     }
 }
 
+/// A writer whose write completes only once what it took is on the wire:
+/// tokio-rustls returns from a write with records still queued when the
+/// socket is full, and the faulty path ([`toxic::run`]) writes a piece
+/// and may then wait (latency) without writing again, so those records
+/// would wait with it. A write that was taken but not yet flushed is
+/// answered Pending and, when the caller polls again with the same bytes
+/// (as both write futures and the faulty path do), Ready once flushed.
+struct FlushEach<W> {
+    inner: W,
+    /// Bytes taken by the last write, not yet flushed.
+    accepted: Option<usize>,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for FlushEach<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = match self.accepted {
+            Some(n) => n,
+            None => match Pin::new(&mut self.inner).poll_write(cx, buf) {
+                Poll::Ready(Ok(n)) => n,
+                other => return other,
+            },
+        };
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                self.accepted = None;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                self.accepted = Some(n);
+                Poll::Pending
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// A reader whose end without TLS close_notify (most clients close that
 /// way) reads as a plain EOF.
 struct EofOk<R>(R);
@@ -587,6 +635,10 @@ where
     loop {
         if toxic::acts_on(&mut watch, dir) {
             drop(buf);
+            let w = FlushEach {
+                inner: w,
+                accepted: None,
+            };
             return Box::pin(toxic::run(r, w, activity, total, mine, faults, dir, watch)).await;
         }
         let n = r.read(&mut buf).await.map_err(|_| Side::Reader)?;
