@@ -478,6 +478,40 @@ pub fn proxy(
     });
 }
 
+/// A proxied connection whose client spoke TLS: [`proxy`]'s fields, then
+/// the TLS version and the verified client certificate's subject (`-`:
+/// none).
+pub fn proxy_tls(
+    listener: &str,
+    client: SocketAddr,
+    upstream: Option<SocketAddr>,
+    (bytes_up, bytes_down): (u64, u64),
+    duration_ms: u64,
+    end: &str,
+    (tls_version, tls_client): (&str, &str),
+) {
+    emit(|l| {
+        l.str("listener", listener);
+        l.plain("client", client);
+        if let Some(u) = upstream {
+            l.plain("upstream", u);
+        }
+        l.num("bytes_up", bytes_up);
+        l.num("bytes_down", bytes_down);
+        l.num("duration_ms", duration_ms);
+        l.str("end", end);
+        l.str("tls", tls_version);
+        l.str(
+            "tls_client",
+            if tls_client.is_empty() {
+                "-"
+            } else {
+                tls_client
+            },
+        );
+    });
+}
+
 fn emit(fields: impl FnOnce(&mut Line<'_>)) {
     let Some(sink) = SINK.get() else { return };
     if !tracing::enabled!(target: "netd::access", tracing::Level::INFO) {
