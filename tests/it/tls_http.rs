@@ -1,7 +1,8 @@
 //! HTTPS on the http kind (`--tls-cert/--tls-key`): real clients (curl
 //! over HTTP/1.1 and h2, Python's ssl module, rustls) get the same JSON as
 //! on plaintext; ALPN picks the protocol; bearer token, rate limit and the
-//! body limit hold inside TLS; a plaintext client is refused and counted;
+//! body limit hold inside TLS; a plaintext client gets a 400, is closed
+//! and counted;
 //! client certificates are required when asked for.
 
 use std::net::SocketAddr;
@@ -163,7 +164,7 @@ async fn bearer_token_and_rate_limit_hold_over_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plaintext_http_to_the_tls_port_is_closed_and_counted() {
+async fn plaintext_http_to_the_tls_port_gets_400_is_closed_and_counted() {
     let netd = Netd::start("");
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), "t");
@@ -190,10 +191,13 @@ async fn plaintext_http_to_the_tls_port_is_closed_and_counted() {
     })
     .await
     .unwrap();
+    // A 400 that says what is wrong, not TLS alert bytes (which curl
+    // reads as "HTTP/0.9").
+    let reply = String::from_utf8(reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 400 "), "{reply}");
     assert!(
-        !reply.starts_with(b"HTTP/"),
-        "{}",
-        String::from_utf8_lossy(&reply)
+        reply.contains("plain HTTP sent to an HTTPS listener"),
+        "{reply}"
     );
     wait_until_async("failed_other counted", || async {
         tls_stats(&netd, "web").await.failed_other == 1

@@ -196,6 +196,9 @@ pub struct Http {
     access_log: bool,
     /// Served TLS (`tls_cert`...): HTTPS instead of plaintext.
     tls: Option<Arc<ServedTls>>,
+    /// Its handshake deadline, also the time a client has to send its
+    /// first byte.
+    tls_handshake_timeout: Duration,
 }
 
 /// Parse "100/s", "600/m", "3600/h" into a quota (the burst is one
@@ -309,6 +312,13 @@ impl Http {
             counters: Arc::default(),
             access_log: spec.access_log.unwrap_or(true),
             tls: ServedTls::from_spec(spec.tls.as_ref(), TLS_DEFAULT_ALPN)?.map(Arc::new),
+            // In range: from_spec above checked it.
+            tls_handshake_timeout: spec
+                .tls
+                .as_ref()
+                .and_then(|t| t.handshake_timeout)
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or(crate::net::tls::server::DEFAULT_HANDSHAKE_TIMEOUT),
         })
     }
 

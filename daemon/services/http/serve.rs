@@ -15,7 +15,18 @@ use tokio::net::TcpStream;
 
 use super::conn::{Activity, Lingering, Socket, StreamExec};
 use super::{H2_CLOSE_GRACE, H2_PREFACE, Http};
+use crate::net::tls::Reason;
 use crate::services::ServiceCtx;
+
+/// The first byte a client sends, once it arrives; None: closed or failed
+/// first.
+async fn first_byte(stream: &TcpStream) -> Option<u8> {
+    let mut b = [0u8; 1];
+    match stream.peek(&mut b).await {
+        Ok(1) => Some(b[0]),
+        _ => None,
+    }
+}
 
 impl Http {
     /// Is this connection HTTP/2 with prior knowledge? Waits (up to the
@@ -57,6 +68,29 @@ impl Http {
             };
             return self.serve_io(stream, h2, peer, ctx).await;
         };
+        // A plaintext request to the HTTPS port gets a 400 that says so
+        // (as nginx and Go do) instead of TLS alert bytes; it is counted as
+        // a failed handshake. A client that sends nothing gets the handshake
+        // deadline here, and a full one again once it starts.
+        let first = tokio::select! {
+            r = tokio::time::timeout(self.tls_handshake_timeout, first_byte(&stream)) => r,
+            _ = ctx.close_connections.cancelled() => return,
+        };
+        match first {
+            Err(_) => {
+                tls.record_failure(Reason::Timeout);
+                tracing::debug!(listener = %ctx.name, %peer, "no TLS handshake within the deadline");
+                return;
+            }
+            Ok(Some(b)) if b.is_ascii_alphabetic() => {
+                tls.record_failure(Reason::Other);
+                tracing::debug!(listener = %ctx.name, %peer, "plaintext HTTP on the HTTPS port; answered 400");
+                self.refuse_plaintext(stream).await;
+                return;
+            }
+            // A handshake record, or nothing (the handshake counts that).
+            Ok(_) => {}
+        }
         // HTTPS: HTTP/2 when the client chose h2 by ALPN; HTTP/1.1 when it
         // chose http/1.1 or nothing.
         let handshake = tokio::select! {
@@ -72,6 +106,23 @@ impl Http {
                 tracing::debug!(listener = %ctx.name, %peer, reason = reason.label(), "TLS handshake failed");
             }
         }
+    }
+
+    /// Answer a plaintext HTTP request on the HTTPS port with a 400 and
+    /// close gently (the request is left unread: see [`Lingering`]).
+    async fn refuse_plaintext(&self, stream: TcpStream) {
+        use tokio::io::AsyncWriteExt as _;
+        let body = "{\"status\":\"error\",\"message\":\"plain HTTP sent to an HTTPS listener; use https://\"}";
+        let reply = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut conn = Lingering::new(stream);
+        let _ = tokio::time::timeout(self.header_timeout, async {
+            conn.write_all(reply.as_bytes()).await?;
+            conn.shutdown().await
+        })
+        .await;
     }
 
     /// Serve HTTP on an established connection (plain TCP or TLS).
