@@ -292,3 +292,51 @@ async fn oversized_body_gets_its_413_over_tls() {
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
     assert!(reply.contains("body larger than 1024 bytes"), "{reply}");
 }
+
+/// A client that connects and sends nothing holds its slot only until the
+/// handshake deadline, and is counted as a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_at_the_handshake_deadline() {
+    let netd = Netd::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "t");
+    let addr = start_https(&netd, &pki, "web", &["--tls-handshake-timeout", "300ms"]);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        // Far beyond the deadline, well within the 10s header timeout.
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        match conn.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("netd should close a silent client: {other:?}"),
+        }
+    })
+    .await
+    .unwrap();
+    wait_until_async("failed_timeout counted", || async {
+        tls_stats(&netd, "web").await.failed_timeout == 1
+    })
+    .await;
+}
+
+/// An update starts a new generation of the listener: its TLS counters
+/// go on from the old one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_counters_carry_over_an_update() {
+    let netd = Netd::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "t");
+    let addr = start_https(&netd, &pki, "web", &[]);
+    let ca = pki.ca_path("t");
+    assert_eq!(curl(addr, &ca, "/", &[]).unwrap().1, 200);
+    netd.netctl_ok(&["update", "web", "--max-body", "2048"]);
+    assert_eq!(
+        netd.netctl_json(&["status", "web"])["spec"]["max_body_bytes"],
+        2048
+    );
+    assert_eq!(curl(addr, &ca, "/", &[]).unwrap().1, 200);
+    let s = tls_stats(&netd, "web").await;
+    assert_eq!(s.handshakes, 2, "{s:?}");
+}
