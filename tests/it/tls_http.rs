@@ -3,7 +3,8 @@
 //! on plaintext; ALPN picks the protocol; bearer token, rate limit and the
 //! body limit hold inside TLS; a plaintext client gets a 400, is closed
 //! and counted;
-//! client certificates are required when asked for.
+//! client certificates are required when asked for, and the verified one
+//! is named in the access log.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -246,6 +247,13 @@ async fn client_certificates_are_required_when_a_client_ca_is_set() {
     let s = tls_stats(&netd, "web").await;
     assert_eq!(s.last_client_subject, "CN=alice", "{s:?}");
     assert_eq!(s.handshakes, 1, "{s:?}");
+    // The access-log line names the verified client.
+    wait_until_async("the access-log line", || async {
+        netd.log()
+            .lines()
+            .any(|l| l.contains("listener=web") && l.contains("client_cert=\"CN=alice\""))
+    })
+    .await;
 }
 
 /// As on plaintext: a client that sends its whole oversized body before it

@@ -375,10 +375,13 @@ impl Http {
         .await
     }
 
+    /// `client_cert`: the subject of the client's verified certificate
+    /// (HTTPS with `tls_client_ca`), for the access log.
     async fn handle(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
+        client_cert: Option<&str>,
         name: &str,
         stats: &Stats,
     ) -> Response<Full<Bytes>> {
@@ -435,6 +438,7 @@ impl Http {
             crate::telemetry::access_log::http(
                 name,
                 peer,
+                client_cert,
                 method.as_str(),
                 &path,
                 status.as_u16(),

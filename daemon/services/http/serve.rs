@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use super::conn::{Activity, Lingering, Socket, StreamExec};
 use super::{H2_CLOSE_GRACE, H2_PREFACE, Http};
 use crate::net::tls::Reason;
+use crate::net::tls::server::subject_of;
 use crate::services::ServiceCtx;
 
 /// The first byte a client sends, once it arrives; None: closed or failed
@@ -66,7 +67,7 @@ impl Http {
                 tracing::debug!(listener = %ctx.name, %peer, "no request within the header timeout; closing");
                 return;
             };
-            return self.serve_io(stream, h2, peer, ctx).await;
+            return self.serve_io(stream, h2, peer, None, ctx).await;
         };
         // A plaintext request to the HTTPS port gets a 400 that says so
         // (as nginx and Go do) instead of TLS alert bytes; it is counted as
@@ -99,8 +100,15 @@ impl Http {
         };
         match handshake {
             Ok(stream) => {
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                self.serve_io(stream, h2, peer, ctx).await;
+                let conn = stream.get_ref().1;
+                let h2 = conn.alpn_protocol() == Some(b"h2");
+                // For the access log: who the verified client is.
+                let client_cert = conn
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .filter(|_| self.access_log)
+                    .map(|c| Arc::from(subject_of(c.as_ref())));
+                self.serve_io(stream, h2, peer, client_cert, ctx).await;
             }
             Err(reason) => {
                 tracing::debug!(listener = %ctx.name, %peer, reason = reason.label(), "TLS handshake failed");
@@ -125,12 +133,14 @@ impl Http {
         .await;
     }
 
-    /// Serve HTTP on an established connection (plain TCP or TLS).
+    /// Serve HTTP on an established connection (plain TCP or TLS);
+    /// `client_cert` is the subject of a verified client certificate.
     async fn serve_io<S: Socket>(
         self: Arc<Self>,
         stream: S,
         h2: bool,
         peer: SocketAddr,
+        client_cert: Option<Arc<str>>,
         ctx: ServiceCtx,
     ) {
         let http = self.clone();
@@ -142,10 +152,14 @@ impl Http {
             let http = http.clone();
             let name = name.clone();
             let stats = stats.clone();
+            let client_cert = client_cert.clone();
             let open = streams.open();
             async move {
                 let _open = open;
-                Ok::<_, Infallible>(http.handle(req, peer, &name, &stats).await)
+                let resp = http
+                    .handle(req, peer, client_cert.as_deref(), &name, &stats)
+                    .await;
+                Ok::<_, Infallible>(resp)
             }
         });
         let io = TokioIo::new(Lingering::new(stream));
