@@ -433,10 +433,13 @@ pub fn enabled() -> bool {
     SINK.get().is_some() && tracing::enabled!(target: "netd::access", tracing::Level::INFO)
 }
 
-/// One HTTP request.
+/// One HTTP request; `client_cert` is the subject of the verified TLS
+/// client certificate, when there is one.
+#[allow(clippy::too_many_arguments)] // one per field of the line
 pub fn http(
     listener: &str,
     client: SocketAddr,
+    client_cert: Option<&str>,
     method: &str,
     path: &str,
     status: u16,
@@ -446,6 +449,9 @@ pub fn http(
     emit(|l| {
         l.str("listener", listener);
         l.plain("client", client);
+        if let Some(subject) = client_cert {
+            l.str("tls_client", subject);
+        }
         l.str("method", method);
         l.str("path", path);
         l.num("status", status.into());

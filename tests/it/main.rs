@@ -43,6 +43,7 @@ mod systemd;
 mod systemd_live;
 mod tls;
 mod tls_proxy;
+mod tls_http;
 mod toxiproxy_api;
 mod toxiproxy_security;
 mod udp_proxy;
