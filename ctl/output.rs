@@ -75,6 +75,9 @@ pub fn stats_json(s: &proto::ListenerStats) -> Value {
     if !s.faults.is_empty() {
         v["faults"] = Value::Array(s.faults.iter().map(fault_stats_json).collect());
     }
+    if let Some(t) = &s.tls {
+        v["tls"] = show::tls_stats_json(t);
+    }
     v
 }
 
@@ -282,8 +285,10 @@ pub fn status_block(l: &proto::Listener) {
         }
         outln!("{:<12} {}", format!("{k}:"), escape(&v));
     }
-    // The kind's own lines and tables.
-    for part in s.detail.as_ref().map(show::status).unwrap_or_default() {
+    // TLS (any kind's), then the kind's own lines and tables.
+    let mut parts = s.tls.as_ref().map(show::tls_status).unwrap_or_default();
+    parts.extend(s.detail.as_ref().map(show::status).unwrap_or_default());
+    for part in parts {
         match part {
             Part::Line { label, text } => outln!("{:<12} {}", format!("{label}:"), escape(&text)),
             Part::Table {

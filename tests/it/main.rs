@@ -42,6 +42,7 @@ mod stats;
 mod systemd;
 mod systemd_live;
 mod tls;
+mod tls_reload;
 mod toxiproxy_api;
 mod toxiproxy_security;
 mod udp_proxy;
