@@ -192,13 +192,11 @@ fn spec_faults(l: &proto::Listener) -> &[proto::Fault] {
         .map_or(&[], show::spec_faults)
 }
 
-pub fn status_block(l: &proto::Listener) {
-    let s = l.stats.clone().unwrap_or_default();
-    let mut labels: Vec<String> = l.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    labels.sort();
-    // key=value pairs of the effective spec (defaults filled in); faults by
-    // name (each has a line of its own below).
-    let spec = match spec_json(l) {
+/// The `spec:` line of `netctl status`: key=value pairs of the effective
+/// spec (defaults filled in); faults by name (each has a line of its own
+/// below), a nested setting as `tls.cert=...`.
+fn spec_line(l: &proto::Listener) -> String {
+    match spec_json(l) {
         Value::Object(m) => m
             .iter()
             .map(|(k, v)| match v {
@@ -215,6 +213,27 @@ pub fn status_block(l: &proto::Listener) {
                         format!("{k}={}", names.join(","))
                     }
                 }
+                // A nested setting (tls): `tls.cert=...`, unset parts left out.
+                Value::Object(o) => o
+                    .iter()
+                    .filter(|(_, v)| {
+                        !matches!(v, Value::Null)
+                            && *v != ""
+                            && !v.as_array().is_some_and(Vec::is_empty)
+                    })
+                    .map(|(sub, v)| match v {
+                        Value::String(s) => format!("{k}.{sub}={s}"),
+                        Value::Array(a) => format!(
+                            "{k}.{sub}={}",
+                            a.iter()
+                                .map(|x| x.as_str().unwrap_or("?"))
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ),
+                        other => format!("{k}.{sub}={other}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 Value::Array(a) => format!(
                     "{k}={}",
                     a.iter()
@@ -227,7 +246,14 @@ pub fn status_block(l: &proto::Listener) {
             .collect::<Vec<_>>()
             .join(" "),
         _ => "-".into(),
-    };
+    }
+}
+
+pub fn status_block(l: &proto::Listener) {
+    let s = l.stats.clone().unwrap_or_default();
+    let mut labels: Vec<String> = l.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    labels.sort();
+    let spec = spec_line(l);
     let started = started_at(l)
         .map(|t| {
             format!(

@@ -132,7 +132,10 @@ fn with_tls(
             tls_refused: refused,
             ..r
         }),
-        Err(why) if refused.is_empty() => Err(why),
+        Err(why) if refused.is_empty() && reloaded == 0 => Err(why),
+        Err(why) if refused.is_empty() => {
+            Err(format!("{why}; TLS certificates re-read: {reloaded}"))
+        }
         Err(why) => Err(format!("{why}; {TLS_REFUSED}: {}", refused.join("; "))),
     }
 }
