@@ -467,6 +467,19 @@ impl ServedTls {
         stop: tokio_util::sync::CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) {
+        self.watch_with_events(name, stop, tracker, None);
+    }
+
+    /// [`ServedTls::watch`], also publishing a change on disk that is
+    /// refused (RELOAD_FAILED of the listener, once per change, as logged)
+    /// on `events` with the listener's kind.
+    pub fn watch_with_events(
+        self: &Arc<Self>,
+        name: Arc<str>,
+        stop: tokio_util::sync::CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+        events: Option<(crate::telemetry::events::EventBus, proto::ListenerKind)>,
+    ) {
         super::register(&name, self);
         let me = Arc::downgrade(self);
         tracker.spawn(async move {
@@ -483,8 +496,18 @@ impl ServedTls {
                     Ok(true) => tracing::info!(listener = %name, subject = %tls.current.read().subject,
                         "TLS certificate changed on disk; new handshakes use the new one"),
                     Ok(false) => {}
-                    Err(e) => tracing::warn!(listener = %name, error = %e,
-                        "TLS certificate changed on disk but cannot be used; the old one keeps serving"),
+                    Err(e) => {
+                        tracing::warn!(listener = %name, error = %e,
+                            "TLS certificate changed on disk but cannot be used; the old one keeps serving");
+                        if let Some((bus, kind)) = &events {
+                            bus.publish(
+                                proto::EventKind::ReloadFailed,
+                                &name,
+                                *kind,
+                                format!("TLS certificate changed on disk but refused, the old one keeps serving: {e}"),
+                            );
+                        }
+                    }
                 }
             }
         });
