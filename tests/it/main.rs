@@ -44,6 +44,7 @@ mod systemd_live;
 mod tls;
 mod tls_proxy;
 mod tls_http;
+mod tls_reload;
 mod toxiproxy_api;
 mod toxiproxy_security;
 mod udp_proxy;

@@ -126,7 +126,13 @@ impl TcpEcho {
 
     async fn run_on(&self, listener: TcpListener, ctx: ServiceCtx) -> anyhow::Result<()> {
         if let Some(tls) = &self.tls {
-            tls.watch(ctx.name.clone(), ctx.stop_accepting.clone(), &ctx.tracker);
+            let events = Some((ctx.events.clone(), Self::KIND));
+            tls.watch_with_events(
+                ctx.name.clone(),
+                ctx.stop_accepting.clone(),
+                &ctx.tracker,
+                events,
+            );
         }
         accept_loop(&listener, ctx.accepting(), &self.limit, |stream, peer| {
             let conn = Conn {
