@@ -524,3 +524,49 @@ async fn bulk_data_through_a_reencrypting_proxy_arrives_whole() {
         stats(&netd, "bulk")["bytes_in"] == 6_000_000
     });
 }
+
+/// The handshake deadline holds on the re-encrypting path too (where the
+/// ClientHello is read before the upstream is connected): a client that
+/// never finishes its ClientHello is closed and counted, and no upstream
+/// is connected for it.
+#[tokio::test]
+async fn a_reencrypting_proxy_closes_a_tls_slow_loris_at_the_deadline() {
+    let netd = Netd::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "t");
+    let ca = pki.ca_path("t");
+    let cert = pki.issue("echo", "localhost", &["localhost", "127.0.0.1"], false);
+    let echo = tls_echo(&netd, "echo", &cert, &[]);
+    let addr = tls_proxy(
+        &netd,
+        &pki,
+        "re",
+        echo,
+        &[
+            "--upstream-tls",
+            "--upstream-ca",
+            p(&ca),
+            "--tls-handshake-timeout",
+            "300ms",
+        ],
+    );
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        s.read(&mut buf).unwrap_or(0),
+        0,
+        "netd should close, not answer"
+    );
+    wait_until_async("the timeout counted", || async {
+        tls_stats(&netd, "re").await.failed_timeout == 1
+    })
+    .await;
+    let s = tls_stats(&netd, "re").await;
+    assert_eq!(s.upstream_handshakes, 0, "{s:?}");
+    assert_eq!(
+        stats(&netd, "re")["proxy"]["upstreams"][0]["connections"],
+        0
+    );
+}
