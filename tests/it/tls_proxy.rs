@@ -1,4 +1,4 @@
-//! TLS in the proxy: terminate (openssl s_client and rustls clients in
+//! TLS in the proxy: terminate (openssl s_client, Python ssl and rustls clients in
 //! front of a plaintext upstream), client certificates (required,
 //! requested, the subject in the access log), originate to a TLS upstream
 //! (netd's own tcp-echo with a certificate: verified against a CA, a name
@@ -170,18 +170,45 @@ async fn terminate_to_a_plaintext_upstream_with_openssl_and_rustls() {
     assert_eq!(back, b"up:hello");
     assert_eq!(alpn, None, "no ALPN unless tls_alpn is set");
 
+    // Python's ssl module, verifying name and CA.
+    let script = format!(
+        "import socket, ssl\n\
+         ctx = ssl.create_default_context(cafile={ca:?})\n\
+         with socket.create_connection(('127.0.0.1', {port})) as s:\n\
+         \x20   with ctx.wrap_socket(s, server_hostname='localhost') as t:\n\
+         \x20       t.sendall(b'py')\n\
+         \x20       b = b''\n\
+         \x20       while len(b) < 5 and (c := t.recv(16)):\n\
+         \x20           b += c\n\
+         \x20       print(b.decode(), t.version())\n",
+        ca = pki.ca_path("t").to_str().unwrap(),
+        port = addr.port()
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        printed.trim(),
+        "up:py TLSv1.3",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let s = tls_stats(&netd, "p").await;
-    assert_eq!(s.handshakes, 2, "{s:?}");
+    assert_eq!(s.handshakes, 3, "{s:?}");
     assert_eq!(s.last_version, "TLSv1.3");
     assert_eq!(s.certificate_subject, "CN=localhost");
-    // bytes_in/out are the plaintext: 5 + 5 up, 8 + 8 down.
+    // bytes_in/out are the plaintext: 5 + 5 + 2 up, 8 + 8 + 5 down.
     wait_until("plaintext byte counts", || {
         let st = stats(&netd, "p");
-        st["bytes_in"] == 10 && st["bytes_out"] == 16
+        st["bytes_in"] == 12 && st["bytes_out"] == 21
     });
     // An update keeps the TLS counters.
     netd.netctl_ok(&["update", "p", "--idle-timeout", "1m"]);
-    assert_eq!(tls_stats(&netd, "p").await.handshakes, 2);
+    assert_eq!(tls_stats(&netd, "p").await.handshakes, 3);
 }
 
 #[tokio::test]
@@ -496,4 +523,50 @@ async fn bulk_data_through_a_reencrypting_proxy_arrives_whole() {
     wait_until("plaintext byte counts", || {
         stats(&netd, "bulk")["bytes_in"] == 6_000_000
     });
+}
+
+/// The handshake deadline holds on the re-encrypting path too (where the
+/// ClientHello is read before the upstream is connected): a client that
+/// never finishes its ClientHello is closed and counted, and no upstream
+/// is connected for it.
+#[tokio::test]
+async fn a_reencrypting_proxy_closes_a_tls_slow_loris_at_the_deadline() {
+    let netd = Netd::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "t");
+    let ca = pki.ca_path("t");
+    let cert = pki.issue("echo", "localhost", &["localhost", "127.0.0.1"], false);
+    let echo = tls_echo(&netd, "echo", &cert, &[]);
+    let addr = tls_proxy(
+        &netd,
+        &pki,
+        "re",
+        echo,
+        &[
+            "--upstream-tls",
+            "--upstream-ca",
+            p(&ca),
+            "--tls-handshake-timeout",
+            "300ms",
+        ],
+    );
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        s.read(&mut buf).unwrap_or(0),
+        0,
+        "netd should close, not answer"
+    );
+    wait_until_async("the timeout counted", || async {
+        tls_stats(&netd, "re").await.failed_timeout == 1
+    })
+    .await;
+    let s = tls_stats(&netd, "re").await;
+    assert_eq!(s.upstream_handshakes, 0, "{s:?}");
+    assert_eq!(
+        stats(&netd, "re")["proxy"]["upstreams"][0]["connections"],
+        0
+    );
 }

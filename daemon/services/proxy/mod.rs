@@ -34,6 +34,9 @@
 //! - Faults (toxics): a direction a fault acts on goes through [`toxic`];
 //!   a `down` fault resets a new client at accept, before any upstream is
 //!   connected. A listener without faults pays one atomic load per read.
+//! - TLS ([`tls`]): terminated from clients, originated to upstreams,
+//!   both or neither; with neither, one branch at connection start and the
+//!   path above is unchanged.
 //! - Every closed connection is written to the access log
 //!   ([`crate::telemetry::access_log`]) with client, upstream, bytes each way, duration
 //!   and how it ended, unless the listener says `access_log = false`.
