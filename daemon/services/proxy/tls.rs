@@ -50,8 +50,13 @@ use crate::spec::SpecError;
 use crate::telemetry::stats::Stats;
 
 /// Plaintext read buffer per direction of a TLS connection, held while the
-/// connection lives (next to rustls' own record buffers).
+/// connection lives (next to rustls' own record buffers): it starts at
+/// [`TLS_COPY_BUF_START`] and grows to this size the first time a read
+/// fills it, so a connection that only ever exchanges small messages
+/// (most idle ones) holds 2 × 4 KiB rather than 2 × 16 KiB, and a bulk
+/// one moves full TLS records.
 const TLS_COPY_BUF: usize = 16 * 1024;
+const TLS_COPY_BUF_START: usize = 4 * 1024;
 
 /// A proxy generation's TLS, both sides.
 #[derive(Debug, Default)]
@@ -636,7 +641,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut watch = Watch::new(faults.table);
-    let mut buf = vec![0u8; TLS_COPY_BUF];
+    let mut buf = vec![0u8; TLS_COPY_BUF_START];
     loop {
         if toxic::acts_on(&mut watch, dir) {
             drop(buf);
@@ -657,6 +662,9 @@ where
         Stats::add(total, n as u64);
         mine.fetch_add(n as u64, Relaxed);
         activity.touch();
+        if n == buf.len() && buf.len() < TLS_COPY_BUF {
+            buf.resize(TLS_COPY_BUF, 0);
+        }
     }
 }
 
