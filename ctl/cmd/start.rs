@@ -108,13 +108,18 @@ pub(crate) fn flag_value(
             Some(v) => v.first().map(|s| toml::Value::String((*s).clone())),
             None => None,
         },
-        Unit::Text
-        | Unit::Duration
-        | Unit::Rate
-        | Unit::Expr
-        | Unit::Interface
-        | Unit::Path
-        | Unit::Faults => m
+        // A relative path is the caller's, not netd's (whose working
+        // directory is /): made absolute here, where it was typed.
+        Unit::Path => match m.get_one::<String>(id) {
+            Some(s) if !s.is_empty() && !s.starts_with('/') => {
+                let abs =
+                    std::path::absolute(s).map_err(|e| anyhow::anyhow!("--{flag} {s}: {e}"))?;
+                Some(toml::Value::String(abs.to_string_lossy().into_owned()))
+            }
+            Some(s) => Some(toml::Value::String(s.clone())),
+            None => None,
+        },
+        Unit::Text | Unit::Duration | Unit::Rate | Unit::Expr | Unit::Interface | Unit::Faults => m
             .get_one::<String>(id)
             .map(|s| toml::Value::String(s.clone())),
     };

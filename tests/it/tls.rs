@@ -207,3 +207,30 @@ async fn a_client_that_never_finishes_its_handshake_is_closed_at_the_deadline() 
     let st = tls_stats(&netd, "slow").await;
     assert_eq!(st.failed_timeout, 1, "{st:?}");
 }
+
+/// Paths on netctl's command line are the caller's: a relative one is
+/// made absolute where it was typed (netd's own working directory is
+/// not the caller's, and netd refuses relative paths).
+#[test]
+fn relative_certificate_paths_are_the_callers() {
+    let netd = Netd::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "t");
+    pki.issue("srv", "localhost", &["localhost"], false);
+    let out = Command::new(crate::common::NETCTL)
+        .current_dir(dir.path())
+        .arg("--control")
+        .arg(netd.control.to_string())
+        .args(["start", "tcp-echo", "rel", "--listen", "127.0.0.1:0"])
+        .args(["--tls-cert", "srv.pem", "--tls-key", "./srv-key.pem"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = netd.netctl_json(&["status", "rel"]);
+    let want = dir.path().join("srv-key.pem");
+    assert_eq!(j["spec"]["tls"]["key"], want.to_str().unwrap(), "{j}");
+}
