@@ -166,6 +166,8 @@ enum Command {
     /// the reason, and netd keeps serving the running config. The same as
     /// SIGHUP (`kill -HUP`), but synchronous: the systemd unit's
     /// ExecReload=, so `systemctl reload netd` fails when the reload does.
+    /// Every served TLS certificate is read again too; one that cannot be
+    /// used exits 1 with the reason while the old one keeps serving.
     /// Needs the admin role.
     Reload,
     /// Inject faults into a proxy or udp-proxy: add, update, rm, ls.

@@ -75,6 +75,9 @@ pub fn stats_json(s: &proto::ListenerStats) -> Value {
     if !s.faults.is_empty() {
         v["faults"] = Value::Array(s.faults.iter().map(fault_stats_json).collect());
     }
+    if let Some(t) = &s.tls {
+        v["tls"] = show::tls_stats_json(t);
+    }
     v
 }
 
@@ -189,13 +192,11 @@ fn spec_faults(l: &proto::Listener) -> &[proto::Fault] {
         .map_or(&[], show::spec_faults)
 }
 
-pub fn status_block(l: &proto::Listener) {
-    let s = l.stats.clone().unwrap_or_default();
-    let mut labels: Vec<String> = l.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    labels.sort();
-    // key=value pairs of the effective spec (defaults filled in); faults by
-    // name (each has a line of its own below).
-    let spec = match spec_json(l) {
+/// The `spec:` line of `netctl status`: key=value pairs of the effective
+/// spec (defaults filled in); faults by name (each has a line of its own
+/// below), a nested setting as `tls.cert=...`.
+fn spec_line(l: &proto::Listener) -> String {
+    match spec_json(l) {
         Value::Object(m) => m
             .iter()
             .map(|(k, v)| match v {
@@ -212,6 +213,27 @@ pub fn status_block(l: &proto::Listener) {
                         format!("{k}={}", names.join(","))
                     }
                 }
+                // A nested setting (tls): `tls.cert=...`, unset parts left out.
+                Value::Object(o) => o
+                    .iter()
+                    .filter(|(_, v)| {
+                        !matches!(v, Value::Null)
+                            && *v != ""
+                            && !v.as_array().is_some_and(Vec::is_empty)
+                    })
+                    .map(|(sub, v)| match v {
+                        Value::String(s) => format!("{k}.{sub}={s}"),
+                        Value::Array(a) => format!(
+                            "{k}.{sub}={}",
+                            a.iter()
+                                .map(|x| x.as_str().unwrap_or("?"))
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ),
+                        other => format!("{k}.{sub}={other}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 Value::Array(a) => format!(
                     "{k}={}",
                     a.iter()
@@ -224,7 +246,14 @@ pub fn status_block(l: &proto::Listener) {
             .collect::<Vec<_>>()
             .join(" "),
         _ => "-".into(),
-    };
+    }
+}
+
+pub fn status_block(l: &proto::Listener) {
+    let s = l.stats.clone().unwrap_or_default();
+    let mut labels: Vec<String> = l.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    labels.sort();
+    let spec = spec_line(l);
     let started = started_at(l)
         .map(|t| {
             format!(
@@ -282,8 +311,10 @@ pub fn status_block(l: &proto::Listener) {
         }
         outln!("{:<12} {}", format!("{k}:"), escape(&v));
     }
-    // The kind's own lines and tables.
-    for part in s.detail.as_ref().map(show::status).unwrap_or_default() {
+    // TLS (any kind's), then the kind's own lines and tables.
+    let mut parts = s.tls.as_ref().map(show::tls_status).unwrap_or_default();
+    parts.extend(s.detail.as_ref().map(show::status).unwrap_or_default());
+    for part in parts {
         match part {
             Part::Line { label, text } => outln!("{:<12} {}", format!("{label}:"), escape(&text)),
             Part::Table {

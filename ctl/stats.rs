@@ -92,7 +92,8 @@ pub const HEADER: [&str; 12] = [
 /// The DETAIL cell: what only this kind counts (each kind says what, see
 /// [`show::stats_cell`]), or "-".
 pub fn detail(t: &proto::ListenerStats) -> String {
-    let parts = t.detail.as_ref().map(show::stats_cell).unwrap_or_default();
+    let mut parts = t.detail.as_ref().map(show::stats_cell).unwrap_or_default();
+    parts.extend(t.tls.as_ref().map(show::tls_cell));
     if parts.is_empty() {
         "-".into()
     } else {

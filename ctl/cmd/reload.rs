@@ -35,8 +35,10 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             "summary": r.summary,
             "restart_needed": r.restart_needed,
             "plan": items,
+            "tls_reloaded": r.tls_reloaded,
+            "tls_refused": r.tls_refused,
         }));
-        return Ok(());
+        return tls_refused(&r);
     }
     // What changed first; unchanged listeners only as a count (summary).
     let rows: Vec<Vec<String>> = r
@@ -62,9 +64,24 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             r.restart_needed.join(", ")
         );
     }
+    if r.tls_reloaded > 0 {
+        outln!("TLS certificates re-read: {}", r.tls_reloaded);
+    }
     if r.plan.iter().any(|i| !i.error.is_empty()) {
         // netd answers an incomplete reload with an error; never here.
         return Err(render::refused(anyhow!("reload incomplete")));
     }
-    Ok(())
+    tls_refused(&r)
+}
+
+/// A refused certificate fails the command (systemctl reload too): the
+/// config is applied, but a listener still serves its old certificate.
+fn tls_refused(r: &proto::ReloadResponse) -> anyhow::Result<()> {
+    if r.tls_refused.is_empty() {
+        return Ok(());
+    }
+    Err(render::refused(anyhow!(
+        "TLS certificate refused, the old one keeps serving: {}",
+        r.tls_refused.join("; ")
+    )))
 }

@@ -279,6 +279,10 @@ fn encode_declared(
         .iter()
         .map(|f| slot(&mut families, f.desc))
         .collect();
+    let tls_at: Vec<usize> = crate::telemetry::families::TLS
+        .iter()
+        .map(|f| slot(&mut families, f.desc))
+        .collect();
     for l in listeners {
         let Some(stats) = &l.stats else { continue };
         let base: Labels = vec![
@@ -297,6 +301,12 @@ fn encode_declared(
             for (declared, &at) in fault_families::FAMILIES.iter().zip(&fault_at) {
                 let family = &mut families[at];
                 declared.read(f, &mut |values, v| family.put(&base, values, v));
+            }
+        }
+        if let Some(t) = &stats.tls {
+            for (declared, &at) in crate::telemetry::families::TLS.iter().zip(&tls_at) {
+                let family = &mut families[at];
+                declared.read(t, &mut |values, v| family.put(&base, values, v));
             }
         }
     }
@@ -453,6 +463,12 @@ mod tests {
             r#type: "latency".into(),
             ..Default::default()
         };
+        // Every TLS family has a series only with an expiry and an upstream.
+        let tls = proto::TlsStats {
+            certificate_not_after: 1_900_000_000,
+            upstream_handshakes: 1,
+            ..Default::default()
+        };
         let listeners = KINDS
             .iter()
             .enumerate()
@@ -462,6 +478,7 @@ mod tests {
                 stats: Some(ListenerStats {
                     detail: k.families.sample(),
                     faults: vec![fault.clone()],
+                    tls: Some(tls.clone()),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -498,7 +515,14 @@ mod tests {
             for f in fault_families::FAMILIES {
                 exported(f.desc, &format!("l{i}"), k.slug);
             }
+            for f in crate::telemetry::families::TLS {
+                exported(f.desc, &format!("l{i}"), k.slug);
+            }
         }
+        assert!(
+            text.contains("netd_tls_certificate_expiry_seconds{listener=\"l0\",kind=\"tcp-echo\"} 1900000000\n"),
+            "{text}"
+        );
     }
 
     /// A family name means one family: declared alike wherever it is
@@ -507,6 +531,7 @@ mod tests {
     fn a_family_name_is_declared_once_or_alike() {
         let mut all: Vec<Desc> = KINDS.iter().flat_map(|k| k.families.descs()).collect();
         all.extend(fault_families::FAMILIES.iter().map(|f| f.desc));
+        all.extend(crate::telemetry::families::TLS.iter().map(|f| f.desc));
         for a in &all {
             for b in all.iter().filter(|b| b.name == a.name) {
                 assert_eq!(a, b, "{} declared twice, unalike", a.name);

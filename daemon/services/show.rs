@@ -122,6 +122,128 @@ pub fn tls_client_json(tls: Option<&proto::TlsClient>) -> Option<Value> {
     }))
 }
 
+/// A listener's TLS counters as JSON (`stats.tls`), whatever its kind:
+/// the fields of `TlsStats`, failures by reason under `failed`.
+pub fn tls_stats_json(t: &proto::TlsStats) -> Value {
+    let failed: serde_json::Map<String, Value> = tls_failures(t)
+        .into_iter()
+        .map(|(reason, n)| (reason.to_string(), n.into()))
+        .collect();
+    serde_json::json!({
+        "handshakes": t.handshakes,
+        "failed": failed,
+        "certificate_subject": t.certificate_subject,
+        "certificate_not_after": t.certificate_not_after,
+        "certificate_expires": unix_time(t.certificate_not_after),
+        "reloads": t.reloads,
+        "reload_failures": t.reload_failures,
+        "last_reload_error": t.last_reload_error,
+        "last_version": t.last_version,
+        "last_cipher": t.last_cipher,
+        "last_alpn": t.last_alpn,
+        "last_client_subject": t.last_client_subject,
+        "upstream_handshakes": t.upstream_handshakes,
+        "upstream_failures": t.upstream_failures,
+    })
+}
+
+/// Failed handshakes by reason (the `/metrics` label values), all of them.
+pub fn tls_failures(t: &proto::TlsStats) -> [(&'static str, u64); 6] {
+    use crate::net::tls::Reason;
+    [
+        (Reason::NoSharedCipher.label(), t.failed_no_shared_cipher),
+        (Reason::UnknownCa.label(), t.failed_unknown_ca),
+        (Reason::BadCertificate.label(), t.failed_bad_certificate),
+        (Reason::ProtocolVersion.label(), t.failed_protocol_version),
+        (Reason::Timeout.label(), t.failed_timeout),
+        (Reason::Other.label(), t.failed_other),
+    ]
+}
+
+/// Unix seconds as RFC 3339 ("2027-03-01T12:00:00Z"); null for 0.
+fn unix_time(secs: i64) -> Value {
+    if secs <= 0 {
+        return Value::Null;
+    }
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs());
+    Value::String(humantime::format_rfc3339_seconds(t).to_string())
+}
+
+/// The TLS part of the DETAIL cell of `netctl stats`: "tls 12 hs, 1 fail".
+pub fn tls_cell(t: &proto::TlsStats) -> String {
+    let failed: u64 = tls_failures(t).iter().map(|(_, n)| n).sum();
+    let mut cell = format!("tls {} hs, {failed} fail", short(t.handshakes));
+    if t.upstream_handshakes > 0 || t.upstream_failures > 0 {
+        cell.push_str(&format!(
+            ", up {} hs, {} fail",
+            short(t.upstream_handshakes),
+            t.upstream_failures
+        ));
+    }
+    cell
+}
+
+/// The TLS lines of `netctl status`, whatever the kind.
+pub fn tls_status(t: &proto::TlsStats) -> Vec<Part> {
+    let failures: Vec<String> = tls_failures(t)
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    let failed: u64 = tls_failures(t).iter().map(|(_, n)| n).sum();
+    let mut tls = format!("{} handshakes, {failed} failed", t.handshakes);
+    if !failures.is_empty() {
+        tls.push_str(&format!(" ({})", failures.join(", ")));
+    }
+    tls.push_str(&format!(
+        ", {} reloads, {} refused",
+        t.reloads, t.reload_failures
+    ));
+    let mut parts = vec![Part::line("tls", tls)];
+    if !t.certificate_subject.is_empty() {
+        let expires = match unix_time(t.certificate_not_after) {
+            Value::String(s) => s,
+            _ => "-".into(),
+        };
+        parts.push(Part::line(
+            "tls_cert",
+            format!("{}, expires {expires}", t.certificate_subject),
+        ));
+    }
+    if !t.last_version.is_empty() {
+        let or_none = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        parts.push(Part::line(
+            "tls_last",
+            format!(
+                "{} {} alpn={} client={}",
+                t.last_version,
+                t.last_cipher,
+                or_none(&t.last_alpn),
+                or_none(&t.last_client_subject)
+            ),
+        ));
+    }
+    if !t.last_reload_error.is_empty() {
+        parts.push(Part::line("tls_refused", t.last_reload_error.clone()));
+    }
+    if t.upstream_handshakes > 0 || t.upstream_failures > 0 {
+        parts.push(Part::line(
+            "upstream_tls",
+            format!(
+                "{} handshakes, {} failed",
+                t.upstream_handshakes, t.upstream_failures
+            ),
+        ));
+    }
+    parts
+}
+
 /// Generates the dispatch over `listener_spec::Kind` and over the kinds'
 /// stats details from the registry's list.
 macro_rules! dispatch {

@@ -433,10 +433,13 @@ pub fn enabled() -> bool {
     SINK.get().is_some() && tracing::enabled!(target: "netd::access", tracing::Level::INFO)
 }
 
-/// One HTTP request.
+/// One HTTP request; `client_cert` is the subject of the verified TLS
+/// client certificate, when there is one.
+#[allow(clippy::too_many_arguments)] // one per field of the line
 pub fn http(
     listener: &str,
     client: SocketAddr,
+    client_cert: Option<&str>,
     method: &str,
     path: &str,
     status: u16,
@@ -446,6 +449,9 @@ pub fn http(
     emit(|l| {
         l.str("listener", listener);
         l.plain("client", client);
+        if let Some(subject) = client_cert {
+            l.str("tls_client", subject);
+        }
         l.str("method", method);
         l.str("path", path);
         l.num("status", status.into());
@@ -475,6 +481,40 @@ pub fn proxy(
         l.num("bytes_down", bytes_down);
         l.num("duration_ms", duration_ms);
         l.str("end", end);
+    });
+}
+
+/// A proxied connection whose client spoke TLS: [`proxy`]'s fields, then
+/// the TLS version and the verified client certificate's subject (`-`:
+/// none).
+pub fn proxy_tls(
+    listener: &str,
+    client: SocketAddr,
+    upstream: Option<SocketAddr>,
+    (bytes_up, bytes_down): (u64, u64),
+    duration_ms: u64,
+    end: &str,
+    (tls_version, tls_client): (&str, &str),
+) {
+    emit(|l| {
+        l.str("listener", listener);
+        l.plain("client", client);
+        if let Some(u) = upstream {
+            l.plain("upstream", u);
+        }
+        l.num("bytes_up", bytes_up);
+        l.num("bytes_down", bytes_down);
+        l.num("duration_ms", duration_ms);
+        l.str("end", end);
+        l.str("tls", tls_version);
+        l.str(
+            "tls_client",
+            if tls_client.is_empty() {
+                "-"
+            } else {
+                tls_client
+            },
+        );
     });
 }
 

@@ -174,3 +174,77 @@ impl DetailFamilies for NoFamilies {
         None
     }
 }
+
+/// The TLS families, read from `ListenerStats.tls` of any listener that
+/// serves or originates TLS, whatever its kind (as the fault families are
+/// read from each fault). Failure reasons are the labels of
+/// `net::tls::Reason`, spelled here too (telemetry is below net).
+pub const TLS: &[Family<crate::proto::TlsStats>] = &[
+    Family::value(
+        Desc::counter("netd_tls_handshakes", "TLS handshakes completed with clients."),
+        |t| t.handshakes,
+    ),
+    Family::each(
+        Desc::counter(
+            "netd_tls_handshake_failures",
+            "TLS handshakes with clients that failed, by reason: no_shared_cipher, unknown_ca, bad_certificate, protocol_version, timeout, other.",
+        )
+        .by(&["reason"]),
+        |t, put| {
+            for (reason, n) in [
+                ("no_shared_cipher", t.failed_no_shared_cipher),
+                ("unknown_ca", t.failed_unknown_ca),
+                ("bad_certificate", t.failed_bad_certificate),
+                ("protocol_version", t.failed_protocol_version),
+                ("timeout", t.failed_timeout),
+                ("other", t.failed_other),
+            ] {
+                put(&[reason], n);
+            }
+        },
+    ),
+    Family::each(
+        Desc::gauge(
+            "netd_tls_certificate_expiry_seconds",
+            "notAfter of the served certificate (the leaf), as Unix seconds: alert on it minus time().",
+        ),
+        |t, put| {
+            if t.certificate_not_after > 0 {
+                put(&[], t.certificate_not_after.unsigned_abs());
+            }
+        },
+    ),
+    Family::each(
+        Desc::counter(
+            "netd_tls_reloads",
+            "Certificate reloads (SIGHUP, netctl reload, files changed on disk), by result: ok, or refused (the old certificate kept serving).",
+        )
+        .by(&["result"]),
+        |t, put| {
+            put(&["ok"], t.reloads);
+            put(&["refused"], t.reload_failures);
+        },
+    ),
+    Family::each(
+        Desc::counter(
+            "netd_tls_upstream_handshakes",
+            "TLS handshakes completed with upstreams (listeners that originate TLS).",
+        ),
+        |t, put| {
+            if t.upstream_handshakes > 0 || t.upstream_failures > 0 {
+                put(&[], t.upstream_handshakes);
+            }
+        },
+    ),
+    Family::each(
+        Desc::counter(
+            "netd_tls_upstream_handshake_failures",
+            "TLS handshakes with upstreams that failed.",
+        ),
+        |t, put| {
+            if t.upstream_handshakes > 0 || t.upstream_failures > 0 {
+                put(&[], t.upstream_failures);
+            }
+        },
+    ),
+];

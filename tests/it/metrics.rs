@@ -308,6 +308,16 @@ async fn every_kind_exports_the_same_families() {
          upstreams = [\"127.0.0.1:9\"]\n\
          [[listener.faults]]\nname = \"late\"\ntype = \"latency\"\nlatency = \"5ms\"\n"
     );
+    // And a listener serving TLS: the netd_tls_* families.
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = crate::common::pki::Pki::new(pki_dir.path(), "m");
+    let (cert, key) = pki.issue("tte", "tte", &["localhost"], false);
+    let config = format!(
+        "{config}[[listener]]\nname = \"tte\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:0\"\n\
+         tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
     let netd = Netd::start(&config);
     let text = scrape(port).await.expect("scrape");
     let mut got: Vec<String> = text

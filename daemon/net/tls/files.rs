@@ -7,9 +7,10 @@
 //!   by root, closed to others (no `o+rwx`; group-readable is allowed, as
 //!   Kubernetes secret volumes with `defaultMode: 0440` are), and when the
 //!   path is a symbolic link it must resolve inside the link's own
-//!   directory (the `..data/` indirection of Kubernetes secret volumes and
-//!   of certbot's `live/`→`archive/` is a link within the tree the operator
-//!   pointed at; a link to `/etc/shadow` is not). The file is then opened
+//!   directory (the `..data/` indirection of Kubernetes secret volumes is
+//!   a link within the directory the operator pointed at; a link to
+//!   `/etc/shadow` is not, nor is certbot's `live/NAME/`→`../../archive/`,
+//!   see docs/tls.md). The file is then opened
 //!   without following a link. Its bytes are never logged.
 //!
 //! All of it is blocking file-system work: call it off the runtime.

@@ -112,16 +112,27 @@ fn register(name: &Arc<str>, tls: &Arc<ServedTls>) {
 }
 
 /// Read every served certificate again (SIGHUP, `netctl reload`), each off
-/// the runtime. Returns one line per listener whose new files were
-/// refused (the old certificate keeps serving there), and how many
-/// certificates changed.
+/// the runtime. Returns how many certificates were re-read and one line
+/// per listener whose new files were refused ("name: why"; the old
+/// certificate keeps serving there). A listener counts once: its newest
+/// generation is re-read (an older one that still has connections keeps
+/// the certificate it has until they end).
 pub async fn reload_all() -> (usize, Vec<String>) {
     let live: Vec<(Arc<str>, Arc<ServedTls>)> = {
         let mut live = LIVE.lock();
         live.retain(|(_, w)| w.strong_count() > 0);
-        live.iter()
-            .filter_map(|(n, w)| Some((n.clone(), w.upgrade()?)))
-            .collect()
+        let mut newest: Vec<(Arc<str>, Arc<ServedTls>)> = Vec::new();
+        // Newest first: registrations are pushed in order.
+        for (n, w) in live.iter().rev() {
+            if newest.iter().any(|(seen, _)| seen == n) {
+                continue;
+            }
+            if let Some(tls) = w.upgrade() {
+                newest.push((n.clone(), tls));
+            }
+        }
+        newest.reverse();
+        newest
     };
     let mut changed = 0;
     let mut refused = Vec::new();

@@ -8,7 +8,9 @@
 //! Reloads come from three places: an update (a new generation builds a new
 //! `ServedTls` from the files, and takes over the counters), SIGHUP /
 //! `netctl reload` ([`super::reload_all`]), and the files changing on disk
-//! ([`ServedTls::watch`], polled every [`WATCH_INTERVAL`]).
+//! ([`ServedTls::watch`], polled every [`WATCH_INTERVAL`]). A refused
+//! change is logged once: the refused files' stamp is remembered, so the
+//! next poll tries again only when they change again.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,6 +32,30 @@ pub const HANDSHAKE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(1)..=Duration::from_secs(3600);
 /// How often the files of a served certificate are checked for a change.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+/// Overrides [`WATCH_INTERVAL`] (a humantime duration, 10ms to 1h), for
+/// tests that rotate files and should not wait 5 s per step; not a
+/// setting users are meant to need.
+pub const WATCH_INTERVAL_ENV: &str = "NETD_TLS_WATCH_INTERVAL";
+
+/// The interval in effect: [`WATCH_INTERVAL`], or [`WATCH_INTERVAL_ENV`]
+/// when it is set to a duration in range (read once; a bad value is
+/// logged and ignored).
+pub fn watch_interval() -> Duration {
+    static I: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *I.get_or_init(|| {
+        let Ok(v) = std::env::var(WATCH_INTERVAL_ENV) else {
+            return WATCH_INTERVAL;
+        };
+        match humantime::parse_duration(&v) {
+            Ok(d) if (Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&d) => d,
+            _ => {
+                tracing::warn!(value = %v, "{WATCH_INTERVAL_ENV}: expected a duration from 10ms to 1h; polling every {}s",
+                    WATCH_INTERVAL.as_secs());
+                WATCH_INTERVAL
+            }
+        }
+    })
+}
 /// Deadline of one reload's file reads (a hung mount fails that reload).
 const READ_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -251,11 +277,19 @@ impl ServedTls {
         s
     }
 
-    /// Share the counters of the generation this one replaces.
+    /// Share the counters of the generation this one replaces. An update
+    /// that serves other files (or the same files changed) counts as a
+    /// reload; the last refusal is cleared then, as a reload clears it.
     pub fn carry_over(&mut self, prev: &ServedTls) {
         let not_after = self.counters.not_after.load(Relaxed);
         self.counters = prev.counters.clone();
         self.counters.not_after.store(not_after, Relaxed);
+        let same_files =
+            self.paths() == prev.paths() && self.current.read().stamp == prev.current.read().stamp;
+        if !same_files {
+            self.counters.reloads.fetch_add(1, Relaxed);
+            self.counters.last_reload_error.lock().clear();
+        }
     }
 
     pub fn counters(&self) -> &Arc<TlsCounters> {
@@ -433,10 +467,23 @@ impl ServedTls {
         stop: tokio_util::sync::CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) {
+        self.watch_with_events(name, stop, tracker, None);
+    }
+
+    /// [`ServedTls::watch`], also publishing a change on disk that is
+    /// refused (RELOAD_FAILED of the listener, once per change, as logged)
+    /// on `events` with the listener's kind.
+    pub fn watch_with_events(
+        self: &Arc<Self>,
+        name: Arc<str>,
+        stop: tokio_util::sync::CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+        events: Option<(crate::telemetry::events::EventBus, proto::ListenerKind)>,
+    ) {
         super::register(&name, self);
         let me = Arc::downgrade(self);
         tracker.spawn(async move {
-            let mut tick = tokio::time::interval(WATCH_INTERVAL);
+            let mut tick = tokio::time::interval(watch_interval());
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
@@ -449,8 +496,18 @@ impl ServedTls {
                     Ok(true) => tracing::info!(listener = %name, subject = %tls.current.read().subject,
                         "TLS certificate changed on disk; new handshakes use the new one"),
                     Ok(false) => {}
-                    Err(e) => tracing::warn!(listener = %name, error = %e,
-                        "TLS certificate changed on disk but cannot be used; the old one keeps serving"),
+                    Err(e) => {
+                        tracing::warn!(listener = %name, error = %e,
+                            "TLS certificate changed on disk but cannot be used; the old one keeps serving");
+                        if let Some((bus, kind)) = &events {
+                            bus.publish(
+                                proto::EventKind::ReloadFailed,
+                                &name,
+                                *kind,
+                                format!("TLS certificate changed on disk but refused, the old one keeps serving: {e}"),
+                            );
+                        }
+                    }
                 }
             }
         });

@@ -13,7 +13,11 @@ const RELOAD_READ_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Re-read the config file and apply the difference: SIGHUP and the
 /// `Reload` RPC (`netctl reload`, the unit's ExecReload=) both come here.
-/// A config with errors changes nothing; either way the outcome is logged,
+/// Then every served TLS certificate is read again
+/// ([`crate::net::tls::reload_all`]), whatever became of the config; one
+/// that is refused keeps the old one serving and is reported in the answer
+/// (or the error) and as a RELOAD_FAILED event of its listener. A config
+/// with errors changes nothing; either way the outcome is logged,
 /// sent on the event stream and returned (the RPC's answer), and systemd
 /// hears RELOADING=1 then READY=1.
 pub(super) async fn reload(
@@ -71,6 +75,7 @@ pub(super) async fn reload(
                 summary,
                 restart_needed,
                 config: path.display().to_string(),
+                ..Default::default()
             })
         } else {
             let errors: Vec<String> = plan
@@ -82,9 +87,17 @@ pub(super) async fn reload(
         }
     }
     .await;
+    // Certificates are read again whatever became of the config (after
+    // its apply, so listeners it created serve what is read here too): a
+    // config that cannot be used does not hold back a rotation, and a
+    // certificate the config's check refused is counted and shown on its
+    // listener.
+    let (tls_reloaded, tls_refused) = crate::net::tls::reload_all().await;
+    tls_refused_events(supervisor, &tls_refused);
+    let outcome = with_tls(outcome, tls_reloaded, tls_refused);
     match &outcome {
         Ok(r) => {
-            tracing::info!(summary = %r.summary, "config reloaded");
+            tracing::info!(summary = %r.summary, tls_reloaded = r.tls_reloaded, "config reloaded");
             supervisor.events().publish(
                 EventKind::Reloaded,
                 "",
@@ -104,4 +117,49 @@ pub(super) async fn reload(
     }
     crate::process::notify::ready();
     outcome
+}
+
+/// The reload's outcome with what re-reading the certificates did: in the
+/// answer, or appended to the error.
+fn with_tls(
+    outcome: Result<proto::ReloadResponse, String>,
+    reloaded: usize,
+    refused: Vec<String>,
+) -> Result<proto::ReloadResponse, String> {
+    match outcome {
+        Ok(r) => Ok(proto::ReloadResponse {
+            tls_reloaded: u32::try_from(reloaded).unwrap_or(u32::MAX),
+            tls_refused: refused,
+            ..r
+        }),
+        Err(why) if refused.is_empty() && reloaded == 0 => Err(why),
+        Err(why) if refused.is_empty() => {
+            Err(format!("{why}; TLS certificates re-read: {reloaded}"))
+        }
+        Err(why) => Err(format!("{why}; {TLS_REFUSED}: {}", refused.join("; "))),
+    }
+}
+
+const TLS_REFUSED: &str = "TLS certificate refused, the old one keeps serving";
+
+/// A RELOAD_FAILED event for each listener whose certificate was refused.
+fn tls_refused_events(supervisor: &Supervisor, refused: &[String]) {
+    use crate::proto::{EventKind, ListenerKind};
+    if refused.is_empty() {
+        return;
+    }
+    let listeners = supervisor.list();
+    for line in refused {
+        let (name, why) = line.split_once(": ").unwrap_or(("", line));
+        let kind = listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map_or(ListenerKind::Unspecified, |l| l.kind());
+        supervisor.events().publish(
+            EventKind::ReloadFailed,
+            name,
+            kind,
+            format!("{TLS_REFUSED}: {why}"),
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! Per-connection machinery of the HTTP service: HTTP/2 stream activity
 //! (for the idle timeout of a connection with no open stream), the
 //! executor that runs each HTTP/2 stream with panic containment, and the
-//! lingering close of HTTP/1 connections.
+//! lingering close of HTTP/1 connections (plain TCP or TLS over TCP).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -119,18 +119,39 @@ where
 const LINGER_TIME: Duration = Duration::from_secs(5);
 const LINGER_QUIET: Duration = Duration::from_secs(1);
 
+/// What an HTTP connection runs on: a TCP stream, or TLS over one. The
+/// lingering close drains the TCP socket underneath either way (after a
+/// TLS close_notify, what the client still sends is discarded unread).
+pub(super) trait Socket:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
+{
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
 /// A connection whose shutdown lingers (see the module notes): hyper calls
 /// `poll_shutdown` when it is done with a connection; that sends the FIN
-/// and then reads and drops input until EOF, `LINGER_QUIET` without data,
-/// or `LINGER_TIME` in all.
-pub(super) struct Lingering {
-    stream: TcpStream,
+/// (on TLS: close_notify, then the FIN) and then reads and drops input
+/// until EOF, `LINGER_QUIET` without data, or `LINGER_TIME` in all.
+pub(super) struct Lingering<S> {
+    stream: S,
     /// Set once the write side is shut.
     drain: Option<Drain>,
 }
 
-impl Lingering {
-    pub(super) fn new(stream: TcpStream) -> Self {
+impl<S: Socket> Lingering<S> {
+    pub(super) fn new(stream: S) -> Self {
         Lingering {
             stream,
             drain: None,
@@ -138,7 +159,7 @@ impl Lingering {
     }
 }
 
-impl tokio::io::AsyncRead for Lingering {
+impl<S: Socket> tokio::io::AsyncRead for Lingering<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -148,7 +169,7 @@ impl tokio::io::AsyncRead for Lingering {
     }
 }
 
-impl tokio::io::AsyncWrite for Lingering {
+impl<S: Socket> tokio::io::AsyncWrite for Lingering<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -182,6 +203,6 @@ impl tokio::io::AsyncWrite for Lingering {
         let Some(drain) = &mut this.drain else {
             unreachable!("set above");
         };
-        drain.poll_drain(&this.stream, cx).map(|()| Ok(()))
+        drain.poll_drain(this.stream.tcp(), cx).map(|()| Ok(()))
     }
 }

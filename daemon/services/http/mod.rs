@@ -28,6 +28,11 @@
 //!   host can rotate through the addresses of a whole /64.
 //! - HTTP/1.1 with keep-alive, and HTTP/2 with prior knowledge (h2c),
 //!   chosen by peeking at the connection preface.
+//! - HTTPS with `tls_cert`/`tls_key` ([`crate::net::tls::ServedTls`]):
+//!   ALPN offers h2 and http/1.1 by default and decides between HTTP/2 and
+//!   HTTP/1.1 (no ALPN: HTTP/1.1); the handshake runs in the connection
+//!   task, so it holds a connection slot and has the handshake deadline.
+//!   Everything above applies unchanged to the plaintext inside.
 //! - One access-log line per request ([`crate::telemetry::access_log`]) unless the
 //!   listener says `access_log = false`.
 //! - Lingering close (HTTP/1): when netd answers before reading the whole
@@ -40,9 +45,9 @@
 mod conn;
 mod echo;
 pub mod metrics;
+mod serve;
 mod show;
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -56,9 +61,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::{
@@ -66,11 +70,11 @@ use super::{
     listen_field, size_in,
 };
 use crate::net::accept::accept_loop;
+use crate::net::tls::ServedTls;
 use crate::proto;
 use crate::spec::FieldError;
 use crate::spec::form::{self, Key, Unit};
 use crate::telemetry::stats::{Histogram, Stats};
-use conn::{Activity, Lingering, StreamExec};
 pub use echo::query_params;
 use echo::{error, header_size, json_echo, json_response, request_echo};
 
@@ -154,6 +158,8 @@ fn read_token(t: &toml::Table, opts: &form::ReadOptions) -> Result<String, Field
     }
 }
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// What HTTPS offers by ALPN unless `tls_alpn` says otherwise.
+pub const TLS_DEFAULT_ALPN: &[&str] = &["h2", "http/1.1"];
 
 #[derive(Debug, Default)]
 struct HttpCounters {
@@ -188,6 +194,11 @@ pub struct Http {
     counters: Arc<HttpCounters>,
     /// Write an access-log line per request (`access_log`, default true).
     access_log: bool,
+    /// Served TLS (`tls_cert`...): HTTPS instead of plaintext.
+    tls: Option<Arc<ServedTls>>,
+    /// Its handshake deadline, also the time a client has to send its
+    /// first byte.
+    tls_handshake_timeout: Duration,
 }
 
 /// Parse "100/s", "600/m", "3600/h" into a quota (the burst is one
@@ -300,6 +311,14 @@ impl Http {
             limit: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
             counters: Arc::default(),
             access_log: spec.access_log.unwrap_or(true),
+            tls: ServedTls::from_spec(spec.tls.as_ref(), TLS_DEFAULT_ALPN)?.map(Arc::new),
+            // In range: from_spec above checked it.
+            tls_handshake_timeout: spec
+                .tls
+                .as_ref()
+                .and_then(|t| t.handshake_timeout)
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or(crate::net::tls::server::DEFAULT_HANDSHAKE_TIMEOUT),
         })
     }
 
@@ -327,6 +346,9 @@ impl Http {
         listener: TcpListener,
         ctx: ServiceCtx,
     ) -> anyhow::Result<()> {
+        if let Some(tls) = &self.tls {
+            tls.watch(ctx.name.clone(), ctx.stop_accepting.clone(), &ctx.tracker);
+        }
         // Forget clients of the rate limiter that have been quiet, so its
         // table stays bounded by the clients of the last minute.
         if let Some(limiter) = &self.limiter {
@@ -353,124 +375,13 @@ impl Http {
         .await
     }
 
-    /// Is this connection HTTP/2 with prior knowledge? Waits (up to the
-    /// header timeout) until the first bytes decide it.
-    async fn is_h2(&self, stream: &TcpStream) -> Option<bool> {
-        let sniff = async {
-            let mut buf = [0u8; 24];
-            loop {
-                let n = stream.peek(&mut buf).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                if buf[..n] != H2_PREFACE[..n] {
-                    return Some(false);
-                }
-                if n == H2_PREFACE.len() {
-                    return Some(true);
-                }
-                // A partial preface: wait for the rest to arrive.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        tokio::time::timeout(self.header_timeout, sniff)
-            .await
-            .ok()
-            .flatten()
-    }
-
-    async fn serve_connection(
-        self: Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        ctx: ServiceCtx,
-    ) {
-        let Some(h2) = self.is_h2(&stream).await else {
-            tracing::debug!(listener = %ctx.name, %peer, "no request within the header timeout; closing");
-            return;
-        };
-        let http = self.clone();
-        let name = ctx.name.clone();
-        let stats = ctx.stats.clone();
-        let activity = Arc::new(Activity::new());
-        let streams = activity.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let http = http.clone();
-            let name = name.clone();
-            let stats = stats.clone();
-            let open = streams.open();
-            async move {
-                let _open = open;
-                Ok::<_, Infallible>(http.handle(req, peer, &name, &stats).await)
-            }
-        });
-        let io = TokioIo::new(Lingering::new(stream));
-        macro_rules! drive {
-            ($conn:expr, $idle:expr) => {{
-                let conn = $conn;
-                tokio::pin!(conn);
-                let idle = $idle;
-                tokio::pin!(idle);
-                let result = tokio::select! {
-                    r = conn.as_mut() => r,
-                    () = idle.as_mut() => {
-                        self.counters.idle_closed.fetch_add(1, Relaxed);
-                        tracing::debug!(listener = %ctx.name, %peer, "HTTP/2 connection idle; closing");
-                        conn.as_mut().graceful_shutdown();
-                        tokio::select! {
-                            r = tokio::time::timeout(H2_CLOSE_GRACE, conn.as_mut()) => r.unwrap_or(Ok(())),
-                            _ = ctx.close_connections.cancelled() => Ok(()),
-                        }
-                    }
-                    _ = ctx.stop_accepting.cancelled() => {
-                        // Finish the request in flight, then close.
-                        conn.as_mut().graceful_shutdown();
-                        tokio::select! {
-                            r = conn.as_mut() => r,
-                            _ = ctx.close_connections.cancelled() => Ok(()),
-                        }
-                    }
-                    _ = ctx.close_connections.cancelled() => Ok(()),
-                };
-                if let Err(e) = result {
-                    tracing::debug!(listener = %ctx.name, %peer, error = %e, "HTTP connection error");
-                }
-            }};
-        }
-        if h2 {
-            let exec = StreamExec {
-                stats: ctx.stats.clone(),
-                name: ctx.name.clone(),
-                tracker: ctx.tracker.clone(),
-            };
-            let mut b = hyper::server::conn::http2::Builder::new(exec);
-            b.timer(TokioTimer::new())
-                .max_concurrent_streams(self.max_streams)
-                .max_header_list_size(self.max_header_bytes);
-            drive!(
-                b.serve_connection(io, service),
-                activity.idle(self.idle_timeout, self.header_timeout)
-            );
-        } else {
-            let mut b = hyper::server::conn::http1::Builder::new();
-            // Headers up to max_header_bytes are read and then checked by
-            // the handler (431); hyper answers 431 itself when they do not
-            // fit in its buffer, which is only a little larger.
-            b.timer(TokioTimer::new())
-                .header_read_timeout(self.header_timeout)
-                .keep_alive(true)
-                .max_buf_size((self.max_header_bytes as usize + 4096).max(8192));
-            drive!(
-                b.serve_connection(io, service),
-                std::future::pending::<()>()
-            );
-        }
-    }
-
+    /// `client_cert`: the subject of the client's verified certificate
+    /// (HTTPS with `tls_client_ca`), for the access log.
     async fn handle(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
+        client_cert: Option<&str>,
         name: &str,
         stats: &Stats,
     ) -> Response<Full<Bytes>> {
@@ -527,6 +438,7 @@ impl Http {
             crate::telemetry::access_log::http(
                 name,
                 peer,
+                client_cert,
                 method.as_str(),
                 &path,
                 status.as_u16(),
@@ -822,9 +734,15 @@ impl ListenerKind for Http {
         Self::validate(spec)
     }
 
-    /// The request counters and the latency histogram are the listener's.
+    /// The request counters, the latency histogram and the TLS counters
+    /// are the listener's.
     fn carry_over(&mut self, prev: &Self) {
         self.counters = prev.counters.clone();
+        if let (Some(new), Some(old)) = (&mut self.tls, &prev.tls) {
+            if let Some(new) = Arc::get_mut(new) {
+                new.carry_over(old);
+            }
+        }
     }
 
     fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
@@ -848,6 +766,7 @@ impl ListenerKind for Http {
                 n => n,
             },
             access_log: Some(shown.access_log.unwrap_or(true)),
+            tls: shown.tls.as_ref().map(ServedTls::effective),
             ..shown.clone()
         }
     }
@@ -874,6 +793,10 @@ impl ListenerKind for Http {
 
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
         Some(proto::listener_stats::Detail::Http(self.stats()))
+    }
+
+    fn tls_stats(&self) -> Option<proto::TlsStats> {
+        self.tls.as_ref().map(|t| t.stats())
     }
 
     fn descriptors(spec: &Self::Spec, _budget: &crate::net::fd_budget::Budget) -> u64 {

@@ -219,7 +219,7 @@ pub(super) enum Side {
 }
 
 impl Side {
-    fn fault_end(self) -> End {
+    pub(super) fn fault_end(self) -> End {
         match self {
             Side::FaultReset => End::FaultReset,
             _ => End::FaultClosed,
@@ -327,7 +327,7 @@ async fn copy(
 /// The reader finished sending: pass that on as a half-close. When the
 /// other direction has already finished, both sockets are about to be
 /// closed, and close(2) sends the same FIN without a shutdown(2) first.
-pub(super) async fn pass_on_eof(w: &mut WriteHalf<'_>, activity: &Activity) {
+pub(super) async fn pass_on_eof<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, activity: &Activity) {
     if !activity.finish_direction() {
         let _ = w.shutdown().await;
     }
@@ -385,7 +385,7 @@ pub(super) struct Activity {
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Activity {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
@@ -404,7 +404,7 @@ impl Activity {
         self.finished.fetch_add(1, Relaxed) == 1
     }
 
-    fn last(&self) -> Instant {
+    pub(super) fn last(&self) -> Instant {
         self.base + Duration::from_millis(self.last_ms.load(Relaxed))
     }
 }

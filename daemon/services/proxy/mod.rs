@@ -34,6 +34,9 @@
 //! - Faults (toxics): a direction a fault acts on goes through [`toxic`];
 //!   a `down` fault resets a new client at accept, before any upstream is
 //!   connected. A listener without faults pays one atomic load per read.
+//! - TLS ([`tls`]): terminated from clients, originated to upstreams,
+//!   both or neither; with neither, one branch at connection start and the
+//!   path above is unchanged.
 //! - Every closed connection is written to the access log
 //!   ([`crate::telemetry::access_log`]) with client, upstream, bytes each way, duration
 //!   and how it ended, unless the listener says `access_log = false`.
@@ -43,6 +46,7 @@ pub mod metrics;
 pub mod pool;
 pub mod resolve;
 mod show;
+mod tls;
 mod toxic;
 
 use parking_lot::Mutex;
@@ -158,6 +162,8 @@ pub struct Proxy {
     counters: Arc<ProxyCounters>,
     /// Write an access-log line per connection (`access_log`, default true).
     access_log: bool,
+    /// TLS to clients and/or upstreams ([`tls`]).
+    tls: tls::ProxyTls,
 }
 
 /// What connecting a client to an upstream came to.
@@ -260,6 +266,7 @@ impl Proxy {
             next: AtomicUsize::new(0),
             counters: Arc::new(ProxyCounters::default()),
             access_log: spec.access_log.unwrap_or(true),
+            tls: tls::ProxyTls::from_spec(spec)?,
         })
     }
 
@@ -298,6 +305,7 @@ impl Proxy {
         listener: TcpListener,
         ctx: ServiceCtx,
     ) -> anyhow::Result<()> {
+        self.tls.start(&ctx);
         if self.preconnect > 0 {
             for u in &self.upstreams {
                 u.pool.get_or_init(|| {
@@ -533,6 +541,9 @@ impl Proxy {
             );
             return;
         }
+        if self.tls.is_on() {
+            return Box::pin(self.serve_tls(client, peer, ctx, &faults, began)).await;
+        }
         let (mut upstream, u) = match Box::pin(self.connect(ctx)).await {
             Connected::To(s, u) => (s, u),
             Connected::Reset(u) => {
@@ -719,6 +730,7 @@ impl ListenerKind for Proxy {
     /// succeeds. Pools are the generation's (their size may change).
     fn carry_over(&mut self, prev: &Self) {
         self.counters = prev.counters.clone();
+        self.tls.carry_over(&prev.tls);
         let mut taken = vec![false; prev.upstreams.len()];
         for u in &mut self.upstreams {
             let found = prev
@@ -736,6 +748,10 @@ impl ListenerKind for Proxy {
     fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
         use super::effective_duration as dur;
         proto::ProxySpec {
+            tls: shown
+                .tls
+                .as_ref()
+                .map(crate::net::tls::ServedTls::effective),
             connect_timeout: dur(&shown.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
             idle_timeout: dur(&shown.idle_timeout, DEFAULT_IDLE_TIMEOUT),
             max_connections: super::effective_max_connections(shown.max_connections),
@@ -763,6 +779,10 @@ impl ListenerKind for Proxy {
 
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
         Some(proto::listener_stats::Detail::Proxy(self.stats()))
+    }
+
+    fn tls_stats(&self) -> Option<proto::TlsStats> {
+        self.tls.stats()
     }
 
     /// Two per connection (client and upstream), and the warm pool.

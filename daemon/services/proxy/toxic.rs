@@ -30,8 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::forward::{Activity, Side, pass_on_eof};
@@ -499,18 +498,24 @@ impl Engine {
 }
 
 /// Copy one direction through its faults until EOF (passed on, possibly
-/// late), an error, or a fault ending the connection.
+/// late), an error, or a fault ending the connection. Generic over the
+/// stream: a TCP socket's halves, or the plaintext halves of a TLS
+/// connection (the faults then act on the plaintext).
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn run(
-    mut r: ReadHalf<'_>,
-    mut w: WriteHalf<'_>,
+pub(super) async fn run<R, W>(
+    mut r: R,
+    mut w: W,
     activity: &Activity,
     total: &AtomicU64,
     mine: &AtomicU64,
     conn: &ConnFaults<'_>,
     dir: Dir,
     mut watch: Watch<'_>,
-) -> Result<(), Side> {
+) -> Result<(), Side>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let now = Instant::now();
     let mut eng = Engine {
         dir,

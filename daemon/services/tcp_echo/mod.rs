@@ -126,7 +126,13 @@ impl TcpEcho {
 
     async fn run_on(&self, listener: TcpListener, ctx: ServiceCtx) -> anyhow::Result<()> {
         if let Some(tls) = &self.tls {
-            tls.watch(ctx.name.clone(), ctx.stop_accepting.clone(), &ctx.tracker);
+            let events = Some((ctx.events.clone(), Self::KIND));
+            tls.watch_with_events(
+                ctx.name.clone(),
+                ctx.stop_accepting.clone(),
+                &ctx.tracker,
+                events,
+            );
         }
         accept_loop(&listener, ctx.accepting(), &self.limit, |stream, peer| {
             let conn = Conn {
@@ -140,13 +146,24 @@ impl TcpEcho {
             async move {
                 let result = match tls {
                     None => conn.echo(stream).await,
-                    Some(tls) => match tls.accept(stream).await {
-                        Ok(s) => conn.echo_tls(s).await,
-                        Err(reason) => {
-                            tracing::debug!(listener = %name, %peer, reason = reason.label(), "TLS handshake failed");
-                            return;
+                    // Boxed: the TLS state (rustls' connection, its
+                    // buffers) would otherwise size every plaintext
+                    // connection's future too (bench/idle_memory.sh).
+                    Some(tls) => {
+                        let served = Box::pin(async {
+                            match tls.accept(stream).await {
+                                Ok(s) => Some(conn.echo_tls(s).await),
+                                Err(reason) => {
+                                    tracing::debug!(listener = %name, %peer, reason = reason.label(), "TLS handshake failed");
+                                    None
+                                }
+                            }
+                        });
+                        match served.await {
+                            Some(r) => r,
+                            None => return,
                         }
-                    },
+                    }
                 };
                 match result {
                     Ok(end) => tracing::debug!(listener = %name, %peer, end, "connection closed"),
