@@ -242,9 +242,14 @@ else
   echo "== HTTPS $HTTPS_NOTE" >&2
 fi
 
-echo "== memory per idle TLS connection ($IDLE)" >&2
+echo "== memory per idle TLS connection ($IDLE, a fresh proxy each round, $ROUNDS rounds)" >&2
+# Each round starts a fresh HAProxy and a fresh netd (the heap the load
+# above left behind would hide what new connections take), makes one
+# second of handshakes as a warm-up, reads VmRSS, opens IDLE connections
+# (handshake and one 64 B echo each, then idle), and reads VmRSS again.
 idle_mem() { # pid port ca -> bytes per connection
   local before after line
+  "$LOAD" handshake --addr "127.0.0.1:$2" --ca "$3" --concurrency 1 --duration 1 >/dev/null
   before=$(rss_kb "$1")
   coproc HOLD { "$LOAD" idle --addr "127.0.0.1:$2" --ca "$3" --concurrency "$IDLE" --duration 120; }
   read -r line <&"${HOLD[0]}" || true
@@ -255,9 +260,43 @@ idle_mem() { # pid port ca -> bytes per connection
   wait "$HOLD_PID" 2>/dev/null || true
   echo $(( (after - before) * 1024 / IDLE ))
 }
-M_HAP=$(idle_mem "$HAP_PID" "${HAP_TLS[$first_key]}" "$work/$first_key-ca.pem"); sleep 1
-M_NETD=$(idle_mem "$NETD_PID" "${NETD_TLS[$first_key]}" "$work/$first_key-ca.pem")
-echo "haproxy $M_HAP B/conn  netd $M_NETD B/conn" >&2
+idle_hap() {
+  local port pid
+  port=$(free_port)
+  {
+    printf 'global\n  maxconn %s\n  nbthread %s\n' $((IDLE * 2 + 1000)) "$(nproc)"
+    printf '  ssl-default-bind-options ssl-min-ver TLSv1.3 no-tls-tickets\n'
+    printf 'defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 5m\n  timeout server 5m\n'
+    printf 'backend be_echo\n  server s1 127.0.0.1:%s\n' "$ECHO"
+    printf 'frontend fe\n  bind 127.0.0.1:%s ssl crt %s\n  default_backend be_echo\n' \
+      "$port" "$work/$first_key-haproxy.pem"
+  } > "$work/haproxy-idle.cfg"
+  haproxy -f "$work/haproxy-idle.cfg" -db 2>>"$work/haproxy-idle.log" & pid=$!; pids+=("$pid")
+  wait_port "$port"
+  idle_mem "$pid" "$port" "$work/$first_key-ca.pem" >> "$work/idle-hap"
+  stop_pid "$pid"
+}
+idle_netd() { # round
+  local port
+  port=$(free_port)
+  start_netd "idle$1" "$work/quiet.toml"
+  if [ "$NETD_WHAT" = proxy ]; then
+    ctl_at "idle$1" start proxy t --listen "127.0.0.1:$port" --upstream "127.0.0.1:$ECHO" \
+      --tls-cert "$work/$first_key.pem" --tls-key "$work/$first_key-key.pem" --max-connections 100000 >/dev/null
+  else
+    ctl_at "idle$1" start tcp-echo t --listen "127.0.0.1:$port" \
+      --tls-cert "$work/$first_key.pem" --tls-key "$work/$first_key-key.pem" --max-connections 100000 >/dev/null
+  fi
+  wait_port "$port"
+  idle_mem "$netd_pid" "$port" "$work/$first_key-ca.pem" >> "$work/idle-netd"
+  stop_pid "$netd_pid"
+}
+for round in $(seq "$ROUNDS"); do
+  if [ $((round % 2)) -eq 1 ]; then idle_hap; idle_netd "$round"; else idle_netd "$round"; idle_hap; fi
+  echo "round $round idle: haproxy $(tail -n1 "$work/idle-hap") netd $(tail -n1 "$work/idle-netd") B/conn" >&2
+done
+M_HAP=$(median $(cat "$work/idle-hap")); M_NETD=$(median $(cat "$work/idle-netd"))
+M_HAP=${M_HAP%.*}; M_NETD=${M_NETD%.*}
 echo "machine: load average $(cut -d' ' -f1-3 /proc/loadavg) at the end" >&2
 
 hs_args=()
@@ -275,7 +314,7 @@ print(f"TLS: netd vs HAProxy 2.6 / nginx, same certificates and clients, loopbac
 print(f"  handshake: tls_load handshake --concurrency {conc} (TLS 1.3, resumption off; connect, handshake, 64 B echo, close)")
 print(f"  bulk:      tls_load bulk --concurrency {bulk_conns} (streams echoed back through the TLS connection)")
 print(f"  https:     wrk -t2 -c64 --latency https://127.0.0.1:PORT/a/b?k=v1&k=v2 (keep-alive; nginx: the same body as a static file)")
-print(f"  memory:    VmRSS before/after tls_load idle --concurrency {idle}")
+print(f"  memory:    VmRSS before/after tls_load idle --concurrency {idle}, a fresh proxy each round after a 1 s warm-up")
 print(f"  netd: netctl start proxy P --listen ... --upstream ECHO --tls-cert ... --tls-key ...; HAProxy: mode tcp, bind ... ssl crt,")
 print(f"        ssl-min-ver TLSv1.3 no-tls-tickets, nbthread = cores; the same plain netd tcp-echo behind both")
 if what != "proxy":
