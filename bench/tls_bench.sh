@@ -144,15 +144,26 @@ out["errors"] = sum(r["errors"] for r in runs)  # errors: all rounds
 print(json.dumps(out))' "$@"; }
 
 # One measurement of both, ROUNDS times, order alternating; medians.
-# Sets A_OUT (HAProxy or the reference) and B_OUT (netd).
-ab_rounds() { # label 'command A' 'command B'
-  local a=() b=() round
+# Sets A_OUT (HAProxy or the reference) and B_OUT (netd), each with
+# "ratio_KEY" added to B_OUT for each KEY given: the median of the rounds'
+# B/A ratios, which the machine's drift from round to round moves less
+# than the ratio of the two medians.
+ab_rounds() { # label 'command A' 'command B' KEY...
+  local a=() b=() round label=$1 ca=$2 cb=$3
+  shift 3
   for round in $(seq "$ROUNDS"); do
-    if [ $((round % 2)) -eq 1 ]; then a+=("$(eval "$2")"); b+=("$(eval "$3")")
-    else b+=("$(eval "$3")"); a+=("$(eval "$2")"); fi
-    echo "round $round $1: ${a[-1]} | ${b[-1]}" >&2
+    if [ $((round % 2)) -eq 1 ]; then a+=("$(eval "$ca")"); b+=("$(eval "$cb")")
+    else b+=("$(eval "$cb")"); a+=("$(eval "$ca")"); fi
+    echo "round $round $label: ${a[-1]} | ${b[-1]}" >&2
   done
   A_OUT=$(median_json "${a[@]}"); B_OUT=$(median_json "${b[@]}")
+  B_OUT=$(python3 -c '
+import json, statistics, sys
+out, keys, n = json.loads(sys.argv[1]), sys.argv[2].split(), int(sys.argv[3])
+a, b = sys.argv[4:4 + n], sys.argv[4 + n:]
+for k in keys:
+    out["ratio_" + k] = statistics.median(json.loads(y)[k] / max(json.loads(x)[k], 1e-9) for x, y in zip(a, b))
+print(json.dumps(out))' "$B_OUT" "$*" "${#a[@]}" "${a[@]}" "${b[@]}")
 }
 
 declare -A HS_HAP HS_NETD
@@ -160,14 +171,15 @@ for k in $KEYS; do
   echo "== handshakes, $k ($CONC clients, ${SECS}s, $ROUNDS rounds)" >&2
   ab_rounds "handshake $k" \
     "with_cpu $HAP_PID handshake ${HAP_TLS[$k]} $work/$k-ca.pem --concurrency $CONC" \
-    "with_cpu $NETD_PID handshake ${NETD_TLS[$k]} $work/$k-ca.pem --concurrency $CONC"
+    "with_cpu $NETD_PID handshake ${NETD_TLS[$k]} $work/$k-ca.pem --concurrency $CONC" rate cpu_us
   HS_HAP[$k]=$A_OUT; HS_NETD[$k]=$B_OUT
 done
 
 echo "== bulk through TLS ($BULK_CONNS connections, ${SECS}s, $ROUNDS rounds)" >&2
 ab_rounds "bulk" \
   "with_cpu $HAP_PID bulk ${HAP_TLS[$first_key]} $work/$first_key-ca.pem --concurrency $BULK_CONNS" \
-  "with_cpu $NETD_PID bulk ${NETD_TLS[$first_key]} $work/$first_key-ca.pem --concurrency $BULK_CONNS"
+  "with_cpu $NETD_PID bulk ${NETD_TLS[$first_key]} $work/$first_key-ca.pem --concurrency $BULK_CONNS" \
+  mb_per_s cpu_ms_per_mb
 BULK_HAP=$A_OUT; BULK_NETD=$B_OUT
 
 iperf() { iperf3 -c 127.0.0.1 -p "$1" -t "$SECS" -J | python3 -c 'import json,sys; print("{\"gbit\": %f, \"errors\": 0}" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
@@ -181,7 +193,7 @@ if [ -e "$work/netd-before" ]; then
   BEFORE_PLAIN=$(free_port)
   ctl_at before start proxy plain --listen "127.0.0.1:$BEFORE_PLAIN" --upstream "127.0.0.1:$IPERF" >/dev/null
   wait_port "$BEFORE_PLAIN"
-  ab_rounds "plaintext before|after" "iperf $BEFORE_PLAIN" "iperf $NETD_PLAIN"
+  ab_rounds "plaintext before|after" "iperf $BEFORE_PLAIN" "iperf $NETD_PLAIN" gbit
   PLAIN_BEFORE=$A_OUT; PLAIN_AFTER=$B_OUT
 else
   echo "== plaintext before/after skipped: NETD_BEFORE is not set" >&2
@@ -235,7 +247,7 @@ errors = (int(bad.group(1)) if bad else 0) + (sum(map(int, sock.groups())) if so
 print(json.dumps({"rps": rps, "p99_ms": p99, "errors": errors}))'
   }
   echo "== HTTPS keep-alive (wrk -t2 -c64, ${SECS}s, $ROUNDS rounds)" >&2
-  ab_rounds "https nginx|netd" "wrk_https $NGINX_HTTPS" "wrk_https $NETD_HTTPS"
+  ab_rounds "https nginx|netd" "wrk_https $NGINX_HTTPS" "wrk_https $NETD_HTTPS" rps
   HTTPS_NGINX=$A_OUT; HTTPS_NETD=$B_OUT
 else
   HTTPS_NOTE="skipped: netd's http kind does not serve HTTPS in this build"
@@ -297,18 +309,22 @@ for round in $(seq "$ROUNDS"); do
 done
 M_HAP=$(median $(cat "$work/idle-hap")); M_NETD=$(median $(cat "$work/idle-netd"))
 M_HAP=${M_HAP%.*}; M_NETD=${M_NETD%.*}
+M_RATIO=$(paste -d' ' "$work/idle-hap" "$work/idle-netd" | python3 -c '
+import statistics, sys
+print(f"{statistics.median(int(n) / max(int(h), 1) for h, n in (l.split() for l in sys.stdin)):.2f}")')
 echo "machine: load average $(cut -d' ' -f1-3 /proc/loadavg) at the end" >&2
 
 hs_args=()
 for k in $KEYS; do hs_args+=("$k" "${HS_HAP[$k]}" "${HS_NETD[$k]}"); done
 python3 - "$NETD_WHAT" "$SECS" "$CONC" "$BULK_CONNS" "$ROUNDS" "$IDLE" "$BULK_HAP" "$BULK_NETD" \
-  "$PLAIN_BEFORE" "$PLAIN_AFTER" "$HTTPS_NGINX" "$HTTPS_NETD" "$HTTPS_NOTE" "$M_HAP" "$M_NETD" "${hs_args[@]}" <<'PY'
+  "$PLAIN_BEFORE" "$PLAIN_AFTER" "$HTTPS_NGINX" "$HTTPS_NETD" "$HTTPS_NOTE" "$M_HAP" "$M_NETD" "$M_RATIO" "${hs_args[@]}" <<'PY'
 import json, sys
 what, secs, conc, bulk_conns, rounds, idle = sys.argv[1:7]
 bh, bn, pb, pa, wn, wd = (json.loads(x) for x in sys.argv[7:13])
-https_note, mh, mn = sys.argv[13], int(sys.argv[14]), int(sys.argv[15])
-hs = sys.argv[16:]
+https_note, mh, mn, mr = sys.argv[13], int(sys.argv[14]), int(sys.argv[15]), sys.argv[16]
+hs = sys.argv[17:]
 def ratio(a, b): return f"{a / b:.2f}" if b else "-"
+def rr(r, k): return f"{r['ratio_' + k]:.2f}"
 netd = "netd proxy" if what == "proxy" else "netd tcp-echo (TLS, no upstream hop)"
 print(f"TLS: netd vs HAProxy 2.6 / nginx, same certificates and clients, loopback ({secs}s runs, median of {rounds} alternating rounds)")
 print(f"  handshake: tls_load handshake --concurrency {conc} (TLS 1.3, resumption off; connect, handshake, 64 B echo, close)")
@@ -320,28 +336,29 @@ print(f"        ssl-min-ver TLSv1.3 no-tls-tickets, nbthread = cores; the same p
 if what != "proxy":
     print("  NOTE: this build's proxy does not terminate TLS: the netd column is a TLS tcp-echo served by netd itself,")
     print("        HAProxy's is TLS terminated in front of a plain echo (one more hop): a different comparison")
-print(f"| metric | HAProxy / nginx | {netd} | netd/peer |")
-print("| --- | --- | --- | --- |")
+print("  (netd/peer: the ratio of the medians; per round: the median of the rounds' own ratios)")
+print(f"| metric | HAProxy / nginx | {netd} | netd/peer | per round |")
+print("| --- | --- | --- | --- | --- |")
 for i in range(0, len(hs), 3):
     k, h, n = hs[i], json.loads(hs[i + 1]), json.loads(hs[i + 2])
-    print(f"| TLS handshakes/s, {k} | {h['rate']:.0f} | {n['rate']:.0f} | {ratio(n['rate'], h['rate'])} |")
-    print(f"| server CPU per handshake, {k}, µs | {h['cpu_us']:.0f} | {n['cpu_us']:.0f} | {ratio(n['cpu_us'], h['cpu_us'])} |")
-    print(f"| server CPU, {k}, % of a core | {h['cpu_pct']:.0f} | {n['cpu_pct']:.0f} | |")
-    print(f"| handshake exchange p99, {k}, µs | {h['p99_us']:.0f} | {n['p99_us']:.0f} | {ratio(n['p99_us'], h['p99_us'])} |")
-    print(f"| negotiated, {k} | {h['version']} {h['cipher']} {h['group']} | {n['version']} {n['cipher']} {n['group']} | |")
-    print(f"| client errors, {k} (all rounds) | {h['errors']} | {n['errors']} | |")
-print(f"| bulk through TLS, MB/s | {bh['mb_per_s']:.0f} | {bn['mb_per_s']:.0f} | {ratio(bn['mb_per_s'], bh['mb_per_s'])} |")
-print(f"| server CPU per MB, ms | {bh['cpu_ms_per_mb']:.2f} | {bn['cpu_ms_per_mb']:.2f} | {ratio(bn['cpu_ms_per_mb'], bh['cpu_ms_per_mb'])} |")
-print(f"| bulk errors (all rounds) | {bh['errors']} | {bn['errors']} | |")
+    print(f"| TLS handshakes/s, {k} | {h['rate']:.0f} | {n['rate']:.0f} | {ratio(n['rate'], h['rate'])} | {rr(n, 'rate')} |")
+    print(f"| server CPU per handshake, {k}, µs | {h['cpu_us']:.0f} | {n['cpu_us']:.0f} | {ratio(n['cpu_us'], h['cpu_us'])} | {rr(n, 'cpu_us')} |")
+    print(f"| server CPU, {k}, % of a core | {h['cpu_pct']:.0f} | {n['cpu_pct']:.0f} | | |")
+    print(f"| handshake exchange p99, {k}, µs | {h['p99_us']:.0f} | {n['p99_us']:.0f} | {ratio(n['p99_us'], h['p99_us'])} | |")
+    print(f"| negotiated, {k} | {h['version']} {h['cipher']} {h['group']} | {n['version']} {n['cipher']} {n['group']} | | |")
+    print(f"| client errors, {k} (all rounds) | {h['errors']} | {n['errors']} | | |")
+print(f"| bulk through TLS, MB/s | {bh['mb_per_s']:.0f} | {bn['mb_per_s']:.0f} | {ratio(bn['mb_per_s'], bh['mb_per_s'])} | {rr(bn, 'mb_per_s')} |")
+print(f"| server CPU per MB, ms | {bh['cpu_ms_per_mb']:.2f} | {bn['cpu_ms_per_mb']:.2f} | {ratio(bn['cpu_ms_per_mb'], bh['cpu_ms_per_mb'])} | {rr(bn, 'cpu_ms_per_mb')} |")
+print(f"| bulk errors (all rounds) | {bh['errors']} | {bn['errors']} | | |")
 if pb:
-    print(f"| plaintext proxy bulk, Gbit/s (iperf3): before TLS / this build | {pb['gbit']:.2f} | {pa['gbit']:.2f} | {ratio(pa['gbit'], pb['gbit'])} (after/before) |")
+    print(f"| plaintext proxy bulk, Gbit/s (iperf3): before TLS / this build | {pb['gbit']:.2f} | {pa['gbit']:.2f} | {ratio(pa['gbit'], pb['gbit'])} (after/before) | {rr(pa, 'gbit')} |")
 else:
-    print("| plaintext proxy bulk before/after TLS | - | - | skipped: NETD_BEFORE not set |")
+    print("| plaintext proxy bulk before/after TLS | - | - | skipped: NETD_BEFORE not set | |")
 if wn:
-    print(f"| HTTPS requests/s, keep-alive (nginx / netd http) | {wn['rps']:.0f} | {wd['rps']:.0f} | {ratio(wd['rps'], wn['rps'])} |")
-    print(f"| HTTPS latency p99, ms | {wn['p99_ms']:.2f} | {wd['p99_ms']:.2f} | {ratio(wd['p99_ms'], wn['p99_ms'])} |")
-    print(f"| HTTPS errors (socket, non-2xx; all rounds) | {wn['errors']} | {wd['errors']} | |")
+    print(f"| HTTPS requests/s, keep-alive (nginx / netd http) | {wn['rps']:.0f} | {wd['rps']:.0f} | {ratio(wd['rps'], wn['rps'])} | {rr(wd, 'rps')} |")
+    print(f"| HTTPS latency p99, ms | {wn['p99_ms']:.2f} | {wd['p99_ms']:.2f} | {ratio(wd['p99_ms'], wn['p99_ms'])} | |")
+    print(f"| HTTPS errors (socket, non-2xx; all rounds) | {wn['errors']} | {wd['errors']} | | |")
 else:
-    print(f"| HTTPS requests/s | - | - | {https_note} |")
-print(f"| RSS per idle TLS connection, bytes ({idle} open) | {mh} | {mn} | {ratio(mn, mh)} |")
+    print(f"| HTTPS requests/s | - | - | {https_note} | |")
+print(f"| RSS per idle TLS connection, bytes ({idle} open) | {mh} | {mn} | {ratio(mn, mh)} | {mr} |")
 PY

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! tls_load handshake --addr A [--concurrency 32] [--duration 5]
-//! tls_load bulk      --addr A [--concurrency 4] [--duration 5] [--bytes 1073741824]
+//! tls_load bulk      --addr A [--concurrency 4] [--duration 5] [--bytes 68719476736]
 //! tls_load idle      --addr A [--concurrency 1000] [--duration 120]
 //!   common: --ca FILE | --insecure, [--sni localhost] [--alpn h2,http/1.1]
 //! ```
@@ -100,7 +100,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
     let mode = args.get(1).cloned().unwrap_or_default();
     let (concurrency, duration, bytes) = match mode.as_str() {
         "handshake" => (32, 5, 0),
-        "bulk" => (4, 5, 1 << 30),
+        "bulk" => (4, 5, 1 << 36),
         "idle" => (1000, 120, 0),
         _ => bail!("no mode '{mode}'\n{USAGE}"),
     };
