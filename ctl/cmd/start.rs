@@ -71,6 +71,7 @@ pub(crate) fn kind_arg(k: &Key, flag: &'static str, help: String, update: bool) 
         | Unit::Expr
         | Unit::Interface
         | Unit::Path
+        | Unit::File
         | Unit::Faults => a.action(ArgAction::Set),
     }
 }
@@ -110,7 +111,7 @@ pub(crate) fn flag_value(
         },
         // A relative path is the caller's, not netd's (whose working
         // directory is /): made absolute here, where it was typed.
-        Unit::Path => match m.get_one::<String>(id) {
+        Unit::File => match m.get_one::<String>(id) {
             Some(s) if !s.is_empty() && !s.starts_with('/') => {
                 let abs =
                     std::path::absolute(s).map_err(|e| anyhow::anyhow!("--{flag} {s}: {e}"))?;
@@ -119,7 +120,13 @@ pub(crate) fn flag_value(
             Some(s) => Some(toml::Value::String(s.clone())),
             None => None,
         },
-        Unit::Text | Unit::Duration | Unit::Rate | Unit::Expr | Unit::Interface | Unit::Faults => m
+        Unit::Text
+        | Unit::Duration
+        | Unit::Rate
+        | Unit::Expr
+        | Unit::Interface
+        | Unit::Path
+        | Unit::Faults => m
             .get_one::<String>(id)
             .map(|s| toml::Value::String(s.clone())),
     };

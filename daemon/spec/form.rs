@@ -38,8 +38,12 @@ pub enum Unit {
     Expr,
     /// An interface name.
     Interface,
-    /// A file path.
+    /// A file path as netd reads it (a pcap name in `capture_dir`; a
+    /// token file netctl itself reads).
     Path,
+    /// A file on netd's host named by the caller (TLS material): netctl
+    /// makes a relative one absolute where it was typed.
+    File,
     /// A boolean given as `true`/`false`.
     Bool,
     /// A boolean flag: alone it means true (`--allow-privileged-sources`);
@@ -64,6 +68,7 @@ impl Unit {
             Unit::Expr => "EXPR",
             Unit::Interface => "IF",
             Unit::Path => "PATH",
+            Unit::File => "FILE",
             Unit::Bool | Unit::Switch => "BOOL",
             Unit::Faults => "FAULTS",
         }

@@ -14,19 +14,19 @@ use crate::proto;
 pub const TLS_CERT: Key = Key::new(
     "tls_cert",
     "tls-cert",
-    Unit::Path,
+    Unit::File,
     "Serve TLS with this PEM certificate chain (with --tls-key); reloaded when it changes.",
 );
 pub const TLS_KEY: Key = Key::new(
     "tls_key",
     "tls-key",
-    Unit::Path,
+    Unit::File,
     "The PEM private key of --tls-cert (owned by netd's user or root, mode o-rwx).",
 );
 pub const TLS_CLIENT_CA: Key = Key::new(
     "tls_client_ca",
     "tls-client-ca",
-    Unit::Path,
+    Unit::File,
     "Verify client certificates against these PEM CA certificates (mTLS).",
 );
 pub const TLS_CLIENT_AUTH: Key = Key::new(
@@ -73,19 +73,19 @@ pub const UPSTREAM_SNI: Key = Key::new(
 pub const UPSTREAM_CA: Key = Key::new(
     "upstream_ca",
     "upstream-ca",
-    Unit::Path,
+    Unit::File,
     "Verify the upstream against these PEM CA certificates (default: system roots).",
 );
 pub const UPSTREAM_CERT: Key = Key::new(
     "upstream_cert",
     "upstream-cert",
-    Unit::Path,
+    Unit::File,
     "Client certificate chain (PEM) shown to the upstream (mTLS; with --upstream-key).",
 );
 pub const UPSTREAM_KEY: Key = Key::new(
     "upstream_key",
     "upstream-key",
-    Unit::Path,
+    Unit::File,
     "The PEM private key of --upstream-cert.",
 );
 pub const UPSTREAM_INSECURE: Key = Key::new(

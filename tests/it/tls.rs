@@ -208,7 +208,7 @@ async fn a_client_that_never_finishes_its_handshake_is_closed_at_the_deadline() 
     assert_eq!(st.failed_timeout, 1, "{st:?}");
 }
 
-/// Paths on netctl's command line are the caller's: a relative one is
+/// Certificate paths on netctl's command line are the caller's: a relative one is
 /// made absolute where it was typed (netd's own working directory is
 /// not the caller's, and netd refuses relative paths).
 #[test]

@@ -460,20 +460,10 @@ impl ServedTls {
     }
 
     /// Register for [`super::reload_all`] and poll the files for a change
-    /// until `stop`; `name` is the listener's, for logs.
+    /// until `stop`; `name` is the listener's, for logs. A change on disk
+    /// that is refused is logged and, given `events`, published as the
+    /// listener's RELOAD_FAILED (once per change).
     pub fn watch(
-        self: &Arc<Self>,
-        name: Arc<str>,
-        stop: tokio_util::sync::CancellationToken,
-        tracker: &tokio_util::task::TaskTracker,
-    ) {
-        self.watch_with_events(name, stop, tracker, None);
-    }
-
-    /// [`ServedTls::watch`], also publishing a change on disk that is
-    /// refused (RELOAD_FAILED of the listener, once per change, as logged)
-    /// on `events` with the listener's kind.
-    pub fn watch_with_events(
         self: &Arc<Self>,
         name: Arc<str>,
         stop: tokio_util::sync::CancellationToken,

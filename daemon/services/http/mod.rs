@@ -347,7 +347,12 @@ impl Http {
         ctx: ServiceCtx,
     ) -> anyhow::Result<()> {
         if let Some(tls) = &self.tls {
-            tls.watch(ctx.name.clone(), ctx.stop_accepting.clone(), &ctx.tracker);
+            tls.watch(
+                ctx.name.clone(),
+                ctx.stop_accepting.clone(),
+                &ctx.tracker,
+                Some((ctx.events.clone(), proto::ListenerKind::Http)),
+            );
         }
         // Forget clients of the rate limiter that have been quiet, so its
         // table stays bounded by the clients of the last minute.

@@ -106,7 +106,7 @@ impl Http {
                 let client_cert = conn
                     .peer_certificates()
                     .and_then(|c| c.first())
-                    .filter(|_| self.access_log)
+                    .filter(|_| self.access_log && crate::telemetry::access_log::enabled())
                     .map(|c| Arc::from(subject_of(c.as_ref())));
                 self.serve_io(stream, h2, peer, client_cert, ctx).await;
             }

@@ -115,7 +115,12 @@ impl ProxyTls {
     /// loudly that upstream certificates go unchecked.
     pub(super) fn start(&self, ctx: &ServiceCtx) {
         if let Some(s) = &self.served {
-            s.watch(ctx.name.clone(), ctx.stop_accepting.clone(), &ctx.tracker);
+            s.watch(
+                ctx.name.clone(),
+                ctx.stop_accepting.clone(),
+                &ctx.tracker,
+                Some((ctx.events.clone(), proto::ListenerKind::Proxy)),
+            );
         }
         if self.upstream.as_ref().is_some_and(|u| u.insecure) {
             tracing::warn!(

@@ -127,7 +127,7 @@ impl TcpEcho {
     async fn run_on(&self, listener: TcpListener, ctx: ServiceCtx) -> anyhow::Result<()> {
         if let Some(tls) = &self.tls {
             let events = Some((ctx.events.clone(), Self::KIND));
-            tls.watch_with_events(
+            tls.watch(
                 ctx.name.clone(),
                 ctx.stop_accepting.clone(),
                 &ctx.tracker,
