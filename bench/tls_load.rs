@@ -350,6 +350,14 @@ async fn writer<W: AsyncWrite + Unpin>(
         left -= n as u64;
         sent.fetch_add(n as u64, Ordering::Relaxed);
     }
+    // TLS: write_all may leave the last records queued in rustls when the
+    // socket was full; they go out on a flush, not on their own.
+    if result.is_ok() {
+        result = match tokio::time::timeout_at((deadline + DRAIN).into(), w.flush()).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        };
+    }
     done.store(true, Ordering::Release);
     result
 }
