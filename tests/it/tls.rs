@@ -234,3 +234,37 @@ fn relative_certificate_paths_are_the_callers() {
     let want = dir.path().join("srv-key.pem");
     assert_eq!(j["spec"]["tls"]["key"], want.to_str().unwrap(), "{j}");
 }
+
+/// The TLS echo's buffer starts small and grows at the first full read:
+/// a large message comes back whole, in order, after small ones.
+#[tokio::test]
+async fn the_tls_echo_returns_large_messages_whole() {
+    let netd = Netd::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "t");
+    let addr = start_tls_echo(&netd, &pki, "big", &["--prefix", ">"]);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tls_connector(&pki.ca_path("t"), &[], None);
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (mut r, mut w) = tokio::io::split(tls);
+    let msg: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let sent = msg.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(b"hi").await.unwrap();
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), r.read_to_end(&mut back))
+        .await
+        .expect("the echo within 30 s")
+        .unwrap();
+    writer.await.unwrap();
+    // Each chunk read comes back behind the prefix: strip them.
+    let payload: Vec<u8> = back.iter().copied().filter(|&b| b != b'>').collect();
+    let mut want = b"hi".to_vec();
+    want.extend(msg.iter().copied().filter(|&b| b != b'>'));
+    assert_eq!(payload.len(), want.len());
+    assert!(payload == want, "the echo differs from what was sent");
+}

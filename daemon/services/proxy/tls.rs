@@ -53,10 +53,10 @@ use crate::telemetry::stats::Stats;
 /// connection lives (next to rustls' own record buffers): it starts at
 /// [`TLS_COPY_BUF_START`] and grows to this size the first time a read
 /// fills it, so a connection that only ever exchanges small messages
-/// (most idle ones) holds 2 × 4 KiB rather than 2 × 16 KiB, and a bulk
-/// one moves full TLS records.
+/// (most idle ones) holds 2 × 2 KiB rather than 2 × 16 KiB, and a bulk
+/// one moves full TLS records (bench/tls_bench.sh, idle memory and bulk).
 const TLS_COPY_BUF: usize = 16 * 1024;
-const TLS_COPY_BUF_START: usize = 4 * 1024;
+const TLS_COPY_BUF_START: usize = 2 * 1024;
 
 /// A proxy generation's TLS, both sides.
 #[derive(Debug, Default)]

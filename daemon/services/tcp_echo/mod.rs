@@ -290,8 +290,11 @@ impl ListenerKind for TcpEcho {
     }
 }
 
-/// Bytes read at once from a TLS client (rustls holds the record buffers).
+/// Bytes read at once from a TLS client (rustls holds the record
+/// buffers): the buffer starts at [`TLS_BUF_START`] and grows to this the
+/// first time a read fills it, as the proxy's TLS copy buffers do.
 const TLS_BUF_SIZE: usize = 16 * 1024;
+const TLS_BUF_START: usize = 2 * 1024;
 
 struct Conn {
     prefix: Arc<[u8]>,
@@ -379,7 +382,7 @@ impl Conn {
         use tokio::io::AsyncReadExt as _;
         let p = self.prefix.len();
         let mut closed = CancelWatch::new(&self.close);
-        let mut buf = vec![0u8; p + TLS_BUF_SIZE];
+        let mut buf = vec![0u8; p + TLS_BUF_START];
         buf[..p].copy_from_slice(&self.prefix);
         loop {
             let n = tokio::select! {
@@ -404,6 +407,9 @@ impl Conn {
                 },
             }
             Stats::add(&self.stats.bytes_out, (p + n) as u64);
+            if p + n == buf.len() && buf.len() < p + TLS_BUF_SIZE {
+                buf.resize(p + TLS_BUF_SIZE, 0);
+            }
         }
     }
 }
