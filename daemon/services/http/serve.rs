@@ -15,8 +15,8 @@ use tokio::net::TcpStream;
 
 use super::conn::{Activity, Lingering, Socket, StreamExec};
 use super::{H2_CLOSE_GRACE, H2_PREFACE, Http};
-use crate::net::tls::Reason;
 use crate::net::tls::server::subject_of;
+use crate::net::tls::{Reason, ServedTls};
 use crate::services::ServiceCtx;
 
 /// The first byte a client sends, once it arrives; None: closed or failed
@@ -69,6 +69,20 @@ impl Http {
             };
             return self.serve_io(stream, h2, peer, None, ctx).await;
         };
+        // Boxed: the TLS state (rustls' connection, the TLS variant of the
+        // HTTP connection) would otherwise size every plaintext
+        // connection's future too.
+        Box::pin(self.serve_tls(tls, stream, peer, ctx)).await;
+    }
+
+    /// One HTTPS connection: the first byte, the handshake, then HTTP.
+    async fn serve_tls(
+        self: Arc<Self>,
+        tls: Arc<ServedTls>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        ctx: ServiceCtx,
+    ) {
         // A plaintext request to the HTTPS port gets a 400 that says so
         // (as nginx and Go do) instead of TLS alert bytes; it is counted as
         // a failed handshake. A client that sends nothing gets the handshake
