@@ -213,9 +213,10 @@ fn roots(ca_file: &str) -> Result<rustls::RootCertStore, SpecError> {
 }
 
 /// `upstream_insecure`: any certificate is accepted; the handshake's
-/// signatures are still checked with it.
+/// signatures are still checked with it (also `bench/tls_load.rs
+/// --insecure`).
 #[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+pub struct NoVerify(pub Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for NoVerify {
     fn verify_server_cert(

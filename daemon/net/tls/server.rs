@@ -148,11 +148,7 @@ struct Loaded {
 /// The TLS of one listener generation.
 #[derive(Debug)]
 pub struct ServedTls {
-    cert: PathBuf,
-    key: PathBuf,
-    client_ca: Option<PathBuf>,
-    client_auth: ClientAuth,
-    alpn: Vec<Vec<u8>>,
+    source: Source,
     timeout: Duration,
     current: RwLock<Arc<Loaded>>,
     counters: Arc<TlsCounters>,
@@ -244,25 +240,22 @@ impl ServedTls {
                 })?
             }
         };
-        let mut tls = ServedTls {
+        let source = Source {
             cert,
             key,
             client_ca,
             client_auth,
             alpn,
-            timeout,
-            current: RwLock::new(Arc::new(Loaded {
-                config: Arc::new(placeholder_config()),
-                stamp: Stamp::default(),
-                subject: String::new(),
-                not_after: 0,
-            })),
-            counters: Arc::default(),
         };
-        let loaded = tls.load().map_err(SpecError::new)?;
-        tls.counters.not_after.store(loaded.not_after, Relaxed);
-        tls.current = RwLock::new(Arc::new(loaded));
-        Ok(Some(tls))
+        let loaded = source.load().map_err(SpecError::new)?;
+        let counters = Arc::<TlsCounters>::default();
+        counters.not_after.store(loaded.not_after, Relaxed);
+        Ok(Some(ServedTls {
+            source,
+            timeout,
+            current: RwLock::new(Arc::new(loaded)),
+            counters,
+        }))
     }
 
     /// The spec as in effect (defaults filled in).
@@ -284,8 +277,8 @@ impl ServedTls {
         let not_after = self.counters.not_after.load(Relaxed);
         self.counters = prev.counters.clone();
         self.counters.not_after.store(not_after, Relaxed);
-        let same_files =
-            self.paths() == prev.paths() && self.current.read().stamp == prev.current.read().stamp;
+        let same_files = self.source.paths() == prev.source.paths()
+            && self.current.read().stamp == prev.current.read().stamp;
         if !same_files {
             self.counters.reloads.fetch_add(1, Relaxed);
             self.counters.last_reload_error.lock().clear();
@@ -374,52 +367,15 @@ impl ServedTls {
         }
     }
 
-    fn paths(&self) -> Vec<&std::path::Path> {
-        let mut p = vec![self.cert.as_path(), self.key.as_path()];
-        if let Some(ca) = &self.client_ca {
-            p.push(ca);
-        }
-        p
-    }
-
-    /// Read the files and build a config (blocking).
-    fn load(&self) -> Result<Loaded, String> {
-        let stamp = Stamp::of(&self.paths());
-        let cert_pem = files::read_public(&self.cert)
-            .map_err(|e| format!("tls_cert: cannot read {}: {e}", self.cert.display()))?;
-        let key_pem = files::read_key(&self.key)
-            .map_err(|e| format!("tls_key: cannot read {}: {e}", self.key.display()))?;
-        let ca_pem = match &self.client_ca {
-            None => None,
-            Some(p) => Some(
-                files::read_public(p)
-                    .map_err(|e| format!("tls_client_ca: cannot read {}: {e}", p.display()))?,
-            ),
-        };
-        let (config, subject, not_after) = build_config(
-            &cert_pem,
-            &key_pem,
-            ca_pem.as_deref(),
-            self.client_auth,
-            &self.alpn,
-        )?;
-        Ok(Loaded {
-            config: Arc::new(config),
-            stamp,
-            subject,
-            not_after,
-        })
-    }
-
     /// Read the files again if they changed since the last load (or always,
     /// with `force`) and swap the config; blocking. Ok(true): a new
     /// certificate serves; Ok(false): nothing changed; Err: refused, the
     /// old one serves on.
     pub fn reload(&self, force: bool) -> Result<bool, String> {
-        if !force && Stamp::of(&self.paths()) == self.current.read().stamp {
+        if !force && Stamp::of(&self.source.paths()) == self.current.read().stamp {
             return Ok(false);
         }
-        match self.load() {
+        match self.source.load() {
             Ok(loaded) => {
                 self.counters.not_after.store(loaded.not_after, Relaxed);
                 *self.current.write() = Arc::new(loaded);
@@ -429,7 +385,7 @@ impl ServedTls {
             }
             Err(e) => {
                 // Do not retry the same bad files every poll: remember them.
-                let stamp = Stamp::of(&self.paths());
+                let stamp = Stamp::of(&self.source.paths());
                 let mut cur = self.current.write();
                 if cur.stamp != stamp {
                     *cur = Arc::new(Loaded {
@@ -504,13 +460,54 @@ impl ServedTls {
     }
 }
 
-/// A config that is never used (replaced before the value is returned).
-fn placeholder_config() -> ServerConfig {
-    ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(rustls::server::ResolvesServerCertUsingSni::new()))
+/// Where a served certificate comes from and how it is offered: what a
+/// reload reads again.
+#[derive(Debug)]
+struct Source {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    client_auth: ClientAuth,
+    alpn: Vec<Vec<u8>>,
+}
+
+impl Source {
+    fn paths(&self) -> Vec<&std::path::Path> {
+        let mut p = vec![self.cert.as_path(), self.key.as_path()];
+        if let Some(ca) = &self.client_ca {
+            p.push(ca);
+        }
+        p
+    }
+
+    /// Read the files and build a config (blocking).
+    fn load(&self) -> Result<Loaded, String> {
+        let stamp = Stamp::of(&self.paths());
+        let cert_pem = files::read_public(&self.cert)
+            .map_err(|e| format!("tls_cert: cannot read {}: {e}", self.cert.display()))?;
+        let key_pem = files::read_key(&self.key)
+            .map_err(|e| format!("tls_key: cannot read {}: {e}", self.key.display()))?;
+        let ca_pem = match &self.client_ca {
+            None => None,
+            Some(p) => Some(
+                files::read_public(p)
+                    .map_err(|e| format!("tls_client_ca: cannot read {}: {e}", p.display()))?,
+            ),
+        };
+        let (config, subject, not_after) = build_config(
+            &cert_pem,
+            &key_pem,
+            ca_pem.as_deref(),
+            self.client_auth,
+            &self.alpn,
+        )?;
+        Ok(Loaded {
+            config: Arc::new(config),
+            stamp,
+            subject,
+            not_after,
+        })
+    }
 }
 
 /// A server config from PEM material, with the leaf's subject and notAfter.

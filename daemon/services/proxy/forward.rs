@@ -154,9 +154,32 @@ pub(super) async fn forward(
         faults,
         Dir::Downstream,
     );
+    // Polled by hand rather than with select!/try_join!, whose nested
+    // async blocks would store each copy future more than once and
+    // roughly triple the size of every connection's task.
+    let c2u = std::pin::pin!(c2u);
+    let u2c = std::pin::pin!(u2c);
+    until_end(c2u, u2c, &activity, idle_timeout, ctx).await
+}
+
+/// Drive both directions of a connection (`c2u` client to upstream, `u2c`
+/// back) until both are done, one side fails, the connection idles out
+/// (no byte either way for `idle_timeout`), or netd closes it; says which.
+/// Shared by the spliced forward and the TLS plaintext one.
+pub(super) async fn until_end<A, B>(
+    mut c2u: std::pin::Pin<&mut A>,
+    mut u2c: std::pin::Pin<&mut B>,
+    activity: &Activity,
+    idle_timeout: Duration,
+    ctx: &ServiceCtx,
+) -> End
+where
+    A: std::future::Future<Output = Result<(), Side>>,
+    B: std::future::Future<Output = Result<(), Side>>,
+{
     // One timer, re-armed while traffic moves; boxed because tokio's
     // Sleep is large and would otherwise be padded into every task.
-    let idle = async {
+    let mut idle = Box::pin(async {
         let sleep = tokio::time::sleep_until(activity.last() + idle_timeout);
         tokio::pin!(sleep);
         loop {
@@ -165,14 +188,7 @@ pub(super) async fn forward(
                 return;
             }
         }
-    };
-    let idle = Box::pin(idle);
-    // Polled by hand rather than with select!/try_join!, whose nested
-    // async blocks would store each copy future more than once and
-    // roughly triple the size of every connection's task.
-    let mut c2u = std::pin::pin!(c2u);
-    let mut u2c = std::pin::pin!(u2c);
-    let mut idle = idle;
+    });
     let mut closed = CancelWatch::new(&ctx.close_connections);
     let (mut c2u_done, mut u2c_done) = (false, false);
     std::future::poll_fn(|cx| {

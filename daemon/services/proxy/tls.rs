@@ -35,13 +35,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::forward::{Activity, End, Side, pass_on_eof};
+use super::forward::{Activity, End, Side, pass_on_eof, until_end};
 use super::toxic::{self, ConnFaults};
 use super::{Connected, Proxy, ServiceCtx, Upstream};
 use crate::fault::{Dir, Watch};
-use crate::net::cancel::CancelWatch;
 use crate::net::drain::Drain;
-use crate::net::idle::idle_expired;
 use crate::net::sockopt::abort;
 use crate::net::tls::server::Negotiated;
 use crate::net::tls::{Reason, ServedTls, TlsCounters, UpstreamTls};
@@ -575,53 +573,9 @@ where
         faults,
         Dir::Downstream,
     );
-    let idle = Box::pin(async {
-        let sleep = tokio::time::sleep_until(activity.last() + idle_timeout);
-        tokio::pin!(sleep);
-        loop {
-            (&mut sleep).await;
-            if idle_expired(sleep.as_mut(), activity.last(), idle_timeout) {
-                return;
-            }
-        }
-    });
-    let mut c2u = std::pin::pin!(c2u);
-    let mut u2c = std::pin::pin!(u2c);
-    let mut idle = idle;
-    let mut closed = CancelWatch::new(&ctx.close_connections);
-    let (mut c2u_done, mut u2c_done) = (false, false);
-    std::future::poll_fn(|cx| {
-        use std::future::Future as _;
-        if !c2u_done {
-            match c2u.as_mut().poll(cx) {
-                Poll::Ready(Ok(())) => c2u_done = true,
-                Poll::Ready(Err(Side::Reader)) => return Poll::Ready(End::ClientReset),
-                Poll::Ready(Err(Side::Writer)) => return Poll::Ready(End::UpstreamReset),
-                Poll::Ready(Err(s)) => return Poll::Ready(s.fault_end()),
-                Poll::Pending => {}
-            }
-        }
-        if !u2c_done {
-            match u2c.as_mut().poll(cx) {
-                Poll::Ready(Ok(())) => u2c_done = true,
-                Poll::Ready(Err(Side::Reader)) => return Poll::Ready(End::UpstreamReset),
-                Poll::Ready(Err(Side::Writer)) => return Poll::Ready(End::ClientReset),
-                Poll::Ready(Err(s)) => return Poll::Ready(s.fault_end()),
-                Poll::Pending => {}
-            }
-        }
-        if c2u_done && u2c_done {
-            return Poll::Ready(End::Done);
-        }
-        if idle.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(End::IdleTimeout);
-        }
-        if closed.poll_cancelled(cx).is_ready() {
-            return Poll::Ready(End::ClosedByNetd);
-        }
-        Poll::Pending
-    })
-    .await
+    let c2u = std::pin::pin!(c2u);
+    let u2c = std::pin::pin!(u2c);
+    until_end(c2u, u2c, &activity, idle_timeout, ctx).await
 }
 
 /// Copy one direction's plaintext until EOF (passed on as a half-close:
