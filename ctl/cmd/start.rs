@@ -63,7 +63,7 @@ pub(crate) fn kind_arg(k: &Key, flag: &'static str, help: String, update: bool) 
             .default_missing_value("true")
             .action(ArgAction::Set),
         Unit::Switch => a.action(ArgAction::SetTrue),
-        Unit::Addrs => a.action(ArgAction::Append),
+        Unit::Addrs | Unit::Texts => a.action(ArgAction::Append),
         Unit::Addr if update => a.action(ArgAction::Append),
         Unit::Text
         | Unit::Addr
@@ -99,7 +99,7 @@ pub(crate) fn flag_value(
             None => None,
         },
         Unit::Bool | Unit::Switch => m.get_one::<bool>(id).map(|b| toml::Value::Boolean(*b)),
-        Unit::Addrs => m
+        Unit::Addrs | Unit::Texts => m
             .get_many::<String>(id)
             .map(|v| toml::Value::Array(v.map(|s| toml::Value::String(s.clone())).collect())),
         Unit::Addr => match m.get_many::<String>(id).map(|v| v.collect::<Vec<_>>()) {

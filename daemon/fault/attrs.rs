@@ -214,6 +214,7 @@ pub fn from_table(t: &Table) -> Result<proto::Fault, String> {
             .map(|v| u32_value("every_nth", v))
             .transpose()?
             .unwrap_or(0),
+        ..Default::default()
     };
     let mut kind = types::default_kind(&ty).ok_or_else(|| format!("unknown fault type '{ty}'"))?;
     for key in def.keys {

@@ -361,6 +361,7 @@ impl Active {
             datagrams_corrupted: c.datagrams_corrupted.load(Relaxed),
             datagrams_delayed: c.datagrams_delayed.load(Relaxed),
             active: self.in_window(now),
+            requests_affected: 0,
         }
     }
 }

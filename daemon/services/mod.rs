@@ -19,6 +19,8 @@
 pub mod client_key;
 pub mod fd_cost;
 pub mod http;
+pub mod http_proxy;
+pub mod http_server;
 pub mod kind;
 pub mod proxy;
 pub mod show;
@@ -58,6 +60,7 @@ macro_rules! kinds {
             Http => http::Http,
             Sniffer => sniffer::Sniffer,
             UdpProxy => udp_proxy::UdpProxy,
+            HttpProxy => http_proxy::HttpProxy,
         }
     };
 }
@@ -748,6 +751,11 @@ mod tests {
             proto::ListenerKind::UdpProxy => Kind::UdpProxy(proto::UdpProxySpec {
                 listen,
                 upstream: "127.0.0.1:9".into(),
+                ..Default::default()
+            }),
+            proto::ListenerKind::HttpProxy => Kind::HttpProxy(proto::HttpProxySpec {
+                listen,
+                upstreams: vec!["127.0.0.1:9".into()],
                 ..Default::default()
             }),
         };

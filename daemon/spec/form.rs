@@ -22,6 +22,8 @@ pub enum Unit {
     Addr,
     /// A list of `host:port` addresses (the flag is repeated).
     Addrs,
+    /// A list of texts (the flag is repeated).
+    Texts,
     /// A non-negative count (u32).
     Count,
     /// A size in bytes (u64).
@@ -58,7 +60,7 @@ impl Unit {
     /// The value name netctl shows (`--max-connections N`).
     pub fn value_name(self) -> &'static str {
         match self {
-            Unit::Text => "TEXT",
+            Unit::Text | Unit::Texts => "TEXT",
             Unit::Addr | Unit::Addrs => "ADDR",
             Unit::Count => "N",
             Unit::Bytes | Unit::Bytes32 => "BYTES",

@@ -270,6 +270,12 @@ fault_types! {
     Reorder => reorder,
     Corrupt => corrupt,
     Down => down,
+    Abort => abort,
+    Delay => delay,
+    SlowBody => slow_body,
+    Reset => reset,
+    Header => header,
+    ReplaceBody => replace_body,
 }
 
 /// The type named `name`.

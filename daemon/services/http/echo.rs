@@ -40,7 +40,7 @@ pub(super) fn json_echo(body: &[u8]) -> (StatusCode, Value) {
 /// The size of a request's header section as HTTP/2 counts it (RFC 9113
 /// 6.5.2: name + value + 32 per field), with the request line's method and
 /// target counted as the pseudo-headers they would be.
-pub(super) fn header_size<B>(req: &Request<B>) -> usize {
+pub(crate) fn header_size<B>(req: &Request<B>) -> usize {
     let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     let fields: usize = req
         .headers()
@@ -76,7 +76,7 @@ pub(super) fn json_response(status: StatusCode, body: &Value) -> Response<Full<B
     r
 }
 
-pub(super) fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json_response(status, &json!({"status": "error", "message": message}))
 }
 

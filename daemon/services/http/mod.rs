@@ -42,10 +42,8 @@
 //!   after the response and discards what the client still sends, until it
 //!   closes, goes quiet for a second, or five seconds pass.
 
-mod conn;
 mod echo;
 pub mod metrics;
-mod serve;
 mod show;
 
 use std::net::{IpAddr, SocketAddr};
@@ -72,11 +70,13 @@ use super::{
 use crate::net::accept::accept_loop;
 use crate::net::tls::ServedTls;
 use crate::proto;
+use crate::services::http_server::Server as HttpServer;
 use crate::spec::FieldError;
 use crate::spec::form::{self, Key, Unit};
 use crate::telemetry::stats::{Histogram, Stats};
 pub use echo::query_params;
-use echo::{error, header_size, json_echo, json_response, request_echo};
+pub(crate) use echo::{error, header_size};
+use echo::{json_echo, json_response, request_echo};
 
 pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
 pub const MAX_MAX_BODY: u64 = 1 << 30;
@@ -95,9 +95,6 @@ pub const REQUEST_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
 /// Bounds of the HTTP/2 idle_timeout.
 pub const IDLE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(1)..=Duration::from_secs(24 * 3600);
-/// How long an idle HTTP/2 connection gets to finish its GOAWAY exchange
-/// before it is dropped.
-const H2_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// What netd shows in place of a configured token.
 pub const REDACTED: &str = "<redacted>";
 
@@ -157,7 +154,6 @@ fn read_token(t: &toml::Table, opts: &form::ReadOptions) -> Result<String, Field
         }
     }
 }
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// What HTTPS offers by ALPN unless `tls_alpn` says otherwise.
 pub const TLS_DEFAULT_ALPN: &[&str] = &["h2", "http/1.1"];
 
@@ -168,7 +164,8 @@ struct HttpCounters {
     unauthorized: AtomicU64,
     rate_limited: AtomicU64,
     body_budget_refused: AtomicU64,
-    idle_closed: AtomicU64,
+    /// Shared with [`HttpServer`], which counts into it.
+    idle_closed: Arc<AtomicU64>,
     latency: Histogram,
 }
 
@@ -176,10 +173,7 @@ struct HttpCounters {
 pub struct Http {
     pub listen: SocketAddr,
     max_body: u64,
-    header_timeout: Duration,
     request_timeout: Duration,
-    idle_timeout: Duration,
-    max_streams: u32,
     max_header_bytes: u32,
     /// Bytes of request body that may be buffered at once, across all
     /// connections (one permit per byte).
@@ -194,11 +188,38 @@ pub struct Http {
     counters: Arc<HttpCounters>,
     /// Write an access-log line per request (`access_log`, default true).
     access_log: bool,
-    /// Served TLS (`tls_cert`...): HTTPS instead of plaintext.
-    tls: Option<Arc<ServedTls>>,
-    /// Its handshake deadline, also the time a client has to send its
-    /// first byte.
-    tls_handshake_timeout: Duration,
+    /// How connections are served: timeouts, HTTP/2 limits, HTTPS
+    /// (`tls_cert`...). Rebuilt by `carry_over` around the listener's
+    /// counters.
+    server: Arc<HttpServer>,
+}
+
+/// What serves a connection's requests: the listener and its context.
+#[derive(Clone)]
+struct Handler {
+    http: Arc<Http>,
+    name: Arc<str>,
+    stats: Arc<Stats>,
+}
+
+impl crate::services::http_server::Handler for Handler {
+    type Body = Full<Bytes>;
+
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: &crate::services::http_server::Peer,
+    ) -> Response<Full<Bytes>> {
+        self.http
+            .handle(
+                req,
+                peer.addr,
+                peer.client_cert.as_deref(),
+                &self.name,
+                &self.stats,
+            )
+            .await
+    }
 }
 
 /// Parse "100/s", "600/m", "3600/h" into a quota (the burst is one
@@ -218,6 +239,14 @@ pub fn parse_rate(s: &str) -> Result<Quota, SpecError> {
         "h" | "hour" => Ok(Quota::per_hour(n)),
         _ => Err(bad()),
     }
+}
+
+/// A TLS listener's handshake deadline (in range: `ServedTls::from_spec`
+/// checks it), also the time a client has to send its first byte.
+pub(crate) fn tls_handshake_timeout(tls: Option<&proto::TlsServer>) -> Duration {
+    tls.and_then(|t| t.handshake_timeout)
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or(crate::net::tls::server::DEFAULT_HANDSHAKE_TIMEOUT)
 }
 
 impl Http {
@@ -277,19 +306,13 @@ impl Http {
             u64::from(DEFAULT_MAX_HEADER_BYTES),
             MAX_HEADER_BYTES_RANGE,
         )? as u32;
-        Ok(Http {
-            listen,
-            max_body,
+        let access_log = spec.access_log.unwrap_or(true);
+        let counters = Arc::new(HttpCounters::default());
+        let server = HttpServer {
             header_timeout: duration_in(
                 "header_read_timeout",
                 &spec.header_read_timeout,
                 DEFAULT_HEADER_TIMEOUT,
-                REQUEST_TIMEOUT_RANGE,
-            )?,
-            request_timeout: duration_in(
-                "request_timeout",
-                &spec.request_timeout,
-                DEFAULT_REQUEST_TIMEOUT,
                 REQUEST_TIMEOUT_RANGE,
             )?,
             idle_timeout: duration_in(
@@ -300,6 +323,22 @@ impl Http {
             )?,
             max_streams,
             max_header_bytes,
+            tls: ServedTls::from_spec(spec.tls.as_ref(), TLS_DEFAULT_ALPN)?.map(Arc::new),
+            tls_handshake_timeout: tls_handshake_timeout(spec.tls.as_ref()),
+            want_client_cert: access_log,
+            upgrades: false,
+            idle_closed: counters.idle_closed.clone(),
+        };
+        Ok(Http {
+            listen,
+            max_body,
+            request_timeout: duration_in(
+                "request_timeout",
+                &spec.request_timeout,
+                DEFAULT_REQUEST_TIMEOUT,
+                REQUEST_TIMEOUT_RANGE,
+            )?,
+            max_header_bytes,
             // Within usize on 64-bit targets (MAX_PERMITS is 2^61 - 1).
             body_budget: Semaphore::new((budget as usize).min(Semaphore::MAX_PERMITS)),
             token,
@@ -309,16 +348,9 @@ impl Http {
                 spec.rate_limit_ipv6_prefix,
             )?,
             limit: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
-            counters: Arc::default(),
-            access_log: spec.access_log.unwrap_or(true),
-            tls: ServedTls::from_spec(spec.tls.as_ref(), TLS_DEFAULT_ALPN)?.map(Arc::new),
-            // In range: from_spec above checked it.
-            tls_handshake_timeout: spec
-                .tls
-                .as_ref()
-                .and_then(|t| t.handshake_timeout)
-                .and_then(|d| Duration::try_from(d).ok())
-                .unwrap_or(crate::net::tls::server::DEFAULT_HANDSHAKE_TIMEOUT),
+            counters,
+            access_log,
+            server: Arc::new(server),
         })
     }
 
@@ -346,7 +378,7 @@ impl Http {
         listener: TcpListener,
         ctx: ServiceCtx,
     ) -> anyhow::Result<()> {
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = &self.server.tls {
             tls.watch(
                 ctx.name.clone(),
                 ctx.stop_accepting.clone(),
@@ -372,10 +404,16 @@ impl Http {
                 }
             });
         }
+        let handler = Handler {
+            http: self.clone(),
+            name: ctx.name.clone(),
+            stats: ctx.stats.clone(),
+        };
         accept_loop(&listener, ctx.accepting(), &self.limit, |stream, peer| {
-            let http = self.clone();
+            let server = self.server.clone();
+            let handler = handler.clone();
             let ctx = ctx.clone();
-            async move { http.serve_connection(stream, peer, ctx).await }
+            async move { server.serve(handler, stream, peer, ctx).await }
         })
         .await
     }
@@ -743,9 +781,12 @@ impl ListenerKind for Http {
     /// are the listener's.
     fn carry_over(&mut self, prev: &Self) {
         self.counters = prev.counters.clone();
-        if let (Some(new), Some(old)) = (&mut self.tls, &prev.tls) {
-            if let Some(new) = Arc::get_mut(new) {
-                new.carry_over(old);
+        if let Some(server) = Arc::get_mut(&mut self.server) {
+            server.idle_closed = prev.counters.idle_closed.clone();
+            if let (Some(new), Some(old)) = (&mut server.tls, &prev.server.tls) {
+                if let Some(new) = Arc::get_mut(new) {
+                    new.carry_over(old);
+                }
             }
         }
     }
@@ -801,7 +842,7 @@ impl ListenerKind for Http {
     }
 
     fn tls_stats(&self) -> Option<proto::TlsStats> {
-        self.tls.as_ref().map(|t| t.stats())
+        self.server.tls.as_ref().map(|t| t.stats())
     }
 
     fn descriptors(spec: &Self::Spec, _budget: &crate::net::fd_budget::Budget) -> u64 {

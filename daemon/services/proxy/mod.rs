@@ -45,7 +45,7 @@ mod forward;
 pub mod metrics;
 pub mod pool;
 pub mod resolve;
-mod show;
+pub(crate) mod show;
 mod tls;
 mod toxic;
 
@@ -100,39 +100,90 @@ pub struct ProxyCounters {
     pub resolves: AtomicU64,
 }
 
+/// One upstream of a proxy (also of the http-proxy): where it is, its
+/// health and counters.
 #[derive(Debug)]
-struct Upstream {
+pub(crate) struct Upstream {
     /// As the spec gave it (trimmed): what an update matches upstreams by.
-    given: Box<str>,
+    pub(crate) given: Box<str>,
     /// Where it is now; re-resolved when the spec gave a host name.
-    addr: Arc<UpstreamAddr>,
+    pub(crate) addr: Arc<UpstreamAddr>,
     /// The listener's: carried to the next generation while the upstream
     /// stays in the spec (see [`ListenerKind::carry_over`]).
-    state: Arc<UpstreamState>,
+    pub(crate) state: Arc<UpstreamState>,
     /// Built on first run (bb8 needs a runtime); kept across restarts.
     pool: OnceLock<TcpPool>,
 }
 
 /// An upstream's health and counters.
 #[derive(Debug)]
-struct UpstreamState {
+pub(crate) struct UpstreamState {
     /// Skip this upstream until `base` + this many ms (passive health); 0
     /// while it is in rotation. An atomic: read for every client.
     down_until_ms: AtomicU64,
     base: Instant,
-    connections: AtomicU64,
-    connect_failures: AtomicU64,
-    last_error: Mutex<String>,
+    pub(crate) connections: AtomicU64,
+    pub(crate) connect_failures: AtomicU64,
+    pub(crate) last_error: Mutex<String>,
 }
 
 impl Upstream {
-    fn healthy(&self, now: Instant) -> bool {
+    /// An upstream as a spec gives it (`host:port`), checked.
+    pub(crate) fn parse(u: &str) -> Result<Arc<Upstream>, SpecError> {
+        let addr = listen_field("upstream", u).map_err(|e| e.about("upstreams"))?;
+        if addr.port() == 0 {
+            return Err(SpecError::at(
+                "upstreams",
+                format!("upstream '{u}': port 0 cannot be connected to"),
+            ));
+        }
+        if addr.ip().is_unspecified() {
+            return Err(SpecError::at(
+                "upstreams",
+                format!(
+                    "upstream '{u}': {} is not an address to connect to",
+                    addr.ip()
+                ),
+            ));
+        }
+        let addr = if UpstreamAddr::is_name(u) {
+            UpstreamAddr::named(u.trim(), addr)
+        } else {
+            UpstreamAddr::literal(addr)
+        };
+        Ok(Arc::new(Upstream {
+            given: u.trim().into(),
+            addr: Arc::new(addr),
+            state: Arc::new(UpstreamState {
+                down_until_ms: AtomicU64::new(0),
+                base: Instant::now(),
+                connections: AtomicU64::new(0),
+                connect_failures: AtomicU64::new(0),
+                last_error: Mutex::new(String::new()),
+            }),
+            pool: OnceLock::new(),
+        }))
+    }
+
+    /// Its line in the stats.
+    pub(crate) fn status(&self, now: Instant, pool_idle: u32) -> proto::UpstreamStatus {
+        proto::UpstreamStatus {
+            addr: self.addr.to_string(),
+            healthy: self.healthy(now),
+            connections: self.state.connections.load(Relaxed),
+            connect_failures: self.state.connect_failures.load(Relaxed),
+            last_error: self.state.last_error.lock().clone(),
+            pool_idle,
+        }
+    }
+
+    pub(crate) fn healthy(&self, now: Instant) -> bool {
         let s = &self.state;
         let until = s.down_until_ms.load(Relaxed);
         until == 0 || s.base + Duration::from_millis(until) <= now
     }
 
-    fn mark_down(&self, backoff: Duration, error: String) {
+    pub(crate) fn mark_down(&self, backoff: Duration, error: String) {
         let s = &self.state;
         let until = (s.base.elapsed() + backoff).as_millis().max(1) as u64;
         s.down_until_ms.store(until, Relaxed);
@@ -140,7 +191,7 @@ impl Upstream {
         s.connect_failures.fetch_add(1, Relaxed);
     }
 
-    fn mark_up(&self) {
+    pub(crate) fn mark_up(&self) {
         if self.state.down_until_ms.load(Relaxed) != 0 {
             self.state.down_until_ms.store(0, Relaxed);
         }
@@ -186,42 +237,11 @@ impl Proxy {
         if spec.upstreams.len() > MAX_UPSTREAMS {
             return Err(SpecError::new(format!("at most {MAX_UPSTREAMS} upstreams")));
         }
-        let mut upstreams = Vec::with_capacity(spec.upstreams.len());
-        for u in &spec.upstreams {
-            let addr = listen_field("upstream", u).map_err(|e| e.about("upstreams"))?;
-            if addr.port() == 0 {
-                return Err(SpecError::at(
-                    "upstreams",
-                    format!("upstream '{u}': port 0 cannot be connected to"),
-                ));
-            }
-            if addr.ip().is_unspecified() {
-                return Err(SpecError::at(
-                    "upstreams",
-                    format!(
-                        "upstream '{u}': {} is not an address to connect to",
-                        addr.ip()
-                    ),
-                ));
-            }
-            let addr = if UpstreamAddr::is_name(u) {
-                UpstreamAddr::named(u.trim(), addr)
-            } else {
-                UpstreamAddr::literal(addr)
-            };
-            upstreams.push(Arc::new(Upstream {
-                given: u.trim().into(),
-                addr: Arc::new(addr),
-                state: Arc::new(UpstreamState {
-                    down_until_ms: AtomicU64::new(0),
-                    base: Instant::now(),
-                    connections: AtomicU64::new(0),
-                    connect_failures: AtomicU64::new(0),
-                    last_error: Mutex::new(String::new()),
-                }),
-                pool: OnceLock::new(),
-            }));
-        }
+        let upstreams = spec
+            .upstreams
+            .iter()
+            .map(|u| Upstream::parse(u))
+            .collect::<Result<Vec<_>, _>>()?;
         if listen.port() != 0 {
             check_not_self(listen, upstreams.iter().map(|u| u.addr.get()))
                 .map_err(|e| e.about("upstreams"))?;
@@ -284,17 +304,9 @@ impl Proxy {
             upstreams: self
                 .upstreams
                 .iter()
-                .map(|u| proto::UpstreamStatus {
-                    addr: u.addr.to_string(),
-                    healthy: u.healthy(now),
-                    connections: u.state.connections.load(Relaxed),
-                    connect_failures: u.state.connect_failures.load(Relaxed),
-                    last_error: u.state.last_error.lock().clone(),
-                    pool_idle: u
-                        .pool
-                        .get()
-                        .map(|p| p.state().idle_connections)
-                        .unwrap_or(0),
+                .map(|u| {
+                    let idle = u.pool.get().map_or(0, |p| p.state().idle_connections);
+                    u.status(now, idle)
                 })
                 .collect(),
         }
@@ -731,18 +743,7 @@ impl ListenerKind for Proxy {
     fn carry_over(&mut self, prev: &Self) {
         self.counters = prev.counters.clone();
         self.tls.carry_over(&prev.tls);
-        let mut taken = vec![false; prev.upstreams.len()];
-        for u in &mut self.upstreams {
-            let found = prev
-                .upstreams
-                .iter()
-                .enumerate()
-                .find(|(i, p)| !taken[*i] && p.given == u.given);
-            if let (Some((i, p)), Some(u)) = (found, Arc::get_mut(u)) {
-                taken[i] = true;
-                u.state = p.state.clone();
-            }
-        }
+        carry_states(&mut self.upstreams, &prev.upstreams);
     }
 
     fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
@@ -796,6 +797,22 @@ impl ListenerKind for Proxy {
 
     fn faults_mut(spec: &mut Self::Spec) -> Option<&mut Vec<proto::Fault>> {
         Some(&mut spec.faults)
+    }
+}
+
+/// Each upstream that stays in the spec (matched as written, once) keeps
+/// its health, counters and last error.
+pub(crate) fn carry_states(new: &mut [Arc<Upstream>], prev: &[Arc<Upstream>]) {
+    let mut taken = vec![false; prev.len()];
+    for u in new {
+        let found = prev
+            .iter()
+            .enumerate()
+            .find(|(i, p)| !taken[*i] && p.given == u.given);
+        if let (Some((i, p)), Some(u)) = (found, Arc::get_mut(u)) {
+            taken[i] = true;
+            u.state = p.state.clone();
+        }
     }
 }
 

@@ -150,7 +150,7 @@ impl Show for Proxy {
 }
 
 /// One upstream's health and counters.
-fn upstream_json(upstream: &proto::UpstreamStatus) -> Value {
+pub(crate) fn upstream_json(upstream: &proto::UpstreamStatus) -> Value {
     let proto::UpstreamStatus {
         addr,
         healthy,

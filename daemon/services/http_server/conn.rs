@@ -1,4 +1,4 @@
-//! Per-connection machinery of the HTTP service: HTTP/2 stream activity
+//! Per-connection machinery of the HTTP servers: HTTP/2 stream activity
 //! (for the idle timeout of a connection with no open stream), the
 //! executor that runs each HTTP/2 stream with panic containment, and the
 //! lingering close of HTTP/1 connections (plain TCP or TLS over TCP).
@@ -17,7 +17,7 @@ use crate::telemetry::stats::Stats;
 
 /// Open streams of one HTTP/2 connection and when the last one ended, for
 /// its idle timeout.
-pub(super) struct Activity {
+pub(crate) struct Activity {
     open: std::sync::atomic::AtomicUsize,
     /// Whether a stream (a request) was ever opened on the connection.
     used: std::sync::atomic::AtomicBool,
@@ -25,7 +25,7 @@ pub(super) struct Activity {
 }
 
 /// Keeps a stream counted as open until dropped (when its handler ends).
-pub(super) struct OpenStream(Arc<Activity>);
+pub(crate) struct OpenStream(Arc<Activity>);
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
@@ -35,7 +35,7 @@ impl Drop for OpenStream {
 }
 
 impl Activity {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Activity {
             open: 0.into(),
             used: false.into(),
@@ -43,13 +43,13 @@ impl Activity {
         }
     }
 
-    pub(super) fn open(self: &Arc<Self>) -> OpenStream {
+    pub(crate) fn open(self: &Arc<Self>) -> OpenStream {
         self.open.fetch_add(1, Relaxed);
         self.used.store(true, Relaxed);
         OpenStream(self.clone())
     }
 
-    pub(super) fn last(&self) -> tokio::time::Instant {
+    pub(crate) fn last(&self) -> tokio::time::Instant {
         *self.last.lock()
     }
 
@@ -59,7 +59,7 @@ impl Activity {
     /// than an HTTP/1 one that sent no request line). The timer is
     /// re-armed only when it fires, so streams starting and ending cost no
     /// timer work.
-    pub(super) async fn idle(&self, limit: Duration, first: Duration) {
+    pub(crate) async fn idle(&self, limit: Duration, first: Duration) {
         let limit_now = || {
             if self.used.load(Relaxed) {
                 limit
@@ -87,10 +87,10 @@ impl Activity {
 /// and shutdown wait for them), with panics contained and counted like a
 /// connection task's.
 #[derive(Clone)]
-pub(super) struct StreamExec {
-    pub(super) stats: Arc<Stats>,
-    pub(super) name: Arc<str>,
-    pub(super) tracker: tokio_util::task::TaskTracker,
+pub(crate) struct StreamExec {
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) name: Arc<str>,
+    pub(crate) tracker: tokio_util::task::TaskTracker,
 }
 
 impl<F> hyper::rt::Executor<F> for StreamExec
@@ -122,7 +122,7 @@ const LINGER_QUIET: Duration = Duration::from_secs(1);
 /// What an HTTP connection runs on: a TCP stream, or TLS over one. The
 /// lingering close drains the TCP socket underneath either way (after a
 /// TLS close_notify, what the client still sends is discarded unread).
-pub(super) trait Socket:
+pub(crate) trait Socket:
     tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
 {
     fn tcp(&self) -> &TcpStream;
@@ -144,14 +144,14 @@ impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
 /// `poll_shutdown` when it is done with a connection; that sends the FIN
 /// (on TLS: close_notify, then the FIN) and then reads and drops input
 /// until EOF, `LINGER_QUIET` without data, or `LINGER_TIME` in all.
-pub(super) struct Lingering<S> {
+pub(crate) struct Lingering<S> {
     stream: S,
     /// Set once the write side is shut.
     drain: Option<Drain>,
 }
 
 impl<S: Socket> Lingering<S> {
-    pub(super) fn new(stream: S) -> Self {
+    pub(crate) fn new(stream: S) -> Self {
         Lingering {
             stream,
             drain: None,

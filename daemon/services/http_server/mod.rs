@@ -1,23 +1,81 @@
-//! One HTTP connection, from accept to close: the TLS handshake when the
+//! The HTTP connection server the HTTP kinds share (`http`, `http-proxy`):
+//! one connection from accept to close. The TLS handshake when the
 //! listener serves HTTPS (in the connection task, so it holds a connection
-//! slot and has the handshake deadline), the choice of HTTP/1.1 or HTTP/2
-//! (ALPN on TLS; the prior-knowledge preface on plaintext), and hyper
-//! driving the connection until it ends, goes idle or the listener stops.
+//! slot and has the handshake deadline; plain HTTP sent to the HTTPS port
+//! gets a 400 that says so), the choice of HTTP/1.1 or HTTP/2 (ALPN on
+//! TLS; the prior-knowledge preface on plaintext), and hyper driving the
+//! connection until it ends, goes idle or the listener stops. What each
+//! request gets is the kind's [`Handler`].
+
+pub mod conn;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::conn::{Activity, Lingering, Socket, StreamExec};
-use super::{H2_CLOSE_GRACE, H2_PREFACE, Http};
 use crate::net::tls::server::subject_of;
 use crate::net::tls::{Reason, ServedTls};
 use crate::services::ServiceCtx;
+use conn::{Activity, Lingering, Socket, StreamExec};
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How long an idle HTTP/2 connection gets to finish its GOAWAY exchange
+/// before it is dropped.
+const H2_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// A connection's facts a handler may want, beyond the request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The subject of the client's verified certificate (HTTPS with a
+    /// client CA), when the access log will show it.
+    pub client_cert: Option<Arc<str>>,
+    /// The connection is TLS.
+    pub tls: bool,
+}
+
+/// What a kind does with each request.
+pub trait Handler: Clone + Send + Sync + 'static {
+    type Body: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static;
+
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: &Peer,
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
+}
+
+/// How a listener serves HTTP connections.
+#[derive(Debug)]
+pub struct Server {
+    /// A client must send a request's headers (HTTP/1) or the preface
+    /// within this.
+    pub header_timeout: Duration,
+    /// An HTTP/2 connection with no open stream this long is closed.
+    pub idle_timeout: Duration,
+    pub max_streams: u32,
+    pub max_header_bytes: u32,
+    /// HTTPS: the served TLS and its handshake deadline.
+    pub tls: Option<Arc<ServedTls>>,
+    pub tls_handshake_timeout: Duration,
+    /// Look up the client certificate's subject (for the access log).
+    pub want_client_cert: bool,
+    /// HTTP/1 connections may be upgraded (WebSocket through a proxy).
+    pub upgrades: bool,
+    /// HTTP/2 connections closed for being idle (the listener's counter).
+    pub idle_closed: Arc<AtomicU64>,
+}
 
 /// The first byte a client sends, once it arrives; None: closed or failed
 /// first.
@@ -29,7 +87,7 @@ async fn first_byte(stream: &TcpStream) -> Option<u8> {
     }
 }
 
-impl Http {
+impl Server {
     /// Is this connection HTTP/2 with prior knowledge? Waits (up to the
     /// header timeout) until the first bytes decide it.
     async fn is_h2(&self, stream: &TcpStream) -> Option<bool> {
@@ -56,8 +114,10 @@ impl Http {
             .flatten()
     }
 
-    pub(super) async fn serve_connection(
+    /// Serve one accepted connection until it ends.
+    pub async fn serve<H: Handler>(
         self: Arc<Self>,
+        handler: H,
         stream: TcpStream,
         peer: SocketAddr,
         ctx: ServiceCtx,
@@ -67,17 +127,23 @@ impl Http {
                 tracing::debug!(listener = %ctx.name, %peer, "no request within the header timeout; closing");
                 return;
             };
-            return self.serve_io(stream, h2, peer, None, ctx).await;
+            let peer = Peer {
+                addr: peer,
+                client_cert: None,
+                tls: false,
+            };
+            return self.serve_io(handler, stream, h2, peer, ctx).await;
         };
         // Boxed: the TLS state (rustls' connection, the TLS variant of the
         // HTTP connection) would otherwise size every plaintext
         // connection's future too.
-        Box::pin(self.serve_tls(tls, stream, peer, ctx)).await;
+        Box::pin(self.serve_tls(handler, tls, stream, peer, ctx)).await;
     }
 
     /// One HTTPS connection: the first byte, the handshake, then HTTP.
-    async fn serve_tls(
+    async fn serve_tls<H: Handler>(
         self: Arc<Self>,
+        handler: H,
         tls: Arc<ServedTls>,
         stream: TcpStream,
         peer: SocketAddr,
@@ -116,13 +182,17 @@ impl Http {
             Ok(stream) => {
                 let conn = stream.get_ref().1;
                 let h2 = conn.alpn_protocol() == Some(b"h2");
-                // For the access log: who the verified client is.
                 let client_cert = conn
                     .peer_certificates()
                     .and_then(|c| c.first())
-                    .filter(|_| self.access_log && crate::telemetry::access_log::enabled())
+                    .filter(|_| self.want_client_cert && crate::telemetry::access_log::enabled())
                     .map(|c| Arc::from(subject_of(c.as_ref())));
-                self.serve_io(stream, h2, peer, client_cert, ctx).await;
+                let peer = Peer {
+                    addr: peer,
+                    client_cert,
+                    tls: true,
+                };
+                self.serve_io(handler, stream, h2, peer, ctx).await;
             }
             Err(reason) => {
                 tracing::debug!(listener = %ctx.name, %peer, reason = reason.label(), "TLS handshake failed");
@@ -147,33 +217,26 @@ impl Http {
         .await;
     }
 
-    /// Serve HTTP on an established connection (plain TCP or TLS);
-    /// `client_cert` is the subject of a verified client certificate.
-    async fn serve_io<S: Socket>(
+    /// Serve HTTP on an established connection (plain TCP or TLS).
+    async fn serve_io<S: Socket, H: Handler>(
         self: Arc<Self>,
+        handler: H,
         stream: S,
         h2: bool,
-        peer: SocketAddr,
-        client_cert: Option<Arc<str>>,
+        peer: Peer,
         ctx: ServiceCtx,
     ) {
-        let http = self.clone();
-        let name = ctx.name.clone();
-        let stats = ctx.stats.clone();
         let activity = Arc::new(Activity::new());
         let streams = activity.clone();
+        let addr = peer.addr;
+        let peer = Arc::new(peer);
         let service = hyper::service::service_fn(move |req| {
-            let http = http.clone();
-            let name = name.clone();
-            let stats = stats.clone();
-            let client_cert = client_cert.clone();
+            let handler = handler.clone();
+            let peer = peer.clone();
             let open = streams.open();
             async move {
                 let _open = open;
-                let resp = http
-                    .handle(req, peer, client_cert.as_deref(), &name, &stats)
-                    .await;
-                Ok::<_, Infallible>(resp)
+                Ok::<_, Infallible>(handler.handle(req, &peer).await)
             }
         });
         let io = TokioIo::new(Lingering::new(stream));
@@ -186,8 +249,8 @@ impl Http {
                 let result = tokio::select! {
                     r = conn.as_mut() => r,
                     () = idle.as_mut() => {
-                        self.counters.idle_closed.fetch_add(1, Relaxed);
-                        tracing::debug!(listener = %ctx.name, %peer, "HTTP/2 connection idle; closing");
+                        self.idle_closed.fetch_add(1, Relaxed);
+                        tracing::debug!(listener = %ctx.name, peer = %addr, "HTTP/2 connection idle; closing");
                         conn.as_mut().graceful_shutdown();
                         tokio::select! {
                             r = tokio::time::timeout(H2_CLOSE_GRACE, conn.as_mut()) => r.unwrap_or(Ok(())),
@@ -205,7 +268,7 @@ impl Http {
                     _ = ctx.close_connections.cancelled() => Ok(()),
                 };
                 if let Err(e) = result {
-                    tracing::debug!(listener = %ctx.name, %peer, error = %e, "HTTP connection error");
+                    tracing::debug!(listener = %ctx.name, peer = %addr, error = %e, "HTTP connection error");
                 }
             }};
         }
@@ -232,10 +295,17 @@ impl Http {
                 .header_read_timeout(self.header_timeout)
                 .keep_alive(true)
                 .max_buf_size((self.max_header_bytes as usize + 4096).max(8192));
-            drive!(
-                b.serve_connection(io, service),
-                std::future::pending::<()>()
-            );
+            if self.upgrades {
+                drive!(
+                    b.serve_connection(io, service).with_upgrades(),
+                    std::future::pending::<()>()
+                );
+            } else {
+                drive!(
+                    b.serve_connection(io, service),
+                    std::future::pending::<()>()
+                );
+            }
         }
     }
 }
