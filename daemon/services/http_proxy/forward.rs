@@ -41,12 +41,20 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
         .map(|b| b.map_err(|never| match never {}).boxed_unsync())
 }
 
-/// The pooled clients to the upstreams, one per HTTP version, built on
-/// first use (their pools spawn on the runtime).
+/// The pooled clients to the upstreams, one per HTTP version and per
+/// worker ([`super::accept`]: a request uses the pools of the worker its
+/// client connection is on), built on first use (their pools spawn on the
+/// runtime that builds a connection).
 #[derive(Debug)]
 pub struct Clients {
     connect_timeout: Duration,
     max_idle: u32,
+    per_worker: OnceLock<Box<[Versions]>>,
+}
+
+/// A worker's clients: HTTP/1.1 and HTTP/2.
+#[derive(Debug, Default)]
+struct Versions {
     h1: OnceLock<Client<HttpConnector, Body>>,
     h2: OnceLock<Client<HttpConnector, Body>>,
 }
@@ -56,13 +64,17 @@ impl Clients {
         Clients {
             connect_timeout,
             max_idle,
-            h1: OnceLock::new(),
-            h2: OnceLock::new(),
+            per_worker: OnceLock::new(),
         }
     }
 
-    fn get(&self, h2: bool) -> &Client<HttpConnector, Body> {
-        let cell = if h2 { &self.h2 } else { &self.h1 };
+    fn get(&self, h2: bool, worker: usize) -> &Client<HttpConnector, Body> {
+        let all = self.per_worker.get_or_init(|| {
+            let n = crate::net::workers::handles().len().max(1);
+            (0..n).map(|_| Versions::default()).collect()
+        });
+        let mine = &all[worker % all.len()];
+        let cell = if h2 { &mine.h2 } else { &mine.h1 };
         cell.get_or_init(|| {
             let mut c = HttpConnector::new();
             c.set_connect_timeout(Some(self.connect_timeout));
@@ -83,6 +95,8 @@ impl Clients {
 pub struct Handler {
     pub proxy: Arc<HttpProxy>,
     pub ctx: ServiceCtx,
+    /// The worker the client's connection is on (its upstream pools).
+    pub worker: usize,
 }
 
 impl crate::services::http_server::Handler for Handler {
@@ -235,7 +249,7 @@ impl Handler {
                 .map_err(BoxError::from)
                 .boxed_unsync(),
         );
-        let client = p.clients.get(h2);
+        let client = p.clients.get(h2, self.worker);
         let mut tried: Vec<usize> = Vec::new();
         loop {
             let Some((i, up)) = p.pick(&tried) else {

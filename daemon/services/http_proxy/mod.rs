@@ -13,6 +13,7 @@
 //! - HTTP faults ([`fault`]) act on requests matched by method, path,
 //!   headers or gRPC method; per-route counters ([`routes`]).
 
+mod accept;
 mod fault;
 mod forward;
 pub mod metrics;
@@ -42,7 +43,6 @@ use super::{
     DEFAULT_MAX_CONNECTIONS, ListenerKind, ServiceCtx, Settings, SpecError, Transport,
     duration_field, duration_in, listen_field, size_in,
 };
-use crate::net::accept::accept_loop;
 use crate::net::tls::ServedTls;
 use crate::proto;
 use crate::spec::FieldError;
@@ -328,16 +328,7 @@ impl HttpProxy {
             );
         }
         let bound = listener.local_addr().ok();
-        let handler = forward::Handler {
-            proxy: self.clone(),
-            ctx: ctx.clone(),
-        };
-        let accept = accept_loop(&listener, ctx.accepting(), &self.limit, |stream, peer| {
-            let server = self.server.clone();
-            let handler = handler.clone();
-            let ctx = ctx.clone();
-            async move { server.serve(handler, stream, peer, ctx).await }
-        });
+        let accept = self.accept(listener, &ctx);
         // Named upstreams are resolved again while the proxy serves.
         let allowed = move |a: SocketAddr| match bound {
             Some(b) => check_not_self(b, std::iter::once(a)).map_err(|e| e.message),
@@ -386,7 +377,7 @@ impl ListenerKind for HttpProxy {
             .start_required(),
         Key::new("connect_timeout", "upstream-connect-timeout", Unit::Duration, "Upstream connect timeout (default 5s)."),
         Key::new("upstream_backoff", "upstream-backoff", Unit::Duration, "Skip an upstream whose connect failed for this long (default 10s)."),
-        Key::new("max_idle_per_upstream", "max-idle-per-upstream", Unit::Count, "Idle keep-alive connections kept per upstream, 1-1024 (default 32)."),
+        Key::new("max_idle_per_upstream", "max-idle-per-upstream", Unit::Count, "Idle keep-alive connections kept per upstream and per worker thread (one per core), 1-1024 (default 32)."),
         Key::new("upstream_protocol", "upstream-protocol", Unit::Text, "HTTP version to the upstreams: auto (the client's; default), http1 or h2c."),
         Key::new("forwarded", "forwarded", Unit::Text, "Client address header: x-forwarded-for (default), forwarded (RFC 7239), both or none."),
         Key::new("routes", "route", Unit::Texts, "A path prefix counted separately in the stats (repeat for several; at most 64)."),
@@ -577,14 +568,15 @@ impl ListenerKind for HttpProxy {
     }
 
     /// Per client connection: itself and, at worst, one upstream
-    /// connection (HTTP/1), plus each upstream's idle pool.
+    /// connection (HTTP/1), plus each upstream's idle pool (one per
+    /// worker).
     fn descriptors(spec: &Self::Spec, _budget: &crate::net::fd_budget::Budget) -> u64 {
         let idle = match spec.max_idle_per_upstream {
             0 => DEFAULT_MAX_IDLE,
             n => n,
         };
         2 * super::fd_cost::connections(spec.max_connections)
-            + u64::from(idle) * spec.upstreams.len() as u64
+            + u64::from(idle) * spec.upstreams.len() as u64 * accept::pools()
     }
 
     fn faults(spec: &Self::Spec) -> Option<(&Vec<proto::Fault>, crate::fault::Target)> {
