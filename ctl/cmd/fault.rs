@@ -531,10 +531,12 @@ fn ls_row(s: &proto::FaultStatus) -> Vec<String> {
 
 /// The counters that are not zero, shortest first ("affected 3").
 pub(crate) fn counters(s: &proto::FaultStats) -> String {
-    let mut out = vec![format!("affected {}", s.connections_affected)];
-    if s.requests_affected != 0 {
-        out = vec![format!("requests {}", s.requests_affected)];
-    }
+    // HTTP faults count requests; the others connections (clients).
+    let mut out = if types::by_name(&s.r#type).is_some_and(|d| d.http) {
+        vec![format!("requests {}", s.requests_affected)]
+    } else {
+        vec![format!("affected {}", s.connections_affected)]
+    };
     for (label, v, is_bytes) in [
         ("delayed", s.bytes_delayed, true),
         ("dropped", s.bytes_dropped, true),
@@ -573,11 +575,13 @@ fn print_one(ctx: &Ctx, verb: &str, s: &proto::FaultStatus) {
         return;
     }
     let f = s.fault.clone().unwrap_or_default();
+    let what = match direction(&f) {
+        "-" => netd::fault::type_of(&f).to_string(),
+        d => format!("{}, {d}", netd::fault::type_of(&f)),
+    };
     outln!(
-        "{verb} fault {} ({}, {}) on {}: {}",
+        "{verb} fault {} ({what}) on {}: {}",
         crate::escape::escape(&f.name),
-        netd::fault::type_of(&f),
-        direction(&f),
         crate::escape::escape(&s.listener),
         crate::escape::escape(&attrs::summary(&f))
     );

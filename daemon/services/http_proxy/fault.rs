@@ -234,28 +234,30 @@ fn grpc_message(m: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Envoy's header-controlled faults (`header_abort`, `header_delay`,
+/// Envoy's header-controlled faults (`Err`: the abort's answer) (`header_abort`, `header_delay`,
 /// `header_limit` of its fault filter), when the listener honours them:
 /// a delay first, then an abort, then a limit on the response's rate.
 async fn envoy(proxy: &HttpProxy, h: &HeaderMap, after: &mut After) -> Result<(), Response<Body>> {
     let num = |name: &str| -> Option<u64> { h.get(name)?.to_str().ok()?.trim().parse().ok() };
-    let Some(delay_ms) = num("x-envoy-fault-delay-request") else {
-        return envoy_abort(proxy, after, &num);
-    };
-    let mut rng = Rng::new();
-    if percent(&mut rng, num("x-envoy-fault-delay-request-percentage")) {
-        proxy.counters.envoy_header_faults.fetch_add(1, Relaxed);
-        let d = Duration::from_millis(delay_ms).min(MAX_FAULT_DURATION);
-        tokio::time::sleep(d).await;
+    if let Some(delay_ms) = num("x-envoy-fault-delay-request") {
+        let mut rng = Rng::new();
+        if percent(&mut rng, num("x-envoy-fault-delay-request-percentage")) {
+            proxy.counters.envoy_header_faults.fetch_add(1, Relaxed);
+            let d = Duration::from_millis(delay_ms).min(MAX_FAULT_DURATION);
+            tokio::time::sleep(d).await;
+        }
     }
-    envoy_abort(proxy, after, &num)
+    match envoy_abort(proxy, after, &num) {
+        Some(answer) => Err(answer),
+        None => Ok(()),
+    }
 }
 
 fn envoy_abort(
     proxy: &HttpProxy,
     after: &mut After,
     num: &dyn Fn(&str) -> Option<u64>,
-) -> Result<(), Response<Body>> {
+) -> Option<Response<Body>> {
     let mut rng = Rng::new();
     // The HTTP status wins when both are given (as in Envoy); a status out
     // of [200, 600) is ignored.
@@ -273,7 +275,7 @@ fn envoy_abort(
         } else {
             grpc_status
         };
-        return Err(abort(http_status, grpc, &Bytes::new()));
+        return Some(abort(http_status, grpc, &Bytes::new()));
     }
     // KiB/s, a positive whole number.
     if let Some(kib) = num("x-envoy-fault-throughput-response").filter(|k| *k > 0) {
@@ -291,7 +293,7 @@ fn envoy_abort(
             });
         }
     }
-    Ok(())
+    None
 }
 
 /// A percentage header's roll: absent is 100; above 100 is 100.
