@@ -5,8 +5,8 @@
 //! Forwarded), sent over the pooled client of its HTTP version, and the
 //! response (with the faults after) streamed back.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
