@@ -570,6 +570,20 @@ fn upstream_tls_verifies_the_upstream_and_a_name_mismatch_is_a_502() {
     let mut bad_args = tls_args.to_vec();
     bad_args.extend_from_slice(&["--upstream-sni", "wrong.example"]);
     let bad = start_proxy(&netd, "bad", &[up], &bad_args);
+    // A CA file that cannot be read is refused at start, naming the key.
+    let err = netd.netctl_err(&[
+        "start",
+        "http-proxy",
+        "nofile",
+        "--listen",
+        "127.0.0.1:0",
+        "-u",
+        &up.to_string(),
+        "--upstream-tls",
+        "--upstream-ca",
+        "/nonexistent/ca.pem",
+    ]);
+    assert!(err.contains("upstream_ca"), "{err}");
     let (code, body, _) = curl(&["--http1.1", &format!("http://{bad}/x")]);
     assert_eq!(code, 502, "{body}");
     assert!(body.contains("TLS handshake failed"), "{body}");
@@ -580,6 +594,14 @@ fn upstream_tls_verifies_the_upstream_and_a_name_mismatch_is_a_502() {
     assert!(
         why.starts_with("TLS handshake failed") && why.contains("not valid for name"),
         "{why}"
+    );
+    let t = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::tls::tls_stats(&netd, "bad"));
+    assert_eq!(
+        (t.upstream_handshakes, t.upstream_failures),
+        (0, 1),
+        "{t:?}"
     );
 }
 
@@ -624,6 +646,53 @@ fn dead_upstreams_retries_and_a_slow_upstream() {
     let (code, body, _) = curl(&[&format!("http://{slow}/slow")]);
     assert_eq!(code, 504, "{body}");
     assert_eq!(stats(&netd, "slow")["http_proxy"]["upstream_timeouts"], 1);
+}
+
+/// Answers every request with a Content-Length of 100000 and 10 bytes,
+/// then closes.
+const SHORT_BODY: &str = r#"
+import socket
+srv = socket.socket()
+srv.bind(('127.0.0.1', 0))
+srv.listen(8)
+print(srv.getsockname()[1], flush=True)
+while True:
+    c, _ = srv.accept()
+    buf = b''
+    while b'\r\n\r\n' not in buf:
+        d = c.recv(4096)
+        if not d:
+            break
+        buf += d
+    c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n' + b'a' * 10)
+    c.close()
+"#;
+
+#[test]
+fn an_upstream_failing_mid_body_counts_an_error() {
+    let short = Py::start(std::path::Path::new("python3"), SHORT_BODY);
+    let netd = Netd::start("");
+    let proxy = start_proxy(&netd, "hp", &[short.addr], &[]);
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "20",
+            "-o",
+            "/dev/null",
+        ])
+        .arg(format!("http://{proxy}/cut"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "curl got the whole body");
+    wait_until("the upstream error counted", || {
+        stats(&netd, "hp")["http_proxy"]["upstream_errors"] == 1
+    });
+    let s = stats(&netd, "hp");
+    assert_eq!(s["http_proxy"]["responses_2xx"], 1, "{s}");
+    assert!(s["bytes_out"].as_u64().unwrap() <= 10, "{s}");
 }
 
 #[test]
