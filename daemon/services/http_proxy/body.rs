@@ -38,18 +38,18 @@ pub struct Tail {
 }
 
 /// A body whose data is counted as it passes.
-pub struct Counted {
-    inner: Body,
+pub struct Counted<B = Body> {
+    inner: B,
     stats: Arc<Stats>,
     /// Response bodies: `bytes_out`; request bodies: `bytes_in`.
     response: bool,
     bytes: u64,
-    tail: Option<Box<Tail>>,
+    tail: Option<Tail>,
 }
 
-impl Counted {
+impl<B> Counted<B> {
     /// A request body going upstream (`bytes_in`).
-    pub fn request(inner: Body, stats: Arc<Stats>) -> Counted {
+    pub fn request(inner: B, stats: Arc<Stats>) -> Counted<B> {
         Counted {
             inner,
             stats,
@@ -61,13 +61,13 @@ impl Counted {
 
     /// A response body going to the client (`bytes_out`), with what to do
     /// at its end.
-    pub fn response(inner: Body, stats: Arc<Stats>, tail: Tail) -> Counted {
+    pub fn response(inner: B, stats: Arc<Stats>, tail: Tail) -> Counted<B> {
         Counted {
             inner,
             stats,
             response: true,
             bytes: 0,
-            tail: Some(Box::new(tail)),
+            tail: Some(tail),
         }
     }
 
@@ -80,7 +80,11 @@ impl Counted {
     }
 }
 
-impl hyper::body::Body for Counted {
+impl<B> hyper::body::Body for Counted<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -89,7 +93,9 @@ impl hyper::body::Body for Counted {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = Pin::new(&mut this.inner)
+            .poll_frame(cx)
+            .map(|f| f.map(|r| r.map_err(Into::into)));
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -120,7 +126,7 @@ impl hyper::body::Body for Counted {
     }
 }
 
-impl Counted {
+impl<B> Counted<B> {
     /// Write the access-log line (once).
     fn finish(&mut self) {
         let Some(line) = self.tail.as_mut().and_then(|t| t.log.take()) else {
@@ -139,7 +145,7 @@ impl Counted {
     }
 }
 
-impl Drop for Counted {
+impl<B> Drop for Counted<B> {
     fn drop(&mut self) {
         self.finish();
     }

@@ -47,8 +47,8 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
 /// connections.
 #[derive(Default)]
 pub struct Clients {
-    h1: RwLock<Option<Client<Connector, Body>>>,
-    h2: RwLock<Option<Client<Connector, Body>>>,
+    h1: RwLock<Option<Arc<Client<Connector, Body>>>>,
+    h2: RwLock<Option<Arc<Client<Connector, Body>>>>,
 }
 
 impl std::fmt::Debug for Clients {
@@ -58,17 +58,17 @@ impl std::fmt::Debug for Clients {
 }
 
 impl Clients {
-    /// The client of one HTTP version (a clone: a few reference counts).
+    /// The client of one HTTP version.
     pub fn get(
         &self,
         h2: bool,
         build: impl FnOnce() -> Client<Connector, Body>,
-    ) -> Client<Connector, Body> {
+    ) -> Arc<Client<Connector, Body>> {
         let cell = if h2 { &self.h2 } else { &self.h1 };
         if let Some(c) = &*cell.read() {
             return c.clone();
         }
-        let built = build();
+        let built = Arc::new(build());
         cell.write().get_or_insert(built).clone()
     }
 
@@ -216,9 +216,7 @@ impl Handler {
             .map_or("/", |pq| pq.as_str())
             .to_owned();
         let bodyless = hyper::body::Body::is_end_stream(&body);
-        let limited = http_body_util::Limited::new(body, p.max_body as usize)
-            .map_err(BoxError::from)
-            .boxed_unsync();
+        let limited = http_body_util::Limited::new(body, p.max_body as usize);
         let mut body: Option<Body> =
             Some(Counted::request(limited, self.ctx.stats.clone()).boxed_unsync());
         let client = p.client(h2, &self.ctx);

@@ -334,7 +334,7 @@ impl HttpProxy {
         &self,
         h2: bool,
         ctx: &ServiceCtx,
-    ) -> hyper_util::client::legacy::Client<connector::Connector, forward::Body> {
+    ) -> Arc<hyper_util::client::legacy::Client<connector::Connector, forward::Body>> {
         self.clients.get(h2, || {
             connector::client(
                 connector::Settings {
