@@ -309,6 +309,11 @@ fn forwarded_headers_hop_by_hop_and_a_non_101_upgrade_answer() {
         "{forwarded}"
     );
     assert!(v["headers"].get("x-forwarded-for").is_none(), "{v}");
+    // An HTTP/2 client to this HTTP/1.1 upstream: Host from :authority.
+    let h1 = start_proxy(&netd, "h1", &[echo.addr], &["--upstream-protocol", "http1"]);
+    let v = echoed(h1, "/h2", &["--http2-prior-knowledge"]);
+    assert_eq!(v["headers"]["host"], h1.to_string(), "{v}");
+    assert!(v["headers"].get("connection").is_none(), "{v}");
     let v = echoed(none, "/", &["--http1.1"]);
     assert!(v["headers"].get("x-forwarded-for").is_none(), "{v}");
     assert!(v["headers"].get("forwarded").is_none(), "{v}");
@@ -486,11 +491,8 @@ fn ws_frame(op: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-#[test]
-fn a_websocket_upgrade_passes_through_and_echoes() {
-    let ws = Py::start(std::path::Path::new("python3"), WS_SERVER);
-    let netd = Netd::start("");
-    let proxy = start_proxy(&netd, "hp", &[ws.addr], &[]);
+/// Open a WebSocket through `proxy`: the connection and the response head.
+fn ws_open(proxy: SocketAddr) -> (TcpStream, String) {
     let mut c = TcpStream::connect(proxy).unwrap();
     c.set_read_timeout(Some(DEADLINE)).unwrap();
     c.write_all(
@@ -504,7 +506,21 @@ fn a_websocket_upgrade_passes_through_and_echoes() {
         assert_eq!(c.read(&mut b).unwrap(), 1, "closed: {head:?}");
         head.push(b[0]);
     }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    (c, String::from_utf8_lossy(&head).to_lowercase())
+}
+
+/// Whether the proxy closes `c` (EOF or reset) within the deadline.
+fn closed_by_proxy(c: &mut TcpStream) -> bool {
+    let mut b = [0u8; 16];
+    matches!(c.read(&mut b), Ok(0) | Err(_)) && c.read(&mut b).map_or(true, |n| n == 0)
+}
+
+#[test]
+fn a_websocket_upgrade_passes_through_and_echoes() {
+    let ws = Py::start(std::path::Path::new("python3"), WS_SERVER);
+    let netd = Netd::start("");
+    let proxy = start_proxy(&netd, "hp", &[ws.addr], &[]);
+    let (mut c, head) = ws_open(proxy);
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     // The accept value of RFC 6455's example key.
@@ -532,6 +548,25 @@ fn a_websocket_upgrade_passes_through_and_echoes() {
         stats(&netd, "hp")["bytes_in"] == sent
     });
     assert!(stats(&netd, "hp")["bytes_out"].as_u64().unwrap() >= (2 + 5) + (2 + 17) + 2);
+
+    // A tunnel with no traffic either way is closed after the idle
+    // timeout; one that is busy stays until the listener stops.
+    let idle = start_proxy(&netd, "idle", &[ws.addr], &["--idle-timeout", "1s"]);
+    let (mut quiet, head) = ws_open(idle);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let opened = std::time::Instant::now();
+    assert!(closed_by_proxy(&mut quiet), "the idle tunnel stayed open");
+    assert!(opened.elapsed() >= std::time::Duration::from_millis(900));
+    let (mut busy, head) = ws_open(proxy);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    busy.write_all(&ws_frame(1, b"x")).unwrap();
+    let mut got = [0u8; 3];
+    busy.read_exact(&mut got).unwrap();
+    netd.netctl_ok(&["stop", "hp"]);
+    assert!(
+        closed_by_proxy(&mut busy),
+        "the tunnel outlived its listener"
+    );
 }
 
 #[test]
