@@ -4,6 +4,16 @@
 //! (hop-by-hop headers dropped, the client named by X-Forwarded-For or
 //! Forwarded), sent over the pooled client of its HTTP version, and the
 //! response (with the faults after) streamed back.
+//!
+//! - Bodies are counted both ways ([`super::body`]); the access-log line
+//!   is written when the response body ends, with the bytes sent.
+//! - A request body without a declared length is cut at max_body_bytes:
+//!   the client gets 413 when no response was sent yet (else its stream
+//!   is reset), counted in `too_large`.
+//! - An HTTP/1.1 upgrade (WebSocket) goes over HTTP/1.1 and, on a 101,
+//!   becomes a tunnel ([`super::upgrade`]).
+//! - A failed connect or upstream TLS handshake ([`super::connector`])
+//!   marks the upstream down with the reason as its `last_error`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;

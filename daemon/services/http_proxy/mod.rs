@@ -12,6 +12,10 @@
 //!   it over h2c with its trailers.
 //! - HTTP faults ([`fault`]) act on requests matched by method, path,
 //!   headers or gRPC method; per-route counters ([`routes`]).
+//! - Upstream TLS (`upstream_tls`, ALPN h2 or http/1.1 by the client's
+//!   version) is the pooled clients' connector ([`connector`]); HTTP/1.1
+//!   upgrades pass through as tunnels ([`upgrade`]); bodies are counted
+//!   into bytes_in/bytes_out ([`body`]).
 
 mod body;
 mod connector;
