@@ -23,8 +23,8 @@ use crate::services::ServiceCtx;
 
 /// How many upstream pools a listener keeps: one per worker (the
 /// workers are one per core; the main runtime alone on one core).
-pub(super) fn pools() -> u64 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+pub(super) fn pools() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl HttpProxy {
