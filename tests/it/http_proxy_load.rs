@@ -77,8 +77,6 @@ fn ctl(netd: &Netd, line: &str) {
 }
 
 #[test]
-#[ignore = "needs the HTTP fault types (abort, delay) of #27's fault engine; \
-            until they land `netctl fault add --type abort` is refused"]
 fn fault_rules_change_during_keep_alive_load_and_no_request_fails() {
     let netd = Netd::start("");
     netd.netctl_ok(&["start", "http", "up", "--listen", "127.0.0.1:0"]);
