@@ -271,10 +271,16 @@ pub fn compile(f: &proto::Fault, target: Target) -> Result<Compiled, SpecError> 
             .filter(|t| def.takes(**t))
             .map(|t| t.a_kind())
             .collect();
+        // TCP toxics do not act beneath an http-proxy's requests (yet).
+        let beneath = if target == Target::Http && def.tcp {
+            " (TCP toxics do not act on an http-proxy's connections; put a proxy in front of it)"
+        } else {
+            ""
+        };
         return Err(err(
             name,
             format!(
-                "type {} is for {} listener; {} takes {}",
+                "type {} is for {} listener; {} takes {}{beneath}",
                 def.name,
                 takers.join(" or "),
                 target.a_kind(),
@@ -791,6 +797,90 @@ mod tests {
         let mut nan = latency("n", 1);
         nan.toxicity = Some(f64::NAN);
         assert!(compile(&nan, Target::Tcp).is_err());
+    }
+
+    fn abort(name: &str, status: u32) -> proto::Fault {
+        proto::Fault {
+            name: name.into(),
+            kind: Some(Kind::Abort(proto::AbortFault {
+                http_status: status,
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn http_types_and_conditions_are_for_the_http_proxy_only() {
+        assert!(compile(&abort("a", 503), Target::Http).is_ok());
+        let e = compile(&abort("a", 503), Target::Tcp).unwrap_err().message;
+        assert!(
+            e.contains("type abort is for an http-proxy listener; a proxy (TCP) takes"),
+            "{e}"
+        );
+        let e = compile(&latency("l", 1), Target::Http).unwrap_err().message;
+        assert!(e.contains("TCP toxics do not act"), "{e}");
+        let mut cond = latency("l", 1);
+        cond.when = Some(proto::FaultCondition {
+            path_prefix: "/api".into(),
+            ..Default::default()
+        });
+        let e = compile(&cond, Target::Tcp).unwrap_err().message;
+        assert!(e.contains("conditions of HTTP faults"), "{e}");
+        let mut bytes = abort("a", 503);
+        bytes.when = Some(proto::FaultCondition {
+            after_bytes: 10,
+            ..Default::default()
+        });
+        let e = compile(&bytes, Target::Http).unwrap_err().message;
+        assert!(e.contains("after_bytes"), "{e}");
+        for (status, ok) in [(199, false), (200, true), (599, true), (600, false)] {
+            assert_eq!(
+                compile(&abort("a", status), Target::Http).is_ok(),
+                ok,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_http_proxy_holds_128_faults_a_proxy_32() {
+        let t = FaultTable::new(Target::Http);
+        for i in 0..MAX_HTTP_FAULTS {
+            t.add(abort(&format!("a{i}"), 503)).unwrap();
+        }
+        assert_eq!(t.add(abort("over", 503)).unwrap_err(), TableError::Full);
+        let many: Vec<_> = (0..=MAX_FAULTS)
+            .map(|i| latency(&format!("l{i}"), 1))
+            .collect();
+        assert!(compile_all(&many, Target::Tcp).is_err());
+        assert!(compile_all(&many[..MAX_FAULTS], Target::Tcp).is_ok());
+    }
+
+    #[test]
+    fn requests_are_decided_by_conditions_every_nth_and_toxicity() {
+        let mut f = abort("a", 503);
+        f.when = Some(proto::FaultCondition {
+            path_prefix: "/api".into(),
+            every_nth: 2,
+            ..Default::default()
+        });
+        let a = Active::new(compile(&f, Target::Http).unwrap(), f, Arc::default());
+        let mut rng = Rng::seeded(3);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let h = ::http::HeaderMap::new();
+        let get = ::http::Method::GET;
+        let req = |path| http::Request {
+            method: &get,
+            path,
+            headers: &h,
+        };
+        assert!(!a.decide_request(ip, &req("/other"), &mut rng));
+        let hits: Vec<bool> = (0..4)
+            .map(|_| a.decide_request(ip, &req("/api/x"), &mut rng))
+            .collect();
+        assert_eq!(hits, [false, true, false, true]);
+        assert_eq!(a.counters.requests_affected.load(Relaxed), 2);
     }
 
     #[test]
