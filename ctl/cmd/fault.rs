@@ -622,13 +622,20 @@ mod tests {
                     o.apply(&mut t).unwrap();
                     t
                 };
-                let t = table(&by_flag);
+                let mut t = table(&by_flag);
                 let got = t.get(key.name).and_then(|x| match x {
                     Value::Array(a) => a.first().and_then(Value::as_str),
                     other => other.as_str(),
                 });
                 assert_eq!(got, Some(v), "{flag}");
                 assert_eq!(t, table(&by_attr), "{attr}");
+                // The type's other required keys, so that it parses.
+                for other in def.keys.iter().filter(|k| k.required && k.name != key.name) {
+                    t.insert(
+                        other.name.into(),
+                        Value::String(other.unit.example().into()),
+                    );
+                }
                 let f = attrs::from_table(&t).unwrap_or_else(|e| panic!("{attr}: {e}"));
                 let kind = f.kind.as_ref().unwrap();
                 let unset = types::default_kind(def.name).unwrap();
