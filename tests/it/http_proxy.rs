@@ -636,6 +636,33 @@ fn upstream_tls_verifies_the_upstream_and_a_name_mismatch_is_a_502() {
     assert_eq!(ut.handshakes, 2, "{ut:?}");
     assert_eq!(ut.last_alpn, "h2", "{ut:?}");
 
+    // An upstream without h2: HTTP/2 clients are served over HTTP/1.1.
+    let (cert1, key1) = pki.issue("up1", "localhost", &["localhost", "127.0.0.1"], false);
+    let up1 = start_http(
+        &netd,
+        "up1",
+        &[
+            "--tls-cert",
+            cert1.to_str().unwrap(),
+            "--tls-key",
+            key1.to_str().unwrap(),
+            "--tls-alpn",
+            "http/1.1",
+        ],
+    );
+    let h1_only = start_proxy(&netd, "h1-only", &[up1], &tls_args);
+    let (code, body, version) = curl(&[
+        "--http2-prior-knowledge",
+        &format!("http://{h1_only}/h2-to-h1"),
+    ]);
+    assert_eq!((code, version.as_str()), (200, "2"), "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["path"], "/h2-to-h1", "{v}");
+    let ut = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::tls::tls_stats(&netd, "up1"));
+    assert_eq!(ut.last_alpn, "http/1.1", "{ut:?}");
+
     let mut bad_args = tls_args.to_vec();
     bad_args.extend_from_slice(&["--upstream-sni", "wrong.example"]);
     let bad = start_proxy(&netd, "bad", &[up], &bad_args);

@@ -219,7 +219,11 @@ impl Handler {
             };
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        self.rewrite(&mut parts, peer, h2, upgrade);
+        // Over TLS the upstream picks the version by ALPN: the request is
+        // written as HTTP/1.1 (Host kept), and goes over HTTP/2 when the
+        // connection negotiated h2.
+        let h2_written = h2 && p.upstream_tls.is_none();
+        self.rewrite(&mut parts, peer, h2_written, upgrade);
         let path = parts
             .uri
             .path_and_query()
