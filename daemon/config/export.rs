@@ -196,6 +196,7 @@ mod tests {
                 duration: d(60, 0),
                 client_cidr: "127.0.0.0/8".into(),
                 every_nth: 3,
+                ..Default::default()
             }),
             kind: Some(kind),
         }
@@ -919,6 +920,7 @@ mod fuzz {
                     Kind::UdpEcho(s) => s.access_log = access_log,
                     Kind::Proxy(s) => s.access_log = access_log,
                     Kind::Http(s) => s.access_log = access_log,
+                    Kind::HttpProxy(s) => s.access_log = access_log,
                     Kind::Sniffer(_) | Kind::UdpProxy(_) => {}
                 }
                 kind

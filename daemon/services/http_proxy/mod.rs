@@ -187,7 +187,7 @@ impl HttpProxy {
             check_not_self(listen, upstreams.iter().map(|u| u.addr.get()))
                 .map_err(|e| e.about("upstreams"))?;
         }
-        crate::fault::compile_all(&spec.faults, crate::fault::Target::Tcp)?;
+        crate::fault::compile_all(&spec.faults, crate::fault::Target::Http)?;
         if spec.retries > MAX_RETRIES {
             return Err(SpecError::at(
                 "retries",
@@ -663,7 +663,7 @@ impl ListenerKind for HttpProxy {
     }
 
     fn faults(spec: &Self::Spec) -> Option<(&Vec<proto::Fault>, crate::fault::Target)> {
-        Some((&spec.faults, crate::fault::Target::Tcp))
+        Some((&spec.faults, crate::fault::Target::Http))
     }
 
     fn faults_mut(spec: &mut Self::Spec) -> Option<&mut Vec<proto::Fault>> {
