@@ -209,7 +209,7 @@ fn requests_are_counted_by_route_and_upstream_in_stats_status_and_metrics() {
         status.contains("limits:      0 too large (413, 431)"),
         "{status}"
     );
-    // ROUTE REQUESTS 1XX 2XX 3XX 4XX 5XX P50_MS P99_MS
+    // ROUTE REQUESTS 1XX 2XX 3XX 4XX 5XX P50 P99
     assert_eq!(
         row(&status, "ROUTE")[..7],
         ["ROUTE", "REQUESTS", "1XX", "2XX", "3XX", "4XX", "5XX"]

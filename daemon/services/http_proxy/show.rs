@@ -181,15 +181,15 @@ impl Show for HttpProxy {
                     r.responses_3xx.to_string(),
                     r.responses_4xx.to_string(),
                     r.responses_5xx.to_string(),
-                    format!("{:.1}", r.latency_p50_ms),
-                    format!("{:.1}", r.latency_p99_ms),
+                    format!("{:.1}ms", r.latency_p50_ms),
+                    format!("{:.1}ms", r.latency_p99_ms),
                 ]
             })
             .collect();
         parts.push(Part::Table {
             title: "routes",
             header: &[
-                "  ROUTE", "REQUESTS", "1XX", "2XX", "3XX", "4XX", "5XX", "P50_MS", "P99_MS",
+                "  ROUTE", "REQUESTS", "1XX", "2XX", "3XX", "4XX", "5XX", "P50", "P99",
             ],
             rows: routes,
         });
