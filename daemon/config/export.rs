@@ -305,6 +305,51 @@ mod tests {
         v
     }
 
+    /// The http-proxy of [`every_field_of_every_kind`].
+    fn every_http_proxy_field() -> ExportListener {
+        listener(
+            "hp",
+            Kind::HttpProxy(proto::HttpProxySpec {
+                listen: "127.0.0.1:0".into(),
+                upstreams: vec!["127.0.0.1:9".into(), "[::1]:7".into()],
+                connect_timeout: d(0, 1_000_000),
+                upstream_backoff: d(3, 999_999_999),
+                max_connections: 1_000_000,
+                max_idle_per_upstream: 1024,
+                upstream_protocol: "http1".into(),
+                forwarded: "both".into(),
+                routes: vec!["/api".into(), "/api/orders\"'q'".into(), "/".into()],
+                retries: 8,
+                max_body_bytes: 4096,
+                header_read_timeout: d(1, 500_000_000),
+                request_timeout: d(3600, 0),
+                idle_timeout: d(86_399, 123_456_789),
+                max_streams: 1000,
+                max_header_bytes: 1024,
+                access_log: Some(false),
+                // HTTP faults round-trip with the fault types' tests.
+                faults: Vec::new(),
+                envoy_fault_headers: true,
+                tls: Some(proto::TlsServer {
+                    cert_file: tls_files().cert.clone(),
+                    key_file: tls_files().key.clone(),
+                    client_ca_file: tls_files().cert.clone(),
+                    client_auth: "request".into(),
+                    alpn: vec!["h2".into(), "http/1.1".into()],
+                    handshake_timeout: d(2, 500_000_000),
+                }),
+                upstream_tls: Some(proto::TlsClient {
+                    enabled: true,
+                    sni: "api.internal".into(),
+                    ca_file: tls_files().cert.clone(),
+                    cert_file: tls_files().cert.clone(),
+                    key_file: tls_files().key.clone(),
+                    insecure: false,
+                }),
+            }),
+        )
+    }
+
     /// One spec of each kind with every field set to something other than
     /// its zero value. Struct literals without `..`: a new proto field
     /// does not compile here until it is set (and so round-tripped).
@@ -410,47 +455,7 @@ mod tests {
                     }),
                 }),
             ),
-            listener(
-                "hp",
-                Kind::HttpProxy(proto::HttpProxySpec {
-                    listen: "127.0.0.1:0".into(),
-                    upstreams: vec!["127.0.0.1:9".into(), "[::1]:7".into()],
-                    connect_timeout: d(0, 1_000_000),
-                    upstream_backoff: d(3, 999_999_999),
-                    max_connections: 1_000_000,
-                    max_idle_per_upstream: 1024,
-                    upstream_protocol: "http1".into(),
-                    forwarded: "both".into(),
-                    routes: vec!["/api".into(), "/api/orders\"'q'".into(), "/".into()],
-                    retries: 8,
-                    max_body_bytes: 4096,
-                    header_read_timeout: d(1, 500_000_000),
-                    request_timeout: d(3600, 0),
-                    idle_timeout: d(86_399, 123_456_789),
-                    max_streams: 1000,
-                    max_header_bytes: 1024,
-                    access_log: Some(false),
-                    // HTTP faults round-trip with the fault types' tests.
-                    faults: Vec::new(),
-                    envoy_fault_headers: true,
-                    tls: Some(proto::TlsServer {
-                        cert_file: tls_files().cert.clone(),
-                        key_file: tls_files().key.clone(),
-                        client_ca_file: tls_files().cert.clone(),
-                        client_auth: "request".into(),
-                        alpn: vec!["h2".into(), "http/1.1".into()],
-                        handshake_timeout: d(2, 500_000_000),
-                    }),
-                    upstream_tls: Some(proto::TlsClient {
-                        enabled: true,
-                        sni: "api.internal".into(),
-                        ca_file: tls_files().cert.clone(),
-                        cert_file: tls_files().cert.clone(),
-                        key_file: tls_files().key.clone(),
-                        insecure: false,
-                    }),
-                }),
-            ),
+            every_http_proxy_field(),
             listener(
                 "s",
                 Kind::Sniffer(proto::SnifferSpec {

@@ -99,7 +99,7 @@ impl Routes {
                 counters: Arc::default(),
             });
         }
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(Routes { routes })
     }
 
