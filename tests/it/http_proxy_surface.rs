@@ -227,6 +227,28 @@ fn requests_are_counted_by_route_and_upstream_in_stats_status_and_metrics() {
     // netctl stats: the DETAIL cell.
     let stats = netd.netctl_ok(&["stats", "hp"]);
     assert!(stats.contains("6 req, 1/1 up"), "{stats}");
+    let watch = netd.netctl_ok(&[
+        "stats",
+        "hp",
+        "--watch",
+        "--interval",
+        "100ms",
+        "--count",
+        "2",
+    ]);
+    assert_eq!(
+        watch
+            .lines()
+            .filter(|l| l.contains("\t6 req, 1/1 up"))
+            .count(),
+        2,
+        "{watch}"
+    );
+    let json = netd.netctl_json(&["stats", "hp"]);
+    assert_eq!(
+        json["listeners"][0]["totals"]["http_proxy"]["requests"], 6,
+        "{json}"
+    );
 
     // /metrics: the counters, and a histogram per route.
     let text = scrape(port);
