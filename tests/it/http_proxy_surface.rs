@@ -473,6 +473,13 @@ fn update_keeps_the_counters_and_the_routes_that_stay() {
         "127.0.0.1:0",
         "-u",
         &up,
+        // Refuses: marked down by the second request, which is retried.
+        "-u",
+        "127.0.0.1:9",
+        "--retries",
+        "1",
+        "--upstream-backoff",
+        "1h",
         "--route",
         "/api",
         "--route",
@@ -504,6 +511,14 @@ fn update_keeps_the_counters_and_the_routes_that_stay() {
         "{s}"
     );
     assert_eq!(s["upstreams"][0]["connections"], 4, "{s}");
+    assert_eq!(s["retries"], 1, "{s}");
+    let down = &s["upstreams"][1];
+    assert_eq!(down["addr"], "127.0.0.1:9", "{s}");
+    assert_eq!(
+        (down["healthy"].as_bool(), down["connect_failures"].as_u64()),
+        (Some(false), Some(1)),
+        "the down upstream stays down: {s}"
+    );
 
     // Counting goes on from there, on /metrics too.
     let hp = bound_addr(&netd, "hp");
