@@ -54,6 +54,7 @@ pub fn fault_stats_json(f: &proto::FaultStats) -> Value {
         "datagrams_reordered": f.datagrams_reordered,
         "datagrams_corrupted": f.datagrams_corrupted,
         "datagrams_delayed": f.datagrams_delayed,
+        "requests_affected": f.requests_affected,
     })
 }
 

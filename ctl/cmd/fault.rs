@@ -1,5 +1,5 @@
-//! `netctl fault add|update|rm|ls`: faults on proxy and udp-proxy
-//! listeners. Every attribute is a flag of its own name and can be given
+//! `netctl fault add|update|rm|ls`: faults on proxy, udp-proxy and
+//! http-proxy listeners. Every attribute is a flag of its own name and can be given
 //! as `--attr KEY=VALUE` too (as `toxiproxy-cli toxic add -a`); the type
 //! attributes' flags and help come from the list of fault types
 //! (`netd::fault::types`). Both are gathered into the same key/value table
@@ -77,7 +77,8 @@ pub(crate) struct FaultOpts {
     /// Probability (0 to 1) that a connection (UDP: a client) is affected.
     #[arg(long, value_name = "P")]
     toxicity: Option<String>,
-    /// Only after N bytes on the direction, per connection (TCP).
+    /// Only after N bytes on the direction, per connection (TCP); reset
+    /// (HTTP): bytes of the response body sent before the reset.
     #[arg(long, value_name = "N")]
     after_bytes: Option<String>,
     /// Only inside a window: START+DUR after now (e.g. 5s+10s), START
@@ -87,9 +88,32 @@ pub(crate) struct FaultOpts {
     /// Only clients in this network, e.g. 127.0.0.2/32.
     #[arg(long, value_name = "CIDR")]
     client: Option<String>,
-    /// Only every Nth connection (UDP: client).
+    /// Only every Nth connection (UDP: client; HTTP: matching request).
     #[arg(long, value_name = "N")]
     every: Option<String>,
+    /// (HTTP) Only requests with this method (repeat for several).
+    #[arg(long = "method", value_name = "METHOD")]
+    methods: Vec<String>,
+    /// (HTTP) Only requests whose path starts with this, e.g. /api.
+    #[arg(long, value_name = "PATH")]
+    path_prefix: Option<String>,
+    /// (HTTP) Only requests whose path is exactly this.
+    #[arg(long, value_name = "PATH")]
+    path_exact: Option<String>,
+    /// (HTTP) Only requests whose path matches this regular expression,
+    /// e.g. '^/orders/[0-9]+$'.
+    #[arg(long, value_name = "REGEX")]
+    path_regex: Option<String>,
+    /// (HTTP) Only requests with this header: 'name' (present), 'name:
+    /// value' (that value) or 'name~ regex' (repeat: all must hold).
+    #[arg(long = "header", value_name = "HEADER")]
+    headers: Vec<String>,
+    /// (HTTP) Only gRPC calls to this service, e.g. pkg.Service.
+    #[arg(long, value_name = "SERVICE")]
+    grpc_service: Option<String>,
+    /// (HTTP) Only gRPC calls to this method of --grpc-service.
+    #[arg(long, value_name = "METHOD")]
+    grpc_method: Option<String>,
     /// A type attribute or condition as KEY=VALUE (repeatable), e.g.
     /// --attr latency=100ms; the keys are the flags' names with `_`
     /// (and the config's: every_nth, start_after, duration). Applied
@@ -104,13 +128,15 @@ pub(crate) struct FaultOpts {
 fn add_long_about() -> String {
     let tcp = netd::services::fault_kinds(Target::Tcp).join(", ");
     let udp = netd::services::fault_kinds(Target::Udp).join(", ");
+    let http = netd::services::fault_kinds(Target::Http).join(", ");
     format!(
-        "Add a fault to a {tcp} or {udp}; it applies at once, to open \
-         connections too.\n\n\
-         TCP ({tcp}) types: {}. UDP ({udp}) types: {}.\n\n\
+        "Add a fault to a {tcp}, {udp} or {http}; it applies at once, to open \
+         connections (HTTP: the next request) too.\n\n\
+         TCP ({tcp}) types: {}. UDP ({udp}) types: {}. HTTP ({http}) types: {}.\n\n\
          Each attribute is a flag of its own name, or --attr KEY=VALUE.",
         types::names_for(Target::Tcp).join(", "),
-        types::names_for(Target::Udp).join(", ")
+        types::names_for(Target::Udp).join(", "),
+        types::names_for(Target::Http).join(", ")
     )
 }
 
@@ -120,9 +146,18 @@ fn flag_of(key: &str) -> String {
 }
 
 /// One flag per attribute key of the fault types (from their list), each
-/// setting the key of its name.
+/// setting the key of its name (a list key's flag repeats). A key of a
+/// common option's name (reset's after_bytes) is that option's flag.
 #[derive(Debug, Default)]
-pub(crate) struct TypeFlags(Vec<(&'static str, String)>);
+pub(crate) struct TypeFlags(Vec<(&'static str, Value)>);
+
+/// The type keys that have a flag of their own.
+fn flag_keys() -> impl Iterator<Item = &'static types::Key> {
+    types::all_keys()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| !attrs::COMMON_KEYS.contains(&k.name))
+}
 
 impl FromArgMatches for TypeFlags {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
@@ -132,10 +167,17 @@ impl FromArgMatches for TypeFlags {
     }
 
     fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
-        for (key, _) in types::all_keys() {
-            if let Some(v) = m.get_one::<String>(key.name) {
+        for key in flag_keys() {
+            let v = if key.unit == types::Unit::Texts {
+                m.get_many::<String>(key.name)
+                    .map(|v| Value::Array(v.map(|s| Value::String(s.clone())).collect()))
+            } else {
+                m.get_one::<String>(key.name)
+                    .map(|v| Value::String(v.clone()))
+            };
+            if let Some(v) = v {
                 self.0.retain(|(k, _)| *k != key.name);
-                self.0.push((key.name, v.clone()));
+                self.0.push((key.name, v));
             }
         }
         Ok(())
@@ -144,18 +186,20 @@ impl FromArgMatches for TypeFlags {
 
 impl Args for TypeFlags {
     fn augment_args(mut cmd: Command) -> Command {
-        for (key, _) in types::all_keys() {
+        for key in flag_keys() {
             let mut help = types::key_help(key.name);
             if key.name == "timeout" {
                 help.push_str(". (netctl's own request --timeout goes before the command.)");
             }
-            cmd = cmd.arg(
-                Arg::new(key.name)
-                    .long(flag_of(key.name))
-                    .value_name(key.unit.value_name())
-                    .value_parser(clap::value_parser!(String))
-                    .help(help),
-            );
+            let mut arg = Arg::new(key.name)
+                .long(flag_of(key.name))
+                .value_name(key.unit.value_name())
+                .value_parser(clap::value_parser!(String))
+                .help(help);
+            if key.unit == types::Unit::Texts {
+                arg = arg.action(clap::ArgAction::Append);
+            }
+            cmd = cmd.arg(arg);
         }
         cmd
     }
@@ -178,8 +222,20 @@ impl FaultOpts {
         set("after_bytes", &self.after_bytes);
         set("client", &self.client);
         set("every_nth", &self.every);
+        set("path_prefix", &self.path_prefix);
+        set("path_exact", &self.path_exact);
+        set("path_regex", &self.path_regex);
+        set("grpc_service", &self.grpc_service);
+        set("grpc_method", &self.grpc_method);
+        let list = |v: &[String]| Value::Array(v.iter().cloned().map(Value::String).collect());
+        if !self.methods.is_empty() {
+            t.insert("methods".into(), list(&self.methods));
+        }
+        if !self.headers.is_empty() {
+            t.insert("headers".into(), list(&self.headers));
+        }
         for (k, v) in &self.types.0 {
-            t.insert((*k).into(), Value::String(v.clone()));
+            t.insert((*k).into(), v.clone());
         }
         if let Some(w) = &self.window {
             let (start, dur) =
@@ -193,9 +249,22 @@ impl FaultOpts {
                 t.insert("duration".into(), Value::String(d));
             }
         }
+        let mut lists: Vec<&str> = Vec::new();
         for a in &self.attr {
             let (k, v) = parse_attr(a).map_err(|e| render::usage(anyhow!("--attr: {e}")))?;
-            t.insert(k.into(), Value::String(v.into()));
+            if !is_list_key(k) {
+                t.insert(k.into(), Value::String(v.into()));
+                continue;
+            }
+            // A list key given again adds to what --attr gave before.
+            let item = Value::String(v.into());
+            match t.get_mut(k) {
+                Some(Value::Array(items)) if lists.contains(&k) => items.push(item),
+                _ => {
+                    t.insert(k.into(), Value::Array(vec![item]));
+                    lists.push(k);
+                }
+            }
         }
         Ok(())
     }
@@ -208,6 +277,15 @@ impl FaultOpts {
             .map(|(k, _)| k)
             .collect()
     }
+}
+
+/// Whether a key holds a list (`methods`, `headers`, a header fault's
+/// `set`, `add`, `remove`).
+fn is_list_key(k: &str) -> bool {
+    matches!(k, "methods" | "headers")
+        || types::all_keys()
+            .iter()
+            .any(|(key, _)| key.name == k && key.unit == types::Unit::Texts)
 }
 
 /// "latency=100ms" → ("latency", "100ms"); the name and type are given
@@ -267,6 +345,8 @@ fn flagged(msg: &str, attr_keys: &[&str]) -> String {
         let flag = match k {
             k if attr_keys.contains(&k) => format!("--attr {k}"),
             "every_nth" => "--every".to_string(),
+            "methods" => "--method".to_string(),
+            "headers" => "--header".to_string(),
             "start_after" | "duration" => "--window".to_string(),
             "client" => "--client".to_string(),
             k => format!("--{}", flag_of(k)),
@@ -418,6 +498,11 @@ const LS_HEADER: [&str; 7] = [
 ];
 
 fn direction(f: &proto::Fault) -> &'static str {
+    // HTTP faults act on requests or responses (their phase), not on a
+    // direction.
+    if f.kind.as_ref().is_some_and(|k| types::def_of(k).http) {
+        return "-";
+    }
     match proto::FaultDirection::try_from(f.direction).unwrap_or_default() {
         proto::FaultDirection::Upstream => "upstream",
         proto::FaultDirection::Both => "both",
@@ -446,7 +531,12 @@ fn ls_row(s: &proto::FaultStatus) -> Vec<String> {
 
 /// The counters that are not zero, shortest first ("affected 3").
 pub(crate) fn counters(s: &proto::FaultStats) -> String {
-    let mut out = vec![format!("affected {}", s.connections_affected)];
+    // HTTP faults count requests; the others connections (clients).
+    let mut out = if types::by_name(&s.r#type).is_some_and(|d| d.http) {
+        vec![format!("requests {}", s.requests_affected)]
+    } else {
+        vec![format!("affected {}", s.connections_affected)]
+    };
     for (label, v, is_bytes) in [
         ("delayed", s.bytes_delayed, true),
         ("dropped", s.bytes_dropped, true),
@@ -485,11 +575,13 @@ fn print_one(ctx: &Ctx, verb: &str, s: &proto::FaultStatus) {
         return;
     }
     let f = s.fault.clone().unwrap_or_default();
+    let what = match direction(&f) {
+        "-" => netd::fault::type_of(&f).to_string(),
+        d => format!("{}, {d}", netd::fault::type_of(&f)),
+    };
     outln!(
-        "{verb} fault {} ({}, {}) on {}: {}",
+        "{verb} fault {} ({what}) on {}: {}",
         crate::escape::escape(&f.name),
-        netd::fault::type_of(&f),
-        direction(&f),
         crate::escape::escape(&s.listener),
         crate::escape::escape(&attrs::summary(&f))
     );
@@ -531,7 +623,11 @@ mod tests {
                     t
                 };
                 let t = table(&by_flag);
-                assert_eq!(t.get(key.name).and_then(Value::as_str), Some(v), "{flag}");
+                let got = t.get(key.name).and_then(|x| match x {
+                    Value::Array(a) => a.first().and_then(Value::as_str),
+                    other => other.as_str(),
+                });
+                assert_eq!(got, Some(v), "{flag}");
                 assert_eq!(t, table(&by_attr), "{attr}");
                 let f = attrs::from_table(&t).unwrap_or_else(|e| panic!("{attr}: {e}"));
                 let kind = f.kind.as_ref().unwrap();

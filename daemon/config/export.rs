@@ -196,13 +196,7 @@ mod tests {
                 duration: d(60, 0),
                 client_cidr: "127.0.0.0/8".into(),
                 every_nth: 3,
-                methods: Vec::new(),
-                path_prefix: String::new(),
-                path_exact: String::new(),
-                path_regex: String::new(),
-                headers: Vec::new(),
-                grpc_service: String::new(),
-                grpc_method: String::new(),
+                ..Default::default()
             }),
             kind: Some(kind),
         }

@@ -6,8 +6,10 @@
 //!
 //! Keys: `name`, `type`, `direction` (upstream, downstream, both),
 //! `toxicity`, the conditions `after_bytes`, `start_after`, `duration`,
-//! `client` (CIDR), `every_nth`, and each type's own keys with their
-//! units ([`super::types`]). Durations are strings ("100ms"); rates are
+//! `client` (CIDR), `every_nth`, the HTTP request conditions
+//! ([`HTTP_CONDITION_KEYS`]), and each type's own keys with their units
+//! ([`super::types`]); a type key of a common key's name (reset's
+//! `after_bytes`) is the type's. Durations are strings ("100ms"); rates are
 //! "1MB/s" (K, M, G are powers of 1000, Ki, Mi, Gi of 1024; "bit" units
 //! count bits).
 
@@ -34,6 +36,25 @@ pub const COMMON_KEYS: &[&str] = &[
     "duration",
     "client",
     "every_nth",
+    "methods",
+    "path_prefix",
+    "path_exact",
+    "path_regex",
+    "headers",
+    "grpc_service",
+    "grpc_method",
+];
+
+/// The request conditions of HTTP faults (among [`COMMON_KEYS`]); lists:
+/// `methods`, `headers`.
+pub const HTTP_CONDITION_KEYS: &[&str] = &[
+    "methods",
+    "path_prefix",
+    "path_exact",
+    "path_regex",
+    "headers",
+    "grpc_service",
+    "grpc_method",
 ];
 
 fn duration_value(key: &str, v: &Value) -> Result<prost_types::Duration, String> {
@@ -85,6 +106,22 @@ fn f64_value(key: &str, v: &Value) -> Result<f64, String> {
 fn string_value<'a>(key: &str, v: &'a Value) -> Result<&'a str, String> {
     v.as_str()
         .ok_or_else(|| format!("{key}: a string is expected"))
+}
+
+/// A list of strings; one string is a list of one.
+fn strings_value(key: &str, v: &Value) -> Result<Vec<String>, String> {
+    match v {
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("{key}: a list of strings is expected"))
+            })
+            .collect(),
+        _ => Err(format!("{key}: a list of strings is expected")),
+    }
 }
 
 /// A rate such as "1MB/s", "250KiB/s", "8Mbit/s" or a plain number of
@@ -199,8 +236,23 @@ pub fn from_table(t: &Table) -> Result<proto::Fault, String> {
         .map(|v| f64_value("toxicity", v))
         .transpose()?;
     let dur = |k: &str| get(k).map(|v| duration_value(k, v)).transpose();
+    let text = |k: &str| -> Result<String, String> {
+        Ok(get(k)
+            .map(|v| string_value(k, v).map(str::to_string))
+            .transpose()?
+            .unwrap_or_default())
+    };
+    let texts = |k: &str| -> Result<Vec<String>, String> {
+        Ok(get(k)
+            .map(|v| strings_value(k, v))
+            .transpose()?
+            .unwrap_or_default())
+    };
+    // A type's own after_bytes (reset) is not the condition.
+    let own_after_bytes = def.key("after_bytes").is_some();
     let when = proto::FaultCondition {
         after_bytes: get("after_bytes")
+            .filter(|_| !own_after_bytes)
             .map(|v| u64_value("after_bytes", v))
             .transpose()?
             .unwrap_or(0),
@@ -214,7 +266,13 @@ pub fn from_table(t: &Table) -> Result<proto::Fault, String> {
             .map(|v| u32_value("every_nth", v))
             .transpose()?
             .unwrap_or(0),
-        ..Default::default()
+        methods: texts("methods")?,
+        path_prefix: text("path_prefix")?,
+        path_exact: text("path_exact")?,
+        path_regex: text("path_regex")?,
+        headers: texts("headers")?,
+        grpc_service: text("grpc_service")?,
+        grpc_method: text("grpc_method")?,
     };
     let mut kind = types::default_kind(&ty).ok_or_else(|| format!("unknown fault type '{ty}'"))?;
     for key in def.keys {
@@ -234,6 +292,8 @@ pub fn from_table(t: &Table) -> Result<proto::Fault, String> {
             Unit::Bytes => Val::Int(u64_value(k, v)?),
             Unit::Size | Unit::Count => Val::Int(u32_value(k, v)?.into()),
             Unit::Probability => Val::Float(Some(f64_value(k, v)?)),
+            Unit::Text => Val::Text(string_value(k, v)?.to_string()),
+            Unit::Texts => Val::Texts(strings_value(k, v)?),
         };
         types::set(&mut kind, k, val);
     }
@@ -244,6 +304,21 @@ pub fn from_table(t: &Table) -> Result<proto::Fault, String> {
         when: (when != proto::FaultCondition::default()).then_some(when),
         kind: Some(kind),
     })
+}
+
+fn put_text(t: &mut Table, k: &str, v: &str) {
+    if !v.is_empty() {
+        t.insert(k.into(), Value::String(v.to_string()));
+    }
+}
+
+fn put_texts(t: &mut Table, k: &str, v: &[String]) {
+    if !v.is_empty() {
+        t.insert(
+            k.into(),
+            Value::Array(v.iter().cloned().map(Value::String).collect()),
+        );
+    }
 }
 
 fn dur_text(d: &prost_types::Duration) -> String {
@@ -295,6 +370,13 @@ pub fn to_table(f: &proto::Fault) -> Table {
             t.insert("client".into(), s(&w.client_cidr));
         }
         put_u64(&mut t, "every_nth", w.every_nth.into());
+        put_texts(&mut t, "methods", &w.methods);
+        put_text(&mut t, "path_prefix", &w.path_prefix);
+        put_text(&mut t, "path_exact", &w.path_exact);
+        put_text(&mut t, "path_regex", &w.path_regex);
+        put_texts(&mut t, "headers", &w.headers);
+        put_text(&mut t, "grpc_service", &w.grpc_service);
+        put_text(&mut t, "grpc_method", &w.grpc_method);
     }
     if let Some(kind) = &f.kind {
         for key in types::def_of(kind).keys {
@@ -314,6 +396,8 @@ pub fn to_table(f: &proto::Fault) -> Table {
                     t.insert(k.into(), Value::Float(x));
                 }
                 (_, Some(Val::Float(None))) => {}
+                (_, Some(Val::Text(v))) => put_text(&mut t, k, &v),
+                (_, Some(Val::Texts(v))) => put_texts(&mut t, k, &v),
             }
         }
     }
@@ -328,6 +412,13 @@ pub fn summary(f: &proto::Fault) -> String {
         .filter(|(k, _)| !matches!(k.as_str(), "name" | "type"))
         .map(|(k, v)| match v {
             Value::String(s) => format!("{k}={s}"),
+            Value::Array(a) => format!(
+                "{k}={}",
+                a.iter()
+                    .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             other => format!("{k}={other}"),
         })
         .collect::<Vec<_>>()

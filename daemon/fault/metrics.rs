@@ -83,4 +83,12 @@ pub const FAMILIES: &[Family<FaultStats>] = &[
         Desc::counter("netd_fault_datagrams_delayed", "Datagrams a fault delayed.").by(LABELS),
         |f, p| put(f, p, f.datagrams_delayed),
     ),
+    Family::each(
+        Desc::counter(
+            "netd_fault_requests_affected",
+            "HTTP requests a fault acted on (http-proxy).",
+        )
+        .by(LABELS),
+        |f, p| put(f, p, f.requests_affected),
+    ),
 ];

@@ -1,10 +1,11 @@
 //! Fault injection: the validated form of a `Fault` ([`Compiled`]), the
 //! live table of a listener's faults ([`FaultTable`]) and their counters.
 //! The fault types are listed once, in [`types`] (a module per type); what
-//! a compiled fault does is a TCP or UDP [`action`].
+//! a compiled fault does is a TCP, UDP or HTTP [`action`]; the conditions
+//! of HTTP faults on requests are [`http`].
 //!
 //! A listener's faults live in its spec (`ProxySpec.faults`,
-//! `UdpProxySpec.faults`), so they are persisted, exported and applied like
+//! `UdpProxySpec.faults`, `HttpProxySpec.faults`), so they are persisted, exported and applied like
 //! any other setting; the supervisor keeps one [`FaultTable`] per listener
 //! (across generations, like its counters) and puts each change into it, so
 //! a fault added at runtime reaches open connections too. The data paths
@@ -15,11 +16,13 @@
 //! Per connection (TCP) or client (UDP), each fault is decided once: its
 //! client network, its every-Nth count and its toxicity roll
 //! ([`Active::decide`]). Its time window and after-bytes threshold are
-//! checked as data flows. Faults compose in list order.
+//! checked as data flows. Faults compose in list order. HTTP faults are
+//! decided per request instead ([`Active::decide_request`]).
 
 pub mod action;
 pub mod attrs;
 pub mod cidr;
+pub mod http;
 pub mod metrics;
 pub mod rng;
 pub mod types;
@@ -34,24 +37,76 @@ use tokio::time::Instant;
 
 use crate::proto;
 use crate::spec::SpecError;
-pub use action::{Action, ActionOn, TcpAction, UdpAction};
+pub use action::{Action, ActionOn, HttpAction, Phase, TcpAction, UdpAction};
 pub use cidr::Cidr;
 pub use rng::Rng;
 
-/// Faults per listener.
+/// Faults per proxy or udp-proxy listener (each connection or client keeps
+/// a decision per fault).
 pub const MAX_FAULTS: usize = 32;
+/// Faults per http-proxy listener: route-by-route rules are many (a
+/// benchmark runs 100), and a request only walks the list.
+pub const MAX_HTTP_FAULTS: usize = 128;
 /// Longest latency, jitter, delay or timeout a fault may have.
 pub const MAX_FAULT_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// Bandwidth bounds (bytes per second).
 pub const MIN_RATE: u64 = 1;
 pub const MAX_RATE: u64 = 10_000_000_000;
 
-/// Which traffic a fault is for: a TCP proxy's byte streams or a UDP
-/// proxy's datagrams. Decides which types are allowed.
+/// Which traffic a fault is for: a TCP proxy's byte streams, a UDP
+/// proxy's datagrams or an HTTP proxy's requests. Decides which types are
+/// allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     Tcp,
     Udp,
+    Http,
+}
+
+impl Target {
+    /// Every target, in the order messages list them.
+    pub const ALL: [Target; 3] = [Target::Tcp, Target::Udp, Target::Http];
+
+    /// The kind whose listeners take this target's faults, for messages.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Target::Tcp => "proxy (TCP)",
+            Target::Udp => "udp-proxy",
+            Target::Http => "http-proxy",
+        }
+    }
+
+    /// "a proxy (TCP)", "an http-proxy".
+    fn a_kind(self) -> String {
+        match self {
+            Target::Http => format!("an {}", self.kind()),
+            _ => format!("a {}", self.kind()),
+        }
+    }
+
+    /// The most faults a listener of this target holds.
+    pub fn max_faults(self) -> usize {
+        match self {
+            Target::Tcp | Target::Udp => MAX_FAULTS,
+            Target::Http => MAX_HTTP_FAULTS,
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Target::Tcp => 0,
+            Target::Udp => 1,
+            Target::Http => 2,
+        }
+    }
+
+    fn of_code(c: u8) -> Target {
+        match c {
+            1 => Target::Udp,
+            2 => Target::Http,
+            _ => Target::Tcp,
+        }
+    }
 }
 
 /// The directions a fault acts on.
@@ -93,6 +148,8 @@ pub struct Condition {
     pub duration: Option<Duration>,
     pub client: Option<Cidr>,
     pub every_nth: u32,
+    /// HTTP faults: the request conditions (None: every request).
+    pub http: Option<Arc<http::Match>>,
 }
 
 /// A validated fault.
@@ -178,12 +235,14 @@ pub fn compile(f: &proto::Fault, target: Target) -> Result<Compiled, SpecError> 
     } else {
         Some(Cidr::parse(&c.client_cidr).map_err(|e| err(name, format!("client_cidr: {e}")))?)
     };
+    let http_match = http::Match::compile(&c).map_err(|e| err(name, e))?;
     let when = Condition {
         after_bytes: c.after_bytes,
         start_after: duration(name, "start_after", &c.start_after)?.unwrap_or_default(),
         duration: duration(name, "duration", &c.duration)?,
         client,
         every_nth: c.every_nth,
+        http: http_match.map(Arc::new),
     };
     if when.duration == Some(Duration::ZERO) {
         return Err(err(
@@ -195,31 +254,59 @@ pub fn compile(f: &proto::Fault, target: Target) -> Result<Compiled, SpecError> 
         return Err(err(
             name,
             format!(
-                "a type is required: {} (proxy) or {} (udp-proxy)",
-                types::names_for(Target::Tcp).join(", "),
-                types::names_for(Target::Udp).join(", ")
+                "a type is required: {}",
+                Target::ALL
+                    .iter()
+                    .map(|t| format!("{} ({})", types::names_for(*t).join(", "), t.kind()))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
         ));
     };
     let def = types::def_of(kind);
     let on = types::compile(kind, &types::Cx { name, target })?;
     if !def.takes(target) {
-        let (what, other) = match target {
-            Target::Tcp => ("a proxy (TCP)", "udp-proxy"),
-            Target::Udp => ("a udp-proxy", "proxy (TCP)"),
-        };
+        let takers: Vec<String> = Target::ALL
+            .iter()
+            .filter(|t| def.takes(**t))
+            .map(|t| t.a_kind())
+            .collect();
         return Err(err(
             name,
             format!(
-                "type {} is for a {other} listener; {what} takes {}",
+                "type {} is for {} listener; {} takes {}",
                 def.name,
+                takers.join(" or "),
+                target.a_kind(),
                 types::names_for(target).join(", ")
             ),
         ));
     }
     let action = Action { ty: def.name, on };
-    if target == Target::Udp && when.after_bytes != 0 {
-        return Err(err(name, "after_bytes applies to TCP proxies only"));
+    if when.after_bytes != 0 {
+        if target == Target::Udp {
+            return Err(err(name, "after_bytes applies to TCP proxies only"));
+        }
+        if def.http {
+            return Err(err(
+                name,
+                "after_bytes (a condition on TCP bytes) does not apply to HTTP faults; a reset fault has an after_bytes of its own",
+            ));
+        }
+    }
+    if when.http.is_some() && !def.http {
+        return Err(err(
+            name,
+            format!(
+                "methods, path_prefix, path_exact, path_regex, headers, grpc_service and grpc_method are conditions of HTTP faults (an http-proxy's {}), not of a {} fault",
+                types::names_for(Target::Http)
+                    .into_iter()
+                    .filter(|n| types::by_name(n).is_some_and(|d| d.http))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                def.name
+            ),
+        ));
     }
     Ok(Compiled {
         name: f.name.clone(),
@@ -232,10 +319,12 @@ pub fn compile(f: &proto::Fault, target: Target) -> Result<Compiled, SpecError> 
 
 /// Check a whole list: each fault, the count, unique names.
 pub fn compile_all(faults: &[proto::Fault], target: Target) -> Result<Vec<Compiled>, SpecError> {
-    if faults.len() > MAX_FAULTS {
+    let max = target.max_faults();
+    if faults.len() > max {
         return Err(SpecError::new(format!(
-            "{} faults; at most {MAX_FAULTS} per listener",
-            faults.len()
+            "{} faults; at most {max} per {} listener",
+            faults.len(),
+            target.kind()
         )));
     }
     let mut out: Vec<Compiled> = Vec::with_capacity(faults.len());
@@ -261,6 +350,7 @@ pub struct FaultCounters {
     pub datagrams_reordered: AtomicU64,
     pub datagrams_corrupted: AtomicU64,
     pub datagrams_delayed: AtomicU64,
+    pub requests_affected: AtomicU64,
 }
 
 impl FaultCounters {
@@ -321,6 +411,32 @@ impl Active {
         hit
     }
 
+    /// Whether an HTTP fault applies to a request (its window is checked
+    /// by the caller): the client's network, the request conditions, the
+    /// every-Nth count of the requests that got so far, the toxicity as a
+    /// per-request probability. Counted in `requests_affected` when it
+    /// does.
+    pub fn decide_request(&self, peer: IpAddr, req: &http::Request<'_>, rng: &mut Rng) -> bool {
+        let w = &self.fault.when;
+        if w.client.as_ref().is_some_and(|c| !c.contains(peer)) {
+            return false;
+        }
+        if w.http.as_ref().is_some_and(|m| !m.matches(req)) {
+            return false;
+        }
+        if w.every_nth > 1 {
+            let n = self.seen.fetch_add(1, Relaxed) + 1;
+            if n % u64::from(w.every_nth) != 0 {
+                return false;
+            }
+        }
+        let hit = self.fault.toxicity >= 1.0 || rng.chance(self.fault.toxicity);
+        if hit {
+            self.counters.requests_affected.fetch_add(1, Relaxed);
+        }
+        hit
+    }
+
     /// Whether `now` is inside the fault's time window.
     pub fn in_window(&self, now: Instant) -> bool {
         let w = &self.fault.when;
@@ -361,7 +477,7 @@ impl Active {
             datagrams_corrupted: c.datagrams_corrupted.load(Relaxed),
             datagrams_delayed: c.datagrams_delayed.load(Relaxed),
             active: self.in_window(now),
-            requests_affected: 0,
+            requests_affected: c.requests_affected.load(Relaxed),
         }
     }
 }
@@ -397,7 +513,10 @@ impl std::fmt::Display for TableError {
         match self {
             TableError::Exists(n) => write!(f, "a fault named '{n}' exists already"),
             TableError::NotFound(n) => write!(f, "no fault named '{n}'"),
-            TableError::Full => write!(f, "at most {MAX_FAULTS} faults per listener"),
+            TableError::Full => write!(
+                f,
+                "the listener has as many faults as it may: {MAX_FAULTS} on a proxy or udp-proxy, {MAX_HTTP_FAULTS} on an http-proxy"
+            ),
             TableError::Invalid(e) => f.write_str(e),
         }
     }
@@ -408,9 +527,9 @@ impl std::fmt::Display for TableError {
 /// [`FaultTable::current`] only when it changed.
 #[derive(Debug)]
 pub struct FaultTable {
-    /// Tcp or Udp (see [`FaultTable::target`]); changes when an update
-    /// replaces the listener with one of the other kind.
-    udp: std::sync::atomic::AtomicBool,
+    /// The [`Target`]'s code (see [`FaultTable::target`]); changes when
+    /// an update replaces the listener with one of another kind.
+    target: std::sync::atomic::AtomicU8,
     /// 0 while the listener never had a fault; bumped on every change.
     version: AtomicU64,
     set: RwLock<Arc<FaultSet>>,
@@ -424,7 +543,7 @@ pub struct FaultTable {
 impl FaultTable {
     pub fn new(target: Target) -> Self {
         FaultTable {
-            udp: std::sync::atomic::AtomicBool::new(target == Target::Udp),
+            target: std::sync::atomic::AtomicU8::new(target.code()),
             version: AtomicU64::new(0),
             set: RwLock::new(Arc::new(FaultSet::default())),
             changing: Mutex::new(()),
@@ -439,11 +558,7 @@ impl FaultTable {
     }
 
     pub fn target(&self) -> Target {
-        if self.udp.load(Relaxed) {
-            Target::Udp
-        } else {
-            Target::Tcp
-        }
+        Target::of_code(self.target.load(Relaxed))
     }
 
     /// After a replace: the listener's kind may have changed (a proxy
@@ -454,7 +569,7 @@ impl FaultTable {
         if target != self.target() {
             compile_all(faults, target).map_err(|e| TableError::Invalid(e.message))?;
             self.remove(None)?;
-            self.udp.store(target == Target::Udp, Relaxed);
+            self.target.store(target.code(), Relaxed);
         }
         self.replace_all(faults)
     }
@@ -522,7 +637,7 @@ impl FaultTable {
         if cur.faults.iter().any(|a| a.fault.name == c.name) {
             return Err(TableError::Exists(c.name));
         }
-        if cur.faults.len() >= MAX_FAULTS {
+        if cur.faults.len() >= self.target().max_faults() {
             return Err(TableError::Full);
         }
         let a = Arc::new(Active::new(c, spec, Arc::default()));

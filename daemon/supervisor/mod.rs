@@ -258,7 +258,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// The kinds that take faults, for messages: "proxy and udp-proxy".
 fn fault_kinds_text() -> String {
-    let all: Vec<&str> = [crate::fault::Target::Tcp, crate::fault::Target::Udp]
+    let all: Vec<&str> = crate::fault::Target::ALL
         .into_iter()
         .flat_map(crate::services::fault_kinds)
         .collect();

@@ -113,8 +113,9 @@ fn the_kinds_that_take_faults_are_named_from_the_registry() {
     use crate::fault::Target;
     assert_eq!(crate::services::fault_kinds(Target::Tcp), ["proxy"]);
     assert_eq!(crate::services::fault_kinds(Target::Udp), ["udp-proxy"]);
+    assert_eq!(crate::services::fault_kinds(Target::Http), ["http-proxy"]);
     assert_eq!(
         SupervisorError::NoFaults("e".into(), "tcp-echo").to_string(),
-        "listener 'e' is a tcp-echo; faults can be injected into proxy and udp-proxy listeners"
+        "listener 'e' is a tcp-echo; faults can be injected into proxy, udp-proxy and http-proxy listeners"
     );
 }

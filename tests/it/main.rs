@@ -23,6 +23,8 @@ mod hardening_files;
 mod hardening_http;
 mod hardening_udp;
 mod http;
+mod http_proxy_faults;
+mod http_proxy;
 mod http_proxy_surface;
 mod in_process;
 mod kubernetes;

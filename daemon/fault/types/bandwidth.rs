@@ -10,6 +10,7 @@ pub const DEF: Def = Def {
     name: "bandwidth",
     tcp: true,
     udp: true,
+    http: false,
     toxiproxy: true,
     keys: &[Key::new(
         "rate",
@@ -38,7 +39,7 @@ pub fn compile(m: &F, cx: &Cx<'_>) -> Result<ActionOn, SpecError> {
         )));
     }
     Ok(match cx.target {
-        Target::Tcp => ActionOn::Tcp(TcpAction::Bandwidth { rate }),
+        Target::Tcp | Target::Http => ActionOn::Tcp(TcpAction::Bandwidth { rate }),
         Target::Udp => ActionOn::Udp(UdpAction::Bandwidth { rate }),
     })
 }

@@ -9,6 +9,7 @@ pub const DEF: Def = Def {
     name: "corrupt",
     tcp: false,
     udp: true,
+    http: false,
     toxiproxy: false,
     keys: &[Key::new(
         "probability",

@@ -10,6 +10,7 @@ pub const DEF: Def = Def {
     name: "down",
     tcp: true,
     udp: true,
+    http: false,
     toxiproxy: false,
     keys: &[],
 };
@@ -22,7 +23,7 @@ pub fn set(_m: &mut F, _key: &str, _v: Val) {}
 
 pub fn compile(_m: &F, cx: &Cx<'_>) -> Result<ActionOn, SpecError> {
     Ok(match cx.target {
-        Target::Tcp => ActionOn::Tcp(TcpAction::Down),
+        Target::Tcp | Target::Http => ActionOn::Tcp(TcpAction::Down),
         Target::Udp => ActionOn::Udp(UdpAction::Down),
     })
 }

@@ -10,6 +10,7 @@ pub const DEF: Def = Def {
     name: "latency",
     tcp: true,
     udp: true,
+    http: false,
     toxiproxy: true,
     keys: &[
         Key::new("latency", Unit::Duration, "added delay, e.g. 100ms")
@@ -39,7 +40,7 @@ pub fn compile(m: &F, cx: &Cx<'_>) -> Result<ActionOn, SpecError> {
     let latency = cx.duration("latency", &m.latency)?.unwrap_or_default();
     let jitter = cx.duration("jitter", &m.jitter)?.unwrap_or_default();
     Ok(match cx.target {
-        Target::Tcp => ActionOn::Tcp(TcpAction::Latency { latency, jitter }),
+        Target::Tcp | Target::Http => ActionOn::Tcp(TcpAction::Latency { latency, jitter }),
         Target::Udp => ActionOn::Udp(UdpAction::Latency { latency, jitter }),
     })
 }

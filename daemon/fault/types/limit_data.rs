@@ -9,6 +9,7 @@ pub const DEF: Def = Def {
     name: "limit_data",
     tcp: true,
     udp: false,
+    http: false,
     toxiproxy: true,
     keys: &[Key::new("bytes", Unit::Bytes, "close after this many bytes")
         .toxiproxy(Toxiproxy::Whole)],

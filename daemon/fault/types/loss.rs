@@ -11,6 +11,7 @@ pub const DEF: Def = Def {
     name: "loss",
     tcp: false,
     udp: true,
+    http: false,
     toxiproxy: false,
     keys: &[
         Key::new(

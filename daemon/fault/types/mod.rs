@@ -6,11 +6,13 @@
 //!
 //! Each type is one module here holding its [`Def`] (name, transports,
 //! keys), the read and write of its attributes ([`Val`] by key) and its
-//! compile step (checks, then its [`TcpAction`] or [`UdpAction`]).
+//! compile step (checks, then its [`TcpAction`], [`UdpAction`] or
+//! [`HttpAction`]).
 //! Adding a type: its message and oneof arm in the proto, its module
-//! here, one line in the list, its variant in [`TcpAction`] and/or
-//! [`UdpAction`] (`../action.rs`), and what it does in the engine(s) that
-//! take it (`services/proxy/toxic.rs`, `services/udp_proxy/impair.rs`).
+//! here, one line in the list, its variant in [`TcpAction`], [`UdpAction`]
+//! or [`HttpAction`] (`../action.rs`), and what it does in the engine(s)
+//! that take it (`services/proxy/toxic.rs`, `services/udp_proxy/impair.rs`,
+//! `services/http_proxy/fault.rs`).
 //! Its flags, `--attr` keys, help, flat form and Toxiproxy mapping follow
 //! from its line.
 
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use super::{ActionOn, Target, err};
 #[cfg(doc)]
-use super::{TcpAction, UdpAction};
+use super::{HttpAction, TcpAction, UdpAction};
 use crate::proto::fault::Kind;
 use crate::spec::SpecError;
 
@@ -38,6 +40,10 @@ pub enum Unit {
     Count,
     /// A probability, 0 to 1.
     Probability,
+    /// A string; empty is left out.
+    Text,
+    /// A list of strings (a flag given again adds one); empty is left out.
+    Texts,
 }
 
 impl Unit {
@@ -49,6 +55,7 @@ impl Unit {
             Unit::Bytes | Unit::Size => "BYTES",
             Unit::Count => "N",
             Unit::Probability => "P",
+            Unit::Text | Unit::Texts => "TEXT",
         }
     }
 
@@ -59,6 +66,8 @@ impl Unit {
             Unit::Rate => "1MB/s",
             Unit::Bytes | Unit::Size | Unit::Count => "10",
             Unit::Probability => "0.5",
+            Unit::Text => "response",
+            Unit::Texts => "x-fault: 1",
         }
     }
 }
@@ -124,6 +133,8 @@ pub struct Def {
     pub tcp: bool,
     /// Taken by udp-proxy listeners.
     pub udp: bool,
+    /// An HTTP fault: taken by http-proxy listeners, on requests.
+    pub http: bool,
     /// Offered by the Toxiproxy API (under the same name).
     pub toxiproxy: bool,
     /// Its attributes, beyond the common keys.
@@ -135,6 +146,7 @@ impl Def {
         match target {
             Target::Tcp => self.tcp,
             Target::Udp => self.udp,
+            Target::Http => self.http,
         }
     }
 
@@ -144,26 +156,44 @@ impl Def {
 }
 
 /// An attribute's value in a fault's proto message.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Val {
     Dur(Option<prost_types::Duration>),
     Int(u64),
     /// None: unset (or 0 where the proto has no unset).
     Float(Option<f64>),
+    /// Empty: unset.
+    Text(String),
+    /// Empty: unset.
+    Texts(Vec<String>),
 }
 
 impl Val {
     pub fn dur(self) -> Option<prost_types::Duration> {
         match self {
             Val::Dur(d) => d,
-            Val::Int(_) | Val::Float(_) => None,
+            _ => None,
         }
     }
 
     pub fn int(self) -> u64 {
         match self {
             Val::Int(n) => n,
-            Val::Dur(_) | Val::Float(_) => 0,
+            _ => 0,
+        }
+    }
+
+    pub fn text(self) -> String {
+        match self {
+            Val::Text(s) => s,
+            _ => String::new(),
+        }
+    }
+
+    pub fn texts(self) -> Vec<String> {
+        match self {
+            Val::Texts(v) => v,
+            _ => Vec::new(),
         }
     }
 
@@ -175,7 +205,7 @@ impl Val {
     pub fn float(self) -> Option<f64> {
         match self {
             Val::Float(f) => f,
-            Val::Dur(_) | Val::Int(_) => None,
+            _ => None,
         }
     }
 
@@ -211,7 +241,7 @@ impl Cx<'_> {
 }
 
 /// The list: `ProtoArm => module`, in the order help and errors give them
-/// (TCP ones, then UDP ones; `down` is for both and comes last).
+/// (TCP ones, then UDP ones; `down` is for both; then the HTTP ones).
 macro_rules! fault_types {
     ($($arm:ident => $module:ident),* $(,)?) => {
         $(pub mod $module;)*
@@ -291,10 +321,13 @@ pub fn names_for(target: Target) -> Vec<&'static str> {
         .collect()
 }
 
-/// Every type: the TCP ones, then the UDP-only ones.
+/// Every type: the TCP ones, then the UDP-only ones, then the HTTP ones.
 pub fn all_names() -> Vec<&'static str> {
     let mut out = names_for(Target::Tcp);
-    for n in names_for(Target::Udp) {
+    for n in names_for(Target::Udp)
+        .into_iter()
+        .chain(names_for(Target::Http))
+    {
         if !out.contains(&n) {
             out.push(n);
         }
@@ -356,6 +389,10 @@ mod tests {
             names_for(Target::Udp).join(" "),
             "latency bandwidth loss duplicate reorder corrupt down"
         );
+        assert_eq!(
+            names_for(Target::Http).join(" "),
+            "abort delay slow_body reset header replace_body"
+        );
         assert_eq!(all_names().len(), ALL.len());
     }
 
@@ -367,7 +404,7 @@ mod tests {
             assert!(ALL[..i].iter().all(|d| d.name != def.name), "{}", def.name);
             let mut kind = default_kind(def.name).expect(def.name);
             assert_eq!(def_of(&kind).name, def.name);
-            assert!(def.tcp || def.udp, "{}", def.name);
+            assert!(def.tcp || def.udp || def.http, "{}", def.name);
             for key in def.keys {
                 let v = match key.unit {
                     Unit::Duration => Val::Dur(Some(prost_types::Duration {
@@ -376,9 +413,11 @@ mod tests {
                     })),
                     Unit::Rate | Unit::Bytes | Unit::Size | Unit::Count => Val::Int(7),
                     Unit::Probability => Val::Float(Some(0.25)),
+                    Unit::Text => Val::Text("x".into()),
+                    Unit::Texts => Val::Texts(vec!["a: 1".into(), "b".into()]),
                 };
                 assert!(get(&kind, key.name).is_some(), "{}.{}", def.name, key.name);
-                set(&mut kind, key.name, v);
+                set(&mut kind, key.name, v.clone());
                 assert_eq!(get(&kind, key.name), Some(v), "{}.{}", def.name, key.name);
                 if def.toxiproxy {
                     assert!(key.toxiproxy.is_some(), "{}.{}", def.name, key.name);

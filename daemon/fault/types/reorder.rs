@@ -12,6 +12,7 @@ pub const DEF: Def = Def {
     name: "reorder",
     tcp: false,
     udp: true,
+    http: false,
     toxiproxy: false,
     keys: &[
         Key::new(

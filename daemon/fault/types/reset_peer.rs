@@ -10,6 +10,7 @@ pub const DEF: Def = Def {
     name: "reset_peer",
     tcp: true,
     udp: false,
+    http: false,
     toxiproxy: true,
     keys: &[Key::new("timeout", Unit::Duration, "reset after this long")
         .toxiproxy(Toxiproxy::Millis)],

@@ -13,6 +13,7 @@ pub const DEF: Def = Def {
     name: "slicer",
     tcp: true,
     udp: false,
+    http: false,
     toxiproxy: true,
     keys: &[
         Key::new("average_size", Unit::Size, "average slice size in bytes")

@@ -9,6 +9,7 @@ pub const DEF: Def = Def {
     name: "slow_close",
     tcp: true,
     udp: false,
+    http: false,
     toxiproxy: true,
     keys: &[Key::new("delay", Unit::Duration, "delay before the close")
         .toxiproxy(Toxiproxy::Millis)],

@@ -10,6 +10,7 @@ pub const DEF: Def = Def {
     name: "timeout",
     tcp: true,
     udp: false,
+    http: false,
     toxiproxy: true,
     keys: &[Key::new(
         "timeout",

@@ -4,10 +4,19 @@
 //! (hop-by-hop headers dropped, the client named by X-Forwarded-For or
 //! Forwarded), sent over the pooled client of its HTTP version, and the
 //! response (with the faults after) streamed back.
+//!
+//! - Bodies are counted both ways ([`super::body`]); the access-log line
+//!   is written when the response body ends, with the bytes sent.
+//! - A request body without a declared length is cut at max_body_bytes:
+//!   the client gets 413 when no response was sent yet (else its stream
+//!   is reset), counted in `too_large`.
+//! - An HTTP/1.1 upgrade (WebSocket) goes over HTTP/1.1 and, on a 101,
+//!   becomes a tunnel ([`super::upgrade`]).
+//! - A failed connect or upstream TLS handshake ([`super::connector`])
+//!   marks the upstream down with the reason as its `last_error`.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -16,11 +25,12 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use parking_lot::RwLock;
 use tokio::time::Instant;
 
-use super::{HttpProxy, POOL_IDLE_TIMEOUT, UpstreamProtocol, fault};
+use super::body::{Counted, LogLine, Tail};
+use super::connector::{ConnectError, Connector};
+use super::{HttpProxy, UpstreamProtocol, fault, upgrade};
 use crate::services::ServiceCtx;
 use crate::services::http_server::Peer;
 
@@ -42,39 +52,40 @@ pub fn error(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 /// The pooled clients to the upstreams, one per HTTP version, built on
-/// first use (their pools spawn on the runtime).
-#[derive(Debug)]
+/// first use in a run of the listener (their pools spawn on the runtime)
+/// and dropped when the run ends, which closes the idle pooled
+/// connections.
+#[derive(Default)]
 pub struct Clients {
-    connect_timeout: Duration,
-    max_idle: u32,
-    h1: OnceLock<Client<HttpConnector, Body>>,
-    h2: OnceLock<Client<HttpConnector, Body>>,
+    h1: RwLock<Option<Arc<Client<Connector, Body>>>>,
+    h2: RwLock<Option<Arc<Client<Connector, Body>>>>,
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clients")
+    }
 }
 
 impl Clients {
-    pub fn new(connect_timeout: Duration, max_idle: u32) -> Clients {
-        Clients {
-            connect_timeout,
-            max_idle,
-            h1: OnceLock::new(),
-            h2: OnceLock::new(),
+    /// The client of one HTTP version.
+    pub fn get(
+        &self,
+        h2: bool,
+        build: impl FnOnce() -> Client<Connector, Body>,
+    ) -> Arc<Client<Connector, Body>> {
+        let cell = if h2 { &self.h2 } else { &self.h1 };
+        if let Some(c) = &*cell.read() {
+            return c.clone();
         }
+        let built = Arc::new(build());
+        cell.write().get_or_insert(built).clone()
     }
 
-    fn get(&self, h2: bool) -> &Client<HttpConnector, Body> {
-        let cell = if h2 { &self.h2 } else { &self.h1 };
-        cell.get_or_init(|| {
-            let mut c = HttpConnector::new();
-            c.set_connect_timeout(Some(self.connect_timeout));
-            c.set_nodelay(true);
-            let mut b = Client::builder(TokioExecutor::new());
-            b.timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                .pool_max_idle_per_host(self.max_idle as usize)
-                .http2_only(h2);
-            b.build(c)
-        })
+    /// Drop both clients (the listener's run ended).
+    pub fn clear(&self) {
+        self.h1.write().take();
+        self.h2.write().take();
     }
 }
 
@@ -86,9 +97,9 @@ pub struct Handler {
 }
 
 impl crate::services::http_server::Handler for Handler {
-    type Body = Body;
+    type Body = Counted;
 
-    async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<Counted> {
         let began = Instant::now();
         let p = &self.proxy;
         let method = req.method().clone();
@@ -105,19 +116,23 @@ impl crate::services::http_server::Handler for Handler {
         }
         c.latency.record(took);
         route.record(status, took);
-        if let Some(path) = logged_path {
-            crate::telemetry::access_log::http(
-                &self.ctx.name,
-                peer.addr,
-                peer.client_cert.as_deref(),
-                method.as_str(),
-                &path,
-                status,
-                0,
-                took.as_micros() as u64,
-            );
-        }
-        resp
+        // The access-log line is written when the body ends, with the
+        // bytes sent.
+        let log = logged_path.map(|path| LogLine {
+            listener: self.ctx.name.clone(),
+            client: peer.addr,
+            client_cert: peer.client_cert.clone(),
+            method,
+            path,
+            status,
+            began,
+        });
+        let tail = Tail {
+            counters: p.counters.clone(),
+            log,
+        };
+        let stats = self.ctx.stats.clone();
+        resp.map(|b| Counted::response(b, stats, tail))
     }
 }
 
@@ -187,55 +202,39 @@ impl Handler {
     }
 
     /// Send the request upstream and return the upstream's response (or
-    /// netd's 502/504).
-    async fn forward(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+    /// netd's 502/504, or 413 when a body without a declared length turns
+    /// out too large).
+    async fn forward(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let p = &*self.proxy;
-        let h2 = match p.protocol {
-            UpstreamProtocol::Auto => req.version() >= Version::HTTP_2,
-            UpstreamProtocol::Http1 => false,
-            UpstreamProtocol::H2c => true,
-        };
+        let h1_client = req.version() < Version::HTTP_2;
+        let upgrade = h1_client
+            .then(|| upgrade::requested(req.headers()))
+            .flatten();
+        // An upgrade goes over HTTP/1.1 whatever upstream_protocol says.
+        let h2 = upgrade.is_none()
+            && match p.protocol {
+                UpstreamProtocol::Auto => !h1_client,
+                UpstreamProtocol::Http1 => false,
+                UpstreamProtocol::H2c => true,
+            };
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            });
-        strip_hop_by_hop(&mut parts.headers);
-        add_forwarded(p, &mut parts.headers, peer, authority.as_deref());
-        if h2 {
-            parts.headers.remove(header::HOST);
-        } else if let Some(a) = authority.as_deref() {
-            if !parts.headers.contains_key(header::HOST) {
-                if let Ok(v) = HeaderValue::from_str(a) {
-                    parts.headers.insert(header::HOST, v);
-                }
-            }
-        }
-        parts.version = if h2 {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
+        self.rewrite(&mut parts, peer, h2, upgrade);
         let path = parts
             .uri
             .path_and_query()
             .map_or("/", |pq| pq.as_str())
             .to_owned();
         let bodyless = hyper::body::Body::is_end_stream(&body);
-        let limit = p.max_body as usize;
-        let mut body: Option<Body> = Some(
-            http_body_util::Limited::new(body, limit)
-                .map_err(BoxError::from)
-                .boxed_unsync(),
-        );
-        let client = p.clients.get(h2);
+        let limited = http_body_util::Limited::new(body, p.max_body as usize);
+        let mut body: Option<Body> =
+            Some(Counted::request(limited, self.ctx.stats.clone()).boxed_unsync());
+        let client = p.client(h2, &self.ctx);
+        let scheme = if p.upstream_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let mut tried: Vec<usize> = Vec::new();
         loop {
             let Some((i, up)) = p.pick(&tried) else {
@@ -244,7 +243,7 @@ impl Handler {
             };
             tried.push(i);
             let uri = Uri::builder()
-                .scheme("http")
+                .scheme(scheme)
                 .authority(up.addr.get().to_string())
                 .path_and_query(path.as_str())
                 .build();
@@ -261,43 +260,12 @@ impl Handler {
             *out.headers_mut() = parts.headers.clone();
             up.state.connections.fetch_add(1, Relaxed);
             let sent = tokio::time::timeout(p.request_timeout, client.request(out)).await;
-            match sent {
+            let e = match sent {
                 Ok(Ok(resp)) => {
                     up.mark_up();
-                    let (mut parts, body) = resp.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    return Response::from_parts(
-                        parts,
-                        body.map_err(BoxError::from).boxed_unsync(),
-                    );
+                    return self.answer(resp, client_upgrade);
                 }
-                Ok(Err(e)) if e.is_connect() => {
-                    tracing::debug!(listener = %self.ctx.name, upstream = %up.addr, error = %e, "upstream connect failed");
-                    up.mark_down(
-                        p.upstream_backoff,
-                        format!("connect failed: {}", source_text(&e)),
-                    );
-                    let again = bodyless
-                        && tried.len() <= p.retries as usize
-                        && tried.len() < p.upstreams.len();
-                    if again {
-                        p.counters.retries.fetch_add(1, Relaxed);
-                        continue;
-                    }
-                    p.counters.upstream_errors.fetch_add(1, Relaxed);
-                    return error(
-                        StatusCode::BAD_GATEWAY,
-                        &format!("upstream {}: connect failed", up.addr),
-                    );
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(listener = %self.ctx.name, upstream = %up.addr, error = %e, "upstream request failed");
-                    p.counters.upstream_errors.fetch_add(1, Relaxed);
-                    return error(
-                        StatusCode::BAD_GATEWAY,
-                        &format!("upstream {}: {}", up.addr, source_text(&e)),
-                    );
-                }
+                Ok(Err(e)) => e,
                 Err(_) => {
                     p.counters.upstream_timeouts.fetch_add(1, Relaxed);
                     return error(
@@ -309,9 +277,135 @@ impl Handler {
                         ),
                     );
                 }
+            };
+            if is_too_large(&e) {
+                p.counters.too_large.fetch_add(1, Relaxed);
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("body larger than {} bytes", p.max_body),
+                );
             }
+            if !e.is_connect() {
+                tracing::debug!(listener = %self.ctx.name, upstream = %up.addr, error = %e, "upstream request failed");
+                p.counters.upstream_errors.fetch_add(1, Relaxed);
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("upstream {}: {}", up.addr, source_text(&e)),
+                );
+            }
+            let why = connect_error(&e);
+            tracing::debug!(listener = %self.ctx.name, upstream = %up.addr, error = %why, "upstream connect failed");
+            up.mark_down(p.upstream_backoff, why.clone());
+            let again =
+                bodyless && tried.len() <= p.retries as usize && tried.len() < p.upstreams.len();
+            if again {
+                p.counters.retries.fetch_add(1, Relaxed);
+                continue;
+            }
+            p.counters.upstream_errors.fetch_add(1, Relaxed);
+            return error(
+                StatusCode::BAD_GATEWAY,
+                &format!("upstream {}: {why}", up.addr),
+            );
         }
     }
+
+    /// The request's head as the upstream gets it: hop-by-hop headers
+    /// dropped (an upgrade's two put back), the client named, Host for
+    /// HTTP/1.1 (from the client's :authority when it spoke HTTP/2).
+    fn rewrite(
+        &self,
+        parts: &mut http::request::Parts,
+        peer: &Peer,
+        h2: bool,
+        upgrade: Option<HeaderValue>,
+    ) {
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            });
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(u) = upgrade {
+            upgrade::restore(&mut parts.headers, u);
+        }
+        add_forwarded(&self.proxy, &mut parts.headers, peer, authority.as_deref());
+        if h2 {
+            parts.headers.remove(header::HOST);
+        } else if let Some(a) = authority.as_deref() {
+            if !parts.headers.contains_key(header::HOST) {
+                if let Ok(v) = HeaderValue::from_str(a) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+        }
+        parts.version = if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+    }
+
+    /// The upstream's response as the client gets it; a 101 to an upgrade
+    /// request joins the two connections.
+    fn answer(
+        &self,
+        mut resp: Response<Incoming>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<Body> {
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upgraded = match client_upgrade {
+            Some(on_client) if switching => {
+                let kept = upgrade::requested(resp.headers());
+                let on_upstream = hyper::upgrade::on(&mut resp);
+                self.proxy.counters.upgrades.fetch_add(1, Relaxed);
+                upgrade::spawn(
+                    on_client,
+                    on_upstream,
+                    self.proxy.server.idle_timeout,
+                    &self.ctx,
+                );
+                kept
+            }
+            _ => None,
+        };
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(u) = upgraded {
+            upgrade::restore(&mut parts.headers, u);
+        }
+        Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
+    }
+}
+
+/// Whether a request failed because its body went over max_body_bytes.
+fn is_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Why a connection to the upstream failed, for its `last_error`.
+fn connect_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(c) = err.downcast_ref::<ConnectError>() {
+            return c.to_string();
+        }
+        cur = err.source();
+    }
+    format!("connect failed: {}", source_text(e))
 }
 
 /// The innermost cause of a client error, for a message.

@@ -12,12 +12,19 @@
 //!   it over h2c with its trailers.
 //! - HTTP faults ([`fault`]) act on requests matched by method, path,
 //!   headers or gRPC method; per-route counters ([`routes`]).
+//! - Upstream TLS (`upstream_tls`, ALPN h2 or http/1.1 by the client's
+//!   version) is the pooled clients' connector ([`connector`]); HTTP/1.1
+//!   upgrades pass through as tunnels ([`upgrade`]); bodies are counted
+//!   into bytes_in/bytes_out ([`body`]).
 
+mod body;
+mod connector;
 mod fault;
 mod forward;
 pub mod metrics;
 mod routes;
 mod show;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,7 +50,7 @@ use super::{
     duration_field, duration_in, listen_field, size_in,
 };
 use crate::net::accept::accept_loop;
-use crate::net::tls::ServedTls;
+use crate::net::tls::{ServedTls, TlsCounters, UpstreamTls};
 use crate::proto;
 use crate::spec::FieldError;
 use crate::spec::form::{self, Key, Unit};
@@ -149,6 +156,11 @@ pub struct HttpProxy {
     server: Arc<HttpServer>,
     /// The upstream side: pooled clients, built when the listener runs.
     clients: forward::Clients,
+    /// TLS to the upstreams (`upstream_tls`).
+    upstream_tls: Option<Arc<UpstreamTls>>,
+    /// Where upstream handshakes are counted: the served TLS's counters,
+    /// or the listener's own when it only originates.
+    tls_counters: Arc<TlsCounters>,
 }
 
 impl HttpProxy {
@@ -175,7 +187,7 @@ impl HttpProxy {
             check_not_self(listen, upstreams.iter().map(|u| u.addr.get()))
                 .map_err(|e| e.about("upstreams"))?;
         }
-        crate::fault::compile_all(&spec.faults, crate::fault::Target::Tcp)?;
+        crate::fault::compile_all(&spec.faults, crate::fault::Target::Http)?;
         if spec.retries > MAX_RETRIES {
             return Err(SpecError::at(
                 "retries",
@@ -196,6 +208,11 @@ impl HttpProxy {
         )? as u32;
         let access_log = spec.access_log.unwrap_or(true);
         let counters = Arc::new(Counters::default());
+        let served_tls = ServedTls::from_spec(spec.tls.as_ref(), TLS_DEFAULT_ALPN)?.map(Arc::new);
+        let upstream_tls = UpstreamTls::from_spec(spec.upstream_tls.as_ref())?.map(Arc::new);
+        let tls_counters = served_tls
+            .as_ref()
+            .map_or_else(Arc::default, |s| s.counters().clone());
         let server = HttpServer {
             header_timeout: duration_in(
                 "header_read_timeout",
@@ -216,7 +233,7 @@ impl HttpProxy {
                 1..=u64::from(MAX_MAX_STREAMS),
             )? as u32,
             max_header_bytes,
-            tls: ServedTls::from_spec(spec.tls.as_ref(), TLS_DEFAULT_ALPN)?.map(Arc::new),
+            tls: served_tls,
             tls_handshake_timeout: tls_handshake_timeout(spec.tls.as_ref()),
             want_client_cert: access_log,
             upgrades: true,
@@ -266,7 +283,9 @@ impl HttpProxy {
             next: AtomicUsize::new(0),
             counters,
             server: Arc::new(server),
-            clients: forward::Clients::new(connect_timeout, max_idle),
+            clients: forward::Clients::default(),
+            upstream_tls,
+            tls_counters,
         })
     }
 
@@ -314,7 +333,47 @@ impl HttpProxy {
         first.map(|i| (i, &self.upstreams[i]))
     }
 
+    /// The pooled client of one HTTP version for this run of the listener.
+    fn client(
+        &self,
+        h2: bool,
+        ctx: &ServiceCtx,
+    ) -> Arc<hyper_util::client::legacy::Client<connector::Connector, forward::Body>> {
+        self.clients.get(h2, || {
+            connector::client(
+                connector::Settings {
+                    connect_timeout: self.connect_timeout,
+                    max_idle: self.max_idle,
+                    idle_timeout: POOL_IDLE_TIMEOUT,
+                    tls: self.upstream_tls.clone(),
+                    counters: self.tls_counters.clone(),
+                    upstreams: self.upstreams.clone(),
+                    close: ctx.close_connections.clone(),
+                },
+                h2,
+            )
+        })
+    }
+
     async fn run_on(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        ctx: ServiceCtx,
+    ) -> anyhow::Result<()> {
+        if self.upstream_tls.as_ref().is_some_and(|u| u.insecure) {
+            tracing::warn!(
+                listener = %ctx.name,
+                "upstream_insecure is set: upstream TLS certificates are NOT verified, \
+                 anyone on the path can pose as the upstream (for lab self-signed upstreams only)"
+            );
+        }
+        let r = self.serve_on(listener, ctx).await;
+        // The run is over: the pools go, closing their idle connections.
+        self.clients.clear();
+        r
+    }
+
+    async fn serve_on(
         self: &Arc<Self>,
         listener: TcpListener,
         ctx: ServiceCtx,
@@ -518,6 +577,13 @@ impl ListenerKind for HttpProxy {
                 }
             }
         }
+        // The TLS counters go on while the listener keeps serving TLS, or
+        // keeps not serving it.
+        match &self.server.tls {
+            Some(s) => self.tls_counters = s.counters().clone(),
+            None if prev.server.tls.is_none() => self.tls_counters = prev.tls_counters.clone(),
+            None => {}
+        }
     }
 
     fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
@@ -573,7 +639,16 @@ impl ListenerKind for HttpProxy {
     }
 
     fn tls_stats(&self) -> Option<proto::TlsStats> {
-        self.server.tls.as_ref().map(|t| t.stats())
+        if let Some(t) = &self.server.tls {
+            return Some(t.stats());
+        }
+        self.upstream_tls.as_ref()?;
+        let c = &self.tls_counters;
+        Some(proto::TlsStats {
+            upstream_handshakes: c.upstream_handshakes.load(Relaxed),
+            upstream_failures: c.upstream_failures.load(Relaxed),
+            ..Default::default()
+        })
     }
 
     /// Per client connection: itself and, at worst, one upstream
@@ -588,7 +663,7 @@ impl ListenerKind for HttpProxy {
     }
 
     fn faults(spec: &Self::Spec) -> Option<(&Vec<proto::Fault>, crate::fault::Target)> {
-        Some((&spec.faults, crate::fault::Target::Tcp))
+        Some((&spec.faults, crate::fault::Target::Http))
     }
 
     fn faults_mut(spec: &mut Self::Spec) -> Option<&mut Vec<proto::Fault>> {

@@ -1,0 +1,152 @@
+//! The bodies the http-proxy passes on, counted: a request body's data
+//! into the listener's `bytes_in`, a response body's into `bytes_out`
+//! (one relaxed add per frame). A response body also carries the
+//! request's access-log line, written when the body ends (or is dropped:
+//! the client went away), with the bytes really sent; an upstream that
+//! fails in the middle of a response body counts an upstream error.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tokio::time::Instant;
+
+use super::Counters;
+use super::forward::{Body, BoxError};
+use crate::telemetry::stats::Stats;
+
+/// The access-log line of one request, written once its response body
+/// ends.
+pub struct LogLine {
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub client_cert: Option<Arc<str>>,
+    pub method: http::Method,
+    pub path: String,
+    pub status: u16,
+    pub began: Instant,
+}
+
+/// What a response body does at its end.
+pub struct Tail {
+    pub counters: Arc<Counters>,
+    pub log: Option<LogLine>,
+}
+
+/// A body whose data is counted as it passes.
+pub struct Counted<B = Body> {
+    inner: B,
+    stats: Arc<Stats>,
+    /// Response bodies: `bytes_out`; request bodies: `bytes_in`.
+    response: bool,
+    bytes: u64,
+    tail: Option<Tail>,
+}
+
+impl<B> Counted<B> {
+    /// A request body going upstream (`bytes_in`).
+    pub fn request(inner: B, stats: Arc<Stats>) -> Counted<B> {
+        Counted {
+            inner,
+            stats,
+            response: false,
+            bytes: 0,
+            tail: None,
+        }
+    }
+
+    /// A response body going to the client (`bytes_out`), with what to do
+    /// at its end.
+    pub fn response(inner: B, stats: Arc<Stats>, tail: Tail) -> Counted<B> {
+        Counted {
+            inner,
+            stats,
+            response: true,
+            bytes: 0,
+            tail: Some(tail),
+        }
+    }
+
+    fn counter(&self) -> &AtomicU64 {
+        if self.response {
+            &self.stats.bytes_out
+        } else {
+            &self.stats.bytes_in
+        }
+    }
+}
+
+impl<B> hyper::body::Body for Counted<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner)
+            .poll_frame(cx)
+            .map(|f| f.map(|r| r.map_err(Into::into)));
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    this.bytes += n;
+                    Stats::add(this.counter(), n);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(tail) = &this.tail {
+                    tail.counters
+                        .upstream_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(None) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Counted<B> {
+    /// Write the access-log line (once).
+    fn finish(&mut self) {
+        let Some(line) = self.tail.as_mut().and_then(|t| t.log.take()) else {
+            return;
+        };
+        crate::telemetry::access_log::http(
+            &line.listener,
+            line.client,
+            line.client_cert.as_deref(),
+            line.method.as_str(),
+            &line.path,
+            line.status,
+            self.bytes,
+            line.began.elapsed().as_micros() as u64,
+        );
+    }
+}
+
+impl<B> Drop for Counted<B> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
