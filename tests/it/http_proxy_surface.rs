@@ -133,6 +133,68 @@ fn promtool_reads(text: &str) {
     );
 }
 
+/// `/metrics` after the requests of
+/// [`requests_are_counted_by_route_and_upstream_in_stats_status_and_metrics`]:
+/// the counters, and a histogram per route that promtool reads.
+fn metrics_of_hp(port: u16, up: &str) {
+    let text = scrape(port);
+    let base = "listener=\"hp\",kind=\"http-proxy\"";
+    assert_eq!(
+        metric(&text, &format!("netd_http_proxy_requests_total{{{base}}}")),
+        Some(6.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            &format!(
+                "netd_http_proxy_responses_total{{{base},route=\"/api/orders\",class=\"4xx\"}}"
+            )
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            &format!("netd_http_proxy_upstream_healthy{{{base},upstream=\"{up}\"}}")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            &format!("netd_http_proxy_upstream_requests_total{{{base},upstream=\"{up}\"}}")
+        ),
+        Some(6.0),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE netd_http_proxy_request_duration_seconds histogram\n"),
+        "{text}"
+    );
+    let (buckets, count, sum) = histogram(&text, "hp", "/api");
+    let les: Vec<&str> = buckets.iter().map(|(le, _)| le.as_str()).collect();
+    assert_eq!(
+        les,
+        [
+            "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0",
+            "+Inf"
+        ],
+        "{text}"
+    );
+    assert!(
+        buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+        "not cumulative: {buckets:?}"
+    );
+    assert_eq!((buckets[buckets.len() - 1].1, count), (3.0, 3.0), "{text}");
+    assert!(sum > 0.0, "{text}");
+    let (_, count, _) = histogram(&text, "hp", "/api/orders");
+    assert_eq!(count, 2.0);
+    promtool_reads(&text);
+}
+
 #[test]
 fn requests_are_counted_by_route_and_upstream_in_stats_status_and_metrics() {
     let port = free_tcp_port();
@@ -250,63 +312,7 @@ fn requests_are_counted_by_route_and_upstream_in_stats_status_and_metrics() {
         "{json}"
     );
 
-    // /metrics: the counters, and a histogram per route.
-    let text = scrape(port);
-    let base = "listener=\"hp\",kind=\"http-proxy\"";
-    assert_eq!(
-        metric(&text, &format!("netd_http_proxy_requests_total{{{base}}}")),
-        Some(6.0),
-        "{text}"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            &format!(
-                "netd_http_proxy_responses_total{{{base},route=\"/api/orders\",class=\"4xx\"}}"
-            )
-        ),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            &format!("netd_http_proxy_upstream_healthy{{{base},upstream=\"{up}\"}}")
-        ),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        metric(
-            &text,
-            &format!("netd_http_proxy_upstream_requests_total{{{base},upstream=\"{up}\"}}")
-        ),
-        Some(6.0),
-        "{text}"
-    );
-    assert!(
-        text.contains("# TYPE netd_http_proxy_request_duration_seconds histogram\n"),
-        "{text}"
-    );
-    let (buckets, count, sum) = histogram(&text, "hp", "/api");
-    let les: Vec<&str> = buckets.iter().map(|(le, _)| le.as_str()).collect();
-    assert_eq!(
-        les,
-        [
-            "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0",
-            "+Inf"
-        ],
-        "{text}"
-    );
-    assert!(
-        buckets.windows(2).all(|w| w[0].1 <= w[1].1),
-        "not cumulative: {buckets:?}"
-    );
-    assert_eq!((buckets[buckets.len() - 1].1, count), (3.0, 3.0), "{text}");
-    assert!(sum > 0.0, "{text}");
-    let (_, count, _) = histogram(&text, "hp", "/api/orders");
-    assert_eq!(count, 2.0);
-    promtool_reads(&text);
+    metrics_of_hp(port, &up);
 }
 
 /// A config file with every key of an http-proxy (over two listeners: one
