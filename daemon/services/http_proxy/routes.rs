@@ -49,7 +49,9 @@ impl RouteCounters {
 
 #[derive(Debug)]
 pub struct Route {
-    pub prefix: Box<str>,
+    /// Shared, so that a request's access-log line can name its route
+    /// without a copy.
+    pub prefix: Arc<str>,
     pub counters: Arc<RouteCounters>,
 }
 
