@@ -25,6 +25,7 @@ mod hardening_udp;
 mod http;
 mod http_proxy;
 mod http_proxy_faults;
+mod http_proxy_surface;
 mod in_process;
 mod kubernetes;
 mod layers;
