@@ -19,11 +19,11 @@ use crate::render::{self, outln};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum FaultCmd {
-    /// Add a fault to a proxy or udp-proxy; it applies at once, to open
-    /// connections too.
+    /// Add a fault to a proxy, udp-proxy or http-proxy; it applies at
+    /// once, to open connections (HTTP: the next request) too.
     #[command(long_about = add_long_about())]
     Add {
-        /// The proxy or udp-proxy listener.
+        /// The proxy, udp-proxy or http-proxy listener.
         listener: String,
         /// The fault's name, unique on the listener.
         name: String,
@@ -36,7 +36,7 @@ pub(crate) enum FaultCmd {
     /// Change a fault: only the options given change; its counters are
     /// kept and its time window starts again.
     Update {
-        /// The proxy or udp-proxy listener.
+        /// The proxy, udp-proxy or http-proxy listener.
         listener: String,
         /// The fault's name.
         name: String,
@@ -50,7 +50,7 @@ pub(crate) enum FaultCmd {
     /// counters.
     #[command(alias = "remove")]
     Rm {
-        /// The proxy or udp-proxy listener.
+        /// The proxy, udp-proxy or http-proxy listener.
         listener: String,
         /// The fault's name.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -62,7 +62,7 @@ pub(crate) enum FaultCmd {
     /// List faults with their counters: of one listener, or of all.
     #[command(alias = "list")]
     Ls {
-        /// Only this proxy or udp-proxy listener.
+        /// Only this proxy, udp-proxy or http-proxy listener.
         listener: Option<String>,
     },
 }
@@ -74,7 +74,8 @@ pub(crate) struct FaultOpts {
     /// both.
     #[arg(short, long, value_name = "DIR")]
     direction: Option<String>,
-    /// Probability (0 to 1) that a connection (UDP: a client) is affected.
+    /// Probability (0 to 1) that a connection (UDP: a client; HTTP: a
+    /// request) is affected.
     #[arg(long, value_name = "P")]
     toxicity: Option<String>,
     /// Only after N bytes on the direction, per connection (TCP); reset
@@ -622,13 +623,20 @@ mod tests {
                     o.apply(&mut t).unwrap();
                     t
                 };
-                let t = table(&by_flag);
+                let mut t = table(&by_flag);
                 let got = t.get(key.name).and_then(|x| match x {
                     Value::Array(a) => a.first().and_then(Value::as_str),
                     other => other.as_str(),
                 });
                 assert_eq!(got, Some(v), "{flag}");
                 assert_eq!(t, table(&by_attr), "{attr}");
+                // The type's other required keys, so that it parses.
+                for other in def.keys.iter().filter(|k| k.required && k.name != key.name) {
+                    t.insert(
+                        other.name.into(),
+                        Value::String(other.unit.example().into()),
+                    );
+                }
                 let f = attrs::from_table(&t).unwrap_or_else(|e| panic!("{attr}: {e}"));
                 let kind = f.kind.as_ref().unwrap();
                 let unset = types::default_kind(def.name).unwrap();

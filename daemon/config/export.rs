@@ -299,6 +299,51 @@ mod tests {
         v
     }
 
+    /// The http-proxy of [`every_field_of_every_kind`].
+    fn every_http_proxy_field() -> ExportListener {
+        listener(
+            "hp",
+            Kind::HttpProxy(proto::HttpProxySpec {
+                listen: "127.0.0.1:0".into(),
+                upstreams: vec!["127.0.0.1:9".into(), "[::1]:7".into()],
+                connect_timeout: d(0, 1_000_000),
+                upstream_backoff: d(3, 999_999_999),
+                max_connections: 1_000_000,
+                max_idle_per_upstream: 1024,
+                upstream_protocol: "http1".into(),
+                forwarded: "both".into(),
+                routes: vec!["/api".into(), "/api/orders\"'q'".into(), "/".into()],
+                retries: 8,
+                max_body_bytes: 4096,
+                header_read_timeout: d(1, 500_000_000),
+                request_timeout: d(3600, 0),
+                idle_timeout: d(86_399, 123_456_789),
+                max_streams: 1000,
+                max_header_bytes: 1024,
+                access_log: Some(false),
+                // HTTP faults round-trip with the fault types' tests.
+                faults: Vec::new(),
+                envoy_fault_headers: true,
+                tls: Some(proto::TlsServer {
+                    cert_file: tls_files().cert.clone(),
+                    key_file: tls_files().key.clone(),
+                    client_ca_file: tls_files().cert.clone(),
+                    client_auth: "request".into(),
+                    alpn: vec!["h2".into(), "http/1.1".into()],
+                    handshake_timeout: d(2, 500_000_000),
+                }),
+                upstream_tls: Some(proto::TlsClient {
+                    enabled: true,
+                    sni: "api.internal".into(),
+                    ca_file: tls_files().cert.clone(),
+                    cert_file: tls_files().cert.clone(),
+                    key_file: tls_files().key.clone(),
+                    insecure: false,
+                }),
+            }),
+        )
+    }
+
     /// One spec of each kind with every field set to something other than
     /// its zero value. Struct literals without `..`: a new proto field
     /// does not compile here until it is set (and so round-tripped).
@@ -404,6 +449,7 @@ mod tests {
                     }),
                 }),
             ),
+            every_http_proxy_field(),
             listener(
                 "s",
                 Kind::Sniffer(proto::SnifferSpec {
@@ -852,6 +898,63 @@ mod fuzz {
             )
     }
 
+    fn http_proxy() -> BoxedStrategy<Kind> {
+        use crate::services::http_proxy::{MAX_MAX_IDLE, MAX_RETRIES};
+        let upstream = (
+            proptest::sample::select(&["127.0.0.1", "[::1]", "127.1.2.3"][..]),
+            1u16..,
+        )
+            .prop_map(|(h, p)| format!("{h}:{p}"));
+        (
+            listen(),
+            proptest::collection::vec(upstream, 1..4),
+            proptest::collection::btree_set("/[!-~]{0,12}", 0..5),
+            any::<u32>(),
+        )
+            .prop_map(|(listen, upstreams, routes, n)| {
+                // The rest derived from `n` rather than drawn: more
+                // strategies here overflow the test thread's stack in
+                // debug builds (as in udp_proxy).
+                let pick = |v: &[&str], i: u32| v[i as usize % v.len()].to_string();
+                let retries = n % (MAX_RETRIES + 1);
+                let dur = |seconds: i64, nanos: i32| Some(prost_types::Duration { seconds, nanos });
+                Kind::HttpProxy(proto::HttpProxySpec {
+                    listen,
+                    upstreams,
+                    connect_timeout: if n % 3 == 0 {
+                        dur(1 + i64::from(n % 600), (n % 1000) as i32)
+                    } else {
+                        None
+                    },
+                    upstream_backoff: if n % 5 == 0 { dur(1, 0) } else { None },
+                    max_connections: n % 1000,
+                    max_idle_per_upstream: n % (MAX_MAX_IDLE + 1),
+                    upstream_protocol: pick(&["", "auto", "http1", "h2c"], n / 7),
+                    forwarded: pick(
+                        &["", "x-forwarded-for", "forwarded", "both", "none"],
+                        n / 11,
+                    ),
+                    routes: routes.into_iter().collect(),
+                    retries,
+                    max_body_bytes: u64::from(n % 4096),
+                    header_read_timeout: if n % 2 == 0 { dur(2, 0) } else { None },
+                    request_timeout: None,
+                    idle_timeout: if n % 7 == 0 { dur(600, 5) } else { None },
+                    max_streams: n % 1000,
+                    max_header_bytes: if n % 3 == 1 { 1024 } else { 0 },
+                    access_log: None,
+                    // Faults round-trip in the every-field test.
+                    faults: Vec::new(),
+                    envoy_fault_headers: n % 2 == 1,
+                    tls: None,
+                    upstream_tls: None,
+                })
+            })
+            // Boxed: the union in kind() would otherwise outgrow the test
+            // thread's stack in debug builds.
+            .boxed()
+    }
+
     fn sniffer() -> impl Strategy<Value = Kind> {
         let filter = proptest::sample::select(
             &[
@@ -908,9 +1011,10 @@ mod fuzz {
                 tcp_echo(),
                 udp_echo(),
                 proxy(),
-                http(),
+                http().boxed(),
                 sniffer(),
-                udp_proxy()
+                udp_proxy(),
+                http_proxy()
             ],
             proptest::option::of(any::<bool>()),
         )

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -36,7 +36,7 @@ use crate::fault::metrics as fault_families;
 use crate::proto::{self, ListenerStats};
 use crate::services::{KINDS, KindInfo};
 use crate::supervisor::Supervisor;
-use crate::telemetry::families::{Desc, Metric};
+use crate::telemetry::families::{Buckets, Desc, Metric, Series};
 
 pub use crate::endpoints::http::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, Limits,
@@ -192,16 +192,74 @@ impl Collector for ListenerCollector {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// A series' value at a scrape.
+enum Value {
+    Int(u64),
+    /// Per bucket (not cumulative: the encoder adds them up), the last
+    /// one `+Inf` (`f64::MAX` to the encoder).
+    Histogram {
+        sum: f64,
+        count: u64,
+        buckets: Vec<(f64, u64)>,
+    },
+}
+
+impl Value {
+    fn of(series: Series<'_>) -> Value {
+        match series {
+            Series::Value(v) => Value::Int(v),
+            Series::Histogram(b) => Value::histogram(b),
+        }
+    }
+
+    /// A source's cumulative buckets as the encoder takes them. Counters
+    /// read one by one may be a request apart: the counts are kept
+    /// non-decreasing and `count` (the `+Inf` bucket) at least the last.
+    fn histogram(b: Buckets<'_>) -> Value {
+        let mut buckets = Vec::with_capacity(b.bounds.len() + 1);
+        let mut below = 0;
+        for (i, bound) in b.bounds.iter().enumerate() {
+            let upto = b.cumulative.get(i).copied().unwrap_or(below).max(below);
+            buckets.push((*bound, upto - below));
+            below = upto;
+        }
+        let count = b.count.max(below);
+        buckets.push((f64::MAX, count - below));
+        Value::Histogram {
+            sum: b.sum,
+            count,
+            buckets,
+        }
+    }
+}
+
+/// A histogram series as `prometheus-client` encodes one.
+struct ConstHistogram<'a> {
+    sum: f64,
+    count: u64,
+    buckets: &'a [(f64, u64)],
+}
+
+impl EncodeMetric for ConstHistogram<'_> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, self.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 /// One declared family and its series at a scrape.
 struct Family {
     desc: Desc,
-    series: Vec<(Labels, u64)>,
+    series: Vec<(Labels, Value)>,
 }
 
 impl Family {
     /// Add a series: the `base` labels (listener, kind), then the family's
     /// own labels with `values`.
-    fn put(&mut self, base: &Labels, values: &[&str], v: u64) {
+    fn put(&mut self, base: &Labels, values: &[&str], v: Series<'_>) {
         debug_assert_eq!(
             values.len(),
             self.desc.labels.len(),
@@ -216,7 +274,7 @@ impl Family {
                 .zip(values)
                 .map(|(k, v)| (*k, (*v).to_string())),
         );
-        self.series.push((labels, v));
+        self.series.push((labels, Value::of(v)));
     }
 
     fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -226,14 +284,30 @@ impl Family {
         let kind = match self.desc.metric {
             Metric::Counter => MetricType::Counter,
             Metric::Gauge => MetricType::Gauge,
+            Metric::Histogram => MetricType::Histogram,
         };
         let mut family = encoder.encode_descriptor(self.desc.name, self.desc.help, None, kind)?;
         for (labels, v) in &self.series {
-            match self.desc.metric {
-                Metric::Counter => ConstCounter::new(*v).encode(family.encode_family(labels)?)?,
-                Metric::Gauge => {
-                    ConstGauge::new(*v as i64).encode(family.encode_family(labels)?)?;
+            let into = family.encode_family(labels)?;
+            match (self.desc.metric, v) {
+                (Metric::Counter, Value::Int(v)) => ConstCounter::new(*v).encode(into)?,
+                (Metric::Gauge, Value::Int(v)) => ConstGauge::new(*v as i64).encode(into)?,
+                (
+                    Metric::Histogram,
+                    Value::Histogram {
+                        sum,
+                        count,
+                        buckets,
+                    },
+                ) => ConstHistogram {
+                    sum: *sum,
+                    count: *count,
+                    buckets,
                 }
+                .encode(into)?,
+                // A reader of another type than its family's (the
+                // constructors of `families::Family` rule it out).
+                _ => debug_assert!(false, "{}: series of another type", self.desc.name),
             }
         }
         Ok(())
@@ -489,6 +563,7 @@ mod tests {
             let (ty, suffix) = match desc.metric {
                 Metric::Counter => ("counter", "_total"),
                 Metric::Gauge => ("gauge", ""),
+                Metric::Histogram => ("histogram", "_count"),
             };
             let name = desc.name;
             assert!(
@@ -541,6 +616,58 @@ mod tests {
                 "{} is one of the counters every listener has",
                 a.name
             );
+        }
+    }
+
+    /// A histogram family is exported the Prometheus way: a cumulative
+    /// `_bucket` series per bound (`le`) and `+Inf`, equal to `_count`,
+    /// and `_sum`; counts read a request apart stay consistent.
+    #[test]
+    fn a_histogram_has_cumulative_buckets_inf_a_sum_and_a_count() {
+        let route = |route: &str, requests, latency_buckets: Vec<u64>| proto::HttpRouteStats {
+            route: route.into(),
+            requests,
+            latency_buckets,
+            latency_sum_seconds: 12.5,
+            ..Default::default()
+        };
+        let stats = proto::HttpProxyStats {
+            routes: vec![
+                route("/api", 5, vec![1, 1, 3, 3, 3, 3, 3, 3, 3, 3, 4]),
+                // Buckets read after a request the count missed; and a
+                // short list.
+                route("/b", 2, vec![0, 3]),
+            ],
+            ..Default::default()
+        };
+        let text = encode_text(vec![proto::Listener {
+            name: "hp".into(),
+            kind: proto::ListenerKind::HttpProxy as i32,
+            stats: Some(ListenerStats {
+                detail: Some(proto::listener_stats::Detail::HttpProxy(stats)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]);
+        let name = "netd_http_proxy_request_duration_seconds";
+        assert!(
+            text.contains(&format!("# TYPE {name} histogram\n")),
+            "{text}"
+        );
+        let labels = |route: &str| format!("listener=\"hp\",kind=\"http-proxy\",route=\"{route}\"");
+        for (le, n) in [("0.005", 1), ("0.025", 3), ("10.0", 4), ("+Inf", 5)] {
+            let line = format!("{name}_bucket{{le=\"{le}\",{}}} {n}\n", labels("/api"));
+            assert!(text.contains(&line), "no {line} in:\n{text}");
+        }
+        for line in [
+            format!("{name}_sum{{{}}} 12.5\n", labels("/api")),
+            format!("{name}_count{{{}}} 5\n", labels("/api")),
+            format!("{name}_bucket{{le=\"0.01\",{}}} 3\n", labels("/b")),
+            format!("{name}_bucket{{le=\"10.0\",{}}} 3\n", labels("/b")),
+            format!("{name}_bucket{{le=\"+Inf\",{}}} 3\n", labels("/b")),
+            format!("{name}_count{{{}}} 3\n", labels("/b")),
+        ] {
+            assert!(text.contains(&line), "no {line} in:\n{text}");
         }
     }
 

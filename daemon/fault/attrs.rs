@@ -488,6 +488,28 @@ every_nth = 3"#,
                 .unwrap_err()
                 .contains("unknown fault key")
         );
+        let http: Table = toml::from_str(
+            r#"name = "h"
+type = "header"
+phase = "request"
+set = ["x-a: 1", "x-b: 2"]
+remove = "x-c"
+methods = ["GET", "POST"]
+path_regex = "^/o/[0-9]+$"
+headers = ["x-test: slow"]
+grpc_service = "pkg.Svc""#,
+        )
+        .unwrap();
+        let f = from_table(&http).unwrap();
+        assert_eq!(from_table(&to_table(&f)).unwrap(), f);
+        assert_eq!(f.when.as_ref().unwrap().methods, ["GET", "POST"]);
+        super::super::compile(&f, super::super::Target::Http).unwrap();
+        // reset's after_bytes is its own, not the condition.
+        let reset: Table =
+            toml::from_str("name = \"r\"\ntype = \"reset\"\nafter_bytes = 100").unwrap();
+        let f = from_table(&reset).unwrap();
+        assert_eq!(f.when, None);
+        assert_eq!(to_table(&f).get("after_bytes"), Some(&Value::Integer(100)));
         let bw: Table =
             toml::from_str("name = \"b\"\ntype = \"bandwidth\"\nrate = \"1234567B/s\"").unwrap();
         let f = from_table(&bw).unwrap();

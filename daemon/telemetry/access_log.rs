@@ -460,6 +460,47 @@ pub fn http(
     });
 }
 
+/// One request through an http-proxy: the `http` line's fields, then the
+/// route it was counted under and the upstream that answered (none when
+/// netd answered itself: a limit, a fault, no upstream reachable).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpProxyRequest<'a> {
+    pub listener: &'a str,
+    pub client: SocketAddr,
+    /// The verified TLS client certificate's subject.
+    pub client_cert: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    /// Response body bytes sent to the client.
+    pub bytes: u64,
+    pub duration_us: u64,
+    pub route: &'a str,
+    pub upstream: Option<SocketAddr>,
+}
+
+/// One request through an http-proxy (see [`HttpProxyRequest`]).
+pub fn http_proxy(r: &HttpProxyRequest<'_>) {
+    emit(|l| http_proxy_fields(l, r));
+}
+
+fn http_proxy_fields(l: &mut Line<'_>, r: &HttpProxyRequest<'_>) {
+    l.str("listener", r.listener);
+    l.plain("client", r.client);
+    if let Some(subject) = r.client_cert {
+        l.str("tls_client", subject);
+    }
+    l.str("method", r.method);
+    l.str("path", r.path);
+    l.num("status", r.status.into());
+    l.num("bytes", r.bytes);
+    l.num("duration_us", r.duration_us);
+    l.str("route", r.route);
+    if let Some(u) = r.upstream {
+        l.plain("upstream", u);
+    }
+}
+
 /// One closed proxied connection; `upstream` is None when none was
 /// reachable (`end = "no upstream"`).
 pub fn proxy(
@@ -677,6 +718,47 @@ mod tests {
             let back: String = serde_json::from_str(&text).unwrap();
             assert_eq!(back, v);
         }
+    }
+
+    #[test]
+    fn an_http_proxy_line_ends_with_its_route_and_upstream() {
+        let mut buf = Vec::new();
+        let mut l = Line {
+            buf: &mut buf,
+            json: false,
+            first: true,
+        };
+        let mut r = HttpProxyRequest {
+            listener: "hp",
+            client: "127.0.0.1:4000".parse().unwrap(),
+            client_cert: None,
+            method: "GET",
+            path: "/api/x",
+            status: 200,
+            bytes: 95,
+            duration_us: 41,
+            route: "/api",
+            upstream: Some("127.0.0.1:9001".parse().unwrap()),
+        };
+        http_proxy_fields(&mut l, &r);
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "listener=hp client=127.0.0.1:4000 method=GET path=/api/x status=200 bytes=95 duration_us=41 route=/api upstream=127.0.0.1:9001"
+        );
+        r.upstream = None;
+        r.status = 502;
+        let mut buf = Vec::new();
+        let mut l = Line {
+            buf: &mut buf,
+            json: false,
+            first: true,
+        };
+        http_proxy_fields(&mut l, &r);
+        let text = String::from_utf8(buf).unwrap();
+        assert!(
+            text.ends_with("status=502 bytes=95 duration_us=41 route=/api"),
+            "{text}"
+        );
     }
 
     #[test]

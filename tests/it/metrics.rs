@@ -306,7 +306,9 @@ async fn every_kind_exports_the_same_families() {
          faults = [{{ name = \"lossy\", type = \"loss\", probability = 0.25 }}]\n\
          [[listener]]\nname = \"tp\"\nkind = \"proxy\"\nlisten = \"127.0.0.1:0\"\n\
          upstreams = [\"127.0.0.1:9\"]\n\
-         [[listener.faults]]\nname = \"late\"\ntype = \"latency\"\nlatency = \"5ms\"\n"
+         [[listener.faults]]\nname = \"late\"\ntype = \"latency\"\nlatency = \"5ms\"\n\
+         [[listener]]\nname = \"hp\"\nkind = \"http-proxy\"\nlisten = \"127.0.0.1:0\"\n\
+         upstreams = [\"127.0.0.1:9\"]\nroutes = [\"/api\"]\n"
     );
     // And a listener serving TLS: the netd_tls_* families.
     let pki_dir = tempfile::tempdir().unwrap();

@@ -47,6 +47,17 @@ pub fn set(m: &mut F, key: &str, v: Val) {
     }
 }
 
+/// Headers of one connection, not of the message (RFC 9110 7.6.1): HTTP/2
+/// forbids them, and the proxy sets them itself on HTTP/1.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+];
+
 fn count(cx: &Cx<'_>, field: &str, n: usize) -> Result<(), SpecError> {
     if n > MAX_ITEMS {
         return Err(cx.err(format!("{field}: {n} given; at most {MAX_ITEMS}")));
@@ -63,7 +74,16 @@ pub fn compile(m: &F, cx: &Cx<'_>) -> Result<ActionOn, SpecError> {
     }
     let lines = |field: &str, v: &[String]| {
         v.iter()
-            .map(|l| header_line(field, l).map_err(|e| cx.err(e)))
+            .map(|l| {
+                let (n, v) = header_line(field, l).map_err(|e| cx.err(e))?;
+                if HOP_BY_HOP.contains(&n.as_str()) {
+                    return Err(cx.err(format!(
+                        "{field}: {n} is a connection header ({}), not one a fault may set",
+                        HOP_BY_HOP.join(", ")
+                    )));
+                }
+                Ok((n, v))
+            })
             .collect::<Result<Vec<_>, _>>()
     };
     Ok(ActionOn::Http(HttpAction::Header {

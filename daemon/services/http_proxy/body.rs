@@ -2,8 +2,9 @@
 //! into the listener's `bytes_in`, a response body's into `bytes_out`
 //! (one relaxed add per frame). A response body also carries the
 //! request's access-log line, written when the body ends (or is dropped:
-//! the client went away), with the bytes really sent; an upstream that
-//! fails in the middle of a response body counts an upstream error.
+//! the client went away), with the bytes really sent. (An upstream that
+//! fails in the middle of a response body is counted where its body is
+//! taken, [`super::forward`], so that a fault's reset is not.)
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -15,7 +16,6 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
 
-use super::Counters;
 use super::forward::{Body, BoxError};
 use crate::telemetry::stats::Stats;
 
@@ -31,12 +31,6 @@ pub struct LogLine {
     pub began: Instant,
 }
 
-/// What a response body does at its end.
-pub struct Tail {
-    pub counters: Arc<Counters>,
-    pub log: Option<LogLine>,
-}
-
 /// A body whose data is counted as it passes.
 pub struct Counted<B = Body> {
     inner: B,
@@ -44,7 +38,8 @@ pub struct Counted<B = Body> {
     /// Response bodies: `bytes_out`; request bodies: `bytes_in`.
     response: bool,
     bytes: u64,
-    tail: Option<Tail>,
+    /// Written at the end (response bodies with the access log on).
+    log: Option<LogLine>,
 }
 
 impl<B> Counted<B> {
@@ -55,19 +50,19 @@ impl<B> Counted<B> {
             stats,
             response: false,
             bytes: 0,
-            tail: None,
+            log: None,
         }
     }
 
-    /// A response body going to the client (`bytes_out`), with what to do
-    /// at its end.
-    pub fn response(inner: B, stats: Arc<Stats>, tail: Tail) -> Counted<B> {
+    /// A response body going to the client (`bytes_out`), with its
+    /// access-log line.
+    pub fn response(inner: B, stats: Arc<Stats>, log: Option<LogLine>) -> Counted<B> {
         Counted {
             inner,
             stats,
             response: true,
             bytes: 0,
-            tail: Some(tail),
+            log,
         }
     }
 
@@ -104,15 +99,8 @@ where
                     Stats::add(this.counter(), n);
                 }
             }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(tail) = &this.tail {
-                    tail.counters
-                        .upstream_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
             Poll::Ready(None) => this.finish(),
-            Poll::Pending => {}
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
         }
         polled
     }
@@ -129,7 +117,7 @@ where
 impl<B> Counted<B> {
     /// Write the access-log line (once).
     fn finish(&mut self) {
-        let Some(line) = self.tail.as_mut().and_then(|t| t.log.take()) else {
+        let Some(line) = self.log.take() else {
             return;
         };
         crate::telemetry::access_log::http(

@@ -1,11 +1,14 @@
 //! How the http-proxy's pooled clients reach an upstream: a TCP connect
 //! (within `connect_timeout`, with TCP_NODELAY) to the address in the
 //! request's URI (the upstream's current address, [`super::forward`]),
-//! then, with `upstream_tls`, the TLS handshake offering ALPN `h2` (the
-//! HTTP/2 client) or `http/1.1` (the HTTP/1 one), SNI `upstream_sni` or
-//! the upstream's host as written. Handshakes and failures are counted in
+//! then, with `upstream_tls`, the TLS handshake (SNI `upstream_sni` or the
+//! upstream's host as written). Handshakes and failures are counted in
 //! the listener's TLS counters; the error names the cause, and the
 //! request path puts it in the upstream's `last_error` and marks it down.
+//!
+//! ALPN: the HTTP/1 client offers `http/1.1`; the HTTP/2 client offers
+//! `h2` and `http/1.1` and speaks what the upstream picks (an upstream
+//! without h2 still serves HTTP/2 clients, over HTTP/1.1).
 //!
 //! Without `upstream_tls` a connect is a TCP connect and nothing else.
 //! The pool's connection tasks stop with the listener's
@@ -55,11 +58,18 @@ pub struct Settings {
     pub close: CancellationToken,
 }
 
-/// A pooled client to the upstreams, HTTP/2 only (`h2`) or HTTP/1.1.
+/// A pooled client to the upstreams: HTTP/1.1, or (`h2`) HTTP/2 only on
+/// plaintext and HTTP/2 or HTTP/1.1 by ALPN over TLS.
 pub fn client(s: Settings, h2: bool) -> Client<Connector, Body> {
+    let tls = s.tls.is_some();
+    let alpn: &[&[u8]] = if h2 {
+        &[b"h2", b"http/1.1"]
+    } else {
+        &[b"http/1.1"]
+    };
     let connector = Connector(Arc::new(Inner {
         connect_timeout: s.connect_timeout,
-        alpn: if h2 { b"h2" } else { b"http/1.1" },
+        alpn: alpn.iter().map(|p| p.to_vec()).collect(),
         tls: s.tls,
         counters: s.counters,
         upstreams: s.upstreams,
@@ -69,7 +79,7 @@ pub fn client(s: Settings, h2: bool) -> Client<Connector, Body> {
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(s.idle_timeout)
         .pool_max_idle_per_host(s.max_idle as usize)
-        .http2_only(h2);
+        .http2_only(h2 && !tls);
     b.build(connector)
 }
 
@@ -98,7 +108,7 @@ where
 
 struct Inner {
     connect_timeout: Duration,
-    alpn: &'static [u8],
+    alpn: Vec<Vec<u8>>,
     tls: Option<Arc<UpstreamTls>>,
     counters: Arc<TlsCounters>,
     upstreams: Vec<Arc<Upstream>>,
@@ -145,7 +155,7 @@ impl Inner {
             return Ok(Conn::Plain(tcp));
         };
         let host = self.host_of(addr);
-        let handshake = tls.connect(tcp, &host, vec![self.alpn.to_vec()]);
+        let handshake = tls.connect(tcp, &host, self.alpn.clone());
         let error = match tokio::time::timeout(limit, handshake).await {
             Ok(Ok(s)) => {
                 self.counters.upstream_handshakes.fetch_add(1, Relaxed);

@@ -28,7 +28,7 @@ use hyper_util::client::legacy::Client;
 use parking_lot::RwLock;
 use tokio::time::Instant;
 
-use super::body::{Counted, LogLine, Tail};
+use super::body::{Counted, LogLine};
 use super::connector::{ConnectError, Connector};
 use super::{HttpProxy, UpstreamProtocol, fault, upgrade};
 use crate::services::ServiceCtx;
@@ -149,12 +149,8 @@ impl crate::services::http_server::Handler for Handler {
             status,
             began,
         });
-        let tail = Tail {
-            counters: p.counters.clone(),
-            log,
-        };
         let stats = self.ctx.stats.clone();
-        resp.map(|b| Counted::response(b, stats, tail))
+        resp.map(|b| Counted::response(b, stats, log))
     }
 }
 
@@ -241,7 +237,11 @@ impl Handler {
             };
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        self.rewrite(&mut parts, peer, h2, upgrade);
+        // Over TLS the upstream picks the version by ALPN: the request is
+        // written as HTTP/1.1 (Host kept), and goes over HTTP/2 when the
+        // connection negotiated h2.
+        let h2_written = h2 && p.upstream_tls.is_none();
+        self.rewrite(&mut parts, peer, h2_written, upgrade);
         let path = parts
             .uri
             .path_and_query()
@@ -402,7 +402,14 @@ impl Handler {
         if let Some(u) = upgraded {
             upgrade::restore(&mut parts.headers, u);
         }
-        Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
+        // An upstream failing in the middle of its body is an upstream
+        // error.
+        let counters = self.proxy.counters.clone();
+        let body = body.map_err(move |e| {
+            counters.upstream_errors.fetch_add(1, Relaxed);
+            BoxError::from(e)
+        });
+        Response::from_parts(parts, body.boxed_unsync())
     }
 }
 

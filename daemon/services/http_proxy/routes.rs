@@ -49,7 +49,9 @@ impl RouteCounters {
 
 #[derive(Debug)]
 pub struct Route {
-    pub prefix: Box<str>,
+    /// Shared, so that a request's access-log line can name its route
+    /// without a copy.
+    pub prefix: Arc<str>,
     pub counters: Arc<RouteCounters>,
 }
 
@@ -64,7 +66,10 @@ impl Routes {
         if prefixes.len() > MAX_ROUTES {
             return Err(SpecError::at(
                 "routes",
-                format!("{} routes; at most {MAX_ROUTES}", prefixes.len()),
+                format!(
+                    "routes has {} prefixes; at most {MAX_ROUTES}",
+                    prefixes.len()
+                ),
             ));
         }
         let mut routes: Vec<Route> = Vec::with_capacity(prefixes.len() + 1);
@@ -74,14 +79,15 @@ impl Routes {
                 return Err(SpecError::at(
                     "routes",
                     format!(
-                        "route '{p}': a path prefix starting with '/', at most 256 printable characters"
+                        "routes: '{}' is not a path prefix: it must start with '/' (\"/api\") and be at most 256 printable ASCII characters without spaces",
+                        p.escape_debug()
                     ),
                 ));
             }
             if routes.iter().any(|r| &*r.prefix == p) {
                 return Err(SpecError::at(
                     "routes",
-                    format!("route '{p}' is listed twice"),
+                    format!("routes: '{p}' is listed twice"),
                 ));
             }
             routes.push(Route {
@@ -95,7 +101,7 @@ impl Routes {
                 counters: Arc::default(),
             });
         }
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(Routes { routes })
     }
 
@@ -162,8 +168,19 @@ mod tests {
         assert_eq!(&*r.of("/api/orders/7").prefix, "/api/orders");
         assert_eq!(&*r.of("/api/x").prefix, "/api");
         assert_eq!(&*r.of("/other").prefix, "/");
-        assert!(Routes::parse(&["api".into()]).is_err());
-        assert!(Routes::parse(&["/a".into(), "/a".into()]).is_err());
+        let refused = |routes: &[&str]| {
+            let v: Vec<String> = routes.iter().map(|r| r.to_string()).collect();
+            let e = Routes::parse(&v).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("routes"));
+            e.message
+        };
+        let e = refused(&["api"]);
+        assert!(e.starts_with("routes: 'api' is not a path prefix"), "{e}");
+        assert!(refused(&["/a b"]).contains("without spaces"));
+        assert_eq!(refused(&["/a", "/a"]), "routes: '/a' is listed twice");
+        let many: Vec<String> = (0..=MAX_ROUTES).map(|i| format!("/r{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(refused(&many), "routes has 65 prefixes; at most 64");
         r.of("/api").counters.record(503, Duration::from_millis(20));
         let s = r.stats();
         let api = s.iter().find(|s| s.route == "/api").unwrap();

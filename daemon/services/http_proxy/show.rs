@@ -132,6 +132,9 @@ impl Show for HttpProxy {
         if p.responses_5xx > 0 {
             parts.push(format!("{} 5xx", short(p.responses_5xx)));
         }
+        if p.upstream_timeouts > 0 {
+            parts.push(format!("{} 504", short(p.upstream_timeouts)));
+        }
         if p.requests > 0 {
             parts.push(format!("p99 {:.1}ms", p.latency_p99_ms));
         }
@@ -142,7 +145,7 @@ impl Show for HttpProxy {
         let mut parts = vec![Part::line(
             "requests",
             format!(
-                "{} (1xx {}, 2xx {}, 3xx {}, 4xx {}, 5xx {}); p50 {:.1}ms p99 {:.1}ms",
+                "{} (1xx {}, 2xx {}, 3xx {}, 4xx {}, 5xx {}); p50 {:.1}ms p90 {:.1}ms p99 {:.1}ms",
                 p.requests,
                 p.responses_1xx,
                 p.responses_2xx,
@@ -150,6 +153,7 @@ impl Show for HttpProxy {
                 p.responses_4xx,
                 p.responses_5xx,
                 p.latency_p50_ms,
+                p.latency_p90_ms,
                 p.latency_p99_ms
             ),
         )];
@@ -160,6 +164,11 @@ impl Show for HttpProxy {
                 p.upstream_errors, p.upstream_timeouts, p.retries, p.upgrades
             ),
         ));
+        let mut refused = format!("{} too large (413, 431)", p.too_large);
+        if p.envoy_header_faults > 0 {
+            refused += &format!("; {} faults by Envoy headers", p.envoy_header_faults);
+        }
+        parts.push(Part::line("limits", refused));
         let routes = p
             .routes
             .iter()
@@ -167,18 +176,20 @@ impl Show for HttpProxy {
                 vec![
                     format!("  {}", r.route),
                     r.requests.to_string(),
+                    r.responses_1xx.to_string(),
                     r.responses_2xx.to_string(),
+                    r.responses_3xx.to_string(),
                     r.responses_4xx.to_string(),
                     r.responses_5xx.to_string(),
-                    format!("{:.1}", r.latency_p50_ms),
-                    format!("{:.1}", r.latency_p99_ms),
+                    format!("{:.1}ms", r.latency_p50_ms),
+                    format!("{:.1}ms", r.latency_p99_ms),
                 ]
             })
             .collect();
         parts.push(Part::Table {
             title: "routes",
             header: &[
-                "  ROUTE", "REQUESTS", "2XX", "4XX", "5XX", "P50_MS", "P99_MS",
+                "  ROUTE", "REQUESTS", "1XX", "2XX", "3XX", "4XX", "5XX", "P50", "P99",
             ],
             rows: routes,
         });
