@@ -2,7 +2,8 @@
 //! ([`crate::net::workers`]), as the TCP proxy's: one loop on each worker,
 //! on a dup of the listening socket, so a client connection, the requests
 //! on it and the pooled upstream connections they use all live on one
-//! thread (each worker has its own upstream pools, [`super::forward::Clients`]):
+//! thread (each worker has its own upstream pools, [`super::forward::Clients`],
+//! which share `max_idle_per_upstream` between them):
 //! no request crosses threads between the client's connection task and
 //! the upstream's. With one core, the main runtime's single loop.
 //!
@@ -25,6 +26,12 @@ use crate::services::ServiceCtx;
 /// workers are one per core; the main runtime alone on one core).
 pub(super) fn pools() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A worker's share of `max_idle_per_upstream` (at least one), so the
+/// listener's idle connections to an upstream stay within the setting.
+pub(super) fn idle_share(max_idle: u32) -> u32 {
+    (max_idle / pools() as u32).max(1)
 }
 
 impl HttpProxy {

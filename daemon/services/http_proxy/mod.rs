@@ -344,7 +344,7 @@ impl HttpProxy {
             connector::client(
                 connector::Settings {
                     connect_timeout: self.connect_timeout,
-                    max_idle: self.max_idle,
+                    max_idle: accept::idle_share(self.max_idle),
                     idle_timeout: POOL_IDLE_TIMEOUT,
                     tls: self.upstream_tls.clone(),
                     counters: self.tls_counters.clone(),
@@ -437,7 +437,7 @@ impl ListenerKind for HttpProxy {
             .start_required(),
         Key::new("connect_timeout", "upstream-connect-timeout", Unit::Duration, "Upstream connect timeout (default 5s)."),
         Key::new("upstream_backoff", "upstream-backoff", Unit::Duration, "Skip an upstream whose connect failed for this long (default 10s)."),
-        Key::new("max_idle_per_upstream", "max-idle-per-upstream", Unit::Count, "Idle keep-alive connections kept per upstream and per worker thread (one per core), 1-1024 (default 32)."),
+        Key::new("max_idle_per_upstream", "max-idle-per-upstream", Unit::Count, "Idle keep-alive connections kept per upstream, 1-1024 (default 32)."),
         Key::new("upstream_protocol", "upstream-protocol", Unit::Text, "HTTP version to the upstreams: auto (the client's; default), http1 or h2c."),
         Key::new("forwarded", "forwarded", Unit::Text, "Client address header: x-forwarded-for (default), forwarded (RFC 7239), both or none."),
         Key::new("routes", "route", Unit::Texts, "A path prefix counted separately in the stats (repeat for several; at most 64)."),
@@ -644,15 +644,15 @@ impl ListenerKind for HttpProxy {
     }
 
     /// Per client connection: itself and, at worst, one upstream
-    /// connection (HTTP/1), plus each upstream's idle pool (one per
-    /// worker).
+    /// connection (HTTP/1), plus each upstream's idle pool (shared by the
+    /// workers, at least one each).
     fn descriptors(spec: &Self::Spec, _budget: &crate::net::fd_budget::Budget) -> u64 {
         let idle = match spec.max_idle_per_upstream {
             0 => DEFAULT_MAX_IDLE,
             n => n,
         };
         2 * super::fd_cost::connections(spec.max_connections)
-            + u64::from(idle) * spec.upstreams.len() as u64 * accept::pools() as u64
+            + u64::from(idle).max(accept::pools() as u64) * spec.upstreams.len() as u64
     }
 
     fn faults(spec: &Self::Spec) -> Option<(&Vec<proto::Fault>, crate::fault::Target)> {
