@@ -922,4 +922,18 @@ fn the_access_log_line_has_the_response_bytes() {
         "{line} (body {} bytes)",
         body.len()
     );
+    // The route it was counted under and the upstream that answered.
+    assert!(
+        line.contains(" route=/ ") && line.ends_with(&format!(" upstream={up}")),
+        "{line}"
+    );
+    // netd's own answer (a 431) names no upstream.
+    let big = format!("x-big: {}", "a".repeat(20_000));
+    let (code, _, _) = curl(&["--http1.1", "-H", &big, &format!("http://{proxy}/too-big")]);
+    assert_eq!(code, 431);
+    wait_until("the 431's access-log line", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .any(|l| l.contains("/too-big") && l.contains("status=431") && !l.contains("upstream="))
+    });
 }

@@ -29,6 +29,10 @@ pub struct LogLine {
     pub path: String,
     pub status: u16,
     pub began: Instant,
+    /// The route it was counted under, and the upstream that answered
+    /// (None: netd answered).
+    pub route: Arc<str>,
+    pub upstream: Option<SocketAddr>,
 }
 
 /// A body whose data is counted as it passes.
@@ -120,16 +124,18 @@ impl<B> Counted<B> {
         let Some(line) = self.log.take() else {
             return;
         };
-        crate::telemetry::access_log::http(
-            &line.listener,
-            line.client,
-            line.client_cert.as_deref(),
-            line.method.as_str(),
-            &line.path,
-            line.status,
-            self.bytes,
-            line.began.elapsed().as_micros() as u64,
-        );
+        crate::telemetry::access_log::http_proxy(&crate::telemetry::access_log::HttpProxyRequest {
+            listener: &line.listener,
+            client: line.client,
+            client_cert: line.client_cert.as_deref(),
+            method: line.method.as_str(),
+            path: &line.path,
+            status: line.status,
+            bytes: self.bytes,
+            duration_us: line.began.elapsed().as_micros() as u64,
+            route: &line.route,
+            upstream: line.upstream,
+        });
     }
 }
 

@@ -127,7 +127,8 @@ impl crate::services::http_server::Handler for Handler {
         let method = req.method().clone();
         let logged_path = (p.access_log && crate::telemetry::access_log::enabled())
             .then(|| req.uri().path().to_owned());
-        let route = p.routes.of(req.uri().path()).counters.clone();
+        let route = p.routes.of(req.uri().path());
+        let (prefix, route) = (route.prefix.clone(), route.counters.clone());
         let resp = self.respond(req, peer).await;
         let status = resp.status().as_u16();
         let took = began.elapsed();
@@ -148,11 +149,18 @@ impl crate::services::http_server::Handler for Handler {
             path,
             status,
             began,
+            route: prefix,
+            upstream: resp.extensions().get::<AnsweredBy>().map(|a| a.0),
         });
         let stats = self.ctx.stats.clone();
         resp.map(|b| Counted::response(b, stats, log))
     }
 }
+
+/// Which upstream answered a response (for the access log); absent on
+/// netd's own answers.
+#[derive(Debug, Clone, Copy)]
+pub struct AnsweredBy(pub std::net::SocketAddr);
 
 /// Headers that describe one connection, not the message (RFC 9110
 /// 7.6.1), never forwarded.
@@ -285,7 +293,9 @@ impl Handler {
             let e = match sent {
                 Ok(Ok(resp)) => {
                     up.mark_up();
-                    return self.answer(resp, client_upgrade);
+                    let mut answer = self.answer(resp, client_upgrade);
+                    answer.extensions_mut().insert(AnsweredBy(up.addr.get()));
+                    return answer;
                 }
                 Ok(Err(e)) => e,
                 Err(_) => {
