@@ -57,7 +57,7 @@ use crate::spec::form::{self, Key, Unit};
 use crate::telemetry::stats::Histogram;
 
 /// Idle keep-alive connections per upstream unless the spec says.
-pub const DEFAULT_MAX_IDLE: u32 = 32;
+pub const DEFAULT_MAX_IDLE: u32 = 64;
 pub const MAX_MAX_IDLE: u32 = 1024;
 /// Concurrent HTTP/2 streams per client connection unless the spec says
 /// (gRPC clients multiplex; the `http` kind's 32 is low for a proxy).
@@ -437,7 +437,7 @@ impl ListenerKind for HttpProxy {
             .start_required(),
         Key::new("connect_timeout", "upstream-connect-timeout", Unit::Duration, "Upstream connect timeout (default 5s)."),
         Key::new("upstream_backoff", "upstream-backoff", Unit::Duration, "Skip an upstream whose connect failed for this long (default 10s)."),
-        Key::new("max_idle_per_upstream", "max-idle-per-upstream", Unit::Count, "Idle keep-alive connections kept per upstream, 1-1024 (default 32)."),
+        Key::new("max_idle_per_upstream", "max-idle-per-upstream", Unit::Count, "Idle keep-alive connections kept per upstream, 1-1024 (default 64)."),
         Key::new("upstream_protocol", "upstream-protocol", Unit::Text, "HTTP version to the upstreams: auto (the client's; default), http1 or h2c."),
         Key::new("forwarded", "forwarded", Unit::Text, "Client address header: x-forwarded-for (default), forwarded (RFC 7239), both or none."),
         Key::new("routes", "route", Unit::Texts, "A path prefix counted separately in the stats (repeat for several; at most 64)."),
