@@ -271,16 +271,10 @@ pub fn compile(f: &proto::Fault, target: Target) -> Result<Compiled, SpecError> 
             .filter(|t| def.takes(**t))
             .map(|t| t.a_kind())
             .collect();
-        // TCP toxics do not act beneath an http-proxy's requests (yet).
-        let beneath = if target == Target::Http && def.tcp {
-            " (TCP toxics do not act on an http-proxy's connections; put a proxy in front of it)"
-        } else {
-            ""
-        };
         return Err(err(
             name,
             format!(
-                "type {} is for {} listener; {} takes {}{beneath}",
+                "type {} is for {} listener; {} takes {}",
                 def.name,
                 takers.join(" or "),
                 target.a_kind(),

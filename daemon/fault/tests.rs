@@ -78,8 +78,19 @@ fn http_types_and_conditions_are_for_the_http_proxy_only() {
         e.contains("type abort is for an http-proxy listener; a proxy (TCP) takes"),
         "{e}"
     );
-    let e = compile(&latency("l", 1), Target::Http).unwrap_err().message;
-    assert!(e.contains("TCP toxics do not act"), "{e}");
+    // TCP toxics act beneath an http-proxy's HTTP, as TCP actions.
+    let c = compile(&latency("l", 1), Target::Http).unwrap();
+    assert!(c.action.tcp().is_some() && c.action.http().is_none());
+    let loss = proto::Fault {
+        name: "l".into(),
+        kind: Some(Kind::Loss(proto::LossFault {
+            probability: 0.5,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let e = compile(&loss, Target::Http).unwrap_err().message;
+    assert!(e.contains("type loss is for a udp-proxy listener"), "{e}");
     let mut cond = latency("l", 1);
     cond.when = Some(proto::FaultCondition {
         path_prefix: "/api".into(),

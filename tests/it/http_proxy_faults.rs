@@ -687,3 +687,69 @@ fn http_faults_export_apply_and_bad_attributes_are_named() {
     ]);
     assert!(e.contains("conditions of HTTP faults"), "{e}");
 }
+
+/// TCP toxics act beneath HTTP on the client connections accepted while
+/// the listener has one: latency delays each answer (HTTP/1.1 and h2c),
+/// `down` resets new connections, and HTTP faults still act on the
+/// requests above them; removed, connections are served again.
+#[test]
+fn tcp_toxics_act_beneath_http_on_new_connections() {
+    let (netd, hp) = netd_with_proxy(false);
+    netd.netctl_ok(&[
+        "fault",
+        "add",
+        "hp",
+        "slow",
+        "--type",
+        "latency",
+        "--latency",
+        "300ms",
+    ]);
+    for extra in [&["--http1.1"][..], &["--http2-prior-knowledge"][..]] {
+        let began = Instant::now();
+        let (code, body) = get(extra, &url(hp, "/through"));
+        assert_eq!(code, 200, "{extra:?}: {body}");
+        assert!(body.contains("/through"), "{body}");
+        assert!(
+            began.elapsed() >= Duration::from_millis(300),
+            "{extra:?}: answered in {:?} despite 300ms of latency",
+            began.elapsed()
+        );
+    }
+    assert!(
+        fault_stats(&netd, "hp", "slow")["bytes_delayed"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    );
+    // An HTTP fault above the toxic still answers its requests.
+    netd.netctl_ok(&[
+        "fault",
+        "add",
+        "hp",
+        "teapot",
+        "--type",
+        "abort",
+        "--http-status",
+        "418",
+        "--path-prefix",
+        "/tea",
+    ]);
+    assert_eq!(get(&[], &url(hp, "/tea")).0, 418);
+    assert_eq!(get(&[], &url(hp, "/coffee")).0, 200);
+    // down: a new connection is reset before any HTTP.
+    netd.netctl_ok(&["fault", "add", "hp", "gone", "--type", "down"]);
+    let out = curl(&["-w", "%{http_code}", &url(hp, "/down")]);
+    assert!(
+        !out.status.success(),
+        "curl got through a down fault: {out:?}"
+    );
+    assert!(
+        fault_stats(&netd, "hp", "gone")["connections_closed"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    );
+    netd.netctl_ok(&["fault", "rm", "hp", "--all"]);
+    assert_eq!(get(&[], &url(hp, "/direct")).0, 200);
+}

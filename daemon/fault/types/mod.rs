@@ -146,7 +146,9 @@ impl Def {
         match target {
             Target::Tcp => self.tcp,
             Target::Udp => self.udp,
-            Target::Http => self.http,
+            // An http-proxy takes the TCP toxics too: they act on its
+            // client connections, beneath HTTP.
+            Target::Http => self.http || self.tcp,
         }
     }
 
@@ -391,7 +393,8 @@ mod tests {
         );
         assert_eq!(
             names_for(Target::Http).join(" "),
-            "abort delay slow_body reset header replace_body"
+            "latency bandwidth slow_close timeout reset_peer slicer limit_data down \
+             abort delay slow_body reset header replace_body"
         );
         assert_eq!(all_names().len(), ALL.len());
     }

@@ -155,7 +155,38 @@ impl crate::services::http_server::Handler for Handler {
         let stats = self.ctx.stats.clone();
         resp.map(|b| Counted::response(b, stats, log))
     }
+
+    /// With a TCP fault (toxic) on the listener, the client connection's
+    /// bytes pass through it beneath HTTP ([`crate::services::proxy::toxic_layer`]);
+    /// decided at accept: a TCP fault added later reaches the connections
+    /// accepted after it. One atomic load while the listener never had a
+    /// fault.
+    fn beneath<S: crate::services::http_server::conn::Socket>(
+        &self,
+        stream: S,
+        peer: std::net::SocketAddr,
+        ctx: &ServiceCtx,
+    ) -> Result<tokio::io::DuplexStream, S> {
+        let mut watch = crate::fault::Watch::new(&ctx.faults);
+        let toxic = watch
+            .get()
+            .is_some_and(|set| set.faults.iter().any(|a| a.fault.action.tcp().is_some()));
+        if !toxic {
+            return Err(stream);
+        }
+        let (inner, outer) = tokio::io::duplex(LAYER_BUFFER);
+        ctx.tracker.spawn(crate::services::proxy::toxic_layer(
+            stream,
+            outer,
+            peer,
+            ctx.clone(),
+        ));
+        Ok(inner)
+    }
 }
+
+/// Bytes in flight each way between the layer beneath HTTP and HTTP.
+const LAYER_BUFFER: usize = 64 * 1024;
 
 /// Which upstream answered a response (for the access log); absent on
 /// netd's own answers.

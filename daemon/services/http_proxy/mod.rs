@@ -445,7 +445,7 @@ impl ListenerKind for HttpProxy {
         Key::new("max_body_bytes", "max-body", Unit::Bytes, "Largest request body forwarded, in bytes; larger gets 413 (default 1 MiB)."),
         Key::new("header_read_timeout", "header-timeout", Unit::Duration, "Time a client has to send a request's headers (default 10s)."),
         Key::new("request_timeout", "request-timeout", Unit::Duration, "Time the upstream has to answer with headers (default 30s); slower gets 504."),
-        Key::new("idle_timeout", "idle-timeout", Unit::Duration, "Close a client connection idle this long between requests (default 60s)."),
+        Key::new("idle_timeout", "idle-timeout", Unit::Duration, "Close an HTTP/2 client connection with no open stream, or an idle WebSocket tunnel, this long (default 60s); HTTP/1.1 keep-alive connections wait --header-timeout for their next request."),
         Key::new("max_streams", "max-streams", Unit::Count, "Concurrent HTTP/2 streams per client connection, 1-1000 (default 100)."),
         Key::new("max_header_bytes", "max-header-bytes", Unit::Bytes32, "Largest request header section in bytes, 1024 to 1 MiB (default 16 KiB); larger gets 431."),
         form::ACCESS_LOG,

@@ -119,24 +119,30 @@ where
 const LINGER_TIME: Duration = Duration::from_secs(5);
 const LINGER_QUIET: Duration = Duration::from_secs(1);
 
-/// What an HTTP connection runs on: a TCP stream, or TLS over one. The
-/// lingering close drains the TCP socket underneath either way (after a
-/// TLS close_notify, what the client still sends is discarded unread).
-pub(crate) trait Socket:
-    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
-{
-    fn tcp(&self) -> &TcpStream;
+/// What an HTTP connection runs on: a TCP stream, TLS over one, or the
+/// inner end of a layer beneath HTTP (see `Handler::beneath`). The
+/// lingering close drains the TCP socket underneath (after a TLS
+/// close_notify, what the client still sends is discarded unread); a
+/// layer's inner end has none (the layer passes the close on).
+pub trait Socket: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {
+    fn tcp(&self) -> Option<&TcpStream>;
 }
 
 impl Socket for TcpStream {
-    fn tcp(&self) -> &TcpStream {
-        self
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self)
     }
 }
 
 impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
-    fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self.get_ref().0)
+    }
+}
+
+impl Socket for tokio::io::DuplexStream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
     }
 }
 
@@ -200,9 +206,9 @@ impl<S: Socket> tokio::io::AsyncWrite for Lingering<S> {
             std::task::ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
             this.drain = Some(Drain::new(LINGER_QUIET, LINGER_TIME));
         }
-        let Some(drain) = &mut this.drain else {
-            unreachable!("set above");
+        let (Some(drain), Some(tcp)) = (&mut this.drain, this.stream.tcp()) else {
+            return Poll::Ready(Ok(()));
         };
-        drain.poll_drain(this.stream.tcp(), cx).map(|()| Ok(()))
+        drain.poll_drain(tcp, cx).map(|()| Ok(()))
     }
 }

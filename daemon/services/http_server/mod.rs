@@ -54,6 +54,20 @@ pub trait Handler: Clone + Send + Sync + 'static {
         req: Request<Incoming>,
         peer: &Peer,
     ) -> impl Future<Output = Response<Self::Body>> + Send;
+
+    /// A layer between an accepted connection (after its TLS, if any)
+    /// and HTTP, for this client: `Ok` is the stream HTTP is then served
+    /// on (the layer owns the connection); `Err` gives the connection back
+    /// to be served as it is (the default). The http-proxy's TCP faults
+    /// act here.
+    fn beneath<S: conn::Socket>(
+        &self,
+        stream: S,
+        _peer: SocketAddr,
+        _ctx: &ServiceCtx,
+    ) -> Result<tokio::io::DuplexStream, S> {
+        Err(stream)
+    }
 }
 
 /// How a listener serves HTTP connections.
@@ -217,8 +231,26 @@ impl Server {
         .await;
     }
 
-    /// Serve HTTP on an established connection (plain TCP or TLS).
+    /// Serve HTTP on an established connection (plain TCP or TLS), or on
+    /// the handler's layer beneath HTTP when it takes the connection
+    /// (boxed: only those connections carry its state).
     async fn serve_io<S: Socket, H: Handler>(
+        self: Arc<Self>,
+        handler: H,
+        stream: S,
+        h2: bool,
+        peer: Peer,
+        ctx: ServiceCtx,
+    ) {
+        match handler.beneath(stream, peer.addr, &ctx) {
+            Err(stream) => self.serve_http(handler, stream, h2, peer, ctx).await,
+            Ok(inner) => Box::pin(self.serve_http(handler, inner, h2, peer, ctx)).await,
+        }
+    }
+
+    /// Serve HTTP on a stream until it ends, goes idle or the listener
+    /// stops.
+    async fn serve_http<S: Socket, H: Handler>(
         self: Arc<Self>,
         handler: H,
         stream: S,

@@ -77,6 +77,7 @@ pub use forward::BUF_SIZE;
 use forward::{End, forward};
 use pool::{TakeConnection, TcpPool};
 use resolve::{Keeper, Resolver, UpstreamAddr};
+pub(crate) use tls::toxic_layer;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_UPSTREAM_BACKOFF: Duration = Duration::from_secs(10);

@@ -622,6 +622,48 @@ where
     }
 }
 
+/// The layer beneath an http-proxy's HTTP (see
+/// `http_server::Handler::beneath`): the client connection's plaintext
+/// passes through the listener's TCP faults (toxics) to `inner`, where
+/// HTTP is served, with the proxy's semantics (half-closes passed on, a
+/// fault's reset resets the client). Its bytes are the HTTP side's to
+/// count, so this layer counts into counters of its own. Ends when both
+/// directions are done, a fault ends the connection, or netd closes it;
+/// HTTP's own timeouts bound an idle connection, so the layer's idle
+/// timer only backs them up.
+pub(crate) async fn toxic_layer<C, U>(
+    mut client: C,
+    mut inner: U,
+    peer: SocketAddr,
+    ctx: ServiceCtx,
+) where
+    C: crate::services::http_server::conn::Socket,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Longer than any HTTP timeout of the listener (at most a day).
+    const LAYER_IDLE: std::time::Duration = std::time::Duration::from_secs(25 * 3600);
+    let faults = ConnFaults::new(&ctx.faults, peer.ip());
+    let own = ServiceCtx {
+        stats: Arc::new(Stats::default()),
+        ..ctx.clone()
+    };
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let end = forward_io(
+        &mut client,
+        &mut inner,
+        LAYER_IDLE,
+        &own,
+        (&up, &down),
+        &faults,
+    )
+    .await;
+    if matches!(end, End::FaultReset | End::UpstreamReset) {
+        if let Some(tcp) = client.tcp() {
+            abort(tcp);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::host_of;

@@ -109,7 +109,7 @@ impl<'a> ConnFaults<'a> {
 pub(super) fn acts_on(watch: &mut Watch<'_>, d: Dir) -> bool {
     match watch.get() {
         None => false,
-        Some(set) => set.on(d).next().is_some(),
+        Some(set) => set.on(d).any(|a| a.fault.action.tcp().is_some()),
     }
 }
 
@@ -400,7 +400,9 @@ impl Engine {
             return;
         }
         let mut old = std::mem::take(&mut self.states);
-        for a in set.on(self.dir) {
+        // An http-proxy's table also holds its HTTP faults: they act on
+        // requests (services/http_proxy/fault.rs), not here.
+        for a in set.on(self.dir).filter(|a| a.fault.action.tcp().is_some()) {
             if let Some(i) = old.iter().position(|s| s.active.id == a.id) {
                 self.states.push(old.swap_remove(i));
                 continue;
