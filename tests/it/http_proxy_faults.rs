@@ -645,9 +645,10 @@ fn http_faults_export_apply_and_bad_attributes_are_named() {
         &["--type", "header", "--set", "no colon"],
         "set: 'no colon'",
     );
+    // UDP impairments are not for an http-proxy (its TCP toxics are).
     refused(
-        &["--type", "latency", "--latency", "1s"],
-        "type latency is for",
+        &["--type", "loss", "--probability", "0.5"],
+        "type loss is for a udp-proxy listener",
     );
     // HTTP types are not for a TCP proxy, and say which kind takes them.
     netd.netctl_ok(&[
