@@ -408,6 +408,9 @@ fn the_package_under_a_live_systemd() {
     // start services (policy-rc.d exits 101); a real Debian install has no
     // such file. Removed in the container's overlay only.
     c.sh("rm -f /usr/sbin/policy-rc.d");
+    // A fresh install: the overlay shows the host's /, and a netd run as
+    // root on the host (a test, a developer) may have left its state there.
+    c.sh("rm -rf /var/lib/netd /etc/netd");
     c.sh(&format!("dpkg -i {}", deb(&v1)));
     assert_eq!(c.sh("systemctl is-enabled netd.service").trim(), "enabled");
     assert_eq!(c.is_active(), "active", "journal:\n{}", c.journal());
