@@ -249,6 +249,28 @@ pub(crate) fn tls_handshake_timeout(tls: Option<&proto::TlsServer>) -> Duration 
         .unwrap_or(crate::net::tls::server::DEFAULT_HANDSHAKE_TIMEOUT)
 }
 
+/// An HTTP kind's header read timeout and HTTP/2 idle timeout, checked
+/// and defaulted.
+pub(crate) fn connection_timeouts(
+    header_read_timeout: &Option<prost_types::Duration>,
+    idle_timeout: &Option<prost_types::Duration>,
+) -> Result<(Duration, Duration), SpecError> {
+    Ok((
+        duration_in(
+            "header_read_timeout",
+            header_read_timeout,
+            DEFAULT_HEADER_TIMEOUT,
+            REQUEST_TIMEOUT_RANGE,
+        )?,
+        duration_in(
+            "idle_timeout",
+            idle_timeout,
+            DEFAULT_IDLE_TIMEOUT,
+            IDLE_TIMEOUT_RANGE,
+        )?,
+    ))
+}
+
 impl Http {
     fn validate(spec: &proto::HttpSpec) -> Result<Self, SpecError> {
         let listen = listen_field("listen", &spec.listen)?;
@@ -308,19 +330,11 @@ impl Http {
         )? as u32;
         let access_log = spec.access_log.unwrap_or(true);
         let counters = Arc::new(HttpCounters::default());
+        let (header_timeout, idle_timeout) =
+            connection_timeouts(&spec.header_read_timeout, &spec.idle_timeout)?;
         let server = HttpServer {
-            header_timeout: duration_in(
-                "header_read_timeout",
-                &spec.header_read_timeout,
-                DEFAULT_HEADER_TIMEOUT,
-                REQUEST_TIMEOUT_RANGE,
-            )?,
-            idle_timeout: duration_in(
-                "idle_timeout",
-                &spec.idle_timeout,
-                DEFAULT_IDLE_TIMEOUT,
-                IDLE_TIMEOUT_RANGE,
-            )?,
+            header_timeout,
+            idle_timeout,
             max_streams,
             max_header_bytes,
             tls: ServedTls::from_spec(spec.tls.as_ref(), TLS_DEFAULT_ALPN)?.map(Arc::new),
@@ -781,14 +795,7 @@ impl ListenerKind for Http {
     /// are the listener's.
     fn carry_over(&mut self, prev: &Self) {
         self.counters = prev.counters.clone();
-        if let Some(server) = Arc::get_mut(&mut self.server) {
-            server.idle_closed = prev.counters.idle_closed.clone();
-            if let (Some(new), Some(old)) = (&mut server.tls, &prev.server.tls) {
-                if let Some(new) = Arc::get_mut(new) {
-                    new.carry_over(old);
-                }
-            }
-        }
+        HttpServer::carry_over(&mut self.server, &prev.server, &prev.counters.idle_closed);
     }
 
     fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {

@@ -38,8 +38,8 @@ use tokio::time::Instant;
 
 use super::http::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_REQUEST_TIMEOUT, IDLE_TIMEOUT_RANGE, MAX_HEADER_BYTES_RANGE, MAX_MAX_BODY,
-    MAX_MAX_STREAMS, REQUEST_TIMEOUT_RANGE, TLS_DEFAULT_ALPN, tls_handshake_timeout,
+    DEFAULT_REQUEST_TIMEOUT, MAX_HEADER_BYTES_RANGE, MAX_MAX_BODY, MAX_MAX_STREAMS,
+    REQUEST_TIMEOUT_RANGE, TLS_DEFAULT_ALPN, connection_timeouts, tls_handshake_timeout,
 };
 use super::http_server::Server as HttpServer;
 use super::proxy::resolve::{self, Keeper, Resolver};
@@ -213,19 +213,11 @@ impl HttpProxy {
         let tls_counters = served_tls
             .as_ref()
             .map_or_else(Arc::default, |s| s.counters().clone());
+        let (header_timeout, idle_timeout) =
+            connection_timeouts(&spec.header_read_timeout, &spec.idle_timeout)?;
         let server = HttpServer {
-            header_timeout: duration_in(
-                "header_read_timeout",
-                &spec.header_read_timeout,
-                DEFAULT_HEADER_TIMEOUT,
-                REQUEST_TIMEOUT_RANGE,
-            )?,
-            idle_timeout: duration_in(
-                "idle_timeout",
-                &spec.idle_timeout,
-                DEFAULT_IDLE_TIMEOUT,
-                IDLE_TIMEOUT_RANGE,
-            )?,
+            header_timeout,
+            idle_timeout,
             max_streams: size_in(
                 "max_streams",
                 u64::from(spec.max_streams),
@@ -561,14 +553,7 @@ impl ListenerKind for HttpProxy {
         self.counters = prev.counters.clone();
         self.routes.carry_over(&prev.routes);
         super::proxy::carry_states(&mut self.upstreams, &prev.upstreams);
-        if let Some(server) = Arc::get_mut(&mut self.server) {
-            server.idle_closed = prev.counters.idle_closed.clone();
-            if let (Some(new), Some(old)) = (&mut server.tls, &prev.server.tls) {
-                if let Some(new) = Arc::get_mut(new) {
-                    new.carry_over(old);
-                }
-            }
-        }
+        HttpServer::carry_over(&mut self.server, &prev.server, &prev.counters.idle_closed);
         // The TLS counters go on while the listener keeps serving TLS, or
         // keeps not serving it.
         match &self.server.tls {

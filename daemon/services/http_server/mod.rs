@@ -102,6 +102,19 @@ async fn first_byte(stream: &TcpStream) -> Option<u8> {
 }
 
 impl Server {
+    /// On an update: the listener's counters (HTTP/2 idle closes, the
+    /// served TLS's) go on in the new generation's server.
+    pub fn carry_over(this: &mut Arc<Server>, prev: &Server, idle_closed: &Arc<AtomicU64>) {
+        if let Some(server) = Arc::get_mut(this) {
+            server.idle_closed = idle_closed.clone();
+            if let (Some(new), Some(old)) = (&mut server.tls, &prev.tls) {
+                if let Some(new) = Arc::get_mut(new) {
+                    new.carry_over(old);
+                }
+            }
+        }
+    }
+
     /// Is this connection HTTP/2 with prior knowledge? Waits (up to the
     /// header timeout) until the first bytes decide it.
     async fn is_h2(&self, stream: &TcpStream) -> Option<bool> {
