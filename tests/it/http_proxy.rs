@@ -8,13 +8,14 @@
 //! upstreams, retries and timeouts; the request limits; and the bytes in
 //! the stats and the access log.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
 use crate::common::pki::Pki;
+use crate::common::py_server::PyServer;
 use crate::common::{DEADLINE, Netd, bound_addr, free_tcp_port, wait_until};
 
 /// netd's `http` listener `name` (the JSON echo) as an upstream.
@@ -59,44 +60,6 @@ fn curl(args: &[&str]) -> (u16, String, String) {
     let (body, tail) = text.rsplit_once('\n').unwrap();
     let (code, version) = tail.split_once(' ').unwrap();
     (code.parse().unwrap(), body.to_string(), version.to_string())
-}
-
-/// A Python program serving on a loopback port it prints first; killed
-/// when dropped.
-struct Py {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Py {
-    fn start(python: &std::path::Path, script: &str) -> Py {
-        let mut child = Command::new(python)
-            .arg("-c")
-            .arg(script)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("python server: {line:?}"));
-        Py {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        }
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// An HTTP/1.1 server answering every GET with the request's headers, the
@@ -164,8 +127,8 @@ fn get_on(c: &mut TcpStream, path: &str) -> (u16, Vec<u8>) {
     (code, body)
 }
 
-fn header_echo() -> Py {
-    Py::start(std::path::Path::new("python3"), HEADER_ECHO)
+fn header_echo() -> PyServer {
+    PyServer::start(std::path::Path::new("python3"), HEADER_ECHO)
 }
 
 /// The headers the echo saw for a GET through the proxy.
@@ -440,7 +403,7 @@ print(json.dumps(out))
 #[test]
 fn grpc_unary_streaming_and_a_status_with_trailers_pass_through() {
     let python = crate::grpc_interop::python();
-    let server = Py::start(python, GRPC_SERVER);
+    let server = PyServer::start(python, GRPC_SERVER);
     let netd = Netd::start("");
     let proxy = start_proxy(&netd, "hp", &[server.addr], &[]);
     let out = Command::new(python)
@@ -551,7 +514,7 @@ fn closed_by_proxy(c: &mut TcpStream) -> bool {
 
 #[test]
 fn a_websocket_upgrade_passes_through_and_echoes() {
-    let ws = Py::start(std::path::Path::new("python3"), WS_SERVER);
+    let ws = PyServer::start(std::path::Path::new("python3"), WS_SERVER);
     let netd = Netd::start("");
     let proxy = start_proxy(&netd, "hp", &[ws.addr], &[]);
     let (mut c, head) = ws_open(proxy);
@@ -766,7 +729,7 @@ while True:
 
 #[test]
 fn an_upstream_failing_mid_body_counts_an_error() {
-    let short = Py::start(std::path::Path::new("python3"), SHORT_BODY);
+    let short = PyServer::start(std::path::Path::new("python3"), SHORT_BODY);
     let netd = Netd::start("");
     let proxy = start_proxy(&netd, "hp", &[short.addr], &[]);
     let out = Command::new("curl")

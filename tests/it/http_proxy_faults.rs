@@ -7,9 +7,10 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use crate::common::py_server::PyServer;
 use crate::common::{Netd, bound_addr};
 
 /// netd with an `http` upstream `up` and an http-proxy `hp` in front of
@@ -122,13 +123,8 @@ fn statuses(addr: SocketAddr, path: &str, n: usize) -> Vec<u16> {
     out
 }
 
-/// A Python HTTP/1.1 upstream: `/bytes/N` answers N bytes of 'x'; any
+/// A Python HTTP/1.1 upstream (see [`py_upstream`]): `/bytes/N` answers N bytes of 'x'; any
 /// other path answers the request's headers, one "name: value" a line.
-struct PyUpstream {
-    child: Child,
-    addr: SocketAddr,
-}
-
 const PY_UPSTREAM: &str = r#"
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -152,37 +148,9 @@ print(s.server_address[1], flush=True)
 s.serve_forever()
 "#;
 
-impl PyUpstream {
-    fn start() -> PyUpstream {
-        Self::spawn(Command::new("python3").args(["-c", PY_UPSTREAM]))
-    }
-
-    fn spawn(cmd: &mut Command) -> PyUpstream {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start python");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("python upstream said {line:?}"));
-        PyUpstream {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        }
-    }
-}
-
-impl Drop for PyUpstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The Python upstream above.
+fn py_upstream() -> PyServer {
+    PyServer::start(std::path::Path::new("python3"), PY_UPSTREAM)
 }
 
 #[test]
@@ -313,7 +281,7 @@ fn delays_hold_the_request_or_the_response() {
 
 #[test]
 fn header_faults_change_the_response_and_what_the_upstream_sees() {
-    let py = PyUpstream::start();
+    let py = py_upstream();
     let netd = Netd::start("");
     let (netd, hp) = add_proxy(netd, "hp", &py.addr.to_string(), false);
     netd.netctl_ok(&[
@@ -356,7 +324,7 @@ fn header_faults_change_the_response_and_what_the_upstream_sees() {
 
 #[test]
 fn bodies_are_replaced_slowed_and_cut() {
-    let py = PyUpstream::start();
+    let py = py_upstream();
     let netd = Netd::start("");
     // The Python upstream speaks HTTP/1.1 only.
     let (netd, hp) = add_proxy_with(
@@ -487,7 +455,7 @@ for method in ("Call", "Other"):
 #[test]
 fn grpc_abort_answers_unavailable_to_the_matched_method() {
     let python = crate::grpc_interop::python();
-    let server = PyUpstream::spawn(Command::new(python).args(["-c", PY_GRPC_SERVER]));
+    let server = PyServer::spawn(Command::new(python).args(["-c", PY_GRPC_SERVER]));
     let netd = Netd::start("");
     let (netd, hp) = add_proxy(netd, "hp", &server.addr.to_string(), false);
     netd.netctl_ok(&[

@@ -7,6 +7,7 @@
 
 pub mod h2raw;
 pub mod pki;
+pub mod py_server;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
