@@ -419,7 +419,7 @@ fn config_faults_are_read_validated_and_served() {
                 "type = \"loss\", probability = 0.25",
                 "type = \"slicer\", average_size = 5",
             ),
-            "type slicer is for a proxy (TCP) listener",
+            "type slicer is for a proxy (TCP) or an http-proxy listener",
         ),
     ] {
         let (out, path) = netd_exit(&bad, &["--check-config"]);
@@ -488,7 +488,7 @@ fn a_replace_with_another_kind_takes_the_new_faults() {
         "8",
     ]);
     assert!(
-        e.contains("type slicer is for a proxy (TCP) listener"),
+        e.contains("type slicer is for a proxy (TCP) or an http-proxy listener"),
         "{e}"
     );
     netd.netctl_ok(&[
