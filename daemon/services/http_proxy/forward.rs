@@ -166,7 +166,7 @@ impl crate::services::http_server::Handler for Handler {
         stream: S,
         peer: std::net::SocketAddr,
         ctx: &ServiceCtx,
-    ) -> Result<tokio::io::DuplexStream, S> {
+    ) -> Result<(tokio::io::DuplexStream, crate::services::http_server::Layer), S> {
         let mut watch = crate::fault::Watch::new(&ctx.faults);
         let toxic = watch
             .get()
@@ -175,13 +175,8 @@ impl crate::services::http_server::Handler for Handler {
             return Err(stream);
         }
         let (inner, outer) = tokio::io::duplex(LAYER_BUFFER);
-        ctx.tracker.spawn(crate::services::proxy::toxic_layer(
-            stream,
-            outer,
-            peer,
-            ctx.clone(),
-        ));
-        Ok(inner)
+        let layer = crate::services::proxy::toxic_layer(stream, outer, peer, ctx.clone());
+        Ok((inner, Box::pin(layer)))
     }
 }
 

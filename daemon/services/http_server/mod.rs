@@ -57,18 +57,26 @@ pub trait Handler: Clone + Send + Sync + 'static {
 
     /// A layer between an accepted connection (after its TLS, if any)
     /// and HTTP, for this client: `Ok` is the stream HTTP is then served
-    /// on (the layer owns the connection); `Err` gives the connection back
-    /// to be served as it is (the default). The http-proxy's TCP faults
-    /// act here.
+    /// on and the layer (which owns the connection) to run beside it, in
+    /// the connection's task; `Err` gives the connection back to be served
+    /// as it is (the default). The http-proxy's TCP faults act here.
     fn beneath<S: conn::Socket>(
         &self,
         stream: S,
         _peer: SocketAddr,
         _ctx: &ServiceCtx,
-    ) -> Result<tokio::io::DuplexStream, S> {
+    ) -> Result<(tokio::io::DuplexStream, Layer), S> {
         Err(stream)
     }
 }
+
+/// A layer beneath HTTP (see [`Handler::beneath`]): it ends when it has
+/// passed both directions' ends on, or its connection failed.
+pub type Layer = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Once HTTP is done with a connection, how long its layer may take to
+/// pass the close on to the client (as the lingering close).
+const LAYER_GRACE: Duration = Duration::from_secs(5);
 
 /// How a listener serves HTTP connections.
 #[derive(Debug)]
@@ -257,7 +265,33 @@ impl Server {
     ) {
         match handler.beneath(stream, peer.addr, &ctx) {
             Err(stream) => self.serve_http(handler, stream, h2, peer, ctx).await,
-            Ok(inner) => Box::pin(self.serve_http(handler, inner, h2, peer, ctx)).await,
+            Ok((inner, layer)) => {
+                Box::pin(self.serve_layered(handler, inner, layer, h2, peer, ctx)).await
+            }
+        }
+    }
+
+    /// HTTP on a layer's inner stream, and the layer, in this task (so
+    /// the connection holds its slot until both end): when the layer ends
+    /// first (its connection closed or failed), HTTP sees the inner
+    /// stream's end; when HTTP ends first, the layer has [`LAYER_GRACE`]
+    /// to pass the close on.
+    async fn serve_layered<H: Handler>(
+        self: Arc<Self>,
+        handler: H,
+        inner: tokio::io::DuplexStream,
+        mut layer: Layer,
+        h2: bool,
+        peer: Peer,
+        ctx: ServiceCtx,
+    ) {
+        let http = self.serve_http(handler, inner, h2, peer, ctx);
+        tokio::pin!(http);
+        tokio::select! {
+            () = &mut http => {
+                let _ = tokio::time::timeout(LAYER_GRACE, layer).await;
+            }
+            () = &mut layer => http.await,
         }
     }
 

@@ -629,8 +629,9 @@ where
 /// fault's reset resets the client). Its bytes are the HTTP side's to
 /// count, so this layer counts into counters of its own. Ends when both
 /// directions are done, a fault ends the connection, or netd closes it;
-/// HTTP's own timeouts bound an idle connection, so the layer's idle
-/// timer only backs them up.
+/// it runs in the connection's task beside HTTP, whose timeouts bound an
+/// idle connection (and which gives it a grace period once it is done),
+/// so the layer's idle timer only backs them up.
 pub(crate) async fn toxic_layer<C, U>(
     mut client: C,
     mut inner: U,
