@@ -900,3 +900,48 @@ fn the_access_log_line_has_the_response_bytes() {
             .any(|l| l.contains("/too-big") && l.contains("status=431") && !l.contains("upstream="))
     });
 }
+
+/// An upgraded connection keeps its connection slot: with
+/// `--max-connections 1`, a second client is refused while a WebSocket
+/// tunnel is open, and served once it is closed.
+#[test]
+fn an_open_tunnel_counts_against_max_connections() {
+    let ws = PyServer::start(std::path::Path::new("python3"), WS_SERVER);
+    let netd = Netd::start("");
+    let proxy = start_proxy(&netd, "hp", &[ws.addr], &["--max-connections", "1"]);
+    let (mut tunnel, head) = ws_open(proxy);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // An echo through it: the tunnel is copying, so it holds its slot.
+    tunnel.write_all(&ws_frame(1, b"held")).unwrap();
+    let mut got = [0u8; 6];
+    tunnel.read_exact(&mut got).unwrap();
+    assert_eq!(&got[2..], b"held");
+    let served = |path: &str| {
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--noproxy",
+                "*",
+                "--max-time",
+                "20",
+                "-o",
+                "/dev/null",
+            ])
+            .arg(format!("http://{proxy}{path}"))
+            .status()
+            .expect("curl")
+            .success()
+    };
+    assert!(
+        !served("/second"),
+        "a second client was served beside the open tunnel"
+    );
+    assert!(stats(&netd, "hp")["connections_refused"].as_u64().unwrap() >= 1);
+    tunnel.write_all(&ws_frame(8, b"")).unwrap();
+    let mut close = [0u8; 2];
+    tunnel.read_exact(&mut close).unwrap();
+    drop(tunnel);
+    wait_until("a client served once the tunnel closed", || {
+        served("/third")
+    });
+}

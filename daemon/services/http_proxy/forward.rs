@@ -128,7 +128,6 @@ impl crate::services::http_server::Handler for Handler {
         let logged_path = (p.access_log && crate::telemetry::access_log::enabled())
             .then(|| req.uri().path().to_owned());
         let route = p.routes.of(req.uri().path());
-        let (prefix, route) = (route.prefix.clone(), route.counters.clone());
         let resp = self.respond(req, peer).await;
         let status = resp.status().as_u16();
         let took = began.elapsed();
@@ -138,7 +137,7 @@ impl crate::services::http_server::Handler for Handler {
             class.fetch_add(1, Relaxed);
         }
         c.latency.record(took);
-        route.record(status, took);
+        route.counters.record(status, took);
         // The access-log line is written when the body ends, with the
         // bytes sent.
         let log = logged_path.map(|path| LogLine {
@@ -149,7 +148,7 @@ impl crate::services::http_server::Handler for Handler {
             path,
             status,
             began,
-            route: prefix,
+            route: route.prefix.clone(),
             upstream: resp.extensions().get::<AnsweredBy>().map(|a| a.0),
         });
         let stats = self.ctx.stats.clone();
@@ -279,9 +278,12 @@ impl Handler {
         let path = parts
             .uri
             .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned();
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let bodyless = hyper::body::Body::is_end_stream(&body);
+        // Only a request without a body is ever sent twice: the head is
+        // copied for each attempt only then.
+        let may_retry = bodyless && p.retries > 0 && p.upstreams.len() > 1;
         let limited = http_body_util::Limited::new(body, p.max_body as usize);
         let mut body: Option<Body> =
             Some(Counted::request(limited, self.ctx.stats.clone()).boxed_unsync());
@@ -291,17 +293,19 @@ impl Handler {
         } else {
             "http"
         };
-        let mut tried: Vec<usize> = Vec::new();
+        // The upstreams tried (at most 64: a bit each) and how many.
+        let (mut tried, mut attempts) = (0u64, 0usize);
         loop {
-            let Some((i, up)) = p.pick(&tried) else {
+            let Some((i, up)) = p.pick(tried) else {
                 p.counters.upstream_errors.fetch_add(1, Relaxed);
                 return error(StatusCode::BAD_GATEWAY, "no upstream could be reached");
             };
-            tried.push(i);
+            tried |= 1 << i;
+            attempts += 1;
             let uri = Uri::builder()
                 .scheme(scheme)
                 .authority(up.addr.get().to_string())
-                .path_and_query(path.as_str())
+                .path_and_query(path.clone())
                 .build();
             let Ok(uri) = uri else {
                 return error(
@@ -313,7 +317,11 @@ impl Handler {
             *out.method_mut() = parts.method.clone();
             *out.uri_mut() = uri;
             *out.version_mut() = parts.version;
-            *out.headers_mut() = parts.headers.clone();
+            *out.headers_mut() = if may_retry {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
             up.state.connections.fetch_add(1, Relaxed);
             let sent = tokio::time::timeout(p.request_timeout, client.request(out)).await;
             let e = match sent {
@@ -354,8 +362,7 @@ impl Handler {
             let why = connect_error(&e);
             tracing::debug!(listener = %self.ctx.name, upstream = %up.addr, error = %why, "upstream connect failed");
             up.mark_down(p.upstream_backoff, why.clone());
-            let again =
-                bodyless && tried.len() <= p.retries as usize && tried.len() < p.upstreams.len();
+            let again = may_retry && attempts <= p.retries as usize && attempts < p.upstreams.len();
             if again {
                 p.counters.retries.fetch_add(1, Relaxed);
                 continue;
@@ -427,6 +434,7 @@ impl Handler {
                     on_client,
                     on_upstream,
                     self.proxy.server.idle_timeout,
+                    self.proxy.limit.clone(),
                     &self.ctx,
                 );
                 kept

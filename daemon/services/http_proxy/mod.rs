@@ -307,14 +307,15 @@ impl HttpProxy {
     }
 
     /// The next upstream to try: round robin over the healthy ones (all of
-    /// them when none is), skipping those in `tried`.
-    fn pick(&self, tried: &[usize]) -> Option<(usize, &Arc<Upstream>)> {
+    /// them when none is), skipping those whose bit is set in `tried`
+    /// (there are at most [`MAX_UPSTREAMS`], 64).
+    fn pick(&self, tried: u64) -> Option<(usize, &Arc<Upstream>)> {
         let n = self.upstreams.len();
         let now = Instant::now();
         let start = self.next.fetch_add(1, Relaxed);
         let order = (0..n)
             .map(|i| (start + i) % n)
-            .filter(|i| !tried.contains(i));
+            .filter(|i| tried & (1 << i) == 0);
         let mut first = None;
         for i in order {
             first.get_or_insert(i);

@@ -10,6 +10,7 @@
 //! HTTP/2 extended CONNECT (RFC 8441, WebSocket over h2) is not proxied:
 //! an HTTP/2 request is forwarded as an ordinary request.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::services::ServiceCtx;
@@ -46,9 +48,22 @@ pub fn restore(h: &mut HeaderMap, upgrade: HeaderValue) {
     h.insert(header::UPGRADE, upgrade);
 }
 
+/// How long a tunnel waits for a connection slot: the one its HTTP
+/// connection frees as it hands the connection over.
+const SLOT_WAIT: Duration = Duration::from_secs(1);
+
 /// Join the client's and the upstream's upgraded connections in a task of
-/// the listener (stop and shutdown wait for it).
-pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, idle: Duration, ctx: &ServiceCtx) {
+/// the listener (stop and shutdown wait for it). The tunnel holds one of
+/// the listener's connection slots (`limit`, the one its HTTP connection
+/// gave back when it handed over), so tunnels count against
+/// max_connections as the connections they came from did.
+pub fn spawn(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    limit: Arc<Semaphore>,
+    ctx: &ServiceCtx,
+) {
     let ctx2 = ctx.clone();
     ctx.tracker.spawn(async move {
         let ctx = ctx2;
@@ -61,6 +76,10 @@ pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, idle: Duration, ctx: &Servi
                 }
             },
             () = ctx.close_connections.cancelled() => return,
+        };
+        let Ok(Ok(_slot)) = tokio::time::timeout(SLOT_WAIT, limit.acquire_owned()).await else {
+            tracing::debug!(listener = %ctx.name, "no connection slot for an upgraded connection; closing it");
+            return;
         };
         let (mut cr, mut cw) = tokio::io::split(TokioIo::new(c));
         let (mut ur, mut uw) = tokio::io::split(TokioIo::new(u));
