@@ -42,7 +42,7 @@ use super::http::{
     REQUEST_TIMEOUT_RANGE, TLS_DEFAULT_ALPN, connection_timeouts, tls_handshake_timeout,
 };
 use super::http_server::Server as HttpServer;
-use super::proxy::resolve::{self, Keeper, Resolver};
+use super::proxy::resolve;
 use super::proxy::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_UPSTREAM_BACKOFF, MAX_UPSTREAMS, Upstream, check_not_self,
 };
@@ -383,29 +383,16 @@ impl HttpProxy {
         let bound = listener.local_addr().ok();
         let accept = self.accept(listener, &ctx);
         // Named upstreams are resolved again while the proxy serves.
-        let allowed = move |a: SocketAddr| match bound {
-            Some(b) => check_not_self(b, std::iter::once(a)).map_err(|e| e.message),
-            None => Ok(()),
-        };
-        let moved = |addr: &resolve::UpstreamAddr| {
-            for u in &self.upstreams {
-                if std::ptr::eq(&*u.addr, addr) {
-                    u.mark_up();
-                }
-            }
-        };
         let lookups = super::proxy::ProxyCounters::default();
-        let resolver: Arc<dyn Resolver> = Arc::new(resolve::SystemResolver);
-        let keep = resolve::keep_resolved(
-            Keeper::new(self.upstreams.iter().map(|u| u.addr.clone())),
-            &*resolver,
+        let keep = super::proxy::keep_upstreams_resolved(
+            &self.upstreams,
+            bound,
+            &resolve::SystemResolver,
             resolve::DEFAULT_RESOLVE_INTERVAL,
             resolve::Counters {
                 failures: &lookups.resolve_failures,
                 resolves: &lookups.resolves,
             },
-            &allowed,
-            &moved,
             &ctx.name,
         );
         tokio::select! {

@@ -335,29 +335,15 @@ impl Proxy {
         let accept = self.accept(listener, &ctx);
         // Named upstreams are resolved again while the proxy accepts; the
         // lookups themselves run on the blocking pool.
-        let allowed = move |a: SocketAddr| match bound {
-            Some(b) => check_not_self(b, std::iter::once(a)).map_err(|e| e.message),
-            None => Ok(()),
-        };
-        // The new address gets a chance: a failure at the old one says
-        // nothing about it.
-        let moved = |addr: &UpstreamAddr| {
-            for u in &self.upstreams {
-                if std::ptr::eq(&*u.addr, addr) {
-                    u.mark_up();
-                }
-            }
-        };
-        let keep = resolve::keep_resolved(
-            Keeper::new(self.upstreams.iter().map(|u| u.addr.clone())),
+        let keep = keep_upstreams_resolved(
+            &self.upstreams,
+            bound,
             &*self.resolver,
             self.resolve_interval,
             resolve::Counters {
                 failures: &self.counters.resolve_failures,
                 resolves: &self.counters.resolves,
             },
-            &allowed,
-            &moved,
             &ctx.name,
         );
         tokio::select! {
@@ -799,6 +785,42 @@ impl ListenerKind for Proxy {
     fn faults_mut(spec: &mut Self::Spec) -> Option<&mut Vec<proto::Fault>> {
         Some(&mut spec.faults)
     }
+}
+
+/// Keep the upstreams given by host name resolved, every `interval`
+/// (never returns; see [`resolve::keep_resolved`]): an address that would
+/// loop back to the listener bound at `bound` is refused, and an upstream
+/// whose address moved is put back in rotation (a failure at the old
+/// address says nothing about the new one). Shared with the http-proxy.
+pub(crate) async fn keep_upstreams_resolved(
+    upstreams: &[Arc<Upstream>],
+    bound: Option<SocketAddr>,
+    resolver: &dyn Resolver,
+    interval: Duration,
+    counters: resolve::Counters<'_>,
+    listener: &str,
+) {
+    let allowed = move |a: SocketAddr| match bound {
+        Some(b) => check_not_self(b, std::iter::once(a)).map_err(|e| e.message),
+        None => Ok(()),
+    };
+    let moved = |addr: &UpstreamAddr| {
+        for u in upstreams {
+            if std::ptr::eq(&*u.addr, addr) {
+                u.mark_up();
+            }
+        }
+    };
+    resolve::keep_resolved(
+        Keeper::new(upstreams.iter().map(|u| u.addr.clone())),
+        resolver,
+        interval,
+        counters,
+        &allowed,
+        &moved,
+        listener,
+    )
+    .await;
 }
 
 /// Each upstream that stays in the spec (matched as written, once) keeps
