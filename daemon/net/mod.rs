@@ -22,4 +22,5 @@ pub mod sockopt;
 pub mod splice;
 pub mod tls;
 pub mod udp;
+pub mod udp_batch;
 pub mod workers;

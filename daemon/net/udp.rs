@@ -75,7 +75,7 @@ pub fn recv_msg(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Opt
 }
 
 /// The IP socket address the kernel wrote into `storage`.
-fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+pub(crate) fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match libc::c_int::from(storage.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says a sockaddr_in is stored; the storage

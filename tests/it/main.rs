@@ -51,6 +51,7 @@ mod tls_proxy;
 mod tls_reload;
 mod toxiproxy_api;
 mod toxiproxy_security;
+mod udp_fast;
 mod udp_proxy;
 mod update_counters;
 mod update_options;

@@ -34,15 +34,13 @@ use super::source_guard::{self, GuardCounters, SourceGuard, SourceRules};
 use super::{ListenerKind, ServiceCtx, Settings, SpecError, Transport, listen_field};
 use crate::net::cancel::CancelWatch;
 use crate::net::own_addrs::OwnAddrs;
-use crate::net::udp::{RecvHealth, enable_rxq_ovfl, recv_msg};
+use crate::net::udp::{RecvHealth, enable_rxq_ovfl};
+use crate::net::udp_batch::{self, Gso, RecvBatch, SendBatch};
 use crate::proto;
 use crate::spec::FieldError;
 use crate::spec::form::{self, Key, Unit};
 use crate::telemetry::stats::Stats;
 
-/// Largest datagram read; bigger than any UDP payload over IPv4 or IPv6
-/// without jumbograms.
-const RECV_BUF: usize = 64 * 1024;
 /// Largest UDP payload that IPv4 can carry (65535 - 8 - 20).
 pub const MAX_REPLY: usize = 65_507;
 /// Longest prefix accepted.
@@ -116,14 +114,20 @@ impl UdpEcho {
         }
     }
 
+    /// Reads a batch of datagrams per call ([`crate::net::udp_batch`]),
+    /// puts each through the guard and queues its reply, then sends the
+    /// replies in as few calls as the kernel allows.
     async fn run_on(&self, socket: UdpSocket, ctx: ServiceCtx) -> anyhow::Result<()> {
         let fd = socket.as_raw_fd();
         if let Err(e) = enable_rxq_ovfl(fd) {
             tracing::debug!(listener = %ctx.name, error = %e, "SO_RXQ_OVFL unavailable; kernel drops not counted");
         }
-        let p = self.prefix.len();
-        let mut buf = vec![0u8; p + RECV_BUF];
-        buf[..p].copy_from_slice(&self.prefix);
+        let fast = udp_batch::fast_path();
+        let gro = udp_batch::enable_gro(fd);
+        let mut rx = RecvBatch::new(fast.batch);
+        let gso = Gso::new();
+        tracing::info!(listener = %ctx.name, batch = fast.batch, gro, gso = gso.on(), "udp fast path");
+        let mut tx = SendBatch::new(gso);
         let mut health = RecvHealth::default();
         let mut stop = CancelWatch::new(&ctx.stop_accepting);
         let c = &self.counters;
@@ -135,37 +139,59 @@ impl UdpEcho {
             let received = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Ok(()),
-                r = socket.async_io(Interest::READABLE, || recv_msg(fd, &mut buf[p..])) => r,
+                r = socket.async_io(Interest::READABLE, || rx.recv(fd)) => r,
             };
-            let (n, peer, drops) = match received {
-                Ok(r) => r,
-                Err(e) => {
-                    health.failed(e, &ctx.stats.errors, &ctx.name).await?;
-                    continue;
-                }
-            };
-            health.received(drops, &c.kernel_drops);
-            Stats::add(&ctx.stats.datagrams_in, 1);
-            Stats::add(&ctx.stats.bytes_in, n as u64);
-            if !guard.admit(peer, Instant::now()) {
+            if let Err(e) = received {
+                health.failed(e, &ctx.stats.errors, &ctx.name).await?;
                 continue;
             }
-            let full = p + n;
-            let len = full.min(reply_cap(n));
-            if len < full {
-                Stats::add(&c.truncated, 1);
+            health.received(rx.drops(), &c.kernel_drops);
+            Stats::add(&ctx.stats.errors, rx.without_source() as u64);
+            let now = Instant::now();
+            for (peer, data) in rx.datagrams() {
+                self.answer(peer, data, now, &mut guard, &mut tx, &ctx);
             }
-            match socket.send_to(&buf[..len], peer).await {
-                Ok(sent) => {
-                    Stats::add(&ctx.stats.datagrams_out, 1);
-                    Stats::add(&ctx.stats.bytes_out, sent as u64);
-                }
-                Err(e) => {
-                    Stats::add(&ctx.stats.errors, 1);
-                    tracing::debug!(listener = %ctx.name, %peer, error = %e, "reply failed");
+            if !tx.is_empty() {
+                let sent = tx.flush(&socket).await;
+                Stats::add(&ctx.stats.datagrams_out, sent.datagrams);
+                Stats::add(&ctx.stats.bytes_out, sent.bytes);
+                if sent.failed > 0 {
+                    Stats::add(&ctx.stats.errors, sent.failed);
+                    if let Some(e) = sent.last_error {
+                        tracing::debug!(listener = %ctx.name, error = %e, failed = sent.failed, "replies failed");
+                    }
                 }
             }
         }
+    }
+
+    /// One datagram: counted, checked by the guard, and its reply (the
+    /// prefix and the datagram, cut to [`reply_cap`]) queued.
+    fn answer(
+        &self,
+        peer: SocketAddr,
+        data: &[u8],
+        now: Instant,
+        guard: &mut SourceGuard<'_>,
+        tx: &mut SendBatch,
+        ctx: &ServiceCtx,
+    ) {
+        let n = data.len();
+        Stats::add(&ctx.stats.datagrams_in, 1);
+        Stats::add(&ctx.stats.bytes_in, n as u64);
+        if !guard.admit(peer, now) {
+            return;
+        }
+        let full = self.prefix.len() + n;
+        let len = full.min(reply_cap(n));
+        if len < full {
+            Stats::add(&self.counters.truncated, 1);
+        }
+        tx.push_with(Some(peer), |out| {
+            let p = self.prefix.len().min(len);
+            out.extend_from_slice(&self.prefix[..p]);
+            out.extend_from_slice(&data[..len - p]);
+        });
     }
 }
 

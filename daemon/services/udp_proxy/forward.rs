@@ -38,15 +38,17 @@ use super::UdpProxy;
 use super::impair::{Budget, Decisions, Lane, Out, Timed, TimedWake};
 use crate::fault::{Dir, FaultTable, Rng, Watch};
 use crate::net::cancel::CancelWatch;
-use crate::net::udp::{RecvHealth, recv_msg};
+use crate::net::udp::RecvHealth;
+use crate::net::udp_batch::{Gso, RecvBatch, SendBatch};
 use crate::services::ServiceCtx;
 use crate::services::client_key::{DEFAULT_IPV6_PREFIX, rate_key};
 use crate::services::source_guard::SourceGuard;
 use crate::telemetry::stats::Stats;
 use crate::util::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
 
-/// Largest datagram read (any UDP payload without jumbograms).
-const RECV_BUF: usize = 64 * 1024;
+/// Datagrams read per call from a client's upstream socket (fewer than on
+/// the listening socket: there is one such buffer per client).
+const DOWN_BATCH: usize = 8;
 /// A client quiet this long may be evicted when the table is full.
 pub const EVICT_IDLE: Duration = Duration::from_secs(1);
 /// With the table full, idle clients are looked for at most this often.
@@ -84,6 +86,18 @@ struct Proxy<'a> {
     /// Cancelled when this generation ends: every client task stops.
     gen_cancel: CancellationToken,
     next_full_sweep: Instant,
+    /// Whether GSO is used on the listening socket (replies to clients).
+    listen_gso: Gso,
+    /// Whether GSO is used toward the upstream (one state for every
+    /// client's socket: they share the path).
+    up_gso: Gso,
+}
+
+/// Datagrams on their way upstream without faults: one client's at a
+/// time (consecutive datagrams of a client go in one batch).
+struct UpQueue {
+    tx: SendBatch,
+    pending: Option<SocketAddr>,
 }
 
 impl Proxy<'_> {
@@ -175,6 +189,7 @@ impl Proxy<'_> {
         let std_sock = std::net::UdpSocket::bind(local)?;
         std_sock.connect(up)?;
         std_sock.set_nonblocking(true)?;
+        crate::net::udp_batch::enable_gro(std_sock.as_raw_fd());
         let socket = Arc::new(UdpSocket::from_std(std_sock)?);
         let decisions = Arc::new(Decisions::new(peer.ip().to_canonical()));
         let shared = Arc::new(Shared {
@@ -186,6 +201,7 @@ impl Proxy<'_> {
             peer,
             socket: socket.clone(),
             listen: self.listen.clone(),
+            listen_gso: self.listen_gso.clone(),
             shared: shared.clone(),
             faults: self.ctx.faults.clone(),
             stats: self.ctx.stats.clone(),
@@ -212,6 +228,62 @@ impl Proxy<'_> {
         Stats::add(&self.svc.counters.clients_total, 1);
         self.set_active();
         Ok(())
+    }
+
+    /// Whether `peer` is a client, or can become one: room in the table
+    /// and under its source's `max_clients_per_source`, a permit of the
+    /// descriptor budget, and an upstream socket. Refusals are counted.
+    fn admit_client(&mut self, peer: SocketAddr, now: Instant) -> bool {
+        if self.clients.contains_key(&peer) {
+            return true;
+        }
+        let counters = &self.svc.counters;
+        if !self.room(now) {
+            self.refuse(peer, &counters.clients_refused, "the client table is full");
+            return false;
+        }
+        if !self.source_room(peer) {
+            self.refuse(
+                peer,
+                &counters.source_clients_refused,
+                "the source IP has max_clients_per_source clients",
+            );
+            return false;
+        }
+        let Some(fd) = crate::net::fd_budget::try_acquire(1) else {
+            self.refuse(
+                peer,
+                &counters.clients_refused,
+                "netd's descriptor budget is used up",
+            );
+            return false;
+        };
+        if let Err(e) = self.open(peer, now, fd) {
+            Stats::add(&counters.upstream_errors, 1);
+            tracing::debug!(listener = %self.ctx.name, %peer, error = %e, "no upstream socket for a new client");
+            return false;
+        }
+        true
+    }
+
+    /// Send the datagrams queued for the upstream (all of one client's,
+    /// `up.pending`) on that client's socket.
+    async fn flush_up(&self, up: &mut UpQueue) {
+        let Some(peer) = up.pending.take() else {
+            return;
+        };
+        let Some(c) = self.clients.get(&peer) else {
+            up.tx.clear();
+            return;
+        };
+        let socket = c.socket.clone();
+        let sent = up.tx.flush(&socket).await;
+        if sent.failed > 0 {
+            Stats::add(&self.svc.counters.upstream_errors, sent.failed);
+            if let Some(e) = sent.last_error {
+                tracing::debug!(error = %e, failed = sent.failed, "send to the upstream failed");
+            }
+        }
     }
 
     /// Send datagrams of `peer`'s to the upstream.
@@ -287,6 +359,8 @@ pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> a
         budget: budget.clone(),
         gen_cancel,
         next_full_sweep: now,
+        listen_gso: Gso::new(),
+        up_gso: Gso::new(),
     };
     // The counters are the listener's (kept across updates and restarts);
     // the active clients are this generation's table, empty so far.
@@ -296,7 +370,14 @@ pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> a
     let mut rng = Rng::new();
     let mut out = Out::default();
     let mut stop = CancelWatch::new(&ctx.stop_accepting);
-    let mut buf = vec![0u8; RECV_BUF];
+    let fast = crate::net::udp_batch::fast_path();
+    let gro = crate::net::udp_batch::enable_gro(fd);
+    let mut rx = RecvBatch::new(fast.batch);
+    let mut up = UpQueue {
+        tx: SendBatch::new(p.up_gso.clone()),
+        pending: None,
+    };
+    tracing::info!(listener = %ctx.name, batch = fast.batch, gro, gso = p.listen_gso.on(), "udp fast path");
     let mut health = RecvHealth::default();
     let mut guard = SourceGuard::new(&svc.rules, &svc.own, &svc.counters.guard, &ctx.name)
         .never_from(svc.upstream);
@@ -326,60 +407,43 @@ pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> a
                 p.expire(Instant::now(), svc.idle_timeout);
                 sweep.as_mut().reset(Instant::now() + sweep_every);
             }
-            r = listen.async_io(Interest::READABLE, || recv_msg(fd, &mut buf)) => {
-                let (n, peer, drops) = match r {
-                    Ok(r) => r,
-                    Err(e) => {
-                        health.failed(e, &ctx.stats.errors, &ctx.name).await?;
-                        continue;
-                    }
-                };
-                health.received(drops, &svc.counters.kernel_drops);
-                Stats::add(&ctx.stats.datagrams_in, 1);
-                Stats::add(&ctx.stats.bytes_in, n as u64);
-                let now = Instant::now();
-                if !guard.admit(peer, now) {
+            r = listen.async_io(Interest::READABLE, || rx.recv(fd)) => {
+                if let Err(e) = r {
+                    health.failed(e, &ctx.stats.errors, &ctx.name).await?;
                     continue;
                 }
-                if !p.clients.contains_key(&peer) {
-                    if !p.room(now) {
-                        p.refuse(peer, &svc.counters.clients_refused, "the client table is full");
-                        continue;
-                    }
-                    if !p.source_room(peer) {
-                        p.refuse(
-                            peer,
-                            &svc.counters.source_clients_refused,
-                            "the source IP has max_clients_per_source clients",
-                        );
-                        continue;
-                    }
-                    let Some(fd) = crate::net::fd_budget::try_acquire(1) else {
-                        p.refuse(
-                            peer,
-                            &svc.counters.clients_refused,
-                            "netd's descriptor budget is used up",
-                        );
-                        continue;
-                    };
-                    if let Err(e) = p.open(peer, now, fd) {
-                        Stats::add(&svc.counters.upstream_errors, 1);
-                        tracing::debug!(listener = %ctx.name, %peer, error = %e, "no upstream socket for a new client");
-                        continue;
-                    }
-                }
+                health.received(rx.drops(), &svc.counters.kernel_drops);
+                Stats::add(&ctx.stats.errors, rx.without_source() as u64);
+                let now = Instant::now();
                 let ms = p.ms(now);
-                let Some(c) = p.clients.get_mut(&peer) else { continue };
-                c.shared.last_ms.store(ms, Relaxed);
-                match watch.get() {
-                    Some(set) if !set.is_empty() => {
-                        let set = set.clone();
-                        c.lane.admit(&set, buf[..n].to_vec(), now, &mut rng, &mut out);
-                        queue_later(&mut timed, peer, &mut c.lane, &mut out, now, &mut rng);
-                        p.send_up(peer, &mut out.now).await;
+                for (peer, data) in rx.datagrams() {
+                    Stats::add(&ctx.stats.datagrams_in, 1);
+                    Stats::add(&ctx.stats.bytes_in, data.len() as u64);
+                    if !guard.admit(peer, now) || !p.admit_client(peer, now) {
+                        continue;
                     }
-                    _ => send_upstream(&c.socket, &buf[..n], &svc.counters.upstream_errors).await,
+                    let set = watch.get().filter(|s| !s.is_empty()).cloned();
+                    // One client's datagrams per batch, in order: what is
+                    // queued for another client (or before a faulted one)
+                    // goes first.
+                    if up.pending.is_some_and(|q| q != peer || set.is_some()) {
+                        p.flush_up(&mut up).await;
+                    }
+                    let Some(c) = p.clients.get_mut(&peer) else { continue };
+                    c.shared.last_ms.store(ms, Relaxed);
+                    match set {
+                        Some(set) => {
+                            c.lane.admit(&set, data.to_vec(), now, &mut rng, &mut out);
+                            queue_later(&mut timed, peer, &mut c.lane, &mut out, now, &mut rng);
+                            p.send_up(peer, &mut out.now).await;
+                        }
+                        None => {
+                            up.pending = Some(peer);
+                            up.tx.push(None, data);
+                        }
+                    }
                 }
+                p.flush_up(&mut up).await;
             }
         }
     }
@@ -390,6 +454,7 @@ struct Downstream {
     peer: SocketAddr,
     socket: Arc<UdpSocket>,
     listen: Arc<UdpSocket>,
+    listen_gso: Gso,
     shared: Arc<Shared>,
     faults: Arc<FaultTable>,
     stats: Arc<Stats>,
@@ -413,7 +478,9 @@ impl Downstream {
         let mut rng = Rng::new();
         let mut out = Out::default();
         let mut stop = CancelWatch::new(&self.cancel);
-        let mut buf = vec![0u8; RECV_BUF];
+        let fd = self.socket.as_raw_fd();
+        let mut rx = RecvBatch::new(DOWN_BATCH.min(crate::net::udp_batch::fast_path().batch));
+        let mut tx = SendBatch::new(self.listen_gso.clone());
         let mut wake = TimedWake::default();
         loop {
             wake.follow(&timed);
@@ -431,37 +498,53 @@ impl Downstream {
                         }
                     }
                 }
-                r = self.socket.recv(&mut buf) => {
-                    let n = match r {
-                        Ok(n) => n,
-                        Err(e) => {
-                            // Typically ECONNREFUSED: the upstream answered
-                            // an earlier datagram with ICMP port unreachable.
-                            Stats::add(&self.counters.upstream_errors, 1);
-                            tracing::debug!(peer = %self.peer, error = %e, "receive from the upstream failed");
-                            if e.kind() != std::io::ErrorKind::ConnectionRefused {
-                                tokio::time::sleep(Duration::from_millis(1)).await;
-                            }
-                            continue;
+                r = self.socket.async_io(Interest::READABLE, || rx.recv(fd)) => {
+                    if let Err(e) = r {
+                        // Typically ECONNREFUSED: the upstream answered
+                        // an earlier datagram with ICMP port unreachable.
+                        Stats::add(&self.counters.upstream_errors, 1);
+                        tracing::debug!(peer = %self.peer, error = %e, "receive from the upstream failed");
+                        if e.kind() != std::io::ErrorKind::ConnectionRefused {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
                         }
-                    };
+                        continue;
+                    }
                     let now = Instant::now();
                     self.shared.last_ms.store(
                         now.saturating_duration_since(self.epoch).as_millis() as u64,
                         Relaxed,
                     );
-                    match watch.get() {
-                        Some(set) if !set.is_empty() => {
-                            let set = set.clone();
-                            lane.admit(&set, buf[..n].to_vec(), now, &mut rng, &mut out);
-                            queue_later(&mut timed, (), &mut lane, &mut out, now, &mut rng);
-                            for d in out.now.drain(..) {
-                                self.send(&d).await;
+                    let set = watch.get().filter(|s| !s.is_empty()).cloned();
+                    for (_, data) in rx.datagrams() {
+                        match &set {
+                            Some(set) => {
+                                lane.admit(set, data.to_vec(), now, &mut rng, &mut out);
+                                queue_later(&mut timed, (), &mut lane, &mut out, now, &mut rng);
+                                for d in out.now.drain(..) {
+                                    tx.push(Some(self.peer), &d);
+                                }
                             }
+                            None => tx.push(Some(self.peer), data),
                         }
-                        _ => self.send(&buf[..n]).await,
                     }
+                    self.flush(&mut tx).await;
                 }
+            }
+        }
+    }
+
+    /// Send the replies queued in `tx` to the client.
+    async fn flush(&self, tx: &mut SendBatch) {
+        if tx.is_empty() {
+            return;
+        }
+        let sent = tx.flush(&self.listen).await;
+        Stats::add(&self.stats.datagrams_out, sent.datagrams);
+        Stats::add(&self.stats.bytes_out, sent.bytes);
+        if sent.failed > 0 {
+            Stats::add(&self.stats.errors, sent.failed);
+            if let Some(e) = sent.last_error {
+                tracing::debug!(peer = %self.peer, error = %e, "send to the client failed");
             }
         }
     }
