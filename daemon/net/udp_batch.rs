@@ -8,9 +8,10 @@
 //! The kinds keep their per-datagram logic (source guard, counters, rate
 //! limits, faults); only the system calls change. Offloads are used when
 //! the kernel has them: a socket that refuses UDP_GRO just gets plain
-//! datagrams, and a send batch whose GSO message fails with EINVAL, EIO or
-//! EOPNOTSUPP sends it again as plain datagrams and remembers, for its
-//! socket, not to use GSO again ([`Gso`]).
+//! datagrams, and a send batch whose GSO message fails with EINVAL, EIO,
+//! EOPNOTSUPP or EMSGSIZE (a path whose MTU is below the datagram size)
+//! sends it again as plain datagrams and remembers, for its socket, not to
+//! use GSO again ([`Gso`]).
 //!
 //! Two switches, read once from the environment, for measuring and for
 //! kernels or paths where the offloads misbehave: `NETD_UDP_BATCH=N` (1 to
@@ -390,7 +391,7 @@ impl SendBatch {
                     i += k;
                 }
                 Err(e) if self.msgs[i].count > 1 && gso_refused(&e) => {
-                    tracing::debug!(error = %e, "UDP GSO refused; sending plain datagrams on this socket");
+                    tracing::info!(error = %e, "UDP GSO refused by the kernel; this socket sends plain datagrams from now on");
                     self.gso.off();
                     self.split_from(i);
                 }
@@ -480,11 +481,13 @@ impl SendBatch {
     }
 }
 
-/// Whether a send error means the kernel or the path cannot do UDP GSO.
+/// Whether a send error means the kernel or the path cannot do UDP GSO
+/// (EMSGSIZE: a segment is larger than the path's MTU, which plain
+/// datagrams get past by IP fragmentation).
 fn gso_refused(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EINVAL | libc::EIO | libc::EOPNOTSUPP | libc::ENOPROTOOPT)
+        Some(libc::EINVAL | libc::EIO | libc::EOPNOTSUPP | libc::ENOPROTOOPT | libc::EMSGSIZE)
     )
 }
 

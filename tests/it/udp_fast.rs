@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Netd, bound_addr, wait_until};
+use crate::common::{NetNs, Netd, bound_addr, wait_until};
 
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
@@ -433,4 +433,53 @@ fn proxy_faults_apply_to_every_datagram_of_a_burst() {
     for d in &burst {
         assert_eq!(got.datagrams.iter().filter(|g| *g == d).count(), 2);
     }
+}
+
+/// Where the kernel refuses GSO (here: a loopback MTU of 1280 in a
+/// namespace of the test's own, smaller than a 1400-byte datagram), the
+/// replies go out again as plain (fragmented) datagrams, and the socket
+/// keeps sending plain ones.
+#[test]
+fn a_path_that_refuses_gso_falls_back_to_plain_datagrams() {
+    let ns = NetNs::new();
+    let out = ns
+        .command("ip")
+        .args(["link", "set", "lo", "mtu", "1280"])
+        .output()
+        .expect("run ip");
+    assert!(out.status.success(), "{out:?}");
+    let netd = ns.netd("");
+    netd.netctl_ok(&[
+        "start",
+        "udp-echo",
+        "e",
+        "--listen",
+        "127.0.0.1:0",
+        "--rate-limit",
+        "off",
+    ]);
+    let addr = bound_addr(&netd, "e");
+    let log = netd.log_path();
+    ns.run(|| {
+        let a = gro_socket(0, Some(addr));
+        for round in 0..2u8 {
+            let burst = numbered(b'a' + round, 20, 1400);
+            send_burst(&a, &burst);
+            let got = recv_all(&a, 20);
+            assert!(
+                got.datagrams == burst,
+                "round {round}: {} replies of 20, numbered {:?}; log: {}",
+                got.datagrams.len(),
+                got.datagrams.iter().map(|d| d[8]).collect::<Vec<_>>(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+    });
+    counters_settle(&netd, "e", 40, 40);
+    assert_eq!(
+        netd.log().matches("UDP GSO refused").count(),
+        1,
+        "{}",
+        netd.log()
+    );
 }
