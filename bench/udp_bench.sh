@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# bench/udp_bench.sh: netd's udp-proxy against nginx's `stream` UDP proxy,
+# and netd's udp-echo with its fast path (recvmmsg/sendmmsg batches, UDP
+# GRO/GSO) against the same binary with it switched off
+# (NETD_UDP_BATCH=1 NETD_UDP_OFFLOAD=off: one datagram per system call, as
+# netd did before). All in a network namespace of its own, on its loopback.
+#
+# Load: bench/udp_load.rs (release), one sender thread with 8 sockets and
+# sendmmsg batches of 32, offering more than either proxy carries.
+#   delivered   one-way, unlimited offer for SECS s: datagrams/s reaching
+#               the upstream (udp_load's own sink)
+#   zero-loss   one-way, a stepped search (STEPS steps of 1 s, doubling from
+#               20k/s, then bisecting) for the highest rate with loss at
+#               most LOSS_OK
+#   answered    udp-echo, request/response, unlimited offer: replies/s
+# nginx: worker_processes 2, `listen ... udp reuseport` (one socket per
+# worker), proxy_timeout 10s. netd: its release build, default settings,
+# udp-echo with --rate-limit off (its default, 100/s per source, would
+# measure the limit).
+#
+# Rounds alternate the order of the contenders; medians of ROUNDS rounds.
+#
+#   ROUNDS=3 SECS=3 SIZES="64 1400" STEPS=8 LOSS_OK=0.001 bench/udp_bench.sh
+. "$(dirname "$0")/lib.sh"
+
+ROUNDS=${ROUNDS:-3}
+SECS=${SECS:-3}
+SIZES=${SIZES:-"64 1400"}
+STEPS=${STEPS:-8}
+LOSS_OK=${LOSS_OK:-0.001}
+
+need nginx python3
+NGX_STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
+if [ ! -e "$NGX_STREAM" ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q libnginx-mod-stream
+fi
+build_release --bins --example udp_load
+LOAD=$EXAMPLES/udp_load
+
+bench_netns "udpbench-$$"
+# The namespace is the bench's own: fixed ports cannot clash.
+UP=40001 NETD_PROXY=40002 NGINX_PROXY=40003 ECHO_FAST=40004 ECHO_SLOW=40005
+
+cat > "$work/nginx.conf" <<CFG
+load_module $NGX_STREAM;
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log error;
+events { worker_connections 4096; }
+stream {
+  server {
+    listen 127.0.0.1:$NGINX_PROXY udp reuseport;
+    proxy_pass 127.0.0.1:$UP;
+    proxy_timeout 10s;
+  }
+}
+CFG
+ip netns exec "$NS" nginx -c "$work/nginx.conf" -g 'daemon off;' &
+pids+=($!)
+
+quiet_config "$work/netd.toml"
+start_netd fast "$work/netd.toml" ip netns exec "$NS"
+ctl_at fast start udp-proxy p --listen 127.0.0.1:$NETD_PROXY --upstream 127.0.0.1:$UP >/dev/null
+ctl_at fast start udp-echo e --listen 127.0.0.1:$ECHO_FAST --rate-limit off >/dev/null
+start_netd slow "$work/netd.toml" ip netns exec "$NS" env NETD_UDP_BATCH=1 NETD_UDP_OFFLOAD=off
+ctl_at slow start udp-echo e --listen 127.0.0.1:$ECHO_SLOW --rate-limit off >/dev/null
+sleep 0.5
+
+json() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
+load() { inns timeout 120 "$LOAD" "$@" 2>>"$work/search.log"; }
+
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+results=$work/results
+for round in $(seq "$ROUNDS"); do
+  if [ $((round % 2)) = 1 ]; then order="nginx netd"; eorder="slow fast"; else order="netd nginx"; eorder="fast slow"; fi
+  for size in $SIZES; do
+    for who in $order; do
+      port=$([ "$who" = nginx ] && echo $NGINX_PROXY || echo $NETD_PROXY)
+      d=$(load 127.0.0.1:$port --mode oneway --sink 127.0.0.1:$UP --size "$size" --sockets 8 --secs "$SECS" | json delivered)
+      z=$(load 127.0.0.1:$port --mode oneway --sink 127.0.0.1:$UP --size "$size" --sockets 8 \
+            --search --rate 20000 --secs 1 --steps "$STEPS" --loss-ok "$LOSS_OK" | json zero_loss_rate)
+      echo "delivered $who $size $d" >>"$results"
+      echo "zero_loss $who $size $z" >>"$results"
+      echo "round $round size $size $who: delivered $d/s, zero-loss $z/s" >&2
+    done
+    for who in $eorder; do
+      port=$([ "$who" = slow ] && echo $ECHO_SLOW || echo $ECHO_FAST)
+      a=$(load 127.0.0.1:$port --mode rr --size "$size" --sockets 8 --secs "$SECS" | json delivered)
+      echo "answered echo-$who $size $a" >>"$results"
+      echo "round $round size $size echo-$who: answered $a/s" >&2
+    done
+  done
+done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+python3 - "$results" <<'PY'
+import statistics, sys
+from collections import defaultdict
+v = defaultdict(list)
+for line in open(sys.argv[1]):
+    m, who, size, x = line.split()
+    v[(m, who, int(size))].append(float(x))
+med = lambda k: statistics.median(v[k]) if v[k] else float("nan")
+sizes = sorted({k[2] for k in v})
+print("| metric (median) | size | nginx stream | netd udp-proxy | netd/nginx |")
+print("| --- | --- | --- | --- | --- |")
+for m, label in (("delivered", "delivered datagrams/s (one-way, unlimited offer)"), ("zero_loss", "zero-loss rate, datagrams/s")):
+    for s in sizes:
+        n, d = med((m, "nginx", s)), med((m, "netd", s))
+        print(f"| {label} | {s} B | {n:.0f} | {d:.0f} | {d / n:.2f} |" if n else f"| {label} | {s} B | {n} | {d:.0f} | |")
+print()
+print("| metric (median) | size | udp-echo, fast path off | udp-echo | ratio |")
+print("| --- | --- | --- | --- | --- |")
+for s in sizes:
+    a, b = med(("answered", "echo-slow", s)), med(("answered", "echo-fast", s))
+    print(f"| answered datagrams/s (request/response) | {s} B | {a:.0f} | {b:.0f} | {b / a:.2f} |")
+print()
+print("per round:", {f"{k[0]} {k[1]} {k[2]}": [round(x) for x in xs] for k, xs in sorted(v.items())})
+PY
