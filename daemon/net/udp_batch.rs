@@ -152,12 +152,73 @@ struct Got {
     seg: usize,
 }
 
+/// Memory mapped anonymously: its pages become memory only when written,
+/// whatever the allocator would do (glibc's raises its mmap threshold
+/// after the first large free, and then zeroes large blocks itself, which
+/// makes every page resident). A batch's slots are mostly empty (a small
+/// datagram writes one page of its 64 KiB slot), and a udp-proxy has one
+/// batch per client.
+struct Pages {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: `Pages` owns its mapping alone, like a Box<[u8]>.
+unsafe impl Send for Pages {}
+// SAFETY: as above; shared references only read.
+unsafe impl Sync for Pages {}
+
+impl Pages {
+    fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh private anonymous mapping; no address given.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned a null pointer"))?;
+        Ok(Pages { ptr, len })
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes (zero until written),
+        // alive as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+impl std::fmt::Debug for Pages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pages({} bytes)", self.len)
+    }
+}
+
 /// Buffers for receiving up to `slots` messages per call. Holds no
 /// pointers between calls (so a task owning it is `Send`).
 #[derive(Debug)]
 pub struct RecvBatch {
     slots: usize,
-    buf: Box<[u8]>,
+    buf: Pages,
     got: Vec<Got>,
     drops: Option<u32>,
 }
@@ -167,16 +228,16 @@ pub struct RecvBatch {
 const CTRL_WORDS: usize = 8;
 
 impl RecvBatch {
-    /// Room for `slots` messages of [`SLOT`] bytes (allocated zeroed, so
-    /// the pages only become memory when a datagram is written to them).
-    pub fn new(slots: usize) -> Self {
+    /// Room for `slots` messages of [`SLOT`] bytes (mapped, so the pages
+    /// only become memory when a datagram is written to them).
+    pub fn new(slots: usize) -> io::Result<Self> {
         let slots = slots.clamp(1, MAX_BATCH);
-        RecvBatch {
+        Ok(RecvBatch {
             slots,
-            buf: vec![0u8; slots * SLOT].into_boxed_slice(),
+            buf: Pages::new(slots * SLOT)?,
             got: Vec::with_capacity(slots),
             drops: None,
-        }
+        })
     }
 
     /// The socket's drop count as the kernel last reported it (SO_RXQ_OVFL)
@@ -262,7 +323,7 @@ impl RecvBatch {
     /// received; coalesced ones split by their `gso_size`.
     pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
         self.got.iter().enumerate().flat_map(move |(i, g)| {
-            let data = &self.buf[i * SLOT..i * SLOT + g.len];
+            let data = &self.buf.as_slice()[i * SLOT..i * SLOT + g.len];
             let seg = if g.seg == 0 { g.len.max(1) } else { g.seg };
             let peer = g.peer;
             // A zero-length datagram is one (empty) chunk.

@@ -124,7 +124,7 @@ impl UdpEcho {
         }
         let fast = udp_batch::fast_path();
         let gro = udp_batch::enable_gro(fd);
-        let mut rx = RecvBatch::new(fast.batch);
+        let mut rx = RecvBatch::new(fast.batch)?;
         let gso = Gso::new();
         tracing::info!(listener = %ctx.name, batch = fast.batch, gro, gso = gso.on(), "udp fast path");
         let mut tx = SendBatch::new(gso);

@@ -372,7 +372,7 @@ pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> a
     let mut stop = CancelWatch::new(&ctx.stop_accepting);
     let fast = crate::net::udp_batch::fast_path();
     let gro = crate::net::udp_batch::enable_gro(fd);
-    let mut rx = RecvBatch::new(fast.batch);
+    let mut rx = RecvBatch::new(fast.batch)?;
     let mut up = UpQueue {
         tx: SendBatch::new(p.up_gso.clone()),
         pending: None,
@@ -479,7 +479,17 @@ impl Downstream {
         let mut out = Out::default();
         let mut stop = CancelWatch::new(&self.cancel);
         let fd = self.socket.as_raw_fd();
-        let mut rx = RecvBatch::new(DOWN_BATCH.min(crate::net::udp_batch::fast_path().batch));
+        let mut rx = match RecvBatch::new(DOWN_BATCH.min(crate::net::udp_batch::fast_path().batch))
+        {
+            Ok(rx) => rx,
+            Err(e) => {
+                // Out of memory for the mapping: the client gets no answers
+                // (counted), as when its socket cannot be made.
+                Stats::add(&self.counters.upstream_errors, 1);
+                tracing::warn!(peer = %self.peer, error = %e, "no receive buffer for a client");
+                return;
+            }
+        };
         let mut tx = SendBatch::new(self.listen_gso.clone());
         let mut wake = TimedWake::default();
         loop {
@@ -498,10 +508,13 @@ impl Downstream {
                         }
                     }
                 }
-                r = self.socket.async_io(Interest::READABLE, || rx.recv(fd)) => {
+                r = self.socket.async_io(Interest::READABLE.add(Interest::ERROR), || rx.recv(fd)) => {
                     if let Err(e) = r {
                         // Typically ECONNREFUSED: the upstream answered
-                        // an earlier datagram with ICMP port unreachable.
+                        // an earlier datagram with ICMP port unreachable
+                        // (woken for it by the ERROR interest: with a
+                        // client's datagrams sent in one call, no later
+                        // send of the batch reports it).
                         Stats::add(&self.counters.upstream_errors, 1);
                         tracing::debug!(peer = %self.peer, error = %e, "receive from the upstream failed");
                         if e.kind() != std::io::ErrorKind::ConnectionRefused {
