@@ -14,7 +14,9 @@
 #               most LOSS_OK
 #   answered    udp-echo, request/response, unlimited offer: replies/s
 # nginx: worker_processes 2, `listen ... udp reuseport` (one socket per
-# worker), proxy_timeout 10s. netd: its release build, default settings,
+# worker), proxy_timeout 10s. netd: its release build; the udp-proxy with
+# --idle-timeout 10s and room for every run's clients (--max-clients and
+# --max-clients-per-source 4096: all clients come from 127.0.0.1), the
 # udp-echo with --rate-limit off (its default, 100/s per source, would
 # measure the limit).
 #
@@ -60,7 +62,11 @@ pids+=($!)
 
 quiet_config "$work/netd.toml"
 start_netd fast "$work/netd.toml" ip netns exec "$NS"
-ctl_at fast start udp-proxy p --listen 127.0.0.1:$NETD_PROXY --upstream 127.0.0.1:$UP >/dev/null
+# Every run opens 8 new clients from 127.0.0.1: the per-source client cap
+# (64 by default) would refuse them after eight runs; clients idle for 10 s
+# are forgotten, as nginx's proxy_timeout 10s forgets its sessions.
+ctl_at fast start udp-proxy p --listen 127.0.0.1:$NETD_PROXY --upstream 127.0.0.1:$UP \
+  --max-clients 4096 --max-clients-per-source 4096 --idle-timeout 10s >/dev/null
 ctl_at fast start udp-echo e --listen 127.0.0.1:$ECHO_FAST --rate-limit off >/dev/null
 start_netd slow "$work/netd.toml" ip netns exec "$NS" env NETD_UDP_BATCH=1 NETD_UDP_OFFLOAD=off
 ctl_at slow start udp-echo e --listen 127.0.0.1:$ECHO_SLOW --rate-limit off >/dev/null
