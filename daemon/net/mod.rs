@@ -2,9 +2,9 @@
 //! listener kind: binding and adopting sockets ([`bind`]), the TCP accept
 //! loop ([`accept`]), per-connection helpers (idle timers, lingering close,
 //! cheap cancellation checks, panic containment), the Linux calls the
-//! proxy's forward loop and the UDP echo need ([`splice`], [`sockopt`],
-//! [`udp`]), and the per-core event loops the proxy serves connections on
-//! ([`workers`]).
+//! proxy's forward loop and the UDP kinds need ([`splice`], [`sockopt`],
+//! [`udp`], [`udp_batch`]), and the per-core event loops the proxy serves
+//! connections on ([`workers`]).
 //!
 //! This module depends on the leaves [`crate::telemetry::stats`], [`crate::net::fd_budget`]
 //! and [`crate::util::warn_limit`] only, never on [`crate::services`]: services
