@@ -18,6 +18,7 @@ mod faults;
 mod faults_tcp;
 mod fd_budget;
 mod fleet;
+mod grafana;
 mod grpc_interop;
 mod hardening_files;
 mod hardening_http;
