@@ -100,7 +100,8 @@ pub fn value_of(l: &ListenerStatsSample) -> f64 {
 
 /// Seconds since the Unix epoch of a sample's time (0 without one).
 pub fn sample_secs(s: &StatsSample) -> f64 {
-    s.time.map_or(0.0, |t| t.seconds as f64 + f64::from(t.nanos) / 1e9)
+    s.time
+        .map_or(0.0, |t| t.seconds as f64 + f64::from(t.nanos) / 1e9)
 }
 
 /// One [`History`] per listener name, following whole samples (as

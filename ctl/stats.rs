@@ -230,10 +230,9 @@ fn print_table_with(s: &StatsSample, spark: Option<&crate::spark::Histories>) {
                 .into_iter()
                 .zip(&s.listeners)
                 .map(|(mut r, l)| {
-                    let line = h.get(&l.name).map_or_else(
-                        || " ".repeat(SPARK_WIDTH),
-                        |h| h.render(SPARK_WIDTH, now),
-                    );
+                    let line = h
+                        .get(&l.name)
+                        .map_or_else(|| " ".repeat(SPARK_WIDTH), |h| h.render(SPARK_WIDTH, now));
                     r.insert(at, line);
                     r
                 })

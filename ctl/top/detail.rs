@@ -224,11 +224,7 @@ fn faults(
         return;
     }
     let firing = host.firing(&l.name);
-    out.push(title(if firing {
-        "faults (firing)"
-    } else {
-        "faults"
-    }));
+    out.push(title(if firing { "faults (firing)" } else { "faults" }));
     for (n, f) in faults.iter().enumerate() {
         out.push(plain(format!(
             "  {}. {} ({}{}) {}",

@@ -205,7 +205,11 @@ fn normal(model: &mut Model, ui: &mut Ui, key: KeyEvent) -> Outcome {
             let cols = &Col::ALL;
             let i = cols.iter().position(|c| *c == model.sort).unwrap_or(0);
             let n = cols.len();
-            let next = if c == 's' { (i + 1) % n } else { (i + n - 1) % n };
+            let next = if c == 's' {
+                (i + 1) % n
+            } else {
+                (i + n - 1) % n
+            };
             model.sort_by(cols[next]);
         }
         KeyCode::Char(c) if c.is_ascii_digit() => {

@@ -99,7 +99,8 @@ impl HostState {
             .enumerate()
             .map(|(i, l)| (l.name.clone(), i))
             .collect();
-        self.firing.retain(|n, t| self.index.contains_key(n) && now - *t <= FIRING_SECS);
+        self.firing
+            .retain(|n, t| self.index.contains_key(n) && now - *t <= FIRING_SECS);
         self.events
             .retain(|n, _| n.is_empty() || self.index.contains_key(n));
         self.sample = Some(s);
@@ -336,7 +337,10 @@ impl Model {
         if let Some((h, name)) = &self.selected_key {
             if let Some(i) = self.rows.iter().position(|r| match r {
                 RowId::Listener(rh, ri) => {
-                    rh == h && self.hosts[*rh].listener(*ri).is_some_and(|l| &l.name == name)
+                    rh == h
+                        && self.hosts[*rh]
+                            .listener(*ri)
+                            .is_some_and(|l| &l.name == name)
                 }
                 RowId::Host(_) => false,
             }) {
@@ -349,9 +353,9 @@ impl Model {
 
     fn remember_selection(&mut self) {
         self.selected_key = match self.rows.get(self.selected) {
-            Some(RowId::Listener(h, i)) => self.hosts[*h]
-                .listener(*i)
-                .map(|l| (*h, l.name.clone())),
+            Some(RowId::Listener(h, i)) => {
+                self.hosts[*h].listener(*i).map(|l| (*h, l.name.clone()))
+            }
             _ => None,
         };
     }
@@ -446,9 +450,7 @@ fn compare(hosts: &[HostState], col: Col, a: RowId, b: RowId) -> Ordering {
     let (Some((ha, a)), Some((hb, b))) = (get(a), get(b)) else {
         return Ordering::Equal;
     };
-    let num = |f: &dyn Fn(usize, &proto::ListenerStatsSample) -> f64| {
-        f(ha, a).total_cmp(&f(hb, b))
-    };
+    let num = |f: &dyn Fn(usize, &proto::ListenerStatsSample) -> f64| f(ha, a).total_cmp(&f(hb, b));
     match col {
         Col::Host => ha.cmp(&hb),
         Col::Name => a.name.cmp(&b.name),
@@ -458,7 +460,9 @@ fn compare(hosts: &[HostState], col: Col, a: RowId, b: RowId) -> Ordering {
         Col::Out => num(&|_, l| l.rates.map_or(0.0, |r| r.bytes_out_per_sec)),
         Col::Rate => num(&|_, l| events_per_sec(l)),
         Col::Active => num(&|_, l| {
-            l.totals.as_ref().map_or(0.0, |t| t.connections_active as f64)
+            l.totals
+                .as_ref()
+                .map_or(0.0, |t| t.connections_active as f64)
         }),
         Col::Errors => num(&|_, l| l.totals.as_ref().map_or(0.0, |t| t.errors as f64)),
         Col::Fault => num(&|h, l| f64::from(fault_level(&hosts[h], l))),
@@ -516,7 +520,12 @@ mod tests {
         let mut m = Model::new(vec!["a".into()]);
         m.apply(Msg::Stats(
             0,
-            sample(0, 100, &[("alpha", 0.0), ("beta", 0.0), ("gamma", 0.0)], true),
+            sample(
+                0,
+                100,
+                &[("alpha", 0.0), ("beta", 0.0), ("gamma", 0.0)],
+                true,
+            ),
         ));
         assert_eq!(names(&mut m), ["alpha", "beta", "gamma"]);
         // Only beta changed in this tick: the others keep rate 0.
@@ -539,7 +548,10 @@ mod tests {
         let mut m = Model::new(vec!["a".into()]);
         m.apply(Msg::Stats(0, sample(0, 100, &[("a", 0.0)], true)));
         for t in 1..1000 {
-            m.apply(Msg::Stats(0, sample(t, 100 + t as i64, &[("a", 1.0)], false)));
+            m.apply(Msg::Stats(
+                0,
+                sample(t, 100 + t as i64, &[("a", 1.0)], false),
+            ));
         }
         assert!(m.stale);
         assert_eq!(m.rows().len(), 1);

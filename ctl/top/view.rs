@@ -11,7 +11,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
 
 use super::detail;
 use super::keys::{self, Mode, Ui};
@@ -25,8 +25,8 @@ const NAME_MAX: u16 = 40;
 const HOST_WIDTH: u16 = 16;
 /// The detail pane goes right of the table from this width, under it from
 /// this height.
-const SIDE_PANE_MIN_WIDTH: u16 = 150;
-const SIDE_PANE_WIDTH: u16 = 64;
+const SIDE_PANE_MIN_WIDTH: u16 = 160;
+const SIDE_PANE_WIDTH: u16 = 58;
 const BOTTOM_PANE_MIN_HEIGHT: u16 = 34;
 const BOTTOM_PANE_HEIGHT: u16 = 14;
 
@@ -50,9 +50,7 @@ pub fn columns(fleet: bool, width: u16) -> Vec<(Col, u16)> {
         .copied()
         .filter(|c| fleet || *c != Col::Host)
         .collect();
-    let need = |cols: &[Col]| -> u16 {
-        cols.iter().map(|c| width_of(*c) + 1).sum::<u16>()
-    };
+    let need = |cols: &[Col]| -> u16 { cols.iter().map(|c| width_of(*c) + 1).sum::<u16>() };
     for drop in [Col::Trend, Col::Fault, Col::Errors, Col::Active, Col::State] {
         if need(&cols) <= width {
             break;
@@ -201,7 +199,20 @@ pub fn draw(f: &mut Frame, model: &mut Model, ui: &mut Ui, interval: std::time::
         draw_detail(f, model, p);
     }
     f.render_widget(Paragraph::new(admin_line(model)), admin);
-    f.render_widget(Paragraph::new(status_line(ui)), status);
+    let mut line = status_line(ui);
+    if ui.mode == Mode::Normal && ui.status.is_empty() {
+        // Without a pane, the selected unreachable daemon's error here.
+        let sel = model.selected;
+        if let Some(RowId::Host(h)) = model.rows().get(sel).copied() {
+            if let Some(e) = &model.hosts[h].down {
+                line = Line::from(Span::styled(
+                    format!("{}: {}", escape(&model.hosts[h].label), escape(e)),
+                    Style::default().fg(Color::Red),
+                ));
+            }
+        }
+    }
+    f.render_widget(Paragraph::new(line), status);
     f.render_widget(
         Paragraph::new(keys::HELP_LINE).style(Style::default().fg(Color::DarkGray)),
         help,
@@ -282,7 +293,10 @@ fn draw_table(f: &mut Frame, model: &mut Model, area: Rect) {
         })
         .collect();
     let widths: Vec<Constraint> = cols.iter().map(|(_, w)| Constraint::Length(*w)).collect();
-    f.render_widget(Table::new(rows, widths).header(header).column_spacing(1), area);
+    f.render_widget(
+        Table::new(rows, widths).header(header).column_spacing(1),
+        area,
+    );
 }
 
 fn draw_detail(f: &mut Frame, model: &mut Model, area: Rect) {
@@ -306,17 +320,19 @@ fn draw_detail(f: &mut Frame, model: &mut Model, area: Rect) {
             let host = &model.hosts[h];
             let mut v = vec![Line::from(format!("host {}", escape(&host.label)))];
             if let Some(e) = &host.down {
-                v.push(Line::from(format!(
-                    "unreachable (retrying): {}",
-                    escape(e)
-                )));
+                v.push(Line::from(format!("unreachable (retrying): {}", escape(e))));
             }
             v
         }
         None => vec![Line::from("no listener selected")],
     };
     let block = Block::default().borders(Borders::ALL).title(" detail ");
-    f.render_widget(Paragraph::new(lines).block(block), area);
+    f.render_widget(
+        Paragraph::new(lines)
+            .block(block)
+            .wrap(Wrap { trim: false }),
+        area,
+    );
 }
 
 fn admin_line(model: &mut Model) -> Line<'static> {
@@ -339,7 +355,9 @@ fn status_line(ui: &Ui) -> Line<'static> {
         Mode::Filter(t) => Line::from(format!("filter: {}█", escape(t))),
         Mode::Confirm(t) => Line::from(Span::styled(
             format!("{}? y/n", t.describe()),
-            Style::default().fg(Color::Yellow).add_modifier(Modifier::BOLD),
+            Style::default()
+                .fg(Color::Yellow)
+                .add_modifier(Modifier::BOLD),
         )),
         Mode::PickFault(_, l, faults) => Line::from(Span::styled(
             format!(
@@ -373,4 +391,35 @@ fn draw_help(f: &mut Frame, area: Rect) {
         Paragraph::new(lines).block(Block::default().borders(Borders::ALL)),
         r,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the width, the columns chosen fit it (with their spacing),
+    /// NAME stays, and the sparkline is the first to go.
+    #[test]
+    fn columns_fit_the_width() {
+        for fleet in [false, true] {
+            for width in 80..260u16 {
+                let cols = columns(fleet, width);
+                let used: u16 = cols.iter().map(|(_, w)| w + 1).sum();
+                assert!(used <= width, "{width}: {used}");
+                assert!(cols.iter().any(|(c, _)| *c == Col::Name));
+            }
+            assert!(!columns(fleet, 80).iter().any(|(c, _)| *c == Col::Trend));
+            assert!(columns(fleet, 140).iter().any(|(c, _)| *c == Col::Trend));
+        }
+    }
+
+    #[test]
+    fn compact_rates() {
+        assert_eq!(compact(0.0), "0");
+        assert_eq!(compact(2.5), "2.5");
+        assert_eq!(compact(512.0), "512");
+        assert_eq!(compact(23_900.0), "23.9K");
+        assert_eq!(compact(1_240_000.0), "1.2M");
+        assert_eq!(compact(f64::NAN), "0");
+    }
 }
