@@ -47,6 +47,10 @@ pub const HELP: &[&str] = &[
     "Press any key to close.",
 ];
 
+/// The toxicity each fault had when top switched it off, by (daemon,
+/// listener, fault), to give it back when switched on again.
+pub type Memory = std::sync::Arc<parking_lot::Mutex<HashMap<(usize, String, String), Option<f64>>>>;
+
 /// What an admin key does.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -280,11 +284,7 @@ fn admin_key(model: &mut Model, ui: &mut Ui, c: char) {
 
 /// Carry out `t` on the daemon behind `dial`; the status line it leaves.
 /// `memory` holds the toxicity a fault had when top switched it off.
-pub async fn run(
-    dial: Dial,
-    t: Target,
-    memory: std::sync::Arc<parking_lot::Mutex<HashMap<(usize, String, String), Option<f64>>>>,
-) -> String {
+pub async fn run(dial: Dial, t: Target, memory: Memory) -> String {
     let result = match &t.action {
         Action::Stop => stop(&dial, &t.listener).await,
         Action::Drain => drain(&dial, &t.listener).await,
@@ -326,7 +326,7 @@ async fn toggle_fault(
     host: usize,
     listener: &str,
     fault: &str,
-    memory: &parking_lot::Mutex<HashMap<(usize, String, String), Option<f64>>>,
+    memory: &Memory,
 ) -> anyhow::Result<String> {
     let what = format!(
         "cannot switch fault '{}' of '{}'",

@@ -11,7 +11,8 @@
 //! The screen is redrawn at most every [`REDRAW_EVERY`], however many
 //! messages arrive in between, and only the rows that fit are built. The
 //! terminal is restored (raw mode off, alternate screen left, cursor shown)
-//! on `q`, Ctrl-C, SIGTERM, SIGINT, SIGHUP, an error and a panic.
+//! on `q`, Ctrl-C, SIGTERM, SIGINT, SIGHUP, an error and a panic; when the
+//! terminal itself goes away, top ends too.
 
 mod detail;
 mod feed;
@@ -19,7 +20,6 @@ mod keys;
 mod model;
 mod view;
 
-use std::collections::HashMap;
 use std::io::IsTerminal as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +44,9 @@ const POLL: Duration = Duration::from_millis(50);
 /// Feed messages taken per turn of the loop at most, so keys stay
 /// responsive under a flood (the rest wait in the queue).
 const MSGS_PER_TURN: usize = 20_000;
+
+/// Terminal events handled per turn of the loop at most.
+const KEYS_PER_TURN: usize = 256;
 
 /// The queue between the feeds and the screen; a feed waits when it is
 /// full, and netd then sees a slow reader (it skips samples, never queues).
@@ -114,6 +117,57 @@ async fn quit_on_signals(quit: Arc<AtomicBool>) {
     quit.store(true, Ordering::Relaxed);
 }
 
+/// What the terminal has for the screen loop.
+enum Input {
+    /// A key (or another event) to read.
+    Ready,
+    Nothing,
+    /// It hung up (its window or tmux server went away).
+    Gone,
+    /// Standard input is not the terminal (crossterm then reads
+    /// /dev/tty): ask crossterm, with [`POLL`].
+    Unknown,
+}
+
+/// Wait up to [`POLL`] for input on the terminal, or notice that it hung
+/// up. Only the session leader is sent SIGHUP when a pseudo-terminal
+/// closes, so top, started by a shell without job control, must look
+/// itself; and crossterm must not read a hung-up terminal (it would spin
+/// on end of file).
+fn wait_input(stdin_tty: bool) -> Input {
+    let mut fds = [
+        libc::pollfd {
+            fd: libc::STDOUT_FILENO,
+            events: 0,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: libc::STDIN_FILENO,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let n: libc::nfds_t = if stdin_tty { 2 } else { 1 };
+    let wait = if stdin_tty {
+        POLL.as_millis() as i32
+    } else {
+        0
+    };
+    // SAFETY: `n` valid pollfds of `fds`.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), n, wait) };
+    let hup = libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+    if rc > 0 && fds[..n as usize].iter().any(|f| f.revents & hup != 0) {
+        Input::Gone
+    } else if !stdin_tty {
+        Input::Unknown
+    } else if rc > 0 && fds[1].revents & libc::POLLIN != 0 {
+        Input::Ready
+    } else {
+        Input::Nothing
+    }
+}
+
 /// Puts the terminal back when dropped (and from the panic hook).
 struct TerminalGuard;
 
@@ -151,8 +205,6 @@ impl Drop for TerminalGuard {
     }
 }
 
-type Memory = Arc<parking_lot::Mutex<HashMap<(usize, String, String), Option<f64>>>>;
-
 /// The screen thread's state.
 struct Screen {
     model: Model,
@@ -164,7 +216,7 @@ struct Screen {
     interval: Duration,
     quit: Arc<AtomicBool>,
     runtime: tokio::runtime::Handle,
-    memory: Memory,
+    memory: keys::Memory,
 }
 
 impl Screen {
@@ -172,6 +224,7 @@ impl Screen {
         let _guard = TerminalGuard::enter()?;
         let backend = ratatui::backend::CrosstermBackend::new(std::io::stdout());
         let mut term = ratatui::Terminal::new(backend).context("cannot set up the terminal")?;
+        let stdin_tty = std::io::stdin().is_terminal();
         let mut dirty = true;
         let mut last_draw: Option<Instant> = None;
         while !self.quit.load(Ordering::Relaxed) {
@@ -182,21 +235,24 @@ impl Screen {
                 last_draw = Some(Instant::now());
                 dirty = false;
             }
-            if event::poll(POLL).context("cannot read the terminal")? {
-                match event::read().context("cannot read the terminal")? {
-                    Event::Key(k) if k.kind != KeyEventKind::Release => {
-                        match keys::on_key(&mut self.model, &mut self.ui, k) {
-                            keys::Outcome::Quit => break,
-                            keys::Outcome::Nothing => {}
-                            keys::Outcome::Redraw => dirty = true,
-                            keys::Outcome::Run(t) => {
-                                self.start(t);
-                                dirty = true;
-                            }
-                        }
-                    }
-                    Event::Resize(..) => dirty = true,
-                    _ => {}
+            // Read keys only once the terminal has some, and never from a
+            // terminal that hung up: crossterm would spin on its end of file.
+            let ready = match wait_input(stdin_tty) {
+                Input::Gone => break,
+                Input::Ready => true,
+                Input::Nothing => false,
+                Input::Unknown => event::poll(POLL).context("cannot read the terminal")?,
+            };
+            // One read can bring several keys (a paste, a burst): take
+            // what crossterm holds.
+            for _ in 0..usize::from(ready) * KEYS_PER_TURN {
+                if !event::poll(Duration::ZERO).context("cannot read the terminal")? {
+                    break;
+                }
+                match self.on_event(event::read().context("cannot read the terminal")?) {
+                    Some(true) => return Ok(()),
+                    Some(false) => dirty = true,
+                    None => {}
                 }
             }
             for _ in 0..MSGS_PER_TURN {
@@ -211,6 +267,26 @@ impl Screen {
             }
         }
         Ok(())
+    }
+
+    /// Handle a terminal event: `Some(true)` to quit, `Some(false)` to
+    /// redraw.
+    fn on_event(&mut self, ev: Event) -> Option<bool> {
+        match ev {
+            Event::Key(k) if k.kind != KeyEventKind::Release => {
+                match keys::on_key(&mut self.model, &mut self.ui, k) {
+                    keys::Outcome::Quit => Some(true),
+                    keys::Outcome::Nothing => None,
+                    keys::Outcome::Redraw => Some(false),
+                    keys::Outcome::Run(t) => {
+                        self.start(t);
+                        Some(false)
+                    }
+                }
+            }
+            Event::Resize(..) => Some(false),
+            _ => None,
+        }
     }
 
     /// Carry out an admin action in the background; its result comes back

@@ -382,7 +382,7 @@ impl Model {
             self.offset = self.selected + 1 - height;
         }
         let n = self.rows.len();
-        self.offset = self.offset.min(n.saturating_sub(height).max(0));
+        self.offset = self.offset.min(n.saturating_sub(height));
         if self.selected < self.offset {
             self.offset = self.selected;
         }
@@ -480,7 +480,7 @@ mod tests {
                 seconds: secs,
                 nanos: 0,
             }),
-            elapsed: (seq > 0).then(|| prost_types::Duration {
+            elapsed: (seq > 0).then_some(prost_types::Duration {
                 seconds: 1,
                 nanos: 0,
             }),

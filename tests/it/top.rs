@@ -320,6 +320,40 @@ fn top_restores_the_terminal_on_q_and_sigterm() {
     }
 }
 
+/// When its terminal goes away (the tmux server is killed), top ends
+/// rather than spin on a dead terminal.
+#[test]
+fn top_ends_when_its_terminal_goes_away() {
+    let netd = Netd::start("");
+    netd.netctl_ok(&["start", "tcp-echo", "e", "--listen", "127.0.0.1:0"]);
+    // Not the session leader (the shell is): no SIGHUP for top.
+    let tmux = Tmux::start(
+        100,
+        30,
+        &format!("{}; sleep 600", netctl_line(&netd, "top")),
+    );
+    tmux.wait_for("top", |s| row(s, "e").is_some());
+    let shell = tmux.display("#{pane_pid}");
+    let pid = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+        .expect("the shell's children")
+        .split_whitespace()
+        .next()
+        .expect("netctl's pid")
+        .to_string();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("netctl's comm");
+    assert_eq!(comm.trim(), "netctl");
+    let _ = tmux.cmd(&["kill-server"]).status();
+    crate::common::wait_until("netctl top to end", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    });
+}
+
 /// An 80x24 terminal: the header and rows render, no line is longer than
 /// 80 columns (a long name is cut, the sparkline left out), and in fleet
 /// mode a daemon that cannot be reached is a row saying so.
