@@ -195,6 +195,9 @@ fn top_shows_rates_sorts_filters_and_details() {
         "sorted by name at first:\n{screen}"
     );
     assert_eq!(order(&screen, &names), names, "{screen}");
+    // GetCaller: root on the Unix socket is an admin, keys not greyed.
+    assert!(screen.contains(" as admin"), "{screen}");
+    assert!(!screen.contains("needs the admin role"), "{screen}");
     let busy = row(&screen, "proxy-a").expect("proxy-a");
     assert_eq!(&busy[1..3], ["proxy", "running"], "{screen}");
 
