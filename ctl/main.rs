@@ -272,6 +272,11 @@ enum Command {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let dial = Dial::from_cli(&cli).map_err(render::usage)?;
     if let Command::Top { interval } = cli.command {
+        if cli.output == Format::Json {
+            return Err(render::usage(anyhow!(
+                "netctl top is a screen for people and has no JSON form; use `netctl -o json stats --watch` for JSON lines"
+            )));
+        }
         return top::run(top_hosts(&cli.control, &dial), interval).await;
     }
     if cli.control.len() > 1 {

@@ -398,6 +398,10 @@ fn top_refuses_without_a_terminal() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs a terminal"), "{err}");
     assert!(err.contains("netctl stats --watch"), "{err}");
+    let out = netd.netctl(&["-o", "json", "top"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no JSON form"), "{err}");
 }
 
 /// `stats --watch` on a terminal has a LAST 1m column of blocks;
