@@ -51,9 +51,9 @@ struct Cli {
     /// Control plane address: unix:/path/to/sock or host:port.
     ///
     /// Repeat it (or give NETD_CONTROL a comma-separated list) to ask
-    /// several daemons at once: list, stats and events then merge their
-    /// answers under a HOST column, and a daemon that cannot be reached is
-    /// a row saying so (exit 3 only when none can be reached).
+    /// several daemons at once: list, stats, events and top then merge
+    /// their answers under a HOST column, and a daemon that cannot be
+    /// reached is a row saying so (exit 3 only when none can be reached).
     #[arg(long, global = true, env = CONTROL_ENV, value_name = "ADDR", value_delimiter = ',', help_heading = GLOBAL)]
     control: Vec<ControlAddr>,
 
