@@ -159,7 +159,8 @@ fn order<'a>(screen: &str, names: &[&'a str]) -> Vec<&'a str> {
     found.into_iter().map(|(_, n)| n).collect()
 }
 
-/// echo-busy (traffic through proxy-a), echo-idle, proxy-a.
+/// echo-busy (traffic through proxy-a), echo-idle, proxy-a (label
+/// team=web, a latency fault).
 fn three_listeners() -> (Netd, Traffic) {
     let netd = Netd::start("");
     netd.netctl_ok(&["start", "tcp-echo", "echo-busy", "--listen", "127.0.0.1:0"]);
@@ -173,6 +174,18 @@ fn three_listeners() -> (Netd, Traffic) {
         "127.0.0.1:0",
         "--upstream",
         &busy,
+        "--label",
+        "team=web",
+    ]);
+    netd.netctl_ok(&[
+        "fault",
+        "add",
+        "proxy-a",
+        "slow",
+        "--type",
+        "latency",
+        "--latency",
+        "1ms",
     ]);
     let traffic = Traffic::start(bound_addr(&netd, "proxy-a"));
     (netd, traffic)
@@ -200,6 +213,9 @@ fn top_shows_rates_sorts_filters_and_details() {
     assert!(!screen.contains("needs the admin role"), "{screen}");
     let busy = row(&screen, "proxy-a").expect("proxy-a");
     assert_eq!(&busy[1..3], ["proxy", "running"], "{screen}");
+    tmux.wait_for("proxy-a's fault firing", |s| {
+        row(s, "proxy-a").is_some_and(|r| r.get(8) == Some(&"firing"))
+    });
 
     tmux.keys(&["4"]);
     let screen = tmux.wait_for("sorted by IN/s", |s| s.contains("IN/s▼"));
@@ -212,7 +228,7 @@ fn top_shows_rates_sorts_filters_and_details() {
     let screen = tmux.wait_for("reversed", |s| s.contains("IN/s▲"));
     assert_eq!(order(&screen, &names)[0], "echo-idle", "{screen}");
 
-    tmux.keys(&["/", "proxy", "Enter"]);
+    tmux.keys(&["/", "team=web", "Enter"]);
     let screen = tmux.wait_for("echo rows filtered out", |s| {
         row(s, "echo-busy").is_none() && row(s, "echo-idle").is_none()
     });
@@ -226,6 +242,30 @@ fn top_shows_rates_sorts_filters_and_details() {
     });
     assert!(screen.contains("upstreams"), "{screen}");
     assert!(screen.contains("proxy-a (proxy, running)"), "{screen}");
+
+    // An admin's keys: the fault off and on again, then stop.
+    let toxicity = || {
+        let v = netd.netctl_json(&["fault", "ls", "proxy-a"]);
+        v[0]["fault"]["toxicity"].clone()
+    };
+    assert!(toxicity().is_null(), "unset: 1");
+    tmux.keys(&["f"]);
+    tmux.wait_for("the confirmation", |s| s.contains("off or on? y/n"));
+    tmux.keys(&["y"]);
+    tmux.wait_for("the fault off", |s| s.contains("is off (toxicity 0)"));
+    assert_eq!(toxicity(), serde_json::json!(0.0));
+    tmux.keys(&["f"]);
+    tmux.wait_for("the confirmation", |s| s.contains("off or on? y/n"));
+    tmux.keys(&["y"]);
+    tmux.wait_for("the fault on", |s| s.contains("of 'proxy-a' is on"));
+    assert!(toxicity().is_null(), "back to 1");
+    tmux.keys(&["x"]);
+    tmux.wait_for("the confirmation", |s| s.contains("stop 'proxy-a'? y/n"));
+    tmux.keys(&["y"]);
+    tmux.wait_for("stopped", |s| {
+        s.contains("stopped 'proxy-a'") && row(s, "proxy-a").is_none()
+    });
+    assert!(!netd.netctl(&["status", "proxy-a"]).status.success());
 }
 
 /// A viewer (uid 65534 on the Unix socket) sees the admin keys greyed out
