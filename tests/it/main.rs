@@ -50,6 +50,7 @@ mod tls;
 mod tls_http;
 mod tls_proxy;
 mod tls_reload;
+mod top;
 mod toxiproxy_api;
 mod toxiproxy_security;
 mod udp_proxy;
