@@ -36,6 +36,7 @@ pub const HELP: &[&str] = &[
     "                    ERRORS FAULT, 0: LAST 1m (again: reverse)",
     "  s S               sort by the next / previous column (HOST too)",
     "  r                 reverse the order",
+    "  Enter             show / hide the detail pane on a small terminal",
     "  /                 filter: name, kind or label (key=value) containing",
     "                    the text; Enter keeps it, Esc clears it",
     "  d                 drain the selected listener (admin)",
@@ -106,6 +107,9 @@ pub struct Ui {
     pub status: String,
     /// Rows of the table area at the last draw (for paging).
     pub page: usize,
+    /// Enter: show the detail pane on a terminal too small for it to sit
+    /// beside or under a full table (the table shrinks to a few rows).
+    pub detail: bool,
 }
 
 impl Ui {
@@ -114,6 +118,7 @@ impl Ui {
             mode: Mode::Normal,
             status: String::new(),
             page: 10,
+            detail: false,
         }
     }
 }
@@ -196,6 +201,7 @@ fn normal(model: &mut Model, ui: &mut Ui, key: KeyEvent) -> Outcome {
     match key.code {
         KeyCode::Char('q') => return Outcome::Quit,
         KeyCode::Esc => model.set_filter(String::new()),
+        KeyCode::Enter => ui.detail = !ui.detail,
         KeyCode::Char('?') | KeyCode::F(1) => ui.mode = Mode::Help,
         KeyCode::Char('/') => ui.mode = Mode::Filter(model.filter.clone()),
         KeyCode::Up | KeyCode::Char('k') => model.move_by(-1, ui.page),

@@ -29,6 +29,10 @@ const SIDE_PANE_MIN_WIDTH: u16 = 160;
 const SIDE_PANE_WIDTH: u16 = 58;
 const BOTTOM_PANE_MIN_HEIGHT: u16 = 34;
 const BOTTOM_PANE_HEIGHT: u16 = 14;
+/// Below [`BOTTOM_PANE_MIN_HEIGHT`], Enter shows the pane under a table of
+/// this many lines (header included), when the body has this many.
+const SMALL_TABLE_HEIGHT: u16 = 5;
+const SMALL_PANE_MIN_HEIGHT: u16 = 12;
 
 fn width_of(c: Col) -> u16 {
     match c {
@@ -186,6 +190,14 @@ pub fn draw(f: &mut Frame, model: &mut Model, ui: &mut Ui, interval: std::time::
         let [t, p] = Layout::default()
             .direction(Direction::Vertical)
             .constraints([Constraint::Min(5), Constraint::Length(BOTTOM_PANE_HEIGHT)])
+            .areas(body);
+        (t, Some(p))
+    } else if ui.detail && body.height >= SMALL_PANE_MIN_HEIGHT {
+        // A small terminal, the pane asked for with Enter: a few rows of
+        // the table (the selection stays visible), the pane below.
+        let [t, p] = Layout::default()
+            .direction(Direction::Vertical)
+            .constraints([Constraint::Length(SMALL_TABLE_HEIGHT), Constraint::Min(5)])
             .areas(body);
         (t, Some(p))
     } else {

@@ -426,6 +426,18 @@ fn top_fits_80x24_and_shows_an_unreachable_daemon() {
     for l in screen.lines() {
         assert!(l.chars().count() <= 80, "a line wider than 80:\n{l}");
     }
+    // No room for the detail pane at 80x24: Enter shows it under a few
+    // rows of the table, Enter again hides it.
+    assert!(!screen.contains(" detail "), "{screen}");
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_for("the detail pane after Enter", |s| {
+        s.contains(" detail ") && s.contains("│host ")
+    });
+    for l in screen.lines() {
+        assert!(l.chars().count() <= 80, "a line wider than 80:\n{l}");
+    }
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("the detail pane hidden again", |s| !s.contains(" detail "));
 }
 
 /// With stdout not a terminal, top refuses (usage, exit 2) and says to use
