@@ -86,12 +86,13 @@ for line in open(sys.argv[1]):
     rows.append((f["rate"], sent == ours and ourdrops == "0", sent == theirs and theirdrops == "0", npp, tpp))
     print(f"| {int(rate):,} | {f['rate']:,.0f} | {sent:,} | {rings} | {ours:,} ({100*ours/sent:.1f}%) | {theirs:,} ({100*theirs/sent:.1f}%) | {ourdrops} / {theirdrops} | {npp:.0f} | {tpp:.0f} | {ratio} |")
 def best(i):
-    # The highest achieved rate below which every step was lossless.
+    # The highest achieved rate of the steps before the first loss (the
+    # achieved rate is the sender's: it may fall short of the target).
     top = 0
     for r in rows:
         if not r[i]:
             break
-        top = r[0]
+        top = max(top, r[0])
     return top
 n, t = best(1), best(2)
 lossless_all = all(r[1] and r[2] for r in rows)

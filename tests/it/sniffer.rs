@@ -1419,15 +1419,18 @@ fn the_kernel_holds_the_compiled_filter_program() {
             );
         }
     }
+    // The program on every ring's socket.
+    let rings = sniffer_stats(&netd, "s0")["rings"].as_u64().unwrap_or(1) as usize;
     let mut want: Vec<Vec<[u32; 4]>> = filters
         .iter()
-        .map(|f| {
-            Filter::parse(f)
+        .flat_map(|f| {
+            let prog: Vec<[u32; 4]> = Filter::parse(f)
                 .unwrap()
                 .to_bpf(true)
                 .iter()
                 .map(|i| [u32::from(i.code), u32::from(i.jt), u32::from(i.jf), i.k])
-                .collect()
+                .collect();
+            std::iter::repeat_n(prog, rings)
         })
         .collect();
     attached.sort();

@@ -52,6 +52,15 @@ pub(super) struct Shared {
     pub(super) live: AtomicUsize,
 }
 
+/// A ring's thread, leaving [`Shared`] when dropped (also on a panic).
+pub(super) struct Leaving<'a>(pub(super) &'a Shared, pub(super) &'a str);
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        self.0.leave(self.1);
+    }
+}
+
 impl Shared {
     /// A ring's thread is done; the last one writes out and closes the
     /// pcap file (on its thread, not on the async runtime).

@@ -316,6 +316,7 @@ impl Sniffer {
                 })?;
             }
         }
+        self.rings_open.store(taps.len() as u32, Relaxed);
         Ok(Capture { taps, pcap })
     }
 
@@ -420,14 +421,18 @@ impl Sniffer {
         let name = ctx.name.to_string();
         let mut done = Vec::with_capacity(taps.len());
         let mut result = Ok(());
+        let rings = taps.len();
         for (i, tap) in taps.into_iter().enumerate() {
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             let (me, shared_t, ctx_t) = (self.clone(), shared.clone(), ctx.clone());
             let spawned = std::thread::Builder::new()
                 .name(thread_name(i, &name))
                 .spawn(move || {
+                    // Leaves (the last one out closing the pcap file) also
+                    // if the loop panics.
+                    let leaving = capture::Leaving(&shared_t, &ctx_t.name);
                     let result = me.capture_loop(i, tap, &shared_t, &ctx_t);
-                    shared_t.leave(&ctx_t.name);
+                    drop(leaving);
                     let _ = done_tx.send(result);
                 });
             match spawned {
@@ -435,6 +440,15 @@ impl Sniffer {
                 Err(e) => {
                     shared.failed.store(true, Relaxed);
                     result = Err(anyhow::anyhow!("cannot start a capture thread: {e}"));
+                    // The rings without a thread leave now (off the
+                    // runtime: the last one out closes the pcap file).
+                    let (shared, name) = (shared.clone(), name.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for _ in i..rings {
+                            shared.leave(&name);
+                        }
+                    })
+                    .await;
                     break;
                 }
             }
