@@ -1471,7 +1471,11 @@ fn packet_sockets_of(pid: u32) -> usize {
     table
         .lines()
         .skip(1)
-        .filter(|l| l.split_whitespace().last().is_some_and(|i| inodes.iter().any(|x| x == i)))
+        .filter(|l| {
+            l.split_whitespace()
+                .last()
+                .is_some_and(|i| inodes.iter().any(|x| x == i))
+        })
         .count()
 }
 
@@ -1530,7 +1534,11 @@ fn fanout_over_rings_counts_every_packet_of_every_flow_once() {
     });
     let theirs = tshark.stop_after(sent);
     let s = sniffer_stats(&netd, "s");
-    assert_eq!(count(&s, "udp"), sent, "each packet once, not once per ring: {s}");
+    assert_eq!(
+        count(&s, "udp"),
+        sent,
+        "each packet once, not once per ring: {s}"
+    );
     assert_eq!(theirs, [0, sent, 0, 0], "tshark saw the same traffic");
     assert_eq!(total(&s), sent);
     assert_eq!(s["flows_active"], 32, "{s}");
@@ -1612,12 +1620,22 @@ fn one_ring_still_captures_everything() {
     let netd = netd_with_rings(&ns, work.path(), "1");
     netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
     let u = bound_addr(&netd, "u");
-    netd.netctl_ok(&["start", "sniffer", "s", "--interface", "lo", "--filter", "udp"]);
+    netd.netctl_ok(&[
+        "start",
+        "sniffer",
+        "s",
+        "--interface",
+        "lo",
+        "--filter",
+        "udp",
+    ]);
     let s = sniffer_stats(&netd, "s");
     assert_eq!(s["rings"], 1, "{s}");
     assert_eq!(packet_sockets_of(netd.pid()), 1);
     ns.run(|| udp_flows(u, 4, 10));
-    wait_until("80 packets", || count(&sniffer_stats(&netd, "s"), "udp") == 80);
+    wait_until("80 packets", || {
+        count(&sniffer_stats(&netd, "s"), "udp") == 80
+    });
     let s = sniffer_stats(&netd, "s");
     assert_eq!(s["flows_active"], 8, "{s}");
 

@@ -90,7 +90,8 @@ impl Sniffer {
         let flows = &self.flows[index];
         let mut last_stats = Instant::now();
         let mut batch = socket::Batch::new();
-        let stopping = || ctx.stop_accepting.is_cancelled() || shared.failed.load(Ordering::Relaxed);
+        let stopping =
+            || ctx.stop_accepting.is_cancelled() || shared.failed.load(Ordering::Relaxed);
         let result = loop {
             if stopping() {
                 break Ok(());

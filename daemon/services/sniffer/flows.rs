@@ -169,7 +169,7 @@ pub fn merged(tables: &[Mutex<FlowTable>], n: usize) -> (u64, u64, TopFlows) {
                 .map(|f| (k, f))
         })
         .collect();
-    top.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes));
+    top.sort_by_key(|t| std::cmp::Reverse(t.1.bytes));
     top.truncate(n);
     (active, evicted, TopFlows(top))
 }
@@ -230,21 +230,37 @@ mod tests {
         // Flow 1 on ring 0 only (3 x 100 B); flow 2 split (2 x 80 B on
         // ring 0, 2 x 80 B on ring 1); flow 3 on ring 1 only (1 x 10 B).
         for i in 0..3 {
-            rings[0].lock().record(&udp(1, 100), t0 + Duration::from_secs(i));
+            rings[0]
+                .lock()
+                .record(&udp(1, 100), t0 + Duration::from_secs(i));
         }
-        rings[0].lock().record(&udp(2, 80), t0 + Duration::from_secs(5));
-        rings[0].lock().record(&udp(2, 80), t0 + Duration::from_secs(6));
-        rings[1].lock().record(&udp(2, 80), t0 + Duration::from_secs(1));
-        rings[1].lock().record(&udp(2, 80), t0 + Duration::from_secs(9));
+        rings[0]
+            .lock()
+            .record(&udp(2, 80), t0 + Duration::from_secs(5));
+        rings[0]
+            .lock()
+            .record(&udp(2, 80), t0 + Duration::from_secs(6));
+        rings[1]
+            .lock()
+            .record(&udp(2, 80), t0 + Duration::from_secs(1));
+        rings[1]
+            .lock()
+            .record(&udp(2, 80), t0 + Duration::from_secs(9));
         rings[1].lock().record(&udp(3, 10), t0);
         rings[1].lock().evicted = 4;
         let (active, evicted, top) = merged(&rings, 2);
         assert_eq!((active, evicted), (3, 4));
         let top = top.into_proto();
         assert_eq!(top.len(), 2);
-        assert_eq!(top[0].src, "127.0.0.1:2", "the split flow, summed, is largest");
+        assert_eq!(
+            top[0].src, "127.0.0.1:2",
+            "the split flow, summed, is largest"
+        );
         assert_eq!((top[0].packets, top[0].bytes), (4, 320));
-        assert_eq!(top[0].first_seen, Some((t0 + Duration::from_secs(1)).into()));
+        assert_eq!(
+            top[0].first_seen,
+            Some((t0 + Duration::from_secs(1)).into())
+        );
         assert_eq!(top[0].last_seen, Some((t0 + Duration::from_secs(9)).into()));
         assert_eq!((top[1].packets, top[1].bytes), (3, 300));
         let (one_active, _, one_top) = merged(&rings[..1], 10);

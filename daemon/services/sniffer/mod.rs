@@ -353,8 +353,9 @@ impl Sniffer {
                 BindError::Precondition(format!("cannot open a packet socket: {e}"))
             }
         })?;
-        socket::attach_filter(owned.as_raw_fd(), prog)
-            .map_err(|e| BindError::Precondition(format!("cannot attach the capture filter: {e}")))?;
+        socket::attach_filter(owned.as_raw_fd(), prog).map_err(|e| {
+            BindError::Precondition(format!("cannot attach the capture filter: {e}"))
+        })?;
         if socket::setsockopt(
             owned.as_raw_fd(),
             libc::SOL_SOCKET,
