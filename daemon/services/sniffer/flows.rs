@@ -88,6 +88,12 @@ impl FlowTable {
         self.evicted += n as u64;
     }
 
+    /// Hold up to `max` flows from now on (a capture that fell back to one
+    /// ring gives it the whole of max_flows).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max.max(1);
+    }
+
     pub fn len(&self) -> usize {
         self.flows.len()
     }

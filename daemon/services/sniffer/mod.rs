@@ -117,6 +117,7 @@ pub struct Sniffer {
     counters: Arc<SnifferCounters>,
     /// One flow table per ring, each bounded by its share of max_flows.
     flows: Vec<Mutex<FlowTable>>,
+    max_flows: usize,
     /// Rings asked for, and rings the running capture has (fewer when the
     /// kernel refused the fanout group).
     rings: usize,
@@ -238,6 +239,7 @@ impl Sniffer {
             flows: (0..rings)
                 .map(|_| Mutex::new(FlowTable::new(per_ring)))
                 .collect(),
+            max_flows: max_flows as usize,
             rings,
             rings_open: AtomicU32::new(0),
             packets: broadcast::channel(WATCH_BUFFER).0,
@@ -307,8 +309,12 @@ impl Sniffer {
             if let Err(e) = join_fanout(&taps) {
                 tracing::warn!(interface = %self.interface, error = %e, "cannot spread the capture over rings with PACKET_FANOUT; capturing on one ring");
                 // Dropping the others closes them; the first may be alone
-                // in a group, which changes nothing for it.
+                // in a group, which changes nothing for it. Its flow table
+                // takes the whole of max_flows.
                 taps.truncate(1);
+                if let Some(t) = self.flows.first() {
+                    t.lock().set_max(self.max_flows);
+                }
             }
             for tap in &taps {
                 socket::attach_filter(tap.fd, &prog).map_err(|e| {
