@@ -60,6 +60,7 @@ pub(crate) async fn run(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
             watch,
             interval,
             count,
+            ..
         } => {
             if watch {
                 watch_stats(&ctx, &hosts, name, interval, count).await

@@ -13,7 +13,9 @@ mod fleet;
 mod output;
 mod probe;
 mod render;
+mod spark;
 mod stats;
+mod top;
 
 use dial::Dial;
 
@@ -49,9 +51,9 @@ struct Cli {
     /// Control plane address: unix:/path/to/sock or host:port.
     ///
     /// Repeat it (or give NETD_CONTROL a comma-separated list) to ask
-    /// several daemons at once: list, stats and events then merge their
-    /// answers under a HOST column, and a daemon that cannot be reached is
-    /// a row saying so (exit 3 only when none can be reached).
+    /// several daemons at once: list, stats, events and top then merge
+    /// their answers under a HOST column, and a daemon that cannot be
+    /// reached is a row saying so (exit 3 only when none can be reached).
     #[arg(long, global = true, env = CONTROL_ENV, value_name = "ADDR", value_delimiter = ',', help_heading = GLOBAL)]
     control: Vec<ControlAddr>,
 
@@ -189,9 +191,12 @@ enum Command {
     },
     /// Show traffic stats: totals, and per-second rates with --watch.
     ///
-    /// With --watch, the table is redrawn every interval until Ctrl-C (when
-    /// stdout is not a terminal, one line per listener per sample is printed
-    /// instead). With -o json, one JSON object per sample (JSON lines).
+    /// With --watch, the table is redrawn every interval until Ctrl-C, with
+    /// a LAST 1m column: each listener's bytes/s over the last minute as a
+    /// sparkline (--no-spark leaves it out). When stdout is not a terminal,
+    /// one line per listener per sample is printed instead (no sparkline).
+    /// With -o json, one JSON object per sample (JSON lines, no sparkline).
+    /// For a full-screen live view, see `netctl top`.
     Stats {
         /// Only this listener.
         name: Option<String>,
@@ -204,6 +209,25 @@ enum Command {
         /// Stop after this many samples (with --watch).
         #[arg(short = 'n', long, value_name = "N")]
         count: Option<u64>,
+        /// With --watch on a terminal, leave out the LAST 1m column (a
+        /// sparkline of each listener's traffic over the last minute).
+        #[arg(long)]
+        no_spark: bool,
+    },
+    /// A full-screen live view of the listeners (like top): rates, a
+    /// sparkline of the last minute, faults firing, a detail pane.
+    ///
+    /// One row per listener, sortable by any column and filtered by name,
+    /// kind or label; the selected listener's own figures and recent events
+    /// in a detail pane; drain, stop and fault on/off keys (with a y/n
+    /// confirmation) for an admin. With several --control, one row set per
+    /// daemon under a HOST column; a daemon that cannot be reached is a row
+    /// with its error, retried. Press ? for the keys, q to quit. Needs a
+    /// terminal: for a stream to a pipe, use `stats --watch`.
+    Top {
+        /// Sampling interval, 100ms to 1h.
+        #[arg(short, long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
     },
     /// Print a sniffer's packets as it captures them, one line each.
     Sniff {
@@ -247,6 +271,14 @@ enum Command {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let dial = Dial::from_cli(&cli).map_err(render::usage)?;
+    if let Command::Top { interval } = cli.command {
+        if cli.output == Format::Json {
+            return Err(render::usage(anyhow!(
+                "netctl top is a screen for people and has no JSON form; use `netctl -o json stats --watch` for JSON lines"
+            )));
+        }
+        return top::run(top_hosts(&cli.control, &dial), interval).await;
+    }
     if cli.control.len() > 1 {
         return fleet::run(cli, &dial).await;
     }
@@ -277,6 +309,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Err(e)
+}
+
+/// `netctl top`'s daemons: each --control (labelled as given), or the
+/// default one.
+fn top_hosts(control: &[ControlAddr], dial: &Dial) -> Vec<(String, Dial)> {
+    if control.is_empty() {
+        return vec![("default".into(), dial.clone())];
+    }
+    control
+        .iter()
+        .map(|a| {
+            let d = Dial {
+                control: Some(a.clone()),
+                opts: dial.opts.clone(),
+            };
+            (a.to_string(), d)
+        })
+        .collect()
 }
 
 /// Run the command `cli` names.
@@ -314,10 +364,12 @@ async fn run_command(cli: Cli, dial: &Dial) -> anyhow::Result<()> {
             watch,
             interval,
             count,
-        } => cmd::watch::stats(ctx, name, watch, interval, count).await,
+            no_spark,
+        } => cmd::watch::stats(ctx, name, watch, interval, count, !no_spark).await,
         Command::Sniff { name, count } => cmd::watch::sniff(ctx, name, count).await,
         Command::Events { name } => cmd::watch::events(ctx, name).await,
         Command::Status { name } => cmd::listeners::status(ctx, name).await,
+        Command::Top { .. } => Err(render::usage(anyhow!("top runs before this"))),
     }
 }
 

@@ -204,11 +204,42 @@ impl View {
 
 /// Print one sample as a table.
 pub fn print_table(s: &StatsSample) {
+    print_table_with(s, None);
+}
+
+/// The header of the sparkline column `netctl stats --watch` adds on a
+/// terminal (before DETAIL), and its width in blocks (3 s each).
+pub const SPARK_HEADER: &str = "LAST 1m";
+pub const SPARK_WIDTH: usize = 20;
+
+/// Print one sample as a table; with `spark`, a sparkline column of each
+/// listener's last minute before DETAIL.
+fn print_table_with(s: &StatsSample, spark: Option<&crate::spark::Histories>) {
     if s.listeners.is_empty() {
         outln!("no listeners");
         return;
     }
-    table(&HEADER, &rows(s));
+    match spark {
+        None => table(&HEADER, &rows(s)),
+        Some(h) => {
+            let at = HEADER.len() - 1;
+            let mut header = HEADER.to_vec();
+            header.insert(at, SPARK_HEADER);
+            let now = crate::spark::sample_secs(s);
+            let rows: Vec<Vec<String>> = rows(s)
+                .into_iter()
+                .zip(&s.listeners)
+                .map(|(mut r, l)| {
+                    let line = h
+                        .get(&l.name)
+                        .map_or_else(|| " ".repeat(SPARK_WIDTH), |h| h.render(SPARK_WIDTH, now));
+                    r.insert(at, line);
+                    r
+                })
+                .collect();
+            table(&header, &rows);
+        }
+    }
     print_faults(s);
 }
 
@@ -238,18 +269,23 @@ fn print_faults(s: &StatsSample) {
 
 /// Renders a stream of samples: redraws in place on a terminal, else one
 /// line per listener per sample with a time column (header once).
+/// On a terminal, a sparkline column of the last minute (unless
+/// `--no-spark`); the line form and JSON have none.
 pub struct Watcher {
     tty: bool,
     header_done: bool,
     interval: std::time::Duration,
+    spark: Option<crate::spark::Histories>,
 }
 
 impl Watcher {
-    pub fn new(interval: std::time::Duration) -> Self {
+    pub fn new(interval: std::time::Duration, spark: bool) -> Self {
+        let tty = std::io::stdout().is_terminal();
         Watcher {
-            tty: std::io::stdout().is_terminal(),
+            tty,
             header_done: false,
             interval,
+            spark: (tty && spark).then(crate::spark::Histories::default),
         }
     }
 
@@ -267,7 +303,10 @@ impl Watcher {
                     String::new()
                 }
             );
-            print_table(s);
+            if let Some(h) = &mut self.spark {
+                h.update(s);
+            }
+            print_table_with(s, self.spark.as_ref());
         } else {
             let mut header = vec!["TIME"];
             header.extend_from_slice(&HEADER);

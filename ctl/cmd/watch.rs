@@ -16,6 +16,7 @@ pub(crate) async fn stats(
     watch: bool,
     interval: Duration,
     count: Option<u64>,
+    spark: bool,
 ) -> anyhow::Result<()> {
     let json = ctx.json;
     let dial = &ctx.dial;
@@ -48,7 +49,7 @@ pub(crate) async fn stats(
         .await
         .map_err(|s| status_line(&what, &s))?
         .into_inner();
-    let mut watcher = stats::Watcher::new(interval);
+    let mut watcher = stats::Watcher::new(interval, spark);
     let mut view = stats::View::default();
     let mut seen = 0u64;
     let closed = render::stdout_closed();

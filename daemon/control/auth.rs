@@ -49,7 +49,8 @@ pub fn required_role(path: &str) -> Role {
         | "/netd.v1.Control/WatchStats"
         | "/netd.v1.Control/WatchEvents"
         | "/netd.v1.Control/WatchPackets"
-        | "/netd.v1.Control/ListFaults" => Role::Viewer,
+        | "/netd.v1.Control/ListFaults"
+        | "/netd.v1.Control/GetCaller" => Role::Viewer,
         "/netd.v1.Control/StartListener"
         | "/netd.v1.Control/StopListener"
         | "/netd.v1.Control/UpdateListener"

@@ -357,6 +357,18 @@ impl Control for ControlService {
         }))
     }
 
+    async fn get_caller(
+        &self,
+        request: Request<proto::GetCallerRequest>,
+    ) -> Result<Response<proto::GetCallerResponse>, Status> {
+        // The role the auth layer admitted this call with: not decided again.
+        let caller = caller_of(&request);
+        Ok(Response::new(proto::GetCallerResponse {
+            role: caller.role.as_str().to_string(),
+            principal: caller.identity,
+        }))
+    }
+
     async fn list_listeners(
         &self,
         request: Request<proto::ListListenersRequest>,

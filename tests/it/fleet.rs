@@ -39,7 +39,7 @@ const METRICS_PORT: u16 = 9464;
 const PROM_PORT: u16 = 9090;
 
 /// Whether `prometheus` can run here; `false` (with a note) means skip.
-fn prometheus_available() -> bool {
+pub(crate) fn prometheus_available() -> bool {
     match Command::new("prometheus").arg("--version").output() {
         Ok(out) if out.status.success() => true,
         r => {
@@ -67,9 +67,9 @@ fn ip(args: &[&str]) {
 }
 
 /// A daemon in its own namespace, reachable from Prometheus' at `addr`.
-struct Node {
+pub(crate) struct Node {
     netd: Netd,
-    ns: NetNs,
+    pub(crate) ns: NetNs,
     addr: Ipv4Addr,
 }
 
@@ -78,6 +78,18 @@ impl Node {
     /// Prometheus' side, 10.77.i.2 on the daemon's), and netd in it with
     /// /metrics on the veth address and a tcp-echo on loopback.
     fn start(prom: &NetNs, i: u8) -> Node {
+        Node::start_with(
+            prom,
+            i,
+            &format!(
+                "[[listener]]\nname = \"echo\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:{ECHO_PORT}\"\n"
+            ),
+        )
+    }
+
+    /// As [`Node::start`], with `listeners` (config TOML) in place of the
+    /// echo (tests/it/grafana.rs).
+    pub(crate) fn start_with(prom: &NetNs, i: u8, listeners: &str) -> Node {
         let ns = NetNs::new();
         let (outer, inner) = (format!("vp{i}"), format!("vn{i}"));
         ip(&[
@@ -92,13 +104,12 @@ impl Node {
         ip(&["-n", &ns.name, "addr", "add", &node_addr, "dev", &inner]);
         ip(&["-n", &ns.name, "link", "set", &inner, "up"]);
         let netd = ns.netd(&format!(
-            "[metrics]\nlisten = \"{addr}:{METRICS_PORT}\"\nallow_remote = true\n\
-             [[listener]]\nname = \"echo\"\nkind = \"tcp-echo\"\nlisten = \"127.0.0.1:{ECHO_PORT}\"\n"
+            "[metrics]\nlisten = \"{addr}:{METRICS_PORT}\"\nallow_remote = true\n{listeners}"
         ));
         Node { netd, ns, addr }
     }
 
-    fn target(&self) -> String {
+    pub(crate) fn target(&self) -> String {
         format!("{}:{METRICS_PORT}", self.addr)
     }
 
@@ -123,7 +134,7 @@ impl Node {
 }
 
 /// A Prometheus server in its own namespace, killed on drop.
-struct Prometheus {
+pub(crate) struct Prometheus {
     child: Child,
     dir: tempfile::TempDir,
 }
@@ -131,7 +142,7 @@ struct Prometheus {
 impl Prometheus {
     /// Scrape `targets` every second with the shipped rules (daemon-down
     /// window shortened), evaluated every second.
-    fn start(ns: &NetNs, targets: &[String]) -> Prometheus {
+    pub(crate) fn start(ns: &NetNs, targets: &[String]) -> Prometheus {
         let dir = tempfile::tempdir().expect("tempdir");
         let shipped = std::fs::read_to_string(RULES).expect("read netd.rules.yml");
         assert_eq!(
@@ -171,7 +182,7 @@ impl Prometheus {
         Prometheus { child, dir }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
 }
@@ -185,7 +196,7 @@ impl Drop for Prometheus {
 
 /// `GET path` on Prometheus (inside `ns`): status code and body; `None`
 /// while it does not accept connections yet.
-fn http_get(ns: &NetNs, path: &str) -> Option<(u16, String)> {
+pub(crate) fn http_get(ns: &NetNs, path: &str) -> Option<(u16, String)> {
     ns.run(|| {
         let mut s = TcpStream::connect(("127.0.0.1", PROM_PORT)).ok()?;
         s.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -199,7 +210,7 @@ fn http_get(ns: &NetNs, path: &str) -> Option<(u16, String)> {
 }
 
 /// Percent-encoding for a query string value.
-fn encode(q: &str) -> String {
+pub(crate) fn encode(q: &str) -> String {
     q.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -96,6 +96,6 @@ fn the_configmaps_netd_toml_is_a_valid_config() {
 fn manifests_validate_offline_against_the_kubernetes_schemas() {
     let out = run(Command::new(python()).args([CHECK, DIR, KUBERNETES]))
         .unwrap_or_else(|e| panic!("deploy/kubernetes does not validate:\n{e}"));
-    assert!(out.contains("ok: 3 resources valid"), "{out}");
+    assert!(out.contains("ok: 4 resources valid"), "{out}");
     assert!(out.contains("PrometheusRule"), "{out}");
 }

@@ -1419,18 +1419,228 @@ fn the_kernel_holds_the_compiled_filter_program() {
             );
         }
     }
+    // The program on every ring's socket.
+    let rings = sniffer_stats(&netd, "s0")["rings"].as_u64().unwrap_or(1) as usize;
     let mut want: Vec<Vec<[u32; 4]>> = filters
         .iter()
-        .map(|f| {
-            Filter::parse(f)
+        .flat_map(|f| {
+            let prog: Vec<[u32; 4]> = Filter::parse(f)
                 .unwrap()
                 .to_bpf(true)
                 .iter()
                 .map(|i| [u32::from(i.code), u32::from(i.jt), u32::from(i.jf), i.k])
-                .collect()
+                .collect();
+            std::iter::repeat_n(prog, rings)
         })
         .collect();
     attached.sort();
     want.sort();
     assert_eq!(attached, want, "ss -0bp said:\n{text}");
+}
+
+/// netd in `ns` capturing to `dir`, with `NETD_SNIFFER_RINGS=rings`.
+fn netd_with_rings(ns: &NetNs, dir: &Path, rings: &str) -> Netd {
+    let conf = tempfile::tempdir().unwrap();
+    let cfg = conf.path().join("netd.toml");
+    std::fs::write(&cfg, format!("capture_dir = {:?}\n", dir.to_str().unwrap())).unwrap();
+    let control = netd::util::addr::ControlAddr::Unix(conf.path().join("netd.sock"));
+    let mut cmd = ns.command(crate::common::NETD);
+    cmd.arg("--config")
+        .arg(&cfg)
+        .env("NETD_SNIFFER_RINGS", rings);
+    Netd::spawn(cmd, conf, control)
+}
+
+/// The packet sockets netd holds, as the kernel lists them in netd's
+/// network namespace (/proc/PID/net/packet, matched by socket inode).
+fn packet_sockets_of(pid: u32) -> usize {
+    let mut inodes = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let Ok(link) = std::fs::read_link(fd.unwrap().path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy().into_owned();
+        if let Some(ino) = link
+            .strip_prefix("socket:[")
+            .and_then(|s| s.strip_suffix(']'))
+        {
+            inodes.push(ino.to_string());
+        }
+    }
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/packet")).unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            l.split_whitespace()
+                .last()
+                .is_some_and(|i| inodes.iter().any(|x| x == i))
+        })
+        .count()
+}
+
+/// `flows` UDP clients (one socket each, so one flow each way) doing
+/// `n` round trips each to `to`.
+fn udp_flows(to: SocketAddr, flows: usize, n: usize) {
+    std::thread::scope(|s| {
+        for _ in 0..flows {
+            s.spawn(|| udp_roundtrips(to, n, b"fanout"));
+        }
+    });
+}
+
+#[test]
+fn fanout_over_rings_counts_every_packet_of_every_flow_once() {
+    let ns = NetNs::new();
+    let work = tempfile::tempdir().unwrap();
+    let netd = netd_with_rings(&ns, work.path(), "4");
+    let file = work.path().join("fan.pcap");
+    // 640 datagrams from one address: more than the default rate limit.
+    netd.netctl_ok(&[
+        "start",
+        "udp-echo",
+        "u",
+        "--listen",
+        "127.0.0.1:0",
+        "--rate-limit",
+        "off",
+    ]);
+    let u = bound_addr(&netd, "u");
+    let tshark = Tshark::start(&ns);
+    netd.netctl_ok(&[
+        "start",
+        "sniffer",
+        "s",
+        "--interface",
+        "lo",
+        "--filter",
+        "udp",
+        "--pcap",
+        file.to_str().unwrap(),
+    ]);
+    let s = sniffer_stats(&netd, "s");
+    assert_eq!(s["rings"], 4, "{s}");
+    assert_eq!(
+        packet_sockets_of(netd.pid()),
+        4,
+        "one packet socket per ring, in the kernel's list"
+    );
+
+    // 16 clients x 20 round trips: 640 packets in 32 flows (16 each way).
+    ns.run(|| udp_flows(u, 16, 20));
+    let sent = 16 * 20 * 2;
+    wait_until("netd counted every packet", || {
+        count(&sniffer_stats(&netd, "s"), "udp") >= sent
+    });
+    let theirs = tshark.stop_after(sent);
+    let s = sniffer_stats(&netd, "s");
+    assert_eq!(
+        count(&s, "udp"),
+        sent,
+        "each packet once, not once per ring: {s}"
+    );
+    assert_eq!(theirs, [0, sent, 0, 0], "tshark saw the same traffic");
+    assert_eq!(total(&s), sent);
+    assert_eq!(s["flows_active"], 32, "{s}");
+    let top = s["top_flows"].as_array().unwrap();
+    assert_eq!(top.len(), 10);
+    for f in top {
+        assert_eq!(f["packets"], 20, "a flow whole, counted once: {f}");
+    }
+    assert_eq!(s["kernel_drops"], 0);
+
+    // One pcap file fed by all rings: every packet, whole records.
+    let stopped = netd.netctl_json(&["stop", "s"]);
+    assert_eq!(stopped["stats"]["sniffer"]["pcap_packets"], sent);
+    let mut reader = pcap_file::pcap::PcapReader::new(std::fs::File::open(&file).unwrap()).unwrap();
+    let mut n = 0;
+    while let Some(p) = reader.next_packet() {
+        assert_eq!(p.unwrap().data.len(), 14 + 20 + 8 + 6);
+        n += 1;
+    }
+    assert_eq!(n, sent);
+    assert_eq!(tshark_counts(&file), [0, sent, 0, 0]);
+}
+
+#[test]
+fn fanout_kernel_drops_are_the_sum_over_rings() {
+    let ns = NetNs::new();
+    let work = tempfile::tempdir().unwrap();
+    let netd = netd_with_rings(&ns, work.path(), "4");
+    // A sink that never reads: the datagrams only need to cross lo.
+    let sink = ns.run(|| UdpSocket::bind("127.0.0.1:0").unwrap());
+    let to = sink.local_addr().unwrap();
+    let port = to.port().to_string();
+    netd.netctl_ok(&[
+        "start",
+        "sniffer",
+        "s",
+        "--interface",
+        "lo",
+        "--filter",
+        &format!("udp and port {port}"),
+    ]);
+    assert_eq!(sniffer_stats(&netd, "s")["rings"], 4);
+
+    // With netd frozen, 16 flows of 60 kB datagrams overflow every ring
+    // (4 rings of 8 MiB: a few hundred such frames in all).
+    netd.signal(libc::SIGSTOP);
+    let (flows, each) = (16u64, 150u64);
+    ns.run(|| {
+        std::thread::scope(|s| {
+            for _ in 0..flows {
+                s.spawn(|| {
+                    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+                    for _ in 0..each {
+                        c.send_to(&[7u8; 60_000], to).unwrap();
+                    }
+                });
+            }
+        });
+    });
+    netd.signal(libc::SIGCONT);
+    let sent = flows * each;
+    wait_until("every datagram captured or counted dropped", || {
+        let s = sniffer_stats(&netd, "s");
+        count(&s, "udp") + s["kernel_drops"].as_u64().unwrap() == sent
+    });
+    let s = sniffer_stats(&netd, "s");
+    let drops = s["kernel_drops"].as_u64().unwrap();
+    assert!(
+        drops > 0 && count(&s, "udp") > 0,
+        "some captured, some dropped: {s}"
+    );
+    drop(sink);
+}
+
+#[test]
+fn one_ring_still_captures_everything() {
+    let ns = NetNs::new();
+    let work = tempfile::tempdir().unwrap();
+    let netd = netd_with_rings(&ns, work.path(), "1");
+    netd.netctl_ok(&["start", "udp-echo", "u", "--listen", "127.0.0.1:0"]);
+    let u = bound_addr(&netd, "u");
+    netd.netctl_ok(&[
+        "start",
+        "sniffer",
+        "s",
+        "--interface",
+        "lo",
+        "--filter",
+        "udp",
+    ]);
+    let s = sniffer_stats(&netd, "s");
+    assert_eq!(s["rings"], 1, "{s}");
+    assert_eq!(packet_sockets_of(netd.pid()), 1);
+    ns.run(|| udp_flows(u, 4, 10));
+    wait_until("80 packets", || {
+        count(&sniffer_stats(&netd, "s"), "udp") == 80
+    });
+    let s = sniffer_stats(&netd, "s");
+    assert_eq!(s["flows_active"], 8, "{s}");
+
+    // A ring count out of range is refused, naming the variable.
+    let bad = netd_with_rings(&ns, work.path(), "0");
+    let err = bad.netctl_err(&["start", "sniffer", "s", "--interface", "lo"]);
+    assert!(err.contains("NETD_SNIFFER_RINGS"), "{err}");
 }

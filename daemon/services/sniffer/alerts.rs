@@ -52,10 +52,16 @@ impl Detectors {
         }
     }
 
+    /// Whether a packet can matter to a detector (a TCP connection
+    /// attempt): the capture threads lock the shared detectors only then.
+    pub fn concerns(d: &Decoded) -> bool {
+        let attempt = d.tcp_split || (d.tcp_flags & SYN != 0 && d.tcp_flags & ACK == 0);
+        d.proto == Proto::Tcp && attempt
+    }
+
     /// Feed one packet; returns an alert message if a detector fires.
     pub fn observe(&mut self, d: &Decoded) -> Option<String> {
-        let attempt = d.tcp_split || (d.tcp_flags & SYN != 0 && d.tcp_flags & ACK == 0);
-        if d.proto != Proto::Tcp || !attempt {
+        if !Self::concerns(d) {
             return None;
         }
         let now = Instant::now();

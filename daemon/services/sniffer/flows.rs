@@ -6,6 +6,8 @@
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+use parking_lot::Mutex;
+
 use super::decode::{Decoded, Proto};
 use crate::proto;
 
@@ -86,6 +88,12 @@ impl FlowTable {
         self.evicted += n as u64;
     }
 
+    /// Hold up to `max` flows from now on (a capture that fell back to one
+    /// ring gives it the whole of max_flows).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max.max(1);
+    }
+
     pub fn len(&self) -> usize {
         self.flows.len()
     }
@@ -114,6 +122,62 @@ impl FlowTable {
         }
         TopFlows(top)
     }
+}
+
+/// The merged view of a capture's flow tables, one per ring: flows
+/// active (a flow held by several rings counted once), flows evicted (the
+/// sum) and the `n` largest flows, each summed over the rings that hold it.
+///
+/// With hash fanout a flow normally lives on one ring; it is split when
+/// the kernel moves packets off a full ring (rollover) or, for IP
+/// fragments, because the kernel hashes a first fragment by addresses
+/// only. The candidates for the top are each ring's own top `n`, summed
+/// over all rings: exact for every flow held by one ring, and for a split
+/// flow whenever one of its parts is among its ring's largest.
+///
+/// The tables are locked in order, together, for one pass over each; a
+/// capture thread locks only its own, so this never waits on a wait.
+pub fn merged(tables: &[Mutex<FlowTable>], n: usize) -> (u64, u64, TopFlows) {
+    if let [one] = tables {
+        let t = one.lock();
+        return (t.len() as u64, t.evicted, t.top(n));
+    }
+    let guards: Vec<_> = tables.iter().map(|t| t.lock()).collect();
+    let evicted = guards.iter().map(|t| t.evicted).sum();
+    let mut active = 0u64;
+    for (r, t) in guards.iter().enumerate() {
+        for k in t.flows.keys() {
+            if !guards[..r].iter().any(|o| o.flows.contains_key(k)) {
+                active += 1;
+            }
+        }
+    }
+    let mut keys: Vec<FlowKey> = Vec::with_capacity(n * guards.len());
+    for t in &guards {
+        for (k, _) in t.top(n).0 {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    let mut top: Vec<(FlowKey, Flow)> = keys
+        .into_iter()
+        .filter_map(|k| {
+            let parts = guards.iter().filter_map(|t| t.flows.get(&k));
+            parts
+                .copied()
+                .reduce(|a, b| Flow {
+                    packets: a.packets + b.packets,
+                    bytes: a.bytes + b.bytes,
+                    first: a.first.min(b.first),
+                    last: a.last.max(b.last),
+                })
+                .map(|f| (k, f))
+        })
+        .collect();
+    top.sort_by_key(|t| std::cmp::Reverse(t.1.bytes));
+    top.truncate(n);
+    (active, evicted, TopFlows(top))
 }
 
 /// The largest flows, copied out of a [`FlowTable`].
@@ -151,6 +215,63 @@ pub fn endpoint(ip: Option<IpAddr>, port: Option<u16>) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn udp(src_port: u16, len: usize) -> Decoded {
+        Decoded {
+            proto: Proto::Udp,
+            src: Some("127.0.0.1".parse().unwrap()),
+            dst: Some("127.0.0.1".parse().unwrap()),
+            src_port,
+            dst_port: 53,
+            ports: true,
+            ethertype: 0x0800,
+            ..Decoded::empty(len)
+        }
+    }
+
+    #[test]
+    fn merged_rings_count_a_split_flow_once_and_sum_it() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let rings = [Mutex::new(FlowTable::new(8)), Mutex::new(FlowTable::new(8))];
+        // Flow 1 on ring 0 only (3 x 100 B); flow 2 split (2 x 80 B on
+        // ring 0, 2 x 80 B on ring 1); flow 3 on ring 1 only (1 x 10 B).
+        for i in 0..3 {
+            rings[0]
+                .lock()
+                .record(&udp(1, 100), t0 + Duration::from_secs(i));
+        }
+        rings[0]
+            .lock()
+            .record(&udp(2, 80), t0 + Duration::from_secs(5));
+        rings[0]
+            .lock()
+            .record(&udp(2, 80), t0 + Duration::from_secs(6));
+        rings[1]
+            .lock()
+            .record(&udp(2, 80), t0 + Duration::from_secs(1));
+        rings[1]
+            .lock()
+            .record(&udp(2, 80), t0 + Duration::from_secs(9));
+        rings[1].lock().record(&udp(3, 10), t0);
+        rings[1].lock().evicted = 4;
+        let (active, evicted, top) = merged(&rings, 2);
+        assert_eq!((active, evicted), (3, 4));
+        let top = top.into_proto();
+        assert_eq!(top.len(), 2);
+        assert_eq!(
+            top[0].src, "127.0.0.1:2",
+            "the split flow, summed, is largest"
+        );
+        assert_eq!((top[0].packets, top[0].bytes), (4, 320));
+        assert_eq!(
+            top[0].first_seen,
+            Some((t0 + Duration::from_secs(1)).into())
+        );
+        assert_eq!(top[0].last_seen, Some((t0 + Duration::from_secs(9)).into()));
+        assert_eq!((top[1].packets, top[1].bytes), (3, 300));
+        let (one_active, _, one_top) = merged(&rings[..1], 10);
+        assert_eq!((one_active, one_top.into_proto().len()), (2, 2));
+    }
 
     #[test]
     fn bounded_and_evicts_the_stalest() {

@@ -1,22 +1,36 @@
-//! The packet sniffer: pnet's AF_PACKET datalink channel on one interface,
-//! read on a dedicated OS thread, from a TPACKET_V3 ring ([`ring`]) when the
-//! kernel offers one and otherwise through pnet's reads plus recvmmsg(2)
-//! batches. Every wait is bounded by 100 ms so stop and shutdown are prompt.
+//! The packet sniffer: AF_PACKET sockets on one interface, one per ring,
+//! spread with PACKET_FANOUT and each read on a dedicated OS thread
+//! ([`capture`]), from a TPACKET_V3 ring ([`ring`]) when the kernel offers
+//! one and otherwise through pnet's reads plus recvmmsg(2) batches. Every
+//! wait is bounded by 100 ms so stop and shutdown are prompt.
 //!
-//! The socket is created and set up when the listener starts, so a missing
-//! CAP_NET_RAW, an unknown interface or a bad filter is reported to the
-//! caller: it is opened with protocol 0 (it receives nothing yet), the
-//! filter compiled to classic BPF is attached ([`filter`]), the receive
+//! Rings: one per core (at most [`MAX_DEFAULT_RINGS`]), or
+//! `NETD_SNIFFER_RINGS` (1..=[`MAX_RINGS`]) read when a sniffer is
+//! validated. With more than one, the sockets form a fanout group of their
+//! own (the kernel picks its id) in hash mode with rollover: a flow's
+//! packets go to one ring, unless that ring is full. Stats are merged:
+//! counters are shared atomics, the flow tables (one per ring) are merged
+//! when read ([`flows::merged`]), kernel drops are the sum of every
+//! socket's PACKET_STATISTICS, one set of detectors and one pcap file serve
+//! all rings.
+//!
+//! The sockets are created and set up when the listener starts, so a
+//! missing CAP_NET_RAW, an unknown interface or a bad filter is reported to
+//! the caller: each is opened with protocol 0 (it receives nothing yet),
+//! the filter compiled to classic BPF is attached ([`filter`]), the receive
 //! buffer is raised, and only then is it bound to the interface for all
-//! protocols, so no packet from another interface is ever queued.
+//! protocols, so no packet from another interface is ever queued. With
+//! several rings, each socket holds a drop-all program until all of them
+//! have joined the group, so no packet is taken twice.
 //!
 //! Each packet is decoded without allocation ([`decode`]), counted per
-//! protocol (relaxed atomics), recorded in the bounded flow table
+//! protocol (relaxed atomics), recorded in its ring's bounded flow table
 //! ([`flows`]), fed to the detectors ([`alerts`]), written to the pcap file
 //! ([`pcap`]) and, only while someone watches, summarised onto a bounded
 //! broadcast channel that drops (and counts) what a slow watcher misses.
 
 pub mod alerts;
+mod capture;
 pub mod decode;
 pub mod filter;
 pub mod flows;
@@ -31,22 +45,21 @@ use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
 
-use pnet::datalink::{self, Channel, DataLinkReceiver, NetworkInterface};
+use pnet::datalink::{self, Channel, NetworkInterface};
 use tokio::sync::broadcast;
 
 use super::{
     BindError, ListenerKind, ServiceCtx, Settings, SpecError, Transport, duration_field, size_in,
 };
-use crate::proto::{self, EventKind};
+use crate::proto;
 use crate::spec::FieldError;
 use crate::spec::form::{self, Key, Unit};
-use crate::telemetry::stats::Stats;
 use decode::Proto;
 use filter::Filter;
-use flows::{FlowTable, endpoint};
+use flows::FlowTable;
 
 pub const DEFAULT_PCAP_MAX_BYTES: u64 = 100 * 1024 * 1024;
 pub const DEFAULT_PCAP_MAX_FILES: u32 = 3;
@@ -57,6 +70,13 @@ pub const DEFAULT_SCAN_WINDOW: Duration = Duration::from_secs(10);
 pub const DEFAULT_SYN_RATE: u32 = 1000;
 /// Packet summaries buffered per watcher before the oldest are dropped.
 pub const WATCH_BUFFER: usize = 4096;
+/// Sets the number of rings (a test and benchmark switch; the default is
+/// one per core).
+pub const RINGS_ENV: &str = "NETD_SNIFFER_RINGS";
+/// Rings by default: one per core, at most this many.
+pub const MAX_DEFAULT_RINGS: usize = 8;
+/// The most rings `NETD_SNIFFER_RINGS` may ask for.
+pub const MAX_RINGS: usize = 64;
 const READ_TIMEOUT: Duration = Duration::from_millis(100);
 /// Largest frame read: loopback MTU (64 KiB) plus headers, and GSO frames.
 const READ_BUFFER: usize = 256 * 1024;
@@ -95,26 +115,57 @@ pub struct Sniffer {
     scan_window: Duration,
     syn_rate: u32,
     counters: Arc<SnifferCounters>,
-    flows: Arc<Mutex<FlowTable>>,
+    /// One flow table per ring, each bounded by its share of max_flows.
+    flows: Vec<Mutex<FlowTable>>,
+    max_flows: usize,
+    /// Rings asked for, and rings the running capture has (fewer when the
+    /// kernel refused the fanout group).
+    rings: usize,
+    rings_open: AtomicU32,
     packets: broadcast::Sender<proto::PacketSummary>,
 }
 
-/// The opened capture: pnet's receiver plus what the thread needs.
+/// The opened capture: one socket per ring, and the pcap file they share.
 pub struct Capture {
-    rx: Box<dyn DataLinkReceiver>,
-    fd: RawFd,
+    taps: Vec<capture::Tap>,
     pcap: Option<pcap::Pcap>,
-    /// The TPACKET_V3 ring, when the kernel gave us one; else frames are
-    /// read through pnet's channel (and recvmmsg batches).
-    ring: Option<ring::Ring>,
 }
 
 impl std::fmt::Debug for Capture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fds: Vec<RawFd> = self.taps.iter().map(|t| t.fd).collect();
         f.debug_struct("Capture")
-            .field("fd", &self.fd)
+            .field("fds", &fds)
             .finish_non_exhaustive()
     }
+}
+
+/// The number of rings: `NETD_SNIFFER_RINGS` if set, else one per core (at
+/// most [`MAX_DEFAULT_RINGS`]).
+fn rings_wanted() -> Result<usize, SpecError> {
+    match std::env::var(RINGS_ENV) {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_RINGS).contains(&n) => Ok(n),
+            _ => Err(SpecError::new(format!(
+                "{RINGS_ENV}={v:?} (netd's environment): expected a number of rings from 1 to {MAX_RINGS}"
+            ))),
+        },
+        Err(_) => Ok(std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_DEFAULT_RINGS)),
+    }
+}
+
+/// A ring thread's name (at most 15 bytes): "sniff1-" and the listener's.
+fn thread_name(ring: usize, listener: &str) -> String {
+    let mut n = format!("sniff{ring}-");
+    for c in listener.chars() {
+        if n.len() + c.len_utf8() > 15 {
+            break;
+        }
+        n.push(c);
+    }
+    n
 }
 
 impl Sniffer {
@@ -155,6 +206,9 @@ impl Sniffer {
             "" => None,
             path => Some(pcap_target(path, pcap_max_files, settings)?),
         };
+        let rings = rings_wanted()?;
+        // max_flows shared out: with hash fanout flows spread evenly.
+        let per_ring = (max_flows as usize).div_ceil(rings);
         Ok(Sniffer {
             interface: spec.interface.clone(),
             iface,
@@ -182,7 +236,12 @@ impl Sniffer {
                 spec.syn_rate
             },
             counters: Arc::new(SnifferCounters::default()),
-            flows: Arc::new(Mutex::new(FlowTable::new(max_flows as usize))),
+            flows: (0..rings)
+                .map(|_| Mutex::new(FlowTable::new(per_ring)))
+                .collect(),
+            max_flows: max_flows as usize,
+            rings,
+            rings_open: AtomicU32::new(0),
             packets: broadcast::channel(WATCH_BUFFER).0,
         })
     }
@@ -210,10 +269,7 @@ impl Sniffer {
                 bytes: c.by_proto[i].1.load(Relaxed),
             })
         };
-        let (flows_active, flows_evicted, top_flows) = {
-            let t = self.flows.lock();
-            (t.len() as u64, t.evicted, t.top(10))
-        };
+        let (flows_active, flows_evicted, top_flows) = flows::merged(&self.flows, 10);
         // Formatted (addresses to strings) with the lock released.
         let top_flows = top_flows.into_proto();
         proto::SnifferStats {
@@ -230,13 +286,68 @@ impl Sniffer {
             alerts: c.alerts.load(Relaxed),
             fragments: c.fragments.load(Relaxed),
             malformed: c.malformed.load(Relaxed),
+            rings: self.rings_open.load(Relaxed),
         }
     }
 
-    /// Open the packet socket, attach the filter and bind it to the
-    /// interface; create the pcap file (and capture_dir if missing). Blocks
-    /// on the file system: call it off the async runtime.
+    /// Open the capture: one packet socket per ring, each with the filter
+    /// attached and bound to the interface, joined in a fanout group when
+    /// there are several; create the pcap file (and capture_dir if
+    /// missing). Blocks on the file system: call it off the async runtime.
     pub fn open(&self) -> Result<Capture, BindError> {
+        let pcap = self.open_pcap()?;
+        let prog = self.filter.to_bpf(self.iface.is_loopback());
+        let fanout = self.rings > 1;
+        let mut taps = Vec::with_capacity(self.rings);
+        for _ in 0..self.rings {
+            // With several rings a socket takes nothing until all are in
+            // the group: before it joins, it would see every packet.
+            let first: &[libc::sock_filter] = if fanout { &socket::DROP_ALL } else { &prog };
+            taps.push(self.open_tap(first)?);
+        }
+        if fanout {
+            if let Err(e) = join_fanout(&taps) {
+                tracing::warn!(interface = %self.interface, error = %e, "cannot spread the capture over rings with PACKET_FANOUT; capturing on one ring");
+                // Dropping the others closes them; the first may be alone
+                // in a group, which changes nothing for it. Its flow table
+                // takes the whole of max_flows.
+                taps.truncate(1);
+                if let Some(t) = self.flows.first() {
+                    t.lock().set_max(self.max_flows);
+                }
+            }
+            for tap in &taps {
+                socket::attach_filter(tap.fd, &prog).map_err(|e| {
+                    BindError::Precondition(format!("cannot attach the capture filter: {e}"))
+                })?;
+            }
+        }
+        self.rings_open.store(taps.len() as u32, Relaxed);
+        Ok(Capture { taps, pcap })
+    }
+
+    /// The pcap file, created (truncated) now so a bad file fails at start.
+    fn open_pcap(&self) -> Result<Option<pcap::Pcap>, BindError> {
+        let Some((dir, name)) = &self.pcap else {
+            return Ok(None);
+        };
+        let dir = crate::sys::safe_file::Dir::open_or_create(dir).map_err(|e| {
+            BindError::Precondition(format!("cannot open capture_dir {}: {e}", dir.display()))
+        })?;
+        let path = dir.path().join(name);
+        pcap::Pcap::create(dir, name, self.pcap_max_bytes, self.pcap_max_files)
+            .map(Some)
+            .map_err(|e| {
+                BindError::Precondition(format!(
+                    "cannot create the pcap file {}: {e}",
+                    path.display()
+                ))
+            })
+    }
+
+    /// One ring's socket with `prog` attached, bound to the interface, with
+    /// its TPACKET_V3 ring when the kernel gives one.
+    fn open_tap(&self, prog: &[libc::sock_filter]) -> Result<capture::Tap, BindError> {
         let owned = socket::packet_socket().map_err(|e| {
             if e.kind() == io::ErrorKind::PermissionDenied {
                 BindError::Precondition(
@@ -248,19 +359,9 @@ impl Sniffer {
                 BindError::Precondition(format!("cannot open a packet socket: {e}"))
             }
         })?;
-        let loopback = self.iface.is_loopback();
-        let prog = self.filter.to_bpf(loopback);
-        let fprog = libc::sock_fprog {
-            len: prog.len() as u16,
-            filter: prog.as_ptr() as *mut libc::sock_filter,
-        };
-        socket::setsockopt(
-            owned.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            &fprog,
-        )
-        .map_err(|e| BindError::Precondition(format!("cannot attach the capture filter: {e}")))?;
+        socket::attach_filter(owned.as_raw_fd(), prog).map_err(|e| {
+            BindError::Precondition(format!("cannot attach the capture filter: {e}"))
+        })?;
         if socket::setsockopt(
             owned.as_raw_fd(),
             libc::SOL_SOCKET,
@@ -276,27 +377,6 @@ impl Sniffer {
                 &RCVBUF,
             );
         }
-        let pcap = match &self.pcap {
-            None => None,
-            Some((dir, name)) => {
-                let dir = crate::sys::safe_file::Dir::open_or_create(dir).map_err(|e| {
-                    BindError::Precondition(format!(
-                        "cannot open capture_dir {}: {e}",
-                        dir.display()
-                    ))
-                })?;
-                let path = dir.path().join(name);
-                Some(
-                    pcap::Pcap::create(dir, name, self.pcap_max_bytes, self.pcap_max_files)
-                        .map_err(|e| {
-                            BindError::Precondition(format!(
-                                "cannot create the pcap file {}: {e}",
-                                path.display()
-                            ))
-                        })?,
-                )
-            }
-        };
         let raw = owned.into_raw_fd();
         let config = datalink::Config {
             read_timeout: Some(READ_TIMEOUT),
@@ -310,19 +390,14 @@ impl Sniffer {
         // (closes) it from here on, also on error.
         match datalink::channel(&self.iface, config) {
             Ok(Channel::Ethernet(_tx, rx)) => {
-                let ring = match ring::Ring::new(raw) {
+                let ring = match ring::Ring::new(raw, ring::blocks_per_ring(self.rings)) {
                     Ok(r) => Some(r),
                     Err(e) => {
                         tracing::info!(interface = %self.interface, error = %e, "no TPACKET_V3 ring; reading frames one by one");
                         None
                     }
                 };
-                Ok(Capture {
-                    rx,
-                    fd: raw,
-                    pcap,
-                    ring,
-                })
+                Ok(capture::Tap { rx, fd: raw, ring })
             }
             Ok(_) => Err(BindError::Precondition(
                 "unsupported datalink channel type".into(),
@@ -334,114 +409,70 @@ impl Sniffer {
         }
     }
 
+    /// Read the capture: a thread per ring; returns when all have ended
+    /// (stop, or the first failure, which stops the others).
     async fn run_on(self: &Arc<Self>, capture: Capture, ctx: ServiceCtx) -> anyhow::Result<()> {
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let me = self.clone();
+        let Capture { taps, pcap } = capture;
+        self.rings_open.store(taps.len() as u32, Relaxed);
+        let shared = Arc::new(capture::Shared {
+            pcap: Mutex::new(pcap),
+            detectors: Mutex::new(alerts::Detectors::new(
+                self.scan_ports,
+                self.scan_window,
+                self.syn_rate,
+            )),
+            failed: AtomicBool::new(false),
+            live: AtomicUsize::new(taps.len()),
+        });
+        let ctx = Arc::new(ctx);
         let name = ctx.name.to_string();
-        std::thread::Builder::new()
-            .name(format!(
-                "sniff-{}",
-                name.chars().take(9).collect::<String>()
-            ))
-            .spawn(move || {
-                let result = me.capture_loop(capture, &ctx);
-                let _ = done_tx.send(result);
-            })?;
-        match done_rx.await {
-            Ok(r) => r,
-            Err(_) => anyhow::bail!("the capture thread of '{name}' panicked"),
-        }
-    }
-
-    fn capture_loop(&self, mut cap: Capture, ctx: &ServiceCtx) -> anyhow::Result<()> {
-        let mut detectors =
-            alerts::Detectors::new(self.scan_ports, self.scan_window, self.syn_rate);
-        let mut last_stats = Instant::now();
-        let mut batch = socket::Batch::new();
-        let result = loop {
-            if ctx.stop_accepting.is_cancelled() {
-                break Ok(());
-            }
-            if let Some(ring) = cap.ring.as_mut() {
-                let mut acc = self.batch(&mut detectors, &mut cap.pcap, ctx);
-                let got = ring.next_block(cap.fd, READ_TIMEOUT, |frame, ts| acc.take(frame, ts));
-                acc.finish();
-                if let Err(e) = got {
-                    break Err(anyhow::anyhow!("capture on {} failed: {e}", self.interface));
-                }
-            } else {
-                match cap.rx.next() {
-                    Ok(frame) => {
-                        let mut one = self.batch(&mut detectors, &mut cap.pcap, ctx);
-                        one.take(frame, SystemTime::now());
-                        one.finish();
-                        // pnet woke us for one packet; now take what is
-                        // queued in batches, one recvmmsg(2) per BATCH
-                        // frames. While traffic keeps coming, pause COALESCE
-                        // between partial batches so packets gather in the
-                        // socket buffer (16 MiB, ~100 ms at 200k small
-                        // packets/s) and one wakeup serves many, as a
-                        // TPACKET_V3 ring's block timeout does for libpcap.
-                        while !ctx.stop_accepting.is_cancelled() {
-                            let Ok(n) = batch.recv(cap.fd) else { break };
-                            if n == 0 {
-                                break;
-                            }
-                            let now = SystemTime::now();
-                            let mut acc = self.batch(&mut detectors, &mut cap.pcap, ctx);
-                            for i in 0..n {
-                                acc.take(batch.frame(i), now);
-                            }
-                            acc.finish();
-                            if n < BATCH {
-                                std::thread::sleep(COALESCE);
-                            }
+        let mut done = Vec::with_capacity(taps.len());
+        let mut result = Ok(());
+        let rings = taps.len();
+        for (i, tap) in taps.into_iter().enumerate() {
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let (me, shared_t, ctx_t) = (self.clone(), shared.clone(), ctx.clone());
+            let spawned = std::thread::Builder::new()
+                .name(thread_name(i, &name))
+                .spawn(move || {
+                    // Leaves (the last one out closing the pcap file) also
+                    // if the loop panics.
+                    let leaving = capture::Leaving(&shared_t, &ctx_t.name);
+                    let result = me.capture_loop(i, tap, &shared_t, &ctx_t);
+                    drop(leaving);
+                    let _ = done_tx.send(result);
+                });
+            match spawned {
+                Ok(_) => done.push(done_rx),
+                Err(e) => {
+                    shared.failed.store(true, Relaxed);
+                    result = Err(anyhow::anyhow!("cannot start a capture thread: {e}"));
+                    // The rings without a thread leave now (off the
+                    // runtime: the last one out closes the pcap file).
+                    let (shared, name) = (shared.clone(), name.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for _ in i..rings {
+                            shared.leave(&name);
                         }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        break Err(anyhow::anyhow!("capture on {} failed: {e}", self.interface));
-                    }
+                    })
+                    .await;
+                    break;
                 }
             }
-            if last_stats.elapsed() >= Duration::from_secs(1) {
-                last_stats = Instant::now();
-                self.read_kernel_drops(cap.fd);
-            }
-        };
-        self.read_kernel_drops(cap.fd);
-        if let Some(p) = cap.pcap.as_mut() {
-            if let Err(e) = p.close() {
-                tracing::warn!(listener = %ctx.name, error = %e, "finishing the pcap file failed");
+        }
+        for done_rx in done {
+            let r = match done_rx.await {
+                Ok(r) => r,
+                Err(_) => {
+                    shared.failed.store(true, Relaxed);
+                    Err(anyhow::anyhow!("a capture thread of '{name}' panicked"))
+                }
+            };
+            if result.is_ok() {
+                result = r;
             }
         }
         result
-    }
-
-    /// Accounting for a batch of frames (see [`BatchAcc`]).
-    fn batch<'a>(
-        &'a self,
-        detectors: &'a mut alerts::Detectors,
-        pcap: &'a mut Option<pcap::Pcap>,
-        ctx: &'a ServiceCtx,
-    ) -> BatchAcc<'a> {
-        BatchAcc {
-            sniffer: self,
-            detectors,
-            pcap,
-            ctx,
-            tally: Tally::default(),
-            flows: None,
-        }
-    }
-
-    /// Add the kernel's drop count since the last read (PACKET_STATISTICS
-    /// resets on read).
-    fn read_kernel_drops(&self, fd: RawFd) {
-        if let Ok(st) = socket::packet_stats(fd) {
-            Stats::add(&self.counters.kernel_drops, st.tp_drops as u64);
-        }
     }
 }
 
@@ -538,8 +569,10 @@ impl ListenerKind for Sniffer {
     /// flows evicted; the flow table itself is the new capture's.
     fn carry_over(&mut self, prev: &Self) {
         self.counters = prev.counters.clone();
-        let evicted = prev.flows.lock().evicted;
-        self.flows.lock().evicted = evicted;
+        let evicted = prev.flows.iter().map(|t| t.lock().evicted).sum();
+        if let Some(t) = self.flows.first() {
+            t.lock().evicted = evicted;
+        }
     }
 
     fn effective_spec(&self, shown: &Self::Spec) -> Self::Spec {
@@ -615,6 +648,19 @@ impl ListenerKind for Sniffer {
     }
 }
 
+/// Put the sockets of `taps` in one new fanout group (see
+/// [`socket::fanout_create`]).
+fn join_fanout(taps: &[capture::Tap]) -> io::Result<()> {
+    let Some((first, rest)) = taps.split_first() else {
+        return Ok(());
+    };
+    let id = socket::fanout_create(first.fd)?;
+    for tap in rest {
+        socket::fanout_join(tap.fd, id)?;
+    }
+    Ok(())
+}
+
 /// Where `pcap_path` puts the file: a plain file name in capture_dir, or an
 /// absolute path directly in it. Anything else is refused, naming
 /// capture_dir.
@@ -655,119 +701,6 @@ fn pcap_target(
         ));
     }
     Ok((dir.clone(), name.to_string()))
-}
-
-/// Counts gathered over a batch of packets, added to the shared atomics
-/// once at the end.
-#[derive(Default)]
-struct Tally {
-    packets: [u64; 4],
-    bytes: [u64; 4],
-    fragments: u64,
-    malformed: u64,
-}
-
-/// One batch's accounting. Counters go to a tally added to the shared
-/// atomics once at the end, and the flow table is locked on first use and
-/// released at the end (never across a wait), so the per-packet cost stays
-/// a few adds and one hash lookup.
-struct BatchAcc<'a> {
-    sniffer: &'a Sniffer,
-    detectors: &'a mut alerts::Detectors,
-    pcap: &'a mut Option<pcap::Pcap>,
-    ctx: &'a ServiceCtx,
-    tally: Tally,
-    flows: Option<parking_lot::MutexGuard<'a, FlowTable>>,
-}
-
-impl BatchAcc<'_> {
-    /// Decode one frame and, if it passes the filter, account for it.
-    fn take(&mut self, frame: &[u8], now: SystemTime) {
-        let sniffer = self.sniffer;
-        let ctx = self.ctx;
-        let d = decode::decode(frame);
-        if !sniffer.filter.matches(&d) {
-            return;
-        }
-        let len = frame.len() as u64;
-        let i = proto_index(d.proto);
-        self.tally.packets[i] += 1;
-        self.tally.bytes[i] += len;
-        self.tally.fragments += d.fragment as u64;
-        self.tally.malformed += d.malformed as u64;
-        self.flows
-            .get_or_insert_with(|| sniffer.flows.lock())
-            .record(&d, now);
-        if let Some(alert) = self.detectors.observe(&d) {
-            Stats::add(&sniffer.counters.alerts, 1);
-            tracing::warn!(listener = %ctx.name, alert = %alert, "alert");
-            ctx.events.publish(
-                EventKind::Alert,
-                &ctx.name,
-                proto::ListenerKind::Sniffer,
-                alert,
-            );
-        }
-        if let Some(p) = self.pcap.as_mut() {
-            match p.write(now, frame) {
-                Ok(()) => Stats::add(&sniffer.counters.pcap_packets, 1),
-                Err(e) => {
-                    Stats::add(&ctx.stats.errors, 1);
-                    tracing::warn!(listener = %ctx.name, error = %e, "pcap write failed; pcap export stopped");
-                    *self.pcap = None;
-                }
-            }
-        }
-        if sniffer.packets.receiver_count() > 0 {
-            let (src, dst) = match d.proto {
-                Proto::Other if d.src.is_none() => {
-                    (format!("ethertype 0x{:04x}", d.ethertype), "-".to_string())
-                }
-                _ => (
-                    endpoint(d.src, d.ports.then_some(d.src_port)),
-                    endpoint(d.dst, d.ports.then_some(d.dst_port)),
-                ),
-            };
-            let _ = sniffer.packets.send(proto::PacketSummary {
-                time: Some(now.into()),
-                protocol: d.proto.as_str().into(),
-                src,
-                dst,
-                length: frame.len() as u32,
-                tcp_flags: if d.proto == Proto::Tcp {
-                    decode::flags_string(d.tcp_flags)
-                } else {
-                    String::new()
-                },
-                dropped_before: 0,
-            });
-        }
-    }
-
-    fn finish(self) {
-        drop(self.flows);
-        let (mut packets, mut bytes) = (0, 0);
-        for i in 0..4 {
-            if self.tally.packets[i] > 0 {
-                let (p, b) = &self.sniffer.counters.by_proto[i];
-                Stats::add(p, self.tally.packets[i]);
-                Stats::add(b, self.tally.bytes[i]);
-                packets += self.tally.packets[i];
-                bytes += self.tally.bytes[i];
-            }
-        }
-        let c = &self.sniffer.counters;
-        if self.tally.fragments > 0 {
-            Stats::add(&c.fragments, self.tally.fragments);
-        }
-        if self.tally.malformed > 0 {
-            Stats::add(&c.malformed, self.tally.malformed);
-        }
-        if packets > 0 {
-            Stats::add(&self.ctx.stats.datagrams_in, packets);
-            Stats::add(&self.ctx.stats.bytes_in, bytes);
-        }
-    }
 }
 
 /// Frames read per recvmmsg(2).

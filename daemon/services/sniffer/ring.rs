@@ -17,8 +17,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Block size: 1 MiB (a multiple of the page size, room for 64 KiB frames).
 const BLOCK_SIZE: u32 = 1 << 20;
-/// Blocks in the ring: 16 MiB in all.
+/// Blocks in a capture's one ring: 16 MiB in all. With several rings
+/// (fanout) each has [`blocks_per_ring`].
 const BLOCK_NR: u32 = 16;
+/// The fewest blocks a ring has, whatever the number of rings.
+const MIN_BLOCKS: u32 = 4;
+
+/// Blocks of each ring of a capture over `rings` rings: 16 (16 MiB) for
+/// one or two rings, then 32 MiB shared out, but at least 4 MiB a ring.
+pub fn blocks_per_ring(rings: usize) -> u32 {
+    let rings = u32::try_from(rings.max(1)).unwrap_or(u32::MAX);
+    (2 * BLOCK_NR / rings).clamp(MIN_BLOCKS, BLOCK_NR)
+}
 /// Nominal frame size, only used to size the request (V3 packs frames).
 const FRAME_SIZE: u32 = 2048;
 /// A block is handed over after this long even if not full, in ms: the
@@ -30,27 +40,29 @@ pub struct Ring {
     base: *mut u8,
     len: usize,
     current: u32,
+    blocks: u32,
 }
 
 // SAFETY: the mapping is used by the one capture thread that owns the Ring.
 unsafe impl Send for Ring {}
 
 impl Ring {
-    /// Switch the (bound) packet socket `fd` to a TPACKET_V3 ring.
-    pub fn new(fd: RawFd) -> io::Result<Ring> {
+    /// Switch the (bound) packet socket `fd` to a TPACKET_V3 ring of
+    /// `blocks` blocks of 1 MiB.
+    pub fn new(fd: RawFd, blocks: u32) -> io::Result<Ring> {
         let version = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
         super::socket::setsockopt(fd, libc::SOL_PACKET, libc::PACKET_VERSION, &version)?;
         let req = libc::tpacket_req3 {
             tp_block_size: BLOCK_SIZE,
-            tp_block_nr: BLOCK_NR,
+            tp_block_nr: blocks,
             tp_frame_size: FRAME_SIZE,
-            tp_frame_nr: BLOCK_SIZE / FRAME_SIZE * BLOCK_NR,
+            tp_frame_nr: BLOCK_SIZE / FRAME_SIZE * blocks,
             tp_retire_blk_tov: RETIRE_MS,
             tp_sizeof_priv: 0,
             tp_feature_req_word: 0,
         };
         super::socket::setsockopt(fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &req)?;
-        let len = (BLOCK_SIZE * BLOCK_NR) as usize;
+        let len = (BLOCK_SIZE * blocks) as usize;
         // SAFETY: mapping the ring the kernel just set up on fd.
         let base = unsafe {
             libc::mmap(
@@ -69,6 +81,7 @@ impl Ring {
             base: base.cast(),
             len,
             current: 0,
+            blocks,
         })
     }
 
@@ -80,7 +93,7 @@ impl Ring {
         timeout: Duration,
         mut f: impl FnMut(&[u8], SystemTime),
     ) -> io::Result<bool> {
-        // SAFETY: current < BLOCK_NR, so the block lies inside the mapping;
+        // SAFETY: current < blocks, so the block lies inside the mapping;
         // the kernel initialised every block descriptor.
         let block = unsafe { self.base.add((self.current * BLOCK_SIZE) as usize) }
             as *mut libc::tpacket_block_desc;
@@ -119,7 +132,7 @@ impl Ring {
             std::ptr::addr_of_mut!((*block).hdr.bh1.block_status)
                 .write_volatile(libc::TP_STATUS_KERNEL);
         }
-        self.current = (self.current + 1) % BLOCK_NR;
+        self.current = (self.current + 1) % self.blocks;
         Ok(true)
     }
 }

@@ -61,6 +61,7 @@ impl Show for Sniffer {
             alerts,
             fragments,
             malformed,
+            rings,
         } = stats;
         let pc = |p: &Option<proto::ProtocolCount>| {
             let p = p.unwrap_or_default();
@@ -80,6 +81,7 @@ impl Show for Sniffer {
             "alerts": alerts,
             "fragments": fragments,
             "malformed": malformed,
+            "rings": rings,
         })
     }
 

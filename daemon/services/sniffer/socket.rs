@@ -124,3 +124,64 @@ pub(super) fn setsockopt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::
         Err(io::Error::last_os_error())
     }
 }
+
+/// Attach the classic BPF program `prog` to `fd`, replacing any before it.
+pub(super) fn attach_filter(fd: RawFd, prog: &[libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(prog.len())
+        .map_err(|_| io::Error::other(format!("{} BPF instructions: too many", prog.len())))?;
+    let fprog = libc::sock_fprog {
+        len,
+        // The kernel copies the program and does not write to it.
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
+}
+
+/// A program accepting nothing ("ret #0"): a ring's socket holds it while
+/// it joins the fanout group, so it never takes a copy of a packet that
+/// the group also delivers.
+pub(super) const DROP_ALL: [libc::sock_filter; 1] = [libc::sock_filter {
+    code: (libc::BPF_RET | libc::BPF_K) as u16,
+    jt: 0,
+    jf: 0,
+    k: 0,
+}];
+
+/// PACKET_FANOUT mode: by flow hash (the kernel's skb hash of addresses
+/// and ports), so a flow stays on one ring...
+const FANOUT_HASH: u32 = 0;
+/// ...unless its ring is full: then the packet goes to a ring with room
+/// instead of being dropped.
+const FANOUT_FLAG_ROLLOVER: u32 = 0x1000;
+/// The kernel picks a group id unused in the network namespace (Linux
+/// 4.2+), so no other capture (of this netd or another program) shares it.
+const FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
+
+/// Make the bound socket `fd` the first of a new fanout group and return
+/// the group's id, which the kernel chose.
+pub(super) fn fanout_create(fd: RawFd) -> io::Result<u16> {
+    let arg: u32 = (FANOUT_HASH | FANOUT_FLAG_ROLLOVER | FANOUT_FLAG_UNIQUEID) << 16;
+    setsockopt(fd, libc::SOL_PACKET, libc::PACKET_FANOUT, &arg)?;
+    let mut got: u32 = 0;
+    let mut len = mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: getsockopt into a u32 we own, with its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_FANOUT,
+            &mut got as *mut u32 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((got & 0xffff) as u16)
+}
+
+/// Join the bound socket `fd` to the fanout group `id`.
+pub(super) fn fanout_join(fd: RawFd, id: u16) -> io::Result<()> {
+    let arg: u32 = u32::from(id) | ((FANOUT_HASH | FANOUT_FLAG_ROLLOVER) << 16);
+    setsockopt(fd, libc::SOL_PACKET, libc::PACKET_FANOUT, &arg)
+}
