@@ -314,6 +314,37 @@ impl RecvBatch {
         Ok(got)
     }
 
+    /// Give back the pages of the last batch's slots beyond their first
+    /// `keep` bytes (rounded up to a page) in the slots that used more: a
+    /// batch kept for a long time (a udp-proxy client's) then holds at most
+    /// `keep` resident bytes per slot between batches, whatever size of
+    /// datagram passed through it. One `madvise` per such slot; nothing
+    /// when every datagram was small.
+    pub fn trim(&mut self, keep: usize) {
+        const PAGE: usize = 4096;
+        let keep = keep.div_ceil(PAGE) * PAGE;
+        if keep >= SLOT {
+            return;
+        }
+        let base = self.buf.as_mut_ptr();
+        for (i, g) in self.got.iter().enumerate() {
+            if g.len <= keep {
+                continue;
+            }
+            // SAFETY: slot `i` lies inside the mapping (i < slots), its
+            // offset and `keep` are page-aligned, and MADV_DONTNEED on a
+            // private anonymous mapping only turns the range back into zero
+            // pages; nothing borrows the buffer here (&mut self).
+            unsafe {
+                libc::madvise(
+                    base.add(i * SLOT + keep).cast(),
+                    SLOT - keep,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+    }
+
     /// Messages received without an IP source (not answerable).
     pub fn without_source(&self) -> usize {
         self.got.iter().filter(|g| g.peer.is_none()).count()
@@ -612,5 +643,40 @@ mod tests {
         }
         s.push(Some(a), &[]);
         assert_eq!(s.msgs.len(), 6);
+    }
+
+    /// `trim` gives back what a large datagram made resident beyond the
+    /// kept bytes (read back as zeroes), and leaves a small one alone.
+    #[test]
+    fn trim_returns_the_pages_of_large_datagrams() {
+        use std::os::fd::AsRawFd;
+        let rx_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx_sock.set_nonblocking(true).unwrap();
+        let tx_sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx_sock.local_addr().unwrap();
+        tx_sock.send_to(&[7u8; 20_000], to).unwrap();
+        tx_sock.send_to(&[9u8; 100], to).unwrap();
+        let mut rx = RecvBatch::new(4).unwrap();
+        let mut got = 0;
+        for _ in 0..1000 {
+            match rx.recv(rx_sock.as_raw_fd()) {
+                Ok(n) if n > 0 => {
+                    got += n;
+                    if got >= 2 {
+                        break;
+                    }
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+        }
+        // Both in one batch (sent before the first read).
+        assert_eq!(rx.got.len(), 2);
+        let slot0 = &rx.buf.as_slice()[..SLOT];
+        assert!(slot0[..20_000].iter().all(|b| *b == 7));
+        rx.trim(4096);
+        let buf = rx.buf.as_slice();
+        assert!(buf[..4096].iter().all(|b| *b == 7), "the kept page stays");
+        assert!(buf[4096..20_000].iter().all(|b| *b == 0), "given back");
+        assert!(buf[SLOT..SLOT + 100].iter().all(|b| *b == 9), "small: kept");
     }
 }

@@ -49,6 +49,10 @@ use crate::util::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
 /// Datagrams read per call from a client's upstream socket (fewer than on
 /// the listening socket: there is one such buffer per client).
 const DOWN_BATCH: usize = 8;
+/// What each slot of a client's buffer keeps resident between batches
+/// (`RecvBatch::trim`): a client holds at most DOWN_BATCH x 4 KiB, as the
+/// single 64 KiB buffer before batching held at least a page.
+const DOWN_KEEP: usize = 4096;
 /// A client quiet this long may be evicted when the table is full.
 pub const EVICT_IDLE: Duration = Duration::from_secs(1);
 /// With the table full, idle clients are looked for at most this often.
@@ -540,6 +544,9 @@ impl Downstream {
                             None => tx.push(Some(self.peer), data),
                         }
                     }
+                    // One such buffer per client: large answers must not
+                    // leave up to DOWN_BATCH x 64 KiB resident per client.
+                    rx.trim(DOWN_KEEP);
                     self.flush(&mut tx).await;
                 }
             }
