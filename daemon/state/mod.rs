@@ -357,6 +357,9 @@ impl Store {
                 if let Some(why) = &journal.warning {
                     tracing::warn!(path = %self.journal_path().display(), "the state journal {why}");
                 }
+                if journal.records > 0 {
+                    tracing::info!(path = %self.journal_path().display(), records = journal.records, "replayed the state journal");
+                }
                 Loaded {
                     overlay,
                     problem: None,

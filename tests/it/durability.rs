@@ -523,3 +523,258 @@ async fn sighup_applies_exactly_what_changed() {
     assert_eq!(say(&mut open, b"c"), "keep: c");
     assert!(netd.log().contains("reload failed"));
 }
+
+/// A small pseudo-random generator (xorshift64*), seeded from the clock;
+/// the seed is in every failure message.
+struct Rng(u64);
+
+impl Rng {
+    fn from_clock() -> Rng {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        Rng(t | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// What runs, as the kill -9 test compares it: name → kind and the part
+/// of the spec the changes touch (an echo's prefix, a proxy's faults).
+type Model = std::collections::BTreeMap<String, String>;
+
+fn observed(netd: &Netd) -> Model {
+    let v = netd.netctl_json(&["list"]);
+    v["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let spec = &l["spec"];
+            let what = match l["kind"].as_str().unwrap() {
+                "tcp-echo" => format!("echo {}", spec["prefix"].as_str().unwrap_or("")),
+                "proxy" => {
+                    let faults: Vec<String> = spec["faults"]
+                        .as_array()
+                        .map(|fs| {
+                            fs.iter()
+                                .map(|f| {
+                                    format!("{}={}", f["name"].as_str().unwrap(), f["latency"])
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    format!("proxy {}", faults.join(","))
+                }
+                k => panic!("unexpected kind {k}"),
+            };
+            (l["name"].as_str().unwrap().to_string(), what)
+        })
+        .collect()
+}
+
+/// One change: netctl's arguments and what it does to the model.
+struct Op {
+    args: Vec<String>,
+    name: String,
+    after: Option<String>,
+}
+
+/// A change that makes sense against `model`; `i` makes values unique.
+fn next_op(rng: &mut Rng, model: &Model, i: usize, upstream: &str) -> Op {
+    const NAMES: [&str; 6] = ["base", "e1", "e2", "e3", "p1", "p2"];
+    let name = NAMES[rng.below(NAMES.len() as u64) as usize].to_string();
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let prefix = format!("v{i}: ");
+    // Shown as written below a second.
+    let latency = format!("{}ms", i % 900 + 1);
+    let Some(now) = model.get(&name) else {
+        return if name.starts_with('p') {
+            Op {
+                args: s(&[
+                    "start",
+                    "proxy",
+                    &name,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--upstream",
+                    upstream,
+                ]),
+                name,
+                after: Some("proxy ".into()),
+            }
+        } else {
+            Op {
+                args: s(&[
+                    "start",
+                    "tcp-echo",
+                    &name,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--prefix",
+                    &prefix,
+                ]),
+                name,
+                after: Some(format!("echo {prefix}")),
+            }
+        };
+    };
+    let stop = |name: String| Op {
+        args: s(&["stop", &name]),
+        name,
+        after: None,
+    };
+    if now.starts_with("echo ") {
+        if rng.below(3) == 0 {
+            return stop(name);
+        }
+        return Op {
+            args: s(&["update", &name, "--prefix", &prefix]),
+            name,
+            after: Some(format!("echo {prefix}")),
+        };
+    }
+    let faults: Vec<&str> = now
+        .strip_prefix("proxy ")
+        .unwrap()
+        .split(',')
+        .filter(|f| !f.is_empty())
+        .collect();
+    match rng.below(4) {
+        0 => stop(name),
+        1 if !faults.is_empty() => {
+            let gone = faults[0].split('=').next().unwrap();
+            let rest: Vec<&str> = faults[1..].to_vec();
+            Op {
+                args: s(&["fault", "rm", &name, gone]),
+                name,
+                after: Some(format!("proxy {}", rest.join(","))),
+            }
+        }
+        2 if !faults.is_empty() => {
+            let (first, _) = faults[0].split_once('=').unwrap();
+            let mut all: Vec<String> = faults.iter().map(|f| f.to_string()).collect();
+            all[0] = format!("{first}=\"{latency}\"");
+            Op {
+                args: s(&["fault", "update", &name, first, "--latency", &latency]),
+                name,
+                after: Some(format!("proxy {}", all.join(","))),
+            }
+        }
+        _ => {
+            let f = format!("f{i}");
+            let mut all: Vec<String> = faults.iter().map(|f| f.to_string()).collect();
+            all.push(format!("{f}=\"{latency}\""));
+            Op {
+                args: s(&[
+                    "fault",
+                    "add",
+                    &name,
+                    &f,
+                    "--type",
+                    "latency",
+                    "--latency",
+                    &latency,
+                ]),
+                name,
+                after: Some(format!("proxy {}", all.join(","))),
+            }
+        }
+    }
+}
+
+fn applied(model: &Model, op: &Op) -> Model {
+    let mut m = model.clone();
+    match &op.after {
+        Some(a) => m.insert(op.name.clone(), a.clone()),
+        None => m.remove(&op.name),
+    };
+    m
+}
+
+/// The issue's durability test: changes (start, stop, update, faults) one
+/// after another with netctl, netd killed with SIGKILL at random moments
+/// and restarted on the same state directory. Every acknowledged change is
+/// there after the restart; the one in flight at the kill is there or
+/// not, whole.
+#[test]
+fn no_acknowledged_change_is_lost_to_kill_9_at_random_points() {
+    const ROUNDS: usize = 6;
+    const MAX_OPS: usize = 240;
+    let mut rng = Rng::from_clock();
+    let seed = rng.0;
+    let up = TestUpstream::echo(b"up:");
+    let upstream = up.addr.to_string();
+    let mut netd = Netd::start(BASE);
+    let mut model: Model = [("base".to_string(), "echo base: ".to_string())].into();
+    assert_eq!(observed(&netd), model, "seed {seed}");
+    let mut i = 0usize;
+    for round in 0..ROUNDS {
+        // The changes run in a thread until netctl fails (netd is gone) or
+        // this round's share is done; the kill comes at a random moment.
+        let control = netd.control.to_string();
+        let (tx, rx) = std::sync::mpsc::channel::<(Op, bool, String)>();
+        let start_model = model.clone();
+        let upstream = upstream.clone();
+        let mut op_rng = Rng(rng.below(u64::MAX) | 1);
+        let first = i;
+        let budget = MAX_OPS / ROUNDS;
+        let worker = std::thread::spawn(move || {
+            let mut m = start_model;
+            for k in 0..budget {
+                let op = next_op(&mut op_rng, &m, first + k, &upstream);
+                let out = std::process::Command::new(crate::common::NETCTL)
+                    .arg("--control")
+                    .arg(&control)
+                    .args(&op.args)
+                    .output()
+                    .expect("run netctl");
+                let ok = out.status.success();
+                if ok {
+                    m = applied(&m, &op);
+                }
+                let err = String::from_utf8_lossy(&out.stderr).into_owned();
+                let _ = tx.send((op, ok, err));
+                if !ok {
+                    return;
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(150 + rng.below(900)));
+        let finished_first = worker.is_finished();
+        let dir = netd.kill9();
+        worker.join().unwrap();
+        let mut in_flight = None;
+        for (op, ok, err) in rx.try_iter() {
+            i += 1;
+            if ok {
+                model = applied(&model, &op);
+            } else {
+                assert!(
+                    !finished_first,
+                    "seed {seed}: netctl {:?} failed with netd up: {err}",
+                    op.args
+                );
+                in_flight = Some(op);
+            }
+        }
+        netd = Netd::start_in(dir);
+        let now = observed(&netd);
+        let with = in_flight.as_ref().map(|op| applied(&model, op));
+        assert!(
+            now == model || Some(&now) == with.as_ref(),
+            "seed {seed}, round {round}: after kill -9 netd runs\n{now:?}\nbut the acknowledged \
+             changes say\n{model:?}\n(or, with the change in flight {:?}:\n{with:?})\nlog:\n{}",
+            in_flight.as_ref().map(|o| &o.args),
+            netd.log()
+        );
+        model = now;
+    }
+    assert!(i > ROUNDS, "seed {seed}: only {i} changes were made");
+}
