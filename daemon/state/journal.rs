@@ -311,13 +311,13 @@ impl Store {
             Ok(Some(b)) => b,
             Ok(None) => return (w.overlay(), out),
             Err(e) => {
-                out.warning = Some(format!("cannot read it ({e}); it is left out"));
+                out.warning = Some(format!("cannot be read ({e}); it is left out"));
                 return (w.overlay(), out);
             }
         };
         let Some(theirs) = read_header(&bytes) else {
             out.warning = Some(format!(
-                "its header is damaged; it is left out{}",
+                "has a damaged header; it is left out{}",
                 self.move_aside(dir, JOURNAL_NAME)
             ));
             return (w.overlay(), out);
@@ -326,7 +326,7 @@ impl Store {
         if theirs != generation {
             if theirs > generation {
                 out.warning = Some(format!(
-                    "it follows state file generation {theirs}, newer than the state file's \
+                    "follows state file generation {theirs}, newer than the state file's \
                      ({generation}); it is left out"
                 ));
             }
@@ -343,7 +343,7 @@ impl Store {
                 }
                 Err(why) => {
                     out.warning = Some(format!(
-                        "record {} is not usable ({why}); it and the rest are left out",
+                        "has an unusable record {} ({why}); it and the rest are left out",
                         out.records + 1
                     ));
                     return (w.overlay(), out);
@@ -353,7 +353,7 @@ impl Store {
         if let Some(why) = problem {
             let lost = bytes.len() - HEADER_LEN - used;
             out.warning = Some(format!(
-                "it ends in a damaged or partial record {why}; the last {lost} bytes are left out \
+                "ends in a damaged or partial record {why}; the last {lost} bytes are left out \
                  (a crash while a change was being saved: that change was never acknowledged)"
             ));
         }
@@ -655,7 +655,7 @@ mod tests {
         );
         store.note("a");
         store
-            .write_noted(|| Overlay::default(), |_| panic!("not one by one"))
+            .write_noted(Overlay::default, |_| panic!("not one by one"))
             .unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"secret");
     }

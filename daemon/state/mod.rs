@@ -175,9 +175,7 @@ impl Overlay {
             removed: self.removed.clone(),
         };
         let mut payload = msg.encode_to_vec();
-        SnapshotMeta { generation }
-            .encode(&mut payload)
-            .unwrap_or(());
+        payload.extend_from_slice(&SnapshotMeta { generation }.encode_to_vec());
         let mut out = Vec::with_capacity(MAGIC.len() + 8 + payload.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&fnv1a(&payload).to_le_bytes());
