@@ -148,10 +148,7 @@ async fn start(c: Client, args: &[String]) -> anyhow::Result<()> {
                     .await;
                 let r = match r {
                     Ok(_) if pairs => c
-                        .stop_listener(proto::StopListenerRequest {
-                            name,
-                            ..Default::default()
-                        })
+                        .stop_listener(proto::StopListenerRequest { name })
                         .await
                         .map(|_| ()),
                     r => r.map(|_| ()),

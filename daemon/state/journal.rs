@@ -79,7 +79,7 @@ impl Writer {
         let mut o = Overlay::default();
         for (name, c) in &self.tracked {
             match c {
-                Change::Put(d) => o.listeners.push(d.clone()),
+                Change::Put(d) => o.listeners.push((**d).clone()),
                 Change::Removed => o.removed.push(name.clone()),
                 Change::Clear => {}
             }
@@ -101,7 +101,8 @@ impl Writer {
     fn track_all(&mut self, overlay: Overlay) {
         self.tracked.clear();
         for d in overlay.listeners {
-            self.tracked.insert(d.name.clone(), Change::Put(d));
+            self.tracked
+                .insert(d.name.clone(), Change::Put(Box::new(d)));
         }
         for n in overlay.removed {
             self.tracked.insert(n, Change::Removed);
@@ -383,7 +384,7 @@ impl Store {
 pub fn change_of(running: Option<Desired>, base: Option<&Desired>) -> Change {
     match (running, base) {
         (Some(r), Some(b)) if *b == r => Change::Clear,
-        (Some(r), _) => Change::Put(r),
+        (Some(r), _) => Change::Put(Box::new(r)),
         (None, Some(_)) => Change::Removed,
         (None, None) => Change::Clear,
     }
@@ -441,10 +442,10 @@ mod tests {
         change(
             &store,
             &[
-                ("a", Change::Put(echo("a", 1))),
-                ("b", Change::Put(echo("b", 2))),
+                ("a", Change::Put(Box::new(echo("a", 1)))),
+                ("b", Change::Put(Box::new(echo("b", 2)))),
                 ("cfg", Change::Removed),
-                ("a", Change::Put(echo("a", 3))),
+                ("a", Change::Put(Box::new(echo("a", 3)))),
                 ("b", Change::Clear),
             ],
         );
@@ -469,11 +470,14 @@ mod tests {
     fn an_unchanged_value_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = started(dir.path(), Overlay::default());
-        change(&store, &[("a", Change::Put(echo("a", 1)))]);
+        change(&store, &[("a", Change::Put(Box::new(echo("a", 1))))]);
         let len = std::fs::metadata(store.journal_path()).unwrap().len();
         change(
             &store,
-            &[("a", Change::Put(echo("a", 1))), ("z", Change::Clear)],
+            &[
+                ("a", Change::Put(Box::new(echo("a", 1)))),
+                ("z", Change::Clear),
+            ],
         );
         assert_eq!(std::fs::metadata(store.journal_path()).unwrap().len(), len);
     }
@@ -485,12 +489,12 @@ mod tests {
         change(
             &store,
             &[
-                ("a", Change::Put(echo("a", 1))),
-                ("b", Change::Put(echo("b", 2))),
+                ("a", Change::Put(Box::new(echo("a", 1)))),
+                ("b", Change::Put(Box::new(echo("b", 2)))),
             ],
         );
         let before_last = std::fs::metadata(store.journal_path()).unwrap().len() as usize;
-        change(&store, &[("c", Change::Put(echo("c", 3)))]);
+        change(&store, &[("c", Change::Put(Box::new(echo("c", 3))))]);
         let full = std::fs::read(store.journal_path()).unwrap();
         drop(store);
         let mut damaged: Vec<Vec<u8>> = (before_last + 1..full.len())
@@ -526,7 +530,7 @@ mod tests {
     fn the_first_write_after_a_start_rewrites_a_damaged_journal() {
         let dir = tempfile::tempdir().unwrap();
         let store = started(dir.path(), Overlay::default());
-        change(&store, &[("a", Change::Put(echo("a", 1)))]);
+        change(&store, &[("a", Change::Put(Box::new(echo("a", 1))))]);
         let mut bytes = std::fs::read(store.journal_path()).unwrap();
         bytes.extend_from_slice(&[0xff; 7]);
         std::fs::write(store.journal_path(), &bytes).unwrap();
@@ -545,7 +549,7 @@ mod tests {
         store
             .write_noted(|| whole.clone(), |_| panic!("not one by one"))
             .unwrap();
-        change(&store, &[("c", Change::Put(echo("c", 3)))]);
+        change(&store, &[("c", Change::Put(Box::new(echo("c", 3))))]);
         let loaded = reloaded(dir.path());
         assert!(
             loaded.journal.warning.is_none(),
@@ -559,7 +563,7 @@ mod tests {
     fn a_journal_left_from_before_a_rewrite_is_not_applied_again() {
         let dir = tempfile::tempdir().unwrap();
         let store = started(dir.path(), Overlay::default());
-        change(&store, &[("a", Change::Put(echo("a", 1)))]);
+        change(&store, &[("a", Change::Put(Box::new(echo("a", 1))))]);
         let old_journal = std::fs::read(store.journal_path()).unwrap();
         // A full write (as `apply --prune` makes) empties the overlay; a
         // crash right after the snapshot's rename leaves the old journal.
@@ -580,7 +584,10 @@ mod tests {
         // About 60 bytes a record: more than MIN_COMPACT_BYTES in all.
         for i in 0..6000u16 {
             let d = echo(&format!("l{i:05}"), i);
-            change(&store, &[(&d.name.clone(), Change::Put(d.clone()))]);
+            change(
+                &store,
+                &[(&d.name.clone(), Change::Put(Box::new(d.clone())))],
+            );
             expect.push(d);
         }
         let journal = std::fs::metadata(store.journal_path()).unwrap().len();
@@ -610,7 +617,7 @@ mod tests {
     fn a_damaged_snapshot_takes_its_journal_aside_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = started(dir.path(), Overlay::default());
-        change(&store, &[("a", Change::Put(echo("a", 1)))]);
+        change(&store, &[("a", Change::Put(Box::new(echo("a", 1))))]);
         let mut bytes = std::fs::read(store.path()).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;

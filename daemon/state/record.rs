@@ -30,7 +30,7 @@ pub(super) const MAX_PAYLOAD: usize = 16 << 20;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// Created or changed through the control plane: its full entry.
-    Put(Desired),
+    Put(Box<Desired>),
     /// A config listener stopped through the control plane.
     Removed,
     /// Nothing: as in the config, or not there at all.
@@ -89,11 +89,11 @@ impl Record {
                         self.name, e.name
                     ));
                 }
-                Change::Put(Desired {
+                Change::Put(Box::new(Desired {
                     name: e.name,
                     spec,
                     labels: e.labels.into_iter().collect::<HashMap<_, _>>(),
-                })
+                }))
             }
             (None, true) => Change::Removed,
             (None, false) => Change::Clear,
@@ -186,7 +186,7 @@ mod tests {
     fn put(name: &str) -> Change {
         let mut labels = HashMap::new();
         labels.insert("team".to_string(), "a".to_string());
-        Change::Put(Desired {
+        Change::Put(Box::new(Desired {
             name: name.into(),
             spec: proto::ListenerSpec {
                 kind: Some(Kind::TcpEcho(proto::TcpEchoSpec {
@@ -195,7 +195,7 @@ mod tests {
                 })),
             },
             labels,
-        })
+        }))
     }
 
     fn three() -> (Vec<u8>, Vec<usize>) {
