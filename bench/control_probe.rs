@@ -5,7 +5,9 @@
 //! TCP echo listeners "s00000"... on 127.0.0.1:0 over one connection, at
 //! most `conc` calls in flight; prints seconds taken and the p50/p99 of
 //! one call, and the seconds of the first and last tenth (a start whose
-//! cost grows with the registry shows there).
+//! cost grows with the registry shows there). With `--pairs 1`, each call
+//! is a start and then a stop of the same listener (timed together), so the
+//! registry keeps its size.
 //!
 //! `control_probe list SOCK` / `control_probe stats SOCK`: every listener
 //! by following pages; prints listeners, pages and seconds.
@@ -115,6 +117,7 @@ async fn start(c: Client, args: &[String]) -> anyhow::Result<()> {
     let count = arg(args, "--count", 1000) as usize;
     let from = arg(args, "--from", 0) as usize;
     let conc = arg(args, "--conc", 1).max(1) as usize;
+    let pairs = arg(args, "--pairs", 0) == 1;
     let t0 = Instant::now();
     let mut lat = Vec::with_capacity(count);
     let mut next = from;
@@ -133,7 +136,7 @@ async fn start(c: Client, args: &[String]) -> anyhow::Result<()> {
                 let t = Instant::now();
                 let r = c
                     .start_listener(proto::StartListenerRequest {
-                        name,
+                        name: name.clone(),
                         spec: Some(proto::ListenerSpec {
                             kind: Some(Kind::TcpEcho(proto::TcpEchoSpec {
                                 listen: "127.0.0.1:0".into(),
@@ -143,6 +146,13 @@ async fn start(c: Client, args: &[String]) -> anyhow::Result<()> {
                         ..Default::default()
                     })
                     .await;
+                let r = match r {
+                    Ok(_) if pairs => c
+                        .stop_listener(proto::StopListenerRequest { name })
+                        .await
+                        .map(|_| ()),
+                    r => r.map(|_| ()),
+                };
                 (r, t.elapsed())
             });
         }
@@ -165,6 +175,7 @@ async fn start(c: Client, args: &[String]) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "started": count,
+            "pairs": pairs,
             "conc": conc,
             "secs": secs,
             "per_sec": count as f64 / secs,

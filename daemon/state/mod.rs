@@ -2,22 +2,31 @@
 //! the config file, kept in `state_dir` so that a restart brings it back.
 //!
 //! The rule (also in docs/runtime-state.md): the config file's
-//! listeners are the base; the state file records the difference the
-//! control plane made to it — listeners started or changed through netctl
-//! (with their full spec) and config listeners stopped through netctl (by
-//! name). At start and on reload netd runs the base with that difference
-//! on top. The difference is recomputed from the running set after every
-//! change, so `netctl apply --prune -f CONFIG` empties it. Ephemeral
-//! listeners (`netctl start --ephemeral`) and draining ones are not part
-//! of the running set for this purpose.
+//! listeners are the base; the state records the difference the control
+//! plane made to it (the *overlay*) — listeners started or changed through
+//! netctl (with their full spec) and config listeners stopped through
+//! netctl (by name). At start and on reload netd runs the base with that
+//! difference on top. A change records the overlay's new value for the
+//! names it touched; a change of the base (reload, apply) recomputes the
+//! whole difference from the running set, so `netctl apply --prune -f
+//! CONFIG` empties it. Ephemeral listeners (`netctl start --ephemeral`)
+//! and draining ones are not part of the running set for this purpose.
 //!
-//! The file (`state_dir/listeners.state`, mode 0600: it holds HTTP tokens)
-//! is a `StateFile` protobuf behind a magic line and a checksum, written
-//! atomically: a temporary file in the same directory, fsync, rename over
-//! the old one, fsync of the directory. A file that cannot be read or
-//! decoded is renamed aside with a timestamp and reported, never silently
-//! dropped; start continues with the config alone. All file work here is
-//! blocking: callers run it on the blocking pool.
+//! Two files hold it (mode 0600: they hold HTTP tokens): the snapshot
+//! `state_dir/listeners.state`, a `StateFile` protobuf behind a magic line
+//! and a checksum, written atomically (a temporary file in the same
+//! directory, fsync, rename over the old one, fsync of the directory); and
+//! the journal `listeners.journal` of changes since ([`journal`], records
+//! in [`record`]). A snapshot that cannot be read or decoded is renamed
+//! aside with a timestamp (the journal with it) and reported, never
+//! silently dropped; start continues with the config alone. All file work
+//! here is blocking: callers run it on the blocking pool.
+//!
+//! | file | job |
+//! |---|---|
+//! | `mod.rs` | the overlay, the snapshot, the directory, loading |
+//! | `journal.rs` | appending changes, compaction, replay |
+//! | `record.rs` | one change as a checksummed record |
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -28,6 +37,12 @@ use prost::Message as _;
 use crate::proto;
 use crate::spec::BootListener;
 use crate::sys::safe_file::Dir;
+
+mod journal;
+mod record;
+
+pub use journal::{JOURNAL_NAME, Replayed, change_of};
+pub use record::Change;
 
 /// The state file's name in `state_dir`.
 pub const FILE_NAME: &str = "listeners.state";
@@ -151,13 +166,16 @@ impl Overlay {
         self.listeners.is_empty() && self.removed.is_empty()
     }
 
-    fn encode(&self) -> Vec<u8> {
+    /// The snapshot's bytes: magic line, checksum, payload (the
+    /// `StateFile`, then [`SnapshotMeta`] with `generation`).
+    fn encode(&self, generation: u64) -> Vec<u8> {
         let msg = proto::StateFile {
             version: 1,
             listeners: self.listeners.iter().map(Desired::to_entry).collect(),
             removed: self.removed.clone(),
         };
-        let payload = msg.encode_to_vec();
+        let mut payload = msg.encode_to_vec();
+        payload.extend_from_slice(&SnapshotMeta { generation }.encode_to_vec());
         let mut out = Vec::with_capacity(MAGIC.len() + 8 + payload.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&fnv1a(&payload).to_le_bytes());
@@ -165,7 +183,8 @@ impl Overlay {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Result<Overlay, String> {
+    /// The overlay and generation (0 if the file has none) of a snapshot.
+    fn decode(bytes: &[u8]) -> Result<(Overlay, u64), String> {
         let rest = bytes
             .strip_prefix(MAGIC)
             .ok_or("it does not start with netd's state header")?;
@@ -179,6 +198,7 @@ impl Overlay {
         }
         let msg =
             proto::StateFile::decode(payload).map_err(|e| format!("cannot decode it: {e}"))?;
+        let meta = SnapshotMeta::decode(payload).map_err(|e| format!("cannot decode it: {e}"))?;
         if msg.version != 1 {
             return Err(format!(
                 "it has layout version {}; this netd reads version 1",
@@ -196,16 +216,30 @@ impl Overlay {
                 labels: e.labels,
             });
         }
-        Ok(Overlay {
-            listeners,
-            removed: msg.removed,
-        })
+        Ok((
+            Overlay {
+                listeners,
+                removed: msg.removed,
+            },
+            meta.generation,
+        ))
     }
+}
+
+/// The part of a snapshot's payload the public `StateFile` message does
+/// not declare: read from the same bytes, which protobuf allows (each
+/// message skips the other's fields).
+#[derive(Clone, PartialEq, prost::Message)]
+struct SnapshotMeta {
+    /// One more at each rewrite; the journal names the generation it
+    /// follows.
+    #[prost(uint64, tag = "1000")]
+    generation: u64,
 }
 
 /// FNV-1a, 64 bits: catches a damaged file (not an attacker, who could
 /// write the file anyway).
-fn fnv1a(data: &[u8]) -> u64 {
+pub(crate) fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
@@ -215,12 +249,15 @@ fn fnv1a(data: &[u8]) -> u64 {
 #[derive(Debug)]
 pub struct Loaded {
     pub overlay: Overlay,
-    /// Set when the file was unreadable or damaged: why, and where it was
-    /// moved (None if moving it failed too).
+    /// Set when the state file was unreadable or damaged: why, and where
+    /// it was moved (None if moving it failed too).
     pub problem: Option<(String, Option<PathBuf>)>,
+    /// What the journal added, and why part of it was left out if it was
+    /// (logged here already).
+    pub journal: Replayed,
 }
 
-/// The state directory and the file in it.
+/// The state directory and the files in it.
 #[derive(Debug)]
 pub struct Store {
     path: PathBuf,
@@ -228,10 +265,15 @@ pub struct Store {
     /// configured, else at the first save: a netd that never changes
     /// anything leaves no trace.
     dir: std::sync::OnceLock<Dir>,
-    /// Held while a save computes and writes the overlay, so that saves
-    /// (one left running past its deadline, and the next) never
-    /// interleave and the last one written is the newest.
-    writing: parking_lot::Mutex<()>,
+    /// The overlay as the files hold it and the open journal; held while
+    /// a write runs (on the blocking pool), so that writes never
+    /// interleave and the newest is written last.
+    writer: parking_lot::Mutex<journal::Writer>,
+    /// Names changed since the last write.
+    pending: parking_lot::Mutex<journal::Pending>,
+    /// Set when the files may have been written by another process (see
+    /// [`Store::resync`]).
+    stale: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -248,7 +290,9 @@ impl Store {
         let store = Store {
             path: path.to_path_buf(),
             dir: std::sync::OnceLock::new(),
-            writing: parking_lot::Mutex::new(()),
+            writer: parking_lot::Mutex::new(journal::Writer::default()),
+            pending: parking_lot::Mutex::new(journal::Pending::default()),
+            stale: std::sync::atomic::AtomicBool::new(false),
         };
         if create {
             store.opened()?;
@@ -265,45 +309,61 @@ impl Store {
         Ok(self.dir.get_or_init(|| d))
     }
 
+    /// The snapshot, `listeners.state`.
     pub fn path(&self) -> PathBuf {
         self.path.join(FILE_NAME)
+    }
+
+    /// The journal, `listeners.journal`.
+    pub fn journal_path(&self) -> PathBuf {
+        self.path.join(JOURNAL_NAME)
     }
 
     pub fn dir(&self) -> &Path {
         &self.path
     }
 
-    /// Read the state file. Missing: an empty overlay. Unreadable or
-    /// damaged: moved aside as `listeners.state.corrupt-<unix seconds>`,
-    /// reported in `problem`, and an empty overlay.
+    /// Read the snapshot and replay the journal on it. Missing: an empty
+    /// overlay. A snapshot unreadable or damaged: moved aside as
+    /// `listeners.state.corrupt-<unix seconds>` (the journal, which
+    /// follows it, too), reported in `problem`, and an empty overlay. A
+    /// journal damaged in part or whole: what is whole is applied, the rest
+    /// is logged and left out.
     pub fn load(&self) -> Loaded {
+        let nothing = |problem| Loaded {
+            overlay: Overlay::default(),
+            problem,
+            journal: Replayed::default(),
+        };
         if self.dir.get().is_none() && !self.path.exists() {
-            return Loaded {
-                overlay: Overlay::default(),
-                problem: None,
-            };
+            return nothing(None);
         }
         let dir = match self.opened() {
             Ok(d) => d,
-            Err(e) => {
-                return Loaded {
-                    overlay: Overlay::default(),
-                    problem: Some((format!("cannot use its directory: {e}"), None)),
-                };
-            }
+            Err(e) => return nothing(Some((format!("cannot use its directory: {e}"), None))),
         };
         let read = dir
             .read_ours(FILE_NAME, MAX_BYTES)
             .map_err(|e| format!("cannot read it: {e}"))
             .and_then(|b| match b {
-                None => Ok(Overlay::default()),
+                None => Ok((Overlay::default(), 0)),
                 Some(bytes) => Overlay::decode(&bytes),
             });
         match read {
-            Ok(overlay) => Loaded {
-                overlay,
-                problem: None,
-            },
+            Ok((overlay, generation)) => {
+                let (overlay, journal) = self.replay(dir, generation, overlay);
+                if let Some(why) = &journal.warning {
+                    tracing::warn!(path = %self.journal_path().display(), "the state journal {why}");
+                }
+                if journal.records > 0 {
+                    tracing::info!(path = %self.journal_path().display(), records = journal.records, "replayed the state journal");
+                }
+                Loaded {
+                    overlay,
+                    problem: None,
+                    journal,
+                }
+            }
             Err(why) => {
                 let secs = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -317,47 +377,60 @@ impl Store {
                     }
                     _ => None,
                 };
-                Loaded {
-                    overlay: Overlay::default(),
-                    problem: Some((why, moved)),
+                // Its changes are relative to the snapshot just lost.
+                if std::fs::symlink_metadata(self.journal_path()).is_ok() {
+                    let journal = self.move_aside(dir, JOURNAL_NAME);
+                    tracing::warn!(path = %self.journal_path().display(), "the state journal follows the unusable state file and is left out{journal}");
                 }
+                nothing(Some((why, moved)))
             }
         }
     }
 
-    /// Replace the state file with the overlay `current` returns, computed
-    /// once no other save is running (so the newest overlay is written
-    /// last).
+    /// Replace both files with the overlay `current` returns, computed once
+    /// no other write is running (so the newest overlay is written last).
     pub fn save_with(&self, current: impl FnOnce() -> Overlay) -> std::io::Result<()> {
-        let _one = self.writing.lock();
-        self.save(&current())
+        self.note_all();
+        self.write_noted(current, |_| Change::Clear)
     }
 
-    /// Replace the state file with `overlay`, atomically and durably. An
-    /// error names the step that failed; the temporary file is removed
-    /// then (a full disk gets its space back).
+    /// Replace both files with `overlay`, atomically and durably.
     pub fn save(&self, overlay: &Overlay) -> std::io::Result<()> {
+        self.save_with(|| overlay.clone())
+    }
+
+    /// Replace the snapshot with `bytes`.
+    fn replace(&self, dir: &Dir, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_atomically(dir, TMP_NAME, FILE_NAME, bytes)
+    }
+
+    /// Replace `name` with `bytes` through `tmp`, atomically and durably
+    /// (mode 0600). An error names the step that failed; the temporary
+    /// file is removed then (a full disk gets its space back).
+    fn write_atomically(
+        &self,
+        dir: &Dir,
+        tmp: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
-        let bytes = overlay.encode();
-        let dir = self
-            .opened()
-            .map_err(|e| step(e, "opening the state directory"))?;
         let written = dir
-            .create_file(TMP_NAME)
-            .map_err(|e| step(e, &format!("creating {TMP_NAME}")))
+            .create_file(tmp)
+            .map_err(|e| step(e, &format!("creating {tmp}")))
             .and_then(|mut f| {
                 f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
-                    .and_then(|()| f.write_all(&bytes))
+                    .and_then(|()| f.write_all(bytes))
                     .and_then(|()| f.sync_all())
-                    .map_err(|e| step(e, &format!("writing {TMP_NAME}")))
+                    .map_err(|e| step(e, &format!("writing {tmp}")))
             });
         if let Err(e) = written {
-            let _ = dir.remove_ours(TMP_NAME);
+            let _ = dir.remove_ours(tmp);
             return Err(e);
         }
         let renamed = dir
-            .rename_ours(TMP_NAME, FILE_NAME)
-            .map_err(|e| step(e, &format!("renaming {TMP_NAME} to {FILE_NAME}")))?;
+            .rename_ours(tmp, name)
+            .map_err(|e| step(e, &format!("renaming {tmp} to {name}")))?;
         if let Some(s) = renamed {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
@@ -375,7 +448,7 @@ impl Store {
 
 /// `e` with the step that failed in front ("writing x: No space left on
 /// device").
-fn step(e: std::io::Error, what: &str) -> std::io::Error {
+pub(crate) fn step(e: std::io::Error, what: &str) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 

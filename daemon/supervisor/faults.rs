@@ -51,7 +51,7 @@ impl Supervisor {
         if entry.ephemeral {
             return Ok(());
         }
-        self.persist().await
+        self.persist_one(&entry.name).await
     }
 
     /// Add a fault at the end of a proxy's or udp-proxy's list; it applies

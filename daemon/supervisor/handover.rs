@@ -58,6 +58,10 @@ impl Supervisor {
 
     /// The successor failed: carry on, accepting changes and saving them.
     pub fn abort_handover(&self) {
+        // The successor may have written the state files meanwhile.
+        if let Some(s) = &self.inner.store {
+            s.resync();
+        }
         self.inner.frozen.store(false, Ordering::SeqCst);
         self.inner.handing_over.store(false, Ordering::SeqCst);
     }

@@ -62,7 +62,7 @@ impl Supervisor {
         let _mutating = self.mutating().await?;
         let l = self.start_unsaved(name, spec, labels, ephemeral).await?;
         if !ephemeral {
-            if let Err(failed) = self.persist_raw().await {
+            if let Err(failed) = self.persist_raw(Some(name)).await {
                 // Not saved: undo, so that what runs is what a restart
                 // brings back, and say which of the two is true.
                 return Err(SupervisorError::Persist(
@@ -285,7 +285,7 @@ impl Supervisor {
         let _mutating = self.mutating().await?;
         let (l, ephemeral) = self.stop_unsaved(name).await?;
         if !ephemeral {
-            self.persist().await?;
+            self.persist_one(name).await?;
         }
         Ok(l)
     }
@@ -371,7 +371,7 @@ impl Supervisor {
         let saved = if entry.ephemeral {
             Ok(())
         } else {
-            self.persist().await
+            self.persist_one(name).await
         };
         drop(mutating);
         let mut closed = 0;
@@ -429,5 +429,6 @@ impl Supervisor {
         // Dropped (sockets closed) after the lock is released.
         let all = std::mem::take(&mut *self.listeners());
         drop(all);
+        self.compact_state().await;
     }
 }

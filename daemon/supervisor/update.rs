@@ -30,7 +30,7 @@ impl Supervisor {
         let _mutating = self.mutating().await?;
         let (l, action, changed, ephemeral) = self.update_unsaved(name, spec, labels).await?;
         if action != UpdateAction::Unchanged && !ephemeral {
-            self.persist().await?;
+            self.persist_one(name).await?;
         }
         Ok((l, action, changed))
     }

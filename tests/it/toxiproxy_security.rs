@@ -361,11 +361,14 @@ fn at_most_max_proxies_are_made_through_the_api() {
     assert_eq!(st, 201, "{v}");
 }
 
-/// Whether netd's state file (a protobuf) holds `name`.
+/// Whether netd's state file or its journal (protobufs) holds `name`.
 fn state_has(netd: &Netd, name: &str) -> bool {
-    let path = netd.dir.path().join("state").join(netd::state::FILE_NAME);
-    let bytes = std::fs::read(&path).unwrap_or_default();
-    bytes.windows(name.len()).any(|w| w == name.as_bytes())
+    [netd::state::FILE_NAME, netd::state::JOURNAL_NAME]
+        .iter()
+        .any(|file| {
+            let bytes = std::fs::read(netd.dir.path().join("state").join(file)).unwrap_or_default();
+            bytes.windows(name.len()).any(|w| w == name.as_bytes())
+        })
 }
 
 #[test]
