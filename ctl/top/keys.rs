@@ -123,21 +123,13 @@ impl Ui {
     }
 }
 
-/// The column a digit sorts by.
+/// The column a digit sorts by: 1-9 the table's columns after HOST in
+/// order (NAME to FAULT), 0 the sparkline (LAST 1m).
 fn digit_col(c: char) -> Option<Col> {
-    let cols = [
-        Col::Trend,
-        Col::Name,
-        Col::Kind,
-        Col::State,
-        Col::In,
-        Col::Out,
-        Col::Rate,
-        Col::Active,
-        Col::Errors,
-        Col::Fault,
-    ];
-    c.to_digit(10).map(|d| cols[d as usize])
+    match c.to_digit(10)? {
+        0 => Some(Col::Trend),
+        d => Col::ALL.get(d as usize).copied(),
+    }
 }
 
 /// Handle one key press.

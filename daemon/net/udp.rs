@@ -11,15 +11,24 @@ use std::os::fd::RawFd;
 
 /// Ask the kernel to report the socket's drop count with each datagram.
 pub fn enable_rxq_ovfl(fd: RawFd) -> io::Result<()> {
-    let on: libc::c_int = 1;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)
+}
+
+/// Set the integer socket option `level`/`name` of `fd` to `v`.
+pub(crate) fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: setsockopt with a valid fd and a pointer to a c_int of the
     // length given.
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
-            libc::SO_RXQ_OVFL,
-            (&on as *const libc::c_int).cast(),
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
+use super::udp::setsockopt_int;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -84,30 +85,6 @@ pub fn fast_path() -> FastPath {
         );
         FastPath { batch, offload }
     })
-}
-
-fn setsockopt_int(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    v: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: setsockopt with a valid fd and a pointer to a c_int of the
-    // length given.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Ask the kernel to coalesce datagrams for `fd` (UDP GRO) if the switches

@@ -420,13 +420,14 @@ pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> a
                 Stats::add(&ctx.stats.errors, rx.without_source() as u64);
                 let now = Instant::now();
                 let ms = p.ms(now);
+                // The fault set once per batch, not per datagram.
+                let set = watch.get().filter(|s| !s.is_empty()).cloned();
                 for (peer, data) in rx.datagrams() {
                     Stats::add(&ctx.stats.datagrams_in, 1);
                     Stats::add(&ctx.stats.bytes_in, data.len() as u64);
                     if !guard.admit(peer, now) || !p.admit_client(peer, now) {
                         continue;
                     }
-                    let set = watch.get().filter(|s| !s.is_empty()).cloned();
                     // One client's datagrams per batch, in order: what is
                     // queued for another client (or before a faulted one)
                     // goes first.
@@ -435,9 +436,9 @@ pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> a
                     }
                     let Some(c) = p.clients.get_mut(&peer) else { continue };
                     c.shared.last_ms.store(ms, Relaxed);
-                    match set {
+                    match &set {
                         Some(set) => {
-                            c.lane.admit(&set, data.to_vec(), now, &mut rng, &mut out);
+                            c.lane.admit(set, data.to_vec(), now, &mut rng, &mut out);
                             queue_later(&mut timed, peer, &mut c.lane, &mut out, now, &mut rng);
                             p.send_up(peer, &mut out.now).await;
                         }
