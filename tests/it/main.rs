@@ -40,6 +40,7 @@ mod proxy;
 mod readme;
 mod reflection;
 mod reload;
+mod reuseport;
 mod scale;
 mod security;
 mod sniffer;

@@ -369,3 +369,91 @@ fn the_fd_store_carries_the_sockets_across_a_restart() {
     });
     assert!(second.fd_store_names().contains(&"uecho".to_string()));
 }
+
+/// A proxy's SO_REUSEPORT group (one socket per worker) crosses a restart
+/// through the fd store (every member stored, as `p`, `p@1`, ...) and a
+/// `netd --upgrade` whole: the same sockets, every one held by the new
+/// process, no connection refused through either.
+#[test]
+fn the_fd_store_and_an_upgrade_carry_every_socket_of_a_group() {
+    use crate::reuseport::{group_size, listening_inodes, socket_inodes_of};
+    let n = group_size();
+    let up = crate::common::TestUpstream::echo(b"echo: ");
+    let config = format!(
+        "shutdown_grace = \"60s\"\n\n[[listener]]\nname = \"p\"\nkind = \"proxy\"\n\
+         listen = \"127.0.0.1:0\"\nupstreams = [\"{}\"]\n",
+        up.addr
+    );
+    let env = [("FDSTORE", "64")];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("netd.toml"), &config).unwrap();
+    let mut cmd = std::process::Command::new(crate::common::NETD);
+    cmd.arg("--config").arg(dir.path().join("netd.toml"));
+    cmd.envs(env);
+    let control = netd::util::addr::ControlAddr::Unix(dir.path().join("netd.sock"));
+    let mut first = Netd::spawn(cmd, dir, control);
+    let p = bound_addr(&first, "p");
+    let group = listening_inodes(p.port());
+    assert_eq!(group.len(), n, "sockets listening on {p}");
+    let mut want: Vec<String> = (0..n)
+        .map(|i| match i {
+            0 => "p".to_string(),
+            i => format!("p@{i}"),
+        })
+        .chain(["-control".to_string()])
+        .collect();
+    want.sort();
+    wait_until("every socket of the group in the fd store", || {
+        let mut names = first.fd_store_names();
+        names.sort();
+        names == want
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let clients = client_loop(p, None, stop.clone(), done.clone());
+    wait_until("the client loop to run", || {
+        done.load(Ordering::Relaxed) >= 20
+    });
+
+    // systemctl restart with the store's sockets: the same group.
+    first.signal(libc::SIGTERM);
+    assert!(first.wait_exit().success(), "{}", first.log());
+    let stored = first.take_fd_store();
+    let dir = std::mem::replace(&mut first.dir, tempfile::tempdir().unwrap());
+    let second = Netd::start_with_fds(dir, stored, &env);
+    assert_eq!(listening_inodes(p.port()), group);
+    assert!(group.is_subset(&socket_inodes_of(second.pid())));
+    let mark = done.load(Ordering::Relaxed);
+    wait_until("the client loop to run after the restart", || {
+        done.load(Ordering::Relaxed) >= mark + 20 || clients.is_finished()
+    });
+
+    // netd --upgrade: the same group again, in the new process.
+    let mut second = second;
+    let third = second.upgrade();
+    wait_until("the old netd to hand over", || {
+        second.log().contains("has taken over")
+    });
+    let mark = done.load(Ordering::Relaxed);
+    wait_until("the client loop to run after the upgrade", || {
+        done.load(Ordering::Relaxed) >= mark + 20 || clients.is_finished()
+    });
+    stop.store(true, Ordering::Relaxed);
+    let outcome = clients.join().unwrap();
+    eprintln!("group: {outcome:?}");
+    assert!(
+        outcome.failed.is_empty(),
+        "{} connections failed: {:?}\nsecond log:\n{}\nthird log:\n{}",
+        outcome.failed.len(),
+        outcome.failed,
+        second.log(),
+        third.log()
+    );
+    assert_eq!(listening_inodes(p.port()), group);
+    assert!(group.is_subset(&socket_inodes_of(third.pid())));
+    assert!(second.wait_exit().success(), "{}", second.log());
+    assert_eq!(listening_inodes(p.port()), group);
+    let stats = third.netctl_json(&["status", "p"])["stats"].clone();
+    assert!(stats["connections_total"].as_u64().is_some(), "{stats}");
+}
