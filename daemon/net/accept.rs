@@ -145,6 +145,33 @@ where
     }
 }
 
+/// The listening sockets for a kind's per-worker accept loops: loop `i`
+/// takes socket `i` and runs on worker `i % workers` (on the current
+/// runtime without workers). Every socket of the group gets a loop (one
+/// left without would hold the connections the kernel hashes to it); a
+/// group smaller than the workers (one socket with `NETD_REUSEPORT=off`,
+/// or a group handed over by a netd with fewer) is shared, the workers
+/// beyond it accepting on `dup(2)`s of its sockets. The sockets come out
+/// of the current runtime's reactor (as std sockets), for each loop to
+/// register with its own: registered there too, a socket would wake
+/// that runtime for connections it does not accept.
+pub fn spread(
+    sockets: super::bind::Sockets<tokio::net::TcpListener>,
+    workers: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut all: Vec<std::net::TcpListener> = sockets
+        .into_vec()
+        .into_iter()
+        .map(tokio::net::TcpListener::into_std)
+        .collect::<io::Result<_>>()?;
+    let len = all.len();
+    for i in len..workers {
+        let dup = all[i % len].try_clone()?;
+        all.push(dup);
+    }
+    Ok(all)
+}
+
 /// Accept errors that concern one connection or a passing shortage (file
 /// descriptors, memory) rather than the listening socket itself: back off and
 /// keep accepting.

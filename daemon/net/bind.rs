@@ -203,8 +203,12 @@ pub fn adopt_group<S: IpSocket>(
         .map_err(|e| BindError::from_io(spec_addr, e))?;
     let grouped = socket2::SockRef::from(&first).reuse_port().unwrap_or(false);
     let mut all = vec![first];
-    for fd in fds {
+    while let Some(fd) = fds.next() {
         if all.len() >= want.max(1) {
+            let extra = 1 + fds.by_ref().count();
+            if S::TYPE == socket2::Type::STREAM && migrate_req() != Some(true) {
+                tracing::warn!(addr = %at, extra, "closing the sockets of the group beyond this netd's workers: connections waiting in their accept queues are reset (net.ipv4.tcp_migrate_req is not 1)");
+            }
             break;
         }
         // Members are checked against the first one's address: a member
@@ -265,6 +269,17 @@ pub fn adopt<S: IpSocket>(
         .set_nonblocking(true)
         .map_err(|e| BindError::from_io(local, e))?;
     S::from_socket(socket).map_err(|e| BindError::from_io(local, e))
+}
+
+/// Whether the kernel moves the connections waiting in a closing
+/// listening socket's accept queue to another socket of its SO_REUSEPORT
+/// group (`net.ipv4.tcp_migrate_req`, Linux 5.14+); None when the kernel
+/// has no such setting. Without it, those connections are reset. Reads a
+/// file: call off the async runtime.
+pub fn migrate_req() -> Option<bool> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+        .ok()
+        .map(|v| v.trim() == "1")
 }
 
 /// Backlog for TCP listening sockets.

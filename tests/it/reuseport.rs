@@ -209,3 +209,36 @@ fn a_group_is_kept_by_an_update_in_place_and_rebound_whole_on_a_restart() {
     assert_eq!(bound_addr(&netd, "p"), p);
     assert_eq!(round_trip(p, "b\n"), "up: b\n");
 }
+
+/// The http-proxy runs an accept loop per worker too, so it gets a group
+/// as well.
+#[test]
+fn an_http_proxy_listens_on_a_socket_per_worker() {
+    let netd = Netd::start("");
+    netd.netctl_ok(&["start", "http", "h", "--listen", "127.0.0.1:0"]);
+    let h = bound_addr(&netd, "h");
+    netd.netctl_ok(&[
+        "start",
+        "http-proxy",
+        "hp",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &h.to_string(),
+    ]);
+    let hp = bound_addr(&netd, "hp");
+    assert_eq!(listening_inodes(hp.port()).len(), group_size());
+    assert_eq!(listening_inodes(h.port()).len(), 1, "the http kind has one");
+    for i in 0..20 {
+        let mut c = TcpStream::connect(hp).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            c,
+            "GET /r{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+}

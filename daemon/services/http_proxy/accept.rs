@@ -1,6 +1,7 @@
 //! The http-proxy's accept loops on the per-core workers
 //! ([`crate::net::workers`]), as the TCP proxy's: one loop on each worker,
-//! on a dup of the listening socket, so a client connection, the requests
+//! on its own socket of the listener's SO_REUSEPORT group (see
+//! [`crate::net::accept::spread`]), so a client connection, the requests
 //! on it and the pooled upstream connections they use all live on one
 //! thread (each worker has its own upstream pools, [`super::forward::Clients`],
 //! which share `max_idle_per_upstream` between them):
@@ -18,7 +19,8 @@ use tokio::net::TcpListener;
 
 use super::HttpProxy;
 use super::forward::Handler;
-use crate::net::accept::{Accepting, accept_loop};
+use crate::net::accept::{Accepting, accept_loop, spread};
+use crate::net::bind::Sockets;
 use crate::net::workers;
 use crate::services::ServiceCtx;
 
@@ -38,7 +40,7 @@ impl HttpProxy {
     /// Accept clients until the listener stops.
     pub(super) async fn accept(
         self: &Arc<Self>,
-        listener: TcpListener,
+        sockets: Sockets<TcpListener>,
         ctx: &ServiceCtx,
     ) -> anyhow::Result<()> {
         let serve = |proxy: &Arc<Self>, ctx: &ServiceCtx, worker: usize| {
@@ -53,31 +55,29 @@ impl HttpProxy {
                 async move { server.serve(handler, stream, peer, ctx).await }
             }
         };
-        let workers = workers::handles();
-        if workers.is_empty() {
-            return accept_loop(&listener, ctx.accepting(), &self.limit, serve(self, ctx, 0)).await;
-        }
-        // Out of the main runtime's reactor, as the TCP proxy's (it would
-        // wake that runtime's thread for every new client).
-        let listener = listener.into_std()?;
+        // The loops end with this future however it ends (stop, an error,
+        // or dropped), so no socket outlives `run`.
         let stop = ctx.stop_accepting.child_token();
         let _stop_all = stop.clone().drop_guard();
         let mut loops = tokio::task::JoinSet::new();
-        for (i, worker) in workers.iter().enumerate() {
-            let dup = listener.try_clone()?;
+        let workers = workers::handles();
+        for (i, std_listener) in spread(sockets, workers.len())?.into_iter().enumerate() {
+            // The worker's own upstream pools.
+            let w = i % workers.len().max(1);
             let (proxy, ctx, stop) = (self.clone(), ctx.clone(), stop.clone());
-            loops.spawn_on(
-                async move {
-                    // Registered with the reactor of the worker it runs on.
-                    let listener = TcpListener::from_std(dup)?;
-                    let accepting = Accepting {
-                        stop: &stop,
-                        ..ctx.accepting()
-                    };
-                    accept_loop(&listener, accepting, &proxy.limit, serve(&proxy, &ctx, i)).await
-                },
-                worker,
-            );
+            let accept = async move {
+                // Registered with the reactor of the runtime it runs on.
+                let listener = TcpListener::from_std(std_listener)?;
+                let accepting = Accepting {
+                    stop: &stop,
+                    ..ctx.accepting()
+                };
+                accept_loop(&listener, accepting, &proxy.limit, serve(&proxy, &ctx, w)).await
+            };
+            match workers.get(w) {
+                Some(worker) => loops.spawn_on(accept, worker),
+                None => loops.spawn(accept),
+            };
         }
         while let Some(ended) = loops.join_next().await {
             ended

@@ -33,6 +33,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+
+use crate::net::bind::Sockets;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -351,7 +353,7 @@ impl HttpProxy {
 
     async fn run_on(
         self: &Arc<Self>,
-        listener: TcpListener,
+        listener: Sockets<TcpListener>,
         ctx: ServiceCtx,
     ) -> anyhow::Result<()> {
         if self.upstream_tls.as_ref().is_some_and(|u| u.insecure) {
@@ -369,7 +371,7 @@ impl HttpProxy {
 
     async fn serve_on(
         self: &Arc<Self>,
-        listener: TcpListener,
+        listener: Sockets<TcpListener>,
         ctx: ServiceCtx,
     ) -> anyhow::Result<()> {
         if let Some(tls) = &self.server.tls {
@@ -404,7 +406,7 @@ impl HttpProxy {
 
 impl ListenerKind for HttpProxy {
     type Spec = proto::HttpProxySpec;
-    type Socket = TcpListener;
+    type Socket = Sockets<TcpListener>;
     const SLUG: &'static str = "http-proxy";
     const KIND: proto::ListenerKind = proto::ListenerKind::HttpProxy;
     const TRANSPORT: Transport = Transport::Tcp;
@@ -595,7 +597,17 @@ impl ListenerKind for HttpProxy {
         check_not_self(local, self.upstreams.iter().map(|u| u.addr.get()))
     }
 
-    async fn run(self: Arc<Self>, socket: TcpListener, ctx: ServiceCtx) -> anyhow::Result<()> {
+    /// One socket per per-core worker (a SO_REUSEPORT group), as the
+    /// TCP proxy's.
+    fn sockets(&self) -> usize {
+        crate::net::workers::socket_count()
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        socket: Sockets<TcpListener>,
+        ctx: ServiceCtx,
+    ) -> anyhow::Result<()> {
         self.run_on(socket, ctx).await
     }
 

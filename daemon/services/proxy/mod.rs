@@ -66,7 +66,7 @@ use super::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ListenerKind, ServiceCtx, Settings, SpecError,
     Transport, duration_field, listen_field,
 };
-use crate::net::accept::{Accepting, accept_loop_costing};
+use crate::net::accept::{Accepting, accept_loop_costing, spread};
 use crate::net::bind::Sockets;
 use crate::net::drain::Drain;
 use crate::net::sockopt::abort;
@@ -404,15 +404,7 @@ impl Proxy {
         let _stop_all = stop.clone().drop_guard();
         let mut loops = tokio::task::JoinSet::new();
         let workers = workers::handles();
-        let sockets: Vec<std::net::TcpListener> = sockets
-            .into_vec()
-            .into_iter()
-            .map(TcpListener::into_std)
-            .collect::<std::io::Result<_>>()?;
-        for (i, std_listener) in accept_slots(&sockets, workers.len())?
-            .into_iter()
-            .enumerate()
-        {
+        for (i, std_listener) in spread(sockets, workers.len())?.into_iter().enumerate() {
             let (proxy, ctx, stop) = (self.clone(), ctx.clone(), stop.clone());
             let accept = async move {
                 // Registered with the reactor of the runtime it runs on.
@@ -429,7 +421,6 @@ impl Proxy {
                 None => loops.spawn(accept),
             };
         }
-        drop(sockets);
         while let Some(ended) = loops.join_next().await {
             ended.map_err(|e| anyhow::anyhow!("a proxy worker's accept loop ended: {e}"))??;
         }
@@ -622,19 +613,6 @@ impl Proxy {
             );
         }
     }
-}
-
-/// The sockets the accept loops run on, loop `i` on worker `i % workers`:
-/// every socket of the group, and dups of them for the workers beyond the
-/// group's size (one loop per socket without workers).
-fn accept_slots(
-    sockets: &[std::net::TcpListener],
-    workers: usize,
-) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let n = sockets.len().max(workers);
-    (0..n)
-        .map(|i| sockets[i % sockets.len()].try_clone())
-        .collect()
 }
 
 impl ListenerKind for Proxy {
