@@ -79,6 +79,7 @@ print(json.dumps(r))" "$out" "$before" "$after" "$HZ"
 }
 
 n=${#NAMES[@]}
+field_rate() { python3 -c 'import json, sys; print(json.loads(sys.argv[1])["exchanges"])' "$1"; }
 declare -A RUNS
 for round in $(seq "$ROUNDS"); do
   RUNS[direct]+="$(rate_cpu "$UP_PID" "$ECHO")"$'\n'
@@ -86,14 +87,31 @@ for round in $(seq "$ROUNDS"); do
     i=$(( (k + round) % n ))
     RUNS[${NAMES[$i]}]+="$(rate_cpu "${PIDS[$i]}" "${PORTS[$i]}")"$'\n'
   done
-  echo "round $round: $(for x in direct "${NAMES[@]}"; do printf '%s %s  ' "$x" "$(tail -n 1 <<<"${RUNS[$x]}" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r[\"rate\"]:.0f}/s {r[\"cpu_us\"]:.1f}us p99 {r[\"p99_us\"]:.0f}")')"; done)" >&2
+  for x in direct "${NAMES[@]}"; do
+    grep . <<<"${RUNS[$x]}" | tail -n 1 | python3 -c 'import json, sys
+r = json.load(sys.stdin)
+print("round %s: %-8s %6.0f/s %6.1f us/conn p99 %6.0f us" % (sys.argv[1], sys.argv[2], r["rate"], r["cpu_us"], r["p99_us"]))' "$round" "$x" >&2
+  done
 done
+# Syscalls per connection in each proxy, counted by the kernel over one
+# more rate run (perf stat on the proxy's pid): all of them, accept4 (one
+# per connection, more when a woken thread finds the queue empty),
+# epoll_wait, and context switches.
+SYSCALLS=""
+if command -v perf >/dev/null; then
+  for i in $(seq 0 $((n - 1))); do
+    out=$(perf stat -x, -e raw_syscalls:sys_enter,syscalls:sys_enter_accept4,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,context-switches \
+      -p "${PIDS[$i]}" -- "$LOAD" rate "127.0.0.1:${PORTS[$i]}" --conns "$CONNS" --secs "$SECS" 2>"$work/perf.txt")
+    SYSCALLS+="${NAMES[$i]} $(field_rate "$out") $(awk -F, '{printf "%s ", $1}' "$work/perf.txt")"$'\n'
+  done
+fi
+
 args=()
 for x in direct "${NAMES[@]}"; do args+=("$x" "${RUNS[$x]}"); done
-python3 - "$SECS" "$CONNS" "$ROUNDS" "$(cat /proc/loadavg)" "${args[@]}" <<'PY'
+python3 - "$SECS" "$CONNS" "$ROUNDS" "$(cat /proc/loadavg)" "$SYSCALLS" "${args[@]}" <<'PY'
 import json, statistics, sys
-secs, conns, rounds, load = sys.argv[1:5]
-rest = sys.argv[5:]
+secs, conns, rounds, load, syscalls = sys.argv[1:6]
+rest = sys.argv[6:]
 med = {}
 for name, lines in zip(rest[0::2], rest[1::2]):
     runs = [json.loads(l) for l in lines.splitlines() if l.strip()]
@@ -122,4 +140,14 @@ ah = h["p99_us"] - d["p99_us"]
 print("| p99 added by the proxy, µs | - | " + f"{ah:.0f} | " + " | ".join(
     f"{med[c]['p99_us'] - d['p99_us']:.0f} ({ratio(med[c]['p99_us'] - d['p99_us'], ah)}×)" for c in cols) + " |")
 print("| client errors | " + f"{d['errors']} | {h['errors']} | " + " | ".join(str(med[c]["errors"]) for c in cols) + " |")
+if syscalls.strip():
+    print()
+    print("Per connection in the proxy (perf stat -p PID over one more rate run):")
+    print("| proxy | syscalls | accept4 | epoll_wait | context switches |")
+    print("| --- | --- | --- | --- | --- |")
+    for line in syscalls.strip().splitlines():
+        f = line.split()
+        name, ex = f[0], float(f[1])
+        c = [float(x) if x.replace(".", "").isdigit() else 0.0 for x in f[2:7]]
+        print(f"| {label.get(name, 'HAProxy')} | {c[0] / ex:.2f} | {c[1] / ex:.2f} | {(c[2] + c[3]) / ex:.2f} | {c[4] / ex:.2f} |")
 PY
