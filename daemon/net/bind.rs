@@ -329,3 +329,65 @@ pub fn addrs_clash(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
         && a.is_ipv4() == b.is_ipv4()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd as _;
+    use tokio::net::{TcpListener, UdpSocket};
+
+    fn reuse_port<S: IpSocket>(s: &S) -> bool {
+        socket2::SockRef::from(s).reuse_port().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_group_shares_one_port_with_so_reuseport_and_one_socket_is_plain() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let g = bind_group::<TcpListener>(any, 3).unwrap();
+        assert_eq!(g.len(), 3);
+        let at = g.local_addr().unwrap();
+        assert_ne!(at.port(), 0);
+        assert!(
+            g.iter()
+                .all(|s| s.local_addr().unwrap() == at && reuse_port(s))
+        );
+        let u = bind_group::<UdpSocket>(any, 2).unwrap();
+        let uat = u.local_addr().unwrap();
+        assert!(
+            u.iter()
+                .all(|s| s.local_addr().unwrap() == uat && reuse_port(s))
+        );
+        let one = bind_group::<TcpListener>(any, 1).unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(!reuse_port(one.first()));
+        // A plain socket cannot join a group, nor a group a plain socket.
+        assert!(matches!(bind::<TcpListener>(at), Err(BindError::InUse(_))));
+        let plain = one.local_addr().unwrap();
+        assert!(matches!(
+            bind_group::<TcpListener>(plain, 2),
+            Err(BindError::InUse(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn adopting_a_group_grows_or_shrinks_it_to_the_count_wanted() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let g = bind_group::<TcpListener>(any, 2).unwrap();
+        let at = g.local_addr().unwrap();
+        let grown = adopt_group::<TcpListener>(g.dup_all().unwrap(), at, true, 4).unwrap();
+        assert_eq!(grown.len(), 4);
+        assert!(grown.iter().all(|s| s.local_addr().unwrap() == at));
+        let shrunk = adopt_group::<TcpListener>(grown.dup_all().unwrap(), at, true, 1).unwrap();
+        assert_eq!(shrunk.len(), 1);
+        // A plain socket stays alone: it cannot take members.
+        let one = bind_group::<TcpListener>(any, 1).unwrap();
+        let fd = one.first().as_fd().try_clone_to_owned().unwrap();
+        let alone =
+            adopt_group::<TcpListener>(vec![fd], one.local_addr().unwrap(), true, 3).unwrap();
+        assert_eq!(alone.len(), 1);
+        // Nothing to adopt, or a first socket elsewhere: an error.
+        assert!(adopt_group::<TcpListener>(Vec::new(), at, true, 2).is_err());
+        let elsewhere: SocketAddr = "127.0.0.2:1".parse().unwrap();
+        assert!(adopt_group::<TcpListener>(g.dup_all().unwrap(), elsewhere, true, 2).is_err());
+    }
+}

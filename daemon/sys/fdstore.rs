@@ -252,3 +252,19 @@ fn connect(path: &std::ffi::OsStr) -> std::io::Result<std::os::unix::net::UnixDa
     }
     Ok(sock)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_names_round_trip_and_other_names_are_whole() {
+        for (name, i) in [("p", 0), ("p", 1), ("web.1-a_b", 12)] {
+            assert_eq!(split_member(&member_name(name, i)), (name, i));
+        }
+        for other in ["-control", "p@", "@1", "p@0", "p@01", "p@x", "p@-1"] {
+            assert_eq!(split_member(other), (other, 0), "{other}");
+        }
+        assert_eq!(split_member("a@b@2"), ("a@b", 2));
+    }
+}
