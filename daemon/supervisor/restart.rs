@@ -62,6 +62,7 @@ pub(super) async fn supervise(
         if !current(&entry) {
             break;
         }
+        stop_listening(&cur_gen);
         tracing::error!(listener = %entry.name, error = %error, retry_in = ?backoff, "listener failed");
         entry.events.publish(
             EventKind::Failed,
@@ -121,4 +122,22 @@ pub(super) async fn supervise(
         }
     }
     cur_gen.sockets().clear();
+}
+
+/// After a failed run, take the generation's TCP sockets out of the
+/// listening state (shutdown(2); the descriptors stay, and so do the
+/// address and the clash check on it) until the restart binds anew.
+/// Otherwise the members of a SO_REUSEPORT group that did not fail would
+/// keep taking the connections the kernel hashes to them, with no accept
+/// loop left, for as long as the backoff lasts; and a healthy socket
+/// (a run that failed for another reason) would keep the port from the
+/// rebind. Connections waiting in their queues are reset, as they are
+/// when a listening socket fails.
+fn stop_listening(g: &Generation) {
+    for fd in g.sockets().iter() {
+        let s = socket2::SockRef::from(fd);
+        if s.r#type().is_ok_and(|t| t == socket2::Type::STREAM) {
+            let _ = s.shutdown(std::net::Shutdown::Read);
+        }
+    }
 }
