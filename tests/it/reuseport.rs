@@ -147,6 +147,11 @@ fn a_proxy_listens_on_a_socket_per_worker_and_keeps_the_clash_rules() {
         let err = netd.netctl_err(&args);
         assert!(err.contains("already in use"), "{kind} on {listen}: {err}");
     }
+    // Nor may another listener move there by an update.
+    let q = start_proxy(&netd, "q", "127.0.0.1:0", up.addr);
+    let err = netd.netctl_err(&["update", "q", "--listen", &p.to_string()]);
+    assert!(err.contains("already in use"), "{err}");
+    assert_eq!(bound_addr(&netd, "q"), q);
     assert_eq!(listening_inodes(p.port()), group);
 
     // A process of another user cannot join the group.
