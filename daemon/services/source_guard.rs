@@ -203,7 +203,7 @@ pub struct SourceGuard<'a> {
     own: OwnAddrsView,
     /// Sources that can only be a loop for this listener.
     never: Vec<SocketAddr>,
-    limiter: Option<Limiter>,
+    limiter: Option<std::sync::Arc<parking_lot::Mutex<Limiter>>>,
     counters: &'a GuardCounters,
     listener: &'a str,
     warn: RateLimitedWarn,
@@ -220,7 +220,7 @@ impl<'a> SourceGuard<'a> {
             rules,
             own: own.view(),
             never: Vec::new(),
-            limiter: rules.rate.map(|r| Limiter::new(r, rules.max_sources)),
+            limiter: SourceBuckets::new(rules).0,
             counters,
             listener,
             warn: RateLimitedWarn::new(DEFAULT_INTERVAL),
@@ -231,6 +231,13 @@ impl<'a> SourceGuard<'a> {
     pub fn never_from(mut self, addr: SocketAddr) -> Self {
         self.never
             .push(SocketAddr::new(addr.ip().to_canonical(), addr.port()));
+        self
+    }
+
+    /// Use `buckets` (shared with the listener's other receive loops)
+    /// rather than a table of its own.
+    pub fn sharing(mut self, buckets: &SourceBuckets) -> Self {
+        self.limiter = buckets.0.clone();
         self
     }
 
@@ -271,7 +278,9 @@ impl<'a> SourceGuard<'a> {
         if self.never.contains(&canonical) || self.own.contains(peer) {
             return Err(Dropped::OwnSource);
         }
-        if let Some(l) = self.limiter.as_mut() {
+        if let Some(l) = self.limiter.as_ref() {
+            // Held for one lookup, never across an await.
+            let mut l = l.lock();
             let allowed = l.check(rate_key(peer.ip(), DEFAULT_IPV6_PREFIX), now);
             self.counters
                 .sources_tracked
@@ -285,6 +294,22 @@ impl<'a> SourceGuard<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// The per-source token buckets of a listener, shared by its receive
+/// loops (one per socket of a SO_REUSEPORT group): the kernel spreads one
+/// source IP's ports over the sockets, and the limit is per IP, so the
+/// loops take tokens from one table (a short lock per datagram, only with
+/// `rate_limit` on). None without a rate limit.
+#[derive(Debug, Clone)]
+pub struct SourceBuckets(Option<std::sync::Arc<parking_lot::Mutex<Limiter>>>);
+
+impl SourceBuckets {
+    pub fn new(rules: &SourceRules) -> Self {
+        SourceBuckets(rules.rate.map(|r| {
+            std::sync::Arc::new(parking_lot::Mutex::new(Limiter::new(r, rules.max_sources)))
+        }))
     }
 }
 

@@ -290,7 +290,7 @@ impl ListenerKind for UdpProxy {
     }
 
     async fn run(self: Arc<Self>, socket: UdpSocket, ctx: ServiceCtx) -> anyhow::Result<()> {
-        forward::run(&self, socket, ctx).await
+        forward::run(self, vec![socket], ctx).await
     }
 
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
