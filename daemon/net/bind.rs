@@ -1,6 +1,16 @@
 //! Binding listening sockets, and adopting sockets bound elsewhere (the
 //! socket of a listener updated in place, or one handed over by a previous
 //! netd), with bind errors classified for the control plane.
+//!
+//! A listener may hold a *group* of sockets ([`Sockets`]): N sockets bound
+//! at one address with SO_REUSEPORT, so that the kernel spreads new
+//! connections (and UDP flows, by the 4-tuple hash) over them and each
+//! per-core worker waits on its own socket. A group of one is a plain
+//! socket without SO_REUSEPORT. The kernel lets a socket join a
+//! reuseport group only if it sets SO_REUSEPORT too and its process has
+//! the same effective uid; netd itself refuses a second listener on an
+//! address one of its listeners holds (the supervisor's check), since the
+//! kernel would let two of its own groups share a port.
 
 use std::io;
 use std::net::SocketAddr;
@@ -34,38 +44,184 @@ impl BindError {
 }
 
 /// A socket type a listener binds: a listening TCP socket or a UDP socket.
-pub trait IpSocket: Sized {
+pub trait IpSocket: Sized + std::os::fd::AsFd {
     /// What [`adopt`] requires of a descriptor.
     const TYPE: socket2::Type;
-    /// Bind a new one at `addr`.
-    fn bind_new(addr: SocketAddr) -> io::Result<Self>;
+    /// Bind a new one at `addr`, with SO_REUSEPORT when `reuse_port` (a
+    /// member of a group).
+    fn bind_new(addr: SocketAddr, reuse_port: bool) -> io::Result<Self>;
     /// Wrap a bound, non-blocking socket.
     fn from_socket(socket: socket2::Socket) -> io::Result<Self>;
+    fn local(&self) -> io::Result<SocketAddr>;
 }
 
 impl IpSocket for tokio::net::TcpListener {
     const TYPE: socket2::Type = socket2::Type::STREAM;
-    fn bind_new(addr: SocketAddr) -> io::Result<Self> {
-        bind_tcp(addr)
+    fn bind_new(addr: SocketAddr, reuse_port: bool) -> io::Result<Self> {
+        bind_tcp(addr, reuse_port)
     }
     fn from_socket(socket: socket2::Socket) -> io::Result<Self> {
         tokio::net::TcpListener::from_std(socket.into())
+    }
+    fn local(&self) -> io::Result<SocketAddr> {
+        self.local_addr()
     }
 }
 
 impl IpSocket for tokio::net::UdpSocket {
     const TYPE: socket2::Type = socket2::Type::DGRAM;
-    fn bind_new(addr: SocketAddr) -> io::Result<Self> {
-        bind_udp(addr)
+    fn bind_new(addr: SocketAddr, reuse_port: bool) -> io::Result<Self> {
+        bind_udp(addr, reuse_port)
     }
     fn from_socket(socket: socket2::Socket) -> io::Result<Self> {
         tokio::net::UdpSocket::from_std(socket.into())
+    }
+    fn local(&self) -> io::Result<SocketAddr> {
+        self.local_addr()
     }
 }
 
 /// Bind a new socket at `addr`.
 pub fn bind<S: IpSocket>(addr: SocketAddr) -> Result<S, BindError> {
-    S::bind_new(addr).map_err(|e| BindError::from_io(addr, e))
+    S::bind_new(addr, false).map_err(|e| BindError::from_io(addr, e))
+}
+
+/// A non-empty set of sockets of type `S` bound at the same address: one
+/// plain socket, or a group of several that all have SO_REUSEPORT (set
+/// before bind). What a listener with per-core workers binds (see
+/// [`bind_group`]), kept whole by the supervisor across in-place updates,
+/// restarts and hand-overs.
+#[derive(Debug)]
+pub struct Sockets<S> {
+    all: Vec<S>,
+}
+
+impl<S> Sockets<S> {
+    /// A set of one.
+    pub fn one(socket: S) -> Self {
+        Sockets { all: vec![socket] }
+    }
+
+    /// None if `all` is empty.
+    pub fn from_vec(all: Vec<S>) -> Option<Self> {
+        (!all.is_empty()).then_some(Sockets { all })
+    }
+
+    pub fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    /// Never true; for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    pub fn first(&self) -> &S {
+        &self.all[0]
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, S> {
+        self.all.iter()
+    }
+
+    pub fn into_vec(self) -> Vec<S> {
+        self.all
+    }
+}
+
+impl<S: IpSocket> Sockets<S> {
+    /// The address bound (the same for every member).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.first().local()
+    }
+
+    /// Duplicates of every member's descriptor, in order.
+    pub fn dup_all(&self) -> io::Result<Vec<OwnedFd>> {
+        self.all
+            .iter()
+            .map(|s| s.as_fd().try_clone_to_owned())
+            .collect()
+    }
+}
+
+/// Bind `n` sockets at `addr` (at least one): one plain socket for `n` ≤ 1,
+/// else a group with SO_REUSEPORT. For port 0, the first member gets a
+/// port and the others join it there.
+///
+/// A UDP socket with SO_REUSEPORT bound at port 0 may be given a port a
+/// reuseport socket of the same user already holds (TCP's port choice
+/// avoids that; UDP's does not), so a UDP group's port is first reserved
+/// by a plain socket, released, and the group bound there.
+pub fn bind_group<S: IpSocket>(addr: SocketAddr, n: usize) -> Result<Sockets<S>, BindError> {
+    if n <= 1 {
+        return bind(addr).map(Sockets::one);
+    }
+    let first_at = if addr.port() == 0 && S::TYPE == socket2::Type::DGRAM {
+        let probe: S = bind(addr)?;
+        probe.local().map_err(|e| BindError::from_io(addr, e))?
+    } else {
+        addr
+    };
+    let first = S::bind_new(first_at, true).map_err(|e| BindError::from_io(addr, e))?;
+    let at = first.local().map_err(|e| BindError::from_io(addr, e))?;
+    let mut all = Vec::with_capacity(n);
+    all.push(first);
+    grow(&mut all, at, n)?;
+    Ok(Sockets { all })
+}
+
+/// Bind members at `at` until there are `n`.
+fn grow<S: IpSocket>(all: &mut Vec<S>, at: SocketAddr, n: usize) -> Result<(), BindError> {
+    while all.len() < n {
+        all.push(S::bind_new(at, true).map_err(|e| BindError::from_io(at, e))?);
+    }
+    Ok(())
+}
+
+/// Take over a group handed over (see [`adopt`]): `fds` in member order,
+/// the first one required; members that do not fit are closed. Then make
+/// it `want` members: more bound at its address if it has fewer (possible
+/// only when the members have SO_REUSEPORT; a plain socket from a netd
+/// that ran it alone stays alone until the listener rebinds), extras
+/// closed if it has more (their queued connections move to the others
+/// where the kernel migrates them, see `net.ipv4.tcp_migrate_req`).
+pub fn adopt_group<S: IpSocket>(
+    fds: Vec<OwnedFd>,
+    spec_addr: SocketAddr,
+    expect_addr: bool,
+    want: usize,
+) -> Result<Sockets<S>, BindError> {
+    let mut fds = fds.into_iter();
+    let first_fd = fds.next().ok_or_else(|| {
+        BindError::Precondition(format!(
+            "cannot take over the socket for {spec_addr}: none was handed over"
+        ))
+    })?;
+    let first: S = adopt(first_fd, spec_addr, expect_addr)?;
+    let at = first
+        .local()
+        .map_err(|e| BindError::from_io(spec_addr, e))?;
+    let grouped = socket2::SockRef::from(&first).reuse_port().unwrap_or(false);
+    let mut all = vec![first];
+    for fd in fds {
+        if all.len() >= want.max(1) {
+            break;
+        }
+        // Members are checked against the first one's address: a member
+        // bound elsewhere is not part of the group.
+        match adopt::<S>(fd, at, true) {
+            Ok(s) => all.push(s),
+            Err(e) => {
+                tracing::warn!(addr = %at, error = %e, "a socket handed over does not fit its group; closed")
+            }
+        }
+    }
+    if grouped {
+        grow(&mut all, at, want)?;
+    } else if want > 1 {
+        tracing::info!(addr = %at, "the socket handed over has no SO_REUSEPORT: it stays alone (one socket, not {want}) until the listener binds anew");
+    }
+    Ok(Sockets { all })
 }
 
 /// Take over an already bound socket instead of binding one: the socket of
@@ -114,10 +270,13 @@ pub fn adopt<S: IpSocket>(
 /// Backlog for TCP listening sockets.
 const BACKLOG: i32 = 1024;
 
-fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<tokio::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -132,9 +291,12 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::from_std(socket.into())
 }
 
-fn bind_udp(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<tokio::net::UdpSocket> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }

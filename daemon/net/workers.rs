@@ -7,11 +7,14 @@
 //! and its timer sits in that worker's own wheel. The control plane, the
 //! supervisor and everything else stay on the main runtime.
 //!
-//! The listening socket itself is unchanged (one socket, bound by the
-//! supervisor, kept as a dup for in-place updates and hand-over): the
-//! workers only hold `dup(2)`s of it for as long as the listener's `run`
-//! lasts. The workers exist for the life of the process; they start on the
-//! first proxy listener and hold no state of their own.
+//! A kind with an accept loop per worker asks the supervisor for
+//! [`socket_count`] sockets: a SO_REUSEPORT group with one socket per
+//! worker (see [`crate::net::bind::Sockets`]), so the kernel hands each
+//! new connection to one worker's socket and wakes that worker only.
+//! `NETD_REUSEPORT=off` in netd's environment turns the groups off: one
+//! socket, shared by the workers' loops as `dup(2)`s. The workers exist
+//! for the life of the process; they start on the first such listener and
+//! hold no state of their own.
 
 use std::sync::OnceLock;
 
@@ -35,6 +38,22 @@ pub fn handles() -> &'static [Handle] {
             }
         }
     })
+}
+
+/// How many sockets a listener with a loop per worker binds: one per
+/// worker (at least one), or one when `NETD_REUSEPORT` is `off` (or `0`,
+/// `false`, `no`) in the environment.
+pub fn socket_count() -> usize {
+    static OFF: OnceLock<bool> = OnceLock::new();
+    let off = *OFF.get_or_init(|| {
+        std::env::var("NETD_REUSEPORT").is_ok_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "off" | "0" | "false" | "no"
+            )
+        })
+    });
+    if off { 1 } else { handles().len().max(1) }
 }
 
 /// How often an otherwise idle worker wakes up; see [`start`].

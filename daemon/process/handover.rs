@@ -62,7 +62,10 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const SOCKETS_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the old process waits for DONE (the new one boots meanwhile).
 pub const DONE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Largest message: 253 lines of a 63-character name and a kind.
+/// Longest socket name: a 63-character listener name and a group
+/// member's suffix (`@12345`, see [`crate::sys::fdstore::member_name`]).
+const MAX_NAME: usize = 80;
+/// Largest message: 253 lines of an 80-character name and a kind.
 const MAX_MESSAGE: usize = 64 * 1024;
 /// Most sockets one hand-over may carry.
 const MAX_SOCKETS: usize = 100_000;
@@ -315,7 +318,7 @@ impl Successor {
             }
             for (line, fd) in lines.into_iter().zip(fds) {
                 let (name, kind) = line.split_once(' ').unwrap_or((line, "?"));
-                if name.is_empty() || name.len() > 64 {
+                if name.is_empty() || name.len() > MAX_NAME {
                     bail!("bad socket name {name:?} in the hand-over");
                 }
                 tracing::debug!(name, kind, "received a socket");

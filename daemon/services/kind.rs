@@ -16,8 +16,10 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use tokio::net::{TcpListener, UdpSocket};
+
 use super::{Bound, ServiceCtx, Settings, SpecError};
-use crate::net::bind::BindError;
+use crate::net::bind::{BindError, Sockets};
 use crate::proto;
 use crate::telemetry::families::{DetailFamilies, NoFamilies};
 
@@ -33,23 +35,87 @@ pub enum Transport {
 }
 
 /// What a kind's `bind` gives its `run`, and how it is kept in a [`Bound`]
-/// while the supervisor holds it.
+/// while the supervisor holds it: one socket, or a group of sockets
+/// bound at one address ([`Sockets`], for kinds with a loop per worker).
 pub trait KindSocket: Sized + Send + 'static {
-    /// A new socket bound at `addr` (see [`crate::net::bind::bind`]).
-    fn bind_at(addr: SocketAddr) -> Result<Self, BindError>;
-    /// An already bound socket taken over (see [`crate::net::bind::adopt`]).
-    fn adopt_at(fd: OwnedFd, spec_addr: SocketAddr, expect_addr: bool) -> Result<Self, BindError>;
+    /// New sockets bound at `addr`: `n` of them for a group, one else (see
+    /// [`crate::net::bind::bind_group`]).
+    fn bind_at(addr: SocketAddr, n: usize) -> Result<Self, BindError>;
+    /// Already bound sockets taken over, the first required (see
+    /// [`crate::net::bind::adopt_group`]); a group is made `n` strong.
+    fn adopt_at(
+        fds: Vec<OwnedFd>,
+        spec_addr: SocketAddr,
+        expect_addr: bool,
+        n: usize,
+    ) -> Result<Self, BindError>;
     fn into_bound(self) -> Bound;
     /// The socket back out of a [`Bound`]; None if it is of another type.
     fn from_bound(bound: Bound) -> Option<Self>;
 }
 
-impl KindSocket for tokio::net::TcpListener {
-    fn bind_at(addr: SocketAddr) -> Result<Self, BindError> {
+/// The first of `fds` (the rest are closed), or an error naming `at`.
+fn first_fd(fds: Vec<OwnedFd>, at: SocketAddr) -> Result<OwnedFd, BindError> {
+    fds.into_iter().next().ok_or_else(|| {
+        BindError::Precondition(format!(
+            "cannot take over the socket for {at}: none was handed over"
+        ))
+    })
+}
+
+impl KindSocket for TcpListener {
+    fn bind_at(addr: SocketAddr, _n: usize) -> Result<Self, BindError> {
         crate::net::bind::bind(addr)
     }
-    fn adopt_at(fd: OwnedFd, spec_addr: SocketAddr, expect_addr: bool) -> Result<Self, BindError> {
-        crate::net::bind::adopt(fd, spec_addr, expect_addr)
+    fn adopt_at(
+        fds: Vec<OwnedFd>,
+        spec_addr: SocketAddr,
+        expect_addr: bool,
+        _n: usize,
+    ) -> Result<Self, BindError> {
+        crate::net::bind::adopt(first_fd(fds, spec_addr)?, spec_addr, expect_addr)
+    }
+    fn into_bound(self) -> Bound {
+        Bound::Tcp(Sockets::one(self))
+    }
+    /// The first socket of a group (the others are closed).
+    fn from_bound(bound: Bound) -> Option<Self> {
+        Sockets::<Self>::from_bound(bound).and_then(|s| s.into_vec().into_iter().next())
+    }
+}
+
+impl KindSocket for UdpSocket {
+    fn bind_at(addr: SocketAddr, _n: usize) -> Result<Self, BindError> {
+        crate::net::bind::bind(addr)
+    }
+    fn adopt_at(
+        fds: Vec<OwnedFd>,
+        spec_addr: SocketAddr,
+        expect_addr: bool,
+        _n: usize,
+    ) -> Result<Self, BindError> {
+        crate::net::bind::adopt(first_fd(fds, spec_addr)?, spec_addr, expect_addr)
+    }
+    fn into_bound(self) -> Bound {
+        Bound::Udp(Sockets::one(self))
+    }
+    /// The first socket of a group (the others are closed).
+    fn from_bound(bound: Bound) -> Option<Self> {
+        Sockets::<Self>::from_bound(bound).and_then(|s| s.into_vec().into_iter().next())
+    }
+}
+
+impl KindSocket for Sockets<TcpListener> {
+    fn bind_at(addr: SocketAddr, n: usize) -> Result<Self, BindError> {
+        crate::net::bind::bind_group(addr, n)
+    }
+    fn adopt_at(
+        fds: Vec<OwnedFd>,
+        spec_addr: SocketAddr,
+        expect_addr: bool,
+        n: usize,
+    ) -> Result<Self, BindError> {
+        crate::net::bind::adopt_group(fds, spec_addr, expect_addr, n)
     }
     fn into_bound(self) -> Bound {
         Bound::Tcp(self)
@@ -62,12 +128,17 @@ impl KindSocket for tokio::net::TcpListener {
     }
 }
 
-impl KindSocket for tokio::net::UdpSocket {
-    fn bind_at(addr: SocketAddr) -> Result<Self, BindError> {
-        crate::net::bind::bind(addr)
+impl KindSocket for Sockets<UdpSocket> {
+    fn bind_at(addr: SocketAddr, n: usize) -> Result<Self, BindError> {
+        crate::net::bind::bind_group(addr, n)
     }
-    fn adopt_at(fd: OwnedFd, spec_addr: SocketAddr, expect_addr: bool) -> Result<Self, BindError> {
-        crate::net::bind::adopt(fd, spec_addr, expect_addr)
+    fn adopt_at(
+        fds: Vec<OwnedFd>,
+        spec_addr: SocketAddr,
+        expect_addr: bool,
+        n: usize,
+    ) -> Result<Self, BindError> {
+        crate::net::bind::adopt_group(fds, spec_addr, expect_addr, n)
     }
     fn into_bound(self) -> Bound {
         Bound::Udp(self)
@@ -83,17 +154,18 @@ impl KindSocket for tokio::net::UdpSocket {
 /// A capture binds no address: the sniffer opens one itself (its own
 /// [`ListenerKind::bind`] and [`ListenerKind::adopt`]).
 impl KindSocket for super::sniffer::Capture {
-    fn bind_at(addr: SocketAddr) -> Result<Self, BindError> {
+    fn bind_at(addr: SocketAddr, _n: usize) -> Result<Self, BindError> {
         Err(BindError::Precondition(format!(
             "a capture is not bound to an address ({addr})"
         )))
     }
     fn adopt_at(
-        _fd: OwnedFd,
+        _fds: Vec<OwnedFd>,
         spec_addr: SocketAddr,
         _expect_addr: bool,
+        n: usize,
     ) -> Result<Self, BindError> {
-        Self::bind_at(spec_addr)
+        Self::bind_at(spec_addr, n)
     }
     fn into_bound(self) -> Bound {
         Bound::Packet(self)
@@ -205,20 +277,28 @@ pub trait ListenerKind: std::fmt::Debug + Send + Sync + Sized + 'static {
         bound.map(|a| a.to_string()).unwrap_or_default()
     }
 
-    /// Bind, at `addr` when given (a restart rebinds the address first
-    /// bound), else where the spec says. Called off the runtime's workers.
-    /// Default: a socket of the kind's type at that address.
-    fn bind(&self, addr: Option<SocketAddr>) -> Result<Self::Socket, BindError> {
-        let at = addr.or(self.listen_addr()).ok_or_else(no_address)?;
-        Self::Socket::bind_at(at)
+    /// How many sockets the kind binds at its address: 1, or one per
+    /// per-core worker for a kind with an accept or receive loop on each
+    /// ([`crate::net::workers::socket_count`]) and `Socket = Sockets<_>`.
+    fn sockets(&self) -> usize {
+        1
     }
 
-    /// Take over an already bound socket instead (see
-    /// [`crate::net::bind::adopt`]). Default: checked against the spec's
-    /// address.
-    fn adopt(&self, fd: OwnedFd, expect_addr: bool) -> Result<Self::Socket, BindError> {
+    /// Bind, at `addr` when given (a restart rebinds the address first
+    /// bound), else where the spec says. Called off the runtime's workers.
+    /// Default: [`ListenerKind::sockets`] sockets of the kind's type at
+    /// that address.
+    fn bind(&self, addr: Option<SocketAddr>) -> Result<Self::Socket, BindError> {
+        let at = addr.or(self.listen_addr()).ok_or_else(no_address)?;
+        Self::Socket::bind_at(at, self.sockets())
+    }
+
+    /// Take over already bound sockets instead (see
+    /// [`crate::net::bind::adopt_group`]): `fds` in member order. Default:
+    /// checked against the spec's address.
+    fn adopt(&self, fds: Vec<OwnedFd>, expect_addr: bool) -> Result<Self::Socket, BindError> {
         let at = self.listen_addr().ok_or_else(no_address)?;
-        Self::Socket::adopt_at(fd, at, expect_addr)
+        Self::Socket::adopt_at(fds, at, expect_addr, self.sockets())
     }
 
     /// Checks that need the address actually bound (port 0 resolved).

@@ -301,9 +301,9 @@ macro_rules! registry {
             /// store). It must be of the service's type; with `expect_addr`,
             /// also bound where the spec asks. A sniffer opens a new capture
             /// instead.
-            pub fn adopt(&self, fd: std::os::fd::OwnedFd, expect_addr: bool) -> Result<Bound, BindError> {
+            pub fn adopt(&self, fds: Vec<std::os::fd::OwnedFd>, expect_addr: bool) -> Result<Bound, BindError> {
                 match self {
-                    $(Service::$arm(s) => s.adopt(fd, expect_addr).map(KindSocket::into_bound),)+
+                    $(Service::$arm(s) => s.adopt(fds, expect_addr).map(KindSocket::into_bound),)+
                 }
             }
 
@@ -535,24 +535,25 @@ impl ServiceCtx {
     }
 }
 
-/// A socket bound for a service, handed to [`Service::run`].
+/// The sockets bound for a service (one, or a SO_REUSEPORT group), handed
+/// to [`Service::run`].
 #[derive(Debug)]
 pub enum Bound {
-    Tcp(tokio::net::TcpListener),
-    Udp(tokio::net::UdpSocket),
+    Tcp(crate::net::bind::Sockets<tokio::net::TcpListener>),
+    Udp(crate::net::bind::Sockets<tokio::net::UdpSocket>),
     Packet(sniffer::Capture),
 }
 
 impl Bound {
-    /// A duplicate descriptor of the listening socket (TCP and UDP), kept
-    /// by the supervisor so that an update can run a new service on the
-    /// same socket and an upgrade can hand it over. None for a capture.
-    pub fn dup_socket(&self) -> io::Result<Option<std::os::fd::OwnedFd>> {
-        use std::os::fd::AsFd as _;
+    /// Duplicate descriptors of the listening sockets (TCP and UDP), in
+    /// member order, kept by the supervisor so that an update can run a
+    /// new service on the same sockets and an upgrade can hand them over.
+    /// Empty for a capture.
+    pub fn dup_sockets(&self) -> io::Result<Vec<std::os::fd::OwnedFd>> {
         match self {
-            Bound::Tcp(l) => l.as_fd().try_clone_to_owned().map(Some),
-            Bound::Udp(s) => s.as_fd().try_clone_to_owned().map(Some),
-            Bound::Packet(_) => Ok(None),
+            Bound::Tcp(l) => l.dup_all(),
+            Bound::Udp(s) => s.dup_all(),
+            Bound::Packet(_) => Ok(Vec::new()),
         }
     }
 

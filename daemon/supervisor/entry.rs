@@ -50,27 +50,34 @@ pub(super) struct Generation {
     pub(super) own_udp_addr: Option<SocketAddr>,
     /// Stops this generation accepting (a child of the listener's token).
     pub(super) stop: CancellationToken,
-    /// A duplicate of the listening socket (TCP, UDP) for in-place updates
-    /// and hand-over; replaced when a restart rebinds, dropped when the
-    /// generation stops so that the port is really closed.
-    pub(super) socket: Mutex<Option<OwnedFd>>,
+    /// Duplicates of the listening sockets (TCP, UDP: one, or every
+    /// member of a SO_REUSEPORT group, in order) for in-place updates and
+    /// hand-over; replaced when a restart rebinds, dropped when the
+    /// generation stops so that the port is really closed. Empty for none.
+    pub(super) sockets: Mutex<Vec<OwnedFd>>,
     /// Cancelled when this generation's supervising task has ended (its
     /// socket or capture is closed).
     pub(super) ended: CancellationToken,
 }
 
 impl Generation {
-    pub(super) fn socket(&self) -> MutexGuard<'_, Option<OwnedFd>> {
-        self.socket.lock()
+    pub(super) fn sockets(&self) -> MutexGuard<'_, Vec<OwnedFd>> {
+        self.sockets.lock()
     }
 
-    /// Keep this generation's socket in systemd's fd store as `name`
-    /// (replacing the one there), or drop the entry if it has none.
+    /// Keep this generation's sockets in systemd's fd store as `name`
+    /// (and `name@1`, ... for a group), replacing those there, or drop
+    /// the entries if it has none.
     pub(super) fn store_socket(&self, name: &str) {
-        use std::os::fd::AsFd as _;
-        match self.socket().as_ref() {
-            Some(fd) => crate::sys::fdstore::store(name, fd.as_fd()),
-            None => crate::sys::fdstore::remove(name),
+        let dups: Vec<OwnedFd> = self
+            .sockets()
+            .iter()
+            .filter_map(|fd| fd.try_clone().ok())
+            .collect();
+        if dups.is_empty() {
+            crate::sys::fdstore::remove_group(name);
+        } else {
+            crate::sys::fdstore::store_group(name, &dups);
         }
     }
 }
@@ -233,7 +240,7 @@ impl Supervisor {
             bound_addr,
             own_udp_addr: None,
             stop: stop_accepting.child_token(),
-            socket: Mutex::new(None),
+            sockets: Mutex::new(Vec::new()),
             ended: CancellationToken::new(),
         });
         Arc::new(Entry {
@@ -262,8 +269,19 @@ impl Supervisor {
         let mut listeners = self.listeners();
         // Taken meanwhile: the caller drops what it bound.
         self.check_free(&listeners, name)?;
+        check_addr_free(&listeners, name, &entry.current_gen())?;
         listeners.insert(name.to_string(), entry.clone());
         Ok(())
+    }
+
+    /// [`check_addr_free`] under the registry lock: for an update that
+    /// binds `g` anew.
+    pub(super) fn check_addr_free(
+        &self,
+        name: &str,
+        g: &Generation,
+    ) -> Result<(), SupervisorError> {
+        check_addr_free(&self.listeners(), name, g)
     }
 
     /// AlreadyExists if `name` is taken, ShuttingDown once shutdown began.
@@ -309,4 +327,54 @@ impl Supervisor {
     pub(super) fn entries(&self) -> Vec<Arc<Entry>> {
         self.listeners().values().cloned().collect()
     }
+}
+
+/// The transport of the generation's kind, for address clashes (None for
+/// a capture).
+fn ip_transport(g: &Generation) -> Option<crate::services::kind::Transport> {
+    use crate::services::kind::Transport;
+    let t = crate::services::info(g.spec.kind.as_ref()?).transport;
+    (t != Transport::Packet).then_some(t)
+}
+
+/// Whether the generation holds a SO_REUSEPORT group (more than one
+/// socket).
+fn grouped(g: &Generation) -> bool {
+    g.sockets().len() > 1
+}
+
+/// InUse if a listener other than `name` holds an address that the one
+/// `g` is bound at clashes with ([`crate::net::bind::addrs_clash`]: same
+/// port and protocol, same IP or a wildcard). The kernel refuses such a
+/// bind when either side is a plain socket, but two SO_REUSEPORT groups
+/// of netd's (same user) would share the port: this refuses that too, so
+/// the rule is the same as without groups. Only groups are compared (the
+/// kernel has checked the rest), and listeners leaving are not counted
+/// (their sockets are closing).
+fn check_addr_free(
+    listeners: &BTreeMap<String, Arc<Entry>>,
+    name: &str,
+    g: &Generation,
+) -> Result<(), SupervisorError> {
+    let (Some(addr), Some(t)) = (g.bind_addr, ip_transport(g)) else {
+        return Ok(());
+    };
+    if !grouped(g) {
+        return Ok(());
+    }
+    for (other, e) in listeners {
+        if other == name || e.leaving.load(Ordering::Relaxed) {
+            continue;
+        }
+        let og = e.current_gen();
+        if !grouped(&og) {
+            continue;
+        }
+        if let (Some(b), Some(ot)) = (og.bind_addr, ip_transport(&og)) {
+            if ot == t && crate::net::bind::addrs_clash(b, addr) {
+                return Err(crate::net::bind::BindError::InUse(addr).into());
+            }
+        }
+    }
+    Ok(())
 }

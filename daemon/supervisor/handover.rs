@@ -9,29 +9,48 @@ use std::sync::atomic::Ordering;
 use super::{Supervisor, SupervisorError};
 
 impl Supervisor {
-    /// Sockets handed over by a previous netd, by listener name: each is
-    /// used by the first start of that name whose spec it matches.
+    /// Sockets handed over by a previous netd, by name: a listener's name,
+    /// or `name@i` for the other members of its group
+    /// ([`crate::sys::fdstore::member_name`]). A group is used by the
+    /// first start of that name whose spec it matches.
     pub fn inherit(&self, sockets: HashMap<String, OwnedFd>) {
-        self.inner.inherited.lock().extend(sockets);
+        let mut inherited = self.inner.inherited.lock();
+        for (name, fd) in sockets {
+            let (base, i) = crate::sys::fdstore::split_member(&name);
+            inherited.entry(base.to_string()).or_default().insert(i, fd);
+        }
     }
 
-    /// Inherited sockets no listener took (closed by the caller).
-    pub fn take_unused_inherited(&self) -> HashMap<String, OwnedFd> {
+    /// Inherited sockets no listener took (closed by the caller), by the
+    /// names they were handed over with.
+    pub fn take_unused_inherited(&self) -> Vec<(String, OwnedFd)> {
         std::mem::take(&mut *self.inner.inherited.lock())
-    }
-
-    /// Duplicates of every running listener's listening socket (TCP, UDP),
-    /// by name, for handing over to a successor.
-    pub fn listening_sockets(&self) -> Vec<(String, OwnedFd)> {
-        self.entries()
-            .iter()
-            .filter(|e| !e.leaving.load(Ordering::Relaxed))
-            .filter_map(|e| {
-                let g = e.current_gen();
-                let dup = g.socket().as_ref().and_then(|fd| fd.try_clone().ok());
-                dup.map(|fd| (e.name.to_string(), fd))
+            .into_iter()
+            .flat_map(|(name, members)| {
+                members
+                    .into_iter()
+                    .map(move |(i, fd)| (crate::sys::fdstore::member_name(&name, i), fd))
             })
             .collect()
+    }
+
+    /// Duplicates of every running listener's listening sockets (TCP,
+    /// UDP), by name (`name`, then `name@1`, ... for the members of a
+    /// group), for handing over to a successor.
+    pub fn listening_sockets(&self) -> Vec<(String, OwnedFd)> {
+        let mut out = Vec::new();
+        for e in self.entries() {
+            if e.leaving.load(Ordering::Relaxed) {
+                continue;
+            }
+            let g = e.current_gen();
+            for (i, fd) in g.sockets().iter().enumerate() {
+                if let Ok(dup) = fd.try_clone() {
+                    out.push((crate::sys::fdstore::member_name(&e.name, i), dup));
+                }
+            }
+        }
+        out
     }
 
     /// Stop writing the state file (the listeners now belong to a

@@ -26,11 +26,11 @@ use super::{Supervisor, SupervisorError, blocking_failed, validate_name};
 pub(super) enum Source {
     /// Bind where the spec says.
     Bind,
-    /// The socket of the generation this one replaces in place.
-    Same(OwnedFd),
-    /// A socket handed over by a previous netd, if bound where the spec
-    /// says.
-    Inherited(OwnedFd),
+    /// The sockets of the generation this one replaces in place.
+    Same(Vec<OwnedFd>),
+    /// Sockets handed over by a previous netd (a group's members in
+    /// order), if bound where the spec says.
+    Inherited(Vec<OwnedFd>),
 }
 
 /// A generation ready to run: built and bound, not yet registered.
@@ -151,7 +151,7 @@ impl Supervisor {
                 Source::Bind => service.bind(None)?,
                 // The old socket may be dead (the listener failed and is
                 // waiting to rebind): then bind where the spec says.
-                Source::Same(fd) => match service.adopt(fd, false) {
+                Source::Same(fds) => match service.adopt(fds, false) {
                     Ok(b) => {
                         reused = true;
                         b
@@ -161,9 +161,10 @@ impl Supervisor {
                         service.bind(None)?
                     }
                 },
-                Source::Inherited(fd) => match service.adopt(fd, true) {
+                Source::Inherited(fds) => match service.adopt(fds, true) {
                     Ok(b) => {
-                        tracing::info!(listener = %name, "took over the listening socket handed over by the previous netd");
+                        let sockets = b.dup_sockets().map_or(0, |v| v.len());
+                        tracing::info!(listener = %name, sockets, "took over the listening socket handed over by the previous netd");
                         b
                     }
                     Err(e) => {
@@ -187,8 +188,10 @@ impl Supervisor {
         .map_err(|e| blocking_failed("listener", e))?
     }
 
-    fn take_inherited(&self, name: &str) -> Option<OwnedFd> {
-        self.inner.inherited.lock().remove(name)
+    /// The sockets handed over for `name`, its group's members in order.
+    fn take_inherited(&self, name: &str) -> Option<Vec<OwnedFd>> {
+        let members = self.inner.inherited.lock().remove(name)?;
+        Some(members.into_values().collect())
     }
 
     /// A generation for `entry` from a prepared service and socket.
@@ -213,7 +216,7 @@ impl Supervisor {
                 return Err(BindError::Other(asked, e).into());
             }
         };
-        let socket = bound.dup_socket().ok().flatten();
+        let sockets = bound.dup_sockets().unwrap_or_default();
         let bound_addr = service.describe_bound(bind_addr);
         let own_udp_addr = bind_addr.filter(|_| matches!(bound, Bound::Udp(_)));
         Ok((
@@ -226,7 +229,7 @@ impl Supervisor {
                 bound_addr,
                 own_udp_addr,
                 stop: entry.stop_accepting.child_token(),
-                socket: Mutex::new(socket),
+                sockets: Mutex::new(sockets),
                 ended: CancellationToken::new(),
             }),
             bound,
@@ -244,7 +247,7 @@ impl Supervisor {
         validate_labels(&labels)?;
         self.check_free(&self.listeners(), name)?;
         let source = match self.take_inherited(name) {
-            Some(fd) => Source::Inherited(fd),
+            Some(fds) => Source::Inherited(fds),
             None => Source::Bind,
         };
         let p = self.prepare(name, spec, source, None).await?;
@@ -299,8 +302,8 @@ impl Supervisor {
             return Err(SupervisorError::Leaving(name.to_string()));
         }
         entry.set_state(ListenerState::Stopping);
-        entry.current_gen().socket().take();
-        crate::sys::fdstore::remove(name);
+        entry.current_gen().sockets().clear();
+        crate::sys::fdstore::remove_group(name);
         entry.stop_accepting.cancel();
         entry.close_connections.cancel();
         entry.tracker.close();
@@ -353,8 +356,8 @@ impl Supervisor {
             return Err(SupervisorError::Leaving(name.to_string()));
         }
         entry.set_state(ListenerState::Draining);
-        entry.current_gen().socket().take();
-        crate::sys::fdstore::remove(name);
+        entry.current_gen().sockets().clear();
+        crate::sys::fdstore::remove_group(name);
         entry.stop_accepting.cancel();
         entry.tracker.close();
         let open = entry.stats.connections_active.load(Ordering::Relaxed);
@@ -400,7 +403,7 @@ impl Supervisor {
         let entries = self.entries();
         for e in &entries {
             e.set_state(ListenerState::Stopping);
-            e.current_gen().socket().take();
+            e.current_gen().sockets().clear();
             e.tracker.close();
         }
         let active: u64 = entries

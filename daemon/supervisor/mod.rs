@@ -156,9 +156,10 @@ struct Inner {
     /// Set once the listeners were handed to a successor (`--upgrade`):
     /// from then on this process no longer writes the state file.
     frozen: AtomicBool,
-    /// Listening sockets handed over by a previous netd, by listener name,
-    /// taken by the first start of that name.
-    inherited: Mutex<HashMap<String, OwnedFd>>,
+    /// Listening sockets handed over by a previous netd, by listener name
+    /// and member index (a SO_REUSEPORT group has several), taken by the
+    /// first start of that name.
+    inherited: Mutex<HashMap<String, BTreeMap<usize, OwnedFd>>>,
     /// Set while the listeners are being handed to a successor: mutating
     /// calls are refused (they would not reach the successor).
     handing_over: AtomicBool,

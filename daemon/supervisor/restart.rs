@@ -95,7 +95,7 @@ pub(super) async fn supervise(
             };
             match rebound {
                 Ok(b) => {
-                    *cur_gen.socket() = b.dup_socket().ok().flatten();
+                    *cur_gen.sockets() = b.dup_sockets().unwrap_or_default();
                     cur_gen.store_socket(&entry.name);
                     next = Ok(b);
                     let (restarts, cause) = {
@@ -120,5 +120,5 @@ pub(super) async fn supervise(
             }
         }
     }
-    cur_gen.socket().take();
+    cur_gen.sockets().clear();
 }

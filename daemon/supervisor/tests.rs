@@ -11,8 +11,8 @@ use crate::proto::{self, EventKind, ListenerState};
 /// with EINVAL, which the accept loop reports as the socket's failure.
 fn break_socket(sup: &Supervisor, name: &str) {
     let g = sup.entry(name).expect("listener exists").current_gen();
-    let fd = g.socket();
-    let fd = fd.as_ref().expect("a TCP listener keeps its socket");
+    let fds = g.sockets();
+    let fd = fds.first().expect("a TCP listener keeps its socket");
     socket2::SockRef::from(fd)
         .shutdown(std::net::Shutdown::Read)
         .expect("shutdown of the listening socket");

@@ -5,6 +5,7 @@
 //! stopped accepting; its connections finish under its settings.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,11 +122,21 @@ impl Supervisor {
         spec: proto::ListenerSpec,
     ) -> Result<Prepared, SupervisorError> {
         let same_socket = Service::same_socket(&cur.spec, &spec);
-        let source = match cur.socket().as_ref() {
-            Some(fd) if same_socket => Source::Same(fd.try_clone().map_err(|e| {
-                BindError::Precondition(format!("cannot duplicate the socket: {e}"))
-            })?),
-            _ => Source::Bind,
+        let source = {
+            let sockets = cur.sockets();
+            if same_socket && !sockets.is_empty() {
+                Source::Same(
+                    sockets
+                        .iter()
+                        .map(OwnedFd::try_clone)
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| {
+                            BindError::Precondition(format!("cannot duplicate the socket: {e}"))
+                        })?,
+                )
+            } else {
+                Source::Bind
+            }
         };
         // A new generation that needs what the old one holds (a sniffer
         // writing the same pcap file) can start only once the old one has
@@ -182,6 +193,10 @@ impl Supervisor {
     ) -> Result<UpdateAction, SupervisorError> {
         let same_socket = p.reused;
         let (cur_gen, bound) = self.generation(entry, p)?;
+        if !same_socket {
+            // New sockets: a group must not share another listener's port.
+            self.check_addr_free(&entry.name, &cur_gen)?;
+        }
         // The new registration first, then the old one's removal (even when
         // both are the same address: registrations are counted, and one left
         // behind kept a stopped listener's address in the set).
@@ -204,7 +219,7 @@ impl Supervisor {
         entry
             .tracker
             .spawn(supervise(entry.clone(), cur_gen, Ok(bound)));
-        old.socket().take();
+        old.sockets().clear();
         old.stop.cancel();
         Ok(if same_socket {
             UpdateAction::InPlace

@@ -12,6 +12,12 @@
 //! it on `systemctl stop`). The unit needs `FileDescriptorStoreMax=` (and
 //! `NotifyAccess=all` for `--upgrade`, whose new process stores too).
 //!
+//! A listener with a group of sockets (SO_REUSEPORT, one per worker) keeps
+//! each: the first under the listener's name, the others as `name@1`,
+//! `name@2`, ... ([`member_name`]; listener names have no `@`), so the
+//! group re-forms from LISTEN_FDNAMES. Each socket takes one place of
+//! `FileDescriptorStoreMax=`.
+//!
 //! Only when systemd says the store is on (FDSTORE in the environment,
 //! systemd 254+; see [`enabled`]). Messages are sent in order by one
 //! background thread, so that callers on the async runtime never block on
@@ -60,6 +66,85 @@ pub fn store(name: &str, fd: std::os::fd::BorrowedFd<'_>) {
     match fd.try_clone_to_owned() {
         Ok(dup) => send(Op::Store(name.to_string(), dup)),
         Err(e) => tracing::warn!(name, error = %e, "cannot duplicate a socket for the fd store"),
+    }
+}
+
+/// The name of member `i` of a listener's socket group, in the fd store
+/// and the hand-over: the listener's name for the first, `name@i` after.
+pub fn member_name(name: &str, i: usize) -> String {
+    if i == 0 {
+        name.to_string()
+    } else {
+        format!("{name}@{i}")
+    }
+}
+
+/// A stored or handed-over name as (listener name, member index): the
+/// inverse of [`member_name`].
+pub fn split_member(name: &str) -> (&str, usize) {
+    if let Some((base, digits)) = name.rsplit_once('@') {
+        let canonical = !base.is_empty()
+            && !digits.starts_with('0')
+            && digits.bytes().all(|b| b.is_ascii_digit());
+        if let (true, Ok(i)) = (canonical, digits.parse::<usize>()) {
+            return (base, i);
+        }
+    }
+    (name, 0)
+}
+
+/// How many members of each group the store holds (only under systemd),
+/// so that a group that shrinks or goes leaves none behind.
+fn stored() -> parking_lot::MutexGuard<'static, std::collections::HashMap<String, usize>> {
+    static STORED: OnceLock<parking_lot::Mutex<std::collections::HashMap<String, usize>>> =
+        OnceLock::new();
+    STORED.get_or_init(Default::default).lock()
+}
+
+/// Record names the store held when this process started (LISTEN_FDNAMES,
+/// or a predecessor's sockets), so that [`remove_group`] and
+/// [`store_group`] also drop members this process does not use.
+pub fn note_stored<'a>(names: impl IntoIterator<Item = &'a str>) {
+    if !enabled() {
+        return;
+    }
+    let mut map = stored();
+    for name in names {
+        let (base, i) = split_member(name);
+        let n = map.entry(base.to_string()).or_insert(0);
+        *n = (*n).max(i + 1);
+    }
+}
+
+/// Keep a listener's sockets (duplicated) in the fd store: `fds[0]` as
+/// `name`, the others as `name@1`, ...; members stored before beyond
+/// these are dropped, and with no sockets at all, the group is. A no-op
+/// outside systemd.
+pub fn store_group(name: &str, fds: &[OwnedFd]) {
+    if !enabled() {
+        return;
+    }
+    let before = stored().insert(name.to_string(), fds.len()).unwrap_or(1);
+    for (i, fd) in fds.iter().enumerate() {
+        store(&member_name(name, i), fd.as_fd());
+    }
+    for i in fds.len()..before {
+        remove(&member_name(name, i));
+    }
+    if fds.is_empty() {
+        stored().remove(name);
+    }
+}
+
+/// Drop a listener's sockets from the fd store (every member of its
+/// group). A no-op outside systemd.
+pub fn remove_group(name: &str) {
+    if !enabled() {
+        return;
+    }
+    let n = stored().remove(name).unwrap_or(1).max(1);
+    for i in 0..n {
+        remove(&member_name(name, i));
     }
 }
 

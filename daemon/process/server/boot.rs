@@ -106,6 +106,7 @@ pub(super) async fn boot_listeners(
     let desired = overlay.on(&base);
     let supervisor =
         Supervisor::with_store(config.settings(), config.max_listeners, store, base.clone());
+    crate::sys::fdstore::note_stored(inherited.keys().map(String::as_str));
     supervisor.inherit(inherited);
     for d in &desired {
         match config.listeners.iter().find(|l| l.name == d.name) {
@@ -126,7 +127,10 @@ pub(super) async fn boot_listeners(
     }
     for (name, _) in supervisor.take_unused_inherited() {
         tracing::info!(name = %name, "a socket handed over matches no listener; closed");
-        if supervisor.get(&name).is_err() {
+        if supervisor
+            .get(crate::sys::fdstore::split_member(&name).0)
+            .is_err()
+        {
             crate::sys::fdstore::remove(&name);
         }
     }

@@ -29,8 +29,9 @@
 //!   connections (and new warm ones) go to the latest answer, open ones stay
 //!   where they are, and a failed lookup keeps the last good address.
 //! - Connections are served on per-core workers ([`crate::net::workers`]):
-//!   each worker accepts on its own dup of the listening socket and keeps
-//!   the connections it accepted on its thread (see [`Proxy::accept`]).
+//!   each worker accepts on its own socket of the listener's SO_REUSEPORT
+//!   group and keeps the connections it accepted on its thread (see
+//!   [`Proxy::accept`]).
 //! - Faults (toxics): a direction a fault acts on goes through [`toxic`];
 //!   a `down` fault resets a new client at accept, before any upstream is
 //!   connected. A listener without faults pays one atomic load per read.
@@ -66,6 +67,7 @@ use super::{
     Transport, duration_field, listen_field,
 };
 use crate::net::accept::{Accepting, accept_loop_costing};
+use crate::net::bind::Sockets;
 use crate::net::drain::Drain;
 use crate::net::sockopt::abort;
 use crate::net::workers;
@@ -315,7 +317,7 @@ impl Proxy {
 
     async fn run_on(
         self: &Arc<Self>,
-        listener: TcpListener,
+        listener: Sockets<TcpListener>,
         ctx: ServiceCtx,
     ) -> anyhow::Result<()> {
         self.tls.start(&ctx);
@@ -353,10 +355,17 @@ impl Proxy {
     }
 
     /// Accept clients until `ctx.stop_accepting`: one accept loop per
-    /// per-core worker ([`workers`]), each on a dup of the listening socket
-    /// registered with that worker's own reactor, so a client's connection
-    /// is served start to finish by the thread that accepted it. Without
-    /// workers (one core), on the current runtime.
+    /// per-core worker ([`workers`]), each on its own socket of the
+    /// listener's SO_REUSEPORT group (one per worker, bound by the
+    /// supervisor: [`ListenerKind::sockets`]) registered with that worker's
+    /// own reactor, so the kernel hands a new client to one worker's socket,
+    /// wakes that worker only, and the client's connection is served start
+    /// to finish by that thread. A group smaller than the workers (one
+    /// socket with `NETD_REUSEPORT=off`, or one handed over by a netd that
+    /// had no groups) is shared: the other workers accept on `dup(2)`s of
+    /// its sockets. A group larger (handed over by a netd on more cores)
+    /// gets a loop on every socket, so no queue is left unserved. Without
+    /// workers (one core), every socket's loop runs on the current runtime.
     ///
     /// Why per-core workers rather than the main (work-stealing) runtime:
     /// measured with `conn_load rate` (50 clients, 8 alternating rounds of
@@ -367,20 +376,18 @@ impl Proxy {
     /// batched more), total 113.5 against 114.5 µs (HAProxy 110.2). Kept for
     /// the rate and the user-space CPU; the total is the kernel's TCP work
     /// per connection, the same for both (see bench/README.md's proxy
-    /// benchmark). One socket shared by the workers rather than one
-    /// SO_REUSEPORT socket each: the supervisor's single socket stays what
-    /// in-place updates and hand-over pass on, at the cost of both workers
-    /// waking for some connections (an accept4 returning EAGAIN for ~9% of
-    /// them, strace -c -f). The listening socket handed to `run` is taken
-    /// out of the main runtime's reactor (below): registered there too, it
-    /// woke the main runtime's thread for nearly every client (`perf stat
-    /// --per-thread`: 19,618 context switches of that thread for 32,348
-    /// connections; 3 without), which had cost more than the workers
-    /// saved. `bench/proxy_bench.sh` on an idle machine, before and after:
-    /// CPU per connection 1.21× HAProxy's, then 0.94–1.14× over six runs.
+    /// benchmark). One socket per worker rather than dups of one: with a
+    /// shared socket, every worker's epoll woke for some connections only
+    /// to find them taken (an accept4 returning EAGAIN for ~9% of them,
+    /// strace -c -f); see bench/README.md's new-connections section for
+    /// the group's figures. The listening sockets handed to `run` are
+    /// taken out of the main runtime's reactor (below): registered there
+    /// too, they woke the main runtime's thread for nearly every client
+    /// (`perf stat --per-thread`: 19,618 context switches of that thread
+    /// for 32,348 connections; 3 without).
     async fn accept(
         self: &Arc<Self>,
-        listener: TcpListener,
+        sockets: Sockets<TcpListener>,
         ctx: &ServiceCtx,
     ) -> anyhow::Result<()> {
         let serve = |proxy: &Arc<Self>, ctx: &ServiceCtx| {
@@ -391,45 +398,38 @@ impl Proxy {
                 async move { proxy.serve(client, peer, &ctx).await }
             }
         };
-        let workers = workers::handles();
-        if workers.is_empty() {
-            return accept_loop_costing(
-                &listener,
-                ctx.accepting(),
-                &self.limit,
-                2,
-                serve(self, ctx),
-            )
-            .await;
-        }
-        // Out of the main runtime's reactor: registered there as well, the
-        // socket would wake that runtime's thread for new clients (each
-        // epoll instance watching a socket is woken by its connections)
-        // only to find nothing to do: 0.6 wake-ups per proxied connection
-        // under conn_load before this.
-        let listener = listener.into_std()?;
-        // The workers' loops end with this future however it ends (stop,
-        // an error, or dropped), so no dup of the socket outlives `run`.
+        // The loops end with this future however it ends (stop, an error,
+        // or dropped), so no socket outlives `run`.
         let stop = ctx.stop_accepting.child_token();
         let _stop_all = stop.clone().drop_guard();
         let mut loops = tokio::task::JoinSet::new();
-        for worker in workers {
-            let dup = listener.try_clone()?;
+        let workers = workers::handles();
+        let sockets: Vec<std::net::TcpListener> = sockets
+            .into_vec()
+            .into_iter()
+            .map(TcpListener::into_std)
+            .collect::<std::io::Result<_>>()?;
+        for (i, std_listener) in accept_slots(&sockets, workers.len())?
+            .into_iter()
+            .enumerate()
+        {
             let (proxy, ctx, stop) = (self.clone(), ctx.clone(), stop.clone());
-            loops.spawn_on(
-                async move {
-                    // Registered with the reactor of the worker it runs on.
-                    let listener = TcpListener::from_std(dup)?;
-                    let accepting = Accepting {
-                        stop: &stop,
-                        ..ctx.accepting()
-                    };
-                    accept_loop_costing(&listener, accepting, &proxy.limit, 2, serve(&proxy, &ctx))
-                        .await
-                },
-                worker,
-            );
+            let accept = async move {
+                // Registered with the reactor of the runtime it runs on.
+                let listener = TcpListener::from_std(std_listener)?;
+                let accepting = Accepting {
+                    stop: &stop,
+                    ..ctx.accepting()
+                };
+                accept_loop_costing(&listener, accepting, &proxy.limit, 2, serve(&proxy, &ctx))
+                    .await
+            };
+            match workers.get(i % workers.len().max(1)) {
+                Some(worker) => loops.spawn_on(accept, worker),
+                None => loops.spawn(accept),
+            };
         }
+        drop(sockets);
         while let Some(ended) = loops.join_next().await {
             ended.map_err(|e| anyhow::anyhow!("a proxy worker's accept loop ended: {e}"))??;
         }
@@ -624,9 +624,22 @@ impl Proxy {
     }
 }
 
+/// The sockets the accept loops run on, loop `i` on worker `i % workers`:
+/// every socket of the group, and dups of them for the workers beyond the
+/// group's size (one loop per socket without workers).
+fn accept_slots(
+    sockets: &[std::net::TcpListener],
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let n = sockets.len().max(workers);
+    (0..n)
+        .map(|i| sockets[i % sockets.len()].try_clone())
+        .collect()
+}
+
 impl ListenerKind for Proxy {
     type Spec = proto::ProxySpec;
-    type Socket = TcpListener;
+    type Socket = Sockets<TcpListener>;
     const SLUG: &'static str = "proxy";
     const KIND: proto::ListenerKind = proto::ListenerKind::Proxy;
     const TRANSPORT: Transport = Transport::Tcp;
@@ -761,7 +774,16 @@ impl ListenerKind for Proxy {
         check_not_self(local, self.upstreams.iter().map(|u| u.addr.get()))
     }
 
-    async fn run(self: Arc<Self>, socket: TcpListener, ctx: ServiceCtx) -> anyhow::Result<()> {
+    /// One socket per per-core worker (a SO_REUSEPORT group).
+    fn sockets(&self) -> usize {
+        workers::socket_count()
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        socket: Sockets<TcpListener>,
+        ctx: ServiceCtx,
+    ) -> anyhow::Result<()> {
         self.run_on(socket, ctx).await
     }
 

@@ -630,7 +630,11 @@ impl ListenerKind for Sniffer {
     }
 
     /// A capture is never handed over: a new one is opened.
-    fn adopt(&self, _fd: std::os::fd::OwnedFd, _expect_addr: bool) -> Result<Capture, BindError> {
+    fn adopt(
+        &self,
+        _fds: Vec<std::os::fd::OwnedFd>,
+        _expect_addr: bool,
+    ) -> Result<Capture, BindError> {
         self.open()
     }
 
