@@ -28,6 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+
+use crate::net::bind::Sockets;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -225,7 +227,7 @@ impl UdpEcho {
 
 impl ListenerKind for UdpEcho {
     type Spec = proto::UdpEchoSpec;
-    type Socket = UdpSocket;
+    type Socket = Sockets<UdpSocket>;
     const SLUG: &'static str = "udp-echo";
     const KIND: proto::ListenerKind = proto::ListenerKind::UdpEcho;
     const TRANSPORT: Transport = Transport::Udp;
@@ -317,10 +319,16 @@ impl ListenerKind for UdpEcho {
 
     async fn run(
         self: std::sync::Arc<Self>,
-        socket: UdpSocket,
+        sockets: Sockets<UdpSocket>,
         ctx: ServiceCtx,
     ) -> anyhow::Result<()> {
-        self.serve(vec![socket], ctx).await
+        self.serve(sockets.into_vec(), ctx).await
+    }
+
+    /// One per per-core worker (a SO_REUSEPORT group; one with
+    /// `NETD_REUSEPORT=off`): each has a receive loop on its worker.
+    fn sockets(&self) -> usize {
+        crate::net::workers::socket_count()
     }
 
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {

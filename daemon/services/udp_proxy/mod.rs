@@ -31,6 +31,8 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 
+use crate::net::bind::Sockets;
+
 use super::source_guard::{self, GuardCounters, SourceRules};
 use super::{ListenerKind, ServiceCtx, Settings, SpecError, Transport, listen_field};
 use crate::proto;
@@ -165,7 +167,7 @@ impl UdpProxy {
 
 impl ListenerKind for UdpProxy {
     type Spec = proto::UdpProxySpec;
-    type Socket = UdpSocket;
+    type Socket = Sockets<UdpSocket>;
     const SLUG: &'static str = "udp-proxy";
     const KIND: proto::ListenerKind = proto::ListenerKind::UdpProxy;
     const TRANSPORT: Transport = Transport::Udp;
@@ -289,8 +291,19 @@ impl ListenerKind for UdpProxy {
         super::proxy::check_not_self(local, std::iter::once(self.upstream))
     }
 
-    async fn run(self: Arc<Self>, socket: UdpSocket, ctx: ServiceCtx) -> anyhow::Result<()> {
-        forward::run(self, vec![socket], ctx).await
+    async fn run(
+        self: Arc<Self>,
+        sockets: Sockets<UdpSocket>,
+        ctx: ServiceCtx,
+    ) -> anyhow::Result<()> {
+        forward::run(self, sockets.into_vec(), ctx).await
+    }
+
+    /// One per per-core worker (a SO_REUSEPORT group; one with
+    /// `NETD_REUSEPORT=off`): each has a receive loop on its worker, with
+    /// the clients the kernel hashes to its socket.
+    fn sockets(&self) -> usize {
+        crate::net::workers::socket_count()
     }
 
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
