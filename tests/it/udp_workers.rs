@@ -29,6 +29,15 @@ fn group_size() -> usize {
     if cores < 2 { 1 } else { cores }
 }
 
+/// The names a group's sockets have in the hand-over and the fd store:
+/// `name`, `name@1`, ...
+pub fn group_names(name: &str) -> impl Iterator<Item = String> + '_ {
+    (0..group_size()).map(move |i| match i {
+        0 => name.to_string(),
+        i => format!("{name}@{i}"),
+    })
+}
+
 /// The inodes of the IPv4 UDP sockets bound at `port`, from /proc/net/udp.
 fn udp_inodes(port: u16) -> BTreeSet<u64> {
     let port_hex = format!(":{port:04X}");
