@@ -67,39 +67,19 @@ fn sighup_reloads_and_keeps_serving() {
     assert!(netd.exited().is_none());
 }
 
-/// Send `msg` from a client on loopback address `ip` until it is answered
-/// (the echo's receive queue may still be full of an earlier burst, and then
-/// the kernel drops it); returns how many were sent. Once one is answered,
-/// the echo has read or seen dropped everything queued before it: the
-/// kernel reports earlier drops with the next datagram read.
-fn echo_until_answered(ip: &str, addr: SocketAddr, msg: &[u8]) -> u64 {
-    let c = UdpSocket::bind(format!("{ip}:0")).unwrap();
-    c.connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let mut buf = vec![0u8; msg.len() + 16];
-    for sent in 1..=40u64 {
-        // Numbered, so that a late answer to an earlier one is told apart.
-        let this = [msg, format!(" {sent}").as_bytes()].concat();
-        c.send(&this).unwrap();
-        while let Ok(n) = c.recv(&mut buf) {
-            if buf[..n] == this[..] {
-                return sent;
-            }
-        }
-    }
-    panic!("no answer to 40 datagrams from {ip}");
-}
-
-/// [`echo_until_answered`] from the socket `c` itself: on a listener with
-/// a socket per worker (SO_REUSEPORT), only the same 4-tuple is sure to
-/// reach the socket `c`'s earlier datagrams went to, and so to be read
-/// after them (and to carry that socket's drop count).
+/// Send `msg` from the client `c` until it is answered (the echo's receive
+/// queue may still be full of an earlier burst, and then the kernel drops
+/// it); returns how many were sent. Once one is answered, the echo has
+/// read or seen dropped everything `c` queued before it: the kernel
+/// reports earlier drops with the next datagram read. From `c` itself: on
+/// a listener with a socket per worker (SO_REUSEPORT), only the same
+/// 4-tuple is sure to reach the socket `c`'s earlier datagrams went to.
 fn answered_on(c: &UdpSocket, msg: &[u8]) -> u64 {
     c.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let mut buf = vec![0u8; 2048];
     for sent in 1..=40u64 {
+        // Numbered, so that a late answer to an earlier one is told apart.
         let this = [msg, format!(" {sent}").as_bytes()].concat();
         c.send(&this).unwrap();
         while let Ok(n) = c.recv(&mut buf) {
