@@ -18,6 +18,11 @@
 //! Every dropped datagram is counted in [`UdpEchoStats`](proto::UdpEchoStats)
 //! by reason, logged at debug level, and summed up in at most one warning
 //! line per interval.
+//!
+//! A listener binds one socket per per-core worker (a SO_REUSEPORT group,
+//! [`crate::net::workers::socket_count`]), each read by its own loop on its
+//! worker; the kernel's 4-tuple hash keeps a client on one socket. The
+//! counters and the rate limit's buckets are the listener's, shared.
 
 pub mod metrics;
 mod show;
@@ -335,7 +340,7 @@ impl ListenerKind for UdpEcho {
         Some(proto::listener_stats::Detail::UdpEcho(self.stats()))
     }
 
-    /// None: it answers on its one socket.
+    /// None: it answers on its listening sockets.
     fn descriptors(_spec: &Self::Spec, _budget: &crate::net::fd_budget::Budget) -> u64 {
         0
     }

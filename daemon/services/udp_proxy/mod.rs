@@ -2,8 +2,9 @@
 //! from a socket of its own, and what the upstream sends back on that
 //! socket goes to that client. Impairments are faults (see
 //! [`crate::fault`]), applied per datagram by [`impair`]; the client table
-//! and the two directions are in [`forward`]. This file owns the spec and
-//! the counters.
+//! and the two directions are in [`forward`], a receive loop per socket
+//! of the listener's SO_REUSEPORT group (one per per-core worker). This
+//! file owns the spec and the counters.
 //!
 //! Safety: the datagram-source guard ([`super::source_guard`], the same
 //! keys and counters as the UDP echo's) drops datagrams from netd's own UDP
