@@ -102,9 +102,11 @@ struct Admission {
     /// The clients of every loop (a copy of the table's count, read
     /// without the lock).
     clients: std::sync::atomic::AtomicUsize,
-    /// Told by a loop that found the table full with none of its own
-    /// clients idle: the other loops look for idle clients in theirs.
-    want_room: Notify,
+    /// One per loop, told by another loop that found the table full with
+    /// none of its own clients idle: look for idle clients in yours. (One
+    /// each, so that waiting on it stays the loop's own business, not a
+    /// lock the loops share on every wake-up.)
+    want_room: Box<[Notify]>,
     /// One warning per interval for refused clients.
     refused_warn: RateLimitedWarn,
     counters: Arc<super::Counters>,
@@ -125,7 +127,7 @@ enum Refused {
 }
 
 impl Admission {
-    fn new(svc: &UdpProxy) -> Self {
+    fn new(svc: &UdpProxy, loops: usize) -> Self {
         // The active clients are this generation's, none so far.
         svc.counters.clients_active.store(0, Relaxed);
         Admission {
@@ -133,7 +135,7 @@ impl Admission {
             max_per_source: svc.max_clients_per_source,
             table: parking_lot::Mutex::default(),
             clients: Default::default(),
-            want_room: Notify::new(),
+            want_room: (0..loops).map(|_| Notify::new()).collect(),
             refused_warn: RateLimitedWarn::new(DEFAULT_INTERVAL),
             counters: svc.counters.clone(),
         }
@@ -184,6 +186,8 @@ impl Admission {
 
 /// Everything a receive loop keeps.
 struct Proxy<'a> {
+    /// Which of the listener's loops this is.
+    index: usize,
     svc: &'a UdpProxy,
     ctx: &'a ServiceCtx,
     generation: &'a Generation,
@@ -254,7 +258,10 @@ impl Proxy<'_> {
         if self.expire(now, EVICT_IDLE.min(self.svc.idle_timeout)) > 0 {
             return true;
         }
-        self.generation.admission.want_room.notify_waiters();
+        let others = self.generation.admission.want_room.iter().enumerate();
+        for (_, n) in others.filter(|(i, _)| *i != self.index) {
+            n.notify_one();
+        }
         false
     }
 
@@ -460,21 +467,22 @@ pub(super) async fn run(
     ctx: ServiceCtx,
 ) -> anyhow::Result<()> {
     let generation = Arc::new(Generation {
-        admission: Admission::new(&svc),
+        admission: Admission::new(&svc, sockets.len()),
         buckets: SourceBuckets::new(&svc.rules),
         epoch: Instant::now(),
         budget: Budget::default(),
     });
     let stop = ctx.stop_accepting.clone();
-    crate::net::udp::serve_each(sockets, &stop, move |_, socket, stop| {
+    crate::net::udp::serve_each(sockets, &stop, move |i, socket, stop| {
         let (svc, ctx, generation) = (svc.clone(), ctx.clone(), generation.clone());
-        async move { run_loop(&svc, socket, &ctx, &stop, &generation).await }
+        async move { run_loop(i, &svc, socket, &ctx, &stop, &generation).await }
     })
     .await
 }
 
 /// One listening socket's receive loop, until `stop`.
 async fn run_loop(
+    index: usize,
     svc: &UdpProxy,
     socket: UdpSocket,
     ctx: &ServiceCtx,
@@ -490,6 +498,7 @@ async fn run_loop(
     // However the loop ends, its clients' tasks end with it.
     let _gen_guard = gen_cancel.clone().drop_guard();
     let mut p = Proxy {
+        index,
         svc,
         ctx,
         generation,
@@ -526,6 +535,7 @@ async fn run_loop(
     let sweep = tokio::time::sleep(sweep_every);
     tokio::pin!(sweep);
     let mut wake = TimedWake::default();
+    let room_wanted = &generation.admission.want_room[index];
 
     loop {
         wake.follow(&timed);
@@ -546,7 +556,7 @@ async fn run_loop(
                 p.expire(Instant::now(), svc.idle_timeout);
                 sweep.as_mut().reset(Instant::now() + sweep_every);
             }
-            () = generation.admission.want_room.notified() => p.room_wanted(Instant::now()),
+            () = room_wanted.notified() => p.room_wanted(Instant::now()),
             r = listen.async_io(Interest::READABLE, || rx.recv(fd)) => {
                 if let Err(e) = r {
                     health.failed(e, &ctx.stats.errors, &ctx.name).await?;
