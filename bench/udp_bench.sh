@@ -3,7 +3,10 @@
 # and netd's udp-echo with its fast path (recvmmsg/sendmmsg batches, UDP
 # GRO/GSO) against the same binary with it switched off
 # (NETD_UDP_BATCH=1 NETD_UDP_OFFLOAD=off: one datagram per system call, as
-# netd did before). All in a network namespace of its own, on its loopback.
+# netd did before); both kinds also on the same binary with its socket
+# groups off (NETD_REUSEPORT=off: one socket and one receive loop per
+# listener instead of one per per-core worker), as "netd-1sock".
+# All in a network namespace of its own, on its loopback.
 #
 # Load: bench/udp_load.rs (release), one sender thread with 8 sockets and
 # sendmmsg batches of 32, offering more than either proxy carries.
@@ -42,6 +45,7 @@ LOAD=$EXAMPLES/udp_load
 bench_netns "udpbench-$$"
 # The namespace is the bench's own: fixed ports cannot clash.
 UP=40001 NETD_PROXY=40002 NGINX_PROXY=40003 ECHO_FAST=40004 ECHO_SLOW=40005
+ONE_PROXY=40006 ECHO_ONE=40007
 
 cat > "$work/nginx.conf" <<CFG
 load_module $NGX_STREAM;
@@ -70,6 +74,10 @@ ctl_at fast start udp-proxy p --listen 127.0.0.1:$NETD_PROXY --upstream 127.0.0.
 ctl_at fast start udp-echo e --listen 127.0.0.1:$ECHO_FAST --rate-limit off >/dev/null
 start_netd slow "$work/netd.toml" ip netns exec "$NS" env NETD_UDP_BATCH=1 NETD_UDP_OFFLOAD=off
 ctl_at slow start udp-echo e --listen 127.0.0.1:$ECHO_SLOW --rate-limit off >/dev/null
+start_netd one "$work/netd.toml" ip netns exec "$NS" env NETD_REUSEPORT=off
+ctl_at one start udp-proxy p --listen 127.0.0.1:$ONE_PROXY --upstream 127.0.0.1:$UP \
+  --max-clients 4096 --max-clients-per-source 4096 --idle-timeout 10s >/dev/null
+ctl_at one start udp-echo e --listen 127.0.0.1:$ECHO_ONE --rate-limit off >/dev/null
 sleep 0.5
 
 json() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
@@ -78,10 +86,11 @@ load() { inns timeout 120 "$LOAD" "$@" 2>>"$work/search.log"; }
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 results=$work/results
 for round in $(seq "$ROUNDS"); do
-  if [ $((round % 2)) = 1 ]; then order="nginx netd"; eorder="slow fast"; else order="netd nginx"; eorder="fast slow"; fi
+  if [ $((round % 2)) = 1 ]; then order="nginx netd netd-1sock"; eorder="slow fast one"
+  else order="netd-1sock netd nginx"; eorder="one fast slow"; fi
   for size in $SIZES; do
     for who in $order; do
-      port=$([ "$who" = nginx ] && echo $NGINX_PROXY || echo $NETD_PROXY)
+      case $who in nginx) port=$NGINX_PROXY ;; netd) port=$NETD_PROXY ;; *) port=$ONE_PROXY ;; esac
       d=$(load 127.0.0.1:$port --mode oneway --sink 127.0.0.1:$UP --size "$size" --sockets 8 --secs "$SECS" | json delivered)
       z=$(load 127.0.0.1:$port --mode oneway --sink 127.0.0.1:$UP --size "$size" --sockets 8 \
             --search --rate 20000 --secs 1 --steps "$STEPS" --loss-ok "$LOSS_OK" | json zero_loss_rate)
@@ -90,7 +99,7 @@ for round in $(seq "$ROUNDS"); do
       echo "round $round size $size $who: delivered $d/s, zero-loss $z/s" >&2
     done
     for who in $eorder; do
-      port=$([ "$who" = slow ] && echo $ECHO_SLOW || echo $ECHO_FAST)
+      case $who in slow) port=$ECHO_SLOW ;; fast) port=$ECHO_FAST ;; *) port=$ECHO_ONE ;; esac
       a=$(load 127.0.0.1:$port --mode rr --size "$size" --sockets 8 --secs "$SECS" | json delivered)
       echo "answered echo-$who $size $a" >>"$results"
       echo "round $round size $size echo-$who: answered $a/s" >&2
@@ -108,18 +117,19 @@ for line in open(sys.argv[1]):
     v[(m, who, int(size))].append(float(x))
 med = lambda k: statistics.median(v[k]) if v[k] else float("nan")
 sizes = sorted({k[2] for k in v})
-print("| metric (median) | size | nginx stream | netd udp-proxy | netd/nginx |")
-print("| --- | --- | --- | --- | --- |")
+r = lambda a, b: f"{a / b:.2f}" if b else ""
+print("| metric (median) | size | nginx stream | netd udp-proxy | netd/nginx | netd, one socket | one socket/nginx |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
 for m, label in (("delivered", "delivered datagrams/s (one-way, unlimited offer)"), ("zero_loss", "zero-loss rate, datagrams/s")):
     for s in sizes:
-        n, d = med((m, "nginx", s)), med((m, "netd", s))
-        print(f"| {label} | {s} B | {n:.0f} | {d:.0f} | {d / n:.2f} |" if n else f"| {label} | {s} B | {n} | {d:.0f} | |")
+        n, d, o = med((m, "nginx", s)), med((m, "netd", s)), med((m, "netd-1sock", s))
+        print(f"| {label} | {s} B | {n:.0f} | {d:.0f} | {r(d, n)} | {o:.0f} | {r(o, n)} |")
 print()
-print("| metric (median) | size | udp-echo, fast path off | udp-echo | ratio |")
-print("| --- | --- | --- | --- | --- |")
+print("| metric (median) | size | udp-echo, fast path off | udp-echo, one socket | udp-echo | udp-echo/fast path off | udp-echo/one socket |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
 for s in sizes:
-    a, b = med(("answered", "echo-slow", s)), med(("answered", "echo-fast", s))
-    print(f"| answered datagrams/s (request/response) | {s} B | {a:.0f} | {b:.0f} | {b / a:.2f} |")
+    a, o, b = med(("answered", "echo-slow", s)), med(("answered", "echo-one", s)), med(("answered", "echo-fast", s))
+    print(f"| answered datagrams/s (request/response) | {s} B | {a:.0f} | {o:.0f} | {b:.0f} | {r(b, a)} | {r(b, o)} |")
 print()
 print("per round:", {f"{k[0]} {k[1]} {k[2]}": [round(x) for x in xs] for k, xs in sorted(v.items())})
 PY

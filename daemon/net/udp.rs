@@ -118,3 +118,54 @@ impl RecvHealth {
         }
     }
 }
+
+/// Serve each socket of a UDP listener with its own receive loop: loop `i`
+/// runs on per-core worker `i` (modulo their number, see
+/// [`super::workers`]) and registers its socket with that worker's
+/// reactor, so its datagrams, its replies and whatever it spawns stay on
+/// one thread; without workers (one core), the loops run on the current
+/// runtime. With several sockets bound with SO_REUSEPORT at one address,
+/// the kernel picks a socket by a hash of the 4-tuple, so a client's
+/// datagrams all reach the same loop.
+///
+/// `serve(i, socket, stop)` is called on the loop's runtime; `stop` is a
+/// child of `stop`, cancelled when this future ends however it ends (an
+/// error of one loop ends them all, and is returned), so no loop outlives
+/// the listener's `run`.
+pub async fn serve_each<F, Fut>(
+    sockets: Vec<tokio::net::UdpSocket>,
+    stop: &tokio_util::sync::CancellationToken,
+    serve: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(usize, tokio::net::UdpSocket, tokio_util::sync::CancellationToken) -> Fut
+        + Clone
+        + Send
+        + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let stop = stop.child_token();
+    let _stop_all = stop.clone().drop_guard();
+    let workers = super::workers::handles();
+    let mut loops = tokio::task::JoinSet::new();
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let (serve, stop) = (serve.clone(), stop.clone());
+        if workers.is_empty() {
+            loops.spawn(async move { serve(i, socket, stop).await });
+            continue;
+        }
+        // Out of the current runtime's reactor, into the worker's.
+        let socket = socket.into_std()?;
+        loops.spawn_on(
+            async move {
+                let socket = tokio::net::UdpSocket::from_std(socket)?;
+                serve(i, socket, stop).await
+            },
+            &workers[i % workers.len()],
+        );
+    }
+    while let Some(ended) = loops.join_next().await {
+        ended.map_err(|e| anyhow::anyhow!("a receive loop ended: {e}"))??;
+    }
+    Ok(())
+}

@@ -203,10 +203,10 @@ pub struct SourceGuard<'a> {
     own: OwnAddrsView,
     /// Sources that can only be a loop for this listener.
     never: Vec<SocketAddr>,
-    limiter: Option<Limiter>,
+    limiter: Option<std::sync::Arc<parking_lot::Mutex<Limiter>>>,
     counters: &'a GuardCounters,
     listener: &'a str,
-    warn: RateLimitedWarn,
+    warn: std::sync::Arc<RateLimitedWarn>,
 }
 
 impl<'a> SourceGuard<'a> {
@@ -216,14 +216,15 @@ impl<'a> SourceGuard<'a> {
         counters: &'a GuardCounters,
         listener: &'a str,
     ) -> Self {
+        let SourceBuckets { limiter, warn } = SourceBuckets::new(rules);
         SourceGuard {
             rules,
             own: own.view(),
             never: Vec::new(),
-            limiter: rules.rate.map(|r| Limiter::new(r, rules.max_sources)),
+            limiter,
             counters,
             listener,
-            warn: RateLimitedWarn::new(DEFAULT_INTERVAL),
+            warn,
         }
     }
 
@@ -231,6 +232,14 @@ impl<'a> SourceGuard<'a> {
     pub fn never_from(mut self, addr: SocketAddr) -> Self {
         self.never
             .push(SocketAddr::new(addr.ip().to_canonical(), addr.port()));
+        self
+    }
+
+    /// Use `buckets` (shared with the listener's other receive loops)
+    /// rather than a table and a warning limit of its own.
+    pub fn sharing(mut self, buckets: &SourceBuckets) -> Self {
+        self.limiter = buckets.limiter.clone();
+        self.warn = buckets.warn.clone();
         self
     }
 
@@ -271,7 +280,9 @@ impl<'a> SourceGuard<'a> {
         if self.never.contains(&canonical) || self.own.contains(peer) {
             return Err(Dropped::OwnSource);
         }
-        if let Some(l) = self.limiter.as_mut() {
+        if let Some(l) = self.limiter.as_ref() {
+            // Held for one lookup, never across an await.
+            let mut l = l.lock();
             let allowed = l.check(rate_key(peer.ip(), DEFAULT_IPV6_PREFIX), now);
             self.counters
                 .sources_tracked
@@ -285,6 +296,30 @@ impl<'a> SourceGuard<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// The per-source token buckets of a listener and its warning's rate
+/// limit, shared by its receive loops (one per socket of a SO_REUSEPORT
+/// group): the kernel spreads one source IP's ports over the sockets, and
+/// the limit is per IP, so the loops take tokens from one table (a short
+/// lock per datagram, only with `rate_limit` on); and the listener writes
+/// at most one warning line per interval, whichever loop drops.
+#[derive(Debug, Clone)]
+pub struct SourceBuckets {
+    /// None without a rate limit.
+    limiter: Option<std::sync::Arc<parking_lot::Mutex<Limiter>>>,
+    warn: std::sync::Arc<RateLimitedWarn>,
+}
+
+impl SourceBuckets {
+    pub fn new(rules: &SourceRules) -> Self {
+        SourceBuckets {
+            limiter: rules.rate.map(|r| {
+                std::sync::Arc::new(parking_lot::Mutex::new(Limiter::new(r, rules.max_sources)))
+            }),
+            warn: std::sync::Arc::new(RateLimitedWarn::new(DEFAULT_INTERVAL)),
+        }
     }
 }
 
@@ -428,6 +463,28 @@ mod tests {
         assert_eq!(s.reflector_source_drops, 4);
         assert_eq!(s.rate_limited, 1);
         assert_eq!(s.sources_tracked, 1);
+    }
+
+    #[test]
+    fn guards_sharing_buckets_take_tokens_from_one_table() {
+        // Two receive loops of one listener: 3 an hour per source IP in
+        // all, whichever loop its ports reach.
+        let rules = SourceRules::from_keys(false, "3/h", 0, "off").unwrap();
+        let own = OwnAddrs::default();
+        let counters = GuardCounters::default();
+        let buckets = SourceBuckets::new(&rules);
+        let mut a = SourceGuard::new(&rules, &own, &counters, "t").sharing(&buckets);
+        let mut b = SourceGuard::new(&rules, &own, &counters, "t").sharing(&buckets);
+        let now = Instant::now();
+        let admitted = (0..6)
+            .filter(|i| {
+                let g = if i % 2 == 0 { &mut a } else { &mut b };
+                g.admit(format!("127.0.0.2:{}", 40000 + i).parse().unwrap(), now)
+            })
+            .count();
+        assert_eq!(admitted, 3);
+        let s = counters.snapshot();
+        assert_eq!((s.rate_limited, s.sources_tracked), (3, 1));
     }
 
     #[test]

@@ -205,6 +205,10 @@ fn check_config_warns_when_limits_exceed_the_budget() {
 #[test]
 fn a_stopped_udp_proxys_client_sockets_are_closed() {
     let netd = Netd::start("");
+    // The per-core workers' runtimes (an epoll and an eventfd each), started
+    // by the first listener that runs on them, stay for netd's life.
+    netd.netctl_ok(&["start", "udp-echo", "warm", "--listen", "127.0.0.1:0"]);
+    netd.netctl_ok(&["stop", "warm"]);
     let before = open_fds(&netd);
     netd.netctl_ok(&[
         "start",

@@ -56,6 +56,7 @@ mod toxiproxy_api;
 mod toxiproxy_security;
 mod udp_fast;
 mod udp_proxy;
+mod udp_workers;
 mod update_counters;
 mod update_options;
 mod upgrade;

@@ -18,6 +18,11 @@
 //! Every dropped datagram is counted in [`UdpEchoStats`](proto::UdpEchoStats)
 //! by reason, logged at debug level, and summed up in at most one warning
 //! line per interval.
+//!
+//! A listener binds one socket per per-core worker (a SO_REUSEPORT group,
+//! [`crate::net::workers::socket_count`]), each read by its own loop on its
+//! worker; the kernel's 4-tuple hash keeps a client on one socket. The
+//! counters and the rate limit's buckets are the listener's, shared.
 
 pub mod metrics;
 mod show;
@@ -28,9 +33,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::time::Instant;
 
-use super::source_guard::{self, GuardCounters, SourceGuard, SourceRules};
+use crate::net::bind::Sockets;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::source_guard::{self, GuardCounters, SourceBuckets, SourceGuard, SourceRules};
 use super::{ListenerKind, ServiceCtx, Settings, SpecError, Transport, listen_field};
 use crate::net::cancel::CancelWatch;
 use crate::net::own_addrs::OwnAddrs;
@@ -114,10 +122,39 @@ impl UdpEcho {
         }
     }
 
-    /// Reads a batch of datagrams per call ([`crate::net::udp_batch`]),
-    /// puts each through the guard and queues its reply, then sends the
-    /// replies in as few calls as the kernel allows.
-    async fn run_on(&self, socket: UdpSocket, ctx: ServiceCtx) -> anyhow::Result<()> {
+    /// Serve `sockets` (bound at the listen address; several with
+    /// SO_REUSEPORT) with one receive loop each, on the per-core workers
+    /// ([`crate::net::udp::serve_each`]). The kernel keeps a client on one
+    /// socket, so its replies come from the socket it sent to; the counters
+    /// and the rate limit's buckets are the listener's, shared by the loops.
+    async fn serve(
+        self: std::sync::Arc<Self>,
+        sockets: Vec<UdpSocket>,
+        ctx: ServiceCtx,
+    ) -> anyhow::Result<()> {
+        // The counters are the listener's (kept across updates); the
+        // sources tracked are this generation's table, empty so far.
+        self.counters.guard.sources_tracked.store(0, Relaxed);
+        let buckets = SourceBuckets::new(&self.rules);
+        let stop = ctx.stop_accepting.clone();
+        crate::net::udp::serve_each(sockets, &stop, move |_, socket, stop| {
+            let (echo, ctx, buckets) = (self.clone(), ctx.clone(), buckets.clone());
+            async move { echo.run_on(socket, &ctx, &stop, &buckets).await }
+        })
+        .await
+    }
+
+    /// One socket's loop: reads a batch of datagrams per call
+    /// ([`crate::net::udp_batch`]), puts each through the guard and queues
+    /// its reply, then sends the replies in as few calls as the kernel
+    /// allows, until `stop`.
+    async fn run_on(
+        &self,
+        socket: UdpSocket,
+        ctx: &ServiceCtx,
+        stop: &CancellationToken,
+        buckets: &SourceBuckets,
+    ) -> anyhow::Result<()> {
         let fd = socket.as_raw_fd();
         if let Err(e) = enable_rxq_ovfl(fd) {
             tracing::debug!(listener = %ctx.name, error = %e, "SO_RXQ_OVFL unavailable; kernel drops not counted");
@@ -129,12 +166,10 @@ impl UdpEcho {
         tracing::info!(listener = %ctx.name, batch = fast.batch, gro, gso = gso.on(), "udp fast path");
         let mut tx = SendBatch::new(gso);
         let mut health = RecvHealth::default();
-        let mut stop = CancelWatch::new(&ctx.stop_accepting);
+        let mut stop = CancelWatch::new(stop);
         let c = &self.counters;
-        // The counters are the listener's (kept across updates); the
-        // sources tracked are this generation's table, empty so far.
-        c.guard.sources_tracked.store(0, Relaxed);
-        let mut guard = SourceGuard::new(&self.rules, &self.own, &c.guard, &ctx.name);
+        let mut guard =
+            SourceGuard::new(&self.rules, &self.own, &c.guard, &ctx.name).sharing(buckets);
         loop {
             let received = tokio::select! {
                 biased;
@@ -149,7 +184,7 @@ impl UdpEcho {
             Stats::add(&ctx.stats.errors, rx.without_source() as u64);
             let now = Instant::now();
             for (peer, data) in rx.datagrams() {
-                self.answer(peer, data, now, &mut guard, &mut tx, &ctx);
+                self.answer(peer, data, now, &mut guard, &mut tx, ctx);
             }
             if !tx.is_empty() {
                 let sent = tx.flush(&socket).await;
@@ -197,7 +232,7 @@ impl UdpEcho {
 
 impl ListenerKind for UdpEcho {
     type Spec = proto::UdpEchoSpec;
-    type Socket = UdpSocket;
+    type Socket = Sockets<UdpSocket>;
     const SLUG: &'static str = "udp-echo";
     const KIND: proto::ListenerKind = proto::ListenerKind::UdpEcho;
     const TRANSPORT: Transport = Transport::Udp;
@@ -289,17 +324,23 @@ impl ListenerKind for UdpEcho {
 
     async fn run(
         self: std::sync::Arc<Self>,
-        socket: UdpSocket,
+        sockets: Sockets<UdpSocket>,
         ctx: ServiceCtx,
     ) -> anyhow::Result<()> {
-        self.run_on(socket, ctx).await
+        self.serve(sockets.into_vec(), ctx).await
+    }
+
+    /// One per per-core worker (a SO_REUSEPORT group; one with
+    /// `NETD_REUSEPORT=off`): each has a receive loop on its worker.
+    fn sockets(&self) -> usize {
+        crate::net::workers::socket_count()
     }
 
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
         Some(proto::listener_stats::Detail::UdpEcho(self.stats()))
     }
 
-    /// None: it answers on its one socket.
+    /// None: it answers on its listening sockets.
     fn descriptors(_spec: &Self::Spec, _budget: &crate::net::fd_budget::Budget) -> u64 {
         0
     }

@@ -1,13 +1,23 @@
 //! The udp-proxy's forwarding: the table of clients, one connected upstream
 //! socket per client, and the two directions.
 //!
-//! One task reads the listening socket and sends each client's datagrams
-//! upstream on that client's socket (with the upstream direction's timed
-//! queue for all clients); one task per client reads its upstream socket
-//! and sends the replies to the client from the listening socket (with the
-//! downstream direction's queue of that client). The first task owns the
-//! table: it admits clients, evicts and expires them, and cancels a
-//! client's task when it forgets the client, which closes its socket.
+//! A listener has one or more listening sockets (a SO_REUSEPORT group, one
+//! per per-core worker: the kernel hashes a client's 4-tuple to one of
+//! them, so all its datagrams reach the same socket). Each socket has a
+//! receive loop, on its worker ([`crate::net::udp::serve_each`]), that
+//! reads it and sends each client's datagrams upstream on that client's
+//! socket (with the upstream direction's timed queue for its clients); one
+//! task per client, on the same worker, reads its upstream socket and
+//! sends the replies to the client from the listening socket its datagrams
+//! came to, so they come from the address the client sent to (with the
+//! downstream direction's queue of that client). Each loop owns the table
+//! of its clients: it admits clients, evicts and expires them, and cancels
+//! a client's task when it forgets the client, which closes its socket.
+//! The limits are the listener's: `max_clients` and
+//! `max_clients_per_source` are counted across the loops in [`Admission`]
+//! (a short lock when a client is admitted or forgotten, never per
+//! datagram and never across an await), as are the counters, the
+//! rate limit's buckets, the fault set and the timed queues' byte budget.
 //!
 //! Before a datagram is forwarded, the datagram-source guard
 //! ([`crate::services::source_guard`]) checks its source; a new client
@@ -31,6 +41,7 @@ use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +53,7 @@ use crate::net::udp::RecvHealth;
 use crate::net::udp_batch::{Gso, RecvBatch, SendBatch};
 use crate::services::ServiceCtx;
 use crate::services::client_key::{DEFAULT_IPV6_PREFIX, rate_key};
-use crate::services::source_guard::SourceGuard;
+use crate::services::source_guard::{SourceBuckets, SourceGuard};
 use crate::telemetry::stats::Stats;
 use crate::util::warn_limit::{DEFAULT_INTERVAL, RateLimitedWarn};
 
@@ -75,16 +86,116 @@ struct Client {
     cancel: CancellationToken,
 }
 
-/// Everything the listening task keeps.
-struct Proxy<'a> {
-    svc: &'a UdpProxy,
-    ctx: &'a ServiceCtx,
-    listen: Arc<UdpSocket>,
-    clients: HashMap<SocketAddr, Client>,
-    /// Clients per source key (an IPv4 address, an IPv6 /64).
-    per_source: HashMap<IpAddr, usize>,
+/// What the receive loops of one generation share.
+struct Generation {
+    admission: Admission,
+    buckets: SourceBuckets,
+    epoch: Instant,
+    budget: Budget,
+}
+
+/// The listener-wide client limits, counted across the receive loops.
+struct Admission {
+    max_clients: usize,
+    max_per_source: usize,
+    table: parking_lot::Mutex<AdmissionTable>,
+    /// The clients of every loop (a copy of the table's count, read
+    /// without the lock).
+    clients: std::sync::atomic::AtomicUsize,
+    /// One per loop, told by another loop that found the table full with
+    /// none of its own clients idle: look for idle clients in yours. (One
+    /// each, so that waiting on it stays the loop's own business, not a
+    /// lock the loops share on every wake-up.)
+    want_room: Box<[Notify]>,
     /// One warning per interval for refused clients.
     refused_warn: RateLimitedWarn,
+    counters: Arc<super::Counters>,
+}
+
+#[derive(Default)]
+struct AdmissionTable {
+    clients: usize,
+    /// Clients per source key (an IPv4 address, an IPv6 /64).
+    per_source: HashMap<IpAddr, usize>,
+}
+
+/// Why a new client was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    Full,
+    Source,
+}
+
+impl Admission {
+    fn new(svc: &UdpProxy, loops: usize) -> Self {
+        // The active clients are this generation's, none so far.
+        svc.counters.clients_active.store(0, Relaxed);
+        Admission {
+            max_clients: svc.max_clients,
+            max_per_source: svc.max_clients_per_source,
+            table: parking_lot::Mutex::default(),
+            clients: Default::default(),
+            want_room: (0..loops).map(|_| Notify::new()).collect(),
+            refused_warn: RateLimitedWarn::new(DEFAULT_INTERVAL),
+            counters: svc.counters.clone(),
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.clients.load(Relaxed) >= self.max_clients
+    }
+
+    /// Count `peer` as a client if there is room in the table and under its
+    /// source's `max_clients_per_source`.
+    fn take(&self, peer: SocketAddr) -> Result<(), Refused> {
+        let mut t = self.table.lock();
+        if t.clients >= self.max_clients {
+            return Err(Refused::Full);
+        }
+        let n = t.per_source.entry(source_key(peer)).or_insert(0);
+        if *n >= self.max_per_source {
+            return Err(Refused::Source);
+        }
+        *n += 1;
+        t.clients += 1;
+        self.set(t.clients);
+        Ok(())
+    }
+
+    /// `peers` are clients no more.
+    fn give_back(&self, peers: &[SocketAddr]) {
+        if peers.is_empty() {
+            return;
+        }
+        let mut t = self.table.lock();
+        for &peer in peers {
+            forget_source(&mut t.per_source, peer);
+        }
+        t.clients = t.clients.saturating_sub(peers.len());
+        if t.per_source.capacity() > 2 * t.per_source.len().max(64) {
+            t.per_source.shrink_to_fit();
+        }
+        self.set(t.clients);
+    }
+
+    fn set(&self, clients: usize) {
+        self.clients.store(clients, Relaxed);
+        self.counters.clients_active.store(clients as u64, Relaxed);
+    }
+}
+
+/// Everything a receive loop keeps.
+struct Proxy<'a> {
+    /// Which of the listener's loops this is.
+    index: usize,
+    svc: &'a UdpProxy,
+    ctx: &'a ServiceCtx,
+    generation: &'a Generation,
+    listen: Arc<UdpSocket>,
+    /// This loop's clients.
+    clients: HashMap<SocketAddr, Client>,
+    /// Clients just forgotten, handed back to the admission in one go.
+    gone: Vec<SocketAddr>,
     epoch: Instant,
     budget: Budget,
     /// Cancelled when this generation ends: every client task stops.
@@ -109,59 +220,58 @@ impl Proxy<'_> {
         now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
-    fn set_active(&self) {
-        self.svc
-            .counters
-            .clients_active
-            .store(self.clients.len() as u64, Relaxed);
-    }
-
     /// Forget the clients quiet for `idle` or longer; how many.
     fn expire(&mut self, now: Instant, idle: Duration) -> usize {
         let cutoff = self.ms(now).saturating_sub(idle.as_millis() as u64);
-        let before = self.clients.len();
-        let per_source = &mut self.per_source;
+        let gone = &mut self.gone;
         self.clients.retain(|peer, c| {
             let keep = c.shared.last_ms.load(Relaxed) > cutoff;
             if !keep {
                 c.cancel.cancel();
-                forget_source(per_source, *peer);
+                gone.push(*peer);
             }
             keep
         });
-        if per_source.capacity() > 2 * per_source.len().max(64) {
-            per_source.shrink_to_fit();
-        }
-        let gone = before - self.clients.len();
-        if gone > 0 {
-            Stats::add(&self.svc.counters.clients_expired, gone as u64);
-            self.set_active();
+        let n = gone.len();
+        if n > 0 {
+            Stats::add(&self.svc.counters.clients_expired, n as u64);
+            self.generation.admission.give_back(gone);
+            gone.clear();
+            if gone.capacity() > 1024 {
+                *gone = Vec::new();
+            }
             if self.clients.capacity() > 2 * self.clients.len().max(64) {
                 self.clients.shrink_to_fit();
             }
         }
-        gone
+        n
     }
 
-    /// Make room for one more client if the table is full: false if it
-    /// is full of active clients.
-    fn room(&mut self, now: Instant) -> bool {
-        if self.clients.len() < self.svc.max_clients {
-            return true;
-        }
+    /// The table is full: forget this loop's idle clients (at most every
+    /// [`FULL_SWEEP_EVERY`]); false if it has none, and then the other
+    /// loops are asked to look in theirs.
+    fn make_room(&mut self, now: Instant) -> bool {
         if now < self.next_full_sweep {
             return false;
         }
         self.next_full_sweep = now + FULL_SWEEP_EVERY;
-        self.expire(now, EVICT_IDLE.min(self.svc.idle_timeout));
-        self.clients.len() < self.svc.max_clients
+        if self.expire(now, EVICT_IDLE.min(self.svc.idle_timeout)) > 0 {
+            return true;
+        }
+        let others = self.generation.admission.want_room.iter().enumerate();
+        for (_, n) in others.filter(|(i, _)| *i != self.index) {
+            n.notify_one();
+        }
+        false
     }
 
-    /// Whether `peer`'s source IP may have one more client.
-    fn source_room(&self, peer: SocketAddr) -> bool {
-        self.per_source
-            .get(&source_key(peer))
-            .is_none_or(|n| *n < self.svc.max_clients_per_source)
+    /// Another loop found the table full: forget the idle clients of this
+    /// one, if the table is still full.
+    fn room_wanted(&mut self, now: Instant) {
+        if self.generation.admission.full() && now >= self.next_full_sweep {
+            self.next_full_sweep = now + FULL_SWEEP_EVERY;
+            self.expire(now, EVICT_IDLE.min(self.svc.idle_timeout));
+        }
     }
 
     /// A new client refused (counted in `counter`), with a warning at most
@@ -169,7 +279,7 @@ impl Proxy<'_> {
     fn refuse(&self, peer: SocketAddr, counter: &AtomicU64, why: &str) {
         Stats::add(counter, 1);
         tracing::debug!(listener = %self.ctx.name, %peer, "dropped: {why}");
-        if let Some(suppressed) = self.refused_warn.hit() {
+        if let Some(suppressed) = self.generation.admission.refused_warn.hit() {
             tracing::warn!(listener = %self.ctx.name, %peer, suppressed, "new clients refused: {why}");
         }
     }
@@ -228,33 +338,40 @@ impl Proxy<'_> {
                 cancel,
             },
         );
-        *self.per_source.entry(source_key(peer)).or_insert(0) += 1;
         Stats::add(&self.svc.counters.clients_total, 1);
-        self.set_active();
         Ok(())
     }
 
     /// Whether `peer` is a client, or can become one: room in the table
-    /// and under its source's `max_clients_per_source`, a permit of the
-    /// descriptor budget, and an upstream socket. Refusals are counted.
+    /// and under its source's `max_clients_per_source` (the listener's,
+    /// across its loops), a permit of the descriptor budget, and an
+    /// upstream socket. Refusals are counted.
     fn admit_client(&mut self, peer: SocketAddr, now: Instant) -> bool {
         if self.clients.contains_key(&peer) {
             return true;
         }
         let counters = &self.svc.counters;
-        if !self.room(now) {
-            self.refuse(peer, &counters.clients_refused, "the client table is full");
-            return false;
+        let mut taken = self.generation.admission.take(peer);
+        if taken == Err(Refused::Full) && self.make_room(now) {
+            taken = self.generation.admission.take(peer);
         }
-        if !self.source_room(peer) {
-            self.refuse(
-                peer,
-                &counters.source_clients_refused,
-                "the source IP has max_clients_per_source clients",
-            );
-            return false;
+        match taken {
+            Ok(()) => {}
+            Err(Refused::Full) => {
+                self.refuse(peer, &counters.clients_refused, "the client table is full");
+                return false;
+            }
+            Err(Refused::Source) => {
+                self.refuse(
+                    peer,
+                    &counters.source_clients_refused,
+                    "the source IP has max_clients_per_source clients",
+                );
+                return false;
+            }
         }
         let Some(fd) = crate::net::fd_budget::try_acquire(1) else {
+            self.generation.admission.give_back(&[peer]);
             self.refuse(
                 peer,
                 &counters.clients_refused,
@@ -263,6 +380,7 @@ impl Proxy<'_> {
             return false;
         };
         if let Err(e) = self.open(peer, now, fd) {
+            self.generation.admission.give_back(&[peer]);
             Stats::add(&counters.upstream_errors, 1);
             tracing::debug!(listener = %self.ctx.name, %peer, error = %e, "no upstream socket for a new client");
             return false;
@@ -341,39 +459,64 @@ fn queue_later<K: Copy>(
     }
 }
 
-pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> anyhow::Result<()> {
+/// Serve `sockets` (bound at the listen address; several with
+/// SO_REUSEPORT) with one receive loop each, on the per-core workers.
+pub(super) async fn run(
+    svc: Arc<UdpProxy>,
+    sockets: Vec<UdpSocket>,
+    ctx: ServiceCtx,
+) -> anyhow::Result<()> {
+    let generation = Arc::new(Generation {
+        admission: Admission::new(&svc, sockets.len()),
+        buckets: SourceBuckets::new(&svc.rules),
+        epoch: Instant::now(),
+        budget: Budget::default(),
+    });
+    let stop = ctx.stop_accepting.clone();
+    crate::net::udp::serve_each(sockets, &stop, move |i, socket, stop| {
+        let (svc, ctx, generation) = (svc.clone(), ctx.clone(), generation.clone());
+        async move { run_loop(i, &svc, socket, &ctx, &stop, &generation).await }
+    })
+    .await
+}
+
+/// One listening socket's receive loop, until `stop`.
+async fn run_loop(
+    index: usize,
+    svc: &UdpProxy,
+    socket: UdpSocket,
+    ctx: &ServiceCtx,
+    stop: &CancellationToken,
+    generation: &Generation,
+) -> anyhow::Result<()> {
     let fd = socket.as_raw_fd();
     if let Err(e) = crate::net::udp::enable_rxq_ovfl(fd) {
         tracing::debug!(listener = %ctx.name, error = %e, "SO_RXQ_OVFL unavailable");
     }
     let listen = Arc::new(socket);
     let gen_cancel = ctx.close_connections.child_token();
-    // However run ends, the clients' tasks end with it.
+    // However the loop ends, its clients' tasks end with it.
     let _gen_guard = gen_cancel.clone().drop_guard();
-    let now = Instant::now();
-    let budget = Budget::default();
     let mut p = Proxy {
+        index,
         svc,
-        ctx: &ctx,
+        ctx,
+        generation,
         listen: listen.clone(),
         clients: HashMap::new(),
-        per_source: HashMap::new(),
-        refused_warn: RateLimitedWarn::new(DEFAULT_INTERVAL),
-        epoch: now,
-        budget: budget.clone(),
+        gone: Vec::new(),
+        epoch: generation.epoch,
+        budget: generation.budget.clone(),
         gen_cancel,
-        next_full_sweep: now,
+        next_full_sweep: Instant::now(),
         listen_gso: Gso::new(),
         up_gso: Gso::new(),
     };
-    // The counters are the listener's (kept across updates and restarts);
-    // the active clients are this generation's table, empty so far.
-    p.set_active();
-    let mut timed: Timed<SocketAddr> = Timed::new(budget);
+    let mut timed: Timed<SocketAddr> = Timed::new(generation.budget.clone());
     let mut watch = Watch::new(&ctx.faults);
     let mut rng = Rng::new();
     let mut out = Out::default();
-    let mut stop = CancelWatch::new(&ctx.stop_accepting);
+    let mut stop = CancelWatch::new(stop);
     let fast = crate::net::udp_batch::fast_path();
     let gro = crate::net::udp_batch::enable_gro(fd);
     let mut rx = RecvBatch::new(fast.batch)?;
@@ -384,13 +527,15 @@ pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> a
     tracing::info!(listener = %ctx.name, batch = fast.batch, gro, gso = p.listen_gso.on(), "udp fast path");
     let mut health = RecvHealth::default();
     let mut guard = SourceGuard::new(&svc.rules, &svc.own, &svc.counters.guard, &ctx.name)
-        .never_from(svc.upstream);
+        .never_from(svc.upstream)
+        .sharing(&generation.buckets);
 
     let sweep_every =
         (svc.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
     let sweep = tokio::time::sleep(sweep_every);
     tokio::pin!(sweep);
     let mut wake = TimedWake::default();
+    let room_wanted = &generation.admission.want_room[index];
 
     loop {
         wake.follow(&timed);
@@ -411,6 +556,7 @@ pub(super) async fn run(svc: &UdpProxy, socket: UdpSocket, ctx: ServiceCtx) -> a
                 p.expire(Instant::now(), svc.idle_timeout);
                 sweep.as_mut().reset(Instant::now() + sweep_every);
             }
+            () = room_wanted.notified() => p.room_wanted(Instant::now()),
             r = listen.async_io(Interest::READABLE, || rx.recv(fd)) => {
                 if let Err(e) = r {
                     health.failed(e, &ctx.stats.errors, &ctx.name).await?;

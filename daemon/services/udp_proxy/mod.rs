@@ -2,8 +2,9 @@
 //! from a socket of its own, and what the upstream sends back on that
 //! socket goes to that client. Impairments are faults (see
 //! [`crate::fault`]), applied per datagram by [`impair`]; the client table
-//! and the two directions are in [`forward`]. This file owns the spec and
-//! the counters.
+//! and the two directions are in [`forward`], a receive loop per socket
+//! of the listener's SO_REUSEPORT group (one per per-core worker). This
+//! file owns the spec and the counters.
 //!
 //! Safety: the datagram-source guard ([`super::source_guard`], the same
 //! keys and counters as the UDP echo's) drops datagrams from netd's own UDP
@@ -30,6 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
+
+use crate::net::bind::Sockets;
 
 use super::source_guard::{self, GuardCounters, SourceRules};
 use super::{ListenerKind, ServiceCtx, Settings, SpecError, Transport, listen_field};
@@ -165,7 +168,7 @@ impl UdpProxy {
 
 impl ListenerKind for UdpProxy {
     type Spec = proto::UdpProxySpec;
-    type Socket = UdpSocket;
+    type Socket = Sockets<UdpSocket>;
     const SLUG: &'static str = "udp-proxy";
     const KIND: proto::ListenerKind = proto::ListenerKind::UdpProxy;
     const TRANSPORT: Transport = Transport::Udp;
@@ -289,8 +292,19 @@ impl ListenerKind for UdpProxy {
         super::proxy::check_not_self(local, std::iter::once(self.upstream))
     }
 
-    async fn run(self: Arc<Self>, socket: UdpSocket, ctx: ServiceCtx) -> anyhow::Result<()> {
-        forward::run(&self, socket, ctx).await
+    async fn run(
+        self: Arc<Self>,
+        sockets: Sockets<UdpSocket>,
+        ctx: ServiceCtx,
+    ) -> anyhow::Result<()> {
+        forward::run(self, sockets.into_vec(), ctx).await
+    }
+
+    /// One per per-core worker (a SO_REUSEPORT group; one with
+    /// `NETD_REUSEPORT=off`): each has a receive loop on its worker, with
+    /// the clients the kernel hashes to its socket.
+    fn sockets(&self) -> usize {
+        crate::net::workers::socket_count()
     }
 
     fn detail_stats(&self) -> Option<proto::listener_stats::Detail> {
