@@ -339,7 +339,7 @@ fi
 echo "bench/regress.sh: netd A against netd B, loopback, ${SECS}s runs, $ROUNDS rounds each (A B, B A, ...)"
 echo "  bulk: iperf3 -c 127.0.0.1 -p PROXY -t $SECS (iperf3 -s behind); conn: conn_load rate 127.0.0.1:PROXY --conns $CONNS --secs $SECS (netd tcp-echo behind)"
 echo "  fault0_*: the same through a proxy with: netctl fault add P off --type latency --latency 0ms --direction both --toxicity 0"
-echo "  http / access_log: wrk -t$THREADS -c$HTTP_CONNS -d${SECS}s http://127.0.0.1:PORT/a/b?k=v1&k=v2 (http kind, --access-log false / the log on, to a file)"
+echo "  http / access_log: wrk -t$THREADS -c$HTTP_CONNS -d${SECS}s http://127.0.0.1:PORT/a/b?k=v1&k=v2 (http kind: netd at log level warn / an http listener logging to a file)"
 echo "  http_proxy: wrk -t$THREADS -c$CONNS -d${SECS}s http://127.0.0.1:PORT/api/items (http-proxy -u nginx 'return 200')"
 echo "  CPU: the netd process's user + system time over the run, per unit"
 summary table
