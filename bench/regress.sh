@@ -38,7 +38,9 @@
 #
 # Knobs: ROUNDS=5 (at least 3) SECS=5 CONNS=50 HTTP_CONNS=64 THREADS=2
 # TOL=3 RERUN=1 METRICS="bulk conn fault0_bulk fault0_conn http access_log
-# http_proxy" KEEP=.
+# http_proxy" KEEP=; ENV_A, ENV_B: environment for that side's netd (e.g.
+# ENV_A=NETD_REUSEPORT=off bench/regress.sh reuse reuse: one binary, a
+# switch off and on).
 . "$(dirname "$0")/lib.sh"
 SECS=${SECS:-5}
 CONNS=${CONNS:-50}
@@ -89,6 +91,8 @@ resolve() {
 }
 resolve A "$1"
 resolve B "$2"
+declare -A ENV=([A]=${ENV_A:-} [B]=${ENV_B:-})
+for side in A B; do [ -z "${ENV[$side]}" ] || LABEL[$side]="${LABEL[$side]} with ${ENV[$side]}"; done
 # ~2-3 GB; the binaries are copied out. KEEP keeps it too, for the next
 # revision's build (delete KEEP's directory when done).
 [ -n "${KEEP:-}" ] || rm -rf "$BUILD/target"
@@ -135,7 +139,8 @@ declare -A PX_PID LOG_PID PE PI FE FI HTTP HLOG HP
 ctl() { local side=$1; shift; NETCTL=${DIR[$side]}/netctl ctl_at "$@"; }
 for side in A B; do
   read -r PE[$side] PI[$side] FE[$side] FI[$side] HTTP[$side] HLOG[$side] HP[$side] < <(free_ports 7)
-  NETD=${DIR[$side]}/netd start_netd "px-$side" "$work/quiet.toml"; PX_PID[$side]=$netd_pid
+  # shellcheck disable=SC2086  # ENV_A/ENV_B: words for env(1)
+  NETD=${DIR[$side]}/netd start_netd "px-$side" "$work/quiet.toml" env ${ENV[$side]}; PX_PID[$side]=$netd_pid
   ctl "$side" "px-$side" start proxy pe --listen "127.0.0.1:${PE[$side]}" --upstream "127.0.0.1:$ECHO" --max-connections 100000 >/dev/null
   ctl "$side" "px-$side" start proxy pi --listen "127.0.0.1:${PI[$side]}" --upstream "127.0.0.1:$IPERF" >/dev/null
   ctl "$side" "px-$side" start proxy fe --listen "127.0.0.1:${FE[$side]}" --upstream "127.0.0.1:$ECHO" --max-connections 100000 >/dev/null
@@ -147,7 +152,8 @@ for side in A B; do
   ctl "$side" "px-$side" start http-proxy hp --listen "127.0.0.1:${HP[$side]}" -u "127.0.0.1:$UP" --max-connections 4096 >/dev/null
   mkdir -p "$work/logs-$side"
   printf '[log]\nlevel = "info"\n[access_log]\npath = "%s"\n' "$work/logs-$side/access.log" > "$work/log-$side.toml"
-  NETD=${DIR[$side]}/netd start_netd "log-$side" "$work/log-$side.toml"; LOG_PID[$side]=$netd_pid
+  # shellcheck disable=SC2086
+  NETD=${DIR[$side]}/netd start_netd "log-$side" "$work/log-$side.toml" env ${ENV[$side]}; LOG_PID[$side]=$netd_pid
   ctl "$side" "log-$side" start http hl --listen "127.0.0.1:${HLOG[$side]}" --max-connections 4096 >/dev/null
   for p in "${PE[$side]}" "${PI[$side]}" "${FE[$side]}" "${FI[$side]}" "${HTTP[$side]}" "${HLOG[$side]}" "${HP[$side]}"; do wait_port "$p"; done
   body=$(curl -s "http://127.0.0.1:${HP[$side]}/api/items")
