@@ -10,24 +10,20 @@
 //! socket.
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::common::spoof::{spoof_udp, v4};
 use crate::common::{Netd, bound_addr, wait_until};
+use crate::reuseport::{group_size, socket_inodes_of};
 
 /// Clients per round: enough that a group of two leaves no socket without
 /// some (the odds are 2^-63).
 const CLIENTS: usize = 64;
 /// Datagrams each client sends per round.
 const PER_CLIENT: usize = 10;
-
-/// Sockets in a group here: one per core (netd runs a worker per core).
-fn group_size() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores < 2 { 1 } else { cores }
-}
 
 /// The names a group's sockets have in the hand-over and the fd store:
 /// `name`, `name@1`, ...
@@ -48,18 +44,6 @@ fn udp_inodes(port: u16) -> BTreeSet<u64> {
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .filter(|f| f.len() > 9 && f[1].ends_with(&port_hex))
         .map(|f| f[9].parse().unwrap())
-        .collect()
-}
-
-/// The socket inodes process `pid` holds open.
-fn socket_inodes_of(pid: u32) -> BTreeSet<u64> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter_map(|l| {
-            let l = l.to_string_lossy().into_owned();
-            l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-        })
         .collect()
 }
 
@@ -287,42 +271,6 @@ fn limits_hold_across_workers() {
     });
     assert_eq!(detail(&netd, "r", "udp_echo", "rate_limited"), 30);
     assert_eq!(total(&netd, "r", "datagrams_out"), 10);
-}
-
-fn v4(addr: SocketAddr) -> SocketAddrV4 {
-    match addr {
-        SocketAddr::V4(a) => a,
-        SocketAddr::V6(a) => panic!("{a} is not IPv4"),
-    }
-}
-
-/// Send one UDP datagram with a forged source through a raw socket (as in
-/// hardening_udp.rs). Needs root.
-fn spoof_udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let raw = Socket::new(
-        Domain::IPV4,
-        Type::RAW,
-        Some(Protocol::from(libc::IPPROTO_RAW)),
-    )
-    .expect("raw socket (the test needs root)");
-    let total = (20 + 8 + payload.len()) as u16;
-    let mut p = Vec::with_capacity(total as usize);
-    p.extend_from_slice(&[0x45, 0]);
-    p.extend_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0x40, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
-    p.extend_from_slice(&src.ip().octets());
-    p.extend_from_slice(&dst.ip().octets());
-    p.extend_from_slice(&src.port().to_be_bytes());
-    p.extend_from_slice(&dst.port().to_be_bytes());
-    p.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(payload);
-    let to = SocketAddr::V4(SocketAddrV4::new(*dst.ip(), 0));
-    let sent = raw
-        .send_to(&p, &to.into())
-        .expect("send the forged datagram");
-    assert_eq!(sent, p.len());
 }
 
 /// The source guard is in every loop: datagrams from 40 reflector ports

@@ -33,13 +33,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-
-use crate::net::bind::Sockets;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::source_guard::{self, GuardCounters, SourceBuckets, SourceGuard, SourceRules};
 use super::{ListenerKind, ServiceCtx, Settings, SpecError, Transport, listen_field};
+use crate::net::bind::Sockets;
 use crate::net::cancel::CancelWatch;
 use crate::net::own_addrs::OwnAddrs;
 use crate::net::udp::{RecvHealth, enable_rxq_ovfl};

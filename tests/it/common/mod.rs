@@ -8,6 +8,7 @@
 pub mod h2raw;
 pub mod pki;
 pub mod py_server;
+pub mod spoof;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
