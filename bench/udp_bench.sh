@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # bench/udp_bench.sh: netd's udp-proxy against nginx's `stream` UDP proxy,
 # and netd's udp-echo with its fast path (recvmmsg/sendmmsg batches, UDP
-# GRO/GSO) against the same binary with it switched off
-# (NETD_UDP_BATCH=1 NETD_UDP_OFFLOAD=off: one datagram per system call, as
-# netd did before); both kinds also on the same binary with its socket
-# groups off (NETD_REUSEPORT=off: one socket and one receive loop per
-# listener instead of one per per-core worker), as "netd-1sock".
+# GRO/GSO) and its socket per worker against the same binary with both
+# switched off (NETD_UDP_BATCH=1 NETD_UDP_OFFLOAD=off NETD_REUSEPORT=off:
+# one socket, one datagram per system call, as netd did before issue 29);
+# both kinds also on the same binary with only its socket groups off
+# (NETD_REUSEPORT=off: one socket and one receive loop per listener
+# instead of one per per-core worker), as "netd-1sock".
 # All in a network namespace of its own, on its loopback.
 #
 # Load: bench/udp_load.rs (release), one sender thread with 8 sockets and
@@ -26,6 +27,10 @@
 # Rounds alternate the order of the contenders; medians of ROUNDS rounds.
 #
 #   ROUNDS=3 SECS=3 SIZES="64 1400" STEPS=8 LOSS_OK=0.001 bench/udp_bench.sh
+#   PARTS="proxy echo" (either alone skips the other's runs)
+#   ECHO_THREADS=1: udp_load sender threads for the echo's request/response
+#   runs, each with 8 sockets waiting for their replies (on 2 cores, 2
+#   threads halve every echo figure: the clients take netd's CPU)
 . "$(dirname "$0")/lib.sh"
 
 ROUNDS=${ROUNDS:-3}
@@ -33,6 +38,8 @@ SECS=${SECS:-3}
 SIZES=${SIZES:-"64 1400"}
 STEPS=${STEPS:-8}
 LOSS_OK=${LOSS_OK:-0.001}
+PARTS=${PARTS:-proxy echo}
+ECHO_THREADS=${ECHO_THREADS:-1}
 
 need nginx python3
 NGX_STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
@@ -72,7 +79,7 @@ start_netd fast "$work/netd.toml" ip netns exec "$NS"
 ctl_at fast start udp-proxy p --listen 127.0.0.1:$NETD_PROXY --upstream 127.0.0.1:$UP \
   --max-clients 4096 --max-clients-per-source 4096 --idle-timeout 10s >/dev/null
 ctl_at fast start udp-echo e --listen 127.0.0.1:$ECHO_FAST --rate-limit off >/dev/null
-start_netd slow "$work/netd.toml" ip netns exec "$NS" env NETD_UDP_BATCH=1 NETD_UDP_OFFLOAD=off
+start_netd slow "$work/netd.toml" ip netns exec "$NS" env NETD_UDP_BATCH=1 NETD_UDP_OFFLOAD=off NETD_REUSEPORT=off
 ctl_at slow start udp-echo e --listen 127.0.0.1:$ECHO_SLOW --rate-limit off >/dev/null
 start_netd one "$work/netd.toml" ip netns exec "$NS" env NETD_REUSEPORT=off
 ctl_at one start udp-proxy p --listen 127.0.0.1:$ONE_PROXY --upstream 127.0.0.1:$UP \
@@ -90,6 +97,7 @@ for round in $(seq "$ROUNDS"); do
   else order="netd-1sock netd nginx"; eorder="one fast slow"; fi
   for size in $SIZES; do
     for who in $order; do
+      [[ " $PARTS " == *" proxy "* ]] || break
       case $who in nginx) port=$NGINX_PROXY ;; netd) port=$NETD_PROXY ;; *) port=$ONE_PROXY ;; esac
       d=$(load 127.0.0.1:$port --mode oneway --sink 127.0.0.1:$UP --size "$size" --sockets 8 --secs "$SECS" | json delivered)
       z=$(load 127.0.0.1:$port --mode oneway --sink 127.0.0.1:$UP --size "$size" --sockets 8 \
@@ -99,8 +107,9 @@ for round in $(seq "$ROUNDS"); do
       echo "round $round size $size $who: delivered $d/s, zero-loss $z/s" >&2
     done
     for who in $eorder; do
+      [[ " $PARTS " == *" echo "* ]] || break
       case $who in slow) port=$ECHO_SLOW ;; fast) port=$ECHO_FAST ;; *) port=$ECHO_ONE ;; esac
-      a=$(load 127.0.0.1:$port --mode rr --size "$size" --sockets 8 --secs "$SECS" | json delivered)
+      a=$(load 127.0.0.1:$port --mode rr --size "$size" --threads "$ECHO_THREADS" --sockets 8 --secs "$SECS" | json delivered)
       echo "answered echo-$who $size $a" >>"$results"
       echo "round $round size $size echo-$who: answered $a/s" >&2
     done
@@ -118,18 +127,21 @@ for line in open(sys.argv[1]):
 med = lambda k: statistics.median(v[k]) if v[k] else float("nan")
 sizes = sorted({k[2] for k in v})
 r = lambda a, b: f"{a / b:.2f}" if b else ""
-print("| metric (median) | size | nginx stream | netd udp-proxy | netd/nginx | netd, one socket | one socket/nginx |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
-for m, label in (("delivered", "delivered datagrams/s (one-way, unlimited offer)"), ("zero_loss", "zero-loss rate, datagrams/s")):
+ran = {k[0] for k, xs in v.items() if xs}
+if "delivered" in ran:
+    print("| metric (median) | size | nginx stream | netd udp-proxy | netd/nginx | netd, one socket | one socket/nginx |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for m, label in (("delivered", "delivered datagrams/s (one-way, unlimited offer)"), ("zero_loss", "zero-loss rate, datagrams/s")):
+        for s in sizes:
+            n, d, o = med((m, "nginx", s)), med((m, "netd", s)), med((m, "netd-1sock", s))
+            print(f"| {label} | {s} B | {n:.0f} | {d:.0f} | {r(d, n)} | {o:.0f} | {r(o, n)} |")
+    print()
+if "answered" in ran:
+    print("| metric (median) | size | udp-echo, as before (one socket, no batches) | udp-echo, one socket | udp-echo | udp-echo/before | udp-echo/one socket |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for s in sizes:
-        n, d, o = med((m, "nginx", s)), med((m, "netd", s)), med((m, "netd-1sock", s))
-        print(f"| {label} | {s} B | {n:.0f} | {d:.0f} | {r(d, n)} | {o:.0f} | {r(o, n)} |")
-print()
-print("| metric (median) | size | udp-echo, fast path off | udp-echo, one socket | udp-echo | udp-echo/fast path off | udp-echo/one socket |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
-for s in sizes:
-    a, o, b = med(("answered", "echo-slow", s)), med(("answered", "echo-one", s)), med(("answered", "echo-fast", s))
-    print(f"| answered datagrams/s (request/response) | {s} B | {a:.0f} | {o:.0f} | {b:.0f} | {r(b, a)} | {r(b, o)} |")
-print()
-print("per round:", {f"{k[0]} {k[1]} {k[2]}": [round(x) for x in xs] for k, xs in sorted(v.items())})
+        a, o, b = med(("answered", "echo-slow", s)), med(("answered", "echo-one", s)), med(("answered", "echo-fast", s))
+        print(f"| answered datagrams/s (request/response) | {s} B | {a:.0f} | {o:.0f} | {b:.0f} | {r(b, a)} | {r(b, o)} |")
+    print()
+print("per round:", {f"{k[0]} {k[1]} {k[2]}": [round(x) for x in xs] for k, xs in sorted(v.items()) if xs})
 PY
