@@ -16,7 +16,8 @@
 #   zero-loss   one-way, a stepped search (STEPS steps of 1 s, doubling from
 #               20k/s, then bisecting) for the highest rate with loss at
 #               most LOSS_OK
-#   answered    udp-echo, request/response, unlimited offer: replies/s
+#   answered    udp-echo, request/response, unlimited offer: replies/s,
+#               and the netd process's CPU per reply (/proc ticks over the run)
 # nginx: worker_processes 2, `listen ... udp reuseport` (one socket per
 # worker), proxy_timeout 10s. netd: its release build; the udp-proxy with
 # --idle-timeout 10s and room for every run's clients (--max-clients and
@@ -72,16 +73,16 @@ ip netns exec "$NS" nginx -c "$work/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 
 quiet_config "$work/netd.toml"
-start_netd fast "$work/netd.toml" ip netns exec "$NS"
+start_netd fast "$work/netd.toml" ip netns exec "$NS"; FAST_PID=$netd_pid
 # Every run opens 8 new clients from 127.0.0.1: the per-source client cap
 # (64 by default) would refuse them after eight runs; clients idle for 10 s
 # are forgotten, as nginx's proxy_timeout 10s forgets its sessions.
 ctl_at fast start udp-proxy p --listen 127.0.0.1:$NETD_PROXY --upstream 127.0.0.1:$UP \
   --max-clients 4096 --max-clients-per-source 4096 --idle-timeout 10s >/dev/null
 ctl_at fast start udp-echo e --listen 127.0.0.1:$ECHO_FAST --rate-limit off >/dev/null
-start_netd slow "$work/netd.toml" ip netns exec "$NS" env NETD_UDP_BATCH=1 NETD_UDP_OFFLOAD=off NETD_REUSEPORT=off
+start_netd slow "$work/netd.toml" ip netns exec "$NS" env NETD_UDP_BATCH=1 NETD_UDP_OFFLOAD=off NETD_REUSEPORT=off; SLOW_PID=$netd_pid
 ctl_at slow start udp-echo e --listen 127.0.0.1:$ECHO_SLOW --rate-limit off >/dev/null
-start_netd one "$work/netd.toml" ip netns exec "$NS" env NETD_REUSEPORT=off
+start_netd one "$work/netd.toml" ip netns exec "$NS" env NETD_REUSEPORT=off; ONE_PID=$netd_pid
 ctl_at one start udp-proxy p --listen 127.0.0.1:$ONE_PROXY --upstream 127.0.0.1:$UP \
   --max-clients 4096 --max-clients-per-source 4096 --idle-timeout 10s >/dev/null
 ctl_at one start udp-echo e --listen 127.0.0.1:$ECHO_ONE --rate-limit off >/dev/null
@@ -108,9 +109,15 @@ for round in $(seq "$ROUNDS"); do
     done
     for who in $eorder; do
       [[ " $PARTS " == *" echo "* ]] || break
-      case $who in slow) port=$ECHO_SLOW ;; fast) port=$ECHO_FAST ;; *) port=$ECHO_ONE ;; esac
-      a=$(load 127.0.0.1:$port --mode rr --size "$size" --threads "$ECHO_THREADS" --sockets 8 --secs "$SECS" | json delivered)
+      case $who in slow) port=$ECHO_SLOW pid=$SLOW_PID ;; fast) port=$ECHO_FAST pid=$FAST_PID ;; *) port=$ECHO_ONE pid=$ONE_PID ;; esac
+      t0=$(cpu_ticks "$pid")
+      out=$(load 127.0.0.1:$port --mode rr --size "$size" --threads "$ECHO_THREADS" --sockets 8 --secs "$SECS")
+      t1=$(cpu_ticks "$pid")
+      a=$(json delivered <<<"$out")
+      # netd's CPU per answer, ns: its clock ticks over the run (the
+      # process does nothing else meanwhile) over the answers counted.
       echo "answered echo-$who $size $a" >>"$results"
+      echo "cpu echo-$who $size $(python3 -c 'import sys; t, a, s = map(float, sys.argv[1:]); print(t / 100 * 1e9 / (a * s) if a else 0)' $((t1 - t0)) "$a" "$SECS")" >>"$results"
       echo "round $round size $size echo-$who: answered $a/s" >&2
     done
   done
@@ -142,6 +149,9 @@ if "answered" in ran:
     for s in sizes:
         a, o, b = med(("answered", "echo-slow", s)), med(("answered", "echo-one", s)), med(("answered", "echo-fast", s))
         print(f"| answered datagrams/s (request/response) | {s} B | {a:.0f} | {o:.0f} | {b:.0f} | {r(b, a)} | {r(b, o)} |")
+    for s in sizes:
+        a, o, b = med(("cpu", "echo-slow", s)), med(("cpu", "echo-one", s)), med(("cpu", "echo-fast", s))
+        print(f"| netd CPU per answer, ns | {s} B | {a:.0f} | {o:.0f} | {b:.0f} | {r(b, a)} | {r(b, o)} |")
     print()
 print("per round:", {f"{k[0]} {k[1]} {k[2]}": [round(x) for x in xs] for k, xs in sorted(v.items()) if xs})
 PY
