@@ -38,23 +38,8 @@ read -r UP NGX HAP NETD_P NETD_F1 NETD_F100 NETD_ABORT NETD_DELAY < <(free_ports
 PATH_Q=/api/items
 
 # The upstream: nginx answering {"ok":true} to every request, keep-alive.
-mkdir -p "$work/up" "$work/ngx"
-cat > "$work/up/nginx.conf" <<CFG
-worker_processes $CORES;
-pid $work/up/nginx.pid;
-error_log $work/up/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 300s;
-  server {
-    listen 127.0.0.1:$UP;
-    location / { default_type application/json; return 200 '{"ok":true}'; }
-  }
-}
-CFG
-nginx -c "$work/up/nginx.conf" -g 'daemon off;' & pids+=($!)
+mkdir -p "$work/ngx"
+nginx_json_upstream "$UP"
 
 # nginx as the proxy: upstream keep-alive, HTTP/1.1 to the upstream.
 cat > "$work/ngx/nginx.conf" <<CFG

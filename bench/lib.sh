@@ -94,6 +94,29 @@ wait_sock() {
   bench_gave_up "no socket $1"
 }
 
+# nginx_json_upstream PORT: an nginx on 127.0.0.1:PORT answering {"ok":true}
+# to every request, keep-alive, a worker per core (config and pid in
+# $work/up); the upstream of the HTTP proxy benchmarks.
+nginx_json_upstream() {
+  mkdir -p "$work/up"
+  cat > "$work/up/nginx.conf" <<CFG
+worker_processes $(nproc);
+pid $work/up/nginx.pid;
+error_log $work/up/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  server {
+    listen 127.0.0.1:$1;
+    location / { default_type application/json; return 200 '{"ok":true}'; }
+  }
+}
+CFG
+  nginx -c "$work/up/nginx.conf" -g 'daemon off;' & pids+=($!)
+}
+
 quiet_config() { printf '[log]\nlevel = "warn"\n' > "$1"; }
 
 start_netd() {

@@ -112,23 +112,7 @@ NETCTL=${DIR[B]}/netctl ctl_at up start tcp-echo up --listen "127.0.0.1:$ECHO" -
 iperf3 -s -p "$IPERF" -D --pidfile "$work/iperf.pid"
 for _ in $(seq 100); do [ -s "$work/iperf.pid" ] && break; sleep 0.05; done
 pids+=("$(cat "$work/iperf.pid")")
-mkdir -p "$work/up"
-cat > "$work/up/nginx.conf" <<CFG
-worker_processes $(nproc);
-pid $work/up/nginx.pid;
-error_log $work/up/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 300s;
-  server {
-    listen 127.0.0.1:$UP;
-    location / { default_type application/json; return 200 '{"ok":true}'; }
-  }
-}
-CFG
-nginx -c "$work/up/nginx.conf" -g 'daemon off;' & pids+=($!)
+nginx_json_upstream "$UP"
 wait_port "$ECHO"; wait_port "$UP"  # (a probe would be a failed test to iperf3)
 
 # --- each build's daemons ---------------------------------------------------

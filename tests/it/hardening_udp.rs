@@ -9,7 +9,7 @@ use std::net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use crate::common::spoof::{spoof_udp, v4};
-use crate::common::{NetNs, Netd, bound_addr, wait_until};
+use crate::common::{NetNs, Netd, bound_addr, start_udp_proxy, wait_until};
 use serde_json::Value;
 
 fn start_udp(netd: &Netd, name: &str, extra: &[&str]) -> SocketAddr {
@@ -424,23 +424,6 @@ fn http_rate_limit_keys_ipv6_clients_by_64() {
         "129",
     ]);
     assert!(err.contains("rate_limit_ipv6_prefix"), "{err}");
-}
-
-/// Start udp-proxy `name` on 127.0.0.1:0 to `upstream`; its bound address.
-fn start_udp_proxy(netd: &Netd, name: &str, upstream: SocketAddr, extra: &[&str]) -> SocketAddr {
-    let up = upstream.to_string();
-    let mut args = vec![
-        "start",
-        "udp-proxy",
-        name,
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &up,
-    ];
-    args.extend_from_slice(extra);
-    netd.netctl_ok(&args);
-    bound_addr(netd, name)
 }
 
 /// One of the udp-proxy's own counters (0 while netd does not report it).

@@ -11,24 +11,7 @@ use std::time::{Duration, Instant};
 use netd::proto::{self, fault::Kind};
 use serde_json::Value;
 
-use crate::common::{DEADLINE, Netd, bound_addr, free_tcp_port, wait_until};
-
-/// Start udp-proxy `name` on 127.0.0.1:0 to `upstream`.
-fn start_proxy(netd: &Netd, name: &str, upstream: SocketAddr, extra: &[&str]) -> SocketAddr {
-    let up = upstream.to_string();
-    let mut args = vec![
-        "start",
-        "udp-proxy",
-        name,
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &up,
-    ];
-    args.extend_from_slice(extra);
-    netd.netctl_ok(&args);
-    bound_addr(netd, name)
-}
+use crate::common::{DEADLINE, Netd, bound_addr, free_tcp_port, start_udp_proxy, wait_until};
 
 fn client(proxy: SocketAddr) -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -191,7 +174,7 @@ fn forwards_each_clients_datagrams_and_answers_to_that_client() {
         "off",
     ]);
     let echo = bound_addr(&netd, "e");
-    let p = start_proxy(&netd, "p", echo, &[]);
+    let p = start_udp_proxy(&netd, "p", echo, &[]);
     let clients: Vec<UdpSocket> = (0..5).map(|_| client(p)).collect();
     let mut buf = [0u8; 256];
     for round in 0..20 {
@@ -241,7 +224,7 @@ fn forwards_each_clients_datagrams_and_answers_to_that_client() {
 fn each_client_has_its_own_upstream_socket_and_idle_ones_expire() {
     let netd = Netd::start("");
     let u = upstream();
-    let p = start_proxy(
+    let p = start_udp_proxy(
         &netd,
         "p",
         u.local_addr().unwrap(),
@@ -281,7 +264,7 @@ fn each_client_has_its_own_upstream_socket_and_idle_ones_expire() {
 fn a_full_table_refuses_new_clients_until_one_is_idle() {
     let netd = Netd::start("");
     let u = upstream();
-    let p = start_proxy(&netd, "p", u.local_addr().unwrap(), &["--max-clients", "2"]);
+    let p = start_udp_proxy(&netd, "p", u.local_addr().unwrap(), &["--max-clients", "2"]);
     let (a, b, c) = (client(p), client(p), client(p));
     let mut buf = [0u8; 64];
     a.send(b"a").unwrap();
@@ -358,7 +341,7 @@ fn random_loss_is_within_binomial_bounds_and_counted() {
     let (config, port) = metrics_config();
     let netd = Netd::start(&config);
     let u = upstream();
-    let p = start_proxy(&netd, "p", u.local_addr().unwrap(), &[]);
+    let p = start_udp_proxy(&netd, "p", u.local_addr().unwrap(), &[]);
     add_fault(
         &netd,
         "p",
@@ -415,7 +398,7 @@ fn random_loss_is_within_binomial_bounds_and_counted() {
 fn gilbert_elliott_losses_come_in_longer_runs_than_random_loss() {
     let netd = Netd::start("");
     let u = upstream();
-    let p = start_proxy(&netd, "p", u.local_addr().unwrap(), &[]);
+    let p = start_udp_proxy(&netd, "p", u.local_addr().unwrap(), &[]);
     let c = client(p);
     const N: u64 = 4000;
     // Random loss of 30%, then bursts averaging the same: bad state (all
@@ -472,7 +455,7 @@ fn gilbert_elliott_losses_come_in_longer_runs_than_random_loss() {
 fn duplicate_sends_twice_and_counts() {
     let netd = Netd::start("");
     let u = upstream();
-    let p = start_proxy(&netd, "p", u.local_addr().unwrap(), &[]);
+    let p = start_udp_proxy(&netd, "p", u.local_addr().unwrap(), &[]);
     let c = client(p);
     let dup = |p: f64| {
         up(
@@ -531,7 +514,7 @@ fn duplicate_sends_twice_and_counts() {
 fn reorder_holds_datagrams_behind_later_ones() {
     let netd = Netd::start("");
     let u = upstream();
-    let p = start_proxy(&netd, "p", u.local_addr().unwrap(), &[]);
+    let p = start_udp_proxy(&netd, "p", u.local_addr().unwrap(), &[]);
     let c = client(p);
     add_fault(
         &netd,
@@ -584,7 +567,7 @@ fn reorder_holds_datagrams_behind_later_ones() {
 fn corrupt_flips_exactly_one_bit_from_a_fault_added_at_runtime() {
     let netd = Netd::start("");
     let u = upstream();
-    let p = start_proxy(&netd, "p", u.local_addr().unwrap(), &[]);
+    let p = start_udp_proxy(&netd, "p", u.local_addr().unwrap(), &[]);
     let c = client(p);
     let payload = |i: u64| -> Vec<u8> {
         let mut v = i.to_be_bytes().to_vec();
@@ -630,7 +613,7 @@ fn latency_delays_each_round_trip() {
         "--rate-limit",
         "off",
     ]);
-    let p = start_proxy(&netd, "p", bound_addr(&netd, "e"), &[]);
+    let p = start_udp_proxy(&netd, "p", bound_addr(&netd, "e"), &[]);
     add_fault(
         &netd,
         "p",
@@ -671,7 +654,7 @@ fn latency_delays_each_round_trip() {
 fn bandwidth_paces_a_burst_and_drops_beyond_a_second_of_backlog() {
     let netd = Netd::start("");
     let u = upstream();
-    let p = start_proxy(&netd, "p", u.local_addr().unwrap(), &[]);
+    let p = start_udp_proxy(&netd, "p", u.local_addr().unwrap(), &[]);
     const RATE: u64 = 20_000;
     add_fault(
         &netd,
@@ -723,7 +706,7 @@ fn bandwidth_paces_a_burst_and_drops_beyond_a_second_of_backlog() {
 fn down_drops_everything_until_removed() {
     let netd = Netd::start("");
     let u = upstream();
-    let p = start_proxy(&netd, "p", u.local_addr().unwrap(), &[]);
+    let p = start_udp_proxy(&netd, "p", u.local_addr().unwrap(), &[]);
     let c = client(p);
     c.send(b"before").unwrap();
     assert_eq!(collect(&u, |n| n >= 1).len(), 1);
@@ -789,7 +772,7 @@ fn an_upstream_that_does_not_answer_counts_upstream_errors() {
     // A port nobody listens on: the kernel answers with ICMP port
     // unreachable, which the upstream socket reports.
     let gone = upstream().local_addr().unwrap();
-    let p = start_proxy(&netd, "p", gone, &[]);
+    let p = start_udp_proxy(&netd, "p", gone, &[]);
     let c = client(p);
     wait_until("an upstream error", || {
         c.send(b"anyone?").unwrap();
@@ -806,7 +789,7 @@ fn an_upstream_that_does_not_answer_counts_upstream_errors() {
 fn conditions_pick_clients_by_network_and_faults_by_time_window() {
     let netd = Netd::start("");
     let u = upstream();
-    let p = start_proxy(&netd, "p", u.local_addr().unwrap(), &[]);
+    let p = start_udp_proxy(&netd, "p", u.local_addr().unwrap(), &[]);
     let mut f = up("c", Kind::Corrupt(proto::CorruptFault { probability: 1.0 }));
     f.when = Some(proto::FaultCondition {
         client_cidr: "127.0.0.2/32".into(),

@@ -149,21 +149,9 @@ prefix = "e: "
 rate_limit = "off"
 "#;
 
-/// Start udp-proxy `p` to the config's echo `up`.
+/// Start udp-proxy `name` to the config's echo `up`.
 fn start_proxy(netd: &Netd, name: &str, extra: &[&str]) -> SocketAddr {
-    let up = bound_addr(netd, "up").to_string();
-    let mut args = vec![
-        "start",
-        "udp-proxy",
-        name,
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &up,
-    ];
-    args.extend_from_slice(extra);
-    netd.netctl_ok(&args);
-    bound_addr(netd, name)
+    crate::common::start_udp_proxy(netd, name, bound_addr(netd, "up"), extra)
 }
 
 #[test]

@@ -477,6 +477,29 @@ pub fn bound_addr(netd: &Netd, name: &str) -> std::net::SocketAddr {
         .expect("socket addr")
 }
 
+/// Start udp-proxy `name` on 127.0.0.1:0 to `upstream` with the `netctl
+/// start` flags `extra`; its bound address.
+pub fn start_udp_proxy(
+    netd: &Netd,
+    name: &str,
+    upstream: std::net::SocketAddr,
+    extra: &[&str],
+) -> std::net::SocketAddr {
+    let up = upstream.to_string();
+    let mut args = vec![
+        "start",
+        "udp-proxy",
+        name,
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &up,
+    ];
+    args.extend_from_slice(extra);
+    netd.netctl_ok(&args);
+    bound_addr(netd, name)
+}
+
 /// Find netd's listening socket on `addr` and shut it down from outside via
 /// pidfd_getfd(2): the real accept(2) in netd then fails with EINVAL, which
 /// is exactly a listener failing under the supervisor.
