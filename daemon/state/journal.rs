@@ -129,6 +129,23 @@ fn read_header(bytes: &[u8]) -> Option<u64> {
     (fnv1a(&g) == u64::from_le_bytes(sum)).then_some(u64::from_le_bytes(g))
 }
 
+/// The highest generation the files in `dir` name (the snapshot's, the
+/// journal header's); 0 for files missing or unreadable. Blocking.
+fn generation_on_disk(dir: &Dir) -> u64 {
+    let journal = dir
+        .read_ours(JOURNAL_NAME, MAX_JOURNAL_BYTES)
+        .ok()
+        .flatten()
+        .and_then(|b| read_header(&b));
+    let snapshot = dir
+        .read_ours(super::FILE_NAME, super::MAX_BYTES)
+        .ok()
+        .flatten()
+        .and_then(|b| Overlay::decode(&b).ok())
+        .map(|(_, g)| g);
+    journal.into_iter().chain(snapshot).max().unwrap_or(0)
+}
+
 /// What replaying the journal found, for the log.
 #[derive(Debug, Default)]
 pub struct Replayed {
@@ -175,7 +192,8 @@ impl Store {
         one: impl Fn(&str) -> Change,
     ) -> std::io::Result<()> {
         let mut w = self.writer.lock();
-        if self.stale.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        let stale = self.stale.swap(false, std::sync::atomic::Ordering::SeqCst);
+        if stale {
             w.synced = false;
             w.journal = None;
         }
@@ -186,6 +204,13 @@ impl Store {
         let dir = self
             .opened()
             .map_err(|e| step(e, "opening the state directory"))?;
+        if stale {
+            // Another process wrote the files meanwhile, perhaps a later
+            // generation: ours must be above theirs, or their journal,
+            // left behind by a crash between our two renames, would read
+            // as following our snapshot.
+            w.generation = w.generation.max(generation_on_disk(dir));
+        }
         if all || !w.synced || w.journal.is_none() {
             return self.compact(dir, &mut w, whole());
         }
@@ -464,6 +489,34 @@ mod tests {
         assert_eq!(loaded.journal.records, 5);
         assert_eq!(loaded.overlay.listeners, vec![echo("a", 3)]);
         assert_eq!(loaded.overlay.removed, vec!["cfg".to_string()]);
+    }
+
+    #[test]
+    fn after_a_failed_hand_over_the_next_generation_is_above_the_successors() {
+        // We started (generation 1); a successor took the files over and
+        // wrote generation 2 with a record of its own; the hand-over failed
+        // and we carry on: our full rewrite must not be generation 2 too,
+        // or a crash between our snapshot's rename and our journal's would
+        // leave their journal read as ours.
+        let dir = tempfile::tempdir().unwrap();
+        let ours = started(dir.path(), Overlay::default());
+        let theirs = started(dir.path(), Overlay::default());
+        change(&theirs, &[("x", Change::Put(Box::new(echo("x", 9))))]);
+        let their_journal = std::fs::read(theirs.journal_path()).unwrap();
+        drop(theirs);
+        ours.resync();
+        ours.note("a");
+        let whole = Overlay {
+            listeners: vec![echo("a", 1)],
+            ..Default::default()
+        };
+        ours.write_noted(|| whole.clone(), |_| panic!("a record"))
+            .unwrap();
+        // The crash: our snapshot renamed, their journal still in place.
+        std::fs::write(dir.path().join(JOURNAL_NAME), &their_journal).unwrap();
+        let loaded = reloaded(dir.path());
+        assert_eq!(loaded.overlay.listeners, vec![echo("a", 1)]);
+        assert_eq!(loaded.journal.records, 0);
     }
 
     #[test]
