@@ -144,28 +144,14 @@ where
         + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    let stop = stop.child_token();
-    let _stop_all = stop.clone().drop_guard();
-    let workers = super::workers::handles();
-    let mut loops = tokio::task::JoinSet::new();
-    for (i, socket) in sockets.into_iter().enumerate() {
-        let (serve, stop) = (serve.clone(), stop.clone());
-        if workers.is_empty() {
-            loops.spawn(async move { serve(i, socket, stop).await });
-            continue;
-        }
-        // Out of the current runtime's reactor, into the worker's.
-        let socket = socket.into_std()?;
-        loops.spawn_on(
-            async move {
-                let socket = tokio::net::UdpSocket::from_std(socket)?;
-                serve(i, socket, stop).await
-            },
-            &workers[i % workers.len()],
-        );
-    }
-    while let Some(ended) = loops.join_next().await {
-        ended.map_err(|e| anyhow::anyhow!("a receive loop ended: {e}"))??;
-    }
-    Ok(())
+    // Out of the current runtime's reactor, into the loop's.
+    let sockets = sockets
+        .into_iter()
+        .map(tokio::net::UdpSocket::into_std)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    super::workers::run_each(sockets, stop, "a receive loop", move |i, socket, stop| {
+        let serve = serve.clone();
+        async move { serve(i, tokio::net::UdpSocket::from_std(socket)?, stop).await }
+    })
+    .await
 }

@@ -56,6 +56,41 @@ pub fn socket_count() -> usize {
     if off { 1 } else { handles().len().max(1) }
 }
 
+/// Run one loop per item of `items` until all have ended: loop `i` is
+/// `run(i, items[i], stop)`, spawned on worker `i % workers` (on the
+/// current runtime without workers), so whatever it registers or spawns
+/// stays on that thread. `stop` is a child of `stop`, cancelled when this
+/// future ends however it ends: the first error (or panic, reported as
+/// "`what` ended: ...") ends them all and is returned, and no loop
+/// outlives the caller. Items that hold sockets should be std sockets,
+/// registered by the loop on its own runtime.
+pub async fn run_each<T, F, Fut>(
+    items: Vec<T>,
+    stop: &tokio_util::sync::CancellationToken,
+    what: &str,
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(usize, T, tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let stop = stop.child_token();
+    let _stop_all = stop.clone().drop_guard();
+    let workers = handles();
+    let mut loops = tokio::task::JoinSet::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let fut = run(i, item, stop.clone());
+        match workers.get(i % workers.len().max(1)) {
+            Some(worker) => loops.spawn_on(fut, worker),
+            None => loops.spawn(fut),
+        };
+    }
+    while let Some(ended) = loops.join_next().await {
+        ended.map_err(|e| anyhow::anyhow!("{what} ended: {e}"))??;
+    }
+    Ok(())
+}
+
 /// How often an otherwise idle worker wakes up; see [`start`].
 const TICK: std::time::Duration = std::time::Duration::from_millis(500);
 

@@ -55,34 +55,31 @@ impl HttpProxy {
                 async move { server.serve(handler, stream, peer, ctx).await }
             }
         };
-        // The loops end with this future however it ends (stop, an error,
-        // or dropped), so no socket outlives `run`.
-        let stop = ctx.stop_accepting.child_token();
-        let _stop_all = stop.clone().drop_guard();
-        let mut loops = tokio::task::JoinSet::new();
-        let workers = workers::handles();
-        for (i, std_listener) in spread(sockets, workers.len())?.into_iter().enumerate() {
-            // The worker's own upstream pools.
-            let w = i % workers.len().max(1);
-            let (proxy, ctx, stop) = (self.clone(), ctx.clone(), stop.clone());
-            let accept = async move {
-                // Registered with the reactor of the runtime it runs on.
-                let listener = TcpListener::from_std(std_listener)?;
-                let accepting = Accepting {
-                    stop: &stop,
-                    ..ctx.accepting()
-                };
-                accept_loop(&listener, accepting, &proxy.limit, serve(&proxy, &ctx, w)).await
-            };
-            match workers.get(w) {
-                Some(worker) => loops.spawn_on(accept, worker),
-                None => loops.spawn(accept),
-            };
-        }
-        while let Some(ended) = loops.join_next().await {
-            ended
-                .map_err(|e| anyhow::anyhow!("an http-proxy worker's accept loop ended: {e}"))??;
-        }
-        Ok(())
+        // One loop per socket, each on its worker ([`workers::run_each`]:
+        // they end with this future however it ends, so no socket
+        // outlives `run`).
+        let workers = workers::handles().len();
+        let listeners = spread(sockets, workers)?;
+        let what = "an http-proxy worker's accept loop";
+        workers::run_each(
+            listeners,
+            &ctx.stop_accepting,
+            what,
+            |i, std_listener, stop| {
+                // The worker's own upstream pools.
+                let w = i % workers.max(1);
+                let (proxy, ctx) = (self.clone(), ctx.clone());
+                async move {
+                    // Registered with the reactor of the runtime it runs on.
+                    let listener = TcpListener::from_std(std_listener)?;
+                    let accepting = Accepting {
+                        stop: &stop,
+                        ..ctx.accepting()
+                    };
+                    accept_loop(&listener, accepting, &proxy.limit, serve(&proxy, &ctx, w)).await
+                }
+            },
+        )
+        .await
     }
 }

@@ -33,8 +33,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-
-use crate::net::bind::Sockets;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -52,6 +50,7 @@ use super::{
     DEFAULT_MAX_CONNECTIONS, ListenerKind, ServiceCtx, Settings, SpecError, Transport,
     duration_field, duration_in, listen_field, size_in,
 };
+use crate::net::bind::Sockets;
 use crate::net::tls::{ServedTls, TlsCounters, UpstreamTls};
 use crate::proto;
 use crate::spec::FieldError;

@@ -398,33 +398,30 @@ impl Proxy {
                 async move { proxy.serve(client, peer, &ctx).await }
             }
         };
-        // The loops end with this future however it ends (stop, an error,
-        // or dropped), so no socket outlives `run`.
-        let stop = ctx.stop_accepting.child_token();
-        let _stop_all = stop.clone().drop_guard();
-        let mut loops = tokio::task::JoinSet::new();
-        let workers = workers::handles();
-        for (i, std_listener) in spread(sockets, workers.len())?.into_iter().enumerate() {
-            let (proxy, ctx, stop) = (self.clone(), ctx.clone(), stop.clone());
-            let accept = async move {
-                // Registered with the reactor of the runtime it runs on.
-                let listener = TcpListener::from_std(std_listener)?;
-                let accepting = Accepting {
-                    stop: &stop,
-                    ..ctx.accepting()
-                };
-                accept_loop_costing(&listener, accepting, &proxy.limit, 2, serve(&proxy, &ctx))
-                    .await
-            };
-            match workers.get(i % workers.len().max(1)) {
-                Some(worker) => loops.spawn_on(accept, worker),
-                None => loops.spawn(accept),
-            };
-        }
-        while let Some(ended) = loops.join_next().await {
-            ended.map_err(|e| anyhow::anyhow!("a proxy worker's accept loop ended: {e}"))??;
-        }
-        Ok(())
+        // One loop per socket, each on its worker ([`workers::run_each`]:
+        // they end with this future however it ends, so no socket
+        // outlives `run`).
+        let listeners = spread(sockets, workers::handles().len())?;
+        let what = "a proxy worker's accept loop";
+        workers::run_each(
+            listeners,
+            &ctx.stop_accepting,
+            what,
+            |_, std_listener, stop| {
+                let (proxy, ctx) = (self.clone(), ctx.clone());
+                async move {
+                    // Registered with the reactor of the runtime it runs on.
+                    let listener = TcpListener::from_std(std_listener)?;
+                    let accepting = Accepting {
+                        stop: &stop,
+                        ..ctx.accepting()
+                    };
+                    accept_loop_costing(&listener, accepting, &proxy.limit, 2, serve(&proxy, &ctx))
+                        .await
+                }
+            },
+        )
+        .await
     }
 
     /// Upstreams in the order to try them for the next client: healthy ones
