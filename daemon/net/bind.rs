@@ -192,11 +192,7 @@ pub fn adopt_group<S: IpSocket>(
     want: usize,
 ) -> Result<Sockets<S>, BindError> {
     let mut fds = fds.into_iter();
-    let first_fd = fds.next().ok_or_else(|| {
-        BindError::Precondition(format!(
-            "cannot take over the socket for {spec_addr}: none was handed over"
-        ))
-    })?;
+    let first_fd = fds.next().ok_or_else(|| none_handed_over(spec_addr))?;
     let first: S = adopt(first_fd, spec_addr, expect_addr)?;
     let at = first
         .local()
@@ -226,6 +222,13 @@ pub fn adopt_group<S: IpSocket>(
         tracing::info!(addr = %at, "the socket handed over has no SO_REUSEPORT: it stays alone (one socket, not {want}) until the listener binds anew");
     }
     Ok(Sockets { all })
+}
+
+/// The error for a take-over at `at` with no socket to take.
+pub fn none_handed_over(at: SocketAddr) -> BindError {
+    BindError::Precondition(format!(
+        "cannot take over the socket for {at}: none was handed over"
+    ))
 }
 
 /// Take over an already bound socket instead of binding one: the socket of

@@ -56,11 +56,9 @@ pub trait KindSocket: Sized + Send + 'static {
 
 /// The first of `fds` (the rest are closed), or an error naming `at`.
 fn first_fd(fds: Vec<OwnedFd>, at: SocketAddr) -> Result<OwnedFd, BindError> {
-    fds.into_iter().next().ok_or_else(|| {
-        BindError::Precondition(format!(
-            "cannot take over the socket for {at}: none was handed over"
-        ))
-    })
+    fds.into_iter()
+        .next()
+        .ok_or_else(|| crate::net::bind::none_handed_over(at))
 }
 
 impl KindSocket for TcpListener {

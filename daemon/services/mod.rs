@@ -549,6 +549,15 @@ impl Bound {
     /// member order, kept by the supervisor so that an update can run a
     /// new service on the same sockets and an upgrade can hand them over.
     /// Empty for a capture.
+    /// How many listening sockets: a group's members, 0 for a capture.
+    pub fn socket_count(&self) -> usize {
+        match self {
+            Bound::Tcp(l) => l.len(),
+            Bound::Udp(s) => s.len(),
+            Bound::Packet(_) => 0,
+        }
+    }
+
     pub fn dup_sockets(&self) -> io::Result<Vec<std::os::fd::OwnedFd>> {
         match self {
             Bound::Tcp(l) => l.dup_all(),

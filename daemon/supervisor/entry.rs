@@ -68,16 +68,14 @@ impl Generation {
     /// Keep this generation's sockets in systemd's fd store as `name`
     /// (and `name@1`, ... for a group), replacing those there, or drop
     /// the entries if it has none.
+    /// (The store duplicates what it keeps and queues it for a thread of
+    /// its own: nothing here blocks while the lock is held.)
     pub(super) fn store_socket(&self, name: &str) {
-        let dups: Vec<OwnedFd> = self
-            .sockets()
-            .iter()
-            .filter_map(|fd| fd.try_clone().ok())
-            .collect();
-        if dups.is_empty() {
+        let sockets = self.sockets();
+        if sockets.is_empty() {
             crate::sys::fdstore::remove_group(name);
         } else {
-            crate::sys::fdstore::store_group(name, &dups);
+            crate::sys::fdstore::store_group(name, &sockets);
         }
     }
 }

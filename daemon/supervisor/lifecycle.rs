@@ -163,7 +163,7 @@ impl Supervisor {
                 },
                 Source::Inherited(fds) => match service.adopt(fds, true) {
                     Ok(b) => {
-                        let sockets = b.dup_sockets().map_or(0, |v| v.len());
+                        let sockets = b.socket_count();
                         tracing::info!(listener = %name, sockets, "took over the listening socket handed over by the previous netd");
                         b
                     }
