@@ -182,8 +182,15 @@ impl UdpEcho {
             health.received(rx.drops(), &c.kernel_drops);
             Stats::add(&ctx.stats.errors, rx.without_source() as u64);
             let now = Instant::now();
+            // The listener's counters (shared by its loops) once per batch,
+            // before any of its datagrams is forwarded or dropped.
+            let (count, bytes) = rx
+                .datagrams()
+                .fold((0, 0), |(n, b), (_, d)| (n + 1, b + d.len() as u64));
+            Stats::add(&ctx.stats.datagrams_in, count);
+            Stats::add(&ctx.stats.bytes_in, bytes);
             for (peer, data) in rx.datagrams() {
-                self.answer(peer, data, now, &mut guard, &mut tx, ctx);
+                self.answer(peer, data, now, &mut guard, &mut tx);
             }
             if !tx.is_empty() {
                 let sent = tx.flush(&socket).await;
@@ -199,8 +206,9 @@ impl UdpEcho {
         }
     }
 
-    /// One datagram: counted, checked by the guard, and its reply (the
-    /// prefix and the datagram, cut to [`reply_cap`]) queued.
+    /// One datagram (counted by the caller, per batch): checked by the
+    /// guard, and its reply (the prefix and the datagram, cut to
+    /// [`reply_cap`]) queued.
     fn answer(
         &self,
         peer: SocketAddr,
@@ -208,11 +216,8 @@ impl UdpEcho {
         now: Instant,
         guard: &mut SourceGuard<'_>,
         tx: &mut SendBatch,
-        ctx: &ServiceCtx,
     ) {
         let n = data.len();
-        Stats::add(&ctx.stats.datagrams_in, 1);
-        Stats::add(&ctx.stats.bytes_in, n as u64);
         if !guard.admit(peer, now) {
             return;
         }

@@ -351,7 +351,14 @@ impl Proxy<'_> {
             return true;
         }
         let counters = &self.svc.counters;
-        let mut taken = self.generation.admission.take(peer);
+        let admission = &self.generation.admission;
+        // Full: refused without the lock (a flood of new sources while the
+        // table is full takes it only to make room).
+        let mut taken = if admission.full() {
+            Err(Refused::Full)
+        } else {
+            admission.take(peer)
+        };
         if taken == Err(Refused::Full) && self.make_room(now) {
             taken = self.generation.admission.take(peer);
         }
@@ -568,16 +575,22 @@ async fn run_loop(
                 let ms = p.ms(now);
                 // The fault set once per batch, not per datagram.
                 let set = watch.get().filter(|s| !s.is_empty()).cloned();
+                // The listener's counters (shared by its loops) once per batch,
+                // before any of its datagrams is forwarded or dropped.
+                let (count, bytes) = rx
+                    .datagrams()
+                    .fold((0, 0), |(n, b), (_, d)| (n + 1, b + d.len() as u64));
+                Stats::add(&ctx.stats.datagrams_in, count);
+                Stats::add(&ctx.stats.bytes_in, bytes);
                 for (peer, data) in rx.datagrams() {
-                    Stats::add(&ctx.stats.datagrams_in, 1);
-                    Stats::add(&ctx.stats.bytes_in, data.len() as u64);
                     if !guard.admit(peer, now) || !p.admit_client(peer, now) {
                         continue;
                     }
                     // One client's datagrams per batch, in order: what is
-                    // queued for another client (or before a faulted one)
-                    // goes first.
-                    if up.pending.is_some_and(|q| q != peer || set.is_some()) {
+                    // queued for another client goes first. (Nothing is
+                    // queued here in a batch with faults: those datagrams
+                    // go through their lanes, and each batch ends flushed.)
+                    if up.pending.is_some_and(|q| q != peer) {
                         p.flush_up(&mut up).await;
                     }
                     let Some(c) = p.clients.get_mut(&peer) else { continue };
