@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{NetNs, Netd, bound_addr, wait_until};
+use crate::common::{NetNs, Netd, bound_addr, start_udp_proxy, wait_until};
 
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
@@ -319,17 +319,7 @@ fn echo_one_datagram_per_call_still_answers_everything() {
 /// messages seen at the upstream and at the clients.
 fn proxy_bursts(netd: &Netd) -> (usize, usize) {
     let upstream = gro_socket(0, None);
-    let up = upstream.local_addr().unwrap().to_string();
-    netd.netctl_ok(&[
-        "start",
-        "udp-proxy",
-        "p",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &up,
-    ]);
-    let addr = bound_addr(netd, "p");
+    let addr = start_udp_proxy(netd, "p", upstream.local_addr().unwrap(), &[]);
     let a = gro_socket(0, Some(addr));
     let b = gro_socket(0, Some(addr));
     let burst_a = numbered(b'a', 50, 64);
@@ -402,16 +392,7 @@ fn proxy_without_offloads_carries_the_same_bursts() {
 fn proxy_faults_apply_to_every_datagram_of_a_burst() {
     let netd = Netd::start("");
     let upstream = gro_socket(0, None);
-    let up = upstream.local_addr().unwrap().to_string();
-    netd.netctl_ok(&[
-        "start",
-        "udp-proxy",
-        "p",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &up,
-    ]);
+    let addr = start_udp_proxy(&netd, "p", upstream.local_addr().unwrap(), &[]);
     netd.netctl_ok(&[
         "fault",
         "add",
@@ -424,7 +405,6 @@ fn proxy_faults_apply_to_every_datagram_of_a_burst() {
         "--attr",
         "probability=1",
     ]);
-    let addr = bound_addr(&netd, "p");
     let a = gro_socket(0, Some(addr));
     let burst = numbered(b'a', 20, 100);
     send_burst(&a, &burst);
